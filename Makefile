@@ -1,0 +1,70 @@
+# Ballast: `make help` lists every target. Everything runs inside .venv, which `make install` creates.
+.DEFAULT_GOAL := all
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+BUF := npx --yes @bufbuild/buf@1.75.0
+PYTEST_ARGS ?=
+
+.PHONY: all
+all: proto-check test ## Run what CI runs: the stubs check and every test
+
+.PHONY: help
+help: ## List every target with its description
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Ballast needs Python 3.11 or newer: set PYTHON=/path/to/python3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+.PHONY: install
+install: $(INSTALLED) ## Create .venv and install Ballast with its development tools
+
+.PHONY: run
+run: $(INSTALLED) ## Migrate the database and start the server (embedded PostgreSQL unless DATABASE_URL is set)
+	$(BIN)/python -m server migrate
+	$(BIN)/python -m server serve
+
+.PHONY: migrate
+migrate: $(INSTALLED) ## Apply database migrations up to head
+	$(BIN)/python -m server migrate
+
+.PHONY: token
+token: $(INSTALLED) ## Print the development bearer token
+	@$(BIN)/python -m server token
+
+.PHONY: test
+test: $(INSTALLED) ## Run every test (embedded PostgreSQL unless DATABASE_URL is set)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+.PHONY: proto
+proto: $(INSTALLED) ## Regenerate the Python stubs in gen/ballast from proto/
+	$(BIN)/python proto/generate.py
+
+.PHONY: proto-check
+proto-check: proto ## Fail if the committed stubs differ from what proto/ generates
+	@git diff --exit-code --stat -- gen/ || (echo "gen/ is stale: run 'make proto' and commit the result" && exit 1)
+	@test -z "$$(git status --porcelain -- gen/)" || (git status --short -- gen/; echo "gen/ has untracked or missing files: run 'make proto' and commit" && exit 1)
+
+.PHONY: proto-lint
+proto-lint: ## Lint proto/ with buf (needs Node.js and npm)
+	@command -v npx >/dev/null || (echo "buf runs through npx: install Node.js and npm first" && exit 1)
+	cd proto && $(BUF) lint
+
+.PHONY: bench
+bench: $(INSTALLED) ## Benchmark CreatePayment against a bare grpc.aio + asyncpg ceiling
+	$(BIN)/python -m bench
+
+.PHONY: clean
+clean: ## Remove the virtual environment and caches (keeps .data)
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info gen/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+.PHONY: clean-data
+clean-data: ## Delete .data (the embedded PostgreSQL data and the development token); stop the server first
+	rm -rf .data

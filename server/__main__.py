@@ -1,0 +1,104 @@
+"""`python -m server [serve|migrate|token]`: the Ballast server process.
+
+serve    (default) gRPC server; stops accepting calls on SIGTERM/SIGINT and drains those in flight
+migrate  apply database migrations up to head, then exit
+token    print the development bearer token (development only)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import structlog
+
+from server.api.grpc_server import build_server, set_serving
+from server.db.database import Database
+from server.db.engine import create_pool
+from server.db.migrate import migrate_to_head, pending_revision
+from server.observability import configure_logging
+from server.settings import Settings, SettingsError, development_token, load_settings
+
+log = structlog.get_logger("server")
+
+USAGE = "usage: python -m server [serve|migrate|token]"
+
+
+def _database_url(settings: Settings) -> str:
+    if settings.database_url is not None:
+        return settings.database_url
+    from server.db.embedded import start_embedded_postgres
+
+    return start_embedded_postgres(settings.data_dir)
+
+
+async def serve(settings: Settings, database_url: str) -> int:
+    pool = await create_pool(
+        database_url, size=settings.db_pool_size, statement_timeout_ms=settings.db_statement_timeout_ms
+    )
+    try:
+        async with pool.acquire() as connection:
+            current, head = await pending_revision(connection)
+        if current != head:
+            log.error(
+                "server.schema_not_current",
+                database_revision=current,
+                code_revision=head,
+                hint="run `python -m server migrate` (make run does it for you)",
+            )
+            return 1
+        server, health_servicer, port = build_server(settings, Database(pool))
+        await server.start()
+        await set_serving(health_servicer, True)
+        log.info("server.listening", address=f"{settings.grpc_host}:{port}", environment=settings.environment)
+        if settings.development_token is not None:
+            print(
+                f"development token: {settings.development_token}  (send `authorization: Bearer <token>`)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        await stopping.wait()
+
+        grace_s = settings.shutdown_grace_ms / 1000
+        log.info("server.draining", grace_s=grace_s)
+        await set_serving(health_servicer, False)
+        await server.stop(grace_s)  # refuses new calls at once; waits up to grace_s for calls in flight
+        log.info("server.stopped")
+        return 0
+    finally:
+        await pool.close()
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else "serve"
+    if command not in ("serve", "migrate", "token") or len(argv) > 1:
+        print(USAGE, file=sys.stderr)
+        return 2
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    if command == "token":
+        if settings.is_production:
+            print("there is no development token when BALLAST_ENV=production", file=sys.stderr)
+            return 2
+        print(development_token(settings.data_dir))
+        return 0
+    database_url = _database_url(settings)
+    if command == "migrate":
+        migrate_to_head(database_url)
+        log.info("migrate.done")
+        return 0
+    return asyncio.run(serve(settings, database_url))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,65 @@
+"""Assemble the grpc.aio server: servicers, authentication, health and reflection."""
+
+from __future__ import annotations
+
+import grpc
+from ballast.execution.v1 import execution_pb2
+from ballast.ledger.v1 import ledger_pb2
+from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
+from ballast.reconciliation.v1 import reconciliation_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from server.api.auth import AuthInterceptor, TokenAuthenticator
+from server.api.payments_servicer import PaymentServicer
+from server.api.unimplemented import PENDING_SERVICES, unimplemented_servicer
+from server.db.database import Database
+from server.settings import Settings
+
+SERVICE_NAMES = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (payments_pb2, "PaymentService"),
+        (execution_pb2, "ExecutionService"),
+        (ledger_pb2, "LedgerService"),
+        (reconciliation_pb2, "ReconciliationService"),
+    )
+)
+
+#: Bounds on what one connection may hold in flight; beyond it callers get RESOURCE_EXHAUSTED, not a queue.
+MAX_CONCURRENT_RPCS = 2048
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+def build_server(settings: Settings, database: Database) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    """A started-ready (not yet started) server bound to the configured address, and its bound port."""
+    authenticator = TokenAuthenticator(settings.api_tokens)
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(authenticator)],
+        maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    payments_pb2_grpc.add_PaymentServiceServicer_to_server(
+        PaymentServicer(database, authenticator, settings.request_timeout_ms / 1000), server
+    )
+    for base, add_to_server in PENDING_SERVICES:
+        add_to_server(unimplemented_servicer(base), server)
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+
+    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    if port == 0:
+        raise OSError(f"could not bind {settings.grpc_host}:{settings.grpc_port}; is another server using the port?")
+    return server, health_servicer, port
+
+
+async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, status)

@@ -1,0 +1,51 @@
+"""What every gRPC handler shares: turning named errors into statuses, and the request's time budget."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+
+from server.api.errors import status_for
+from server.db.database import Budget
+from server.domain.errors import BallastError
+
+log = structlog.get_logger(__name__)
+
+#: Kept back from the caller's deadline so that our own answer (even DEADLINE_EXCEEDED) reaches it in time.
+DEADLINE_MARGIN_S = 0.02
+
+Response = TypeVar("Response")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
+
+
+def budget_for(context: grpc.aio.ServicerContext, request_timeout_s: float) -> Budget:
+    """The caller's deadline (less a margin), capped by the server's own request timeout."""
+    remaining = context.time_remaining()
+    timeout_s = request_timeout_s if remaining is None else min(request_timeout_s, remaining - DEADLINE_MARGIN_S)
+    return Budget.within(timeout_s)
+
+
+def translate_errors(handler: Handler[Response]) -> Handler[Response]:
+    """Abort with the mapped status for a BallastError; log anything else and answer INTERNAL."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
+        try:
+            return await handler(self, request, context)
+        except BallastError as error:
+            code, message, trailing = status_for(error)
+            log.info("rpc.rejected", method=handler.__name__, code=code.name, reason=message)
+            await context.abort(code, message, trailing_metadata=trailing)
+            raise  # unreachable: abort raises
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("rpc.failed", method=handler.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")
+            raise
+
+    return wrapper

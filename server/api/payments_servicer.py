@@ -1,0 +1,110 @@
+"""ballast.payments.v1.PaymentService: parse the request, call the use case, map the result."""
+
+from __future__ import annotations
+
+import grpc
+from ballast.common.v1 import money_pb2
+from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from server.api.auth import TokenAuthenticator
+from server.api.handlers import budget_for, translate_errors
+from server.db.database import Database
+from server.db.payments_repository import PaymentRecord
+from server.domain.errors import FieldViolation, InvalidArgument
+from server.domain.payments import PaymentState, validate_create_payment
+from server.services import payments
+
+
+def _timestamp(value: object) -> Timestamp:
+    timestamp = Timestamp()
+    timestamp.FromDatetime(value)  # type: ignore[arg-type]
+    return timestamp
+
+
+def payment_to_proto(payment: PaymentRecord) -> payments_pb2.Payment:
+    return payments_pb2.Payment(
+        id=str(payment.id),
+        client_id=payment.client_id,
+        idempotency_key=payment.idempotency_key,
+        amount=money_pb2.Money(value=payment.amount.to_decimal_string(), currency_code=payment.amount.currency_code),
+        state=payments_pb2.PaymentState.Value(f"PAYMENT_STATE_{payment.state.value}"),
+        description=payment.description,
+        merchant_reference=payment.merchant_reference,
+        metadata=payment.metadata,
+        provider_payment_id=payment.provider_payment_id or "",
+        provider_status=payment.provider_status or "",
+        create_time=_timestamp(payment.created_at),
+        update_time=_timestamp(payment.updated_at),
+    )
+
+
+def _state_filter(value: int) -> PaymentState | None:
+    if value == payments_pb2.PAYMENT_STATE_UNSPECIFIED:
+        return None
+    try:
+        return PaymentState(payments_pb2.PaymentState.Name(value).removeprefix("PAYMENT_STATE_"))
+    except ValueError:
+        raise InvalidArgument([FieldViolation("state", f"{value} is not a PaymentState")]) from None
+
+
+class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
+    def __init__(self, database: Database, authenticator: TokenAuthenticator, request_timeout_s: float) -> None:
+        self._database = database
+        self._authenticator = authenticator
+        self._request_timeout_s = request_timeout_s
+
+    @translate_errors
+    async def CreatePayment(
+        self, request: payments_pb2.CreatePaymentRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.CreatePaymentResponse:
+        command = validate_create_payment(
+            idempotency_key=request.idempotency_key,
+            has_amount=request.HasField("amount"),
+            amount_value=request.amount.value,
+            currency_code=request.amount.currency_code,
+            description=request.description,
+            merchant_reference=request.merchant_reference,
+            metadata=dict(request.metadata),
+        )
+        result = await payments.create_payment(
+            self._database,
+            self._authenticator.principal_of(context),
+            command,
+            budget_for(context, self._request_timeout_s),
+        )
+        return payments_pb2.CreatePaymentResponse(payment=payment_to_proto(result.payment), replayed=result.replayed)
+
+    @translate_errors
+    async def GetPayment(
+        self, request: payments_pb2.GetPaymentRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.GetPaymentResponse:
+        payment = await payments.get_payment(
+            self._database,
+            self._authenticator.principal_of(context),
+            payments.parse_payment_id(request.payment_id),
+            budget_for(context, self._request_timeout_s),
+        )
+        return payments_pb2.GetPaymentResponse(payment=payment_to_proto(payment))
+
+    @translate_errors
+    async def ListPayments(
+        self, request: payments_pb2.ListPaymentsRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.ListPaymentsResponse:
+        page = await payments.list_payments(
+            self._database,
+            self._authenticator.principal_of(context),
+            page_size=request.page_size,
+            page_token=request.page_token,
+            state=_state_filter(request.state),
+            budget=budget_for(context, self._request_timeout_s),
+        )
+        return payments_pb2.ListPaymentsResponse(
+            payments=[payment_to_proto(p) for p in page.payments], next_page_token=page.next_page_token
+        )
+
+    async def GetPaymentTimeline(
+        self, request: payments_pb2.GetPaymentTimelineRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.GetPaymentTimelineResponse:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetPaymentTimeline is not implemented yet")
+        raise AssertionError("unreachable")

@@ -1,0 +1,45 @@
+"""Servicers for the declared parts of the API that the server does not answer yet.
+
+Each method aborts with UNIMPLEMENTED naming itself, so clients see the whole surface (through
+reflection too) and get an honest answer for what is still to come.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import grpc
+from ballast.execution.v1 import execution_pb2_grpc
+from ballast.ledger.v1 import ledger_pb2_grpc
+from ballast.reconciliation.v1 import reconciliation_pb2_grpc
+
+
+def _unimplemented(service: str, method: str) -> Any:
+    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{service}.{method} is not implemented yet")
+
+    handler.__name__ = method
+    return handler
+
+
+def unimplemented_servicer(base: type) -> Any:
+    """An instance of `base` (a generated *Servicer class) whose every RPC answers UNIMPLEMENTED."""
+    service = base.__name__.removesuffix("Servicer")
+    methods = {
+        name: _unimplemented(service, name)
+        for name, _ in inspect.getmembers(base, inspect.isfunction)
+        if not name.startswith("_")
+    }
+    return type(f"Unimplemented{base.__name__}", (base,), methods)()
+
+
+#: (generated servicer base, the add_*_to_server function) for every service not implemented yet.
+PENDING_SERVICES = (
+    (execution_pb2_grpc.ExecutionServiceServicer, execution_pb2_grpc.add_ExecutionServiceServicer_to_server),
+    (ledger_pb2_grpc.LedgerServiceServicer, ledger_pb2_grpc.add_LedgerServiceServicer_to_server),
+    (
+        reconciliation_pb2_grpc.ReconciliationServiceServicer,
+        reconciliation_pb2_grpc.add_ReconciliationServiceServicer_to_server,
+    ),
+)

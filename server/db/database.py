@@ -1,0 +1,61 @@
+"""Borrowing a connection within a time budget, and turning driver failures into named errors once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+
+from server.domain.errors import ConcurrencyConflict, DeadlineExceeded, Unavailable
+
+#: SQLSTATEs that mean "another transaction got in the way; the same request may succeed if repeated".
+_CONFLICT_SQLSTATES = {
+    "40001",  # serialization_failure
+    "40P01",  # deadlock_detected
+    "55P03",  # lock_not_available
+}
+_QUERY_CANCELED_SQLSTATE = "57014"  # statement_timeout or a cancel request
+
+
+@dataclass(frozen=True)
+class Budget:
+    """An absolute deadline on the monotonic clock; every wait in a request is cut to fit inside it."""
+
+    deadline_monotonic_s: float
+
+    @classmethod
+    def within(cls, timeout_s: float) -> Budget:
+        return cls(time.monotonic() + timeout_s)
+
+    def remaining_s(self) -> float:
+        remaining = self.deadline_monotonic_s - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded("the request's deadline ran out before the database answered")
+        return remaining
+
+
+class Database:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @asynccontextmanager
+    async def connection(self, budget: Budget) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; raises DeadlineExceeded, ConcurrencyConflict or Unavailable, never a driver error."""
+        try:
+            async with self.pool.acquire(timeout=budget.remaining_s()) as connection:
+                yield connection
+        except asyncpg.PostgresError as error:
+            sqlstate = getattr(error, "sqlstate", None)
+            if sqlstate in _CONFLICT_SQLSTATES:
+                raise ConcurrencyConflict(f"a concurrent request collided ({sqlstate}); retry with the same key") from error
+            if sqlstate == _QUERY_CANCELED_SQLSTATE:
+                raise DeadlineExceeded("the database statement was cancelled at its time limit") from error
+            raise
+        except (asyncio.TimeoutError, TimeoutError) as error:
+            raise DeadlineExceeded("the database did not answer within the request's deadline") from error
+        except (OSError, asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError) as error:
+            raise Unavailable(f"the database is unreachable ({type(error).__name__}); retry later") from error

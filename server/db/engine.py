@@ -1,0 +1,42 @@
+"""Connections: an asyncpg pool for the request paths, URLs for SQLAlchemy and Alembic."""
+
+from __future__ import annotations
+
+import json
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+
+def sqlalchemy_url(database_url: str) -> str:
+    """postgresql://... -> postgresql+asyncpg://... (SQLAlchemy's async driver name)."""
+    url = make_url(database_url)
+    return url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    """The libpq-style URL asyncpg accepts (drops a SQLAlchemy driver suffix if present)."""
+    url = make_url(database_url)
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    await connection.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(database_url: str, *, size: int, statement_timeout_ms: int) -> asyncpg.Pool:
+    """A pool of `size` connections; every statement is bounded by statement_timeout_ms server-side."""
+    pool = await asyncpg.create_pool(
+        asyncpg_dsn(database_url),
+        min_size=min(size, 2),
+        max_size=size,
+        init=_init_connection,
+        server_settings={
+            "application_name": "ballast",
+            "statement_timeout": str(statement_timeout_ms),
+            "idle_in_transaction_session_timeout": str(max(statement_timeout_ms * 2, 10_000)),
+        },
+    )
+    if pool is None:  # asyncpg types it as Optional; it is never None when awaited
+        raise RuntimeError("asyncpg.create_pool returned no pool")
+    return pool

@@ -1,0 +1,160 @@
+"""SQL for payments and their idempotency keys, run through asyncpg (the hot path: no ORM).
+
+CreatePayment costs one round trip when the key is new: a single statement inserts the key and
+the payment together, so both exist or neither does. A repeated key costs a second round trip
+to read what the first request created.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from server.domain.money import Money, quantize
+from server.domain.payments import CREATE_PAYMENT_OPERATION, INITIAL_PAYMENT_STATE, CreatePayment, PaymentState
+
+
+@dataclass(frozen=True)
+class PaymentRecord:
+    id: uuid.UUID
+    client_id: str
+    idempotency_key: str
+    amount: Money
+    state: PaymentState
+    description: str
+    merchant_reference: str
+    metadata: dict[str, str]
+    provider_payment_id: str | None
+    provider_status: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ExistingKey:
+    """What an idempotency key already stands for."""
+
+    operation: str
+    request_fingerprint: bytes
+    payment: PaymentRecord | None
+
+
+_PAYMENT_COLUMNS = (
+    "id, client_id, idempotency_key, amount, currency_code, state, description, merchant_reference,"
+    " metadata, provider_payment_id, provider_status, created_at, updated_at"
+)
+
+_INSERT_KEY_AND_PAYMENT = f"""
+WITH new_key AS (
+    INSERT INTO idempotency_keys (client_id, idempotency_key, operation, request_fingerprint, resource_id)
+    VALUES ($1, $2, '{CREATE_PAYMENT_OPERATION}', $3, $4)
+    ON CONFLICT (client_id, idempotency_key) DO NOTHING
+    RETURNING resource_id
+)
+INSERT INTO payments (id, client_id, idempotency_key, amount, currency_code, state,
+                      description, merchant_reference, metadata)
+SELECT resource_id, $1, $2, $5, $6, $7, $8, $9, $10 FROM new_key
+RETURNING {_PAYMENT_COLUMNS}
+"""
+
+_SELECT_KEY_WITH_PAYMENT = """
+SELECT k.operation, k.request_fingerprint,
+       p.id, p.client_id, p.idempotency_key, p.amount, p.currency_code, p.state, p.description,
+       p.merchant_reference, p.metadata, p.provider_payment_id, p.provider_status, p.created_at, p.updated_at
+FROM idempotency_keys k
+LEFT JOIN payments p ON p.id = k.resource_id
+WHERE k.client_id = $1 AND k.idempotency_key = $2
+"""
+
+_SELECT_PAYMENT = f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = $1 AND client_id = $2"
+
+# Keyset pagination, newest first: (created_at, id) strictly after the cursor.
+_LIST_PAYMENTS = f"""
+SELECT {_PAYMENT_COLUMNS} FROM payments
+WHERE client_id = $1
+  AND ($2::text IS NULL OR state = $2)
+  AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $5
+"""
+
+
+def _payment_from_row(row: asyncpg.Record | dict[str, Any]) -> PaymentRecord:
+    return PaymentRecord(
+        id=row["id"],
+        client_id=row["client_id"],
+        idempotency_key=row["idempotency_key"],
+        amount=quantize(row["amount"], row["currency_code"]),
+        state=PaymentState(row["state"]),
+        description=row["description"],
+        merchant_reference=row["merchant_reference"],
+        metadata=row["metadata"],
+        provider_payment_id=row["provider_payment_id"],
+        provider_status=row["provider_status"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def insert_payment_with_key(
+    connection: asyncpg.Connection, client_id: str, request: CreatePayment, *, timeout_s: float
+) -> PaymentRecord | None:
+    """Insert the key and the payment atomically; None if the key already exists (nothing written)."""
+    row = await connection.fetchrow(
+        _INSERT_KEY_AND_PAYMENT,
+        client_id,
+        request.idempotency_key,
+        request.fingerprint(),
+        uuid.uuid4(),
+        request.amount.amount,
+        request.amount.currency_code,
+        INITIAL_PAYMENT_STATE.value,
+        request.description,
+        request.merchant_reference,
+        request.metadata,
+        timeout=timeout_s,
+    )
+    return None if row is None else _payment_from_row(row)
+
+
+async def find_key(
+    connection: asyncpg.Connection, client_id: str, idempotency_key: str, *, timeout_s: float
+) -> ExistingKey | None:
+    row = await connection.fetchrow(_SELECT_KEY_WITH_PAYMENT, client_id, idempotency_key, timeout=timeout_s)
+    if row is None:
+        return None
+    payment = None if row["id"] is None else _payment_from_row(row)
+    return ExistingKey(operation=row["operation"], request_fingerprint=row["request_fingerprint"], payment=payment)
+
+
+async def get_payment(
+    connection: asyncpg.Connection, client_id: str, payment_id: uuid.UUID, *, timeout_s: float
+) -> PaymentRecord | None:
+    row = await connection.fetchrow(_SELECT_PAYMENT, payment_id, client_id, timeout=timeout_s)
+    return None if row is None else _payment_from_row(row)
+
+
+async def list_payments(
+    connection: asyncpg.Connection,
+    client_id: str,
+    *,
+    state: PaymentState | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+    timeout_s: float,
+) -> list[PaymentRecord]:
+    created_at, payment_id = after if after is not None else (None, None)
+    rows = await connection.fetch(
+        _LIST_PAYMENTS,
+        client_id,
+        None if state is None else state.value,
+        created_at,
+        payment_id,
+        limit,
+        timeout=timeout_s,
+    )
+    return [_payment_from_row(row) for row in rows]

@@ -1,0 +1,68 @@
+"""Named domain errors. They become gRPC status codes only at the edge (server/api/errors.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class BallastError(Exception):
+    """Root of every error Ballast raises on purpose."""
+
+    #: True when the caller may repeat the same request (same idempotency key) and expect it to work.
+    retryable: bool = False
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One problem with one input field, named by its path in the request (e.g. `amount.value`)."""
+
+    field: str
+    description: str
+
+
+class InvalidArgument(BallastError):
+    """The request is malformed. Nothing was written."""
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        if not violations:
+            raise ValueError("InvalidArgument needs at least one field violation")
+        self.violations = tuple(violations)
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in self.violations))
+
+
+class NotFound(BallastError):
+    def __init__(self, kind: str, identifier: str) -> None:
+        self.kind = kind
+        self.identifier = identifier
+        super().__init__(f"{kind} {identifier!r} not found")
+
+
+class IdempotencyKeyReused(BallastError):
+    """The idempotency key was already used for a request with other parameters."""
+
+    def __init__(self, idempotency_key: str, operation: str) -> None:
+        self.idempotency_key = idempotency_key
+        self.operation = operation
+        super().__init__(
+            f"idempotency_key {idempotency_key!r} was already used with different parameters"
+            f" (first used for {operation}); use a new key for a new request"
+        )
+
+
+class ConcurrencyConflict(BallastError):
+    """A concurrent request collided with this one; retrying with the same idempotency key is safe."""
+
+    retryable = True
+
+
+class Unavailable(BallastError):
+    """A dependency (the database) could not be reached in time; retrying with the same key is safe."""
+
+    retryable = True
+
+
+class DeadlineExceeded(BallastError):
+    """The caller's deadline ran out. For a create, whether it took effect is unknown to the caller:
+    repeating it with the same idempotency key returns the outcome without doing it twice."""
+
+    retryable = True

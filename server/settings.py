@@ -1,0 +1,143 @@
+"""Configuration from the environment, validated once at start-up.
+
+A wrong value raises SettingsError with one line naming the variable; `python -m server` prints it
+and exits with status 2. Every variable is listed, with its default, in README.md.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.domain.identity import Principal, Role
+
+API_TOKEN_LENGTH_MIN = 16
+DEVELOPMENT_CLIENT_ID = "dev"
+
+
+class SettingsError(ValueError):
+    """One setting is wrong; the message names it and says what is expected."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str
+    #: None means "start the embedded PostgreSQL" (development only).
+    database_url: str | None
+    grpc_host: str
+    grpc_port: int
+    #: token -> principal
+    api_tokens: Mapping[str, Principal] = field(repr=False)
+    db_pool_size: int
+    db_statement_timeout_ms: int
+    request_timeout_ms: int
+    shutdown_grace_ms: int
+    log_level: str
+    log_format: str
+    data_dir: Path
+    #: The token `make run` prints; None unless it was generated for development.
+    development_token: str | None = field(default=None, repr=False)
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+
+def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is invalid: expected an integer from {low} to {high}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}={raw!r} is invalid: expected an integer from {low} to {high}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    value = raw.lower() if name != "BALLAST_LOG_LEVEL" else raw.upper()
+    if value not in choices:
+        raise SettingsError(f"{name}={raw!r} is invalid: expected one of {', '.join(choices)}")
+    return value
+
+
+def parse_api_tokens(raw: str) -> dict[str, Principal]:
+    """Parse `token=client_id:role,token=client_id:role`."""
+    roles = ", ".join(role.value for role in Role)
+    tokens: dict[str, Principal] = {}
+    for position, item in enumerate(part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        token, _, identity = item.partition("=")
+        client_id, _, role = identity.partition(":")
+        where = f"BALLAST_API_TOKENS entry {position + 1}"
+        if not token or not client_id or not role:
+            raise SettingsError(f"{where} is invalid: expected token=client_id:role")
+        if len(token) < API_TOKEN_LENGTH_MIN:
+            raise SettingsError(f"{where} is invalid: tokens need at least {API_TOKEN_LENGTH_MIN} characters")
+        if role not in Role.__members__.values():
+            raise SettingsError(f"{where} is invalid: role {role!r} is not one of {roles}")
+        if token in tokens:
+            raise SettingsError(f"{where} is invalid: the same token appears twice")
+        tokens[token] = Principal(client_id=client_id, role=Role(role))
+    return tokens
+
+
+def development_token(data_dir: Path) -> str:
+    """The development token kept in <data_dir>/dev-token, created on first use."""
+    path = data_dir / "dev-token"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    path.write_text(token + "\n")
+    path.chmod(0o600)
+    return token
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    environment = _choice(env, "BALLAST_ENV", "development", ("development", "production"))
+    data_dir = Path(env.get("BALLAST_DATA_DIR", "").strip() or ".data").absolute()
+
+    database_url = env.get("DATABASE_URL", "").strip() or None
+    if database_url is None and environment == "production":
+        raise SettingsError("DATABASE_URL is required when BALLAST_ENV=production")
+    if database_url is not None and not database_url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError("DATABASE_URL is invalid: expected postgresql://user:password@host:port/database")
+
+    raw_tokens = env.get("BALLAST_API_TOKENS", "").strip()
+    dev_token = None
+    if raw_tokens:
+        api_tokens = parse_api_tokens(raw_tokens)
+        if not api_tokens:
+            raise SettingsError("BALLAST_API_TOKENS is invalid: expected token=client_id:role[,...]")
+    elif environment == "production":
+        raise SettingsError("BALLAST_API_TOKENS is required when BALLAST_ENV=production")
+    else:
+        dev_token = development_token(data_dir)
+        api_tokens = {dev_token: Principal(DEVELOPMENT_CLIENT_ID, Role.ADMIN)}
+
+    return Settings(
+        environment=environment,
+        database_url=database_url,
+        grpc_host=env.get("BALLAST_GRPC_HOST", "").strip() or "127.0.0.1",
+        grpc_port=_integer(env, "BALLAST_GRPC_PORT", 50051, 0, 65535),
+        api_tokens=api_tokens,
+        db_pool_size=_integer(env, "BALLAST_DB_POOL_SIZE", 20, 1, 500),
+        db_statement_timeout_ms=_integer(env, "BALLAST_DB_STATEMENT_TIMEOUT_MS", 5000, 100, 600_000),
+        request_timeout_ms=_integer(env, "BALLAST_REQUEST_TIMEOUT_MS", 10_000, 100, 600_000),
+        shutdown_grace_ms=_integer(env, "BALLAST_SHUTDOWN_GRACE_MS", 10_000, 0, 600_000),
+        log_level=_choice(env, "BALLAST_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
+        log_format=_choice(env, "BALLAST_LOG_FORMAT", "json", ("json", "console")),
+        data_dir=data_dir,
+        development_token=dev_token,
+    )
