@@ -1,0 +1,105 @@
+"""The server as a separate process, started the way `make run` starts it, called over the network."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 30
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[str]
+    address: str
+    token: str
+    client_id: str
+    log_path: Path
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, timeout_s: float = 20) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+
+def server_environment(database_url: str, port: int, token: str, client_id: str, data_dir: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BALLAST_")}
+    env.update(
+        DATABASE_URL=database_url,
+        BALLAST_GRPC_PORT=str(port),
+        BALLAST_API_TOKENS=f"{token}={client_id}:service",
+        BALLAST_DATA_DIR=str(data_dir),
+        BALLAST_SHUTDOWN_GRACE_MS="15000",
+    )
+    return env
+
+
+def wait_until_serving(server: ServerProcess) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
+            try:
+                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise TimeoutError(f"server not serving after {STARTUP_TIMEOUT_S}s:\n{server.log()}")
+
+
+@pytest.fixture
+def start_server(database_url: str, tmp_path: Path) -> Iterator[object]:
+    """start_server() -> a serving ServerProcess; every one started is stopped at the end."""
+    started: list[ServerProcess] = []
+
+    def start(**extra_env: str) -> ServerProcess:
+        port = free_port()
+        token = f"e2e-token-{uuid.uuid4().hex}"
+        client_id = f"e2e-{uuid.uuid4().hex[:8]}"
+        log_path = tmp_path / f"server-{port}.log"
+        env = server_environment(database_url, port, token, client_id, tmp_path / "data") | extra_env
+        with log_path.open("w") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True
+            )
+        server = ServerProcess(process, f"127.0.0.1:{port}", token, client_id, log_path)
+        started.append(server)
+        wait_until_serving(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.process.poll() is None:
+            server.stop()

@@ -1,0 +1,146 @@
+"""The server as users run it: a separate process, called over gRPC on a real port."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+from ballast.common.v1.money_pb2 import Money
+from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from server.db.engine import asyncpg_dsn
+from tests.e2e.conftest import ROOT, ServerProcess, free_port, server_environment
+
+pytestmark = pytest.mark.e2e
+
+StartServer = Callable[..., ServerProcess]
+
+
+def _request(key: str, value: str = "42.00") -> payments_pb2.CreatePaymentRequest:
+    return payments_pb2.CreatePaymentRequest(idempotency_key=key, amount=Money(value=value, currency_code="EUR"))
+
+
+async def test_fifty_concurrent_calls_with_one_key_over_the_network_create_one_payment(
+    start_server: StartServer, pool: asyncpg.Pool
+) -> None:
+    server = start_server()
+    key = f"storm-{uuid.uuid4()}"
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = payments_pb2_grpc.PaymentServiceStub(channel)
+        calls = [stub.CreatePayment(_request(key), metadata=server.metadata, timeout=10) for _ in range(50)]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    responses = [o for o in outcomes if isinstance(o, payments_pb2.CreatePaymentResponse)]
+    errors = [o for o in outcomes if not isinstance(o, payments_pb2.CreatePaymentResponse)]
+    assert all(isinstance(e, grpc.aio.AioRpcError) and e.code() == grpc.StatusCode.ABORTED for e in errors), errors
+    assert len({response.payment.id for response in responses}) == 1
+    assert await pool.fetchval("SELECT count(*) FROM payments WHERE client_id = $1", server.client_id) == 1
+
+
+def test_reflection_lists_every_service(start_server: StartServer) -> None:
+    server = start_server()
+    with grpc.insecure_channel(server.address) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        names = {service.name for response in responses for service in response.list_services_response.service}
+    assert {
+        "ballast.payments.v1.PaymentService",
+        "ballast.execution.v1.ExecutionService",
+        "ballast.ledger.v1.LedgerService",
+        "ballast.reconciliation.v1.ReconciliationService",
+        "grpc.health.v1.Health",
+    } <= names
+
+
+async def test_sigterm_refuses_new_calls_and_drains_the_one_in_flight(
+    start_server: StartServer, database_url: str
+) -> None:
+    """A call blocked in the database when SIGTERM arrives still completes; the server then exits 0."""
+    server = start_server()
+    key = f"draining-{uuid.uuid4()}"
+    holder = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        transaction = holder.transaction()
+        await transaction.start()
+        # Hold the key's index entry so the server's insert waits behind us.
+        await holder.execute(
+            "INSERT INTO idempotency_keys (client_id, idempotency_key, operation, request_fingerprint, resource_id)"
+            " VALUES ($1, $2, 'payments.create', $3, $4)",
+            server.client_id,
+            key,
+            hashlib.sha256(b"placeholder").digest(),
+            uuid.uuid4(),
+        )
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = payments_pb2_grpc.PaymentServiceStub(channel)
+            in_flight = asyncio.ensure_future(stub.CreatePayment(_request(key), metadata=server.metadata, timeout=20))
+            while await holder.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = 'ballast'"
+            ) == 0:
+                await asyncio.sleep(0.05)
+            server.process.send_signal(signal.SIGTERM)
+            await _wait_for_log(server, "server.draining")
+            async with grpc.aio.insecure_channel(server.address) as late_channel:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await payments_pb2_grpc.PaymentServiceStub(late_channel).CreatePayment(
+                        _request(f"late-{uuid.uuid4()}"), metadata=server.metadata, timeout=5
+                    )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert not in_flight.done()
+            await transaction.rollback()  # let the in-flight insert through
+            response = await in_flight
+    finally:
+        await holder.close()
+    assert response.payment.idempotency_key == key
+    assert await asyncio.to_thread(server.process.wait, 20) == 0
+
+
+async def _wait_for_log(server: ServerProcess, event: str, timeout_s: float = 10) -> None:
+    for _ in range(int(timeout_s / 0.05)):
+        if event in server.log():
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"{event} not logged within {timeout_s}s:\n{server.log()}")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("BALLAST_GRPC_PORT", "not-a-port"), ("BALLAST_DB_POOL_SIZE", "-3"), ("BALLAST_ENV", "prod")],
+)
+def test_a_wrong_setting_stops_start_up_with_one_line_naming_it(
+    database_url: str, tmp_path: Path, variable: str, value: str
+) -> None:
+    env = server_environment(database_url, free_port(), "t" * 20, "c", tmp_path) | {variable: value}
+    result = subprocess.run(
+        [sys.executable, "-m", "server"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and variable in lines[0], result.stderr
+
+
+def test_the_server_refuses_to_start_on_an_unmigrated_database(
+    empty_database_url: str, server_database_url: str, tmp_path: Path
+) -> None:
+    from tests.conftest import _admin, _with_database
+
+    name = f"ballast_unmigrated_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_admin(server_database_url, f'CREATE DATABASE "{name}"'))
+    try:
+        env = server_environment(_with_database(server_database_url, name), free_port(), "t" * 20, "c", tmp_path)
+        result = subprocess.run(
+            [sys.executable, "-m", "server"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+        )
+    finally:
+        asyncio.run(_admin(server_database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    assert result.returncode == 1
+    assert "python -m server migrate" in result.stderr

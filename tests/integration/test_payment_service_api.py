@@ -1,0 +1,272 @@
+"""PaymentService over gRPC (in-process server, real PostgreSQL): status codes, details, isolation."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import grpc
+import pytest
+from ballast.common.v1.money_pb2 import Money
+from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
+from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from tests.integration.conftest import Caller
+
+Stub = payments_pb2_grpc.PaymentServiceStub
+
+
+def _create_request(key: str | None = None, value: str = "12.34", currency: str = "EUR", **fields: object) -> payments_pb2.CreatePaymentRequest:
+    return payments_pb2.CreatePaymentRequest(
+        idempotency_key=key if key is not None else f"key-{uuid.uuid4()}",
+        amount=Money(value=value, currency_code=currency),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def _field_violations(error: grpc.aio.AioRpcError) -> set[str]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, "INVALID_ARGUMENT must carry google.rpc details"
+    fields: set[str] = set()
+    for detail in status.details:
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request):
+            fields |= {violation.field for violation in bad_request.field_violations}
+    return fields
+
+
+async def _count_payments(pool: asyncpg.Pool, client_id: str) -> int:
+    return await pool.fetchval("SELECT count(*) FROM payments WHERE client_id = $1", client_id)
+
+
+@pytest.fixture
+def alpha(callers: tuple[Caller, Caller]) -> Caller:
+    return callers[0]
+
+
+@pytest.fixture
+def beta(callers: tuple[Caller, Caller]) -> Caller:
+    return callers[1]
+
+
+class TestAuthentication:
+    @pytest.mark.parametrize(
+        "metadata",
+        [
+            (),
+            (("authorization", "Bearer not-a-known-token-at-all"),),
+            (("authorization", "Basic dXNlcjpwYXNz"),),
+            (("authorization", "Bearer "),),
+        ],
+    )
+    async def test_missing_or_unknown_credentials_are_unauthenticated_and_write_nothing(
+        self, payments_stub: Stub, metadata: tuple[tuple[str, str], ...], pool: asyncpg.Pool
+    ) -> None:
+        before = await pool.fetchval("SELECT count(*) FROM payments")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await payments_stub.CreatePayment(_create_request(), metadata=metadata, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert await pool.fetchval("SELECT count(*) FROM payments") == before
+
+    async def test_the_declared_but_unbuilt_surface_is_also_behind_authentication(self, channel: grpc.aio.Channel) -> None:
+        stub = execution_pb2_grpc.ExecutionServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GetOrder(execution_pb2.GetOrderRequest(order_id="x"), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    async def test_unbuilt_rpcs_answer_unimplemented(self, channel: grpc.aio.Channel, alpha: Caller) -> None:
+        stub = execution_pb2_grpc.ExecutionServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GetOrder(execution_pb2.GetOrderRequest(order_id="x"), metadata=alpha.metadata, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "GetOrder" in (caught.value.details() or "")
+
+    async def test_health_is_served_without_credentials(self, channel: grpc.aio.Channel) -> None:
+        response = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="ballast.payments.v1.PaymentService"), timeout=5
+        )
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+
+
+class TestCreatePayment:
+    async def test_creates_a_recorded_payment_for_the_calling_client(self, payments_stub: Stub, alpha: Caller) -> None:
+        response = await payments_stub.CreatePayment(
+            _create_request(value="12.3", description="books", metadata={"order": "42"}), metadata=alpha.metadata, timeout=5
+        )
+        payment = response.payment
+        assert not response.replayed
+        assert payment.client_id == alpha.client_id
+        assert payment.state == payments_pb2.PAYMENT_STATE_RECORDED
+        assert (payment.amount.value, payment.amount.currency_code) == ("12.30", "EUR")
+        assert dict(payment.metadata) == {"order": "42"}
+        assert uuid.UUID(payment.id)
+        assert payment.create_time.seconds > 0
+
+    async def test_a_retry_replays_the_same_payment(self, payments_stub: Stub, alpha: Caller) -> None:
+        request = _create_request()
+        first = await payments_stub.CreatePayment(request, metadata=alpha.metadata, timeout=5)
+        again = await payments_stub.CreatePayment(request, metadata=alpha.metadata, timeout=5)
+        assert again.replayed
+        assert again.payment == first.payment
+
+    async def test_reusing_a_key_with_other_parameters_is_failed_precondition_naming_the_key(
+        self, payments_stub: Stub, alpha: Caller
+    ) -> None:
+        key = f"reused-{uuid.uuid4()}"
+        await payments_stub.CreatePayment(_create_request(key, value="10.00"), metadata=alpha.metadata, timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await payments_stub.CreatePayment(_create_request(key, value="11.00"), metadata=alpha.metadata, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert key in (caught.value.details() or "")
+        status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
+        failure = error_details_pb2.PreconditionFailure()
+        assert status is not None and status.details[0].Unpack(failure)
+        assert failure.violations[0].subject == f"idempotency_key:{key}"
+
+    @pytest.mark.parametrize(
+        ("request_fields", "field"),
+        [
+            ({"value": "0"}, "amount.value"),
+            ({"value": "-1.00"}, "amount.value"),
+            ({"value": "1.234"}, "amount.value"),
+            ({"value": "100.5", "currency": "JPY"}, "amount.value"),
+            ({"value": "1e2"}, "amount.value"),
+            ({"currency": "ZZZ"}, "amount.currency_code"),
+            ({"currency": ""}, "amount.currency_code"),
+            ({"key": ""}, "idempotency_key"),
+            ({"key": "k" * 256}, "idempotency_key"),
+            ({"description": "d" * 1001}, "description"),
+            ({"merchant_reference": "r" * 256}, "merchant_reference"),
+            ({"metadata": {"k": "v" * 501}}, "metadata[k]"),
+        ],
+    )
+    async def test_bad_input_is_invalid_argument_naming_the_field_and_writes_nothing(
+        self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool, request_fields: dict[str, object], field: str
+    ) -> None:
+        before = await _count_payments(pool, alpha.client_id)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await payments_stub.CreatePayment(_create_request(**request_fields), metadata=alpha.metadata, timeout=5)  # type: ignore[arg-type]
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in _field_violations(caught.value)
+        assert await _count_payments(pool, alpha.client_id) == before
+
+    async def test_a_missing_amount_is_invalid_argument(self, payments_stub: Stub, alpha: Caller) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await payments_stub.CreatePayment(
+                payments_pb2.CreatePaymentRequest(idempotency_key="no-amount"), metadata=alpha.metadata, timeout=5
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "amount" in _field_violations(caught.value)
+
+
+class TestGetAndListPayments:
+    async def test_get_returns_the_payment(self, payments_stub: Stub, alpha: Caller) -> None:
+        created = await payments_stub.CreatePayment(_create_request(), metadata=alpha.metadata, timeout=5)
+        fetched = await payments_stub.GetPayment(
+            payments_pb2.GetPaymentRequest(payment_id=created.payment.id), metadata=alpha.metadata, timeout=5
+        )
+        assert fetched.payment == created.payment
+
+    async def test_an_unknown_payment_is_not_found(self, payments_stub: Stub, alpha: Caller) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await payments_stub.GetPayment(
+                payments_pb2.GetPaymentRequest(payment_id=str(uuid.uuid4())), metadata=alpha.metadata, timeout=5
+            )
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+    async def test_another_clients_payment_is_not_found(self, payments_stub: Stub, alpha: Caller, beta: Caller) -> None:
+        created = await payments_stub.CreatePayment(_create_request(), metadata=alpha.metadata, timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await payments_stub.GetPayment(
+                payments_pb2.GetPaymentRequest(payment_id=created.payment.id), metadata=beta.metadata, timeout=5
+            )
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+    async def test_a_malformed_id_is_invalid_argument(self, payments_stub: Stub, alpha: Caller) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await payments_stub.GetPayment(payments_pb2.GetPaymentRequest(payment_id="nope"), metadata=alpha.metadata, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert _field_violations(caught.value) == {"payment_id"}
+
+    async def test_list_pages_through_every_payment_of_the_client_once_newest_first(
+        self, payments_stub: Stub, beta: Caller
+    ) -> None:
+        # beta's payments: whatever earlier tests made, plus seven of ours.
+        for _ in range(7):
+            await payments_stub.CreatePayment(_create_request(), metadata=beta.metadata, timeout=5)
+        seen: list[payments_pb2.Payment] = []
+        token = ""
+        for _ in range(100):
+            page = await payments_stub.ListPayments(
+                payments_pb2.ListPaymentsRequest(page_size=3, page_token=token), metadata=beta.metadata, timeout=5
+            )
+            assert len(page.payments) <= 3
+            seen.extend(page.payments)
+            token = page.next_page_token
+            if not token:
+                break
+        ids = [payment.id for payment in seen]
+        assert len(ids) == len(set(ids)) >= 7
+        assert all(payment.client_id == beta.client_id for payment in seen)
+        times = [(p.create_time.seconds, p.create_time.nanos) for p in seen]
+        assert times == sorted(times, reverse=True)
+
+    async def test_list_filters_by_state(self, payments_stub: Stub, alpha: Caller) -> None:
+        await payments_stub.CreatePayment(_create_request(), metadata=alpha.metadata, timeout=5)
+        recorded = await payments_stub.ListPayments(
+            payments_pb2.ListPaymentsRequest(state=payments_pb2.PAYMENT_STATE_RECORDED), metadata=alpha.metadata, timeout=5
+        )
+        succeeded = await payments_stub.ListPayments(
+            payments_pb2.ListPaymentsRequest(state=payments_pb2.PAYMENT_STATE_SUCCEEDED), metadata=alpha.metadata, timeout=5
+        )
+        assert len(recorded.payments) >= 1
+        assert list(succeeded.payments) == []
+
+    @pytest.mark.parametrize(
+        ("request_fields", "field"),
+        [({"page_size": -1}, "page_size"), ({"page_size": 501}, "page_size"), ({"page_token": "garbage"}, "page_token")],
+    )
+    async def test_bad_paging_is_invalid_argument(
+        self, payments_stub: Stub, alpha: Caller, request_fields: dict[str, object], field: str
+    ) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await payments_stub.ListPayments(
+                payments_pb2.ListPaymentsRequest(**request_fields), metadata=alpha.metadata, timeout=5  # type: ignore[arg-type]
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in _field_violations(caught.value)
+
+
+class TestDeadlines:
+    async def test_a_call_blocked_in_the_database_answers_within_its_deadline(
+        self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool
+    ) -> None:
+        """Another transaction holds the key; the caller hears DEADLINE_EXCEEDED in time, not a hang."""
+        import hashlib
+        import time
+
+        key = f"held-{uuid.uuid4()}"
+        async with pool.acquire() as holder:
+            transaction = holder.transaction()
+            await transaction.start()
+            await holder.execute(
+                "INSERT INTO idempotency_keys (client_id, idempotency_key, operation, request_fingerprint, resource_id)"
+                " VALUES ($1, $2, 'payments.create', $3, $4)",
+                alpha.client_id,
+                key,
+                hashlib.sha256(b"x").digest(),
+                uuid.uuid4(),
+            )
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await payments_stub.CreatePayment(_create_request(key), metadata=alpha.metadata, timeout=1.0)
+            elapsed_s = time.monotonic() - started
+            await transaction.rollback()
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert elapsed_s < 1.5
+        # The server gave up too: with the holder gone, the same key now works and creates one payment.
+        created = await payments_stub.CreatePayment(_create_request(key), metadata=alpha.metadata, timeout=5)
+        assert not created.replayed

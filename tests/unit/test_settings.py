@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import pytest
+
+from server.domain.identity import Principal, Role
+from server.settings import SettingsError, load_settings, parse_api_tokens
+
+TOKEN = "t" * 16
+
+
+def _load(tmp_path: Path, **env: str) -> object:
+    return load_settings({"BALLAST_DATA_DIR": str(tmp_path), **env})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("BALLAST_GRPC_PORT", "abc"),
+        ("BALLAST_GRPC_PORT", "70000"),
+        ("BALLAST_DB_POOL_SIZE", "0"),
+        ("BALLAST_LOG_LEVEL", "LOUD"),
+        ("BALLAST_LOG_FORMAT", "xml"),
+        ("BALLAST_ENV", "staging"),
+        ("DATABASE_URL", "mysql://localhost/db"),
+        ("BALLAST_API_TOKENS", "short=client:service"),
+        ("BALLAST_API_TOKENS", f"{TOKEN}=client:superuser"),
+        ("BALLAST_API_TOKENS", f"{TOKEN}"),
+    ],
+)
+def test_a_wrong_value_is_one_line_naming_the_variable(tmp_path: Path, variable: str, value: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        _load(tmp_path, **{variable: value})
+    message = str(caught.value)
+    assert variable in message
+    assert "\n" not in message
+
+
+def test_production_requires_a_database_and_tokens(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="DATABASE_URL"):
+        _load(tmp_path, BALLAST_ENV="production", BALLAST_API_TOKENS=f"{TOKEN}=a:service")
+    with pytest.raises(SettingsError, match="BALLAST_API_TOKENS"):
+        _load(tmp_path, BALLAST_ENV="production", DATABASE_URL="postgresql://db/ballast")
+
+
+def test_development_generates_one_token_and_keeps_it(tmp_path: Path) -> None:
+    first = load_settings({"BALLAST_DATA_DIR": str(tmp_path)})
+    second = load_settings({"BALLAST_DATA_DIR": str(tmp_path)})
+    assert first.development_token is not None
+    assert first.development_token == second.development_token
+    assert first.api_tokens == {first.development_token: Principal("dev", Role.ADMIN)}
+
+
+def test_configured_tokens_replace_the_development_token(tmp_path: Path) -> None:
+    settings = load_settings({"BALLAST_DATA_DIR": str(tmp_path), "BALLAST_API_TOKENS": f"{TOKEN}=orders:service"})
+    assert settings.development_token is None
+    assert settings.api_tokens == {TOKEN: Principal("orders", Role.SERVICE)}
+
+
+def test_tokens_parse_into_clients_and_roles() -> None:
+    tokens = parse_api_tokens(f"{'a' * 16}=orders:service, {'b' * 16}=ops:operator")
+    assert tokens == {"a" * 16: Principal("orders", Role.SERVICE), "b" * 16: Principal("ops", Role.OPERATOR)}
