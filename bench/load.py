@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import os
 import secrets
 import sys
@@ -58,8 +59,8 @@ class LoadResult:
         if not self.latencies_s:
             return float("nan")
         ordered = sorted(self.latencies_s)
-        rank = max(1, -(-len(ordered) * fraction // 1))  # ceil(n * fraction), at least 1
-        return ordered[int(rank) - 1] * 1000
+        rank = max(1, math.ceil(len(ordered) * fraction))
+        return ordered[rank - 1] * 1000
 
     def as_dict(self) -> dict[str, object]:
         return {
