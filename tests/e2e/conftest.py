@@ -84,10 +84,11 @@ def start_server(database_url: str, tmp_path: Path) -> Iterator[object]:
     """start_server() -> a serving ServerProcess; every one started is stopped at the end."""
     started: list[ServerProcess] = []
 
-    def start(**extra_env: str) -> ServerProcess:
+    def start(token: str | None = None, client_id: str | None = None, **extra_env: str) -> ServerProcess:
+        """A new server process; pass the token and client id of another one to make a replica."""
         port = free_port()
-        token = f"e2e-token-{uuid.uuid4().hex}"
-        client_id = f"e2e-{uuid.uuid4().hex[:8]}"
+        token = token or f"e2e-token-{uuid.uuid4().hex}"
+        client_id = client_id or f"e2e-{uuid.uuid4().hex[:8]}"
         log_path = tmp_path / f"server-{port}.log"
         env = server_environment(database_url, port, token, client_id, tmp_path / "data") | extra_env
         with log_path.open("w") as log_file:

@@ -1,0 +1,207 @@
+"""`python -m bench`: Ballast's CreatePayment throughput and latency, against the ceiling of a bare server.
+
+What is measured: calls per second and p50/p99 latency of PaymentService.CreatePayment with
+`--concurrency` calls (default 64) in flight, for `--duration-s` after a `--warmup-s` warm-up,
+against two servers, one after the other, with the same load generator and settings:
+
+  bare (ceiling)  bench/bare_server.py: grpc.aio + an asyncpg pool of the same size, one
+                  transaction per call (BEGIN; INSERT key; INSERT payment; COMMIT), nothing else.
+  ballast         `python -m server`, migrated with `python -m server migrate`.
+
+Why: on a given machine and PostgreSQL, absolute numbers say little; the ratio to what grpc.aio
+and asyncpg can do at all with the same shape of work says how much Ballast's own code costs
+(authentication, validation, idempotency, error mapping, budgets). The target is a ratio of at
+least 0.70.
+
+Both servers run as subprocesses against a fresh database `ballast_bench_<random>` (dropped at
+the end) on the PostgreSQL of DATABASE_URL, or on the embedded PostgreSQL when it is unset. The
+load generator runs in this process. Every wait is bounded and the servers are stopped on exit,
+Ctrl-C included. Progress goes to stderr; the table to stdout; server logs to bench/results/.
+
+With --check the exit status is 1 if the ratio is below the target or if any call failed
+(failed calls make the numbers meaningless either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import signal
+import sys
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from types import FrameType
+
+from bench.harness import bench_database, free_port, migrate, postgres_server_url, redacted, server_process
+from bench.load import LoadResult, run_load
+
+TARGET_RATIO = 0.70
+BARE = "bare (ceiling)"
+BALLAST = "ballast"
+
+
+def _bounded(low: float, high: float, kind: type[int] | type[float]) -> object:
+    def parse(raw: str) -> int | float:
+        value = kind(raw)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{raw} is not from {low} to {high}")
+        return value
+
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="CreatePayment throughput and latency of Ballast against a bare grpc.aio + asyncpg ceiling.",
+    )
+    parser.add_argument("--duration-s", type=_bounded(1, 600, float), default=10.0, help="measured seconds per target")
+    parser.add_argument("--warmup-s", type=_bounded(0, 120, float), default=2.0, help="unmeasured seconds first")
+    parser.add_argument("--concurrency", type=_bounded(1, 1024, int), default=64, help="calls in flight")
+    parser.add_argument("--check", action="store_true", help=f"exit 1 if the ratio is below {TARGET_RATIO} or a call failed")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
+    return parser.parse_args(argv)
+
+
+def _pool_size() -> int:
+    """Ballast's pool size (BALLAST_DB_POOL_SIZE, default 20); the bare server gets the same."""
+    raw = os.environ.get("BALLAST_DB_POOL_SIZE", "").strip()
+    return int(raw) if raw else 20
+
+
+def _status(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
+
+
+def measure(args: argparse.Namespace, pool_size: int) -> tuple[str, list[LoadResult]]:
+    """Run both targets one after the other; returns (where PostgreSQL is, results)."""
+    token = secrets.token_urlsafe(24)
+    with ExitStack() as stack:
+        server_url, source = postgres_server_url()
+        database_url = stack.enter_context(bench_database(server_url))
+        database = f"{source}: {redacted(database_url)}"
+        _status(f"database {database}; migrating")
+        migrate(database_url)
+
+        python = sys.executable
+        db_env = {"DATABASE_URL": database_url}
+        targets = [
+            (BARE, [python, "-m", "bench.bare_server", "--pool-size", str(pool_size), "--port"], db_env),
+            (
+                BALLAST,
+                [python, "-m", "server", "serve"],
+                {
+                    **db_env,
+                    "BALLAST_GRPC_HOST": "127.0.0.1",
+                    "BALLAST_API_TOKENS": f"{token}=bench:service",
+                    "BALLAST_DB_POOL_SIZE": str(pool_size),
+                    "BALLAST_SHUTDOWN_GRACE_MS": "1000",
+                },
+            ),
+        ]
+        results = []
+        for name, command, env in targets:
+            port = free_port()
+            if name == BARE:
+                command = [*command, str(port)]
+            else:
+                env = {**env, "BALLAST_GRPC_PORT": str(port)}
+            _status(f"[{name}] starting")
+            log_name = "bare" if name == BARE else name
+            with server_process(log_name, command, env, port) as pid:
+                result = asyncio.run(
+                    run_load(
+                        name,
+                        f"127.0.0.1:{port}",
+                        token=token,
+                        server_pid=pid,
+                        warmup_s=args.warmup_s,
+                        duration_s=args.duration_s,
+                        concurrency=args.concurrency,
+                    )
+                )
+            results.append(result)
+        return database, results
+
+
+def _cores(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def report(results: list[LoadResult], ratio: float) -> None:
+    header = f"{'target':<16}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}   CPU cores: server  loadgen  other"
+    print(header)
+    print("-" * len(header))
+    for result in results:
+        cpu = result.cpu
+        print(
+            f"{result.target:<16}{result.calls_per_s:>10.1f}{result.percentile_ms(0.50):>9.2f}"
+            f"{result.percentile_ms(0.99):>9.2f}{sum(result.errors.values()):>8}"
+            f"{'':>14}{_cores(cpu and cpu.server):>6}{_cores(cpu and cpu.load_generator):>9}{_cores(cpu and cpu.other):>7}"
+        )
+    for result in results:
+        if result.errors or result.errors_outside_window:
+            print(
+                f"  {result.target} errors: in window {dict(result.errors)}, "
+                f"in warm-up or drain {dict(result.errors_outside_window)}"
+            )
+    print(f"ratio: {ratio:.2f} (target >= {TARGET_RATIO:.2f})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    from server.observability import configure_logging
+
+    configure_logging("WARNING", "console")  # the embedded PostgreSQL's start-up logs, to stderr
+    pool_size = _pool_size()
+    cpus = os.cpu_count() or 0
+    try:
+        database, results = measure(args, pool_size)
+    except KeyboardInterrupt:
+        _status("\ninterrupted; servers stopped, benchmark database dropped")
+        return 130
+    bare, ballast = results
+    ratio = ballast.calls_per_s / bare.calls_per_s if bare.calls_per_s > 0 else 0.0
+    failed = any(result.errors or result.errors_outside_window for result in results)
+
+    print(
+        f"CreatePayment, {args.concurrency} calls in flight, {args.duration_s:g} s measured after "
+        f"{args.warmup_s:g} s warm-up, DB pool {pool_size}, {cpus} CPUs, PostgreSQL {database}"
+    )
+    report(results, ratio)
+    if args.json is not None:
+        document = {
+            "settings": {
+                "duration_s": args.duration_s,
+                "warmup_s": args.warmup_s,
+                "concurrency": args.concurrency,
+                "db_pool_size": pool_size,
+            },
+            "machine": {"cpus": cpus, "python": platform.python_version(), "platform": platform.platform()},
+            "database": database,
+            "targets": {result.target: result.as_dict() for result in results},
+            "ratio": round(ratio, 4),
+            "target_ratio": TARGET_RATIO,
+            "errors": failed,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    if args.check and (ratio < TARGET_RATIO or failed):
+        reason = "calls failed" if failed else f"ratio {ratio:.2f} is below {TARGET_RATIO:.2f}"
+        _status(f"check failed: {reason}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
