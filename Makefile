@@ -9,7 +9,7 @@ BUF := npx --yes @bufbuild/buf@1.75.0
 PYTEST_ARGS ?=
 
 .PHONY: all
-all: proto-check test ## Run what CI runs: the stubs check and every test
+all: lint proto-check test ## Run what CI runs: lint, the stubs check and every test
 
 .PHONY: help
 help: ## List every target with its description
@@ -41,6 +41,17 @@ token: $(INSTALLED) ## Print the development bearer token
 .PHONY: test
 test: $(INSTALLED) ## Run every test (embedded PostgreSQL unless DATABASE_URL is set)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+.PHONY: lint
+lint: $(INSTALLED) ## Lint and type-check: ruff and mypy (strict) over the Python code
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+.PHONY: format
+format: $(INSTALLED) ## Format the Python code and apply safe lint fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 .PHONY: proto
 proto: $(INSTALLED) ## Regenerate the Python stubs in gen/ballast from proto/

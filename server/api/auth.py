@@ -12,7 +12,11 @@ import grpc
 from server.domain.identity import Principal
 
 #: Standard infrastructure services that load balancers and tools call without credentials.
-UNAUTHENTICATED_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.v1alpha.ServerReflection/", "/grpc.reflection.v1.ServerReflection/")
+UNAUTHENTICATED_SERVICES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
 
 
 class TokenAuthenticator:

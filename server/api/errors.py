@@ -39,7 +39,9 @@ def _details_for(error: BallastError) -> tuple[grpc.StatusCode, list[any_pb2.Any
         failure = error_details_pb2.PreconditionFailure(
             violations=[
                 error_details_pb2.PreconditionFailure.Violation(
-                    type="IDEMPOTENCY_KEY_REUSED", subject=f"idempotency_key:{error.idempotency_key}", description=str(error)
+                    type="IDEMPOTENCY_KEY_REUSED",
+                    subject=f"idempotency_key:{error.idempotency_key}",
+                    description=str(error),
                 )
             ]
         )

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from ballast.execution.v1 import execution_pb2
 from ballast.ledger.v1 import ledger_pb2
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from ballast.reconciliation.v1 import reconciliation_pb2
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from server.api.auth import AuthInterceptor, TokenAuthenticator
 from server.api.payments_servicer import PaymentServicer
 from server.api.unimplemented import PENDING_SERVICES, unimplemented_servicer

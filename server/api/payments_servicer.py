@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import grpc
-from ballast.common.v1 import money_pb2
-from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from ballast.common.v1 import money_pb2
+from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from server.api.auth import TokenAuthenticator
 from server.api.handlers import budget_for, translate_errors
 from server.db.database import Database
@@ -28,7 +28,7 @@ def payment_to_proto(payment: PaymentRecord) -> payments_pb2.Payment:
         client_id=payment.client_id,
         idempotency_key=payment.idempotency_key,
         amount=money_pb2.Money(value=payment.amount.to_decimal_string(), currency_code=payment.amount.currency_code),
-        state=payments_pb2.PaymentState.Value(f"PAYMENT_STATE_{payment.state.value}"),
+        state=f"PAYMENT_STATE_{payment.state.value}",
         description=payment.description,
         merchant_reference=payment.merchant_reference,
         metadata=payment.metadata,

@@ -10,6 +10,7 @@ import inspect
 from typing import Any
 
 import grpc
+
 from ballast.execution.v1 import execution_pb2_grpc
 from ballast.ledger.v1 import ledger_pb2_grpc
 from ballast.reconciliation.v1 import reconciliation_pb2_grpc

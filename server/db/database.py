@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -51,11 +50,13 @@ class Database:
         except asyncpg.PostgresError as error:
             sqlstate = getattr(error, "sqlstate", None)
             if sqlstate in _CONFLICT_SQLSTATES:
-                raise ConcurrencyConflict(f"a concurrent request collided ({sqlstate}); retry with the same key") from error
+                raise ConcurrencyConflict(
+                    f"a concurrent request collided ({sqlstate}); retry with the same key"
+                ) from error
             if sqlstate == _QUERY_CANCELED_SQLSTATE:
                 raise DeadlineExceeded("the database statement was cancelled at its time limit") from error
             raise
-        except (asyncio.TimeoutError, TimeoutError) as error:
+        except TimeoutError as error:
             raise DeadlineExceeded("the database did not answer within the request's deadline") from error
         except (OSError, asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError) as error:
             raise Unavailable(f"the database is unreachable ({type(error).__name__}); retry later") from error

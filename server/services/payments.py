@@ -104,7 +104,9 @@ async def list_payments(
     budget: Budget,
 ) -> PaymentPage:
     if page_size < 0 or page_size > PAGE_SIZE_MAX:
-        raise InvalidArgument([FieldViolation("page_size", f"must be from 0 to {PAGE_SIZE_MAX}; 0 means {PAGE_SIZE_DEFAULT}")])
+        raise InvalidArgument(
+            [FieldViolation("page_size", f"must be from 0 to {PAGE_SIZE_MAX}; 0 means {PAGE_SIZE_DEFAULT}")]
+        )
     limit = page_size or PAGE_SIZE_DEFAULT
     after = _decode_page_token(page_token, state) if page_token else None
     async with database.connection(budget) as connection:

@@ -72,7 +72,10 @@ def wait_until_serving(server: ServerProcess) -> None:
             if server.process.poll() is not None:
                 raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
             try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return
             except grpc.RpcError:
                 time.sleep(0.1)
@@ -93,7 +96,12 @@ def start_server(database_url: str, tmp_path: Path) -> Iterator[object]:
         env = server_environment(database_url, port, token, client_id, tmp_path / "data") | extra_env
         with log_path.open("w") as log_file:
             process = subprocess.Popen(
-                [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True
+                [sys.executable, "-m", "server"],
+                cwd=ROOT,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
         server = ServerProcess(process, f"127.0.0.1:{port}", token, client_id, log_path)
         started.append(server)

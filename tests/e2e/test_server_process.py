@@ -14,10 +14,10 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
-from ballast.common.v1.money_pb2 import Money
-from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from ballast.common.v1.money_pb2 import Money
+from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from server.db.engine import asyncpg_dsn
 from tests.e2e.conftest import ROOT, ServerProcess, free_port, server_environment
 
@@ -50,7 +50,9 @@ def test_reflection_lists_every_service(start_server: StartServer) -> None:
     server = start_server()
     with grpc.insecure_channel(server.address) as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        responses = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
         names = {service.name for response in responses for service in response.list_services_response.service}
     assert {
         "ballast.payments.v1.PaymentService",
@@ -83,10 +85,7 @@ async def test_sigterm_refuses_new_calls_and_drains_the_one_in_flight(
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = payments_pb2_grpc.PaymentServiceStub(channel)
             in_flight = asyncio.ensure_future(stub.CreatePayment(_request(key), metadata=server.metadata, timeout=20))
-            while await holder.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND application_name = 'ballast'"
-            ) == 0:
-                await asyncio.sleep(0.05)
+            await _wait_until_blocked_on_a_lock(holder)
             server.process.send_signal(signal.SIGTERM)
             await _wait_for_log(server, "server.draining")
             async with grpc.aio.insecure_channel(server.address) as late_channel:
@@ -102,6 +101,18 @@ async def test_sigterm_refuses_new_calls_and_drains_the_one_in_flight(
         await holder.close()
     assert response.payment.idempotency_key == key
     assert await asyncio.to_thread(server.process.wait, 20) == 0
+
+
+async def _wait_until_blocked_on_a_lock(connection: asyncpg.Connection, timeout_s: float = 10) -> None:
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND application_name = 'ballast' AND datname = current_database()"
+    )
+    for _ in range(int(timeout_s / 0.05)):
+        if await connection.fetchval(query):
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"no server connection waited on a lock within {timeout_s}s")
 
 
 async def _wait_for_log(server: ServerProcess, event: str, timeout_s: float = 10) -> None:

@@ -14,8 +14,8 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
-from ballast.payments.v1 import payments_pb2_grpc
 
+from ballast.payments.v1 import payments_pb2_grpc
 from server.api.grpc_server import build_server, set_serving
 from server.db.database import Database
 from server.domain.identity import Principal, Role
@@ -47,11 +47,15 @@ class Caller:
 @pytest.fixture(scope="session")
 def callers() -> tuple[Caller, Caller]:
     suffix = uuid.uuid4().hex[:8]
-    return Caller(f"alpha-{suffix}", f"alpha-token-{uuid.uuid4().hex}"), Caller(f"beta-{suffix}", f"beta-token-{uuid.uuid4().hex}")
+    return Caller(f"alpha-{suffix}", f"alpha-token-{uuid.uuid4().hex}"), Caller(
+        f"beta-{suffix}", f"beta-token-{uuid.uuid4().hex}"
+    )
 
 
 @pytest.fixture(scope="session")
-async def grpc_address(pool: asyncpg.Pool, callers: tuple[Caller, Caller], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[str]:
+async def grpc_address(
+    pool: asyncpg.Pool, callers: tuple[Caller, Caller], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
     """An in-process server on a free port, with the real servicers, interceptors and database."""
     tokens = ",".join(f"{caller.token}={caller.client_id}:service" for caller in callers)
     settings = load_settings(

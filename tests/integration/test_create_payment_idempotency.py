@@ -79,9 +79,7 @@ async def test_fifty_concurrent_calls_with_one_key_create_exactly_one_payment(
     database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     request = _request("contended")
-    outcomes = await asyncio.gather(
-        *(_create(database, principal, request) for _ in range(50)), return_exceptions=True
-    )
+    outcomes = await asyncio.gather(*(_create(database, principal, request) for _ in range(50)), return_exceptions=True)
     payments = [outcome.payment for outcome in outcomes if isinstance(outcome, CreatePaymentResult)]
     unexpected = [o for o in outcomes if not isinstance(o, (CreatePaymentResult, ConcurrencyConflict))]
     assert unexpected == []

@@ -7,19 +7,21 @@ import uuid
 import asyncpg
 import grpc
 import pytest
-from ballast.common.v1.money_pb2 import Money
-from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
-from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from ballast.common.v1.money_pb2 import Money
+from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
+from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from tests.integration.conftest import Caller
 
 Stub = payments_pb2_grpc.PaymentServiceStub
 
 
-def _create_request(key: str | None = None, value: str = "12.34", currency: str = "EUR", **fields: object) -> payments_pb2.CreatePaymentRequest:
+def _create_request(
+    key: str | None = None, value: str = "12.34", currency: str = "EUR", **fields: object
+) -> payments_pb2.CreatePaymentRequest:
     return payments_pb2.CreatePaymentRequest(
         idempotency_key=key if key is not None else f"key-{uuid.uuid4()}",
         amount=Money(value=value, currency_code=currency),
@@ -71,7 +73,9 @@ class TestAuthentication:
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert await pool.fetchval("SELECT count(*) FROM payments") == before
 
-    async def test_the_declared_but_unbuilt_surface_is_also_behind_authentication(self, channel: grpc.aio.Channel) -> None:
+    async def test_the_declared_but_unbuilt_surface_is_also_behind_authentication(
+        self, channel: grpc.aio.Channel
+    ) -> None:
         stub = execution_pb2_grpc.ExecutionServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.GetOrder(execution_pb2.GetOrderRequest(order_id="x"), timeout=5)
@@ -94,7 +98,9 @@ class TestAuthentication:
 class TestCreatePayment:
     async def test_creates_a_recorded_payment_for_the_calling_client(self, payments_stub: Stub, alpha: Caller) -> None:
         response = await payments_stub.CreatePayment(
-            _create_request(value="12.3", description="books", metadata={"order": "42"}), metadata=alpha.metadata, timeout=5
+            _create_request(value="12.3", description="books", metadata={"order": "42"}),
+            metadata=alpha.metadata,
+            timeout=5,
         )
         payment = response.payment
         assert not response.replayed
@@ -187,7 +193,9 @@ class TestGetAndListPayments:
 
     async def test_a_malformed_id_is_invalid_argument(self, payments_stub: Stub, alpha: Caller) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await payments_stub.GetPayment(payments_pb2.GetPaymentRequest(payment_id="nope"), metadata=alpha.metadata, timeout=5)
+            await payments_stub.GetPayment(
+                payments_pb2.GetPaymentRequest(payment_id="nope"), metadata=alpha.metadata, timeout=5
+            )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert _field_violations(caught.value) == {"payment_id"}
 
@@ -217,24 +225,34 @@ class TestGetAndListPayments:
     async def test_list_filters_by_state(self, payments_stub: Stub, alpha: Caller) -> None:
         await payments_stub.CreatePayment(_create_request(), metadata=alpha.metadata, timeout=5)
         recorded = await payments_stub.ListPayments(
-            payments_pb2.ListPaymentsRequest(state=payments_pb2.PAYMENT_STATE_RECORDED), metadata=alpha.metadata, timeout=5
+            payments_pb2.ListPaymentsRequest(state=payments_pb2.PAYMENT_STATE_RECORDED),
+            metadata=alpha.metadata,
+            timeout=5,
         )
         succeeded = await payments_stub.ListPayments(
-            payments_pb2.ListPaymentsRequest(state=payments_pb2.PAYMENT_STATE_SUCCEEDED), metadata=alpha.metadata, timeout=5
+            payments_pb2.ListPaymentsRequest(state=payments_pb2.PAYMENT_STATE_SUCCEEDED),
+            metadata=alpha.metadata,
+            timeout=5,
         )
         assert len(recorded.payments) >= 1
         assert list(succeeded.payments) == []
 
     @pytest.mark.parametrize(
         ("request_fields", "field"),
-        [({"page_size": -1}, "page_size"), ({"page_size": 501}, "page_size"), ({"page_token": "garbage"}, "page_token")],
+        [
+            ({"page_size": -1}, "page_size"),
+            ({"page_size": 501}, "page_size"),
+            ({"page_token": "garbage"}, "page_token"),
+        ],
     )
     async def test_bad_paging_is_invalid_argument(
         self, payments_stub: Stub, alpha: Caller, request_fields: dict[str, object], field: str
     ) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await payments_stub.ListPayments(
-                payments_pb2.ListPaymentsRequest(**request_fields), metadata=alpha.metadata, timeout=5  # type: ignore[arg-type]
+                payments_pb2.ListPaymentsRequest(**request_fields),
+                metadata=alpha.metadata,
+                timeout=5,  # type: ignore[arg-type]
             )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in _field_violations(caught.value)

@@ -84,7 +84,10 @@ def test_the_same_parameters_give_the_same_fingerprint_whatever_their_spelling()
     ],
 )
 def test_any_different_parameter_gives_a_different_fingerprint(overrides: dict[str, Any]) -> None:
-    assert validate_create_payment(**_valid()).fingerprint() != validate_create_payment(**_valid(**overrides)).fingerprint()
+    assert (
+        validate_create_payment(**_valid()).fingerprint()
+        != validate_create_payment(**_valid(**overrides)).fingerprint()
+    )
 
 
 def test_the_idempotency_key_is_not_part_of_the_fingerprint() -> None:

@@ -27,7 +27,9 @@ def test_more_fraction_digits_than_the_currency_allows_are_refused(value: str, c
         parse_amount(value, currency)
 
 
-@pytest.mark.parametrize("value", ["", "-1", "+1", "1e3", " 1", "1 ", "1,000", "01", ".5", "5.", "NaN", "Infinity", "0x10", "١٢"])
+@pytest.mark.parametrize(
+    "value", ["", "-1", "+1", "1e3", " 1", "1 ", "1,000", "01", ".5", "5.", "NaN", "Infinity", "0x10", "١٢"]
+)
 def test_anything_but_a_plain_decimal_string_is_refused(value: str) -> None:
     with pytest.raises(MoneyError):
         parse_amount(value, "EUR")

@@ -29,11 +29,15 @@ def upgrade() -> None:
         sa.Column("resource_id", UUID(as_uuid=True), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
         sa.PrimaryKeyConstraint("client_id", "idempotency_key", name=op.f("pk_idempotency_keys")),
-        sa.CheckConstraint("char_length(client_id) BETWEEN 1 AND 128", name=op.f("ck_idempotency_keys_client_id_length")),
+        sa.CheckConstraint(
+            "char_length(client_id) BETWEEN 1 AND 128", name=op.f("ck_idempotency_keys_client_id_length")
+        ),
         sa.CheckConstraint(
             "char_length(idempotency_key) BETWEEN 1 AND 255", name=op.f("ck_idempotency_keys_idempotency_key_length")
         ),
-        sa.CheckConstraint("char_length(operation) BETWEEN 1 AND 64", name=op.f("ck_idempotency_keys_operation_length")),
+        sa.CheckConstraint(
+            "char_length(operation) BETWEEN 1 AND 64", name=op.f("ck_idempotency_keys_operation_length")
+        ),
         sa.CheckConstraint(
             "octet_length(request_fingerprint) = 32", name=op.f("ck_idempotency_keys_request_fingerprint_sha256")
         ),
@@ -72,9 +76,13 @@ def upgrade() -> None:
         sa.CheckConstraint(f"state IN ({states})", name=op.f("ck_payments_state_known")),
         sa.CheckConstraint("char_length(client_id) BETWEEN 1 AND 128", name=op.f("ck_payments_client_id_length")),
         sa.CheckConstraint("char_length(description) <= 1000", name=op.f("ck_payments_description_length")),
-        sa.CheckConstraint("char_length(merchant_reference) <= 255", name=op.f("ck_payments_merchant_reference_length")),
+        sa.CheckConstraint(
+            "char_length(merchant_reference) <= 255", name=op.f("ck_payments_merchant_reference_length")
+        ),
         sa.CheckConstraint("jsonb_typeof(metadata) = 'object'", name=op.f("ck_payments_metadata_object")),
-        sa.CheckConstraint("char_length(provider_payment_id) <= 255", name=op.f("ck_payments_provider_payment_id_length")),
+        sa.CheckConstraint(
+            "char_length(provider_payment_id) <= 255", name=op.f("ck_payments_provider_payment_id_length")
+        ),
         sa.CheckConstraint("char_length(provider_status) <= 64", name=op.f("ck_payments_provider_status_length")),
         comment=(
             "A payment Ballast was asked to take, in its internal state. Provider statuses are evidence"
