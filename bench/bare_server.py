@@ -23,9 +23,10 @@ from decimal import Decimal
 
 import asyncpg
 import grpc
-from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.engine import make_url
+
+from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bare_idempotency_keys (
@@ -53,7 +54,7 @@ class BarePaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def CreatePayment(  # noqa: N802 (the generated method name)
+    async def CreatePayment(
         self, request: payments_pb2.CreatePaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.CreatePaymentResponse:
         payment_id = uuid.uuid4()

@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import grpc
+
 from ballast.common.v1 import money_pb2
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 
@@ -48,6 +49,8 @@ class LoadResult:
     errors: Counter[str] = field(default_factory=Counter)
     #: The same, for calls that completed during the warm-up or after the window.
     errors_outside_window: Counter[str] = field(default_factory=Counter)
+    #: Status code name -> the details of its first failed call, to say what went wrong.
+    error_examples: dict[str, str] = field(default_factory=dict)
     cpu: CpuUsage | None = None
 
     @property
@@ -71,6 +74,7 @@ class LoadResult:
             "p99_ms": round(self.percentile_ms(0.99), 2),
             "errors": dict(self.errors),
             "errors_outside_window": dict(self.errors_outside_window),
+            "error_examples": self.error_examples,
             "cpu_cores": None if self.cpu is None else vars(self.cpu),
         }
 
@@ -157,6 +161,7 @@ async def run_load(
                 await stub.CreatePayment(request, metadata=metadata, timeout=CALL_TIMEOUT_S)
             except grpc.aio.AioRpcError as error:
                 code = error.code().name
+                result.error_examples.setdefault(code, str(error.details())[:200])
             finished = time.perf_counter()
             if not window_start <= finished < window_end:
                 if code is not None:

@@ -23,7 +23,7 @@ def readme_snippet(name: str) -> str:
 
 
 def test_the_readme_snippet_is_short() -> None:
-    assert len(readme_snippet("create-payment").strip().splitlines()) <= 11
+    assert len(readme_snippet("create-payment").strip().splitlines()) <= 10
 
 
 def test_the_readme_snippet_creates_a_payment(start_server: Callable[..., ServerProcess]) -> None:
