@@ -8,9 +8,12 @@ token    print the development bearer token (development only)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 
+import asyncpg
+import prometheus_client
 import structlog
 
 from server.api.grpc_server import build_server, set_serving
@@ -33,22 +36,40 @@ def _database_url(settings: Settings) -> str:
     return start_embedded_postgres(settings.data_dir)
 
 
+async def _schema_is_current(pool: asyncpg.Pool) -> bool:
+    async with pool.acquire() as connection:
+        current, head = await pending_revision(connection)
+    if current != head:
+        log.error(
+            "server.schema_not_current",
+            database_revision=current,
+            code_revision=head,
+            hint="run `python -m server migrate` (make run does it for you)",
+        )
+    return current == head
+
+
+async def _until_stopped() -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+
+
 async def serve(settings: Settings, database_url: str) -> int:
-    pool = await create_pool(
-        database_url, size=settings.db_pool_size, statement_timeout_ms=settings.db_statement_timeout_ms
-    )
-    try:
-        async with pool.acquire() as connection:
-            current, head = await pending_revision(connection)
-        if current != head:
-            log.error(
-                "server.schema_not_current",
-                database_revision=current,
-                code_revision=head,
-                hint="run `python -m server migrate` (make run does it for you)",
-            )
+    async with contextlib.AsyncExitStack() as stack:
+        pool = await create_pool(
+            database_url, size=settings.db_pool_size, statement_timeout_ms=settings.db_statement_timeout_ms
+        )
+        stack.push_async_callback(pool.close)
+        if not await _schema_is_current(pool):
             return 1
         server, health_servicer, port = build_server(settings, Database(pool))
+        if settings.metrics_port:
+            metrics_server, _ = prometheus_client.start_http_server(settings.metrics_port, addr=settings.grpc_host)
+            stack.callback(metrics_server.shutdown)
+            log.info("metrics.listening", address=f"http://{settings.grpc_host}:{settings.metrics_port}/metrics")
         await server.start()
         await set_serving(health_servicer, True)
         log.info("server.listening", address=f"{settings.grpc_host}:{port}", environment=settings.environment)
@@ -58,21 +79,14 @@ async def serve(settings: Settings, database_url: str) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stopping.set)
-        await stopping.wait()
+        await _until_stopped()
 
         grace_s = settings.shutdown_grace_ms / 1000
         log.info("server.draining", grace_s=grace_s)
         await set_serving(health_servicer, False)
         await server.stop(grace_s)  # refuses new calls at once; waits up to grace_s for calls in flight
         log.info("server.stopped")
-        return 0
-    finally:
-        await pool.close()
+    return 0
 
 
 def main(argv: list[str]) -> int:

@@ -29,6 +29,8 @@ class Settings:
     database_url: str | None
     grpc_host: str
     grpc_port: int
+    #: Port of the Prometheus /metrics endpoint on grpc_host; 0 turns it off.
+    metrics_port: int
     #: token -> principal
     api_tokens: Mapping[str, Principal] = field(repr=False)
     db_pool_size: int
@@ -131,6 +133,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database_url=database_url,
         grpc_host=env.get("BALLAST_GRPC_HOST", "").strip() or "127.0.0.1",
         grpc_port=_integer(env, "BALLAST_GRPC_PORT", 50051, 0, 65535),
+        metrics_port=_integer(env, "BALLAST_METRICS_PORT", 9464, 0, 65535),
         api_tokens=api_tokens,
         db_pool_size=_integer(env, "BALLAST_DB_POOL_SIZE", 20, 1, 500),
         db_statement_timeout_ms=_integer(env, "BALLAST_DB_STATEMENT_TIMEOUT_MS", 5000, 100, 600_000),

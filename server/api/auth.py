@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from server.api.handlers import handler_kind
 from server.domain.identity import Principal
 
 #: Standard infrastructure services that load balancers and tools call without credentials.
@@ -52,8 +53,7 @@ def _rejecting(handler: Any, message: str) -> grpc.RpcMethodHandler:
     async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-    kind = next(k for k in ("unary_unary", "unary_stream", "stream_unary", "stream_stream") if getattr(handler, k))
-    rejecting: grpc.RpcMethodHandler = handler._replace(**{kind: abort})
+    rejecting: grpc.RpcMethodHandler = handler._replace(**{handler_kind(handler): abort})
     return rejecting
 
 

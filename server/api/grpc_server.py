@@ -11,6 +11,7 @@ from ballast.ledger.v1 import ledger_pb2
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from ballast.reconciliation.v1 import reconciliation_pb2
 from server.api.auth import AuthInterceptor, TokenAuthenticator
+from server.api.metrics import MetricsInterceptor
 from server.api.payments_servicer import PaymentServicer
 from server.api.unimplemented import PENDING_SERVICES, unimplemented_servicer
 from server.db.database import Database
@@ -35,7 +36,8 @@ def build_server(settings: Settings, database: Database) -> tuple[grpc.aio.Serve
     """A started-ready (not yet started) server bound to the configured address, and its bound port."""
     authenticator = TokenAuthenticator(settings.api_tokens)
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(authenticator)],
+        # Metrics first, so that calls refused by authentication are counted too.
+        interceptors=[MetricsInterceptor(), AuthInterceptor(authenticator)],
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

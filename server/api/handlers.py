@@ -22,6 +22,14 @@ Response = TypeVar("Response")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
 
 
+HANDLER_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+def handler_kind(handler: grpc.RpcMethodHandler) -> str:
+    """Which of the four behaviours a method handler carries (a handler has exactly one)."""
+    return next(kind for kind in HANDLER_KINDS if getattr(handler, kind))
+
+
 def budget_for(context: grpc.aio.ServicerContext, request_timeout_s: float) -> Budget:
     """The caller's deadline (less a margin), capped by the server's own request timeout."""
     remaining = context.time_remaining()

@@ -155,3 +155,21 @@ def test_the_server_refuses_to_start_on_an_unmigrated_database(
         asyncio.run(_admin(server_database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     assert result.returncode == 1
     assert "python -m server migrate" in result.stderr
+
+
+def test_metrics_count_calls_by_method_and_code(start_server: StartServer) -> None:
+    import urllib.request
+
+    metrics_port = free_port()
+    server = start_server(BALLAST_METRICS_PORT=str(metrics_port))
+    with grpc.insecure_channel(server.address) as channel:
+        stub = payments_pb2_grpc.PaymentServiceStub(channel)
+        stub.CreatePayment(_request(f"metered-{uuid.uuid4()}"), metadata=server.metadata, timeout=5)
+        with pytest.raises(grpc.RpcError):
+            stub.CreatePayment(_request(f"metered-{uuid.uuid4()}"), timeout=5)
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:  # noqa: S310
+        text = response.read().decode()
+    method = "/ballast.payments.v1.PaymentService/CreatePayment"
+    assert f'ballast_grpc_requests_total{{code="OK",method="{method}"}} 1.0' in text
+    assert f'ballast_grpc_requests_total{{code="UNAUTHENTICATED",method="{method}"}} 1.0' in text
+    assert f'ballast_grpc_request_duration_seconds_count{{method="{method}"}} 2.0' in text

@@ -1,0 +1,77 @@
+"""Prometheus metrics for every RPC (count by method and status code, latency by method)."""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Histogram
+
+from server.api.handlers import handler_kind
+
+RPCS = Counter("ballast_grpc_requests", "gRPC calls handled, by method and status code", ["method", "code"])
+RPC_SECONDS = Histogram(
+    "ballast_grpc_request_duration_seconds",
+    "Time from a call's arrival to its answer, by method",
+    ["method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+def _code_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return str(code.name)
+    return "OK" if error is None else "UNKNOWN"
+
+
+def _observed(method: str, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    def record(context: grpc.aio.ServicerContext, started: float, error: BaseException | None) -> None:
+        RPCS.labels(method, _code_of(context, error)).inc()
+        RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+
+    if inspect.isasyncgenfunction(behaviour):
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started, error = time.perf_counter(), None
+            try:
+                async for response in behaviour(request, context):
+                    yield response
+            except BaseException as raised:
+                error = raised
+                raise
+            finally:
+                record(context, started, error)
+
+        return streaming
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        started, error = time.perf_counter(), None
+        try:
+            return await behaviour(request, context)
+        except BaseException as raised:
+            error = raised
+            raise
+        finally:
+            record(context, started, error)
+
+    return unary
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        kind = handler_kind(handler)
+        observed: grpc.RpcMethodHandler = handler._replace(
+            **{kind: _observed(handler_call_details.method, getattr(handler, kind))}
+        )
+        return observed
