@@ -117,27 +117,23 @@ class ExecutionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ModifyLeg(self, request, context):
-        """Asks the venue to change the quantity and/or limit price of a working
-        leg. The leg moves to LEG_STATE_MODIFYING until the venue answers, then
-        back to LEG_STATE_PENDING or LEG_STATE_PARTIALLY_FILLED (or to
-        LEG_STATE_FILLED if fills overtook the change). If the venue refuses the
-        change the leg keeps its previous values; it is not rejected.
+        """Asks the venue to change a FILLED leg (its quantity and/or limit
+        price). The leg moves to LEG_STATE_MODIFYING until the venue answers,
+        then to LEG_STATE_FILLED (change confirmed) or LEG_STATE_REJECTED.
         Idempotent per (calling client, idempotency_key), as for SubmitOrder.
-        FAILED_PRECONDITION if the leg is already LEG_STATE_MODIFYING or in a
-        final state (FILLED, REJECTED, CLOSED).
+        FAILED_PRECONDITION, naming both states, from any state other than
+        LEG_STATE_FILLED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CloseLeg(self, request, context):
-        """Asks the venue to stop working a leg. Quantity already filled stays
-        filled; nothing is reversed. The leg becomes LEG_STATE_CLOSED once the
-        venue confirms, which may be after this call returns; fills that race
-        the close are still recorded, and a leg whose last fill arrives first
-        ends LEG_STATE_FILLED instead. Idempotent per (calling client,
+        """Closes a leg: stops it working at the venue, or closes the position a
+        filled leg holds. Allowed from every state but LEG_STATE_CLOSED; quantity
+        already filled stays recorded. Idempotent per (calling client,
         idempotency_key), as for SubmitOrder. FAILED_PRECONDITION if the leg is
-        already in a final state (FILLED, REJECTED, CLOSED).
+        already closed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
