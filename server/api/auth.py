@@ -10,7 +10,8 @@ from typing import Any
 import grpc
 
 from server.api.handlers import handler_kind
-from server.domain.identity import Principal
+from server.domain.errors import PermissionDenied
+from server.domain.identity import Permission, Principal, is_allowed
 
 #: Standard infrastructure services that load balancers and tools call without credentials.
 UNAUTHENTICATED_SERVICES = (
@@ -39,11 +40,16 @@ class TokenAuthenticator:
                 return self._by_digest.get(hashlib.sha256(token.strip().encode()).digest())
         return None
 
-    def principal_of(self, context: grpc.aio.ServicerContext) -> Principal:
-        """The caller of a handler; the interceptor has already rejected calls without one."""
+    def authorize(self, context: grpc.aio.ServicerContext, permission: Permission) -> Principal:
+        """The caller of a handler, if its role allows `permission`; PermissionDenied otherwise.
+
+        The interceptor has already refused calls without valid credentials.
+        """
         principal = self.authenticate(context.invocation_metadata())
         if principal is None:  # unreachable behind AuthInterceptor; guards a handler mounted without it
             raise PermissionError("handler reached without authentication")
+        if not is_allowed(principal, permission):
+            raise PermissionDenied(principal.client_id, principal.role.value, permission.value)
         return principal
 
 

@@ -13,6 +13,7 @@ from server.domain.errors import (
     IdempotencyKeyReused,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     Unavailable,
 )
 
@@ -50,6 +51,8 @@ def _details_for(error: BallastError) -> tuple[grpc.StatusCode, list[any_pb2.Any
         return grpc.StatusCode.NOT_FOUND, [
             _pack(error_details_pb2.ResourceInfo(resource_type=error.kind, resource_name=error.identifier))
         ]
+    if isinstance(error, PermissionDenied):
+        return grpc.StatusCode.PERMISSION_DENIED, []
     retry = [_pack(error_details_pb2.RetryInfo(retry_delay={"nanos": 50_000_000}))]
     if isinstance(error, ConcurrencyConflict):
         return grpc.StatusCode.ABORTED, retry

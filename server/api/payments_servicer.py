@@ -12,6 +12,7 @@ from server.api.handlers import budget_for, translate_errors
 from server.db.database import Database
 from server.db.payments_repository import PaymentRecord
 from server.domain.errors import FieldViolation, InvalidArgument
+from server.domain.identity import Permission
 from server.domain.payments import PaymentState, validate_create_payment
 from server.services import payments
 
@@ -58,6 +59,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
     async def CreatePayment(
         self, request: payments_pb2.CreatePaymentRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.CreatePaymentResponse:
+        principal = self._authenticator.authorize(context, Permission.CREATE_PAYMENT)
         command = validate_create_payment(
             idempotency_key=request.idempotency_key,
             has_amount=request.HasField("amount"),
@@ -69,7 +71,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         )
         result = await payments.create_payment(
             self._database,
-            self._authenticator.principal_of(context),
+            principal,
             command,
             budget_for(context, self._request_timeout_s),
         )
@@ -81,7 +83,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
     ) -> payments_pb2.GetPaymentResponse:
         payment = await payments.get_payment(
             self._database,
-            self._authenticator.principal_of(context),
+            self._authenticator.authorize(context, Permission.READ_PAYMENTS),
             payments.parse_payment_id(request.payment_id),
             budget_for(context, self._request_timeout_s),
         )
@@ -93,7 +95,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
     ) -> payments_pb2.ListPaymentsResponse:
         page = await payments.list_payments(
             self._database,
-            self._authenticator.principal_of(context),
+            self._authenticator.authorize(context, Permission.READ_PAYMENTS),
             page_size=request.page_size,
             page_token=request.page_token,
             state=_state_filter(request.state),

@@ -37,6 +37,13 @@ class NotFound(BallastError):
         super().__init__(f"{kind} {identifier!r} not found")
 
 
+class PermissionDenied(BallastError):
+    """The caller is authenticated, but its role may not do this."""
+
+    def __init__(self, client_id: str, role: str, permission: str) -> None:
+        super().__init__(f"client {client_id!r} with role {role!r} may not {permission}")
+
+
 class IdempotencyKeyReused(BallastError):
     """The idempotency key was already used for a request with other parameters."""
 

@@ -21,3 +21,21 @@ class Role(enum.StrEnum):
 class Principal:
     client_id: str
     role: Role
+
+
+class Permission(enum.StrEnum):
+    CREATE_PAYMENT = "payments.create"
+    READ_PAYMENTS = "payments.read"
+
+
+#: What each role may do. Reads are always scoped to the caller's own client id.
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.SERVICE: frozenset({Permission.CREATE_PAYMENT, Permission.READ_PAYMENTS}),
+    Role.OPERATOR: frozenset({Permission.READ_PAYMENTS}),
+    Role.AUDITOR: frozenset({Permission.READ_PAYMENTS}),
+    Role.ADMIN: frozenset(Permission),
+}
+
+
+def is_allowed(principal: Principal, permission: Permission) -> bool:
+    return permission in ROLE_PERMISSIONS[principal.role]

@@ -167,7 +167,7 @@ def test_metrics_count_calls_by_method_and_code(start_server: StartServer) -> No
         stub.CreatePayment(_request(f"metered-{uuid.uuid4()}"), metadata=server.metadata, timeout=5)
         with pytest.raises(grpc.RpcError):
             stub.CreatePayment(_request(f"metered-{uuid.uuid4()}"), timeout=5)
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
         text = response.read().decode()
     method = "/ballast.payments.v1.PaymentService/CreatePayment"
     assert f'ballast_grpc_requests_total{{code="OK",method="{method}"}} 1.0' in text

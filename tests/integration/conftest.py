@@ -38,6 +38,7 @@ class Caller:
 
     client_id: str
     token: str
+    role: str = "service"
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -45,19 +46,22 @@ class Caller:
 
 
 @pytest.fixture(scope="session")
-def callers() -> tuple[Caller, Caller]:
+def callers() -> tuple[Caller, Caller, Caller]:
+    """Two services (alpha, beta) and an auditor."""
     suffix = uuid.uuid4().hex[:8]
-    return Caller(f"alpha-{suffix}", f"alpha-token-{uuid.uuid4().hex}"), Caller(
-        f"beta-{suffix}", f"beta-token-{uuid.uuid4().hex}"
+    return (
+        Caller(f"alpha-{suffix}", f"alpha-token-{uuid.uuid4().hex}"),
+        Caller(f"beta-{suffix}", f"beta-token-{uuid.uuid4().hex}"),
+        Caller(f"auditor-{suffix}", f"auditor-token-{uuid.uuid4().hex}", role="auditor"),
     )
 
 
 @pytest.fixture(scope="session")
 async def grpc_address(
-    pool: asyncpg.Pool, callers: tuple[Caller, Caller], tmp_path_factory: pytest.TempPathFactory
+    pool: asyncpg.Pool, callers: tuple[Caller, ...], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[str]:
     """An in-process server on a free port, with the real servicers, interceptors and database."""
-    tokens = ",".join(f"{caller.token}={caller.client_id}:service" for caller in callers)
+    tokens = ",".join(f"{caller.token}={caller.client_id}:{caller.role}" for caller in callers)
     settings = load_settings(
         {
             "BALLAST_GRPC_PORT": "0",

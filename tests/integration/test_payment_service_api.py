@@ -45,13 +45,18 @@ async def _count_payments(pool: asyncpg.Pool, client_id: str) -> int:
 
 
 @pytest.fixture
-def alpha(callers: tuple[Caller, Caller]) -> Caller:
+def alpha(callers: tuple[Caller, ...]) -> Caller:
     return callers[0]
 
 
 @pytest.fixture
-def beta(callers: tuple[Caller, Caller]) -> Caller:
+def beta(callers: tuple[Caller, ...]) -> Caller:
     return callers[1]
+
+
+@pytest.fixture
+def auditor(callers: tuple[Caller, ...]) -> Caller:
+    return callers[2]
 
 
 class TestAuthentication:
@@ -72,6 +77,18 @@ class TestAuthentication:
             await payments_stub.CreatePayment(_create_request(), metadata=metadata, timeout=5)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert await pool.fetchval("SELECT count(*) FROM payments") == before
+
+    async def test_a_role_without_the_permission_is_denied_and_writes_nothing(
+        self, payments_stub: Stub, auditor: Caller, pool: asyncpg.Pool
+    ) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await payments_stub.CreatePayment(_create_request(), metadata=auditor.metadata, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert await _count_payments(pool, auditor.client_id) == 0
+        listed = await payments_stub.ListPayments(
+            payments_pb2.ListPaymentsRequest(), metadata=auditor.metadata, timeout=5
+        )
+        assert list(listed.payments) == []
 
     async def test_the_declared_but_unbuilt_surface_is_also_behind_authentication(
         self, channel: grpc.aio.Channel
