@@ -112,6 +112,7 @@ def _server_command(
         "BALLAST_API_TOKENS": f"{token}=bench:service",
         "BALLAST_DB_POOL_SIZE": str(pool_size),
         "BALLAST_SHUTDOWN_GRACE_MS": "1000",
+        "BALLAST_METRICS_PORT": "0",  # a development server may hold the default port
     }
 
 

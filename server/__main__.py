@@ -16,7 +16,7 @@ import asyncpg
 import prometheus_client
 import structlog
 
-from server.api.grpc_server import build_server, set_serving
+from server.api.grpc_server import CannotListen, build_server, set_serving
 from server.db.database import Database
 from server.db.engine import create_pool
 from server.db.migrate import migrate_to_head, pending_revision
@@ -67,7 +67,13 @@ async def serve(settings: Settings, database_url: str) -> int:
             return 1
         server, health_servicer, port = build_server(settings, Database(pool))
         if settings.metrics_port:
-            metrics_server, _ = prometheus_client.start_http_server(settings.metrics_port, addr=settings.grpc_host)
+            try:
+                metrics_server, _ = prometheus_client.start_http_server(settings.metrics_port, addr=settings.grpc_host)
+            except OSError as error:
+                raise CannotListen(
+                    f"cannot serve metrics on {settings.grpc_host}:{settings.metrics_port} ({error.strerror}):"
+                    " set BALLAST_METRICS_PORT to a free port, or 0 to turn metrics off"
+                ) from None
             stack.callback(metrics_server.shutdown)
             log.info("metrics.listening", address=f"http://{settings.grpc_host}:{settings.metrics_port}/metrics")
         await server.start()
@@ -111,7 +117,11 @@ def main(argv: list[str]) -> int:
         migrate_to_head(database_url)
         log.info("migrate.done")
         return 0
-    return asyncio.run(serve(settings, database_url))
+    try:
+        return asyncio.run(serve(settings, database_url))
+    except CannotListen as error:
+        print(f"start-up error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -55,10 +55,20 @@ def build_server(settings: Settings, database: Database) -> tuple[grpc.aio.Serve
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
 
-    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpc raises RuntimeError("Failed to bind ...") for a port in use
+        port = 0
     if port == 0:
-        raise OSError(f"could not bind {settings.grpc_host}:{settings.grpc_port}; is another server using the port?")
+        raise CannotListen(
+            f"cannot listen on {address} (is another server using it?): set BALLAST_GRPC_PORT to a free port"
+        )
     return server, health_servicer, port
+
+
+class CannotListen(OSError):
+    """A port the configuration names is taken; the message says which setting to change."""
 
 
 async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:

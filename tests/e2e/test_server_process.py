@@ -173,3 +173,25 @@ def test_metrics_count_calls_by_method_and_code(start_server: StartServer) -> No
     assert f'ballast_grpc_requests_total{{code="OK",method="{method}"}} 1.0' in text
     assert f'ballast_grpc_requests_total{{code="UNAUTHENTICATED",method="{method}"}} 1.0' in text
     assert f'ballast_grpc_request_duration_seconds_count{{method="{method}"}} 2.0' in text
+
+
+@pytest.mark.parametrize("variable", ["BALLAST_GRPC_PORT", "BALLAST_METRICS_PORT"])
+def test_a_port_in_use_stops_start_up_with_one_line_naming_the_setting(
+    database_url: str, tmp_path: Path, variable: str
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = server_environment(database_url, free_port(), "t" * 20, "c", tmp_path) | {
+            "BALLAST_METRICS_PORT": str(free_port()),
+            variable: str(taken.getsockname()[1]),
+        }
+        result = subprocess.run(
+            [sys.executable, "-m", "server"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+        )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("start-up error:") and variable in last_line, result.stderr
