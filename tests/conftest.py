@@ -7,16 +7,15 @@ DATABASE_URL unset: the embedded PostgreSQL (under .data/) is started and used t
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
 import pytest
-from sqlalchemy.engine import make_url
 
-from server.db.engine import asyncpg_dsn, create_pool
+from server.db.engine import create_pool
 from server.db.migrate import migrate_to_head
+from tests.support import scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,18 +29,6 @@ def _server_url() -> str:
     return start_embedded_postgres(ROOT / ".data", database="postgres")
 
 
-async def _admin(url: str, sql: str) -> None:
-    connection = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
-
-
-def _with_database(url: str, database: str) -> str:
-    return make_url(url).set(database=database).render_as_string(hide_password=False)
-
-
 @pytest.fixture(scope="session")
 def server_database_url() -> str:
     """A URL of the PostgreSQL server the tests use (its maintenance database)."""
@@ -51,14 +38,8 @@ def server_database_url() -> str:
 @pytest.fixture(scope="session")
 def empty_database_url(server_database_url: str) -> Iterator[str]:
     """A brand-new, empty database for this test session; dropped at the end."""
-    import asyncio
-
-    name = f"ballast_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(server_database_url, f'CREATE DATABASE "{name}"'))
-    try:
-        yield _with_database(server_database_url, name)
-    finally:
-        asyncio.run(_admin(server_database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_database(server_database_url, "ballast_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

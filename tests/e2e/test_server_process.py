@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from ballast.common.v1.money_pb2 import Money
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from server.db.engine import asyncpg_dsn
 from tests.e2e.conftest import ROOT, ServerProcess, free_port, server_environment
+from tests.support import insert_idempotency_key, scratch_database
 
 pytestmark = pytest.mark.e2e
 
@@ -74,14 +74,7 @@ async def test_sigterm_refuses_new_calls_and_drains_the_one_in_flight(
         transaction = holder.transaction()
         await transaction.start()
         # Hold the key's index entry so the server's insert waits behind us.
-        await holder.execute(
-            "INSERT INTO idempotency_keys (client_id, idempotency_key, operation, request_fingerprint, resource_id)"
-            " VALUES ($1, $2, 'payments.create', $3, $4)",
-            server.client_id,
-            key,
-            hashlib.sha256(b"placeholder").digest(),
-            uuid.uuid4(),
-        )
+        await insert_idempotency_key(holder, server.client_id, key)
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = payments_pb2_grpc.PaymentServiceStub(channel)
             in_flight = asyncio.ensure_future(stub.CreatePayment(_request(key), metadata=server.metadata, timeout=20))
@@ -139,20 +132,12 @@ def test_a_wrong_setting_stops_start_up_with_one_line_naming_it(
     assert len(lines) == 1 and variable in lines[0], result.stderr
 
 
-def test_the_server_refuses_to_start_on_an_unmigrated_database(
-    empty_database_url: str, server_database_url: str, tmp_path: Path
-) -> None:
-    from tests.conftest import _admin, _with_database
-
-    name = f"ballast_unmigrated_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_admin(server_database_url, f'CREATE DATABASE "{name}"'))
-    try:
-        env = server_environment(_with_database(server_database_url, name), free_port(), "t" * 20, "c", tmp_path)
+def test_the_server_refuses_to_start_on_an_unmigrated_database(server_database_url: str, tmp_path: Path) -> None:
+    with scratch_database(server_database_url, "ballast_unmigrated") as unmigrated_url:
+        env = server_environment(unmigrated_url, free_port(), "t" * 20, "c", tmp_path)
         result = subprocess.run(
             [sys.executable, "-m", "server"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
         )
-    finally:
-        asyncio.run(_admin(server_database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     assert result.returncode == 1
     assert "python -m server migrate" in result.stderr
 

@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import uuid
 
 import asyncpg
 import pytest
 
-
-async def _insert_key(connection: asyncpg.Connection, client_id: str, key: str, resource_id: uuid.UUID) -> None:
-    await connection.execute(
-        "INSERT INTO idempotency_keys (client_id, idempotency_key, operation, request_fingerprint, resource_id)"
-        " VALUES ($1, $2, 'payments.create', $3, $4)",
-        client_id,
-        key,
-        hashlib.sha256(key.encode()).digest(),
-        resource_id,
-    )
+from tests.support import insert_idempotency_key
 
 
 async def _insert_payment(
@@ -57,7 +47,7 @@ async def test_a_payment_without_its_idempotency_record_is_refused(pool: asyncpg
 async def test_a_second_payment_for_one_key_is_refused(pool: asyncpg.Pool, client_id: str) -> None:
     async with pool.acquire() as connection:
         first = uuid.uuid4()
-        await _insert_key(connection, client_id, "k", first)
+        await insert_idempotency_key(connection, client_id, "k", first)
         await _insert_payment(connection, client_id, "k", first)
         with pytest.raises(asyncpg.UniqueViolationError):
             await _insert_payment(connection, client_id, "k", uuid.uuid4())
@@ -66,7 +56,7 @@ async def test_a_second_payment_for_one_key_is_refused(pool: asyncpg.Pool, clien
 async def test_a_second_record_for_one_key_is_refused_even_when_racing(pool: asyncpg.Pool, client_id: str) -> None:
     async def insert() -> None:
         async with pool.acquire() as connection:
-            await _insert_key(connection, client_id, "raced", uuid.uuid4())
+            await insert_idempotency_key(connection, client_id, "raced", uuid.uuid4())
 
     outcomes = await asyncio.gather(*(insert() for _ in range(20)), return_exceptions=True)
     assert sum(outcome is None for outcome in outcomes) == 1
@@ -89,7 +79,7 @@ async def test_impossible_values_are_refused(
 ) -> None:
     async with pool.acquire() as connection:
         payment_id = uuid.uuid4()
-        await _insert_key(connection, client_id, "k", payment_id)
+        await insert_idempotency_key(connection, client_id, "k", payment_id)
         with pytest.raises(asyncpg.CheckViolationError) as caught:
             await _insert_payment(connection, client_id, "k", payment_id, **column_values)
     assert caught.value.constraint_name == constraint
@@ -98,4 +88,4 @@ async def test_impossible_values_are_refused(
 async def test_an_over_long_idempotency_key_is_refused(pool: asyncpg.Pool, client_id: str) -> None:
     async with pool.acquire() as connection:
         with pytest.raises(asyncpg.CheckViolationError):
-            await _insert_key(connection, client_id, "k" * 256, uuid.uuid4())
+            await insert_idempotency_key(connection, client_id, "k" * 256, uuid.uuid4())

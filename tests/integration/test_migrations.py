@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 
 import asyncpg
@@ -17,17 +16,13 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from server.db.engine import asyncpg_dsn, sqlalchemy_url
 from server.db.migrate import alembic_config, migrate_to_head
 from server.db.schema import metadata
-from tests.conftest import _admin, _with_database
+from tests.support import scratch_database
 
 
 @pytest.fixture
 def scratch_database_url(server_database_url: str) -> Iterator[str]:
-    name = f"ballast_migrations_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(server_database_url, f'CREATE DATABASE "{name}"'))
-    try:
-        yield _with_database(server_database_url, name)
-    finally:
-        asyncio.run(_admin(server_database_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_database(server_database_url, "ballast_migrations") as url:
+        yield url
 
 
 async def _tables(url: str) -> set[str]:

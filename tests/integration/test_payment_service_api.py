@@ -15,6 +15,7 @@ from ballast.common.v1.money_pb2 import Money
 from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from tests.integration.conftest import Caller
+from tests.support import insert_idempotency_key
 
 Stub = payments_pb2_grpc.PaymentServiceStub
 
@@ -280,21 +281,13 @@ class TestDeadlines:
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool
     ) -> None:
         """Another transaction holds the key; the caller hears DEADLINE_EXCEEDED in time, not a hang."""
-        import hashlib
         import time
 
         key = f"held-{uuid.uuid4()}"
         async with pool.acquire() as holder:
             transaction = holder.transaction()
             await transaction.start()
-            await holder.execute(
-                "INSERT INTO idempotency_keys (client_id, idempotency_key, operation, request_fingerprint, resource_id)"
-                " VALUES ($1, $2, 'payments.create', $3, $4)",
-                alpha.client_id,
-                key,
-                hashlib.sha256(b"x").digest(),
-                uuid.uuid4(),
-            )
+            await insert_idempotency_key(holder, alpha.client_id, key)
             started = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await payments_stub.CreatePayment(_create_request(key), metadata=alpha.metadata, timeout=1.0)
