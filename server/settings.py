@@ -15,6 +15,7 @@ from pathlib import Path
 from server.domain.identity import Principal, Role
 
 API_TOKEN_LENGTH_MIN = 16
+CLIENT_ID_LENGTH_MAX = 128  # as the database's check constraints allow
 DEVELOPMENT_CLIENT_ID = "dev"
 
 
@@ -83,6 +84,10 @@ def parse_api_tokens(raw: str) -> dict[str, Principal]:
         where = f"BALLAST_API_TOKENS entry {position + 1}"
         if not token or not client_id or not role:
             raise SettingsError(f"{where} is invalid: expected token=client_id:role")
+        if len(client_id) > CLIENT_ID_LENGTH_MAX or not client_id.isprintable() or " " in client_id:
+            raise SettingsError(
+                f"{where} is invalid: client ids are 1 to {CLIENT_ID_LENGTH_MAX} printable characters without spaces"
+            )
         if len(token) < API_TOKEN_LENGTH_MIN:
             raise SettingsError(f"{where} is invalid: tokens need at least {API_TOKEN_LENGTH_MIN} characters")
         if role not in Role.__members__.values():

@@ -9,6 +9,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import asyncpg
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 from sqlalchemy.engine import make_url
 
 from server.db.engine import asyncpg_dsn
@@ -45,3 +48,15 @@ async def insert_idempotency_key(
         hashlib.sha256(key.encode()).digest(),
         resource_id or uuid.uuid4(),
     )
+
+
+def field_violations(error: grpc.aio.AioRpcError) -> set[str]:
+    """The fields named by the google.rpc.BadRequest in an error's status details."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, f"{error.code().name} must carry a google.rpc.Status trailer"
+    fields: set[str] = set()
+    for detail in status.details:
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request):
+            fields |= {violation.field for violation in bad_request.field_violations}
+    return fields

@@ -18,7 +18,16 @@ from server.domain.errors import (
 )
 
 STATUS_DETAILS_METADATA_KEY = "grpc-status-details-bin"
-ERROR_DOMAIN = "ballast"
+
+# Trailers must stay well under gRPC's 8 KiB soft limit on metadata, or clients see RESOURCE_EXHAUSTED
+# instead of the error: the message and the details both travel there.
+MESSAGE_LENGTH_MAX = 500
+FIELD_VIOLATIONS_MAX = 10
+DESCRIPTION_LENGTH_MAX = 200
+
+
+def _shortened(text: str, length_max: int) -> str:
+    return text if len(text) <= length_max else text[: length_max - 3] + "..."
 
 
 def _pack(message: object) -> any_pb2.Any:
@@ -31,8 +40,10 @@ def _details_for(error: BallastError) -> tuple[grpc.StatusCode, list[any_pb2.Any
     if isinstance(error, InvalidArgument):
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in error.violations
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=_shortened(v.description, DESCRIPTION_LENGTH_MAX)
+                )
+                for v in error.violations[:FIELD_VIOLATIONS_MAX]
             ]
         )
         return grpc.StatusCode.INVALID_ARGUMENT, [_pack(bad_request)]
@@ -67,6 +78,11 @@ def status_for(error: BallastError) -> tuple[grpc.StatusCode, str, tuple[tuple[s
     """The (code, message, trailing metadata) a handler aborts with for this error."""
     code, details = _details_for(error)
     message = str(error)
+    if isinstance(error, InvalidArgument) and len(error.violations) > FIELD_VIOLATIONS_MAX:
+        message = (
+            f"{len(error.violations)} fields are invalid, the first {FIELD_VIOLATIONS_MAX} in the details: {message}"
+        )
+    message = _shortened(message, MESSAGE_LENGTH_MAX)
     if error.retryable:
         message += " (retryable: repeat the call with the same idempotency key)"
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)

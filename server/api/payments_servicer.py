@@ -40,6 +40,26 @@ def payment_to_proto(payment: PaymentRecord) -> payments_pb2.Payment:
     )
 
 
+#: A page stops short of page_size rather than outgrow this (the server sends at most 4 MiB a message);
+#: the largest payment the limits allow is about 115 KiB, so a page always holds at least one.
+PAGE_BYTES_MAX = 3 * 1024 * 1024
+
+
+def _fitted_page(page: payments.PaymentPage) -> payments_pb2.ListPaymentsResponse:
+    """The page's payments, as many as fit in PAGE_BYTES_MAX; the token then resumes after the last one sent."""
+    response = payments_pb2.ListPaymentsResponse()
+    size_bytes = 0
+    for record in page.payments:
+        payment = payment_to_proto(record)
+        size_bytes += payment.ByteSize()
+        if size_bytes > PAGE_BYTES_MAX and len(response.payments) > 0:
+            response.next_page_token = page.token_after(page.payments[len(response.payments) - 1])
+            return response
+        response.payments.append(payment)
+    response.next_page_token = page.next_page_token
+    return response
+
+
 def _state_filter(value: int) -> PaymentState | None:
     if value == payments_pb2.PAYMENT_STATE_UNSPECIFIED:
         return None
@@ -101,9 +121,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             state=_state_filter(request.state),
             budget=budget_for(context, self._request_timeout_s),
         )
-        return payments_pb2.ListPaymentsResponse(
-            payments=[payment_to_proto(p) for p in page.payments], next_page_token=page.next_page_token
-        )
+        return _fitted_page(page)
 
     async def GetPaymentTimeline(
         self, request: payments_pb2.GetPaymentTimelineRequest, context: grpc.aio.ServicerContext

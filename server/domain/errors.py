@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def echo(value: str, length_max: int = 24) -> str:
+    """A piece of caller input quoted for an error message, cut short so that no input can bloat one."""
+    return repr(value) if len(value) <= length_max else repr(value[:length_max]) + f"... ({len(value)} characters)"
+
+
 class BallastError(Exception):
     """Root of every error Ballast raises on purpose."""
 

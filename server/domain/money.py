@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
+from server.domain.errors import echo
+
 # ISO 4217 active codes whose minor unit is not 2 (fund and precious-metal codes excluded).
 _MINOR_UNITS_EXCEPTIONS: dict[str, int] = {
     # no minor unit
@@ -54,7 +56,7 @@ MINOR_UNITS: dict[str, int] = {code: 2 for code in _TWO_DIGIT_CODES.split()} | _
 #: Largest amount accepted for one payment, whatever the currency.
 AMOUNT_MAX = Decimal("1000000000000000")  # 10^15, also a CHECK on payments.amount
 
-_DECIMAL_STRING = re.compile(r"^(0|[1-9][0-9]*)(\.[0-9]+)?$")
+_DECIMAL_STRING = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")  # used with fullmatch: no trailing newline
 
 
 class MoneyError(ValueError):
@@ -82,7 +84,9 @@ def minor_units(currency_code: str) -> int:
     try:
         return MINOR_UNITS[currency_code]
     except KeyError:
-        raise MoneyError(f"unknown currency {currency_code!r}: expected an ISO 4217 code such as EUR or USD") from None
+        raise MoneyError(
+            f"unknown currency {echo(currency_code)}: expected an ISO 4217 code such as EUR or USD"
+        ) from None
 
 
 def quantize(amount: Decimal, currency_code: str) -> Money:
@@ -109,8 +113,8 @@ def parse_amount(value: str, currency_code: str) -> Decimal:
     """
     if not value:
         raise MoneyError('is required: a decimal string such as "12.34"')
-    if len(value) > 40 or not _DECIMAL_STRING.match(value):
-        raise MoneyError(f'{value[:40]!r} is not a plain decimal string such as "12.34" (no sign, exponent or spaces)')
+    if len(value) > 40 or not _DECIMAL_STRING.fullmatch(value):
+        raise MoneyError(f'{echo(value)} is not a plain decimal string such as "12.34" (no sign, exponent or spaces)')
     digits = minor_units(currency_code)
     try:
         amount = Decimal(value)

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from server.domain.errors import FieldViolation, InvalidArgument
+from server.domain.errors import FieldViolation, InvalidArgument, echo
 from server.domain.money import Money, MoneyError, parse_amount, parse_currency
 
 IDEMPOTENCY_KEY_LENGTH_MAX = 255
@@ -119,10 +119,10 @@ def _validate_metadata(metadata: dict[str, str], violations: list[FieldViolation
     for key, value in sorted(metadata.items()):
         if not key or len(key) > METADATA_KEY_LENGTH_MAX:
             violations.append(
-                FieldViolation("metadata", f"key {key[:60]!r} must be 1 to {METADATA_KEY_LENGTH_MAX} characters")
+                FieldViolation("metadata", f"key {echo(key)} must be 1 to {METADATA_KEY_LENGTH_MAX} characters")
             )
         elif "\x00" in key:
-            violations.append(FieldViolation("metadata", f"key {key[:60]!r} must not contain NUL characters"))
+            violations.append(FieldViolation("metadata", f"key {echo(key)} must not contain NUL characters"))
         _check_text(violations, f"metadata[{key[:METADATA_KEY_LENGTH_MAX]}]", value, METADATA_VALUE_LENGTH_MAX)
 
 

@@ -5,14 +5,22 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from server.db import payments_repository
 from server.db.database import Budget, Database
 from server.db.payments_repository import PaymentRecord
-from server.domain.errors import ConcurrencyConflict, FieldViolation, IdempotencyKeyReused, InvalidArgument, NotFound
+from server.domain.errors import (
+    ConcurrencyConflict,
+    FieldViolation,
+    IdempotencyKeyReused,
+    InvalidArgument,
+    NotFound,
+    echo,
+)
 from server.domain.identity import Principal
 from server.domain.payments import CreatePayment, PaymentState
 
@@ -52,11 +60,16 @@ async def create_payment(
     return CreatePaymentResult(existing.payment, replayed=True)
 
 
+#: The one spelling of an id Ballast accepts: the canonical 8-4-4-4-12 hex form (either case).
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+PAGE_TOKEN_LENGTH_MAX = 256
+
+
 def parse_payment_id(raw: str, field: str = "payment_id") -> uuid.UUID:
-    try:
-        return uuid.UUID(raw)
-    except ValueError:
-        raise InvalidArgument([FieldViolation(field, f"{raw[:64]!r} is not a UUID")]) from None
+    # uuid.UUID() alone would also take braces, "urn:uuid:", signs, underscores and non-ASCII digits.
+    if not _UUID.fullmatch(raw):
+        raise InvalidArgument([FieldViolation(field, f"{echo(raw, 40)} is not a UUID such as {uuid.UUID(int=0)}")])
+    return uuid.UUID(raw)
 
 
 async def get_payment(database: Database, principal: Principal, payment_id: uuid.UUID, budget: Budget) -> PaymentRecord:
@@ -73,7 +86,17 @@ async def get_payment(database: Database, principal: Principal, payment_id: uuid
 @dataclass(frozen=True)
 class PaymentPage:
     payments: list[PaymentRecord]
-    next_page_token: str
+    #: True when payments exist after the last one in this page.
+    has_more: bool
+    state: PaymentState | None
+
+    def token_after(self, last: PaymentRecord) -> str:
+        """The token of the page that starts after `last` (which may be before the end of this page)."""
+        return _encode_page_token(self.state, last)
+
+    @property
+    def next_page_token(self) -> str:
+        return self.token_after(self.payments[-1]) if self.has_more else ""
 
 
 def _encode_page_token(state: PaymentState | None, last: PaymentRecord) -> str:
@@ -83,12 +106,19 @@ def _encode_page_token(state: PaymentState | None, last: PaymentRecord) -> str:
 
 def _decode_page_token(token: str, state: PaymentState | None) -> tuple[datetime, uuid.UUID]:
     invalid = InvalidArgument([FieldViolation("page_token", "is not a token from a previous ListPayments response")])
+    if len(token) > PAGE_TOKEN_LENGTH_MAX:
+        raise invalid
     try:
         cursor = json.loads(base64.urlsafe_b64decode(token.encode()))
-        after = (datetime.fromisoformat(cursor["t"]), uuid.UUID(cursor["i"]))
+        after_time = datetime.fromisoformat(cursor["t"])
+        if after_time.tzinfo is None:
+            raise invalid
+        if not _UUID.fullmatch(cursor["i"]):
+            raise invalid
+        after = (after_time.astimezone(UTC), uuid.UUID(cursor["i"]))
         cursor_state = cursor["s"]
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
-        raise invalid from None
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError, binascii.Error):
+        raise invalid from None  # ValueError covers UnicodeDecodeError and json.JSONDecodeError
     if cursor_state != (None if state is None else state.value):
         raise InvalidArgument([FieldViolation("page_token", "was issued for a different state filter")])
     return after
@@ -114,5 +144,4 @@ async def list_payments(
         rows = await payments_repository.list_payments(
             connection, principal.client_id, state=state, after=after, limit=limit + 1, timeout_s=budget.remaining_s()
         )
-    page, more = rows[:limit], len(rows) > limit
-    return PaymentPage(page, _encode_page_token(state, page[-1]) if more else "")
+    return PaymentPage(rows[:limit], has_more=len(rows) > limit, state=state)

@@ -56,6 +56,21 @@ def callers() -> tuple[Caller, Caller, Caller]:
     )
 
 
+@pytest.fixture
+def alpha(callers: tuple[Caller, ...]) -> Caller:
+    return callers[0]
+
+
+@pytest.fixture
+def beta(callers: tuple[Caller, ...]) -> Caller:
+    return callers[1]
+
+
+@pytest.fixture
+def auditor(callers: tuple[Caller, ...]) -> Caller:
+    return callers[2]
+
+
 @pytest.fixture(scope="session")
 async def grpc_address(
     pool: asyncpg.Pool, callers: tuple[Caller, ...], tmp_path_factory: pytest.TempPathFactory

@@ -15,7 +15,7 @@ from ballast.common.v1.money_pb2 import Money
 from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from tests.integration.conftest import Caller
-from tests.support import insert_idempotency_key
+from tests.support import field_violations, insert_idempotency_key
 
 Stub = payments_pb2_grpc.PaymentServiceStub
 
@@ -30,34 +30,8 @@ def _create_request(
     )
 
 
-def _field_violations(error: grpc.aio.AioRpcError) -> set[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, "INVALID_ARGUMENT must carry google.rpc details"
-    fields: set[str] = set()
-    for detail in status.details:
-        bad_request = error_details_pb2.BadRequest()
-        if detail.Unpack(bad_request):
-            fields |= {violation.field for violation in bad_request.field_violations}
-    return fields
-
-
 async def _count_payments(pool: asyncpg.Pool, client_id: str) -> int:
     return await pool.fetchval("SELECT count(*) FROM payments WHERE client_id = $1", client_id)
-
-
-@pytest.fixture
-def alpha(callers: tuple[Caller, ...]) -> Caller:
-    return callers[0]
-
-
-@pytest.fixture
-def beta(callers: tuple[Caller, ...]) -> Caller:
-    return callers[1]
-
-
-@pytest.fixture
-def auditor(callers: tuple[Caller, ...]) -> Caller:
-    return callers[2]
 
 
 class TestAuthentication:
@@ -174,7 +148,7 @@ class TestCreatePayment:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await payments_stub.CreatePayment(_create_request(**request_fields), metadata=alpha.metadata, timeout=5)  # type: ignore[arg-type]
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert field in _field_violations(caught.value)
+        assert field in field_violations(caught.value)
         assert await _count_payments(pool, alpha.client_id) == before
 
     async def test_a_missing_amount_is_invalid_argument(self, payments_stub: Stub, alpha: Caller) -> None:
@@ -183,7 +157,7 @@ class TestCreatePayment:
                 payments_pb2.CreatePaymentRequest(idempotency_key="no-amount"), metadata=alpha.metadata, timeout=5
             )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert "amount" in _field_violations(caught.value)
+        assert "amount" in field_violations(caught.value)
 
 
 class TestGetAndListPayments:
@@ -215,7 +189,7 @@ class TestGetAndListPayments:
                 payments_pb2.GetPaymentRequest(payment_id="nope"), metadata=alpha.metadata, timeout=5
             )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert _field_violations(caught.value) == {"payment_id"}
+        assert field_violations(caught.value) == {"payment_id"}
 
     async def test_list_pages_through_every_payment_of_the_client_once_newest_first(
         self, payments_stub: Stub, beta: Caller
@@ -273,7 +247,7 @@ class TestGetAndListPayments:
                 timeout=5,  # type: ignore[arg-type]
             )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        assert field in _field_violations(caught.value)
+        assert field in field_violations(caught.value)
 
 
 class TestDeadlines:
