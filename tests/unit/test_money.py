@@ -28,7 +28,8 @@ def test_more_fraction_digits_than_the_currency_allows_are_refused(value: str, c
 
 
 @pytest.mark.parametrize(
-    "value", ["", "-1", "+1", "1e3", " 1", "1 ", "1,000", "01", ".5", "5.", "NaN", "Infinity", "0x10", "١٢"]
+    "value",
+    ["", "-1", "+1", "1e3", " 1", "1 ", "1,000", "01", ".5", "5.", "NaN", "Infinity", "0x10", "١٢", "10\n", "10.5\n"],
 )
 def test_anything_but_a_plain_decimal_string_is_refused(value: str) -> None:
     with pytest.raises(MoneyError):
@@ -70,3 +71,9 @@ def test_every_representable_amount_round_trips_exactly(currency: str, minor: in
     assert parsed.amount == amount
     assert parse_money(parsed.to_decimal_string(), currency) == parsed
     assert parsed.amount.as_tuple().exponent == -digits
+
+
+def test_error_messages_echo_only_a_short_prefix_of_the_input() -> None:
+    with pytest.raises(MoneyError) as caught:
+        parse_money("1", "Q" * 100_000)
+    assert len(str(caught.value)) < 200

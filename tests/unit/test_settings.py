@@ -25,6 +25,8 @@ def _load(tmp_path: Path, **env: str) -> object:
         ("BALLAST_API_TOKENS", "short=client:service"),
         ("BALLAST_API_TOKENS", f"{TOKEN}=client:superuser"),
         ("BALLAST_API_TOKENS", f"{TOKEN}"),
+        ("BALLAST_API_TOKENS", f"{TOKEN}={'c' * 129}:service"),
+        ("BALLAST_API_TOKENS", f"{TOKEN}=two words:service"),
     ],
 )
 def test_a_wrong_value_is_one_line_naming_the_variable(tmp_path: Path, variable: str, value: str) -> None:
