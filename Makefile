@@ -67,6 +67,10 @@ proto-lint: ## Lint proto/ with buf (needs Node.js and npm)
 	@command -v npx >/dev/null || (echo "buf runs through npx: install Node.js and npm first" && exit 1)
 	cd proto && $(BUF) lint
 
+.PHONY: docs
+docs: $(INSTALLED) ## Regenerate docs/state-machines.md from the transition tables
+	$(BIN)/python -m server.domain.diagrams
+
 .PHONY: bench
 bench: $(INSTALLED) ## Benchmark CreatePayment against a bare grpc.aio + asyncpg ceiling
 	$(BIN)/python -m bench

@@ -7,6 +7,7 @@ and exits with status 2. Every variable is listed, with its default, in README.m
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from server.domain.identity import Principal, Role
 
 API_TOKEN_LENGTH_MIN = 16
 CLIENT_ID_LENGTH_MAX = 128  # as the database's check constraints allow
+#: Client ids appear in ledger account names (merchant_payable:<client_id>), so they stay plain.
+CLIENT_ID_PATTERN = re.compile(rf"[A-Za-z0-9_.@-]{{1,{CLIENT_ID_LENGTH_MAX}}}")
 DEVELOPMENT_CLIENT_ID = "dev"
 
 
@@ -84,9 +87,9 @@ def parse_api_tokens(raw: str) -> dict[str, Principal]:
         where = f"BALLAST_API_TOKENS entry {position + 1}"
         if not token or not client_id or not role:
             raise SettingsError(f"{where} is invalid: expected token=client_id:role")
-        if len(client_id) > CLIENT_ID_LENGTH_MAX or not client_id.isprintable() or " " in client_id:
+        if not CLIENT_ID_PATTERN.fullmatch(client_id):
             raise SettingsError(
-                f"{where} is invalid: client ids are 1 to {CLIENT_ID_LENGTH_MAX} printable characters without spaces"
+                f"{where} is invalid: client ids are 1 to {CLIENT_ID_LENGTH_MAX} letters, digits or _ . @ -"
             )
         if len(token) < API_TOKEN_LENGTH_MIN:
             raise SettingsError(f"{where} is invalid: tokens need at least {API_TOKEN_LENGTH_MIN} characters")

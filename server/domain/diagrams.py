@@ -1,0 +1,47 @@
+"""docs/state-machines.md, rendered from the transition tables (`make docs` writes it; a test checks it)."""
+
+from __future__ import annotations
+
+from server.domain.order_legs import LEG_MACHINE
+from server.domain.payment_states import PAYMENT_EVENTS, PAYMENT_MACHINE
+
+
+def _payment_diagram() -> str:
+    lines = ["stateDiagram-v2", f"    [*] --> {PAYMENT_MACHINE.initial.value}"]
+    for state, events in PAYMENT_EVENTS.items():
+        lines += [f"    {state.value} --> {target.value}: {event.value}" for event, target in events.items()]
+    lines += [f"    {state.value} --> [*]" for state in PAYMENT_EVENTS if PAYMENT_MACHINE.is_terminal(state)]
+    return "\n".join(lines) + "\n"
+
+
+def render() -> str:
+    return f"""# State machines
+
+Generated from the transition tables in `server/domain/` by `make docs`; a test fails when this file
+is stale. PostgreSQL refuses any other transition too (triggers check the same pairs).
+
+## Payment
+
+Edges are labelled with the internal event that moves the payment (`server/domain/payment_states.py`).
+Provider statuses map to these events in `server/domain/provider_status.py`. An event that names the
+state the payment is already in is a harmless repeat; anything else not drawn here is refused.
+
+```mermaid
+{_payment_diagram()}```
+
+## Order leg
+
+Exactly the table in `server/domain/order_legs.py`.
+
+```mermaid
+{LEG_MACHINE.mermaid()}```
+"""
+
+
+if __name__ == "__main__":
+    from pathlib import Path
+
+    target = Path(__file__).resolve().parents[2] / "docs" / "state-machines.md"
+    target.parent.mkdir(exist_ok=True)
+    target.write_text(render())
+    print(f"wrote {target}")

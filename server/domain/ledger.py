@@ -1,0 +1,124 @@
+"""Double-entry ledger rules: a posting's lines sum to zero per currency, and which events post what."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+
+from server.domain.errors import BallastError
+from server.domain.money import MoneyError, quantize
+from server.domain.payments import PaymentState
+
+ACCOUNT_PATTERN = re.compile(r"[a-z][a-z0-9_]*(:[A-Za-z0-9_.@-]{1,128})*")
+ACCOUNT_LENGTH_MAX = 200
+EVENT_KEY_LENGTH_MAX = 200
+
+#: Money the provider owes us for captured payments, until it settles them.
+PROVIDER_CLEARING = "provider_clearing"
+
+
+def merchant_payable(client_id: str) -> str:
+    """What Ballast owes the client (merchant) whose payment it took."""
+    return f"merchant_payable:{client_id}"
+
+
+class UnbalancedPosting(BallastError):
+    """Lines that do not make a valid double entry; nothing was written."""
+
+
+@dataclass(frozen=True)
+class LedgerLine:
+    account: str
+    #: signed: debits positive, credits negative; never zero
+    amount: Decimal
+    currency_code: str
+
+
+@dataclass(frozen=True)
+class Posting:
+    """The lines one business event produces. `event_key` names the event; it can post once only."""
+
+    event_key: str
+    lines: tuple[LedgerLine, ...]
+    description: str = ""
+    payment_id: uuid.UUID | None = None
+
+    def __post_init__(self) -> None:
+        check_balanced(self)
+
+
+def check_balanced(posting: Posting) -> None:
+    """Raise UnbalancedPosting unless the posting is a valid double entry (checked again by PostgreSQL)."""
+    if not posting.event_key or len(posting.event_key) > EVENT_KEY_LENGTH_MAX:
+        raise UnbalancedPosting(f"event key must be 1 to {EVENT_KEY_LENGTH_MAX} characters")
+    if len(posting.lines) < 2:
+        raise UnbalancedPosting(f"{posting.event_key}: a posting needs at least two lines")
+    totals: dict[str, Decimal] = defaultdict(Decimal)
+    for line in posting.lines:
+        if not isinstance(line.amount, Decimal):
+            raise TypeError(f"{posting.event_key}: ledger amounts are Decimal, not {type(line.amount).__name__}")
+        if len(line.account) > ACCOUNT_LENGTH_MAX or not ACCOUNT_PATTERN.fullmatch(line.account):
+            raise UnbalancedPosting(f"{posting.event_key}: {line.account[:64]!r} is not an account name")
+        if line.amount == 0:
+            raise UnbalancedPosting(f"{posting.event_key}: a line of zero on {line.account}")
+        try:
+            quantize(abs(line.amount), line.currency_code)
+        except MoneyError as error:
+            raise UnbalancedPosting(f"{posting.event_key}: {error}") from None
+        totals[line.currency_code] += line.amount
+    unbalanced = {currency: total for currency, total in totals.items() if total != 0}
+    if unbalanced:
+        raise UnbalancedPosting(f"{posting.event_key}: lines do not sum to zero per currency: {unbalanced}")
+
+
+def _transfer(
+    event_key: str, debit: str, credit: str, amount: Decimal, currency_code: str, **fields: object
+) -> Posting:
+    return Posting(
+        event_key=event_key,
+        lines=(LedgerLine(debit, amount, currency_code), LedgerLine(credit, -amount, currency_code)),
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def payment_postings(
+    payment_id: uuid.UUID,
+    client_id: str,
+    amount: Decimal,
+    currency_code: str,
+    from_state: PaymentState,
+    to_state: PaymentState,
+) -> list[Posting]:
+    """What the ledger records when a payment moves from_state -> to_state (often nothing).
+
+    Money is recognised when the payment succeeds, and reversed when a refund succeeds. A refund
+    that fails returns to SUCCEEDED without posting: nothing had been reversed.
+    """
+    if to_state is PaymentState.SUCCEEDED and from_state is not PaymentState.REFUND_PENDING:
+        return [
+            _transfer(
+                f"payment:{payment_id}:captured",
+                PROVIDER_CLEARING,
+                merchant_payable(client_id),
+                amount,
+                currency_code,
+                description="payment captured",
+                payment_id=payment_id,
+            )
+        ]
+    if to_state is PaymentState.REFUNDED:
+        return [
+            _transfer(
+                f"payment:{payment_id}:refunded",
+                merchant_payable(client_id),
+                PROVIDER_CLEARING,
+                amount,
+                currency_code,
+                description="payment refunded",
+                payment_id=payment_id,
+            )
+        ]
+    return []
