@@ -1,8 +1,9 @@
 """`python -m server [serve|migrate|token]`: the Ballast server process.
 
-serve    (default) gRPC server; stops accepting calls on SIGTERM/SIGINT and drains those in flight
-migrate  apply database migrations up to head, then exit
-token    print the development bearer token (development only)
+serve         (default) gRPC server; stops accepting calls on SIGTERM/SIGINT and drains those in flight
+migrate       apply database migrations up to head, then exit
+token         print the development bearer token (development only)
+verify-audit  recompute every audit chain; exit 1 and name the first broken link of each broken chain
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ import structlog
 
 from server.api.grpc_server import CannotListen, build_server, set_serving
 from server.db.database import Database
-from server.db.engine import create_pool
+from server.db.engine import asyncpg_dsn, create_pool
 from server.db.migrate import migrate_to_head, pending_revision
 from server.observability import configure_logging
+from server.services import audit
 from server.settings import Settings, SettingsError, development_token, load_settings
 
 log = structlog.get_logger("server")
 
-USAGE = "usage: python -m server [serve|migrate|token]"
+COMMANDS = ("serve", "migrate", "token", "verify-audit")
+USAGE = f"usage: python -m server [{'|'.join(COMMANDS)}]"
 
 
 def _database_url(settings: Settings) -> str:
@@ -34,6 +37,23 @@ def _database_url(settings: Settings) -> str:
     from server.db.embedded import start_embedded_postgres
 
     return start_embedded_postgres(settings.data_dir)
+
+
+async def verify_audit(database_url: str) -> int:
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        entries = await audit.count_entries(connection)
+        print(f"verifying {entries} audit entries...", file=sys.stderr, flush=True)
+        broken = await audit.find_broken_links(connection)
+    finally:
+        await connection.close()
+    for link in broken:
+        print(link.describe())
+    if broken:
+        print(f"{len(broken)} broken chain(s): restore the entries from a backup and investigate who changed them")
+        return 1
+    print(f"all audit chains verify ({entries} entries)")
+    return 0
 
 
 async def _schema_is_current(pool: asyncpg.Pool) -> bool:
@@ -97,7 +117,7 @@ async def serve(settings: Settings, database_url: str) -> int:
 
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "serve"
-    if command not in ("serve", "migrate", "token") or len(argv) > 1:
+    if command not in COMMANDS or len(argv) > 1:
         print(USAGE, file=sys.stderr)
         return 2
     try:
@@ -117,6 +137,8 @@ def main(argv: list[str]) -> int:
         migrate_to_head(database_url)
         log.info("migrate.done")
         return 0
+    if command == "verify-audit":
+        return asyncio.run(verify_audit(database_url))
     try:
         return asyncio.run(serve(settings, database_url))
     except CannotListen as error:

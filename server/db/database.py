@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
 
 from server.domain.errors import ConcurrencyConflict, DeadlineExceeded, Unavailable
+
+T = TypeVar("T")
 
 #: SQLSTATEs that mean "another transaction got in the way; the same request may succeed if repeated".
 _CONFLICT_SQLSTATES = {
@@ -60,3 +64,23 @@ class Database:
             raise DeadlineExceeded("the database did not answer within the request's deadline") from error
         except (OSError, asyncpg.InterfaceError, asyncpg.exceptions.ConnectionDoesNotExistError) as error:
             raise Unavailable(f"the database is unreachable ({type(error).__name__}); retry later") from error
+
+
+#: Attempts for a transaction that lost a serialization or deadlock race before it gives up (ABORTED).
+TRANSACTION_ATTEMPTS_MAX = 3
+
+
+async def in_transaction(database: Database, budget: Budget, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """Run `work` in one transaction, repeating it (a bounded number of times) if it loses a race.
+
+    `work` must be safe to repeat: it re-reads what it decides on, under the locks it takes.
+    """
+    for attempt in range(1, TRANSACTION_ATTEMPTS_MAX + 1):
+        try:
+            async with database.connection(budget) as connection, connection.transaction():
+                return await work(connection)
+        except ConcurrencyConflict:
+            if attempt == TRANSACTION_ATTEMPTS_MAX:
+                raise
+            await asyncio.sleep(min(0.01 * 2**attempt, budget.remaining_s() / 2))
+    raise AssertionError("unreachable")  # the loop returns or raises

@@ -14,6 +14,8 @@ from typing import Any
 
 import asyncpg
 
+from server.domain import events
+from server.domain.events import PAYMENT_RECORDED
 from server.domain.money import Money, quantize
 from server.domain.payments import CREATE_PAYMENT_OPERATION, INITIAL_PAYMENT_STATE, CreatePayment, PaymentState
 
@@ -48,17 +50,27 @@ _PAYMENT_COLUMNS = (
     " metadata, provider_payment_id, provider_status, created_at, updated_at"
 )
 
+# One statement, one round trip: the key, the payment, its outbox event and its first audit entry
+# are written together or not at all. A key that exists already makes every part insert nothing.
 _INSERT_KEY_AND_PAYMENT = f"""
 WITH new_key AS (
     INSERT INTO idempotency_keys (client_id, idempotency_key, operation, request_fingerprint, resource_id)
     VALUES ($1, $2, '{CREATE_PAYMENT_OPERATION}', $3, $4)
     ON CONFLICT (client_id, idempotency_key) DO NOTHING
     RETURNING resource_id
+), new_payment AS (
+    INSERT INTO payments (id, client_id, idempotency_key, amount, currency_code, state,
+                          description, merchant_reference, metadata)
+    SELECT resource_id, $1, $2, $5, $6, $7, $8, $9, $10 FROM new_key
+    RETURNING {_PAYMENT_COLUMNS}
+), announced AS (
+    INSERT INTO outbox (id, topic, message_key, payload)
+    SELECT $11, '{PAYMENT_RECORDED}', id::text, $12 FROM new_payment
+), audited AS (
+    INSERT INTO audit_log (aggregate_type, aggregate_id, action, actor, payload)
+    SELECT 'payment', id::text, '{PAYMENT_RECORDED}', $1, $13 FROM new_payment
 )
-INSERT INTO payments (id, client_id, idempotency_key, amount, currency_code, state,
-                      description, merchant_reference, metadata)
-SELECT resource_id, $1, $2, $5, $6, $7, $8, $9, $10 FROM new_key
-RETURNING {_PAYMENT_COLUMNS}
+SELECT * FROM new_payment
 """
 
 _SELECT_KEY_WITH_PAYMENT = """
@@ -104,18 +116,31 @@ async def insert_payment_with_key(
     connection: asyncpg.Connection, client_id: str, request: CreatePayment, *, timeout_s: float
 ) -> PaymentRecord | None:
     """Insert the key and the payment atomically; None if the key already exists (nothing written)."""
+    payment_id, event_id = uuid.uuid4(), uuid.uuid4()
+    event = events.payment_recorded(
+        payment_id, client_id, request.amount.amount, request.amount.currency_code, INITIAL_PAYMENT_STATE.value
+    )
     row = await connection.fetchrow(
         _INSERT_KEY_AND_PAYMENT,
         client_id,
         request.idempotency_key,
         request.fingerprint(),
-        uuid.uuid4(),
+        payment_id,
         request.amount.amount,
         request.amount.currency_code,
         INITIAL_PAYMENT_STATE.value,
         request.description,
         request.merchant_reference,
         request.metadata,
+        event_id,
+        event | {"event_id": str(event_id)},
+        event
+        | {
+            "idempotency_key": request.idempotency_key,
+            "description": request.description,
+            "merchant_reference": request.merchant_reference,
+            "metadata": request.metadata,
+        },
         timeout=timeout_s,
     )
     return None if row is None else _payment_from_row(row)

@@ -81,3 +81,116 @@ payments = sa.Table(
         " stored beside the state, never a replacement for it."
     ),
 )
+
+payment_state_transitions = sa.Table(
+    "payment_state_transitions",
+    metadata,
+    sa.Column("from_state", sa.Text, nullable=False),
+    sa.Column("to_state", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("from_state", "to_state"),
+    comment="The allowed (from, to) pairs of the payment state machine; a snapshot of server/domain.",
+)
+
+payment_transitions = sa.Table(
+    "payment_transitions",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("payment_id", UUID(as_uuid=True), sa.ForeignKey("payments.id"), nullable=False),
+    sa.Column("from_state", sa.Text, nullable=False),
+    sa.Column("to_state", sa.Text, nullable=False),
+    sa.Column("event", sa.Text, nullable=False),
+    sa.Column("cause", sa.Text, nullable=False),
+    sa.Column("evidence_ref", sa.Text, nullable=False),
+    sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("char_length(cause) BETWEEN 1 AND 64", name="cause_length"),
+    sa.CheckConstraint("char_length(evidence_ref) BETWEEN 1 AND 500", name="evidence_ref_length"),
+    sa.CheckConstraint("char_length(event) BETWEEN 1 AND 64", name="event_length"),
+    sa.Index("ix_payment_transitions_payment_id", "payment_id", "id"),
+    comment="Every state change of every payment, with its cause and the evidence behind it. Append-only.",
+)
+
+provider_statuses = sa.Table(
+    "provider_statuses",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("payment_id", UUID(as_uuid=True), sa.ForeignKey("payments.id"), nullable=False),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("evidence_ref", sa.Text, nullable=False),
+    sa.Column("observed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("char_length(provider) BETWEEN 1 AND 64", name="provider_length"),
+    sa.CheckConstraint("char_length(status) BETWEEN 1 AND 64", name="status_length"),
+    sa.CheckConstraint("char_length(evidence_ref) BETWEEN 1 AND 500", name="evidence_ref_length"),
+    sa.Index("ix_provider_statuses_payment_id", "payment_id", "id"),
+    comment="What providers said about payments, verbatim: evidence, kept apart from the internal state.",
+)
+
+ledger_entries = sa.Table(
+    "ledger_entries",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("event_key", sa.Text, nullable=False, unique=True),
+    sa.Column("payment_id", UUID(as_uuid=True), sa.ForeignKey("payments.id"), nullable=True),
+    sa.Column("description", sa.Text, nullable=False, server_default=""),
+    sa.Column("posted_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("char_length(event_key) BETWEEN 1 AND 200", name="event_key_length"),
+    sa.CheckConstraint("char_length(description) <= 500", name="description_length"),
+    sa.Index("ix_ledger_entries_payment_id", "payment_id"),
+    comment="One business event's posting; event_key is unique, so an event posts once. Append-only.",
+)
+
+ledger_lines = sa.Table(
+    "ledger_lines",
+    metadata,
+    sa.Column("entry_id", UUID(as_uuid=True), sa.ForeignKey("ledger_entries.id"), nullable=False),
+    sa.Column("line_number", sa.SmallInteger, nullable=False),
+    sa.Column("account", sa.Text, nullable=False),
+    sa.Column("currency_code", sa.Text, nullable=False),
+    sa.Column("amount", sa.Numeric, nullable=False),
+    sa.PrimaryKeyConstraint("entry_id", "line_number"),
+    sa.CheckConstraint("amount <> 0", name="amount_nonzero"),
+    sa.CheckConstraint("scale(amount) <= 4", name="amount_scale"),
+    sa.CheckConstraint("currency_code ~ '^[A-Z]{3}$'", name="currency_code_iso4217"),
+    sa.CheckConstraint("char_length(account) BETWEEN 1 AND 200", name="account_length"),
+    sa.CheckConstraint("line_number >= 1", name="line_number_positive"),
+    sa.Index("ix_ledger_lines_account", "account", "currency_code"),
+    comment="Signed amounts (debit positive, credit negative); each entry's lines sum to zero per currency.",
+)
+
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("topic", sa.Text, nullable=False),
+    sa.Column("message_key", sa.Text, nullable=False),
+    sa.Column("payload", JSONB, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_error", sa.Text, nullable=True),
+    sa.CheckConstraint("char_length(topic) BETWEEN 1 AND 128", name="topic_length"),
+    sa.CheckConstraint("char_length(message_key) BETWEEN 1 AND 256", name="message_key_length"),
+    sa.CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+    sa.Index("ix_outbox_unpublished", "created_at", postgresql_where=sa.text("published_at IS NULL")),
+    comment="Events written in the same transaction as the change they announce; a relay publishes them.",
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("aggregate_type", sa.Text, nullable=False),
+    sa.Column("aggregate_id", sa.Text, nullable=False),
+    sa.Column("sequence", sa.BigInteger, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("actor", sa.Text, nullable=False),
+    sa.Column("payload", JSONB, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("prev_hash", BYTEA, nullable=False),
+    sa.Column("hash", BYTEA, nullable=False),
+    sa.UniqueConstraint("aggregate_type", "aggregate_id", "sequence", name="uq_audit_log_aggregate_sequence"),
+    sa.CheckConstraint("octet_length(hash) = 32", name="hash_sha256"),
+    sa.CheckConstraint("char_length(action) BETWEEN 1 AND 64", name="action_length"),
+    sa.CheckConstraint("char_length(actor) BETWEEN 1 AND 128", name="actor_length"),
+    comment="Every change, hash-chained per aggregate so that tampering shows. Append-only.",
+)

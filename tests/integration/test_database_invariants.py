@@ -71,7 +71,8 @@ async def test_a_second_record_for_one_key_is_refused_even_when_racing(pool: asy
         ({"amount": "1.00001"}, "ck_payments_amount_scale"),
         ({"amount": "10000000000000000"}, "ck_payments_amount_range"),
         ({"currency": "eur"}, "ck_payments_currency_code_iso4217"),
-        ({"state": "PAID"}, "ck_payments_state_known"),
+        ({"state": "PAID"}, "payments_initial_state"),
+        ({"state": "SUCCEEDED"}, "payments_initial_state"),
     ],
 )
 async def test_impossible_values_are_refused(

@@ -1,0 +1,50 @@
+"""The events Ballast announces (through the outbox) and records (in the audit chain), as plain data."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+PAYMENT_RECORDED = "payments.recorded"
+PAYMENT_STATE_CHANGED = "payments.state_changed"
+LEDGER_POSTED = "ledger.posted"
+
+
+def payment_recorded(
+    payment_id: uuid.UUID, client_id: str, amount: Decimal, currency_code: str, state: str
+) -> dict[str, Any]:
+    return {
+        "type": PAYMENT_RECORDED,
+        "payment_id": str(payment_id),
+        "client_id": client_id,
+        "amount": format(amount, "f"),
+        "currency_code": currency_code,
+        "state": state,
+    }
+
+
+def payment_state_changed(
+    payment_id: uuid.UUID, from_state: str, to_state: str, event: str, cause: str, evidence_ref: str
+) -> dict[str, Any]:
+    return {
+        "type": PAYMENT_STATE_CHANGED,
+        "payment_id": str(payment_id),
+        "from_state": from_state,
+        "to_state": to_state,
+        "event": event,
+        "cause": cause,
+        "evidence_ref": evidence_ref,
+    }
+
+
+def ledger_posted(entry_id: uuid.UUID, event_key: str, lines: list[tuple[str, Decimal, str]]) -> dict[str, Any]:
+    return {
+        "type": LEDGER_POSTED,
+        "entry_id": str(entry_id),
+        "event_key": event_key,
+        "lines": [
+            {"account": account, "amount": format(amount, "f"), "currency_code": currency}
+            for account, amount, currency in lines
+        ],
+    }

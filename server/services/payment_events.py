@@ -1,0 +1,116 @@
+"""Applying evidence to a payment: the one path by which a payment's state (and the ledger) changes.
+
+Every application runs in one transaction under the payment's row lock: it records the provider's
+status (if any) as evidence, decides through the state machine, appends the transition, posts the
+ledger lines the move implies, and writes the outbox event and the audit entry.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+from server.db import ledger_repository
+from server.db.database import Budget, Database, in_transaction
+from server.domain import events
+from server.domain.errors import NotFound
+from server.domain.ledger import payment_postings
+from server.domain.payment_states import PaymentEvent, decide
+from server.domain.payments import PaymentState
+from server.domain.state_machine import IllegalTransition
+from server.outbox.writer import append_audit, write_event
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Why a payment may move: what caused it and where the proof is."""
+
+    #: "api.refund", "webhook.simulator", "resolver", "reconciliation", ...
+    cause: str
+    #: an API call id, a provider event id, a report row: whatever lets an auditor find the proof
+    reference: str
+    #: the provider and its verbatim status, when the evidence is a provider's word
+    provider: str | None = None
+    provider_status: str | None = None
+
+
+@dataclass(frozen=True)
+class EventOutcome:
+    from_state: PaymentState
+    #: None when the event was a repeat and changed nothing
+    to_state: PaymentState | None
+    ledger_entry_ids: tuple[uuid.UUID, ...] = ()
+    #: set when the machine refused the event; the provider's status was still kept as evidence
+    refused: IllegalTransition | None = None
+
+
+async def apply_payment_event(
+    database: Database, payment_id: uuid.UUID, event: PaymentEvent, evidence: Evidence, budget: Budget
+) -> EventOutcome:
+    """Apply `event` to the payment.
+
+    A repeat changes nothing. An event the machine forbids raises IllegalTransition and changes
+    nothing, except that the provider's status, if given, is kept as evidence.
+    """
+
+    async def work(connection: asyncpg.Connection) -> EventOutcome:
+        row = await connection.fetchrow(
+            "SELECT state, client_id, amount, currency_code FROM payments WHERE id = $1 FOR UPDATE", payment_id
+        )
+        if row is None:
+            raise NotFound("payment", str(payment_id))
+        current = PaymentState(row["state"])
+        if evidence.provider is not None and evidence.provider_status is not None:
+            await connection.execute(
+                "INSERT INTO provider_statuses (payment_id, provider, status, evidence_ref) VALUES ($1, $2, $3, $4)",
+                payment_id,
+                evidence.provider,
+                evidence.provider_status,
+                evidence.reference,
+            )
+            await connection.execute(
+                "UPDATE payments SET provider_status = $2 WHERE id = $1", payment_id, evidence.provider_status
+            )
+        try:
+            decision = decide(current, event, subject=f"payment {payment_id}")
+        except IllegalTransition as refused:
+            return EventOutcome(current, None, refused=refused)  # commit the evidence, change nothing
+        if decision.to_state is None:
+            return EventOutcome(current, None)
+        to_state = decision.to_state
+        await connection.execute(
+            "INSERT INTO payment_transitions (payment_id, from_state, to_state, event, cause, evidence_ref)"
+            " VALUES ($1, $2, $3, $4, $5, $6)",
+            payment_id,
+            current.value,
+            to_state.value,
+            event.value,
+            evidence.cause,
+            evidence.reference,
+        )
+        entry_ids = []
+        for posting in payment_postings(
+            payment_id, row["client_id"], row["amount"], row["currency_code"], current, to_state
+        ):
+            entry_id = await ledger_repository.insert_posting(connection, posting)
+            entry_ids.append(entry_id)
+            lines = [(line.account, line.amount, line.currency_code) for line in posting.lines]
+            await write_event(
+                connection,
+                events.LEDGER_POSTED,
+                posting.event_key,
+                events.ledger_posted(entry_id, posting.event_key, lines),
+            )
+        change = events.payment_state_changed(
+            payment_id, current.value, to_state.value, event.value, evidence.cause, evidence.reference
+        )
+        await write_event(connection, events.PAYMENT_STATE_CHANGED, str(payment_id), change)
+        await append_audit(connection, "payment", str(payment_id), events.PAYMENT_STATE_CHANGED, evidence.cause, change)
+        return EventOutcome(current, to_state, tuple(entry_ids))
+
+    outcome = await in_transaction(database, budget, work)
+    if outcome.refused is not None:
+        raise outcome.refused
+    return outcome

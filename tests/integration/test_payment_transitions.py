@@ -1,0 +1,185 @@
+"""Evidence applied to payments: one path, one transaction, and PostgreSQL refusing every shortcut."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from decimal import Decimal
+
+import asyncpg
+import pytest
+
+from server.db.database import Budget, Database
+from server.domain.identity import Principal
+from server.domain.payment_states import PaymentEvent
+from server.domain.payments import PaymentState, validate_create_payment
+from server.domain.state_machine import IllegalTransition
+from server.services.audit import find_broken_links
+from server.services.payment_events import EventOutcome, Evidence, apply_payment_event
+from server.services.payments import create_payment
+
+E = PaymentEvent
+P = PaymentState
+
+
+async def _new_payment(database: Database, principal: Principal, amount: str = "40.00") -> uuid.UUID:
+    request = validate_create_payment(
+        idempotency_key=str(uuid.uuid4()),
+        amount_value=amount,
+        currency_code="EUR",
+        description="",
+        merchant_reference="",
+        metadata={},
+    )
+    return (await create_payment(database, principal, request, Budget.within(10))).payment.id
+
+
+async def _apply(database: Database, payment_id: uuid.UUID, event: PaymentEvent, reference: str = "") -> EventOutcome:
+    evidence = Evidence(cause="test", reference=reference or f"test:{uuid.uuid4()}")
+    return await apply_payment_event(database, payment_id, event, evidence, Budget.within(10))
+
+
+async def _state(pool: asyncpg.Pool, payment_id: uuid.UUID) -> str:
+    return await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id)
+
+
+async def test_success_moves_the_payment_posts_once_and_announces_it(
+    database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    payment_id = await _new_payment(database, principal)
+    outcome = await _apply(database, payment_id, E.SUCCEEDED, reference="provider-event-1")
+    assert (outcome.from_state, outcome.to_state) == (P.RECORDED, P.SUCCEEDED)
+    assert await _state(pool, payment_id) == "SUCCEEDED"
+
+    transition = await pool.fetchrow("SELECT * FROM payment_transitions WHERE payment_id = $1", payment_id)
+    assert (transition["from_state"], transition["to_state"], transition["evidence_ref"]) == (
+        "RECORDED",
+        "SUCCEEDED",
+        "provider-event-1",
+    )
+    lines = await pool.fetch(
+        "SELECT account, amount FROM ledger_lines l JOIN ledger_entries e ON e.id = l.entry_id WHERE e.payment_id = $1",
+        payment_id,
+    )
+    assert sorted((line["account"], line["amount"]) for line in lines) == [
+        ("merchant_payable:" + principal.client_id, Decimal("-40.00")),
+        ("provider_clearing", Decimal("40.00")),
+    ]
+    topics = await pool.fetch(
+        "SELECT topic FROM outbox WHERE message_key IN ($1, $2)", str(payment_id), f"payment:{payment_id}:captured"
+    )
+    assert sorted(row["topic"] for row in topics) == ["ledger.posted", "payments.recorded", "payments.state_changed"]
+    audit = await pool.fetch(
+        "SELECT sequence, action FROM audit_log"
+        " WHERE aggregate_type = 'payment' AND aggregate_id = $1 ORDER BY sequence",
+        str(payment_id),
+    )
+    assert [(row["sequence"], row["action"]) for row in audit] == [
+        (1, "payments.recorded"),
+        (2, "payments.state_changed"),
+    ]
+
+
+async def test_a_repeated_event_changes_nothing(database: Database, principal: Principal, pool: asyncpg.Pool) -> None:
+    payment_id = await _new_payment(database, principal)
+    await _apply(database, payment_id, E.SUCCEEDED)
+    again = await _apply(database, payment_id, E.SUCCEEDED)
+    assert again.to_state is None
+    assert await pool.fetchval("SELECT count(*) FROM payment_transitions WHERE payment_id = $1", payment_id) == 1
+    assert await pool.fetchval("SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
+
+
+async def test_a_contradiction_is_refused_naming_both_states_and_keeps_the_providers_word(
+    database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    payment_id = await _new_payment(database, principal)
+    await _apply(database, payment_id, E.FAILED)
+    evidence = Evidence("webhook.simulator", "evt-late", provider="simulator", provider_status="succeeded")
+    with pytest.raises(IllegalTransition, match="FAILED -> SUCCEEDED"):
+        await apply_payment_event(database, payment_id, E.SUCCEEDED, evidence, Budget.within(10))
+    assert await _state(pool, payment_id) == "FAILED"
+    assert await pool.fetchval("SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 0
+    kept = await pool.fetchrow(
+        "SELECT provider, status, evidence_ref FROM provider_statuses WHERE payment_id = $1", payment_id
+    )
+    assert tuple(kept) == ("simulator", "succeeded", "evt-late")
+
+
+async def test_fifty_concurrent_conflicting_events_have_exactly_one_winner(
+    database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    payment_id = await _new_payment(database, principal)
+    racing = [E.SUCCEEDED, E.FAILED] * 25
+    outcomes = await asyncio.gather(*(_apply(database, payment_id, event) for event in racing), return_exceptions=True)
+    moved = [o for o in outcomes if isinstance(o, EventOutcome) and o.to_state is not None]
+    unexpected = [o for o in outcomes if not isinstance(o, (EventOutcome, IllegalTransition))]
+    assert unexpected == []
+    assert len(moved) == 1
+    final = await _state(pool, payment_id)
+    assert final == moved[0].to_state.value  # type: ignore[union-attr]
+    assert await pool.fetchval("SELECT count(*) FROM payment_transitions WHERE payment_id = $1", payment_id) == 1
+    entries = await pool.fetchval("SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id)
+    assert entries == (1 if final == "SUCCEEDED" else 0)
+    assert await pool.fetchval("SELECT coalesce(sum(amount), 0) FROM ledger_lines") == 0
+
+
+async def test_a_refund_reverses_the_capture_and_the_chain_verifies(
+    database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    payment_id = await _new_payment(database, principal, amount="12.50")
+    for event in (E.ACCEPTED, E.SUCCEEDED, E.REFUND_REQUESTED, E.REFUND_FAILED, E.REFUND_REQUESTED, E.REFUND_SUCCEEDED):
+        await _apply(database, payment_id, event)
+    assert await _state(pool, payment_id) == "REFUNDED"
+    owed = await pool.fetchval(
+        "SELECT coalesce(sum(amount), 0) FROM ledger_lines WHERE account = $1",
+        f"merchant_payable:{principal.client_id}",
+    )
+    assert owed == 0
+    async with pool.acquire() as connection:
+        assert [link for link in await find_broken_links(connection) if link.aggregate_id == str(payment_id)] == []
+
+
+class TestPostgresRefusesShortcuts:
+    async def test_a_direct_state_update_is_refused(
+        self, database: Database, principal: Principal, pool: asyncpg.Pool
+    ) -> None:
+        payment_id = await _new_payment(database, principal)
+        with pytest.raises(asyncpg.CheckViolationError, match="payment_transitions"):
+            await pool.execute("UPDATE payments SET state = 'SUCCEEDED' WHERE id = $1", payment_id)
+
+    async def test_an_illegal_transition_written_by_raw_sql_is_refused(
+        self, database: Database, principal: Principal, pool: asyncpg.Pool
+    ) -> None:
+        payment_id = await _new_payment(database, principal)
+        await _apply(database, payment_id, E.FAILED)
+        with pytest.raises(asyncpg.CheckViolationError) as caught:
+            await pool.execute(
+                "INSERT INTO payment_transitions (payment_id, from_state, to_state, event, cause, evidence_ref)"
+                " VALUES ($1, 'FAILED', 'SUCCEEDED', 'SUCCEEDED', 'sql', 'none')",
+                payment_id,
+            )
+        assert caught.value.constraint_name == "payment_transition_allowed"
+        assert await _state(pool, payment_id) == "FAILED"
+
+    async def test_a_transition_from_a_stale_state_is_refused(
+        self, database: Database, principal: Principal, pool: asyncpg.Pool
+    ) -> None:
+        payment_id = await _new_payment(database, principal)
+        await _apply(database, payment_id, E.ACCEPTED)
+        with pytest.raises(asyncpg.SerializationError):
+            await pool.execute(
+                "INSERT INTO payment_transitions (payment_id, from_state, to_state, event, cause, evidence_ref)"
+                " VALUES ($1, 'RECORDED', 'SUCCEEDED', 'SUCCEEDED', 'sql', 'none')",
+                payment_id,
+            )
+
+    @pytest.mark.parametrize(
+        "statement", ["UPDATE payment_transitions SET cause = 'x'", "DELETE FROM payment_transitions"]
+    )
+    async def test_history_cannot_be_rewritten(
+        self, database: Database, principal: Principal, pool: asyncpg.Pool, statement: str
+    ) -> None:
+        payment_id = await _new_payment(database, principal)
+        await _apply(database, payment_id, E.ACCEPTED)
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await pool.execute(f"{statement} WHERE payment_id = $1", payment_id)
