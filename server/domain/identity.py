@@ -26,13 +26,19 @@ class Principal:
 class Permission(enum.StrEnum):
     CREATE_PAYMENT = "payments.create"
     READ_PAYMENTS = "payments.read"
+    TRADE = "orders.trade"
+    READ_ORDERS = "orders.read"
+    #: balances and entries of every account, not only the caller's
+    READ_LEDGER = "ledger.read"
 
 
-#: What each role may do. Reads are always scoped to the caller's own client id.
+_READ_OWN = {Permission.READ_PAYMENTS, Permission.READ_ORDERS}
+
+#: What each role may do. Payment and order reads are scoped to the caller's own client id.
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
-    Role.SERVICE: frozenset({Permission.CREATE_PAYMENT, Permission.READ_PAYMENTS}),
-    Role.OPERATOR: frozenset({Permission.READ_PAYMENTS}),
-    Role.AUDITOR: frozenset({Permission.READ_PAYMENTS}),
+    Role.SERVICE: frozenset({Permission.CREATE_PAYMENT, Permission.TRADE, *_READ_OWN}),
+    Role.OPERATOR: frozenset({Permission.READ_LEDGER, *_READ_OWN}),
+    Role.AUDITOR: frozenset({Permission.READ_LEDGER, *_READ_OWN}),
     Role.ADMIN: frozenset(Permission),
 }
 
