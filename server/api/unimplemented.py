@@ -11,7 +11,6 @@ from typing import Any
 
 import grpc
 
-from ballast.execution.v1 import execution_pb2_grpc
 from ballast.ledger.v1 import ledger_pb2_grpc
 from ballast.reconciliation.v1 import reconciliation_pb2_grpc
 
@@ -37,7 +36,6 @@ def unimplemented_servicer(base: type) -> Any:
 
 #: (generated servicer base, the add_*_to_server function) for every service not implemented yet.
 PENDING_SERVICES = (
-    (execution_pb2_grpc.ExecutionServiceServicer, execution_pb2_grpc.add_ExecutionServiceServicer_to_server),
     (ledger_pb2_grpc.LedgerServiceServicer, ledger_pb2_grpc.add_LedgerServiceServicer_to_server),
     (
         reconciliation_pb2_grpc.ReconciliationServiceServicer,

@@ -194,3 +194,114 @@ audit_log = sa.Table(
     sa.CheckConstraint("char_length(actor) BETWEEN 1 AND 128", name="actor_length"),
     comment="Every change, hash-chained per aggregate so that tampering shows. Append-only.",
 )
+
+_DECIMAL_CHECK = "{column} > 0 AND scale({column}) <= 12 AND {column} < 1000000000000000000"
+
+orders = sa.Table(
+    "orders",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("client_id", sa.Text, nullable=False),
+    sa.Column("idempotency_key", sa.Text, nullable=False),
+    sa.Column("client_order_reference", sa.Text, nullable=False, server_default=""),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.UniqueConstraint("client_id", "idempotency_key"),
+    sa.ForeignKeyConstraint(
+        ["client_id", "idempotency_key"], ["idempotency_keys.client_id", "idempotency_keys.idempotency_key"]
+    ),
+    sa.CheckConstraint("char_length(client_order_reference) <= 255", name="client_order_reference_length"),
+    sa.Index("ix_orders_client_id_created_at_id", "client_id", sa.text("created_at DESC"), sa.text("id DESC")),
+    comment="An order a client submitted: one or more legs worked independently at a venue.",
+)
+
+legs = sa.Table(
+    "legs",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("order_id", UUID(as_uuid=True), sa.ForeignKey("orders.id"), nullable=False),
+    sa.Column("position", sa.SmallInteger, nullable=False),
+    sa.Column("instrument_symbol", sa.Text, nullable=False),
+    sa.Column("side", sa.Text, nullable=False),
+    sa.Column("order_type", sa.Text, nullable=False),
+    sa.Column("quantity", sa.Numeric, nullable=False),
+    sa.Column("limit_price", sa.Numeric, nullable=True),
+    sa.Column("currency_code", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("state_reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("filled_quantity", sa.Numeric, nullable=False, server_default="0"),
+    sa.Column("fill_notional", sa.Numeric, nullable=False, server_default="0"),
+    sa.Column("requested_quantity", sa.Numeric, nullable=True),
+    sa.Column("requested_limit_price", sa.Numeric, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.UniqueConstraint("order_id", "position"),
+    sa.CheckConstraint("position >= 1", name="position_positive"),
+    sa.CheckConstraint("instrument_symbol ~ '^[A-Za-z0-9._/-]{1,32}$'", name="instrument_symbol"),
+    sa.CheckConstraint("side IN ('BUY', 'SELL')", name="side_known"),
+    sa.CheckConstraint("order_type IN ('MARKET', 'LIMIT')", name="order_type_known"),
+    sa.CheckConstraint(_DECIMAL_CHECK.format(column="quantity"), name="quantity_valid"),
+    sa.CheckConstraint(
+        f"limit_price IS NULL OR ({_DECIMAL_CHECK.format(column='limit_price')})", name="limit_price_valid"
+    ),
+    sa.CheckConstraint("(order_type = 'LIMIT') = (limit_price IS NOT NULL)", name="limit_price_iff_limit"),
+    sa.CheckConstraint("currency_code ~ '^[A-Z]{3}$'", name="currency_code_iso4217"),
+    sa.CheckConstraint(
+        "state IN ('SUBMITTED', 'PENDING', 'PARTIALLY_FILLED', 'FILLED', 'MODIFYING', 'REJECTED', 'CLOSED')",
+        name="state_known",
+    ),
+    sa.CheckConstraint("char_length(state_reason) <= 1000", name="state_reason_length"),
+    sa.CheckConstraint("filled_quantity >= 0 AND filled_quantity <= quantity", name="filled_within_quantity"),
+    sa.CheckConstraint("fill_notional >= 0", name="fill_notional_nonnegative"),
+    sa.CheckConstraint(
+        f"requested_quantity IS NULL OR ({_DECIMAL_CHECK.format(column='requested_quantity')})",
+        name="requested_quantity_valid",
+    ),
+    sa.CheckConstraint(
+        f"requested_limit_price IS NULL OR ({_DECIMAL_CHECK.format(column='requested_limit_price')})",
+        name="requested_limit_price_valid",
+    ),
+    comment="One leg of an order, in its state; filled_quantity is the sum of its fills, kept by trigger.",
+)
+
+leg_fills = sa.Table(
+    "leg_fills",
+    metadata,
+    sa.Column("leg_id", UUID(as_uuid=True), sa.ForeignKey("legs.id"), nullable=False),
+    sa.Column("execution_id", sa.Text, nullable=False),
+    sa.Column("quantity", sa.Numeric, nullable=False),
+    sa.Column("price", sa.Numeric, nullable=False),
+    sa.Column("fill_time", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("evidence_ref", sa.Text, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("leg_id", "execution_id"),
+    sa.CheckConstraint("char_length(execution_id) BETWEEN 1 AND 128", name="execution_id_length"),
+    sa.CheckConstraint(_DECIMAL_CHECK.format(column="quantity"), name="quantity_valid"),
+    sa.CheckConstraint(_DECIMAL_CHECK.format(column="price"), name="price_valid"),
+    sa.CheckConstraint("char_length(evidence_ref) BETWEEN 1 AND 500", name="evidence_ref_length"),
+    comment="Executions reported by the venue; (leg, execution id) is unique, so a fill applies once.",
+)
+
+leg_state_transitions = sa.Table(
+    "leg_state_transitions",
+    metadata,
+    sa.Column("from_state", sa.Text, nullable=False),
+    sa.Column("to_state", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("from_state", "to_state"),
+    comment="The allowed (from, to) pairs of the order-leg state machine; a snapshot of server/domain.",
+)
+
+leg_transitions = sa.Table(
+    "leg_transitions",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("leg_id", UUID(as_uuid=True), sa.ForeignKey("legs.id"), nullable=False),
+    sa.Column("from_state", sa.Text, nullable=False),
+    sa.Column("to_state", sa.Text, nullable=False),
+    sa.Column("cause", sa.Text, nullable=False),
+    sa.Column("evidence_ref", sa.Text, nullable=False),
+    sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("char_length(cause) BETWEEN 1 AND 64", name="cause_length"),
+    sa.CheckConstraint("char_length(evidence_ref) BETWEEN 1 AND 500", name="evidence_ref_length"),
+    sa.Index("ix_leg_transitions_leg_id", "leg_id", "id"),
+    comment="Every state change of every leg, with its cause and evidence. Append-only.",
+)

@@ -14,6 +14,7 @@ from grpc_status import rpc_status
 from ballast.common.v1.money_pb2 import Money
 from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
+from ballast.reconciliation.v1 import reconciliation_pb2, reconciliation_pb2_grpc
 from tests.integration.conftest import Caller
 from tests.support import field_violations, insert_idempotency_key
 
@@ -74,11 +75,11 @@ class TestAuthentication:
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
     async def test_unbuilt_rpcs_answer_unimplemented(self, channel: grpc.aio.Channel, alpha: Caller) -> None:
-        stub = execution_pb2_grpc.ExecutionServiceStub(channel)
+        stub = reconciliation_pb2_grpc.ReconciliationServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.GetOrder(execution_pb2.GetOrderRequest(order_id="x"), metadata=alpha.metadata, timeout=5)
+            await stub.GetCase(reconciliation_pb2.GetCaseRequest(case_id="x"), metadata=alpha.metadata, timeout=5)
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "GetOrder" in (caught.value.details() or "")
+        assert "GetCase" in (caught.value.details() or "")
 
     async def test_health_is_served_without_credentials(self, channel: grpc.aio.Channel) -> None:
         response = await health_pb2_grpc.HealthStub(channel).Check(

@@ -1,0 +1,160 @@
+"""ballast.execution.v1.ExecutionService: parse the request, call the use case, map the result."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
+from server.api.auth import TokenAuthenticator
+from server.api.handlers import budget_for, translate_errors
+from server.db.database import Database
+from server.db.orders_repository import LegRecord, OrderRecord
+from server.domain.identifiers import parse_uuid
+from server.domain.identity import Permission
+from server.domain.order_legs import Leg
+from server.domain.orders import validate_close_leg, validate_modify_leg, validate_submit_order
+from server.services import execution
+
+
+def _timestamp(value: object) -> Timestamp:
+    timestamp = Timestamp()
+    timestamp.FromDatetime(value)  # type: ignore[arg-type]
+    return timestamp
+
+
+def _decimal(value: Decimal | None) -> str:
+    return "" if value is None else format(value, "f")
+
+
+def _enum_name(prefix: str, value: int, enum_type: object) -> str:
+    """ "SIDE_BUY" -> "BUY"; an unknown or unspecified value becomes "" (refused by validation)."""
+    name: str = enum_type.Name(value) if value in enum_type.values() else ""  # type: ignore[attr-defined]
+    return name.removeprefix(prefix) if name and not name.endswith("_UNSPECIFIED") else ""
+
+
+def leg_to_proto(leg: LegRecord) -> execution_pb2.Leg:
+    average = Leg(leg.spec.quantity, leg.state, leg.filled_quantity, leg.fill_notional).average_fill_price()
+    return execution_pb2.Leg(
+        id=str(leg.id),
+        state=f"LEG_STATE_{leg.state.value}",
+        state_reason=leg.state_reason,
+        instrument_symbol=leg.spec.instrument_symbol,
+        side=f"SIDE_{leg.spec.side.value}",
+        quantity=_decimal(leg.spec.quantity),
+        order_type=f"ORDER_TYPE_{leg.spec.order_type.value}",
+        limit_price=_decimal(leg.spec.limit_price),
+        currency_code=leg.spec.currency_code,
+        filled_quantity=_decimal(leg.filled_quantity),
+        average_fill_price=_decimal(None if average is None else average.normalize()),
+        fills=[
+            execution_pb2.Fill(
+                execution_id=fill.execution_id,
+                quantity=_decimal(fill.quantity),
+                price=_decimal(fill.price),
+                fill_time=_timestamp(fill.fill_time),
+            )
+            for fill in leg.fills
+        ],
+        create_time=_timestamp(leg.created_at),
+        update_time=_timestamp(leg.updated_at),
+    )
+
+
+def order_to_proto(order: OrderRecord) -> execution_pb2.Order:
+    return execution_pb2.Order(
+        id=str(order.id),
+        client_id=order.client_id,
+        idempotency_key=order.idempotency_key,
+        client_order_reference=order.client_order_reference,
+        legs=[leg_to_proto(leg) for leg in order.legs],
+        create_time=_timestamp(order.created_at),
+        update_time=_timestamp(order.updated_at),
+    )
+
+
+class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
+    def __init__(self, database: Database, authenticator: TokenAuthenticator, request_timeout_s: float) -> None:
+        self._database = database
+        self._authenticator = authenticator
+        self._request_timeout_s = request_timeout_s
+
+    @translate_errors
+    async def SubmitOrder(
+        self, request: execution_pb2.SubmitOrderRequest, context: grpc.aio.ServicerContext
+    ) -> execution_pb2.SubmitOrderResponse:
+        principal = self._authenticator.authorize(context, Permission.TRADE)
+        command = validate_submit_order(
+            request.idempotency_key,
+            request.client_order_reference,
+            [
+                {
+                    "instrument_symbol": leg.instrument_symbol,
+                    "side": _enum_name("SIDE_", leg.side, execution_pb2.Side),
+                    "quantity": leg.quantity,
+                    "order_type": _enum_name("ORDER_TYPE_", leg.order_type, execution_pb2.OrderType),
+                    "limit_price": leg.limit_price,
+                    "currency_code": leg.currency_code,
+                }
+                for leg in request.legs
+            ],
+        )
+        result = await execution.submit_order(
+            self._database, principal, command, budget_for(context, self._request_timeout_s)
+        )
+        return execution_pb2.SubmitOrderResponse(order=order_to_proto(result.order), replayed=result.replayed)
+
+    @translate_errors
+    async def GetOrder(
+        self, request: execution_pb2.GetOrderRequest, context: grpc.aio.ServicerContext
+    ) -> execution_pb2.GetOrderResponse:
+        principal = self._authenticator.authorize(context, Permission.READ_ORDERS)
+        order = await execution.get_order(
+            self._database,
+            principal,
+            parse_uuid(request.order_id, "order_id"),
+            budget_for(context, self._request_timeout_s),
+        )
+        return execution_pb2.GetOrderResponse(order=order_to_proto(order))
+
+    @translate_errors
+    async def ListOrders(
+        self, request: execution_pb2.ListOrdersRequest, context: grpc.aio.ServicerContext
+    ) -> execution_pb2.ListOrdersResponse:
+        principal = self._authenticator.authorize(context, Permission.READ_ORDERS)
+        page = await execution.list_orders(
+            self._database,
+            principal,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            budget=budget_for(context, self._request_timeout_s),
+        )
+        return execution_pb2.ListOrdersResponse(
+            orders=[order_to_proto(order) for order in page.orders], next_page_token=page.next_page_token
+        )
+
+    @translate_errors
+    async def ModifyLeg(
+        self, request: execution_pb2.ModifyLegRequest, context: grpc.aio.ServicerContext
+    ) -> execution_pb2.ModifyLegResponse:
+        principal = self._authenticator.authorize(context, Permission.TRADE)
+        command = validate_modify_leg(
+            request.idempotency_key, request.order_id, request.leg_id, request.new_quantity, request.new_limit_price
+        )
+        result = await execution.modify_leg(
+            self._database, principal, command, budget_for(context, self._request_timeout_s)
+        )
+        return execution_pb2.ModifyLegResponse(leg=leg_to_proto(result.leg), replayed=result.replayed)
+
+    @translate_errors
+    async def CloseLeg(
+        self, request: execution_pb2.CloseLegRequest, context: grpc.aio.ServicerContext
+    ) -> execution_pb2.CloseLegResponse:
+        principal = self._authenticator.authorize(context, Permission.TRADE)
+        command = validate_close_leg(request.idempotency_key, request.order_id, request.leg_id, request.reason)
+        result = await execution.close_leg(
+            self._database, principal, command, budget_for(context, self._request_timeout_s)
+        )
+        return execution_pb2.CloseLegResponse(leg=leg_to_proto(result.leg), replayed=result.replayed)

@@ -1,0 +1,214 @@
+"""SQL for orders, legs and fills (asyncpg). Orders are read with their legs and fills in two queries."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import asyncpg
+
+from server.domain.order_legs import LegState
+from server.domain.orders import LegSpec, OrderType, Side
+
+
+@dataclass(frozen=True)
+class FillRecord:
+    execution_id: str
+    quantity: Decimal
+    price: Decimal
+    fill_time: datetime
+
+
+@dataclass(frozen=True)
+class LegRecord:
+    id: uuid.UUID
+    order_id: uuid.UUID
+    position: int
+    spec: LegSpec
+    state: LegState
+    state_reason: str
+    filled_quantity: Decimal
+    fill_notional: Decimal
+    created_at: datetime
+    updated_at: datetime
+    fills: tuple[FillRecord, ...] = ()
+
+
+@dataclass(frozen=True)
+class OrderRecord:
+    id: uuid.UUID
+    client_id: str
+    idempotency_key: str
+    client_order_reference: str
+    created_at: datetime
+    legs: tuple[LegRecord, ...]
+
+    @property
+    def updated_at(self) -> datetime:
+        return max([self.created_at, *(leg.updated_at for leg in self.legs)])
+
+
+_LEG_COLUMNS = (
+    "l.id, l.order_id, l.position, l.instrument_symbol, l.side, l.order_type, l.quantity, l.limit_price,"
+    " l.currency_code, l.state, l.state_reason, l.filled_quantity, l.fill_notional, l.created_at, l.updated_at"
+)
+
+
+def _leg(row: asyncpg.Record, fills: tuple[FillRecord, ...] = ()) -> LegRecord:
+    return LegRecord(
+        id=row["id"],
+        order_id=row["order_id"],
+        position=row["position"],
+        spec=LegSpec(
+            row["instrument_symbol"],
+            Side(row["side"]),
+            row["quantity"],
+            OrderType(row["order_type"]),
+            row["limit_price"],
+            row["currency_code"],
+        ),
+        state=LegState(row["state"]),
+        state_reason=row["state_reason"],
+        filled_quantity=row["filled_quantity"],
+        fill_notional=row["fill_notional"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        fills=fills,
+    )
+
+
+async def insert_order(
+    connection: asyncpg.Connection,
+    order_id: uuid.UUID,
+    client_id: str,
+    idempotency_key: str,
+    client_order_reference: str,
+    legs: tuple[LegSpec, ...],
+) -> None:
+    await connection.execute(
+        "INSERT INTO orders (id, client_id, idempotency_key, client_order_reference) VALUES ($1, $2, $3, $4)",
+        order_id,
+        client_id,
+        idempotency_key,
+        client_order_reference,
+    )
+    await connection.execute(
+        """
+        INSERT INTO legs (id, order_id, position, instrument_symbol, side, order_type, quantity, limit_price,
+                          currency_code, state)
+        SELECT id, $1, position, symbol, side, order_type, quantity, limit_price, currency_code, 'SUBMITTED'
+        FROM unnest($2::uuid[], $3::smallint[], $4::text[], $5::text[], $6::text[], $7::numeric[], $8::numeric[],
+                    $9::text[])
+             AS leg(id, position, symbol, side, order_type, quantity, limit_price, currency_code)
+        """,
+        order_id,
+        [uuid.uuid4() for _ in legs],
+        list(range(1, len(legs) + 1)),
+        [leg.instrument_symbol for leg in legs],
+        [leg.side.value for leg in legs],
+        [leg.order_type.value for leg in legs],
+        [leg.quantity for leg in legs],
+        [leg.limit_price for leg in legs],
+        [leg.currency_code for leg in legs],
+    )
+
+
+async def fetch_orders(connection: asyncpg.Connection, order_rows: list[asyncpg.Record]) -> list[OrderRecord]:
+    """Attach legs and fills to order rows: two queries whatever the number of orders."""
+    order_ids = [row["id"] for row in order_rows]
+    leg_rows = await connection.fetch(
+        f"SELECT {_LEG_COLUMNS} FROM legs l WHERE l.order_id = ANY($1) ORDER BY l.order_id, l.position", order_ids
+    )
+    fill_rows = await connection.fetch(
+        "SELECT f.leg_id, f.execution_id, f.quantity, f.price, f.fill_time FROM leg_fills f"
+        " JOIN legs l ON l.id = f.leg_id WHERE l.order_id = ANY($1) ORDER BY f.fill_time, f.recorded_at",
+        order_ids,
+    )
+    fills: dict[uuid.UUID, list[FillRecord]] = {}
+    for row in fill_rows:
+        fills.setdefault(row["leg_id"], []).append(
+            FillRecord(row["execution_id"], row["quantity"], row["price"], row["fill_time"])
+        )
+    legs: dict[uuid.UUID, list[LegRecord]] = {}
+    for row in leg_rows:
+        legs.setdefault(row["order_id"], []).append(_leg(row, tuple(fills.get(row["id"], ()))))
+    return [
+        OrderRecord(
+            row["id"],
+            row["client_id"],
+            row["idempotency_key"],
+            row["client_order_reference"],
+            row["created_at"],
+            tuple(legs.get(row["id"], ())),
+        )
+        for row in order_rows
+    ]
+
+
+_ORDER_COLUMNS = "id, client_id, idempotency_key, client_order_reference, created_at"
+
+
+async def get_order(connection: asyncpg.Connection, client_id: str, order_id: uuid.UUID) -> OrderRecord | None:
+    row = await connection.fetchrow(
+        f"SELECT {_ORDER_COLUMNS} FROM orders WHERE id = $1 AND client_id = $2", order_id, client_id
+    )
+    return None if row is None else (await fetch_orders(connection, [row]))[0]
+
+
+async def list_orders(
+    connection: asyncpg.Connection, client_id: str, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> list[OrderRecord]:
+    after_time, after_id = after if after is not None else (None, None)
+    rows = await connection.fetch(
+        f"""
+        SELECT {_ORDER_COLUMNS} FROM orders
+        WHERE client_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+        ORDER BY created_at DESC, id DESC LIMIT $4
+        """,
+        client_id,
+        after_time,
+        after_id,
+        limit,
+    )
+    return await fetch_orders(connection, list(rows))
+
+
+async def lock_leg(
+    connection: asyncpg.Connection,
+    leg_id: uuid.UUID,
+    *,
+    client_id: str | None = None,
+    order_id: uuid.UUID | None = None,
+) -> LegRecord | None:
+    """The leg, locked FOR UPDATE until the transaction ends; None unless it is of the client and order given."""
+    row = await connection.fetchrow(
+        f"""
+        SELECT {_LEG_COLUMNS} FROM legs l JOIN orders o ON o.id = l.order_id
+        WHERE l.id = $1 AND ($2::text IS NULL OR o.client_id = $2) AND ($3::uuid IS NULL OR o.id = $3)
+        FOR UPDATE OF l
+        """,
+        leg_id,
+        client_id,
+        order_id,
+    )
+    return None if row is None else _leg(row)
+
+
+async def insert_leg_transition(
+    connection: asyncpg.Connection,
+    leg_id: uuid.UUID,
+    from_state: LegState,
+    to_state: LegState,
+    cause: str,
+    evidence_ref: str,
+) -> None:
+    await connection.execute(
+        "INSERT INTO leg_transitions (leg_id, from_state, to_state, cause, evidence_ref) VALUES ($1, $2, $3, $4, $5)",
+        leg_id,
+        from_state.value,
+        to_state.value,
+        cause,
+        evidence_ref,
+    )
