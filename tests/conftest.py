@@ -51,7 +51,9 @@ def database_url(empty_database_url: str) -> str:
 
 @pytest.fixture(scope="session")
 async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(database_url, size=60, statement_timeout_ms=10_000)
+    # 30 connections: enough for real races, and room on a default max_connections=100 server for the
+    # e2e tests' server processes.
+    pool = await create_pool(database_url, size=30, statement_timeout_ms=10_000)
     try:
         yield pool
     finally:

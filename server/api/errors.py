@@ -16,6 +16,7 @@ from server.domain.errors import (
     PermissionDenied,
     Unavailable,
 )
+from server.domain.state_machine import IllegalTransition
 
 STATUS_DETAILS_METADATA_KEY = "grpc-status-details-bin"
 
@@ -53,6 +54,17 @@ def _details_for(error: BallastError) -> tuple[grpc.StatusCode, list[any_pb2.Any
                 error_details_pb2.PreconditionFailure.Violation(
                     type="IDEMPOTENCY_KEY_REUSED",
                     subject=f"idempotency_key:{error.idempotency_key}",
+                    description=str(error),
+                )
+            ]
+        )
+        return grpc.StatusCode.FAILED_PRECONDITION, [_pack(failure)]
+    if isinstance(error, IllegalTransition):
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type="ILLEGAL_TRANSITION",
+                    subject=f"{error.machine}:{error.from_state}->{error.to_state}",
                     description=str(error),
                 )
             ]

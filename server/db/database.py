@@ -21,7 +21,9 @@ _CONFLICT_SQLSTATES = {
     "40P01",  # deadlock_detected
     "55P03",  # lock_not_available
 }
-_QUERY_CANCELED_SQLSTATE = "57014"  # statement_timeout or a cancel request
+_QUERY_CANCELED_SQLSTATE = "57014"
+#: connection exceptions (08), insufficient resources such as too many connections (53), operator intervention (57)
+_UNAVAILABLE_SQLSTATE_CLASSES = {"08", "53", "57"}  # statement_timeout or a cancel request
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class Database:
                 ) from error
             if sqlstate == _QUERY_CANCELED_SQLSTATE:
                 raise DeadlineExceeded("the database statement was cancelled at its time limit") from error
+            if sqlstate is not None and sqlstate[:2] in _UNAVAILABLE_SQLSTATE_CLASSES:
+                raise Unavailable(f"the database cannot serve this now ({sqlstate}); retry later") from error
             raise
         except TimeoutError as error:
             raise DeadlineExceeded("the database did not answer within the request's deadline") from error

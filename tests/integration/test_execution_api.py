@@ -1,0 +1,303 @@
+"""ExecutionService over gRPC (in-process server, real PostgreSQL), and the venue's evidence applied to legs."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import asyncpg
+import grpc
+import pytest
+
+from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
+from server.db.database import Budget, Database
+from server.domain.order_legs import Fill, FillError, LegState
+from server.domain.state_machine import IllegalTransition
+from server.services import execution
+from tests.integration.conftest import Caller
+from tests.support import field_violations
+
+Stub = execution_pb2_grpc.ExecutionServiceStub
+L = LegState
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> Stub:
+    return execution_pb2_grpc.ExecutionServiceStub(channel)
+
+
+def _leg(
+    quantity: str = "10", order_type: str = "ORDER_TYPE_LIMIT", limit_price: str | None = None, **fields: str
+) -> execution_pb2.LegSpec:
+    """A valid leg unless told otherwise; a LIMIT leg gets a limit price of 101.25 by default."""
+    if limit_price is None:
+        limit_price = "101.25" if order_type == "ORDER_TYPE_LIMIT" else ""
+    return execution_pb2.LegSpec(
+        instrument_symbol=fields.get("instrument_symbol", "AAPL"),
+        side=fields.get("side", "SIDE_BUY"),
+        quantity=quantity,
+        order_type=order_type,
+        limit_price=limit_price,
+        currency_code=fields.get("currency_code", "USD"),
+    )
+
+
+def _submit(
+    key: str | None = None, legs: list[execution_pb2.LegSpec] | None = None
+) -> execution_pb2.SubmitOrderRequest:
+    return execution_pb2.SubmitOrderRequest(
+        idempotency_key=key or f"order-{uuid.uuid4()}",
+        client_order_reference="ref-1",
+        legs=legs if legs is not None else [_leg(), _leg("5", "ORDER_TYPE_MARKET", side="SIDE_SELL")],
+    )
+
+
+async def _filled_leg(stub: Stub, caller: Caller, database: Database, quantity: str = "10") -> tuple[str, str]:
+    """An order whose one leg the venue acknowledged and filled completely; (order id, leg id)."""
+    order = (await stub.SubmitOrder(_submit(legs=[_leg(quantity)]), metadata=caller.metadata, timeout=5)).order
+    leg_id = uuid.UUID(order.legs[0].id)
+    await execution.apply_venue_state(database, leg_id, L.PENDING, "venue:ack", Budget.within(5))
+    await execution.record_fill(
+        database,
+        leg_id,
+        Fill("x-1", Decimal(quantity), Decimal("100")),
+        datetime.now(UTC),
+        "venue:fill",
+        Budget.within(5),
+    )
+    return order.id, order.legs[0].id
+
+
+class TestSubmitOrder:
+    async def test_an_order_is_recorded_with_its_legs_submitted(self, stub: Stub, alpha: Caller) -> None:
+        response = await stub.SubmitOrder(_submit(), metadata=alpha.metadata, timeout=5)
+        order = response.order
+        assert not response.replayed
+        assert order.client_id == alpha.client_id
+        assert [leg.state for leg in order.legs] == [execution_pb2.LEG_STATE_SUBMITTED] * 2
+        assert [(leg.quantity, leg.limit_price) for leg in order.legs] == [("10", "101.25"), ("5", "")]
+        assert order.legs[0].filled_quantity == "0"
+
+    async def test_the_same_key_replays_and_other_parameters_are_refused(self, stub: Stub, alpha: Caller) -> None:
+        key = f"order-{uuid.uuid4()}"
+        first = await stub.SubmitOrder(_submit(key), metadata=alpha.metadata, timeout=5)
+        again = await stub.SubmitOrder(_submit(key), metadata=alpha.metadata, timeout=5)
+        assert again.replayed and again.order == first.order
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.SubmitOrder(_submit(key, [_leg("11")]), metadata=alpha.metadata, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert key in (caught.value.details() or "")
+
+    async def test_fifty_concurrent_submissions_with_one_key_create_one_order(
+        self, stub: Stub, alpha: Caller, pool: asyncpg.Pool
+    ) -> None:
+        key = f"order-{uuid.uuid4()}"
+        outcomes = await asyncio.gather(
+            *(stub.SubmitOrder(_submit(key), metadata=alpha.metadata, timeout=10) for _ in range(50)),
+            return_exceptions=True,
+        )
+        ids = {o.order.id for o in outcomes if isinstance(o, execution_pb2.SubmitOrderResponse)}
+        errors = [o for o in outcomes if not isinstance(o, execution_pb2.SubmitOrderResponse)]
+        assert all(isinstance(e, grpc.aio.AioRpcError) and e.code() == grpc.StatusCode.ABORTED for e in errors), errors
+        assert len(ids) == 1
+        assert (
+            await pool.fetchval(
+                "SELECT count(*) FROM orders WHERE client_id = $1 AND idempotency_key = $2", alpha.client_id, key
+            )
+            == 1
+        )
+
+    @pytest.mark.parametrize(
+        ("legs", "field"),
+        [
+            ([], "legs"),
+            ([_leg("0")], "legs[0].quantity"),
+            ([_leg("-1")], "legs[0].quantity"),
+            ([_leg("1.0000000000001")], "legs[0].quantity"),
+            ([_leg(limit_price="")], "legs[0].limit_price"),
+            ([_leg(order_type="ORDER_TYPE_MARKET", limit_price="5")], "legs[0].limit_price"),
+            ([_leg(), _leg(side="SIDE_UNSPECIFIED")], "legs[1].side"),
+            ([_leg(order_type="ORDER_TYPE_UNSPECIFIED")], "legs[0].order_type"),
+            ([_leg(instrument_symbol="")], "legs[0].instrument_symbol"),
+            ([_leg(currency_code="XYZ")], "legs[0].currency_code"),
+            ([_leg()] * 21, "legs"),
+        ],
+    )
+    async def test_bad_legs_are_invalid_argument_naming_the_field_and_write_nothing(
+        self, stub: Stub, alpha: Caller, pool: asyncpg.Pool, legs: list[execution_pb2.LegSpec], field: str
+    ) -> None:
+        before = await pool.fetchval("SELECT count(*) FROM orders WHERE client_id = $1", alpha.client_id)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.SubmitOrder(_submit(legs=legs), metadata=alpha.metadata, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field in field_violations(caught.value)
+        assert await pool.fetchval("SELECT count(*) FROM orders WHERE client_id = $1", alpha.client_id) == before
+
+    async def test_an_auditor_may_read_but_not_trade(self, stub: Stub, auditor: Caller) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.SubmitOrder(_submit(), metadata=auditor.metadata, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        listed = await stub.ListOrders(execution_pb2.ListOrdersRequest(), metadata=auditor.metadata, timeout=5)
+        assert list(listed.orders) == []
+
+
+class TestReadingOrders:
+    async def test_get_and_list_return_the_clients_orders_only(self, stub: Stub, alpha: Caller, beta: Caller) -> None:
+        created = (await stub.SubmitOrder(_submit(), metadata=alpha.metadata, timeout=5)).order
+        fetched = await stub.GetOrder(
+            execution_pb2.GetOrderRequest(order_id=created.id), metadata=alpha.metadata, timeout=5
+        )
+        assert fetched.order == created
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GetOrder(execution_pb2.GetOrderRequest(order_id=created.id), metadata=beta.metadata, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+    async def test_list_pages_through_every_order_once(self, stub: Stub, beta: Caller) -> None:
+        for _ in range(5):
+            await stub.SubmitOrder(_submit(), metadata=beta.metadata, timeout=5)
+        seen: list[str] = []
+        token = ""
+        for _ in range(50):
+            page = await stub.ListOrders(
+                execution_pb2.ListOrdersRequest(page_size=2, page_token=token), metadata=beta.metadata, timeout=5
+            )
+            seen += [order.id for order in page.orders]
+            token = page.next_page_token
+            if not token:
+                break
+        assert len(seen) == len(set(seen)) >= 5
+
+
+class TestLegChanges:
+    async def test_modify_needs_a_filled_leg_and_names_both_states(self, stub: Stub, alpha: Caller) -> None:
+        order = (await stub.SubmitOrder(_submit(), metadata=alpha.metadata, timeout=5)).order
+        request = execution_pb2.ModifyLegRequest(
+            idempotency_key=f"m-{uuid.uuid4()}", order_id=order.id, leg_id=order.legs[0].id, new_limit_price="99"
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ModifyLeg(request, metadata=alpha.metadata, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "SUBMITTED" in (caught.value.details() or "") and "MODIFYING" in (caught.value.details() or "")
+
+    async def test_a_filled_leg_is_modified_then_confirmed_by_the_venue(
+        self, stub: Stub, alpha: Caller, database: Database
+    ) -> None:
+        order_id, leg_id = await _filled_leg(stub, alpha, database)
+        request = execution_pb2.ModifyLegRequest(
+            idempotency_key=f"m-{uuid.uuid4()}", order_id=order_id, leg_id=leg_id, new_limit_price="99.5"
+        )
+        modifying = await stub.ModifyLeg(request, metadata=alpha.metadata, timeout=5)
+        assert modifying.leg.state == execution_pb2.LEG_STATE_MODIFYING
+        assert modifying.leg.limit_price == "101.25"  # unchanged until the venue confirms
+        again = await stub.ModifyLeg(request, metadata=alpha.metadata, timeout=5)
+        assert again.replayed and again.leg.state == execution_pb2.LEG_STATE_MODIFYING
+        await execution.apply_venue_state(database, uuid.UUID(leg_id), L.FILLED, "venue:modified", Budget.within(5))
+        order = (
+            await stub.GetOrder(execution_pb2.GetOrderRequest(order_id=order_id), metadata=alpha.metadata, timeout=5)
+        ).order
+        assert (order.legs[0].state, order.legs[0].limit_price) == (execution_pb2.LEG_STATE_FILLED, "99.5")
+
+    async def test_close_works_from_any_open_state_once(self, stub: Stub, alpha: Caller) -> None:
+        order = (await stub.SubmitOrder(_submit(), metadata=alpha.metadata, timeout=5)).order
+        request = execution_pb2.CloseLegRequest(
+            idempotency_key=f"c-{uuid.uuid4()}", order_id=order.id, leg_id=order.legs[1].id, reason="client cancelled"
+        )
+        closed = await stub.CloseLeg(request, metadata=alpha.metadata, timeout=5)
+        assert (closed.leg.state, closed.leg.state_reason) == (execution_pb2.LEG_STATE_CLOSED, "client cancelled")
+        second = execution_pb2.CloseLegRequest(
+            idempotency_key=f"c-{uuid.uuid4()}", order_id=order.id, leg_id=order.legs[1].id, reason="again"
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.CloseLeg(second, metadata=alpha.metadata, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    async def test_another_clients_leg_is_not_found(self, stub: Stub, alpha: Caller, beta: Caller) -> None:
+        order = (await stub.SubmitOrder(_submit(), metadata=alpha.metadata, timeout=5)).order
+        request = execution_pb2.CloseLegRequest(
+            idempotency_key=f"c-{uuid.uuid4()}", order_id=order.id, leg_id=order.legs[0].id, reason="mine now"
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.CloseLeg(request, metadata=beta.metadata, timeout=5)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+    async def test_fifty_concurrent_conflicting_changes_to_one_leg_have_one_winner(
+        self, stub: Stub, alpha: Caller, database: Database, pool: asyncpg.Pool
+    ) -> None:
+        order_id, leg_id = await _filled_leg(stub, alpha, database)
+        calls = []
+        for index in range(50):
+            key = f"race-{uuid.uuid4()}"
+            if index % 2:
+                calls.append(
+                    stub.CloseLeg(
+                        execution_pb2.CloseLegRequest(
+                            idempotency_key=key, order_id=order_id, leg_id=leg_id, reason=f"close {index}"
+                        ),
+                        metadata=alpha.metadata,
+                        timeout=10,
+                    )
+                )
+            else:
+                calls.append(
+                    stub.ModifyLeg(
+                        execution_pb2.ModifyLegRequest(
+                            idempotency_key=key, order_id=order_id, leg_id=leg_id, new_quantity="10"
+                        ),
+                        metadata=alpha.metadata,
+                        timeout=10,
+                    )
+                )
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        winners = [o for o in outcomes if not isinstance(o, BaseException)]
+        losers = [o for o in outcomes if isinstance(o, BaseException)]
+        assert all(
+            isinstance(e, grpc.aio.AioRpcError)
+            and e.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ABORTED)
+            for e in losers
+        ), losers
+        # A close may follow a modification (MODIFYING -> CLOSED), never the other way round.
+        states = await pool.fetch(
+            "SELECT from_state, to_state FROM leg_transitions WHERE leg_id = $1 AND cause LIKE 'api.%' ORDER BY id",
+            uuid.UUID(leg_id),
+        )
+        assert 1 <= len(winners) == len(states) <= 2
+        assert [tuple(row) for row in states] in (
+            [("FILLED", "CLOSED")],
+            [("FILLED", "MODIFYING")],
+            [("FILLED", "MODIFYING"), ("MODIFYING", "CLOSED")],
+        )
+
+
+class TestFills:
+    async def test_racing_fills_never_overfill_and_a_repeated_execution_applies_once(
+        self, stub: Stub, alpha: Caller, database: Database, pool: asyncpg.Pool
+    ) -> None:
+        order = (await stub.SubmitOrder(_submit(legs=[_leg("10")]), metadata=alpha.metadata, timeout=5)).order
+        leg_id = uuid.UUID(order.legs[0].id)
+        await execution.apply_venue_state(database, leg_id, L.PENDING, "venue:ack", Budget.within(5))
+
+        async def fill(execution_id: str) -> object:
+            return await execution.record_fill(
+                database,
+                leg_id,
+                Fill(execution_id, Decimal("1.5"), Decimal("100.10")),
+                datetime.now(UTC),
+                f"venue:{execution_id}",
+                Budget.within(10),
+            )
+
+        # 12 distinct executions of 1.5 (18 > 10 ordered), each reported up to three times.
+        outcomes = await asyncio.gather(*(fill(f"x-{i % 12}") for i in range(36)), return_exceptions=True)
+        assert all(isinstance(o, (FillError, IllegalTransition)) for o in outcomes if isinstance(o, BaseException))
+        row = await pool.fetchrow("SELECT state, filled_quantity, fill_notional FROM legs WHERE id = $1", leg_id)
+        fills = await pool.fetch("SELECT quantity, price FROM leg_fills WHERE leg_id = $1", leg_id)
+        assert row["filled_quantity"] == Decimal("1.5") * len(fills) == Decimal("9.0")
+        assert row["fill_notional"] == sum(f["quantity"] * f["price"] for f in fills)
+        assert row["state"] == "PARTIALLY_FILLED"
+        got = (
+            await stub.GetOrder(execution_pb2.GetOrderRequest(order_id=order.id), metadata=alpha.metadata, timeout=5)
+        ).order
+        assert (got.legs[0].filled_quantity, got.legs[0].average_fill_price) == ("9.0", "100.1")
+        assert len(got.legs[0].fills) == 6
