@@ -7,11 +7,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
-from ballast.ledger.v1 import ledger_pb2
+from ballast.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from ballast.reconciliation.v1 import reconciliation_pb2
 from server.api.auth import AuthInterceptor, TokenAuthenticator
 from server.api.execution_servicer import ExecutionServicer
+from server.api.ledger_servicer import LedgerServicer
 from server.api.metrics import MetricsInterceptor
 from server.api.payments_servicer import PaymentServicer
 from server.api.unimplemented import PENDING_SERVICES, unimplemented_servicer
@@ -51,6 +52,9 @@ def build_server(settings: Settings, database: Database) -> tuple[grpc.aio.Serve
     )
     execution_pb2_grpc.add_ExecutionServiceServicer_to_server(
         ExecutionServicer(database, authenticator, settings.request_timeout_ms / 1000), server
+    )
+    ledger_pb2_grpc.add_LedgerServiceServicer_to_server(
+        LedgerServicer(database, authenticator, settings.request_timeout_ms / 1000), server
     )
     for base, add_to_server in PENDING_SERVICES:
         add_to_server(unimplemented_servicer(base), server)

@@ -14,7 +14,8 @@ from server.db.payments_repository import PaymentRecord
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.identity import Permission
 from server.domain.payments import PaymentState, validate_create_payment
-from server.services import payments
+from server.services import payments, timeline
+from server.services.ledger import signed_amount
 
 
 def _timestamp(value: object) -> Timestamp:
@@ -23,13 +24,17 @@ def _timestamp(value: object) -> Timestamp:
     return timestamp
 
 
+def _state(state: PaymentState | None) -> str:
+    return "PAYMENT_STATE_UNSPECIFIED" if state is None else f"PAYMENT_STATE_{state.value}"
+
+
 def payment_to_proto(payment: PaymentRecord) -> payments_pb2.Payment:
     return payments_pb2.Payment(
         id=str(payment.id),
         client_id=payment.client_id,
         idempotency_key=payment.idempotency_key,
         amount=money_pb2.Money(value=payment.amount.to_decimal_string(), currency_code=payment.amount.currency_code),
-        state=f"PAYMENT_STATE_{payment.state.value}",
+        state=_state(payment.state),
         description=payment.description,
         merchant_reference=payment.merchant_reference,
         metadata=payment.metadata,
@@ -58,6 +63,37 @@ def _fitted_page(page: payments.PaymentPage) -> payments_pb2.ListPaymentsRespons
         response.payments.append(payment)
     response.next_page_token = page.next_page_token
     return response
+
+
+def timeline_entry_to_proto(entry: timeline.TimelineEntry) -> payments_pb2.TimelineEntry:
+    proto = payments_pb2.TimelineEntry(occur_time=_timestamp(entry.occurred_at))
+    event = entry.event
+    if isinstance(event, timeline.Transition):
+        proto.transition.CopyFrom(
+            payments_pb2.StateTransition(
+                from_state=_state(event.from_state),
+                to_state=_state(event.to_state),
+                cause=event.cause,
+                evidence_ref=event.evidence_ref,
+            )
+        )
+    elif isinstance(event, timeline.ProviderStatus):
+        proto.provider_status.CopyFrom(
+            payments_pb2.ProviderStatusObservation(
+                provider=event.provider, status=event.status, evidence_ref=event.evidence_ref
+            )
+        )
+    else:
+        proto.ledger_line.CopyFrom(
+            payments_pb2.LedgerLine(
+                entry_id=str(event.entry_id),
+                account=event.account,
+                amount=money_pb2.Money(
+                    value=signed_amount(event.amount, event.currency_code), currency_code=event.currency_code
+                ),
+            )
+        )
+    return proto
 
 
 def _state_filter(value: int) -> PaymentState | None:
@@ -123,8 +159,16 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
         )
         return _fitted_page(page)
 
+    @translate_errors
     async def GetPaymentTimeline(
         self, request: payments_pb2.GetPaymentTimelineRequest, context: grpc.aio.ServicerContext
     ) -> payments_pb2.GetPaymentTimelineResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "GetPaymentTimeline is not implemented yet")
-        raise AssertionError("unreachable")
+        found = await timeline.get_payment_timeline(
+            self._database,
+            self._authenticator.authorize(context, Permission.READ_PAYMENTS),
+            payments.parse_payment_id(request.payment_id),
+            budget_for(context, self._request_timeout_s),
+        )
+        return payments_pb2.GetPaymentTimelineResponse(
+            payment_id=str(found.payment_id), entries=[timeline_entry_to_proto(entry) for entry in found.entries]
+        )

@@ -11,7 +11,6 @@ from typing import Any
 
 import grpc
 
-from ballast.ledger.v1 import ledger_pb2_grpc
 from ballast.reconciliation.v1 import reconciliation_pb2_grpc
 
 
@@ -36,7 +35,6 @@ def unimplemented_servicer(base: type) -> Any:
 
 #: (generated servicer base, the add_*_to_server function) for every service not implemented yet.
 PENDING_SERVICES = (
-    (ledger_pb2_grpc.LedgerServiceServicer, ledger_pb2_grpc.add_LedgerServiceServicer_to_server),
     (
         reconciliation_pb2_grpc.ReconciliationServiceServicer,
         reconciliation_pb2_grpc.add_ReconciliationServiceServicer_to_server,

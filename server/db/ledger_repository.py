@@ -56,23 +56,62 @@ async def insert_posting(connection: asyncpg.Connection, posting: Posting) -> uu
     return entry_id
 
 
+@dataclass(frozen=True)
+class AccountBalance:
+    #: sum of the account's lines in the currency (signed: debits minus credits); 0 without lines
+    total: Decimal
+    #: the moment the balance is read as of: the statement's time, or the last included entry's if later
+    as_of: datetime
+    #: the last entry (in posting order) with a line included in the total; None without lines
+    last_entry_id: uuid.UUID | None
+
+
+# One statement, so the sum, the last entry and the time all come from the same snapshot.
+_BALANCE = """
+WITH account_lines AS (
+    SELECT l.amount, e.id AS entry_id, e.posted_at
+    FROM ledger_lines l JOIN ledger_entries e ON e.id = l.entry_id
+    WHERE l.account = $1 AND l.currency_code = $2
+), last_entry AS (
+    SELECT entry_id, posted_at FROM account_lines ORDER BY posted_at DESC, entry_id DESC LIMIT 1
+)
+SELECT (SELECT coalesce(sum(amount), 0) FROM account_lines) AS total,
+       (SELECT entry_id FROM last_entry) AS last_entry_id,
+       greatest(statement_timestamp(), (SELECT posted_at FROM last_entry)) AS as_of
+"""
+
+
 async def balance(
     connection: asyncpg.Connection, account: str, currency_code: str, *, timeout_s: float
-) -> tuple[Decimal, datetime | None, uuid.UUID | None]:
-    """(sum of the account's lines in the currency, when the last of them was posted, its entry id)."""
-    row = await connection.fetchrow(
-        """
-        SELECT coalesce(sum(l.amount), 0) AS total,
-               max(e.posted_at) AS last_posted_at,
-               (array_agg(e.id ORDER BY e.posted_at DESC, e.id DESC))[1] AS last_entry_id
-        FROM ledger_lines l JOIN ledger_entries e ON e.id = l.entry_id
-        WHERE l.account = $1 AND l.currency_code = $2
-        """,
-        account,
-        currency_code,
-        timeout=timeout_s,
-    )
-    return row["total"], row["last_posted_at"], row["last_entry_id"]
+) -> AccountBalance:
+    """The account's balance in one currency, summed from its lines."""
+    row = await connection.fetchrow(_BALANCE, account, currency_code, timeout=timeout_s)
+    return AccountBalance(total=row["total"], as_of=row["as_of"], last_entry_id=row["last_entry_id"])
+
+
+# Keyset pagination in posting order: (posted_at, id) strictly after the cursor. The page of entries
+# is chosen first and only its lines are read, so a page costs the same wherever it starts.
+_LIST_ENTRIES = """
+SELECT e.id, e.event_key, e.payment_id, e.description, e.posted_at,
+       lines.accounts, lines.amounts, lines.currencies
+FROM (
+    SELECT id, event_key, payment_id, description, posted_at
+    FROM ledger_entries
+    WHERE ($1::text IS NULL OR id IN (SELECT entry_id FROM ledger_lines WHERE account = $1))
+      AND ($2::text IS NULL OR id IN (SELECT entry_id FROM ledger_lines WHERE account = $2))
+      AND ($3::uuid IS NULL OR payment_id = $3)
+      AND ($4::timestamptz IS NULL OR (posted_at, id) > ($4, $5::uuid))
+    ORDER BY posted_at, id
+    LIMIT $6
+) AS e
+CROSS JOIN LATERAL (
+    SELECT array_agg(account ORDER BY line_number) AS accounts,
+           array_agg(amount ORDER BY line_number) AS amounts,
+           array_agg(currency_code ORDER BY line_number) AS currencies
+    FROM ledger_lines WHERE entry_id = e.id
+) AS lines
+ORDER BY e.posted_at, e.id
+"""
 
 
 async def list_entries(
@@ -80,27 +119,21 @@ async def list_entries(
     *,
     account: str | None,
     payment_id: uuid.UUID | None,
+    readable_account: str | None,
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
     timeout_s: float,
 ) -> list[LedgerEntryRecord]:
-    """Entries (oldest first) with at least one line on `account` and/or of `payment_id`."""
+    """Entries (oldest first) with at least one line on `account` and/or of `payment_id`.
+
+    `readable_account`, when set, confines the list to entries with a line in that account (what a
+    caller without access to the whole ledger may see); the entries are still returned whole.
+    """
     after_time, after_id = after if after is not None else (None, None)
     rows = await connection.fetch(
-        """
-        SELECT e.id, e.event_key, e.payment_id, e.description, e.posted_at,
-               array_agg(l.account ORDER BY l.line_number) AS accounts,
-               array_agg(l.amount ORDER BY l.line_number) AS amounts,
-               array_agg(l.currency_code ORDER BY l.line_number) AS currencies
-        FROM ledger_entries e JOIN ledger_lines l ON l.entry_id = e.id
-        WHERE ($1::text IS NULL OR e.id IN (SELECT entry_id FROM ledger_lines WHERE account = $1))
-          AND ($2::uuid IS NULL OR e.payment_id = $2)
-          AND ($3::timestamptz IS NULL OR (e.posted_at, e.id) > ($3, $4::uuid))
-        GROUP BY e.id
-        ORDER BY e.posted_at, e.id
-        LIMIT $5
-        """,
+        _LIST_ENTRIES,
         account,
+        readable_account,
         payment_id,
         after_time,
         after_id,
@@ -116,7 +149,9 @@ async def list_entries(
             posted_at=row["posted_at"],
             lines=tuple(
                 EntryLine(account, amount, currency)
-                for account, amount, currency in zip(row["accounts"], row["amounts"], row["currencies"], strict=True)
+                for account, amount, currency in zip(
+                    row["accounts"] or (), row["amounts"] or (), row["currencies"] or (), strict=True
+                )
             ),
         )
         for row in rows

@@ -136,6 +136,7 @@ ledger_entries = sa.Table(
     sa.CheckConstraint("char_length(event_key) BETWEEN 1 AND 200", name="event_key_length"),
     sa.CheckConstraint("char_length(description) <= 500", name="description_length"),
     sa.Index("ix_ledger_entries_payment_id", "payment_id"),
+    sa.Index("ix_ledger_entries_posted_at_id", "posted_at", "id"),
     comment="One business event's posting; event_key is unique, so an event posts once. Append-only.",
 )
 

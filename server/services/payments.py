@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from server.db import payments_repository
 from server.db.database import Budget, Database
@@ -19,10 +14,11 @@ from server.domain.errors import (
     IdempotencyKeyReused,
     InvalidArgument,
     NotFound,
-    echo,
 )
+from server.domain.identifiers import parse_uuid
 from server.domain.identity import Principal
 from server.domain.payments import CreatePayment, PaymentState
+from server.services.paging import decode_cursor, encode_cursor
 
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 500
@@ -60,16 +56,8 @@ async def create_payment(
     return CreatePaymentResult(existing.payment, replayed=True)
 
 
-#: The one spelling of an id Ballast accepts: the canonical 8-4-4-4-12 hex form (either case).
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-PAGE_TOKEN_LENGTH_MAX = 256
-
-
 def parse_payment_id(raw: str, field: str = "payment_id") -> uuid.UUID:
-    # uuid.UUID() alone would also take braces, "urn:uuid:", signs, underscores and non-ASCII digits.
-    if not _UUID.fullmatch(raw):
-        raise InvalidArgument([FieldViolation(field, f"{echo(raw, 40)} is not a UUID such as {uuid.UUID(int=0)}")])
-    return uuid.UUID(raw)
+    return parse_uuid(raw, field)
 
 
 async def get_payment(database: Database, principal: Principal, payment_id: uuid.UUID, budget: Budget) -> PaymentRecord:
@@ -92,36 +80,11 @@ class PaymentPage:
 
     def token_after(self, last: PaymentRecord) -> str:
         """The token of the page that starts after `last` (which may be before the end of this page)."""
-        return _encode_page_token(self.state, last)
+        return encode_cursor(last.created_at, last.id, None if self.state is None else self.state.value)
 
     @property
     def next_page_token(self) -> str:
         return self.token_after(self.payments[-1]) if self.has_more else ""
-
-
-def _encode_page_token(state: PaymentState | None, last: PaymentRecord) -> str:
-    cursor = {"s": None if state is None else state.value, "t": last.created_at.isoformat(), "i": str(last.id)}
-    return base64.urlsafe_b64encode(json.dumps(cursor, separators=(",", ":")).encode()).decode()
-
-
-def _decode_page_token(token: str, state: PaymentState | None) -> tuple[datetime, uuid.UUID]:
-    invalid = InvalidArgument([FieldViolation("page_token", "is not a token from a previous ListPayments response")])
-    if len(token) > PAGE_TOKEN_LENGTH_MAX:
-        raise invalid
-    try:
-        cursor = json.loads(base64.urlsafe_b64decode(token.encode()))
-        after_time = datetime.fromisoformat(cursor["t"])
-        if after_time.tzinfo is None:
-            raise invalid
-        if not _UUID.fullmatch(cursor["i"]):
-            raise invalid
-        after = (after_time.astimezone(UTC), uuid.UUID(cursor["i"]))
-        cursor_state = cursor["s"]
-    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError, binascii.Error):
-        raise invalid from None  # ValueError covers UnicodeDecodeError and json.JSONDecodeError
-    if cursor_state != (None if state is None else state.value):
-        raise InvalidArgument([FieldViolation("page_token", "was issued for a different state filter")])
-    return after
 
 
 async def list_payments(
@@ -138,7 +101,8 @@ async def list_payments(
             [FieldViolation("page_size", f"must be from 0 to {PAGE_SIZE_MAX}; 0 means {PAGE_SIZE_DEFAULT}")]
         )
     limit = page_size or PAGE_SIZE_DEFAULT
-    after = _decode_page_token(page_token, state) if page_token else None
+    scope = None if state is None else state.value
+    after = decode_cursor(page_token, "ListPayments", scope) if page_token else None
     async with database.connection(budget) as connection:
         # One row more than asked tells whether another page exists without a count query.
         rows = await payments_repository.list_payments(

@@ -7,7 +7,8 @@ so nothing here depends on test order.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,18 +72,20 @@ def auditor(callers: tuple[Caller, ...]) -> Caller:
     return callers[2]
 
 
-@pytest.fixture(scope="session")
-async def grpc_address(
-    pool: asyncpg.Pool, callers: tuple[Caller, ...], tmp_path_factory: pytest.TempPathFactory
+@asynccontextmanager
+async def in_process_server(
+    pool: asyncpg.Pool, callers: Iterable[Caller], data_dir: Path, **env: str
 ) -> AsyncIterator[str]:
-    """An in-process server on a free port, with the real servicers, interceptors and database."""
+    """A server on a free port with the real servicers, interceptors and database, for these callers;
+    yields its address. `env` adds settings (e.g. BALLAST_REQUEST_TIMEOUT_MS)."""
     tokens = ",".join(f"{caller.token}={caller.client_id}:{caller.role}" for caller in callers)
     settings = load_settings(
         {
             "BALLAST_GRPC_PORT": "0",
             "BALLAST_API_TOKENS": tokens,
-            "BALLAST_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+            "BALLAST_DATA_DIR": str(data_dir),
             "DATABASE_URL": "postgresql://unused/unused",
+            **env,
         }
     )
     server, health_servicer, port = build_server(settings, Database(pool))
@@ -92,6 +95,15 @@ async def grpc_address(
         yield f"127.0.0.1:{port}"
     finally:
         await server.stop(None)
+
+
+@pytest.fixture(scope="session")
+async def grpc_address(
+    pool: asyncpg.Pool, callers: tuple[Caller, ...], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
+    """The session's in-process server, for alpha, beta and the auditor."""
+    async with in_process_server(pool, callers, tmp_path_factory.mktemp("data")) as address:
+        yield address
 
 
 @pytest.fixture

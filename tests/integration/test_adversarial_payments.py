@@ -24,10 +24,10 @@ from grpc_status import rpc_status
 
 from ballast.common.v1.money_pb2 import Money
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
-from server.api.grpc_server import build_server, set_serving
+from server.api.grpc_server import build_server
 from server.db.database import Database
 from server.settings import load_settings
-from tests.integration.conftest import Caller
+from tests.integration.conftest import Caller, in_process_server
 from tests.support import field_violations
 
 Stub = payments_pb2_grpc.PaymentServiceStub
@@ -119,24 +119,13 @@ async def own_stub(
     pool: asyncpg.Pool, own_callers: dict[str, Caller], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Stub]:
     """A second in-process server with fresh clients and a short BALLAST_REQUEST_TIMEOUT_MS."""
-    tokens = ",".join(f"{caller.token}={caller.client_id}:{caller.role}" for caller in own_callers.values())
-    settings = load_settings(
-        {
-            "BALLAST_GRPC_PORT": "0",
-            "BALLAST_API_TOKENS": tokens,
-            "BALLAST_DATA_DIR": str(tmp_path_factory.mktemp("adversarial")),
-            "DATABASE_URL": "postgresql://unused/unused",
-            "BALLAST_REQUEST_TIMEOUT_MS": str(OWN_REQUEST_TIMEOUT_MS),
-        }
-    )
-    server, health_servicer, port = build_server(settings, Database(pool))
-    await server.start()
-    await set_serving(health_servicer, True)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield payments_pb2_grpc.PaymentServiceStub(channel)
-    finally:
-        await server.stop(None)
+    data_dir = tmp_path_factory.mktemp("adversarial")
+    timeout = {"BALLAST_REQUEST_TIMEOUT_MS": str(OWN_REQUEST_TIMEOUT_MS)}
+    async with (
+        in_process_server(pool, own_callers.values(), data_dir, **timeout) as address,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        yield payments_pb2_grpc.PaymentServiceStub(channel)
 
 
 # --------------------------------------------------------------------------------------------- money

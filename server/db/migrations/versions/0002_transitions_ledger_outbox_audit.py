@@ -254,6 +254,7 @@ def upgrade() -> None:
         comment="One business event's posting; event_key is unique, so an event posts once. Append-only.",
     )
     op.create_index(op.f("ix_ledger_entries_payment_id"), "ledger_entries", ["payment_id"])
+    op.create_index(op.f("ix_ledger_entries_posted_at_id"), "ledger_entries", ["posted_at", "id"])
     op.create_table(
         "ledger_lines",
         sa.Column("entry_id", UUID(as_uuid=True), nullable=False),

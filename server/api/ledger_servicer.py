@@ -1,0 +1,97 @@
+"""ballast.ledger.v1.LedgerService: parse the request, call the use case, map the result."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from ballast.common.v1 import money_pb2
+from ballast.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from server.api.auth import TokenAuthenticator
+from server.api.handlers import budget_for, translate_errors
+from server.api.payments_servicer import PAGE_BYTES_MAX
+from server.db.database import Database
+from server.db.ledger_repository import LedgerEntryRecord
+from server.domain.identity import Permission
+from server.services import ledger
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    timestamp = Timestamp()
+    timestamp.FromDatetime(value)
+    return timestamp
+
+
+def signed_money(amount: Decimal, currency_code: str) -> money_pb2.Money:
+    return money_pb2.Money(value=ledger.signed_amount(amount, currency_code), currency_code=currency_code)
+
+
+def entry_to_proto(entry: LedgerEntryRecord) -> ledger_pb2.LedgerEntry:
+    return ledger_pb2.LedgerEntry(
+        id=str(entry.id),
+        event_key=entry.event_key,
+        payment_id="" if entry.payment_id is None else str(entry.payment_id),
+        description=entry.description,
+        posted_time=_timestamp(entry.posted_at),
+        lines=[
+            ledger_pb2.LedgerEntryLine(account=line.account, amount=signed_money(line.amount, line.currency_code))
+            for line in entry.lines
+        ],
+    )
+
+
+def _fitted_page(page: ledger.EntryPage) -> ledger_pb2.ListEntriesResponse:
+    """The page's entries, as many as fit in PAGE_BYTES_MAX; the token then resumes after the last one sent."""
+    response = ledger_pb2.ListEntriesResponse()
+    size_bytes = 0
+    for record in page.entries:
+        entry = entry_to_proto(record)
+        size_bytes += entry.ByteSize()
+        if size_bytes > PAGE_BYTES_MAX and len(response.entries) > 0:
+            response.next_page_token = page.token_after(page.entries[len(response.entries) - 1])
+            return response
+        response.entries.append(entry)
+    response.next_page_token = page.next_page_token
+    return response
+
+
+class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
+    """Read-only. The handlers ask only for the least a ledger reader needs (reading its own payments);
+    which accounts the caller may read is decided by server.services.ledger.readable_account."""
+
+    def __init__(self, database: Database, authenticator: TokenAuthenticator, request_timeout_s: float) -> None:
+        self._database = database
+        self._authenticator = authenticator
+        self._request_timeout_s = request_timeout_s
+
+    @translate_errors
+    async def GetBalance(
+        self, request: ledger_pb2.GetBalanceRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.GetBalanceResponse:
+        principal = self._authenticator.authorize(context, Permission.READ_PAYMENTS)
+        query = ledger.validate_balance_request(request.account, request.currency_code)
+        balance = await ledger.get_balance(
+            self._database, principal, query, budget_for(context, self._request_timeout_s)
+        )
+        return ledger_pb2.GetBalanceResponse(
+            balance=signed_money(balance.amount, balance.currency_code),
+            as_of_time=_timestamp(balance.as_of),
+            last_entry_id="" if balance.last_entry_id is None else str(balance.last_entry_id),
+        )
+
+    @translate_errors
+    async def ListEntries(
+        self, request: ledger_pb2.ListEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> ledger_pb2.ListEntriesResponse:
+        principal = self._authenticator.authorize(context, Permission.READ_PAYMENTS)
+        query = ledger.validate_entries_request(
+            page_size=request.page_size,
+            page_token=request.page_token,
+            account=request.account,
+            payment_id=request.payment_id,
+        )
+        page = await ledger.list_entries(self._database, principal, query, budget_for(context, self._request_timeout_s))
+        return _fitted_page(page)

@@ -1,0 +1,126 @@
+"""A payment's timeline: its state transitions, the provider statuses observed for it and its ledger
+lines, merged in the order they happened.
+
+The payment's creation comes first, as a transition into its initial state with the idempotency key
+as its evidence. All are read by one statement (one snapshot, so a transition never shows without
+the lines it posted). Rows written by one transaction share its timestamp; they are then ordered by TimelineKind,
+the order in which a transaction writes them: the evidence, the transition it led to, the money it
+moved. Within a kind, rows keep the order of their ids.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import asyncpg
+
+from server.db import payments_repository
+from server.db.database import Budget, Database
+from server.domain.errors import NotFound
+from server.domain.identity import Principal
+from server.domain.payments import INITIAL_PAYMENT_STATE, PaymentState
+
+
+class TimelineKind(enum.IntEnum):
+    """The kinds of timeline entries, in the order they are listed when their times are equal."""
+
+    PROVIDER_STATUS = 0
+    TRANSITION = 1
+    LEDGER_LINE = 2
+
+
+@dataclass(frozen=True)
+class Transition:
+    #: None for the payment's creation, the transition into its initial state
+    from_state: PaymentState | None
+    to_state: PaymentState
+    cause: str
+    evidence_ref: str
+
+
+@dataclass(frozen=True)
+class ProviderStatus:
+    provider: str
+    #: verbatim, as the provider said it
+    status: str
+    evidence_ref: str
+
+
+@dataclass(frozen=True)
+class LedgerLine:
+    entry_id: uuid.UUID
+    account: str
+    #: signed: debits positive, credits negative
+    amount: Decimal
+    currency_code: str
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    occurred_at: datetime
+    event: Transition | ProviderStatus | LedgerLine
+
+
+@dataclass(frozen=True)
+class Timeline:
+    payment_id: uuid.UUID
+    entries: list[TimelineEntry]
+
+
+_TIMELINE = f"""
+SELECT kind, occurred_at, from_state, to_state, cause, evidence_ref, provider, status,
+       entry_id, account, amount, currency_code
+FROM (
+    SELECT {TimelineKind.PROVIDER_STATUS.value} AS kind, observed_at AS occurred_at, id AS row_id,
+           NULL::uuid AS entry_id, 0::smallint AS line_number,
+           NULL::text AS from_state, NULL::text AS to_state, NULL::text AS cause, evidence_ref,
+           provider, status, NULL::text AS account, NULL::numeric AS amount, NULL::text AS currency_code
+    FROM provider_statuses WHERE payment_id = $1
+    UNION ALL
+    SELECT {TimelineKind.TRANSITION.value}, created_at, 0, NULL, 0,
+           NULL, '{INITIAL_PAYMENT_STATE.value}', 'api.create_payment', 'idempotency_key:' || idempotency_key,
+           NULL, NULL, NULL, NULL, NULL
+    FROM payments WHERE id = $1
+    UNION ALL
+    SELECT {TimelineKind.TRANSITION.value}, occurred_at, id, NULL, 0,
+           from_state, to_state, cause, evidence_ref, NULL, NULL, NULL, NULL, NULL
+    FROM payment_transitions WHERE payment_id = $1
+    UNION ALL
+    SELECT {TimelineKind.LEDGER_LINE.value}, e.posted_at, NULL, e.id, l.line_number,
+           NULL, NULL, NULL, NULL, NULL, NULL, l.account, l.amount, l.currency_code
+    FROM ledger_entries e JOIN ledger_lines l ON l.entry_id = e.id WHERE e.payment_id = $1
+) AS timeline
+ORDER BY occurred_at, kind, row_id, entry_id, line_number
+"""
+
+
+def _event(row: asyncpg.Record) -> Transition | ProviderStatus | LedgerLine:
+    kind = TimelineKind(row["kind"])
+    if kind is TimelineKind.TRANSITION:
+        return Transition(
+            None if row["from_state"] is None else PaymentState(row["from_state"]),
+            PaymentState(row["to_state"]),
+            row["cause"],
+            row["evidence_ref"],
+        )
+    if kind is TimelineKind.PROVIDER_STATUS:
+        return ProviderStatus(row["provider"], row["status"], row["evidence_ref"])
+    return LedgerLine(row["entry_id"], row["account"], row["amount"], row["currency_code"])
+
+
+async def get_payment_timeline(
+    database: Database, principal: Principal, payment_id: uuid.UUID, budget: Budget
+) -> Timeline:
+    """The timeline of a payment of the calling client; another client's payment is NotFound."""
+    async with database.connection(budget) as connection:
+        payment = await payments_repository.get_payment(
+            connection, principal.client_id, payment_id, timeout_s=budget.remaining_s()
+        )
+        if payment is None:
+            raise NotFound("payment", str(payment_id))
+        rows = await connection.fetch(_TIMELINE, payment_id, timeout=budget.remaining_s())
+    return Timeline(payment_id, [TimelineEntry(row["occurred_at"], _event(row)) for row in rows])

@@ -1,0 +1,223 @@
+"""PaymentService.GetPaymentTimeline over gRPC (in-process server, real PostgreSQL): everything that
+happened to a payment, with its evidence, in the order it happened."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+
+from ballast.common.v1.money_pb2 import Money
+from ballast.ledger.v1 import ledger_pb2
+from ballast.payments.v1 import payments_pb2
+from server.db.database import Budget, Database
+from server.domain.payment_states import PaymentEvent
+from server.domain.state_machine import IllegalTransition
+from server.services.payment_events import Evidence, apply_payment_event
+from tests.integration.conftest import Caller
+from tests.integration.isolated_server import Clients, isolated_server
+from tests.support import field_violations
+
+E = PaymentEvent
+
+
+@pytest.fixture
+async def clients(pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Clients]:
+    async with isolated_server(pool, tmp_path) as clients:
+        yield clients
+
+
+async def _create(clients: Clients, value: str = "40.00", currency: str = "EUR") -> uuid.UUID:
+    response = await clients.payments.CreatePayment(
+        payments_pb2.CreatePaymentRequest(
+            idempotency_key=str(uuid.uuid4()), amount=Money(value=value, currency_code=currency)
+        ),
+        metadata=clients.merchant.metadata,
+        timeout=5,
+    )
+    return uuid.UUID(response.payment.id)
+
+
+async def _apply(
+    database: Database, payment_id: uuid.UUID, event: PaymentEvent, reference: str, provider_status: str | None = None
+) -> None:
+    evidence = Evidence(
+        cause="webhook" if provider_status else "api.refund",
+        reference=reference,
+        provider="simulator" if provider_status else None,
+        provider_status=provider_status,
+    )
+    await apply_payment_event(database, payment_id, event, evidence, Budget.within(10))
+
+
+async def _timeline(
+    clients: Clients, payment_id: object, caller: Caller | None = None
+) -> payments_pb2.GetPaymentTimelineResponse:
+    return await clients.payments.GetPaymentTimeline(
+        payments_pb2.GetPaymentTimelineRequest(payment_id=str(payment_id)),
+        metadata=(caller or clients.merchant).metadata,
+        timeout=5,
+    )
+
+
+def _described(entry: payments_pb2.TimelineEntry) -> tuple[str, ...]:
+    """One entry as a readable tuple: its kind and its content."""
+    kind = entry.WhichOneof("entry")
+    if kind == "transition":
+        t = entry.transition
+        name = payments_pb2.PaymentState.Name
+        return ("transition", name(t.from_state), name(t.to_state), t.cause, t.evidence_ref)
+    if kind == "provider_status":
+        p = entry.provider_status
+        return ("provider_status", p.provider, p.status, p.evidence_ref)
+    assert kind == "ledger_line", kind
+    line = entry.ledger_line
+    return ("ledger_line", line.account, line.amount.value, line.amount.currency_code)
+
+
+def _created(entries: list[tuple[str, ...]]) -> tuple[str, ...]:
+    """The creation entry every timeline starts with (unless evidence is dated before it)."""
+    [created] = [d for d in entries if d[3:4] == ("api.create_payment",)]
+    assert created[:3] == ("transition", "PAYMENT_STATE_UNSPECIFIED", "PAYMENT_STATE_RECORDED")
+    assert created[4].startswith("idempotency_key:")
+    return created
+
+
+async def test_a_new_payment_has_only_its_creation_on_its_timeline(clients: Clients) -> None:
+    payment_id = await _create(clients)
+    response = await _timeline(clients, payment_id)
+    assert response.payment_id == str(payment_id)
+    described = [_described(entry) for entry in response.entries]
+    assert described == [_created(described)]
+
+
+async def test_the_timeline_merges_evidence_transitions_and_ledger_lines_in_the_order_they_happened(
+    clients: Clients, database: Database
+) -> None:
+    payment_id = await _create(clients, "40.00")
+    await _apply(database, payment_id, E.ACCEPTED, "evt-1", provider_status="pending")
+    await _apply(database, payment_id, E.SUCCEEDED, "evt-2", provider_status="captured")
+    await _apply(database, payment_id, E.REFUND_REQUESTED, "call-3")
+    await _apply(database, payment_id, E.REFUND_SUCCEEDED, "evt-4", provider_status="refunded")
+    merchant = f"merchant_payable:{clients.merchant.client_id}"
+
+    entries = (await _timeline(clients, payment_id)).entries
+    described = [_described(entry) for entry in entries]
+    assert described == [
+        _created(described),
+        ("provider_status", "simulator", "pending", "evt-1"),
+        ("transition", "PAYMENT_STATE_RECORDED", "PAYMENT_STATE_PENDING", "webhook", "evt-1"),
+        ("provider_status", "simulator", "captured", "evt-2"),
+        ("transition", "PAYMENT_STATE_PENDING", "PAYMENT_STATE_SUCCEEDED", "webhook", "evt-2"),
+        ("ledger_line", "provider_clearing", "40.00", "EUR"),
+        ("ledger_line", merchant, "-40.00", "EUR"),
+        ("transition", "PAYMENT_STATE_SUCCEEDED", "PAYMENT_STATE_REFUND_PENDING", "api.refund", "call-3"),
+        ("provider_status", "simulator", "refunded", "evt-4"),
+        ("transition", "PAYMENT_STATE_REFUND_PENDING", "PAYMENT_STATE_REFUNDED", "webhook", "evt-4"),
+        ("ledger_line", merchant, "40.00", "EUR"),
+        ("ledger_line", "provider_clearing", "-40.00", "EUR"),
+    ]
+    times = [entry.occur_time.ToDatetime() for entry in entries]
+    assert times == sorted(times)
+    assert times[0] < times[-1]
+
+
+async def test_ledger_lines_name_the_entries_the_ledger_service_lists(clients: Clients, database: Database) -> None:
+    payment_id = await _create(clients, "7.05")
+    await _apply(database, payment_id, E.SUCCEEDED, "evt-ok", provider_status="captured")
+
+    timeline = await _timeline(clients, payment_id)
+    lines = [entry.ledger_line for entry in timeline.entries if entry.WhichOneof("entry") == "ledger_line"]
+    listed = await clients.ledger.ListEntries(
+        ledger_pb2.ListEntriesRequest(payment_id=str(payment_id)), metadata=clients.merchant.metadata, timeout=5
+    )
+    [entry] = listed.entries
+    assert {line.entry_id for line in lines} == {entry.id}
+    assert [(line.account, line.amount) for line in lines] == [(line.account, line.amount) for line in entry.lines]
+
+
+async def test_a_refused_event_leaves_its_evidence_on_the_timeline_but_no_transition(
+    clients: Clients, database: Database
+) -> None:
+    payment_id = await _create(clients, "3.00")
+    await _apply(database, payment_id, E.SUCCEEDED, "evt-ok", provider_status="captured")
+    with pytest.raises(IllegalTransition):
+        await _apply(database, payment_id, E.FAILED, "evt-late", provider_status="declined")
+
+    described = [_described(entry) for entry in (await _timeline(clients, payment_id)).entries]
+    assert described[-1] == ("provider_status", "simulator", "declined", "evt-late")
+    assert [d[0] for d in described] == [
+        "transition",
+        "provider_status",
+        "transition",
+        "ledger_line",
+        "ledger_line",
+        "provider_status",
+    ]
+
+
+async def test_entries_are_ordered_by_when_they_happened_not_by_when_they_were_recorded(
+    clients: Clients, database: Database, pool: asyncpg.Pool
+) -> None:
+    payment_id = await _create(clients, "1.00")
+    await _apply(database, payment_id, E.ACCEPTED, "evt-accepted", provider_status="pending")
+    # A report row, imported later, tells what the provider had said an hour earlier, and a minute before that.
+    hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    for status, observed_at in (("authorised", hour_ago), ("received", hour_ago - timedelta(minutes=1))):
+        await pool.execute(
+            "INSERT INTO provider_statuses (payment_id, provider, status, evidence_ref, observed_at)"
+            " VALUES ($1, 'simulator', $2, 'report:7', $3)",
+            payment_id,
+            status,
+            observed_at,
+        )
+
+    described = [_described(entry) for entry in (await _timeline(clients, payment_id)).entries]
+    assert described == [
+        ("provider_status", "simulator", "received", "report:7"),
+        ("provider_status", "simulator", "authorised", "report:7"),
+        _created(described),
+        ("provider_status", "simulator", "pending", "evt-accepted"),
+        ("transition", "PAYMENT_STATE_RECORDED", "PAYMENT_STATE_PENDING", "webhook", "evt-accepted"),
+    ]
+
+
+async def test_amounts_keep_the_currencys_fraction_digits(clients: Clients, database: Database) -> None:
+    payment_id = await _create(clients, "500", "JPY")
+    await _apply(database, payment_id, E.SUCCEEDED, "evt-jpy", provider_status="captured")
+    described = [_described(entry) for entry in (await _timeline(clients, payment_id)).entries]
+    assert [d[2:] for d in described if d[0] == "ledger_line"] == [("500", "JPY"), ("-500", "JPY")]
+
+
+async def test_another_clients_payment_is_not_found_as_if_it_did_not_exist(
+    clients: Clients, database: Database
+) -> None:
+    payment_id = await _create(clients)
+    await _apply(database, payment_id, E.SUCCEEDED, "evt-ok", provider_status="captured")
+    for caller, asked in ((clients.other, payment_id), (clients.auditor, payment_id), (clients.merchant, uuid.uuid4())):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _timeline(clients, asked, caller)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    "raw", ["", "not-a-uuid", "{" + str(uuid.UUID(int=1)) + "}", "urn:uuid:" + str(uuid.UUID(int=1))]
+)
+async def test_a_malformed_payment_id_is_invalid_argument_naming_the_field(clients: Clients, raw: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _timeline(clients, raw)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) == {"payment_id"}
+
+
+async def test_a_call_without_credentials_is_unauthenticated(clients: Clients) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await clients.payments.GetPaymentTimeline(
+            payments_pb2.GetPaymentTimelineRequest(payment_id=str(uuid.uuid4())), timeout=5
+        )
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
