@@ -5,24 +5,15 @@ from __future__ import annotations
 from decimal import Decimal
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
-from server.api.auth import TokenAuthenticator
-from server.api.handlers import budget_for, translate_errors
-from server.db.database import Database
+from server.api.handlers import ServicerBase, timestamp_of, translate_errors
 from server.db.orders_repository import LegRecord, OrderRecord
 from server.domain.identifiers import parse_uuid
 from server.domain.identity import Permission
 from server.domain.order_legs import Leg
 from server.domain.orders import validate_close_leg, validate_modify_leg, validate_submit_order
 from server.services import execution
-
-
-def _timestamp(value: object) -> Timestamp:
-    timestamp = Timestamp()
-    timestamp.FromDatetime(value)  # type: ignore[arg-type]
-    return timestamp
 
 
 def _decimal(value: Decimal | None) -> str:
@@ -54,12 +45,12 @@ def leg_to_proto(leg: LegRecord) -> execution_pb2.Leg:
                 execution_id=fill.execution_id,
                 quantity=_decimal(fill.quantity),
                 price=_decimal(fill.price),
-                fill_time=_timestamp(fill.fill_time),
+                fill_time=timestamp_of(fill.fill_time),
             )
             for fill in leg.fills
         ],
-        create_time=_timestamp(leg.created_at),
-        update_time=_timestamp(leg.updated_at),
+        create_time=timestamp_of(leg.created_at),
+        update_time=timestamp_of(leg.updated_at),
     )
 
 
@@ -70,17 +61,12 @@ def order_to_proto(order: OrderRecord) -> execution_pb2.Order:
         idempotency_key=order.idempotency_key,
         client_order_reference=order.client_order_reference,
         legs=[leg_to_proto(leg) for leg in order.legs],
-        create_time=_timestamp(order.created_at),
-        update_time=_timestamp(order.updated_at),
+        create_time=timestamp_of(order.created_at),
+        update_time=timestamp_of(order.updated_at),
     )
 
 
-class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
-    def __init__(self, database: Database, authenticator: TokenAuthenticator, request_timeout_s: float) -> None:
-        self._database = database
-        self._authenticator = authenticator
-        self._request_timeout_s = request_timeout_s
-
+class ExecutionServicer(ServicerBase, execution_pb2_grpc.ExecutionServiceServicer):
     @translate_errors
     async def SubmitOrder(
         self, request: execution_pb2.SubmitOrderRequest, context: grpc.aio.ServicerContext
@@ -101,9 +87,7 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
                 for leg in request.legs
             ],
         )
-        result = await execution.submit_order(
-            self._database, principal, command, budget_for(context, self._request_timeout_s)
-        )
+        result = await execution.submit_order(self._database, principal, command, self._budget(context))
         return execution_pb2.SubmitOrderResponse(order=order_to_proto(result.order), replayed=result.replayed)
 
     @translate_errors
@@ -115,7 +99,7 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
             self._database,
             principal,
             parse_uuid(request.order_id, "order_id"),
-            budget_for(context, self._request_timeout_s),
+            self._budget(context),
         )
         return execution_pb2.GetOrderResponse(order=order_to_proto(order))
 
@@ -129,7 +113,7 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
             principal,
             page_size=request.page_size,
             page_token=request.page_token,
-            budget=budget_for(context, self._request_timeout_s),
+            budget=self._budget(context),
         )
         return execution_pb2.ListOrdersResponse(
             orders=[order_to_proto(order) for order in page.orders], next_page_token=page.next_page_token
@@ -143,9 +127,7 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
         command = validate_modify_leg(
             request.idempotency_key, request.order_id, request.leg_id, request.new_quantity, request.new_limit_price
         )
-        result = await execution.modify_leg(
-            self._database, principal, command, budget_for(context, self._request_timeout_s)
-        )
+        result = await execution.modify_leg(self._database, principal, command, self._budget(context))
         return execution_pb2.ModifyLegResponse(leg=leg_to_proto(result.leg), replayed=result.replayed)
 
     @translate_errors
@@ -154,7 +136,5 @@ class ExecutionServicer(execution_pb2_grpc.ExecutionServiceServicer):
     ) -> execution_pb2.CloseLegResponse:
         principal = self._authenticator.authorize(context, Permission.TRADE)
         command = validate_close_leg(request.idempotency_key, request.order_id, request.leg_id, request.reason)
-        result = await execution.close_leg(
-            self._database, principal, command, budget_for(context, self._request_timeout_s)
-        )
+        result = await execution.close_leg(self._database, principal, command, self._budget(context))
         return execution_pb2.CloseLegResponse(leg=leg_to_proto(result.leg), replayed=result.replayed)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.api.errors import status_for
-from server.db.database import Budget
+from server.db.database import Budget, Database
 from server.domain.errors import BallastError
+
+if TYPE_CHECKING:
+    from server.api.auth import TokenAuthenticator
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +40,24 @@ def budget_for(context: grpc.aio.ServicerContext, request_timeout_s: float) -> B
     remaining = context.time_remaining()
     timeout_s = request_timeout_s if remaining is None else min(request_timeout_s, remaining - DEADLINE_MARGIN_S)
     return Budget.within(timeout_s)
+
+
+class ServicerBase:
+    """What every Ballast servicer holds: the database, the authenticator and the default time budget."""
+
+    def __init__(self, database: Database, authenticator: TokenAuthenticator, request_timeout_s: float) -> None:
+        self._database = database
+        self._authenticator = authenticator
+        self._request_timeout_s = request_timeout_s
+
+    def _budget(self, context: grpc.aio.ServicerContext) -> Budget:
+        return budget_for(context, self._request_timeout_s)
+
+
+def timestamp_of(value: datetime) -> Timestamp:
+    timestamp = Timestamp()
+    timestamp.FromDatetime(value)
+    return timestamp
 
 
 def translate_errors(handler: Handler[Response]) -> Handler[Response]:

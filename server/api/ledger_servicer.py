@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from decimal import Decimal
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from ballast.common.v1 import money_pb2
 from ballast.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from server.api.auth import TokenAuthenticator
-from server.api.handlers import budget_for, translate_errors
+from server.api.handlers import ServicerBase, timestamp_of, translate_errors
 from server.api.payments_servicer import PAGE_BYTES_MAX
-from server.db.database import Database
 from server.db.ledger_repository import LedgerEntryRecord
 from server.domain.identity import Permission
 from server.services import ledger
-
-
-def _timestamp(value: datetime) -> Timestamp:
-    timestamp = Timestamp()
-    timestamp.FromDatetime(value)
-    return timestamp
 
 
 def signed_money(amount: Decimal, currency_code: str) -> money_pb2.Money:
@@ -35,7 +25,7 @@ def entry_to_proto(entry: LedgerEntryRecord) -> ledger_pb2.LedgerEntry:
         event_key=entry.event_key,
         payment_id="" if entry.payment_id is None else str(entry.payment_id),
         description=entry.description,
-        posted_time=_timestamp(entry.posted_at),
+        posted_time=timestamp_of(entry.posted_at),
         lines=[
             ledger_pb2.LedgerEntryLine(account=line.account, amount=signed_money(line.amount, line.currency_code))
             for line in entry.lines
@@ -58,14 +48,9 @@ def _fitted_page(page: ledger.EntryPage) -> ledger_pb2.ListEntriesResponse:
     return response
 
 
-class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
+class LedgerServicer(ServicerBase, ledger_pb2_grpc.LedgerServiceServicer):
     """Read-only. The handlers ask only for the least a ledger reader needs (reading its own payments);
     which accounts the caller may read is decided by server.services.ledger.readable_account."""
-
-    def __init__(self, database: Database, authenticator: TokenAuthenticator, request_timeout_s: float) -> None:
-        self._database = database
-        self._authenticator = authenticator
-        self._request_timeout_s = request_timeout_s
 
     @translate_errors
     async def GetBalance(
@@ -73,12 +58,10 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_pb2.GetBalanceResponse:
         principal = self._authenticator.authorize(context, Permission.READ_PAYMENTS)
         query = ledger.validate_balance_request(request.account, request.currency_code)
-        balance = await ledger.get_balance(
-            self._database, principal, query, budget_for(context, self._request_timeout_s)
-        )
+        balance = await ledger.get_balance(self._database, principal, query, self._budget(context))
         return ledger_pb2.GetBalanceResponse(
             balance=signed_money(balance.amount, balance.currency_code),
-            as_of_time=_timestamp(balance.as_of),
+            as_of_time=timestamp_of(balance.as_of),
             last_entry_id="" if balance.last_entry_id is None else str(balance.last_entry_id),
         )
 
@@ -93,5 +76,5 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             account=request.account,
             payment_id=request.payment_id,
         )
-        page = await ledger.list_entries(self._database, principal, query, budget_for(context, self._request_timeout_s))
+        page = await ledger.list_entries(self._database, principal, query, self._budget(context))
         return _fitted_page(page)

@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from ballast.common.v1 import money_pb2
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
-from server.api.auth import TokenAuthenticator
-from server.api.handlers import budget_for, translate_errors
-from server.db.database import Database
+from server.api.handlers import ServicerBase, timestamp_of, translate_errors
 from server.db.payments_repository import PaymentRecord
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.identity import Permission
 from server.domain.payments import PaymentState, validate_create_payment
 from server.services import payments, timeline
 from server.services.ledger import signed_amount
-
-
-def _timestamp(value: object) -> Timestamp:
-    timestamp = Timestamp()
-    timestamp.FromDatetime(value)  # type: ignore[arg-type]
-    return timestamp
 
 
 def _state(state: PaymentState | None) -> str:
@@ -40,8 +31,8 @@ def payment_to_proto(payment: PaymentRecord) -> payments_pb2.Payment:
         metadata=payment.metadata,
         provider_payment_id=payment.provider_payment_id or "",
         provider_status=payment.provider_status or "",
-        create_time=_timestamp(payment.created_at),
-        update_time=_timestamp(payment.updated_at),
+        create_time=timestamp_of(payment.created_at),
+        update_time=timestamp_of(payment.updated_at),
     )
 
 
@@ -66,7 +57,7 @@ def _fitted_page(page: payments.PaymentPage) -> payments_pb2.ListPaymentsRespons
 
 
 def timeline_entry_to_proto(entry: timeline.TimelineEntry) -> payments_pb2.TimelineEntry:
-    proto = payments_pb2.TimelineEntry(occur_time=_timestamp(entry.occurred_at))
+    proto = payments_pb2.TimelineEntry(occur_time=timestamp_of(entry.occurred_at))
     event = entry.event
     if isinstance(event, timeline.Transition):
         proto.transition.CopyFrom(
@@ -105,12 +96,7 @@ def _state_filter(value: int) -> PaymentState | None:
         raise InvalidArgument([FieldViolation("state", f"{value} is not a PaymentState")]) from None
 
 
-class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
-    def __init__(self, database: Database, authenticator: TokenAuthenticator, request_timeout_s: float) -> None:
-        self._database = database
-        self._authenticator = authenticator
-        self._request_timeout_s = request_timeout_s
-
+class PaymentServicer(ServicerBase, payments_pb2_grpc.PaymentServiceServicer):
     @translate_errors
     async def CreatePayment(
         self, request: payments_pb2.CreatePaymentRequest, context: grpc.aio.ServicerContext
@@ -129,7 +115,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             self._database,
             principal,
             command,
-            budget_for(context, self._request_timeout_s),
+            self._budget(context),
         )
         return payments_pb2.CreatePaymentResponse(payment=payment_to_proto(result.payment), replayed=result.replayed)
 
@@ -141,7 +127,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             self._database,
             self._authenticator.authorize(context, Permission.READ_PAYMENTS),
             payments.parse_payment_id(request.payment_id),
-            budget_for(context, self._request_timeout_s),
+            self._budget(context),
         )
         return payments_pb2.GetPaymentResponse(payment=payment_to_proto(payment))
 
@@ -155,7 +141,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             page_size=request.page_size,
             page_token=request.page_token,
             state=_state_filter(request.state),
-            budget=budget_for(context, self._request_timeout_s),
+            budget=self._budget(context),
         )
         return _fitted_page(page)
 
@@ -167,7 +153,7 @@ class PaymentServicer(payments_pb2_grpc.PaymentServiceServicer):
             self._database,
             self._authenticator.authorize(context, Permission.READ_PAYMENTS),
             payments.parse_payment_id(request.payment_id),
-            budget_for(context, self._request_timeout_s),
+            self._budget(context),
         )
         return payments_pb2.GetPaymentTimelineResponse(
             payment_id=str(found.payment_id), entries=[timeline_entry_to_proto(entry) for entry in found.entries]
