@@ -10,7 +10,8 @@ import asyncpg
 # the chain can never disagree on the encoding.
 _BROKEN_LINKS = """
 SELECT aggregate_type, aggregate_id, sequence, id,
-       hash <> audit_entry_hash(prev_hash, aggregate_type, aggregate_id, sequence, action, payload, created_at)
+       hash <> audit_entry_hash(prev_hash, aggregate_type, aggregate_id, sequence, action, actor, payload,
+                                 created_at)
            AS hash_mismatch,
        prev_hash <> coalesce(lag(hash) OVER chain, '\\x'::bytea) AS link_mismatch,
        sequence <> row_number() OVER chain AS sequence_gap

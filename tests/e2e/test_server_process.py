@@ -180,3 +180,46 @@ def test_a_port_in_use_stops_start_up_with_one_line_naming_the_setting(
     assert "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
     assert last_line.startswith("start-up error:") and variable in last_line, result.stderr
+
+
+def test_verify_audit_passes_on_intact_chains_and_names_the_first_broken_link(
+    server_database_url: str, tmp_path: Path
+) -> None:
+    from server.db.migrate import migrate_to_head
+
+    async def write_chain(url: str, tamper: bool) -> None:
+        connection = await asyncpg.connect(asyncpg_dsn(url))
+        try:
+            for action in ("opened", "approved", "settled"):
+                await connection.execute(
+                    "INSERT INTO audit_log (aggregate_type, aggregate_id, action, actor, payload)"
+                    " VALUES ('case', 'c-1', $1, 'ops', '{}')",
+                    action,
+                )
+            if tamper:
+                await connection.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
+                await connection.execute("UPDATE audit_log SET actor = 'mallory' WHERE sequence = 2")
+        finally:
+            await connection.close()
+
+    def verify(url: str) -> subprocess.CompletedProcess[str]:
+        env = server_environment(url, free_port(), "t" * 20, "c", tmp_path)
+        return subprocess.run(
+            [sys.executable, "-m", "server", "verify-audit"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    with scratch_database(server_database_url, "ballast_audit") as url:
+        migrate_to_head(url)
+        asyncio.run(write_chain(url, tamper=False))
+        intact = verify(url)
+        asyncio.run(write_chain(url, tamper=True))
+        broken = verify(url)
+    assert intact.returncode == 0, intact.stderr
+    assert "all audit chains verify (3 entries)" in intact.stdout
+    assert broken.returncode == 1
+    assert "audit chain case/c-1 broken at sequence 2" in broken.stdout

@@ -137,12 +137,12 @@ def _create_audit_chain() -> None:
     op.execute(
         """
         CREATE FUNCTION audit_entry_hash(previous bytea, aggregate_type text, aggregate_id text, sequence bigint,
-                                         action text, payload jsonb, created_at timestamptz)
+                                         action text, actor text, payload jsonb, created_at timestamptz)
         RETURNS bytea LANGUAGE sql IMMUTABLE AS $$
-            SELECT sha256(previous || convert_to(
-                aggregate_type || E'\\n' || aggregate_id || E'\\n' || sequence::text || E'\\n' || action
-                || E'\\n' || payload::text || E'\\n'
-                || to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), 'UTF8'))
+            -- a JSON array is an unambiguous encoding: no field can pass for its neighbour
+            SELECT sha256(previous || convert_to(jsonb_build_array(
+                aggregate_type, aggregate_id, sequence, action, actor, payload,
+                to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))::text, 'UTF8'))
         $$
         """
     )
@@ -160,7 +160,7 @@ def _create_audit_chain() -> None:
             NEW.prev_hash := coalesce(last_hash, '\\x'::bytea);
             NEW.created_at := clock_timestamp();
             NEW.hash := audit_entry_hash(NEW.prev_hash, NEW.aggregate_type, NEW.aggregate_id, NEW.sequence,
-                                         NEW.action, NEW.payload, NEW.created_at);
+                                         NEW.action, NEW.actor, NEW.payload, NEW.created_at);
             RETURN NEW;
         END $$
         """
@@ -341,4 +341,4 @@ def downgrade() -> None:
         "refuse_change",
     ):
         op.execute(f"DROP FUNCTION {function}()")
-    op.execute("DROP FUNCTION audit_entry_hash(bytea, text, text, bigint, text, jsonb, timestamptz)")
+    op.execute("DROP FUNCTION audit_entry_hash(bytea, text, text, bigint, text, text, jsonb, timestamptz)")
