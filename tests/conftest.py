@@ -13,6 +13,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from server.db.database import Database
 from server.db.engine import create_pool
 from server.db.migrate import migrate_to_head
 from tests.support import scratch_database
@@ -58,3 +59,9 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         await pool.close()
+
+
+@pytest.fixture
+def database(pool: asyncpg.Pool) -> Database:
+    """The session's database as the use cases take it."""
+    return Database(pool)

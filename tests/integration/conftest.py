@@ -24,11 +24,6 @@ from server.settings import load_settings
 
 
 @pytest.fixture
-def database(pool: asyncpg.Pool) -> Database:
-    return Database(pool)
-
-
-@pytest.fixture
 def principal() -> Principal:
     return Principal(client_id=f"client-{uuid.uuid4().hex[:12]}", role=Role.SERVICE)
 
