@@ -173,6 +173,10 @@ async def modify_leg(database: Database, principal: Principal, request: ModifyLe
             return LegResult(leg, replayed=True)
         if request.new_limit_price is not None and leg.spec.order_type is not OrderType.LIMIT:
             raise InvalidArgument([FieldViolation("new_limit_price", "only a LIMIT leg has a limit price")])
+        if request.new_quantity is not None and request.new_quantity < leg.filled_quantity:
+            raise InvalidArgument(
+                [FieldViolation("new_quantity", f"must be at least the filled quantity, {leg.filled_quantity}")]
+            )
         await connection.execute(
             "UPDATE legs SET requested_quantity = $2, requested_limit_price = $3 WHERE id = $1",
             leg.id,
