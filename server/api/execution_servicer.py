@@ -11,6 +11,7 @@ from server.api.handlers import ServicerBase, timestamp_of, translate_errors
 from server.db.orders_repository import LegRecord, OrderRecord
 from server.domain.identifiers import parse_uuid
 from server.domain.identity import Permission
+from server.domain.money import EXACT
 from server.domain.order_legs import Leg
 from server.domain.orders import validate_close_leg, validate_modify_leg, validate_submit_order
 from server.services import execution
@@ -39,7 +40,7 @@ def leg_to_proto(leg: LegRecord) -> execution_pb2.Leg:
         limit_price=_decimal(leg.spec.limit_price),
         currency_code=leg.spec.currency_code,
         filled_quantity=_decimal(leg.filled_quantity),
-        average_fill_price=_decimal(None if average is None else average.normalize()),
+        average_fill_price=_decimal(None if average is None else average.normalize(EXACT)),
         fills=[
             execution_pb2.Fill(
                 execution_id=fill.execution_id,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from server.domain.errors import BallastError
-from server.domain.money import MoneyError, quantize
+from server.domain.money import EXACT, MoneyError, quantize
 from server.domain.payments import PaymentState
 
 ACCOUNT_PATTERN = re.compile(r"[a-z][a-z0-9_]*(:[A-Za-z0-9_.@-]{1,128})*")
@@ -65,10 +65,10 @@ def check_balanced(posting: Posting) -> None:
         if line.amount == 0:
             raise UnbalancedPosting(f"{posting.event_key}: a line of zero on {line.account}")
         try:
-            quantize(abs(line.amount), line.currency_code)
+            quantize(line.amount.copy_abs(), line.currency_code)
         except MoneyError as error:
             raise UnbalancedPosting(f"{posting.event_key}: {error}") from None
-        totals[line.currency_code] += line.amount
+        totals[line.currency_code] = EXACT.add(totals[line.currency_code], line.amount)
     unbalanced = {currency: total for currency, total in totals.items() if total != 0}
     if unbalanced:
         raise UnbalancedPosting(f"{posting.event_key}: lines do not sum to zero per currency: {unbalanced}")
@@ -79,7 +79,7 @@ def _transfer(
 ) -> Posting:
     return Posting(
         event_key=event_key,
-        lines=(LedgerLine(debit, amount, currency_code), LedgerLine(credit, -amount, currency_code)),
+        lines=(LedgerLine(debit, amount, currency_code), LedgerLine(credit, amount.copy_negate(), currency_code)),
         **fields,  # type: ignore[arg-type]
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Context, Decimal, InvalidOperation, Overflow
 
 from server.domain.errors import echo
 
@@ -59,6 +59,10 @@ AMOUNT_MAX = Decimal("1000000000000000")  # 10^15, also a CHECK on payments.amou
 _DECIMAL_STRING = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")  # used with fullmatch: no trailing newline
 
 
+#: Arithmetic on money and quantities: wide enough for any value the schema holds, never rounding silently.
+EXACT = Context(prec=60, traps=[InvalidOperation, Overflow])
+
+
 class MoneyError(ValueError):
     """An amount or a currency that is not acceptable; the message says why."""
 
@@ -92,7 +96,7 @@ def minor_units(currency_code: str) -> int:
 def quantize(amount: Decimal, currency_code: str) -> Money:
     """Money with exactly the currency's fraction digits; raises MoneyError if that would round."""
     exponent = Decimal(1).scaleb(-minor_units(currency_code))
-    quantized = amount.quantize(exponent)
+    quantized = amount.quantize(exponent, context=EXACT)
     if quantized != amount:
         raise MoneyError(f"{amount} has more fraction digits than {currency_code} allows")
     return Money(quantized, currency_code)

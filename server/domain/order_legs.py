@@ -72,6 +72,34 @@ class Leg:
             return (self.fill_notional / self.filled_quantity).quantize(Decimal(1).scaleb(-fraction_digits))
 
 
+#: States a leg reaches through its fills (apply_fill), never on a venue's status alone; the one
+#: exception is a confirmed modification, which returns a filled leg to FILLED.
+FILL_STATES = frozenset({L.PARTIALLY_FILLED, L.FILLED})
+
+
+def check_venue_state(current: LegState, target: LegState, subject: str = "") -> None:
+    """May a venue's status (not a fill) move a leg from `current` to `target`?"""
+    LEG_MACHINE.check(current, target, subject)
+    if target in FILL_STATES and not (current is L.MODIFYING and target is L.FILLED):
+        raise FillError(f"{subject}: {target.value} follows from fills, not from a venue status")
+
+
+EXECUTION_ID_LENGTH_MAX = 128
+#: Quantities and prices stay below this (a NUMERIC CHECK in PostgreSQL too).
+DECIMAL_MAX = Decimal(10) ** 18
+
+
+def _check_fill(fill: Fill) -> None:
+    """What the venue reported must be a fill a leg can hold; FillError names what is wrong."""
+    if not 1 <= len(fill.execution_id) <= EXECUTION_ID_LENGTH_MAX:
+        raise FillError(f"a fill needs an execution id of 1 to {EXECUTION_ID_LENGTH_MAX} characters")
+    for name, value in (("quantity", fill.quantity), ("price", fill.price)):
+        if not value.is_finite() or not 0 < value < DECIMAL_MAX:
+            raise FillError(f"fill {fill.execution_id[:64]}: {name} {value} is not between 0 and {DECIMAL_MAX}")
+        if value.as_tuple().exponent < -QUANTITY_SCALE_MAX:  # type: ignore[operator]
+            raise FillError(f"fill {fill.execution_id[:64]}: {name} has more than {QUANTITY_SCALE_MAX} fraction digits")
+
+
 def apply_fill(leg: Leg, fill: Fill, subject: str = "") -> Leg:
     """The leg after `fill`; the same leg if this execution id was applied before.
 
@@ -80,10 +108,7 @@ def apply_fill(leg: Leg, fill: Fill, subject: str = "") -> Leg:
     """
     if fill.execution_id in leg.execution_ids:
         return leg
-    if not fill.execution_id:
-        raise FillError("a fill needs its execution id")
-    if fill.quantity <= 0 or fill.price <= 0:
-        raise FillError(f"fill {fill.execution_id}: quantity and price must be positive")
+    _check_fill(fill)
     filled = _EXACT.add(leg.filled_quantity, fill.quantity)
     if filled > leg.ordered_quantity:
         raise FillError(

@@ -6,13 +6,15 @@ import enum
 import hashlib
 import json
 import re
+import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from server.domain.errors import FieldViolation, InvalidArgument, echo
-from server.domain.money import MoneyError, parse_currency
-from server.domain.order_legs import QUANTITY_SCALE_MAX
+from server.domain.identifiers import parse_uuid
+from server.domain.money import EXACT, MoneyError, parse_currency
+from server.domain.order_legs import DECIMAL_MAX, QUANTITY_SCALE_MAX
 from server.domain.payments import validate_idempotency_key
 
 SUBMIT_ORDER_OPERATION = "orders.submit"
@@ -22,8 +24,6 @@ CLOSE_LEG_OPERATION = "legs.close"
 LEGS_MAX = 20
 CLIENT_ORDER_REFERENCE_LENGTH_MAX = 255
 REASON_LENGTH_MAX = 1000
-#: Quantities and prices stay below this (a NUMERIC CHECK in PostgreSQL too).
-DECIMAL_MAX = Decimal(10) ** 18
 
 _SYMBOL = re.compile(r"[A-Za-z0-9._/-]{1,32}")
 _DECIMAL = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
@@ -78,8 +78,8 @@ class SubmitOrder:
 @dataclass(frozen=True)
 class ModifyLeg:
     idempotency_key: str
-    order_id: str
-    leg_id: str
+    order_id: uuid.UUID
+    leg_id: uuid.UUID
     new_quantity: Decimal | None
     new_limit_price: Decimal | None
 
@@ -87,7 +87,7 @@ class ModifyLeg:
         return _fingerprint(
             {
                 "operation": MODIFY_LEG_OPERATION,
-                "leg_id": self.leg_id.lower(),
+                "leg_id": str(self.leg_id),
                 "quantity": None if self.new_quantity is None else _canonical(self.new_quantity),
                 "limit_price": None if self.new_limit_price is None else _canonical(self.new_limit_price),
             }
@@ -97,17 +97,17 @@ class ModifyLeg:
 @dataclass(frozen=True)
 class CloseLeg:
     idempotency_key: str
-    order_id: str
-    leg_id: str
+    order_id: uuid.UUID
+    leg_id: uuid.UUID
     reason: str
 
     def fingerprint(self) -> bytes:
-        return _fingerprint({"operation": CLOSE_LEG_OPERATION, "leg_id": self.leg_id.lower(), "reason": self.reason})
+        return _fingerprint({"operation": CLOSE_LEG_OPERATION, "leg_id": str(self.leg_id), "reason": self.reason})
 
 
 def _canonical(value: Decimal) -> str:
     """ "1.50" and "1.5" are one quantity."""
-    return format(value.normalize(), "f")
+    return format(value.normalize(EXACT), "f")
 
 
 def _fingerprint(canonical: dict[str, Any]) -> bytes:
@@ -190,24 +190,37 @@ def validate_submit_order(idempotency_key: str, client_order_reference: str, leg
     return SubmitOrder(idempotency_key, client_order_reference, tuple(spec for spec in specs if spec is not None))
 
 
+def _ids(order_id: str, leg_id: str, violations: list[FieldViolation]) -> tuple[uuid.UUID, uuid.UUID]:
+    parsed = []
+    for field, raw in (("order_id", order_id), ("leg_id", leg_id)):
+        try:
+            parsed.append(parse_uuid(raw, field))
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+            parsed.append(uuid.UUID(int=0))
+    return parsed[0], parsed[1]
+
+
 def validate_modify_leg(
     idempotency_key: str, order_id: str, leg_id: str, new_quantity: str, new_limit_price: str
 ) -> ModifyLeg:
     violations: list[FieldViolation] = []
     validate_idempotency_key(idempotency_key, violations)
+    order_uuid, leg_uuid = _ids(order_id, leg_id, violations)
     quantity = parse_positive_decimal(new_quantity, "new_quantity", violations) if new_quantity else None
     price = parse_positive_decimal(new_limit_price, "new_limit_price", violations) if new_limit_price else None
     if not new_quantity and not new_limit_price:
         violations.append(FieldViolation("new_quantity", "new_quantity or new_limit_price is required"))
     if violations:
         raise InvalidArgument(violations)
-    return ModifyLeg(idempotency_key, order_id, leg_id, quantity, price)
+    return ModifyLeg(idempotency_key, order_uuid, leg_uuid, quantity, price)
 
 
 def validate_close_leg(idempotency_key: str, order_id: str, leg_id: str, reason: str) -> CloseLeg:
     violations: list[FieldViolation] = []
     validate_idempotency_key(idempotency_key, violations)
+    order_uuid, leg_uuid = _ids(order_id, leg_id, violations)
     _text(violations, "reason", reason, REASON_LENGTH_MAX, required=True)
     if violations:
         raise InvalidArgument(violations)
-    return CloseLeg(idempotency_key, order_id, leg_id, reason)
+    return CloseLeg(idempotency_key, order_uuid, leg_uuid, reason)

@@ -18,9 +18,8 @@ from server.db.database import Budget, Database, in_transaction
 from server.db.idempotency_repository import claim_key
 from server.db.orders_repository import LegRecord, OrderRecord
 from server.domain.errors import FieldViolation, InvalidArgument, NotFound
-from server.domain.identifiers import parse_uuid
 from server.domain.identity import Principal
-from server.domain.order_legs import LEG_MACHINE, Fill, Leg, LegState, apply_fill
+from server.domain.order_legs import LEG_MACHINE, Fill, Leg, LegState, apply_fill, check_venue_state
 from server.domain.orders import (
     CLOSE_LEG_OPERATION,
     MODIFY_LEG_OPERATION,
@@ -141,9 +140,10 @@ async def _change_leg_state(
     await append_audit(connection, "leg", str(leg.id), LEG_STATE_CHANGED, actor, event)
 
 
-async def _client_leg(connection: asyncpg.Connection, principal: Principal, order_id: str, leg_id: str) -> LegRecord:
-    order_uuid, leg_uuid = parse_uuid(order_id, "order_id"), parse_uuid(leg_id, "leg_id")
-    leg = await orders_repository.lock_leg(connection, leg_uuid, client_id=principal.client_id, order_id=order_uuid)
+async def _client_leg(
+    connection: asyncpg.Connection, principal: Principal, order_id: uuid.UUID, leg_id: uuid.UUID
+) -> LegRecord:
+    leg = await orders_repository.lock_leg(connection, leg_id, client_id=principal.client_id, order_id=order_id)
     if leg is None:
         raise NotFound("leg", f"{order_id}/{leg_id}")
     return leg
@@ -156,11 +156,30 @@ async def _reread(connection: asyncpg.Connection, leg_id: uuid.UUID) -> LegRecor
     return leg
 
 
+def _check_modification_fits(request: ModifyLeg, leg: LegRecord) -> None:
+    violations = []
+    if request.new_limit_price is not None and leg.spec.order_type is not OrderType.LIMIT:
+        violations.append(FieldViolation("new_limit_price", "only a LIMIT leg has a limit price"))
+    filled = leg.filled_quantity
+    if request.new_quantity is not None and request.new_quantity < filled:
+        violations.append(FieldViolation("new_quantity", f"must be at least the filled quantity, {filled}"))
+    elif request.new_quantity is not None and leg.state is LegState.FILLED and request.new_quantity != filled:
+        # FILLED -> MODIFYING -> FILLED is the only path: a filled leg cannot grow back into a working one.
+        violations.append(FieldViolation("new_quantity", f"a filled leg's quantity is what filled, {filled}"))
+    if violations:
+        raise InvalidArgument(violations)
+
+
 async def modify_leg(database: Database, principal: Principal, request: ModifyLeg, budget: Budget) -> LegResult:
-    """FILLED -> MODIFYING, recording what is asked of the venue; the venue's answer comes later."""
+    """FILLED -> MODIFYING, recording what is asked of the venue; the venue's answer comes later.
+
+    Checks run in the order a caller can act on: the request against the leg (INVALID_ARGUMENT), the
+    key (a replay, or FAILED_PRECONDITION for a reused key), then the leg's state (FAILED_PRECONDITION).
+    """
 
     async def work(connection: asyncpg.Connection) -> LegResult:
         leg = await _client_leg(connection, principal, request.order_id, request.leg_id)
+        _check_modification_fits(request, leg)
         claimed = await claim_key(
             connection,
             principal.client_id,
@@ -171,12 +190,6 @@ async def modify_leg(database: Database, principal: Principal, request: ModifyLe
         )
         if claimed.replayed:
             return LegResult(leg, replayed=True)
-        if request.new_limit_price is not None and leg.spec.order_type is not OrderType.LIMIT:
-            raise InvalidArgument([FieldViolation("new_limit_price", "only a LIMIT leg has a limit price")])
-        if request.new_quantity is not None and request.new_quantity < leg.filled_quantity:
-            raise InvalidArgument(
-                [FieldViolation("new_quantity", f"must be at least the filled quantity, {leg.filled_quantity}")]
-            )
         await connection.execute(
             "UPDATE legs SET requested_quantity = $2, requested_limit_price = $3 WHERE id = $1",
             leg.id,
@@ -218,8 +231,9 @@ async def apply_venue_state(
 
     async def work(connection: asyncpg.Connection) -> LegRecord:
         leg = await _reread(connection, leg_id)
-        if leg.state is to_state and to_state is not LegState.PARTIALLY_FILLED:
+        if leg.state is to_state:
             return leg  # the venue repeating itself
+        check_venue_state(leg.state, to_state, subject=f"leg {leg.id}")
         if leg.state is LegState.MODIFYING and to_state is LegState.FILLED:
             await connection.execute(
                 "UPDATE legs SET quantity = coalesce(requested_quantity, quantity),"

@@ -33,9 +33,9 @@ def signed_amount(amount: Decimal, currency_code: str) -> str:
     stored rather than rounded: a ledger read never alters an amount.
     """
     try:
-        magnitude = quantize(abs(amount), currency_code).to_decimal_string()
+        magnitude = quantize(amount.copy_abs(), currency_code).to_decimal_string()  # copy_abs never rounds
     except MoneyError:
-        magnitude = format(abs(amount), "f")
+        magnitude = format(amount.copy_abs(), "f")
     return f"-{magnitude}" if amount < 0 else magnitude
 
 

@@ -86,10 +86,11 @@ def _create_payment_state_guards() -> None:
     )
 
 
-def _create_append_only(table: str) -> None:
+def _create_append_only(table: str, *, frozen: bool = False) -> None:
+    """Rows may be added but never changed or removed; `frozen` tables (rules) refuse additions too."""
+    events = "INSERT OR UPDATE OR DELETE" if frozen else "UPDATE OR DELETE"
     op.execute(
-        f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}"
-        " FOR EACH ROW EXECUTE FUNCTION refuse_change()"
+        f"CREATE TRIGGER {table}_append_only BEFORE {events} ON {table} FOR EACH ROW EXECUTE FUNCTION refuse_change()"
     )
     op.execute(
         f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table}"
@@ -192,7 +193,7 @@ def upgrade() -> None:
         sa.table("payment_state_transitions", sa.column("from_state"), sa.column("to_state")),
         [{"from_state": a, "to_state": b} for a, b in PAYMENT_TRANSITIONS],
     )
-    _create_append_only("payment_state_transitions")
+    _create_append_only("payment_state_transitions", frozen=True)
 
     op.create_table(
         "payment_transitions",

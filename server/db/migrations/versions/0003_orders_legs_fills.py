@@ -224,7 +224,14 @@ def _create_triggers() -> None:
     op.execute(
         """
         CREATE FUNCTION leg_fills_apply() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            current_state text;
         BEGIN
+            SELECT state INTO current_state FROM legs WHERE id = NEW.leg_id FOR UPDATE;
+            IF current_state NOT IN ('PENDING', 'PARTIALLY_FILLED') THEN
+                RAISE EXCEPTION 'leg % is %: only a working leg (PENDING, PARTIALLY_FILLED) can fill', NEW.leg_id,
+                    current_state USING ERRCODE = 'check_violation', CONSTRAINT = 'leg_fills_working_leg';
+            END IF;
             UPDATE legs SET filled_quantity = filled_quantity + NEW.quantity,
                             fill_notional = fill_notional + NEW.quantity * NEW.price,
                             updated_at = now()
@@ -237,8 +244,10 @@ def _create_triggers() -> None:
         "CREATE TRIGGER leg_fills_apply AFTER INSERT ON leg_fills FOR EACH ROW EXECUTE FUNCTION leg_fills_apply()"
     )
     for table in ("leg_fills", "leg_state_transitions", "leg_transitions"):
+        # the rule table refuses additions too: nobody extends the machine with SQL
+        events = "INSERT OR UPDATE OR DELETE" if table == "leg_state_transitions" else "UPDATE OR DELETE"
         op.execute(
-            f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}"
+            f"CREATE TRIGGER {table}_append_only BEFORE {events} ON {table}"
             " FOR EACH ROW EXECUTE FUNCTION refuse_change()"
         )
         op.execute(

@@ -1,0 +1,1749 @@
+"""Adversarial specifications of orders, legs and fills, payment events, the ledger and the audit chain.
+
+Each test states a promise of the README, the protos or docs/state-machines.md and tries to break it:
+modifications below what is filled, venue evidence out of order, thirty-digit decimals, racing fills,
+closes and modifications, failures injected between a change and its outbox event or audit entry, SQL
+written behind the server's back, forged page tokens and responses too big to send. A failing test
+here is a server defect, not a test to fix.
+
+Every test uses clients of its own (the `world` fixture starts an in-process server for brand-new
+callers, or a fresh Principal is used with the use cases directly), so nothing here reads or moves
+the shared `alpha` and `beta`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import decimal
+import json
+import random
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from ballast.common.v1.money_pb2 import Money
+from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
+from ballast.ledger.v1 import ledger_pb2, ledger_pb2_grpc
+from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
+from server.db.database import Budget, Database
+from server.domain.errors import BallastError
+from server.domain.identity import Principal, Role
+from server.domain.order_legs import LEG_MACHINE, Fill, FillError, LegState
+from server.domain.orders import CloseLeg, validate_submit_order
+from server.domain.payment_states import PAYMENT_MACHINE, PaymentEvent
+from server.domain.payments import PaymentState, validate_create_payment
+from server.domain.provider_status import PROVIDER_STATUS_EVENTS
+from server.domain.state_machine import IllegalTransition
+from server.services import execution
+from server.services.audit import find_broken_links
+from server.services.payment_events import EventOutcome, Evidence, apply_payment_event
+from server.services.payments import create_payment
+from tests.integration.conftest import Caller, in_process_server
+from tests.support import field_violations
+
+L = LegState
+E = PaymentEvent
+P = PaymentState
+Code = grpc.StatusCode
+
+#: The largest quantity or price the API accepts: 18 integer and 12 fraction digits, 30 significant.
+THIRTY_DIGITS = "999999999999999999.999999999999"
+
+
+# --------------------------------------------------------------------------------------------- world
+
+
+@dataclass(frozen=True)
+class World:
+    """An in-process server of this test's own: two services and an auditor nobody else uses."""
+
+    merchant: Caller
+    other: Caller
+    auditor: Caller
+    orders: execution_pb2_grpc.ExecutionServiceStub
+    ledger: ledger_pb2_grpc.LedgerServiceStub
+    payments: payments_pb2_grpc.PaymentServiceStub
+
+    @property
+    def principal(self) -> Principal:
+        return Principal(self.merchant.client_id, Role.SERVICE)
+
+
+def _callers() -> tuple[Caller, Caller, Caller]:
+    suffix = uuid.uuid4().hex[:12]
+    return (
+        Caller(f"adv-merchant-{suffix}", f"adv-merchant-token-{uuid.uuid4().hex}"),
+        Caller(f"adv-other-{suffix}", f"adv-other-token-{uuid.uuid4().hex}"),
+        Caller(f"adv-auditor-{suffix}", f"adv-auditor-token-{uuid.uuid4().hex}", role="auditor"),
+    )
+
+
+@asynccontextmanager
+async def _world(pool: Any, data_dir: Path) -> AsyncIterator[World]:
+    merchant, other, auditor = _callers()
+    async with (
+        in_process_server(pool, (merchant, other, auditor), data_dir) as address,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        yield World(
+            merchant,
+            other,
+            auditor,
+            execution_pb2_grpc.ExecutionServiceStub(channel),
+            ledger_pb2_grpc.LedgerServiceStub(channel),
+            payments_pb2_grpc.PaymentServiceStub(channel),
+        )
+
+
+@pytest.fixture
+async def world(pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[World]:
+    async with _world(pool, tmp_path) as created:
+        yield created
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _spec(
+    quantity: str = "10",
+    order_type: str = "ORDER_TYPE_LIMIT",
+    limit_price: str | None = None,
+    *,
+    symbol: str = "AAPL",
+    side: str | int = "SIDE_BUY",
+    currency: str = "USD",
+) -> execution_pb2.LegSpec:
+    """A valid leg unless told otherwise; a LIMIT leg gets a limit price of 101.25 by default."""
+    if limit_price is None:
+        limit_price = "101.25" if order_type == "ORDER_TYPE_LIMIT" else ""
+    return execution_pb2.LegSpec(
+        instrument_symbol=symbol,
+        side=side,  # type: ignore[arg-type]
+        quantity=quantity,
+        order_type=order_type,  # type: ignore[arg-type]
+        limit_price=limit_price,
+        currency_code=currency,
+    )
+
+
+def _submit(
+    key: str | None = None, legs: list[execution_pb2.LegSpec] | None = None, reference: str = "adv-ref"
+) -> execution_pb2.SubmitOrderRequest:
+    return execution_pb2.SubmitOrderRequest(
+        idempotency_key=key if key is not None else f"order-{uuid.uuid4()}",
+        client_order_reference=reference,
+        legs=legs if legs is not None else [_spec()],
+    )
+
+
+async def _order(
+    world: World, legs: list[execution_pb2.LegSpec] | None = None, caller: Caller | None = None
+) -> execution_pb2.Order:
+    response = await world.orders.SubmitOrder(
+        _submit(legs=legs), metadata=(caller or world.merchant).metadata, timeout=5
+    )
+    return response.order
+
+
+async def _get_order(world: World, order_id: str, caller: Caller | None = None) -> execution_pb2.Order:
+    response = await world.orders.GetOrder(
+        execution_pb2.GetOrderRequest(order_id=order_id), metadata=(caller or world.merchant).metadata, timeout=10
+    )
+    return response.order
+
+
+async def _ack(database: Database, leg_id: str | uuid.UUID) -> None:
+    await execution.apply_venue_state(database, uuid.UUID(str(leg_id)), L.PENDING, "venue:ack", Budget.within(10))
+
+
+async def _fill(
+    database: Database, leg_id: str | uuid.UUID, execution_id: str, quantity: str, price: str = "100"
+) -> Any:
+    return await execution.record_fill(
+        database,
+        uuid.UUID(str(leg_id)),
+        Fill(execution_id, Decimal(quantity), Decimal(price)),
+        datetime.now(UTC),
+        f"venue:{execution_id}",
+        Budget.within(10),
+    )
+
+
+async def _filled(
+    world: World, database: Database, quantity: str = "10", order_type: str = "ORDER_TYPE_LIMIT"
+) -> tuple[str, str]:
+    """An order of the merchant whose one leg the venue acknowledged and filled; (order id, leg id)."""
+    order = await _order(world, [_spec(quantity, order_type)])
+    leg_id = order.legs[0].id
+    await _ack(database, leg_id)
+    await _fill(database, leg_id, "x-full", quantity)
+    return order.id, leg_id
+
+
+def _modify(world: World, order_id: str, leg_id: str, key: str | None = None, **fields: str) -> Awaitable[Any]:
+    request = execution_pb2.ModifyLegRequest(
+        idempotency_key=key if key is not None else f"modify-{uuid.uuid4()}",
+        order_id=order_id,
+        leg_id=leg_id,
+        **fields,
+    )
+    return world.orders.ModifyLeg(request, metadata=world.merchant.metadata, timeout=10)
+
+
+def _close(world: World, order_id: str, leg_id: str, key: str | None = None, reason: str = "done") -> Awaitable[Any]:
+    request = execution_pb2.CloseLegRequest(
+        idempotency_key=key if key is not None else f"close-{uuid.uuid4()}",
+        order_id=order_id,
+        leg_id=leg_id,
+        reason=reason,
+    )
+    return world.orders.CloseLeg(request, metadata=world.merchant.metadata, timeout=10)
+
+
+async def _rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+def _precondition_subjects(error: grpc.aio.AioRpcError) -> list[str]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, f"{error.code().name} must carry a google.rpc.Status trailer"
+    subjects: list[str] = []
+    for detail in status.details:
+        failure = error_details_pb2.PreconditionFailure()
+        if detail.Unpack(failure):
+            subjects += [violation.subject for violation in failure.violations]
+    return subjects
+
+
+async def _leg_row(pool: asyncpg.Pool, leg_id: str | uuid.UUID) -> asyncpg.Record:
+    return await pool.fetchrow(
+        "SELECT state, state_reason, quantity, limit_price, filled_quantity, fill_notional, requested_quantity,"
+        " requested_limit_price FROM legs WHERE id = $1",
+        uuid.UUID(str(leg_id)),
+    )
+
+
+async def _leg_trail(pool: asyncpg.Pool, leg_id: str | uuid.UUID) -> tuple[int, int, int, int]:
+    """(transitions, outbox events, audit entries, fills) recorded for a leg."""
+    row = await pool.fetchrow(
+        "SELECT (SELECT count(*) FROM leg_transitions WHERE leg_id = $1) AS transitions,"
+        " (SELECT count(*) FROM outbox WHERE message_key = $2) AS events,"
+        " (SELECT count(*) FROM audit_log WHERE aggregate_type = 'leg' AND aggregate_id = $2) AS audits,"
+        " (SELECT count(*) FROM leg_fills WHERE leg_id = $1) AS fills",
+        uuid.UUID(str(leg_id)),
+        str(leg_id),
+    )
+    return row["transitions"], row["events"], row["audits"], row["fills"]
+
+
+async def _key_exists(pool: asyncpg.Pool, client_id: str, key: str) -> bool:
+    return bool(
+        await pool.fetchval(
+            "SELECT count(*) FROM idempotency_keys WHERE client_id = $1 AND idempotency_key = $2", client_id, key
+        )
+    )
+
+
+async def _broken(pool: asyncpg.Pool, aggregate_id: str) -> list[tuple[int, str]]:
+    async with pool.acquire() as connection:
+        links = await find_broken_links(connection)
+    return [(link.sequence, link.reason) for link in links if link.aggregate_id == aggregate_id]
+
+
+def _page_token(cursor: object) -> str:
+    """A token in the server's own encoding (urlsafe base64 of JSON), with any content we like."""
+    return base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode()
+
+
+def _fresh_principal(prefix: str) -> Principal:
+    return Principal(f"{prefix}-{uuid.uuid4().hex[:12]}", Role.SERVICE)
+
+
+async def _new_payment(database: Database, principal: Principal, amount: str = "25.00", currency: str = "EUR") -> Any:
+    request = validate_create_payment(
+        idempotency_key=str(uuid.uuid4()),
+        amount_value=amount,
+        currency_code=currency,
+        description="",
+        merchant_reference="",
+        metadata={},
+    )
+    return (await create_payment(database, principal, request, Budget.within(10))).payment.id
+
+
+async def _apply(
+    database: Database, payment_id: uuid.UUID, event: PaymentEvent, provider_status: str | None = None
+) -> EventOutcome:
+    evidence = Evidence(
+        cause="webhook.simulator" if provider_status else "test",
+        reference=f"evt-{uuid.uuid4()}",
+        provider="simulator" if provider_status else None,
+        provider_status=provider_status,
+    )
+    return await apply_payment_event(database, payment_id, event, evidence, Budget.within(20))
+
+
+# --------------------------------------------------------------------------------------------- SubmitOrder input
+
+
+def _with_leg(index: int, **fields: Any) -> list[execution_pb2.LegSpec]:
+    """Three valid legs, the one at `index` changed by `fields` (given to _spec)."""
+    legs = [_spec(), _spec("5", "ORDER_TYPE_MARKET", side="SIDE_SELL"), _spec("1.5")]
+    legs[index] = _spec(**fields)
+    return legs
+
+
+BAD_SUBMISSIONS: list[tuple[str, Callable[[], execution_pb2.SubmitOrderRequest], str]] = [
+    ("exponent", lambda: _submit(legs=_with_leg(2, quantity="1e3")), "legs[2].quantity"),
+    ("leading space", lambda: _submit(legs=_with_leg(2, quantity=" 10")), "legs[2].quantity"),
+    ("trailing newline", lambda: _submit(legs=_with_leg(2, quantity="10\n")), "legs[2].quantity"),
+    ("plus sign", lambda: _submit(legs=_with_leg(0, quantity="+10")), "legs[0].quantity"),
+    ("underscore", lambda: _submit(legs=_with_leg(0, quantity="1_000")), "legs[0].quantity"),
+    ("arabic-indic digits", lambda: _submit(legs=_with_leg(0, quantity="١٠")), "legs[0].quantity"),
+    ("fullwidth digits", lambda: _submit(legs=_with_leg(0, quantity="１０")), "legs[0].quantity"),
+    ("dot without fraction", lambda: _submit(legs=_with_leg(0, quantity="10.")), "legs[0].quantity"),
+    ("fraction without integer", lambda: _submit(legs=_with_leg(0, quantity=".5")), "legs[0].quantity"),
+    ("leading zero", lambda: _submit(legs=_with_leg(0, quantity="00.5")), "legs[0].quantity"),
+    ("zero with digits", lambda: _submit(legs=_with_leg(0, quantity="0.000000000000")), "legs[0].quantity"),
+    ("ten to the eighteenth", lambda: _submit(legs=_with_leg(0, quantity="1" + "0" * 18)), "legs[0].quantity"),
+    ("forty-one digits", lambda: _submit(legs=_with_leg(0, quantity="1" * 41)), "legs[0].quantity"),
+    ("NaN", lambda: _submit(legs=_with_leg(1, quantity="NaN")), "legs[1].quantity"),
+    ("Infinity", lambda: _submit(legs=_with_leg(1, quantity="Infinity")), "legs[1].quantity"),
+    ("side out of range", lambda: _submit(legs=_with_leg(1, side=99)), "legs[1].side"),
+    ("negative side", lambda: _submit(legs=_with_leg(1, side=-1)), "legs[1].side"),
+    ("order type out of range", lambda: _submit(legs=_with_leg(2, order_type=77)), "legs[2].order_type"),  # type: ignore[arg-type]
+    ("limit price too fine", lambda: _submit(legs=_with_leg(0, limit_price="1.0000000000001")), "legs[0].limit_price"),
+    ("limit price zero", lambda: _submit(legs=_with_leg(0, limit_price="0")), "legs[0].limit_price"),
+    ("symbol of 33", lambda: _submit(legs=_with_leg(1, symbol="A" * 33)), "legs[1].instrument_symbol"),
+    ("symbol with NUL", lambda: _submit(legs=_with_leg(1, symbol="AAPL\x00")), "legs[1].instrument_symbol"),
+    ("symbol with newline", lambda: _submit(legs=_with_leg(1, symbol="AAPL\n")), "legs[1].instrument_symbol"),
+    ("symbol with umlaut", lambda: _submit(legs=_with_leg(1, symbol="ÄPFEL")), "legs[1].instrument_symbol"),
+    ("symbol with space", lambda: _submit(legs=_with_leg(1, symbol="AA PL")), "legs[1].instrument_symbol"),
+    ("lower-case currency", lambda: _submit(legs=_with_leg(2, currency="usd")), "legs[2].currency_code"),
+    ("currency with NUL", lambda: _submit(legs=_with_leg(2, currency="EU\x00")), "legs[2].currency_code"),
+    ("currency of a megabyte", lambda: _submit(legs=_with_leg(2, currency="E" * 2**20)), "legs[2].currency_code"),
+    ("reference of 256", lambda: _submit(reference="r" * 256), "client_order_reference"),
+    ("reference with NUL", lambda: _submit(reference="ref\x00"), "client_order_reference"),
+    ("reference of a megabyte", lambda: _submit(reference="r" * 2**20), "client_order_reference"),
+    ("key of 256", lambda: _submit(key="k" * 256), "idempotency_key"),
+    ("key with newline", lambda: _submit(key="key\n"), "idempotency_key"),
+    ("key with NUL", lambda: _submit(key="key\x00"), "idempotency_key"),
+    ("empty key", lambda: _submit(key=""), "idempotency_key"),
+    ("21 legs", lambda: _submit(legs=[_spec()] * 21), "legs"),
+    ("10000 legs", lambda: _submit(legs=[_spec()] * 10_000), "legs"),
+]
+
+
+class TestSubmitOrderInput:
+    @pytest.mark.parametrize(
+        ("build", "field"), [case[1:] for case in BAD_SUBMISSIONS], ids=[case[0] for case in BAD_SUBMISSIONS]
+    )
+    async def test_bad_input_is_invalid_argument_naming_the_field_and_writes_nothing(
+        self,
+        world: World,
+        pool: asyncpg.Pool,
+        build: Callable[[], execution_pb2.SubmitOrderRequest],
+        field: str,
+    ) -> None:
+        request = build()
+        error = await _rpc_error(world.orders.SubmitOrder(request, metadata=world.merchant.metadata, timeout=10))
+        assert error.code() == Code.INVALID_ARGUMENT, error.details()
+        assert field in field_violations(error)
+        assert await pool.fetchval("SELECT count(*) FROM orders WHERE client_id = $1", world.merchant.client_id) == 0
+        assert not await pool.fetchval(
+            "SELECT count(*) FROM idempotency_keys WHERE client_id = $1", world.merchant.client_id
+        )
+
+    async def test_every_problem_of_every_leg_is_reported_at_once(self, world: World) -> None:
+        legs = [_spec(), _spec("-1"), _spec(), _spec(currency="XXY"), _spec(symbol="")]
+        error = await _rpc_error(
+            world.orders.SubmitOrder(_submit(legs=legs), metadata=world.merchant.metadata, timeout=5)
+        )
+        assert error.code() == Code.INVALID_ARGUMENT
+        assert {"legs[1].quantity", "legs[3].currency_code", "legs[4].instrument_symbol"} <= field_violations(error)
+
+    async def test_twenty_legs_are_accepted_and_kept_in_the_order_given(self, world: World) -> None:
+        legs = [
+            _spec(f"{index + 1}.{index}", "ORDER_TYPE_MARKET" if index % 2 else "ORDER_TYPE_LIMIT", symbol=f"S{index}")
+            for index in range(20)
+        ]
+        order = await _order(world, legs)
+        fetched = await _get_order(world, order.id)
+        assert fetched == order
+        assert [leg.instrument_symbol for leg in order.legs] == [f"S{index}" for index in range(20)]
+        assert [leg.quantity for leg in order.legs] == [f"{index + 1}.{index}" for index in range(20)]
+        assert {leg.state for leg in order.legs} == {execution_pb2.LEG_STATE_SUBMITTED}
+
+    async def test_values_at_every_limit_round_trip_exactly(self, world: World) -> None:
+        key = "🔑" * 255
+        reference = "📈" * 255
+        legs = [
+            _spec(THIRTY_DIGITS, limit_price="0.000000000001", symbol="A._/-" + "Z" * 27),
+            _spec("0.000000000001", limit_price=THIRTY_DIGITS, side="SIDE_SELL", currency="KWD"),
+        ]
+        response = await world.orders.SubmitOrder(
+            _submit(key, legs, reference), metadata=world.merchant.metadata, timeout=5
+        )
+        order = await _get_order(world, response.order.id)
+        assert (order.idempotency_key, order.client_order_reference) == (key, reference)
+        assert [(leg.instrument_symbol, leg.quantity, leg.limit_price, leg.currency_code) for leg in order.legs] == [
+            ("A._/-" + "Z" * 27, THIRTY_DIGITS, "0.000000000001", "USD"),
+            ("AAPL", "0.000000000001", THIRTY_DIGITS, "KWD"),
+        ]
+        again = await world.orders.SubmitOrder(
+            _submit(key, legs, reference), metadata=world.merchant.metadata, timeout=5
+        )
+        assert again.replayed and again.order.id == order.id
+
+
+# --------------------------------------------------------------------------------------------- idempotency keys
+
+
+def _first_use(world: World, operation: str, key: str, order_id: str, leg_id: str) -> Awaitable[Any]:
+    """Use `key` for `operation`, on the given leg where the operation needs one."""
+    if operation == "SubmitOrder":
+        return world.orders.SubmitOrder(_submit(key), metadata=world.merchant.metadata, timeout=5)
+    if operation == "ModifyLeg":
+        return _modify(world, order_id, leg_id, key, new_limit_price="99")
+    if operation == "CloseLeg":
+        return _close(world, order_id, leg_id, key)
+    assert operation == "CreatePayment"
+    request = payments_pb2.CreatePaymentRequest(idempotency_key=key, amount=Money(value="1.00", currency_code="EUR"))
+    return world.payments.CreatePayment(request, metadata=world.merchant.metadata, timeout=5)
+
+
+OPERATIONS = ("SubmitOrder", "ModifyLeg", "CloseLeg", "CreatePayment")
+
+
+class TestIdempotencyKeys:
+    @pytest.mark.parametrize(
+        ("first", "second"), [(a, b) for a in OPERATIONS for b in OPERATIONS if a != b], ids=lambda name: name
+    )
+    async def test_a_key_used_for_one_operation_is_refused_for_another_naming_the_key_and_changing_nothing(
+        self, world: World, database: Database, pool: asyncpg.Pool, first: str, second: str
+    ) -> None:
+        key = f"shared-{uuid.uuid4()}"
+        first_order, first_leg = await _filled(world, database)
+        await _first_use(world, first, key, first_order, first_leg)
+        target_order, target_leg = await _filled(world, database)
+        trail = await _leg_trail(pool, target_leg)
+        orders = await pool.fetchval("SELECT count(*) FROM orders WHERE client_id = $1", world.merchant.client_id)
+        payments = await pool.fetchval("SELECT count(*) FROM payments WHERE client_id = $1", world.merchant.client_id)
+
+        error = await _rpc_error(_first_use(world, second, key, target_order, target_leg))
+        assert error.code() == Code.FAILED_PRECONDITION, error.details()
+        assert key in (error.details() or "")
+        assert f"idempotency_key:{key}" in _precondition_subjects(error)
+        assert await _leg_trail(pool, target_leg) == trail
+        assert (await _leg_row(pool, target_leg))["state"] == "FILLED"
+        assert await pool.fetchval("SELECT count(*) FROM orders WHERE client_id = $1", world.merchant.client_id) == (
+            orders
+        )
+        assert await pool.fetchval("SELECT count(*) FROM payments WHERE client_id = $1", world.merchant.client_id) == (
+            payments
+        )
+
+    async def test_modify_and_close_replay_their_first_outcome_even_after_the_leg_moved_on(
+        self, world: World, database: Database, pool: asyncpg.Pool
+    ) -> None:
+        order_id, leg_id = await _filled(world, database)
+        modify_key, close_key = f"m-{uuid.uuid4()}", f"c-{uuid.uuid4()}"
+        modified = await _modify(world, order_id, leg_id, modify_key, new_limit_price="99.50")
+        closed = await _close(world, order_id, leg_id, close_key, reason="enough")
+        assert (modified.replayed, modified.leg.state) == (False, execution_pb2.LEG_STATE_MODIFYING)
+        assert (closed.replayed, closed.leg.state) == (False, execution_pb2.LEG_STATE_CLOSED)
+        trail = await _leg_trail(pool, leg_id)
+
+        # "99.5" is the same price as "99.50": the same request.
+        again = await _modify(world, order_id, leg_id, modify_key, new_limit_price="99.5")
+        assert again.replayed and again.leg.id == leg_id
+        assert (await _close(world, order_id, leg_id, close_key, reason="enough")).replayed
+        for call in (
+            _modify(world, order_id, leg_id, modify_key, new_limit_price="99.51"),
+            _modify(world, order_id, leg_id, modify_key, new_quantity="10"),
+            _close(world, order_id, leg_id, close_key, reason="Enough"),
+        ):
+            error = await _rpc_error(call)
+            assert error.code() == Code.FAILED_PRECONDITION
+            assert f"idempotency_key:{modify_key}" in _precondition_subjects(error) or (
+                f"idempotency_key:{close_key}" in _precondition_subjects(error)
+            )
+        assert await _leg_trail(pool, leg_id) == trail
+
+    async def test_forty_concurrent_submissions_of_one_key_with_two_leg_sets_create_one_order(
+        self, world: World, pool: asyncpg.Pool
+    ) -> None:
+        key = f"racing-{uuid.uuid4()}"
+        leg_sets = ([_spec("1")], [_spec("2"), _spec("3", "ORDER_TYPE_MARKET")])
+        outcomes = await asyncio.gather(
+            *(
+                world.orders.SubmitOrder(
+                    _submit(key, leg_sets[index % 2]), metadata=world.merchant.metadata, timeout=10
+                )
+                for index in range(40)
+            ),
+            return_exceptions=True,
+        )
+        successes = [o for o in outcomes if isinstance(o, execution_pb2.SubmitOrderResponse)]
+        errors = [o for o in outcomes if not isinstance(o, execution_pb2.SubmitOrderResponse)]
+        assert all(
+            isinstance(e, grpc.aio.AioRpcError) and e.code() in (Code.FAILED_PRECONDITION, Code.ABORTED) for e in errors
+        ), errors
+        rows = await pool.fetch(
+            "SELECT o.id, array_agg(l.quantity::text ORDER BY l.position) AS quantities FROM orders o"
+            " JOIN legs l ON l.order_id = o.id WHERE o.client_id = $1 AND o.idempotency_key = $2 GROUP BY o.id",
+            world.merchant.client_id,
+            key,
+        )
+        assert len(rows) == 1
+        assert {response.order.id for response in successes} == {str(rows[0]["id"])}
+        assert sum(not response.replayed for response in successes) <= 1
+        winner = [leg.quantity for leg in successes[0].order.legs]
+        assert winner == list(rows[0]["quantities"])
+        assert all([leg.quantity for leg in response.order.legs] == winner for response in successes)
+        refused = [e for e in errors if e.code() == Code.FAILED_PRECONDITION]  # type: ignore[union-attr]
+        assert len(refused) == 20  # every call with the other leg set, none with the winning one
+
+    async def test_spellings_of_one_quantity_are_one_request(self, world: World) -> None:
+        key = f"spelling-{uuid.uuid4()}"
+        first = await world.orders.SubmitOrder(
+            _submit(key, [_spec("10", limit_price="101.5")]), metadata=world.merchant.metadata, timeout=5
+        )
+        again = await world.orders.SubmitOrder(
+            _submit(key, [_spec("10.000000000000", limit_price="101.500")]), metadata=world.merchant.metadata, timeout=5
+        )
+        assert again.replayed and again.order == first.order
+
+    @pytest.mark.parametrize("field", ["quantity", "limit_price"])
+    async def test_decimals_differing_only_beyond_the_28th_significant_digit_are_different_requests(
+        self, world: World, pool: asyncpg.Pool, field: str
+    ) -> None:
+        key = f"digits-{uuid.uuid4()}"
+        first, second = "123456789012345678.123456789012", "123456789012345678.123456789013"
+
+        def request(value: str) -> execution_pb2.SubmitOrderRequest:
+            return _submit(
+                key, [_spec(value, limit_price="1") if field == "quantity" else _spec("1", limit_price=value)]
+            )
+
+        created = await world.orders.SubmitOrder(request(first), metadata=world.merchant.metadata, timeout=5)
+        assert getattr(created.order.legs[0], field) == first
+        error = await _rpc_error(world.orders.SubmitOrder(request(second), metadata=world.merchant.metadata, timeout=5))
+        assert error.code() == Code.FAILED_PRECONDITION
+        assert await pool.fetchval("SELECT count(*) FROM orders WHERE client_id = $1", world.merchant.client_id) == 1
+
+    async def test_an_invalid_modification_under_a_used_key_is_invalid_argument_and_leaves_the_key_alone(
+        self, world: World, database: Database, pool: asyncpg.Pool
+    ) -> None:
+        order_id, leg_id = await _filled(world, database, order_type="ORDER_TYPE_MARKET")
+        key = f"used-{uuid.uuid4()}"
+        await world.orders.SubmitOrder(_submit(key), metadata=world.merchant.metadata, timeout=5)
+        trail = await _leg_trail(pool, leg_id)
+        error = await _rpc_error(_modify(world, order_id, leg_id, key, new_limit_price="5"))
+        assert error.code() == Code.INVALID_ARGUMENT, error.details()
+        assert "new_limit_price" in field_violations(error)
+        assert await _leg_trail(pool, leg_id) == trail
+
+
+# --------------------------------------------------------------------------------------------- ModifyLeg
+
+
+class TestModifyLeg:
+    async def test_a_market_legs_limit_price_cannot_be_modified_and_the_key_stays_free(
+        self, world: World, database: Database, pool: asyncpg.Pool
+    ) -> None:
+        order_id, leg_id = await _filled(world, database, order_type="ORDER_TYPE_MARKET")
+        trail = await _leg_trail(pool, leg_id)
+        key = f"market-{uuid.uuid4()}"
+        for fields in ({"new_limit_price": "5"}, {"new_limit_price": "5", "new_quantity": "10"}):
+            error = await _rpc_error(_modify(world, order_id, leg_id, key, **fields))
+            assert error.code() == Code.INVALID_ARGUMENT
+            assert "new_limit_price" in field_violations(error)
+        row = await _leg_row(pool, leg_id)
+        assert (row["state"], row["limit_price"], row["requested_limit_price"]) == ("FILLED", None, None)
+        assert await _leg_trail(pool, leg_id) == trail
+        assert not await _key_exists(pool, world.merchant.client_id, key)
+        modified = await _modify(world, order_id, leg_id, key, new_quantity="10")
+        assert (modified.replayed, modified.leg.state) == (False, execution_pb2.LEG_STATE_MODIFYING)
+
+    async def test_every_bad_field_of_a_modification_is_named_at_once(self, world: World) -> None:
+        error = await _rpc_error(
+            world.orders.ModifyLeg(
+                execution_pb2.ModifyLegRequest(
+                    idempotency_key="", order_id="not-an-order", leg_id="not-a-leg", new_quantity="-1"
+                ),
+                metadata=world.merchant.metadata,
+                timeout=5,
+            )
+        )
+        assert error.code() == Code.INVALID_ARGUMENT
+        assert {"idempotency_key", "order_id", "leg_id", "new_quantity"} <= field_violations(error)
+
+    @pytest.mark.parametrize(
+        ("fields", "field"),
+        [
+            ({}, "new_quantity"),
+            ({"new_quantity": "0"}, "new_quantity"),
+            ({"new_quantity": "1e2"}, "new_quantity"),
+            ({"new_quantity": "1.0000000000001"}, "new_quantity"),
+            ({"new_limit_price": "-5"}, "new_limit_price"),
+            ({"new_limit_price": "1" + "0" * 18}, "new_limit_price"),
+        ],
+    )
+    async def test_a_bad_new_value_is_invalid_argument_naming_it_and_writes_nothing(
+        self, world: World, database: Database, pool: asyncpg.Pool, fields: dict[str, str], field: str
+    ) -> None:
+        order_id, leg_id = await _filled(world, database)
+        trail = await _leg_trail(pool, leg_id)
+        key = f"bad-{uuid.uuid4()}"
+        error = await _rpc_error(_modify(world, order_id, leg_id, key, **fields))
+        assert error.code() == Code.INVALID_ARGUMENT
+        assert field in field_violations(error)
+        assert await _leg_trail(pool, leg_id) == trail
+        assert not await _key_exists(pool, world.merchant.client_id, key)
+
+    async def test_a_leg_named_with_another_order_or_by_another_client_is_not_found(
+        self, world: World, database: Database, pool: asyncpg.Pool
+    ) -> None:
+        order_id, leg_id = await _filled(world, database)
+        other_order, _ = await _filled(world, database)
+        trail = await _leg_trail(pool, leg_id)
+        calls = [
+            _modify(world, other_order, leg_id, new_limit_price="99"),
+            _close(world, other_order, leg_id),
+            world.orders.CloseLeg(
+                execution_pb2.CloseLegRequest(
+                    idempotency_key=f"c-{uuid.uuid4()}", order_id=order_id, leg_id=leg_id.upper(), reason="mine"
+                ),
+                metadata=world.other.metadata,
+                timeout=5,
+            ),
+            world.orders.ModifyLeg(
+                execution_pb2.ModifyLegRequest(
+                    idempotency_key=f"m-{uuid.uuid4()}", order_id=order_id, leg_id=leg_id, new_quantity="1"
+                ),
+                metadata=world.other.metadata,
+                timeout=5,
+            ),
+        ]
+        for call in calls:
+            assert (await _rpc_error(call)).code() == Code.NOT_FOUND
+        assert await _leg_trail(pool, leg_id) == trail
+
+    async def test_a_quantity_below_what_is_already_filled_is_refused_and_writes_nothing(
+        self, world: World, database: Database, pool: asyncpg.Pool
+    ) -> None:
+        order_id, leg_id = await _filled(world, database, quantity="10")
+        trail = await _leg_trail(pool, leg_id)
+        key = f"shrink-{uuid.uuid4()}"
+        error = await _rpc_error(_modify(world, order_id, leg_id, key, new_quantity="4"))
+        assert error.code() in (Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION), error.details()
+        row = await _leg_row(pool, leg_id)
+        assert (row["state"], row["requested_quantity"]) == ("FILLED", None)
+        assert await _leg_trail(pool, leg_id) == trail
+        assert not await _key_exists(pool, world.merchant.client_id, key)
+
+    async def test_the_venue_confirming_a_quantity_below_the_filled_one_is_a_named_refusal_and_changes_nothing(
+        self, world: World, database: Database, pool: asyncpg.Pool
+    ) -> None:
+        order_id, leg_id = await _filled(world, database, quantity="10")
+        try:
+            await _modify(world, order_id, leg_id, new_quantity="4")
+        except grpc.aio.AioRpcError as refused:  # refused up front: as good
+            assert refused.code() in (Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION)
+            return
+        trail = await _leg_trail(pool, leg_id)
+        with pytest.raises(BallastError):
+            await execution.apply_venue_state(database, uuid.UUID(leg_id), L.FILLED, "venue:modified", Budget.within(5))
+        row = await _leg_row(pool, leg_id)
+        assert (row["quantity"], row["filled_quantity"]) == (Decimal("10"), Decimal("10"))
+        assert await _leg_trail(pool, leg_id) == trail
+
+    @pytest.mark.parametrize("new_quantity", ["15", "9"])
+    async def test_a_filled_legs_quantity_cannot_be_modified_because_filled_means_filled_quantity_equals_quantity(
+        self, world: World, database: Database, pool: asyncpg.Pool, new_quantity: str
+    ) -> None:
+        """The leg machine has FILLED -> MODIFYING -> FILLED and no way back to PARTIALLY_FILLED: a larger
+        quantity would leave a FILLED leg that is not filled, a smaller one less than what already filled."""
+        order_id, leg_id = await _filled(world, database, quantity="10")
+        row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
+        error = await _rpc_error(_modify(world, order_id, leg_id, new_quantity=new_quantity))
+        assert error.code() == Code.INVALID_ARGUMENT
+        assert field_violations(error) == {"new_quantity"}
+        assert await _leg_row(pool, leg_id) == row
+        assert await _leg_trail(pool, leg_id) == trail
+        same = await _modify(world, order_id, leg_id, new_quantity="10.000")
+        assert same.leg.state == execution_pb2.LEG_STATE_MODIFYING
+
+    async def test_a_rejected_modification_keeps_the_terms_in_force(
+        self, world: World, database: Database, pool: asyncpg.Pool
+    ) -> None:
+        order_id, leg_id = await _filled(world, database, quantity="10")
+        modifying = await _modify(world, order_id, leg_id, new_limit_price="99")
+        assert (modifying.leg.quantity, modifying.leg.limit_price) == ("10", "101.25")
+        await execution.apply_venue_state(
+            database, uuid.UUID(leg_id), L.REJECTED, "venue:refused", Budget.within(5), reason="too late"
+        )
+        leg = (await _get_order(world, order_id)).legs[0]
+        assert (leg.state, leg.state_reason, leg.quantity, leg.limit_price, leg.filled_quantity) == (
+            execution_pb2.LEG_STATE_REJECTED,
+            "too late",
+            "10",
+            "101.25",
+            "10",
+        )
+        closed = await _close(world, order_id, leg_id, reason="given up")
+        assert closed.leg.state == execution_pb2.LEG_STATE_CLOSED
+        assert (await _leg_trail(pool, leg_id))[:3] == (5, 5, 5)
+
+
+class TestCloseLeg:
+    @pytest.mark.parametrize(
+        ("fields", "field"),
+        [
+            ({"reason": ""}, "reason"),
+            ({"reason": "r" * 1001}, "reason"),
+            ({"reason": "bye\x00"}, "reason"),
+            ({"reason": "r" * 2**20}, "reason"),
+            ({"idempotency_key": "k" * 256}, "idempotency_key"),
+            ({"idempotency_key": "key\t"}, "idempotency_key"),
+            ({"leg_id": "not-a-leg"}, "leg_id"),
+            ({"order_id": "{not-an-order}"}, "order_id"),
+        ],
+        ids=["empty", "1001", "NUL", "megabyte", "long key", "tab in key", "leg_id", "order_id"],
+    )
+    async def test_bad_input_is_invalid_argument_naming_the_field_and_writes_nothing(
+        self, world: World, database: Database, pool: asyncpg.Pool, fields: dict[str, str], field: str
+    ) -> None:
+        order_id, leg_id = await _filled(world, database)
+        row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
+        request = {"idempotency_key": f"c-{uuid.uuid4()}", "order_id": order_id, "leg_id": leg_id, "reason": "done"}
+        request |= fields
+        error = await _rpc_error(
+            world.orders.CloseLeg(
+                execution_pb2.CloseLegRequest(**request), metadata=world.merchant.metadata, timeout=10
+            )
+        )
+        assert error.code() == Code.INVALID_ARGUMENT, error.details()
+        assert field in field_violations(error)
+        assert await _leg_row(pool, leg_id) == row
+        assert await _leg_trail(pool, leg_id) == trail
+
+    async def test_a_reason_of_a_thousand_astral_characters_is_kept_exactly(
+        self, world: World, database: Database, pool: asyncpg.Pool
+    ) -> None:
+        order_id, leg_id = await _filled(world, database)
+        reason = "🧾" * 999 + "\u202e"
+        closed = await _close(world, order_id, leg_id, reason=reason)
+        assert closed.leg.state_reason == reason
+        assert (await _get_order(world, order_id)).legs[0].state_reason == reason
+        assert (
+            await pool.fetchval(
+                "SELECT payload->>'reason' FROM outbox WHERE message_key = $1 AND payload->>'to_state' = 'CLOSED'",
+                leg_id,
+            )
+            == reason
+        )
+
+    @pytest.mark.parametrize("operation", ["CloseLeg", "ModifyLeg"])
+    async def test_twenty_concurrent_calls_with_one_key_move_the_leg_once(
+        self, world: World, database: Database, pool: asyncpg.Pool, operation: str
+    ) -> None:
+        order_id, leg_id = await _filled(world, database)
+        key = f"same-{uuid.uuid4()}"
+
+        def call() -> Awaitable[Any]:
+            if operation == "CloseLeg":
+                return _close(world, order_id, leg_id, key, reason="once")
+            return _modify(world, order_id, leg_id, key, new_limit_price="98.5")
+
+        outcomes = await asyncio.gather(*(call() for _ in range(20)), return_exceptions=True)
+        answers = [o for o in outcomes if not isinstance(o, BaseException)]
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        assert all(isinstance(e, grpc.aio.AioRpcError) and e.code() == Code.ABORTED for e in errors), errors
+        assert sum(not answer.replayed for answer in answers) == 1
+        moves = await pool.fetchval(
+            "SELECT count(*) FROM leg_transitions WHERE leg_id = $1 AND cause LIKE 'api.%'", uuid.UUID(leg_id)
+        )
+        assert moves == 1
+        expected = "CLOSED" if operation == "CloseLeg" else "MODIFYING"
+        assert (await _leg_row(pool, leg_id))["state"] == expected
+
+
+# --------------------------------------------------------------------------------------------- venue evidence and fills
+
+
+async def _working_leg(world: World, database: Database, quantity: str = "10") -> tuple[str, str]:
+    """An acknowledged, unfilled LIMIT leg of the merchant; (order id, leg id)."""
+    order = await _order(world, [_spec(quantity)])
+    await _ack(database, order.legs[0].id)
+    return order.id, order.legs[0].id
+
+
+class TestVenueEvidence:
+    @pytest.mark.parametrize("to_state", [L.FILLED, L.PARTIALLY_FILLED])
+    async def test_a_venue_status_alone_never_makes_a_leg_look_filled_and_the_fills_still_apply(
+        self, world: World, database: Database, to_state: LegState
+    ) -> None:
+        """The proto: PARTIALLY_FILLED is 0 < filled_quantity < quantity, FILLED is filled_quantity == quantity.
+        A venue's status message that outruns its execution reports must not break that, nor lose the fills."""
+        order_id, leg_id = await _working_leg(world, database)
+        with contextlib.suppress(BallastError):  # refusing the bare status is one correct answer
+            await execution.apply_venue_state(database, uuid.UUID(leg_id), to_state, "venue:status", Budget.within(5))
+        leg = (await _get_order(world, order_id)).legs[0]
+        filled, quantity = Decimal(leg.filled_quantity), Decimal(leg.quantity)
+        if leg.state == execution_pb2.LEG_STATE_FILLED:
+            assert filled == quantity
+        if leg.state == execution_pb2.LEG_STATE_PARTIALLY_FILLED:
+            assert 0 < filled < quantity
+        await _fill(database, leg_id, "x-1", "4")
+        await _fill(database, leg_id, "x-2", "6")
+        leg = (await _get_order(world, order_id)).legs[0]
+        assert (leg.state, leg.filled_quantity) == (execution_pb2.LEG_STATE_FILLED, "10")
+
+    @pytest.mark.parametrize("path", ["submitted", "rejected", "closed", "closed after a partial fill"])
+    async def test_a_fill_for_a_leg_not_working_at_the_venue_is_refused_and_changes_nothing(
+        self, world: World, database: Database, pool: asyncpg.Pool, path: str
+    ) -> None:
+        order = await _order(world, [_spec("10")])
+        leg_id = order.legs[0].id
+        if path == "rejected":
+            await execution.apply_venue_state(database, uuid.UUID(leg_id), L.REJECTED, "venue:no", Budget.within(5))
+        elif path == "closed":
+            await _close(world, order.id, leg_id)
+        elif path == "closed after a partial fill":
+            await _ack(database, leg_id)
+            await _fill(database, leg_id, "x-early", "3")
+            await _close(world, order.id, leg_id)
+        before, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
+        with pytest.raises(IllegalTransition):
+            await _fill(database, leg_id, "x-late", "2")
+        assert await _leg_row(pool, leg_id) == before
+        assert await _leg_trail(pool, leg_id) == trail
+        if path == "closed after a partial fill":  # the venue repeating an execution already applied is harmless
+            await _fill(database, leg_id, "x-early", "3")
+            assert await _leg_trail(pool, leg_id) == trail
+
+    @pytest.mark.parametrize(
+        ("execution_id", "quantity", "price"),
+        [
+            ("", "1", "100"),
+            ("x-zero", "0", "100"),
+            ("x-negative", "-1", "100"),
+            ("x-free", "1", "0"),
+            ("x-over", "10.000000000001", "100"),
+            ("x-nan", "NaN", "100"),
+            ("x-fine-quantity", "0.0000000000001", "100"),
+            ("x-huge-price", "1", "1" + "0" * 18),
+            ("x" * 129, "1", "100"),
+        ],
+        ids=lambda value: value[:24],
+    )
+    async def test_a_fill_the_leg_cannot_hold_is_a_named_refusal_and_changes_nothing(
+        self, world: World, database: Database, pool: asyncpg.Pool, execution_id: str, quantity: str, price: str
+    ) -> None:
+        _, leg_id = await _working_leg(world, database)
+        before, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
+        with pytest.raises(BallastError):
+            await _fill(database, leg_id, execution_id, quantity, price)
+        assert await _leg_row(pool, leg_id) == before
+        assert await _leg_trail(pool, leg_id) == trail
+
+    @pytest.mark.parametrize(
+        ("fills", "average"),
+        [
+            ([("1", "123456789012345678.123456789012")], "123456789012345678.123456789012"),
+            ([("1", THIRTY_DIGITS)], THIRTY_DIGITS),
+            ([("1", "1"), ("2", "2")], "1.666666666667"),  # 5/3, half to even at 12 digits
+            ([("1", "0.000000000001"), ("1", "0.000000000002")], "0.000000000002"),  # 1.5e-12 -> even
+            ([("3", "100.10"), ("1", "100.30")], "100.15"),
+        ],
+    )
+    async def test_the_average_fill_price_is_exact_rounded_half_even_at_twelve_digits(
+        self, world: World, database: Database, fills: list[tuple[str, str]], average: str
+    ) -> None:
+        total = sum(Decimal(quantity) for quantity, _ in fills)
+        order = await _order(world, [_spec(format(total, "f"))])
+        await _ack(database, order.legs[0].id)
+        for index, (quantity, price) in enumerate(fills):
+            await _fill(database, order.legs[0].id, f"x-{index}", quantity, price)
+        leg = (await _get_order(world, order.id)).legs[0]
+        assert Decimal(leg.average_fill_price) == Decimal(average), leg.average_fill_price
+        assert [(fill.quantity, fill.price) for fill in leg.fills] == fills
+
+    async def test_the_largest_fills_keep_exact_totals(
+        self, world: World, database: Database, pool: asyncpg.Pool
+    ) -> None:
+        big, rest = "999999999999999999.999999999998", "0.000000000001"
+        order = await _order(world, [_spec(THIRTY_DIGITS)])
+        leg_id = order.legs[0].id
+        await _ack(database, leg_id)
+        await _fill(database, leg_id, "x-big", big, THIRTY_DIGITS)
+        await _fill(database, leg_id, "x-rest", rest, THIRTY_DIGITS)
+        row = await _leg_row(pool, leg_id)
+        assert row["filled_quantity"] == Decimal(THIRTY_DIGITS)
+        with decimal.localcontext(decimal.Context(prec=100)):
+            notional = Decimal(big) * Decimal(THIRTY_DIGITS) + Decimal(rest) * Decimal(THIRTY_DIGITS)
+        assert row["fill_notional"] == notional
+        leg = (await _get_order(world, order.id)).legs[0]
+        assert (leg.state, Decimal(leg.filled_quantity)) == (execution_pb2.LEG_STATE_FILLED, Decimal(THIRTY_DIGITS))
+
+
+# --------------------------------------------------------------------------------------------- racing on one leg
+
+
+class TestRacingOnOneLeg:
+    async def test_racing_fills_closes_and_modifications_have_one_winner_per_conflict_and_lose_nothing(
+        self, world: World, database: Database, pool: asyncpg.Pool
+    ) -> None:
+        order_id, leg_id = await _working_leg(world, database, quantity="10")
+        # 24 executions of 0.5 (12 > 10 ordered), each reported twice, against 6 closes and 6 modifications.
+        calls: list[tuple[str, str, Awaitable[Any]]] = []
+        for index in range(48):
+            execution_id = f"x-{index % 24}"
+            price = format(Decimal("100") + Decimal(index % 24) / 100, "f")
+            calls.append(("fill", execution_id, _fill(database, leg_id, execution_id, "0.5", price)))
+        for index in range(6):
+            calls.append(("close", "", _close(world, order_id, leg_id, reason=f"close {index}")))
+            calls.append(("modify", "", _modify(world, order_id, leg_id, new_limit_price="99")))
+        random.Random(7).shuffle(calls)  # noqa: S311 (a fixed, repeatable order)
+        outcomes = await asyncio.gather(*(call for _, _, call in calls), return_exceptions=True)
+
+        applied: set[str] = set()
+        winners = {"close": 0, "modify": 0}
+        for (kind, execution_id, _), outcome in zip(calls, outcomes, strict=True):
+            if kind == "fill":
+                if isinstance(outcome, BaseException):
+                    assert isinstance(outcome, (FillError, IllegalTransition)), outcome
+                else:
+                    applied.add(execution_id)
+            elif isinstance(outcome, BaseException):
+                assert isinstance(outcome, grpc.aio.AioRpcError), outcome
+                assert outcome.code() in (Code.FAILED_PRECONDITION, Code.ABORTED), outcome.details()
+            else:
+                assert not outcome.replayed
+                winners[kind] += 1
+        assert winners["close"] == 1 and winners["modify"] <= 1
+
+        fills = await pool.fetch(
+            "SELECT execution_id, quantity, price FROM leg_fills WHERE leg_id = $1", uuid.UUID(leg_id)
+        )
+        assert {row["execution_id"] for row in fills} == applied  # every accepted fill is recorded, no other
+        row = await _leg_row(pool, leg_id)
+        assert row["state"] == "CLOSED"
+        assert row["filled_quantity"] == sum(f["quantity"] for f in fills) <= Decimal(10)
+        assert row["fill_notional"] == sum(f["quantity"] * f["price"] for f in fills)
+        transitions = await pool.fetch(
+            "SELECT from_state, to_state, cause, evidence_ref FROM leg_transitions WHERE leg_id = $1 ORDER BY id",
+            uuid.UUID(leg_id),
+        )
+        state = "SUBMITTED"
+        for transition in transitions:
+            assert transition["from_state"] == state
+            assert LEG_MACHINE.allows(L(transition["from_state"]), L(transition["to_state"]))
+            state = transition["to_state"]
+        assert state == "CLOSED"
+        assert sorted(t["evidence_ref"] for t in transitions if t["cause"] == "venue.fill") == sorted(
+            f"venue:{execution_id}" for execution_id in applied
+        )
+        assert sum(t["cause"] == "api.close_leg" for t in transitions) == 1
+        assert sum(t["cause"] == "api.modify_leg" for t in transitions) == winners["modify"]
+        assert await _leg_trail(pool, leg_id) == (len(transitions), len(transitions), len(transitions), len(fills))
+        assert await _broken(pool, leg_id) == []
+        leg = (await _get_order(world, order_id)).legs[0]
+        assert (Decimal(leg.filled_quantity), len(leg.fills)) == (row["filled_quantity"], len(fills))
+
+
+# --------------------------------------------------------------------------------------------- one transaction
+
+
+class _Injected(Exception):
+    """The failure a test injects into one statement of a use case."""
+
+
+class _ConnectionFailingOn:
+    """A connection that fails every statement starting with `prefix`; everything else is the real one."""
+
+    def __init__(self, connection: asyncpg.Connection, prefix: str) -> None:
+        self._connection = connection
+        self._prefix = prefix
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        if query.lstrip().startswith(self._prefix):
+            raise _Injected(f"injected failure of: {query[:60]}")
+        return await self._connection.execute(query, *args, **kwargs)
+
+
+class _DatabaseFailingOn(Database):
+    def __init__(self, pool: asyncpg.Pool, prefix: str) -> None:
+        super().__init__(pool)
+        self._prefix = prefix
+
+    @asynccontextmanager
+    async def connection(self, budget: Budget) -> AsyncIterator[Any]:
+        async with super().connection(budget) as connection:
+            yield _ConnectionFailingOn(connection, self._prefix)
+
+
+def _leg_dict(quantity: str = "10") -> dict[str, str]:
+    return {
+        "instrument_symbol": "AAPL",
+        "side": "BUY",
+        "quantity": quantity,
+        "order_type": "MARKET",
+        "limit_price": "",
+        "currency_code": "USD",
+    }
+
+
+async def _client_trail(pool: asyncpg.Pool, client_id: str) -> tuple[int, int, int, int]:
+    """(orders, idempotency keys, outbox events, audit entries) that mention a client."""
+    row = await pool.fetchrow(
+        "SELECT (SELECT count(*) FROM orders WHERE client_id = $1) AS orders,"
+        " (SELECT count(*) FROM idempotency_keys WHERE client_id = $1) AS keys,"
+        " (SELECT count(*) FROM outbox WHERE payload->>'client_id' = $1) AS events,"
+        " (SELECT count(*) FROM audit_log WHERE actor = $1) AS audits",
+        client_id,
+    )
+    return row["orders"], row["keys"], row["events"], row["audits"]
+
+
+async def _payment_trail(pool: asyncpg.Pool, payment_id: uuid.UUID) -> tuple[str, int, int, int, int]:
+    """(state, transitions, ledger entries, outbox events, audit entries) of a payment."""
+    row = await pool.fetchrow(
+        "SELECT (SELECT state FROM payments WHERE id = $1) AS state,"
+        " (SELECT count(*) FROM payment_transitions WHERE payment_id = $1) AS transitions,"
+        " (SELECT count(*) FROM ledger_entries WHERE payment_id = $1) AS entries,"
+        " (SELECT count(*) FROM outbox WHERE message_key = $2 OR message_key LIKE 'payment:' || $2 || ':%') AS events,"
+        " (SELECT count(*) FROM audit_log WHERE aggregate_type = 'payment' AND aggregate_id = $2) AS audits",
+        payment_id,
+        str(payment_id),
+    )
+    return row["state"], row["transitions"], row["entries"], row["events"], row["audits"]
+
+
+class TestOneTransaction:
+    @pytest.mark.parametrize("failing", ["INSERT INTO audit_log", "INSERT INTO outbox"])
+    @pytest.mark.parametrize("operation", ["submit", "acknowledge", "fill", "close", "capture"])
+    async def test_a_change_whose_outbox_event_or_audit_entry_fails_leaves_no_part_of_itself(
+        self, database: Database, pool: asyncpg.Pool, failing: str, operation: str
+    ) -> None:
+        principal = _fresh_principal("atomic")
+        broken = _DatabaseFailingOn(pool, failing)
+        budget = Budget.within(10)
+        if operation == "submit":
+            request = validate_submit_order(f"k-{uuid.uuid4()}", "ref", [_leg_dict()])
+            with pytest.raises(_Injected):
+                await execution.submit_order(broken, principal, request, budget)
+            assert await _client_trail(pool, principal.client_id) == (0, 0, 0, 0)
+            return
+        if operation == "capture":
+            payment_id = await _new_payment(database, principal)
+            before = await _payment_trail(pool, payment_id)
+            with pytest.raises(_Injected):
+                await _apply(broken, payment_id, E.SUCCEEDED)
+            assert await _payment_trail(pool, payment_id) == before == ("RECORDED", 0, 0, 1, 1)
+            return
+        order = (
+            await execution.submit_order(
+                database, principal, validate_submit_order(f"k-{uuid.uuid4()}", "", [_leg_dict()]), budget
+            )
+        ).order
+        order_id, leg_id = order.id, order.legs[0].id
+        if operation != "acknowledge":
+            await _ack(database, leg_id)
+        row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
+        with pytest.raises(_Injected):
+            if operation == "acknowledge":
+                await execution.apply_venue_state(broken, leg_id, L.PENDING, "venue:ack", budget)
+            elif operation == "fill":
+                await execution.record_fill(
+                    broken, leg_id, Fill("x-1", Decimal(4), Decimal(9)), datetime.now(UTC), "v", budget
+                )
+            else:
+                key = f"close-{uuid.uuid4()}"
+                await execution.close_leg(broken, principal, CloseLeg(key, str(order_id), str(leg_id), "bye"), budget)
+                assert not await _key_exists(pool, principal.client_id, key)
+        assert await _leg_row(pool, leg_id) == row
+        assert await _leg_trail(pool, leg_id) == trail
+
+    @pytest.mark.parametrize("case", ["modify a submitted leg", "close a closed leg", "modify a modifying leg"])
+    async def test_an_illegal_move_is_failed_precondition_naming_both_states_and_leaves_no_trace(
+        self, world: World, database: Database, pool: asyncpg.Pool, case: str
+    ) -> None:
+        if case == "modify a submitted leg":
+            order = await _order(world)
+            order_id, leg_id, states = order.id, order.legs[0].id, ("SUBMITTED", "MODIFYING")
+        elif case == "close a closed leg":
+            order_id, leg_id = await _filled(world, database)
+            await _close(world, order_id, leg_id, reason="first reason")
+            states = ("CLOSED", "CLOSED")
+        else:
+            order_id, leg_id = await _filled(world, database)
+            await _modify(world, order_id, leg_id, new_limit_price="100")
+            states = ("MODIFYING", "MODIFYING")
+        row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
+        key = f"illegal-{uuid.uuid4()}"
+        if case == "close a closed leg":
+            call = _close(world, order_id, leg_id, key, reason="second reason")
+        else:
+            call = _modify(world, order_id, leg_id, key, new_limit_price="98")
+        error = await _rpc_error(call)
+        assert error.code() == Code.FAILED_PRECONDITION
+        assert f"{states[0]} -> {states[1]}" in (error.details() or "")
+        assert f"order leg:{states[0]}->{states[1]}" in _precondition_subjects(error)
+        assert await _leg_row(pool, leg_id) == row  # not even state_reason or the requested terms
+        assert await _leg_trail(pool, leg_id) == trail
+        assert not await _key_exists(pool, world.merchant.client_id, key)
+
+    async def test_illegal_venue_evidence_raises_illegal_transition_and_leaves_no_trace(
+        self, world: World, database: Database, pool: asyncpg.Pool
+    ) -> None:
+        order_id, leg_id = await _filled(world, database)
+        await _close(world, order_id, leg_id)
+        row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
+        for to_state in (L.PENDING, L.REJECTED, L.FILLED, L.MODIFYING, L.SUBMITTED):
+            with pytest.raises(IllegalTransition, match=f"CLOSED -> {to_state.value}"):
+                await execution.apply_venue_state(
+                    database, uuid.UUID(leg_id), to_state, "venue:late", Budget.within(5), reason="late news"
+                )
+        assert await _leg_row(pool, leg_id) == row
+        assert await _leg_trail(pool, leg_id) == trail
+
+    async def test_every_move_of_a_leg_has_one_outbox_event_and_one_audit_entry_in_order(
+        self, world: World, database: Database, pool: asyncpg.Pool
+    ) -> None:
+        order_id, leg_id = await _working_leg(world, database)
+        await _fill(database, leg_id, "x-1", "2.5", "99")
+        await _fill(database, leg_id, "x-2", "7.5", "101")
+        await _modify(world, order_id, leg_id, new_limit_price="102")
+        await execution.apply_venue_state(database, uuid.UUID(leg_id), L.FILLED, "venue:modified", Budget.within(5))
+        await _close(world, order_id, leg_id, reason="flat")
+        moves = [
+            (row["from_state"], row["to_state"])
+            for row in await pool.fetch(
+                "SELECT from_state, to_state FROM leg_transitions WHERE leg_id = $1 ORDER BY id", uuid.UUID(leg_id)
+            )
+        ]
+        assert moves == [
+            ("SUBMITTED", "PENDING"),
+            ("PENDING", "PARTIALLY_FILLED"),
+            ("PARTIALLY_FILLED", "FILLED"),
+            ("FILLED", "MODIFYING"),
+            ("MODIFYING", "FILLED"),
+            ("FILLED", "CLOSED"),
+        ]
+        events = await pool.fetch("SELECT payload FROM outbox WHERE message_key = $1 ORDER BY created_at", leg_id)
+        audits = await pool.fetch(
+            "SELECT payload FROM audit_log WHERE aggregate_type = 'leg' AND aggregate_id = $1 ORDER BY sequence", leg_id
+        )
+
+        def loaded(payload: Any) -> dict[str, Any]:
+            return json.loads(payload) if isinstance(payload, str) else payload
+
+        assert [(loaded(e["payload"])["from_state"], loaded(e["payload"])["to_state"]) for e in events] == moves
+        assert [(loaded(a["payload"])["from_state"], loaded(a["payload"])["to_state"]) for a in audits] == moves
+        assert await _broken(pool, leg_id) == []
+
+
+# --------------------------------------------------------------------------------------------- payment events
+
+
+#: A provider status word for each event that has one (OUTCOME_UNKNOWN comes from timeouts, not words).
+STATUS_WORD = {event: word for word, event in reversed(PROVIDER_STATUS_EVENTS["simulator"].items())}
+
+
+class TestPaymentEvents:
+    async def test_a_hundred_concurrent_mixed_events_on_two_payments_keep_every_invariant(
+        self, database: Database, pool: asyncpg.Pool
+    ) -> None:
+        principal = _fresh_principal("mixed")
+        payment_ids = [await _new_payment(database, principal, "25.00") for _ in range(2)]
+        mix = [E.ACCEPTED, E.SUCCEEDED, E.REFUND_REQUESTED, E.OUTCOME_UNKNOWN, E.REFUND_SUCCEEDED, E.FAILED,
+               E.REFUND_FAILED, E.REFUND_REQUESTED, E.REJECTED, E.REFUND_SUCCEEDED]  # fmt: skip
+        calls = [
+            (payment_id, mix[index % len(mix)], STATUS_WORD.get(mix[index % len(mix)]) if index % 3 else None)
+            for payment_id in payment_ids
+            for index in range(50)
+        ]
+        random.Random(11).shuffle(calls)  # noqa: S311 (a fixed, repeatable order)
+        outcomes = await asyncio.gather(
+            *(_apply(database, payment_id, event, status) for payment_id, event, status in calls),
+            return_exceptions=True,
+        )
+        assert [o for o in outcomes if not isinstance(o, (EventOutcome, IllegalTransition))] == []
+
+        for payment_id in payment_ids:
+            mine = [o for (p, _, _), o in zip(calls, outcomes, strict=True) if p == payment_id]
+            moved = [o for o in mine if isinstance(o, EventOutcome) and o.to_state is not None]
+            transitions = await pool.fetch(
+                "SELECT from_state, to_state FROM payment_transitions WHERE payment_id = $1 ORDER BY id", payment_id
+            )
+            state = "RECORDED"
+            for transition in transitions:
+                assert transition["from_state"] == state
+                assert PAYMENT_MACHINE.allows(P(transition["from_state"]), P(transition["to_state"]))
+                state = transition["to_state"]
+            assert len(transitions) == len(moved)
+            assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == state
+            reached = {t["to_state"] for t in transitions}
+            keys = sorted(
+                await pool.fetch("SELECT event_key FROM ledger_entries WHERE payment_id = $1", payment_id),
+                key=lambda row: row["event_key"],
+            )
+            expected_keys = [f"payment:{payment_id}:captured"] * ("SUCCEEDED" in reached) + [
+                f"payment:{payment_id}:refunded"
+            ] * ("REFUNDED" in reached)
+            assert [row["event_key"] for row in keys] == expected_keys
+            assert sum(len(o.ledger_entry_ids) for o in moved) == len(expected_keys)
+            owed = await pool.fetchval(
+                "SELECT coalesce(sum(l.amount), 0) FROM ledger_lines l JOIN ledger_entries e ON e.id = l.entry_id"
+                " WHERE e.payment_id = $1 AND l.account = $2",
+                payment_id,
+                f"merchant_payable:{principal.client_id}",
+            )
+            assert owed == (Decimal("-25.00") if state in ("SUCCEEDED", "REFUND_PENDING") else 0)
+            assert (
+                await pool.fetchval(
+                    "SELECT coalesce(sum(l.amount), 0) FROM ledger_lines l JOIN ledger_entries e ON e.id = l.entry_id"
+                    " WHERE e.payment_id = $1",
+                    payment_id,
+                )
+                == 0
+            )
+            _, _, entries, events, audits = await _payment_trail(pool, payment_id)
+            assert (entries, events, audits) == (
+                len(expected_keys),
+                1 + len(transitions) + entries,
+                1 + len(transitions),
+            )
+            statuses = sum(status is not None for p, _, status in calls if p == payment_id)
+            assert await pool.fetchval("SELECT count(*) FROM provider_statuses WHERE payment_id = $1", payment_id) == (
+                statuses
+            )
+            assert await _broken(pool, str(payment_id)) == []
+
+    async def test_racing_refund_confirmations_post_the_refund_once_and_the_merchant_owes_nothing(
+        self, world: World, database: Database, pool: asyncpg.Pool
+    ) -> None:
+        created = await world.payments.CreatePayment(
+            payments_pb2.CreatePaymentRequest(
+                idempotency_key=str(uuid.uuid4()), amount=Money(value="999999999999999.99", currency_code="EUR")
+            ),
+            metadata=world.merchant.metadata,
+            timeout=5,
+        )
+        payment_id = uuid.UUID(created.payment.id)
+        for event in (E.ACCEPTED, E.SUCCEEDED, E.REFUND_REQUESTED, E.REFUND_FAILED, E.REFUND_REQUESTED):
+            await _apply(database, payment_id, event)
+        outcomes = await asyncio.gather(
+            *(_apply(database, payment_id, E.REFUND_SUCCEEDED, "refunded") for _ in range(20)), return_exceptions=True
+        )
+        assert all(isinstance(o, EventOutcome) for o in outcomes), outcomes
+        assert sum(o.to_state is not None for o in outcomes if isinstance(o, EventOutcome)) == 1
+        account = f"merchant_payable:{world.merchant.client_id}"
+        balance = await world.ledger.GetBalance(
+            ledger_pb2.GetBalanceRequest(account=account, currency_code="EUR"),
+            metadata=world.merchant.metadata,
+            timeout=5,
+        )
+        assert balance.balance.value == "0.00"
+        entries = await world.ledger.ListEntries(
+            ledger_pb2.ListEntriesRequest(payment_id=str(payment_id)), metadata=world.merchant.metadata, timeout=5
+        )
+        assert [
+            (entry.event_key, [(line.account, line.amount.value) for line in entry.lines]) for entry in entries.entries
+        ] == [
+            (
+                f"payment:{payment_id}:captured",
+                [("provider_clearing", "999999999999999.99"), (account, "-999999999999999.99")],
+            ),
+            (
+                f"payment:{payment_id}:refunded",
+                [(account, "999999999999999.99"), ("provider_clearing", "-999999999999999.99")],
+            ),
+        ]
+        assert (await _payment_trail(pool, payment_id))[:3] == ("REFUNDED", 6, 2)
+
+
+# --------------------------------------------------------------------------------------------- ledger reads
+
+
+async def _captured(world: World, database: Database, amount: str, currency: str, caller: Caller | None = None) -> Any:
+    created = await world.payments.CreatePayment(
+        payments_pb2.CreatePaymentRequest(
+            idempotency_key=str(uuid.uuid4()), amount=Money(value=amount, currency_code=currency)
+        ),
+        metadata=(caller or world.merchant).metadata,
+        timeout=5,
+    )
+    payment_id = uuid.UUID(created.payment.id)
+    await _apply(database, payment_id, E.SUCCEEDED)
+    return payment_id
+
+
+class _OneConnectionPool:
+    """Stands in for asyncpg.Pool: lends every caller the one connection a test holds a transaction open on,
+    so that the server reads rows the test never commits (and nothing is left behind for other tests)."""
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+
+    @asynccontextmanager
+    async def acquire(self, **_: Any) -> AsyncIterator[asyncpg.Connection]:
+        yield self._connection
+
+
+class TestLedgerReads:
+    @pytest.mark.parametrize(
+        "account",
+        [
+            "provider_clearing",
+            "merchant_payable:{other}",
+            "merchant_payable:{merchant}:x",
+            "merchant_payable:{upper}",
+            "merchant_payable",
+            "merchant_payable:{merchant}.",
+        ],
+    )
+    async def test_a_service_reads_no_account_but_merchant_payable_of_its_own_client_id(
+        self, world: World, database: Database, account: str
+    ) -> None:
+        await _captured(world, database, "3.00", "EUR")
+        await _captured(world, database, "4.00", "EUR", caller=world.other)
+        name = account.format(
+            merchant=world.merchant.client_id, other=world.other.client_id, upper=world.merchant.client_id.upper()
+        )
+        for call in (
+            world.ledger.GetBalance(
+                ledger_pb2.GetBalanceRequest(account=name, currency_code="EUR"),
+                metadata=world.merchant.metadata,
+                timeout=5,
+            ),
+            world.ledger.ListEntries(
+                ledger_pb2.ListEntriesRequest(account=name), metadata=world.merchant.metadata, timeout=5
+            ),
+        ):
+            assert (await _rpc_error(call)).code() == Code.PERMISSION_DENIED
+        own = await world.ledger.GetBalance(
+            ledger_pb2.GetBalanceRequest(account=f"merchant_payable:{world.merchant.client_id}", currency_code="EUR"),
+            metadata=world.merchant.metadata,
+            timeout=5,
+        )
+        assert own.balance.value == "-3.00"
+        listed = await world.ledger.ListEntries(
+            ledger_pb2.ListEntriesRequest(), metadata=world.merchant.metadata, timeout=5
+        )
+        assert [line.amount.value for entry in listed.entries for line in entry.lines] == ["3.00", "-3.00"]
+
+    async def test_balances_are_exact_sums_in_every_currencys_digits(self, world: World, database: Database) -> None:
+        captures = [
+            ("999999999999999.99", "EUR"),
+            ("999999999999999.99", "EUR"),
+            ("999999999999999.99", "EUR"),
+            ("0.03", "EUR"),
+            ("1000000000000000", "JPY"),
+            ("1", "JPY"),
+            ("0.001", "KWD"),
+            ("0.009", "KWD"),
+            ("123456789012345.6789", "CLF"),
+            ("0.0001", "CLF"),
+        ]
+        for amount, currency in captures:
+            await _captured(world, database, amount, currency)
+        account = f"merchant_payable:{world.merchant.client_id}"
+        expected = {
+            "EUR": "-3000000000000000.00",
+            "JPY": "-1000000000000001",
+            "KWD": "-0.010",
+            "CLF": "-123456789012345.6790",
+        }
+        for currency, value in expected.items():
+            for caller in (world.merchant, world.auditor):
+                response = await world.ledger.GetBalance(
+                    ledger_pb2.GetBalanceRequest(account=account, currency_code=currency),
+                    metadata=caller.metadata,
+                    timeout=5,
+                )
+                assert (response.balance.value, response.balance.currency_code) == (value, currency)
+        listed = await world.ledger.ListEntries(
+            ledger_pb2.ListEntriesRequest(account=account), metadata=world.merchant.metadata, timeout=5
+        )
+        assert [(entry.lines[1].amount.value, entry.lines[1].amount.currency_code) for entry in listed.entries] == [
+            (f"-{amount}", currency) for amount, currency in captures
+        ]
+
+    async def test_a_balance_beyond_twenty_eight_significant_digits_is_reported_exactly(
+        self, pool: asyncpg.Pool, tmp_path: Path
+    ) -> None:
+        """Raw SQL can post any balanced amount; a ledger read must show it exactly, never fail or round."""
+        suffix = uuid.uuid4().hex[:12]
+        amount = "12345678901234567890123456789.01"
+        async with pool.acquire() as connection:
+            transaction = connection.transaction()
+            await transaction.start()
+            try:
+                entry_id = uuid.uuid4()
+                await connection.execute(
+                    "INSERT INTO ledger_entries (id, event_key) VALUES ($1, $2)", entry_id, f"huge:{suffix}"
+                )
+                for number, (account, value) in enumerate(
+                    [(f"huge_a:{suffix}", amount), (f"huge_b:{suffix}", f"-{amount}")], start=1
+                ):
+                    await connection.execute(
+                        "INSERT INTO ledger_lines (entry_id, line_number, account, currency_code, amount)"
+                        " VALUES ($1, $2, $3, 'EUR', $4::numeric)",
+                        entry_id,
+                        number,
+                        account,
+                        value,
+                    )
+                async with _world(_OneConnectionPool(connection), tmp_path) as world:
+                    balance = await world.ledger.GetBalance(
+                        ledger_pb2.GetBalanceRequest(account=f"huge_b:{suffix}", currency_code="EUR"),
+                        metadata=world.auditor.metadata,
+                        timeout=5,
+                    )
+                    assert balance.balance.value == f"-{amount}"
+                    listed = await world.ledger.ListEntries(
+                        ledger_pb2.ListEntriesRequest(account=f"huge_a:{suffix}"),
+                        metadata=world.auditor.metadata,
+                        timeout=5,
+                    )
+                    assert [line.amount.value for line in listed.entries[0].lines] == [amount, f"-{amount}"]
+            finally:
+                await transaction.rollback()
+
+
+# --------------------------------------------------------------------------------------------- reading orders
+
+
+FORGED_TOKENS = [
+    "garbage",
+    "=" * 8,
+    _page_token({"s": None, "t": "2026-01-01T00:00:00", "i": str(uuid.uuid4())}),  # naive time
+    _page_token({"s": None, "t": "0001-01-01T00:00:00+14:00", "i": str(uuid.uuid4())}),  # before year 1 in UTC
+    _page_token({"s": None, "t": "2026-01-01T00:00:00+00:00", "i": "{" + str(uuid.uuid4()) + "}"}),
+    _page_token({"s": None, "t": "2026-01-01T00:00:00+00:00", "i": 5}),
+    _page_token({"s": "SUCCEEDED", "t": "2026-01-01T00:00:00+00:00", "i": str(uuid.uuid4())}),
+    _page_token({"s": None, "t": "2026-01-01T00:00:00+00:00"}),
+    _page_token([1, 2, 3]),
+    _page_token("x" * 200),
+    "A" * 257,
+]
+
+
+class TestReadingOrders:
+    async def test_another_clients_order_is_not_found_by_any_spelling_of_its_id_even_for_an_auditor(
+        self, world: World
+    ) -> None:
+        order = await _order(world)
+        for caller in (world.other, world.auditor):
+            for spelling in (order.id, order.id.upper()):
+                error = await _rpc_error(
+                    world.orders.GetOrder(
+                        execution_pb2.GetOrderRequest(order_id=spelling), metadata=caller.metadata, timeout=5
+                    )
+                )
+                assert error.code() == Code.NOT_FOUND
+        assert (await _get_order(world, order.id.upper())).id == order.id
+        for malformed in (
+            "",
+            "{" + order.id + "}",
+            "urn:uuid:" + order.id,
+            order.id.replace("-", ""),
+            order.id + "\x00",
+        ):
+            error = await _rpc_error(
+                world.orders.GetOrder(
+                    execution_pb2.GetOrderRequest(order_id=malformed), metadata=world.merchant.metadata, timeout=5
+                )
+            )
+            assert error.code() == Code.INVALID_ARGUMENT
+            assert "order_id" in field_violations(error)
+
+    @pytest.mark.parametrize("token", FORGED_TOKENS, ids=range(len(FORGED_TOKENS)))
+    async def test_a_forged_list_orders_token_is_invalid_argument_naming_page_token(
+        self, world: World, token: str
+    ) -> None:
+        error = await _rpc_error(
+            world.orders.ListOrders(
+                execution_pb2.ListOrdersRequest(page_token=token), metadata=world.merchant.metadata, timeout=5
+            )
+        )
+        assert error.code() == Code.INVALID_ARGUMENT, error.details()
+        assert "page_token" in field_violations(error)
+
+    async def test_a_page_token_continues_only_the_listing_it_came_from(self, world: World, database: Database) -> None:
+        for _ in range(3):
+            await _order(world)
+            await _captured(world, database, "1.00", "EUR")
+        account = f"merchant_payable:{world.merchant.client_id}"
+        orders_token = (
+            await world.orders.ListOrders(
+                execution_pb2.ListOrdersRequest(page_size=1), metadata=world.merchant.metadata, timeout=5
+            )
+        ).next_page_token
+        entries_token = (
+            await world.ledger.ListEntries(
+                ledger_pb2.ListEntriesRequest(page_size=1), metadata=world.merchant.metadata, timeout=5
+            )
+        ).next_page_token
+        account_token = (
+            await world.ledger.ListEntries(
+                ledger_pb2.ListEntriesRequest(page_size=1, account=account), metadata=world.merchant.metadata, timeout=5
+            )
+        ).next_page_token
+        assert orders_token and entries_token and account_token
+        misuses = [
+            world.ledger.ListEntries(
+                ledger_pb2.ListEntriesRequest(page_token=orders_token), metadata=world.merchant.metadata, timeout=5
+            ),
+            world.orders.ListOrders(
+                execution_pb2.ListOrdersRequest(page_token=entries_token), metadata=world.merchant.metadata, timeout=5
+            ),
+            world.ledger.ListEntries(
+                ledger_pb2.ListEntriesRequest(page_token=account_token), metadata=world.merchant.metadata, timeout=5
+            ),
+            world.ledger.ListEntries(
+                ledger_pb2.ListEntriesRequest(page_token=entries_token, account=account),
+                metadata=world.merchant.metadata,
+                timeout=5,
+            ),
+        ]
+        for call in misuses:
+            error = await _rpc_error(call)
+            assert error.code() == Code.INVALID_ARGUMENT
+            assert "page_token" in field_violations(error)
+        # Another client may replay the token: it only ever sees its own orders.
+        await _order(world, caller=world.other)
+        page = await world.orders.ListOrders(
+            execution_pb2.ListOrdersRequest(page_token=orders_token), metadata=world.other.metadata, timeout=5
+        )
+        assert {order.client_id for order in page.orders} <= {world.other.client_id}
+
+    async def test_every_order_is_listed_once_newest_first_whatever_the_page_size(self, world: World) -> None:
+        created = [(await _order(world)).id for _ in range(7)]
+        for page_size in (1, 3, 7, 500):
+            seen: list[str] = []
+            token = ""
+            for _ in range(20):
+                page = await world.orders.ListOrders(
+                    execution_pb2.ListOrdersRequest(page_size=page_size, page_token=token),
+                    metadata=world.merchant.metadata,
+                    timeout=5,
+                )
+                seen += [order.id for order in page.orders]
+                token = page.next_page_token
+                if not token:
+                    break
+            assert seen == created[::-1]
+        for page_size in (-1, 501):
+            error = await _rpc_error(
+                world.orders.ListOrders(
+                    execution_pb2.ListOrdersRequest(page_size=page_size), metadata=world.merchant.metadata, timeout=5
+                )
+            )
+            assert error.code() == Code.INVALID_ARGUMENT
+            assert "page_size" in field_violations(error)
+
+
+# --------------------------------------------------------------------------------------------- PostgreSQL's walls
+
+
+async def _raw_fill(pool: asyncpg.Pool, leg_id: str, execution_id: str, quantity: str) -> None:
+    await pool.execute(
+        "INSERT INTO leg_fills (leg_id, execution_id, quantity, price, fill_time, evidence_ref)"
+        " VALUES ($1, $2, $3::numeric, 10, now(), 'raw')",
+        uuid.UUID(leg_id),
+        execution_id,
+        quantity,
+    )
+
+
+class TestPostgresWalls:
+    @pytest.mark.parametrize(
+        ("table", "pair"),
+        [
+            ("leg_state_transitions", ("CLOSED", "PENDING")),
+            ("payment_state_transitions", ("FAILED", "SUCCEEDED")),
+        ],
+    )
+    async def test_the_allowed_transitions_cannot_be_extended_by_sql(
+        self, pool: asyncpg.Pool, table: str, pair: tuple[str, str]
+    ) -> None:
+        """Else one INSERT re-opens closed legs or un-fails payments for everyone; rolled back whatever happens."""
+        async with pool.acquire() as connection:
+            transaction = connection.transaction()
+            await transaction.start()
+            try:
+                with pytest.raises(asyncpg.PostgresError):
+                    await connection.execute(f"INSERT INTO {table} (from_state, to_state) VALUES ($1, $2)", *pair)
+            finally:
+                await transaction.rollback()
+
+    @pytest.mark.parametrize(
+        "statement",
+        [
+            "UPDATE leg_transitions SET to_state = 'PENDING' WHERE leg_id = $1",
+            "DELETE FROM leg_transitions WHERE leg_id = $1",
+            "UPDATE leg_fills SET quantity = 1 WHERE leg_id = $1",
+            "DELETE FROM leg_fills WHERE leg_id = $1",
+            "UPDATE legs SET state = 'PENDING' WHERE id = $1",
+            "UPDATE legs SET filled_quantity = 1 WHERE id = $1",
+            "UPDATE legs SET fill_notional = fill_notional + 1 WHERE id = $1",
+            "UPDATE legs SET quantity = 4 WHERE id = $1",
+            "DELETE FROM legs WHERE id = $1",
+        ],
+    )
+    async def test_a_legs_history_and_fills_cannot_be_rewritten(
+        self, world: World, database: Database, pool: asyncpg.Pool, statement: str
+    ) -> None:
+        _, leg_id = await _filled(world, database, quantity="10")
+        row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
+        with pytest.raises(asyncpg.PostgresError):
+            await pool.execute(statement, uuid.UUID(leg_id))
+        assert await _leg_row(pool, leg_id) == row
+        assert await _leg_trail(pool, leg_id) == trail
+
+    @pytest.mark.parametrize(
+        "table", ["leg_transitions", "leg_fills", "leg_state_transitions", "payment_state_transitions"]
+    )
+    async def test_leg_tables_cannot_be_truncated(self, pool: asyncpg.Pool, table: str) -> None:
+        async with pool.acquire() as connection:
+            transaction = connection.transaction()
+            await transaction.start()
+            try:
+                with pytest.raises(asyncpg.PostgresError, match="append-only"):
+                    await connection.execute(f"TRUNCATE {table} CASCADE")
+            finally:
+                await transaction.rollback()
+
+    @pytest.mark.parametrize("ending", ["closed", "rejected"])
+    async def test_postgres_refuses_a_fill_on_a_leg_that_is_no_longer_working_as_the_service_does(
+        self, world: World, database: Database, pool: asyncpg.Pool, ending: str
+    ) -> None:
+        order = await _order(world)
+        leg_id = order.legs[0].id
+        if ending == "closed":
+            await _close(world, order.id, leg_id)
+        else:
+            await execution.apply_venue_state(database, uuid.UUID(leg_id), L.REJECTED, "venue:no", Budget.within(5))
+        with pytest.raises(asyncpg.PostgresError):
+            await _raw_fill(pool, leg_id, "x-raw", "1")
+        assert (await _leg_row(pool, leg_id))["filled_quantity"] == 0
+
+    async def test_a_transition_claiming_a_stale_state_or_an_unknown_leg_is_refused(
+        self, world: World, database: Database, pool: asyncpg.Pool
+    ) -> None:
+        _, leg_id = await _filled(world, database)
+        trail = await _leg_trail(pool, leg_id)
+        for leg, from_state, to_state in (
+            (uuid.UUID(leg_id), "PENDING", "CLOSED"),
+            (uuid.UUID(leg_id), "FILLED", "PENDING"),
+            (uuid.UUID(leg_id), "FILLED", "BOGUS"),
+            (uuid.uuid4(), "SUBMITTED", "PENDING"),
+        ):
+            with pytest.raises(asyncpg.PostgresError):
+                await pool.execute(
+                    "INSERT INTO leg_transitions (leg_id, from_state, to_state, cause, evidence_ref)"
+                    " VALUES ($1, $2, $3, 'sql', 'raw')",
+                    leg,
+                    from_state,
+                    to_state,
+                )
+        assert await _leg_trail(pool, leg_id) == trail
+
+
+# --------------------------------------------------------------------------------------------- the audit chain
+
+
+TAMPERING = {
+    "edit the actor of an entry": "UPDATE audit_log SET actor = 'someone else' WHERE {entry} AND sequence = 2",
+    "edit a payload": 'UPDATE audit_log SET payload = payload || \'{{"cause": "x"}}\' WHERE {entry} AND sequence = 3',
+    "re-time an entry": "UPDATE audit_log SET created_at = created_at - interval '1h' WHERE {entry} AND sequence = 3",
+    "delete an entry in the middle": "DELETE FROM audit_log WHERE {entry} AND sequence = 2",
+    "renumber an entry": "UPDATE audit_log SET sequence = 9 WHERE {entry} AND sequence = 3",
+    "delete the newest entry": "DELETE FROM audit_log WHERE {entry} AND sequence = 4",
+}
+
+
+class TestAuditChain:
+    @pytest.mark.parametrize("tampering", list(TAMPERING), ids=list(TAMPERING))
+    async def test_tampering_with_a_legs_audit_chain_is_found(
+        self, world: World, database: Database, pool: asyncpg.Pool, tampering: str
+    ) -> None:
+        order_id, leg_id = await _working_leg(world, database)
+        await _fill(database, leg_id, "x-1", "4")
+        await _fill(database, leg_id, "x-2", "6")
+        await _close(world, order_id, leg_id)
+        assert await _broken(pool, leg_id) == []
+        assert (await _leg_trail(pool, leg_id))[2] == 4
+        entry = "aggregate_type = 'leg' AND aggregate_id = $1"
+        async with pool.acquire() as connection, connection.transaction():
+            await connection.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
+            await connection.execute(TAMPERING[tampering].format(entry=entry), leg_id)
+            await connection.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only")
+        assert await _broken(pool, leg_id) != []
+
+
+# --------------------------------------------------------------------------------------------- big answers
+
+
+class TestBigAnswers:
+    async def test_an_order_whose_legs_carry_many_fills_can_still_be_read(
+        self, world: World, database: Database, pool: asyncpg.Pool
+    ) -> None:
+        """Nothing bounds how many fills a venue reports for a leg; GetOrder must still answer. The rows are
+        what record_fill would write for 24,000 executions, inserted in one statement to keep the test fast."""
+        order = await _order(world, [_spec("1000000", symbol=f"S{index}") for index in range(20)])
+        await pool.execute(
+            "INSERT INTO leg_fills (leg_id, execution_id, quantity, price, fill_time, evidence_ref)"
+            " SELECT l.id, lpad(g::text, 128, 'x'), ('1.' || lpad(g::text, 12, '0'))::numeric,"
+            f" {THIRTY_DIGITS}, now(), 'raw'"
+            " FROM legs l CROSS JOIN generate_series(1, 1200) AS g WHERE l.order_id = $1",
+            uuid.UUID(order.id),
+        )
+        fetched = await _get_order(world, order.id)
+        assert sum(len(leg.fills) for leg in fetched.legs) == 24000
+
+    async def test_a_payment_with_nine_thousand_provider_webhooks_still_has_a_readable_timeline(
+        self, world: World, pool: asyncpg.Pool
+    ) -> None:
+        """Providers send webhooks twice and more; nothing bounds how many a payment collects."""
+        created = await world.payments.CreatePayment(
+            payments_pb2.CreatePaymentRequest(
+                idempotency_key=str(uuid.uuid4()), amount=Money(value="5.00", currency_code="EUR")
+            ),
+            metadata=world.merchant.metadata,
+            timeout=5,
+        )
+        await pool.execute(
+            "INSERT INTO provider_statuses (payment_id, provider, status, evidence_ref)"
+            " SELECT $1, 'simulator', 'processing', lpad(g::text, 500, 'e') FROM generate_series(1, 9000) AS g",
+            uuid.UUID(created.payment.id),
+        )
+        timeline = await world.payments.GetPaymentTimeline(
+            payments_pb2.GetPaymentTimelineRequest(payment_id=created.payment.id),
+            metadata=world.merchant.metadata,
+            timeout=10,
+        )
+        assert len(timeline.entries) >= 1
