@@ -20,6 +20,25 @@ WINDOW chain AS (PARTITION BY aggregate_type, aggregate_id ORDER BY sequence)
 """
 
 
+# A chain cut short at its end leaves no broken link behind it, so each chain of a payment or a leg is
+# also held against the changes the database recorded for it: one entry for the payment's creation
+# plus one per transition, one per leg transition.
+_TRUNCATED_CHAINS = """
+SELECT 'payment' AS aggregate_type, chain.aggregate_id, chain.last_sequence, 1 + count(t.id) AS recorded
+FROM (SELECT aggregate_id, max(sequence) AS last_sequence FROM audit_log
+      WHERE aggregate_type = 'payment' GROUP BY aggregate_id) AS chain
+JOIN payments p ON p.id::text = chain.aggregate_id
+LEFT JOIN payment_transitions t ON t.payment_id = p.id
+GROUP BY chain.aggregate_id, chain.last_sequence HAVING chain.last_sequence < 1 + count(t.id)
+UNION ALL
+SELECT 'leg', chain.aggregate_id, chain.last_sequence, count(t.id)
+FROM (SELECT aggregate_id, max(sequence) AS last_sequence FROM audit_log
+      WHERE aggregate_type = 'leg' GROUP BY aggregate_id) AS chain
+JOIN leg_transitions t ON t.leg_id::text = chain.aggregate_id
+GROUP BY chain.aggregate_id, chain.last_sequence HAVING chain.last_sequence < count(t.id)
+"""
+
+
 @dataclass(frozen=True)
 class BrokenLink:
     aggregate_type: str
@@ -44,7 +63,17 @@ async def find_broken_links(connection: asyncpg.Connection) -> list[BrokenLink]:
         ORDER BY aggregate_type, aggregate_id, sequence
         """
     )
+    truncated = await connection.fetch(_TRUNCATED_CHAINS)
     return [
+        BrokenLink(
+            row["aggregate_type"],
+            row["aggregate_id"],
+            row["last_sequence"] + 1,
+            0,
+            f"the chain ends at sequence {row['last_sequence']} but {row['recorded']} changes were recorded",
+        )
+        for row in truncated
+    ] + [
         BrokenLink(
             row["aggregate_type"],
             row["aggregate_id"],
