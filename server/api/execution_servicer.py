@@ -7,7 +7,7 @@ from decimal import Decimal
 import grpc
 
 from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
-from server.api.handlers import ServicerBase, timestamp_of, translate_errors
+from server.api.handlers import ServicerBase, fit_page, timestamp_of, translate_errors
 from server.db.orders_repository import LegRecord, OrderRecord
 from server.domain.identifiers import parse_uuid
 from server.domain.identity import Permission
@@ -52,6 +52,7 @@ def leg_to_proto(leg: LegRecord) -> execution_pb2.Leg:
         ],
         create_time=timestamp_of(leg.created_at),
         update_time=timestamp_of(leg.updated_at),
+        fill_count=leg.fill_count,
     )
 
 
@@ -116,9 +117,8 @@ class ExecutionServicer(ServicerBase, execution_pb2_grpc.ExecutionServiceService
             page_token=request.page_token,
             budget=self._budget(context),
         )
-        return execution_pb2.ListOrdersResponse(
-            orders=[order_to_proto(order) for order in page.orders], next_page_token=page.next_page_token
-        )
+        listed, token = fit_page(page.orders, order_to_proto, page.token_after, page.next_page_token)
+        return execution_pb2.ListOrdersResponse(orders=listed, next_page_token=token)
 
     @translate_errors
     async def ModifyLeg(

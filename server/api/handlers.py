@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import structlog
+from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.api.errors import status_for
@@ -40,6 +41,32 @@ def budget_for(context: grpc.aio.ServicerContext, request_timeout_s: float) -> B
     remaining = context.time_remaining()
     timeout_s = request_timeout_s if remaining is None else min(request_timeout_s, remaining - DEADLINE_MARGIN_S)
     return Budget.within(timeout_s)
+
+
+#: A page stops short of page_size rather than outgrow this (the server sends at most 4 MiB a message).
+PAGE_BYTES_MAX = 3 * 1024 * 1024
+
+Record = TypeVar("Record")
+Message = TypeVar("Message", bound=ProtoMessage)
+
+
+def fit_page(
+    records: Sequence[Record],
+    to_proto: Callable[[Record], Message],
+    token_after: Callable[[Record], str],
+    next_page_token: str,
+) -> tuple[list[Message], str]:
+    """The leading records whose messages fit in PAGE_BYTES_MAX (always at least one), and the token
+    to continue: after the last one sent when the page was cut short, else the page's own."""
+    messages: list[Message] = []
+    size_bytes = 0
+    for record in records:
+        message = to_proto(record)
+        size_bytes += message.ByteSize()
+        if size_bytes > PAGE_BYTES_MAX and messages:
+            return messages, token_after(records[len(messages) - 1])
+        messages.append(message)
+    return messages, next_page_token
 
 
 class ServicerBase:

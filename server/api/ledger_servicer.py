@@ -8,8 +8,7 @@ import grpc
 
 from ballast.common.v1 import money_pb2
 from ballast.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from server.api.handlers import ServicerBase, timestamp_of, translate_errors
-from server.api.payments_servicer import PAGE_BYTES_MAX
+from server.api.handlers import ServicerBase, fit_page, timestamp_of, translate_errors
 from server.db.ledger_repository import LedgerEntryRecord
 from server.domain.identity import Permission
 from server.services import ledger
@@ -31,21 +30,6 @@ def entry_to_proto(entry: LedgerEntryRecord) -> ledger_pb2.LedgerEntry:
             for line in entry.lines
         ],
     )
-
-
-def _fitted_page(page: ledger.EntryPage) -> ledger_pb2.ListEntriesResponse:
-    """The page's entries, as many as fit in PAGE_BYTES_MAX; the token then resumes after the last one sent."""
-    response = ledger_pb2.ListEntriesResponse()
-    size_bytes = 0
-    for record in page.entries:
-        entry = entry_to_proto(record)
-        size_bytes += entry.ByteSize()
-        if size_bytes > PAGE_BYTES_MAX and len(response.entries) > 0:
-            response.next_page_token = page.token_after(page.entries[len(response.entries) - 1])
-            return response
-        response.entries.append(entry)
-    response.next_page_token = page.next_page_token
-    return response
 
 
 class LedgerServicer(ServicerBase, ledger_pb2_grpc.LedgerServiceServicer):
@@ -77,4 +61,5 @@ class LedgerServicer(ServicerBase, ledger_pb2_grpc.LedgerServiceServicer):
             payment_id=request.payment_id,
         )
         page = await ledger.list_entries(self._database, principal, query, self._budget(context))
-        return _fitted_page(page)
+        listed, token = fit_page(page.entries, entry_to_proto, page.token_after, page.next_page_token)
+        return ledger_pb2.ListEntriesResponse(entries=listed, next_page_token=token)

@@ -6,7 +6,7 @@ import grpc
 
 from ballast.common.v1 import money_pb2
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
-from server.api.handlers import ServicerBase, timestamp_of, translate_errors
+from server.api.handlers import ServicerBase, fit_page, timestamp_of, translate_errors
 from server.db.payments_repository import PaymentRecord
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.identity import Permission
@@ -34,26 +34,6 @@ def payment_to_proto(payment: PaymentRecord) -> payments_pb2.Payment:
         create_time=timestamp_of(payment.created_at),
         update_time=timestamp_of(payment.updated_at),
     )
-
-
-#: A page stops short of page_size rather than outgrow this (the server sends at most 4 MiB a message);
-#: the largest payment the limits allow is about 115 KiB, so a page always holds at least one.
-PAGE_BYTES_MAX = 3 * 1024 * 1024
-
-
-def _fitted_page(page: payments.PaymentPage) -> payments_pb2.ListPaymentsResponse:
-    """The page's payments, as many as fit in PAGE_BYTES_MAX; the token then resumes after the last one sent."""
-    response = payments_pb2.ListPaymentsResponse()
-    size_bytes = 0
-    for record in page.payments:
-        payment = payment_to_proto(record)
-        size_bytes += payment.ByteSize()
-        if size_bytes > PAGE_BYTES_MAX and len(response.payments) > 0:
-            response.next_page_token = page.token_after(page.payments[len(response.payments) - 1])
-            return response
-        response.payments.append(payment)
-    response.next_page_token = page.next_page_token
-    return response
 
 
 def timeline_entry_to_proto(entry: timeline.TimelineEntry) -> payments_pb2.TimelineEntry:
@@ -143,7 +123,8 @@ class PaymentServicer(ServicerBase, payments_pb2_grpc.PaymentServiceServicer):
             state=_state_filter(request.state),
             budget=self._budget(context),
         )
-        return _fitted_page(page)
+        listed, token = fit_page(page.payments, payment_to_proto, page.token_after, page.next_page_token)
+        return payments_pb2.ListPaymentsResponse(payments=listed, next_page_token=token)
 
     @translate_errors
     async def GetPaymentTimeline(

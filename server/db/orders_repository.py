@@ -33,7 +33,14 @@ class LegRecord:
     fill_notional: Decimal
     created_at: datetime
     updated_at: datetime
+    #: the latest FILLS_LISTED_MAX fills, oldest first
     fills: tuple[FillRecord, ...] = ()
+    #: how many fills the leg has in all
+    fill_count: int = 0
+
+
+#: Fills read with an order, per leg: a venue may report thousands, and an answer must stay sendable.
+FILLS_LISTED_MAX = 500
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ _LEG_COLUMNS = (
 )
 
 
-def _leg(row: asyncpg.Record, fills: tuple[FillRecord, ...] = ()) -> LegRecord:
+def _leg(row: asyncpg.Record, fills: tuple[FillRecord, ...] = (), fill_count: int = 0) -> LegRecord:
     return LegRecord(
         id=row["id"],
         order_id=row["order_id"],
@@ -76,6 +83,7 @@ def _leg(row: asyncpg.Record, fills: tuple[FillRecord, ...] = ()) -> LegRecord:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         fills=fills,
+        fill_count=fill_count,
     )
 
 
@@ -122,18 +130,30 @@ async def fetch_orders(connection: asyncpg.Connection, order_rows: list[asyncpg.
         f"SELECT {_LEG_COLUMNS} FROM legs l WHERE l.order_id = ANY($1) ORDER BY l.order_id, l.position", order_ids
     )
     fill_rows = await connection.fetch(
-        "SELECT f.leg_id, f.execution_id, f.quantity, f.price, f.fill_time FROM leg_fills f"
-        " JOIN legs l ON l.id = f.leg_id WHERE l.order_id = ANY($1) ORDER BY f.fill_time, f.recorded_at",
+        """
+        SELECT leg_id, execution_id, quantity, price, fill_time, fill_count FROM (
+            SELECT f.leg_id, f.execution_id, f.quantity, f.price, f.fill_time, f.recorded_at,
+                   row_number() OVER (PARTITION BY f.leg_id ORDER BY f.fill_time DESC, f.recorded_at DESC) AS newest,
+                   count(*) OVER (PARTITION BY f.leg_id) AS fill_count
+            FROM leg_fills f JOIN legs l ON l.id = f.leg_id WHERE l.order_id = ANY($1)
+        ) AS ranked
+        WHERE newest <= $2
+        ORDER BY leg_id, fill_time, recorded_at
+        """,
         order_ids,
+        FILLS_LISTED_MAX,
     )
     fills: dict[uuid.UUID, list[FillRecord]] = {}
+    fill_counts: dict[uuid.UUID, int] = {}
     for row in fill_rows:
         fills.setdefault(row["leg_id"], []).append(
             FillRecord(row["execution_id"], row["quantity"], row["price"], row["fill_time"])
         )
+        fill_counts[row["leg_id"]] = row["fill_count"]
     legs: dict[uuid.UUID, list[LegRecord]] = {}
     for row in leg_rows:
-        legs.setdefault(row["order_id"], []).append(_leg(row, tuple(fills.get(row["id"], ()))))
+        leg_id = row["id"]
+        legs.setdefault(row["order_id"], []).append(_leg(row, tuple(fills.get(leg_id, ())), fill_counts.get(leg_id, 0)))
     return [
         OrderRecord(
             row["id"],

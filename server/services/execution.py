@@ -97,7 +97,15 @@ async def get_order(database: Database, principal: Principal, order_id: uuid.UUI
 @dataclass(frozen=True)
 class OrderPage:
     orders: list[OrderRecord]
-    next_page_token: str
+    has_more: bool
+
+    @staticmethod
+    def token_after(last: OrderRecord) -> str:
+        return encode_cursor(last.created_at, last.id)
+
+    @property
+    def next_page_token(self) -> str:
+        return self.token_after(self.orders[-1]) if self.has_more else ""
 
 
 async def list_orders(
@@ -111,9 +119,7 @@ async def list_orders(
     after = decode_cursor(page_token, "ListOrders") if page_token else None
     async with database.connection(budget) as connection:
         orders = await orders_repository.list_orders(connection, principal.client_id, after, limit + 1)
-    page = orders[:limit]
-    token = encode_cursor(page[-1].created_at, page[-1].id) if len(orders) > limit else ""
-    return OrderPage(page, token)
+    return OrderPage(orders[:limit], has_more=len(orders) > limit)
 
 
 async def _change_leg_state(

@@ -87,8 +87,16 @@ async def test_a_leg_is_born_submitted_and_unfilled(pool: asyncpg.Pool) -> None:
         )
 
 
+async def test_only_a_working_leg_takes_fills(pool: asyncpg.Pool) -> None:
+    leg_id = await _leg(pool)
+    with pytest.raises(asyncpg.CheckViolationError) as caught:
+        await _fill(pool, leg_id, "early", "1")
+    assert caught.value.constraint_name == "leg_fills_working_leg"
+
+
 async def test_fills_add_up_exactly_apply_once_and_never_overfill(pool: asyncpg.Pool) -> None:
     leg_id = await _leg(pool, quantity="10")
+    await _transition(pool, leg_id, "SUBMITTED", "PENDING")
     await _fill(pool, leg_id, "a", "3.333333333333", "101.000000000001")
     await _fill(pool, leg_id, "b", "6.666666666667", "99.5")
     row = await pool.fetchrow("SELECT filled_quantity, fill_notional FROM legs WHERE id = $1", leg_id)

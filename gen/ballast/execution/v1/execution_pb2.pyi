@@ -82,7 +82,7 @@ class Order(_message.Message):
     def __init__(self, id: _Optional[str] = ..., client_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., client_order_reference: _Optional[str] = ..., legs: _Optional[_Iterable[_Union[Leg, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Leg(_message.Message):
-    __slots__ = ("id", "state", "state_reason", "instrument_symbol", "side", "quantity", "order_type", "limit_price", "currency_code", "filled_quantity", "average_fill_price", "fills", "create_time", "update_time")
+    __slots__ = ("id", "state", "state_reason", "instrument_symbol", "side", "quantity", "order_type", "limit_price", "currency_code", "filled_quantity", "average_fill_price", "fills", "create_time", "update_time", "fill_count")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class Leg(_message.Message):
     FILLS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    FILL_COUNT_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: LegState
     state_reason: str
@@ -111,7 +112,8 @@ class Leg(_message.Message):
     fills: _containers.RepeatedCompositeFieldContainer[Fill]
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[LegState, str]] = ..., state_reason: _Optional[str] = ..., instrument_symbol: _Optional[str] = ..., side: _Optional[_Union[Side, str]] = ..., quantity: _Optional[str] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., limit_price: _Optional[str] = ..., currency_code: _Optional[str] = ..., filled_quantity: _Optional[str] = ..., average_fill_price: _Optional[str] = ..., fills: _Optional[_Iterable[_Union[Fill, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    fill_count: int
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[LegState, str]] = ..., state_reason: _Optional[str] = ..., instrument_symbol: _Optional[str] = ..., side: _Optional[_Union[Side, str]] = ..., quantity: _Optional[str] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., limit_price: _Optional[str] = ..., currency_code: _Optional[str] = ..., filled_quantity: _Optional[str] = ..., average_fill_price: _Optional[str] = ..., fills: _Optional[_Iterable[_Union[Fill, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fill_count: _Optional[int] = ...) -> None: ...
 
 class Fill(_message.Message):
     __slots__ = ("execution_id", "quantity", "price", "fill_time")

@@ -127,18 +127,24 @@ class ListPaymentsResponse(_message.Message):
     def __init__(self, payments: _Optional[_Iterable[_Union[Payment, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetPaymentTimelineRequest(_message.Message):
-    __slots__ = ("payment_id",)
+    __slots__ = ("payment_id", "page_size", "page_token")
     PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     payment_id: str
-    def __init__(self, payment_id: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, payment_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class GetPaymentTimelineResponse(_message.Message):
-    __slots__ = ("payment_id", "entries")
+    __slots__ = ("payment_id", "entries", "next_page_token")
     PAYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     payment_id: str
     entries: _containers.RepeatedCompositeFieldContainer[TimelineEntry]
-    def __init__(self, payment_id: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[TimelineEntry, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, payment_id: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[TimelineEntry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class TimelineEntry(_message.Message):
     __slots__ = ("occur_time", "transition", "provider_status", "ledger_line")
