@@ -135,7 +135,10 @@ class PaymentServicer(ServicerBase, payments_pb2_grpc.PaymentServiceServicer):
             self._authenticator.authorize(context, Permission.READ_PAYMENTS),
             payments.parse_payment_id(request.payment_id),
             self._budget(context),
+            page_size=request.page_size,
+            page_token=request.page_token,
         )
+        listed, token = fit_page(found.entries, timeline_entry_to_proto, found.token_after, found.next_page_token)
         return payments_pb2.GetPaymentTimelineResponse(
-            payment_id=str(found.payment_id), entries=[timeline_entry_to_proto(entry) for entry in found.entries]
+            payment_id=str(found.payment_id), entries=listed, next_page_token=token
         )

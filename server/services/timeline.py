@@ -10,19 +10,24 @@ moved. Within a kind, rows keep the order of their ids.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import asyncpg
 
 from server.db import payments_repository
 from server.db.database import Budget, Database
-from server.domain.errors import NotFound
+from server.domain.errors import FieldViolation, InvalidArgument, NotFound
+from server.domain.identifiers import UUID_PATTERN
 from server.domain.identity import Principal
 from server.domain.payments import INITIAL_PAYMENT_STATE, PaymentState
+from server.services.paging import PAGE_TOKEN_LENGTH_MAX
 
 
 class TimelineKind(enum.IntEnum):
@@ -63,16 +68,53 @@ class LedgerLine:
 class TimelineEntry:
     occurred_at: datetime
     event: Transition | ProviderStatus | LedgerLine
+    position: Position
 
 
 @dataclass(frozen=True)
 class Timeline:
     payment_id: uuid.UUID
     entries: list[TimelineEntry]
+    has_more: bool
 
+    @staticmethod
+    def token_after(entry: TimelineEntry) -> str:
+        occurred_at, kind, row_key, entry_key, line_number = entry.position
+        cursor = [occurred_at.isoformat(), kind, row_key, str(entry_key), line_number]
+        return base64.urlsafe_b64encode(json.dumps(cursor, separators=(",", ":")).encode()).decode()
+
+    @property
+    def next_page_token(self) -> str:
+        return self.token_after(self.entries[-1]) if self.has_more else ""
+
+
+def _decode_position(token: str) -> Position:
+    invalid = InvalidArgument(
+        [FieldViolation("page_token", "is not a token from a previous GetPaymentTimeline response")]
+    )
+    if len(token) > PAGE_TOKEN_LENGTH_MAX:
+        raise invalid
+    try:
+        occurred, kind, row_key, entry_key, line_number = json.loads(base64.urlsafe_b64decode(token.encode()))
+        occurred_at = datetime.fromisoformat(occurred)
+        numbers_ok = all(type(n) is int and 0 <= n < 2**62 for n in (kind, row_key, line_number))
+        if occurred_at.tzinfo is None or not numbers_ok or not UUID_PATTERN.fullmatch(entry_key):
+            raise invalid
+        return occurred_at.astimezone(UTC), kind, row_key, uuid.UUID(entry_key), line_number
+    except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError, binascii.Error):
+        raise invalid from None
+
+
+_NO_ENTRY = uuid.UUID(int=0)
+PAGE_SIZE_DEFAULT = 500
+PAGE_SIZE_MAX = 1000
+
+#: Where an entry stands in the timeline's order: (occurred_at, kind, row id, ledger entry id, line number).
+Position = tuple[datetime, int, int, uuid.UUID, int]
 
 _TIMELINE = f"""
-SELECT kind, occurred_at, from_state, to_state, cause, evidence_ref, provider, status,
+SELECT kind, occurred_at, coalesce(row_id, 0) AS row_key, coalesce(entry_id, '{_NO_ENTRY}'::uuid) AS entry_key,
+       line_number, from_state, to_state, cause, evidence_ref, provider, status,
        entry_id, account, amount, currency_code
 FROM (
     SELECT {TimelineKind.PROVIDER_STATUS.value} AS kind, observed_at AS occurred_at, id AS row_id,
@@ -94,7 +136,11 @@ FROM (
            NULL, NULL, NULL, NULL, NULL, NULL, l.account, l.amount, l.currency_code
     FROM ledger_entries e JOIN ledger_lines l ON l.entry_id = e.id WHERE e.payment_id = $1
 ) AS timeline
-ORDER BY occurred_at, kind, row_id, entry_id, line_number
+WHERE $2::timestamptz IS NULL
+   OR (occurred_at, kind, coalesce(row_id, 0), coalesce(entry_id, '{_NO_ENTRY}'::uuid), line_number)
+      > ($2, $3, $4, $5, $6)
+ORDER BY occurred_at, kind, row_key, entry_key, line_number
+LIMIT $7
 """
 
 
@@ -113,14 +159,34 @@ def _event(row: asyncpg.Record) -> Transition | ProviderStatus | LedgerLine:
 
 
 async def get_payment_timeline(
-    database: Database, principal: Principal, payment_id: uuid.UUID, budget: Budget
+    database: Database,
+    principal: Principal,
+    payment_id: uuid.UUID,
+    budget: Budget,
+    *,
+    page_size: int = 0,
+    page_token: str = "",
 ) -> Timeline:
-    """The timeline of a payment of the calling client; another client's payment is NotFound."""
+    """A page of the timeline of a payment of the calling client; another client's payment is NotFound."""
+    if not 0 <= page_size <= PAGE_SIZE_MAX:
+        raise InvalidArgument(
+            [FieldViolation("page_size", f"must be from 0 to {PAGE_SIZE_MAX}; 0 means {PAGE_SIZE_DEFAULT}")]
+        )
+    limit = page_size or PAGE_SIZE_DEFAULT
+    after = _decode_position(page_token) if page_token else (None, None, None, None, None)
     async with database.connection(budget) as connection:
         payment = await payments_repository.get_payment(
             connection, principal.client_id, payment_id, timeout_s=budget.remaining_s()
         )
         if payment is None:
             raise NotFound("payment", str(payment_id))
-        rows = await connection.fetch(_TIMELINE, payment_id, timeout=budget.remaining_s())
-    return Timeline(payment_id, [TimelineEntry(row["occurred_at"], _event(row)) for row in rows])
+        rows = await connection.fetch(_TIMELINE, payment_id, *after, limit + 1, timeout=budget.remaining_s())
+    entries = [
+        TimelineEntry(
+            row["occurred_at"],
+            _event(row),
+            (row["occurred_at"], row["kind"], row["row_key"], row["entry_key"], row["line_number"]),
+        )
+        for row in rows[:limit]
+    ]
+    return Timeline(payment_id, entries, has_more=len(rows) > limit)

@@ -221,3 +221,46 @@ async def test_a_call_without_credentials_is_unauthenticated(clients: Clients) -
             payments_pb2.GetPaymentTimelineRequest(payment_id=str(uuid.uuid4())), timeout=5
         )
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_long_timeline_comes_a_page_at_a_time_in_order_with_nothing_lost_or_repeated(
+    clients: Clients, database: Database, pool: asyncpg.Pool
+) -> None:
+    payment_id = await _create(clients, "2.00")
+    await pool.execute(
+        "INSERT INTO provider_statuses (payment_id, provider, status, evidence_ref)"
+        " SELECT $1, 'simulator', 'processing', 'evt-' || g FROM generate_series(1, 25) AS g",
+        payment_id,
+    )
+    await _apply(database, payment_id, E.SUCCEEDED, "evt-final", provider_status="captured")
+    whole = [_described(entry) for entry in (await _timeline(clients, payment_id)).entries]
+    paged: list[tuple[str, ...]] = []
+    token = ""
+    for _ in range(100):
+        page = await clients.payments.GetPaymentTimeline(
+            payments_pb2.GetPaymentTimelineRequest(payment_id=str(payment_id), page_size=4, page_token=token),
+            metadata=clients.merchant.metadata,
+            timeout=5,
+        )
+        assert len(page.entries) <= 4
+        paged += [_described(entry) for entry in page.entries]
+        token = page.next_page_token
+        if not token:
+            break
+    assert paged == whole
+    assert len(whole) == 1 + 25 + 1 + 1 + 2  # creation, 25 statuses, the captured status, its transition, 2 lines
+
+
+@pytest.mark.parametrize(("page_size", "page_token"), [(-1, ""), (1001, ""), (0, "garbage"), (0, "W10=")])
+async def test_bad_timeline_paging_is_invalid_argument(clients: Clients, page_size: int, page_token: str) -> None:
+    payment_id = await _create(clients)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await clients.payments.GetPaymentTimeline(
+            payments_pb2.GetPaymentTimelineRequest(
+                payment_id=str(payment_id), page_size=page_size, page_token=page_token
+            ),
+            metadata=clients.merchant.metadata,
+            timeout=5,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field_violations(caught.value) <= {"page_size", "page_token"}
