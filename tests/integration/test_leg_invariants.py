@@ -110,3 +110,19 @@ async def test_fills_add_up_exactly_apply_once_and_never_overfill(pool: asyncpg.
         await _fill(pool, leg_id, "c", "0.000000000001")
     with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
         await pool.execute("DELETE FROM leg_fills WHERE leg_id = $1", leg_id)
+
+
+@pytest.mark.parametrize(
+    ("assignment", "constraint"),
+    [
+        ("side = 'SELL'", "legs_terms_immutable"),
+        ("instrument_symbol = 'MSFT'", "legs_terms_immutable"),
+        ("currency_code = 'EUR'", "legs_terms_immutable"),
+        ("quantity = 11", "legs_terms_by_modification"),
+    ],
+)
+async def test_a_legs_terms_do_not_change_behind_its_back(pool: asyncpg.Pool, assignment: str, constraint: str) -> None:
+    leg_id = await _leg(pool)
+    with pytest.raises(asyncpg.CheckViolationError) as caught:
+        await pool.execute(f"UPDATE legs SET {assignment} WHERE id = $1", leg_id)
+    assert caught.value.constraint_name == constraint

@@ -183,3 +183,14 @@ class TestPostgresRefusesShortcuts:
         await _apply(database, payment_id, E.ACCEPTED)
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
             await pool.execute(f"{statement} WHERE payment_id = $1", payment_id)
+
+
+@pytest.mark.parametrize("assignment", ["amount = 99.99", "currency_code = 'USD'", "client_id = 'someone-else'"])
+async def test_a_payments_terms_never_change_so_a_refund_reverses_exactly_what_was_captured(
+    database: Database, principal: Principal, pool: asyncpg.Pool, assignment: str
+) -> None:
+    payment_id = await _new_payment(database, principal)
+    await _apply(database, payment_id, E.SUCCEEDED)
+    with pytest.raises(asyncpg.CheckViolationError) as caught:
+        await pool.execute(f"UPDATE payments SET {assignment} WHERE id = $1", payment_id)
+    assert caught.value.constraint_name == "payments_terms_immutable"

@@ -40,6 +40,11 @@ def _create_payment_state_guards() -> None:
                 RAISE EXCEPTION 'a payment starts RECORDED, not %', NEW.state
                     USING ERRCODE = 'check_violation', CONSTRAINT = 'payments_initial_state';
             END IF;
+            IF TG_OP = 'UPDATE' AND (NEW.amount, NEW.currency_code, NEW.client_id, NEW.idempotency_key)
+                    IS DISTINCT FROM (OLD.amount, OLD.currency_code, OLD.client_id, OLD.idempotency_key) THEN
+                RAISE EXCEPTION 'payment %: amount, currency, client and key never change', OLD.id
+                    USING ERRCODE = 'check_violation', CONSTRAINT = 'payments_terms_immutable';
+            END IF;
             IF TG_OP = 'UPDATE' AND NEW.state IS DISTINCT FROM OLD.state AND pg_trigger_depth() < 2 THEN
                 RAISE EXCEPTION 'payment % state % -> %: only an appended payment_transitions row may change it',
                     OLD.id, OLD.state, NEW.state

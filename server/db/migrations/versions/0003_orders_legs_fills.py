@@ -182,6 +182,18 @@ def _create_triggers() -> None:
                 RAISE EXCEPTION 'leg %: state and fills change only through leg_transitions and leg_fills', OLD.id
                     USING ERRCODE = 'check_violation', CONSTRAINT = 'legs_change_by_evidence';
             END IF;
+            IF (NEW.order_id, NEW.position, NEW.instrument_symbol, NEW.side, NEW.order_type, NEW.currency_code)
+                    IS DISTINCT FROM (OLD.order_id, OLD.position, OLD.instrument_symbol, OLD.side, OLD.order_type,
+                                      OLD.currency_code) THEN
+                RAISE EXCEPTION 'leg %: instrument, side, type and currency never change', OLD.id
+                    USING ERRCODE = 'check_violation', CONSTRAINT = 'legs_terms_immutable';
+            END IF;
+            -- quantity and limit price change only when the venue confirms a modification
+            IF (NEW.quantity, NEW.limit_price) IS DISTINCT FROM (OLD.quantity, OLD.limit_price)
+                    AND OLD.state <> 'MODIFYING' THEN
+                RAISE EXCEPTION 'leg %: quantity and limit price change only through a confirmed modification', OLD.id
+                    USING ERRCODE = 'check_violation', CONSTRAINT = 'legs_terms_by_modification';
+            END IF;
             IF NEW.filled_quantity < OLD.filled_quantity THEN
                 RAISE EXCEPTION 'leg %: filled quantity may not decrease (% -> %)', OLD.id, OLD.filled_quantity,
                     NEW.filled_quantity USING ERRCODE = 'check_violation', CONSTRAINT = 'legs_fills_never_decrease';
