@@ -8,6 +8,12 @@ verify-audit  recompute every audit chain; exit 1 and name the first broken link
 
 from __future__ import annotations
 
+import os
+
+# Set before gRPC is imported below: the process forks only to exec (pg_ctl for the embedded
+# PostgreSQL), so gRPC's fork handlers are not needed.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 import asyncio
 import contextlib
 import signal
