@@ -65,3 +65,14 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 def database(pool: asyncpg.Pool) -> Database:
     """The session's database as the use cases take it."""
     return Database(pool)
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """NATS_URL if set, else an embedded NATS with JetStream for this test session."""
+    configured = os.environ.get("NATS_URL", "").strip()
+    if configured:
+        return configured
+    from server.messaging.embedded_nats import start_embedded_nats
+
+    return start_embedded_nats(tmp_path_factory.mktemp("nats"))

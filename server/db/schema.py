@@ -169,10 +169,20 @@ outbox = sa.Table(
     sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.Text, nullable=True),
+    sa.Column("position", sa.BigInteger, sa.Identity(always=True), nullable=False, unique=True),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("dead_lettered_at", sa.DateTime(timezone=True), nullable=True),
     sa.CheckConstraint("char_length(topic) BETWEEN 1 AND 128", name="topic_length"),
     sa.CheckConstraint("char_length(message_key) BETWEEN 1 AND 256", name="message_key_length"),
     sa.CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
-    sa.Index("ix_outbox_unpublished", "created_at", postgresql_where=sa.text("published_at IS NULL")),
+    sa.CheckConstraint("published_at IS NULL OR dead_lettered_at IS NULL", name="published_or_dead"),
+    sa.Index("ix_outbox_pending_position", "position", postgresql_where=sa.text("published_at IS NULL")),
+    sa.Index(
+        "ix_outbox_pending_message_key_position",
+        "message_key",
+        "position",
+        postgresql_where=sa.text("published_at IS NULL"),
+    ),
     comment="Events written in the same transaction as the change they announce; a relay publishes them.",
 )
 
