@@ -113,6 +113,7 @@ def _server_command(
         "BALLAST_DB_POOL_SIZE": str(pool_size),
         "BALLAST_SHUTDOWN_GRACE_MS": "1000",
         "BALLAST_METRICS_PORT": "0",  # a development server may hold the default port
+        "BALLAST_RELAY_WORKERS": "0",  # CreatePayment alone; the relay has a benchmark of its own
     }
 
 

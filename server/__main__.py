@@ -4,6 +4,7 @@ serve         (default) gRPC server; stops accepting calls on SIGTERM/SIGINT and
 migrate       apply database migrations up to head, then exit
 token         print the development bearer token (development only)
 verify-audit  recompute every audit chain; exit 1 and name the first broken link of each broken chain
+relay         run outbox relays only (no gRPC server), until SIGTERM
 """
 
 from __future__ import annotations
@@ -23,18 +24,37 @@ import asyncpg
 import prometheus_client
 import structlog
 
-from server.api.grpc_server import CannotListen, build_server, set_serving
+from server.api.grpc_server import CannotListen, build_server, set_component_serving, set_serving
 from server.db.database import Database
 from server.db.engine import asyncpg_dsn, create_pool
 from server.db.migrate import migrate_to_head, pending_revision
 from server.observability import configure_logging
+from server.outbox.supervisor import RelayConfig, run_relays
 from server.services import audit
 from server.settings import Settings, SettingsError, development_token, load_settings
 
 log = structlog.get_logger("server")
 
-COMMANDS = ("serve", "migrate", "token", "verify-audit")
+COMMANDS = ("serve", "migrate", "token", "verify-audit", "relay")
 USAGE = f"usage: python -m server [{'|'.join(COMMANDS)}]"
+
+
+def _relay_config(settings: Settings, nats_url: str, workers_min: int = 0) -> RelayConfig:
+    return RelayConfig(
+        nats_url=nats_url,
+        workers=max(settings.relay_workers, workers_min),
+        batch_size=settings.relay_batch_size,
+        stream=settings.nats_stream,
+        subject_prefix=settings.nats_subject_prefix,
+    )
+
+
+def _nats_url(settings: Settings) -> str:
+    if settings.nats_url is not None:
+        return settings.nats_url
+    from server.messaging.embedded_nats import start_embedded_nats
+
+    return start_embedded_nats(settings.data_dir / "nats")
 
 
 def _database_url(settings: Settings) -> str:
@@ -75,15 +95,29 @@ async def _schema_is_current(pool: asyncpg.Pool) -> bool:
     return current == head
 
 
-async def _until_stopped() -> None:
+def _stop_signal() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    await stopping.wait()
+    return stopping
 
 
-async def serve(settings: Settings, database_url: str) -> int:
+async def relay_only(settings: Settings, database_url: str, nats_url: str) -> int:
+    """`python -m server relay`: relays without the gRPC server, for scaling them apart."""
+    pool = await create_pool(database_url, size=settings.relay_workers + 2, statement_timeout_ms=30_000)
+    try:
+        if not await _schema_is_current(pool):
+            return 1
+        stopping = _stop_signal()
+        await run_relays(pool, _relay_config(settings, nats_url, workers_min=1), stopping)
+    finally:
+        await pool.close()
+    return 0
+
+
+async def serve(settings: Settings, database_url: str, nats_url: str | None) -> int:
     async with contextlib.AsyncExitStack() as stack:
         pool = await create_pool(
             database_url, size=settings.db_pool_size, statement_timeout_ms=settings.db_statement_timeout_ms
@@ -111,12 +145,26 @@ async def serve(settings: Settings, database_url: str) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-        await _until_stopped()
+        stopping = _stop_signal()
+        relays_stopping = asyncio.Event()
+        relaying = None
+        if nats_url is not None:
+
+            async def set_health(component: str, serving: bool) -> None:
+                await set_component_serving(health_servicer, component, serving)
+
+            relaying = asyncio.create_task(
+                run_relays(pool, _relay_config(settings, nats_url), relays_stopping, set_health)
+            )
+        await stopping.wait()
 
         grace_s = settings.shutdown_grace_ms / 1000
         log.info("server.draining", grace_s=grace_s)
         await set_serving(health_servicer, False)
         await server.stop(grace_s)  # refuses new calls at once; waits up to grace_s for calls in flight
+        relays_stopping.set()  # after the calls: their events go out with this relay or the next one
+        if relaying is not None:
+            await asyncio.wait_for(relaying, timeout=30)
         log.info("server.stopped")
     return 0
 
@@ -139,6 +187,9 @@ def main(argv: list[str]) -> int:
         print(development_token(settings.data_dir))
         return 0
     database_url = _database_url(settings)
+    nats_url = _nats_url(settings) if command == "serve" and settings.relay_workers else None
+    if command == "relay":
+        return asyncio.run(relay_only(settings, database_url, _nats_url(settings)))
     if command == "migrate":
         migrate_to_head(database_url)
         log.info("migrate.done")
@@ -146,7 +197,7 @@ def main(argv: list[str]) -> int:
     if command == "verify-audit":
         return asyncio.run(verify_audit(database_url))
     try:
-        return asyncio.run(serve(settings, database_url))
+        return asyncio.run(serve(settings, database_url, nats_url))
     except CannotListen as error:
         print(f"start-up error: {error}", file=sys.stderr)
         return 1

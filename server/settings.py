@@ -35,6 +35,14 @@ class Settings:
     grpc_port: int
     #: Port of the Prometheus /metrics endpoint on grpc_host; 0 turns it off.
     metrics_port: int
+    #: None means "start the embedded NATS" (development only).
+    nats_url: str | None
+    #: Outbox relays this process runs (0: none; run them with `python -m server relay` elsewhere).
+    relay_workers: int
+    relay_batch_size: int
+    #: The JetStream stream and the subjects' first token: environments can share one NATS apart.
+    nats_stream: str
+    nats_subject_prefix: str
     #: token -> principal
     api_tokens: Mapping[str, Principal] = field(repr=False)
     db_pool_size: int
@@ -63,6 +71,15 @@ def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: in
     if not low <= value <= high:
         raise SettingsError(f"{name}={raw!r} is invalid: expected an integer from {low} to {high}")
     return value
+
+
+def _name(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", raw):
+        raise SettingsError(f"{name}={raw[:64]!r} is invalid: expected 1 to 64 letters, digits, _ or -")
+    return raw
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -136,12 +153,23 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dev_token = development_token(data_dir)
         api_tokens = {dev_token: Principal(DEVELOPMENT_CLIENT_ID, Role.ADMIN)}
 
+    nats_url = env.get("NATS_URL", "").strip() or None
+    if nats_url is None and environment == "production":
+        raise SettingsError("NATS_URL is required when BALLAST_ENV=production")
+    if nats_url is not None and not nats_url.startswith(("nats://", "tls://")):
+        raise SettingsError("NATS_URL is invalid: expected nats://host:port")
+
     return Settings(
         environment=environment,
         database_url=database_url,
         grpc_host=env.get("BALLAST_GRPC_HOST", "").strip() or "127.0.0.1",
         grpc_port=_integer(env, "BALLAST_GRPC_PORT", 50051, 0, 65535),
         metrics_port=_integer(env, "BALLAST_METRICS_PORT", 9464, 0, 65535),
+        nats_url=nats_url,
+        relay_workers=_integer(env, "BALLAST_RELAY_WORKERS", 1, 0, 32),
+        relay_batch_size=_integer(env, "BALLAST_RELAY_BATCH_SIZE", 500, 1, 5000),
+        nats_stream=_name(env, "BALLAST_NATS_STREAM", "BALLAST"),
+        nats_subject_prefix=_name(env, "BALLAST_NATS_SUBJECT_PREFIX", "ballast"),
         api_tokens=api_tokens,
         db_pool_size=_integer(env, "BALLAST_DB_POOL_SIZE", 20, 1, 500),
         db_statement_timeout_ms=_integer(env, "BALLAST_DB_STATEMENT_TIMEOUT_MS", 5000, 100, 600_000),

@@ -79,6 +79,12 @@ class CannotListen(OSError):
     """A port the configuration names is taken; the message says which setting to change."""
 
 
+async def set_component_serving(health_servicer: health.aio.HealthServicer, component: str, serving: bool) -> None:
+    """One component's health (e.g. ballast.outbox), apart from the server's own."""
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    await health_servicer.set(component, status)
+
+
 async def set_serving(health_servicer: health.aio.HealthServicer, serving: bool) -> None:
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ("", *SERVICE_NAMES):

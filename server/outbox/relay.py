@@ -103,12 +103,15 @@ class OutboxRelay:
         batch_size: int = BATCH_SIZE_DEFAULT,
         attempts_max: int = ATTEMPTS_MAX,
         subject_prefix: str = SUBJECT_PREFIX,
+        broker_connected: Callable[[], bool] = lambda: True,
     ) -> None:
         self._pool = pool
         self._js = js
         self._batch_size = batch_size
         self._attempts_max = attempts_max
         self._subject_prefix = subject_prefix
+        # While the broker is away, events wait: publishing would only burn their attempts.
+        self._broker_connected = broker_connected
 
     async def _publish(self, row: asyncpg.Record) -> str | None:
         """None when the broker acknowledged the event (a duplicate counts), else the error."""
@@ -157,6 +160,9 @@ class OutboxRelay:
         listener = await _listen(self._pool, wake.set)
         try:
             while not stopping.is_set():
+                if not self._broker_connected():
+                    await _first_of(stopping.wait(), timeout_s=POLL_INTERVAL_S)
+                    continue
                 try:
                     result = await self.run_once()
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:

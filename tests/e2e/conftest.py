@@ -62,6 +62,7 @@ def server_environment(database_url: str, port: int, token: str, client_id: str,
         BALLAST_SHUTDOWN_GRACE_MS="15000",
         BALLAST_METRICS_PORT="0",
         BALLAST_DB_POOL_SIZE="10",
+        BALLAST_RELAY_WORKERS="0",
     )
     return env
 
@@ -85,7 +86,7 @@ def wait_until_serving(server: ServerProcess) -> None:
 
 
 @pytest.fixture
-def start_server(database_url: str, tmp_path: Path) -> Iterator[object]:
+def start_server(database_url: str, nats_url: str, tmp_path: Path) -> Iterator[object]:
     """start_server() -> a serving ServerProcess; every one started is stopped at the end."""
     started: list[ServerProcess] = []
 
@@ -95,7 +96,8 @@ def start_server(database_url: str, tmp_path: Path) -> Iterator[object]:
         token = token or f"e2e-token-{uuid.uuid4().hex}"
         client_id = client_id or f"e2e-{uuid.uuid4().hex[:8]}"
         log_path = tmp_path / f"server-{port}.log"
-        env = server_environment(database_url, port, token, client_id, tmp_path / "data") | extra_env
+        relaying = {"NATS_URL": nats_url, "BALLAST_RELAY_WORKERS": "1"}
+        env = server_environment(database_url, port, token, client_id, tmp_path / "data") | relaying | extra_env
         with log_path.open("w") as log_file:
             process = subprocess.Popen(
                 [sys.executable, "-m", "server"],

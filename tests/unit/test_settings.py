@@ -22,6 +22,8 @@ def _load(tmp_path: Path, **env: str) -> object:
         ("BALLAST_LOG_FORMAT", "xml"),
         ("BALLAST_ENV", "staging"),
         ("DATABASE_URL", "mysql://localhost/db"),
+        ("NATS_URL", "http://localhost:4222"),
+        ("BALLAST_RELAY_WORKERS", "33"),
         ("BALLAST_API_TOKENS", "short=client:service"),
         ("BALLAST_API_TOKENS", f"{TOKEN}=client:superuser"),
         ("BALLAST_API_TOKENS", f"{TOKEN}"),
@@ -35,6 +37,16 @@ def test_a_wrong_value_is_one_line_naming_the_variable(tmp_path: Path, variable:
     message = str(caught.value)
     assert variable in message
     assert "\n" not in message
+
+
+def test_production_requires_a_broker(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="NATS_URL"):
+        _load(
+            tmp_path,
+            BALLAST_ENV="production",
+            DATABASE_URL="postgresql://db/ballast",
+            BALLAST_API_TOKENS=f"{TOKEN}=a:service",
+        )
 
 
 def test_production_requires_a_database_and_tokens(tmp_path: Path) -> None:

@@ -1,0 +1,133 @@
+"""Events reach NATS JetStream from server and relay processes, and a killed relay loses nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import nats
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ballast.common.v1.money_pb2 import Money
+from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
+from server.db.engine import asyncpg_dsn
+from server.db.migrate import migrate_to_head
+from server.outbox.relay import STREAM_NAME, ensure_stream
+from tests.e2e.conftest import ROOT, ServerProcess
+from tests.support import scratch_database
+
+pytestmark = pytest.mark.e2e
+
+
+async def _poll(check: Callable[[], object], timeout_s: float = 10) -> None:
+    for _ in range(int(timeout_s / 0.05)):
+        if await check():  # type: ignore[misc]
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"not true within {timeout_s}s")
+
+
+async def test_a_created_payment_is_announced_on_jetstream_and_the_outbox_reports_serving(
+    start_server: Callable[..., ServerProcess], pool: asyncpg.Pool, nats_url: str
+) -> None:
+    server = start_server()
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        reply = await payments_pb2_grpc.PaymentServiceStub(channel).CreatePayment(
+            payments_pb2.CreatePaymentRequest(
+                idempotency_key=str(uuid.uuid4()), amount=Money(value="3.00", currency_code="EUR")
+            ),
+            metadata=server.metadata,
+            timeout=5,
+        )
+        health = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="ballast.outbox"), timeout=5
+        )
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def published() -> object:
+        return await pool.fetchval(
+            "SELECT published_at IS NOT NULL FROM outbox WHERE topic = 'payments.recorded' AND message_key = $1",
+            reply.payment.id,
+        )
+
+    await _poll(published)
+    connection = await nats.connect(nats_url)
+    try:
+        message = await connection.jetstream().get_last_msg(STREAM_NAME, "ballast.payments.recorded")
+    finally:
+        await connection.close()
+    assert json.loads(message.data or b"{}")["payment_id"] == reply.payment.id
+
+
+@pytest.fixture
+def relay_database_url(server_database_url: str) -> Iterator[str]:
+    """A database of its own: the relay process claims every pending event in it."""
+    with scratch_database(server_database_url, "ballast_relay_kill") as url:
+        migrate_to_head(url)
+        yield url
+
+
+async def test_a_relay_process_killed_mid_batch_loses_nothing_and_publishes_nothing_twice(
+    relay_database_url: str, nats_url: str, tmp_path: Path
+) -> None:
+    stream = f"KILL{uuid.uuid4().hex[:10].upper()}"
+    prefix = stream.lower()
+    url = relay_database_url
+    connection = await asyncpg.connect(asyncpg_dsn(url))
+    broker = await nats.connect(nats_url)
+    js = broker.jetstream()
+    try:
+        await ensure_stream(js, stream, prefix)
+        await connection.execute(
+            "INSERT INTO outbox (id, topic, message_key, payload)"
+            " SELECT gen_random_uuid(), 'test.event', 'agg-' || (g % 100), jsonb_build_object('g', g)"
+            " FROM generate_series(1, 20000) AS g ORDER BY g"
+        )
+        env = {key: value for key, value in os.environ.items() if not key.startswith("BALLAST_")} | {
+            "DATABASE_URL": url,
+            "NATS_URL": nats_url,
+            "BALLAST_NATS_STREAM": stream,
+            "BALLAST_NATS_SUBJECT_PREFIX": prefix,
+            "BALLAST_RELAY_WORKERS": "2",
+            "BALLAST_RELAY_BATCH_SIZE": "100",
+            "BALLAST_DATA_DIR": str(tmp_path),
+            "BALLAST_API_TOKENS": f"{'t' * 20}=c:service",
+        }
+        command = [sys.executable, "-m", "server", "relay"]
+        quiet = asyncio.subprocess.DEVNULL
+        first = await asyncio.create_subprocess_exec(*command, cwd=ROOT, env=env, stdout=quiet, stderr=quiet)
+
+        async def some_published() -> object:
+            return await connection.fetchval("SELECT count(*) >= 3000 FROM outbox WHERE published_at IS NOT NULL")
+
+        await _poll(some_published, timeout_s=30)
+        first.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(first.wait(), timeout=10)
+        left = await connection.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        assert left > 0, "the kill should land before the end"
+
+        second = await asyncio.create_subprocess_exec(*command, cwd=ROOT, env=env, stdout=quiet, stderr=quiet)
+        try:
+
+            async def all_published() -> object:
+                return await connection.fetchval("SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL")
+
+            await _poll(all_published, timeout_s=60)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(second.wait(), timeout=20)
+        info = await js.stream_info(stream)
+        assert info.state.messages == 20000  # re-published copies were dropped by message id
+    finally:
+        await js.delete_stream(stream)
+        await broker.close()
+        await connection.close()
