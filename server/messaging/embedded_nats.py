@@ -49,10 +49,15 @@ def _wait_until_listening(port: int, process: subprocess.Popen[bytes], log_path:
     raise RuntimeError(f"nats-server did not listen on {port} within {STARTUP_TIMEOUT_S}s; see {log_path}")
 
 
-def start_embedded_nats(store_dir: Path) -> str:
-    """Start nats-server with JetStream storing under store_dir; return its URL."""
+def start_embedded_nats(store_dir: Path, port: int = 0) -> str:
+    """Start nats-server with JetStream storing under store_dir (on `port`, or a free one); return its URL."""
+    return start_nats_process(store_dir, port)[0]
+
+
+def start_nats_process(store_dir: Path, port: int = 0) -> tuple[str, subprocess.Popen[bytes]]:
+    """Like start_embedded_nats, also returning the process, for tests that stop and restart the broker."""
     store_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = port or _free_port()
     log_path = store_dir / "nats-server.log"
     arguments = [_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store_dir), "-l", str(log_path)]
     log.info("embedded_nats.starting", store_dir=str(store_dir), hint="set NATS_URL to use your own NATS")
@@ -62,7 +67,7 @@ def start_embedded_nats(store_dir: Path) -> str:
     _wait_until_listening(port, process, log_path)
     url = f"nats://127.0.0.1:{port}"
     log.info("embedded_nats.ready", url=url)
-    return url
+    return url, process
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

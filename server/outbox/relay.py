@@ -155,7 +155,7 @@ class OutboxRelay:
         return BatchResult(len(rows), len(published), len(failed))
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Relay until `stopping` is set: a full batch goes straight on; otherwise wait for a NOTIFY or the poll."""
+        """Relay until `stopping` is set: straight on while batches publish; idle, wait for a NOTIFY or the poll."""
         wake = asyncio.Event()
         listener = await _listen(self._pool, wake.set)
         try:
@@ -168,8 +168,8 @@ class OutboxRelay:
                 except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                     log.warning("outbox.relay_error", error=str(error)[:300], hint="retrying after the poll interval")
                     result = BatchResult(0, 0, 0)
-                if result.claimed == self._batch_size and result.failed == 0:
-                    continue
+                if result.published:
+                    continue  # more may be due at once: the next events of the aggregates just published
                 wake.clear()
                 await _first_of(stopping.wait(), wake.wait(), timeout_s=POLL_INTERVAL_S)
         finally:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import asyncpg
 import nats
@@ -159,3 +159,52 @@ async def test_a_committed_event_wakes_a_waiting_relay_faster_than_the_poll(
         stopping.set()
         await running
     assert latency_s < 0.5, f"published {latency_s:.3f}s after commit; the poll interval is 1s"
+
+
+async def test_a_broker_outage_loses_nothing_and_burns_no_attempts(
+    relay_pool: asyncpg.Pool, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The relay waits while NATS is down, and delivers everything once it is back."""
+    from server.messaging.embedded_nats import start_nats_process
+    from server.outbox.supervisor import RelayConfig, run_relays
+
+    store = tmp_path_factory.mktemp("outage")
+    url, process = start_nats_process(store)
+    port = int(url.rsplit(":", 1)[1])
+    config = RelayConfig(url, workers=2, batch_size=100, stream="OUTAGE", subject_prefix="outage")
+    stopping = asyncio.Event()
+    relaying = asyncio.create_task(run_relays(relay_pool, config, stopping))
+    try:
+        await _insert_events(relay_pool, aggregates=10, per_aggregate=10)
+        await _wait_for(lambda: _unpublished(relay_pool), 0)
+        process.terminate()
+        process.wait(10)
+        await _insert_events(relay_pool, aggregates=10, per_aggregate=30)
+        await asyncio.sleep(1.5)  # the relay notices, and must neither publish nor count attempts
+        assert await _unpublished(relay_pool) == 300
+        assert await relay_pool.fetchval("SELECT max(attempts) FROM outbox WHERE published_at IS NULL") == 0
+        url, process = start_nats_process(store, port)
+        await _wait_for(lambda: _unpublished(relay_pool), 0, timeout_s=30)
+        connection = await nats.connect(url)
+        try:
+            info = await connection.jetstream().stream_info("OUTAGE")
+        finally:
+            await connection.close()
+        assert info.state.messages == 400
+    finally:
+        stopping.set()
+        await asyncio.wait_for(relaying, timeout=20)
+        process.terminate()
+        process.wait(10)
+
+
+async def _unpublished(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL"))
+
+
+async def _wait_for(read: Callable[[], Awaitable[int]], expected: int, timeout_s: float = 10) -> None:
+    for _ in range(int(timeout_s / 0.05)):
+        if await read() == expected:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"still {await read()} after {timeout_s}s, expected {expected}")
