@@ -5,6 +5,8 @@ migrate       apply database migrations up to head, then exit
 token         print the development bearer token (development only)
 verify-audit  recompute every audit chain; exit 1 and name the first broken link of each broken chain
 relay         run outbox relays only (no gRPC server), until SIGTERM
+dead-letters  list the outbox events parked after too many failed publishes
+redrive       make every dead-lettered event due again (the relays publish them, in order)
 """
 
 from __future__ import annotations
@@ -29,13 +31,14 @@ from server.db.database import Database
 from server.db.engine import asyncpg_dsn, create_pool
 from server.db.migrate import migrate_to_head, pending_revision
 from server.observability import configure_logging
+from server.outbox import admin
 from server.outbox.supervisor import RelayConfig, run_relays
 from server.services import audit
 from server.settings import Settings, SettingsError, development_token, load_settings
 
 log = structlog.get_logger("server")
 
-COMMANDS = ("serve", "migrate", "token", "verify-audit", "relay")
+COMMANDS = ("serve", "migrate", "token", "verify-audit", "relay", "dead-letters", "redrive")
 USAGE = f"usage: python -m server [{'|'.join(COMMANDS)}]"
 
 
@@ -79,6 +82,24 @@ async def verify_audit(database_url: str) -> int:
         print(f"{len(broken)} broken chain(s): restore the entries from a backup and investigate who changed them")
         return 1
     print(f"all audit chains verify ({entries} entries)")
+    return 0
+
+
+async def manage_dead_letters(database_url: str, *, redrive: bool) -> int:
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        if redrive:
+            print(f"{await admin.redrive_dead_letters(connection)} dead-lettered events are due again")
+            return 0
+        letters = await admin.dead_letters(connection)
+    finally:
+        await connection.close()
+    for letter in letters:
+        print(
+            f"{letter.dead_lettered_at:%Y-%m-%dT%H:%M:%SZ} {letter.id} {letter.topic} key={letter.message_key}"
+            f" attempts={letter.attempts} error={letter.last_error}"
+        )
+    print(f"{len(letters)} dead letters" + ("; fix the cause, then `python -m server redrive`" if letters else ""))
     return 0
 
 
@@ -196,6 +217,8 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "verify-audit":
         return asyncio.run(verify_audit(database_url))
+    if command in ("dead-letters", "redrive"):
+        return asyncio.run(manage_dead_letters(database_url, redrive=command == "redrive"))
     try:
         return asyncio.run(serve(settings, database_url, nats_url))
     except CannotListen as error:

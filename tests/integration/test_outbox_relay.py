@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 
 from server.db.engine import create_pool
 from server.db.migrate import migrate_to_head
+from server.outbox import admin
 from server.outbox.relay import OutboxRelay, ensure_stream
 from tests.support import scratch_database
 
@@ -136,6 +137,11 @@ async def test_a_failing_publish_is_retried_with_backoff_then_parked_as_a_dead_l
     await relay_pool.execute("UPDATE outbox SET next_attempt_at = now()")
     # A dead letter holds back the later events of its aggregate: they never overtake it.
     assert (await relay.run_once()).claimed == 0
+    async with relay_pool.acquire() as connection:
+        listed = await admin.dead_letters(connection)
+        assert len(listed) == 2 and all(letter.attempts == 2 and letter.last_error for letter in listed)
+        assert await admin.redrive_dead_letters(connection) == 2
+    assert (await relay.run_once()).claimed == 2  # due again, from the first attempt
 
 
 async def test_a_committed_event_wakes_a_waiting_relay_faster_than_the_poll(
