@@ -75,6 +75,10 @@ docs: $(INSTALLED) ## Regenerate docs/state-machines.md from the transition tabl
 bench: $(INSTALLED) ## Benchmark CreatePayment against a bare grpc.aio + asyncpg ceiling
 	$(BIN)/python -m bench
 
+.PHONY: simulator
+simulator: $(INSTALLED) ## Run the provider simulator (calm profile)
+	$(BIN)/python -m simulator --profile calm
+
 .PHONY: clean
 clean: ## Remove the virtual environment and caches (keeps .data)
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info gen/*.egg-info

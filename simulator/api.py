@@ -1,0 +1,71 @@
+"""The provider's payments API, shaped like a card gateway's (Stripe-like JSON, decimal strings)."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from simulator.errors import error_response
+from simulator.faults import RequestFaults
+from simulator.keys import FAULTS, SIMULATOR
+from simulator.payments import InvalidRequest, PaymentRequest
+from simulator.store import IdempotencyConflict
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+routes = web.RouteTableDef()
+
+
+@routes.post("/v1/payments")
+async def create_payment(request: web.Request) -> web.Response:
+    key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
+    if not key or len(key) > 255:
+        return error_response(400, f"the {IDEMPOTENCY_HEADER} header is required (1-255 characters)")
+    try:
+        body = json.loads(await request.read())
+        payment_request = PaymentRequest.parse(body)
+    except json.JSONDecodeError:
+        return error_response(400, "the body is not valid JSON")
+    except InvalidRequest as error:
+        return error_response(400, str(error), param=error.param)
+    try:
+        # no await between here and the answer: the key check and the insert are one step
+        answer = request.app[SIMULATOR].create_payment(key, payment_request, request.get(FAULTS, RequestFaults()))
+    except IdempotencyConflict as error:
+        return error_response(409, str(error), kind="idempotency_error", param=IDEMPOTENCY_HEADER)
+    headers = {REPLAYED_HEADER: "true"} if answer.replayed else {}
+    return web.json_response(answer.body, status=answer.status, headers=headers)
+
+
+@routes.get("/v1/payments")
+async def find_by_idempotency_key(request: web.Request) -> web.Response:
+    """The status inquiry after a timeout: did the provider ever see this key? 404 means no."""
+    key = request.query.get("idempotency_key", "").strip()
+    if not key:
+        return error_response(400, "idempotency_key is required", param="idempotency_key")
+    payment = request.app[SIMULATOR].store.by_idempotency_key(key)
+    if payment is None:
+        return error_response(404, f"no payment with idempotency key {key!r}", param="idempotency_key")
+    return web.json_response(payment.to_json())
+
+
+@routes.get("/v1/payments/{id}")
+async def get_payment(request: web.Request) -> web.Response:
+    payment = request.app[SIMULATOR].store.get(request.match_info["id"])
+    if payment is None:
+        return error_response(404, f"no payment {request.match_info['id']!r}", param="id")
+    return web.json_response(payment.to_json())
+
+
+@routes.post("/v1/payments/{id}/refund")
+async def refund_payment(request: web.Request) -> web.Response:
+    payment_id = request.match_info["id"]
+    try:
+        answer = request.app[SIMULATOR].refund(payment_id)
+    except LookupError:
+        return error_response(404, f"no payment {payment_id!r}", param="id")
+    except InvalidRequest as error:
+        return error_response(409, str(error))
+    return web.json_response(answer.body, status=answer.status)

@@ -1,0 +1,79 @@
+"""`python -m simulator`: parse and check the arguments, then serve until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from urllib.parse import urlparse
+
+from aiohttp import web
+
+from simulator.app import build_app
+from simulator.engine import Simulator
+from simulator.profiles import PROFILES
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        """One line, exit status 2: the same contract as the Ballast server's settings."""
+        self.exit(2, f"simulator: {message}\n")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = _Parser(prog="python -m simulator", description="A fake payment provider with fault profiles.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8099, help="port to listen on; 0 picks a free one (default 8099)")
+    parser.add_argument("--profile", default="calm", help=f"fault profile: {', '.join(PROFILES)} (default calm)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the RNG behind every fault (default 42)")
+    parser.add_argument("--webhook-url", default=None, help="where to POST webhook events (default: none sent)")
+    parser.add_argument("--webhook-secret", default="whsec_simulator", help="HMAC key of the webhook signatures")
+    args = parser.parse_args(argv)
+    if args.profile not in PROFILES:
+        parser.error(f"--profile must be one of {', '.join(PROFILES)}, not {args.profile!r}")
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be from 0 to 65535, not {args.port}")
+    if args.webhook_url is not None:
+        url = urlparse(args.webhook_url)
+        if url.scheme not in ("http", "https") or not url.netloc:
+            parser.error(f"--webhook-url must be an http(s) URL, not {args.webhook_url!r}")
+    if not args.webhook_secret:
+        parser.error("--webhook-secret must not be empty")
+    return args
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Serve until SIGINT or SIGTERM; print the bound address (the real port when --port 0)."""
+    simulator = Simulator(
+        profile_name=args.profile,
+        seed=args.seed,
+        webhook_url=args.webhook_url,
+        webhook_secret=args.webhook_secret,
+    )
+    runner = web.AppRunner(build_app(simulator), access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        site = web.TCPSite(runner, args.host, args.port)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        # the readiness line a supervisor (or a test) waits for
+        print(f"simulator listening on http://{host}:{port} profile={args.profile} seed={args.seed}", flush=True)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        asyncio.run(serve(args))
+    except OSError as error:  # the port is taken, the host does not exist...
+        sys.exit(f"simulator: cannot listen on {args.host}:{args.port}: {error.strerror or error}")

@@ -1,0 +1,106 @@
+"""A payment as the provider sees it: its request, its status and the moves that status may make.
+
+Amounts stay `Decimal` and travel as decimal strings; a float would round a customer's money.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+PENDING, SUCCEEDED, FAILED, DECLINED, REFUNDED = "pending", "succeeded", "failed", "declined", "refunded"
+FINAL_OUTCOMES = (SUCCEEDED, FAILED, DECLINED)
+
+# the only moves a provider makes; anything else is a bug in the simulator, not a fault
+TRANSITIONS: dict[str, frozenset[str]] = {
+    PENDING: frozenset(FINAL_OUTCOMES),
+    SUCCEEDED: frozenset({REFUNDED}),
+    FAILED: frozenset(),
+    DECLINED: frozenset(),
+    REFUNDED: frozenset(),
+}
+
+_AMOUNT = re.compile(r"^(0|[1-9][0-9]{0,14})(\.[0-9]+)?$")
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_ZERO_DECIMAL_CURRENCIES = frozenset({"JPY", "KRW", "CLP", "VND", "ISK", "HUF"})
+
+
+class InvalidRequest(ValueError):
+    """A request the provider refuses before doing anything; `param` names the field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class PaymentRequest:
+    """The parameters of POST /v1/payments; equal requests may share an idempotency key."""
+
+    amount: Decimal
+    currency: str
+    reference: str
+
+    @classmethod
+    def parse(cls, body: Any) -> PaymentRequest:
+        if not isinstance(body, dict):
+            raise InvalidRequest("the body must be a JSON object")
+        unknown = sorted(set(body) - {"amount", "currency", "reference"})
+        if unknown:
+            raise InvalidRequest(f"unknown parameter: {unknown[0]}", unknown[0])
+        amount, currency, reference = body.get("amount"), body.get("currency"), body.get("reference", "")
+        if not isinstance(amount, str) or not _AMOUNT.match(amount):
+            raise InvalidRequest('amount must be a decimal string such as "12.34"', "amount")
+        if not isinstance(currency, str) or not _CURRENCY.match(currency):
+            raise InvalidRequest("currency must be a three-letter ISO 4217 code such as EUR", "currency")
+        if not isinstance(reference, str) or len(reference) > 255:
+            raise InvalidRequest("reference must be a string of at most 255 characters", "reference")
+        value = Decimal(amount)
+        digits = 0 if currency in _ZERO_DECIMAL_CURRENCIES else 2
+        if value <= 0:
+            raise InvalidRequest("amount must be greater than zero", "amount")
+        exponent = value.as_tuple().exponent
+        if isinstance(exponent, int) and -exponent > digits:
+            raise InvalidRequest(f"{currency} amounts have at most {digits} decimal places", "amount")
+        return cls(amount=value, currency=currency, reference=reference)
+
+
+@dataclass
+class Payment:
+    """One payment the provider accepted; `outcome` is where it will go when it leaves pending."""
+
+    request: PaymentRequest
+    idempotency_key: str
+    outcome: str
+    settle_after_ms: int
+    id: str = field(default_factory=lambda: f"pay_{uuid.uuid4().hex[:24]}")
+    created: int = field(default_factory=lambda: int(time.time()))
+    status: str = PENDING
+    history: list[str] = field(default_factory=lambda: [PENDING])
+    refunded_amount: Decimal = Decimal(0)
+
+    def move_to(self, status: str) -> None:
+        if status not in TRANSITIONS[self.status]:
+            raise InvalidRequest(f"payment {self.id} is {self.status}; it cannot become {status}")
+        self.status = status
+        self.history.append(status)
+        if status == REFUNDED:
+            self.refunded_amount = self.request.amount
+
+    def to_json(self, status: str | None = None) -> dict[str, Any]:
+        """The API's view; `status` lets a contradictory webhook claim a status it does not have."""
+        return {
+            "id": self.id,
+            "object": "payment",
+            "amount": str(self.request.amount),
+            "currency": self.request.currency,
+            "reference": self.request.reference,
+            "status": status or self.status,
+            "amount_refunded": str(self.refunded_amount),
+            "created": self.created,
+            "idempotency_key": self.idempotency_key,
+        }
