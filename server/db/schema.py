@@ -316,3 +316,34 @@ leg_transitions = sa.Table(
     sa.Index("ix_leg_transitions_leg_id", "leg_id", "id"),
     comment="Every state change of every leg, with its cause and evidence. Append-only.",
 )
+
+processed_events = sa.Table(
+    "processed_events",
+    metadata,
+    sa.Column("consumer_group", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=False),
+    sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("consumer_group", "event_id"),
+    sa.CheckConstraint("char_length(consumer_group) BETWEEN 1 AND 128", name="consumer_group_length"),
+    sa.CheckConstraint("char_length(event_id) BETWEEN 1 AND 256", name="event_id_length"),
+    comment=(
+        "Events a consumer group has applied, inserted first in the same transaction as the work:"
+        " a second delivery finds the row and does nothing."
+    ),
+)
+
+exposures = sa.Table(
+    "exposures",
+    metadata,
+    sa.Column("account", sa.Text, nullable=False),
+    sa.Column("currency_code", sa.Text, nullable=False),
+    sa.Column("in_flight", sa.Numeric, nullable=False, server_default="0"),
+    sa.Column("settled", sa.Numeric, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.PrimaryKeyConstraint("account", "currency_code"),
+    sa.CheckConstraint("in_flight >= 0", name="in_flight_nonnegative"),
+    comment=(
+        "Risk exposure per account and currency, projected from events: money of payments not yet"
+        " decided (in flight) and the account's ledger balance (settled)."
+    ),
+)

@@ -25,11 +25,23 @@ def payment_recorded(
 
 
 def payment_state_changed(
-    payment_id: uuid.UUID, from_state: str, to_state: str, event: str, cause: str, evidence_ref: str
+    payment_id: uuid.UUID,
+    from_state: str,
+    to_state: str,
+    event: str,
+    cause: str,
+    evidence_ref: str,
+    *,
+    client_id: str,
+    amount: Decimal,
+    currency_code: str,
 ) -> dict[str, Any]:
     return {
         "type": PAYMENT_STATE_CHANGED,
         "payment_id": str(payment_id),
+        "client_id": client_id,
+        "amount": format(amount, "f"),
+        "currency_code": currency_code,
         "from_state": from_state,
         "to_state": to_state,
         "event": event,

@@ -18,7 +18,9 @@ import nats
 import structlog
 from nats.aio.client import Client as NatsClient
 
+from server.messaging.consumer import ConsumerRunner
 from server.outbox.relay import STREAM_NAME, SUBJECT_PREFIX, OutboxRelay, ensure_stream
+from server.services import exposures
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +70,8 @@ class RelayConfig:
     batch_size: int
     stream: str = STREAM_NAME
     subject_prefix: str = SUBJECT_PREFIX
+    #: run Ballast's own consumers (the exposure projection) beside the relays
+    consumers: bool = True
 
 
 async def run_relays(
@@ -81,7 +85,10 @@ async def run_relays(
     if connection is None:
         return
     try:
-        await ensure_stream(connection.jetstream(), config.stream, config.subject_prefix)
+        js = connection.jetstream()
+        await ensure_stream(js, config.stream, config.subject_prefix)
+        # consumers park poison messages on <prefix>_dead.<group>, in a stream of their own
+        await ensure_stream(js, f"{config.stream}_DEAD", f"{config.subject_prefix}_dead")
         if set_health is not None:
             await set_health(HEALTH_COMPONENT, True)
         log.info("outbox.relaying", workers=workers, batch_size=batch_size)
@@ -96,6 +103,16 @@ async def run_relays(
             for _ in range(workers)
         ]
         tasks = [relay.run(stopping) for relay in relays]
+        if config.consumers:
+            exposure_consumer = ConsumerRunner(
+                pool,
+                js,
+                stream=config.stream,
+                subject_prefix=config.subject_prefix,
+                group=exposures.CONSUMER_GROUP,
+                handler=exposures.apply_event,
+            )
+            tasks.append(exposure_consumer.run(stopping))
         if set_health is not None:
             tasks.append(_report_health(connection, set_health, stopping))
         await asyncio.gather(*tasks)

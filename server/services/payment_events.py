@@ -104,7 +104,15 @@ async def apply_payment_event(
                 events.ledger_posted(entry_id, posting.event_key, lines),
             )
         change = events.payment_state_changed(
-            payment_id, current.value, to_state.value, event.value, evidence.cause, evidence.reference
+            payment_id,
+            current.value,
+            to_state.value,
+            event.value,
+            evidence.cause,
+            evidence.reference,
+            client_id=row["client_id"],
+            amount=row["amount"],
+            currency_code=row["currency_code"],
         )
         await write_event(connection, events.PAYMENT_STATE_CHANGED, str(payment_id), change)
         await append_audit(connection, "payment", str(payment_id), events.PAYMENT_STATE_CHANGED, evidence.cause, change)

@@ -36,7 +36,7 @@ async def _poll(check: Callable[[], object], timeout_s: float = 10) -> None:
     raise TimeoutError(f"not true within {timeout_s}s")
 
 
-async def test_a_created_payment_is_announced_on_jetstream_and_the_outbox_reports_serving(
+async def test_a_created_payment_is_announced_on_jetstream_and_projected_back_by_the_exposure_consumer(
     start_server: Callable[..., ServerProcess], pool: asyncpg.Pool, nats_url: str
 ) -> None:
     server = start_server()
@@ -66,6 +66,13 @@ async def test_a_created_payment_is_announced_on_jetstream_and_the_outbox_report
     finally:
         await connection.close()
     assert json.loads(message.data or b"{}")["payment_id"] == reply.payment.id
+
+    async def projected() -> object:  # the server's own consumer read it back from JetStream
+        return await pool.fetchval(
+            "SELECT in_flight = 3.00 FROM exposures WHERE account = $1", f"merchant_payable:{server.client_id}"
+        )
+
+    await _poll(projected)
 
 
 @pytest.fixture
