@@ -79,6 +79,10 @@ bench: $(INSTALLED) ## Benchmark CreatePayment against a bare grpc.aio + asyncpg
 simulator: $(INSTALLED) ## Run the provider simulator (calm profile)
 	$(BIN)/python -m simulator --profile calm
 
+.PHONY: bench-relay
+bench-relay: $(INSTALLED) ## Benchmark the outbox relay against raw claim-and-update and raw JetStream publish
+	$(BIN)/python -m bench.relay
+
 .PHONY: clean
 clean: ## Remove the virtual environment and caches (keeps .data)
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info gen/*.egg-info

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 from nats.js import JetStreamContext
-from nats.js.api import StreamConfig
+from nats.js.api import PubAck, StreamConfig
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Histogram
 
@@ -61,7 +61,10 @@ ORDER BY o.position
 LIMIT $1
 FOR UPDATE SKIP LOCKED
 """
-_MARK_PUBLISHED = "UPDATE outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1::uuid[])"
+# clock_timestamp(), not now(): the moment the broker acknowledged, not when the batch began
+_MARK_PUBLISHED = (
+    "UPDATE outbox SET published_at = clock_timestamp(), attempts = attempts + 1 WHERE id = ANY($1::uuid[])"
+)
 _MARK_FAILED = """
 UPDATE outbox AS o SET attempts = o.attempts + 1,
                        last_error = failed.error,
@@ -113,19 +116,38 @@ class OutboxRelay:
         # While the broker is away, events wait: publishing would only burn their attempts.
         self._broker_connected = broker_connected
 
-    async def _publish(self, row: asyncpg.Record) -> str | None:
-        """None when the broker acknowledged the event (a duplicate counts), else the error."""
-        try:
-            await self._js.publish(
-                f"{self._subject_prefix}.{row['topic']}",
-                row["payload"].encode(),
-                timeout=PUBLISH_TIMEOUT_S,
-                headers={"Nats-Msg-Id": str(row["id"])},
-            )
-        except Exception as error:  # any failure is retried later; the stored error says which
-            return f"{type(error).__name__}: {error}"[:500]
-        COMMIT_TO_PUBLISH_SECONDS.observe(max(time.time() - float(row["created_epoch"]), 0.0))
-        return None
+    async def _publish_all(self, rows: list[asyncpg.Record]) -> list[str | None]:
+        """Publish the batch with pipelined acknowledgements; per row, None if acknowledged (a duplicate
+        counts), else the error."""
+        acks: list[asyncio.Future[PubAck] | BaseException] = []
+        for row in rows:
+            try:
+                acks.append(
+                    await self._js.publish_async(
+                        f"{self._subject_prefix}.{row['topic']}",
+                        row["payload"].encode(),
+                        headers={"Nats-Msg-Id": str(row["id"])},
+                    )
+                )
+            except Exception as error:  # any failure is retried later; the stored error says which
+                acks.append(error)
+        pending = [ack for ack in acks if isinstance(ack, asyncio.Future)]
+        if pending:
+            await asyncio.wait(pending, timeout=PUBLISH_TIMEOUT_S)
+        now = time.time()
+        errors: list[str | None] = []
+        for row, ack in zip(rows, acks, strict=True):
+            if isinstance(ack, BaseException):
+                errors.append(f"{type(ack).__name__}: {ack}"[:500])
+            elif not ack.done():
+                ack.cancel()
+                errors.append(f"TimeoutError: no acknowledgement within {PUBLISH_TIMEOUT_S}s")
+            elif (failure := ack.exception()) is not None:
+                errors.append(f"{type(failure).__name__}: {failure}"[:500])
+            else:
+                errors.append(None)
+                COMMIT_TO_PUBLISH_SECONDS.observe(max(now - float(row["created_epoch"]), 0.0))
+        return errors
 
     async def run_once(self) -> BatchResult:
         """Claim, publish and mark one batch; a bounded amount of work that tests call directly."""
@@ -133,7 +155,7 @@ class OutboxRelay:
             rows = await connection.fetch(_CLAIM, self._batch_size)
             if not rows:
                 return BatchResult(0, 0, 0)
-            errors = await asyncio.gather(*(self._publish(row) for row in rows))
+            errors = await self._publish_all(list(rows))
             published = [row["id"] for row, error in zip(rows, errors, strict=True) if error is None]
             failed = [(row, error) for row, error in zip(rows, errors, strict=True) if error is not None]
             if published:
