@@ -85,9 +85,11 @@ async def raw_publish(js: nats.js.JetStreamContext, prefix: str, events: int) ->
     return events / (time.perf_counter() - started)
 
 
-async def relay_throughput(pool: asyncpg.Pool, js: nats.js.JetStreamContext, prefix: str, events: int) -> float:
+async def relay_throughput(
+    pool: asyncpg.Pool, js: nats.js.JetStreamContext, prefix: str, events: int, batch_size: int
+) -> float:
     await _insert(pool, events)
-    relays = [OutboxRelay(pool, js, batch_size=BATCH_SIZE, subject_prefix=prefix) for _ in range(RELAYS)]
+    relays = [OutboxRelay(pool, js, batch_size=batch_size, subject_prefix=prefix) for _ in range(RELAYS)]
 
     async def drain(relay: OutboxRelay) -> None:
         idle = 0
@@ -136,7 +138,7 @@ async def paced_latency(pool: asyncpg.Pool, js: nats.js.JetStreamContext, prefix
     return float(row["p50"]), float(row["p99"])
 
 
-async def run(database_url: str, nats_url: str, events: int) -> int:
+async def run(database_url: str, nats_url: str, events: int, batch_size: int) -> int:
     pool = await create_pool(database_url, size=RELAYS + 4, statement_timeout_ms=60_000)
     connection = await nats.connect(nats_url)
     js = connection.jetstream()
@@ -150,14 +152,14 @@ async def run(database_url: str, nats_url: str, events: int) -> int:
         _status("raw JetStream publish...")
         publish_rate = await raw_publish(js, prefix, events)
         _status(f"relay: {RELAYS} relays draining {events} events...")
-        relay_rate = await relay_throughput(pool, js, prefix, events)
+        relay_rate = await relay_throughput(pool, js, prefix, events, batch_size)
         _status(f"latency: {PACED_RATE_PER_S} events/s for {PACED_DURATION_S:g} s...")
         p50_ms, p99_ms = await paced_latency(pool, js, prefix)
     finally:
         await js.delete_stream(stream)
         await connection.close()
         await pool.close()
-    print(f"outbox relay, {events} events, {RELAYS} relays, batch {BATCH_SIZE}, {os.cpu_count()} CPUs")
+    print(f"outbox relay, {events} events, {RELAYS} relays, batch {batch_size}, {os.cpu_count()} CPUs")
     print(f"  raw claim-and-update   {claim_rate:>10,.0f} rows/s")
     print(f"  raw JetStream publish  {publish_rate:>10,.0f} msgs/s")
     print(
@@ -176,9 +178,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m bench.relay", description=__doc__.splitlines()[0] if __doc__ else ""
     )
     parser.add_argument("--events", type=int, default=EVENTS_DEFAULT, help="events drained (1000 to 200000)")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="events per relay batch (1 to 5000)")
     args = parser.parse_args(argv)
     if not 1000 <= args.events <= 200_000:
         parser.error("--events must be from 1000 to 200000")
+    if not 1 <= args.batch_size <= 5000:
+        parser.error("--batch-size must be from 1 to 5000")
     server_url, source = postgres_server_url()
     nats_url = os.environ.get("NATS_URL", "").strip()
     if not nats_url:
@@ -188,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with bench_database(server_url) as database_url:
         _status(f"database {source}: {redacted(database_url)}; broker {nats_url}; migrating")
         migrate(database_url)
-        return asyncio.run(run(database_url, nats_url, args.events))
+        return asyncio.run(run(database_url, nats_url, args.events, args.batch_size))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ verify-audit  recompute every audit chain; exit 1 and name the first broken link
 relay         run outbox relays only (no gRPC server), until SIGTERM
 dead-letters  list the outbox events parked after too many failed publishes
 redrive       make every dead-lettered event due again (the relays publish them, in order)
+republish     publish again the events of an aggregate (--key) and/or since a time (--since)
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import os
 # PostgreSQL), so gRPC's fork handlers are not needed.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
+import argparse
 import asyncio
 import contextlib
 import signal
 import sys
+from datetime import datetime
 
 import asyncpg
 import prometheus_client
@@ -38,7 +41,7 @@ from server.settings import Settings, SettingsError, development_token, load_set
 
 log = structlog.get_logger("server")
 
-COMMANDS = ("serve", "migrate", "token", "verify-audit", "relay", "dead-letters", "redrive")
+COMMANDS = ("serve", "migrate", "token", "verify-audit", "relay", "dead-letters", "redrive", "republish")
 USAGE = f"usage: python -m server [{'|'.join(COMMANDS)}]"
 
 
@@ -49,6 +52,7 @@ def _relay_config(settings: Settings, nats_url: str, workers_min: int = 0) -> Re
         batch_size=settings.relay_batch_size,
         stream=settings.nats_stream,
         subject_prefix=settings.nats_subject_prefix,
+        retention_hours=settings.outbox_retention_hours,
     )
 
 
@@ -190,10 +194,43 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
     return 0
 
 
+def _republish_options(arguments: list[str]) -> tuple[str | None, datetime | None] | None:
+    """--key K and/or --since ISO-8601; None (after printing why) if they do not parse."""
+    parser = argparse.ArgumentParser(prog="python -m server republish")
+    parser.add_argument("--key", help="the aggregate (outbox message key), e.g. a payment id")
+    parser.add_argument("--since", help="events created at or after this time, ISO 8601 with a zone")
+    try:
+        options = parser.parse_args(arguments)
+        since = None if options.since is None else datetime.fromisoformat(options.since)
+    except (SystemExit, ValueError):
+        print("usage: python -m server republish [--key KEY] [--since 2026-11-25T00:00:00Z]", file=sys.stderr)
+        return None
+    if options.key is None and since is None:
+        print("republish needs --key or --since (or both): everything is rarely what you mean", file=sys.stderr)
+        return None
+    if since is not None and since.tzinfo is None:
+        print("--since needs a time zone, e.g. 2026-11-25T00:00:00Z", file=sys.stderr)
+        return None
+    return options.key, since
+
+
+async def republish(database_url: str, key: str | None, since: datetime | None) -> int:
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        count = await admin.republish(connection, message_key=key, since=since)
+    finally:
+        await connection.close()
+    print(f"{count} events are due for publishing again; the relays send them in order")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "serve"
-    if command not in COMMANDS or len(argv) > 1:
+    if command not in COMMANDS or (len(argv) > 1 and command != "republish"):
         print(USAGE, file=sys.stderr)
+        return 2
+    republish_options = _republish_options(argv[1:]) if command == "republish" else None
+    if command == "republish" and republish_options is None:
         return 2
     try:
         settings = load_settings()
@@ -217,6 +254,8 @@ def main(argv: list[str]) -> int:
         return 0
     if command == "verify-audit":
         return asyncio.run(verify_audit(database_url))
+    if republish_options is not None:
+        return asyncio.run(republish(database_url, *republish_options))
     if command in ("dead-letters", "redrive"):
         return asyncio.run(manage_dead_letters(database_url, redrive=command == "redrive"))
     try:

@@ -43,6 +43,8 @@ class Settings:
     #: The JetStream stream and the subjects' first token: environments can share one NATS apart.
     nats_stream: str
     nats_subject_prefix: str
+    #: How long published outbox events are kept (the window `republish` can replay) before pruning.
+    outbox_retention_hours: int
     #: token -> principal
     api_tokens: Mapping[str, Principal] = field(repr=False)
     db_pool_size: int
@@ -170,6 +172,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         relay_batch_size=_integer(env, "BALLAST_RELAY_BATCH_SIZE", 500, 1, 5000),
         nats_stream=_name(env, "BALLAST_NATS_STREAM", "BALLAST"),
         nats_subject_prefix=_name(env, "BALLAST_NATS_SUBJECT_PREFIX", "ballast"),
+        outbox_retention_hours=_integer(env, "BALLAST_OUTBOX_RETENTION_HOURS", 168, 1, 24 * 365),
         api_tokens=api_tokens,
         db_pool_size=_integer(env, "BALLAST_DB_POOL_SIZE", 20, 1, 500),
         db_statement_timeout_ms=_integer(env, "BALLAST_DB_STATEMENT_TIMEOUT_MS", 5000, 100, 600_000),

@@ -19,6 +19,7 @@ import structlog
 from nats.aio.client import Client as NatsClient
 
 from server.messaging.consumer import ConsumerRunner
+from server.outbox.maintenance import run_maintenance
 from server.outbox.relay import STREAM_NAME, SUBJECT_PREFIX, OutboxRelay, ensure_stream
 from server.services import exposures
 
@@ -72,6 +73,8 @@ class RelayConfig:
     subject_prefix: str = SUBJECT_PREFIX
     #: run Ballast's own consumers (the exposure projection) beside the relays
     consumers: bool = True
+    #: published events are kept this long (the replay window), then pruned
+    retention_hours: int = 168
 
 
 async def run_relays(
@@ -103,6 +106,7 @@ async def run_relays(
             for _ in range(workers)
         ]
         tasks = [relay.run(stopping) for relay in relays]
+        tasks.append(run_maintenance(pool, config.retention_hours, stopping))
         if config.consumers:
             exposure_consumer = ConsumerRunner(
                 pool,

@@ -214,3 +214,29 @@ async def _wait_for(read: Callable[[], Awaitable[int]], expected: int, timeout_s
             return
         await asyncio.sleep(0.05)
     raise TimeoutError(f"still {await read()} after {timeout_s}s, expected {expected}")
+
+
+async def test_published_events_are_pruned_after_their_retention_and_gauges_report_the_backlog(
+    relay_pool: asyncpg.Pool,
+) -> None:
+    from server.outbox import maintenance
+
+    await _insert_events(relay_pool, aggregates=5, per_aggregate=4)  # 20 events
+    await relay_pool.execute(
+        "UPDATE outbox SET published_at = now() - interval '200 hours'"
+        " WHERE id IN (SELECT id FROM outbox ORDER BY position LIMIT 8)"
+    )
+    await relay_pool.execute(
+        "UPDATE outbox SET published_at = now() - interval '2 hours'"
+        " WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL ORDER BY position LIMIT 4)"
+    )
+    await relay_pool.execute(
+        "UPDATE outbox SET dead_lettered_at = now()"
+        " WHERE id IN (SELECT id FROM outbox WHERE published_at IS NULL ORDER BY position LIMIT 1)"
+    )
+    assert await maintenance.prune(relay_pool, retention_hours=168) == 8
+    assert await relay_pool.fetchval("SELECT count(*) FROM outbox") == 12
+    await maintenance.sample(relay_pool)
+    assert maintenance.PENDING._value.get() == 7  # 20 - 8 pruned - 4 published - 1 dead
+    assert maintenance.DEAD_LETTERED._value.get() == 1
+    assert maintenance.OLDEST_PENDING_AGE._value.get() >= 0
