@@ -37,6 +37,11 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
+def _precondition_failure(kind: str, subject: str, error: BallastError) -> tuple[grpc.StatusCode, list[any_pb2.Any]]:
+    violation = error_details_pb2.PreconditionFailure.Violation(type=kind, subject=subject, description=str(error))
+    return grpc.StatusCode.FAILED_PRECONDITION, [_pack(error_details_pb2.PreconditionFailure(violations=[violation]))]
+
+
 def _details_for(error: BallastError) -> tuple[grpc.StatusCode, list[any_pb2.Any]]:
     if isinstance(error, InvalidArgument):
         bad_request = error_details_pb2.BadRequest(
@@ -49,27 +54,10 @@ def _details_for(error: BallastError) -> tuple[grpc.StatusCode, list[any_pb2.Any
         )
         return grpc.StatusCode.INVALID_ARGUMENT, [_pack(bad_request)]
     if isinstance(error, IdempotencyKeyReused):
-        failure = error_details_pb2.PreconditionFailure(
-            violations=[
-                error_details_pb2.PreconditionFailure.Violation(
-                    type="IDEMPOTENCY_KEY_REUSED",
-                    subject=f"idempotency_key:{error.idempotency_key}",
-                    description=str(error),
-                )
-            ]
-        )
-        return grpc.StatusCode.FAILED_PRECONDITION, [_pack(failure)]
+        return _precondition_failure("IDEMPOTENCY_KEY_REUSED", f"idempotency_key:{error.idempotency_key}", error)
     if isinstance(error, IllegalTransition):
-        failure = error_details_pb2.PreconditionFailure(
-            violations=[
-                error_details_pb2.PreconditionFailure.Violation(
-                    type="ILLEGAL_TRANSITION",
-                    subject=f"{error.machine}:{error.from_state}->{error.to_state}",
-                    description=str(error),
-                )
-            ]
-        )
-        return grpc.StatusCode.FAILED_PRECONDITION, [_pack(failure)]
+        subject = f"{error.machine}:{error.from_state}->{error.to_state}"
+        return _precondition_failure("ILLEGAL_TRANSITION", subject, error)
     if isinstance(error, NotFound):
         return grpc.StatusCode.NOT_FOUND, [
             _pack(error_details_pb2.ResourceInfo(resource_type=error.kind, resource_name=error.identifier))
