@@ -83,6 +83,10 @@ simulator: $(INSTALLED) ## Run the provider simulator (calm profile)
 bench-relay: $(INSTALLED) ## Benchmark the outbox relay against raw claim-and-update and raw JetStream publish
 	$(BIN)/python -m bench.relay
 
+.PHONY: bench-simulator
+bench-simulator: $(INSTALLED) ## Benchmark the simulator's payment creation (calm) against Ballast's CreatePayment
+	$(BIN)/python -m bench.simulator
+
 .PHONY: clean
 clean: ## Remove the virtual environment and caches (keeps .data)
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info gen/*.egg-info

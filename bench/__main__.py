@@ -117,8 +117,10 @@ def _server_command(
     }
 
 
-def measure(args: argparse.Namespace, pool_size: int) -> tuple[str, list[LoadResult]]:
-    """Run both targets one after the other; returns (where PostgreSQL is, results)."""
+def measure(
+    args: argparse.Namespace, pool_size: int, targets: Sequence[str] = (BARE, BALLAST)
+) -> tuple[str, list[LoadResult]]:
+    """Run the targets one after the other; returns (where PostgreSQL is, results)."""
     token = secrets.token_urlsafe(24)
     with ExitStack() as stack:
         server_url, source = postgres_server_url()
@@ -128,7 +130,7 @@ def measure(args: argparse.Namespace, pool_size: int) -> tuple[str, list[LoadRes
         migrate(database_url)
 
         results = []
-        for name in (BARE, BALLAST):
+        for name in targets:
             port = free_port()
             command, env = _server_command(name, port, database_url, pool_size, token)
             _status(f"[{name}] starting")
@@ -152,25 +154,30 @@ def _cpu_cells(cpu: CpuUsage | None) -> tuple[str, str, str]:
     return f"{cpu.server:.2f}", f"{cpu.load_generator:.2f}", f"{cpu.other:.2f}"
 
 
-def report(results: list[LoadResult], ratio: float) -> None:
+def table(results: list[LoadResult], labels: dict[str, str]) -> None:
+    """One row per target: calls/s, p50, p99, errors, CPU; then what the errors were."""
     header = f"{'target':<16}{'calls/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}   CPU cores: server  loadgen  other"
     print(header)
     print("-" * len(header))
     for result in results:
         server, load_generator, other = _cpu_cells(result.cpu)
         print(
-            f"{LABELS[result.target]:<16}{result.calls_per_s:>10.1f}{result.percentile_ms(0.50):>9.2f}"
+            f"{labels[result.target]:<16}{result.calls_per_s:>10.1f}{result.percentile_ms(0.50):>9.2f}"
             f"{result.percentile_ms(0.99):>9.2f}{sum(result.errors.values()):>8}"
             f"{'':>14}{server:>6}{load_generator:>9}{other:>7}"
         )
     for result in results:
         if result.errors or result.errors_outside_window:
             print(
-                f"  {LABELS[result.target]} errors: in window {dict(result.errors)}, "
+                f"  {labels[result.target]} errors: in window {dict(result.errors)}, "
                 f"in warm-up or drain {dict(result.errors_outside_window)}"
             )
             for code, details in result.error_examples.items():
                 print(f"    {code}: {details}")
+
+
+def report(results: list[LoadResult], ratio: float) -> None:
+    table(results, LABELS)
     print(f"ratio: {ratio:.2f} (target >= {TARGET_RATIO:.2f})")
 
 
