@@ -10,7 +10,7 @@ from simulator.errors import error_response
 from simulator.faults import RequestFaults
 from simulator.keys import FAULTS, SIMULATOR
 from simulator.payments import InvalidRequest, PaymentRequest
-from simulator.store import IdempotencyConflict
+from simulator.store import Answer, IdempotencyConflict
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -18,10 +18,21 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 routes = web.RouteTableDef()
 
 
+def idempotency_key(request: web.Request) -> str | None:
+    """The request's Idempotency-Key: 1-255 characters, or None when absent or out of bounds."""
+    key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
+    return key if 0 < len(key) <= 255 else None
+
+
+def answer_response(answer: Answer) -> web.Response:
+    headers = {REPLAYED_HEADER: "true"} if answer.replayed else {}
+    return web.json_response(answer.body, status=answer.status, headers=headers)
+
+
 @routes.post("/v1/payments")
 async def create_payment(request: web.Request) -> web.Response:
-    key = request.headers.get(IDEMPOTENCY_HEADER, "").strip()
-    if not key or len(key) > 255:
+    key = idempotency_key(request)
+    if key is None:
         return error_response(400, f"the {IDEMPOTENCY_HEADER} header is required (1-255 characters)")
     try:
         body = json.loads(await request.read())
@@ -35,8 +46,7 @@ async def create_payment(request: web.Request) -> web.Response:
         answer = request.app[SIMULATOR].create_payment(key, payment_request, request.get(FAULTS, RequestFaults()))
     except IdempotencyConflict as error:
         return error_response(409, str(error), kind="idempotency_error", param=IDEMPOTENCY_HEADER)
-    headers = {REPLAYED_HEADER: "true"} if answer.replayed else {}
-    return web.json_response(answer.body, status=answer.status, headers=headers)
+    return answer_response(answer)
 
 
 @routes.get("/v1/payments")

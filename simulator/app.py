@@ -7,7 +7,7 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from simulator import api, control
+from simulator import api, broker_api, control, report_api
 from simulator.engine import Simulator
 from simulator.http_faults import fault_middleware
 from simulator.keys import FAULTS, SIMULATOR
@@ -42,6 +42,8 @@ def build_app(simulator: Simulator) -> web.Application:
     app = web.Application(middlewares=[log_middleware, fault_middleware])
     app[SIMULATOR] = simulator
     app.add_routes(api.routes)
+    app.add_routes(broker_api.routes)
+    app.add_routes(report_api.routes)
     app.add_routes(control.routes)
 
     async def close(_: web.Application) -> None:

@@ -1,18 +1,19 @@
-"""The simulated provider: payments, their outcomes, their webhooks, and the seeded RNG behind it all.
+"""The simulated provider: payments, orders, their webhooks, settlement, and the seeded RNG behind it all.
 
 ONE `random.Random(seed)` drives everything. Request faults are drawn from it as requests arrive;
-each new payment draws a 64-bit seed from it for its own generator (outcome, settle delay, webhook
-faults), so background timing never shifts the main sequence: same seed + same requests => same
-faults.
+each new payment or order draws a 64-bit seed from it for its own generator (outcome, delays, fills,
+webhook faults, report drift), so background timing never shifts the main sequence: same seed +
+same requests => same faults.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
+from simulator.broker import Broker
 from simulator.faults import RequestFaults, WebhookFaults, draw_request_faults, draw_webhook_faults
 from simulator.payments import (
     DECLINED,
@@ -26,17 +27,9 @@ from simulator.payments import (
 )
 from simulator.profiles import profile
 from simulator.settings import FaultSettings
-from simulator.store import PaymentStore
-from simulator.webhooks import Event, WebhookDispatcher
-
-
-@dataclass
-class Answer:
-    """What the API should answer: a status, a JSON body, and whether it is an idempotent replay."""
-
-    status: int
-    body: dict[str, Any]
-    replayed: bool = False
+from simulator.settlement import CHARGE, REFUND, Line, SettlementBook, fee_for, settlement_date
+from simulator.store import Answer, Store
+from simulator.webhooks import Claim, Event, WebhookDispatcher
 
 
 class Simulator:
@@ -53,11 +46,14 @@ class Simulator:
         self.settings = settings if settings is not None else profile(profile_name)
         self.seed = seed
         self.rng = random.Random(seed)
-        self.store = PaymentStore()
+        self.store: Store[Payment] = Store()
+        self.broker = Broker(self)
+        self.settlements = SettlementBook()
         self.webhooks = WebhookDispatcher(webhook_url, webhook_secret)
-        self._payment_rngs: dict[str, random.Random] = {}
+        self._object_rngs: dict[str, random.Random] = {}  # per payment or order
+        self._report_rngs: dict[str, random.Random] = {}  # per payment: its settlement drift
         self._webhook_overrides: dict[str, WebhookFaults | None] = {}
-        self._create_faults: dict[str, str] = {}
+        self.create_faults: dict[str, str] = {}
         self._held: dict[str, list[Event]] = {}  # reordered events waiting for the next one
         self._sequences: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -77,14 +73,23 @@ class Simulator:
             self.rng = random.Random(seed)
 
     async def reset(self, seed: int | None = None) -> None:
-        """Forget every payment and event, stop background work, restart the RNG from the seed."""
+        """Forget every payment, order, event and booking, stop background work, restart the RNG."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.webhooks.reset()
-        self.store = PaymentStore()
-        for table in (self._payment_rngs, self._webhook_overrides, self._create_faults, self._held, self._sequences):
+        self.store = Store()
+        self.broker = Broker(self)
+        self.settlements = SettlementBook()
+        for table in (
+            self._object_rngs,
+            self._report_rngs,
+            self._webhook_overrides,
+            self.create_faults,
+            self._held,
+            self._sequences,
+        ):
             table.clear()
         if seed is not None:
             self.seed = seed
@@ -94,10 +99,83 @@ class Simulator:
         await self.reset()
         await self.webhooks.close()
 
-    # -- payments --------------------------------------------------------------------------------
+    # -- shared by payments and orders -----------------------------------------------------------
 
     def draw_request_faults(self) -> RequestFaults:
         return draw_request_faults(self.rng, self.settings)
+
+    def adopt(self, object_id: str, rng: random.Random, faults: RequestFaults) -> None:
+        """Remember a new object's generator and the faults of the request that created it."""
+        self._object_rngs[object_id] = rng
+        self._webhook_overrides[object_id] = faults.webhooks
+        self.create_faults[object_id] = faults.describe()
+
+    def object_rng(self, object_id: str) -> random.Random:
+        return self._object_rngs[object_id]
+
+    def spawn(self, coroutine: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def publish(
+        self,
+        object_id: str,
+        event_type: str,
+        status: str,
+        data: dict[str, Any],
+        *,
+        first: bool = False,
+        claim: Claim | None = None,
+    ) -> None:
+        """Record and queue the webhook(s) for an object's new status, with this event's faults.
+
+        `first` marks the opening event (pending, new) that a reorder fault holds back until the
+        next one; `claim` is what a contradict fault says before the truth (final events only).
+        """
+        faults = self._webhook_overrides.get(object_id)
+        if faults is None:
+            faults = draw_webhook_faults(self._object_rngs[object_id], self.settings)
+        batch: list[Event] = []
+        if claim is not None and faults.contradict:
+            batch.append(self._event(object_id, claim.type, claim.status, claim.data, faults, contradictory=True))
+        event = self._event(object_id, event_type, status, data, faults)
+        if first and faults.reorder:
+            event.reordered = True
+            self._held.setdefault(object_id, []).append(event)
+        else:
+            batch.append(event)
+            batch.extend(self._held.pop(object_id, []))
+        if batch:
+            self.webhooks.send(object_id, batch, self.settings)
+
+    def _event(
+        self,
+        object_id: str,
+        event_type: str,
+        status: str,
+        data: dict[str, Any],
+        faults: WebhookFaults,
+        *,
+        contradictory: bool = False,
+    ) -> Event:
+        sequence = self._sequences.get(object_id, 0) + 1
+        self._sequences[object_id] = sequence
+        return self.webhooks.record(
+            Event(
+                object_id=object_id,
+                type=event_type,
+                sequence=sequence,
+                status=status,
+                data=data,
+                delay_ms=faults.delay_ms,
+                duplicated=faults.duplicate,
+                contradictory=contradictory,
+                dropped=faults.drop,
+            )
+        )
+
+    # -- payments --------------------------------------------------------------------------------
 
     def create_payment(self, key: str, request: PaymentRequest, faults: RequestFaults) -> Answer:
         """Create a payment or replay the key's first answer; IdempotencyConflict on a mismatch.
@@ -107,7 +185,8 @@ class Simulator:
         saved = self.store.replay(key, request)
         if saved is not None:
             return Answer(saved.status, saved.body, replayed=True)
-        payment_rng = random.Random(self.rng.getrandbits(64))
+        payment_seed = self.rng.getrandbits(64)
+        payment_rng = random.Random(payment_seed)
         if payment_rng.random() < self.settings.success_rate:
             outcome = SUCCEEDED
         else:
@@ -116,11 +195,11 @@ class Simulator:
         payment = Payment(request=request, idempotency_key=key, outcome=outcome, settle_after_ms=settle_after_ms)
         body = payment.to_json()
         self.store.add(payment, 200, body)
-        self._payment_rngs[payment.id] = payment_rng
-        self._webhook_overrides[payment.id] = faults.webhooks
-        self._create_faults[payment.id] = faults.describe()
+        self.adopt(payment.id, payment_rng, faults)
+        # a generator of its own, so settlement drift never shifts the payment's webhook faults
+        self._report_rngs[payment.id] = random.Random(f"settlement-{payment_seed}")
         self._emit(payment)
-        self._spawn(self._settle(payment))
+        self.spawn(self._settle(payment))
         return Answer(200, body)
 
     def refund(self, payment_id: str) -> Answer:
@@ -130,67 +209,51 @@ class Simulator:
         if payment.status != SUCCEEDED:
             raise InvalidRequest(f"payment {payment_id} is {payment.status}: only succeeded payments can be refunded")
         payment.move_to(REFUNDED)
+        self._book(payment, REFUND, -payment.request.amount)
         self._emit(payment)
         return Answer(200, payment.to_json())
 
     async def _settle(self, payment: Payment) -> None:
         await asyncio.sleep(payment.settle_after_ms / 1000)
         payment.move_to(payment.outcome)
+        if payment.status == SUCCEEDED:
+            self._book(payment, CHARGE, payment.request.amount)
         self._emit(payment)
 
-    def _spawn(self, coroutine: Any) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    # -- webhooks --------------------------------------------------------------------------------
+    def _book(self, payment: Payment, kind: str, gross: Decimal) -> None:
+        """Book a charge (with its fee) or a refund (fees are not returned) for the settlement report."""
+        fee = fee_for(gross, payment.request.currency, self.settings) if kind == CHARGE else Decimal(0)
+        line = Line(
+            kind,
+            payment.id,
+            payment.request.reference,
+            payment.request.currency,
+            gross,
+            fee,
+            settlement_date(self.settings),
+            kind,
+        )
+        self.settlements.record(line, self._report_rngs[payment.id], self.settings)
 
     def _emit(self, payment: Payment) -> None:
-        """Record and queue the webhook(s) for the payment's new status, with this event's faults."""
-        faults = self._webhook_overrides.get(payment.id)
-        if faults is None:
-            faults = draw_webhook_faults(self._payment_rngs[payment.id], self.settings)
         status = payment.status
-        batch: list[Event] = []
-        if status in (SUCCEEDED, FAILED, DECLINED) and faults.contradict:
-            # first a claim of the opposite outcome, then the truth
+        claim = None
+        if status in (SUCCEEDED, FAILED, DECLINED):
             claimed = FAILED if status == SUCCEEDED else SUCCEEDED
-            batch.append(self._event(payment, claimed, faults, contradictory=True))
-        event = self._event(payment, status, faults)
-        if status == PENDING and faults.reorder:
-            # held back until the payment's next status, then delivered after it
-            event.reordered = True
-            self._held.setdefault(payment.id, []).append(event)
-        else:
-            batch.append(event)
-            batch.extend(self._held.pop(payment.id, []))
-        if batch:
-            self.webhooks.send(payment.id, batch, self.settings)
-
-    def _event(self, payment: Payment, status: str, faults: WebhookFaults, *, contradictory: bool = False) -> Event:
-        sequence = self._sequences.get(payment.id, 0) + 1
-        self._sequences[payment.id] = sequence
-        return self.webhooks.record(
-            Event(
-                payment_id=payment.id,
-                type=f"payment.{status}",
-                sequence=sequence,
-                status=status,
-                data=payment.to_json(status),
-                delay_ms=faults.delay_ms,
-                duplicated=faults.duplicate,
-                contradictory=contradictory,
-                dropped=faults.drop,
-            )
-        )
+            claim = Claim(f"payment.{claimed}", claimed, payment.to_json(claimed))
+        self.publish(payment.id, f"payment.{status}", status, payment.to_json(), first=status == PENDING, claim=claim)
 
     # -- truth -----------------------------------------------------------------------------------
 
+    def events_by_object(self) -> dict[str, list[dict[str, Any]]]:
+        events: dict[str, list[dict[str, Any]]] = {}
+        for event in self.webhooks.events:
+            events.setdefault(event.object_id, []).append(event.to_json())
+        return events
+
     def truth(self) -> dict[str, Any]:
         """Everything the provider really did, for tests and benchmarks to judge Ballast against."""
-        events_by_payment: dict[str, list[dict[str, Any]]] = {}
-        for event in self.webhooks.events:
-            events_by_payment.setdefault(event.payment_id, []).append(event.to_json())
+        events = self.events_by_object()
         return {
             "seed": self.seed,
             "profile": self.profile_name,
@@ -200,9 +263,11 @@ class Simulator:
                     "final_status": payment.status,
                     "will_become": payment.outcome if payment.status == PENDING else None,
                     "history": payment.history,
-                    "create_fault": self._create_faults.get(payment.id, "none"),
-                    "webhooks": events_by_payment.get(payment.id, []),
+                    "create_fault": self.create_faults.get(payment.id, "none"),
+                    "webhooks": events.get(payment.id, []),
                 }
-                for payment in self.store.payments.values()
+                for payment in self.store.objects.values()
             ],
+            "orders": self.broker.truth(events),
+            "settlement": self.settlements.truth(),
         }

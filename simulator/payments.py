@@ -29,6 +29,11 @@ _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _ZERO_DECIMAL_CURRENCIES = frozenset({"JPY", "KRW", "CLP", "VND", "ISK", "HUF"})
 
 
+def currency_digits(currency: str) -> int:
+    """Fraction digits of the currency's minor unit: 0 for JPY, KRW, ...; 2 for the rest here."""
+    return 0 if currency in _ZERO_DECIMAL_CURRENCIES else 2
+
+
 class InvalidRequest(ValueError):
     """A request the provider refuses before doing anything; `param` names the field."""
 
@@ -60,7 +65,7 @@ class PaymentRequest:
         if not isinstance(reference, str) or len(reference) > 255:
             raise InvalidRequest("reference must be a string of at most 255 characters", "reference")
         value = Decimal(amount)
-        digits = 0 if currency in _ZERO_DECIMAL_CURRENCIES else 2
+        digits = currency_digits(currency)
         if value <= 0:
             raise InvalidRequest("amount must be greater than zero", "amount")
         exponent = value.as_tuple().exponent

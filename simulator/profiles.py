@@ -45,6 +45,15 @@ PROFILES: dict[str, FaultSettings] = {
         webhook_contradict_rate=0.3,
         webhook_drop_rate=0.05,
     ),
+    # the API and webhooks behave; the settlement reports do not agree with what happened
+    "report-drift": FaultSettings(
+        report_missing_rate=0.05,
+        report_extra_rate=0.03,
+        report_amount_rate=0.05,
+        report_fee_rate=0.05,
+        report_fx_rate=0.05,
+        report_late_rate=0.05,
+    ),
 }
 
 

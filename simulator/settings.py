@@ -43,6 +43,23 @@ class FaultSettings:
     webhook_reorder_rate: float = 0.0  # only a pending event: it is delivered after the final one
     webhook_contradict_rate: float = 0.0  # only a final event: the opposite outcome is sent first
     webhook_drop_rate: float = 0.0
+    # broker orders: rejected, or resting (working until canceled), else filled in 1..parts_max fills
+    # spaced like a payment's settle delay; a modification is refused at modify_reject_rate
+    order_reject_rate: float = 0.02
+    order_rest_rate: float = 0.0
+    order_fill_parts_max: int = 3
+    modify_reject_rate: float = 0.05
+    # settlement: fees (basis points of the amount plus a fixed fee in minor units), payout delay
+    fee_bps: int = 290
+    fee_fixed_minor_units: int = 30
+    settlement_delay_days: int = 1
+    # settlement-report drift, drawn per booked transaction
+    report_missing_rate: float = 0.0  # the line is not in the report
+    report_extra_rate: float = 0.0  # a line for a charge nobody made is added
+    report_amount_rate: float = 0.0  # the reported gross differs
+    report_fee_rate: float = 0.0  # the reported fee differs from the schedule
+    report_fx_rate: float = 0.0  # an fx adjustment line follows it
+    report_late_rate: float = 0.0  # it settles a day later than it should
     # webhook delivery
     webhook_max_attempts: int = 5
     webhook_retry_base_ms: int = 200  # backoff: base, 2*base, 4*base, ...
@@ -53,7 +70,7 @@ class FaultSettings:
             value = getattr(self, field.name)
             if field.name.endswith("_rate") and not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
                 raise ValueError(f"{field.name} must be a number from 0 to 1, not {value!r}")
-            if field.name.endswith(("_ms", "_s")) and not (
+            if field.name.endswith(("_ms", "_s", "_days", "_bps", "_units", "_max")) and not (
                 isinstance(value, int) and not isinstance(value, bool) and value >= 0
             ):
                 raise ValueError(f"{field.name} must be a whole number >= 0, not {value!r}")
@@ -63,6 +80,10 @@ class FaultSettings:
             raise ValueError("settle_max_ms must be >= settle_min_ms")
         if self.webhook_max_attempts < 1:
             raise ValueError("webhook_max_attempts must be >= 1")
+        if self.order_fill_parts_max < 1:
+            raise ValueError("order_fill_parts_max must be >= 1")
+        if self.order_reject_rate + self.order_rest_rate > 1.0:
+            raise ValueError("order_reject_rate + order_rest_rate must not exceed 1")
         request_faults = (
             self.hang_rate
             + self.error_5xx_rate

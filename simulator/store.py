@@ -1,15 +1,22 @@
-"""The provider's memory: payments by id and by idempotency key.
+"""The provider's memory of one kind of object (payments, orders): by id and by idempotency key.
 
 Every method is synchronous and the simulator runs on one event loop, so a check-then-create
-cannot interleave with another: 50 concurrent requests with one key create one payment, no lock.
+cannot interleave with another: 50 concurrent requests with one key create one object, no lock.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
-from simulator.payments import Payment, PaymentRequest
+
+@dataclass
+class Answer:
+    """What the API should answer: a status, a JSON body, and whether it is an idempotent replay."""
+
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
 
 
 class IdempotencyConflict(Exception):
@@ -20,22 +27,36 @@ class IdempotencyConflict(Exception):
         self.key = key
 
 
+class Keyed(Protocol):
+    """An object created under an idempotency key, from a request that can be compared."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def idempotency_key(self) -> str: ...
+    @property
+    def request(self) -> object: ...
+
+
+ObjectT = TypeVar("ObjectT", bound=Keyed)
+
+
 @dataclass
-class Saved:
+class Saved(Generic[ObjectT]):
     """The first answer given for a key, replayed verbatim to every repeat."""
 
-    request: PaymentRequest
-    payment: Payment
+    request: object
+    object: ObjectT
     status: int
     body: dict[str, Any]
 
 
-class PaymentStore:
+class Store(Generic[ObjectT]):
     def __init__(self) -> None:
-        self.payments: dict[str, Payment] = {}  # by id, in creation order
-        self.by_key: dict[str, Saved] = {}
+        self.objects: dict[str, ObjectT] = {}  # by id, in creation order
+        self.by_key: dict[str, Saved[ObjectT]] = {}
 
-    def replay(self, key: str, request: PaymentRequest) -> Saved | None:
+    def replay(self, key: str, request: object) -> Saved[ObjectT] | None:
         """The saved answer for a repeated key, None for a new key; IdempotencyConflict on a mismatch."""
         saved = self.by_key.get(key)
         if saved is None:
@@ -44,15 +65,15 @@ class PaymentStore:
             raise IdempotencyConflict(key)
         return saved
 
-    def add(self, payment: Payment, status: int, body: dict[str, Any]) -> None:
-        if payment.idempotency_key in self.by_key:
-            raise RuntimeError(f"idempotency key {payment.idempotency_key!r} is taken: call replay() first")
-        self.payments[payment.id] = payment
-        self.by_key[payment.idempotency_key] = Saved(payment.request, payment, status, body)
+    def add(self, created: ObjectT, status: int, body: dict[str, Any]) -> None:
+        if created.idempotency_key in self.by_key:
+            raise RuntimeError(f"idempotency key {created.idempotency_key!r} is taken: call replay() first")
+        self.objects[created.id] = created
+        self.by_key[created.idempotency_key] = Saved(created.request, created, status, body)
 
-    def get(self, payment_id: str) -> Payment | None:
-        return self.payments.get(payment_id)
+    def get(self, object_id: str) -> ObjectT | None:
+        return self.objects.get(object_id)
 
-    def by_idempotency_key(self, key: str) -> Payment | None:
+    def by_idempotency_key(self, key: str) -> ObjectT | None:
         saved = self.by_key.get(key)
-        return saved.payment if saved else None
+        return saved.object if saved else None

@@ -1,7 +1,8 @@
 """Webhook delivery: signed POSTs in the background, retried with exponential backoff.
 
-Events of one payment go out one after another (a chain of tasks per payment), so "out of order"
-happens only when a fault says so. Every event, including dropped ones, is kept for /_sim/truth.
+Events of one object (a payment, an order) go out one after another (a chain of tasks per
+object), so "out of order" happens only when a fault says so. Every event, including dropped
+ones, is kept for /_sim/truth.
 """
 
 from __future__ import annotations
@@ -33,11 +34,20 @@ class Delivery:
         return {"copy": self.copy, "attempt": self.attempt, "status": self.status, "error": self.error}
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A contradictory event: what the provider claims just before it tells the truth."""
+
+    type: str
+    status: str
+    data: dict[str, Any]
+
+
 @dataclass
 class Event:
     """A webhook event and what the simulator did to it on purpose."""
 
-    payment_id: str
+    object_id: str  # the payment or order the event is about
     type: str
     sequence: int
     status: str  # the status the event claims
@@ -105,10 +115,10 @@ class WebhookDispatcher:
         await asyncio.gather(*tasks, return_exceptions=True)
         self.events.clear()
 
-    def send(self, payment_id: str, events: list[Event], settings: FaultSettings) -> None:
-        """Queue `events` (already recorded) after this payment's earlier ones, in this order."""
-        previous = self._chains.get(payment_id)
-        self._chains[payment_id] = asyncio.create_task(self._chain(previous, events, settings))
+    def send(self, object_id: str, events: list[Event], settings: FaultSettings) -> None:
+        """Queue `events` (already recorded) after this object's earlier ones, in this order."""
+        previous = self._chains.get(object_id)
+        self._chains[object_id] = asyncio.create_task(self._chain(previous, events, settings))
 
     def record(self, event: Event) -> Event:
         self.events.append(event)
