@@ -64,9 +64,8 @@ class Broker:
             return Answer(saved.status, saved.body, replayed=True)
         settings = self.simulator.settings
         rng = random.Random(self.simulator.rng.getrandbits(64))
-        roll = rng.random()
-        rejected = roll < settings.order_reject_rate
-        rests = not rejected and roll < settings.order_reject_rate + settings.order_rest_rate
+        rejected = rng.random() < settings.order_reject_rate
+        rests = rng.random() < settings.order_rest_rate and not rejected
         plan = self._plan(rng, request, request.limit_price, request.quantity)
         order = Order(request=request, idempotency_key=key, rejected=rejected, rests=rests, plan=plan)
         body = order.to_json()

@@ -43,7 +43,7 @@ class FaultSettings:
     webhook_reorder_rate: float = 0.0  # only a pending event: it is delivered after the final one
     webhook_contradict_rate: float = 0.0  # only a final event: the opposite outcome is sent first
     webhook_drop_rate: float = 0.0
-    # broker orders: rejected, or resting (working until canceled), else filled in 1..parts_max fills
+    # broker orders: rejected; else resting (working until canceled); else filled in 1..parts_max fills
     # spaced like a payment's settle delay; a modification is refused at modify_reject_rate
     order_reject_rate: float = 0.02
     order_rest_rate: float = 0.0
@@ -82,8 +82,6 @@ class FaultSettings:
             raise ValueError("webhook_max_attempts must be >= 1")
         if self.order_fill_parts_max < 1:
             raise ValueError("order_fill_parts_max must be >= 1")
-        if self.order_reject_rate + self.order_rest_rate > 1.0:
-            raise ValueError("order_reject_rate + order_rest_rate must not exceed 1")
         request_faults = (
             self.hang_rate
             + self.error_5xx_rate

@@ -112,6 +112,22 @@ class Sim:
         ) as response:
             return Reply(response.status, dict(response.headers), await response.read())
 
+    async def post(
+        self, path: str, body: dict[str, Any] | None = None, *, key: str | None = None, fault: str | None = None
+    ) -> Reply:
+        headers = {}
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        if fault is not None:
+            headers["Simulator-Fault"] = fault
+        async with self.http.post(f"{self.url}{path}", json=body, headers=headers) as response:
+            return Reply(response.status, dict(response.headers), await response.read())
+
+    async def order(self, key: str, *, fault: str | None = None, **fields: str) -> Reply:
+        """Submit an order leg: a market buy of 100 ACME unless `fields` say otherwise."""
+        body = {"symbol": "ACME", "side": "buy", "type": "market", "quantity": "100", "currency": "USD", **fields}
+        return await self.post("/v1/orders", body, key=key, fault=fault)
+
     async def get(self, path: str) -> tuple[int, Any]:
         async with self.http.get(f"{self.url}{path}") as response:
             return response.status, await response.json()
@@ -127,6 +143,15 @@ class Sim:
         truth = await self.truth()
         return all(
             p["status"] != "pending" and all(w["outcome"] != "queued" for w in p["webhooks"]) for p in truth["payments"]
+        )
+
+    async def orders_settled(self) -> bool:
+        """Every order done working (filled, rejected, canceled, or resting) and every webhook event done."""
+        truth = await self.truth()
+        return all(
+            (o["rests"] or o["status"] not in ("new", "partially_filled"))
+            and all(w["outcome"] != "queued" for w in o["webhooks"])
+            for o in truth["orders"]
         )
 
 
