@@ -37,7 +37,7 @@ from server.observability import configure_logging
 from server.outbox import admin
 from server.outbox.supervisor import RelayConfig, run_relays
 from server.services import audit
-from server.settings import Settings, SettingsError, development_token, load_settings
+from server.settings import Settings, SettingsError, load_settings
 
 log = structlog.get_logger("server")
 
@@ -239,10 +239,14 @@ def main(argv: list[str]) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format)
     if command == "token":
-        if settings.is_production:
-            print("there is no development token when BALLAST_ENV=production", file=sys.stderr)
+        if settings.development_token is None:
+            # the tokens in BALLAST_API_TOKENS are the only ones the server accepts: printing the
+            # development token here would hand out one that is refused
+            print(
+                "there is no development token while BALLAST_API_TOKENS is set: use one of its tokens", file=sys.stderr
+            )
             return 2
-        print(development_token(settings.data_dir))
+        print(settings.development_token)
         return 0
     database_url = _database_url(settings)
     nats_url = _nats_url(settings) if command == "serve" and settings.relay_workers else None

@@ -62,7 +62,9 @@ def start_nats_process(store_dir: Path, port: int = 0) -> tuple[str, subprocess.
     arguments = [_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(store_dir), "-l", str(log_path)]
     log.info("embedded_nats.starting", store_dir=str(store_dir), hint="set NATS_URL to use your own NATS")
     quiet = subprocess.DEVNULL
-    process = subprocess.Popen(arguments, stdin=quiet, stdout=quiet, stderr=quiet)
+    # a session of its own: a Ctrl-C in the terminal stops the server, which then stops the broker
+    # after its clients have disconnected, instead of the broker dying under them
+    process = subprocess.Popen(arguments, stdin=quiet, stdout=quiet, stderr=quiet, start_new_session=True)
     atexit.register(_stop, process)
     _wait_until_listening(port, process, log_path)
     url = f"nats://127.0.0.1:{port}"

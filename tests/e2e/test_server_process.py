@@ -132,6 +132,21 @@ def test_a_wrong_setting_stops_start_up_with_one_line_naming_it(
     assert len(lines) == 1 and variable in lines[0], result.stderr
 
 
+def test_the_token_command_prints_no_token_the_server_would_refuse(database_url: str, tmp_path: Path) -> None:
+    configured = server_environment(database_url, free_port(), "t" * 20, "c", tmp_path)
+    refused = subprocess.run(
+        [sys.executable, "-m", "server", "token"], cwd=ROOT, env=configured, capture_output=True, text=True, timeout=30
+    )
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert "BALLAST_API_TOKENS" in refused.stderr
+    development = {name: value for name, value in configured.items() if name != "BALLAST_API_TOKENS"}
+    printed = subprocess.run(
+        [sys.executable, "-m", "server", "token"], cwd=ROOT, env=development, capture_output=True, text=True, timeout=30
+    )
+    assert printed.returncode == 0
+    assert printed.stdout.strip() == (tmp_path / "dev-token").read_text().strip()
+
+
 def test_the_server_refuses_to_start_on_an_unmigrated_database(server_database_url: str, tmp_path: Path) -> None:
     with scratch_database(server_database_url, "ballast_unmigrated") as unmigrated_url:
         env = server_environment(unmigrated_url, free_port(), "t" * 20, "c", tmp_path)
