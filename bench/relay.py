@@ -2,7 +2,7 @@
 the two ceilings measured in the same run on the same machine:
 
   - raw claim-and-update: the relay's SQL alone (claim a batch FOR UPDATE SKIP LOCKED, mark it), no broker;
-  - raw JetStream publish: async publishes with acknowledgements, no database.
+  - raw JetStream publish: pipelined publishes with acknowledgements through the relay's publisher, no database.
 
 Targets: at least 20,000 events/s drained, and a commit-to-publish p99 under 100 ms at 1,000 events/s.
 Run with `python -m bench.relay` (make bench-relay); DATABASE_URL and NATS_URL are used when set.
@@ -20,9 +20,11 @@ from collections.abc import Sequence
 
 import asyncpg
 import nats
+from nats.aio.client import Client as NatsClient
 
 from bench.harness import ROOT, bench_database, migrate, postgres_server_url, redacted
 from server.db.engine import create_pool
+from server.outbox.publisher import AckedPublisher, Outgoing
 from server.outbox.relay import OutboxRelay, ensure_stream
 
 EVENTS_DEFAULT = 20_000
@@ -73,23 +75,26 @@ async def raw_claim_and_update(pool: asyncpg.Pool, events: int) -> float:
     return events / (time.perf_counter() - started)
 
 
-async def raw_publish(js: nats.js.JetStreamContext, prefix: str, events: int) -> float:
-    """Messages/s for async JetStream publishes with acks, BATCH_SIZE in flight at a time."""
+async def raw_publish(connection: NatsClient, prefix: str, events: int) -> float:
+    """Messages/s for JetStream publishes with acknowledgements, BATCH_SIZE in flight at a time, through
+    the relay's own publisher and no database: the ceiling the relay can approach."""
+    publisher = AckedPublisher(connection)
     started = time.perf_counter()
     for start in range(0, events, BATCH_SIZE):
-        acks = [
-            await js.publish_async(f"{prefix}.raw", b'{"g": 1}', headers={"Nats-Msg-Id": str(uuid.uuid4())})
-            for _ in range(min(BATCH_SIZE, events - start))
+        batch = [
+            Outgoing(f"{prefix}.raw", b'{"g": 1}', str(uuid.uuid4())) for _ in range(min(BATCH_SIZE, events - start))
         ]
-        await asyncio.gather(*acks)
+        errors = await publisher.publish(batch, timeout_s=10)
+        if any(errors):
+            raise RuntimeError(f"raw publish failed: {next(error for error in errors if error)}")
     return events / (time.perf_counter() - started)
 
 
 async def relay_throughput(
-    pool: asyncpg.Pool, js: nats.js.JetStreamContext, prefix: str, events: int, batch_size: int
+    pool: asyncpg.Pool, connection: NatsClient, prefix: str, events: int, batch_size: int
 ) -> float:
     await _insert(pool, events)
-    relays = [OutboxRelay(pool, js, batch_size=batch_size, subject_prefix=prefix) for _ in range(RELAYS)]
+    relays = [OutboxRelay(pool, connection, batch_size=batch_size, subject_prefix=prefix) for _ in range(RELAYS)]
 
     async def drain(relay: OutboxRelay) -> None:
         idle = 0
@@ -105,11 +110,11 @@ async def relay_throughput(
     return events / elapsed_s
 
 
-async def paced_latency(pool: asyncpg.Pool, js: nats.js.JetStreamContext, prefix: str) -> tuple[float, float]:
+async def paced_latency(pool: asyncpg.Pool, connection: NatsClient, prefix: str) -> tuple[float, float]:
     """(p50, p99) ms from commit to publish while events are committed at PACED_RATE_PER_S."""
     await pool.execute("DELETE FROM outbox")
     stopping = asyncio.Event()
-    relays = [OutboxRelay(pool, js, batch_size=BATCH_SIZE, subject_prefix=prefix) for _ in range(RELAYS)]
+    relays = [OutboxRelay(pool, connection, batch_size=BATCH_SIZE, subject_prefix=prefix) for _ in range(RELAYS)]
     running = [asyncio.create_task(relay.run(stopping)) for relay in relays]
     await asyncio.sleep(0.3)
     per_tick = 10  # ten events per commit, a hundred commits a second
@@ -150,11 +155,11 @@ async def run(database_url: str, nats_url: str, events: int, batch_size: int) ->
         claim_rate = await raw_claim_and_update(pool, events)
         await pool.execute("DELETE FROM outbox")
         _status("raw JetStream publish...")
-        publish_rate = await raw_publish(js, prefix, events)
+        publish_rate = await raw_publish(connection, prefix, events)
         _status(f"relay: {RELAYS} relays draining {events} events...")
-        relay_rate = await relay_throughput(pool, js, prefix, events, batch_size)
+        relay_rate = await relay_throughput(pool, connection, prefix, events, batch_size)
         _status(f"latency: {PACED_RATE_PER_S} events/s for {PACED_DURATION_S:g} s...")
-        p50_ms, p99_ms = await paced_latency(pool, js, prefix)
+        p50_ms, p99_ms = await paced_latency(pool, connection, prefix)
     finally:
         await js.delete_stream(stream)
         await connection.close()

@@ -17,10 +17,13 @@ from dataclasses import dataclass
 
 import asyncpg
 import structlog
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import PubAck, StreamConfig
+from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Histogram
+
+from server.outbox.publisher import AckedPublisher, Outgoing
 
 log = structlog.get_logger(__name__)
 
@@ -47,10 +50,13 @@ COMMIT_TO_PUBLISH_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60),
 )
 
+# Ids travel as text and times as float8: decoding UUIDs and NUMERIC into Python objects, only to turn
+# them back into strings and floats, costs more per row than the rest of the relay's Python.
 # Only the head of each aggregate: an event waits while an earlier one of its aggregate is unpublished
 # (dead letters included, so a poison event stops its aggregate rather than let later events overtake it).
 _CLAIM = """
-SELECT o.id, o.topic, o.payload::text AS payload, o.attempts, extract(epoch FROM o.created_at) AS created_epoch
+SELECT o.id::text AS id, o.topic, o.payload::text AS payload, o.attempts,
+       extract(epoch FROM o.created_at)::float8 AS created_epoch
 FROM outbox o
 WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL AND o.next_attempt_at <= now()
   AND NOT EXISTS (
@@ -101,7 +107,7 @@ class OutboxRelay:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        js: JetStreamContext,
+        connection: NatsClient,
         *,
         batch_size: int = BATCH_SIZE_DEFAULT,
         attempts_max: int = ATTEMPTS_MAX,
@@ -109,7 +115,7 @@ class OutboxRelay:
         broker_connected: Callable[[], bool] = lambda: True,
     ) -> None:
         self._pool = pool
-        self._js = js
+        self._publisher = AckedPublisher(connection)
         self._batch_size = batch_size
         self._attempts_max = attempts_max
         self._subject_prefix = subject_prefix
@@ -119,34 +125,15 @@ class OutboxRelay:
     async def _publish_all(self, rows: list[asyncpg.Record]) -> list[str | None]:
         """Publish the batch with pipelined acknowledgements; per row, None if acknowledged (a duplicate
         counts), else the error."""
-        acks: list[asyncio.Future[PubAck] | BaseException] = []
-        for row in rows:
-            try:
-                acks.append(
-                    await self._js.publish_async(
-                        f"{self._subject_prefix}.{row['topic']}",
-                        row["payload"].encode(),
-                        headers={"Nats-Msg-Id": str(row["id"])},
-                    )
-                )
-            except Exception as error:  # any failure is retried later; the stored error says which
-                acks.append(error)
-        pending = [ack for ack in acks if isinstance(ack, asyncio.Future)]
-        if pending:
-            await asyncio.wait(pending, timeout=PUBLISH_TIMEOUT_S)
+        prefix = self._subject_prefix
+        errors = await self._publisher.publish(
+            [Outgoing(f"{prefix}.{row['topic']}", row["payload"].encode(), row["id"]) for row in rows],
+            timeout_s=PUBLISH_TIMEOUT_S,
+        )
         now = time.time()
-        errors: list[str | None] = []
-        for row, ack in zip(rows, acks, strict=True):
-            if isinstance(ack, BaseException):
-                errors.append(f"{type(ack).__name__}: {ack}"[:500])
-            elif not ack.done():
-                ack.cancel()
-                errors.append(f"TimeoutError: no acknowledgement within {PUBLISH_TIMEOUT_S}s")
-            elif (failure := ack.exception()) is not None:
-                errors.append(f"{type(failure).__name__}: {failure}"[:500])
-            else:
-                errors.append(None)
-                COMMIT_TO_PUBLISH_SECONDS.observe(max(now - float(row["created_epoch"]), 0.0))
+        for row, error in zip(rows, errors, strict=True):
+            if error is None:
+                COMMIT_TO_PUBLISH_SECONDS.observe(max(now - row["created_epoch"], 0.0))
         return errors
 
     async def run_once(self) -> BatchResult:

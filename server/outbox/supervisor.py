@@ -98,7 +98,7 @@ async def run_relays(
         relays = [
             OutboxRelay(
                 pool,
-                connection.jetstream(),
+                connection,
                 batch_size=batch_size,
                 subject_prefix=config.subject_prefix,
                 broker_connected=lambda: connection.is_connected,

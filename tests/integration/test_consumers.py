@@ -45,15 +45,15 @@ async def own_pool(consumer_database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 
 @pytest.fixture
-async def jetstream(nats_url: str) -> AsyncIterator[tuple[Any, str, str]]:
-    """(JetStream context, stream, subject prefix) of this test's own."""
+async def jetstream(nats_url: str) -> AsyncIterator[tuple[Any, Any, str, str]]:
+    """(NATS connection, JetStream context, stream, subject prefix) of this test's own."""
     connection = await nats.connect(nats_url)
     js = connection.jetstream()
     stream = f"C{uuid.uuid4().hex[:12].upper()}"
     prefix = stream.lower()
     await ensure_stream(js, stream, prefix)
     try:
-        yield js, stream, prefix
+        yield connection, js, stream, prefix
     finally:
         await js.delete_stream(stream)
         await connection.close()
@@ -93,9 +93,9 @@ async def _drain(relay: OutboxRelay, consumer: ConsumerRunner) -> None:
 
 
 async def test_the_exposure_projection_matches_the_ledger_and_survives_a_failing_handler(
-    own_pool: asyncpg.Pool, jetstream: tuple[Any, str, str]
+    own_pool: asyncpg.Pool, jetstream: tuple[Any, Any, str, str]
 ) -> None:
-    js, stream, prefix = jetstream
+    connection, js, stream, prefix = jetstream
     await own_pool.execute("UPDATE outbox SET published_at = now() WHERE published_at IS NULL")  # earlier tests'
     database = Database(own_pool)
     merchant = Principal(f"m-{uuid.uuid4().hex[:8]}", Role.SERVICE)
@@ -122,7 +122,7 @@ async def test_the_exposure_projection_matches_the_ledger_and_survives_a_failing
             failed_once.add(payload["event_id"])
             raise RuntimeError("transient failure")
 
-    relay = OutboxRelay(own_pool, js, subject_prefix=prefix)
+    relay = OutboxRelay(own_pool, connection, subject_prefix=prefix)
     group = f"exposures-{uuid.uuid4().hex[:8]}"
     consumer = ConsumerRunner(own_pool, js, stream=stream, subject_prefix=prefix, group=group, handler=flaky)
     await _drain(relay, consumer)

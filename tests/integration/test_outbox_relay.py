@@ -101,7 +101,7 @@ async def test_three_relays_drain_twenty_thousand_events_once_each_in_order_per_
 ) -> None:
     name, prefix = stream
     await _insert_events(relay_pool, aggregates=400, per_aggregate=50)
-    relays = [OutboxRelay(relay_pool, broker[1], batch_size=500, subject_prefix=prefix) for _ in range(3)]
+    relays = [OutboxRelay(relay_pool, broker[0], batch_size=500, subject_prefix=prefix) for _ in range(3)]
     await _drain(relays)
     # A late straggler pass: whatever a relay skipped as not-yet-head is published now.
     await _drain(relays)
@@ -122,7 +122,7 @@ async def test_a_failing_publish_is_retried_with_backoff_then_parked_as_a_dead_l
 ) -> None:
     await _insert_events(relay_pool, aggregates=2, per_aggregate=2)
     # No stream listens on this prefix: JetStream answers every publish with an error.
-    relay = OutboxRelay(relay_pool, broker[1], attempts_max=2, subject_prefix=f"nowhere{uuid.uuid4().hex[:8]}")
+    relay = OutboxRelay(relay_pool, broker[0], attempts_max=2, subject_prefix=f"nowhere{uuid.uuid4().hex[:8]}")
     first = await relay.run_once()
     assert (first.claimed, first.published, first.failed) == (2, 0, 2)  # one head per aggregate
     rows = await relay_pool.fetch(
@@ -148,7 +148,7 @@ async def test_a_committed_event_wakes_a_waiting_relay_faster_than_the_poll(
     relay_pool: asyncpg.Pool, broker: tuple[NatsClient, JetStreamContext], stream: tuple[str, str]
 ) -> None:
     _, prefix = stream
-    relay = OutboxRelay(relay_pool, broker[1], subject_prefix=prefix)
+    relay = OutboxRelay(relay_pool, broker[0], subject_prefix=prefix)
     stopping = asyncio.Event()
     running = asyncio.create_task(relay.run(stopping))
     try:
