@@ -1,0 +1,1 @@
+"""Clients for the providers Ballast calls: timeouts and circuit breakers live here."""
