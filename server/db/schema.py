@@ -347,3 +347,47 @@ exposures = sa.Table(
         " decided (in flight) and the account's ledger balance (settled)."
     ),
 )
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=sa.text("gen_random_uuid()")),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("event_id", sa.Text, nullable=True),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("headers", JSONB, nullable=False),
+    sa.Column("body", BYTEA, nullable=False),
+    sa.CheckConstraint("char_length(provider) BETWEEN 1 AND 64", name="provider_length"),
+    sa.CheckConstraint("char_length(event_id) <= 256", name="event_id_length"),
+    sa.CheckConstraint("octet_length(body) <= 1048576", name="body_size"),
+    sa.Index("ix_webhook_deliveries_provider_event_id", "provider", "event_id"),
+    comment=(
+        "Every signed webhook delivery as received (headers and raw body), duplicates included:"
+        " the evidence a provider event was applied on. Append-only."
+    ),
+)
+
+cases = sa.Table(
+    "cases",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=sa.text("gen_random_uuid()")),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("payment_id", UUID(as_uuid=True), sa.ForeignKey("payments.id"), nullable=True),
+    sa.Column("status", sa.Text, nullable=False, server_default="OPEN"),
+    sa.Column("summary", sa.Text, nullable=False),
+    sa.Column("evidence", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("status IN ('OPEN', 'RESOLVED')", name="status_known"),
+    sa.CheckConstraint("char_length(kind) BETWEEN 1 AND 64", name="kind_length"),
+    sa.CheckConstraint("char_length(summary) BETWEEN 1 AND 2000", name="summary_length"),
+    sa.CheckConstraint("jsonb_typeof(evidence) = 'array'", name="evidence_array"),
+    # One open case of a kind per payment: a second contradiction adds evidence to it.
+    sa.Index(
+        "uq_cases_kind_payment_id", "kind", "payment_id", unique=True, postgresql_where=sa.text("status = 'OPEN'")
+    ),
+    comment=(
+        "Investigation cases: what Ballast could not decide alone (contradictory provider evidence,"
+        " an outcome that stayed unknown), with the evidence, for operations staff to resolve."
+    ),
+)

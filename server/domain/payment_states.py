@@ -105,3 +105,39 @@ def decide(current: PaymentState, event: PaymentEvent, subject: str = "") -> Pay
     if EVENT_TARGETS[event] is current:
         return PaymentDecision(current, None)
     raise IllegalTransition(PAYMENT_MACHINE.name, current.value, EVENT_TARGETS[event].value, subject)
+
+
+class Verdict(enum.StrEnum):
+    """What a piece of provider evidence means for a payment, before anything is written."""
+
+    #: news: it moves the payment
+    APPLY = "APPLY"
+    #: the payment is already where the evidence says: nothing to do
+    REPEAT = "REPEAT"
+    #: late: it describes a step the payment has gone past (PENDING after SUCCEEDED); recorded, ignored
+    STALE = "STALE"
+    #: it claims the opposite of a decided outcome (SUCCEEDED after FAILED): recorded, nothing moves,
+    #: and a person has to look (an investigation case)
+    CONTRADICTION = "CONTRADICTION"
+
+
+#: Decided outcomes by family: evidence for the other family contradicts them.
+_SUCCESS_FAMILY = frozenset({P.SUCCEEDED, P.REFUND_PENDING, P.REFUNDED})
+_FAILURE_FAMILY = frozenset({P.FAILED, P.REJECTED})
+_REFUND_EVENTS = frozenset({PaymentEvent.REFUND_REQUESTED, PaymentEvent.REFUND_SUCCEEDED, PaymentEvent.REFUND_FAILED})
+
+
+def judge(current: PaymentState, event: PaymentEvent) -> Verdict:
+    """Sort provider evidence: apply it, a repeat, stale, or a contradiction of what is decided."""
+    if event in PAYMENT_EVENTS[current]:
+        return Verdict.APPLY
+    target = EVENT_TARGETS[event]
+    if target is current:
+        return Verdict.REPEAT
+    if event in _REFUND_EVENTS:
+        return Verdict.CONTRADICTION if current in _FAILURE_FAMILY else Verdict.STALE
+    if (current in _SUCCESS_FAMILY and target in _FAILURE_FAMILY) or (
+        current in _FAILURE_FAMILY and target in _SUCCESS_FAMILY
+    ):
+        return Verdict.CONTRADICTION
+    return Verdict.STALE
