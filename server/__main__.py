@@ -25,21 +25,35 @@ import signal
 import sys
 from datetime import datetime
 
+import aiohttp
 import asyncpg
 import prometheus_client
 import structlog
+from aiohttp import web
 
 from server.api.grpc_server import CannotListen, build_server, set_component_serving, set_serving
+from server.api.http_app import build_http_app
 from server.db.database import Database
 from server.db.engine import asyncpg_dsn, create_pool
 from server.db.migrate import migrate_to_head, pending_revision
 from server.observability import configure_logging
 from server.outbox import admin
 from server.outbox.supervisor import RelayConfig, run_relays
+from server.providers.breaker import Breaker, BreakerSettings
+from server.providers.embedded_simulator import embedded_simulator
+from server.providers.gateway import GatewayClient
 from server.services import audit
+from server.services.provider_health import breaker_announcer
+from server.services.webhooks import WebhookSource
 from server.settings import Settings, SettingsError, load_settings
 
 log = structlog.get_logger("server")
+
+#: The one provider Ballast talks to for now: the simulator's card gateway (or a gateway speaking like it).
+SIMULATOR = "simulator"
+#: Pooled connections to the provider: enough for the calls in flight, bounded so a slow provider
+#: cannot take every socket.
+PROVIDER_CONNECTIONS_MAX = 100
 
 COMMANDS = ("serve", "migrate", "token", "verify-audit", "relay", "dead-letters", "redrive", "republish")
 USAGE = f"usage: python -m server [{'|'.join(COMMANDS)}]"
@@ -142,6 +156,53 @@ async def relay_only(settings: Settings, database_url: str, nats_url: str) -> in
     return 0
 
 
+async def _start_http(stack: contextlib.AsyncExitStack, settings: Settings, database: Database) -> int:
+    """Serve webhooks on BALLAST_HTTP_PORT; the bound port."""
+    sources = {SIMULATOR: WebhookSource(SIMULATOR, settings.provider_webhook_secret)}
+    runner = web.AppRunner(build_http_app(database, sources), access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    try:
+        await web.TCPSite(runner, settings.grpc_host, settings.http_port).start()
+    except OSError as error:
+        raise CannotListen(
+            f"cannot serve HTTP on {settings.grpc_host}:{settings.http_port} ({error.strerror}):"
+            " set BALLAST_HTTP_PORT to a free port"
+        ) from None
+    port = int(runner.addresses[0][1])
+    log.info("http.listening", address=f"http://{settings.grpc_host}:{port}", webhooks=f"/webhooks/{SIMULATOR}")
+    return port
+
+
+async def _gateway(
+    stack: contextlib.AsyncExitStack, settings: Settings, database: Database, http_port: int
+) -> GatewayClient | None:
+    """The payment gateway client, starting the simulator first when no provider URL is set."""
+    if not settings.provider_enabled:
+        log.warning("provider.off", hint="BALLAST_PROVIDER_URL=off: payments stay RECORDED")
+        return None
+    provider_url = settings.provider_url
+    if provider_url is None:
+        host = "127.0.0.1" if settings.grpc_host in ("0.0.0.0", "::") else settings.grpc_host  # noqa: S104
+        provider_url = await stack.enter_async_context(
+            embedded_simulator(
+                settings.data_dir,
+                webhook_url=f"http://{host}:{http_port}/webhooks/{SIMULATOR}",
+                webhook_secret=settings.provider_webhook_secret,
+                profile=settings.simulator_profile,
+            )
+        )
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=PROVIDER_CONNECTIONS_MAX))
+    stack.push_async_callback(session.close)
+    breaker = Breaker(
+        f"{SIMULATOR}.payments",
+        BreakerSettings(failures_max=settings.breaker_failures_max, open_s=settings.breaker_open_ms / 1000),
+        on_change=breaker_announcer(database),
+    )
+    log.info("provider.configured", provider=SIMULATOR, url=provider_url)
+    return GatewayClient(SIMULATOR, provider_url, session, breaker)
+
+
 async def serve(settings: Settings, database_url: str, nats_url: str | None) -> int:
     async with contextlib.AsyncExitStack() as stack:
         pool = await create_pool(
@@ -150,7 +211,11 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
         stack.push_async_callback(pool.close)
         if not await _schema_is_current(pool):
             return 1
-        server, health_servicer, port = build_server(settings, Database(pool))
+        database = Database(pool)
+        # the HTTP side first: a simulator started below sends its webhooks to this port
+        http_port = await _start_http(stack, settings, database)
+        gateway = await _gateway(stack, settings, database, http_port)
+        server, health_servicer, port = build_server(settings, database, gateway)
         if settings.metrics_port:
             try:
                 metrics_server, _ = prometheus_client.start_http_server(settings.metrics_port, addr=settings.grpc_host)

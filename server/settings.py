@@ -22,6 +22,10 @@ CLIENT_ID_PATTERN = re.compile(rf"[A-Za-z0-9_.@-]{{1,{CLIENT_ID_LENGTH_MAX}}}")
 DEVELOPMENT_CLIENT_ID = "dev"
 
 
+#: The webhook secret shared with the simulator `make run` starts; production sets its own.
+DEVELOPMENT_WEBHOOK_SECRET = "whsec_ballast_development"  # noqa: S105 - a development default, refused in production
+
+
 class SettingsError(ValueError):
     """One setting is wrong; the message names it and says what is expected."""
 
@@ -54,6 +58,17 @@ class Settings:
     log_level: str
     log_format: str
     data_dir: Path
+    #: Port of the HTTP side (provider webhooks at /webhooks/<provider>) on grpc_host; 0 picks a free one.
+    http_port: int = 8080
+    #: The payment gateway's base URL; None means "start the provider simulator" (development only).
+    provider_url: str | None = None
+    #: False when BALLAST_PROVIDER_URL=off (development only): no provider, payments stay RECORDED.
+    provider_enabled: bool = True
+    provider_webhook_secret: str = field(default=DEVELOPMENT_WEBHOOK_SECRET, repr=False)
+    breaker_failures_max: int = 5
+    breaker_open_ms: int = 10_000
+    #: The fault profile of the simulator started when provider_url is None.
+    simulator_profile: str = "calm"
     #: The token `make run` prints; None unless it was generated for development.
     development_token: str | None = field(default=None, repr=False)
 
@@ -155,6 +170,22 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dev_token = development_token(data_dir)
         api_tokens = {dev_token: Principal(DEVELOPMENT_CLIENT_ID, Role.ADMIN)}
 
+    provider_url = env.get("BALLAST_PROVIDER_URL", "").strip() or None
+    provider_enabled = provider_url != "off"
+    if provider_url is None and environment == "production":
+        raise SettingsError("BALLAST_PROVIDER_URL is required when BALLAST_ENV=production")
+    if not provider_enabled:
+        if environment == "production":
+            raise SettingsError("BALLAST_PROVIDER_URL=off is for development only")
+        provider_url = None
+    elif provider_url is not None and not provider_url.startswith(("http://", "https://")):
+        raise SettingsError("BALLAST_PROVIDER_URL is invalid: expected http(s)://host:port, or off")
+    webhook_secret = env.get("BALLAST_PROVIDER_WEBHOOK_SECRET", "").strip()
+    if not webhook_secret:
+        if environment == "production":
+            raise SettingsError("BALLAST_PROVIDER_WEBHOOK_SECRET is required when BALLAST_ENV=production")
+        webhook_secret = DEVELOPMENT_WEBHOOK_SECRET
+
     nats_url = env.get("NATS_URL", "").strip() or None
     if nats_url is None and environment == "production":
         raise SettingsError("NATS_URL is required when BALLAST_ENV=production")
@@ -181,5 +212,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=_choice(env, "BALLAST_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR")),
         log_format=_choice(env, "BALLAST_LOG_FORMAT", "json", ("json", "console")),
         data_dir=data_dir,
+        http_port=_integer(env, "BALLAST_HTTP_PORT", 8080, 0, 65535),
+        provider_url=provider_url,
+        provider_enabled=provider_enabled,
+        provider_webhook_secret=webhook_secret,
+        breaker_failures_max=_integer(env, "BALLAST_PROVIDER_BREAKER_FAILURES", 5, 1, 1000),
+        breaker_open_ms=_integer(env, "BALLAST_PROVIDER_BREAKER_OPEN_MS", 10_000, 10, 3_600_000),
+        simulator_profile=_choice(
+            env,
+            "BALLAST_SIMULATOR_PROFILE",
+            "calm",
+            ("calm", "flaky", "monday-morning", "webhook-storm", "report-drift"),
+        ),
         development_token=dev_token,
     )

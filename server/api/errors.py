@@ -14,6 +14,7 @@ from server.domain.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ProviderUnavailable,
     Unavailable,
 )
 from server.domain.state_machine import IllegalTransition
@@ -64,6 +65,10 @@ def _details_for(error: BallastError) -> tuple[grpc.StatusCode, list[any_pb2.Any
         ]
     if isinstance(error, PermissionDenied):
         return grpc.StatusCode.PERMISSION_DENIED, []
+    if isinstance(error, ProviderUnavailable):
+        seconds, fraction = divmod(max(error.retry_after_s, 0.05), 1)
+        delay = {"seconds": int(seconds), "nanos": int(fraction * 1e9)}
+        return grpc.StatusCode.UNAVAILABLE, [_pack(error_details_pb2.RetryInfo(retry_delay=delay))]
     retry = [_pack(error_details_pb2.RetryInfo(retry_delay={"nanos": 50_000_000}))]
     if isinstance(error, ConcurrencyConflict):
         return grpc.StatusCode.ABORTED, retry

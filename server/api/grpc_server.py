@@ -17,6 +17,7 @@ from server.api.metrics import MetricsInterceptor
 from server.api.payments_servicer import PaymentServicer
 from server.api.unimplemented import PENDING_SERVICES, unimplemented_servicer
 from server.db.database import Database
+from server.providers.gateway import GatewayClient
 from server.settings import Settings
 
 SERVICE_NAMES = tuple(
@@ -34,7 +35,9 @@ MAX_CONCURRENT_RPCS = 2048
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
-def build_server(settings: Settings, database: Database) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+def build_server(
+    settings: Settings, database: Database, gateway: GatewayClient | None = None
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """A started-ready (not yet started) server bound to the configured address, and its bound port."""
     authenticator = TokenAuthenticator(settings.api_tokens)
     server = grpc.aio.server(
@@ -48,7 +51,7 @@ def build_server(settings: Settings, database: Database) -> tuple[grpc.aio.Serve
         ],
     )
     payments_pb2_grpc.add_PaymentServiceServicer_to_server(
-        PaymentServicer(database, authenticator, settings.request_timeout_ms / 1000), server
+        PaymentServicer(database, authenticator, settings.request_timeout_ms / 1000, gateway), server
     )
     execution_pb2_grpc.add_ExecutionServiceServicer_to_server(
         ExecutionServicer(database, authenticator, settings.request_timeout_ms / 1000), server

@@ -6,12 +6,15 @@ import grpc
 
 from ballast.common.v1 import money_pb2
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
+from server.api.auth import TokenAuthenticator
 from server.api.handlers import ServicerBase, fit_page, timestamp_of, translate_errors
+from server.db.database import Database
 from server.db.payments_repository import PaymentRecord
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.identity import Permission
 from server.domain.payments import PaymentState, validate_create_payment
-from server.services import payments, timeline
+from server.providers.gateway import GatewayClient
+from server.services import payments, submission, timeline
 from server.services.ledger import signed_amount
 
 
@@ -77,6 +80,17 @@ def _state_filter(value: int) -> PaymentState | None:
 
 
 class PaymentServicer(ServicerBase, payments_pb2_grpc.PaymentServiceServicer):
+    def __init__(
+        self,
+        database: Database,
+        authenticator: TokenAuthenticator,
+        request_timeout_s: float,
+        gateway: GatewayClient | None = None,
+    ) -> None:
+        super().__init__(database, authenticator, request_timeout_s)
+        #: None: no provider is configured (development only); payments stay RECORDED
+        self._gateway = gateway
+
     @translate_errors
     async def CreatePayment(
         self, request: payments_pb2.CreatePaymentRequest, context: grpc.aio.ServicerContext
@@ -91,13 +105,13 @@ class PaymentServicer(ServicerBase, payments_pb2_grpc.PaymentServiceServicer):
             merchant_reference=request.merchant_reference,
             metadata=dict(request.metadata),
         )
-        result = await payments.create_payment(
-            self._database,
-            principal,
-            command,
-            self._budget(context),
-        )
-        return payments_pb2.CreatePaymentResponse(payment=payment_to_proto(result.payment), replayed=result.replayed)
+        budget = self._budget(context)
+        result = await payments.create_payment(self._database, principal, command, budget)
+        payment = result.payment
+        if self._gateway is not None and payment.state is PaymentState.RECORDED:
+            # new, or recorded earlier and never sent (the provider was not asked): send it now
+            payment = await submission.submit_payment(self._database, self._gateway, payment, budget)
+        return payments_pb2.CreatePaymentResponse(payment=payment_to_proto(payment), replayed=result.replayed)
 
     @translate_errors
     async def GetPayment(

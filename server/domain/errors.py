@@ -78,3 +78,13 @@ class DeadlineExceeded(BallastError):
     repeating it with the same idempotency key returns the outcome without doing it twice."""
 
     retryable = True
+
+
+class ProviderUnavailable(Unavailable):
+    """The provider was not asked (its circuit breaker is open, it refused the connection, it rate
+    limited us): the payment stays recorded and unsent. Retrying with the same key sends it."""
+
+    def __init__(self, provider: str, reason: str, retry_after_s: float) -> None:
+        self.provider = provider
+        self.retry_after_s = retry_after_s
+        super().__init__(f"provider {provider} was not asked: {reason}; retry in {retry_after_s:.1f}s")

@@ -9,6 +9,8 @@ from typing import Any
 PAYMENT_RECORDED = "payments.recorded"
 PAYMENT_STATE_CHANGED = "payments.state_changed"
 LEDGER_POSTED = "ledger.posted"
+CASE_OPENED = "cases.opened"
+BREAKER_STATE_CHANGED = "providers.breaker_state_changed"
 
 
 def payment_recorded(

@@ -1,0 +1,60 @@
+"""Ballast's HTTP side: provider webhooks at POST /webhooks/<provider>, and a liveness probe.
+
+Thin: read the raw body, hand it to the webhook use case, map its outcome to a status code. A 2xx
+goes out only after the event's transaction committed; anything else makes the provider retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import structlog
+from aiohttp import web
+
+from server.db.database import Budget, Database
+from server.domain.errors import BallastError
+from server.services import webhooks
+from server.services.webhooks import WebhookSource
+
+log = structlog.get_logger(__name__)
+
+#: A webhook must be handled well within a provider's own delivery timeout (often 10 to 30 s).
+WEBHOOK_BUDGET_S = 5.0
+
+DATABASE = web.AppKey("database", Database)
+SOURCES = web.AppKey("sources", dict)
+
+
+async def receive_webhook(request: web.Request) -> web.Response:
+    provider = request.match_info["provider"]
+    source: WebhookSource | None = request.app[SOURCES].get(provider)
+    if source is None:
+        return web.json_response({"error": f"no webhook source named {provider!r}"}, status=404)
+    body = await request.read()
+    if len(body) > webhooks.BODY_BYTES_MAX:
+        return web.json_response({"error": "the body is larger than 1 MiB"}, status=413)
+    try:
+        outcome = await webhooks.receive(
+            request.app[DATABASE], source, request.headers, body, Budget.within(WEBHOOK_BUDGET_S)
+        )
+    except webhooks.Unauthentic as error:
+        return web.json_response({"error": str(error)}, status=401)
+    except webhooks.Unreadable as error:
+        return web.json_response({"error": str(error)}, status=400)
+    except BallastError as error:  # the database was busy or away: the provider will deliver it again
+        log.warning("webhook.not_applied", provider=provider, error=str(error))
+        return web.json_response({"error": str(error)}, status=503)
+    return web.json_response({"received": True, "outcome": outcome.value})
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def build_http_app(database: Database, sources: Mapping[str, WebhookSource]) -> web.Application:
+    app = web.Application(client_max_size=webhooks.BODY_BYTES_MAX + 1)
+    app[DATABASE] = database
+    app[SOURCES] = dict(sources)
+    app.router.add_post("/webhooks/{provider}", receive_webhook)
+    app.router.add_get("/healthz", healthz)
+    return app

@@ -1,0 +1,94 @@
+"""Sending a recorded payment to its provider and applying what comes back, honestly.
+
+The first transaction (the payment and its key) has committed before this runs. A definite answer
+is applied as evidence through the state machine; a request that may have reached the provider
+without an answer makes the payment UNKNOWN (the resolver asks the provider later); a request that
+never left leaves it RECORDED and tells the caller to retry, which sends it with the same key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import structlog
+
+from server.db import payments_repository
+from server.db.database import Budget, Database, in_transaction
+from server.db.payments_repository import PaymentRecord
+from server.domain.errors import NotFound, ProviderUnavailable
+from server.domain.payment_states import PaymentEvent
+from server.domain.provider_status import event_for
+from server.providers.gateway import GatewayClient, NotSent, OutcomeUnknown, Refused
+from server.services.payment_events import Evidence, apply_provider_evidence
+
+log = structlog.get_logger(__name__)
+
+#: Kept back from the caller's deadline for writing the outcome after the provider answers.
+OUTCOME_WRITE_RESERVE_S = 0.1
+#: The outcome is written even after the caller's deadline passed: its own limit.
+OUTCOME_WRITE_TIMEOUT_S = 5.0
+
+
+async def submit_payment(
+    database: Database, gateway: GatewayClient, payment: PaymentRecord, budget: Budget
+) -> PaymentRecord:
+    """Send `payment` (RECORDED) to the provider; the payment as it stands afterwards.
+
+    Raises ProviderUnavailable when the provider was not asked (breaker open, connection refused,
+    rate limited): the payment is still RECORDED and a retry with the same key sends it.
+    """
+    provider = gateway.provider
+    # the provider's idempotency key and the reference it reports are Ballast's own payment id
+    key = str(payment.id)
+    try:
+        answer = await gateway.create_payment(
+            key,
+            payment.amount.amount,
+            payment.amount.currency_code,
+            key,
+            timeout_s=budget.remaining_s() - OUTCOME_WRITE_RESERVE_S,
+        )
+    except NotSent as error:
+        log.info("provider.not_sent", payment_id=key, provider=provider, reason=error.reason)
+        raise ProviderUnavailable(provider, error.reason, error.retry_after_s) from None
+    except OutcomeUnknown as error:
+        log.warning("provider.outcome_unknown", payment_id=key, provider=provider, reason=str(error))
+        event, evidence = PaymentEvent.OUTCOME_UNKNOWN, Evidence("provider.no_answer", f"{provider}:create:{key}")
+    except Refused as error:
+        event = PaymentEvent.REJECTED
+        evidence = Evidence(f"provider.refused_http_{error.status}", f"{provider}:create:{key}")
+    else:
+        event = event_for(provider, answer.status)
+        evidence = Evidence(
+            "provider.response",
+            f"{provider}:{answer.provider_payment_id}",
+            provider=provider,
+            provider_status=answer.status,
+            provider_payment_id=answer.provider_payment_id,
+        )
+    await _record(database, payment, event, evidence)
+    return await _reread(database, payment)
+
+
+async def _record(database: Database, payment: PaymentRecord, event: PaymentEvent, evidence: Evidence) -> None:
+    """Apply the outcome even if the caller gives up meanwhile: what the provider said must not be lost.
+
+    A webhook may have brought news first: then this answer is a repeat, stale, or (if it disagrees
+    with a decided outcome) a contradiction that opens a case; none of them is the caller's error.
+    """
+
+    async def work(connection: asyncpg.Connection) -> None:
+        await apply_provider_evidence(connection, payment.id, event, evidence)
+
+    await asyncio.shield(in_transaction(database, Budget.within(OUTCOME_WRITE_TIMEOUT_S), work))
+
+
+async def _reread(database: Database, payment: PaymentRecord) -> PaymentRecord:
+    async with database.connection(Budget.within(OUTCOME_WRITE_TIMEOUT_S)) as connection:
+        current = await payments_repository.get_payment(
+            connection, payment.client_id, payment.id, timeout_s=OUTCOME_WRITE_TIMEOUT_S
+        )
+    if current is None:
+        raise NotFound("payment", str(payment.id))
+    return current
