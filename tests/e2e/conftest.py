@@ -61,6 +61,7 @@ def server_environment(database_url: str, port: int, token: str, client_id: str,
         BALLAST_DATA_DIR=str(data_dir),
         BALLAST_SHUTDOWN_GRACE_MS="15000",
         BALLAST_METRICS_PORT="0",
+        BALLAST_HTTP_PORT="0",
         BALLAST_DB_POOL_SIZE="10",
         BALLAST_RELAY_WORKERS="0",
     )

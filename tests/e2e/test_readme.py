@@ -33,4 +33,5 @@ def test_the_readme_snippet_creates_a_payment(start_server: Callable[..., Server
         [sys.executable, "-c", readme_snippet("create-payment")], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    assert re.fullmatch(r"[0-9a-f-]{36} PAYMENT_STATE_RECORDED\n", result.stdout), result.stdout
+    # the simulator started beside the server answers "pending", and its webhook may already be in
+    assert re.fullmatch(r"[0-9a-f-]{36} PAYMENT_STATE_(PENDING|SUCCEEDED)\n", result.stdout), result.stdout
