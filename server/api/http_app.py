@@ -44,6 +44,9 @@ async def receive_webhook(request: web.Request) -> web.Response:
     except BallastError as error:  # the database was busy or away: the provider will deliver it again
         log.warning("webhook.not_applied", provider=provider, error=str(error))
         return web.json_response({"error": str(error)}, status=503)
+    except Exception:  # a bug or a refusal by PostgreSQL: everything rolled back, the redelivery retries it
+        log.exception("webhook.failed", provider=provider)
+        return web.json_response({"error": "the event was not applied; it has been logged"}, status=500)
     return web.json_response({"received": True, "outcome": outcome.value})
 
 
