@@ -170,6 +170,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dev_token = development_token(data_dir)
         api_tokens = {dev_token: Principal(DEVELOPMENT_CLIENT_ID, Role.ADMIN)}
 
+    nats_url = env.get("NATS_URL", "").strip() or None
+    if nats_url is None and environment == "production":
+        raise SettingsError("NATS_URL is required when BALLAST_ENV=production")
+    if nats_url is not None and not nats_url.startswith(("nats://", "tls://")):
+        raise SettingsError("NATS_URL is invalid: expected nats://host:port")
+
     provider_url = env.get("BALLAST_PROVIDER_URL", "").strip() or None
     provider_enabled = provider_url != "off"
     if provider_url is None and environment == "production":
@@ -185,12 +191,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if environment == "production":
             raise SettingsError("BALLAST_PROVIDER_WEBHOOK_SECRET is required when BALLAST_ENV=production")
         webhook_secret = DEVELOPMENT_WEBHOOK_SECRET
-
-    nats_url = env.get("NATS_URL", "").strip() or None
-    if nats_url is None and environment == "production":
-        raise SettingsError("NATS_URL is required when BALLAST_ENV=production")
-    if nats_url is not None and not nats_url.startswith(("nats://", "tls://")):
-        raise SettingsError("NATS_URL is invalid: expected nats://host:port")
 
     return Settings(
         environment=environment,

@@ -3,12 +3,12 @@ from pathlib import Path
 import pytest
 
 from server.domain.identity import Principal, Role
-from server.settings import SettingsError, load_settings, parse_api_tokens
+from server.settings import Settings, SettingsError, load_settings, parse_api_tokens
 
 TOKEN = "t" * 16
 
 
-def _load(tmp_path: Path, **env: str) -> object:
+def _load(tmp_path: Path, **env: str) -> Settings:
     return load_settings({"BALLAST_DATA_DIR": str(tmp_path), **env})
 
 
@@ -29,6 +29,10 @@ def _load(tmp_path: Path, **env: str) -> object:
         ("BALLAST_API_TOKENS", f"{TOKEN}"),
         ("BALLAST_API_TOKENS", f"{TOKEN}={'c' * 129}:service"),
         ("BALLAST_API_TOKENS", f"{TOKEN}=two words:service"),
+        ("BALLAST_PROVIDER_URL", "ftp://gateway"),
+        ("BALLAST_HTTP_PORT", "70000"),
+        ("BALLAST_PROVIDER_BREAKER_FAILURES", "0"),
+        ("BALLAST_SIMULATOR_PROFILE", "stormy"),
     ],
 )
 def test_a_wrong_value_is_one_line_naming_the_variable(tmp_path: Path, variable: str, value: str) -> None:
@@ -73,3 +77,31 @@ def test_configured_tokens_replace_the_development_token(tmp_path: Path) -> None
 def test_tokens_parse_into_clients_and_roles() -> None:
     tokens = parse_api_tokens(f"{'a' * 16}=orders:service, {'b' * 16}=ops:operator")
     assert tokens == {"a" * 16: Principal("orders", Role.SERVICE), "b" * 16: Principal("ops", Role.OPERATOR)}
+
+
+def test_production_names_its_provider_and_secret(tmp_path: Path) -> None:
+    production = {
+        "BALLAST_ENV": "production",
+        "DATABASE_URL": "postgresql://db/ballast",
+        "BALLAST_API_TOKENS": f"{TOKEN}=a:service",
+        "NATS_URL": "nats://nats:4222",
+    }
+    with pytest.raises(SettingsError, match="BALLAST_PROVIDER_URL"):
+        _load(tmp_path, **production)
+    with pytest.raises(SettingsError, match="BALLAST_PROVIDER_URL=off"):
+        _load(tmp_path, **production, BALLAST_PROVIDER_URL="off")
+    with pytest.raises(SettingsError, match="BALLAST_PROVIDER_WEBHOOK_SECRET"):
+        _load(tmp_path, **production, BALLAST_PROVIDER_URL="https://gateway.example")
+    settings = _load(
+        tmp_path,
+        **production,
+        BALLAST_PROVIDER_URL="https://gateway.example",
+        BALLAST_PROVIDER_WEBHOOK_SECRET="whsec_x",  # noqa: S106 - a test value
+    )
+    assert (settings.provider_url, settings.provider_enabled) == ("https://gateway.example", True)
+
+
+def test_development_starts_the_simulator_unless_told_otherwise(tmp_path: Path) -> None:
+    assert (_load(tmp_path).provider_url, _load(tmp_path).provider_enabled) == (None, True)
+    off = _load(tmp_path, BALLAST_PROVIDER_URL="off")
+    assert (off.provider_url, off.provider_enabled) == (None, False)
