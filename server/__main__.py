@@ -44,6 +44,7 @@ from server.providers.embedded_simulator import embedded_simulator
 from server.providers.gateway import GatewayClient
 from server.services import audit
 from server.services.provider_health import breaker_announcer
+from server.services.resolver import Resolver
 from server.services.webhooks import WebhookSource
 from server.settings import Settings, SettingsError, load_settings
 
@@ -246,6 +247,9 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
             relaying = asyncio.create_task(
                 run_relays(pool, _relay_config(settings, nats_url), relays_stopping, set_health)
             )
+        resolving = None
+        if gateway is not None:
+            resolving = asyncio.create_task(Resolver(database, gateway).run(relays_stopping))
         await stopping.wait()
 
         grace_s = settings.shutdown_grace_ms / 1000
@@ -255,6 +259,8 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
         relays_stopping.set()  # after the calls: their events go out with this relay or the next one
         if relaying is not None:
             await asyncio.wait_for(relaying, timeout=30)
+        if resolving is not None:
+            await asyncio.wait_for(resolving, timeout=30)
         log.info("server.stopped")
     return 0
 

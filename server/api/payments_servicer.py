@@ -105,13 +105,10 @@ class PaymentServicer(ServicerBase, payments_pb2_grpc.PaymentServiceServicer):
             merchant_reference=request.merchant_reference,
             metadata=dict(request.metadata),
         )
-        budget = self._budget(context)
-        result = await payments.create_payment(self._database, principal, command, budget)
-        payment = result.payment
-        if self._gateway is not None and payment.state is PaymentState.RECORDED:
-            # new, or recorded earlier and never sent (the provider was not asked): send it now
-            payment = await submission.submit_payment(self._database, self._gateway, payment, budget)
-        return payments_pb2.CreatePaymentResponse(payment=payment_to_proto(payment), replayed=result.replayed)
+        result = await submission.create_and_submit(
+            self._database, self._gateway, principal, command, self._budget(context)
+        )
+        return payments_pb2.CreatePaymentResponse(payment=payment_to_proto(result.payment), replayed=result.replayed)
 
     @translate_errors
     async def GetPayment(

@@ -60,6 +60,9 @@ payments = sa.Table(
     sa.Column("provider_status", sa.Text, nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    # the resolver's schedule for an undecided (UNKNOWN or overdue PENDING) payment
+    sa.Column("next_check_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("check_attempts", sa.Integer, nullable=False, server_default="0"),
     # One payment per idempotency key, and never a payment without its key record.
     sa.UniqueConstraint("client_id", "idempotency_key"),
     sa.ForeignKeyConstraint(
@@ -75,7 +78,11 @@ payments = sa.Table(
     sa.CheckConstraint("jsonb_typeof(metadata) = 'object'", name="metadata_object"),
     sa.CheckConstraint("char_length(provider_payment_id) <= 255", name="provider_payment_id_length"),
     sa.CheckConstraint("char_length(provider_status) <= 64", name="provider_status_length"),
+    sa.CheckConstraint("check_attempts >= 0", name="check_attempts_nonnegative"),
     sa.Index("ix_payments_client_id_created_at_id", "client_id", sa.text("created_at DESC"), sa.text("id DESC")),
+    sa.Index(
+        "ix_payments_undecided_updated_at", "updated_at", postgresql_where=sa.text("state IN ('UNKNOWN', 'PENDING')")
+    ),
     comment=(
         "A payment Ballast was asked to take, in its internal state. Provider statuses are evidence"
         " stored beside the state, never a replacement for it."

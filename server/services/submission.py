@@ -17,10 +17,14 @@ from server.db import payments_repository
 from server.db.database import Budget, Database, in_transaction
 from server.db.payments_repository import PaymentRecord
 from server.domain.errors import NotFound, ProviderUnavailable
+from server.domain.identity import Principal
 from server.domain.payment_states import PaymentEvent
+from server.domain.payments import CreatePayment, PaymentState
 from server.domain.provider_status import event_for
 from server.providers.gateway import GatewayClient, NotSent, OutcomeUnknown, Refused
+from server.services import payments
 from server.services.payment_events import Evidence, apply_provider_evidence
+from server.services.payments import CreatePaymentResult
 
 log = structlog.get_logger(__name__)
 
@@ -28,6 +32,20 @@ log = structlog.get_logger(__name__)
 OUTCOME_WRITE_RESERVE_S = 0.1
 #: The outcome is written even after the caller's deadline passed: its own limit.
 OUTCOME_WRITE_TIMEOUT_S = 5.0
+
+
+async def create_and_submit(
+    database: Database, gateway: GatewayClient | None, principal: Principal, request: CreatePayment, budget: Budget
+) -> CreatePaymentResult:
+    """CreatePayment: record it once per key, then send it unless it was sent before.
+
+    A payment recorded earlier and never sent (the provider was not asked) is sent by the retry.
+    Without a gateway (a development server with no provider) it stays RECORDED.
+    """
+    result = await payments.create_payment(database, principal, request, budget)
+    if gateway is None or result.payment.state is not PaymentState.RECORDED:
+        return result
+    return CreatePaymentResult(await submit_payment(database, gateway, result.payment, budget), result.replayed)
 
 
 async def submit_payment(

@@ -1,0 +1,197 @@
+"""Ballast against the simulator as a real process: honest answers within the deadline, the truth
+reached after the resolver runs, nothing charged twice, and a breaker that fails fast and recovers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+
+from server.api.http_app import build_http_app
+from server.db.database import Budget, Database
+from server.domain.errors import DeadlineExceeded, ProviderUnavailable
+from server.domain.identity import Principal
+from server.domain.payments import PaymentState, validate_create_payment
+from server.providers.breaker import Breaker, BreakerSettings, BreakerState
+from server.providers.embedded_simulator import embedded_simulator
+from server.providers.gateway import GatewayClient, NotSent
+from server.services.resolver import Resolver, ResolverSettings
+from server.services.submission import create_and_submit
+from server.services.webhooks import WebhookSource
+
+SECRET = "whsec_unreliable"  # noqa: S105 - a test secret
+DEADLINE_S = 1.0
+#: what an answer may take beyond the caller's deadline: scheduling on a loaded 2-core machine
+DEADLINE_SLACK_S = 0.3
+FAST = {
+    "settle_min_ms": 5,
+    "settle_max_ms": 50,
+    "latency_max_ms": 3000,
+    "webhook_delay_ms": 200,
+    "webhook_retry_base_ms": 20,
+    "retry_after_s": 0,
+}
+TRUE_STATES = {"succeeded": PaymentState.SUCCEEDED, "failed": PaymentState.FAILED, "declined": PaymentState.FAILED}
+
+
+@contextlib.asynccontextmanager
+async def _webhook_port(database: Database) -> AsyncIterator[int]:
+    runner = web.AppRunner(build_http_app(database, {"simulator": WebhookSource("simulator", SECRET)}), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def _simulator(tmp_path: Path, database: Database, profile: str, **settings: Any) -> AsyncIterator[str]:
+    async with (
+        _webhook_port(database) as port,
+        embedded_simulator(
+            tmp_path,
+            webhook_url=f"http://127.0.0.1:{port}/webhooks/simulator",
+            webhook_secret=SECRET,
+            profile=profile,
+            seed=7,
+        ) as url,
+        aiohttp.ClientSession() as http,
+        http.put(f"{url}/_sim/profile", json={"settings": settings}) as response,
+    ):
+        assert response.status == 200, await response.text()
+        yield url
+
+
+async def _truth(url: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/_sim/truth") as response:
+        truth: dict[str, Any] = await response.json()
+        return truth
+
+
+def _request(key: str, amount: str = "31.00") -> Any:
+    return validate_create_payment(
+        idempotency_key=key,
+        amount_value=amount,
+        currency_code="EUR",
+        description="",
+        merchant_reference="",
+        metadata={},
+    )
+
+
+async def test_monday_morning_every_caller_gets_an_answer_in_time_and_the_resolver_reaches_the_truth(
+    tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    async with (
+        _simulator(tmp_path, database, "monday-morning", **FAST) as url,
+        aiohttp.ClientSession() as session,
+    ):
+        gateway = GatewayClient(
+            "simulator", url, session, Breaker("simulator.payments", BreakerSettings(failures_max=1000))
+        )
+        elapsed: list[float] = []
+        answers: dict[str, PaymentState] = {}
+
+        async def caller(key: str) -> None:
+            for _ in range(30):  # a caller retries with its key when told to, as the API says it may
+                started = time.monotonic()
+                try:
+                    result = await create_and_submit(
+                        database, gateway, principal, _request(key), Budget.within(DEADLINE_S)
+                    )
+                except (ProviderUnavailable, DeadlineExceeded):
+                    elapsed.append(time.monotonic() - started)
+                    await asyncio.sleep(0.05)
+                    continue
+                elapsed.append(time.monotonic() - started)
+                answers[key] = result.payment.state
+                return
+            raise AssertionError(f"{key} never got a definite answer")
+
+        await asyncio.gather(*(caller(f"monday-{uuid.uuid4()}") for _ in range(40)))
+        assert max(elapsed) < DEADLINE_S + DEADLINE_SLACK_S, max(elapsed)
+        assert set(answers.values()) <= {PaymentState.PENDING, PaymentState.UNKNOWN, *TRUE_STATES.values()}
+        assert PaymentState.UNKNOWN in answers.values()  # the profile did hide outcomes
+
+        resolver = Resolver(
+            database,
+            gateway,
+            ResolverSettings(unknown_grace_s=0, pending_overdue_s=2, backoff_base_s=0.2, provider_timeout_s=1.0),
+        )
+        deadline = time.monotonic() + 60
+        while await pool.fetchval("SELECT count(*) FROM payments WHERE state IN ('UNKNOWN', 'PENDING')"):
+            assert time.monotonic() < deadline, "undecided payments remain after 60 s of resolving"
+            if not await resolver.run_once():
+                await asyncio.sleep(0.1)
+
+        truth = {p["idempotency_key"]: p for p in (await _truth(url))["payments"]}
+        rows = await pool.fetch(
+            "SELECT p.id, p.state, (SELECT count(*) FROM ledger_entries e WHERE e.payment_id = p.id) AS entries"
+            " FROM payments p WHERE p.client_id = $1 AND p.idempotency_key = ANY($2)",
+            principal.client_id,
+            list(answers),
+        )
+    assert len(rows) == 40
+    for row in rows:
+        provider = truth[str(row["id"])]  # the provider was asked with Ballast's payment id, once
+        assert PaymentState(row["state"]) is TRUE_STATES[provider["final_status"]], provider
+        assert row["entries"] == (1 if row["state"] == "SUCCEEDED" else 0)
+
+
+async def test_a_dead_provider_opens_the_breaker_calls_fail_fast_and_a_probe_closes_it(
+    tmp_path: Path, database: Database
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    changes: list[str] = []
+    breaker = Breaker(
+        "simulator.payments",
+        BreakerSettings(failures_max=3, open_s=0.5),
+        on_change=lambda _, old, new: changes.append(f"{old.value}->{new.value}"),
+    )
+    async with aiohttp.ClientSession() as session:
+        gateway = GatewayClient("simulator", f"http://127.0.0.1:{port}", session, breaker)
+        for _ in range(3):  # nothing listens: connection refused, nothing sent, counted
+            with pytest.raises(NotSent):
+                await gateway.create_payment(str(uuid.uuid4()), Decimal("1.00"), "EUR", "r", timeout_s=1)
+        assert breaker.state is BreakerState.OPEN
+        latencies = []
+        for _ in range(200):
+            started = time.perf_counter()
+            with pytest.raises(NotSent) as refused:
+                await gateway.create_payment(str(uuid.uuid4()), Decimal("1.00"), "EUR", "r", timeout_s=1)
+            latencies.append(time.perf_counter() - started)
+        assert 0 < refused.value.retry_after_s <= 0.5
+        assert statistics.quantiles(latencies, n=100)[98] < 0.001  # p99 under a millisecond
+
+        # the provider comes back on that port; after the open period one probe closes the breaker
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "simulator", "--port", str(port), "--seed", "1",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            assert process.stdout is not None
+            await asyncio.wait_for(process.stdout.readline(), 15)
+            await asyncio.sleep(0.5)
+            answer = await gateway.create_payment(str(uuid.uuid4()), Decimal("1.00"), "EUR", "r", timeout_s=2)
+            assert answer.status == "pending"
+            assert breaker.state is BreakerState.CLOSED
+        finally:
+            process.terminate()
+            await process.wait()
+    assert changes == ["closed->open", "open->half_open", "half_open->closed"]
