@@ -48,7 +48,7 @@ class ResolverSettings:
     backoff_base_s: float = 1.0
     backoff_max_s: float = 300.0
     #: Checks without a decision before an investigation case is opened (and checks stop).
-    checks_max: int = 8
+    checks_max: int = 12
     #: How long a claimed payment is left alone by other workers while this one asks about it.
     lease_s: float = 30.0
     batch_size: int = 20
