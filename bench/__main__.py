@@ -6,7 +6,10 @@ against two servers, one after the other, with the same load generator and setti
 
   bare (ceiling)  bench/bare_server.py: grpc.aio + an asyncpg pool of the same size, one
                   transaction per call (BEGIN; INSERT key; INSERT payment; COMMIT), nothing else.
-  ballast         `python -m server`, migrated with `python -m server migrate`.
+  ballast         `python -m server`, migrated with `python -m server migrate`, with no provider
+                  (BALLAST_PROVIDER_URL=off): recording a payment, the work the bare server
+                  does. Provider calls and webhooks have a benchmark of their own
+                  (`python -m bench.webhooks`).
 
 Why: on a given machine and PostgreSQL, absolute numbers say little; the ratio to what grpc.aio
 and asyncpg can do at all with the same shape of work says how much Ballast's own code costs
@@ -114,6 +117,9 @@ def _server_command(
         "BALLAST_SHUTDOWN_GRACE_MS": "1000",
         "BALLAST_METRICS_PORT": "0",  # a development server may hold the default port
         "BALLAST_RELAY_WORKERS": "0",  # CreatePayment alone; the relay has a benchmark of its own
+        # recording a payment, as the bare ceiling records one; provider calls are benchmarked apart
+        "BALLAST_PROVIDER_URL": "off",
+        "BALLAST_HTTP_PORT": "0",
     }
 
 

@@ -16,9 +16,14 @@ import secrets
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
+
+if TYPE_CHECKING:
+    import aiohttp
 
 from ballast.common.v1 import money_pb2
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
@@ -202,6 +207,74 @@ async def run_load(
     finally:
         for channel in channels:
             await channel.close()
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    return result
+
+
+#: One HTTP request of a load test: None on success, else (error code, details).
+HttpRequest = Callable[["aiohttp.ClientSession"], Awaitable[tuple[str, str] | None]]
+
+
+async def run_http_load(
+    target: str, send: HttpRequest, *, server_pid: int, warmup_s: float, duration_s: float, concurrency: int
+) -> LoadResult:
+    """`send` with `concurrency` requests in flight for warmup_s + duration_s; measure the last duration_s.
+
+    The same window, counting and progress lines as run_load: a request counts if it completes
+    inside the window and `send` calls it a success. One keep-alive connection per request in flight.
+    """
+    import aiohttp
+
+    result = LoadResult(target, window_s=duration_s)
+    meter = _CpuMeter(server_pid)
+    begin = time.perf_counter()
+    window_start = begin + warmup_s
+    window_end = window_start + duration_s
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while time.perf_counter() < window_end:
+            started = time.perf_counter()
+            failure = await send(session)
+            finished = time.perf_counter()
+            code = None if failure is None else failure[0]
+            if failure is not None:
+                result.error_examples.setdefault(failure[0], failure[1])
+            if not window_start <= finished < window_end:
+                if code is not None:
+                    result.errors_outside_window[code] += 1
+            elif code is None:
+                result.latencies_s.append(finished - started)
+            else:
+                result.errors[code] += 1
+
+    async def report_progress() -> None:
+        meter_started = False
+        while True:
+            now = time.perf_counter()
+            if now < window_start:
+                _progress(f"[{target}] warm-up: {window_start - now:4.1f} s left")
+            else:
+                if not meter_started:
+                    meter.start()
+                    meter_started = True
+                if now >= window_end:
+                    result.cpu = meter.stop()
+                    _progress(f"[{target}] window closed; waiting for the requests still in flight")
+                    return
+                errors = sum(result.errors.values())
+                _progress(
+                    f"[{target}] measuring: {window_end - now:4.1f} s left,"
+                    f" {len(result.latencies_s)} calls, {errors} errors"
+                )
+            await asyncio.sleep(max(0.0, min(0.5, window_start - now if now < window_start else window_end - now)))
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        progress = asyncio.create_task(report_progress())
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        await progress
     if sys.stderr.isatty():
         print(file=sys.stderr)
     return result

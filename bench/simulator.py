@@ -32,7 +32,6 @@ import selectors
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -50,7 +49,7 @@ from bench.__main__ import (
     table,
 )
 from bench.harness import READY_TIMEOUT_S, RESULTS_DIR, ROOT, STOP_TIMEOUT_S, _log_tail, _running, _stop
-from bench.load import CALL_TIMEOUT_S, LoadResult, _CpuMeter, _progress
+from bench.load import LoadResult, run_http_load
 
 TARGET_RATIO = 1.0
 SIMULATOR = "simulator"
@@ -106,94 +105,32 @@ def simulator_process() -> Iterator[tuple[str, int]]:
                 process.stdout.close()
 
 
-async def run_http_load(
-    target: str, base_url: str, *, server_pid: int, warmup_s: float, duration_s: float, concurrency: int
-) -> LoadResult:
-    """`POST /v1/payments` with `concurrency` requests in flight for warmup_s + duration_s; measure the last duration_s.
-
-    The same window, counting and progress lines as bench.load.run_load: a request counts if it
-    completes inside the window with a 200 and a payment in the body.
-    """
-    url = f"{base_url}/v1/payments"
-    result = LoadResult(target, window_s=duration_s)
-    meter = _CpuMeter(server_pid)
-
-    begin = time.perf_counter()
-    window_start = begin + warmup_s
-    window_end = window_start + duration_s
-
-    async def create_payment(session: aiohttp.ClientSession) -> tuple[str, str] | None:
-        """None on success, else (error code, details)."""
-        headers = {"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())}
-        try:
-            async with session.post(url, data=_BODY, headers=headers) as response:
-                body = await response.read()
-        except (aiohttp.ClientError, TimeoutError) as error:
-            return type(error).__name__, str(error)[:200]
-        if response.status != 200:
-            return f"HTTP_{response.status}", body[:200].decode(errors="replace")
-        try:
-            payment = json.loads(body)
-        except ValueError:
-            return "BAD_JSON", body[:200].decode(errors="replace")
-        if not isinstance(payment, dict) or "id" not in payment:
-            return "NO_PAYMENT", body[:200].decode(errors="replace")
-        return None
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        while time.perf_counter() < window_end:
-            started = time.perf_counter()
-            failure = await create_payment(session)
-            finished = time.perf_counter()
-            code = None if failure is None else failure[0]
-            if failure is not None:
-                result.error_examples.setdefault(failure[0], failure[1])
-            if not window_start <= finished < window_end:
-                if code is not None:
-                    result.errors_outside_window[code] += 1
-            elif code is None:
-                result.latencies_s.append(finished - started)
-            else:
-                result.errors[code] += 1
-
-    async def report_progress() -> None:
-        meter_started = False
-        while True:
-            now = time.perf_counter()
-            if now < window_start:
-                _progress(f"[{target}] warm-up: {window_start - now:4.1f} s left")
-            else:
-                if not meter_started:
-                    meter.start()
-                    meter_started = True
-                if now >= window_end:
-                    result.cpu = meter.stop()
-                    _progress(f"[{target}] window closed; waiting for the requests still in flight")
-                    return
-                errors = sum(result.errors.values())
-                _progress(
-                    f"[{target}] measuring: {window_end - now:4.1f} s left,"
-                    f" {len(result.latencies_s)} calls, {errors} errors"
-                )
-            await asyncio.sleep(max(0.0, min(0.5, window_start - now if now < window_start else window_end - now)))
-
-    connector = aiohttp.TCPConnector(limit=concurrency)  # one keep-alive connection per request in flight
-    timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        progress = asyncio.create_task(report_progress())
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-        await progress
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
-    return result
+async def _create_payment(url: str, session: aiohttp.ClientSession) -> tuple[str, str] | None:
+    """One `POST /v1/payments`; None on success, else (error code, details)."""
+    headers = {"Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())}
+    try:
+        async with session.post(url, data=_BODY, headers=headers) as response:
+            body = await response.read()
+    except (aiohttp.ClientError, TimeoutError) as error:
+        return type(error).__name__, str(error)[:200]
+    if response.status != 200:
+        return f"HTTP_{response.status}", body[:200].decode(errors="replace")
+    try:
+        payment = json.loads(body)
+    except ValueError:
+        return "BAD_JSON", body[:200].decode(errors="replace")
+    if not isinstance(payment, dict) or "id" not in payment:
+        return "NO_PAYMENT", body[:200].decode(errors="replace")
+    return None
 
 
 def measure_simulator(args: argparse.Namespace) -> LoadResult:
     _status(f"[{SIMULATOR}] starting (profile {PROFILE}, seed {SEED})")
     with simulator_process() as (base_url, pid):
+        url = f"{base_url}/v1/payments"
         load = run_http_load(
             SIMULATOR,
-            base_url,
+            lambda session: _create_payment(url, session),
             server_pid=pid,
             warmup_s=args.warmup_s,
             duration_s=args.duration_s,
