@@ -79,6 +79,10 @@ bench: $(INSTALLED) ## Benchmark CreatePayment against a bare grpc.aio + asyncpg
 simulator: $(INSTALLED) ## Run the provider simulator (calm profile)
 	$(BIN)/python -m simulator --profile calm
 
+.PHONY: bench-webhooks
+bench-webhooks: $(INSTALLED) ## Benchmark webhook intake against a bare verify-and-insert endpoint, and the open breaker
+	$(BIN)/python -m bench.webhooks
+
 .PHONY: bench-relay
 bench-relay: $(INSTALLED) ## Benchmark the outbox relay against raw claim-and-update and raw JetStream publish
 	$(BIN)/python -m bench.relay
