@@ -7,6 +7,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
@@ -30,13 +31,16 @@ class LedgerEntryRecord:
     lines: tuple[EntryLine, ...]
 
 
-_INSERT_ENTRY = "INSERT INTO ledger_entries (id, event_key, payment_id, description) VALUES ($1, $2, $3, $4)"
-_INSERT_LINES = (
-    "INSERT INTO ledger_lines (entry_id, line_number, account, currency_code, amount)"
-    " SELECT $1, line_number, account, currency_code, amount"
-    " FROM unnest($2::smallint[], $3::text[], $4::text[], $5::numeric[])"
-    " AS line(line_number, account, currency_code, amount)"
+# The entry and its lines in one statement (one round trip); the balance is checked at commit.
+_INSERT_ENTRY_WITH_LINES = """
+WITH entry AS (
+    INSERT INTO ledger_entries (id, event_key, payment_id, description) VALUES ($1, $6, $7, $8) RETURNING id
 )
+INSERT INTO ledger_lines (entry_id, line_number, account, currency_code, amount)
+SELECT entry.id, line_number, account, currency_code, amount
+FROM entry,
+     unnest($2::smallint[], $3::text[], $4::text[], $5::numeric[]) AS line(line_number, account, currency_code, amount)
+"""
 
 
 async def insert_posting(connection: asyncpg.Connection, posting: Posting) -> uuid.UUID:
@@ -44,16 +48,40 @@ async def insert_posting(connection: asyncpg.Connection, posting: Posting) -> uu
     again at commit and refuses a second posting of the same event key."""
     check_balanced(posting)
     entry_id = uuid.uuid4()
-    await connection.execute(_INSERT_ENTRY, entry_id, posting.event_key, posting.payment_id, posting.description)
     await connection.execute(
-        _INSERT_LINES,
+        _INSERT_ENTRY_WITH_LINES,
         entry_id,
         list(range(1, len(posting.lines) + 1)),
         [line.account for line in posting.lines],
         [line.currency_code for line in posting.lines],
         [line.amount for line in posting.lines],
+        posting.event_key,
+        posting.payment_id,
+        posting.description,
     )
     return entry_id
+
+
+def entry_rows(entry_ids: list[uuid.UUID], postings: list[Posting]) -> tuple[list[Any], ...]:
+    """Postings as the column arrays of their entries and lines, for one set-wise INSERT of each.
+
+    (entry ids, event keys, payment ids, descriptions, line entry ids, line numbers, accounts,
+    currency codes, amounts). Each posting is checked to balance first; PostgreSQL checks again at commit.
+    """
+    for posting in postings:
+        check_balanced(posting)
+    lines = [
+        (entry_id, number, line.account, line.currency_code, line.amount)
+        for entry_id, posting in zip(entry_ids, postings, strict=True)
+        for number, line in enumerate(posting.lines, start=1)
+    ]
+    return (
+        list(entry_ids),
+        [posting.event_key for posting in postings],
+        [posting.payment_id for posting in postings],
+        [posting.description for posting in postings],
+        *([list(column) for column in zip(*lines, strict=True)] if lines else [[], [], [], [], []]),
+    )
 
 
 @dataclass(frozen=True)

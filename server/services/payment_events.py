@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
 
 import asyncpg
 
@@ -16,11 +17,11 @@ from server.db import ledger_repository
 from server.db.database import Budget, Database, in_transaction
 from server.domain import events
 from server.domain.errors import NotFound
-from server.domain.ledger import payment_postings
+from server.domain.ledger import Posting, payment_postings
 from server.domain.payment_states import EVENT_TARGETS, PaymentEvent, Verdict, decide, judge
 from server.domain.payments import PaymentState
 from server.domain.state_machine import IllegalTransition
-from server.outbox.writer import append_audit, write_event
+from server.outbox.writer import event_rows, write_event
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,34 @@ async def apply_payment_event(
 
 
 CONTRADICTION_CASE = "CONTRADICTORY_EVIDENCE"
+
+# A move, in one round trip: the transition (whose trigger moves the payment), the ledger entries and
+# lines it implies (balanced per entry, checked at commit), their outbox events and the audit entry.
+_MOVE = """
+WITH moved AS (
+    INSERT INTO payment_transitions (payment_id, from_state, to_state, event, cause, evidence_ref)
+    VALUES ($1, $2, $3, $4, $5, $6)
+), entries AS (
+    INSERT INTO ledger_entries (id, event_key, payment_id, description)
+    SELECT * FROM unnest($7::uuid[], $8::text[], $9::uuid[], $10::text[])
+), lines AS (
+    INSERT INTO ledger_lines (entry_id, line_number, account, currency_code, amount)
+    SELECT * FROM unnest($11::uuid[], $12::smallint[], $13::text[], $14::text[], $15::numeric[])
+), announced AS (
+    INSERT INTO outbox (id, topic, message_key, payload)
+    SELECT * FROM unnest($16::uuid[], $17::text[], $18::text[], $19::jsonb[])
+)
+INSERT INTO audit_log (aggregate_type, aggregate_id, action, actor, payload)
+VALUES ('payment', $1::text, $20, $5, $21)
+"""
+
+# The provider's word kept as evidence and beside the payment, in one round trip.
+_OBSERVE_PROVIDER_STATUS = """
+WITH observed AS (
+    INSERT INTO provider_statuses (payment_id, provider, status, evidence_ref) VALUES ($1, $2, $3, $4)
+)
+UPDATE payments SET provider_status = $3, provider_payment_id = coalesce(provider_payment_id, $5) WHERE id = $1
+"""
 
 
 @dataclass(frozen=True)
@@ -122,6 +151,10 @@ async def apply_provider_evidence(
     return EvidenceOutcome(verdict, outcome, case_id)
 
 
+def _lines(posting: Posting) -> list[tuple[str, Decimal, str]]:
+    return [(line.account, line.amount, line.currency_code) for line in posting.lines]
+
+
 async def apply_on(
     connection: asyncpg.Connection, payment_id: uuid.UUID, event: PaymentEvent, evidence: Evidence
 ) -> EventOutcome:
@@ -134,17 +167,11 @@ async def apply_on(
     current = PaymentState(row["state"])
     if evidence.provider is not None and evidence.provider_status is not None:
         await connection.execute(
-            "INSERT INTO provider_statuses (payment_id, provider, status, evidence_ref) VALUES ($1, $2, $3, $4)",
+            _OBSERVE_PROVIDER_STATUS,
             payment_id,
             evidence.provider,
             evidence.provider_status,
             evidence.reference,
-        )
-        await connection.execute(
-            "UPDATE payments SET provider_status = $2,"
-            " provider_payment_id = coalesce(provider_payment_id, $3) WHERE id = $1",
-            payment_id,
-            evidence.provider_status,
             evidence.provider_payment_id,
         )
     try:
@@ -154,29 +181,12 @@ async def apply_on(
     if decision.to_state is None:
         return EventOutcome(current, None)
     to_state = decision.to_state
-    await connection.execute(
-        "INSERT INTO payment_transitions (payment_id, from_state, to_state, event, cause, evidence_ref)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
-        payment_id,
-        current.value,
-        to_state.value,
-        event.value,
-        evidence.cause,
-        evidence.reference,
-    )
-    entry_ids = []
-    for posting in payment_postings(
-        payment_id, row["client_id"], row["amount"], row["currency_code"], current, to_state
-    ):
-        entry_id = await ledger_repository.insert_posting(connection, posting)
-        entry_ids.append(entry_id)
-        lines = [(line.account, line.amount, line.currency_code) for line in posting.lines]
-        await write_event(
-            connection,
-            events.LEDGER_POSTED,
-            posting.event_key,
-            events.ledger_posted(entry_id, posting.event_key, lines),
-        )
+    postings = payment_postings(payment_id, row["client_id"], row["amount"], row["currency_code"], current, to_state)
+    entry_ids = [uuid.uuid4() for _ in postings]
+    announcements = [
+        (events.LEDGER_POSTED, posting.event_key, events.ledger_posted(entry_id, posting.event_key, _lines(posting)))
+        for entry_id, posting in zip(entry_ids, postings, strict=True)
+    ]
     change = events.payment_state_changed(
         payment_id,
         current.value,
@@ -188,6 +198,20 @@ async def apply_on(
         amount=row["amount"],
         currency_code=row["currency_code"],
     )
-    await write_event(connection, events.PAYMENT_STATE_CHANGED, str(payment_id), change)
-    await append_audit(connection, "payment", str(payment_id), events.PAYMENT_STATE_CHANGED, evidence.cause, change)
+    announcements.append((events.PAYMENT_STATE_CHANGED, str(payment_id), change))
+    entries = ledger_repository.entry_rows(entry_ids, postings)
+    outbox = event_rows(announcements)
+    await connection.execute(
+        _MOVE,
+        payment_id,
+        current.value,
+        to_state.value,
+        event.value,
+        evidence.cause,
+        evidence.reference,
+        *entries,
+        *outbox,
+        events.PAYMENT_STATE_CHANGED,
+        change,
+    )
     return EventOutcome(current, to_state, tuple(entry_ids))

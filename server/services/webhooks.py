@@ -1,10 +1,10 @@
 """Webhook intake: a provider's signed event, kept as evidence, applied once, never trusted blindly.
 
 The order matters. The signature is checked over the raw bytes before anything is parsed or stored
-(a forgery costs a counter, nothing more). The delivery is stored as received, duplicates included.
-Then one transaction inserts the (event id, consumer group) row first and only then applies the
+(a forgery costs a counter, nothing more). Then one transaction stores the delivery as received
+(duplicates included), inserts the (event id, consumer group) row first and only then applies the
 event through the state machine, so a second delivery, concurrent or late, finds the row and does
-nothing, and a failure rolls back both, so the provider's redelivery can succeed.
+nothing, and a failure rolls back all of it, so the provider's redelivery can succeed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import structlog
 from prometheus_client import Counter
 
 from server.db.database import Budget, Database, in_transaction
+from server.domain.errors import NotFound
 from server.domain.payment_states import Verdict
 from server.domain.provider_status import UnknownProviderStatus, event_for
 from server.messaging.idempotent import process_if_new
@@ -35,6 +36,7 @@ WEBHOOKS = Counter(
 #: Headers kept with the raw body as evidence (lower case); the rest say nothing about the event.
 EVIDENCE_HEADERS = frozenset({"content-type", "user-agent", "simulator-signature", "stripe-signature"})
 BODY_BYTES_MAX = 1024 * 1024
+_INSERT_DELIVERY = "INSERT INTO webhook_deliveries (provider, event_id, headers, body) VALUES ($1, $2, $3, $4)"
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,7 @@ async def receive(
         await _store(database, source, None, kept, body, budget)
         WEBHOOKS.labels(source.provider, "unreadable").inc()
         raise
-    await _store(database, source, event.event_id, kept, body, budget)
-    outcome = await _apply_once(database, source, event, budget)
+    outcome = await _apply_once(database, source, event, kept, body, budget)
     WEBHOOKS.labels(source.provider, outcome.value).inc()
     log.info("webhook.received", provider=source.provider, event_id=event.event_id, type=event.kind, outcome=outcome)
     return outcome
@@ -133,7 +134,7 @@ async def _store(
 ) -> None:
     async with database.connection(budget) as connection:
         await connection.execute(
-            "INSERT INTO webhook_deliveries (provider, event_id, headers, body) VALUES ($1, $2, $3, $4)",
+            _INSERT_DELIVERY,
             source.provider,
             event_id,
             headers,
@@ -142,13 +143,22 @@ async def _store(
         )
 
 
-async def _apply_once(database: Database, source: WebhookSource, event: _Event, budget: Budget) -> Outcome:
+async def _apply_once(
+    database: Database, source: WebhookSource, event: _Event, headers: dict[str, str], body: bytes, budget: Budget
+) -> Outcome:
+    """Keep the delivery as evidence and apply its event once, in one transaction.
+
+    Every delivery is kept, duplicates included. If applying fails, the delivery's evidence rolls
+    back with everything else: nothing was decided on it, and the provider's redelivery brings it again.
+    """
     if event.payment_id is None or event.status is None:
+        await _store(database, source, event.event_id, headers, body, budget)
         return Outcome.IGNORED
     payment_id, status = event.payment_id, event.status
     try:
         payment_event = event_for(source.provider, status)
     except UnknownProviderStatus:
+        await _store(database, source, event.event_id, headers, body, budget)
         raise Unreadable(f"status {status!r} has no mapping for {source.provider}") from None
     evidence = Evidence(
         f"webhook.{source.provider}",
@@ -160,12 +170,14 @@ async def _apply_once(database: Database, source: WebhookSource, event: _Event, 
 
     async def work(connection: asyncpg.Connection) -> Outcome:
         outcomes: list[Outcome] = []  # what the handler did, if it ran (afresh on every attempt)
+        await connection.execute(_INSERT_DELIVERY, source.provider, event.event_id, headers, body)
 
         async def handle(connection: asyncpg.Connection) -> None:
-            if not await connection.fetchval("SELECT true FROM payments WHERE id = $1", payment_id):
+            try:
+                applied = await apply_provider_evidence(connection, payment_id, payment_event, evidence)
+            except NotFound:  # not one of ours (another environment's, or made up): kept, not applied
                 outcomes.append(Outcome.IGNORED)
                 return
-            applied = await apply_provider_evidence(connection, payment_id, payment_event, evidence)
             outcomes.append(_OUTCOMES[applied.verdict])
 
         ran = await process_if_new(connection, event.event_id, source.consumer_group, handle)
