@@ -977,7 +977,8 @@ class _Injected(Exception):
 
 
 class _ConnectionFailingOn:
-    """A connection that fails every statement starting with `prefix`; everything else is the real one."""
+    """A connection that fails every statement doing `prefix` (on its own, or as one part of a statement
+    that writes several tables at once); everything else is the real one."""
 
     def __init__(self, connection: asyncpg.Connection, prefix: str) -> None:
         self._connection = connection
@@ -987,7 +988,7 @@ class _ConnectionFailingOn:
         return getattr(self._connection, name)
 
     async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        if query.lstrip().startswith(self._prefix):
+        if self._prefix in " ".join(query.split()):
             raise _Injected(f"injected failure of: {query[:60]}")
         return await self._connection.execute(query, *args, **kwargs)
 
