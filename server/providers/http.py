@@ -1,0 +1,101 @@
+"""Calling a provider over HTTP: what came back, sorted by what Ballast may conclude from it.
+
+Three kinds of outcome, because a caller must never be told more than is known:
+
+- an HTTP answer: 2xx (what the provider did), or 4xx (`Refused` by the caller of `call`: the
+  provider refused the request itself; a definite answer, and no sign of an outage);
+- `NotSent`: the request never reached the provider (the breaker is open, the connection was
+  refused, it said 429 before processing): nothing happened there;
+- `OutcomeUnknown`: the request may have reached it (a timeout, a reset after sending, a 5xx, an
+  unreadable answer): only asking the provider, by idempotency key, will tell.
+
+Every call runs under the provider's circuit breaker, with a time limit inside the caller's budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from server.providers.breaker import Breaker, BreakerOpen, Neutral
+
+#: Below this much time left there is no point asking: the answer could not come back in time.
+CALL_TIME_MIN_S = 0.05
+
+
+class NotSent(Exception):
+    """The provider did not get the request; nothing happened there."""
+
+    def __init__(self, reason: str, retry_after_s: float) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class OutcomeUnknown(Exception):
+    """The request may have reached the provider; only asking it (by idempotency key) will tell."""
+
+
+class Refused(Exception):
+    """The provider refused the request itself (4xx): a definite answer, and not a sign of an outage."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"the provider refused the request with HTTP {status}: {body[:200]!r}")
+        self.status = status
+        self.body = body
+
+
+class _ServerError(Exception):
+    """A 5xx: counted by the breaker; whether the provider acted is unknown."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+class HttpProvider:
+    """One provider's pooled HTTP session, base URL and breaker."""
+
+    def __init__(self, provider: str, base_url: str, session: aiohttp.ClientSession, breaker: Breaker) -> None:
+        self.provider = provider
+        self._base_url = base_url.rstrip("/")
+        self._session = session
+        self.breaker = breaker
+
+    async def call(self, method: str, path: str, timeout_s: float, **request: Any) -> Reply:
+        """One request under the breaker; a 2xx or 4xx Reply, else NotSent or OutcomeUnknown."""
+        if timeout_s < CALL_TIME_MIN_S:
+            raise NotSent("too little of the caller's deadline was left to ask the provider", 0.0)
+
+        async def send() -> Reply | Neutral[Reply]:
+            async with self._session.request(method, self._base_url + path, **request) as response:
+                reply = Reply(response.status, await response.read(), dict(response.headers))
+            if reply.status >= 500:
+                raise _ServerError(f"HTTP {reply.status}")
+            if reply.status == 429 or 400 <= reply.status < 500:
+                return Neutral(reply)  # an answer: the provider is up, whatever it thinks of the request
+            return reply
+
+        try:
+            reply = await self.breaker.call(send, timeout_s)
+        except BreakerOpen as error:
+            raise NotSent(str(error), error.retry_after_s) from None
+        except aiohttp.ClientConnectorError as error:  # the connection was never made: nothing was sent
+            raise NotSent(f"cannot connect to {self.provider}: {error.os_error.strerror or error}", 1.0) from None
+        except (TimeoutError, aiohttp.ClientError, _ServerError) as error:
+            raise OutcomeUnknown(f"{type(error).__name__}: {error}"[:300]) from None
+        if reply.status == 429:
+            raise NotSent(f"{self.provider} is rate limiting", _retry_after_s(reply.headers))
+        return reply
+
+
+def _retry_after_s(headers: dict[str, str]) -> float:
+    try:
+        return max(float(headers.get("Retry-After", "1")), 0.0)
+    except ValueError:
+        return 1.0
