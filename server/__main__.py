@@ -42,6 +42,7 @@ from server.outbox.supervisor import RelayConfig, run_relays
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.embedded_simulator import embedded_simulator
 from server.providers.gateway import GatewayClient
+from server.providers.venue import VenueClient
 from server.services import audit
 from server.services.provider_health import breaker_announcer
 from server.services.resolver import Resolver
@@ -175,10 +176,11 @@ async def _start_http(stack: contextlib.AsyncExitStack, settings: Settings, data
     return port
 
 
-async def _gateway(
+async def _providers(
     stack: contextlib.AsyncExitStack, settings: Settings, database: Database, http_port: int
-) -> GatewayClient | None:
-    """The payment gateway client, starting the simulator first when no provider URL is set."""
+) -> tuple[GatewayClient, VenueClient] | None:
+    """The payment gateway and broker venue clients (one provider serves both), starting the simulator
+    first when no provider URL is set; each kind of call has a breaker of its own."""
     if not settings.provider_enabled:
         log.warning("provider.off", hint="BALLAST_PROVIDER_URL=off: payments stay RECORDED")
         return None
@@ -195,13 +197,15 @@ async def _gateway(
         )
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=PROVIDER_CONNECTIONS_MAX))
     stack.push_async_callback(session.close)
-    breaker = Breaker(
-        f"{SIMULATOR}.payments",
-        BreakerSettings(failures_max=settings.breaker_failures_max, open_s=settings.breaker_open_ms / 1000),
-        on_change=breaker_announcer(database),
+    breaker_settings = BreakerSettings(
+        failures_max=settings.breaker_failures_max, open_s=settings.breaker_open_ms / 1000
     )
+    announce = breaker_announcer(database)
     log.info("provider.configured", provider=SIMULATOR, url=provider_url)
-    return GatewayClient(SIMULATOR, provider_url, session, breaker)
+    return (
+        GatewayClient(SIMULATOR, provider_url, session, Breaker(f"{SIMULATOR}.payments", breaker_settings, announce)),
+        VenueClient(SIMULATOR, provider_url, session, Breaker(f"{SIMULATOR}.orders", breaker_settings, announce)),
+    )
 
 
 async def serve(settings: Settings, database_url: str, nats_url: str | None) -> int:
@@ -215,8 +219,9 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
         database = Database(pool)
         # the HTTP side first: a simulator started below sends its webhooks to this port
         http_port = await _start_http(stack, settings, database)
-        gateway = await _gateway(stack, settings, database, http_port)
-        server, health_servicer, port = build_server(settings, database, gateway)
+        providers = await _providers(stack, settings, database, http_port)
+        gateway, venue = providers if providers is not None else (None, None)
+        server, health_servicer, port = build_server(settings, database, gateway, venue)
         if settings.metrics_port:
             try:
                 metrics_server, _ = prometheus_client.start_http_server(settings.metrics_port, addr=settings.grpc_host)

@@ -7,14 +7,17 @@ from decimal import Decimal
 import grpc
 
 from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
+from server.api.auth import TokenAuthenticator
 from server.api.handlers import ServicerBase, fit_page, timestamp_of, translate_errors
+from server.db.database import Database
 from server.db.orders_repository import LegRecord, OrderRecord
 from server.domain.identifiers import parse_uuid
 from server.domain.identity import Permission
 from server.domain.money import EXACT
 from server.domain.order_legs import Leg
 from server.domain.orders import validate_close_leg, validate_modify_leg, validate_submit_order
-from server.services import execution
+from server.providers.venue import VenueClient
+from server.services import execution, order_submission
 
 
 def _decimal(value: Decimal | None) -> str:
@@ -69,6 +72,17 @@ def order_to_proto(order: OrderRecord) -> execution_pb2.Order:
 
 
 class ExecutionServicer(ServicerBase, execution_pb2_grpc.ExecutionServiceServicer):
+    def __init__(
+        self,
+        database: Database,
+        authenticator: TokenAuthenticator,
+        request_timeout_s: float,
+        venue: VenueClient | None = None,
+    ) -> None:
+        super().__init__(database, authenticator, request_timeout_s)
+        #: None: no venue is configured (development only); legs stay SUBMITTED
+        self._venue = venue
+
     @translate_errors
     async def SubmitOrder(
         self, request: execution_pb2.SubmitOrderRequest, context: grpc.aio.ServicerContext
@@ -89,7 +103,9 @@ class ExecutionServicer(ServicerBase, execution_pb2_grpc.ExecutionServiceService
                 for leg in request.legs
             ],
         )
-        result = await execution.submit_order(self._database, principal, command, self._budget(context))
+        result = await order_submission.submit_and_send(
+            self._database, self._venue, principal, command, self._budget(context)
+        )
         return execution_pb2.SubmitOrderResponse(order=order_to_proto(result.order), replayed=result.replayed)
 
     @translate_errors

@@ -18,6 +18,7 @@ from server.api.payments_servicer import PaymentServicer
 from server.api.unimplemented import PENDING_SERVICES, unimplemented_servicer
 from server.db.database import Database
 from server.providers.gateway import GatewayClient
+from server.providers.venue import VenueClient
 from server.settings import Settings
 
 SERVICE_NAMES = tuple(
@@ -36,7 +37,7 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 def build_server(
-    settings: Settings, database: Database, gateway: GatewayClient | None = None
+    settings: Settings, database: Database, gateway: GatewayClient | None = None, venue: VenueClient | None = None
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """A started-ready (not yet started) server bound to the configured address, and its bound port."""
     authenticator = TokenAuthenticator(settings.api_tokens)
@@ -54,7 +55,7 @@ def build_server(
         PaymentServicer(database, authenticator, settings.request_timeout_ms / 1000, gateway), server
     )
     execution_pb2_grpc.add_ExecutionServiceServicer_to_server(
-        ExecutionServicer(database, authenticator, settings.request_timeout_ms / 1000), server
+        ExecutionServicer(database, authenticator, settings.request_timeout_ms / 1000, venue), server
     )
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(
         LedgerServicer(database, authenticator, settings.request_timeout_ms / 1000), server

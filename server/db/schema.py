@@ -385,7 +385,9 @@ cases = sa.Table(
     sa.Column("evidence", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
     sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("leg_id", UUID(as_uuid=True), sa.ForeignKey("legs.id"), nullable=True),
     sa.CheckConstraint("status IN ('OPEN', 'RESOLVED')", name="status_known"),
+    sa.CheckConstraint("(payment_id IS NULL) <> (leg_id IS NULL)", name="about_one_thing"),
     sa.CheckConstraint("char_length(kind) BETWEEN 1 AND 64", name="kind_length"),
     sa.CheckConstraint("char_length(summary) BETWEEN 1 AND 2000", name="summary_length"),
     sa.CheckConstraint("jsonb_typeof(evidence) = 'array'", name="evidence_array"),
@@ -393,6 +395,7 @@ cases = sa.Table(
     sa.Index(
         "uq_cases_kind_payment_id", "kind", "payment_id", unique=True, postgresql_where=sa.text("status = 'OPEN'")
     ),
+    sa.Index("uq_cases_kind_leg_id", "kind", "leg_id", unique=True, postgresql_where=sa.text("status = 'OPEN'")),
     comment=(
         "Investigation cases: what Ballast could not decide alone (contradictory provider evidence,"
         " an outcome that stayed unknown), with the evidence, for operations staff to resolve."

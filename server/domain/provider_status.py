@@ -1,11 +1,14 @@
-"""Each provider's vocabulary mapped to Ballast's payment events: the only place that mapping lives.
+"""Each provider's vocabulary mapped to Ballast's payment events and leg reports: the only place those mappings live.
 
 A provider's status is stored verbatim as evidence; only its mapped event can move a payment.
 """
 
 from __future__ import annotations
 
+import enum
+
 from server.domain.errors import BallastError
+from server.domain.order_legs import LegState
 from server.domain.payment_states import PaymentEvent
 
 E = PaymentEvent
@@ -46,3 +49,50 @@ def event_for(provider: str, status: str) -> PaymentEvent:
         return PROVIDER_STATUS_EVENTS[provider][status.strip().lower()]
     except KeyError:
         raise UnknownProviderStatus(provider, status) from None
+
+
+class VenueReport(enum.StrEnum):
+    """What a venue's execution report says happened to a leg, in Ballast's words."""
+
+    ACKNOWLEDGED = "ACKNOWLEDGED"
+    FILL = "FILL"
+    REJECTED = "REJECTED"
+    CLOSED = "CLOSED"
+    #: a modification was confirmed
+    MODIFIED = "MODIFIED"
+    #: a modification was refused
+    MODIFY_REFUSED = "MODIFY_REFUSED"
+
+
+R = VenueReport
+
+#: venue -> {its execution type word, lower case -> what it reports}
+VENUE_EXEC_TYPES: dict[str, dict[str, VenueReport]] = {
+    # the local simulator's broker venue, whose words are close to FIX's ExecType
+    "simulator": {
+        "new": R.ACKNOWLEDGED,
+        "partial_fill": R.FILL,
+        "fill": R.FILL,
+        "rejected": R.REJECTED,
+        "canceled": R.CLOSED,
+        "closed": R.CLOSED,
+        "replaced": R.MODIFIED,
+        "modify_rejected": R.MODIFY_REFUSED,
+    },
+}
+
+#: The leg state each non-fill report moves a leg to (fills move it through apply_fill).
+LEG_STATE_FOR_REPORT: dict[VenueReport, LegState] = {
+    R.ACKNOWLEDGED: LegState.PENDING,
+    R.REJECTED: LegState.REJECTED,
+    R.CLOSED: LegState.CLOSED,
+    R.MODIFIED: LegState.FILLED,
+    R.MODIFY_REFUSED: LegState.REJECTED,
+}
+
+
+def venue_report_for(venue: str, exec_type: str) -> VenueReport:
+    try:
+        return VENUE_EXEC_TYPES[venue][exec_type.strip().lower()]
+    except KeyError:
+        raise UnknownProviderStatus(venue, exec_type) from None

@@ -236,23 +236,30 @@ async def apply_venue_state(
     """The venue acknowledged (PENDING), rejected (REJECTED), closed (CLOSED) or confirmed a modification (FILLED)."""
 
     async def work(connection: asyncpg.Connection) -> LegRecord:
-        leg = await _reread(connection, leg_id)
-        if leg.state is to_state:
-            return leg  # the venue repeating itself
-        check_venue_state(leg.state, to_state, subject=f"leg {leg.id}")
-        if leg.state is LegState.MODIFYING and to_state is LegState.FILLED:
-            await connection.execute(
-                "UPDATE legs SET quantity = coalesce(requested_quantity, quantity),"
-                " limit_price = coalesce(requested_limit_price, limit_price),"
-                " requested_quantity = NULL, requested_limit_price = NULL WHERE id = $1",
-                leg.id,
-            )
-        if reason:
-            await connection.execute("UPDATE legs SET state_reason = $2 WHERE id = $1", leg.id, reason)
-        await _change_leg_state(connection, leg, to_state, "venue", evidence_ref, "venue")
-        return await _reread(connection, leg.id)
+        return await venue_state_on(connection, leg_id, to_state, evidence_ref, reason)
 
     return await in_transaction(database, budget, work)
+
+
+async def venue_state_on(
+    connection: asyncpg.Connection, leg_id: uuid.UUID, to_state: LegState, evidence_ref: str, reason: str = ""
+) -> LegRecord:
+    """apply_venue_state in the caller's transaction. Raises IllegalTransition or FillError before writing."""
+    leg = await _reread(connection, leg_id)
+    if leg.state is to_state:
+        return leg  # the venue repeating itself
+    check_venue_state(leg.state, to_state, subject=f"leg {leg.id}")
+    if leg.state is LegState.MODIFYING and to_state is LegState.FILLED:
+        await connection.execute(
+            "UPDATE legs SET quantity = coalesce(requested_quantity, quantity),"
+            " limit_price = coalesce(requested_limit_price, limit_price),"
+            " requested_quantity = NULL, requested_limit_price = NULL WHERE id = $1",
+            leg.id,
+        )
+    if reason:
+        await connection.execute("UPDATE legs SET state_reason = $2 WHERE id = $1", leg.id, reason[:500])
+    await _change_leg_state(connection, leg, to_state, "venue", evidence_ref, "venue")
+    return await _reread(connection, leg.id)
 
 
 async def record_fill(
@@ -261,37 +268,44 @@ async def record_fill(
     """Apply a venue execution once: a repeated execution id changes nothing."""
 
     async def work(connection: asyncpg.Connection) -> LegRecord:
-        leg = await _reread(connection, leg_id)
-        seen = await connection.fetchval(
-            "SELECT true FROM leg_fills WHERE leg_id = $1 AND execution_id = $2", leg.id, fill.execution_id
-        )
-        if seen:
-            return leg
-        domain_leg = Leg(leg.spec.quantity, leg.state, leg.filled_quantity, leg.fill_notional)
-        after = apply_fill(domain_leg, fill, subject=f"leg {leg.id}")
-        await connection.execute(
-            "INSERT INTO leg_fills (leg_id, execution_id, quantity, price, fill_time, evidence_ref)"
-            " VALUES ($1, $2, $3, $4, $5, $6)",
-            leg.id,
-            fill.execution_id,
-            fill.quantity,
-            fill.price,
-            fill_time,
-            evidence_ref,
-        )
-        await _change_leg_state(
-            connection,
-            leg,
-            after.state,
-            "venue.fill",
-            evidence_ref,
-            "venue",
-            {
-                "execution_id": fill.execution_id,
-                "quantity": format(fill.quantity, "f"),
-                "price": format(fill.price, "f"),
-            },
-        )
-        return await _reread(connection, leg.id)
+        return await fill_on(connection, leg_id, fill, fill_time, evidence_ref)
 
     return await in_transaction(database, budget, work)
+
+
+async def fill_on(
+    connection: asyncpg.Connection, leg_id: uuid.UUID, fill: Fill, fill_time: datetime, evidence_ref: str
+) -> LegRecord:
+    """record_fill in the caller's transaction. Raises IllegalTransition or FillError before writing."""
+    leg = await _reread(connection, leg_id)
+    seen = await connection.fetchval(
+        "SELECT true FROM leg_fills WHERE leg_id = $1 AND execution_id = $2", leg.id, fill.execution_id
+    )
+    if seen:
+        return leg
+    domain_leg = Leg(leg.spec.quantity, leg.state, leg.filled_quantity, leg.fill_notional)
+    after = apply_fill(domain_leg, fill, subject=f"leg {leg.id}")
+    await connection.execute(
+        "INSERT INTO leg_fills (leg_id, execution_id, quantity, price, fill_time, evidence_ref)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        leg.id,
+        fill.execution_id,
+        fill.quantity,
+        fill.price,
+        fill_time,
+        evidence_ref,
+    )
+    await _change_leg_state(
+        connection,
+        leg,
+        after.state,
+        "venue.fill",
+        evidence_ref,
+        "venue",
+        {
+            "execution_id": fill.execution_id,
+            "quantity": format(fill.quantity, "f"),
+            "price": format(fill.price, "f"),
+        },
+    )
+    return await _reread(connection, leg.id)

@@ -13,8 +13,11 @@ import enum
 import json
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import structlog
@@ -22,11 +25,13 @@ from prometheus_client import Counter
 
 from server.db.database import Budget, Database, in_transaction
 from server.domain.errors import NotFound
+from server.domain.order_legs import Fill
 from server.domain.payment_states import Verdict
-from server.domain.provider_status import UnknownProviderStatus, event_for
+from server.domain.provider_status import UnknownProviderStatus, VenueReport, event_for, venue_report_for
 from server.messaging.idempotent import process_if_new
 from server.providers.signatures import signature_problem
 from server.services.payment_events import Evidence, apply_provider_evidence
+from server.services.venue_events import apply_venue_report
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +58,7 @@ class WebhookSource:
 
 
 class Outcome(enum.StrEnum):
-    APPLIED = "applied"
+    APPLIED = "applied"  # news, or for a leg also a repeat
     DUPLICATE = "duplicate"
     STALE = "stale"
     CONTRADICTION = "contradiction"
@@ -73,9 +78,18 @@ class Unreadable(Exception):
 class _Event:
     event_id: str
     kind: str
-    payment_id: uuid.UUID | None
-    provider_payment_id: str | None
+    #: Ballast's own payment or leg id, which it sends as the provider's idempotency key
+    subject_id: uuid.UUID | None
+    provider_object_id: str | None
+    #: a payment's status word, or an order's execution type
     status: str | None
+    #: an order event's execution (fill), as the venue sent it
+    execution: dict[str, Any] | None = None
+    reason: str = ""
+
+
+def _text(value: object, length_max: int) -> str | None:
+    return value[:length_max] if isinstance(value, str) else None
 
 
 def _parse(body: bytes) -> _Event:
@@ -86,21 +100,34 @@ def _parse(body: bytes) -> _Event:
         raise Unreadable("the body is not a provider event (id, type, data.object)") from None
     if not isinstance(event_id, str) or not 1 <= len(event_id) <= 256 or not isinstance(kind, str):
         raise Unreadable("the event id must be a string of 1 to 256 characters")
-    if not kind.startswith("payment.") or not isinstance(data, dict):
+    if not kind.startswith(("payment.", "order.")) or not isinstance(data, dict):
         return _Event(event_id, kind, None, None, None)
-    # Ballast sends its own payment id as the provider's idempotency key
     try:
-        payment_id = uuid.UUID(str(data.get("idempotency_key", "")))
+        subject_id = uuid.UUID(str(data.get("idempotency_key", "")))
     except ValueError:
-        payment_id = None
-    status, provider_payment_id = data.get("status"), data.get("id")
+        subject_id = None
+    is_order = kind.startswith("order.")
+    execution = data.get("execution") if is_order else None
     return _Event(
         event_id,
         kind,
-        payment_id,
-        provider_payment_id[:255] if isinstance(provider_payment_id, str) else None,
-        status[:64] if isinstance(status, str) else None,
+        subject_id,
+        _text(data.get("id"), 255),
+        _text(data.get("exec_type") if is_order else data.get("status"), 64),
+        execution if isinstance(execution, dict) else None,
+        _text(data.get("reject_reason"), 500) or "",
     )
+
+
+def _fill(event: _Event) -> tuple[Fill, datetime]:
+    """The fill an order event carries; Unreadable if it carries none a leg could take."""
+    execution = event.execution or {}
+    try:
+        fill = Fill(str(execution["id"])[:128], Decimal(str(execution["quantity"])), Decimal(str(execution["price"])))
+        fill_time = datetime.fromtimestamp(int(execution["time"]), UTC)
+    except (KeyError, ValueError, TypeError, ArithmeticError, OverflowError):
+        raise Unreadable(f"event {event.event_id}: a fill without a readable execution") from None
+    return fill, fill_time
 
 
 async def receive(
@@ -151,22 +178,18 @@ async def _apply_once(
     Every delivery is kept, duplicates included. If applying fails, the delivery's evidence rolls
     back with everything else: nothing was decided on it, and the provider's redelivery brings it again.
     """
-    if event.payment_id is None or event.status is None:
+    subject_id, status = event.subject_id, event.status
+    if subject_id is None or status is None:
         await _store(database, source, event.event_id, headers, body, budget)
         return Outcome.IGNORED
-    payment_id, status = event.payment_id, event.status
     try:
-        payment_event = event_for(source.provider, status)
-    except UnknownProviderStatus:
+        if event.kind.startswith("payment."):
+            apply = _payment_handler(source, event, subject_id, status)
+        else:
+            apply = _leg_handler(source, event, subject_id, status)
+    except Unreadable:
         await _store(database, source, event.event_id, headers, body, budget)
-        raise Unreadable(f"status {status!r} has no mapping for {source.provider}") from None
-    evidence = Evidence(
-        f"webhook.{source.provider}",
-        f"{source.provider}:{event.event_id}",
-        provider=source.provider,
-        provider_status=status,
-        provider_payment_id=event.provider_payment_id,
-    )
+        raise
 
     async def work(connection: asyncpg.Connection) -> Outcome:
         outcomes: list[Outcome] = []  # what the handler did, if it ran (afresh on every attempt)
@@ -174,16 +197,54 @@ async def _apply_once(
 
         async def handle(connection: asyncpg.Connection) -> None:
             try:
-                applied = await apply_provider_evidence(connection, payment_id, payment_event, evidence)
+                outcomes.append(await apply(connection))
             except NotFound:  # not one of ours (another environment's, or made up): kept, not applied
                 outcomes.append(Outcome.IGNORED)
-                return
-            outcomes.append(_OUTCOMES[applied.verdict])
 
         ran = await process_if_new(connection, event.event_id, source.consumer_group, handle)
         return outcomes[0] if ran else Outcome.DUPLICATE
 
     return await in_transaction(database, budget, work)
+
+
+Apply = Callable[[asyncpg.Connection], Awaitable["Outcome"]]
+
+
+def _payment_handler(source: WebhookSource, event: _Event, payment_id: uuid.UUID, status: str) -> Apply:
+    try:
+        payment_event = event_for(source.provider, status)
+    except UnknownProviderStatus:
+        raise Unreadable(f"status {status!r} has no mapping for {source.provider}") from None
+    evidence = Evidence(
+        f"webhook.{source.provider}",
+        f"{source.provider}:{event.event_id}",
+        provider=source.provider,
+        provider_status=status,
+        provider_payment_id=event.provider_object_id,
+    )
+
+    async def apply(connection: asyncpg.Connection) -> Outcome:
+        applied = await apply_provider_evidence(connection, payment_id, payment_event, evidence)
+        return _OUTCOMES[applied.verdict]
+
+    return apply
+
+
+def _leg_handler(source: WebhookSource, event: _Event, leg_id: uuid.UUID, exec_type: str) -> Apply:
+    try:
+        report = venue_report_for(source.provider, exec_type)
+    except UnknownProviderStatus:
+        raise Unreadable(f"execution type {exec_type!r} has no mapping for {source.provider}") from None
+    fill, fill_time = _fill(event) if report is VenueReport.FILL else (None, None)
+    reference = f"{source.provider}:{event.event_id}"
+
+    async def apply(connection: asyncpg.Connection) -> Outcome:
+        verdict = await apply_venue_report(
+            connection, leg_id, report, reference, fill=fill, fill_time=fill_time, reason=event.reason
+        )
+        return Outcome(verdict)
+
+    return apply
 
 
 _OUTCOMES = {

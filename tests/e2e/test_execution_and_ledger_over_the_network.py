@@ -43,7 +43,13 @@ async def test_an_order_a_captured_payment_its_ledger_and_its_timeline(
             timeout=5,
         )
         leg = submitted.order.legs[0]
-        assert (leg.state, leg.quantity, leg.limit_price) == (execution_pb2.LEG_STATE_SUBMITTED, "250000", "1.08345")
+        # the simulator's venue, started beside the server, acknowledged the leg (its fills come by webhook)
+        assert (leg.quantity, leg.limit_price) == ("250000", "1.08345")
+        assert leg.state in (
+            execution_pb2.LEG_STATE_PENDING,
+            execution_pb2.LEG_STATE_PARTIALLY_FILLED,
+            execution_pb2.LEG_STATE_FILLED,
+        )
 
         payments = payments_pb2_grpc.PaymentServiceStub(channel)
         created = await payments.CreatePayment(

@@ -1,0 +1,54 @@
+"""The broker venue client: a leg sent to the venue, and the venue's word on it (see http.py for outcomes).
+
+The venue's idempotency key is Ballast's leg id, so a leg sent twice is one order at the venue.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from server.domain.orders import LegSpec, OrderType
+from server.providers.http import HttpProvider, OutcomeUnknown, Refused
+
+
+@dataclass(frozen=True)
+class VenueOrder:
+    """A definite answer: the venue's order id and its execution type / status for one leg."""
+
+    venue_order_id: str
+    status: str
+    body: bytes
+
+
+class VenueClient(HttpProvider):
+    """Talks to one broker venue over a pooled HTTP session."""
+
+    async def submit_leg(self, idempotency_key: str, leg: LegSpec, reference: str, timeout_s: float) -> VenueOrder:
+        """Send a leg. Raises NotSent, OutcomeUnknown or Refused (the venue refused it: a rejection)."""
+        order = {
+            "symbol": leg.instrument_symbol,
+            "side": leg.side.value.lower(),
+            "type": leg.order_type.value.lower(),
+            "quantity": format(leg.quantity, "f"),
+            "currency": leg.currency_code,
+            "reference": reference,
+        }
+        if leg.order_type is OrderType.LIMIT and leg.limit_price is not None:
+            order["limit_price"] = format(leg.limit_price, "f")
+        headers = {"Idempotency-Key": idempotency_key, "Content-Type": "application/json"}
+        reply = await self.call("POST", "/v1/orders", timeout_s, data=json.dumps(order).encode(), headers=headers)
+        if reply.status >= 400:
+            raise Refused(reply.status, reply.body)
+        return _order(reply.body)
+
+
+def _order(body: bytes) -> VenueOrder:
+    try:
+        parsed = json.loads(body)
+        venue_order_id, status = parsed["id"], parsed["status"]
+    except (ValueError, KeyError, TypeError):
+        raise OutcomeUnknown(f"the venue's answer could not be read: {body[:200]!r}") from None
+    if not isinstance(venue_order_id, str) or not isinstance(status, str):
+        raise OutcomeUnknown(f"the venue's answer has no id or status: {body[:200]!r}")
+    return VenueOrder(venue_order_id[:255], status[:64], body)

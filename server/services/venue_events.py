@@ -1,0 +1,77 @@
+"""Applying a venue's execution report to a leg, in the caller's transaction, never trusting it blindly.
+
+A report moves a leg only as the leg machine allows (fills through apply_fill, once per execution
+id). An acknowledgement that arrives after the leg moved on is late and changes nothing. Any other
+report the machine refuses (a fill after a rejection, a rejection after fills) contradicts what the
+venue said before: nothing moves, and an investigation case is opened for the leg with the evidence.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+import asyncpg
+import structlog
+
+from server.domain import events
+from server.domain.order_legs import Fill, FillError
+from server.domain.provider_status import LEG_STATE_FOR_REPORT, VenueReport
+from server.domain.state_machine import IllegalTransition
+from server.outbox.writer import write_event
+from server.services.execution import fill_on, venue_state_on
+
+log = structlog.get_logger(__name__)
+
+LEG_CONTRADICTION_CASE = "CONTRADICTORY_VENUE_EVIDENCE"
+
+
+async def apply_venue_report(
+    connection: asyncpg.Connection,
+    leg_id: uuid.UUID,
+    report: VenueReport,
+    evidence_ref: str,
+    *,
+    fill: Fill | None = None,
+    fill_time: datetime | None = None,
+    reason: str = "",
+) -> str:
+    """'applied' (or a repeat, which changes nothing), 'stale', or 'contradiction'."""
+    try:
+        if report is VenueReport.FILL:
+            if fill is None or fill_time is None:
+                raise FillError(f"leg {leg_id}: a fill report without its execution")
+            await fill_on(connection, leg_id, fill, fill_time, evidence_ref)
+        else:
+            await venue_state_on(connection, leg_id, LEG_STATE_FOR_REPORT[report], evidence_ref, reason)
+    except (IllegalTransition, FillError) as refused:
+        if report is VenueReport.ACKNOWLEDGED:
+            return "stale"  # an acknowledgement overtaken by what followed it
+        await _open_case(connection, leg_id, report, evidence_ref, str(refused))
+        return "contradiction"
+    return "applied"
+
+
+async def _open_case(
+    connection: asyncpg.Connection, leg_id: uuid.UUID, report: VenueReport, evidence_ref: str, refusal: str
+) -> None:
+    piece = [{"claim": report.value, "evidence_ref": evidence_ref, "refused_because": refusal[:500]}]
+    case_id = await connection.fetchval(
+        """
+        INSERT INTO cases (kind, leg_id, summary, evidence) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (kind, leg_id) WHERE status = 'OPEN'
+        DO UPDATE SET evidence = cases.evidence || $4::jsonb, updated_at = now()
+        RETURNING id
+        """,
+        LEG_CONTRADICTION_CASE,
+        leg_id,
+        f"leg {leg_id}: the venue reported {report.value}, which contradicts what it said before"[:2000],
+        piece,
+    )
+    await write_event(
+        connection,
+        events.CASE_OPENED,
+        str(leg_id),
+        {"case_id": str(case_id), "kind": LEG_CONTRADICTION_CASE, "leg_id": str(leg_id), "evidence": piece},
+    )
+    log.warning("venue.contradiction", leg_id=str(leg_id), report=report.value, evidence=evidence_ref)

@@ -1,0 +1,121 @@
+"""Orders against the simulator's venue as a real process: legs sent under their own ids, fills by
+webhook applied once per execution id, and a venue contradicting itself sent to a person."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from server.db.database import Budget, Database
+from server.domain.identity import Principal
+from server.domain.orders import validate_submit_order
+from server.providers.breaker import Breaker, BreakerSettings
+from server.providers.venue import VenueClient
+from server.services.order_submission import submit_and_send
+from tests.integration.test_unreliable_provider import _simulator, _truth
+
+FAST = {"settle_min_ms": 5, "settle_max_ms": 30, "webhook_retry_base_ms": 20, "order_reject_rate": 0.0}
+
+
+def _legs() -> list[dict[str, str]]:
+    return [
+        {
+            "instrument_symbol": "ACME",
+            "side": "BUY",
+            "quantity": "100",
+            "order_type": "MARKET",
+            "limit_price": "",
+            "currency_code": "USD",
+        },
+        {
+            "instrument_symbol": "EURUSD",
+            "side": "SELL",
+            "quantity": "7.5",
+            "order_type": "LIMIT",
+            "limit_price": "1.08345",
+            "currency_code": "USD",
+        },
+    ]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def _settle(pool: asyncpg.Pool, order_id: uuid.UUID, states: set[str], timeout_s: float = 20) -> list[Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        legs = await pool.fetch(
+            "SELECT id, state, filled_quantity, fill_notional FROM legs WHERE order_id = $1 ORDER BY position", order_id
+        )
+        if all(leg["state"] in states for leg in legs):
+            return list(legs)
+        assert time.monotonic() < deadline, [dict(leg) for leg in legs]
+        await asyncio.sleep(0.05)
+
+
+async def test_legs_go_to_the_venue_and_fill_by_webhook_once_per_execution(
+    tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool, http: aiohttp.ClientSession
+) -> None:
+    # every webhook delivered twice, the acknowledgement held back until after the first fill
+    settings = FAST | {"order_fill_parts_max": 4, "webhook_duplicate_rate": 1.0, "webhook_reorder_rate": 1.0}
+    async with _simulator(tmp_path, database, "calm", **settings) as url:
+        venue = VenueClient("simulator", url, http, Breaker("simulator.orders", BreakerSettings()))
+        request = validate_submit_order(f"o-{uuid.uuid4()}", "ref", _legs())
+        result = await submit_and_send(database, venue, principal, request, Budget.within(5))
+        assert [leg.state.value for leg in result.order.legs] in (
+            ["PENDING", "PENDING"],  # the venue's answer; fills may follow at once
+            *[
+                [a, b]
+                for a in ("PENDING", "PARTIALLY_FILLED", "FILLED")
+                for b in ("PENDING", "PARTIALLY_FILLED", "FILLED")
+            ],
+        )
+        legs = await _settle(pool, result.order.id, {"FILLED"})
+        truth = {order["idempotency_key"]: order for order in (await _truth(url))["orders"]}
+
+    for leg in legs:
+        venue_order = truth[str(leg["id"])]  # sent once, under the leg's own id
+        executions = venue_order["executions"]
+        fills = await pool.fetch("SELECT execution_id, quantity, price FROM leg_fills WHERE leg_id = $1", leg["id"])
+        assert sorted(fill["execution_id"] for fill in fills) == sorted(e["id"] for e in executions)
+        assert leg["filled_quantity"] == Decimal(venue_order["quantity"])
+        assert leg["fill_notional"] == sum(Decimal(e["quantity"]) * Decimal(e["price"]) for e in executions)
+
+
+async def test_a_fill_after_a_claimed_rejection_opens_one_case_for_the_leg(
+    tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool, http: aiohttp.ClientSession
+) -> None:
+    # before its fill, the venue first claims the order was rejected
+    settings = FAST | {"order_fill_parts_max": 1, "webhook_contradict_rate": 1.0}
+    async with _simulator(tmp_path, database, "calm", **settings) as url:
+        venue = VenueClient("simulator", url, http, Breaker("simulator.orders", BreakerSettings()))
+        request = validate_submit_order(f"o-{uuid.uuid4()}", "ref", _legs()[:1])
+        result = await submit_and_send(database, venue, principal, request, Budget.within(5))
+        leg_id = result.order.legs[0].id
+        deadline = time.monotonic() + 20
+        while not await pool.fetchval("SELECT count(*) FROM cases WHERE leg_id = $1", leg_id):
+            assert time.monotonic() < deadline, "no case opened"
+            await asyncio.sleep(0.05)
+        truth = {order["idempotency_key"]: order for order in (await _truth(url))["orders"]}
+    assert truth[str(leg_id)]["final_status"] == "filled"
+    # the first decided claim stands; the contradicting fill changed nothing and waits for a person
+    assert await pool.fetchval("SELECT state FROM legs WHERE id = $1", leg_id) == "REJECTED"
+    assert await pool.fetchval("SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id) == 0
+    case = await pool.fetchrow("SELECT kind, status, evidence FROM cases WHERE leg_id = $1", leg_id)
+    assert (case["kind"], case["status"], [piece["claim"] for piece in case["evidence"]]) == (
+        "CONTRADICTORY_VENUE_EVIDENCE",
+        "OPEN",
+        ["FILL"],
+    )
