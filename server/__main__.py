@@ -137,10 +137,10 @@ async def _schema_is_current(pool: asyncpg.Pool) -> bool:
 
 
 def _stop_signal() -> asyncio.Event:
-    """An event set by SIGTERM or SIGINT."""
+    """An event set by SIGTERM, SIGINT, or SIGHUP (the terminal closed): each stops the server cleanly."""
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, stopping.set)
     return stopping
 

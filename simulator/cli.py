@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -31,6 +32,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42, help="seed of the RNG behind every fault (default 42)")
     parser.add_argument("--webhook-url", default=None, help="where to POST webhook events (default: none sent)")
     parser.add_argument("--webhook-secret", default="whsec_simulator", help="HMAC key of the webhook signatures")
+    parser.add_argument(
+        "--exit-on-stdin-close",
+        action="store_true",
+        help="stop when standard input reaches its end: a parent process holds it open and so takes the"
+        " simulator with it when it dies, however it dies",
+    )
     args = parser.parse_args(argv)
     if args.profile not in PROFILES:
         parser.error(f"--profile must be one of {', '.join(PROFILES)}, not {args.profile!r}")
@@ -57,8 +64,17 @@ async def serve(args: argparse.Namespace) -> None:
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, stop.set)
+    if args.exit_on_stdin_close:
+        stdin = sys.stdin.fileno()
+
+        def on_stdin() -> None:
+            if not os.read(stdin, 4096):  # end of file: the parent is gone
+                loop.remove_reader(stdin)
+                stop.set()
+
+        loop.add_reader(stdin, on_stdin)
     try:
         site = web.TCPSite(runner, args.host, args.port)
         await site.start()

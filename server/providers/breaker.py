@@ -47,7 +47,7 @@ class BreakerOpen(Exception):
     """The call was not attempted: the provider's breaker is open (or its probes are all out)."""
 
     def __init__(self, name: str, retry_after_s: float) -> None:
-        super().__init__(f"the circuit breaker for {name} is open; retry in {retry_after_s:.1f}s")
+        super().__init__(f"the circuit breaker for {name} is open")
         self.name = name
         self.retry_after_s = retry_after_s
 

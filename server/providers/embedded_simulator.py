@@ -29,12 +29,14 @@ async def embedded_simulator(
     await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
     log_path = data_dir / "simulator.log"
     arguments = ["-m", "simulator", "--host", "127.0.0.1", "--port", "0", "--profile", profile, "--seed", str(seed)]
-    arguments += ["--webhook-url", webhook_url, "--webhook-secret", webhook_secret]
+    arguments += ["--webhook-url", webhook_url, "--webhook-secret", webhook_secret, "--exit-on-stdin-close"]
     with log_path.open("ab") as log_file:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             *arguments,
-            stdin=asyncio.subprocess.DEVNULL,
+            # a pipe nobody writes to: when this process ends, however it ends, the simulator sees
+            # its end and stops, so it is never left running on its own
+            stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=log_file,
             start_new_session=True,  # a Ctrl-C reaches the server, which stops the simulator itself
@@ -42,6 +44,7 @@ async def embedded_simulator(
     try:
         url = await _ready_url(process, log_path)
         log.info("embedded_simulator.ready", url=url, profile=profile, log=str(log_path))
+        print(f"provider simulator: {url}  (profile {profile}; log {log_path})", file=sys.stderr, flush=True)
         yield url
     finally:
         if process.returncode is None:

@@ -6,6 +6,8 @@ import asyncio
 import signal
 import subprocess
 import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -238,3 +240,39 @@ def test_verify_audit_passes_on_intact_chains_and_names_the_first_broken_link(
     assert "all audit chains verify (3 entries)" in intact.stdout
     assert broken.returncode == 1
     assert "audit chain case/c-1 broken at sequence 2" in broken.stdout
+
+
+def test_a_killed_server_takes_its_simulator_with_it(database_url: str, tmp_path: Path) -> None:
+    """SIGKILL leaves no handler to run: the simulator notices its parent is gone by itself."""
+    env = server_environment(database_url, free_port(), "t" * 20, "c", tmp_path)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "server"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stderr is not None
+        deadline = time.monotonic() + 60
+        line = ""
+        while not line.startswith("provider simulator: "):
+            assert time.monotonic() < deadline and server.poll() is None, "the server never started its simulator"
+            line = server.stderr.readline()
+        url = line.split()[2]
+        with urllib.request.urlopen(f"{url}/_sim/profile", timeout=5) as answer:  # noqa: S310 - loopback
+            assert answer.status == 200
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/_sim/profile", timeout=1).close()  # noqa: S310 - loopback
+            except OSError:
+                break  # gone
+            assert time.monotonic() < deadline, f"the simulator at {url} outlived its server"
+            time.sleep(0.1)
+    finally:
+        if server.poll() is None:
+            server.kill()

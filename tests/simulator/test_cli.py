@@ -62,3 +62,23 @@ def test_it_starts_answers_and_logs_each_request() -> None:
         _, err = process.communicate(timeout=20)
     assert process.returncode == 0, err
     assert "event=request method=POST path=/v1/payments status=200 fault=none" in err
+
+
+def test_it_stops_when_its_parent_closes_standard_input() -> None:
+    """A parent that dies, however it dies, closes the pipe: the simulator is never left running alone."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "simulator", "--port", "0", "--exit-on-stdin-close"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        assert process.stdout.readline().startswith("simulator listening on http://")
+        process.stdin.close()
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
