@@ -133,41 +133,32 @@ def _progress(message: str) -> None:
     print(f"\x1b[2K{message}" if end == "\r" else message, end=end, file=sys.stderr, flush=True)
 
 
-async def run_load(
-    target: str,
-    address: str,
-    *,
-    token: str,
-    server_pid: int,
-    warmup_s: float,
-    duration_s: float,
-    concurrency: int,
+#: One request of a load test, sent by one of `concurrency` workers: None on success, else
+#: (error code, details).
+Request = Callable[[int], Awaitable[tuple[str, str] | None]]
+
+
+async def drive(
+    target: str, send: Request, *, server_pid: int, warmup_s: float, duration_s: float, concurrency: int
 ) -> LoadResult:
-    """Keep `concurrency` calls in flight for warmup_s + duration_s; measure the last duration_s."""
-    metadata = (("authorization", f"Bearer {token}"),)
-    run_id = secrets.token_hex(4)
-    sequence = itertools.count()
-    amount = money_pb2.Money(value="12.34", currency_code="EUR")
+    """Keep `concurrency` requests in flight for warmup_s + duration_s; measure the last duration_s.
+
+    `send(worker)` makes one request; it counts if it completes inside the window without error.
+    """
     result = LoadResult(target, window_s=duration_s)
     meter = _CpuMeter(server_pid)
-
     begin = time.perf_counter()
     window_start = begin + warmup_s
     window_end = window_start + duration_s
 
-    async def worker(stub: payments_pb2_grpc.PaymentServiceStub) -> None:
+    async def worker(number: int) -> None:
         while time.perf_counter() < window_end:
-            request = payments_pb2.CreatePaymentRequest(
-                idempotency_key=f"bench-{target}-{run_id}-{next(sequence)}", amount=amount
-            )
             started = time.perf_counter()
-            code: str | None = None
-            try:
-                await stub.CreatePayment(request, metadata=metadata, timeout=CALL_TIMEOUT_S)
-            except grpc.aio.AioRpcError as error:
-                code = error.code().name
-                result.error_examples.setdefault(code, str(error.details())[:200])
+            failure = await send(number)
             finished = time.perf_counter()
+            code = None if failure is None else failure[0]
+            if failure is not None:
+                result.error_examples.setdefault(failure[0], failure[1])
             if not window_start <= finished < window_end:
                 if code is not None:
                     result.errors_outside_window[code] += 1
@@ -197,19 +188,55 @@ async def run_load(
                 )
             await asyncio.sleep(max(0.0, min(0.5, window_start - now if now < window_start else window_end - now)))
 
-    options = [("grpc.use_local_subchannel_pool", 1)]  # a connection per channel, not one shared
-    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(min(CHANNELS, concurrency))]
-    try:
-        stubs = [payments_pb2_grpc.PaymentServiceStub(channel) for channel in channels]
-        progress = asyncio.create_task(report_progress())
-        await asyncio.gather(*(worker(stubs[i % len(stubs)]) for i in range(concurrency)))
-        await progress
-    finally:
-        for channel in channels:
-            await channel.close()
+    progress = asyncio.create_task(report_progress())
+    await asyncio.gather(*(worker(number) for number in range(concurrency)))
+    await progress
     if sys.stderr.isatty():
         print(file=sys.stderr)
     return result
+
+
+async def run_load(
+    target: str,
+    address: str,
+    *,
+    token: str,
+    server_pid: int,
+    warmup_s: float,
+    duration_s: float,
+    concurrency: int,
+) -> LoadResult:
+    """CreatePayment with `concurrency` calls in flight, spread over a few channels."""
+    metadata = (("authorization", f"Bearer {token}"),)
+    run_id = secrets.token_hex(4)
+    sequence = itertools.count()
+    amount = money_pb2.Money(value="12.34", currency_code="EUR")
+    options = [("grpc.use_local_subchannel_pool", 1)]  # a connection per channel, not one shared
+    channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(min(CHANNELS, concurrency))]
+    stubs = [payments_pb2_grpc.PaymentServiceStub(channel) for channel in channels]
+
+    async def create_payment(worker: int) -> tuple[str, str] | None:
+        request = payments_pb2.CreatePaymentRequest(
+            idempotency_key=f"bench-{target}-{run_id}-{next(sequence)}", amount=amount
+        )
+        try:
+            await stubs[worker % len(stubs)].CreatePayment(request, metadata=metadata, timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as error:
+            return error.code().name, str(error.details())[:200]
+        return None
+
+    try:
+        return await drive(
+            target,
+            create_payment,
+            server_pid=server_pid,
+            warmup_s=warmup_s,
+            duration_s=duration_s,
+            concurrency=concurrency,
+        )
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
 #: One HTTP request of a load test: None on success, else (error code, details).
@@ -219,62 +246,17 @@ HttpRequest = Callable[["aiohttp.ClientSession"], Awaitable[tuple[str, str] | No
 async def run_http_load(
     target: str, send: HttpRequest, *, server_pid: int, warmup_s: float, duration_s: float, concurrency: int
 ) -> LoadResult:
-    """`send` with `concurrency` requests in flight for warmup_s + duration_s; measure the last duration_s.
-
-    The same window, counting and progress lines as run_load: a request counts if it completes
-    inside the window and `send` calls it a success. One keep-alive connection per request in flight.
-    """
+    """`send` over HTTP with `concurrency` requests in flight, one keep-alive connection each."""
     import aiohttp
-
-    result = LoadResult(target, window_s=duration_s)
-    meter = _CpuMeter(server_pid)
-    begin = time.perf_counter()
-    window_start = begin + warmup_s
-    window_end = window_start + duration_s
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        while time.perf_counter() < window_end:
-            started = time.perf_counter()
-            failure = await send(session)
-            finished = time.perf_counter()
-            code = None if failure is None else failure[0]
-            if failure is not None:
-                result.error_examples.setdefault(failure[0], failure[1])
-            if not window_start <= finished < window_end:
-                if code is not None:
-                    result.errors_outside_window[code] += 1
-            elif code is None:
-                result.latencies_s.append(finished - started)
-            else:
-                result.errors[code] += 1
-
-    async def report_progress() -> None:
-        meter_started = False
-        while True:
-            now = time.perf_counter()
-            if now < window_start:
-                _progress(f"[{target}] warm-up: {window_start - now:4.1f} s left")
-            else:
-                if not meter_started:
-                    meter.start()
-                    meter_started = True
-                if now >= window_end:
-                    result.cpu = meter.stop()
-                    _progress(f"[{target}] window closed; waiting for the requests still in flight")
-                    return
-                errors = sum(result.errors.values())
-                _progress(
-                    f"[{target}] measuring: {window_end - now:4.1f} s left,"
-                    f" {len(result.latencies_s)} calls, {errors} errors"
-                )
-            await asyncio.sleep(max(0.0, min(0.5, window_start - now if now < window_start else window_end - now)))
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        progress = asyncio.create_task(report_progress())
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-        await progress
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
-    return result
+        return await drive(
+            target,
+            lambda _: send(session),
+            server_pid=server_pid,
+            warmup_s=warmup_s,
+            duration_s=duration_s,
+            concurrency=concurrency,
+        )

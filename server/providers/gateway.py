@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from decimal import Decimal
 
-from server.providers.http import HttpProvider, NotSent, OutcomeUnknown, Refused
+from server.providers.http import HttpProvider, NotSent, OutcomeUnknown, Refused, read_id_and_status
 
 __all__ = ["GatewayClient", "NotSent", "OutcomeUnknown", "ProviderPayment", "Refused"]
 
@@ -38,7 +38,7 @@ class GatewayClient(HttpProvider):
         reply = await self.call("POST", "/v1/payments", timeout_s, data=body, headers=headers)
         if reply.status >= 400:
             raise Refused(reply.status, reply.body)
-        return _payment(reply.body)
+        return ProviderPayment(*read_id_and_status(reply.body, self.provider), reply.body)
 
     async def find_payment(self, idempotency_key: str, timeout_s: float) -> ProviderPayment | None:
         """The status inquiry after a timeout: the payment created with this key, None if the provider never saw it."""
@@ -47,16 +47,4 @@ class GatewayClient(HttpProvider):
             return None
         if reply.status >= 400:
             raise Refused(reply.status, reply.body)
-        return _payment(reply.body)
-
-
-def _payment(body: bytes) -> ProviderPayment:
-    """Read a payment object; an unreadable one leaves the outcome unknown."""
-    try:
-        parsed = json.loads(body)
-        provider_payment_id, status = parsed["id"], parsed["status"]
-    except (ValueError, KeyError, TypeError):
-        raise OutcomeUnknown(f"the provider's answer could not be read: {body[:200]!r}") from None
-    if not isinstance(provider_payment_id, str) or not isinstance(status, str):
-        raise OutcomeUnknown(f"the provider's answer has no id or status: {body[:200]!r}")
-    return ProviderPayment(provider_payment_id[:255], status[:64], body)
+        return ProviderPayment(*read_id_and_status(reply.body, self.provider), reply.body)

@@ -14,6 +14,7 @@ Every call runs under the provider's circuit breaker, with a time limit inside t
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,3 +100,15 @@ def _retry_after_s(headers: dict[str, str]) -> float:
         return max(float(headers.get("Retry-After", "1")), 0.0)
     except ValueError:
         return 1.0
+
+
+def read_id_and_status(body: bytes, provider: str) -> tuple[str, str]:
+    """The `id` and `status` of a provider's JSON object; an unreadable one leaves the outcome unknown."""
+    try:
+        parsed = json.loads(body)
+        object_id, status = parsed["id"], parsed["status"]
+    except (ValueError, KeyError, TypeError):
+        raise OutcomeUnknown(f"{provider}'s answer could not be read: {body[:200]!r}") from None
+    if not isinstance(object_id, str) or not isinstance(status, str):
+        raise OutcomeUnknown(f"{provider}'s answer has no id or status: {body[:200]!r}")
+    return object_id[:255], status[:64]

@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 
 from server.domain.orders import LegSpec, OrderType
-from server.providers.http import HttpProvider, OutcomeUnknown, Refused
+from server.providers.http import HttpProvider, Refused, read_id_and_status
 
 
 @dataclass(frozen=True)
@@ -40,15 +40,4 @@ class VenueClient(HttpProvider):
         reply = await self.call("POST", "/v1/orders", timeout_s, data=json.dumps(order).encode(), headers=headers)
         if reply.status >= 400:
             raise Refused(reply.status, reply.body)
-        return _order(reply.body)
-
-
-def _order(body: bytes) -> VenueOrder:
-    try:
-        parsed = json.loads(body)
-        venue_order_id, status = parsed["id"], parsed["status"]
-    except (ValueError, KeyError, TypeError):
-        raise OutcomeUnknown(f"the venue's answer could not be read: {body[:200]!r}") from None
-    if not isinstance(venue_order_id, str) or not isinstance(status, str):
-        raise OutcomeUnknown(f"the venue's answer has no id or status: {body[:200]!r}")
-    return VenueOrder(venue_order_id[:255], status[:64], body)
+        return VenueOrder(*read_id_and_status(reply.body, self.provider), reply.body)

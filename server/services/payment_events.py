@@ -13,7 +13,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from server.db import ledger_repository
+from server.db import cases_repository, ledger_repository
 from server.db.database import Budget, Database, in_transaction
 from server.domain import events
 from server.domain.errors import NotFound
@@ -21,7 +21,7 @@ from server.domain.ledger import Posting, payment_postings
 from server.domain.payment_states import EVENT_TARGETS, PaymentEvent, Verdict, decide, judge
 from server.domain.payments import PaymentState
 from server.domain.state_machine import IllegalTransition
-from server.outbox.writer import event_rows, write_event
+from server.outbox.writer import event_rows
 
 
 @dataclass(frozen=True)
@@ -129,24 +129,11 @@ async def apply_provider_evidence(
         {"claim": outcome.from_state.value, "cause": decided_by["cause"], "evidence_ref": decided_by["evidence_ref"]},
         {"claim": EVENT_TARGETS[event].value, "cause": evidence.cause, "evidence_ref": evidence.reference},
     ]
-    case_id = await connection.fetchval(
-        """
-        INSERT INTO cases (kind, payment_id, summary, evidence) VALUES ($1, $2, $3, $4)
-        ON CONFLICT (kind, payment_id) WHERE status = 'OPEN'
-        DO UPDATE SET evidence = cases.evidence || $5::jsonb, updated_at = now()
-        RETURNING id
-        """,
-        CONTRADICTION_CASE,
-        payment_id,
-        f"payment {payment_id} is {outcome.from_state.value}, but {evidence.cause} says {EVENT_TARGETS[event].value}",
-        pieces,
-        pieces[1:],
+    summary = (
+        f"payment {payment_id} is {outcome.from_state.value}, but {evidence.cause} says {EVENT_TARGETS[event].value}"
     )
-    await write_event(
-        connection,
-        events.CASE_OPENED,
-        str(payment_id),
-        {"case_id": str(case_id), "kind": CONTRADICTION_CASE, "payment_id": str(payment_id), "evidence": pieces},
+    case_id = await cases_repository.open_case(
+        connection, CONTRADICTION_CASE, "payment_id", payment_id, summary, pieces, evidence_if_open=pieces[1:]
     )
     return EvidenceOutcome(verdict, outcome, case_id)
 

@@ -25,6 +25,7 @@ import asyncpg
 import structlog
 from prometheus_client import Counter
 
+from server.db import cases_repository
 from server.db.database import Budget, Database, in_transaction
 from server.domain.payment_states import PaymentEvent
 from server.domain.payments import PaymentState
@@ -197,14 +198,12 @@ class Resolver:
                 "UPDATE payments SET next_check_at = 'infinity' WHERE id = $1 AND state IN ('UNKNOWN', 'PENDING')",
                 payment.id,
             )
-            await connection.execute(
-                """
-                INSERT INTO cases (kind, payment_id, summary, evidence) VALUES ($1, $2, $3, $4)
-                ON CONFLICT (kind, payment_id) WHERE status = 'OPEN' DO NOTHING
-                """,
+            await cases_repository.open_case(
+                connection,
                 UNRESOLVED_CASE,
+                "payment_id",
                 payment.id,
-                f"payment {payment.id} stayed {payment.state.value} after {payment.attempts} checks: {reason}"[:2000],
+                f"payment {payment.id} stayed {payment.state.value} after {payment.attempts} checks: {reason}",
                 [{"checks": payment.attempts, "last_reason": reason[:500]}],
             )
             log.warning("resolver.gave_up", payment_id=str(payment.id), checks=payment.attempts, reason=reason)

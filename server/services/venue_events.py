@@ -14,11 +14,10 @@ from datetime import datetime
 import asyncpg
 import structlog
 
-from server.domain import events
+from server.db import cases_repository
 from server.domain.order_legs import Fill, FillError
 from server.domain.provider_status import LEG_STATE_FOR_REPORT, VenueReport
 from server.domain.state_machine import IllegalTransition
-from server.outbox.writer import write_event
 from server.services.execution import fill_on, venue_state_on
 
 log = structlog.get_logger(__name__)
@@ -56,22 +55,6 @@ async def _open_case(
     connection: asyncpg.Connection, leg_id: uuid.UUID, report: VenueReport, evidence_ref: str, refusal: str
 ) -> None:
     piece = [{"claim": report.value, "evidence_ref": evidence_ref, "refused_because": refusal[:500]}]
-    case_id = await connection.fetchval(
-        """
-        INSERT INTO cases (kind, leg_id, summary, evidence) VALUES ($1, $2, $3, $4)
-        ON CONFLICT (kind, leg_id) WHERE status = 'OPEN'
-        DO UPDATE SET evidence = cases.evidence || $4::jsonb, updated_at = now()
-        RETURNING id
-        """,
-        LEG_CONTRADICTION_CASE,
-        leg_id,
-        f"leg {leg_id}: the venue reported {report.value}, which contradicts what it said before"[:2000],
-        piece,
-    )
-    await write_event(
-        connection,
-        events.CASE_OPENED,
-        str(leg_id),
-        {"case_id": str(case_id), "kind": LEG_CONTRADICTION_CASE, "leg_id": str(leg_id), "evidence": piece},
-    )
+    summary = f"leg {leg_id}: the venue reported {report.value}, which contradicts what it said before"
+    await cases_repository.open_case(connection, LEG_CONTRADICTION_CASE, "leg_id", leg_id, summary, piece)
     log.warning("venue.contradiction", leg_id=str(leg_id), report=report.value, evidence=evidence_ref)

@@ -24,10 +24,12 @@ from server.api.http_app import build_http_app
 from server.db.database import Budget, Database
 from server.domain.errors import DeadlineExceeded, ProviderUnavailable
 from server.domain.identity import Principal
+from server.domain.payment_states import PaymentEvent
 from server.domain.payments import PaymentState, validate_create_payment
 from server.providers.breaker import Breaker, BreakerSettings, BreakerState
 from server.providers.embedded_simulator import embedded_simulator
 from server.providers.gateway import GatewayClient, NotSent
+from server.services.payment_events import Evidence, apply_payment_event
 from server.services.resolver import Resolver, ResolverSettings
 from server.services.submission import create_and_submit
 from server.services.webhooks import WebhookSource
@@ -212,3 +214,60 @@ async def test_a_dead_provider_opens_the_breaker_calls_fail_fast_and_a_probe_clo
             process.terminate()
             await process.wait()
     assert changes == ["closed->open", "open->half_open", "half_open->closed"]
+
+
+async def _unknown_payments(database: Database, principal: Principal, count: int) -> list[uuid.UUID]:
+    ids = []
+    for _ in range(count):
+        created = await create_and_submit(database, None, principal, _request(str(uuid.uuid4())), Budget.within(5))
+        await apply_payment_event(
+            database, created.payment.id, PaymentEvent.OUTCOME_UNKNOWN, Evidence("test.timeout", "t"), Budget.within(5)
+        )
+        ids.append(created.payment.id)
+    return ids
+
+
+async def test_two_resolvers_never_ask_about_the_same_payment_at_once(
+    tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    asked: list[str] = []
+
+    class Counting(GatewayClient):
+        async def find_payment(self, idempotency_key: str, timeout_s: float) -> Any:
+            asked.append(idempotency_key)
+            return await super().find_payment(idempotency_key, timeout_s)
+
+    ids = await _unknown_payments(database, principal, 30)
+    async with _simulator(tmp_path, database, "calm", **FAST) as url, aiohttp.ClientSession() as session:
+        gateway = Counting("simulator", url, session, Breaker("simulator.payments", BreakerSettings()))
+        settings = ResolverSettings(unknown_grace_s=0, batch_size=10, lease_s=60)
+        resolvers = [Resolver(database, gateway, settings), Resolver(database, gateway, settings)]
+        while await pool.fetchval(
+            "SELECT count(*) FROM payments WHERE id = ANY($1) AND state = 'UNKNOWN' AND next_check_at IS NULL", ids
+        ):
+            await asyncio.gather(*(resolver.run_once() for resolver in resolvers))
+    mine = [key for key in asked if uuid.UUID(key) in set(ids)]
+    assert sorted(mine) == sorted(str(payment_id) for payment_id in ids)  # each asked about exactly once
+    states = await pool.fetch("SELECT state FROM payments WHERE id = ANY($1)", ids)
+    assert {row["state"] for row in states} <= {"PENDING", "SUCCEEDED", "FAILED"}  # resubmitted, under its key
+
+
+async def test_a_payment_the_provider_never_answers_for_ends_in_one_case(
+    database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    [payment_id] = await _unknown_payments(database, principal, 1)
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    async with aiohttp.ClientSession() as session:
+        gateway = GatewayClient("simulator", dead, session, Breaker("dead", BreakerSettings(failures_max=1000)))
+        resolver = Resolver(database, gateway, ResolverSettings(unknown_grace_s=0, backoff_base_s=0, checks_max=3))
+        for _ in range(5):
+            await pool.execute(
+                "UPDATE payments SET next_check_at = now() WHERE id = $1 AND next_check_at <> 'infinity'", payment_id
+            )
+            await resolver.run_once()
+    row = await pool.fetchrow("SELECT state, check_attempts, next_check_at FROM payments WHERE id = $1", payment_id)
+    assert (row["state"], row["check_attempts"]) == ("UNKNOWN", 3)
+    cases = await pool.fetch("SELECT kind, status FROM cases WHERE payment_id = $1", payment_id)
+    assert [(case["kind"], case["status"]) for case in cases] == [("UNRESOLVED_OUTCOME", "OPEN")]

@@ -1,0 +1,45 @@
+"""Investigation cases: one open case per kind and subject (a payment or a leg); more evidence joins it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Literal
+
+import asyncpg
+
+from server.domain import events
+from server.outbox.writer import write_event
+
+Subject = Literal["payment_id", "leg_id"]
+
+
+async def open_case(
+    connection: asyncpg.Connection,
+    kind: str,
+    subject: Subject,
+    subject_id: uuid.UUID,
+    summary: str,
+    evidence: list[dict[str, Any]],
+    *,
+    evidence_if_open: list[dict[str, Any]] | None = None,
+) -> uuid.UUID:
+    """Open a case (and announce it), or add `evidence_if_open` (default: `evidence`) to the open one.
+
+    Runs in the caller's transaction, so the case stands or falls with the evidence that opened it.
+    """
+    case_id: uuid.UUID = await connection.fetchval(
+        f"""
+        INSERT INTO cases (kind, {subject}, summary, evidence) VALUES ($1, $2, $3, $4)
+        ON CONFLICT (kind, {subject}) WHERE status = 'OPEN'
+        DO UPDATE SET evidence = cases.evidence || $5::jsonb, updated_at = now()
+        RETURNING id
+        """,
+        kind,
+        subject_id,
+        summary[:2000],
+        evidence,
+        evidence if evidence_if_open is None else evidence_if_open,
+    )
+    payload = {"case_id": str(case_id), "kind": kind, subject: str(subject_id), "evidence": evidence}
+    await write_event(connection, events.CASE_OPENED, str(subject_id), payload)
+    return case_id
