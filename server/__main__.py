@@ -45,7 +45,7 @@ from server.providers.gateway import GatewayClient
 from server.providers.venue import VenueClient
 from server.services import audit
 from server.services.provider_health import breaker_announcer
-from server.services.resolver import Resolver
+from server.services.resolver import OrderResolver, Resolver
 from server.services.webhooks import WebhookSource
 from server.settings import Settings, SettingsError, load_settings
 
@@ -253,8 +253,10 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
                 run_relays(pool, _relay_config(settings, nats_url), relays_stopping, set_health)
             )
         resolving = None
-        if gateway is not None:
-            resolving = asyncio.create_task(Resolver(database, gateway).run(relays_stopping))
+        if gateway is not None and venue is not None:
+            resolving = asyncio.gather(
+                Resolver(database, gateway).run(relays_stopping), OrderResolver(database, venue).run(relays_stopping)
+            )
         await stopping.wait()
 
         grace_s = settings.shutdown_grace_ms / 1000

@@ -252,6 +252,15 @@ legs = sa.Table(
     sa.Column("requested_limit_price", sa.Numeric, nullable=True),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    # the resolver's schedule for a leg still at the venue's mercy
+    sa.Column("next_check_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("check_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.CheckConstraint("check_attempts >= 0", name="check_attempts_nonnegative"),
+    sa.Index(
+        "ix_legs_working_updated_at",
+        "updated_at",
+        postgresql_where=sa.text("state IN ('SUBMITTED', 'PENDING', 'PARTIALLY_FILLED')"),
+    ),
     sa.UniqueConstraint("order_id", "position"),
     sa.CheckConstraint("position >= 1", name="position_positive"),
     sa.CheckConstraint("instrument_symbol ~ '^[A-Za-z0-9._/-]{1,32}$'", name="instrument_symbol"),

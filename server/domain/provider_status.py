@@ -78,6 +78,9 @@ VENUE_EXEC_TYPES: dict[str, dict[str, VenueReport]] = {
         "closed": R.CLOSED,
         "replaced": R.MODIFIED,
         "modify_rejected": R.MODIFY_REFUSED,
+        # its order statuses, as a status inquiry answers: a filled status means fills to read
+        "partially_filled": R.FILL,
+        "filled": R.FILL,
     },
 }
 

@@ -7,9 +7,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
 
 from server.domain.orders import LegSpec, OrderType
-from server.providers.http import HttpProvider, Refused, read_id_and_status
+from server.providers.http import HttpProvider, OutcomeUnknown, Refused, read_id_and_status
+
+
+@dataclass(frozen=True)
+class VenueExecution:
+    """One fill as the venue lists it."""
+
+    execution_id: str
+    quantity: Decimal
+    price: Decimal
+    time: datetime
 
 
 @dataclass(frozen=True)
@@ -41,3 +53,31 @@ class VenueClient(HttpProvider):
         if reply.status >= 400:
             raise Refused(reply.status, reply.body)
         return VenueOrder(*read_id_and_status(reply.body, self.provider), reply.body)
+
+    async def find_leg(self, idempotency_key: str, timeout_s: float) -> VenueOrder | None:
+        """The status inquiry: the venue's order for this leg, None if the venue never saw it."""
+        reply = await self.call("GET", "/v1/orders", timeout_s, params={"idempotency_key": idempotency_key})
+        if reply.status == 404:
+            return None
+        if reply.status >= 400:
+            raise Refused(reply.status, reply.body)
+        return VenueOrder(*read_id_and_status(reply.body, self.provider), reply.body)
+
+    async def executions(self, venue_order_id: str, timeout_s: float) -> list[VenueExecution]:
+        """Every fill of a venue order, oldest first: how fills whose webhooks never came are recovered."""
+        reply = await self.call("GET", f"/v1/orders/{venue_order_id}/executions", timeout_s)
+        if reply.status >= 400:
+            raise Refused(reply.status, reply.body)
+        try:
+            listed = json.loads(reply.body)["data"]
+            return [
+                VenueExecution(
+                    str(item["id"])[:128],
+                    Decimal(str(item["quantity"])),
+                    Decimal(str(item["price"])),
+                    datetime.fromtimestamp(int(item["time"]), UTC),
+                )
+                for item in listed
+            ]
+        except (ValueError, KeyError, TypeError, ArithmeticError, OverflowError):
+            raise OutcomeUnknown(f"{self.provider}'s executions could not be read: {reply.body[:200]!r}") from None

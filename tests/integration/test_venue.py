@@ -21,6 +21,7 @@ from server.domain.orders import validate_submit_order
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.venue import VenueClient
 from server.services.order_submission import submit_and_send
+from server.services.resolver import OrderResolver, OrderResolverSettings
 from tests.integration.test_unreliable_provider import _simulator, _truth
 
 FAST = {"settle_min_ms": 5, "settle_max_ms": 30, "webhook_retry_base_ms": 20, "order_reject_rate": 0.0}
@@ -119,3 +120,38 @@ async def test_a_fill_after_a_claimed_rejection_opens_one_case_for_the_leg(
         "OPEN",
         ["FILL"],
     )
+
+
+async def _run_until(pool: asyncpg.Pool, resolver: Any, order_id: uuid.UUID, states: set[str]) -> list[Any]:
+    deadline = time.monotonic() + 20
+    while True:
+        await resolver.run_once()
+        legs = await pool.fetch("SELECT id, state, filled_quantity FROM legs WHERE order_id = $1", order_id)
+        if all(leg["state"] in states for leg in legs):
+            return list(legs)
+        assert time.monotonic() < deadline, [dict(leg) for leg in legs]
+        await pool.execute("UPDATE legs SET next_check_at = now() WHERE order_id = $1", order_id)  # due again now
+        await asyncio.sleep(0.05)
+
+
+async def test_the_resolver_sends_a_lost_leg_and_recovers_fills_whose_webhooks_were_dropped(
+    tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool, http: aiohttp.ClientSession
+) -> None:
+    # the venue answers, but drops every webhook: fills can only be learnt by asking
+    settings = FAST | {"order_fill_parts_max": 3, "webhook_drop_rate": 1.0}
+    async with _simulator(tmp_path, database, "calm", **settings) as url:
+        venue = VenueClient("simulator", url, http, Breaker("simulator.orders", BreakerSettings()))
+        # recorded while the venue was not asked (as if the send had been lost): the legs are SUBMITTED
+        request = validate_submit_order(f"o-{uuid.uuid4()}", "ref", _legs())
+        order = (await submit_and_send(database, None, principal, request, Budget.within(5))).order
+        resolver = OrderResolver(
+            database, venue, OrderResolverSettings(submitted_grace_s=0, working_check_s=0, backoff_base_s=0)
+        )
+        legs = await _run_until(pool, resolver, order.id, {"FILLED"})
+        truth = {o["idempotency_key"]: o for o in (await _truth(url))["orders"]}
+    for leg in legs:
+        venue_order = truth[str(leg["id"])]  # sent once, by the resolver, under the leg's id
+        assert all(event["dropped"] for event in venue_order["webhooks"])
+        fills = await pool.fetch("SELECT execution_id FROM leg_fills WHERE leg_id = $1", leg["id"])
+        assert sorted(fill["execution_id"] for fill in fills) == sorted(e["id"] for e in venue_order["executions"])
+        assert leg["filled_quantity"] == Decimal(venue_order["quantity"])
