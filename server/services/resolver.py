@@ -20,6 +20,7 @@ import contextlib
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Generic, TypeVar
 
 import asyncpg
 import structlog
@@ -91,36 +92,33 @@ class _Claimed:
     attempts: int
 
 
-class Resolver:
-    def __init__(self, database: Database, gateway: GatewayClient, settings: ResolverSettings | None = None) -> None:
-        self._database = database
-        self._gateway = gateway
-        self._settings = settings or ResolverSettings()
+ClaimedT = TypeVar("ClaimedT")
+
+
+class _CheckLoop(Generic[ClaimedT]):
+    """The shape of every resolver: claim a bounded batch in one short transaction, check each item
+    concurrently outside it, and loop (straight on while there is work, else poll)."""
+
+    _database: Database
+    _poll_interval_s: float
+
+    async def _claim(self, connection: asyncpg.Connection) -> list[ClaimedT]:
+        raise NotImplementedError
+
+    async def _check(self, item: ClaimedT) -> None:
+        raise NotImplementedError
 
     async def run_once(self) -> int:
-        """Claim a batch of due payments and check each; how many were claimed. Tests call this directly."""
-
-        async def claim(connection: asyncpg.Connection) -> list[_Claimed]:
-            config = self._settings
-            rows = await connection.fetch(
-                _CLAIM, config.batch_size, config.unknown_grace_s, config.pending_overdue_s, config.lease_s
-            )
-            return [
-                _Claimed(
-                    row["id"], PaymentState(row["state"]), row["amount"], row["currency_code"], row["check_attempts"]
-                )
-                for row in rows
-            ]
-
-        claimed = await in_transaction(self._database, Budget.within(10), claim)
-        outcomes = await asyncio.gather(*(self._check(payment) for payment in claimed), return_exceptions=True)
-        for payment, outcome in zip(claimed, outcomes, strict=True):
+        """Claim a batch of due items and check each; how many were claimed. Tests call this directly."""
+        claimed = await in_transaction(self._database, Budget.within(10), self._claim)
+        outcomes = await asyncio.gather(*(self._check(item) for item in claimed), return_exceptions=True)
+        for item, outcome in zip(claimed, outcomes, strict=True):
             if isinstance(outcome, Exception):  # its lease runs out and another check comes
-                log.warning("resolver.check_failed", payment_id=str(payment.id), error=repr(outcome)[:300])
+                log.warning("resolver.check_failed", item=str(item)[:200], error=repr(outcome)[:300])
         return len(claimed)
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Check due payments until `stopping` is set; straight on while there is work, else poll."""
+        """Check due items until `stopping` is set."""
         while not stopping.is_set():
             try:
                 claimed = await self.run_once()
@@ -129,7 +127,25 @@ class Resolver:
                 claimed = 0
             if claimed == 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), self._settings.poll_interval_s)
+                    await asyncio.wait_for(stopping.wait(), self._poll_interval_s)
+
+
+class Resolver(_CheckLoop[_Claimed]):
+    def __init__(self, database: Database, gateway: GatewayClient, settings: ResolverSettings | None = None) -> None:
+        self._database = database
+        self._gateway = gateway
+        self._settings = settings or ResolverSettings()
+        self._poll_interval_s = self._settings.poll_interval_s
+
+    async def _claim(self, connection: asyncpg.Connection) -> list[_Claimed]:
+        config = self._settings
+        rows = await connection.fetch(
+            _CLAIM, config.batch_size, config.unknown_grace_s, config.pending_overdue_s, config.lease_s
+        )
+        return [
+            _Claimed(row["id"], PaymentState(row["state"]), row["amount"], row["currency_code"], row["check_attempts"])
+            for row in rows
+        ]
 
     async def _check(self, payment: _Claimed) -> None:
         key = str(payment.id)
@@ -234,6 +250,13 @@ RETURNING l.id, l.state, l.check_attempts
 
 
 @dataclass(frozen=True)
+class _ClaimedLeg:
+    id: uuid.UUID
+    state: LegState
+    attempts: int
+
+
+@dataclass(frozen=True)
 class OrderResolverSettings:
     #: A leg still SUBMITTED (its send timed out, or was never answered) is first checked after this.
     submitted_grace_s: float = 2.0
@@ -251,7 +274,7 @@ class OrderResolverSettings:
     poll_interval_s: float = 1.0
 
 
-class OrderResolver:
+class OrderResolver(_CheckLoop["_ClaimedLeg"]):
     """The resolver for legs: ask the venue (by the leg's id) what became of legs it may not have told us about.
 
     A leg the venue never saw, still SUBMITTED, is sent again under the same key. A leg the venue
@@ -264,35 +287,17 @@ class OrderResolver:
         self._database = database
         self._venue = venue
         self._settings = settings or OrderResolverSettings()
+        self._poll_interval_s = self._settings.poll_interval_s
 
-    async def run_once(self) -> int:
+    async def _claim(self, connection: asyncpg.Connection) -> list[_ClaimedLeg]:
         config = self._settings
+        rows = await connection.fetch(
+            _CLAIM_LEGS, config.batch_size, config.submitted_grace_s, config.working_check_s, config.lease_s
+        )
+        return [_ClaimedLeg(row["id"], LegState(row["state"]), row["check_attempts"]) for row in rows]
 
-        async def claim(connection: asyncpg.Connection) -> list[tuple[uuid.UUID, LegState, int]]:
-            rows = await connection.fetch(
-                _CLAIM_LEGS, config.batch_size, config.submitted_grace_s, config.working_check_s, config.lease_s
-            )
-            return [(row["id"], LegState(row["state"]), row["check_attempts"]) for row in rows]
-
-        claimed = await in_transaction(self._database, Budget.within(10), claim)
-        outcomes = await asyncio.gather(*(self._check(*leg) for leg in claimed), return_exceptions=True)
-        for (leg_id, _, _), outcome in zip(claimed, outcomes, strict=True):
-            if isinstance(outcome, Exception):
-                log.warning("resolver.leg_check_failed", leg_id=str(leg_id), error=repr(outcome)[:300])
-        return len(claimed)
-
-    async def run(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            try:
-                claimed = await self.run_once()
-            except Exception as error:  # the database is away: try again at the next poll
-                log.warning("resolver.error", error=str(error)[:300])
-                claimed = 0
-            if claimed == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), self._settings.poll_interval_s)
-
-    async def _check(self, leg_id: uuid.UUID, state: LegState, attempts: int) -> None:
+    async def _check(self, item: _ClaimedLeg) -> None:
+        leg_id, state, attempts = item.id, item.state, item.attempts
         key, venue, timeout_s = str(leg_id), self._venue, self._settings.provider_timeout_s
         try:
             answer = await venue.find_leg(key, timeout_s)
