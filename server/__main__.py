@@ -44,8 +44,9 @@ from server.providers.embedded_simulator import embedded_simulator
 from server.providers.gateway import GatewayClient
 from server.providers.venue import VenueClient
 from server.services import audit
+from server.services.leg_resolver import OrderResolver
 from server.services.provider_health import breaker_announcer
-from server.services.resolver import OrderResolver, Resolver
+from server.services.resolver import Resolver
 from server.services.webhooks import WebhookSource
 from server.settings import Settings, SettingsError, load_settings
 

@@ -20,8 +20,8 @@ from server.domain.identity import Principal
 from server.domain.orders import validate_submit_order
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.venue import VenueClient
+from server.services.leg_resolver import OrderResolver, OrderResolverSettings
 from server.services.order_submission import submit_and_send
-from server.services.resolver import OrderResolver, OrderResolverSettings
 from tests.integration.test_unreliable_provider import _simulator, _truth
 
 FAST = {"settle_min_ms": 5, "settle_max_ms": 30, "webhook_retry_base_ms": 20, "order_reject_rate": 0.0}
