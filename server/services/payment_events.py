@@ -89,12 +89,20 @@ INSERT INTO audit_log (aggregate_type, aggregate_id, action, actor, payload)
 VALUES ('payment', $1::text, $20, $5, $21)
 """
 
-# The provider's word kept as evidence and beside the payment, in one round trip.
-_OBSERVE_PROVIDER_STATUS = """
-WITH observed AS (
-    INSERT INTO provider_statuses (payment_id, provider, status, evidence_ref) VALUES ($1, $2, $3, $4)
+_LOCK = "SELECT state, client_id, amount, currency_code FROM payments WHERE id = $1 FOR UPDATE"
+
+# The payment locked, and the provider's word kept as evidence and beside it, in one round trip; the
+# payment as it was (nothing when there is no such payment: then nothing is written either).
+_LOCK_AND_OBSERVE = """
+WITH locked AS (
+    SELECT id, state, client_id, amount, currency_code FROM payments WHERE id = $1 FOR UPDATE
+), observed AS (
+    INSERT INTO provider_statuses (payment_id, provider, status, evidence_ref) SELECT id, $2, $3, $4 FROM locked
+), noted AS (
+    UPDATE payments p SET provider_status = $3, provider_payment_id = coalesce(p.provider_payment_id, $5)
+    FROM locked WHERE p.id = locked.id
 )
-UPDATE payments SET provider_status = $3, provider_payment_id = coalesce(provider_payment_id, $5) WHERE id = $1
+SELECT state, client_id, amount, currency_code FROM locked
 """
 
 
@@ -146,21 +154,20 @@ async def apply_on(
     connection: asyncpg.Connection, payment_id: uuid.UUID, event: PaymentEvent, evidence: Evidence
 ) -> EventOutcome:
     """The application itself, in the caller's transaction, under the payment's row lock."""
-    row = await connection.fetchrow(
-        "SELECT state, client_id, amount, currency_code FROM payments WHERE id = $1 FOR UPDATE", payment_id
-    )
-    if row is None:
-        raise NotFound("payment", str(payment_id))
-    current = PaymentState(row["state"])
     if evidence.provider is not None and evidence.provider_status is not None:
-        await connection.execute(
-            _OBSERVE_PROVIDER_STATUS,
+        row = await connection.fetchrow(
+            _LOCK_AND_OBSERVE,
             payment_id,
             evidence.provider,
             evidence.provider_status,
             evidence.reference,
             evidence.provider_payment_id,
         )
+    else:
+        row = await connection.fetchrow(_LOCK, payment_id)
+    if row is None:
+        raise NotFound("payment", str(payment_id))
+    current = PaymentState(row["state"])
     try:
         decision = decide(current, event, subject=f"payment {payment_id}")
     except IllegalTransition as refused:
