@@ -47,6 +47,7 @@ from server.services import audit
 from server.services.leg_resolver import OrderResolver
 from server.services.provider_health import breaker_announcer
 from server.services.resolver import Resolver
+from server.services.venue_instructions import InstructionSender
 from server.services.webhooks import WebhookSource
 from server.settings import Settings, SettingsError, load_settings
 
@@ -256,7 +257,9 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
         resolving = None
         if gateway is not None and venue is not None:
             resolving = asyncio.gather(
-                Resolver(database, gateway).run(relays_stopping), OrderResolver(database, venue).run(relays_stopping)
+                Resolver(database, gateway).run(relays_stopping),
+                OrderResolver(database, venue).run(relays_stopping),
+                InstructionSender(database, venue).run(relays_stopping),
             )
         await stopping.wait()
 

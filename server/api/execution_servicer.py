@@ -144,7 +144,9 @@ class ExecutionServicer(ServicerBase, execution_pb2_grpc.ExecutionServiceService
         command = validate_modify_leg(
             request.idempotency_key, request.order_id, request.leg_id, request.new_quantity, request.new_limit_price
         )
-        result = await execution.modify_leg(self._database, principal, command, self._budget(context))
+        result = await order_submission.modify_and_send(
+            self._database, self._venue, principal, command, self._budget(context)
+        )
         return execution_pb2.ModifyLegResponse(leg=leg_to_proto(result.leg), replayed=result.replayed)
 
     @translate_errors
@@ -153,5 +155,7 @@ class ExecutionServicer(ServicerBase, execution_pb2_grpc.ExecutionServiceService
     ) -> execution_pb2.CloseLegResponse:
         principal = self._authenticator.authorize(context, Permission.TRADE)
         command = validate_close_leg(request.idempotency_key, request.order_id, request.leg_id, request.reason)
-        result = await execution.close_leg(self._database, principal, command, self._budget(context))
+        result = await order_submission.close_and_send(
+            self._database, self._venue, principal, command, self._budget(context)
+        )
         return execution_pb2.CloseLegResponse(leg=leg_to_proto(result.leg), replayed=result.replayed)

@@ -254,6 +254,8 @@ legs = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     # the resolver's schedule for a leg still at the venue's mercy
     sa.Column("next_check_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("venue_order_id", sa.Text, nullable=True),
+    sa.CheckConstraint("char_length(venue_order_id) <= 255", name="venue_order_id_length"),
     sa.Column("check_attempts", sa.Integer, nullable=False, server_default="0"),
     sa.CheckConstraint("check_attempts >= 0", name="check_attempts_nonnegative"),
     sa.Index(
@@ -408,5 +410,27 @@ cases = sa.Table(
     comment=(
         "Investigation cases: what Ballast could not decide alone (contradictory provider evidence,"
         " an outcome that stayed unknown), with the evidence, for operations staff to resolve."
+    ),
+)
+
+venue_instructions = sa.Table(
+    "venue_instructions",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("leg_id", UUID(as_uuid=True), sa.ForeignKey("legs.id"), nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("body", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("done_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("outcome", sa.Text, nullable=True),
+    sa.CheckConstraint("kind IN ('modify', 'cancel')", name="kind_known"),
+    sa.CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
+    sa.CheckConstraint("char_length(outcome) <= 500", name="outcome_length"),
+    sa.Index("ix_venue_instructions_next_attempt_at", "next_attempt_at", postgresql_where=sa.text("done_at IS NULL")),
+    comment=(
+        "What Ballast decided to ask of the venue (modify or cancel a leg), written in the transaction that"
+        " decided it and sent until the venue answers, under the instruction's id as the venue's idempotency key."
     ),
 )

@@ -81,3 +81,20 @@ class VenueClient(HttpProvider):
             ]
         except (ValueError, KeyError, TypeError, ArithmeticError, OverflowError):
             raise OutcomeUnknown(f"{self.provider}'s executions could not be read: {reply.body[:200]!r}") from None
+
+    async def modify_leg(
+        self, venue_order_id: str, idempotency_key: str, terms: dict[str, str], timeout_s: float
+    ) -> None:
+        """Ask for new terms; the venue answers later (replaced / modify_rejected). Refused if it will not."""
+        body = json.dumps(terms).encode()
+        headers = {"Idempotency-Key": idempotency_key, "Content-Type": "application/json"}
+        reply = await self.call("POST", f"/v1/orders/{venue_order_id}/modify", timeout_s, data=body, headers=headers)
+        if reply.status >= 400:
+            raise Refused(reply.status, reply.body)
+
+    async def cancel_leg(self, venue_order_id: str, idempotency_key: str, timeout_s: float) -> None:
+        """Cancel a working order or close a filled one. Refused (409) when it is final already."""
+        headers = {"Idempotency-Key": idempotency_key}
+        reply = await self.call("POST", f"/v1/orders/{venue_order_id}/cancel", timeout_s, headers=headers)
+        if reply.status >= 400:
+            raise Refused(reply.status, reply.body)

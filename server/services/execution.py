@@ -204,6 +204,8 @@ async def modify_leg(database: Database, principal: Principal, request: ModifyLe
         )
         evidence = f"api:{principal.client_id}:{request.idempotency_key}"
         await _change_leg_state(connection, leg, LegState.MODIFYING, "api.modify_leg", evidence, principal.client_id)
+        terms = {"quantity": request.new_quantity, "limit_price": request.new_limit_price}
+        await queue_venue_instruction(connection, leg.id, "modify", {k: format(v, "f") for k, v in terms.items() if v})
         return LegResult(await _reread(connection, leg.id), replayed=False)
 
     return await in_transaction(database, budget, work)
@@ -222,9 +224,27 @@ async def close_leg(database: Database, principal: Principal, request: CloseLeg,
         await _change_leg_state(
             connection, leg, LegState.CLOSED, "api.close_leg", evidence, principal.client_id, {"reason": request.reason}
         )
+        if leg.state is not LegState.REJECTED:  # a rejected leg has nothing at the venue to cancel
+            await queue_venue_instruction(connection, leg.id, "cancel", {})
         return LegResult(await _reread(connection, leg.id), replayed=False)
 
     return await in_transaction(database, budget, work)
+
+
+async def queue_venue_instruction(
+    connection: asyncpg.Connection, leg_id: uuid.UUID, kind: str, body: dict[str, str]
+) -> uuid.UUID:
+    """Queue what the venue must be told, in the transaction that decided it: it cannot be lost, and it
+    is sent (and resent) by the instruction sender under its own id as the venue's idempotency key."""
+    instruction_id = uuid.uuid4()
+    await connection.execute(
+        "INSERT INTO venue_instructions (id, leg_id, kind, body) VALUES ($1, $2, $3, $4)",
+        instruction_id,
+        leg_id,
+        kind,
+        body,
+    )
+    return instruction_id
 
 
 # --- the venue's side: evidence applied to legs (called by provider adapters and tests) -----------------

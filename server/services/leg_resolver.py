@@ -109,8 +109,9 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
             reason = f"refused by {venue.provider}: HTTP {error.status}"
         else:
             reason = ""
-        reference = f"{venue.provider}:{answer.venue_order_id if answer else 'inquiry:' + key}"
-        now_state = await self._apply(leg_id, report, executions, reference, reason)
+        venue_order_id = answer.venue_order_id if answer else None
+        reference = f"{venue.provider}:{venue_order_id or 'inquiry:' + key}"
+        now_state = await self._apply(leg_id, report, executions, reference, reason, venue_order_id)
         CHECKS.labels("leg_checked").inc()
         if now_state in (LegState.SUBMITTED, LegState.PENDING, LegState.PARTIALLY_FILLED):
             await self._later(leg_id, now_state, attempts, "still working at the venue")
@@ -131,14 +132,19 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
         executions: list[VenueExecution],
         reference: str,
         reason: str,
+        venue_order_id: str | None,
     ) -> LegState:
         """Apply the venue's word: a status, or (for fills) an acknowledgement and then each listed fill."""
 
         async def work(connection: asyncpg.Connection) -> LegState:
             if report is not VenueReport.FILL:
-                await apply_venue_report(connection, leg_id, report, reference, reason=reason)
+                await apply_venue_report(
+                    connection, leg_id, report, reference, reason=reason, venue_order_id=venue_order_id
+                )
             else:
-                await apply_venue_report(connection, leg_id, VenueReport.ACKNOWLEDGED, reference)
+                await apply_venue_report(
+                    connection, leg_id, VenueReport.ACKNOWLEDGED, reference, venue_order_id=venue_order_id
+                )
                 for execution in executions:
                     fill = Fill(execution.execution_id, execution.quantity, execution.price)
                     await apply_venue_report(

@@ -19,13 +19,14 @@ from server.db.orders_repository import LegRecord
 from server.domain.errors import ProviderUnavailable
 from server.domain.identity import Principal
 from server.domain.order_legs import LegState
-from server.domain.orders import SubmitOrder
+from server.domain.orders import CloseLeg, ModifyLeg, SubmitOrder
 from server.domain.provider_status import UnknownProviderStatus, VenueReport, venue_report_for
 from server.providers.http import NotSent, OutcomeUnknown, Refused
 from server.providers.venue import VenueClient
 from server.services import execution
-from server.services.execution import OrderResult
+from server.services.execution import LegResult, OrderResult
 from server.services.venue_events import apply_venue_report
+from server.services.venue_instructions import send_now
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +55,7 @@ async def _send(database: Database, venue: VenueClient, leg: LegRecord, budget: 
     """Send one leg and apply the answer; the NotSent if the venue was not asked."""
     key = str(leg.id)
     reason = ""
+    venue_order_id: str | None = None
     try:
         answer = await venue.submit_leg(key, leg.spec, key, timeout_s=budget.remaining_s() - OUTCOME_WRITE_RESERVE_S)
     except NotSent as error:
@@ -70,11 +72,31 @@ async def _send(database: Database, venue: VenueClient, leg: LegRecord, budget: 
         except UnknownProviderStatus as error:
             log.warning("venue.unknown_status", leg_id=key, status=answer.status, error=str(error))
             return None
-        reference = f"{venue.provider}:{answer.venue_order_id}"
+        reference, venue_order_id = f"{venue.provider}:{answer.venue_order_id}", answer.venue_order_id
 
     async def work(connection: asyncpg.Connection) -> None:
-        await apply_venue_report(connection, leg.id, report, reference, reason=reason)
+        await apply_venue_report(connection, leg.id, report, reference, reason=reason, venue_order_id=venue_order_id)
 
     # written even if the caller gives up meanwhile: what the venue said must not be lost
     await asyncio.shield(in_transaction(database, Budget.within(OUTCOME_WRITE_TIMEOUT_S), work))
     return None
+
+
+async def modify_and_send(
+    database: Database, venue: VenueClient | None, principal: Principal, request: ModifyLeg, budget: Budget
+) -> LegResult:
+    """ModifyLeg: the leg goes MODIFYING and the instruction is queued with it, then sent at once."""
+    result = await execution.modify_leg(database, principal, request, budget)
+    if venue is not None:
+        await send_now(database, venue, result.leg.id)
+    return result
+
+
+async def close_and_send(
+    database: Database, venue: VenueClient | None, principal: Principal, request: CloseLeg, budget: Budget
+) -> LegResult:
+    """CloseLeg: the leg is CLOSED and the cancel queued with it, then sent at once."""
+    result = await execution.close_leg(database, principal, request, budget)
+    if venue is not None:
+        await send_now(database, venue, result.leg.id)
+    return result

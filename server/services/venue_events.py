@@ -34,8 +34,13 @@ async def apply_venue_report(
     fill: Fill | None = None,
     fill_time: datetime | None = None,
     reason: str = "",
+    venue_order_id: str | None = None,
 ) -> str:
     """'applied' (or a repeat, which changes nothing), 'stale', or 'contradiction'."""
+    if venue_order_id is not None:  # the venue's own id for the leg, kept the first time it is named
+        await connection.execute(
+            "UPDATE legs SET venue_order_id = coalesce(venue_order_id, $2) WHERE id = $1", leg_id, venue_order_id
+        )
     try:
         if report is VenueReport.FILL:
             if fill is None or fill_time is None:

@@ -240,7 +240,14 @@ def _leg_handler(source: WebhookSource, event: _Event, leg_id: uuid.UUID, exec_t
 
     async def apply(connection: asyncpg.Connection) -> Outcome:
         verdict = await apply_venue_report(
-            connection, leg_id, report, reference, fill=fill, fill_time=fill_time, reason=event.reason
+            connection,
+            leg_id,
+            report,
+            reference,
+            fill=fill,
+            fill_time=fill_time,
+            reason=event.reason,
+            venue_order_id=event.provider_object_id,
         )
         return Outcome(verdict)
 

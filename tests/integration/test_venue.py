@@ -17,11 +17,11 @@ import pytest
 
 from server.db.database import Budget, Database
 from server.domain.identity import Principal
-from server.domain.orders import validate_submit_order
+from server.domain.orders import validate_close_leg, validate_modify_leg, validate_submit_order
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.venue import VenueClient
 from server.services.leg_resolver import OrderResolver, OrderResolverSettings
-from server.services.order_submission import submit_and_send
+from server.services.order_submission import close_and_send, modify_and_send, submit_and_send
 from tests.integration.test_unreliable_provider import _simulator, _truth
 
 FAST = {"settle_min_ms": 5, "settle_max_ms": 30, "webhook_retry_base_ms": 20, "order_reject_rate": 0.0}
@@ -156,3 +156,55 @@ async def test_the_resolver_sends_a_lost_leg_and_recovers_fills_whose_webhooks_w
         fills = await pool.fetch("SELECT execution_id FROM leg_fills WHERE leg_id = $1", leg["id"])
         assert sorted(fill["execution_id"] for fill in fills) == sorted(e["id"] for e in venue_order["executions"])
         assert leg["filled_quantity"] == Decimal(venue_order["quantity"])
+
+
+async def test_a_modification_and_a_close_reach_the_venue_and_its_answers_come_back(
+    tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool, http: aiohttp.ClientSession
+) -> None:
+    settings = FAST | {"order_fill_parts_max": 1, "modify_reject_rate": 0.0}
+    async with _simulator(tmp_path, database, "calm", **settings) as url:
+        venue = VenueClient("simulator", url, http, Breaker("simulator.orders", BreakerSettings()))
+        legs = [_legs()[1], _legs()[1] | {"limit_price": "1.1"}]
+        order = (
+            await submit_and_send(
+                database, venue, principal, validate_submit_order(f"o-{uuid.uuid4()}", "", legs), Budget.within(5)
+            )
+        ).order
+        await _settle(pool, order.id, {"FILLED"})
+        first, second = (leg.id for leg in order.legs)
+
+        modify = validate_modify_leg(f"m-{uuid.uuid4()}", str(order.id), str(first), "", "1.2")
+        assert (
+            await modify_and_send(database, venue, principal, modify, Budget.within(5))
+        ).leg.state.value == "MODIFYING"
+        close = validate_close_leg(f"c-{uuid.uuid4()}", str(order.id), str(second), "done")
+        assert (await close_and_send(database, venue, principal, close, Budget.within(5))).leg.state.value == "CLOSED"
+
+        deadline = time.monotonic() + 20
+        while await pool.fetchval("SELECT state FROM legs WHERE id = $1", first) != "FILLED":
+            assert time.monotonic() < deadline, "the venue's confirmation never came"
+            await asyncio.sleep(0.05)
+        truth = {o["idempotency_key"]: o for o in (await _truth(url))["orders"]}
+    assert await pool.fetchval("SELECT limit_price FROM legs WHERE id = $1", first) == Decimal("1.2")
+    assert truth[str(first)]["limit_price"] == "1.2"
+    assert truth[str(second)]["final_status"] == "closed"  # the position closed at the venue too
+    sent = await pool.fetch(
+        "SELECT kind, outcome FROM venue_instructions WHERE leg_id = ANY($1) ORDER BY kind", [first, second]
+    )
+    assert [(row["kind"], row["outcome"]) for row in sent] == [("cancel", "sent"), ("modify", "sent")]
+
+
+async def test_a_modification_the_venue_refuses_rejects_it(
+    tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool, http: aiohttp.ClientSession
+) -> None:
+    settings = FAST | {"order_fill_parts_max": 1, "modify_reject_rate": 1.0}
+    async with _simulator(tmp_path, database, "calm", **settings) as url:
+        venue = VenueClient("simulator", url, http, Breaker("simulator.orders", BreakerSettings()))
+        request = validate_submit_order(f"o-{uuid.uuid4()}", "", [_legs()[1]])
+        order = (await submit_and_send(database, venue, principal, request, Budget.within(5))).order
+        await _settle(pool, order.id, {"FILLED"})
+        leg_id = order.legs[0].id
+        modify = validate_modify_leg(f"m-{uuid.uuid4()}", str(order.id), str(leg_id), "", "1.3")
+        await modify_and_send(database, venue, principal, modify, Budget.within(5))
+        await _settle(pool, order.id, {"REJECTED"})
+    assert await pool.fetchval("SELECT limit_price FROM legs WHERE id = $1", leg_id) == Decimal("1.08345")
