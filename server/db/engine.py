@@ -24,6 +24,16 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
     await connection.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _after_release(connection: asyncpg.Connection) -> None:
+    """Nothing to undo when a connection goes back to the pool.
+
+    By default asyncpg resets every returned connection with a query (UNLISTEN *, RESET ALL, CLOSE
+    ALL, advisory unlocks): a round trip per borrow, on every request. Ballast leaves no session
+    state behind (no SET, cursors or advisory locks; its one listener unlistens itself), and the
+    pool still rolls back a transaction left open, so that query is skipped.
+    """
+
+
 async def create_pool(database_url: str, *, size: int, statement_timeout_ms: int) -> asyncpg.Pool:
     """A pool of `size` connections; every statement is bounded by statement_timeout_ms server-side."""
     pool = await asyncpg.create_pool(
@@ -31,6 +41,7 @@ async def create_pool(database_url: str, *, size: int, statement_timeout_ms: int
         min_size=min(size, 2),
         max_size=size,
         init=_init_connection,
+        reset=_after_release,
         server_settings={
             "application_name": "ballast",
             "statement_timeout": str(statement_timeout_ms),
