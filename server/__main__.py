@@ -44,6 +44,7 @@ from server.providers.embedded_simulator import embedded_simulator
 from server.providers.gateway import GatewayClient
 from server.providers.venue import VenueClient
 from server.services import audit
+from server.services.case_checks import CaseChecker
 from server.services.leg_resolver import OrderResolver
 from server.services.provider_health import breaker_announcer
 from server.services.resolver import Resolver
@@ -260,6 +261,7 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
                 Resolver(database, gateway).run(relays_stopping),
                 OrderResolver(database, venue).run(relays_stopping),
                 InstructionSender(database, venue).run(relays_stopping),
+                CaseChecker(database, gateway).run(relays_stopping),
             )
         await stopping.wait()
 

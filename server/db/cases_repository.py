@@ -22,16 +22,22 @@ async def open_case(
     evidence: list[dict[str, Any]],
     *,
     evidence_if_open: list[dict[str, Any]] | None = None,
+    check_provider: bool = False,
 ) -> uuid.UUID:
     """Open a case (and announce it), or add `evidence_if_open` (default: `evidence`) to the open one.
+
+    `check_provider` asks for the provider's own answer about the subject to be added to the case
+    (the case checker does that: server/services/case_checks.py).
 
     Runs in the caller's transaction, so the case stands or falls with the evidence that opened it.
     """
     case_id: uuid.UUID = await connection.fetchval(
         f"""
-        INSERT INTO cases (kind, {subject}, summary, evidence) VALUES ($1, $2, $3, $4)
+        INSERT INTO cases (kind, {subject}, summary, evidence, provider_check_due_at)
+        VALUES ($1, $2, $3, $4, CASE WHEN $6 THEN now() END)
         ON CONFLICT (kind, {subject}) WHERE status = 'OPEN'
-        DO UPDATE SET evidence = cases.evidence || $5::jsonb, updated_at = now()
+        DO UPDATE SET evidence = cases.evidence || $5::jsonb, updated_at = now(),
+                      provider_check_due_at = coalesce(cases.provider_check_due_at, EXCLUDED.provider_check_due_at)
         RETURNING id
         """,
         kind,
@@ -39,6 +45,7 @@ async def open_case(
         summary[:2000],
         evidence,
         evidence if evidence_if_open is None else evidence_if_open,
+        check_provider,
     )
     payload = {"case_id": str(case_id), "kind": kind, subject: str(subject_id), "evidence": evidence}
     await write_event(connection, events.CASE_OPENED, str(subject_id), payload)

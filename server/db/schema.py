@@ -397,6 +397,8 @@ cases = sa.Table(
     sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("leg_id", UUID(as_uuid=True), sa.ForeignKey("legs.id"), nullable=True),
+    # set while the provider's own answer is still to be added to the case
+    sa.Column("provider_check_due_at", sa.DateTime(timezone=True), nullable=True),
     sa.CheckConstraint("status IN ('OPEN', 'RESOLVED')", name="status_known"),
     sa.CheckConstraint("(payment_id IS NULL) <> (leg_id IS NULL)", name="about_one_thing"),
     sa.CheckConstraint("char_length(kind) BETWEEN 1 AND 64", name="kind_length"),
@@ -407,6 +409,11 @@ cases = sa.Table(
         "uq_cases_kind_payment_id", "kind", "payment_id", unique=True, postgresql_where=sa.text("status = 'OPEN'")
     ),
     sa.Index("uq_cases_kind_leg_id", "kind", "leg_id", unique=True, postgresql_where=sa.text("status = 'OPEN'")),
+    sa.Index(
+        "ix_cases_provider_check_due_at",
+        "provider_check_due_at",
+        postgresql_where=sa.text("status = 'OPEN' AND provider_check_due_at IS NOT NULL"),
+    ),
     comment=(
         "Investigation cases: what Ballast could not decide alone (contradictory provider evidence,"
         " an outcome that stayed unknown), with the evidence, for operations staff to resolve."

@@ -68,6 +68,8 @@ async def apply_payment_event(
 
 
 CONTRADICTION_CASE = "CONTRADICTORY_EVIDENCE"
+#: The cause of the evidence the case checker adds: the provider's API asked about a case's payment.
+CASE_CHECK_CAUSE = "case_check.inquiry"
 
 # A move, in one round trip: the transition (whose trigger moves the payment), the ledger entries and
 # lines it implies (balanced per entry, checked at commit), their outbox events and the audit entry.
@@ -141,7 +143,14 @@ async def apply_provider_evidence(
         f"payment {payment_id} is {outcome.from_state.value}, but {evidence.cause} says {EVENT_TARGETS[event].value}"
     )
     case_id = await cases_repository.open_case(
-        connection, CONTRADICTION_CASE, "payment_id", payment_id, summary, pieces, evidence_if_open=pieces[1:]
+        connection,
+        CONTRADICTION_CASE,
+        "payment_id",
+        payment_id,
+        summary,
+        pieces,
+        evidence_if_open=pieces[1:],
+        check_provider=evidence.cause != CASE_CHECK_CAUSE,  # what the provider's API says, asked once
     )
     return EvidenceOutcome(verdict, outcome, case_id)
 

@@ -29,6 +29,7 @@ from server.domain.payments import PaymentState, validate_create_payment
 from server.providers.breaker import Breaker, BreakerSettings, BreakerState
 from server.providers.embedded_simulator import embedded_simulator
 from server.providers.gateway import GatewayClient, NotSent
+from server.services.case_checks import CaseChecker
 from server.services.payment_events import Evidence, apply_payment_event
 from server.services.resolver import Resolver, ResolverSettings
 from server.services.submission import create_and_submit
@@ -271,3 +272,28 @@ async def test_a_payment_the_provider_never_answers_for_ends_in_one_case(
     assert (row["state"], row["check_attempts"]) == ("UNKNOWN", 3)
     cases = await pool.fetch("SELECT kind, status FROM cases WHERE payment_id = $1", payment_id)
     assert [(case["kind"], case["status"]) for case in cases] == [("UNRESOLVED_OUTCOME", "OPEN")]
+
+
+async def test_a_contradiction_case_gets_the_providers_own_answer(
+    tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    # every final webhook is preceded by a claim of the opposite outcome: "failed", then "succeeded"
+    settings = FAST | {"success_rate": 1.0, "webhook_contradict_rate": 1.0}
+    async with _simulator(tmp_path, database, "calm", **settings) as url, aiohttp.ClientSession() as session:
+        gateway = GatewayClient("simulator", url, session, Breaker("simulator.payments", BreakerSettings()))
+        payment = (
+            await create_and_submit(database, gateway, principal, _request(str(uuid.uuid4())), Budget.within(5))
+        ).payment
+        deadline = time.monotonic() + 20
+        while not await pool.fetchval("SELECT count(*) FROM cases WHERE payment_id = $1", payment.id):
+            assert time.monotonic() < deadline, "no case opened"
+            await asyncio.sleep(0.05)
+        # the other tests' cases wait; this one is due first
+        await pool.execute("UPDATE cases SET provider_check_due_at = '-infinity' WHERE payment_id = $1", payment.id)
+        await CaseChecker(database, gateway).run_once()
+    case = await pool.fetchrow("SELECT evidence, provider_check_due_at FROM cases WHERE payment_id = $1", payment.id)
+    claims = [(piece["claim"], piece["cause"]) for piece in case["evidence"]]
+    assert claims[:2] == [("FAILED", "webhook.simulator"), ("SUCCEEDED", "webhook.simulator")]
+    assert claims[-1] == ("SUCCEEDED", "case_check.inquiry")  # the provider stands by its success
+    assert case["provider_check_due_at"] is None
+    assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment.id) == "FAILED"  # nothing moved back

@@ -1,0 +1,90 @@
+"""Cases get the provider's own word: when webhooks contradicted each other, ask the provider's API.
+
+A contradiction case holds what Ballast decided on and what contradicted it. Which does the
+provider stand by? The case checker asks its API about the payment (by idempotency key, through the
+breaker) and adds the answer to the case as evidence, recorded like any provider status. Nothing
+moves: a decided payment never moves back, and settling the case is a person's call, now with the
+provider's answer in front of them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+
+from server.db.database import Budget, Database, in_transaction
+from server.domain.payment_states import EVENT_TARGETS
+from server.domain.provider_status import UnknownProviderStatus, event_for
+from server.providers.gateway import GatewayClient, NotSent, OutcomeUnknown, Refused
+from server.services.check_loop import CheckLoop
+from server.services.payment_events import CASE_CHECK_CAUSE
+
+log = structlog.get_logger(__name__)
+
+BATCH_SIZE = 20
+LEASE_S = 30.0
+PROVIDER_TIMEOUT_S = 5.0
+
+_CLAIM = """
+WITH due AS (
+    SELECT id FROM cases
+    WHERE status = 'OPEN' AND payment_id IS NOT NULL AND provider_check_due_at <= now()
+    ORDER BY provider_check_due_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE cases c SET provider_check_due_at = now() + make_interval(secs => $2::float8)
+FROM due WHERE c.id = due.id
+RETURNING c.id, c.payment_id
+"""
+
+_RECORD = """
+WITH observed AS (
+    INSERT INTO provider_statuses (payment_id, provider, status, evidence_ref)
+    SELECT $2, $3, $4, $5 WHERE $4::text IS NOT NULL
+)
+UPDATE cases SET evidence = evidence || $6::jsonb, updated_at = now(), provider_check_due_at = NULL WHERE id = $1
+"""
+
+
+@dataclass(frozen=True)
+class _Due:
+    case_id: uuid.UUID
+    payment_id: uuid.UUID
+
+
+class CaseChecker(CheckLoop[_Due]):
+    def __init__(self, database: Database, gateway: GatewayClient, *, poll_interval_s: float = 1.0) -> None:
+        self._database = database
+        self._gateway = gateway
+        self._poll_interval_s = poll_interval_s
+
+    async def _claim(self, connection: asyncpg.Connection) -> list[_Due]:
+        rows = await connection.fetch(_CLAIM, BATCH_SIZE, LEASE_S)
+        return [_Due(row["id"], row["payment_id"]) for row in rows]
+
+    async def _check(self, item: _Due) -> None:
+        provider = self._gateway.provider
+        try:
+            answer = await self._gateway.find_payment(str(item.payment_id), PROVIDER_TIMEOUT_S)
+        except (NotSent, OutcomeUnknown, Refused) as error:  # the lease runs out; asked again then
+            log.info("case_check.no_answer", case_id=str(item.case_id), error=str(error)[:200])
+            return
+        if answer is None:
+            status, reference, claim = None, f"{provider}:inquiry:{item.payment_id}", "NOT_FOUND"
+        else:
+            status, reference = answer.status, f"{provider}:{answer.provider_payment_id}"
+            try:
+                claim = EVENT_TARGETS[event_for(provider, answer.status)].value
+            except UnknownProviderStatus:
+                claim = f"UNMAPPED:{answer.status}"
+        piece = [{"claim": claim, "cause": CASE_CHECK_CAUSE, "evidence_ref": reference, "provider_status": status}]
+
+        async def work(connection: asyncpg.Connection) -> None:
+            await connection.execute(_RECORD, item.case_id, item.payment_id, provider, status, reference, piece)
+
+        await in_transaction(self._database, Budget.within(10), work)
+        log.info("case_check.recorded", case_id=str(item.case_id), provider_says=claim)
