@@ -26,7 +26,7 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED) ## Create .venv and install Ballast with its development tools
 
 .PHONY: run
-run: $(INSTALLED) ## Migrate the database and start the server (embedded PostgreSQL unless DATABASE_URL is set)
+run: $(INSTALLED) ## Migrate and start the server (embedded PostgreSQL, NATS and provider simulator unless their settings are set)
 	$(BIN)/python -m server migrate
 	$(BIN)/python -m server serve
 
