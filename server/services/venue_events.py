@@ -15,7 +15,7 @@ import asyncpg
 import structlog
 
 from server.db import cases_repository
-from server.domain.order_legs import Fill, FillError
+from server.domain.order_legs import Fill, FillError, LegState
 from server.domain.provider_status import LEG_STATE_FOR_REPORT, VenueReport
 from server.domain.state_machine import IllegalTransition
 from server.services.execution import fill_on, venue_state_on
@@ -45,7 +45,7 @@ async def apply_venue_report(
         if report is VenueReport.FILL:
             if fill is None or fill_time is None:
                 raise FillError(f"leg {leg_id}: a fill report without its execution")
-            await fill_on(connection, leg_id, fill, fill_time, evidence_ref)
+            await _fill(connection, leg_id, fill, fill_time, evidence_ref)
         else:
             await venue_state_on(connection, leg_id, LEG_STATE_FOR_REPORT[report], evidence_ref, reason)
     except (IllegalTransition, FillError) as refused:
@@ -54,6 +54,20 @@ async def apply_venue_report(
         await _open_case(connection, leg_id, report, evidence_ref, str(refused))
         return "contradiction"
     return "applied"
+
+
+async def _fill(
+    connection: asyncpg.Connection, leg_id: uuid.UUID, fill: Fill, fill_time: datetime, evidence_ref: str
+) -> None:
+    """A fill; one that overtook the venue's acknowledgement (the leg still SUBMITTED) proves it: the
+    leg is acknowledged on the fill's evidence first. Both raise before writing anything."""
+    try:
+        await fill_on(connection, leg_id, fill, fill_time, evidence_ref)
+    except IllegalTransition as refused:
+        if refused.from_state != LegState.SUBMITTED.value:
+            raise
+        await venue_state_on(connection, leg_id, LegState.PENDING, evidence_ref)
+        await fill_on(connection, leg_id, fill, fill_time, evidence_ref)
 
 
 async def _open_case(

@@ -89,7 +89,11 @@ class _Event:
 
 
 def _text(value: object, length_max: int) -> str | None:
-    return value[:length_max] if isinstance(value, str) else None
+    """A provider's text, fit to be stored in a text column: NUL and lone surrogates (which JSON can
+    carry and PostgreSQL refuses) replaced; the raw body keeps the original."""
+    if not isinstance(value, str):
+        return None
+    return value[:length_max].replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 def _parse(body: bytes) -> _Event:
@@ -100,6 +104,8 @@ def _parse(body: bytes) -> _Event:
         raise Unreadable("the body is not a provider event (id, type, data.object)") from None
     if not isinstance(event_id, str) or not 1 <= len(event_id) <= 256 or not isinstance(kind, str):
         raise Unreadable("the event id must be a string of 1 to 256 characters")
+    if _text(event_id, 256) != event_id:
+        raise Unreadable("the event id holds characters no id has (NUL, lone surrogates)")
     if not kind.startswith(("payment.", "order.")) or not isinstance(data, dict):
         return _Event(event_id, kind, None, None, None)
     try:
@@ -123,7 +129,8 @@ def _fill(event: _Event) -> tuple[Fill, datetime]:
     """The fill an order event carries; Unreadable if it carries none a leg could take."""
     execution = event.execution or {}
     try:
-        fill = Fill(str(execution["id"])[:128], Decimal(str(execution["quantity"])), Decimal(str(execution["price"])))
+        execution_id = _text(str(execution["id"]), 128) or ""
+        fill = Fill(execution_id, Decimal(str(execution["quantity"])), Decimal(str(execution["price"])))
         fill_time = datetime.fromtimestamp(int(execution["time"]), UTC)
     except (KeyError, ValueError, TypeError, ArithmeticError, OverflowError):
         raise Unreadable(f"event {event.event_id}: a fill without a readable execution") from None

@@ -1,0 +1,763 @@
+"""Adversarial tests: a hostile or broken provider against Ballast's promises (README, "Calling Ballast").
+
+Webhooks applied once per consumer, the ledger posted once per payment, no illegal moves, signatures
+that cannot be bent, honest deadlines, nothing charged twice, and fills applied once per execution id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import itertools
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+
+from server.api.http_app import build_http_app
+from server.db.database import Budget, Database
+from server.domain.errors import DeadlineExceeded, ProviderUnavailable
+from server.domain.identity import Principal
+from server.domain.orders import validate_submit_order
+from server.domain.payments import PaymentState, validate_create_payment
+from server.providers.breaker import Breaker, BreakerSettings
+from server.providers.gateway import GatewayClient
+from server.providers.venue import VenueClient
+from server.services.leg_resolver import OrderResolver, OrderResolverSettings
+from server.services.order_submission import submit_and_send
+from server.services.payments import create_payment
+from server.services.resolver import Resolver, ResolverSettings
+from server.services.submission import create_and_submit
+from server.services.webhooks import WebhookSource
+from tests.integration.test_unreliable_provider import SECRET as SIM_SECRET
+from tests.integration.test_unreliable_provider import _simulator, _truth
+
+SECRET = "whsec_adversarial_test"  # noqa: S105 - a test secret
+PROVIDER = "simulator"
+MIB = 1024 * 1024
+
+Post = Callable[..., Awaitable[tuple[int, dict[str, Any]]]]
+
+
+def _sign(body: bytes, secret: str = SECRET, timestamp: int | None = None) -> str:
+    t = int(time.time()) if timestamp is None else timestamp
+    return f"t={t},v1={_mac(body, t, secret)}"
+
+
+def _mac(body: bytes, t: int, secret: str = SECRET) -> str:
+    return hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def _payment_event(payment_id: uuid.UUID, status: str, event_id: str | None = None) -> bytes:
+    return json.dumps(
+        {
+            "id": event_id or f"evt_{uuid.uuid4().hex}",
+            "type": f"payment.{status.strip().lower()}",
+            "data": {"object": {"id": "pay_adv", "status": status, "idempotency_key": str(payment_id)}},
+        }
+    ).encode()
+
+
+def _order_event(
+    leg_id: uuid.UUID,
+    exec_type: str,
+    event_id: str | None = None,
+    execution: dict[str, Any] | None = None,
+    **extra: Any,
+) -> bytes:
+    data: dict[str, Any] = {"id": "ord_adv", "exec_type": exec_type, "idempotency_key": str(leg_id), **extra}
+    if execution is not None:
+        data["execution"] = execution
+    return json.dumps(
+        {"id": event_id or f"evt_{uuid.uuid4().hex}", "type": f"order.{exec_type}", "data": {"object": data}}
+    ).encode()
+
+
+def _execution(quantity: Any, price: Any = "10.5", execution_id: str | None = None) -> dict[str, Any]:
+    return {
+        "id": execution_id or f"exec_{uuid.uuid4().hex}",
+        "quantity": quantity,
+        "price": price,
+        "time": int(time.time()),
+    }
+
+
+@pytest.fixture
+async def post(database: Database) -> AsyncIterator[Post]:
+    runner = web.AppRunner(build_http_app(database, {PROVIDER: WebhookSource(PROVIDER, SECRET)}), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    async with aiohttp.ClientSession() as session:
+
+        async def send(body: bytes, signature: str | None = None, headers: Any = None) -> tuple[int, dict[str, Any]]:
+            if headers is None:
+                headers = {"Simulator-Signature": signature if signature is not None else _sign(body)}
+            async with session.post(f"http://127.0.0.1:{port}/webhooks/{PROVIDER}", data=body, headers=headers) as r:
+                text = await r.text()
+                try:
+                    return r.status, json.loads(text)
+                except ValueError:
+                    return r.status, {"raw": text}
+
+        yield send
+    await runner.cleanup()
+
+
+async def _payment(database: Database, principal: Principal, amount: str = "25.00") -> uuid.UUID:
+    request = validate_create_payment(
+        idempotency_key=str(uuid.uuid4()),
+        amount_value=amount,
+        currency_code="EUR",
+        description="",
+        merchant_reference="",
+        metadata={},
+    )
+    return (await create_payment(database, principal, request, Budget.within(10))).payment.id
+
+
+def _leg_spec(quantity: str = "100") -> dict[str, str]:
+    return {
+        "instrument_symbol": "ACME",
+        "side": "BUY",
+        "quantity": quantity,
+        "order_type": "MARKET",
+        "limit_price": "",
+        "currency_code": "USD",
+    }
+
+
+async def _submitted_leg(database: Database, principal: Principal, quantity: str = "100") -> uuid.UUID:
+    """A leg recorded and not sent (SUBMITTED)."""
+    request = validate_submit_order(f"o-{uuid.uuid4()}", "adv", [_leg_spec(quantity)])
+    order = (await submit_and_send(database, None, principal, request, Budget.within(5))).order
+    return order.legs[0].id
+
+
+async def _pending_leg(post: Post, database: Database, principal: Principal, quantity: str = "100") -> uuid.UUID:
+    leg_id = await _submitted_leg(database, principal, quantity)
+    status, reply = await post(_order_event(leg_id, "new"))
+    assert (status, reply.get("outcome")) == (200, "applied"), reply
+    return leg_id
+
+
+async def _leg(pool: asyncpg.Pool, leg_id: uuid.UUID) -> asyncpg.Record:
+    row = await pool.fetchrow("SELECT state, filled_quantity, fill_notional FROM legs WHERE id = $1", leg_id)
+    assert row is not None
+    return row
+
+
+async def _count(pool: asyncpg.Pool, sql: str, *arguments: object) -> int:
+    return int(await pool.fetchval(sql, *arguments))
+
+
+async def _entries(pool: asyncpg.Pool, payment_id: uuid.UUID) -> int:
+    return await _count(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id)
+
+
+async def _state(pool: asyncpg.Pool, payment_id: uuid.UUID) -> str:
+    return str(await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id))
+
+
+# --------------------------------------------------------------------------------------------------
+# A webhook applied once per consumer
+# --------------------------------------------------------------------------------------------------
+
+
+async def test_concurrent_deliveries_of_one_fill_event_apply_the_fill_once(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    leg_id = await _pending_leg(post, database, principal)
+    body = _order_event(leg_id, "partial_fill", execution=_execution("10"))
+    replies = await asyncio.gather(*(post(body) for _ in range(40)))
+    assert {status for status, _ in replies} == {200}
+    outcomes = [reply["outcome"] for _, reply in replies]
+    assert outcomes.count("applied") == 1 and outcomes.count("duplicate") == 39
+    leg = await _leg(pool, leg_id)
+    assert (leg["state"], leg["filled_quantity"]) == ("PARTIALLY_FILLED", Decimal("10"))
+    assert await _count(pool, "SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id) == 1
+
+
+async def test_one_event_id_used_for_a_payment_and_for_a_leg_is_applied_once_per_consumer(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    payment_id = await _payment(database, principal)
+    leg_id = await _pending_leg(post, database, principal)
+    event_id = f"evt_{uuid.uuid4().hex}"
+    first = await post(_payment_event(payment_id, "succeeded", event_id))
+    second = await post(_order_event(leg_id, "fill", event_id, execution=_execution("100")))
+    assert first == (200, {"received": True, "outcome": "applied"})
+    assert second == (200, {"received": True, "outcome": "duplicate"})
+    assert await _state(pool, payment_id) == "SUCCEEDED"
+    assert (await _leg(pool, leg_id))["state"] == "PENDING"
+
+
+async def test_event_ids_differing_only_in_case_or_whitespace_never_apply_one_fill_twice(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    leg_id = await _pending_leg(post, database, principal)
+    execution = _execution("30")
+    base = f"evt_{uuid.uuid4().hex}"
+    for event_id in (base, base.upper(), f" {base}", f"{base} ", f"{base}\t"):
+        status, _ = await post(_order_event(leg_id, "partial_fill", event_id, execution=execution))
+        assert status == 200
+    leg = await _leg(pool, leg_id)
+    assert leg["filled_quantity"] == Decimal("30")
+    assert await _count(pool, "SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id) == 1
+    # and a payment: the same "succeeded" under five spellings of one id posts the ledger once
+    payment_id = await _payment(database, principal)
+    for event_id in (base, base.upper(), f" {base}", f"{base} ", f"{base}\t"):
+        await post(_payment_event(payment_id, "succeeded", event_id + "p"))
+    assert await _entries(pool, payment_id) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# The ledger posted once per payment
+# --------------------------------------------------------------------------------------------------
+
+
+async def test_fifty_concurrent_succeeded_events_with_different_ids_post_the_ledger_once(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    payment_id = await _payment(database, principal)
+    replies = await asyncio.gather(*(post(_payment_event(payment_id, "succeeded")) for _ in range(50)))
+    assert {status for status, _ in replies} == {200}, replies
+    outcomes = [reply["outcome"] for _, reply in replies]
+    assert outcomes.count("applied") == 1 and outcomes.count("repeat") == 49, outcomes
+    assert await _state(pool, payment_id) == "SUCCEEDED"
+    assert await _entries(pool, payment_id) == 1
+    assert await _count(pool, "SELECT count(*) FROM payment_transitions WHERE payment_id = $1", payment_id) == 1
+
+
+async def test_response_webhooks_and_resolver_racing_post_the_ledger_once_and_charge_once(
+    tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    # every webhook twice, the pending one after the final one; the resolver keeps asking meanwhile
+    settings = {
+        "settle_min_ms": 1,
+        "settle_max_ms": 20,
+        "webhook_retry_base_ms": 20,
+        "success_rate": 1.0,
+        "webhook_duplicate_rate": 1.0,
+        "webhook_reorder_rate": 1.0,
+    }
+    async with _simulator(tmp_path, database, "calm", **settings) as url, aiohttp.ClientSession() as session:
+        gateway = GatewayClient("simulator", url, session, Breaker("adv.payments", BreakerSettings(failures_max=1000)))
+        resolver = Resolver(
+            database,
+            gateway,
+            ResolverSettings(unknown_grace_s=0, pending_overdue_s=0, backoff_base_s=0, batch_size=200),
+        )
+        keys = [f"race-{uuid.uuid4()}" for _ in range(20)]
+        stop = asyncio.Event()
+
+        async def resolve() -> None:
+            while not stop.is_set():
+                await pool.execute(
+                    "UPDATE payments SET next_check_at = '-infinity'"
+                    " WHERE client_id = $1 AND state IN ('PENDING', 'UNKNOWN')",
+                    principal.client_id,
+                )
+                await resolver.run_once()
+                await asyncio.sleep(0.01)
+
+        resolving = asyncio.create_task(resolve())
+        try:
+            results = await asyncio.gather(
+                *(
+                    create_and_submit(database, gateway, principal, _request(key), Budget.within(5))
+                    for key in keys
+                    for _ in range(2)  # the caller retries at once with the same key
+                )
+            )
+            deadline = time.monotonic() + 20
+            while await _count(
+                pool,
+                "SELECT count(*) FROM payments WHERE client_id = $1 AND state <> 'SUCCEEDED'",
+                principal.client_id,
+            ):
+                assert time.monotonic() < deadline, "payments never reached SUCCEEDED"
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)  # late duplicates
+        finally:
+            stop.set()
+            await resolving
+        truth = await _truth(url)
+    ids = {result.payment.id for result in results}
+    assert len(ids) == 20
+    provider_keys = [p["idempotency_key"] for p in truth["payments"] if uuid.UUID(p["idempotency_key"]) in ids]
+    assert sorted(provider_keys) == sorted(str(i) for i in ids)  # one provider payment per key
+    for payment_id in ids:
+        assert await _entries(pool, payment_id) == 1
+
+
+def _request(key: str, amount: str = "31.00") -> Any:
+    return validate_create_payment(
+        idempotency_key=key,
+        amount_value=amount,
+        currency_code="EUR",
+        description="",
+        merchant_reference="",
+        metadata={},
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# No illegal moves through webhooks
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(("pending", "failed", "succeeded", "refunded"))))
+async def test_any_order_of_pending_failed_succeeded_refunded_lets_the_first_decided_word_stand(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool, order: tuple[str, ...]
+) -> None:
+    payment_id = await _payment(database, principal)
+    for status in order:
+        code, reply = await post(_payment_event(payment_id, status))
+        assert code == 200, reply
+    first_decided = next(s for s in order if s in ("failed", "succeeded"))
+    expected = "SUCCEEDED" if first_decided == "succeeded" else "FAILED"
+    assert await _state(pool, payment_id) == expected
+    assert await _entries(pool, payment_id) == (1 if expected == "SUCCEEDED" else 0)
+    # every move it made is one the table allows
+    moves = await pool.fetch(
+        "SELECT from_state, to_state FROM payment_transitions WHERE payment_id = $1 ORDER BY id", payment_id
+    )
+    allowed = {("RECORDED", "PENDING"), ("RECORDED", "SUCCEEDED"), ("RECORDED", "FAILED"),
+               ("PENDING", "SUCCEEDED"), ("PENDING", "FAILED")}  # fmt: skip
+    assert {(m["from_state"], m["to_state"]) for m in moves} <= allowed
+    cases = await _count(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id)
+    assert cases == 1  # failed and succeeded both arrived: one contradiction case, whichever came first
+
+
+async def test_refunded_before_succeeded_does_not_refund_or_skip_states(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    payment_id = await _payment(database, principal)
+    assert (await post(_payment_event(payment_id, "refunded")))[0] == 200
+    assert await _state(pool, payment_id) == "RECORDED"
+    assert (await post(_payment_event(payment_id, "succeeded")))[1]["outcome"] == "applied"
+    assert await _state(pool, payment_id) == "SUCCEEDED"
+    assert await _entries(pool, payment_id) == 1
+
+
+async def test_odd_casing_maps_and_unknown_status_words_are_kept_and_refused(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    payment_id = await _payment(database, principal)
+    for word in ("succeeded!", "SUCCEEDEDX", "succ\u0435eded", "", "null"):  # \u0435: a Cyrillic e
+        body = _payment_event(payment_id, word)
+        status, _ = await post(body)
+        assert status in (200, 400), (word, status)
+    assert await _state(pool, payment_id) == "RECORDED"
+    status, reply = await post(_payment_event(payment_id, "  SuCcEeDeD\t"))
+    assert (status, reply["outcome"]) == (200, "applied")
+    assert await _state(pool, payment_id) == "SUCCEEDED"
+    # a status that is not a string at all
+    body = json.dumps(
+        {"id": f"evt_{uuid.uuid4().hex}", "type": "payment.failed",
+         "data": {"object": {"status": ["failed"], "idempotency_key": str(payment_id)}}}
+    ).encode()  # fmt: skip
+    status, _ = await post(body)
+    assert status in (200, 400)
+    assert await _state(pool, payment_id) == "SUCCEEDED"
+    assert await _entries(pool, payment_id) == 1
+
+
+async def test_bodies_at_and_over_one_mebibyte(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    payment_id = await _payment(database, principal)
+    event_id = f"evt_{uuid.uuid4().hex}"
+    base = json.loads(_payment_event(payment_id, "succeeded", event_id))
+    base["padding"] = ""
+    empty = len(json.dumps(base).encode())
+    base["padding"] = "x" * (MIB - empty)
+    exactly = json.dumps(base).encode()
+    assert len(exactly) == MIB
+    status, reply = await post(exactly)
+    assert (status, reply.get("outcome")) == (200, "applied"), reply
+    assert await _entries(pool, payment_id) == 1
+    before = await _count(pool, "SELECT count(*) FROM webhook_deliveries")
+    for size in (MIB + 1, 5 * MIB):
+        other = json.loads(_payment_event(payment_id, "failed"))
+        other["padding"] = ""
+        other["padding"] = "x" * (size - len(json.dumps(other).encode()))
+        status, _ = await post(json.dumps(other).encode())
+        assert status == 413, size
+    assert await _count(pool, "SELECT count(*) FROM webhook_deliveries") == before
+    assert await _state(pool, payment_id) == "SUCCEEDED"
+
+
+async def test_non_utf8_and_duplicate_key_bodies(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    payment_id = await _payment(database, principal)
+    status, _ = await post(b'{"id": "evt_\xff\xfe", "type": "payment.succeeded"}')
+    assert status == 400
+    # duplicate keys: what is applied must be what is stored and signed, read one way
+    event_id = f"evt_{uuid.uuid4().hex}"
+    body = (
+        f'{{"id": "{event_id}", "type": "payment.failed", "data": {{"object": {{"status": "failed",'
+        f' "status": "succeeded", "idempotency_key": "{payment_id}"}}}}, "type": "payment.succeeded"}}'
+    ).encode()
+    status, reply = await post(body)
+    assert (status, reply["outcome"]) == (200, "applied")
+    assert await _state(pool, payment_id) == "SUCCEEDED"  # json's last-key-wins, consistently
+    assert await _count(pool, "SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", event_id) == 1
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["event_id", "provider_object_id", "reject_reason"],
+)
+async def test_a_signed_event_with_a_nul_character_is_kept_and_answered_not_500(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool, where: str
+) -> None:
+    """A signed delivery is kept as evidence; one Ballast cannot read is a 400 (the provider keeps it),
+    never a 500 that makes the provider redeliver a poison message forever with nothing stored."""
+    leg_id = await _pending_leg(post, database, principal)
+    event_id = f"evt_{uuid.uuid4().hex}"
+    extra: dict[str, Any] = {}
+    if where == "event_id":
+        event_id += "\u0000"
+    elif where == "provider_object_id":
+        extra["id"] = "ord_\u0000"
+    else:
+        extra["reject_reason"] = "bad\u0000reason"
+    data = {"id": "ord_adv", "exec_type": "rejected", "idempotency_key": str(leg_id), **extra}
+    body = json.dumps({"id": event_id, "type": "order.rejected", "data": {"object": data}}).encode()
+    before = await _count(pool, "SELECT count(*) FROM webhook_deliveries")
+    status, reply = await post(body)
+    assert status < 500, (status, reply)
+    assert await _count(pool, "SELECT count(*) FROM webhook_deliveries") == before + 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Order events: odd numbers, bad fills, overfills, one execution id twice
+# --------------------------------------------------------------------------------------------------
+
+
+async def test_numbers_instead_of_strings_for_quantity_and_price_fill_exactly(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    leg_id = await _pending_leg(post, database, principal)
+    status, reply = await post(_order_event(leg_id, "partial_fill", execution=_execution(25, 10.1)))
+    assert (status, reply["outcome"]) == (200, "applied")
+    status, reply = await post(_order_event(leg_id, "partial_fill", execution=_execution(0.1, 3)))
+    assert (status, reply["outcome"]) == (200, "applied")
+    leg = await _leg(pool, leg_id)
+    assert leg["filled_quantity"] == Decimal("25.1")
+    assert leg["fill_notional"] == Decimal("25") * Decimal("10.1") + Decimal("0.1") * Decimal("3")
+
+
+@pytest.mark.parametrize("quantity", ["0", "-5", 0, -1, "NaN", "Infinity", "1e400", "0.0000000000001", True, None])
+async def test_zero_negative_or_unreadable_fill_quantities_change_nothing(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool, quantity: Any
+) -> None:
+    leg_id = await _pending_leg(post, database, principal)
+    status, reply = await post(_order_event(leg_id, "partial_fill", execution=_execution(quantity)))
+    assert status in (200, 400), (status, reply)
+    assert reply.get("outcome") != "applied", reply
+    leg = await _leg(pool, leg_id)
+    assert (leg["state"], leg["filled_quantity"]) == ("PENDING", Decimal(0))
+    assert await _count(pool, "SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id) == 0
+
+
+async def test_fills_exceeding_the_leg_quantity_are_refused_and_open_a_case(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    leg_id = await _pending_leg(post, database, principal, quantity="100")
+    assert (await post(_order_event(leg_id, "partial_fill", execution=_execution("60"))))[1]["outcome"] == "applied"
+    # two concurrent fills of 60 each: at most one fits (and neither does after 60 filled)
+    replies = await asyncio.gather(
+        post(_order_event(leg_id, "partial_fill", execution=_execution("40.000000000001"))),
+        post(_order_event(leg_id, "fill", execution=_execution("60"))),
+        post(_order_event(leg_id, "fill", execution=_execution("41"))),
+    )
+    assert all(status == 200 for status, _ in replies), replies
+    leg = await _leg(pool, leg_id)
+    assert leg["filled_quantity"] == Decimal("60")
+    assert leg["state"] == "PARTIALLY_FILLED"
+    assert await _count(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", leg_id) == 1
+    # the exact remainder still fills it
+    assert (await post(_order_event(leg_id, "fill", execution=_execution("40"))))[1]["outcome"] == "applied"
+    assert (await _leg(pool, leg_id))["state"] == "FILLED"
+
+
+async def test_concurrent_fills_with_distinct_execution_ids_never_overfill(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    leg_id = await _pending_leg(post, database, principal, quantity="100")
+    replies = await asyncio.gather(
+        *(post(_order_event(leg_id, "partial_fill", execution=_execution("7"))) for _ in range(30))
+    )
+    assert all(status == 200 for status, _ in replies), replies
+    leg = await _leg(pool, leg_id)
+    fills = await pool.fetch("SELECT quantity FROM leg_fills WHERE leg_id = $1", leg_id)
+    assert sum(fill["quantity"] for fill in fills) == leg["filled_quantity"] <= Decimal("100")
+    assert len(fills) == 14
+
+
+async def test_the_same_execution_id_with_a_different_quantity_is_applied_once(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    leg_id = await _pending_leg(post, database, principal)
+    execution_id = f"exec_{uuid.uuid4().hex}"
+    first = await post(_order_event(leg_id, "partial_fill", execution=_execution("10", execution_id=execution_id)))
+    assert first[1]["outcome"] == "applied"
+    replies = await asyncio.gather(
+        *(
+            post(_order_event(leg_id, "partial_fill", execution=_execution(q, execution_id=execution_id)))
+            for q in ("20", "10", "90", "100", "5")
+        )
+    )
+    assert all(status == 200 for status, _ in replies)
+    leg = await _leg(pool, leg_id)
+    assert leg["filled_quantity"] == Decimal("10")
+    assert await _count(pool, "SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id) == 1
+
+
+async def test_a_fill_that_overtakes_the_acknowledgement_is_applied_not_sent_to_a_person(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    """Webhooks come out of order (README): a fill for a leg still SUBMITTED (its submit answer not yet
+    written) is not a venue contradicting itself; the fill must be applied once, not parked in a case."""
+    leg_id = await _submitted_leg(database, principal)
+    status, reply = await post(_order_event(leg_id, "partial_fill", execution=_execution("10")))
+    assert status == 200
+    leg = await _leg(pool, leg_id)
+    cases = await _count(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", leg_id)
+    assert (reply["outcome"], leg["filled_quantity"], cases) == ("applied", Decimal("10"), 0), (reply, dict(leg))
+
+
+# --------------------------------------------------------------------------------------------------
+# Signatures
+# --------------------------------------------------------------------------------------------------
+
+
+async def test_signature_attacks_are_refused_with_401_and_store_nothing(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    payment_id = await _payment(database, principal)
+    body = _payment_event(payment_id, "succeeded")
+    other = _payment_event(payment_id, "failed")
+    now = int(time.time())
+    before = await _count(pool, "SELECT count(*) FROM webhook_deliveries")
+    attacks = {
+        "replayed old": _sign(body, timestamp=now - 301),
+        "future beyond tolerance": _sign(body, timestamp=now + 301),
+        "far future": _sign(body, timestamp=now + 10**9),
+        "signature over another body": _sign(other),
+        "v1 only of garbage": f"t={now},v1=deadbeef,v1=",
+        "two timestamps": f"t={now},t={now - 1000},v1={_mac(body, now)}",
+        "old t with a current v1 injected": f"t={now - 3600},v1={_mac(body, now)}",
+        "v0 scheme only": f"t={now},v0={_mac(body, now)}",
+        "wrong secret": _sign(body, secret="whsec_other"),  # noqa: S106
+        "empty": "",
+        "header injection in value": f"t={now},v1={_mac(other, now)}; v1={_mac(body, now - 1)}",
+        "uppercase hex": f"t={now},v1={_mac(body, now).upper()}",
+        "negative t": f"t=-{now},v1={_mac(body, now)}",
+    }
+    for name, signature in attacks.items():
+        status, _ = await post(body, signature=signature)
+        assert status == 401, name
+    # a tampered body with a valid signature of the original
+    assert (await post(other, signature=_sign(body)))[0] == 401
+    assert await _count(pool, "SELECT count(*) FROM webhook_deliveries") == before
+    assert await _state(pool, payment_id) == "RECORDED"
+    # multiple v1 entries where one is genuine: accepted as Stripe does (secret rotation)
+    status, reply = await post(body, signature=f"t={now},v1={'0' * 64},v1={_mac(body, now)}")
+    assert (status, reply["outcome"]) == (200, "applied")
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    ["9" * 5000, "\u00b2", "\u0661\u0662\u0663"],  # too many digits for int(); a superscript two; Arabic digits
+    ids=["5000-digits", "superscript-digit", "arabic-indic-digits"],
+)
+async def test_a_forged_signature_with_a_weird_timestamp_is_401_not_a_server_error(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool, timestamp: str
+) -> None:
+    payment_id = await _payment(database, principal)
+    body = _payment_event(payment_id, "succeeded")
+    header = f"t={timestamp},v1={'ab' * 32}"
+    status, reply = await post(body, headers={"Simulator-Signature": header})
+    assert status == 401, (status, reply)
+    assert await _state(pool, payment_id) == "RECORDED"
+
+
+async def test_two_signature_headers_cannot_smuggle_a_forgery(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    payment_id = await _payment(database, principal)
+    genuine = _payment_event(payment_id, "failed")
+    forged = _payment_event(payment_id, "succeeded")
+    headers = [("Simulator-Signature", f"t={int(time.time())},v1={'00' * 32}"), ("Simulator-Signature", _sign(genuine))]
+    status, _ = await post(forged, headers=headers)
+    assert status == 401
+    assert await _state(pool, payment_id) == "RECORDED"
+
+
+# --------------------------------------------------------------------------------------------------
+# Honest deadlines and never charging twice
+# --------------------------------------------------------------------------------------------------
+
+DEADLINE_S = 1.0
+SLACK_S = 0.3
+
+
+@pytest.mark.parametrize("fault", ["hang_rate", "accept_then_timeout_rate"])
+async def test_create_payment_against_a_hanging_provider_answers_in_time_and_never_charges_twice(
+    tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool, fault: str
+) -> None:
+    # the provider decides only after the caller's deadline, so no webhook can answer for it first
+    settings = {
+        "settle_min_ms": 2000,
+        "settle_max_ms": 2500,
+        "webhook_retry_base_ms": 20,
+        "success_rate": 1.0,
+        fault: 1.0,
+    }
+    async with _simulator(tmp_path, database, "calm", **settings) as url, aiohttp.ClientSession() as session:
+        gateway = GatewayClient(
+            "simulator", url, session, Breaker(f"adv.{fault}", BreakerSettings(failures_max=10_000))
+        )
+        keys = [f"hang-{uuid.uuid4()}" for _ in range(10)]
+        elapsed: list[float] = []
+        states: list[PaymentState] = []
+
+        async def call(key: str) -> None:
+            started = time.monotonic()
+            try:
+                result = await create_and_submit(database, gateway, principal, _request(key), Budget.within(DEADLINE_S))
+                states.append(result.payment.state)
+            except (ProviderUnavailable, DeadlineExceeded):
+                states.append(PaymentState.RECORDED)
+            elapsed.append(time.monotonic() - started)
+
+        # every key called three times (retries after each deadline), concurrently
+        for _ in range(3):
+            await asyncio.gather(*(call(key) for key in keys))
+        assert max(elapsed) < DEADLINE_S + SLACK_S, max(elapsed)
+        # an honest answer: unknown (or unsent), or what a webhook already said meanwhile
+        # (accept-then-timeout: the provider's own "pending" webhook may arrive before the timeout)
+        if fault == "hang_rate":
+            assert PaymentState.UNKNOWN in states[:10], states
+        assert set(states) <= {PaymentState.UNKNOWN, PaymentState.RECORDED, PaymentState.PENDING}, states
+
+        # the provider recovers; the resolver (and more retries) settle everything
+        async with session.put(f"{url}/_sim/profile", json={"settings": {fault: 0.0}}) as response:
+            assert response.status == 200
+        resolver = Resolver(
+            database,
+            gateway,
+            ResolverSettings(
+                unknown_grace_s=0, pending_overdue_s=0, backoff_base_s=0, batch_size=200, provider_timeout_s=2
+            ),
+        )
+        deadline = time.monotonic() + 30
+        while await _count(
+            pool,
+            "SELECT count(*) FROM payments WHERE client_id = $1 AND state NOT IN ('SUCCEEDED')",
+            principal.client_id,
+        ):
+            assert time.monotonic() < deadline, await pool.fetch(
+                "SELECT state, count(*) FROM payments WHERE client_id = $1 GROUP BY state", principal.client_id
+            )
+            await pool.execute(
+                "UPDATE payments SET next_check_at = '-infinity'"
+                " WHERE client_id = $1 AND state IN ('PENDING', 'UNKNOWN')",
+                principal.client_id,
+            )
+            await asyncio.gather(resolver.run_once(), *(call(key) for key in keys))
+            await asyncio.sleep(0.05)
+        truth = await _truth(url)
+    ids = [row["id"] for row in await pool.fetch("SELECT id FROM payments WHERE client_id = $1", principal.client_id)]
+    assert len(ids) == 10
+    mine = {str(i) for i in ids}
+    provider_keys = [p["idempotency_key"] for p in truth["payments"] if p["idempotency_key"] in mine]
+    assert sorted(provider_keys) == sorted(mine)  # one provider payment per idempotency key
+    for payment_id in ids:
+        assert await _entries(pool, payment_id) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# The venue: duplicates, resolver racing webhooks
+# --------------------------------------------------------------------------------------------------
+
+
+async def test_fills_are_applied_once_per_execution_while_the_leg_resolver_races_duplicate_webhooks(
+    tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    settings = {
+        "settle_min_ms": 5,
+        "settle_max_ms": 40,
+        "webhook_retry_base_ms": 20,
+        "order_reject_rate": 0.0,
+        "order_fill_parts_max": 5,
+        "webhook_duplicate_rate": 1.0,
+        "webhook_reorder_rate": 1.0,
+    }
+    async with _simulator(tmp_path, database, "calm", **settings) as url, aiohttp.ClientSession() as http:
+        venue = VenueClient("simulator", url, http, Breaker("adv.orders", BreakerSettings(failures_max=10_000)))
+        resolver = OrderResolver(
+            database,
+            venue,
+            OrderResolverSettings(submitted_grace_s=0, working_check_s=0, backoff_base_s=0, batch_size=200),
+        )
+        orders = []
+        stop = asyncio.Event()
+
+        async def resolve() -> None:
+            while not stop.is_set():
+                await pool.execute(
+                    "UPDATE legs SET next_check_at = '-infinity' WHERE order_id = ANY($1::uuid[])", [o for o in orders]
+                )
+                await resolver.run_once()
+                await asyncio.sleep(0.005)
+
+        resolving = asyncio.create_task(resolve())
+        try:
+            for _ in range(5):
+                request = validate_submit_order(f"o-{uuid.uuid4()}", "adv", [_leg_spec("100"), _leg_spec("33.5")])
+                # half recorded without sending (the resolver sends them), half sent at once
+                sender = venue if len(orders) % 2 else None
+                orders.append((await submit_and_send(database, sender, principal, request, Budget.within(5))).order.id)
+            deadline = time.monotonic() + 30
+            while await _count(
+                pool, "SELECT count(*) FROM legs WHERE order_id = ANY($1::uuid[]) AND state <> 'FILLED'", orders
+            ):
+                assert time.monotonic() < deadline, await pool.fetch(
+                    "SELECT id, state, filled_quantity FROM legs WHERE order_id = ANY($1::uuid[])", orders
+                )
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+        finally:
+            stop.set()
+            await resolving
+        truth = {o["idempotency_key"]: o for o in (await _truth(url))["orders"]}
+    legs = await pool.fetch(
+        "SELECT id, state, filled_quantity, fill_notional, quantity FROM legs WHERE order_id = ANY($1::uuid[])", orders
+    )
+    assert len(legs) == 10
+    for leg in legs:
+        venue_order = truth[str(leg["id"])]
+        fills = await pool.fetch("SELECT execution_id, quantity FROM leg_fills WHERE leg_id = $1", leg["id"])
+        assert sorted(f["execution_id"] for f in fills) == sorted(e["id"] for e in venue_order["executions"])
+        assert leg["filled_quantity"] == leg["quantity"] == Decimal(venue_order["quantity"])
+        assert sum(f["quantity"] for f in fills) == leg["filled_quantity"]
+        assert not await _count(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", leg["id"])
+
+
+_ = (contextlib, SIM_SECRET)
