@@ -17,9 +17,12 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import grpc
 import pytest
 from aiohttp import web
+from google.rpc import error_details_pb2, status_pb2
 
+from server.api.errors import status_for
 from server.api.http_app import build_http_app
 from server.db.database import Budget, Database
 from server.domain.errors import DeadlineExceeded, ProviderUnavailable
@@ -31,6 +34,7 @@ from server.providers.embedded_simulator import embedded_simulator
 from server.providers.gateway import GatewayClient, NotSent
 from server.services.case_checks import CaseChecker
 from server.services.payment_events import Evidence, apply_payment_event
+from server.services.provider_health import breaker_announcer
 from server.services.resolver import Resolver, ResolverSettings
 from server.services.submission import create_and_submit
 from server.services.webhooks import WebhookSource
@@ -297,3 +301,36 @@ async def test_a_contradiction_case_gets_the_providers_own_answer(
     assert claims[-1] == ("SUCCEEDED", "case_check.inquiry")  # the provider stands by its success
     assert case["provider_check_due_at"] is None
     assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment.id) == "FAILED"  # nothing moved back
+
+
+async def test_an_open_breaker_records_the_payment_unsent_answers_unavailable_and_announces_itself(
+    database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    name = f"dead-{uuid.uuid4().hex[:8]}"
+    async with aiohttp.ClientSession() as session:
+        breaker = Breaker(name, BreakerSettings(failures_max=1, open_s=60), on_change=breaker_announcer(database))
+        gateway = GatewayClient("simulator", dead, session, breaker)
+        key = str(uuid.uuid4())
+        with pytest.raises(ProviderUnavailable):  # refused connection: not sent, and the breaker opens
+            await create_and_submit(database, gateway, principal, _request(key), Budget.within(2))
+        with pytest.raises(ProviderUnavailable) as refused:  # the retry, with its key, fails fast
+            await create_and_submit(database, gateway, principal, _request(key), Budget.within(2))
+    assert 0 < refused.value.retry_after_s <= 60
+    code, message, trailers = status_for(refused.value)
+    assert code is grpc.StatusCode.UNAVAILABLE and "retryable" in message
+    details = status_pb2.Status.FromString(dict(trailers)["grpc-status-details-bin"]).details
+    retry = error_details_pb2.RetryInfo()
+    assert details[0].Unpack(retry) and retry.retry_delay.seconds > 0
+    state = await pool.fetchval(
+        "SELECT state FROM payments WHERE client_id = $1 AND idempotency_key = $2", principal.client_id, key
+    )
+    assert state == "RECORDED"  # recorded, not sent: distinct from UNKNOWN
+    deadline = time.monotonic() + 5
+    while not await pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE topic = 'providers.breaker_state_changed' AND message_key = $1", name
+    ):
+        assert time.monotonic() < deadline, "the breaker's opening was not announced"
+        await asyncio.sleep(0.05)
