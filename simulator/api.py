@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from aiohttp import web
 
@@ -10,7 +11,7 @@ from simulator.errors import error_response
 from simulator.faults import RequestFaults
 from simulator.keys import FAULTS, SIMULATOR
 from simulator.payments import InvalidRequest, PaymentRequest
-from simulator.store import Answer, IdempotencyConflict
+from simulator.store import Answer, IdempotencyConflict, Store
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -49,24 +50,32 @@ async def create_payment(request: web.Request) -> web.Response:
     return answer_response(answer)
 
 
-@routes.get("/v1/payments")
-async def find_by_idempotency_key(request: web.Request) -> web.Response:
+def by_key_response(request: web.Request, store: Store[Any], kind: str) -> web.Response:
     """The status inquiry after a timeout: did the provider ever see this key? 404 means no."""
     key = request.query.get("idempotency_key", "").strip()
     if not key:
         return error_response(400, "idempotency_key is required", param="idempotency_key")
-    payment = request.app[SIMULATOR].store.by_idempotency_key(key)
-    if payment is None:
-        return error_response(404, f"no payment with idempotency key {key!r}", param="idempotency_key")
-    return web.json_response(payment.to_json())
+    found = store.by_idempotency_key(key)
+    if found is None:
+        return error_response(404, f"no {kind} with idempotency key {key!r}", param="idempotency_key")
+    return web.json_response(found.to_json())
+
+
+def by_id_response(request: web.Request, store: Store[Any], kind: str) -> web.Response:
+    found = store.get(request.match_info["id"])
+    if found is None:
+        return error_response(404, f"no {kind} {request.match_info['id']!r}", param="id")
+    return web.json_response(found.to_json())
+
+
+@routes.get("/v1/payments")
+async def find_by_idempotency_key(request: web.Request) -> web.Response:
+    return by_key_response(request, request.app[SIMULATOR].store, "payment")
 
 
 @routes.get("/v1/payments/{id}")
 async def get_payment(request: web.Request) -> web.Response:
-    payment = request.app[SIMULATOR].store.get(request.match_info["id"])
-    if payment is None:
-        return error_response(404, f"no payment {request.match_info['id']!r}", param="id")
-    return web.json_response(payment.to_json())
+    return by_id_response(request, request.app[SIMULATOR].store, "payment")
 
 
 @routes.post("/v1/payments/{id}/refund")

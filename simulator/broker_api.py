@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from simulator.api import IDEMPOTENCY_HEADER, answer_response, idempotency_key
+from simulator.api import IDEMPOTENCY_HEADER, answer_response, by_id_response, by_key_response, idempotency_key
 from simulator.broker import Conflict
 from simulator.errors import error_response
 from simulator.faults import RequestFaults
@@ -44,22 +44,12 @@ async def submit_order(request: web.Request) -> web.Response:
 
 @routes.get("/v1/orders")
 async def find_by_idempotency_key(request: web.Request) -> web.Response:
-    """The status inquiry after a timeout: did the venue ever see this key? 404 means no."""
-    key = request.query.get("idempotency_key", "").strip()
-    if not key:
-        return error_response(400, "idempotency_key is required", param="idempotency_key")
-    order = request.app[SIMULATOR].broker.store.by_idempotency_key(key)
-    if order is None:
-        return error_response(404, f"no order with idempotency key {key!r}", param="idempotency_key")
-    return web.json_response(order.to_json())
+    return by_key_response(request, request.app[SIMULATOR].broker.store, "order")
 
 
 @routes.get("/v1/orders/{id}")
 async def get_order(request: web.Request) -> web.Response:
-    order = request.app[SIMULATOR].broker.store.get(request.match_info["id"])
-    if order is None:
-        return error_response(404, f"no order {request.match_info['id']!r}", param="id")
-    return web.json_response(order.to_json())
+    return by_id_response(request, request.app[SIMULATOR].broker.store, "order")
 
 
 @routes.get("/v1/orders/{id}/executions")

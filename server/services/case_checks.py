@@ -19,14 +19,11 @@ from server.db.database import Budget, Database, in_transaction
 from server.domain.payment_states import EVENT_TARGETS
 from server.domain.provider_status import UnknownProviderStatus, event_for
 from server.providers.gateway import GatewayClient, NotSent, OutcomeUnknown, Refused
-from server.services.check_loop import CheckLoop
+from server.services.check_loop import CheckLoop, CheckSettings
 from server.services.payment_events import CASE_CHECK_CAUSE
 
 log = structlog.get_logger(__name__)
 
-BATCH_SIZE = 20
-LEASE_S = 30.0
-PROVIDER_TIMEOUT_S = 5.0
 
 _CLAIM = """
 WITH due AS (
@@ -57,19 +54,20 @@ class _Due:
 
 
 class CaseChecker(CheckLoop[_Due]):
-    def __init__(self, database: Database, gateway: GatewayClient, *, poll_interval_s: float = 1.0) -> None:
+    def __init__(self, database: Database, gateway: GatewayClient, settings: CheckSettings | None = None) -> None:
         self._database = database
         self._gateway = gateway
-        self._poll_interval_s = poll_interval_s
+        self._settings = settings or CheckSettings()
+        self._poll_interval_s = self._settings.poll_interval_s
 
     async def _claim(self, connection: asyncpg.Connection) -> list[_Due]:
-        rows = await connection.fetch(_CLAIM, BATCH_SIZE, LEASE_S)
+        rows = await connection.fetch(_CLAIM, self._settings.batch_size, self._settings.lease_s)
         return [_Due(row["id"], row["payment_id"]) for row in rows]
 
     async def _check(self, item: _Due) -> None:
         provider = self._gateway.provider
         try:
-            answer = await self._gateway.find_payment(str(item.payment_id), PROVIDER_TIMEOUT_S)
+            answer = await self._gateway.find_payment(str(item.payment_id), self._settings.provider_timeout_s)
         except (NotSent, OutcomeUnknown, Refused) as error:  # the lease runs out; asked again then
             log.info("case_check.no_answer", case_id=str(item.case_id), error=str(error)[:200])
             return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import asyncpg
@@ -14,6 +15,26 @@ import structlog
 from server.db.database import Budget, Database, in_transaction
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """What every resolver bounds: its batch, its lease, its wait for the provider, its retries."""
+
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 300.0
+    #: Checks without an answer before an investigation case is opened (and checks stop).
+    checks_max: int = 12
+    #: How long a claimed item is left alone by other workers while this one asks about it.
+    lease_s: float = 30.0
+    batch_size: int = 20
+    provider_timeout_s: float = 5.0
+    poll_interval_s: float = 1.0
+
+    def backoff_s(self, attempts: int) -> float:
+        """base, 2 x base, 4 x base, ... up to the maximum."""
+        return float(min(self.backoff_max_s, self.backoff_base_s * 2 ** max(attempts - 1, 0)))
+
 
 ClaimedT = TypeVar("ClaimedT")
 

@@ -21,7 +21,7 @@ from server.domain.orders import LegSpec
 from server.domain.provider_status import UnknownProviderStatus, VenueReport, venue_report_for
 from server.providers.http import NotSent, OutcomeUnknown, Refused
 from server.providers.venue import VenueClient, VenueExecution
-from server.services.check_loop import CheckLoop
+from server.services.check_loop import CheckLoop, CheckSettings
 from server.services.resolver import CHECKS, UNRESOLVED_CASE
 from server.services.venue_events import apply_venue_report
 
@@ -53,21 +53,14 @@ class _ClaimedLeg:
 
 
 @dataclass(frozen=True)
-class OrderResolverSettings:
-    #: A leg still SUBMITTED (its send timed out, or was never answered) is first checked after this.
+class OrderResolverSettings(CheckSettings):
+    #: A leg still SUBMITTED (its send timed out, or was never answered) is first checked after this;
+    #: after checks_max checks without an answer, a case is opened.
     submitted_grace_s: float = 2.0
     #: A working leg (PENDING, PARTIALLY_FILLED) is checked this long after its last change, in case
-    #: fills were reported by webhooks that never arrived; then with backoff up to working_check_max_s.
+    #: fills were reported by webhooks that never arrived; then ever less often, up to working_check_max_s.
     working_check_s: float = 60.0
     working_check_max_s: float = 3600.0
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 300.0
-    #: Checks of a SUBMITTED leg without an answer before a case is opened (and its checks stop).
-    checks_max: int = 12
-    lease_s: float = 30.0
-    batch_size: int = 20
-    provider_timeout_s: float = 5.0
-    poll_interval_s: float = 1.0
 
 
 class OrderResolver(CheckLoop[_ClaimedLeg]):
@@ -162,7 +155,7 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
             if state is not LegState.SUBMITTED:  # working: check again, ever less often, never give up
                 delay_s = min(config.working_check_s * 2 ** max(attempts - 1, 0), config.working_check_max_s)
             elif attempts < config.checks_max:
-                delay_s = min(config.backoff_base_s * 2 ** max(attempts - 1, 0), config.backoff_max_s)
+                delay_s = config.backoff_s(attempts)
             else:
                 await connection.execute("UPDATE legs SET next_check_at = 'infinity' WHERE id = $1", leg_id)
                 await cases_repository.open_case(

@@ -29,7 +29,7 @@ from server.domain.payment_states import PaymentEvent
 from server.domain.payments import PaymentState
 from server.domain.provider_status import UnknownProviderStatus, event_for
 from server.providers.gateway import GatewayClient, NotSent, OutcomeUnknown, ProviderPayment, Refused
-from server.services.check_loop import CheckLoop
+from server.services.check_loop import CheckLoop, CheckSettings
 from server.services.payment_events import Evidence, apply_provider_evidence
 
 log = structlog.get_logger(__name__)
@@ -40,23 +40,11 @@ UNRESOLVED_CASE = "UNRESOLVED_OUTCOME"
 
 
 @dataclass(frozen=True)
-class ResolverSettings:
+class ResolverSettings(CheckSettings):
     #: An UNKNOWN payment is first checked this long after it became UNKNOWN (the provider may still be working).
     unknown_grace_s: float = 1.0
     #: A PENDING payment is overdue, and checked, when no decision came this long after it became PENDING.
     pending_overdue_s: float = 30.0
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 300.0
-    #: Checks without a decision before an investigation case is opened (and checks stop).
-    checks_max: int = 12
-    #: How long a claimed payment is left alone by other workers while this one asks about it.
-    lease_s: float = 30.0
-    batch_size: int = 20
-    provider_timeout_s: float = 5.0
-    poll_interval_s: float = 1.0
-
-    def backoff_s(self, attempts: int) -> float:
-        return float(min(self.backoff_max_s, self.backoff_base_s * 2 ** max(attempts - 1, 0)))
 
 
 _CLAIM = """

@@ -5,7 +5,7 @@ be lost. The sender claims due instructions with FOR UPDATE SKIP LOCKED and a le
 under its own id as the venue's idempotency key, so a resend is the same instruction. Sent: done.
 Refused: a refused modification rejects the leg's modification (MODIFYING -> REJECTED); a refused
 cancel means the order is final at the venue already. No answer: it is sent again with backoff;
-after ATTEMPTS_MAX a case is opened for the leg. The API call that queued it sends it at once too.
+after `checks_max` attempts a case is opened for the leg. The API call that queued it sends it at once too.
 """
 
 from __future__ import annotations
@@ -22,17 +22,11 @@ from server.db.database import Budget, Database, in_transaction
 from server.domain.provider_status import VenueReport
 from server.providers.http import NotSent, OutcomeUnknown, Refused
 from server.providers.venue import VenueClient
-from server.services.check_loop import CheckLoop
+from server.services.check_loop import CheckLoop, CheckSettings
 from server.services.venue_events import apply_venue_report
 
 log = structlog.get_logger(__name__)
 
-ATTEMPTS_MAX = 12
-BACKOFF_BASE_S = 1.0
-BACKOFF_MAX_S = 300.0
-LEASE_S = 30.0
-BATCH_SIZE = 20
-PROVIDER_TIMEOUT_S = 5.0
 UNSENT_CASE = "VENUE_INSTRUCTION_NOT_DELIVERED"
 
 _CLAIM = """
@@ -75,17 +69,18 @@ class InstructionSender(CheckLoop[_Instruction]):
         database: Database,
         venue: VenueClient,
         *,
-        poll_interval_s: float = 1.0,
+        settings: CheckSettings | None = None,
         leg_ids: list[uuid.UUID] | None = None,
     ) -> None:
         self._database = database
         self._venue = venue
-        self._poll_interval_s = poll_interval_s
+        self._settings = settings or CheckSettings()
+        self._poll_interval_s = self._settings.poll_interval_s
         #: only these legs' instructions (None: every due one)
         self._leg_ids = leg_ids
 
     async def _claim(self, connection: asyncpg.Connection) -> list[_Instruction]:
-        rows = await connection.fetch(_CLAIM, BATCH_SIZE, self._leg_ids, LEASE_S)
+        rows = await connection.fetch(_CLAIM, self._settings.batch_size, self._leg_ids, self._settings.lease_s)
         return [
             _Instruction(row["id"], row["leg_id"], row["kind"], row["body"], row["attempts"], row["venue_order_id"])
             for row in rows
@@ -98,9 +93,9 @@ class InstructionSender(CheckLoop[_Instruction]):
             if venue_order_id is None:
                 raise NotSent(f"{venue.provider} has no order for leg {item.leg_id} yet", 1.0)
             if item.kind == "modify":
-                await venue.modify_leg(venue_order_id, key, item.body, PROVIDER_TIMEOUT_S)
+                await venue.modify_leg(venue_order_id, key, item.body, self._settings.provider_timeout_s)
             else:
-                await venue.cancel_leg(venue_order_id, key, PROVIDER_TIMEOUT_S)
+                await venue.cancel_leg(venue_order_id, key, self._settings.provider_timeout_s)
         except (NotSent, OutcomeUnknown) as error:
             await self._later(item, str(error))
             return
@@ -110,7 +105,7 @@ class InstructionSender(CheckLoop[_Instruction]):
         await self._done(item, "sent")
 
     async def _venue_order_id(self, leg_id: uuid.UUID) -> str | None:
-        order = await self._venue.find_leg(str(leg_id), PROVIDER_TIMEOUT_S)
+        order = await self._venue.find_leg(str(leg_id), self._settings.provider_timeout_s)
         return None if order is None else order.venue_order_id
 
     async def _done(self, item: _Instruction, outcome: str) -> None:
@@ -134,8 +129,8 @@ class InstructionSender(CheckLoop[_Instruction]):
 
     async def _later(self, item: _Instruction, reason: str) -> None:
         async def work(connection: asyncpg.Connection) -> None:
-            if item.attempts < ATTEMPTS_MAX:
-                delay_s = min(BACKOFF_BASE_S * 2 ** max(item.attempts - 1, 0), BACKOFF_MAX_S)
+            if item.attempts < self._settings.checks_max:
+                delay_s = self._settings.backoff_s(item.attempts)
                 await connection.execute(
                     "UPDATE venue_instructions SET next_attempt_at = now() + make_interval(secs => $2::float8)"
                     " WHERE id = $1",
