@@ -160,8 +160,6 @@ def test_the_server_refuses_to_start_on_an_unmigrated_database(server_database_u
 
 
 def test_metrics_count_calls_by_method_and_code(start_server: StartServer) -> None:
-    import urllib.request
-
     metrics_port = free_port()
     server = start_server(BALLAST_METRICS_PORT=str(metrics_port))
     with grpc.insecure_channel(server.address) as channel:
@@ -169,12 +167,23 @@ def test_metrics_count_calls_by_method_and_code(start_server: StartServer) -> No
         stub.CreatePayment(_request(f"metered-{uuid.uuid4()}"), metadata=server.metadata, timeout=5)
         with pytest.raises(grpc.RpcError):
             stub.CreatePayment(_request(f"metered-{uuid.uuid4()}"), timeout=5)
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
-        text = response.read().decode()
     method = "/ballast.payments.v1.PaymentService/CreatePayment"
-    assert f'ballast_grpc_requests_total{{code="OK",method="{method}"}} 1.0' in text
-    assert f'ballast_grpc_requests_total{{code="UNAUTHENTICATED",method="{method}"}} 1.0' in text
-    assert f'ballast_grpc_request_duration_seconds_count{{method="{method}"}} 2.0' in text
+    expected = [
+        f'ballast_grpc_requests_total{{code="OK",method="{method}"}} 1.0',
+        f'ballast_grpc_requests_total{{code="UNAUTHENTICATED",method="{method}"}} 1.0',
+        f'ballast_grpc_request_duration_seconds_count{{method="{method}"}} 2.0',
+    ]
+    # An aborted call's status reaches the caller before the server's handler unwinds and counts it,
+    # so a scrape is eventually (not instantly) complete, as it is for Prometheus.
+    deadline = time.monotonic() + 5
+    while True:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        missing = [line for line in expected if line not in text]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert missing == [], text
 
 
 @pytest.mark.parametrize("variable", ["BALLAST_GRPC_PORT", "BALLAST_METRICS_PORT"])
