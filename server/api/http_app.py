@@ -6,7 +6,7 @@ goes out only after the event's transaction committed; anything else makes the p
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 
 import structlog
 from aiohttp import web
@@ -21,7 +21,7 @@ log = structlog.get_logger(__name__)
 #: A webhook must be handled well within a provider's own delivery timeout (often 10 to 30 s).
 WEBHOOK_BUDGET_S = 5.0
 
-DATABASE = web.AppKey("database", Database)
+INTAKE = web.AppKey("intake", webhooks.Intake)
 SOURCES = web.AppKey("sources", dict)
 
 
@@ -34,9 +34,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     if len(body) > webhooks.BODY_BYTES_MAX:
         return web.json_response({"error": "the body is larger than 1 MiB"}, status=413)
     try:
-        outcome = await webhooks.receive(
-            request.app[DATABASE], source, request.headers, body, Budget.within(WEBHOOK_BUDGET_S)
-        )
+        outcome = await request.app[INTAKE].receive(source, request.headers, body, Budget.within(WEBHOOK_BUDGET_S))
     except webhooks.Unauthentic as error:
         return web.json_response({"error": str(error)}, status=401)
     except webhooks.Unreadable as error:
@@ -56,7 +54,15 @@ async def healthz(_: web.Request) -> web.Response:
 
 def build_http_app(database: Database, sources: Mapping[str, WebhookSource]) -> web.Application:
     app = web.Application(client_max_size=webhooks.BODY_BYTES_MAX + 1)
-    app[DATABASE] = database
+    intake = app[INTAKE] = webhooks.Intake(database)
+
+    async def intake_running(_: web.Application) -> AsyncIterator[None]:
+        # torn down after the server stopped taking requests and the ones in flight were answered
+        await intake.start()
+        yield
+        await intake.stop()
+
+    app.cleanup_ctx.append(intake_running)
     app[SOURCES] = dict(sources)
     app.router.add_post("/webhooks/{provider}", receive_webhook)
     app.router.add_get("/healthz", healthz)

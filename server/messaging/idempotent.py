@@ -8,7 +8,7 @@ commit would leave the event marked done and never retried.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg
 
@@ -21,15 +21,35 @@ async def process_if_new(connection: asyncpg.Connection, event_id: str, consumer
     Must be called inside a transaction the caller commits after it returns. A concurrent delivery
     of the same event waits on the primary key until this transaction ends, then does nothing.
     """
-    if not connection.is_in_transaction():
-        raise RuntimeError("process_if_new needs the caller's transaction around the work")
-    inserted = await connection.fetchval(
-        "INSERT INTO processed_events (consumer_group, event_id) VALUES ($1, $2)"
-        " ON CONFLICT (consumer_group, event_id) DO NOTHING RETURNING true",
-        consumer_group,
-        event_id,
-    )
-    if not inserted:
+    (new,) = await claim_new(connection, [(consumer_group, event_id)])
+    if not new:
         return False
     await handler(connection)
     return True
+
+
+#: Inserted in key order, so that two transactions claiming overlapping sets never deadlock.
+_CLAIM = """
+INSERT INTO processed_events (consumer_group, event_id)
+SELECT consumer_group, event_id FROM unnest($1::text[], $2::text[]) AS c(consumer_group, event_id)
+ORDER BY consumer_group, event_id
+ON CONFLICT (consumer_group, event_id) DO NOTHING
+RETURNING consumer_group, event_id
+"""
+
+
+async def claim_new(connection: asyncpg.Connection, claims: Sequence[tuple[str, str]]) -> list[bool]:
+    """The insert-first guard for several (consumer group, event id) pairs at once, in one round trip.
+
+    True for each pair this transaction is the first to process: its handler's work must follow in
+    the same transaction. A pair already processed, or repeated earlier in `claims`, is False.
+    """
+    if not connection.is_in_transaction():
+        raise RuntimeError("the insert-first guard needs the caller's transaction around the work")
+    rows = await connection.fetch(_CLAIM, [group for group, _ in claims], [event_id for _, event_id in claims])
+    claimed = {(row["consumer_group"], row["event_id"]) for row in rows}
+    new = []
+    for claim in claims:
+        new.append(claim in claimed)
+        claimed.discard(claim)  # a repeat within `claims` is not new
+    return new

@@ -8,8 +8,10 @@ ledger lines the move implies, and writes the outbox event and the audit entry.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
@@ -71,12 +73,45 @@ CONTRADICTION_CASE = "CONTRADICTORY_EVIDENCE"
 #: The cause of the evidence the case checker adds: the provider's API asked about a case's payment.
 CASE_CHECK_CAUSE = "case_check.inquiry"
 
-# A move, in one round trip: the transition (whose trigger moves the payment), the ledger entries and
-# lines it implies (balanced per entry, checked at commit), their outbox events and the audit entry.
+
+@dataclass(frozen=True)
+class Application:
+    """One piece of evidence to apply to one payment."""
+
+    payment_id: uuid.UUID
+    event: PaymentEvent
+    evidence: Evidence
+
+
+# The payments locked (in id order, so that two set-wise appliers never deadlock), and each provider's
+# word kept as evidence and beside its payment, in one round trip; the payments as they were. A payment
+# that does not exist is not returned, and nothing is written for it.
+_LOCK_AND_OBSERVE = """
+WITH given AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
+        AS g(payment_id, provider, status, evidence_ref, provider_payment_id)
+), locked AS (
+    SELECT id, state, client_id, amount, currency_code FROM payments
+    WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
+), observed AS (
+    INSERT INTO provider_statuses (payment_id, provider, status, evidence_ref)
+    SELECT g.payment_id, g.provider, g.status, g.evidence_ref FROM given g JOIN locked l ON l.id = g.payment_id
+    WHERE g.status IS NOT NULL
+), noted AS (
+    UPDATE payments p
+    SET provider_status = g.status, provider_payment_id = coalesce(p.provider_payment_id, g.provider_payment_id)
+    FROM given g JOIN locked l ON l.id = g.payment_id
+    WHERE p.id = g.payment_id AND g.status IS NOT NULL
+)
+SELECT id, state, client_id, amount, currency_code FROM locked
+"""
+
+# Moves, in one round trip: the transitions (whose trigger moves each payment), the ledger entries and
+# lines they imply (balanced per entry, checked at commit), their outbox events and the audit entries.
 _MOVE = """
 WITH moved AS (
     INSERT INTO payment_transitions (payment_id, from_state, to_state, event, cause, evidence_ref)
-    VALUES ($1, $2, $3, $4, $5, $6)
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
 ), entries AS (
     INSERT INTO ledger_entries (id, event_key, payment_id, description)
     SELECT * FROM unnest($7::uuid[], $8::text[], $9::uuid[], $10::text[])
@@ -88,23 +123,8 @@ WITH moved AS (
     SELECT * FROM unnest($16::uuid[], $17::text[], $18::text[], $19::jsonb[])
 )
 INSERT INTO audit_log (aggregate_type, aggregate_id, action, actor, payload)
-VALUES ('payment', $1::text, $20, $5, $21)
-"""
-
-_LOCK = "SELECT state, client_id, amount, currency_code FROM payments WHERE id = $1 FOR UPDATE"
-
-# The payment locked, and the provider's word kept as evidence and beside it, in one round trip; the
-# payment as it was (nothing when there is no such payment: then nothing is written either).
-_LOCK_AND_OBSERVE = """
-WITH locked AS (
-    SELECT id, state, client_id, amount, currency_code FROM payments WHERE id = $1 FOR UPDATE
-), observed AS (
-    INSERT INTO provider_statuses (payment_id, provider, status, evidence_ref) SELECT id, $2, $3, $4 FROM locked
-), noted AS (
-    UPDATE payments p SET provider_status = $3, provider_payment_id = coalesce(p.provider_payment_id, $5)
-    FROM locked WHERE p.id = locked.id
-)
-SELECT state, client_id, amount, currency_code FROM locked
+SELECT 'payment', a.payment_id::text, a.action, a.actor, a.payload
+FROM unnest($1::uuid[], $20::text[], $5::text[], $21::jsonb[]) AS a(payment_id, action, actor, payload)
 """
 
 
@@ -125,9 +145,33 @@ async def apply_provider_evidence(
     nothing; a contradiction of a decided outcome changes nothing and opens an investigation case
     with both pieces of evidence (one open case per payment: later contradictions join it).
     """
-    outcome = await apply_on(connection, payment_id, event, evidence)
-    if outcome.refused is None:
-        return EvidenceOutcome(Verdict.APPLY if outcome.to_state else Verdict.REPEAT, outcome)
+    (outcome,) = await apply_provider_evidence_each(connection, [Application(payment_id, event, evidence)])
+    if outcome is None:
+        raise NotFound("payment", str(payment_id))
+    return outcome
+
+
+async def apply_provider_evidence_each(
+    connection: asyncpg.Connection, applications: Sequence[Application]
+) -> list[EvidenceOutcome | None]:
+    """apply_provider_evidence for several payments at once (each at most once), in a few round trips
+    whatever their number; None for a payment that does not exist."""
+    outcomes = await apply_each(connection, applications)
+    judged: list[EvidenceOutcome | None] = []
+    for application, outcome in zip(applications, outcomes, strict=True):
+        if outcome is None:
+            judged.append(None)
+        elif outcome.refused is None:
+            judged.append(EvidenceOutcome(Verdict.APPLY if outcome.to_state else Verdict.REPEAT, outcome))
+        else:
+            judged.append(await _judge_refusal(connection, application, outcome))
+    return judged
+
+
+async def _judge_refusal(
+    connection: asyncpg.Connection, application: Application, outcome: EventOutcome
+) -> EvidenceOutcome:
+    payment_id, event, evidence = application.payment_id, application.event, application.evidence
     verdict = judge(outcome.from_state, event)
     if verdict is not Verdict.CONTRADICTION:
         return EvidenceOutcome(verdict, outcome)
@@ -163,19 +207,78 @@ async def apply_on(
     connection: asyncpg.Connection, payment_id: uuid.UUID, event: PaymentEvent, evidence: Evidence
 ) -> EventOutcome:
     """The application itself, in the caller's transaction, under the payment's row lock."""
-    if evidence.provider is not None and evidence.provider_status is not None:
-        row = await connection.fetchrow(
-            _LOCK_AND_OBSERVE,
-            payment_id,
-            evidence.provider,
-            evidence.provider_status,
-            evidence.reference,
-            evidence.provider_payment_id,
-        )
-    else:
-        row = await connection.fetchrow(_LOCK, payment_id)
-    if row is None:
+    (outcome,) = await apply_each(connection, [Application(payment_id, event, evidence)])
+    if outcome is None:
         raise NotFound("payment", str(payment_id))
+    return outcome
+
+
+@dataclass
+class _Moves:
+    """The rows of several moves, as the column arrays of one _MOVE statement."""
+
+    transitions: list[tuple[uuid.UUID, str, str, str, str, str]] = field(default_factory=list)
+    postings: list[Posting] = field(default_factory=list)
+    entry_ids: list[uuid.UUID] = field(default_factory=list)
+    announcements: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    changes: list[dict[str, Any]] = field(default_factory=list)
+
+    def arguments(self) -> list[Any]:
+        payment_ids, from_states, to_states, event_names, causes, references = [
+            list(column) for column in zip(*self.transitions, strict=True)
+        ]
+        return [
+            payment_ids,
+            from_states,
+            to_states,
+            event_names,
+            causes,
+            references,
+            *ledger_repository.entry_rows(self.entry_ids, self.postings),
+            *event_rows(self.announcements),
+            [events.PAYMENT_STATE_CHANGED] * len(self.transitions),
+            self.changes,
+        ]
+
+
+async def apply_each(connection: asyncpg.Connection, applications: Sequence[Application]) -> list[EventOutcome | None]:
+    """apply_on for several payments at once, in two round trips whatever their number.
+
+    Each payment may appear once (a second piece of evidence about it must see the first one's
+    result: apply it in a later call). None for a payment that does not exist; nothing is written for it.
+    """
+    payment_ids = [application.payment_id for application in applications]
+    if len(set(payment_ids)) != len(payment_ids):
+        raise ValueError("apply_each takes each payment at most once")
+    observed = [  # the provider's word, when the evidence is one
+        evidence if evidence.provider is not None and evidence.provider_status is not None else None
+        for evidence in (application.evidence for application in applications)
+    ]
+    rows = await connection.fetch(
+        _LOCK_AND_OBSERVE,
+        payment_ids,
+        [None if evidence is None else evidence.provider for evidence in observed],
+        [None if evidence is None else evidence.provider_status for evidence in observed],
+        [None if evidence is None else evidence.reference for evidence in observed],
+        [None if evidence is None else evidence.provider_payment_id for evidence in observed],
+    )
+    found = {row["id"]: row for row in rows}
+    outcomes: list[EventOutcome | None] = []
+    moves = _Moves()
+    for application in applications:
+        row = found.get(application.payment_id)
+        if row is None:
+            outcomes.append(None)
+            continue
+        outcomes.append(_plan(application, row, moves))
+    if moves.transitions:
+        await connection.execute(_MOVE, *moves.arguments())
+    return outcomes
+
+
+def _plan(application: Application, row: asyncpg.Record, moves: _Moves) -> EventOutcome:
+    """Decide one application against its payment as locked, adding its move (if any) to `moves`."""
+    payment_id, event, evidence = application.payment_id, application.event, application.evidence
     current = PaymentState(row["state"])
     try:
         decision = decide(current, event, subject=f"payment {payment_id}")
@@ -186,10 +289,10 @@ async def apply_on(
     to_state = decision.to_state
     postings = payment_postings(payment_id, row["client_id"], row["amount"], row["currency_code"], current, to_state)
     entry_ids = [uuid.uuid4() for _ in postings]
-    announcements = [
+    moves.announcements.extend(
         (events.LEDGER_POSTED, posting.event_key, events.ledger_posted(entry_id, posting.event_key, _lines(posting)))
         for entry_id, posting in zip(entry_ids, postings, strict=True)
-    ]
+    )
     change = events.payment_state_changed(
         payment_id,
         current.value,
@@ -201,20 +304,11 @@ async def apply_on(
         amount=row["amount"],
         currency_code=row["currency_code"],
     )
-    announcements.append((events.PAYMENT_STATE_CHANGED, str(payment_id), change))
-    entries = ledger_repository.entry_rows(entry_ids, postings)
-    outbox = event_rows(announcements)
-    await connection.execute(
-        _MOVE,
-        payment_id,
-        current.value,
-        to_state.value,
-        event.value,
-        evidence.cause,
-        evidence.reference,
-        *entries,
-        *outbox,
-        events.PAYMENT_STATE_CHANGED,
-        change,
+    moves.announcements.append((events.PAYMENT_STATE_CHANGED, str(payment_id), change))
+    moves.transitions.append(
+        (payment_id, current.value, to_state.value, event.value, evidence.cause, evidence.reference)
     )
+    moves.postings.extend(postings)
+    moves.entry_ids.extend(entry_ids)
+    moves.changes.append(change)
     return EventOutcome(current, to_state, tuple(entry_ids))

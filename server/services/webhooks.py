@@ -9,28 +9,29 @@ nothing, and a failure rolls back all of it, so the provider's redelivery can su
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import structlog
 from prometheus_client import Counter
 
 from server.db.database import Budget, Database, in_transaction
-from server.domain.errors import NotFound
+from server.domain.errors import DeadlineExceeded, NotFound, Unavailable
 from server.domain.order_legs import Fill
 from server.domain.payment_states import Verdict
 from server.domain.provider_status import UnknownProviderStatus, VenueReport, event_for, venue_report_for
-from server.messaging.idempotent import process_if_new
+from server.messaging.idempotent import claim_new
 from server.providers.signatures import signature_problem
-from server.services.payment_events import Evidence, apply_provider_evidence
+from server.services.payment_events import Application, Evidence, apply_provider_evidence_each
 from server.services.venue_events import apply_venue_report
 
 log = structlog.get_logger(__name__)
@@ -42,6 +43,10 @@ WEBHOOKS = Counter(
 EVIDENCE_HEADERS = frozenset({"content-type", "user-agent", "simulator-signature", "stripe-signature"})
 BODY_BYTES_MAX = 1024 * 1024
 _INSERT_DELIVERY = "INSERT INTO webhook_deliveries (provider, event_id, headers, body) VALUES ($1, $2, $3, $4)"
+_INSERT_DELIVERIES = (
+    "INSERT INTO webhook_deliveries (provider, event_id, headers, body)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::bytea[])"
+)
 
 
 @dataclass(frozen=True)
@@ -137,25 +142,143 @@ def _fill(event: _Event) -> tuple[Fill, datetime]:
     return fill, fill_time
 
 
-async def receive(
-    database: Database, source: WebhookSource, headers: Mapping[str, str], body: bytes, budget: Budget
-) -> Outcome:
-    """Verify, store, and apply one delivery once. Raises Unauthentic or Unreadable."""
-    problem = signature_problem(body, headers.get(source.signature_header), source.secret, int(time.time()))
-    if problem is not None:
-        WEBHOOKS.labels(source.provider, f"rejected_{problem}").inc()
-        raise Unauthentic(f"webhook signature {problem}")
-    kept = {name.lower(): value for name, value in headers.items() if name.lower() in EVIDENCE_HEADERS}
-    try:
-        event = _parse(body)
-    except Unreadable:
-        await _store(database, source, None, kept, body, budget)
-        WEBHOOKS.labels(source.provider, "unreadable").inc()
-        raise
-    outcome = await _apply_once(database, source, event, kept, body, budget)
-    WEBHOOKS.labels(source.provider, outcome.value).inc()
-    log.info("webhook.received", provider=source.provider, event_id=event.event_id, type=event.kind, outcome=outcome)
-    return outcome
+#: Writers applying batches at once, and the largest batch one transaction takes.
+INTAKE_WRITERS = 2
+INTAKE_BATCH_MAX = 64
+#: A batch's own time limit: its deliveries' callers wait less and are told so if it runs over.
+BATCH_BUDGET_S = 10.0
+
+
+class Intake:
+    """Receives webhook deliveries and applies them in group commits.
+
+    Concurrent deliveries are applied together: one transaction keeps every delivery as evidence,
+    inserts the processed-event rows first and then applies the new events set-wise, and each
+    delivery is answered only after that transaction committed. If the batch fails, each delivery is
+    applied again alone, in a transaction of its own, so one bad event cannot fail its neighbours
+    (and its own failure leaves nothing behind: the provider's redelivery can succeed). A few writers
+    run at once, so PostgreSQL works on one batch while the next one gathers.
+    """
+
+    def __init__(self, database: Database, writers: int = INTAKE_WRITERS, batch_max: int = INTAKE_BATCH_MAX) -> None:
+        self._database = database
+        self._writers_count = writers
+        self._batch_max = batch_max
+        self._queue: asyncio.Queue[_Delivery] = asyncio.Queue()
+        self._writers: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._writers = [
+            asyncio.create_task(self._write_batches(), name=f"webhook-writer-{n}") for n in range(self._writers_count)
+        ]
+
+    async def stop(self) -> None:
+        """Stop the writers; deliveries still queued are answered as not applied (the provider retries)."""
+        for writer in self._writers:
+            writer.cancel()
+        await asyncio.gather(*self._writers, return_exceptions=True)
+        self._writers = []
+        while not self._queue.empty():
+            delivery = self._queue.get_nowait()
+            if not delivery.answer.done():
+                delivery.answer.set_exception(Unavailable("the server is stopping; deliver the event again"))
+
+    async def receive(self, source: WebhookSource, headers: Mapping[str, str], body: bytes, budget: Budget) -> Outcome:
+        """Verify, store, and apply one delivery once. Raises Unauthentic or Unreadable."""
+        problem = signature_problem(body, headers.get(source.signature_header), source.secret, int(time.time()))
+        if problem is not None:
+            WEBHOOKS.labels(source.provider, f"rejected_{problem}").inc()
+            raise Unauthentic(f"webhook signature {problem}")
+        kept = {name.lower(): value for name, value in headers.items() if name.lower() in EVIDENCE_HEADERS}
+        event: _Event | None = None
+        try:
+            event = _parse(body)
+            delivery = _delivery(source, event, kept, body)
+        except Unreadable:
+            await _store(self._database, source, None if event is None else event.event_id, kept, body, budget)
+            WEBHOOKS.labels(source.provider, "unreadable").inc()
+            raise
+        if delivery is None:  # authentic, about nothing Ballast keeps (another object type): kept, not applied
+            await _store(self._database, source, event.event_id, kept, body, budget)
+            outcome = Outcome.IGNORED
+        else:
+            outcome = await self._applied(delivery, budget)
+        WEBHOOKS.labels(source.provider, outcome.value).inc()
+        log.info(
+            "webhook.received", provider=source.provider, event_id=event.event_id, type=event.kind, outcome=outcome
+        )
+        return outcome
+
+    async def _applied(self, delivery: _Delivery, budget: Budget) -> Outcome:
+        """The delivery's outcome once its batch committed; DeadlineExceeded if that takes longer than `budget`."""
+        if not self._writers:
+            raise Unavailable("webhook intake is not running; deliver the event again")
+        self._queue.put_nowait(delivery)
+        try:
+            return await asyncio.wait_for(asyncio.shield(delivery.answer), budget.remaining_s())
+        except TimeoutError:
+            raise DeadlineExceeded("the event was not confirmed in time; deliver it again") from None
+
+    async def _write_batches(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._batch_max and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            batch = [delivery for delivery in batch if not delivery.answer.done()]  # its caller gave up
+            if batch:
+                await self._write(batch)
+
+    async def _write(self, batch: list[_Delivery]) -> None:
+        try:
+            outcomes = await _apply_in_transaction(self._database, batch)
+        except Exception as error:
+            if len(batch) == 1:
+                _answer(batch[0], error=error)
+                return
+            log.warning("webhook.batch_failed", deliveries=len(batch), error=str(error) or type(error).__name__)
+            for delivery in batch:  # one at a time: a bad event fails alone
+                try:
+                    (outcome,) = await _apply_in_transaction(self._database, [delivery])
+                except Exception as alone:
+                    _answer(delivery, error=alone)
+                else:
+                    _answer(delivery, outcome=outcome)
+            return
+        for delivery, outcome in zip(batch, outcomes, strict=True):
+            _answer(delivery, outcome=outcome)
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    """A readable, authentic delivery of an event about a payment or a leg, waiting to be applied."""
+
+    source: WebhookSource
+    event: _Event
+    headers: dict[str, str]
+    body: bytes
+    #: what the event says about a payment, or what it reports about a leg (exactly one is set)
+    payment: Application | None
+    leg: Apply | None
+    answer: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+def _answer(delivery: _Delivery, *, outcome: Outcome | None = None, error: BaseException | None = None) -> None:
+    if delivery.answer.done():
+        return
+    if outcome is not None:
+        delivery.answer.set_result(outcome)
+    else:
+        delivery.answer.set_exception(error or RuntimeError("a delivery answered with nothing"))
+
+
+def _delivery(source: WebhookSource, event: _Event, headers: dict[str, str], body: bytes) -> _Delivery | None:
+    """The delivery to apply; None for an event about nothing Ballast keeps. Raises Unreadable."""
+    subject_id, status = event.subject_id, event.status
+    if subject_id is None or status is None:
+        return None
+    if event.kind.startswith("payment."):
+        return _Delivery(source, event, headers, body, _payment_application(source, event, subject_id, status), None)
+    return _Delivery(source, event, headers, body, None, _leg_handler(source, event, subject_id, status))
 
 
 async def _store(
@@ -177,47 +300,55 @@ async def _store(
         )
 
 
-async def _apply_once(
-    database: Database, source: WebhookSource, event: _Event, headers: dict[str, str], body: bytes, budget: Budget
-) -> Outcome:
-    """Keep the delivery as evidence and apply its event once, in one transaction.
+async def _apply_in_transaction(database: Database, batch: list[_Delivery]) -> list[Outcome]:
+    async def work(connection: asyncpg.Connection) -> list[Outcome]:
+        return await _apply_batch(connection, batch)
 
-    Every delivery is kept, duplicates included. If applying fails, the delivery's evidence rolls
+    return await in_transaction(database, Budget.within(BATCH_BUDGET_S), work)
+
+
+async def _apply_batch(connection: asyncpg.Connection, batch: list[_Delivery]) -> list[Outcome]:
+    """Keep every delivery as evidence and apply each new event once, in the caller's transaction.
+
+    Every delivery is kept, duplicates included. If applying fails, the deliveries' evidence rolls
     back with everything else: nothing was decided on it, and the provider's redelivery brings it again.
     """
-    subject_id, status = event.subject_id, event.status
-    if subject_id is None or status is None:
-        await _store(database, source, event.event_id, headers, body, budget)
-        return Outcome.IGNORED
-    try:
-        if event.kind.startswith("payment."):
-            apply = _payment_handler(source, event, subject_id, status)
-        else:
-            apply = _leg_handler(source, event, subject_id, status)
-    except Unreadable:
-        await _store(database, source, event.event_id, headers, body, budget)
-        raise
-
-    async def work(connection: asyncpg.Connection) -> Outcome:
-        outcomes: list[Outcome] = []  # what the handler did, if it ran (afresh on every attempt)
-        await connection.execute(_INSERT_DELIVERY, source.provider, event.event_id, headers, body)
-
-        async def handle(connection: asyncpg.Connection) -> None:
+    await connection.execute(
+        _INSERT_DELIVERIES,
+        [delivery.source.provider for delivery in batch],
+        [delivery.event.event_id for delivery in batch],
+        [delivery.headers for delivery in batch],
+        [delivery.body for delivery in batch],
+    )
+    new = await claim_new(connection, [(delivery.source.consumer_group, delivery.event.event_id) for delivery in batch])
+    outcomes: list[Outcome | None] = [None if is_new else Outcome.DUPLICATE for is_new in new]
+    waiting = [n for n, delivery in enumerate(batch) if new[n] and delivery.payment is not None]
+    while waiting:  # a payment at most once per round: a later event about it sees the earlier one's result
+        round_: list[int] = []
+        later: list[int] = []
+        seen: set[uuid.UUID] = set()
+        for n in waiting:
+            payment_id = cast(Application, batch[n].payment).payment_id
+            (later if payment_id in seen else round_).append(n)
+            seen.add(payment_id)
+        applied = await apply_provider_evidence_each(connection, [cast(Application, batch[n].payment) for n in round_])
+        for n, evidence in zip(round_, applied, strict=True):
+            # None: not one of ours (another environment's, or made up): kept, not applied
+            outcomes[n] = Outcome.IGNORED if evidence is None else _OUTCOMES[evidence.verdict]
+        waiting = later
+    for n, delivery in enumerate(batch):
+        if new[n] and delivery.leg is not None:
             try:
-                outcomes.append(await apply(connection))
-            except NotFound:  # not one of ours (another environment's, or made up): kept, not applied
-                outcomes.append(Outcome.IGNORED)
-
-        ran = await process_if_new(connection, event.event_id, source.consumer_group, handle)
-        return outcomes[0] if ran else Outcome.DUPLICATE
-
-    return await in_transaction(database, budget, work)
+                outcomes[n] = await delivery.leg(connection)
+            except NotFound:
+                outcomes[n] = Outcome.IGNORED
+    return [cast(Outcome, outcome) for outcome in outcomes]
 
 
 Apply = Callable[[asyncpg.Connection], Awaitable["Outcome"]]
 
 
-def _payment_handler(source: WebhookSource, event: _Event, payment_id: uuid.UUID, status: str) -> Apply:
+def _payment_application(source: WebhookSource, event: _Event, payment_id: uuid.UUID, status: str) -> Application:
     try:
         payment_event = event_for(source.provider, status)
     except UnknownProviderStatus:
@@ -229,12 +360,7 @@ def _payment_handler(source: WebhookSource, event: _Event, payment_id: uuid.UUID
         provider_status=status,
         provider_payment_id=event.provider_object_id,
     )
-
-    async def apply(connection: asyncpg.Connection) -> Outcome:
-        applied = await apply_provider_evidence(connection, payment_id, payment_event, evidence)
-        return _OUTCOMES[applied.verdict]
-
-    return apply
+    return Application(payment_id, payment_event, evidence)
 
 
 def _leg_handler(source: WebhookSource, event: _Event, leg_id: uuid.UUID, exec_type: str) -> Apply:
