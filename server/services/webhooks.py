@@ -5,7 +5,9 @@ The order matters. The signature is checked over the raw bytes before anything i
 (duplicates included), inserts the (event id, consumer group) row first and only then applies the
 event through the state machine, so a second delivery, concurrent or late, finds the row and does
 nothing, and a failure rolls back all of it, so the provider's redelivery can succeed.
-"""
+
+Deliveries that arrive together share that transaction (a group commit, see Intake): the rules
+above hold for each of them, and each is answered only after the commit."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Any, cast
 
 import asyncpg
 import structlog
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from server.db.database import Budget, Database, in_transaction
 from server.domain.errors import DeadlineExceeded, NotFound, Unavailable
@@ -38,6 +40,14 @@ log = structlog.get_logger(__name__)
 
 WEBHOOKS = Counter(
     "ballast_webhooks", "Webhook deliveries by provider and what became of them", ["provider", "outcome"]
+)
+WEBHOOK_BATCHES = Histogram(
+    "ballast_webhook_batch_deliveries",
+    "Deliveries applied together in one webhook intake transaction",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+WEBHOOK_BATCHES_SPLIT = Counter(
+    "ballast_webhook_batches_split", "Webhook batches that failed and were applied again one delivery at a time"
 )
 #: Headers kept with the raw body as evidence (lower case); the rest say nothing about the event.
 EVIDENCE_HEADERS = frozenset({"content-type", "user-agent", "simulator-signature", "stripe-signature"})
@@ -218,6 +228,8 @@ class Intake:
             return await asyncio.wait_for(asyncio.shield(delivery.answer), budget.remaining_s())
         except TimeoutError:
             raise DeadlineExceeded("the event was not confirmed in time; deliver it again") from None
+        finally:
+            delivery.answer.cancel()  # if still waiting, its caller is gone: a writer that has not taken it skips it
 
     async def _write_batches(self) -> None:
         while True:
@@ -225,16 +237,24 @@ class Intake:
             while len(batch) < self._batch_max and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             batch = [delivery for delivery in batch if not delivery.answer.done()]  # its caller gave up
-            if batch:
+            try:
                 await self._write(batch)
+            except asyncio.CancelledError:  # stopping: its transaction rolls back unless it already committed
+                for delivery in batch:
+                    _answer(delivery, error=Unavailable("the server stopped before the event was confirmed"))
+                raise
 
     async def _write(self, batch: list[_Delivery]) -> None:
+        if not batch:
+            return
+        WEBHOOK_BATCHES.observe(len(batch))
         try:
             outcomes = await _apply_in_transaction(self._database, batch)
         except Exception as error:
             if len(batch) == 1:
                 _answer(batch[0], error=error)
                 return
+            WEBHOOK_BATCHES_SPLIT.inc()
             log.warning("webhook.batch_failed", deliveries=len(batch), error=str(error) or type(error).__name__)
             for delivery in batch:  # one at a time: a bad event fails alone
                 try:

@@ -1,0 +1,201 @@
+"""Webhook intake applies concurrent deliveries in group commits: deliveries that arrive together are
+applied together in arrival order, answered after their commit, and one bad event fails alone.
+
+Each test makes a batch happen on purpose: a first delivery is held up behind a payment row lock that
+the test holds, so the deliveries sent meanwhile queue up and go to PostgreSQL together."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from server.db.database import Budget, Database
+from server.domain.errors import Unavailable
+from server.domain.identity import Principal
+from server.domain.payments import validate_create_payment
+from server.services.payments import create_payment
+from server.services.webhooks import Intake, Outcome, WebhookSource
+
+SECRET = "whsec_group_commit_test"  # noqa: S105 - a test secret
+SOURCE = WebhookSource("simulator", SECRET)
+
+Receive = Callable[[bytes], Coroutine[Any, Any, Outcome]]
+
+
+def _event(payment_id: uuid.UUID, status: str, event_id: str | None = None) -> bytes:
+    event = {
+        "id": event_id or f"evt_{uuid.uuid4().hex}",
+        "type": f"payment.{status}",
+        "data": {"object": {"id": f"pay_{payment_id.hex[:12]}", "status": status, "idempotency_key": str(payment_id)}},
+    }
+    return json.dumps(event).encode()
+
+
+def _headers(body: bytes) -> dict[str, str]:
+    t = int(time.time())
+    signature = hmac.new(SECRET.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return {"Simulator-Signature": f"t={t},v1={signature}", "Content-Type": "application/json"}
+
+
+@pytest.fixture
+async def intake(database: Database) -> AsyncIterator[Intake]:
+    intake = Intake(database, writers=1)  # one writer: a held-up batch holds up the next one
+    await intake.start()
+    yield intake
+    await intake.stop()
+
+
+@pytest.fixture
+def receive(intake: Intake) -> Receive:
+    async def send(body: bytes) -> Outcome:
+        return await intake.receive(SOURCE, _headers(body), body, Budget.within(10))
+
+    return send
+
+
+async def _payments(database: Database, principal: Principal, count: int) -> list[uuid.UUID]:
+    ids = []
+    for _ in range(count):
+        request = validate_create_payment(
+            idempotency_key=str(uuid.uuid4()),
+            amount_value="12.50",
+            currency_code="EUR",
+            description="",
+            merchant_reference="",
+            metadata={},
+        )
+        ids.append((await create_payment(database, principal, request, Budget.within(10))).payment.id)
+    return ids
+
+
+@asynccontextmanager
+async def _held_up(pool: asyncpg.Pool, receive: Receive, payment_id: uuid.UUID) -> AsyncIterator[asyncio.Task[Outcome]]:
+    """A delivery about `payment_id` that the writer has taken and cannot finish until the block ends."""
+    async with pool.acquire() as blocker, blocker.transaction():
+        await blocker.execute("SELECT 1 FROM payments WHERE id = $1 FOR UPDATE", payment_id)
+        first = asyncio.create_task(receive(_event(payment_id, "succeeded")))
+        for _ in range(200):  # until the writer waits for the row lock
+            waiting = await pool.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            raise AssertionError("the first delivery never reached the database")
+        yield first
+    assert await first == Outcome.APPLIED
+
+
+def _sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+async def _sent_meanwhile(receive: Receive, bodies: list[bytes]) -> list[asyncio.Task[Outcome]]:
+    tasks = [asyncio.create_task(receive(body)) for body in bodies]
+    await asyncio.sleep(0.05)  # each is verified, parsed and queued without waiting for anything
+    return tasks
+
+
+async def test_deliveries_that_arrive_together_commit_together_in_arrival_order(
+    receive: Receive, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    blocker, two_events, other = await _payments(database, principal, 3)
+    repeated = _event(two_events, "succeeded")
+    batches_before = _sample("ballast_webhook_batch_deliveries_count")
+    async with _held_up(pool, receive, blocker):
+        tasks = await _sent_meanwhile(
+            receive, [_event(two_events, "pending"), repeated, repeated, _event(other, "succeeded")]
+        )
+        assert not any(task.done() for task in tasks), "answered before anything committed"
+    outcomes = [await task for task in tasks]
+    assert outcomes == [Outcome.APPLIED, Outcome.APPLIED, Outcome.DUPLICATE, Outcome.APPLIED]
+    assert _sample("ballast_webhook_batch_deliveries_count") - batches_before == 2  # the held-up one, then the rest
+    moves = await pool.fetch(
+        "SELECT from_state, to_state FROM payment_transitions WHERE payment_id = $1 ORDER BY id", two_events
+    )
+    assert [(m["from_state"], m["to_state"]) for m in moves] == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
+    for payment_id in (blocker, two_events, other):
+        assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "SUCCEEDED"
+        assert await pool.fetchval("SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
+    repeated_id = json.loads(repeated)["id"]
+    assert await pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", repeated_id) == 2
+    assert await pool.fetchval("SELECT count(*) FROM processed_events WHERE event_id = $1", repeated_id) == 1
+
+
+async def test_an_event_that_fails_in_a_batch_fails_alone_and_its_redelivery_applies_it(
+    receive: Receive, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    blocker, bad, *good = await _payments(database, principal, 5)
+    name = f"refuse_{bad.hex}"
+    await pool.execute(
+        f"""
+        CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.payment_id = '{bad}' THEN
+                RAISE EXCEPTION 'injected failure' USING ERRCODE = 'internal_error';
+            END IF;
+            RETURN NEW;
+        END $$
+        """
+    )
+    await pool.execute(
+        f"CREATE TRIGGER {name} BEFORE INSERT ON payment_transitions FOR EACH ROW EXECUTE FUNCTION {name}()"
+    )
+    bad_body = _event(bad, "succeeded")
+    split_before = _sample("ballast_webhook_batches_split_total")
+    try:
+        async with _held_up(pool, receive, blocker):
+            tasks = await _sent_meanwhile(
+                receive,
+                [_event(good[0], "succeeded"), bad_body] + [_event(payment_id, "succeeded") for payment_id in good[1:]],
+            )
+        results: list[Any] = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await pool.execute(f"DROP TRIGGER {name} ON payment_transitions")
+        await pool.execute(f"DROP FUNCTION {name}()")
+    assert _sample("ballast_webhook_batches_split_total") - split_before == 1
+    assert isinstance(results[1], asyncpg.PostgresError) and "injected failure" in str(results[1])
+    assert results[:1] + results[2:] == [Outcome.APPLIED] * len(good)
+    bad_id = json.loads(bad_body)["id"]
+    assert await pool.fetchval("SELECT count(*) FROM processed_events WHERE event_id = $1", bad_id) == 0
+    assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", bad) == "RECORDED"
+    for payment_id in good:
+        assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "SUCCEEDED"
+    assert await receive(bad_body) == Outcome.APPLIED  # the provider delivers it again
+    assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", bad) == "SUCCEEDED"
+
+
+async def test_stopping_answers_every_waiting_delivery_as_not_confirmed(
+    database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    intake = Intake(database, writers=1)
+    await intake.start()
+
+    async def receive(body: bytes) -> Outcome:
+        return await intake.receive(SOURCE, _headers(body), body, Budget.within(10))
+
+    blocker, queued = await _payments(database, principal, 2)
+    async with pool.acquire() as holder, holder.transaction():
+        await holder.execute("SELECT 1 FROM payments WHERE id = $1 FOR UPDATE", blocker)
+        first = asyncio.create_task(receive(_event(blocker, "succeeded")))
+        second = asyncio.create_task(receive(_event(queued, "succeeded")))
+        await asyncio.sleep(0.2)
+        await intake.stop()
+        results = await asyncio.gather(first, second, return_exceptions=True)
+    assert all(isinstance(result, Unavailable) for result in results), results
+    for payment_id in (blocker, queued):
+        assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "RECORDED"
+    with pytest.raises(Unavailable):
+        await receive(_event(queued, "succeeded"))
