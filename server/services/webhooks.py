@@ -224,12 +224,13 @@ class Intake:
         if not self._writers:
             raise Unavailable("webhook intake is not running; deliver the event again")
         self._queue.put_nowait(delivery)
+        # A caller that stops waiting (out of time, or gone) cancels the answer: a writer that has not
+        # taken the delivery yet skips it, one that has applies it and the provider's retry finds it done.
         try:
-            return await asyncio.wait_for(asyncio.shield(delivery.answer), budget.remaining_s())
+            async with asyncio.timeout(budget.remaining_s()):
+                return await delivery.answer
         except TimeoutError:
             raise DeadlineExceeded("the event was not confirmed in time; deliver it again") from None
-        finally:
-            delivery.answer.cancel()  # if still waiting, its caller is gone: a writer that has not taken it skips it
 
     async def _write_batches(self) -> None:
         while True:
