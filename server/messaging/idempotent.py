@@ -9,6 +9,8 @@ commit would leave the event marked done and never retried.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 
@@ -38,7 +40,18 @@ RETURNING consumer_group, event_id
 """
 
 
-async def claim_new(connection: asyncpg.Connection, claims: Sequence[tuple[str, str]]) -> list[bool]:
+@dataclass(frozen=True)
+class Alongside:
+    """A write made in the same statement as a claim, to save a round trip (the raw deliveries kept
+    as evidence, say): one data-modifying statement whose parameters are numbered from $3 on."""
+
+    statement: str
+    arguments: Sequence[Any]
+
+
+async def claim_new(
+    connection: asyncpg.Connection, claims: Sequence[tuple[str, str]], alongside: Alongside | None = None
+) -> list[bool]:
     """The insert-first guard for several (consumer group, event id) pairs at once, in one round trip.
 
     True for each pair this transaction is the first to process: its handler's work must follow in
@@ -46,7 +59,11 @@ async def claim_new(connection: asyncpg.Connection, claims: Sequence[tuple[str, 
     """
     if not connection.is_in_transaction():
         raise RuntimeError("the insert-first guard needs the caller's transaction around the work")
-    rows = await connection.fetch(_CLAIM, [group for group, _ in claims], [event_id for _, event_id in claims])
+    statement, arguments = _CLAIM, [[group for group, _ in claims], [event_id for _, event_id in claims]]
+    if alongside is not None:
+        statement = f"WITH alongside AS ({alongside.statement}){_CLAIM}"
+        arguments.extend(alongside.arguments)
+    rows = await connection.fetch(statement, *arguments)
     claimed = {(row["consumer_group"], row["event_id"]) for row in rows}
     new = []
     for claim in claims:

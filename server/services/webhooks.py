@@ -31,7 +31,7 @@ from server.domain.errors import DeadlineExceeded, NotFound, Unavailable
 from server.domain.order_legs import Fill
 from server.domain.payment_states import Verdict
 from server.domain.provider_status import UnknownProviderStatus, VenueReport, event_for, venue_report_for
-from server.messaging.idempotent import claim_new
+from server.messaging.idempotent import Alongside, claim_new
 from server.providers.signatures import signature_problem
 from server.services.payment_events import Application, Evidence, apply_provider_evidence_each
 from server.services.venue_events import apply_venue_report
@@ -55,7 +55,7 @@ BODY_BYTES_MAX = 1024 * 1024
 _INSERT_DELIVERY = "INSERT INTO webhook_deliveries (provider, event_id, headers, body) VALUES ($1, $2, $3, $4)"
 _INSERT_DELIVERIES = (
     "INSERT INTO webhook_deliveries (provider, event_id, headers, body)"
-    " SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[], $4::bytea[])"
+    " SELECT * FROM unnest($3::text[], $4::text[], $5::jsonb[], $6::bytea[])"
 )
 
 
@@ -334,14 +334,17 @@ async def _apply_batch(connection: asyncpg.Connection, batch: list[_Delivery]) -
     Every delivery is kept, duplicates included. If applying fails, the deliveries' evidence rolls
     back with everything else: nothing was decided on it, and the provider's redelivery brings it again.
     """
-    await connection.execute(
+    kept = Alongside(  # every delivery, duplicates included, in the claim's round trip
         _INSERT_DELIVERIES,
-        [delivery.source.provider for delivery in batch],
-        [delivery.event.event_id for delivery in batch],
-        [delivery.headers for delivery in batch],
-        [delivery.body for delivery in batch],
+        [
+            [delivery.source.provider for delivery in batch],
+            [delivery.event.event_id for delivery in batch],
+            [delivery.headers for delivery in batch],
+            [delivery.body for delivery in batch],
+        ],
     )
-    new = await claim_new(connection, [(delivery.source.consumer_group, delivery.event.event_id) for delivery in batch])
+    claims = [(delivery.source.consumer_group, delivery.event.event_id) for delivery in batch]
+    new = await claim_new(connection, claims, alongside=kept)
     outcomes: list[Outcome | None] = [None if is_new else Outcome.DUPLICATE for is_new in new]
     waiting = [n for n, delivery in enumerate(batch) if new[n] and delivery.payment is not None]
     while waiting:  # a payment at most once per round: a later event about it sees the earlier one's result
@@ -357,16 +360,22 @@ async def _apply_batch(connection: asyncpg.Connection, batch: list[_Delivery]) -
             # None: not one of ours (another environment's, or made up): kept, not applied
             outcomes[n] = Outcome.IGNORED if evidence is None else _OUTCOMES[evidence.verdict]
         waiting = later
-    for n, delivery in enumerate(batch):
-        if new[n] and delivery.leg is not None:
-            try:
-                outcomes[n] = await delivery.leg(connection)
-            except NotFound:
-                outcomes[n] = Outcome.IGNORED
+    # legs in id order (a leg's own reports in arrival order), as payments are locked: two batches
+    # never wait for each other's rows in opposite orders
+    legs = sorted((n for n, delivery in enumerate(batch) if new[n] and delivery.leg is not None), key=_leg_order(batch))
+    for n in legs:
+        try:
+            outcomes[n] = await cast(Apply, batch[n].leg)(connection)
+        except NotFound:
+            outcomes[n] = Outcome.IGNORED
     return [cast(Outcome, outcome) for outcome in outcomes]
 
 
 Apply = Callable[[asyncpg.Connection], Awaitable["Outcome"]]
+
+
+def _leg_order(batch: list[_Delivery]) -> Callable[[int], tuple[str, int]]:
+    return lambda n: (str(batch[n].event.subject_id), n)
 
 
 def _payment_application(source: WebhookSource, event: _Event, payment_id: uuid.UUID, status: str) -> Application:

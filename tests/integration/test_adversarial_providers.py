@@ -264,8 +264,8 @@ async def test_response_webhooks_and_resolver_racing_post_the_ledger_once_and_ch
         async def resolve() -> None:
             while not stop.is_set():
                 await pool.execute(
-                    "UPDATE payments SET next_check_at = '-infinity'"
-                    " WHERE client_id = $1 AND state IN ('PENDING', 'UNKNOWN')",
+                    "UPDATE payments SET next_check_at = '-infinity' WHERE id IN (SELECT id FROM payments"
+                    " WHERE client_id = $1 AND state IN ('PENDING', 'UNKNOWN') FOR UPDATE SKIP LOCKED)",
                     principal.client_id,
                 )
                 await resolver.run_once()
@@ -676,8 +676,8 @@ async def test_create_payment_against_a_hanging_provider_answers_in_time_and_nev
                 "SELECT state, count(*) FROM payments WHERE client_id = $1 GROUP BY state", principal.client_id
             )
             await pool.execute(
-                "UPDATE payments SET next_check_at = '-infinity'"
-                " WHERE client_id = $1 AND state IN ('PENDING', 'UNKNOWN')",
+                "UPDATE payments SET next_check_at = '-infinity' WHERE id IN (SELECT id FROM payments"
+                " WHERE client_id = $1 AND state IN ('PENDING', 'UNKNOWN') FOR UPDATE SKIP LOCKED)",
                 principal.client_id,
             )
             await asyncio.gather(resolver.run_once(), *(call(key) for key in keys))
@@ -722,7 +722,9 @@ async def test_fills_are_applied_once_per_execution_while_the_leg_resolver_races
         async def resolve() -> None:
             while not stop.is_set():
                 await pool.execute(
-                    "UPDATE legs SET next_check_at = '-infinity' WHERE order_id = ANY($1::uuid[])", [o for o in orders]
+                    "UPDATE legs SET next_check_at = '-infinity' WHERE id IN"
+                    " (SELECT id FROM legs WHERE order_id = ANY($1::uuid[]) FOR UPDATE SKIP LOCKED)",
+                    [o for o in orders],
                 )
                 await resolver.run_once()
                 await asyncio.sleep(0.005)
