@@ -194,3 +194,22 @@ async def test_a_payments_terms_never_change_so_a_refund_reverses_exactly_what_w
     with pytest.raises(asyncpg.CheckViolationError) as caught:
         await pool.execute(f"UPDATE payments SET {assignment} WHERE id = $1", payment_id)
     assert caught.value.constraint_name == "payments_terms_immutable"
+
+
+async def test_one_statement_moves_many_payments_but_each_only_once(
+    database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    first, second = await _new_payment(database, principal), await _new_payment(database, principal)
+    append = (
+        "INSERT INTO payment_transitions (payment_id, from_state, to_state, event, cause, evidence_ref)"
+        " SELECT p, 'RECORDED', 'PENDING', 'ACCEPTED', 'test', 'test' FROM unnest($1::uuid[]) AS p"
+    )
+    await pool.execute(append, [first, second])
+    assert [await _state(pool, first), await _state(pool, second)] == ["PENDING", "PENDING"]
+
+    third = await _new_payment(database, principal)
+    with pytest.raises(asyncpg.CheckViolationError, match="moves twice in one statement"):
+        # both rows pass the row check against the state before the statement; the statement is refused
+        await pool.execute(append, [third, third])
+    assert await _state(pool, third) == "RECORDED"
+    assert await pool.fetchval("SELECT count(*) FROM payment_transitions WHERE payment_id = $1", third) == 0
