@@ -52,6 +52,7 @@ WEBHOOK_BATCHES_SPLIT = Counter(
 #: Headers kept with the raw body as evidence (lower case); the rest say nothing about the event.
 EVIDENCE_HEADERS = frozenset({"content-type", "user-agent", "simulator-signature", "stripe-signature"})
 BODY_BYTES_MAX = 1024 * 1024
+HEADER_LENGTH_MAX = 1024
 _INSERT_DELIVERY = "INSERT INTO webhook_deliveries (provider, event_id, headers, body) VALUES ($1, $2, $3, $4)"
 _INSERT_DELIVERIES = (
     "INSERT INTO webhook_deliveries (provider, event_id, headers, body)"
@@ -109,6 +110,16 @@ def _text(value: object, length_max: int) -> str | None:
     if not isinstance(value, str):
         return None
     return value[:length_max].replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
+def _header_text(value: str) -> str:
+    """A header's value, fit to be stored in JSON: bytes that were not UTF-8 (which the HTTP server
+    hands over as lone surrogates) decoded with replacement characters, NUL replaced."""
+    try:
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte
+        raw = value.encode("utf-8", "replace")
+    return raw.decode("utf-8", "replace").replace("\x00", "\ufffd")[:HEADER_LENGTH_MAX]
 
 
 def _parse(body: bytes) -> _Event:
@@ -199,7 +210,9 @@ class Intake:
         if problem is not None:
             WEBHOOKS.labels(source.provider, f"rejected_{problem}").inc()
             raise Unauthentic(f"webhook signature {problem}")
-        kept = {name.lower(): value for name, value in headers.items() if name.lower() in EVIDENCE_HEADERS}
+        kept = {
+            name.lower(): _header_text(value) for name, value in headers.items() if name.lower() in EVIDENCE_HEADERS
+        }
         event: _Event | None = None
         try:
             event = _parse(body)

@@ -1,0 +1,1131 @@
+"""Adversarial specs for webhook intake in group commits (server/services/webhooks.py, class Intake).
+
+Concurrent deliveries share one PostgreSQL transaction and are answered only after its commit; a
+failed batch is applied again one delivery at a time. These tests try to break what that must keep:
+each event applied once per consumer, every payment moving only as its machine allows and in arrival
+order within a batch, the ledger posted once, a bad event failing alone, every caller answered (in
+time, on stopping, or by a restarted server) and no acknowledged delivery ever lost.
+
+Batches are made on purpose where their shape matters: a first delivery is held up behind a row lock
+the test holds (pg_blocking_pids tells when the writer waits for it), so the deliveries sent
+meanwhile queue up and reach PostgreSQL together. Everything runs against the real database; the
+crash test runs the server as a separate process and stops it with SIGKILL or SIGTERM mid-storm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+from prometheus_client import REGISTRY
+
+from server.api.http_app import INTAKE, SOURCES, build_http_app, receive_webhook
+from server.db.database import Budget, Database
+from server.db.engine import create_pool
+from server.db.migrate import migrate_to_head
+from server.domain.errors import ConcurrencyConflict, DeadlineExceeded, Unavailable
+from server.domain.events import CASE_OPENED, PAYMENT_STATE_CHANGED
+from server.domain.identity import Principal
+from server.domain.orders import validate_submit_order
+from server.domain.payments import validate_create_payment
+from server.services.order_submission import submit_and_send
+from server.services.payments import create_payment
+from server.services.webhooks import Intake, Outcome, WebhookSource
+from tests.e2e.conftest import ServerProcess, free_port, server_environment, wait_until_serving
+from tests.support import scratch_database
+
+SECRET = "whsec_adversarial_group_commit"  # noqa: S105 - a test secret
+PROVIDER = "simulator"
+SOURCE = WebhookSource(PROVIDER, SECRET)
+GROUP = SOURCE.consumer_group
+ROOT = Path(__file__).resolve().parents[2]
+
+#: the outcomes, short, so that a batch's expected answers read as one line
+A, D, S, C = Outcome.APPLIED, Outcome.DUPLICATE, Outcome.STALE, Outcome.CONTRADICTION
+
+# --------------------------------------------------------------------------------------------- events
+
+
+def _sign(body: bytes, secret: str = SECRET) -> str:
+    t = int(time.time())
+    return f"t={t},v1={hmac.new(secret.encode(), f'{t}.'.encode() + body, hashlib.sha256).hexdigest()}"
+
+
+def _headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
+    return {"Simulator-Signature": _sign(body, secret), "Content-Type": "application/json"}
+
+
+def _new_id() -> str:
+    return f"evt_{uuid.uuid4().hex}"
+
+
+def _payment_event(payment_id: uuid.UUID, status: str, event_id: str | None = None) -> bytes:
+    event = {
+        "id": event_id or _new_id(),
+        "type": f"payment.{status}",
+        "data": {"object": {"id": f"pay_{payment_id.hex[:12]}", "status": status, "idempotency_key": str(payment_id)}},
+    }
+    return json.dumps(event).encode()
+
+
+def _order_event(
+    leg_id: uuid.UUID,
+    exec_type: str,
+    event_id: str | None = None,
+    quantity: str | None = None,
+    execution_id: str | None = None,
+) -> bytes:
+    data: dict[str, Any] = {"id": f"ord_{leg_id.hex[:12]}", "exec_type": exec_type, "idempotency_key": str(leg_id)}
+    if quantity is not None:
+        data["execution"] = {
+            "id": execution_id or f"exec_{uuid.uuid4().hex}",
+            "quantity": quantity,
+            "price": "10.5",
+            "time": int(time.time()),
+        }
+    return json.dumps({"id": event_id or _new_id(), "type": f"order.{exec_type}", "data": {"object": data}}).encode()
+
+
+def _id(body: bytes) -> str:
+    return str(json.loads(body)["id"])
+
+
+# --------------------------------------------------------------------------------------------- subjects
+
+
+async def _payments(database: Database, principal: Principal, count: int) -> list[uuid.UUID]:
+    async def one() -> uuid.UUID:
+        request = validate_create_payment(
+            idempotency_key=str(uuid.uuid4()),
+            amount_value="12.50",
+            currency_code="EUR",
+            description="",
+            merchant_reference="",
+            metadata={},
+        )
+        return (await create_payment(database, principal, request, Budget.within(10))).payment.id
+
+    ids: list[uuid.UUID] = []
+    for start in range(0, count, 20):  # a few at a time: the session pool is shared
+        ids += await asyncio.gather(*(one() for _ in range(min(20, count - start))))
+    return ids
+
+
+async def _legs(database: Database, principal: Principal, count: int, quantity: str = "100") -> list[uuid.UUID]:
+    """`count` SUBMITTED legs, two to an order (legs of one order share its row)."""
+    legs: list[uuid.UUID] = []
+    while len(legs) < count:
+        spec = {
+            "instrument_symbol": "ACME",
+            "side": "BUY",
+            "quantity": quantity,
+            "order_type": "MARKET",
+            "limit_price": "",
+            "currency_code": "USD",
+        }
+        request = validate_submit_order(f"o-{uuid.uuid4()}", "group-commit", [spec, dict(spec)])
+        order = (await submit_and_send(database, None, principal, request, Budget.within(10))).order
+        legs += [leg.id for leg in order.legs]
+    return legs[:count]
+
+
+# --------------------------------------------------------------------------------------------- database probes
+
+
+async def _count(pool: asyncpg.Pool, sql: str, *arguments: object) -> int:
+    return int(await pool.fetchval(sql, *arguments))
+
+
+async def _state(pool: asyncpg.Pool, payment_id: uuid.UUID) -> str:
+    return str(await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id))
+
+
+async def _moves(pool: asyncpg.Pool, payment_id: uuid.UUID) -> list[tuple[str, str]]:
+    rows = await pool.fetch(
+        "SELECT from_state, to_state FROM payment_transitions WHERE payment_id = $1 ORDER BY id", payment_id
+    )
+    return [(row["from_state"], row["to_state"]) for row in rows]
+
+
+async def _entries(pool: asyncpg.Pool, payment_id: uuid.UUID) -> int:
+    return await _count(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id)
+
+
+async def _processed(pool: asyncpg.Pool, event_ids: Iterable[str]) -> Counter[str]:
+    rows = await pool.fetch(
+        "SELECT event_id FROM processed_events WHERE consumer_group = $1 AND event_id = ANY($2::text[])",
+        GROUP,
+        list(event_ids),
+    )
+    return Counter(row["event_id"] for row in rows)
+
+
+async def _kept(pool: asyncpg.Pool, event_ids: Iterable[str]) -> Counter[str]:
+    rows = await pool.fetch(
+        "SELECT event_id FROM webhook_deliveries WHERE provider = $1 AND event_id = ANY($2::text[])",
+        PROVIDER,
+        list(event_ids),
+    )
+    return Counter(row["event_id"] for row in rows)
+
+
+async def _leg(pool: asyncpg.Pool, leg_id: uuid.UUID) -> tuple[str, Decimal, int]:
+    row = await pool.fetchrow("SELECT state, filled_quantity FROM legs WHERE id = $1", leg_id)
+    assert row is not None
+    fills = await _count(pool, "SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id)
+    return row["state"], row["filled_quantity"], fills
+
+
+async def _until(condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        await asyncio.sleep(0.005)
+
+
+def _sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
+
+
+BATCHES = "ballast_webhook_batch_deliveries_count"
+SPLIT = "ballast_webhook_batches_split_total"
+
+
+# --------------------------------------------------------------------------------------------- batches on purpose
+
+
+@dataclass
+class _Held:
+    """A row lock (or an uncommitted insert) held by a transaction of the test's own, until released."""
+
+    pool: asyncpg.Pool
+    connection: asyncpg.Connection
+    transaction: Any
+    pid: int
+    released: bool = False
+
+    async def waiters(self) -> int:
+        return await _count(
+            self.pool, "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", self.pid
+        )
+
+    async def waited_for(self, what: str, count: int = 1) -> None:
+        async def waiting() -> bool:
+            return await self.waiters() >= count
+
+        await _until(waiting, what)
+
+    async def release(self) -> None:
+        if not self.released:
+            self.released = True
+            await self.transaction.rollback()
+            await self.pool.release(self.connection)
+
+
+async def _holding(pool: asyncpg.Pool, statement: str, *arguments: object) -> _Held:
+    connection = await pool.acquire()
+    transaction = connection.transaction()
+    try:
+        await transaction.start()
+        await connection.execute(statement, *arguments)
+        return _Held(pool, connection, transaction, int(await connection.fetchval("SELECT pg_backend_pid()")))
+    except BaseException:
+        await pool.release(connection)
+        raise
+
+
+async def _hold(pool: asyncpg.Pool, table: str, row_id: uuid.UUID) -> _Held:
+    return await _holding(pool, f"SELECT 1 FROM {table} WHERE id = $1 FOR UPDATE", row_id)
+
+
+async def _hold_claim(pool: asyncpg.Pool, event_id: str) -> _Held:
+    """An insert-first claim of `event_id`, made and not yet committed by a transaction of the test's own."""
+    statement = "INSERT INTO processed_events (consumer_group, event_id) VALUES ($1, $2)"
+    return await _holding(pool, statement, GROUP, event_id)
+
+
+def _send(intake: Intake, body: bytes, budget_s: float = 10) -> asyncio.Task[Outcome]:
+    return asyncio.create_task(intake.receive(SOURCE, _headers(body), body, Budget.within(budget_s)))
+
+
+async def _queued(intake: Intake, count: int) -> None:
+    """Until `count` deliveries wait in the intake's queue (verified, parsed, not taken by a writer)."""
+
+    async def queued() -> bool:
+        return intake._queue.qsize() >= count  # nothing public tells; a delivery is queued with no await
+
+    await _until(queued, f"{count} deliveries are queued")
+
+
+async def _results(tasks: Iterable[asyncio.Task[Outcome]], timeout_s: float = 15) -> list[Any]:
+    """Every task's outcome or exception; fails (instead of hanging) if one is never answered."""
+    async with asyncio.timeout(timeout_s):
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+
+@pytest.fixture
+async def one_writer(database: Database) -> AsyncIterator[Intake]:
+    """An intake with one writer: a held-up batch holds up the next one, which then gathers."""
+    intake = Intake(database, writers=1)
+    await intake.start()
+    yield intake
+    await intake.stop()
+
+
+async def _drop_trigger(pool: asyncpg.Pool, name: str, table: str) -> None:
+    await pool.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+    await pool.execute(f"DROP FUNCTION IF EXISTS {name}()")
+
+
+async def _refuse_inserts(pool: asyncpg.Pool, table: str, column: str, subject: uuid.UUID) -> str:
+    """PostgreSQL refuses every insert into `table` about `subject`; returns the trigger's name."""
+    name = f"refuse_{subject.hex}"
+    await pool.execute(
+        f"""
+        CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.{column} = '{subject}' THEN
+                RAISE EXCEPTION 'injected failure' USING ERRCODE = 'internal_error';
+            END IF;
+            RETURN NEW;
+        END $$
+        """
+    )
+    await pool.execute(f"CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()")
+    return name
+
+
+# --------------------------------------------------------------------------------------------- invariants
+
+
+async def _allowed_payment_moves(pool: asyncpg.Pool) -> set[tuple[str, str]]:
+    rows = await pool.fetch("SELECT from_state, to_state FROM payment_state_transitions")
+    return {(row["from_state"], row["to_state"]) for row in rows}
+
+
+async def _assert_payment_consistent(
+    pool: asyncpg.Pool, payment_id: uuid.UUID, outcomes: list[Outcome], allowed: set[tuple[str, str]]
+) -> None:
+    """What the non-duplicate outcomes of a payment's events imply, whatever order they were applied in."""
+    moves = await _moves(pool, payment_id)
+    state = await _state(pool, payment_id)
+    chain = "RECORDED"
+    for from_state, to_state in moves:
+        assert from_state == chain and (from_state, to_state) in allowed, (payment_id, moves)
+        chain = to_state
+    assert state == chain, (payment_id, state, moves)
+    assert len(moves) == outcomes.count(A), (payment_id, moves, outcomes)  # one move per applied event, no more
+    captured = sum(1 for f, t in moves if t == "SUCCEEDED" and f != "REFUND_PENDING")
+    refunded = sum(1 for _, t in moves if t == "REFUNDED")
+    assert captured <= 1 and refunded <= captured
+    assert await _entries(pool, payment_id) == captured + refunded, (payment_id, moves)
+    decided = [t for _, t in moves if t in ("SUCCEEDED", "FAILED", "REJECTED")]
+    if decided:  # the first decided word stands: a terminal family never changes
+        success = {"SUCCEEDED", "REFUND_PENDING", "REFUNDED"}
+        assert (decided[0] in success) == (state in success), (payment_id, moves)
+    for table, column in (("audit_log", "aggregate_id"), ("outbox", "message_key")):
+        kind = f"action = '{PAYMENT_STATE_CHANGED}'" if table == "audit_log" else f"topic = '{PAYMENT_STATE_CHANGED}'"
+        assert await _count(
+            pool, f"SELECT count(*) FROM {table} WHERE {column} = $1 AND {kind}", str(payment_id)
+        ) == len(moves)
+    cases = await pool.fetch("SELECT status, evidence FROM cases WHERE payment_id = $1", payment_id)
+    contradictions = outcomes.count(C)
+    if contradictions:
+        assert len(cases) == 1 and cases[0]["status"] == "OPEN", (payment_id, cases)
+        assert len(cases[0]["evidence"]) == 1 + contradictions
+    else:
+        assert cases == [], (payment_id, cases)
+
+
+# ============================================================================================= specs
+
+
+async def test_a_storm_of_mixed_deliveries_applies_each_event_once_and_moves_every_payment_and_leg_legally(
+    database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    """Over HTTP, with the server's own intake (two writers, batches of up to 64): duplicates of one
+    event, several events about one payment, refunds, unknown payments, legs with fills and an overfill,
+    unreadable and forged deliveries, all in flight at once in a shuffled order."""
+    rng = random.Random(20261130)  # noqa: S311 - a reproducible shuffle, not a secret
+    payments = await _payments(database, principal, 40)
+    legs = await _legs(database, principal, 8)
+    sequences = [
+        ("pending", "succeeded"),
+        ("pending", "failed"),
+        ("succeeded", "failed"),
+        ("failed", "succeeded", "pending"),
+        ("pending", "succeeded", "refund_pending", "refunded"),
+        ("succeeded", "refund_pending", "refund_failed", "refund_pending", "refunded"),
+        ("rejected", "succeeded"),
+        ("pending", "processing", "captured", "settled"),
+    ]
+    # (body, expected HTTP status, subject): payment id, leg id or None
+    deliveries: list[tuple[bytes, int, uuid.UUID | None]] = []
+    for n, payment_id in enumerate(payments):
+        for status in sequences[n % len(sequences)]:
+            body = _payment_event(payment_id, status)
+            deliveries += [(body, 200, payment_id)] * rng.choice((1, 1, 2, 3))
+    leg_events: dict[uuid.UUID, list[bytes]] = {}
+    for leg_id in legs:
+        events = [_order_event(leg_id, "new")] + [_order_event(leg_id, "partial_fill", quantity="30") for _ in range(4)]
+        leg_events[leg_id] = events
+        for body in events:  # 4 x 30 of 100: exactly one fill overfills, whichever comes last
+            deliveries += [(body, 200, leg_id)] * rng.choice((1, 2))
+    unknown = [_payment_event(uuid.uuid4(), "succeeded") for _ in range(5)]
+    deliveries += [(body, 200, None) for body in unknown for _ in range(2)]
+    unreadable = [_payment_event(payments[n], "succeeded!") for n in range(4)]
+    deliveries += [(body, 400, None) for body in unreadable]
+    deliveries += [(b"{not json", 400, None)]
+    forged = [_payment_event(payments[n], "failed") for n in range(4)]
+    rng.shuffle(deliveries)
+
+    batches_before, split_before = _sample(BATCHES), _sample(SPLIT)
+    sum_before = _sample("ballast_webhook_batch_deliveries_sum")
+    app = build_http_app(database, {PROVIDER: SOURCE})
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    url = f"http://127.0.0.1:{port}/webhooks/{PROVIDER}"
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def post(body: bytes, secret: str = SECRET) -> tuple[int, dict[str, Any]]:
+                async with session.post(url, data=body, headers=_headers(body, secret)) as response:
+                    return response.status, await response.json()
+
+            replies = await asyncio.gather(
+                *(post(body) for body, _, _ in deliveries),
+                *(post(body, "whsec_forger") for body in forged),
+            )
+    finally:
+        await runner.cleanup()
+
+    batches = _sample(BATCHES) - batches_before
+    assert batches < _sample("ballast_webhook_batch_deliveries_sum") - sum_before, "no delivery shared a commit"
+    assert _sample(SPLIT) == split_before, "a batch failed"
+    for (body, expected, _), (code, reply) in zip(deliveries, replies, strict=False):
+        assert code == expected, (body, code, reply)
+    assert [code for code, _ in replies[len(deliveries) :]] == [401] * len(forged)
+
+    # every event: one delivery decided it, the others were duplicates
+    by_event: dict[str, list[Outcome]] = {}
+    subject_of: dict[str, uuid.UUID | None] = {}
+    for (body, expected, subject), (_, reply) in zip(deliveries, replies, strict=False):
+        if expected == 200:
+            by_event.setdefault(_id(body), []).append(Outcome(reply["outcome"]))
+            subject_of[_id(body)] = subject
+    decided: dict[str, Outcome] = {}
+    for event_id, outcomes in by_event.items():
+        others = [outcome for outcome in outcomes if outcome is not D]
+        assert len(others) == 1, (event_id, outcomes)
+        decided[event_id] = others[0]
+    assert {decided[_id(body)] for body in unknown} == {Outcome.IGNORED}
+
+    # one processed row per event applied, none for unreadable or forged ones; every delivery kept but forgeries
+    all_ids = set(by_event) | {_id(body) for body in unreadable + forged}
+    assert await _processed(pool, all_ids) == Counter(dict.fromkeys(by_event, 1))
+    kept = Counter(_id(body) for body, _, _ in deliveries if body != b"{not json")
+    assert await _kept(pool, all_ids) == kept
+
+    allowed = await _allowed_payment_moves(pool)
+    for payment_id in payments:
+        outcomes = [outcome for event_id, outcome in decided.items() if subject_of[event_id] == payment_id]
+        await _assert_payment_consistent(pool, payment_id, outcomes, allowed)
+    for leg_id, (ack, *fill_events) in leg_events.items():
+        fill_outcomes = sorted(decided[_id(body)] for body in fill_events)
+        assert fill_outcomes == sorted([A, A, A, C]), (leg_id, fill_outcomes)  # three fills fit, one overfills
+        assert decided[_id(ack)] in (A, S)  # stale when a fill acknowledged the leg first
+        state, filled, fills = await _leg(pool, leg_id)
+        assert (state, filled, fills) == ("PARTIALLY_FILLED", Decimal("90"), 3), leg_id
+        assert await _count(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", leg_id) == 1
+        moves = await pool.fetch(
+            "SELECT from_state, to_state FROM leg_transitions WHERE leg_id = $1 ORDER BY id", leg_id
+        )
+        chain = "SUBMITTED"
+        for move in moves:
+            assert move["from_state"] == chain, (leg_id, moves)
+            chain = move["to_state"]
+        assert chain == state
+
+
+async def test_succeeded_then_failed_in_one_batch_opens_one_case_while_its_neighbours_apply_in_arrival_order(
+    one_writer: Intake, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    blocker, contradicted, two_steps, refund_first = await _payments(database, principal, 4)
+    first_word = _payment_event(contradicted, "succeeded")
+    bodies = [
+        first_word,
+        _payment_event(two_steps, "pending"),
+        _payment_event(contradicted, "failed"),
+        _payment_event(two_steps, "succeeded"),
+        _payment_event(contradicted, "declined"),
+        _payment_event(refund_first, "refunded"),
+        _payment_event(refund_first, "succeeded"),
+        _payment_event(uuid.uuid4(), "succeeded"),
+        first_word,
+    ]
+    batches_before, split_before = _sample(BATCHES), _sample(SPLIT)
+    held = await _hold(pool, "payments", blocker)
+    try:
+        first = _send(one_writer, _payment_event(blocker, "succeeded"))
+        await held.waited_for("the first delivery waits for the blocker's row")
+        tasks = [_send(one_writer, body) for body in bodies]
+        await _queued(one_writer, len(bodies))
+    finally:
+        await held.release()
+    assert await _results([first]) == [A]
+    assert await _results(tasks) == [A, A, C, A, C, S, A, Outcome.IGNORED, D]
+    assert _sample(BATCHES) - batches_before == 2  # the held-up one, then all the rest in one transaction
+    assert _sample(SPLIT) == split_before
+
+    assert await _moves(pool, contradicted) == [("RECORDED", "SUCCEEDED")]
+    cases = await pool.fetch("SELECT kind, status, evidence FROM cases WHERE payment_id = $1", contradicted)
+    assert len(cases) == 1 and (cases[0]["kind"], cases[0]["status"]) == ("CONTRADICTORY_EVIDENCE", "OPEN")
+    evidence = cases[0]["evidence"]
+    assert [piece["claim"] for piece in evidence] == ["SUCCEEDED", "FAILED", "FAILED"]
+    assert evidence[0]["evidence_ref"] == f"{PROVIDER}:{_id(first_word)}"  # decided earlier in the same batch
+    assert (
+        await _count(
+            pool, "SELECT count(*) FROM outbox WHERE topic = $1 AND message_key = $2", CASE_OPENED, str(contradicted)
+        )
+        == 2
+    )
+    statuses = await pool.fetch("SELECT status FROM provider_statuses WHERE payment_id = $1 ORDER BY id", contradicted)
+    assert [row["status"] for row in statuses] == ["succeeded", "failed", "declined"]
+    assert await pool.fetchval("SELECT provider_status FROM payments WHERE id = $1", contradicted) == "declined"
+
+    assert await _moves(pool, two_steps) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
+    assert await _moves(pool, refund_first) == [("RECORDED", "SUCCEEDED")]
+    for payment_id in (contradicted, two_steps, refund_first):
+        assert await _entries(pool, payment_id) == 1
+    for payment_id in (two_steps, refund_first):
+        assert await _count(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
+    assert await _kept(pool, [_id(first_word)]) == Counter({_id(first_word): 2})
+
+
+async def test_a_payments_refund_chain_and_interleaved_leg_reports_in_one_batch_apply_in_arrival_order(
+    one_writer: Intake, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    """Four events about one payment take four rounds of one transaction; legs (two of one order, sent
+    in the opposite of their id order) are applied in leg order, each leg's reports in arrival order."""
+    blocker, forward, backward = await _payments(database, principal, 3)
+    low, high = sorted(await _legs(database, principal, 2))
+    bodies = [
+        _payment_event(forward, "pending"),
+        _order_event(high, "partial_fill", quantity="40"),  # overtakes the acknowledgement
+        _payment_event(forward, "succeeded"),
+        _payment_event(backward, "refunded"),
+        _order_event(low, "new"),
+        _payment_event(forward, "refund_pending"),
+        _order_event(high, "new"),  # late: the fill already acknowledged it
+        _payment_event(backward, "refund_pending"),
+        _order_event(low, "fill", quantity="100"),
+        _payment_event(forward, "refunded"),
+        _order_event(high, "fill", quantity="60"),
+        _payment_event(backward, "succeeded"),
+        _order_event(low, "partial_fill", quantity="1"),  # overfills a filled leg
+        _payment_event(backward, "pending"),
+    ]
+    batches_before, split_before = _sample(BATCHES), _sample(SPLIT)
+    held = await _hold(pool, "payments", blocker)
+    try:
+        first = _send(one_writer, _payment_event(blocker, "succeeded"))
+        await held.waited_for("the first delivery waits for the blocker's row")
+        tasks = [_send(one_writer, body) for body in bodies]
+        await _queued(one_writer, len(bodies))
+    finally:
+        await held.release()
+    assert await _results([first]) == [A]
+    assert await _results(tasks) == [A, A, A, S, A, A, S, S, A, A, A, A, C, S]
+    assert (_sample(BATCHES) - batches_before, _sample(SPLIT) - split_before) == (2, 0)
+
+    assert await _moves(pool, forward) == [
+        ("RECORDED", "PENDING"),
+        ("PENDING", "SUCCEEDED"),
+        ("SUCCEEDED", "REFUND_PENDING"),
+        ("REFUND_PENDING", "REFUNDED"),
+    ]
+    assert await _entries(pool, forward) == 2  # captured, then refunded
+    assert await _moves(pool, backward) == [("RECORDED", "SUCCEEDED")]
+    assert await _entries(pool, backward) == 1
+    assert await _leg(pool, high) == ("FILLED", Decimal("100"), 2)
+    assert await _leg(pool, low) == ("FILLED", Decimal("100"), 1)
+    for leg_id, expected in (
+        (high, [("SUBMITTED", "PENDING"), ("PENDING", "PARTIALLY_FILLED"), ("PARTIALLY_FILLED", "FILLED")]),
+        (low, [("SUBMITTED", "PENDING"), ("PENDING", "FILLED")]),
+    ):
+        moves = await pool.fetch(
+            "SELECT from_state, to_state FROM leg_transitions WHERE leg_id = $1 ORDER BY id", leg_id
+        )
+        assert [(m["from_state"], m["to_state"]) for m in moves] == expected
+    assert await _count(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", low) == 1
+    assert await _count(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", high) == 0
+
+
+async def test_one_event_id_reused_with_other_bodies_in_one_batch_applies_only_its_first_arrival(
+    one_writer: Intake, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    """A provider (or a bug) reusing an event id for a contradicting body, and for a leg's fill: the id
+    is what is applied once, whatever the body says; every body is kept as evidence."""
+    blocker, payment_id = await _payments(database, principal, 2)
+    (leg_id,) = await _legs(database, principal, 1)
+    event_id = _new_id()
+    bodies = [
+        _payment_event(payment_id, "succeeded", event_id),
+        _payment_event(payment_id, "failed", event_id),
+        _order_event(leg_id, "fill", event_id, quantity="100"),
+        _payment_event(payment_id, "succeeded", event_id),
+    ]
+    batches_before, split_before = _sample(BATCHES), _sample(SPLIT)
+    held = await _hold(pool, "payments", blocker)
+    try:
+        first = _send(one_writer, _payment_event(blocker, "succeeded"))
+        await held.waited_for("the first delivery waits for the blocker's row")
+        tasks = [_send(one_writer, body) for body in bodies]
+        await _queued(one_writer, len(bodies))
+    finally:
+        await held.release()
+    assert await _results([first]) == [A]
+    assert await _results(tasks) == [A, D, D, D]
+    assert (_sample(BATCHES) - batches_before, _sample(SPLIT) - split_before) == (2, 0)
+    assert await _moves(pool, payment_id) == [("RECORDED", "SUCCEEDED")]
+    assert await _count(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
+    assert await _leg(pool, leg_id) == ("SUBMITTED", Decimal("0"), 0)
+    assert await _processed(pool, [event_id]) == Counter({event_id: 1})
+    kept = await pool.fetch("SELECT body FROM webhook_deliveries WHERE event_id = $1 ORDER BY received_at", event_id)
+    assert sorted(bytes(row["body"]) for row in kept) == sorted(bodies)
+
+
+async def test_a_fill_failing_after_the_batchs_payments_moved_fails_alone_and_nothing_is_posted_twice(
+    one_writer: Intake, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    """The failure comes last in the batch's transaction, after its payments moved and its ledger was
+    posted: all of it rolls back, each delivery is applied again alone, once."""
+    blocker, once, twice = await _payments(database, principal, 3)
+    bad_leg, good_leg = await _legs(database, principal, 2)
+    for leg_id in (bad_leg, good_leg):
+        assert await _results([_send(one_writer, _order_event(leg_id, "new"))]) == [A]
+    repeated = _payment_event(once, "succeeded")
+    bad_fill = _order_event(bad_leg, "partial_fill", quantity="10")
+    bodies = [
+        repeated,
+        bad_fill,
+        _payment_event(twice, "pending"),
+        _payment_event(twice, "succeeded"),
+        _order_event(good_leg, "partial_fill", quantity="10"),
+        repeated,
+        bad_fill,
+    ]
+    trigger = await _refuse_inserts(pool, "leg_fills", "leg_id", bad_leg)
+    split_before = _sample(SPLIT)
+    try:
+        held = await _hold(pool, "payments", blocker)
+        try:
+            first = _send(one_writer, _payment_event(blocker, "succeeded"))
+            await held.waited_for("the first delivery waits for the blocker's row")
+            tasks = [_send(one_writer, body) for body in bodies]
+            await _queued(one_writer, len(bodies))
+        finally:
+            await held.release()
+        assert await _results([first]) == [A]
+        results = await _results(tasks)
+    finally:
+        await _drop_trigger(pool, trigger, "leg_fills")
+    assert _sample(SPLIT) - split_before == 1
+    for n in (1, 6):
+        assert isinstance(results[n], asyncpg.PostgresError) and "injected failure" in str(results[n]), results
+    assert [results[n] for n in (0, 2, 3, 4, 5)] == [A, A, A, A, D]
+
+    assert await _moves(pool, once) == [("RECORDED", "SUCCEEDED")]
+    assert await _moves(pool, twice) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
+    for payment_id in (once, twice):
+        assert await _entries(pool, payment_id) == 1
+    assert await _leg(pool, good_leg) == ("PARTIALLY_FILLED", Decimal("10"), 1)
+    assert await _leg(pool, bad_leg) == ("PENDING", Decimal("0"), 0)
+    assert await _processed(pool, [_id(bad_fill)]) == Counter()
+    assert await _kept(pool, [_id(bad_fill), _id(repeated)]) == Counter({_id(repeated): 2})
+
+    assert await _results([_send(one_writer, bad_fill)]) == [A]  # the provider delivers it again
+    assert await _results([_send(one_writer, bad_fill)]) == [D]
+    assert await _leg(pool, bad_leg) == ("PARTIALLY_FILLED", Decimal("10"), 1)
+
+
+async def test_a_signed_delivery_with_a_non_utf8_user_agent_is_kept_and_applied_and_does_not_fail_its_batch(
+    one_writer: Intake, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    """aiohttp hands header bytes that are not UTF-8 over as lone surrogates (surrogateescape). The
+    User-Agent is kept as evidence beside the body, so it must be stored as safely as the body's text."""
+    blocker, odd, neighbour = await _payments(database, principal, 3)
+    app = web.Application()
+    app[INTAKE] = one_writer
+    app[SOURCES] = {PROVIDER: SOURCE}
+    app.router.add_post("/webhooks/{provider}", receive_webhook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+
+    async def raw_post(body: bytes, user_agent: bytes) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = (
+            f"POST /webhooks/{PROVIDER} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nSimulator-Signature: {_sign(body)}\r\nConnection: close\r\n"
+        ).encode()
+        writer.write(head + b"User-Agent: " + user_agent + b"\r\n\r\n" + body)
+        await writer.drain()
+        response = await reader.read()
+        writer.close()
+        return int(response.split(b" ", 2)[1])
+
+    odd_body = _payment_event(odd, "succeeded")
+    neighbour_body = _payment_event(neighbour, "succeeded")
+    split_before = _sample(SPLIT)
+    try:
+        held = await _hold(pool, "payments", blocker)
+        try:
+            first = _send(one_writer, _payment_event(blocker, "succeeded"))
+            await held.waited_for("the first delivery waits for the blocker's row")
+            posted = asyncio.create_task(raw_post(odd_body, b"provider/1.0 \xff\xfe"))
+            await _queued(one_writer, 1)
+            neighbour_task = _send(one_writer, neighbour_body)
+            await _queued(one_writer, 2)
+        finally:
+            await held.release()
+        assert await _results([first, neighbour_task]) == [A, A]
+        status = await posted
+    finally:
+        await runner.cleanup()
+    assert await _state(pool, neighbour) == "SUCCEEDED"
+    assert status == 200, "an authentic event with an odd User-Agent byte was refused; every redelivery will be too"
+    assert await _state(pool, odd) == "SUCCEEDED"
+    assert await _kept(pool, [_id(odd_body)]) == Counter({_id(odd_body): 1})
+    assert _sample(SPLIT) == split_before
+
+
+class _Watched(Database):
+    """The real database, noting every transaction that lost a deadlock or serialization race on the way
+    out (in_transaction repeats those silently, so a caller would never see one)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.conflicts: list[ConcurrencyConflict] = []
+
+    @asynccontextmanager
+    async def connection(self, budget: Budget) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            async with super().connection(budget) as connection:
+                yield connection
+        except ConcurrencyConflict as conflict:
+            self.conflicts.append(conflict)
+            raise
+
+
+async def _both_blocked(pool: asyncpg.Pool, held: _Held) -> None:
+    """Until the held row has a waiter, and one more session waits for a lock (the other batch)."""
+
+    async def blocked() -> bool:
+        waiting = await _count(
+            pool,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND cardinality(pg_blocking_pids(pid)) > 0",
+        )
+        return await held.waiters() >= 1 and waiting >= 2
+
+    await _until(blocked, "both batches wait for a lock")
+
+
+async def test_two_intakes_taking_the_same_rows_in_opposite_orders_never_deadlock_and_apply_each_event_once(
+    principal: Principal, pool: asyncpg.Pool
+) -> None:
+    """Two server processes on one database, each given a batch that wants the same rows as the other's,
+    in the opposite arrival order, while the test holds one of those rows so that both batches are
+    caught mid-statement: the same events (their insert-first claims), then other events about the same
+    legs, then about the same payments. Afterwards each process gets the other's events. No batch may
+    lose a deadlock (the transaction retry would hide it from callers), no caller may see an error."""
+    database = _Watched(pool)
+    payments = sorted(await _payments(database, principal, 40))
+    legs = sorted(await _legs(database, principal, 6))
+    intakes = (Intake(database), Intake(database))
+    for intake in intakes:
+        await intake.start()
+    for leg_id in legs:
+        assert await _results([_send(intakes[0], _order_event(leg_id, "new"))]) == [A]
+    sent: list[tuple[bytes, Any]] = []
+    split_before = _sample(SPLIT)
+
+    async def race(first: list[bytes], second: list[bytes], held: _Held) -> None:
+        """`first` to one intake and `second` to the other, both caught behind the held row, then released."""
+        try:
+            tasks = [_send(intakes[0], body) for body in first] + [_send(intakes[1], body) for body in second]
+            await _both_blocked(pool, held)
+        finally:
+            await held.release()
+        sent.extend(zip(first + second, await _results(tasks), strict=True))
+
+    try:
+        # the same events: each batch inserts its claims while the other holds some of them
+        claims = sorted((_payment_event(p, "pending") for p in payments), key=_id)
+        held_claim = await _hold_claim(pool, _id(claims[len(claims) // 2]))
+        await race(claims, claims[::-1], held_claim)
+        # other events about the same legs: fills of other executions, sent in opposite leg orders
+        fills = [[_order_event(leg_id, "partial_fill", quantity="10") for leg_id in legs] for _ in range(2)]
+        await race(fills[0], fills[1][::-1], await _hold(pool, "legs", legs[len(legs) // 2]))
+        # other events about the same payments, in opposite payment orders
+        decided = [[_payment_event(p, "succeeded") for p in payments] for _ in range(2)]
+        await race(decided[0], decided[1][::-1], await _hold(pool, "payments", payments[len(payments) // 2]))
+        # and each process gets what the other had, all at once
+        again = fills[1] + decided[1] + claims
+        tasks = [_send(intakes[0], body) for body in again] + [
+            _send(intakes[1], body) for body in fills[0] + decided[0]
+        ]
+        sent.extend(zip(again + fills[0] + decided[0], await _results(tasks), strict=True))
+    finally:
+        for intake in intakes:
+            await intake.stop()
+    assert [result for _, result in sent if not isinstance(result, Outcome)] == []
+    assert database.conflicts == [], "batches waited for each other's rows in opposite orders"
+    assert _sample(SPLIT) == split_before
+    outcomes: dict[str, list[Outcome]] = {}
+    for body, result in sent:
+        outcomes.setdefault(_id(body), []).append(result)
+    for event_id, seen in outcomes.items():
+        assert len(seen) in (2, 3) and seen.count(D) == len(seen) - 1, (event_id, seen)
+    assert await _processed(pool, outcomes) == Counter(dict.fromkeys(outcomes, 1))
+    assert await _kept(pool, outcomes) == Counter({event_id: len(seen) for event_id, seen in outcomes.items()})
+    for payment_id in payments:
+        assert await _moves(pool, payment_id) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
+        assert await _entries(pool, payment_id) == 1
+    for leg_id in legs:
+        assert await _leg(pool, leg_id) == ("PARTIALLY_FILLED", Decimal("20"), 2)
+
+
+async def test_a_caller_out_of_time_while_queued_is_told_so_its_delivery_is_skipped_and_the_redelivery_applies_it(
+    one_writer: Intake, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    blocker, late = await _payments(database, principal, 2)
+    body = _payment_event(late, "succeeded")
+    held = await _hold(pool, "payments", blocker)
+    try:
+        first = _send(one_writer, _payment_event(blocker, "succeeded"))
+        await held.waited_for("the first delivery waits for the blocker's row")
+        started = time.monotonic()
+        (result,) = await _results([_send(one_writer, body, budget_s=0.3)])
+        assert isinstance(result, DeadlineExceeded), result
+        assert time.monotonic() - started < 2, "the caller was not answered within its budget"
+    finally:
+        await held.release()
+    assert await _results([first]) == [A]
+    sentinel = _payment_event(blocker, "pending")  # the writer went past the abandoned delivery
+    assert await _results([_send(one_writer, sentinel)]) == [S]
+    assert await _state(pool, late) == "RECORDED"
+    assert await _processed(pool, [_id(body)]) == Counter()
+    assert await _kept(pool, [_id(body)]) == Counter()
+
+    assert await _results([_send(one_writer, body)]) == [A]  # the provider delivers it again
+    assert await _results([_send(one_writer, body)]) == [D]
+    assert await _moves(pool, late) == [("RECORDED", "SUCCEEDED")]
+    assert await _entries(pool, late) == 1
+
+
+async def test_a_caller_out_of_time_while_its_batch_waits_is_told_so_and_the_redelivery_is_a_duplicate(
+    one_writer: Intake, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    """The writer had taken the delivery when its caller gave up: it is applied (not half, not twice)."""
+    blocker, slow, neighbour = await _payments(database, principal, 3)
+    body = _payment_event(slow, "succeeded")
+    held = await _hold(pool, "payments", blocker)
+    held_slow = await _hold(pool, "payments", slow)
+    try:
+        first = _send(one_writer, _payment_event(blocker, "succeeded"))
+        await held.waited_for("the first delivery waits for the blocker's row")
+        impatient = _send(one_writer, body, budget_s=1.5)
+        patient = _send(one_writer, _payment_event(neighbour, "succeeded"))
+        await _queued(one_writer, 2)
+        await held.release()
+        await held_slow.waited_for("the second batch waits for the slow payment's row")
+        assert not impatient.done()
+        (result,) = await _results([impatient])
+        assert isinstance(result, DeadlineExceeded), result
+        assert not patient.done()
+    finally:
+        await held.release()
+        await held_slow.release()
+    assert await _results([first, patient]) == [A, A]
+    assert await _state(pool, slow) == "SUCCEEDED"
+    assert await _processed(pool, [_id(body)]) == Counter({_id(body): 1})
+
+    assert await _results([_send(one_writer, body)]) == [D]  # the provider delivers it again
+    assert await _moves(pool, slow) == [("RECORDED", "SUCCEEDED")]
+    assert await _entries(pool, slow) == 1
+    assert await _kept(pool, [_id(body)]) == Counter({_id(body): 2})
+
+
+async def test_stopping_with_both_writers_mid_transaction_and_more_queued_answers_every_caller_and_applies_nothing(
+    database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    first_blocked, second_blocked, *others = await _payments(database, principal, 12)
+    (leg_id,) = await _legs(database, principal, 1)
+    intake = Intake(database)  # as the server runs it: two writers
+    await intake.start()
+    queued_bodies = [_payment_event(p, status) for p in others for status in ("pending", "succeeded")]
+    queued_bodies += [_order_event(leg_id, "new"), queued_bodies[0]]
+    held = [await _hold(pool, "payments", first_blocked), await _hold(pool, "payments", second_blocked)]
+    blocked_bodies = [_payment_event(first_blocked, "succeeded"), _payment_event(second_blocked, "succeeded")]
+    try:
+        blocked = []
+        for holder, body in zip(held, blocked_bodies, strict=True):
+            blocked.append(_send(intake, body))
+            await holder.waited_for("a writer waits for a held row")
+        queued = [_send(intake, body) for body in queued_bodies]
+        await _queued(intake, len(queued_bodies))
+        started = time.monotonic()
+        async with asyncio.timeout(10):
+            await intake.stop()
+        results = await _results(blocked + queued, timeout_s=5)
+        assert time.monotonic() - started < 5
+    finally:
+        for holder in held:
+            await holder.release()
+    assert all(isinstance(result, Unavailable) for result in results), results
+    every_id = [_id(body) for body in blocked_bodies + queued_bodies]
+    assert await _processed(pool, every_id) == Counter()
+    assert await _kept(pool, every_id) == Counter()
+    for payment_id in (first_blocked, second_blocked, *others):
+        assert await _state(pool, payment_id) == "RECORDED"
+        assert await _count(pool, "SELECT count(*) FROM provider_statuses WHERE payment_id = $1", payment_id) == 0
+    assert await _leg(pool, leg_id) == ("SUBMITTED", Decimal("0"), 0)
+
+    restarted = Intake(database)  # the provider delivers everything again to the next process
+    await restarted.start()
+    try:
+        again = await _results([_send(restarted, body) for body in blocked_bodies + queued_bodies])
+    finally:
+        await restarted.stop()
+    assert again[-1] == D and all(result in (A,) for result in again[:-1]), again
+    for payment_id in others:
+        assert await _moves(pool, payment_id) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
+        assert await _entries(pool, payment_id) == 1
+
+
+async def test_stopping_during_the_one_at_a_time_retry_of_a_failed_batch_answers_the_rest_as_not_confirmed(
+    one_writer: Intake, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    blocker, good, bad, after = await _payments(database, principal, 4)
+    (leg_id,) = await _legs(database, principal, 1)
+    bodies = [
+        _payment_event(good, "succeeded"),
+        _payment_event(bad, "succeeded"),
+        _order_event(leg_id, "new"),  # alone, it will wait for the leg the test holds
+        _payment_event(after, "succeeded"),
+    ]
+    trigger = await _refuse_inserts(pool, "payment_transitions", "payment_id", bad)
+    held_leg = await _hold(pool, "legs", leg_id)
+    try:
+        held = await _hold(pool, "payments", blocker)
+        try:
+            first = _send(one_writer, _payment_event(blocker, "succeeded"))
+            await held.waited_for("the first delivery waits for the blocker's row")
+            tasks = [_send(one_writer, body) for body in bodies]
+            await _queued(one_writer, len(bodies))
+        finally:
+            await held.release()
+        assert await _results([first]) == [A]
+        await held_leg.waited_for("the leg report, retried alone, waits for the held leg")
+        assert [task.done() for task in tasks] == [True, True, False, False]
+        async with asyncio.timeout(10):
+            await one_writer.stop()
+        results = await _results(tasks, timeout_s=5)
+    finally:
+        await held_leg.release()
+        await _drop_trigger(pool, trigger, "payment_transitions")
+    assert results[0] == A
+    assert isinstance(results[1], asyncpg.PostgresError), results
+    assert all(isinstance(result, Unavailable) for result in results[2:]), results
+    assert await _leg(pool, leg_id) == ("SUBMITTED", Decimal("0"), 0)
+    assert await _state(pool, after) == "RECORDED"
+    assert await _processed(pool, [_id(body) for body in bodies]) == Counter({_id(bodies[0]): 1})
+
+    restarted = Intake(database)
+    await restarted.start()
+    try:
+        again = await _results([_send(restarted, body) for body in bodies])
+    finally:
+        await restarted.stop()
+    assert again == [D, A, A, A]
+    for payment_id in (good, bad, after):
+        assert await _moves(pool, payment_id) == [("RECORDED", "SUCCEEDED")]
+        assert await _entries(pool, payment_id) == 1
+    assert (await _leg(pool, leg_id))[0] == "PENDING"
+
+
+# --------------------------------------------------------------------------------------------- a real crash
+
+
+def _start_server(database_url: str, data_dir: Path, log_path: Path) -> tuple[ServerProcess, str]:
+    """A server process with webhooks on a port of its own and no provider; (process, webhook URL)."""
+    port, http_port = free_port(), free_port()
+    token, client_id = f"crash-token-{uuid.uuid4().hex}", f"crash-{uuid.uuid4().hex[:8]}"
+    env = server_environment(database_url, port, token, client_id, data_dir) | {
+        "BALLAST_HTTP_PORT": str(http_port),
+        "BALLAST_PROVIDER_URL": "off",
+        "BALLAST_PROVIDER_WEBHOOK_SECRET": SECRET,
+        "BALLAST_RELAY_WORKERS": "0",
+    }
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True
+        )
+    server = ServerProcess(process, f"127.0.0.1:{port}", token, client_id, log_path)
+    try:
+        wait_until_serving(server)
+    except BaseException:
+        process.kill()
+        raise
+    return server, f"http://127.0.0.1:{http_port}/webhooks/{PROVIDER}"
+
+
+def _no_backend_at_work(pool: asyncpg.Pool) -> Callable[[], Awaitable[bool]]:
+    """True once no other session of this database is running a statement or inside a transaction: a
+    COMMIT the killed process wrote just before it died is then either applied or never will be."""
+
+    async def idle() -> bool:
+        busy = await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND state <> 'idle'"
+        )
+        return int(busy) == 0
+
+    return idle
+
+
+@pytest.fixture(scope="module")
+def crash_database_url(server_database_url: str) -> Iterator[str]:
+    """A database of the crash tests' own: their servers relay nothing, and the thousands of outbox
+    events of their payments must not queue up in front of the session database's other relay tests."""
+    with scratch_database(server_database_url, "ballast_group_commit_crash") as url:
+        migrate_to_head(url)
+        yield url
+
+
+@pytest.fixture
+async def crash_pool(crash_database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(crash_database_url, size=10, statement_timeout_ms=10_000)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+async def test_a_server_stopped_mid_storm_kept_every_acknowledged_delivery_and_redeliveries_apply_each_event_once(
+    principal: Principal,
+    crash_pool: asyncpg.Pool,
+    crash_database_url: str,
+    tmp_path: Path,
+    stop_signal: signal.Signals,
+) -> None:
+    """Killed (SIGKILL) or stopped (SIGTERM, which drains the deliveries in flight) mid-storm, a server
+    has applied every delivery it answered 2xx; the provider's redelivery of every event to a new
+    server applies each event once: a duplicate exactly when it had been applied before."""
+    pool, database_url = crash_pool, crash_database_url
+    payments = await _payments(Database(pool), principal, 300)
+    bodies = [_payment_event(p, status) for p in payments for status in ("pending", "succeeded")]
+    deliveries = bodies + bodies[::7]  # some delivered twice
+    random.Random(7).shuffle(deliveries)  # noqa: S311 - a reproducible shuffle
+    acknowledged: list[tuple[str, Outcome]] = []
+    answered: Counter[int] = Counter()  # HTTP status, 0 for no answer
+    servers: list[ServerProcess] = []
+    try:
+        server, url = await asyncio.to_thread(_start_server, database_url, tmp_path / "data", tmp_path / "first.log")
+        servers.append(server)
+        async with aiohttp.ClientSession() as session:
+            semaphore = asyncio.Semaphore(64)
+
+            async def deliver(body: bytes) -> None:
+                async with semaphore:
+                    try:
+                        async with session.post(url, data=body, headers=_headers(body)) as response:
+                            answered[response.status] += 1
+                            if response.status == 200:
+                                acknowledged.append((_id(body), Outcome((await response.json())["outcome"])))
+                    except aiohttp.ClientError:  # refused, or cut off: the provider will deliver it again
+                        answered[0] += 1
+
+            load = asyncio.gather(*(deliver(body) for body in deliveries))
+
+            async def enough() -> bool:
+                return len(acknowledged) >= 100
+
+            await _until(enough, "a hundred deliveries were acknowledged", timeout_s=20)
+            server.process.send_signal(stop_signal)
+            await load
+        returncode = await asyncio.to_thread(server.process.wait, 20)
+        assert len(acknowledged) < len(deliveries), "the stop should land mid-storm"
+        assert set(answered) <= {0, 200, 503}, answered  # never a 500
+        await _until(_no_backend_at_work(pool), "the stopped server's sessions finished what they had received")
+
+        # nothing acknowledged was lost: each is processed, and an applied one moved its payment
+        processed = await _processed(pool, [_id(body) for body in bodies])
+        assert all(processed[event_id] == 1 for event_id, _ in acknowledged)
+        references = {
+            row["evidence_ref"]
+            for row in await pool.fetch(
+                "SELECT evidence_ref FROM payment_transitions WHERE payment_id = ANY($1::uuid[])", payments
+            )
+        }
+        assert all(f"{PROVIDER}:{event_id}" in references for event_id, outcome in acknowledged if outcome is A)
+        kept = await _kept(pool, processed)
+        assert all(kept[event_id] >= 1 for event_id, _ in acknowledged)
+        if stop_signal is signal.SIGTERM:  # drained: whatever it applied, it answered
+            assert returncode == 0
+            unanswered = set(processed) - {event_id for event_id, _ in acknowledged}
+            assert unanswered == set(), f"{len(unanswered)} events applied but never answered 2xx"
+
+        replacement, url = await asyncio.to_thread(
+            _start_server, database_url, tmp_path / "data", tmp_path / "replacement.log"
+        )
+        servers.append(replacement)
+        async with aiohttp.ClientSession() as session:
+            semaphore = asyncio.Semaphore(64)
+
+            async def redeliver(body: bytes) -> tuple[int, str]:
+                async with semaphore, session.post(url, data=body, headers=_headers(body)) as response:
+                    return response.status, str((await response.json()).get("outcome", ""))
+
+            replies = await asyncio.gather(*(redeliver(body) for body in bodies))
+    finally:
+        for started in servers:
+            if started.process.poll() is None:
+                await asyncio.to_thread(started.stop)
+    for body, (status, outcome) in zip(bodies, replies, strict=True):
+        assert status == 200, (body, status)
+        assert (outcome == D.value) == (processed[_id(body)] == 1), (body, outcome)  # done before: a duplicate
+    assert await _processed(pool, [_id(body) for body in bodies]) == Counter(dict.fromkeys(map(_id, bodies), 1))
+    allowed = await _allowed_payment_moves(pool)
+    for payment_id in payments:
+        assert await _state(pool, payment_id) == "SUCCEEDED"
+        assert await _entries(pool, payment_id) == 1
+        moves = await _moves(pool, payment_id)
+        assert moves[-1][1] == "SUCCEEDED" and set(moves) <= allowed and len(moves) <= 2, moves
