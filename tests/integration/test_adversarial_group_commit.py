@@ -283,6 +283,23 @@ async def _results(tasks: Iterable[asyncio.Task[Outcome]], timeout_s: float = 15
         return list(await asyncio.gather(*tasks, return_exceptions=True))
 
 
+async def _sent_as_one_batch(
+    pool: asyncpg.Pool, intake: Intake, blocker: uuid.UUID, bodies: list[bytes]
+) -> list[asyncio.Task[Outcome]]:
+    """`bodies` sent while a first delivery (about `blocker`) is held up behind a row lock, so that
+    they reach PostgreSQL together once it is released; the first one must then apply."""
+    held = await _hold(pool, "payments", blocker)
+    try:
+        first = _send(intake, _payment_event(blocker, "succeeded"))
+        await held.waited_for("the first delivery waits for the blocker's row")
+        tasks = [_send(intake, body) for body in bodies]
+        await _queued(intake, len(bodies))
+    finally:
+        await held.release()
+    assert await _results([first]) == [A]
+    return tasks
+
+
 @pytest.fixture
 async def one_writer(database: Database) -> AsyncIterator[Intake]:
     """An intake with one writer: a held-up batch holds up the next one, which then gathers."""
@@ -486,15 +503,7 @@ async def test_succeeded_then_failed_in_one_batch_opens_one_case_while_its_neigh
         first_word,
     ]
     batches_before, split_before = _sample(BATCHES), _sample(SPLIT)
-    held = await _hold(pool, "payments", blocker)
-    try:
-        first = _send(one_writer, _payment_event(blocker, "succeeded"))
-        await held.waited_for("the first delivery waits for the blocker's row")
-        tasks = [_send(one_writer, body) for body in bodies]
-        await _queued(one_writer, len(bodies))
-    finally:
-        await held.release()
-    assert await _results([first]) == [A]
+    tasks = await _sent_as_one_batch(pool, one_writer, blocker, bodies)
     assert await _results(tasks) == [A, A, C, A, C, S, A, Outcome.IGNORED, D]
     assert _sample(BATCHES) - batches_before == 2  # the held-up one, then all the rest in one transaction
     assert _sample(SPLIT) == split_before
@@ -548,15 +557,7 @@ async def test_a_payments_refund_chain_and_interleaved_leg_reports_in_one_batch_
         _payment_event(backward, "pending"),
     ]
     batches_before, split_before = _sample(BATCHES), _sample(SPLIT)
-    held = await _hold(pool, "payments", blocker)
-    try:
-        first = _send(one_writer, _payment_event(blocker, "succeeded"))
-        await held.waited_for("the first delivery waits for the blocker's row")
-        tasks = [_send(one_writer, body) for body in bodies]
-        await _queued(one_writer, len(bodies))
-    finally:
-        await held.release()
-    assert await _results([first]) == [A]
+    tasks = await _sent_as_one_batch(pool, one_writer, blocker, bodies)
     assert await _results(tasks) == [A, A, A, S, A, A, S, S, A, A, A, A, C, S]
     assert (_sample(BATCHES) - batches_before, _sample(SPLIT) - split_before) == (2, 0)
 
@@ -598,15 +599,7 @@ async def test_one_event_id_reused_with_other_bodies_in_one_batch_applies_only_i
         _payment_event(payment_id, "succeeded", event_id),
     ]
     batches_before, split_before = _sample(BATCHES), _sample(SPLIT)
-    held = await _hold(pool, "payments", blocker)
-    try:
-        first = _send(one_writer, _payment_event(blocker, "succeeded"))
-        await held.waited_for("the first delivery waits for the blocker's row")
-        tasks = [_send(one_writer, body) for body in bodies]
-        await _queued(one_writer, len(bodies))
-    finally:
-        await held.release()
-    assert await _results([first]) == [A]
+    tasks = await _sent_as_one_batch(pool, one_writer, blocker, bodies)
     assert await _results(tasks) == [A, D, D, D]
     assert (_sample(BATCHES) - batches_before, _sample(SPLIT) - split_before) == (2, 0)
     assert await _moves(pool, payment_id) == [("RECORDED", "SUCCEEDED")]
@@ -640,15 +633,7 @@ async def test_a_fill_failing_after_the_batchs_payments_moved_fails_alone_and_no
     trigger = await _refuse_inserts(pool, "leg_fills", "leg_id", bad_leg)
     split_before = _sample(SPLIT)
     try:
-        held = await _hold(pool, "payments", blocker)
-        try:
-            first = _send(one_writer, _payment_event(blocker, "succeeded"))
-            await held.waited_for("the first delivery waits for the blocker's row")
-            tasks = [_send(one_writer, body) for body in bodies]
-            await _queued(one_writer, len(bodies))
-        finally:
-            await held.release()
-        assert await _results([first]) == [A]
+        tasks = await _sent_as_one_batch(pool, one_writer, blocker, bodies)
         results = await _results(tasks)
     finally:
         await _drop_trigger(pool, trigger, "leg_fills")
@@ -942,15 +927,7 @@ async def test_stopping_during_the_one_at_a_time_retry_of_a_failed_batch_answers
     trigger = await _refuse_inserts(pool, "payment_transitions", "payment_id", bad)
     held_leg = await _hold(pool, "legs", leg_id)
     try:
-        held = await _hold(pool, "payments", blocker)
-        try:
-            first = _send(one_writer, _payment_event(blocker, "succeeded"))
-            await held.waited_for("the first delivery waits for the blocker's row")
-            tasks = [_send(one_writer, body) for body in bodies]
-            await _queued(one_writer, len(bodies))
-        finally:
-            await held.release()
-        assert await _results([first]) == [A]
+        tasks = await _sent_as_one_batch(pool, one_writer, blocker, bodies)
         await held_leg.waited_for("the leg report, retried alone, waits for the held leg")
         assert [task.done() for task in tasks] == [True, True, False, False]
         async with asyncio.timeout(10):
