@@ -38,6 +38,20 @@ _CHECK_TRANSITION = """
 """
 
 
+_REFUSE_FEW_LINES = """
+    IF line_count < 2 THEN
+        RAISE EXCEPTION 'ledger entry % has % lines; a double entry needs two or more', entry, line_count
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_entry_lines';
+    END IF;
+"""
+_REFUSE_UNBALANCED = """
+    IF unbalanced IS NOT NULL THEN
+        RAISE EXCEPTION 'ledger entry % does not sum to zero: %', entry, unbalanced
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_entry_balanced';
+    END IF;
+"""
+
+
 def _transition_check(move_here: bool) -> str:
     move = "UPDATE payments SET state = NEW.to_state, updated_at = NEW.occurred_at WHERE id = NEW.payment_id;"
     return f"""
@@ -78,7 +92,7 @@ def upgrade() -> None:
         " REFERENCING NEW TABLE AS appended FOR EACH STATEMENT EXECUTE FUNCTION payment_transitions_move()"
     )
     op.execute(
-        """
+        f"""
         CREATE OR REPLACE FUNCTION ledger_entry_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
         DECLARE
             entry uuid;
@@ -95,14 +109,8 @@ def upgrade() -> None:
             INTO line_count, unbalanced
             FROM (SELECT currency_code, count(*) AS lines, sum(amount) AS total FROM ledger_lines
                   WHERE entry_id = entry GROUP BY currency_code) AS totals;
-            IF line_count < 2 THEN
-                RAISE EXCEPTION 'ledger entry % has % lines; a double entry needs two or more', entry, line_count
-                    USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_entry_lines';
-            END IF;
-            IF unbalanced IS NOT NULL THEN
-                RAISE EXCEPTION 'ledger entry % does not sum to zero: %', entry, unbalanced
-                    USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_entry_balanced';
-            END IF;
+            {_REFUSE_FEW_LINES}
+            {_REFUSE_UNBALANCED}
             RETURN NULL;
         END $$
         """
@@ -111,7 +119,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute(
-        """
+        f"""
         CREATE OR REPLACE FUNCTION ledger_entry_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
         DECLARE
             entry uuid := (to_jsonb(NEW) ->> TG_ARGV[0])::uuid;
@@ -119,18 +127,12 @@ def downgrade() -> None:
             unbalanced text;
         BEGIN
             SELECT count(*) INTO line_count FROM ledger_lines WHERE entry_id = entry;
-            IF line_count < 2 THEN
-                RAISE EXCEPTION 'ledger entry % has % lines; a double entry needs two or more', entry, line_count
-                    USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_entry_lines';
-            END IF;
+            {_REFUSE_FEW_LINES}
             SELECT string_agg(currency_code || ' ' || total, ', ') INTO unbalanced FROM (
                 SELECT currency_code, sum(amount) AS total FROM ledger_lines
                 WHERE entry_id = entry GROUP BY currency_code HAVING sum(amount) <> 0
             ) AS totals;
-            IF unbalanced IS NOT NULL THEN
-                RAISE EXCEPTION 'ledger entry % does not sum to zero: %', entry, unbalanced
-                    USING ERRCODE = 'check_violation', CONSTRAINT = 'ledger_entry_balanced';
-            END IF;
+            {_REFUSE_UNBALANCED}
             RETURN NULL;
         END $$
         """
