@@ -12,6 +12,7 @@ above hold for each of them, and each is answered only after the commit."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import time
@@ -115,11 +116,9 @@ def _text(value: object, length_max: int) -> str | None:
 def _header_text(value: str) -> str:
     """A header's value, fit to be stored in JSON: bytes that were not UTF-8 (which the HTTP server
     hands over as lone surrogates) decoded with replacement characters, NUL replaced."""
-    try:
-        raw = value.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate that stands for no byte
-        raw = value.encode("utf-8", "replace")
-    return raw.decode("utf-8", "replace").replace("\x00", "\ufffd")[:HEADER_LENGTH_MAX]
+    with contextlib.suppress(UnicodeEncodeError):  # a surrogate that stands for no byte: _text replaces it
+        value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return cast(str, _text(value, HEADER_LENGTH_MAX))
 
 
 def _parse(body: bytes) -> _Event:
@@ -359,36 +358,35 @@ async def _apply_batch(connection: asyncpg.Connection, batch: list[_Delivery]) -
     claims = [(delivery.source.consumer_group, delivery.event.event_id) for delivery in batch]
     new = await claim_new(connection, claims, alongside=kept)
     outcomes: list[Outcome | None] = [None if is_new else Outcome.DUPLICATE for is_new in new]
-    waiting = [n for n, delivery in enumerate(batch) if new[n] and delivery.payment is not None]
+    waiting = [(n, delivery.payment) for n, delivery in enumerate(batch) if new[n] and delivery.payment is not None]
     while waiting:  # a payment at most once per round: a later event about it sees the earlier one's result
-        round_: list[int] = []
-        later: list[int] = []
+        round_: list[tuple[int, Application]] = []
+        later: list[tuple[int, Application]] = []
         seen: set[uuid.UUID] = set()
-        for n in waiting:
-            payment_id = cast(Application, batch[n].payment).payment_id
-            (later if payment_id in seen else round_).append(n)
-            seen.add(payment_id)
-        applied = await apply_provider_evidence_each(connection, [cast(Application, batch[n].payment) for n in round_])
-        for n, evidence in zip(round_, applied, strict=True):
+        for n, application in waiting:
+            (later if application.payment_id in seen else round_).append((n, application))
+            seen.add(application.payment_id)
+        applied = await apply_provider_evidence_each(connection, [application for _, application in round_])
+        for (n, _), evidence in zip(round_, applied, strict=True):
             # None: not one of ours (another environment's, or made up): kept, not applied
             outcomes[n] = Outcome.IGNORED if evidence is None else _OUTCOMES[evidence.verdict]
         waiting = later
     # legs in id order (a leg's own reports in arrival order), as payments are locked: two batches
     # never wait for each other's rows in opposite orders
-    legs = sorted((n for n, delivery in enumerate(batch) if new[n] and delivery.leg is not None), key=_leg_order(batch))
-    for n in legs:
+    legs = sorted(
+        (str(delivery.event.subject_id), n, delivery.leg)
+        for n, delivery in enumerate(batch)
+        if new[n] and delivery.leg is not None
+    )
+    for _, n, apply in legs:
         try:
-            outcomes[n] = await cast(Apply, batch[n].leg)(connection)
+            outcomes[n] = await apply(connection)
         except NotFound:
             outcomes[n] = Outcome.IGNORED
     return [cast(Outcome, outcome) for outcome in outcomes]
 
 
 Apply = Callable[[asyncpg.Connection], Awaitable["Outcome"]]
-
-
-def _leg_order(batch: list[_Delivery]) -> Callable[[int], tuple[str, int]]:
-    return lambda n: (str(batch[n].event.subject_id), n)
 
 
 def _payment_application(source: WebhookSource, event: _Event, payment_id: uuid.UUID, status: str) -> Application:
