@@ -102,7 +102,11 @@ async def test_a_forged_or_replayed_webhook_is_refused_and_stores_nothing(
 ) -> None:
     payment_id = await _payment(database, principal)
     body = _event(payment_id, "succeeded")
-    before = await _count(pool, "SELECT count(*) FROM webhook_deliveries")
+    before = await _count(
+        pool,
+        "SELECT count(*) FROM webhook_deliveries WHERE position(convert_to($1, 'UTF8') IN body) > 0",
+        str(payment_id),
+    )
     for signature in (
         "",
         "t=1,v1=00",
@@ -113,7 +117,14 @@ async def test_a_forged_or_replayed_webhook_is_refused_and_stores_nothing(
         assert status == 401, signature
     tampered = body.replace(b"succeeded", b"failed")
     assert (await post(tampered, signature=_sign(body)))[0] == 401
-    assert await _count(pool, "SELECT count(*) FROM webhook_deliveries") == before
+    assert (
+        await _count(
+            pool,
+            "SELECT count(*) FROM webhook_deliveries WHERE position(convert_to($1, 'UTF8') IN body) > 0",
+            str(payment_id),
+        )
+        == before
+    )
     assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "RECORDED"
     assert (await post(body, provider="nobody"))[0] == 404
 
