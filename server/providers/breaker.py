@@ -1,46 +1,58 @@
-"""Circuit breakers around provider calls: aiobreaker, with the three gaps it leaves closed here.
+"""Circuit breakers around provider calls: a three-state machine that measures the provider, not its callers.
 
-1. aiobreaker records only `Exception`s raised inside the protected call. A timeout enforced around
-   it arrives as a cancellation (a BaseException) and is never counted, so the time limit is
-   enforced inside the protected call, where it surfaces as a `TimeoutError`.
-2. aiobreaker counts an excluded error as a success: a provider declining a card would reset the
-   failure count and hide an outage served between declines. A decline is an answer, returned as a
-   value, and leaves the failure count where it was.
-3. While half-open, aiobreaker lets every concurrent call through. Here at most `probes_max` calls
-   probe at once; the others fail fast as if the breaker were still open.
+- CLOSED: calls go through. `failures_max` consecutive failures open it; a success resets the count.
+  A `Neutral` result (a decline, a 4xx, a 429: an answer about the request, not about the provider's
+  health) leaves the count where it was, so an outage served between declines is not hidden.
+- OPEN: for `open_s`, every call fails before any I/O, in microseconds, with `BreakerOpen` and the time left.
+- HALF_OPEN: then at most `probes_max` calls go through at once, as probes; the others are refused with
+  how long the soonest probe may still take (its time limit remaining). A probe's success closes it, its
+  failure opens it for a fresh `open_s`; a neutral or uncounted probe leaves it half-open for the next one.
 
-While open, a call fails before any I/O, in microseconds, with `BreakerOpen` and the time left.
+A failure is an error raised by the call, or a timeout when the provider had its full time (`full_time`:
+the call's limit was all the provider is allowed). A timeout cut short by the caller's own deadline says
+nothing of the provider (a healthy provider answering in 200 ms times out every 0.1 s caller), so it counts
+neither as a failure nor as a success; the caller still gets its TimeoutError (the request may have arrived).
+
+Only calls that started in the breaker's current period count: every state change starts a new
+generation, and the outcome of a call from an older one is dropped. Calls in flight when it opened
+(stragglers of the outage it already knows of) neither re-open it nor push its window out, and a slow
+success from before it opened does not close it.
+
+There is one breaker per provider operation kind (`simulator.payments`, `simulator.orders`), shared by
+client calls, the resolvers and the case checks: it measures the provider's health, and every call that
+had the provider's full time is evidence of it, whoever made it. Background checks are meant to ask with
+that same full provider timeout so their timeouts count like anyone's; and while the breaker is open they
+are refused like anyone, instead of adding load to a provider that is down.
+
+This replaces aiobreaker, which counts every timeout whoever cut it short, has no notion of a period (a
+straggler failing while open re-opened it and restarted its window), lets every call through while
+half-open, counts excluded errors as successes, and could only be bent towards these rules through its
+private storage. The clock is injectable so the specs (tests/unit/test_breaker.py) need no sleeps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import structlog
-from aiobreaker import CircuitBreaker, CircuitBreakerError, CircuitBreakerListener, CircuitBreakerState
-from aiobreaker.storage.memory import CircuitMemoryStorage
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+
+#: A refusal always asks for some wait: a zero delay would invite a retry refused again at once.
+RETRY_AFTER_MIN_S = 0.01
 
 
 class BreakerState(enum.StrEnum):
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-
-
-_STATES = {
-    CircuitBreakerState.CLOSED: BreakerState.CLOSED,
-    CircuitBreakerState.OPEN: BreakerState.OPEN,
-    CircuitBreakerState.HALF_OPEN: BreakerState.HALF_OPEN,
-}
 
 
 class BreakerOpen(Exception):
@@ -70,90 +82,106 @@ class BreakerSettings:
 
 
 StateListener = Callable[[str, BreakerState, BreakerState], None]
-
-
-class _Storage(CircuitMemoryStorage):  # type: ignore[misc]
-    """aiobreaker's memory storage, able to keep the failure count through one neutral outcome."""
-
-    def __init__(self) -> None:
-        super().__init__(CircuitBreakerState.CLOSED)
-        self.keep_counter = False
-
-    def reset_counter(self) -> None:
-        if self.keep_counter:
-            self.keep_counter = False
-            return
-        super().reset_counter()
-
-
-class _Listener(CircuitBreakerListener):  # type: ignore[misc]
-    def __init__(self, name: str, on_change: StateListener | None) -> None:
-        self._name = name
-        self._on_change = on_change
-
-    def state_change(self, breaker: Any, old: Any, new: Any) -> None:
-        before, after = _STATES[old.state] if old else BreakerState.CLOSED, _STATES[new.state]
-        log.warning("provider.breaker_state_changed", breaker=self._name, old=before.value, new=after.value)
-        if self._on_change is not None:
-            self._on_change(self._name, before, after)
+Clock = Callable[[], float]
 
 
 class Breaker:
     """One provider's (or one provider operation's) breaker."""
 
-    def __init__(self, name: str, settings: BreakerSettings, on_change: StateListener | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        settings: BreakerSettings,
+        on_change: StateListener | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.name = name
         self._settings = settings
-        self._storage = _Storage()
-        self._breaker = CircuitBreaker(
-            fail_max=settings.failures_max,
-            timeout_duration=timedelta(seconds=settings.open_s),
-            listeners=[_Listener(name, on_change)],
-            state_storage=self._storage,
-            name=name,
-        )
-        self._probes = 0
+        self._on_change = on_change
+        self._clock = clock
+        self._state = BreakerState.CLOSED
+        # bumped by every state change: an outcome counts only in the generation its call started in
+        self._generation = 0
+        self._failures = 0
+        self._opened_at = 0.0
+        # the probes out in the current half-open period, each with the time its limit runs out
+        self._probes: dict[object, float] = {}
 
     @property
     def state(self) -> BreakerState:
-        return _STATES[self._breaker.current_state]
+        """The state as last changed; an open breaker whose time is up turns half-open on the next call."""
+        return self._state
 
-    def _open_for_s(self) -> float:
-        """Seconds until an open breaker lets a probe through; 0 once it may."""
-        opened_at: datetime | None = self._storage.opened_at
-        if opened_at is None:
-            return 0.0
-        # aiobreaker stamps naive UTC times
-        left = opened_at + timedelta(seconds=self._settings.open_s) - datetime.utcnow()
-        return max(left.total_seconds(), 0.0)
-
-    async def call(self, operation: Callable[[], Awaitable[T | Neutral[T]]], timeout_s: float) -> T:
+    async def call(
+        self, operation: Callable[[], Awaitable[T | Neutral[T]]], timeout_s: float, *, full_time: bool = True
+    ) -> T:
         """Run `operation` within `timeout_s` under the breaker.
 
-        Raises BreakerOpen without calling it while open; otherwise returns its value or raises its
-        error (a TimeoutError when it ran out of time), having counted the outcome.
+        `full_time` says whether `timeout_s` is all the time the provider is allowed; only then does a
+        timeout count against it. Raises BreakerOpen without calling `operation` while open (or while
+        the probes are all out); otherwise returns its value or raises its error (a TimeoutError when it
+        ran out of time), having counted the outcome if its call started in the current period.
         """
-        state = self._breaker.current_state
-        probing = state is not CircuitBreakerState.CLOSED
-        if probing:
-            wait_s = self._open_for_s() if state is CircuitBreakerState.OPEN else 0.0
-            if wait_s > 0 or self._probes >= self._settings.probes_max:
-                raise BreakerOpen(self.name, max(wait_s, 0.1))
-            self._probes += 1
+        probe = self._admit(timeout_s)
+        generation = self._generation
         try:
-            result: T | Neutral[T] = await self._breaker.call_async(self._guarded, operation, timeout_s)
-        except CircuitBreakerError as error:
-            if error.__cause__ is not None:
-                raise error.__cause__ from None  # this call failed and opened it: its own error says what happened
-            raise BreakerOpen(self.name, max(self._open_for_s(), 0.1)) from None
+            async with asyncio.timeout(timeout_s) as limit:
+                result = await operation()
+        except TimeoutError:
+            if full_time or not limit.expired():
+                self._failed(generation)
+            raise
+        except Exception:
+            self._failed(generation)
+            raise
         finally:
-            if probing:
-                self._probes -= 1
-        return result.value if isinstance(result, Neutral) else result
-
-    async def _guarded(self, operation: Callable[[], Awaitable[T | Neutral[T]]], timeout_s: float) -> T | Neutral[T]:
-        async with asyncio.timeout(timeout_s):
-            result = await operation()
+            if probe is not None:
+                self._probes.pop(probe, None)
         if isinstance(result, Neutral):
-            self._storage.keep_counter = True  # aiobreaker resets the count on return: not for a decline
+            return result.value
+        self._succeeded(generation)
         return result
+
+    def _admit(self, timeout_s: float) -> object | None:
+        """Let a call through (a probe's token when half-open), or raise BreakerOpen before any I/O."""
+        if self._state is BreakerState.CLOSED:
+            return None
+        now = self._clock()
+        if self._state is BreakerState.OPEN:
+            left_s = self._opened_at + self._settings.open_s - now
+            if left_s > 0:
+                raise BreakerOpen(self.name, max(left_s, RETRY_AFTER_MIN_S))
+            self._change(BreakerState.HALF_OPEN)
+        if len(self._probes) >= self._settings.probes_max:
+            raise BreakerOpen(self.name, max(min(self._probes.values()) - now, RETRY_AFTER_MIN_S))
+        probe = object()
+        self._probes[probe] = now + timeout_s
+        return probe
+
+    def _failed(self, generation: int) -> None:
+        if generation != self._generation:
+            return
+        self._failures += 1
+        if self._state is BreakerState.HALF_OPEN or self._failures >= self._settings.failures_max:
+            self._opened_at = self._clock()
+            self._change(BreakerState.OPEN)
+
+    def _succeeded(self, generation: int) -> None:
+        if generation != self._generation:
+            return
+        self._failures = 0
+        if self._state is BreakerState.HALF_OPEN:
+            self._change(BreakerState.CLOSED)
+
+    def _change(self, new: BreakerState) -> None:
+        old, self._state = self._state, new
+        self._generation += 1
+        self._failures = 0
+        self._probes.clear()  # a probe still out belongs to a finished period: it holds no slot in the next
+        log.warning("provider.breaker_state_changed", breaker=self.name, old=old.value, new=new.value)
+        if self._on_change is None:
+            return
+        try:
+            self._on_change(self.name, old, new)
+        except Exception as error:  # what the caller is told must not depend on a listener
+            log.error("provider.breaker_listener_failed", breaker=self.name, error=repr(error)[:300])

@@ -9,7 +9,10 @@ Three kinds of outcome, because a caller must never be told more than is known:
 - `OutcomeUnknown`: the request may have reached it (a timeout, a reset after sending, a 5xx, an
   unreadable answer): only asking the provider, by idempotency key, will tell.
 
-Every call runs under the provider's circuit breaker, with a time limit inside the caller's budget.
+Every call runs under the provider's circuit breaker, within min(the caller's budget, the provider's
+timeout). The breaker is told whether the provider had its full timeout: a call cut short by its
+caller's deadline still ends OutcomeUnknown for that caller (the request may have arrived), but its
+timeout is not held against the provider.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from server.providers.breaker import Breaker, BreakerOpen, Neutral
 
 #: Below this much time left there is no point asking: the answer could not come back in time.
 CALL_TIME_MIN_S = 0.05
+#: The longest one call waits for the provider unless told otherwise (BALLAST_PROVIDER_TIMEOUT_MS).
+CALL_TIMEOUT_DEFAULT_S = 10.0
 
 
 class NotSent(Exception):
@@ -60,16 +65,25 @@ class Reply:
 
 
 class HttpProvider:
-    """One provider's pooled HTTP session, base URL and breaker."""
+    """One provider's pooled HTTP session, base URL, breaker and timeout (the most one call may take)."""
 
-    def __init__(self, provider: str, base_url: str, session: aiohttp.ClientSession, breaker: Breaker) -> None:
+    def __init__(
+        self,
+        provider: str,
+        base_url: str,
+        session: aiohttp.ClientSession,
+        breaker: Breaker,
+        call_timeout_s: float = CALL_TIMEOUT_DEFAULT_S,
+    ) -> None:
         self.provider = provider
         self._base_url = base_url.rstrip("/")
         self._session = session
         self.breaker = breaker
+        self.call_timeout_s = call_timeout_s
 
     async def call(self, method: str, path: str, timeout_s: float, **request: Any) -> Reply:
-        """One request under the breaker; a 2xx or 4xx Reply, else NotSent or OutcomeUnknown."""
+        """One request under the breaker, within min(timeout_s, the provider's timeout); a 2xx or 4xx
+        Reply, else NotSent or OutcomeUnknown."""
         if timeout_s < CALL_TIME_MIN_S:
             raise NotSent("too little of the caller's deadline was left to ask the provider", 0.0)
 
@@ -82,8 +96,10 @@ class HttpProvider:
                 return Neutral(reply)  # an answer: the provider is up, whatever it thinks of the request
             return reply
 
+        # a timeout counts against the provider only when it had all of its time to answer
+        full_time = timeout_s >= self.call_timeout_s
         try:
-            reply = await self.breaker.call(send, timeout_s)
+            reply = await self.breaker.call(send, min(timeout_s, self.call_timeout_s), full_time=full_time)
         except BreakerOpen as error:
             raise NotSent(str(error), error.retry_after_s) from None
         except aiohttp.ClientConnectorError as error:  # the connection was never made: nothing was sent
