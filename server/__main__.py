@@ -36,6 +36,7 @@ from server.api.http_app import build_http_app
 from server.db.database import Database
 from server.db.engine import asyncpg_dsn, create_pool
 from server.db.migrate import migrate_to_head, pending_revision
+from server.failpoints import arm as arm_failpoints
 from server.observability import configure_logging
 from server.outbox import admin
 from server.outbox.supervisor import RelayConfig, run_relays
@@ -45,9 +46,10 @@ from server.providers.gateway import GatewayClient
 from server.providers.venue import VenueClient
 from server.services import audit
 from server.services.case_checks import CaseChecker
-from server.services.leg_resolver import OrderResolver
+from server.services.check_loop import CheckSettings
+from server.services.leg_resolver import OrderResolver, OrderResolverSettings
 from server.services.provider_health import breaker_announcer
-from server.services.resolver import Resolver
+from server.services.resolver import Resolver, ResolverSettings
 from server.services.venue_instructions import InstructionSender
 from server.services.webhooks import WebhookSource
 from server.settings import Settings, SettingsError, load_settings
@@ -205,13 +207,18 @@ async def _providers(
     )
     announce = breaker_announcer(database)
     log.info("provider.configured", provider=SIMULATOR, url=provider_url)
+    # a timeout counts against the provider's breaker only when the provider had all of this
+    call_timeout_s = settings.provider_timeout_ms / 1000
+    payments = Breaker(f"{SIMULATOR}.payments", breaker_settings, announce)
+    orders = Breaker(f"{SIMULATOR}.orders", breaker_settings, announce)
     return (
-        GatewayClient(SIMULATOR, provider_url, session, Breaker(f"{SIMULATOR}.payments", breaker_settings, announce)),
-        VenueClient(SIMULATOR, provider_url, session, Breaker(f"{SIMULATOR}.orders", breaker_settings, announce)),
+        GatewayClient(SIMULATOR, provider_url, session, payments, call_timeout_s),
+        VenueClient(SIMULATOR, provider_url, session, orders, call_timeout_s),
     )
 
 
 async def serve(settings: Settings, database_url: str, nats_url: str | None) -> int:
+    arm_failpoints(settings.failpoints)
     async with contextlib.AsyncExitStack() as stack:
         pool = await create_pool(
             database_url, size=settings.db_pool_size, statement_timeout_ms=settings.db_statement_timeout_ms
@@ -257,11 +264,21 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
             )
         resolving = None
         if gateway is not None and venue is not None:
+            provider_timeout_s = settings.provider_timeout_ms / 1000
+            resolver_settings = ResolverSettings(
+                provider_timeout_s=provider_timeout_s,
+                pending_overdue_s=settings.pending_overdue_ms / 1000,
+                expiry_s=settings.payment_expiry_ms / 1000,
+            )
             resolving = asyncio.gather(
-                Resolver(database, gateway).run(relays_stopping),
-                OrderResolver(database, venue).run(relays_stopping),
+                Resolver(database, gateway, resolver_settings).run(relays_stopping),
+                OrderResolver(database, venue, OrderResolverSettings(provider_timeout_s=provider_timeout_s)).run(
+                    relays_stopping
+                ),
                 InstructionSender(database, venue).run(relays_stopping),
-                CaseChecker(database, gateway).run(relays_stopping),
+                CaseChecker(database, gateway, CheckSettings(provider_timeout_s=provider_timeout_s)).run(
+                    relays_stopping
+                ),
             )
         await stopping.wait()
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.domain.identity import Principal, Role
+from server.failpoints import FAILPOINTS_ENV
+from server.failpoints import parse as parse_failpoints
 
 API_TOKEN_LENGTH_MIN = 16
 CLIENT_ID_LENGTH_MAX = 128  # as the database's check constraints allow
@@ -67,6 +69,16 @@ class Settings:
     provider_webhook_secret: str = field(default=DEVELOPMENT_WEBHOOK_SECRET, repr=False)
     breaker_failures_max: int = 5
     breaker_open_ms: int = 10_000
+    #: The longest Ballast waits for one provider call; a timeout counts against the provider's breaker
+    #: only when the provider had all of it (a caller's shorter deadline says nothing of its health).
+    provider_timeout_ms: int = 10_000
+    #: A payment still RECORDED (never sent, or sent and unknown to the provider) this long after its
+    #: last submission attempt expires: its client never came back, and it is never sent late.
+    payment_expiry_ms: int = 600_000
+    #: A PENDING payment with no decision this long after it became PENDING is asked about.
+    pending_overdue_ms: int = 30_000
+    #: Failpoints armed for a crash test (server/failpoints.py); development only.
+    failpoints: frozenset[str] = frozenset()
     #: The fault profile of the simulator started when provider_url is None.
     simulator_profile: str = "calm"
     #: The token `make run` prints; None unless it was generated for development.
@@ -192,6 +204,20 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             raise SettingsError("BALLAST_PROVIDER_WEBHOOK_SECRET is required when BALLAST_ENV=production")
         webhook_secret = DEVELOPMENT_WEBHOOK_SECRET
 
+    provider_timeout_ms = _integer(env, "BALLAST_PROVIDER_TIMEOUT_MS", 10_000, 50, 600_000)
+    payment_expiry_ms = _integer(env, "BALLAST_PAYMENT_EXPIRY_MS", 600_000, 1_000, 30 * 86_400_000)
+    if payment_expiry_ms < 2 * provider_timeout_ms:
+        raise SettingsError(
+            f"BALLAST_PAYMENT_EXPIRY_MS={payment_expiry_ms} is invalid: it must be at least twice"
+            f" BALLAST_PROVIDER_TIMEOUT_MS ({provider_timeout_ms}), so no request is still on its way when a"
+            " payment expires"
+        )
+    try:
+        failpoints = parse_failpoints(env.get(FAILPOINTS_ENV, ""))
+    except ValueError as error:
+        raise SettingsError(f"{FAILPOINTS_ENV} is invalid: {error}") from None
+    if failpoints and environment == "production":
+        raise SettingsError(f"{FAILPOINTS_ENV} is for crash tests in development only")
     return Settings(
         environment=environment,
         database_url=database_url,
@@ -218,11 +244,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         provider_webhook_secret=webhook_secret,
         breaker_failures_max=_integer(env, "BALLAST_PROVIDER_BREAKER_FAILURES", 5, 1, 1000),
         breaker_open_ms=_integer(env, "BALLAST_PROVIDER_BREAKER_OPEN_MS", 10_000, 10, 3_600_000),
+        provider_timeout_ms=provider_timeout_ms,
+        payment_expiry_ms=payment_expiry_ms,
+        pending_overdue_ms=_integer(env, "BALLAST_PENDING_OVERDUE_MS", 30_000, 100, 86_400_000),
         simulator_profile=_choice(
             env,
             "BALLAST_SIMULATOR_PROFILE",
             "calm",
             ("calm", "flaky", "monday-morning", "webhook-storm", "report-drift"),
         ),
+        failpoints=failpoints,
         development_token=dev_token,
     )

@@ -49,6 +49,8 @@ def timeline_entry_to_proto(entry: timeline.TimelineEntry) -> payments_pb2.Timel
                 to_state=_state(event.to_state),
                 cause=event.cause,
                 evidence_ref=event.evidence_ref,
+                event=event.event,
+                approved_by=event.approved_by or "",
             )
         )
     elif isinstance(event, timeline.ProviderStatus):

@@ -146,6 +146,24 @@ async def insert_payment_with_key(
     return None if row is None else _payment_from_row(row)
 
 
+# A retry's attempt to send a RECORDED payment, stamped under its row lock; no row when it is no longer
+# RECORDED (expired or sent meanwhile), and then the payment as it is.
+_STAMP_SUBMISSION = f"""
+WITH stamped AS (
+    UPDATE payments SET submitted_at = now() WHERE id = $1 AND state = 'RECORDED' RETURNING id
+)
+SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM stamped)
+"""
+
+
+async def stamp_submission(
+    connection: asyncpg.Connection, payment_id: uuid.UUID, *, timeout_s: float
+) -> PaymentRecord | None:
+    """Stamp an attempt to send the payment; None if stamped (send it), else the payment, no longer RECORDED."""
+    row = await connection.fetchrow(_STAMP_SUBMISSION, payment_id, timeout=timeout_s)
+    return None if row is None else _payment_from_row(row)
+
+
 async def find_key(
     connection: asyncpg.Connection, client_id: str, idempotency_key: str, *, timeout_s: float
 ) -> ExistingKey | None:

@@ -63,6 +63,8 @@ payments = sa.Table(
     # the resolver's schedule for an undecided (UNKNOWN or overdue PENDING) payment
     sa.Column("next_check_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("check_attempts", sa.Integer, nullable=False, server_default="0"),
+    # when a retry last began sending the payment (a new payment's first attempt is its creation)
+    sa.Column("submitted_at", sa.DateTime(timezone=True), nullable=True),
     # One payment per idempotency key, and never a payment without its key record.
     sa.UniqueConstraint("client_id", "idempotency_key"),
     sa.ForeignKeyConstraint(
@@ -81,8 +83,11 @@ payments = sa.Table(
     sa.CheckConstraint("check_attempts >= 0", name="check_attempts_nonnegative"),
     sa.Index("ix_payments_client_id_created_at_id", "client_id", sa.text("created_at DESC"), sa.text("id DESC")),
     sa.Index(
-        "ix_payments_undecided_updated_at", "updated_at", postgresql_where=sa.text("state IN ('UNKNOWN', 'PENDING')")
+        "ix_payments_undecided_updated_at",
+        "updated_at",
+        postgresql_where=sa.text("state IN ('RECORDED', 'UNKNOWN', 'PENDING')"),
     ),
+    sa.Index("ix_payments_next_check_at", "next_check_at", postgresql_where=sa.text("next_check_at IS NOT NULL")),
     comment=(
         "A payment Ballast was asked to take, in its internal state. Provider statuses are evidence"
         " stored beside the state, never a replacement for it."
@@ -98,6 +103,20 @@ payment_state_transitions = sa.Table(
     comment="The allowed (from, to) pairs of the payment state machine; a snapshot of server/domain.",
 )
 
+payment_corrections = sa.Table(
+    "payment_corrections",
+    metadata,
+    sa.Column("from_state", sa.Text, nullable=False),
+    sa.Column("to_state", sa.Text, nullable=False),
+    sa.Column("approval", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("from_state", "to_state"),
+    sa.CheckConstraint("approval IN ('AUTOMATIC', 'PERSON')", name="approval_known"),
+    comment=(
+        "The corrections of a decided payment the provider's API contradicts, and whether a person must"
+        " approve each; a snapshot of server/domain/corrections.py."
+    ),
+)
+
 payment_transitions = sa.Table(
     "payment_transitions",
     metadata,
@@ -109,7 +128,10 @@ payment_transitions = sa.Table(
     sa.Column("cause", sa.Text, nullable=False),
     sa.Column("evidence_ref", sa.Text, nullable=False),
     sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    # who approved a correction that needs a person (NULL for every other move)
+    sa.Column("approved_by", sa.Text, nullable=True),
     sa.CheckConstraint("char_length(cause) BETWEEN 1 AND 64", name="cause_length"),
+    sa.CheckConstraint("char_length(approved_by) BETWEEN 1 AND 128", name="approved_by_length"),
     sa.CheckConstraint("char_length(evidence_ref) BETWEEN 1 AND 500", name="evidence_ref_length"),
     sa.CheckConstraint("char_length(event) BETWEEN 1 AND 64", name="event_length"),
     sa.Index("ix_payment_transitions_payment_id", "payment_id", "id"),
@@ -329,7 +351,10 @@ leg_transitions = sa.Table(
     sa.Column("cause", sa.Text, nullable=False),
     sa.Column("evidence_ref", sa.Text, nullable=False),
     sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    # who approved a correction that needs a person (NULL for every other move)
+    sa.Column("approved_by", sa.Text, nullable=True),
     sa.CheckConstraint("char_length(cause) BETWEEN 1 AND 64", name="cause_length"),
+    sa.CheckConstraint("char_length(approved_by) BETWEEN 1 AND 128", name="approved_by_length"),
     sa.CheckConstraint("char_length(evidence_ref) BETWEEN 1 AND 500", name="evidence_ref_length"),
     sa.Index("ix_leg_transitions_leg_id", "leg_id", "id"),
     comment="Every state change of every leg, with its cause and evidence. Append-only.",

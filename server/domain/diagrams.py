@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from server.domain.corrections import CORRECTIONS
 from server.domain.order_legs import LEG_MACHINE
 from server.domain.payment_states import PAYMENT_EVENTS, PAYMENT_MACHINE
 
@@ -12,6 +13,16 @@ def _payment_diagram() -> str:
         lines += [f"    {state.value} --> {target.value}: {event.value}" for event, target in events.items()]
     lines += [f"    {state.value} --> [*]" for state in PAYMENT_EVENTS if PAYMENT_MACHINE.is_terminal(state)]
     return "\n".join(lines) + "\n"
+
+
+def _corrections_table() -> str:
+    rows = [
+        f"| {current.value} | {says.value} | {correction.to_state.value} | {correction.approval.value.lower()} |"
+        f" {correction.why} |"
+        for (current, says), correction in CORRECTIONS.items()
+    ]
+    header = "| Ballast has | the provider's API says | corrected to | approval | why |\n|---|---|---|---|---|\n"
+    return header + "\n".join(rows) + "\n"
 
 
 def render() -> str:
@@ -29,6 +40,15 @@ state the payment is already in is a harmless repeat; anything else not drawn he
 ```mermaid
 {_payment_diagram()}```
 
+### Corrections
+
+A decided payment never moves back on a webhook's word. When the provider's API, asked by id,
+contradicts it, Ballast corrects it through a `CORRECTION` transition with the compensating ledger
+entries, along these pairs only (`server/domain/corrections.py`; PostgreSQL refuses any other, and
+refuses one needing approval, or any second correction of a payment, without `approved_by`). A
+correction that needs a person opens a `CORRECTION_NEEDS_APPROVAL` case holding the proposal.
+
+{_corrections_table()}
 ## Order leg
 
 Exactly the table in `server/domain/order_legs.py`.

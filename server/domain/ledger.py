@@ -122,3 +122,62 @@ def payment_postings(
             )
         ]
     return []
+
+
+#: The entries each payment state implies, in posting order: a correction adds what the new state
+#: implies and the old one lacks, and reverses what the old one had and the new one does not.
+_CAPTURED, _REFUNDED = "captured", "refunded"
+_ENTRIES_BY_STATE: dict[PaymentState, tuple[str, ...]] = {
+    PaymentState.SUCCEEDED: (_CAPTURED,),
+    PaymentState.REFUND_PENDING: (_CAPTURED,),
+    PaymentState.REFUNDED: (_CAPTURED, _REFUNDED),
+}
+
+
+def correction_postings(
+    payment_id: uuid.UUID,
+    client_id: str,
+    amount: Decimal,
+    currency_code: str,
+    from_state: PaymentState,
+    to_state: PaymentState,
+    correction_number: int,
+) -> list[Posting]:
+    """The compensating entries of the payment's `correction_number`-th correction, from_state -> to_state.
+
+    Each has an event key of its own (`payment:<id>:correction:<n>:<entry>`), so a correction posts once
+    and never collides with the payment's ordinary entries or an earlier correction's.
+    """
+    before, after = _ENTRIES_BY_STATE.get(from_state, ()), _ENTRIES_BY_STATE.get(to_state, ())
+    payable, key = merchant_payable(client_id), f"payment:{payment_id}:correction:{correction_number}"
+    directions = {_CAPTURED: (PROVIDER_CLEARING, payable), _REFUNDED: (payable, PROVIDER_CLEARING)}
+    postings = []
+    for entry in after:
+        if entry not in before:
+            debit, credit = directions[entry]
+            postings.append(
+                _transfer(
+                    f"{key}:{entry}",
+                    debit,
+                    credit,
+                    amount,
+                    currency_code,
+                    description=f"correction: payment {entry}",
+                    payment_id=payment_id,
+                )
+            )
+    for entry in reversed(before):
+        if entry not in after:
+            credit, debit = directions[entry]
+            postings.append(
+                _transfer(
+                    f"{key}:{entry}_reversed",
+                    debit,
+                    credit,
+                    amount,
+                    currency_code,
+                    description=f"correction: payment {entry} reversed",
+                    payment_id=payment_id,
+                )
+            )
+    return postings

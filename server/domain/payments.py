@@ -33,6 +33,8 @@ class PaymentState(enum.StrEnum):
     REJECTED = "REJECTED"
     REFUND_PENDING = "REFUND_PENDING"
     REFUNDED = "REFUNDED"
+    #: never sent (or sent and unknown to the provider), and its client never came back: nothing happened
+    EXPIRED = "EXPIRED"
 
 
 #: Where every payment starts: recorded by Ballast, not yet sent anywhere.

@@ -25,6 +25,24 @@ class ProviderPayment:
     status: str
     body: bytes
 
+    @property
+    def amount(self) -> str | None:
+        """The amount the provider says the payment is for, verbatim (None if it states none)."""
+        return _stated(self.body, "amount")
+
+    @property
+    def currency_code(self) -> str | None:
+        return _stated(self.body, "currency")
+
+
+def _stated(body: bytes, name: str) -> str | None:
+    """A text field of the provider's JSON object, verbatim; None when absent or not text."""
+    try:
+        value = json.loads(body).get(name)
+    except (ValueError, AttributeError):
+        return None
+    return value[:64] if isinstance(value, str) else None
+
 
 class GatewayClient(HttpProvider):
     """Talks to one payment gateway over a pooled HTTP session."""

@@ -40,7 +40,16 @@ async def apply_event(connection: asyncpg.Connection, subject: str, payload: dic
         account = merchant_payable(payload["client_id"])
         await _add(connection, account, payload["currency_code"], Decimal(payload["amount"]), Decimal(0))
     elif kind == events.PAYMENT_STATE_CHANGED:
-        if payload["from_state"] in OPEN_STATES and payload["to_state"] not in OPEN_STATES:
+        if payload["from_state"] not in OPEN_STATES and payload["to_state"] in OPEN_STATES:
+            # a correction reopened it (an expired payment the provider did take, approved by a person)
+            await _add(
+                connection,
+                merchant_payable(payload["client_id"]),
+                payload["currency_code"],
+                Decimal(payload["amount"]),
+                Decimal(0),
+            )
+        elif payload["from_state"] in OPEN_STATES and payload["to_state"] not in OPEN_STATES:
             # An update, not an upsert: the payment's recorded event (same aggregate, published first)
             # created the row; a CHECK would refuse a negative row before ON CONFLICT is considered.
             updated = await connection.fetchval(

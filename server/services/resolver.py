@@ -1,22 +1,34 @@
-"""The resolver: undecided payments settled by asking the provider, never by guessing or blind retries.
+"""The resolver: payments settled by asking the provider, never by guessing, blind retries or clients.
 
-A payment is undecided when it is UNKNOWN (a request may have reached the provider, no answer came)
-or PENDING for longer than the provider should take. Workers claim due ones with FOR UPDATE SKIP
-LOCKED and, in the same short transaction, push their next check out (a lease), so any number of
-workers in any number of processes never ask about the same payment at once and hold no lock
-while they wait for the provider. Then each is asked about by its idempotency key (Ballast's
-payment id), through the breaker:
+Workers claim due payments with FOR UPDATE SKIP LOCKED and, in the same short transaction, push
+their next check out (a lease), so any number of workers in any number of processes never ask about
+the same payment at once and hold no lock while they wait for the provider. A payment is due:
 
-- the provider has it: its status is applied as evidence, like any other;
-- the provider never saw it (an UNKNOWN payment whose request was lost): it is sent again with the
-  same key, which the provider de-duplicates, so it can never be charged twice;
-- no answer: the next check comes later, with backoff; after `checks_max` a case is opened for a person.
+- UNKNOWN (a request may have reached the provider, no answer came): after a short grace;
+- PENDING for longer than the provider should take;
+- RECORDED quiet for twice the provider's time limit since its last submission attempt: a server
+  that died during or after the provider call left it so, and no client has to come back for it;
+- any state whose `next_check_at` has passed: a webhook claimed news (the provider's API decides,
+  not the webhook), or an earlier check asked to be repeated.
+
+Each is asked about by its idempotency key (Ballast's payment id), through the breaker, and the
+answer, the authoritative witness, is applied as evidence (judged as any other: it may correct a
+decided state, or hold the correction for a person). When the provider never saw it:
+
+- UNKNOWN: it is sent again with the same key, which the provider de-duplicates (never twice);
+- RECORDED: it was never sent, or never arrived; it is never sent by Ballast on its own. Once no
+  submission attempt began for `expiry_s`, it EXPIRES (its client was told UNAVAILABLE and never
+  came back): the exposure stops counting it, and a retry with its key is answered EXPIRED;
+- anything else: the next check comes later.
+
+No answer: the next check comes later, with backoff; after `checks_max` a case is opened for a person.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 import asyncpg
@@ -25,7 +37,7 @@ from prometheus_client import Counter
 
 from server.db import cases_repository
 from server.db.database import Budget, Database, in_transaction
-from server.domain.payment_states import PaymentEvent
+from server.domain.payment_states import UNDECIDED_STATES, PaymentEvent, Witness
 from server.domain.payments import PaymentState
 from server.domain.provider_status import UnknownProviderStatus, event_for
 from server.providers.gateway import GatewayClient, NotSent, OutcomeUnknown, ProviderPayment, Refused
@@ -45,24 +57,55 @@ class ResolverSettings(CheckSettings):
     unknown_grace_s: float = 1.0
     #: A PENDING payment is overdue, and checked, when no decision came this long after it became PENDING.
     pending_overdue_s: float = 30.0
+    #: A RECORDED payment with no submission attempt for this long, and unknown to the provider, expires.
+    expiry_s: float = 600.0
+
+    @property
+    def recorded_quiet_s(self) -> float:
+        """A RECORDED payment is first asked about this long after its last submission attempt: by then
+        no request for it can still be on its way (each is cut at the provider's time limit)."""
+        return 2 * self.provider_timeout_s
 
 
+# Due payments, claimed with a lease. Those given a check time wait for it; the rest follow their
+# state's default schedule.
 _CLAIM = """
 WITH due AS (
     SELECT id FROM payments
-    WHERE state IN ('UNKNOWN', 'PENDING')
-      AND coalesce(
-            next_check_at,
-            updated_at + make_interval(secs => CASE state WHEN 'UNKNOWN' THEN $2::float8 ELSE $3::float8 END)
-          ) <= now()
+    WHERE next_check_at <= now()
+       OR (next_check_at IS NULL AND state IN ('RECORDED', 'UNKNOWN', 'PENDING') AND CASE state
+              WHEN 'UNKNOWN' THEN updated_at + make_interval(secs => $2::float8)
+              WHEN 'PENDING' THEN updated_at + make_interval(secs => $3::float8)
+              ELSE coalesce(submitted_at, created_at) + make_interval(secs => $5::float8)
+           END <= now())
     ORDER BY coalesce(next_check_at, updated_at)
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
 UPDATE payments p SET next_check_at = now() + make_interval(secs => $4::float8), check_attempts = check_attempts + 1
 FROM due WHERE p.id = due.id
-RETURNING p.id, p.state, p.amount, p.currency_code, p.check_attempts
+RETURNING p.id, p.state, p.amount, p.currency_code, p.check_attempts, p.next_check_at
 """
+
+# The claim's lease is still this check's own (no webhook asked for a check meanwhile, the payment did
+# not move): only then does the check set the next one.
+_LATER = "UPDATE payments SET next_check_at = $3 WHERE id = $1 AND next_check_at = $2"
+_LATER_BY = (
+    "UPDATE payments SET next_check_at = now() + make_interval(secs => $3::float8) WHERE id = $1 AND next_check_at = $2"
+)
+
+# A RECORDED payment expires only if it still is, and no submission attempt began since `expiry_s` ago:
+# a retry that stamped one meanwhile wins, and it is sent.
+_EXPIRABLE = """
+SELECT 1 FROM payments
+WHERE id = $1 AND state = 'RECORDED' AND coalesce(submitted_at, created_at) <= now() - make_interval(secs => $2::float8)
+FOR UPDATE
+"""
+
+# When a RECORDED payment unknown to the provider expires, unless a submission attempt begins first.
+_EXPIRES_AT = (
+    "SELECT coalesce(submitted_at, created_at) + make_interval(secs => $2::float8) FROM payments WHERE id = $1"
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +115,8 @@ class _Claimed:
     amount: Decimal
     currency_code: str
     attempts: int
+    #: the lease this check holds (its claim's next_check_at)
+    lease: datetime
 
 
 class Resolver(CheckLoop[_Claimed]):
@@ -84,24 +129,54 @@ class Resolver(CheckLoop[_Claimed]):
     async def _claim(self, connection: asyncpg.Connection) -> list[_Claimed]:
         config = self._settings
         rows = await connection.fetch(
-            _CLAIM, config.batch_size, config.unknown_grace_s, config.pending_overdue_s, config.lease_s
+            _CLAIM,
+            config.batch_size,
+            config.unknown_grace_s,
+            config.pending_overdue_s,
+            config.lease_s,
+            config.recorded_quiet_s,
         )
         return [
-            _Claimed(row["id"], PaymentState(row["state"]), row["amount"], row["currency_code"], row["check_attempts"])
+            _Claimed(
+                row["id"],
+                PaymentState(row["state"]),
+                row["amount"],
+                row["currency_code"],
+                row["check_attempts"],
+                row["next_check_at"],
+            )
             for row in rows
         ]
 
     async def _check(self, payment: _Claimed) -> None:
         key = str(payment.id)
         provider = self._gateway.provider
+        timeout_s = self._settings.provider_timeout_s
         try:
-            answer = await self._gateway.find_payment(key, self._settings.provider_timeout_s)
-            if answer is None and payment.state is PaymentState.UNKNOWN:
-                # the request never arrived: send it again, under the same key
-                answer = await self._gateway.create_payment(
-                    key, payment.amount, payment.currency_code, key, self._settings.provider_timeout_s
-                )
-                CHECKS.labels("resubmitted").inc()
+            answer = await self._gateway.find_payment(key, timeout_s)
+        except (NotSent, OutcomeUnknown, Refused) as error:
+            CHECKS.labels("no_answer").inc()
+            await self._later(payment, f"no answer from {provider}: {error}")
+            return
+        if answer is None:
+            await self._not_found(payment)
+            return
+        await self._apply_answer(payment, answer)
+
+    async def _not_found(self, payment: _Claimed) -> None:
+        """The provider has no payment with this key."""
+        key, provider = str(payment.id), self._gateway.provider
+        if payment.state is PaymentState.RECORDED:
+            await self._expire_or_wait(payment)
+            return
+        if payment.state is not PaymentState.UNKNOWN:
+            CHECKS.labels("not_found").inc()  # PENDING or decided, yet the provider has no such payment
+            await self._later(payment, f"{provider} has no payment with key {key}, though it had one")
+            return
+        try:  # the request never arrived: send it again, under the same key
+            answer = await self._gateway.create_payment(
+                key, payment.amount, payment.currency_code, key, self._settings.provider_timeout_s
+            )
         except (NotSent, OutcomeUnknown) as error:
             CHECKS.labels("no_answer").inc()
             await self._later(payment, f"no answer from {provider}: {error}")
@@ -111,14 +186,34 @@ class Resolver(CheckLoop[_Claimed]):
             await self._apply(
                 payment,
                 PaymentEvent.REJECTED,
-                Evidence(f"resolver.refused_http_{error.status}", f"{provider}:inquiry:{key}"),
+                Evidence(f"resolver.refused_http_{error.status}", f"{provider}:create:{key}"),
             )
             return
-        if answer is None:
-            CHECKS.labels("not_found").inc()  # PENDING, yet the provider has no such payment
-            await self._later(payment, f"{provider} has no payment with key {key}, though it said pending")
-            return
+        CHECKS.labels("resubmitted").inc()
         await self._apply_answer(payment, answer)
+
+    async def _expire_or_wait(self, payment: _Claimed) -> None:
+        """A RECORDED payment the provider does not have: expire it once no attempt began for expiry_s."""
+        expiry_s = self._settings.expiry_s
+
+        async def work(connection: asyncpg.Connection) -> bool:
+            if await connection.fetchval(_EXPIRABLE, payment.id, expiry_s) is None:
+                expires_at = await connection.fetchval(_EXPIRES_AT, payment.id, expiry_s)
+                if expires_at is not None:
+                    await connection.execute(_LATER, payment.id, payment.lease, expires_at)
+                return False
+            evidence = Evidence(
+                "resolver.expired",
+                f"{self._gateway.provider}:inquiry:{payment.id}",
+                witness=Witness.BALLAST,
+            )
+            await apply_provider_evidence(connection, payment.id, PaymentEvent.EXPIRED, evidence)
+            return True
+
+        expired = await in_transaction(self._database, Budget.within(10), work)
+        CHECKS.labels("expired" if expired else "not_sent_yet").inc()
+        if expired:
+            log.info("resolver.expired", payment_id=str(payment.id))
 
     async def _apply_answer(self, payment: _Claimed, answer: ProviderPayment) -> None:
         provider = self._gateway.provider
@@ -133,18 +228,36 @@ class Resolver(CheckLoop[_Claimed]):
             provider=provider,
             provider_status=answer.status,
             provider_payment_id=answer.provider_payment_id,
+            witness=Witness.API,
+            amount=answer.amount,
+            currency_code=answer.currency_code,
         )
-        await self._apply(payment, event, evidence)
-        CHECKS.labels("still_pending" if event is PaymentEvent.ACCEPTED else "decided").inc()
-        if event is PaymentEvent.ACCEPTED:
+        state = await self._apply(payment, event, evidence)
+        if state in UNDECIDED_STATES:
+            CHECKS.labels("still_pending").inc()
             await self._later(payment, f"{provider} still says {answer.status}")
+        else:
+            CHECKS.labels("decided").inc()
+            await self._done(payment)
 
-    async def _apply(self, payment: _Claimed, event: PaymentEvent, evidence: Evidence) -> None:
+    async def _apply(self, payment: _Claimed, event: PaymentEvent, evidence: Evidence) -> PaymentState:
+        """Apply the evidence; the payment's state afterwards."""
+
+        async def work(connection: asyncpg.Connection) -> PaymentState:
+            judged = await apply_provider_evidence(connection, payment.id, event, evidence)
+            return judged.outcome.to_state or judged.outcome.from_state
+
+        state = await in_transaction(self._database, Budget.within(10), work)
+        log.info("resolver.applied", payment_id=str(payment.id), payment_event=event.value, evidence=evidence.reference)
+        return state
+
+    async def _done(self, payment: _Claimed) -> None:
+        """A decided payment needs no further check (unless a webhook asked for one meanwhile)."""
+
         async def work(connection: asyncpg.Connection) -> None:
-            await apply_provider_evidence(connection, payment.id, event, evidence)
+            await connection.execute(_LATER, payment.id, payment.lease, None)
 
         await in_transaction(self._database, Budget.within(10), work)
-        log.info("resolver.applied", payment_id=str(payment.id), payment_event=event.value, evidence=evidence.reference)
 
     async def _later(self, payment: _Claimed, reason: str) -> None:
         """Check again after a backoff; after checks_max, stop and open a case for a person."""
@@ -152,16 +265,16 @@ class Resolver(CheckLoop[_Claimed]):
         async def work(connection: asyncpg.Connection) -> None:
             if payment.attempts < self._settings.checks_max:
                 await connection.execute(
-                    "UPDATE payments SET next_check_at = now() + make_interval(secs => $2::float8)"
-                    " WHERE id = $1 AND state IN ('UNKNOWN', 'PENDING')",
-                    payment.id,
-                    self._settings.backoff_s(payment.attempts),
+                    _LATER_BY, payment.id, payment.lease, self._settings.backoff_s(payment.attempts)
                 )
                 return
-            await connection.execute(
-                "UPDATE payments SET next_check_at = 'infinity' WHERE id = $1 AND state IN ('UNKNOWN', 'PENDING')",
+            gave_up = await connection.fetchval(
+                "UPDATE payments SET next_check_at = 'infinity' WHERE id = $1 AND next_check_at = $2 RETURNING true",
                 payment.id,
+                payment.lease,
             )
+            if not gave_up:  # the payment moved, or a webhook asked for a check: not the end of the road
+                return
             await cases_repository.open_case(
                 connection,
                 UNRESOLVED_CASE,

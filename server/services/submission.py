@@ -4,6 +4,11 @@ The first transaction (the payment and its key) has committed before this runs. 
 is applied as evidence through the state machine; a request that may have reached the provider
 without an answer makes the payment UNKNOWN (the resolver asks the provider later); a request that
 never left leaves it RECORDED and tells the caller to retry, which sends it with the same key.
+
+A payment is sent only while it is RECORDED, and each attempt is stamped first (`submitted_at`, for a
+new payment its creation) under the payment's row lock: an abandoned payment expires only when no
+attempt began for `BALLAST_PAYMENT_EXPIRY_MS` and the provider, asked, does not have it; once
+EXPIRED, a retry with its key is answered EXPIRED and never sent late (server/services/resolver.py).
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from server.db.database import Budget, Database, in_transaction
 from server.db.payments_repository import PaymentRecord
 from server.domain.errors import NotFound, ProviderUnavailable
 from server.domain.identity import Principal
-from server.domain.payment_states import PaymentEvent
+from server.domain.payment_states import PaymentEvent, Witness
 from server.domain.payments import CreatePayment, PaymentState
 from server.domain.provider_status import event_for
+from server.failpoints import failpoint
 from server.providers.gateway import GatewayClient, NotSent, OutcomeUnknown, Refused
 from server.services import payments
 from server.services.payment_events import Evidence, apply_provider_evidence
@@ -45,6 +51,13 @@ async def create_and_submit(
     result = await payments.create_payment(database, principal, request, budget)
     if gateway is None or result.payment.state is not PaymentState.RECORDED:
         return result
+    if result.replayed:  # a retry: stamp the attempt, unless the payment moved on (expired, or sent)
+        async with database.connection(budget) as connection:
+            moved_on = await payments_repository.stamp_submission(
+                connection, result.payment.id, timeout_s=budget.remaining_s()
+            )
+        if moved_on is not None:
+            return CreatePaymentResult(moved_on, replayed=True)
     return CreatePaymentResult(await submit_payment(database, gateway, result.payment, budget), result.replayed)
 
 
@@ -59,6 +72,7 @@ async def submit_payment(
     provider = gateway.provider
     # the provider's idempotency key and the reference it reports are Ballast's own payment id
     key = str(payment.id)
+    failpoint("submission.before_provider_call")
     try:
         answer = await gateway.create_payment(
             key,
@@ -68,15 +82,20 @@ async def submit_payment(
             timeout_s=budget.remaining_s() - OUTCOME_WRITE_RESERVE_S,
         )
     except NotSent as error:
+        failpoint("submission.after_provider_answer")
         log.info("provider.not_sent", payment_id=key, provider=provider, reason=error.reason)
         raise ProviderUnavailable(provider, error.reason, error.retry_after_s) from None
     except OutcomeUnknown as error:
+        failpoint("submission.after_provider_answer")
         log.warning("provider.outcome_unknown", payment_id=key, provider=provider, reason=str(error))
-        event, evidence = PaymentEvent.OUTCOME_UNKNOWN, Evidence("provider.no_answer", f"{provider}:create:{key}")
+        event = PaymentEvent.OUTCOME_UNKNOWN
+        evidence = Evidence("provider.no_answer", f"{provider}:create:{key}", witness=Witness.BALLAST)
     except Refused as error:
+        failpoint("submission.after_provider_answer")
         event = PaymentEvent.REJECTED
         evidence = Evidence(f"provider.refused_http_{error.status}", f"{provider}:create:{key}")
     else:
+        failpoint("submission.after_provider_answer")
         event = event_for(provider, answer.status)
         evidence = Evidence(
             "provider.response",
@@ -84,6 +103,9 @@ async def submit_payment(
             provider=provider,
             provider_status=answer.status,
             provider_payment_id=answer.provider_payment_id,
+            witness=Witness.API,
+            amount=answer.amount,
+            currency_code=answer.currency_code,
         )
     await _record(database, payment, event, evidence)
     return await _reread(database, payment)
@@ -98,6 +120,7 @@ async def _record(database: Database, payment: PaymentRecord, event: PaymentEven
 
     async def work(connection: asyncpg.Connection) -> None:
         await apply_provider_evidence(connection, payment.id, event, evidence)
+        failpoint("submission.before_outcome_commit")
 
     await asyncio.shield(in_transaction(database, Budget.within(OUTCOME_WRITE_TIMEOUT_S), work))
 

@@ -45,6 +45,10 @@ class Transition:
     to_state: PaymentState
     cause: str
     evidence_ref: str
+    #: the internal event ("CORRECTION" for a correction); empty for the creation
+    event: str = ""
+    #: who approved a correction that needed a person
+    approved_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -115,25 +119,26 @@ Position = tuple[datetime, int, int, uuid.UUID, int]
 _TIMELINE = f"""
 SELECT kind, occurred_at, coalesce(row_id, 0) AS row_key, coalesce(entry_id, '{_NO_ENTRY}'::uuid) AS entry_key,
        line_number, from_state, to_state, cause, evidence_ref, provider, status,
-       entry_id, account, amount, currency_code
+       entry_id, account, amount, currency_code, event, approved_by
 FROM (
     SELECT {TimelineKind.PROVIDER_STATUS.value} AS kind, observed_at AS occurred_at, id AS row_id,
            NULL::uuid AS entry_id, 0::smallint AS line_number,
            NULL::text AS from_state, NULL::text AS to_state, NULL::text AS cause, evidence_ref,
-           provider, status, NULL::text AS account, NULL::numeric AS amount, NULL::text AS currency_code
+           provider, status, NULL::text AS account, NULL::numeric AS amount, NULL::text AS currency_code,
+           NULL::text AS event, NULL::text AS approved_by
     FROM provider_statuses WHERE payment_id = $1
     UNION ALL
     SELECT {TimelineKind.TRANSITION.value}, created_at, 0, NULL, 0,
            NULL, '{INITIAL_PAYMENT_STATE.value}', 'api.create_payment', 'idempotency_key:' || idempotency_key,
-           NULL, NULL, NULL, NULL, NULL
+           NULL, NULL, NULL, NULL, NULL, NULL, NULL
     FROM payments WHERE id = $1
     UNION ALL
     SELECT {TimelineKind.TRANSITION.value}, occurred_at, id, NULL, 0,
-           from_state, to_state, cause, evidence_ref, NULL, NULL, NULL, NULL, NULL
+           from_state, to_state, cause, evidence_ref, NULL, NULL, NULL, NULL, NULL, event, approved_by
     FROM payment_transitions WHERE payment_id = $1
     UNION ALL
     SELECT {TimelineKind.LEDGER_LINE.value}, e.posted_at, NULL, e.id, l.line_number,
-           NULL, NULL, NULL, NULL, NULL, NULL, l.account, l.amount, l.currency_code
+           NULL, NULL, NULL, NULL, NULL, NULL, l.account, l.amount, l.currency_code, NULL, NULL
     FROM ledger_entries e JOIN ledger_lines l ON l.entry_id = e.id WHERE e.payment_id = $1
 ) AS timeline
 WHERE $2::timestamptz IS NULL
@@ -152,6 +157,8 @@ def _event(row: asyncpg.Record) -> Transition | ProviderStatus | LedgerLine:
             PaymentState(row["to_state"]),
             row["cause"],
             row["evidence_ref"],
+            row["event"] or "",
+            row["approved_by"],
         )
     if kind is TimelineKind.PROVIDER_STATUS:
         return ProviderStatus(row["provider"], row["status"], row["evidence_ref"])

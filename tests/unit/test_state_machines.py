@@ -30,7 +30,7 @@ def test_the_leg_table_is_exactly_the_specified_one() -> None:
 
 
 def test_terminal_payment_states_never_move() -> None:
-    assert {state for state in P if PAYMENT_MACHINE.is_terminal(state)} == {P.FAILED, P.REJECTED, P.REFUNDED}
+    assert {state for state in P if PAYMENT_MACHINE.is_terminal(state)} == {P.FAILED, P.REJECTED, P.REFUNDED, P.EXPIRED}
 
 
 def test_an_illegal_transition_names_both_states() -> None:

@@ -22,6 +22,7 @@ class PaymentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PAYMENT_STATE_REJECTED: _ClassVar[PaymentState]
     PAYMENT_STATE_REFUND_PENDING: _ClassVar[PaymentState]
     PAYMENT_STATE_REFUNDED: _ClassVar[PaymentState]
+    PAYMENT_STATE_EXPIRED: _ClassVar[PaymentState]
 PAYMENT_STATE_UNSPECIFIED: PaymentState
 PAYMENT_STATE_RECORDED: PaymentState
 PAYMENT_STATE_PENDING: PaymentState
@@ -31,6 +32,7 @@ PAYMENT_STATE_FAILED: PaymentState
 PAYMENT_STATE_REJECTED: PaymentState
 PAYMENT_STATE_REFUND_PENDING: PaymentState
 PAYMENT_STATE_REFUNDED: PaymentState
+PAYMENT_STATE_EXPIRED: PaymentState
 
 class Payment(_message.Message):
     __slots__ = ("id", "client_id", "idempotency_key", "amount", "state", "description", "merchant_reference", "metadata", "provider_payment_id", "provider_status", "create_time", "update_time")
@@ -159,16 +161,20 @@ class TimelineEntry(_message.Message):
     def __init__(self, occur_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., transition: _Optional[_Union[StateTransition, _Mapping]] = ..., provider_status: _Optional[_Union[ProviderStatusObservation, _Mapping]] = ..., ledger_line: _Optional[_Union[LedgerLine, _Mapping]] = ...) -> None: ...
 
 class StateTransition(_message.Message):
-    __slots__ = ("from_state", "to_state", "cause", "evidence_ref")
+    __slots__ = ("from_state", "to_state", "cause", "evidence_ref", "event", "approved_by")
     FROM_STATE_FIELD_NUMBER: _ClassVar[int]
     TO_STATE_FIELD_NUMBER: _ClassVar[int]
     CAUSE_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_REF_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_BY_FIELD_NUMBER: _ClassVar[int]
     from_state: PaymentState
     to_state: PaymentState
     cause: str
     evidence_ref: str
-    def __init__(self, from_state: _Optional[_Union[PaymentState, str]] = ..., to_state: _Optional[_Union[PaymentState, str]] = ..., cause: _Optional[str] = ..., evidence_ref: _Optional[str] = ...) -> None: ...
+    event: str
+    approved_by: str
+    def __init__(self, from_state: _Optional[_Union[PaymentState, str]] = ..., to_state: _Optional[_Union[PaymentState, str]] = ..., cause: _Optional[str] = ..., evidence_ref: _Optional[str] = ..., event: _Optional[str] = ..., approved_by: _Optional[str] = ...) -> None: ...
 
 class ProviderStatusObservation(_message.Message):
     __slots__ = ("provider", "status", "evidence_ref")
