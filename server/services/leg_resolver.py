@@ -2,14 +2,19 @@
 
 A leg the venue never saw, still SUBMITTED, is sent again under the same key. A leg the venue has:
 its status applied, and, when it has fills, each fill the venue lists, once per execution id, so
-fills whose webhooks were dropped are recovered. Working legs are checked again, ever less often;
-a SUBMITTED leg nobody can find out about ends in a case.
+fills whose webhooks were dropped are recovered. An answer that does not fit the leg (another
+venue order id, symbol, side, currency, or more filled than the leg holds) moves nothing: its status
+and fills are not applied, and the leg's evidence-mismatch case keeps the answer. Working legs are
+checked again, ever less often; a SUBMITTED leg nobody can find out about ends in a case.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
 import asyncpg
 import structlog
@@ -20,7 +25,7 @@ from server.domain.order_legs import Fill, LegState
 from server.domain.orders import LegSpec
 from server.domain.provider_status import UnknownProviderStatus, VenueReport, venue_report_for
 from server.providers.http import NotSent, OutcomeUnknown, Refused
-from server.providers.venue import VenueClient, VenueExecution
+from server.providers.venue import VenueClient, VenueExecution, VenueOrder
 from server.services.check_loop import CheckLoop, CheckSettings
 from server.services.resolver import CHECKS, UNRESOLVED_CASE
 from server.services.venue_events import apply_venue_report
@@ -104,7 +109,7 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
             reason = ""
         venue_order_id = answer.venue_order_id if answer else None
         reference = f"{venue.provider}:{venue_order_id or 'inquiry:' + key}"
-        now_state = await self._apply(leg_id, report, executions, reference, reason, venue_order_id)
+        now_state = await self._apply(leg_id, report, executions, reference, reason, answer)
         CHECKS.labels("leg_checked").inc()
         if now_state in (LegState.SUBMITTED, LegState.PENDING, LegState.PARTIALLY_FILLED):
             await self._later(leg_id, now_state, attempts, "still working at the venue")
@@ -125,19 +130,25 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
         executions: list[VenueExecution],
         reference: str,
         reason: str,
-        venue_order_id: str | None,
+        answer: VenueOrder | None,
     ) -> LegState:
-        """Apply the venue's word: a status, or (for fills) an acknowledgement and then each listed fill."""
+        """Apply the venue's word: a status, or (for fills) an acknowledgement and then each listed fill.
+        An answer that does not fit the leg stops at its first report: its fills are not applied."""
+        order, body = (_order(answer), answer.body) if answer else (None, None)
 
         async def work(connection: asyncpg.Connection) -> LegState:
-            if report is not VenueReport.FILL:
-                await apply_venue_report(
-                    connection, leg_id, report, reference, reason=reason, venue_order_id=venue_order_id
-                )
-            else:
-                await apply_venue_report(
-                    connection, leg_id, VenueReport.ACKNOWLEDGED, reference, venue_order_id=venue_order_id
-                )
+            first = VenueReport.ACKNOWLEDGED if report is VenueReport.FILL else report
+            verdict = await apply_venue_report(
+                connection,
+                leg_id,
+                first,
+                reference,
+                reason=reason,
+                venue_order_id=answer.venue_order_id if answer else None,
+                order=order,
+                answer=body,
+            )
+            if report is VenueReport.FILL and verdict != "misfit":
                 for execution in executions:
                     fill = Fill(execution.execution_id, execution.quantity, execution.price)
                     await apply_venue_report(
@@ -174,3 +185,12 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
             )
 
         await in_transaction(self._database, Budget.within(10), work)
+
+
+def _order(answer: VenueOrder) -> dict[str, Any]:
+    """The venue's order object in the inquiry's answer (read once already: it has an id and a status)."""
+    try:
+        order = json.loads(answer.body, parse_float=Decimal)  # a quantity sent as a number stays exact
+    except ValueError:
+        return {}
+    return order if isinstance(order, dict) else {}

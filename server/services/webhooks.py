@@ -410,7 +410,7 @@ def _leg_handler(source: WebhookSource, event: _Event, leg_id: uuid.UUID, exec_t
     except UnknownProviderStatus:
         raise Unreadable(f"execution type {exec_type!r} has no mapping for {source.provider}") from None
     fill, fill_time = _fill(event) if report is VenueReport.FILL else (None, None)
-    reference = f"{source.provider}:{event.event_id}"
+    reference = f"{source.provider}:{event.event_id}"  # the delivery, kept by the intake, is the evidence
 
     async def apply(connection: asyncpg.Connection) -> Outcome:
         verdict = await apply_venue_report(
@@ -422,6 +422,7 @@ def _leg_handler(source: WebhookSource, event: _Event, leg_id: uuid.UUID, exec_t
             fill_time=fill_time,
             reason=event.reason,
             venue_order_id=event.provider_object_id,
+            order=event.data,  # what it states of the venue's order (id, symbol, side, fills) must fit the leg
         )
         return Outcome(verdict)
 

@@ -1,0 +1,324 @@
+"""Venue evidence that does not fit never moves an order leg (real HTTP intake, real PostgreSQL).
+
+A correctly signed report about a leg whose venue order id, symbol, side or filled quantity
+contradicts what Ballast knows of it is kept, moves nothing, records nothing on the leg (not even
+the venue's order id) and opens one EVIDENCE_MISMATCH case for the leg naming the differing fields;
+later misfits join that case. The leg resolver holds the venue's inquiry answer to the same rule. A
+report that fits applies as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+
+from server.api.http_app import build_http_app
+from server.db.database import Budget, Database
+from server.domain.identity import Principal
+from server.domain.orders import LegSpec, validate_submit_order
+from server.providers.http import NotSent
+from server.providers.venue import VenueExecution, VenueOrder
+from server.services.leg_resolver import OrderResolver, OrderResolverSettings
+from server.services.order_submission import submit_and_send
+from server.services.webhooks import WebhookSource
+
+SECRET = "whsec_venue_evidence_fit"  # noqa: S105 - a test secret
+PROVIDER = "simulator"
+MISMATCH = "EVIDENCE_MISMATCH"
+
+Post = Callable[[bytes], Awaitable[dict[str, Any]]]
+
+
+def _sign(body: bytes) -> str:
+    t = int(time.time())
+    return f"t={t},v1={hmac.new(SECRET.encode(), f'{t}.'.encode() + body, hashlib.sha256).hexdigest()}"
+
+
+def _order(leg_id: uuid.UUID, exec_type: str, venue_order_id: str, **fields: Any) -> dict[str, Any]:
+    """The broker venue's order object as its webhooks and its inquiry carry it, for a 100 ACME buy."""
+    return {
+        "id": venue_order_id,
+        "object": "order",
+        "symbol": "ACME",
+        "side": "buy",
+        "type": "market",
+        "quantity": "100",
+        "currency": "USD",
+        "status": "new",
+        "filled_quantity": "0",
+        "exec_type": exec_type,
+        "idempotency_key": str(leg_id),
+        "execution": None,
+    } | fields
+
+
+def _fill(order: dict[str, Any], quantity: str, cumulative: str, price: str = "10.5") -> dict[str, Any]:
+    execution = {
+        "id": f"exec_{uuid.uuid4().hex}",
+        "order_id": order["id"],
+        "exec_type": order["exec_type"],
+        "quantity": quantity,
+        "price": price,
+        "cumulative_quantity": cumulative,
+        "leaves_quantity": str(Decimal(order["quantity"]) - Decimal(cumulative)),
+        "time": int(time.time()),
+    }
+    return order | {"execution": execution, "filled_quantity": cumulative, "status": "partially_filled"}
+
+
+def _event(order: dict[str, Any], event_id: str | None = None) -> bytes:
+    event = {"id": event_id or f"evt_{uuid.uuid4().hex}", "type": f"order.{order['exec_type']}"}
+    return json.dumps(event | {"data": {"object": order}}).encode()
+
+
+@pytest.fixture
+async def post(database: Database) -> AsyncIterator[Post]:
+    runner = web.AppRunner(build_http_app(database, {PROVIDER: WebhookSource(PROVIDER, SECRET)}), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    async with aiohttp.ClientSession() as session:
+
+        async def send(body: bytes) -> dict[str, Any]:
+            headers = {"Simulator-Signature": _sign(body), "Content-Type": "application/json"}
+            async with session.post(f"http://127.0.0.1:{port}/webhooks/{PROVIDER}", data=body, headers=headers) as r:
+                reply: dict[str, Any] = await r.json()
+                assert r.status == 200, reply
+                return reply
+
+        yield send
+    await runner.cleanup()
+
+
+async def _submitted_leg(database: Database, principal: Principal) -> uuid.UUID:
+    """A 100 ACME buy, recorded and not sent (SUBMITTED, no venue order id)."""
+    spec = {
+        "instrument_symbol": "ACME",
+        "side": "BUY",
+        "quantity": "100",
+        "order_type": "MARKET",
+        "limit_price": "",
+        "currency_code": "USD",
+    }
+    request = validate_submit_order(f"o-{uuid.uuid4()}", "fit", [spec])
+    order = (await submit_and_send(database, None, principal, request, Budget.within(5))).order
+    return order.legs[0].id
+
+
+async def _pending_leg(post: Post, database: Database, principal: Principal, venue_order_id: str) -> uuid.UUID:
+    """The same leg, acknowledged by the venue under `venue_order_id` (PENDING)."""
+    leg_id = await _submitted_leg(database, principal)
+    assert (await post(_event(_order(leg_id, "new", venue_order_id))))["outcome"] == "applied"
+    return leg_id
+
+
+async def _leg(pool: asyncpg.Pool, leg_id: uuid.UUID) -> dict[str, Any]:
+    """Everything a report could have moved or recorded on a leg."""
+    row = await pool.fetchrow(
+        """
+        SELECT l.state, l.filled_quantity, l.fill_notional, l.venue_order_id, l.quantity,
+               (SELECT count(*) FROM leg_fills f WHERE f.leg_id = l.id) AS fills,
+               (SELECT count(*) FROM leg_transitions t WHERE t.leg_id = l.id) AS transitions,
+               (SELECT count(*) FROM outbox o WHERE o.message_key = l.id::text AND o.topic <> 'cases.opened')
+                   AS leg_events
+        FROM legs l WHERE l.id = $1
+        """,
+        leg_id,
+    )
+    assert row is not None
+    return dict(row)
+
+
+async def _cases(pool: asyncpg.Pool, leg_id: uuid.UUID) -> list[dict[str, Any]]:
+    rows = await pool.fetch("SELECT kind, status, summary, evidence FROM cases WHERE leg_id = $1", leg_id)
+    return [dict(row) for row in rows]
+
+
+def _named(piece: dict[str, Any]) -> list[tuple[str, str | None, str]]:
+    return [(misfit["field"], misfit["ballast"], misfit["venue"]) for misfit in piece["misfits"]]
+
+
+async def test_a_fill_naming_another_venue_order_moves_nothing_and_a_second_misfit_joins_its_case(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    leg_id = await _pending_leg(post, database, principal, "ord_ours")
+    before = await _leg(pool, leg_id)
+
+    other_order = _fill(_order(leg_id, "partial_fill", "ord_theirs"), "10", "10")
+    first_id = f"evt_{uuid.uuid4().hex}"
+    assert (await post(_event(other_order, first_id)))["outcome"] == "misfit"
+
+    assert await _leg(pool, leg_id) == before  # no fill, no transition, no event, the venue order id kept
+    assert before["venue_order_id"] == "ord_ours" and before["state"] == "PENDING"
+    kept = await pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", first_id)
+    assert kept == 1  # the delivery is the evidence, kept as received
+    (case,) = await _cases(pool, leg_id)
+    assert (case["kind"], case["status"]) == (MISMATCH, "OPEN")
+    (piece,) = case["evidence"]
+    assert piece["claim"] == "FILL" and piece["evidence_ref"] == f"{PROVIDER}:{first_id}"
+    assert _named(piece) == [
+        ("venue_order_id", "ord_ours", "ord_theirs"),
+        ("execution.order_id", "ord_ours", "ord_theirs"),
+    ]
+    assert piece["fill"]["quantity"] == "10"
+    assert "venue_order_id" in case["summary"] and "ord_theirs" in case["summary"]
+
+    # our venue order id, another instrument and side: a second misfit joins the open case
+    other_symbol = _fill(_order(leg_id, "partial_fill", "ord_ours", symbol="OTHER", side="sell"), "10", "10")
+    assert (await post(_event(other_symbol)))["outcome"] == "misfit"
+
+    assert await _leg(pool, leg_id) == before
+    (case,) = await _cases(pool, leg_id)
+    assert [_named(piece) for piece in case["evidence"]] == [
+        [("venue_order_id", "ord_ours", "ord_theirs"), ("execution.order_id", "ord_ours", "ord_theirs")],
+        [("symbol", "ACME", "OTHER"), ("side", "BUY", "sell")],
+    ]
+
+
+async def test_a_misfit_records_no_venue_order_id_and_a_fitting_report_then_records_its_own(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    leg_id = await _submitted_leg(database, principal)
+    before = await _leg(pool, leg_id)
+    assert before["venue_order_id"] is None
+
+    assert (await post(_event(_order(leg_id, "new", "ord_elsewhere", symbol="OTHER"))))["outcome"] == "misfit"
+    assert await _leg(pool, leg_id) == before  # still SUBMITTED, and the other order's id is not the leg's
+    (case,) = await _cases(pool, leg_id)
+    assert [_named(piece) for piece in case["evidence"]] == [[("symbol", "ACME", "OTHER")]]
+
+    assert (await post(_event(_order(leg_id, "new", "ord_ours"))))["outcome"] == "applied"
+    after = await _leg(pool, leg_id)
+    assert (after["state"], after["venue_order_id"]) == ("PENDING", "ord_ours")
+
+
+async def test_a_venue_stating_more_filled_than_the_leg_holds_moves_nothing(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    leg_id = await _pending_leg(post, database, principal, "ord_ours")
+    before = await _leg(pool, leg_id)
+    # the fill itself would fit (10 of 100), but the venue says 150 of this order have filled
+    report = _fill(_order(leg_id, "partial_fill", "ord_ours"), "10", "150")
+    assert (await post(_event(report)))["outcome"] == "misfit"
+    assert await _leg(pool, leg_id) == before
+    (case,) = await _cases(pool, leg_id)
+    assert [_named(piece) for piece in case["evidence"]] == [[("filled_quantity", "100", "150")]]
+    assert case["evidence"][0]["misfits"][0]["rule"] == "at_most"
+
+
+async def test_reports_that_fit_apply_as_before(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    leg_id = await _pending_leg(post, database, principal, "ord_ours")
+    first = _fill(_order(leg_id, "partial_fill", "ord_ours"), "40", "40", price="10")
+    assert (await post(_event(first)))["outcome"] == "applied"
+    rest = _fill(_order(leg_id, "fill", "ord_ours"), "60", "100", price="11")
+    assert (await post(_event(rest)))["outcome"] == "applied"
+
+    after = await _leg(pool, leg_id)
+    assert (after["state"], after["filled_quantity"], after["fill_notional"], after["fills"]) == (
+        "FILLED",
+        Decimal("100"),
+        Decimal("1060"),
+        2,
+    )
+    assert after["venue_order_id"] == "ord_ours"
+    assert await _cases(pool, leg_id) == []
+
+
+async def test_a_report_stating_none_of_the_fields_still_applies(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    """A venue that states only its order id and the execution is not held to what it did not say."""
+    leg_id = await _pending_leg(post, database, principal, "ord_ours")
+    execution = {"id": f"exec_{uuid.uuid4().hex}", "quantity": "5", "price": "9", "time": int(time.time())}
+    bare = {"id": "ord_ours", "exec_type": "partial_fill", "idempotency_key": str(leg_id), "execution": execution}
+    assert (await post(_event(bare)))["outcome"] == "applied"
+    assert (await _leg(pool, leg_id))["filled_quantity"] == Decimal("5")
+
+
+# ------------------------------------------------------------------------------------------ the resolver
+
+
+class _Venue:
+    """A venue whose inquiry answers about one leg with `order` and lists `executions`; every other
+    leg the resolver claims from the shared database is 'not sent' (it is checked again later)."""
+
+    provider = PROVIDER
+
+    def __init__(self, leg_id: uuid.UUID, order: dict[str, Any], executions: list[VenueExecution]) -> None:
+        self.leg_id = str(leg_id)
+        self.order = order
+        self.listed = executions
+        self.asked_executions: list[str] = []
+
+    async def find_leg(self, idempotency_key: str, timeout_s: float) -> VenueOrder | None:
+        if idempotency_key != self.leg_id:
+            raise NotSent("another test's leg", 0)
+        return VenueOrder(self.order["id"], self.order["status"], json.dumps(self.order).encode())
+
+    async def executions(self, venue_order_id: str, timeout_s: float) -> list[VenueExecution]:
+        self.asked_executions.append(venue_order_id)
+        return self.listed
+
+    async def submit_leg(self, idempotency_key: str, leg: LegSpec, reference: str, timeout_s: float) -> VenueOrder:
+        raise NotSent("this venue takes no orders", 0)
+
+
+async def _check(pool: asyncpg.Pool, database: Database, venue: _Venue, leg_id: uuid.UUID) -> None:
+    """Run the resolver until it has checked the leg once (other tests' legs may be due as well)."""
+    resolver = OrderResolver(database, venue, OrderResolverSettings(batch_size=200))  # type: ignore[arg-type]
+    attempts = await pool.fetchval("SELECT check_attempts FROM legs WHERE id = $1", leg_id)
+    deadline = time.monotonic() + 20
+    while await pool.fetchval("SELECT check_attempts FROM legs WHERE id = $1", leg_id) == attempts:
+        assert time.monotonic() < deadline, "the resolver never checked the leg"
+        await pool.execute("UPDATE legs SET next_check_at = '-infinity' WHERE id = $1", leg_id)
+        await resolver.run_once()
+
+
+async def test_an_inquiry_answer_naming_another_order_moves_nothing_and_is_kept_in_the_case(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    leg_id = await _pending_leg(post, database, principal, "ord_ours")
+    before = await _leg(pool, leg_id)
+    answer = _order(leg_id, "", "ord_theirs", status="partially_filled", filled_quantity="30")
+    listed = [VenueExecution(f"exec_{uuid.uuid4().hex}", Decimal("30"), Decimal("10"), datetime.now(UTC))]
+    venue = _Venue(leg_id, answer, listed)
+
+    await _check(pool, database, venue, leg_id)
+
+    assert await _leg(pool, leg_id) == before  # its fills were not applied either
+    (case,) = await _cases(pool, leg_id)
+    assert case["kind"] == MISMATCH
+    (piece,) = case["evidence"]
+    assert _named(piece) == [("venue_order_id", "ord_ours", "ord_theirs")]
+    assert piece["evidence_ref"] == f"{PROVIDER}:ord_theirs"
+    assert json.loads(piece["venue_answer"]) == answer  # an inquiry's answer is kept nowhere else
+
+
+async def test_an_inquiry_answer_that_fits_recovers_its_fills_as_before(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    leg_id = await _pending_leg(post, database, principal, "ord_ours")
+    answer = _order(leg_id, "", "ord_ours", status="partially_filled", filled_quantity="30")
+    listed = [VenueExecution(f"exec_{uuid.uuid4().hex}", Decimal("30"), Decimal("10"), datetime.now(UTC))]
+    venue = _Venue(leg_id, answer, listed)
+
+    await _check(pool, database, venue, leg_id)
+
+    after = await _leg(pool, leg_id)
+    assert (after["state"], after["filled_quantity"], after["fills"]) == ("PARTIALLY_FILLED", Decimal("30"), 1)
+    assert venue.asked_executions == ["ord_ours"]
+    assert await _cases(pool, leg_id) == []
