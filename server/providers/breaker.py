@@ -20,9 +20,10 @@ success from before it opened does not close it.
 
 There is one breaker per provider operation kind (`simulator.payments`, `simulator.orders`), shared by
 client calls, the resolvers and the case checks: it measures the provider's health, and every call that
-had the provider's full time is evidence of it, whoever made it. Background checks are meant to ask with
-that same full provider timeout so their timeouts count like anyone's; and while the breaker is open they
-are refused like anyone, instead of adding load to a provider that is down.
+had the provider's full time is evidence of it, whoever made it. Background checks ask with that same full
+provider timeout (the server builds their settings from BALLAST_PROVIDER_TIMEOUT_MS), so their timeouts
+count like anyone's; and while the breaker is open they are refused like anyone, instead of adding load
+to a provider that is down.
 
 This replaces aiobreaker, which counts every timeout whoever cut it short, has no notion of a period (a
 straggler failing while open re-opened it and restarted its window), lets every call through while
