@@ -30,7 +30,7 @@ from prometheus_client import Counter, Histogram
 from server.db.database import Budget, Database, in_transaction
 from server.domain.errors import DeadlineExceeded, NotFound, Unavailable
 from server.domain.order_legs import Fill
-from server.domain.payment_states import Verdict
+from server.domain.payment_states import Verdict, Witness
 from server.domain.provider_status import UnknownProviderStatus, VenueReport, event_for, venue_report_for
 from server.messaging.idempotent import Alongside, claim_new
 from server.providers.signatures import signature_problem
@@ -76,9 +76,14 @@ class WebhookSource:
 
 class Outcome(enum.StrEnum):
     APPLIED = "applied"  # news, or for a leg also a repeat
+    #: a payment's outcome claimed: kept, and the provider's API is asked at once; its answer decides
+    CONFIRMING = "confirming"
     DUPLICATE = "duplicate"
     STALE = "stale"
+    #: a venue contradicting what it said of a leg: a case was opened
     CONTRADICTION = "contradiction"
+    #: about another amount, currency or provider object than Ballast's: kept, nothing moved, a case opened
+    MISFIT = "misfit"
     REPEAT = "repeat"
     IGNORED = "ignored"  # authentic, but about nothing Ballast has (another object type, another merchant's id)
 
@@ -103,6 +108,8 @@ class _Event:
     #: an order event's execution (fill), as the venue sent it
     execution: dict[str, Any] | None = None
     reason: str = ""
+    #: the event's object as the provider sent it (amounts, currency, symbol: what fit checks compare)
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 def _text(value: object, length_max: int) -> str | None:
@@ -123,7 +130,7 @@ def _header_text(value: str) -> str:
 
 def _parse(body: bytes) -> _Event:
     try:
-        parsed = json.loads(body)
+        parsed = json.loads(body, parse_float=Decimal)  # an amount sent as a number stays exact
         event_id, kind, data = parsed["id"], parsed["type"], parsed["data"]["object"]
     except (ValueError, KeyError, TypeError):
         raise Unreadable("the body is not a provider event (id, type, data.object)") from None
@@ -147,6 +154,7 @@ def _parse(body: bytes) -> _Event:
         _text(data.get("exec_type") if is_order else data.get("status"), 64),
         execution if isinstance(execution, dict) else None,
         _text(data.get("reject_reason"), 500) or "",
+        data,
     )
 
 
@@ -400,8 +408,24 @@ def _payment_application(source: WebhookSource, event: _Event, payment_id: uuid.
         provider=source.provider,
         provider_status=status,
         provider_payment_id=event.provider_object_id,
+        witness=Witness.WEBHOOK,
+        amount=_stated(event.data, "amount"),
+        currency_code=_stated(event.data, "currency"),
     )
     return Application(payment_id, payment_event, evidence)
+
+
+def _stated(data: dict[str, Any], name: str) -> str | None:
+    """A term the event states (amount, currency), as text to compare; None when it states none.
+    Something that is neither text nor a number is kept as its JSON, which fits no payment."""
+    if name not in data or data[name] is None:
+        return None
+    value = data[name]
+    if isinstance(value, str):
+        return _text(value, 64)
+    if isinstance(value, int | Decimal) and not isinstance(value, bool):
+        return str(value)
+    return json.dumps(value, default=str)[:64]
 
 
 def _leg_handler(source: WebhookSource, event: _Event, leg_id: uuid.UUID, exec_type: str) -> Apply:
@@ -429,9 +453,13 @@ def _leg_handler(source: WebhookSource, event: _Event, leg_id: uuid.UUID, exec_t
     return apply
 
 
+#: A webhook is never the API's word, so it is never CORRECTed or HELD; listed to make the map total.
 _OUTCOMES = {
     Verdict.APPLY: Outcome.APPLIED,
     Verdict.REPEAT: Outcome.REPEAT,
     Verdict.STALE: Outcome.STALE,
-    Verdict.CONTRADICTION: Outcome.CONTRADICTION,
+    Verdict.CONFIRM: Outcome.CONFIRMING,
+    Verdict.MISFIT: Outcome.MISFIT,
+    Verdict.CORRECT: Outcome.APPLIED,
+    Verdict.HOLD: Outcome.CONFIRMING,
 }

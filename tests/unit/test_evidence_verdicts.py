@@ -26,7 +26,6 @@ from server.domain.payment_states import (
     misfits,
 )
 from server.domain.payments import PaymentState
-from server.domain.state_machine import IllegalTransition
 
 P, E, W = PaymentState, PaymentEvent, Witness
 
