@@ -351,10 +351,7 @@ leg_transitions = sa.Table(
     sa.Column("cause", sa.Text, nullable=False),
     sa.Column("evidence_ref", sa.Text, nullable=False),
     sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-    # who approved a correction that needs a person (NULL for every other move)
-    sa.Column("approved_by", sa.Text, nullable=True),
     sa.CheckConstraint("char_length(cause) BETWEEN 1 AND 64", name="cause_length"),
-    sa.CheckConstraint("char_length(approved_by) BETWEEN 1 AND 128", name="approved_by_length"),
     sa.CheckConstraint("char_length(evidence_ref) BETWEEN 1 AND 500", name="evidence_ref_length"),
     sa.Index("ix_leg_transitions_leg_id", "leg_id", "id"),
     comment="Every state change of every leg, with its cause and evidence. Append-only.",

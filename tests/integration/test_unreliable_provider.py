@@ -32,7 +32,6 @@ from server.domain.payments import PaymentState, validate_create_payment
 from server.providers.breaker import Breaker, BreakerSettings, BreakerState
 from server.providers.embedded_simulator import embedded_simulator
 from server.providers.gateway import GatewayClient, NotSent
-from server.services.case_checks import CaseChecker
 from server.services.payment_events import Evidence, apply_payment_event
 from server.services.provider_health import breaker_announcer
 from server.services.resolver import Resolver, ResolverSettings
@@ -243,7 +242,9 @@ async def test_two_resolvers_never_ask_about_the_same_payment_at_once(
             return await super().find_payment(idempotency_key, timeout_s)
 
     ids = await _unknown_payments(database, principal, 30)
-    async with _simulator(tmp_path, database, "calm", **FAST) as url, aiohttp.ClientSession() as session:
+    # no webhooks: a webhook's claim would make a payment due for another check, on purpose
+    quiet = FAST | {"webhook_drop_rate": 1.0}
+    async with _simulator(tmp_path, database, "calm", **quiet) as url, aiohttp.ClientSession() as session:
         gateway = Counting("simulator", url, session, Breaker("simulator.payments", BreakerSettings()))
         settings = ResolverSettings(unknown_grace_s=0, batch_size=10, lease_s=60)
         resolvers = [Resolver(database, gateway, settings), Resolver(database, gateway, settings)]
@@ -278,7 +279,7 @@ async def test_a_payment_the_provider_never_answers_for_ends_in_one_case(
     assert [(case["kind"], case["status"]) for case in cases] == [("UNRESOLVED_OUTCOME", "OPEN")]
 
 
-async def test_a_contradiction_case_gets_the_providers_own_answer(
+async def test_contradictory_webhooks_never_decide_a_payment_the_providers_api_does(
     tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     # every final webhook is preceded by a claim of the opposite outcome: "failed", then "succeeded"
@@ -289,18 +290,29 @@ async def test_a_contradiction_case_gets_the_providers_own_answer(
             await create_and_submit(database, gateway, principal, _request(str(uuid.uuid4())), Budget.within(5))
         ).payment
         deadline = time.monotonic() + 20
-        while not await pool.fetchval("SELECT count(*) FROM cases WHERE payment_id = $1", payment.id):
-            assert time.monotonic() < deadline, "no case opened"
+        while (
+            await pool.fetchval(
+                "SELECT count(DISTINCT status) FROM provider_statuses WHERE payment_id = $1 AND status <> 'pending'",
+                payment.id,
+            )
+            < 2
+        ):
+            assert time.monotonic() < deadline, "the contradictory webhooks did not arrive"
             await asyncio.sleep(0.05)
-        # the other tests' cases wait; this one is due first
-        await pool.execute("UPDATE cases SET provider_check_due_at = '-infinity' WHERE payment_id = $1", payment.id)
-        await CaseChecker(database, gateway).run_once()
-    case = await pool.fetchrow("SELECT evidence, provider_check_due_at FROM cases WHERE payment_id = $1", payment.id)
-    claims = [(piece["claim"], piece["cause"]) for piece in case["evidence"]]
-    assert claims[:2] == [("FAILED", "webhook.simulator"), ("SUCCEEDED", "webhook.simulator")]
-    assert claims[-1] == ("SUCCEEDED", "case_check.inquiry")  # the provider stands by its success
-    assert case["provider_check_due_at"] is None
-    assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment.id) == "FAILED"  # nothing moved back
+        row = await pool.fetchrow("SELECT state, next_check_at <= now() AS due FROM payments WHERE id = $1", payment.id)
+        assert (row["state"], row["due"]) == ("PENDING", True)  # the webhooks moved nothing; Ballast must ask
+        # the other tests' due payments wait; this one is checked first
+        await pool.execute("UPDATE payments SET next_check_at = '-infinity' WHERE id = $1", payment.id)
+        await Resolver(database, gateway).run_once()
+    transitions = await pool.fetch(
+        "SELECT to_state, cause FROM payment_transitions WHERE payment_id = $1 ORDER BY id", payment.id
+    )
+    assert [(t["to_state"], t["cause"]) for t in transitions] == [
+        ("PENDING", "provider.response"),
+        ("SUCCEEDED", "resolver.inquiry"),  # the provider's API, asked by id, decided
+    ]
+    assert await pool.fetchval("SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment.id) == 1
+    assert await pool.fetchval("SELECT count(*) FROM cases WHERE payment_id = $1", payment.id) == 0
 
 
 async def test_an_open_breaker_records_the_payment_unsent_answers_unavailable_and_announces_itself(
