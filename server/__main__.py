@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import uuid
 from datetime import datetime
 
 import aiohttp
@@ -33,9 +34,10 @@ from aiohttp import web
 
 from server.api.grpc_server import CannotListen, build_server, set_component_serving, set_serving
 from server.api.http_app import build_http_app
-from server.db.database import Database
+from server.db.database import Budget, Database
 from server.db.engine import asyncpg_dsn, create_pool
 from server.db.migrate import migrate_to_head, pending_revision
+from server.domain.errors import BallastError
 from server.failpoints import arm as arm_failpoints
 from server.observability import configure_logging
 from server.outbox import admin
@@ -47,6 +49,7 @@ from server.providers.venue import VenueClient
 from server.services import audit
 from server.services.case_checks import CaseChecker
 from server.services.check_loop import CheckSettings
+from server.services.corrections import approve_correction
 from server.services.leg_resolver import OrderResolver, OrderResolverSettings
 from server.services.provider_health import breaker_announcer
 from server.services.resolver import Resolver, ResolverSettings
@@ -62,7 +65,19 @@ SIMULATOR = "simulator"
 #: cannot take every socket.
 PROVIDER_CONNECTIONS_MAX = 100
 
-COMMANDS = ("serve", "migrate", "token", "verify-audit", "relay", "dead-letters", "redrive", "republish")
+COMMANDS = (
+    "serve",
+    "migrate",
+    "token",
+    "verify-audit",
+    "relay",
+    "dead-letters",
+    "redrive",
+    "republish",
+    "approve-correction",
+)
+#: Commands that take arguments of their own.
+_WITH_ARGUMENTS = ("republish", "approve-correction")
 USAGE = f"usage: python -m server [{'|'.join(COMMANDS)}]"
 
 
@@ -325,13 +340,49 @@ async def republish(database_url: str, key: str | None, since: datetime | None) 
     return 0
 
 
+def _approval_options(arguments: list[str]) -> tuple[uuid.UUID, str, str] | None:
+    """CASE_ID --by NAME --note TEXT; None (after printing why) if they do not parse."""
+    parser = argparse.ArgumentParser(prog="python -m server approve-correction")
+    parser.add_argument("case_id", help="the CORRECTION_NEEDS_APPROVAL case")
+    parser.add_argument("--by", required=True, help="who approves (kept on the transition and the case)")
+    parser.add_argument("--note", required=True, help="why: kept with the case's resolution")
+    try:
+        options = parser.parse_args(arguments)
+        return uuid.UUID(options.case_id), options.by, options.note
+    except (SystemExit, ValueError):
+        print('usage: python -m server approve-correction CASE_ID --by NAME --note "why"', file=sys.stderr)
+        return None
+
+
+async def approve(database_url: str, case_id: uuid.UUID, approved_by: str, note: str) -> int:
+    """`python -m server approve-correction`: a person approves the correction a case proposes."""
+    pool = await create_pool(database_url, size=1, statement_timeout_ms=30_000)
+    try:
+        approved = await approve_correction(Database(pool), case_id, approved_by, note, Budget.within(30))
+    except BallastError as error:
+        print(f"not approved: {error}", file=sys.stderr)
+        return 1
+    finally:
+        await pool.close()
+    outcome = approved.outcome
+    print(
+        f"payment {approved.payment_id}: corrected {outcome.from_state.value} -> "
+        f"{outcome.to_state.value if outcome.to_state else outcome.from_state.value}"
+        f" with {len(outcome.ledger_entry_ids)} ledger entries; case {case_id} resolved"
+    )
+    return 0
+
+
 def main(argv: list[str]) -> int:
     command = argv[0] if argv else "serve"
-    if command not in COMMANDS or (len(argv) > 1 and command != "republish"):
+    if command not in COMMANDS or (len(argv) > 1 and command not in _WITH_ARGUMENTS):
         print(USAGE, file=sys.stderr)
         return 2
     republish_options = _republish_options(argv[1:]) if command == "republish" else None
     if command == "republish" and republish_options is None:
+        return 2
+    approval = _approval_options(argv[1:]) if command == "approve-correction" else None
+    if command == "approve-correction" and approval is None:
         return 2
     try:
         settings = load_settings()
@@ -361,6 +412,8 @@ def main(argv: list[str]) -> int:
         return asyncio.run(verify_audit(database_url))
     if republish_options is not None:
         return asyncio.run(republish(database_url, *republish_options))
+    if approval is not None:
+        return asyncio.run(approve(database_url, *approval))
     if command in ("dead-letters", "redrive"):
         return asyncio.run(manage_dead_letters(database_url, redrive=command == "redrive"))
     try:

@@ -10,6 +10,7 @@ from server.domain.errors import (
     BallastError,
     ConcurrencyConflict,
     DeadlineExceeded,
+    FailedPrecondition,
     IdempotencyKeyReused,
     InvalidArgument,
     NotFound,
@@ -59,6 +60,8 @@ def _details_for(error: BallastError) -> tuple[grpc.StatusCode, list[any_pb2.Any
     if isinstance(error, IllegalTransition):
         subject = f"{error.machine}:{error.from_state}->{error.to_state}"
         return _precondition_failure("ILLEGAL_TRANSITION", subject, error)
+    if isinstance(error, FailedPrecondition):
+        return _precondition_failure("FAILED_PRECONDITION", error.subject, error)
     if isinstance(error, NotFound):
         return grpc.StatusCode.NOT_FOUND, [
             _pack(error_details_pb2.ResourceInfo(resource_type=error.kind, resource_name=error.identifier))

@@ -50,3 +50,24 @@ async def open_case(
     payload = {"case_id": str(case_id), "kind": kind, subject: str(subject_id), "evidence": evidence}
     await write_event(connection, events.CASE_OPENED, str(subject_id), payload)
     return case_id
+
+
+async def lock_open_case(connection: asyncpg.Connection, case_id: uuid.UUID) -> asyncpg.Record | None:
+    """The open case, locked until the caller's transaction ends; None if there is none (or it is resolved)."""
+    row: asyncpg.Record | None = await connection.fetchrow(
+        "SELECT id, kind, payment_id, leg_id, summary, evidence FROM cases"
+        " WHERE id = $1 AND status = 'OPEN' FOR UPDATE",
+        case_id,
+    )
+    return row
+
+
+async def resolve_case(connection: asyncpg.Connection, case_id: uuid.UUID, resolution: dict[str, Any]) -> None:
+    """Close the case with the resolution as its last piece of evidence, and announce it."""
+    await connection.execute(
+        "UPDATE cases SET status = 'RESOLVED', evidence = evidence || $2::jsonb, updated_at = now(),"
+        " provider_check_due_at = NULL WHERE id = $1",
+        case_id,
+        [resolution],
+    )
+    await write_event(connection, events.CASE_RESOLVED, str(case_id), {"case_id": str(case_id)} | resolution)

@@ -42,6 +42,14 @@ class NotFound(BallastError):
         super().__init__(f"{kind} {identifier!r} not found")
 
 
+class FailedPrecondition(BallastError):
+    """The request is well formed, but the thing it acts on is not in the state it needs. Nothing was written."""
+
+    def __init__(self, subject: str, message: str) -> None:
+        self.subject = subject
+        super().__init__(message)
+
+
 class PermissionDenied(BallastError):
     """The caller is authenticated, but its role may not do this."""
 

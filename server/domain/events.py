@@ -10,6 +10,7 @@ PAYMENT_RECORDED = "payments.recorded"
 PAYMENT_STATE_CHANGED = "payments.state_changed"
 LEDGER_POSTED = "ledger.posted"
 CASE_OPENED = "cases.opened"
+CASE_RESOLVED = "cases.resolved"
 BREAKER_STATE_CHANGED = "providers.breaker_state_changed"
 
 

@@ -1,0 +1,97 @@
+"""A person approves a correction the table does not make on its own.
+
+When the provider's API contradicts a decided payment and the correction table says a person must
+approve (taking money back from a merchant, charging for an expired payment, a refund Ballast never
+asked for, or any second correction), a CORRECTION_NEEDS_APPROVAL case holds the proposal. Approving
+it applies the correction in one transaction with the case's resolution: the payment must still be
+where the case found it, the transition carries who approved it, and the compensating ledger entries
+are posted. PostgreSQL refuses the same correction without an approver.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from server.db import cases_repository
+from server.db.database import Budget, Database, in_transaction
+from server.domain.corrections import CORRECTION_CASE
+from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from server.domain.payments import PaymentState
+from server.services.payment_events import EventOutcome, Evidence, approve_correction_on
+
+APPROVER_LENGTH_MAX = 128
+NOTE_LENGTH_MAX = 2000
+
+
+@dataclass(frozen=True)
+class ApprovedCorrection:
+    case_id: uuid.UUID
+    payment_id: uuid.UUID
+    outcome: EventOutcome
+
+
+def _proposal(evidence: list[dict[str, Any]]) -> tuple[PaymentState, PaymentState] | None:
+    """The latest correction the case proposes."""
+    for piece in reversed(evidence):
+        proposed = piece.get("proposed_correction") if isinstance(piece, dict) else None
+        if isinstance(proposed, dict):
+            return PaymentState(proposed["from_state"]), PaymentState(proposed["to_state"])
+    return None
+
+
+def _check(approved_by: str, note: str) -> None:
+    violations = []
+    if not approved_by.strip() or len(approved_by) > APPROVER_LENGTH_MAX:
+        violations.append(
+            FieldViolation("approved_by", f"names the person approving: 1 to {APPROVER_LENGTH_MAX} characters")
+        )
+    if not note.strip() or len(note) > NOTE_LENGTH_MAX:
+        violations.append(FieldViolation("note", f"says why: 1 to {NOTE_LENGTH_MAX} characters"))
+    if violations:
+        raise InvalidArgument(violations)
+
+
+async def approve_correction(
+    database: Database, case_id: uuid.UUID, approved_by: str, note: str, budget: Budget
+) -> ApprovedCorrection:
+    """Apply the correction the case proposes, approved by `approved_by`, and resolve the case.
+
+    NotFound if no such open case; FailedPrecondition if it proposes no correction, or if the payment
+    moved since (the case then stays open: the proposal no longer describes the payment).
+    """
+    _check(approved_by, note)
+
+    async def work(connection: asyncpg.Connection) -> ApprovedCorrection:
+        case = await cases_repository.lock_open_case(connection, case_id)
+        if case is None:
+            raise NotFound("open case", str(case_id))
+        proposal = _proposal(case["evidence"])
+        if case["kind"] != CORRECTION_CASE or proposal is None or case["payment_id"] is None:
+            raise FailedPrecondition(f"case:{case_id}", f"case {case_id} ({case['kind']}) proposes no correction")
+        from_state, to_state = proposal
+        current = await connection.fetchval("SELECT state FROM payments WHERE id = $1", case["payment_id"])
+        if current != from_state.value:
+            raise FailedPrecondition(
+                f"payment:{case['payment_id']}",
+                f"payment {case['payment_id']} is {current}, not {from_state.value} as the case proposed:"
+                " read the case's evidence again before acting",
+            )
+        evidence = Evidence("case.approved", f"case:{case_id}")
+        outcome = await approve_correction_on(connection, case["payment_id"], to_state, evidence, approved_by)
+        await cases_repository.resolve_case(
+            connection,
+            case_id,
+            {
+                "resolution": "CORRECTION_APPROVED",
+                "approved_by": approved_by,
+                "note": note,
+                "correction": {"from_state": from_state.value, "to_state": to_state.value},
+            },
+        )
+        return ApprovedCorrection(case_id, case["payment_id"], outcome)
+
+    return await in_transaction(database, budget, work)
