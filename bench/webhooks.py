@@ -5,8 +5,9 @@ What is measured, in one run on one machine:
   bare (ceiling)  bench/bare_webhook.py: aiohttp, verify the HMAC, insert one row, answer.
   ballast         `python -m server`: POST /webhooks/simulator with a signed `payment.succeeded`
                   for a distinct RECORDED payment each time: signature, the raw delivery stored as
-                  evidence, the insert-first processed-event row, the state change through the
-                  machine, its ledger posting, outbox event and audit entry, all committed.
+                  evidence, the insert-first processed-event row, the provider's status kept and
+                  the payment made due for its check with the provider's API (a webhook is a
+                  signal: the resolver's check, not measured here, decides and posts), all committed.
   breaker open    a provider call while the gateway's breaker is open, in this process: the time
                   until the caller learns the provider was not asked.
 
@@ -183,7 +184,7 @@ def _poster(url: str, payment_ids: Iterator[str]) -> HttpRequest:
             return type(error).__name__, str(error)[:200]
         if response.status != 200:
             return f"HTTP_{response.status}", answer[:200].decode(errors="replace")
-        if b'"applied"' not in answer and b'"received": true' not in answer:
+        if b'"confirming"' not in answer and b'"applied"' not in answer and b'"received": true' not in answer:
             return "NOT_APPLIED", answer[:200].decode(errors="replace")
         return None
 
