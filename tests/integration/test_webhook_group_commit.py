@@ -2,7 +2,9 @@
 applied together in arrival order, answered after their commit, and one bad event fails alone.
 
 Each test makes a batch happen on purpose: a first delivery is held up behind a payment row lock that
-the test holds, so the deliveries sent meanwhile queue up and go to PostgreSQL together."""
+the test holds, so the deliveries sent meanwhile queue up and go to PostgreSQL together. A claimed
+outcome moves nothing (it makes the payment due for a check with the provider's API): the tests then
+let a resolver ask a provider that answers as they tell it."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from server.domain.identity import Principal
 from server.domain.payments import validate_create_payment
 from server.services.payments import create_payment
 from server.services.webhooks import Intake, Outcome, WebhookSource
+from tests.support import answering_provider
 
 SECRET = "whsec_group_commit_test"  # noqa: S105 - a test secret
 SOURCE = WebhookSource("simulator", SECRET)
@@ -33,11 +36,16 @@ SOURCE = WebhookSource("simulator", SECRET)
 Receive = Callable[[bytes], Coroutine[Any, Any, Outcome]]
 
 
+def _object_id(payment_id: uuid.UUID) -> str:
+    """The provider's own id for the payment, in its events and its API's answers."""
+    return f"pay_{payment_id.hex[:12]}"
+
+
 def _event(payment_id: uuid.UUID, status: str, event_id: str | None = None) -> bytes:
     event = {
         "id": event_id or f"evt_{uuid.uuid4().hex}",
         "type": f"payment.{status}",
-        "data": {"object": {"id": f"pay_{payment_id.hex[:12]}", "status": status, "idempotency_key": str(payment_id)}},
+        "data": {"object": {"id": _object_id(payment_id), "status": status, "idempotency_key": str(payment_id)}},
     }
     return json.dumps(event).encode()
 
@@ -81,7 +89,8 @@ async def _payments(database: Database, principal: Principal, count: int) -> lis
 
 @asynccontextmanager
 async def _held_up(pool: asyncpg.Pool, receive: Receive, payment_id: uuid.UUID) -> AsyncIterator[asyncio.Task[Outcome]]:
-    """A delivery about `payment_id` that the writer has taken and cannot finish until the block ends."""
+    """A delivery about `payment_id` (a claim of success) that the writer has taken and cannot finish
+    until the block ends."""
     async with pool.acquire() as blocker, blocker.transaction():
         await blocker.execute("SELECT 1 FROM payments WHERE id = $1 FOR UPDATE", payment_id)
         first = asyncio.create_task(receive(_event(payment_id, "succeeded")))
@@ -95,11 +104,16 @@ async def _held_up(pool: asyncpg.Pool, receive: Receive, payment_id: uuid.UUID) 
         else:
             raise AssertionError("the first delivery never reached the database")
         yield first
-    assert await first == Outcome.APPLIED
+    assert await first == Outcome.CONFIRMING
 
 
 def _sample(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
+
+
+async def _due(pool: asyncpg.Pool, payment_id: uuid.UUID) -> bool:
+    """Whether the payment is due for a check with the provider's API now."""
+    return bool(await pool.fetchval("SELECT next_check_at <= now() FROM payments WHERE id = $1", payment_id))
 
 
 async def _sent_meanwhile(receive: Receive, bodies: list[bytes]) -> list[asyncio.Task[Outcome]]:
@@ -120,24 +134,47 @@ async def test_deliveries_that_arrive_together_commit_together_in_arrival_order(
         )
         assert not any(task.done() for task in tasks), "answered before anything committed"
     outcomes = [await task for task in tasks]
-    assert outcomes == [Outcome.APPLIED, Outcome.APPLIED, Outcome.DUPLICATE, Outcome.APPLIED]
+    assert outcomes == [Outcome.APPLIED, Outcome.CONFIRMING, Outcome.DUPLICATE, Outcome.CONFIRMING]
     assert _sample("ballast_webhook_batch_deliveries_count") - batches_before == 2  # the held-up one, then the rest
     moves = await pool.fetch(
         "SELECT from_state, to_state FROM payment_transitions WHERE payment_id = $1 ORDER BY id", two_events
     )
-    assert [(m["from_state"], m["to_state"]) for m in moves] == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
-    for payment_id in (blocker, two_events, other):
-        assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "SUCCEEDED"
-        assert await pool.fetchval("SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
+    assert [(m["from_state"], m["to_state"]) for m in moves] == [("RECORDED", "PENDING")]
+    # applied in arrival order: the evidence is kept in that order, and the payment notes the last word
+    observed = await pool.fetch("SELECT status FROM provider_statuses WHERE payment_id = $1 ORDER BY id", two_events)
+    assert [row["status"] for row in observed] == ["pending", "succeeded"]
+    assert await pool.fetchval("SELECT provider_status FROM payments WHERE id = $1", two_events) == "succeeded"
+    expected = {blocker: "RECORDED", two_events: "PENDING", other: "RECORDED"}
+    for payment_id, state in expected.items():  # the claims of success moved nothing: a check is due
+        assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == state
+        assert await _due(pool, payment_id)
+        assert await pool.fetchval("SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 0
     repeated_id = json.loads(repeated)["id"]
     assert await pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", repeated_id) == 2
     assert await pool.fetchval("SELECT count(*) FROM processed_events WHERE event_id = $1", repeated_id) == 1
+    async with answering_provider() as provider:  # the provider's API confirms each claim: it decides
+        for payment_id in expected:
+            provider.says(
+                payment_id, "succeeded", amount="12.50", currency="EUR", provider_payment_id=_object_id(payment_id)
+            )
+        await provider.settle(database, list(expected))
+    moves = await pool.fetch(
+        "SELECT from_state, to_state, cause FROM payment_transitions WHERE payment_id = $1 ORDER BY id", two_events
+    )
+    assert [(m["from_state"], m["to_state"], m["cause"]) for m in moves] == [
+        ("RECORDED", "PENDING", "webhook.simulator"),
+        ("PENDING", "SUCCEEDED", "resolver.inquiry"),
+    ]
+    for payment_id in expected:
+        assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "SUCCEEDED"
+        assert await pool.fetchval("SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
 
 
 async def test_an_event_that_fails_in_a_batch_fails_alone_and_its_redelivery_applies_it(
     receive: Receive, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     blocker, bad, *good = await _payments(database, principal, 5)
+    # PostgreSQL refuses to keep any provider's word about `bad`: its event fails wherever it is applied
     name = f"refuse_{bad.hex}"
     await pool.execute(
         f"""
@@ -151,7 +188,7 @@ async def test_an_event_that_fails_in_a_batch_fails_alone_and_its_redelivery_app
         """
     )
     await pool.execute(
-        f"CREATE TRIGGER {name} BEFORE INSERT ON payment_transitions FOR EACH ROW EXECUTE FUNCTION {name}()"
+        f"CREATE TRIGGER {name} BEFORE INSERT ON provider_statuses FOR EACH ROW EXECUTE FUNCTION {name}()"
     )
     bad_body = _event(bad, "succeeded")
     split_before = _sample("ballast_webhook_batches_split_total")
@@ -163,18 +200,33 @@ async def test_an_event_that_fails_in_a_batch_fails_alone_and_its_redelivery_app
             )
         results: list[Any] = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
-        await pool.execute(f"DROP TRIGGER {name} ON payment_transitions")
+        await pool.execute(f"DROP TRIGGER {name} ON provider_statuses")
         await pool.execute(f"DROP FUNCTION {name}()")
     assert _sample("ballast_webhook_batches_split_total") - split_before == 1
     assert isinstance(results[1], asyncpg.PostgresError) and "injected failure" in str(results[1])
-    assert results[:1] + results[2:] == [Outcome.APPLIED] * len(good)
+    assert results[:1] + results[2:] == [Outcome.CONFIRMING] * len(good)
     bad_id = json.loads(bad_body)["id"]
+    # nothing of the failed event stayed: no processed row, no delivery, no evidence, no check made due
     assert await pool.fetchval("SELECT count(*) FROM processed_events WHERE event_id = $1", bad_id) == 0
-    assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", bad) == "RECORDED"
-    for payment_id in good:
+    assert await pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", bad_id) == 0
+    assert await pool.fetchval("SELECT count(*) FROM provider_statuses WHERE payment_id = $1", bad) == 0
+    row = await pool.fetchrow("SELECT state, next_check_at FROM payments WHERE id = $1", bad)
+    assert (row["state"], row["next_check_at"]) == ("RECORDED", None)
+    for payment_id in good:  # its neighbours' claims were kept, each making its payment due for a check
+        assert await pool.fetchval("SELECT count(*) FROM provider_statuses WHERE payment_id = $1", payment_id) == 1
+        assert await _due(pool, payment_id)
+    assert await receive(bad_body) == Outcome.CONFIRMING  # the provider delivers it again
+    assert await pool.fetchval("SELECT count(*) FROM processed_events WHERE event_id = $1", bad_id) == 1
+    assert await _due(pool, bad)
+    async with answering_provider() as provider:  # and the provider's API confirms every claim
+        for payment_id in (blocker, bad, *good):
+            provider.says(
+                payment_id, "succeeded", amount="12.50", currency="EUR", provider_payment_id=_object_id(payment_id)
+            )
+        await provider.settle(database, [blocker, bad, *good])
+    for payment_id in (blocker, bad, *good):
         assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "SUCCEEDED"
-    assert await receive(bad_body) == Outcome.APPLIED  # the provider delivers it again
-    assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", bad) == "SUCCEEDED"
+        assert await pool.fetchval("SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
 
 
 async def test_stopping_answers_every_waiting_delivery_as_not_confirmed(
@@ -187,15 +239,20 @@ async def test_stopping_answers_every_waiting_delivery_as_not_confirmed(
         return await intake.receive(SOURCE, _headers(body), body, Budget.within(10))
 
     blocker, queued = await _payments(database, principal, 2)
+    bodies = [_event(blocker, "succeeded"), _event(queued, "succeeded")]
     async with pool.acquire() as holder, holder.transaction():
         await holder.execute("SELECT 1 FROM payments WHERE id = $1 FOR UPDATE", blocker)
-        first = asyncio.create_task(receive(_event(blocker, "succeeded")))
-        second = asyncio.create_task(receive(_event(queued, "succeeded")))
+        first = asyncio.create_task(receive(bodies[0]))
+        second = asyncio.create_task(receive(bodies[1]))
         await asyncio.sleep(0.2)
         await intake.stop()
         results = await asyncio.gather(first, second, return_exceptions=True)
     assert all(isinstance(result, Unavailable) for result in results), results
-    for payment_id in (blocker, queued):
-        assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "RECORDED"
+    for payment_id in (blocker, queued):  # nothing kept, nothing made due: the provider delivers them again
+        row = await pool.fetchrow("SELECT state, next_check_at FROM payments WHERE id = $1", payment_id)
+        assert (row["state"], row["next_check_at"]) == ("RECORDED", None)
+        assert await pool.fetchval("SELECT count(*) FROM provider_statuses WHERE payment_id = $1", payment_id) == 0
+    event_ids = [json.loads(body)["id"] for body in bodies]
+    assert await pool.fetchval("SELECT count(*) FROM processed_events WHERE event_id = ANY($1)", event_ids) == 0
     with pytest.raises(Unavailable):
         await receive(_event(queued, "succeeded"))
