@@ -61,14 +61,15 @@ async def test_an_order_a_captured_payment_its_ledger_and_its_timeline(
         )
         payment_id = uuid.UUID(created.payment.id)
         # the simulator started beside the server (calm, seed 42: the first payment succeeds) sends
-        # its webhooks to the server's HTTP port; the payment gets there on the provider's word
+        # its webhooks to the server's HTTP port; its claim of success makes the server's resolver ask
+        # the provider's API, whose word takes the payment there
         deadline = asyncio.get_running_loop().time() + 10
         while (
             await payments.GetPayment(
                 payments_pb2.GetPaymentRequest(payment_id=str(payment_id)), metadata=server.metadata, timeout=5
             )
         ).payment.state != payments_pb2.PAYMENT_STATE_SUCCEEDED:
-            assert asyncio.get_running_loop().time() < deadline, "the payment did not succeed by webhook"
+            assert asyncio.get_running_loop().time() < deadline, "the payment did not succeed once the API was asked"
             await asyncio.sleep(0.05)
 
         ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
@@ -90,5 +91,17 @@ async def test_an_order_a_captured_payment_its_ledger_and_its_timeline(
         ["PAYMENT_STATE_RECORDED", "PAYMENT_STATE_PENDING", "PAYMENT_STATE_SUCCEEDED"],
         ["PAYMENT_STATE_RECORDED", "PAYMENT_STATE_SUCCEEDED"],
     )
-    assert transitions[-1].cause == "webhook.simulator"
+    # decided by the provider's API, asked by the resolver after the webhook's claim (kept before it)
+    decided = transitions[-1]
+    assert (decided.cause, decided.evidence_ref.startswith("simulator:pay_")) == ("resolver.inquiry", True)
+    observed = [
+        (entry.provider_status.status, entry.provider_status.evidence_ref)
+        for entry in timeline.entries
+        if entry.WhichOneof("entry") == "provider_status"
+    ]
+    claimed = [
+        n for n, (status, ref) in enumerate(observed) if status == "succeeded" and ref.startswith("simulator:evt_")
+    ]
+    confirmed = [n for n, (status, ref) in enumerate(observed) if (status, ref) == ("succeeded", decided.evidence_ref)]
+    assert len(claimed) == 1 and len(confirmed) == 1 and claimed[0] < confirmed[0], observed
     assert sum(entry.WhichOneof("entry") == "ledger_line" for entry in timeline.entries) == 2

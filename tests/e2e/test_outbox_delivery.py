@@ -72,10 +72,31 @@ async def test_a_created_payment_is_announced_on_jetstream_and_projected_back_by
 
     async def projected() -> object:  # the server's own consumer read it back from JetStream
         return await pool.fetchval(
-            "SELECT in_flight = 3.00 FROM exposures WHERE account = $1", f"merchant_payable:{server.client_id}"
+            "SELECT true FROM processed_events p JOIN outbox o ON p.event_id = o.id::text"
+            " WHERE p.consumer_group = 'exposures' AND o.topic = 'payments.recorded' AND o.message_key = $1",
+            reply.payment.id,
         )
 
     await _poll(projected)
+
+    # The simulator decides the payment and its webhook makes the server's resolver ask the provider's
+    # API, whose word decides it (in a second or two); once the consumer has read that too, the payment's
+    # money is no longer in flight and the projection's settled amount is the ledger's balance.
+    account = f"merchant_payable:{server.client_id}"
+
+    async def settled() -> object:
+        return await pool.fetchval(
+            "SELECT e.in_flight = 0 AND e.settled = (SELECT coalesce(sum(amount), 0) FROM ledger_lines"
+            "  WHERE account = $1 AND currency_code = 'EUR')"
+            " AND (SELECT state FROM payments WHERE id = $2) NOT IN ('RECORDED', 'PENDING', 'UNKNOWN')"
+            " FROM exposures e WHERE e.account = $1 AND e.currency_code = 'EUR'",
+            account,
+            uuid.UUID(reply.payment.id),
+        )
+
+    await _poll(settled)
+    # posted once: the merchant credited if the provider took the money, nothing if it did not
+    assert await pool.fetchval("SELECT count(*) FROM ledger_lines WHERE account = $1", account) in (0, 1)
 
 
 @pytest.fixture

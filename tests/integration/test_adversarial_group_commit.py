@@ -2,9 +2,14 @@
 
 Concurrent deliveries share one PostgreSQL transaction and are answered only after its commit; a
 failed batch is applied again one delivery at a time. These tests try to break what that must keep:
-each event applied once per consumer, every payment moving only as its machine allows and in arrival
-order within a batch, the ledger posted once, a bad event failing alone, every caller answered (in
+each event applied once per consumer, in arrival order within a batch, every payment moving only as
+its machine and the order of witnesses allow, a bad event failing alone, every caller answered (in
 time, on stopping, or by a restarted server) and no acknowledged delivery ever lost.
+
+A webhook is a signal, not the deciding witness: a `pending` moves a RECORDED payment to PENDING, but
+a claimed outcome (succeeded, failed, refunded...) only notes the provider's status and makes the
+payment due for a check with the provider's API (`confirming`). Where a spec needs the outcome, the
+resolver asks a provider API the spec sets up, whose answer decides, once, with one ledger entry.
 
 Batches are made on purpose where their shape matters: a first delivery is held up behind a row lock
 the test holds (pg_blocking_pids tells when the writer waits for it), so the deliveries sent
@@ -51,7 +56,7 @@ from server.services.order_submission import submit_and_send
 from server.services.payments import create_payment
 from server.services.webhooks import Intake, Outcome, WebhookSource
 from tests.e2e.conftest import ServerProcess, free_port, server_environment, wait_until_serving
-from tests.support import scratch_database
+from tests.support import answering_provider, scratch_database
 
 SECRET = "whsec_adversarial_group_commit"  # noqa: S105 - a test secret
 PROVIDER = "simulator"
@@ -59,8 +64,12 @@ SOURCE = WebhookSource(PROVIDER, SECRET)
 GROUP = SOURCE.consumer_group
 ROOT = Path(__file__).resolve().parents[2]
 
-#: the outcomes, short, so that a batch's expected answers read as one line
+#: the outcomes, short, so that a batch's expected answers read as one line (Q: confirming, the
+#: provider's API is queried; C: a leg's contradiction)
 A, D, S, C = Outcome.APPLIED, Outcome.DUPLICATE, Outcome.STALE, Outcome.CONTRADICTION
+Q, R = Outcome.CONFIRMING, Outcome.REPEAT
+#: what every payment here is for, as the provider's API states it
+AMOUNT, CURRENCY = "12.50", "EUR"
 
 # --------------------------------------------------------------------------------------------- events
 
@@ -116,8 +125,8 @@ async def _payments(database: Database, principal: Principal, count: int) -> lis
     async def one() -> uuid.UUID:
         request = validate_create_payment(
             idempotency_key=str(uuid.uuid4()),
-            amount_value="12.50",
-            currency_code="EUR",
+            amount_value=AMOUNT,
+            currency_code=CURRENCY,
             description="",
             merchant_reference="",
             metadata={},
@@ -168,6 +177,36 @@ async def _moves(pool: asyncpg.Pool, payment_id: uuid.UUID) -> list[tuple[str, s
 
 async def _entries(pool: asyncpg.Pool, payment_id: uuid.UUID) -> int:
     return await _count(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id)
+
+
+async def _statuses(pool: asyncpg.Pool, payment_id: uuid.UUID) -> list[str]:
+    """The provider's statuses kept as evidence for the payment, in the order they were applied."""
+    rows = await pool.fetch("SELECT status FROM provider_statuses WHERE payment_id = $1 ORDER BY id", payment_id)
+    return [row["status"] for row in rows]
+
+
+async def _due(pool: asyncpg.Pool, payment_id: uuid.UUID) -> bool:
+    """Whether the payment waits for a check with the provider's API now (a webhook claimed news)."""
+    return bool(
+        await pool.fetchval("SELECT coalesce(next_check_at <= now(), false) FROM payments WHERE id = $1", payment_id)
+    )
+
+
+#: the simulator's words for a payment the provider has and has not decided (a webhook's `pending`)
+STEP_WORDS = frozenset({"pending", "processing", "requires_action"})
+
+
+async def _claim_waits(pool: asyncpg.Pool, payment_id: uuid.UUID) -> bool:
+    """Whether a webhook claimed an outcome after the webhook that moved the payment to PENDING (if one
+    did): such a claim must leave the payment due for a check with the provider's API."""
+    words = await _statuses(pool, payment_id)
+    moved = next((n for n, word in enumerate(words) if word in STEP_WORDS), -1)
+    return any(word not in STEP_WORDS and n > moved for n, word in enumerate(words))
+
+
+async def _causes(pool: asyncpg.Pool, payment_id: uuid.UUID) -> list[str]:
+    rows = await pool.fetch("SELECT cause FROM payment_transitions WHERE payment_id = $1 ORDER BY id", payment_id)
+    return [row["cause"] for row in rows]
 
 
 async def _processed(pool: asyncpg.Pool, event_ids: Iterable[str]) -> Counter[str]:
@@ -290,7 +329,7 @@ async def _sent_as_one_batch(
     they reach PostgreSQL together once it is released; the first one must then apply."""
     held = await _hold(pool, "payments", blocker)
     try:
-        first = _send(intake, _payment_event(blocker, "succeeded"))
+        first = _send(intake, _payment_event(blocker, "pending"))
         await held.waited_for("the first delivery waits for the blocker's row")
         tasks = [_send(intake, body) for body in bodies]
         await _queued(intake, len(bodies))
@@ -332,6 +371,30 @@ async def _refuse_inserts(pool: asyncpg.Pool, table: str, column: str, subject: 
     return name
 
 
+# --------------------------------------------------------------------------------------------- the provider's API
+
+
+async def _decided_by_the_api(database: Database, says: dict[uuid.UUID, str], chunk: int = 50) -> None:
+    """The resolver's passes over these payments, which webhooks made due for a check: each is asked
+    about once, by its idempotency key, and the provider API's answer (`says`: its status, with the
+    object id, amount and currency the webhooks name) decides it."""
+    pool, ids = database.pool, list(says)
+    not_due = [p for p in ids if await _claim_waits(pool, p) and not await _due(pool, p)]
+    assert not_due == [], f"a claim never made these due for a check with the provider's API: {not_due}"
+    async with answering_provider() as provider:
+        for payment_id, status in says.items():
+            object_id = f"pay_{payment_id.hex[:12]}"
+            provider.says(payment_id, status, amount=AMOUNT, currency=CURRENCY, provider_payment_id=object_id)
+        for start in range(0, len(ids), chunk):
+            taken = ids[start : start + chunk]
+            # first in line, in a database other specs share: the pass takes exactly these
+            await pool.execute("UPDATE payments SET next_check_at = '-infinity' WHERE id = ANY($1::uuid[])", taken)
+            assert await provider.resolver(database, batch_size=len(taken)).run_once() == len(taken)
+        assert Counter(provider.asked) == Counter(dict.fromkeys(map(str, ids), 1)), provider.asked
+    for payment_id in ids:
+        assert not await _due(pool, payment_id), "a payment the API decided still waits for a check"
+
+
 # --------------------------------------------------------------------------------------------- invariants
 
 
@@ -343,7 +406,10 @@ async def _allowed_payment_moves(pool: asyncpg.Pool) -> set[tuple[str, str]]:
 async def _assert_payment_consistent(
     pool: asyncpg.Pool, payment_id: uuid.UUID, outcomes: list[Outcome], allowed: set[tuple[str, str]]
 ) -> None:
-    """What the non-duplicate outcomes of a payment's events imply, whatever order they were applied in."""
+    """What the non-duplicate outcomes of a payment's webhooks imply, whatever order they were applied in:
+    a webhook moves a payment only to PENDING (once); a claimed outcome moves nothing, posts nothing and
+    makes the payment due for a check with the provider's API; every event's status is kept once."""
+    assert set(outcomes) <= {A, Q, R, S}, (payment_id, outcomes)
     moves = await _moves(pool, payment_id)
     state = await _state(pool, payment_id)
     chain = "RECORDED"
@@ -352,26 +418,20 @@ async def _assert_payment_consistent(
         chain = to_state
     assert state == chain, (payment_id, state, moves)
     assert len(moves) == outcomes.count(A), (payment_id, moves, outcomes)  # one move per applied event, no more
-    captured = sum(1 for f, t in moves if t == "SUCCEEDED" and f != "REFUND_PENDING")
-    refunded = sum(1 for _, t in moves if t == "REFUNDED")
-    assert captured <= 1 and refunded <= captured
-    assert await _entries(pool, payment_id) == captured + refunded, (payment_id, moves)
-    decided = [t for _, t in moves if t in ("SUCCEEDED", "FAILED", "REJECTED")]
-    if decided:  # the first decided word stands: a terminal family never changes
-        success = {"SUCCEEDED", "REFUND_PENDING", "REFUNDED"}
-        assert (decided[0] in success) == (state in success), (payment_id, moves)
+    assert moves in ([], [("RECORDED", "PENDING")]), (payment_id, moves)  # nothing decided on a webhook's word
+    assert await _entries(pool, payment_id) == 0, (payment_id, moves)
+    assert len(await _statuses(pool, payment_id)) == len(outcomes), payment_id
+    if Q not in outcomes:
+        assert not await _due(pool, payment_id), (payment_id, outcomes)
+    elif await _claim_waits(pool, payment_id):
+        assert await _due(pool, payment_id), (payment_id, outcomes, await _statuses(pool, payment_id))
     for table, column in (("audit_log", "aggregate_id"), ("outbox", "message_key")):
         kind = f"action = '{PAYMENT_STATE_CHANGED}'" if table == "audit_log" else f"topic = '{PAYMENT_STATE_CHANGED}'"
         assert await _count(
             pool, f"SELECT count(*) FROM {table} WHERE {column} = $1 AND {kind}", str(payment_id)
         ) == len(moves)
     cases = await pool.fetch("SELECT status, evidence FROM cases WHERE payment_id = $1", payment_id)
-    contradictions = outcomes.count(C)
-    if contradictions:
-        assert len(cases) == 1 and cases[0]["status"] == "OPEN", (payment_id, cases)
-        assert len(cases[0]["evidence"]) == 1 + contradictions
-    else:
-        assert cases == [], (payment_id, cases)
+    assert cases == [], (payment_id, cases)  # webhooks contradicting each other are settled by asking the API
 
 
 # ============================================================================================= specs
@@ -486,14 +546,18 @@ async def test_a_storm_of_mixed_deliveries_applies_each_event_once_and_moves_eve
         assert chain == state
 
 
-async def test_succeeded_then_failed_in_one_batch_opens_one_case_while_its_neighbours_apply_in_arrival_order(
+async def test_succeeded_then_failed_in_one_batch_decides_nothing_till_the_api_does_and_neighbours_keep_arrival_order(
     one_writer: Intake, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
+    """Webhooks contradicting each other in one batch decide nothing and open no case: each claim is kept,
+    in arrival order (one round per event of a payment), and makes its payment due for a check; the
+    provider's API, asked once about each payment after the commit, decides it."""
     blocker, contradicted, two_steps, refund_first = await _payments(database, principal, 4)
     first_word = _payment_event(contradicted, "succeeded")
+    pending = _payment_event(two_steps, "pending")
     bodies = [
         first_word,
-        _payment_event(two_steps, "pending"),
+        pending,
         _payment_event(contradicted, "failed"),
         _payment_event(two_steps, "succeeded"),
         _payment_event(contradicted, "declined"),
@@ -504,72 +568,102 @@ async def test_succeeded_then_failed_in_one_batch_opens_one_case_while_its_neigh
     ]
     batches_before, split_before = _sample(BATCHES), _sample(SPLIT)
     tasks = await _sent_as_one_batch(pool, one_writer, blocker, bodies)
-    assert await _results(tasks) == [A, A, C, A, C, S, A, Outcome.IGNORED, D]
+    assert await _results(tasks) == [Q, A, Q, Q, Q, Q, Q, Outcome.IGNORED, D]
     assert _sample(BATCHES) - batches_before == 2  # the held-up one, then all the rest in one transaction
     assert _sample(SPLIT) == split_before
 
-    assert await _moves(pool, contradicted) == [("RECORDED", "SUCCEEDED")]
-    cases = await pool.fetch("SELECT kind, status, evidence FROM cases WHERE payment_id = $1", contradicted)
-    assert len(cases) == 1 and (cases[0]["kind"], cases[0]["status"]) == ("CONTRADICTORY_EVIDENCE", "OPEN")
-    evidence = cases[0]["evidence"]
-    assert [piece["claim"] for piece in evidence] == ["SUCCEEDED", "FAILED", "FAILED"]
-    assert evidence[0]["evidence_ref"] == f"{PROVIDER}:{_id(first_word)}"  # decided earlier in the same batch
+    claimed = {
+        contradicted: ["succeeded", "failed", "declined"],
+        two_steps: ["pending", "succeeded"],
+        refund_first: ["refunded", "succeeded"],
+    }
+    for payment_id, statuses in claimed.items():
+        assert await _statuses(pool, payment_id) == statuses  # each event in its own round, in arrival order
+        assert await pool.fetchval("SELECT provider_status FROM payments WHERE id = $1", payment_id) == statuses[-1]
+        assert await _due(pool, payment_id), payment_id
+        assert await _entries(pool, payment_id) == 0
+        assert await _count(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
+    assert await _moves(pool, contradicted) == []
+    assert await _moves(pool, refund_first) == []
+    assert await _moves(pool, two_steps) == [("RECORDED", "PENDING")]
     assert (
-        await _count(
-            pool, "SELECT count(*) FROM outbox WHERE topic = $1 AND message_key = $2", CASE_OPENED, str(contradicted)
-        )
-        == 2
+        await pool.fetchval("SELECT evidence_ref FROM payment_transitions WHERE payment_id = $1", two_steps)
+        == f"{PROVIDER}:{_id(pending)}"
     )
-    statuses = await pool.fetch("SELECT status FROM provider_statuses WHERE payment_id = $1 ORDER BY id", contradicted)
-    assert [row["status"] for row in statuses] == ["succeeded", "failed", "declined"]
-    assert await pool.fetchval("SELECT provider_status FROM payments WHERE id = $1", contradicted) == "declined"
+    assert not await _due(pool, blocker)  # a pending moved it: there is nothing to ask the API
+    for topic in (CASE_OPENED, PAYMENT_STATE_CHANGED):
+        assert (
+            await _count(
+                pool, "SELECT count(*) FROM outbox WHERE topic = $1 AND message_key = $2", topic, str(contradicted)
+            )
+            == 0
+        )
+    assert await _kept(pool, [_id(first_word)]) == Counter({_id(first_word): 2})
 
+    # the provider's API decides, whichever webhook came first: one move each, the ledger posted once
+    await _decided_by_the_api(database, {contradicted: "declined", two_steps: "succeeded", refund_first: "succeeded"})
+    assert await _moves(pool, contradicted) == [("RECORDED", "FAILED")]
     assert await _moves(pool, two_steps) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
     assert await _moves(pool, refund_first) == [("RECORDED", "SUCCEEDED")]
-    for payment_id in (contradicted, two_steps, refund_first):
-        assert await _entries(pool, payment_id) == 1
-    for payment_id in (two_steps, refund_first):
+    for payment_id, entries in ((contradicted, 0), (two_steps, 1), (refund_first, 1)):
+        assert (await _causes(pool, payment_id))[-1] == "resolver.inquiry"
+        assert await _entries(pool, payment_id) == entries
         assert await _count(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
-    assert await _kept(pool, [_id(first_word)]) == Counter({_id(first_word): 2})
 
 
 async def test_a_payments_refund_chain_and_interleaved_leg_reports_in_one_batch_apply_in_arrival_order(
     one_writer: Intake, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    """Four events about one payment take four rounds of one transaction; legs (two of one order, sent
-    in the opposite of their id order) are applied in leg order, each leg's reports in arrival order."""
-    blocker, forward, backward = await _payments(database, principal, 3)
+    """Four events about one payment take four rounds of one transaction, each seeing the one before: a
+    refund chain's claims are kept in arrival order and make the payment due, a pending after them
+    still moves it, two words for one step apply the first and repeat the second. Legs (two of one
+    order, sent in the opposite of their id order) are applied in leg order, each leg's reports in
+    arrival order."""
+    blocker, forward, backward, accepted = await _payments(database, principal, 4)
     low, high = sorted(await _legs(database, principal, 2))
+    first_word, last_word = _payment_event(accepted, "processing"), _payment_event(backward, "pending")
     bodies = [
         _payment_event(forward, "pending"),
         _order_event(high, "partial_fill", quantity="40"),  # overtakes the acknowledgement
         _payment_event(forward, "succeeded"),
         _payment_event(backward, "refunded"),
+        first_word,
         _order_event(low, "new"),
         _payment_event(forward, "refund_pending"),
         _order_event(high, "new"),  # late: the fill already acknowledged it
         _payment_event(backward, "refund_pending"),
+        _payment_event(accepted, "pending"),  # the same step in other words: a repeat
         _order_event(low, "fill", quantity="100"),
         _payment_event(forward, "refunded"),
         _order_event(high, "fill", quantity="60"),
         _payment_event(backward, "succeeded"),
         _order_event(low, "partial_fill", quantity="1"),  # overfills a filled leg
-        _payment_event(backward, "pending"),
+        last_word,  # after three claims that moved nothing: it still moves the payment
     ]
     batches_before, split_before = _sample(BATCHES), _sample(SPLIT)
     tasks = await _sent_as_one_batch(pool, one_writer, blocker, bodies)
-    assert await _results(tasks) == [A, A, A, S, A, A, S, S, A, A, A, A, C, S]
+    assert await _results(tasks) == [A, A, Q, Q, A, A, Q, S, Q, R, A, Q, A, Q, C, A]
     assert (_sample(BATCHES) - batches_before, _sample(SPLIT) - split_before) == (2, 0)
 
-    assert await _moves(pool, forward) == [
-        ("RECORDED", "PENDING"),
-        ("PENDING", "SUCCEEDED"),
-        ("SUCCEEDED", "REFUND_PENDING"),
-        ("REFUND_PENDING", "REFUNDED"),
-    ]
-    assert await _entries(pool, forward) == 2  # captured, then refunded
-    assert await _moves(pool, backward) == [("RECORDED", "SUCCEEDED")]
-    assert await _entries(pool, backward) == 1
+    for payment_id, statuses in (
+        (forward, ["pending", "succeeded", "refund_pending", "refunded"]),
+        (backward, ["refunded", "refund_pending", "succeeded", "pending"]),
+        (accepted, ["processing", "pending"]),
+    ):
+        assert await _statuses(pool, payment_id) == statuses, payment_id
+        assert await pool.fetchval("SELECT provider_status FROM payments WHERE id = $1", payment_id) == statuses[-1]
+        assert await _moves(pool, payment_id) == [("RECORDED", "PENDING")]
+        assert await _entries(pool, payment_id) == 0  # nothing decided on a webhook's word
+    assert await _due(pool, forward)  # its claims came after its move: the provider's API is asked
+    assert not await _due(pool, accepted)  # nothing claimed: nothing to ask
+    moved_by = {
+        row["payment_id"]: row["evidence_ref"]
+        for row in await pool.fetch(
+            "SELECT payment_id, evidence_ref FROM payment_transitions WHERE payment_id = ANY($1::uuid[])",
+            [backward, accepted],
+        )
+    }
+    assert moved_by == {backward: f"{PROVIDER}:{_id(last_word)}", accepted: f"{PROVIDER}:{_id(first_word)}"}
     assert await _leg(pool, high) == ("FILLED", Decimal("100"), 2)
     assert await _leg(pool, low) == ("FILLED", Decimal("100"), 1)
     for leg_id, expected in (
@@ -589,32 +683,43 @@ async def test_one_event_id_reused_with_other_bodies_in_one_batch_applies_only_i
 ) -> None:
     """A provider (or a bug) reusing an event id for a contradicting body, and for a leg's fill: the id
     is what is applied once, whatever the body says; every body is kept as evidence."""
-    blocker, payment_id = await _payments(database, principal, 2)
+    blocker, payment_id, claimed = await _payments(database, principal, 3)
     (leg_id,) = await _legs(database, principal, 1)
-    event_id = _new_id()
+    event_id, claim_id = _new_id(), _new_id()
     bodies = [
-        _payment_event(payment_id, "succeeded", event_id),
+        _payment_event(payment_id, "pending", event_id),
+        _payment_event(claimed, "failed", claim_id),
         _payment_event(payment_id, "failed", event_id),
         _order_event(leg_id, "fill", event_id, quantity="100"),
+        _payment_event(claimed, "pending", claim_id),
         _payment_event(payment_id, "succeeded", event_id),
     ]
     batches_before, split_before = _sample(BATCHES), _sample(SPLIT)
     tasks = await _sent_as_one_batch(pool, one_writer, blocker, bodies)
-    assert await _results(tasks) == [A, D, D, D]
+    assert await _results(tasks) == [A, Q, D, D, D, D]
     assert (_sample(BATCHES) - batches_before, _sample(SPLIT) - split_before) == (2, 0)
-    assert await _moves(pool, payment_id) == [("RECORDED", "SUCCEEDED")]
-    assert await _count(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
+    # only each id's first arrival was applied: the later bodies' claims made nothing due, the later
+    # pending moved nothing
+    assert await _moves(pool, payment_id) == [("RECORDED", "PENDING")]
+    assert (await _statuses(pool, payment_id), await _due(pool, payment_id)) == (["pending"], False)
+    assert await _moves(pool, claimed) == []
+    assert (await _statuses(pool, claimed), await _due(pool, claimed)) == (["failed"], True)
+    for subject in (payment_id, claimed):
+        assert await _count(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", subject) == 0
+        assert await _entries(pool, subject) == 0
     assert await _leg(pool, leg_id) == ("SUBMITTED", Decimal("0"), 0)
-    assert await _processed(pool, [event_id]) == Counter({event_id: 1})
-    kept = await pool.fetch("SELECT body FROM webhook_deliveries WHERE event_id = $1 ORDER BY received_at", event_id)
-    assert sorted(bytes(row["body"]) for row in kept) == sorted(bodies)
+    assert await _processed(pool, [event_id, claim_id]) == Counter({event_id: 1, claim_id: 1})
+    for reused in (event_id, claim_id):
+        kept = await pool.fetch("SELECT body FROM webhook_deliveries WHERE event_id = $1", reused)
+        assert sorted(bytes(row["body"]) for row in kept) == sorted(body for body in bodies if _id(body) == reused)
 
 
 async def test_a_fill_failing_after_the_batchs_payments_moved_fails_alone_and_nothing_is_posted_twice(
     one_writer: Intake, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    """The failure comes last in the batch's transaction, after its payments moved and its ledger was
-    posted: all of it rolls back, each delivery is applied again alone, once."""
+    """The failure comes last in the batch's transaction, after its payments moved, their providers'
+    claims were kept and the payments made due for a check: all of it rolls back, each delivery is
+    applied again alone, once; the provider's API then decides each payment once, one ledger entry."""
     blocker, once, twice = await _payments(database, principal, 3)
     bad_leg, good_leg = await _legs(database, principal, 2)
     for leg_id in (bad_leg, good_leg):
@@ -640,12 +745,21 @@ async def test_a_fill_failing_after_the_batchs_payments_moved_fails_alone_and_no
     assert _sample(SPLIT) - split_before == 1
     for n in (1, 6):
         assert isinstance(results[n], asyncpg.PostgresError) and "injected failure" in str(results[n]), results
-    assert [results[n] for n in (0, 2, 3, 4, 5)] == [A, A, A, A, D]
+    assert [results[n] for n in (0, 2, 3, 4, 5)] == [Q, A, Q, A, D]
 
-    assert await _moves(pool, once) == [("RECORDED", "SUCCEEDED")]
-    assert await _moves(pool, twice) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
+    assert await _moves(pool, once) == []
+    assert await _moves(pool, twice) == [("RECORDED", "PENDING")]
+    assert await _statuses(pool, once) == ["succeeded"]  # kept once: the failed batch's rows rolled back
+    assert await _statuses(pool, twice) == ["pending", "succeeded"]
     for payment_id in (once, twice):
-        assert await _entries(pool, payment_id) == 1
+        assert await _due(pool, payment_id)
+        assert await _entries(pool, payment_id) == 0
+        assert await _count(
+            pool,
+            "SELECT count(*) FROM outbox WHERE topic = $1 AND message_key = $2",
+            PAYMENT_STATE_CHANGED,
+            str(payment_id),
+        ) == len(await _moves(pool, payment_id))
     assert await _leg(pool, good_leg) == ("PARTIALLY_FILLED", Decimal("10"), 1)
     assert await _leg(pool, bad_leg) == ("PENDING", Decimal("0"), 0)
     assert await _processed(pool, [_id(bad_fill)]) == Counter()
@@ -654,6 +768,12 @@ async def test_a_fill_failing_after_the_batchs_payments_moved_fails_alone_and_no
     assert await _results([_send(one_writer, bad_fill)]) == [A]  # the provider delivers it again
     assert await _results([_send(one_writer, bad_fill)]) == [D]
     assert await _leg(pool, bad_leg) == ("PARTIALLY_FILLED", Decimal("10"), 1)
+
+    await _decided_by_the_api(database, {once: "succeeded", twice: "succeeded"})
+    assert await _moves(pool, once) == [("RECORDED", "SUCCEEDED")]
+    assert await _moves(pool, twice) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
+    for payment_id in (once, twice):
+        assert await _entries(pool, payment_id) == 1
 
 
 async def test_a_signed_delivery_with_a_non_utf8_user_agent_is_kept_and_applied_and_does_not_fail_its_batch(
@@ -683,13 +803,13 @@ async def test_a_signed_delivery_with_a_non_utf8_user_agent_is_kept_and_applied_
         writer.close()
         return int(response.split(b" ", 2)[1])
 
-    odd_body = _payment_event(odd, "succeeded")
-    neighbour_body = _payment_event(neighbour, "succeeded")
+    odd_body = _payment_event(odd, "pending")
+    neighbour_body = _payment_event(neighbour, "pending")
     split_before = _sample(SPLIT)
     try:
         held = await _hold(pool, "payments", blocker)
         try:
-            first = _send(one_writer, _payment_event(blocker, "succeeded"))
+            first = _send(one_writer, _payment_event(blocker, "pending"))
             await held.waited_for("the first delivery waits for the blocker's row")
             posted = asyncio.create_task(raw_post(odd_body, b"provider/1.0 \xff\xfe"))
             await _queued(one_writer, 1)
@@ -701,9 +821,10 @@ async def test_a_signed_delivery_with_a_non_utf8_user_agent_is_kept_and_applied_
         status = await posted
     finally:
         await runner.cleanup()
-    assert await _state(pool, neighbour) == "SUCCEEDED"
+    assert await _state(pool, neighbour) == "PENDING"
     assert status == 200, "an authentic event with an odd User-Agent byte was refused; every redelivery will be too"
-    assert await _state(pool, odd) == "SUCCEEDED"
+    assert await _state(pool, odd) == "PENDING"
+    assert await _statuses(pool, odd) == ["pending"]
     assert await _kept(pool, [_id(odd_body)]) == Counter({_id(odd_body): 1})
     assert _sample(SPLIT) == split_before
 
@@ -746,8 +867,10 @@ async def test_two_intakes_taking_the_same_rows_in_opposite_orders_never_deadloc
     """Two server processes on one database, each given a batch that wants the same rows as the other's,
     in the opposite arrival order, while the test holds one of those rows so that both batches are
     caught mid-statement: the same events (their insert-first claims), then other events about the same
-    legs, then about the same payments. Afterwards each process gets the other's events. No batch may
-    lose a deadlock (the transaction retry would hide it from callers), no caller may see an error."""
+    legs, then about the same payments (claims that lock each payment, keep the provider's status and
+    make it due). Afterwards each process gets the other's events. No batch may lose a deadlock (the
+    transaction retry would hide it from callers), no caller may see an error; the provider's API then
+    decides each payment once."""
     database = _Watched(pool)
     payments = sorted(await _payments(database, principal, 40))
     legs = sorted(await _legs(database, principal, 6))
@@ -798,11 +921,18 @@ async def test_two_intakes_taking_the_same_rows_in_opposite_orders_never_deadloc
         assert len(seen) in (2, 3) and seen.count(D) == len(seen) - 1, (event_id, seen)
     assert await _processed(pool, outcomes) == Counter(dict.fromkeys(outcomes, 1))
     assert await _kept(pool, outcomes) == Counter({event_id: len(seen) for event_id, seen in outcomes.items()})
+    assert {result for _, result in sent if result is not D} == {A, Q}
+    for payment_id in payments:
+        assert await _moves(pool, payment_id) == [("RECORDED", "PENDING")]
+        assert await _statuses(pool, payment_id) == ["pending", "succeeded", "succeeded"]
+        assert await _due(pool, payment_id)
+        assert await _entries(pool, payment_id) == 0
+    for leg_id in legs:
+        assert await _leg(pool, leg_id) == ("PARTIALLY_FILLED", Decimal("20"), 2)
+    await _decided_by_the_api(database, dict.fromkeys(payments, "succeeded"))
     for payment_id in payments:
         assert await _moves(pool, payment_id) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
         assert await _entries(pool, payment_id) == 1
-    for leg_id in legs:
-        assert await _leg(pool, leg_id) == ("PARTIALLY_FILLED", Decimal("20"), 2)
 
 
 async def test_a_caller_out_of_time_while_queued_is_told_so_its_delivery_is_skipped_and_the_redelivery_applies_it(
@@ -812,7 +942,7 @@ async def test_a_caller_out_of_time_while_queued_is_told_so_its_delivery_is_skip
     body = _payment_event(late, "succeeded")
     held = await _hold(pool, "payments", blocker)
     try:
-        first = _send(one_writer, _payment_event(blocker, "succeeded"))
+        first = _send(one_writer, _payment_event(blocker, "pending"))
         await held.waited_for("the first delivery waits for the blocker's row")
         started = time.monotonic()
         (result,) = await _results([_send(one_writer, body, budget_s=0.3)])
@@ -822,13 +952,18 @@ async def test_a_caller_out_of_time_while_queued_is_told_so_its_delivery_is_skip
         await held.release()
     assert await _results([first]) == [A]
     sentinel = _payment_event(blocker, "pending")  # the writer went past the abandoned delivery
-    assert await _results([_send(one_writer, sentinel)]) == [S]
+    assert await _results([_send(one_writer, sentinel)]) == [R]
     assert await _state(pool, late) == "RECORDED"
+    assert await _statuses(pool, late) == []
+    assert not await _due(pool, late)
     assert await _processed(pool, [_id(body)]) == Counter()
     assert await _kept(pool, [_id(body)]) == Counter()
 
-    assert await _results([_send(one_writer, body)]) == [A]  # the provider delivers it again
+    assert await _results([_send(one_writer, body)]) == [Q]  # the provider delivers it again
     assert await _results([_send(one_writer, body)]) == [D]
+    assert await _statuses(pool, late) == ["succeeded"]
+    assert await _moves(pool, late) == []
+    await _decided_by_the_api(database, {late: "succeeded"})
     assert await _moves(pool, late) == [("RECORDED", "SUCCEEDED")]
     assert await _entries(pool, late) == 1
 
@@ -842,10 +977,10 @@ async def test_a_caller_out_of_time_while_its_batch_waits_is_told_so_and_the_red
     held = await _hold(pool, "payments", blocker)
     held_slow = await _hold(pool, "payments", slow)
     try:
-        first = _send(one_writer, _payment_event(blocker, "succeeded"))
+        first = _send(one_writer, _payment_event(blocker, "pending"))
         await held.waited_for("the first delivery waits for the blocker's row")
         impatient = _send(one_writer, body, budget_s=1.5)
-        patient = _send(one_writer, _payment_event(neighbour, "succeeded"))
+        patient = _send(one_writer, _payment_event(neighbour, "pending"))
         await _queued(one_writer, 2)
         await held.release()
         await held_slow.waited_for("the second batch waits for the slow payment's row")
@@ -857,13 +992,17 @@ async def test_a_caller_out_of_time_while_its_batch_waits_is_told_so_and_the_red
         await held.release()
         await held_slow.release()
     assert await _results([first, patient]) == [A, A]
-    assert await _state(pool, slow) == "SUCCEEDED"
+    assert await _state(pool, neighbour) == "PENDING"
+    assert await _statuses(pool, slow) == ["succeeded"]  # its claim was kept, and the payment made due
+    assert await _due(pool, slow)
     assert await _processed(pool, [_id(body)]) == Counter({_id(body): 1})
 
     assert await _results([_send(one_writer, body)]) == [D]  # the provider delivers it again
+    assert await _statuses(pool, slow) == ["succeeded"]
+    assert await _kept(pool, [_id(body)]) == Counter({_id(body): 2})
+    await _decided_by_the_api(database, {slow: "succeeded"})
     assert await _moves(pool, slow) == [("RECORDED", "SUCCEEDED")]
     assert await _entries(pool, slow) == 1
-    assert await _kept(pool, [_id(body)]) == Counter({_id(body): 2})
 
 
 async def test_stopping_with_both_writers_mid_transaction_and_more_queued_answers_every_caller_and_applies_nothing(
@@ -898,7 +1037,8 @@ async def test_stopping_with_both_writers_mid_transaction_and_more_queued_answer
     assert await _kept(pool, every_id) == Counter()
     for payment_id in (first_blocked, second_blocked, *others):
         assert await _state(pool, payment_id) == "RECORDED"
-        assert await _count(pool, "SELECT count(*) FROM provider_statuses WHERE payment_id = $1", payment_id) == 0
+        assert await _statuses(pool, payment_id) == []
+        assert not await _due(pool, payment_id)
     assert await _leg(pool, leg_id) == ("SUBMITTED", Decimal("0"), 0)
 
     restarted = Intake(database)  # the provider delivers everything again to the next process
@@ -907,7 +1047,17 @@ async def test_stopping_with_both_writers_mid_transaction_and_more_queued_answer
         again = await _results([_send(restarted, body) for body in blocked_bodies + queued_bodies])
     finally:
         await restarted.stop()
-    assert again[-1] == D and all(result in (A,) for result in again[:-1]), again
+    claims = [Q, Q] + [A if status == "pending" else Q for _ in others for status in ("pending", "succeeded")]
+    assert again == [*claims, A, D], again
+    for payment_id in (first_blocked, second_blocked):
+        assert (await _moves(pool, payment_id), await _statuses(pool, payment_id)) == ([], ["succeeded"])
+    for payment_id in others:
+        assert await _moves(pool, payment_id) == [("RECORDED", "PENDING")]
+        assert sorted(await _statuses(pool, payment_id)) == ["pending", "succeeded"]
+    await _decided_by_the_api(database, dict.fromkeys((first_blocked, second_blocked, *others), "succeeded"))
+    for payment_id in (first_blocked, second_blocked):
+        assert await _moves(pool, payment_id) == [("RECORDED", "SUCCEEDED")]
+        assert await _entries(pool, payment_id) == 1
     for payment_id in others:
         assert await _moves(pool, payment_id) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
         assert await _entries(pool, payment_id) == 1
@@ -920,7 +1070,7 @@ async def test_stopping_during_the_one_at_a_time_retry_of_a_failed_batch_answers
     (leg_id,) = await _legs(database, principal, 1)
     bodies = [
         _payment_event(good, "succeeded"),
-        _payment_event(bad, "succeeded"),
+        _payment_event(bad, "pending"),  # its move is refused
         _order_event(leg_id, "new"),  # alone, it will wait for the leg the test holds
         _payment_event(after, "succeeded"),
     ]
@@ -936,11 +1086,14 @@ async def test_stopping_during_the_one_at_a_time_retry_of_a_failed_batch_answers
     finally:
         await held_leg.release()
         await _drop_trigger(pool, trigger, "payment_transitions")
-    assert results[0] == A
+    assert results[0] == Q
     assert isinstance(results[1], asyncpg.PostgresError), results
     assert all(isinstance(result, Unavailable) for result in results[2:]), results
     assert await _leg(pool, leg_id) == ("SUBMITTED", Decimal("0"), 0)
-    assert await _state(pool, after) == "RECORDED"
+    assert (await _statuses(pool, good), await _due(pool, good)) == (["succeeded"], True)
+    for payment_id in (bad, after):
+        assert await _state(pool, payment_id) == "RECORDED"
+        assert (await _statuses(pool, payment_id), await _due(pool, payment_id)) == ([], False)
     assert await _processed(pool, [_id(body) for body in bodies]) == Counter({_id(bodies[0]): 1})
 
     restarted = Intake(database)
@@ -949,11 +1102,15 @@ async def test_stopping_during_the_one_at_a_time_retry_of_a_failed_batch_answers
         again = await _results([_send(restarted, body) for body in bodies])
     finally:
         await restarted.stop()
-    assert again == [D, A, A, A]
-    for payment_id in (good, bad, after):
-        assert await _moves(pool, payment_id) == [("RECORDED", "SUCCEEDED")]
-        assert await _entries(pool, payment_id) == 1
+    assert again == [D, A, A, Q]
     assert (await _leg(pool, leg_id))[0] == "PENDING"
+    assert await _moves(pool, bad) == [("RECORDED", "PENDING")]
+    assert (await _statuses(pool, bad), await _due(pool, bad)) == (["pending"], False)
+    await _decided_by_the_api(database, dict.fromkeys((good, after), "succeeded"))
+    for payment_id in (good, after):
+        assert await _moves(pool, payment_id) == [("RECORDED", "SUCCEEDED")]
+        assert await _statuses(pool, payment_id) == ["succeeded", "succeeded"]  # the webhook's, then the API's
+        assert await _entries(pool, payment_id) == 1
 
 
 # --------------------------------------------------------------------------------------------- a real crash
@@ -1024,11 +1181,14 @@ async def test_a_server_stopped_mid_storm_kept_every_acknowledged_delivery_and_r
     stop_signal: signal.Signals,
 ) -> None:
     """Killed (SIGKILL) or stopped (SIGTERM, which drains the deliveries in flight) mid-storm, a server
-    has applied every delivery it answered 2xx; the provider's redelivery of every event to a new
-    server applies each event once: a duplicate exactly when it had been applied before."""
+    has applied every delivery it answered 2xx: a pending moved its payment, a claimed success left it
+    due for a check with the provider's API, each event's status kept once. The provider's redelivery
+    of every event to a new server applies each event once: a duplicate exactly when it had been
+    applied before. The provider's API, asked once about each payment, then decides it once."""
     pool, database_url = crash_pool, crash_database_url
     payments = await _payments(Database(pool), principal, 300)
     bodies = [_payment_event(p, status) for p in payments for status in ("pending", "succeeded")]
+    subject_of = {_id(body): p for body, p in zip(bodies, [p for p in payments for _ in range(2)], strict=True)}
     deliveries = bodies + bodies[::7]  # some delivered twice
     random.Random(7).shuffle(deliveries)  # noqa: S311 - a reproducible shuffle
     acknowledged: list[tuple[str, Outcome]] = []
@@ -1063,7 +1223,9 @@ async def test_a_server_stopped_mid_storm_kept_every_acknowledged_delivery_and_r
         assert set(answered) <= {0, 200, 503}, answered  # never a 500
         await _until(_no_backend_at_work(pool), "the stopped server's sessions finished what they had received")
 
-        # nothing acknowledged was lost: each is processed, and an applied one moved its payment
+        # nothing acknowledged was lost: each is processed, an applied one moved its payment, a confirming
+        # one left its payment due; every processed event's status was kept, once, with its claim
+        assert {outcome for _, outcome in acknowledged} <= {A, Q, D}, acknowledged
         processed = await _processed(pool, [_id(body) for body in bodies])
         assert all(processed[event_id] == 1 for event_id, _ in acknowledged)
         references = {
@@ -1073,6 +1235,15 @@ async def test_a_server_stopped_mid_storm_kept_every_acknowledged_delivery_and_r
             )
         }
         assert all(f"{PROVIDER}:{event_id}" in references for event_id, outcome in acknowledged if outcome is A)
+        observed = Counter(
+            row["evidence_ref"]
+            for row in await pool.fetch(
+                "SELECT evidence_ref FROM provider_statuses WHERE payment_id = ANY($1::uuid[])", payments
+            )
+        )
+        assert observed == Counter(f"{PROVIDER}:{event_id}" for event_id in processed)
+        for payment_id in {subject_of[event_id] for event_id, outcome in acknowledged if outcome is Q}:
+            assert not await _claim_waits(pool, payment_id) or await _due(pool, payment_id), payment_id
         kept = await _kept(pool, processed)
         assert all(kept[event_id] >= 1 for event_id, _ in acknowledged)
         if stop_signal is signal.SIGTERM:  # drained: whatever it applied, it answered
@@ -1100,9 +1271,14 @@ async def test_a_server_stopped_mid_storm_kept_every_acknowledged_delivery_and_r
         assert status == 200, (body, status)
         assert (outcome == D.value) == (processed[_id(body)] == 1), (body, outcome)  # done before: a duplicate
     assert await _processed(pool, [_id(body) for body in bodies]) == Counter(dict.fromkeys(map(_id, bodies), 1))
+    for payment_id in payments:  # moved by its pending; its claimed success waits for the provider's API
+        assert await _moves(pool, payment_id) == [("RECORDED", "PENDING")]
+        assert sorted(await _statuses(pool, payment_id)) == ["pending", "succeeded"]
+        assert await _entries(pool, payment_id) == 0
+    await _decided_by_the_api(Database(pool), dict.fromkeys(payments, "succeeded"))
     allowed = await _allowed_payment_moves(pool)
     for payment_id in payments:
         assert await _state(pool, payment_id) == "SUCCEEDED"
         assert await _entries(pool, payment_id) == 1
         moves = await _moves(pool, payment_id)
-        assert moves[-1][1] == "SUCCEEDED" and set(moves) <= allowed and len(moves) <= 2, moves
+        assert moves == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")] and set(moves) <= allowed, moves

@@ -32,6 +32,9 @@ from tests.support import field_violations
 
 Stub = payments_pb2_grpc.PaymentServiceStub
 
+#: The first number past the last PaymentState: no state (the newest, EXPIRED, is 9).
+_PAST_THE_LAST_STATE = max(payments_pb2.PaymentState.values()) + 1
+
 #: Codes a racing CreatePayment may answer besides the payment itself (the README: retry with the same key).
 RETRYABLE = {grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE}
 
@@ -850,7 +853,21 @@ class TestListPayments:
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
         assert field_violations(caught.value) == {"page_token"}
 
-    @pytest.mark.parametrize("state", [9, 99, -1, 2**31 - 1])
+    @pytest.mark.parametrize(
+        "state",
+        [state for state in payments_pb2.PaymentState.values() if state != payments_pb2.PAYMENT_STATE_UNSPECIFIED],
+    )
+    async def test_every_state_is_a_filter_that_lists_only_payments_in_it(
+        self, payments_stub: Stub, alpha: Caller, state: int
+    ) -> None:
+        page = await payments_stub.ListPayments(
+            payments_pb2.ListPaymentsRequest(state=state),  # type: ignore[arg-type]
+            metadata=alpha.metadata,
+            timeout=5,
+        )
+        assert all(payment.state == state for payment in page.payments)
+
+    @pytest.mark.parametrize("state", [_PAST_THE_LAST_STATE, 99, -1, 2**31 - 1])
     async def test_an_unknown_state_filter_is_invalid_argument_naming_state(
         self, payments_stub: Stub, alpha: Caller, state: int
     ) -> None:
