@@ -284,6 +284,7 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
                 provider_timeout_s=provider_timeout_s,
                 pending_overdue_s=settings.pending_overdue_ms / 1000,
                 expiry_s=settings.payment_expiry_ms / 1000,
+                backoff_max_s=settings.resolver_backoff_max_ms / 1000,
             )
             resolving = asyncio.gather(
                 Resolver(database, gateway, resolver_settings).run(relays_stopping),

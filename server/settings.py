@@ -77,6 +77,8 @@ class Settings:
     payment_expiry_ms: int = 600_000
     #: A PENDING payment with no decision this long after it became PENDING is asked about.
     pending_overdue_ms: int = 30_000
+    #: The longest wait between two checks of a payment the provider did not answer about (the backoff's cap).
+    resolver_backoff_max_ms: int = 300_000
     #: Failpoints armed for a crash test (server/failpoints.py); development only.
     failpoints: frozenset[str] = frozenset()
     #: The fault profile of the simulator started when provider_url is None.
@@ -247,6 +249,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         provider_timeout_ms=provider_timeout_ms,
         payment_expiry_ms=payment_expiry_ms,
         pending_overdue_ms=_integer(env, "BALLAST_PENDING_OVERDUE_MS", 30_000, 100, 86_400_000),
+        resolver_backoff_max_ms=_integer(env, "BALLAST_RESOLVER_BACKOFF_MAX_MS", 300_000, 1_000, 86_400_000),
         simulator_profile=_choice(
             env,
             "BALLAST_SIMULATOR_PROFILE",

@@ -88,9 +88,12 @@ class ServerTimings:
     payment_expiry_ms: int = 20_000
     pending_overdue_ms: int = 3_000
     breaker_open_ms: int = 2_000
+    #: checks of a payment the provider did not answer about back off to at most this
+    resolver_backoff_max_ms: int = 5_000
 
     def environment(self) -> dict[str, str]:
         return {
+            "BALLAST_RESOLVER_BACKOFF_MAX_MS": str(self.resolver_backoff_max_ms),
             "BALLAST_PROVIDER_TIMEOUT_MS": str(self.provider_timeout_ms),
             "BALLAST_PAYMENT_EXPIRY_MS": str(self.payment_expiry_ms),
             "BALLAST_PENDING_OVERDUE_MS": str(self.pending_overdue_ms),
@@ -817,7 +820,7 @@ def _arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--in-flight", type=int, default=16, help="clients at a time (default 16)")
     parser.add_argument("--seed", type=int, default=7, help="the simulator's and the amounts' seed (default 7)")
     parser.add_argument(
-        "--convergence-timeout", type=float, default=120.0, help="seconds to wait for convergence (default 120)"
+        "--convergence-timeout", type=float, default=300.0, help="seconds to wait for convergence (default 300)"
     )
     return parser.parse_args(argv)
 

@@ -113,6 +113,16 @@ class Breaker:
         """The state as last changed; an open breaker whose time is up turns half-open on the next call."""
         return self._state
 
+    def refuses_for_s(self) -> float:
+        """How long a call now would be refused without being tried (0 when one would be let through):
+        what a background worker waits before it claims work that needs the provider."""
+        now = self._clock()
+        if self._state is BreakerState.OPEN:
+            return max(self._opened_at + self._settings.open_s - now, 0.0)
+        if self._state is BreakerState.HALF_OPEN and len(self._probes) >= self._settings.probes_max:
+            return max(min(self._probes.values()) - now, 0.0)
+        return 0.0
+
     async def call(
         self, operation: Callable[[], Awaitable[T | Neutral[T]]], timeout_s: float, *, full_time: bool = True
     ) -> T:

@@ -59,6 +59,7 @@ class CaseChecker(CheckLoop[_Due]):
         self._gateway = gateway
         self._settings = settings or CheckSettings()
         self._poll_interval_s = self._settings.poll_interval_s
+        self._breaker = gateway.breaker
 
     async def _claim(self, connection: asyncpg.Connection) -> list[_Due]:
         rows = await connection.fetch(_CLAIM, self._settings.batch_size, self._settings.lease_s)

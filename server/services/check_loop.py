@@ -13,6 +13,7 @@ import asyncpg
 import structlog
 
 from server.db.database import Budget, Database, in_transaction
+from server.providers.breaker import Breaker
 
 log = structlog.get_logger(__name__)
 
@@ -51,8 +52,14 @@ class CheckLoop(Generic[ClaimedT]):
     async def _check(self, item: ClaimedT) -> None:
         raise NotImplementedError
 
+    #: the breaker of the provider the checks ask, when there is one: while it refuses calls, nothing
+    #: is claimed (each check would fail unasked, and spend the item's lease for nothing)
+    _breaker: Breaker | None = None
+
     async def run_once(self) -> int:
         """Claim a batch of due items and check each; how many were claimed. Tests call this directly."""
+        if self._breaker is not None and self._breaker.refuses_for_s() > 0:
+            return 0
         claimed = await in_transaction(self._database, Budget.within(10), self._claim)
         outcomes = await asyncio.gather(*(self._check(item) for item in claimed), return_exceptions=True)
         for item, outcome in zip(claimed, outcomes, strict=True):

@@ -76,6 +76,7 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
         self._venue = venue
         self._settings = settings or OrderResolverSettings()
         self._poll_interval_s = self._settings.poll_interval_s
+        self._breaker = venue.breaker
 
     async def _claim(self, connection: asyncpg.Connection) -> list[_ClaimedLeg]:
         config = self._settings

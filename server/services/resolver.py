@@ -22,6 +22,10 @@ decided state, or hold the correction for a person). When the provider never saw
 - anything else: the next check comes later.
 
 No answer: the next check comes later, with backoff; after `checks_max` a case is opened for a person.
+A check that could not even ask (the breaker is open, the connection was refused, a 429) does not
+count: it waits for the provider instead, and while the breaker refuses calls nothing is claimed. So
+a long outage leaves payments honestly UNKNOWN or PENDING (the breaker's state is on the health
+service and in the metrics) rather than spending their checks on a provider nobody asked.
 """
 
 from __future__ import annotations
@@ -94,6 +98,13 @@ _LATER_BY = (
     "UPDATE payments SET next_check_at = now() + make_interval(secs => $3::float8) WHERE id = $1 AND next_check_at = $2"
 )
 
+# A check that could not ask the provider gives back its attempt and waits for the provider.
+_NOT_ASKED = """
+UPDATE payments
+SET next_check_at = now() + make_interval(secs => $3::float8), check_attempts = greatest(check_attempts - 1, 0)
+WHERE id = $1 AND next_check_at = $2
+"""
+
 # A RECORDED payment expires only if it still is, and no submission attempt began since `expiry_s` ago:
 # a retry that stamped one meanwhile wins, and it is sent.
 _EXPIRABLE = """
@@ -125,6 +136,7 @@ class Resolver(CheckLoop[_Claimed]):
         self._gateway = gateway
         self._settings = settings or ResolverSettings()
         self._poll_interval_s = self._settings.poll_interval_s
+        self._breaker = gateway.breaker
 
     async def _claim(self, connection: asyncpg.Connection) -> list[_Claimed]:
         config = self._settings
@@ -154,7 +166,11 @@ class Resolver(CheckLoop[_Claimed]):
         timeout_s = self._settings.provider_timeout_s
         try:
             answer = await self._gateway.find_payment(key, timeout_s)
-        except (NotSent, OutcomeUnknown, Refused) as error:
+        except NotSent as error:
+            CHECKS.labels("not_asked").inc()
+            await self._not_asked(payment, error.retry_after_s)
+            return
+        except (OutcomeUnknown, Refused) as error:
             CHECKS.labels("no_answer").inc()
             await self._later(payment, f"no answer from {provider}: {error}")
             return
@@ -177,7 +193,11 @@ class Resolver(CheckLoop[_Claimed]):
             answer = await self._gateway.create_payment(
                 key, payment.amount, payment.currency_code, key, self._settings.provider_timeout_s
             )
-        except (NotSent, OutcomeUnknown) as error:
+        except NotSent as error:
+            CHECKS.labels("not_asked").inc()
+            await self._not_asked(payment, error.retry_after_s)
+            return
+        except OutcomeUnknown as error:
             CHECKS.labels("no_answer").inc()
             await self._later(payment, f"no answer from {provider}: {error}")
             return
@@ -256,6 +276,17 @@ class Resolver(CheckLoop[_Claimed]):
 
         async def work(connection: asyncpg.Connection) -> None:
             await connection.execute(_LATER, payment.id, payment.lease, None)
+
+        await in_transaction(self._database, Budget.within(10), work)
+
+    async def _not_asked(self, payment: _Claimed, retry_after_s: float) -> None:
+        """The provider was not asked (its breaker is open, it refused the connection, it rate limited us):
+        the check does not count, and the next one comes when the provider may be asked again."""
+
+        async def work(connection: asyncpg.Connection) -> None:
+            await connection.execute(
+                _NOT_ASKED, payment.id, payment.lease, max(retry_after_s, self._settings.poll_interval_s)
+            )
 
         await in_transaction(self._database, Budget.within(10), work)
 

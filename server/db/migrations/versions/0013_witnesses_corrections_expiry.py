@@ -7,9 +7,10 @@
   transition, allowed only along the pairs of `payment_corrections` (a snapshot of
   server/domain/corrections.py); one that needs a person, or any correction of a payment corrected
   before, is refused without `approved_by`.
-- A payment that moves starts its own check schedule: the transition resets `next_check_at` and
-  `check_attempts`. Any payment (decided ones too, after a webhook claimed news) is due when
-  `next_check_at` has passed.
+- A payment that moves starts its own check schedule: the transition resets `check_attempts` and
+  `next_check_at`, keeping a check already due when the payment stays undecided (a webhook asked
+  for it). Any payment (decided ones too, after a webhook claimed news) is due when `next_check_at`
+  has passed.
 
 Revision ID: 0013
 Revises: 0012
@@ -138,7 +139,16 @@ def upgrade() -> None:
         "char_length(approved_by) BETWEEN 1 AND 128",
     )
     op.execute(_CHECK_TRANSITION)
-    op.execute(_MOVE.format(reset=", next_check_at = NULL, check_attempts = 0"))
+    # a check a webhook asked for (due already) survives a move to another undecided state; a lease or
+    # a backoff does not, and a decided payment needs none
+    op.execute(
+        _MOVE.format(
+            reset=""",
+                check_attempts = 0,
+                next_check_at = CASE WHEN a.to_state IN ('RECORDED', 'PENDING', 'UNKNOWN')
+                                      AND p.next_check_at <= a.occurred_at THEN p.next_check_at END"""
+        )
+    )
 
     op.drop_index(op.f("ix_payments_undecided_updated_at"), table_name="payments")
     # The resolver's questions: which payments are due a check, by their schedule or by default.
