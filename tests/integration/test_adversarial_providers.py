@@ -428,18 +428,7 @@ _WEBHOOK_OUTCOMES = {
 #: Where the provider's API answer leaves a PENDING payment: refunded (a refund Ballast never asked for)
 #: waits for a person.
 _DECIDED_BY = {"pending": "PENDING", "failed": "FAILED", "succeeded": "SUCCEEDED", "refunded": "PENDING"}
-#: The server's known defect these orders meet (see test_webhook_intake.py,
-#: test_a_late_pending_webhook_keeps_the_check_a_claim_asked_for).
-LATE_PENDING_CLEARS_THE_CHECK = (
-    "a pending webhook after the claims moves RECORDED -> PENDING, and the transition resets next_check_at:"
-    " the check the claims asked for is dropped until the PENDING payment is overdue"
-)
-_ORDERS = [
-    pytest.param(order, marks=pytest.mark.xfail(strict=True, reason=LATE_PENDING_CLEARS_THE_CHECK))
-    if order[-1] == "pending"
-    else order
-    for order in itertools.permutations(("pending", "failed", "succeeded", "refunded"))
-]
+_ORDERS = list(itertools.permutations(("pending", "failed", "succeeded", "refunded")))
 
 
 @pytest.mark.parametrize("order", _ORDERS)

@@ -242,11 +242,6 @@ async def test_the_provider_took_the_money_pending_failed_succeeded_webhooks_end
     assert not await _due(pool, payment_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the move RECORDED -> PENDING resets next_check_at (payment_transitions_move): the check the claim"
-    " asked for is dropped, and the payment waits until PENDING is overdue",
-)
 async def test_a_late_pending_webhook_keeps_the_check_a_claim_asked_for(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
