@@ -1,10 +1,11 @@
-"""Cases get the provider's own word: when webhooks contradicted each other, ask the provider's API.
+"""Cases get the provider's own word: when a webhook's evidence did not fit its payment, ask the API.
 
-A contradiction case holds what Ballast decided on and what contradicted it. Which does the
-provider stand by? The case checker asks its API about the payment (by idempotency key, through the
-breaker) and adds the answer to the case as evidence, recorded like any provider status. Nothing
-moves: a decided payment never moves back, and settling the case is a person's call, now with the
-provider's answer in front of them.
+A case about a webhook naming another amount, currency or provider object holds what the webhook
+said and what Ballast has. What does the provider's API say about the payment? The case checker asks
+it (by idempotency key, through the breaker) and adds the answer to the case as evidence, recorded
+like any provider status. Nothing moves: settling the case is a person's call, now with the
+provider's answer in front of them. (A webhook that merely claims an outcome opens no case: the
+resolver asks the API, whose answer decides; server/services/resolver.py.)
 """
 
 from __future__ import annotations
