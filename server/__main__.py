@@ -38,6 +38,7 @@ from server.db.database import Budget, Database
 from server.db.engine import asyncpg_dsn, create_pool
 from server.db.migrate import migrate_to_head, pending_revision
 from server.domain.errors import BallastError
+from server.domain.payments import PaymentState
 from server.failpoints import arm as arm_failpoints
 from server.observability import configure_logging
 from server.outbox import admin
@@ -341,25 +342,26 @@ async def republish(database_url: str, key: str | None, since: datetime | None) 
     return 0
 
 
-def _approval_options(arguments: list[str]) -> tuple[uuid.UUID, str, str] | None:
-    """CASE_ID --by NAME --note TEXT; None (after printing why) if they do not parse."""
+def _approval_options(arguments: list[str]) -> tuple[uuid.UUID, PaymentState, str, str] | None:
+    """CASE_ID --to STATE --by NAME --note TEXT; None (after printing why) if they do not parse."""
     parser = argparse.ArgumentParser(prog="python -m server approve-correction")
     parser.add_argument("case_id", help="the CORRECTION_NEEDS_APPROVAL case")
+    parser.add_argument("--to", required=True, help="the state the case proposes and you approve, e.g. FAILED")
     parser.add_argument("--by", required=True, help="who approves (kept on the transition and the case)")
     parser.add_argument("--note", required=True, help="why: kept with the case's resolution")
     try:
         options = parser.parse_args(arguments)
-        return uuid.UUID(options.case_id), options.by, options.note
+        return uuid.UUID(options.case_id), PaymentState(options.to.upper()), options.by, options.note
     except (SystemExit, ValueError):
-        print('usage: python -m server approve-correction CASE_ID --by NAME --note "why"', file=sys.stderr)
+        print('usage: python -m server approve-correction CASE_ID --to STATE --by NAME --note "why"', file=sys.stderr)
         return None
 
 
-async def approve(database_url: str, case_id: uuid.UUID, approved_by: str, note: str) -> int:
+async def approve(database_url: str, case_id: uuid.UUID, to_state: PaymentState, approved_by: str, note: str) -> int:
     """`python -m server approve-correction`: a person approves the correction a case proposes."""
     pool = await create_pool(database_url, size=1, statement_timeout_ms=30_000)
     try:
-        approved = await approve_correction(Database(pool), case_id, approved_by, note, Budget.within(30))
+        approved = await approve_correction(Database(pool), case_id, to_state, approved_by, note, Budget.within(30))
     except BallastError as error:
         print(f"not approved: {error}", file=sys.stderr)
         return 1

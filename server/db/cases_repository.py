@@ -23,11 +23,13 @@ async def open_case(
     *,
     evidence_if_open: list[dict[str, Any]] | None = None,
     check_provider: bool = False,
+    summary_if_open: bool = False,
 ) -> uuid.UUID:
     """Open a case (and announce it), or add `evidence_if_open` (default: `evidence`) to the open one.
 
-    `check_provider` asks for the provider's own answer about the subject to be added to the case
-    (the case checker does that: server/services/case_checks.py).
+    `summary_if_open` replaces an open case's summary with this one (a case whose latest evidence
+    changes what it proposes). `check_provider` asks for the provider's own answer about the subject
+    to be added to the case (the case checker does that: server/services/case_checks.py).
 
     Runs in the caller's transaction, so the case stands or falls with the evidence that opened it.
     """
@@ -37,6 +39,7 @@ async def open_case(
         VALUES ($1, $2, $3, $4, CASE WHEN $6 THEN now() END)
         ON CONFLICT (kind, {subject}) WHERE status = 'OPEN'
         DO UPDATE SET evidence = cases.evidence || $5::jsonb, updated_at = now(),
+                      summary = CASE WHEN $7 THEN EXCLUDED.summary ELSE cases.summary END,
                       provider_check_due_at = coalesce(cases.provider_check_due_at, EXCLUDED.provider_check_due_at)
         RETURNING id
         """,
@@ -46,6 +49,7 @@ async def open_case(
         evidence,
         evidence if evidence_if_open is None else evidence_if_open,
         check_provider,
+        summary_if_open,
     )
     payload = {"case_id": str(case_id), "kind": kind, subject: str(subject_id), "evidence": evidence}
     await write_event(connection, events.CASE_OPENED, str(subject_id), payload)

@@ -147,20 +147,23 @@ async def insert_payment_with_key(
 
 
 # A retry's attempt to send a RECORDED payment, stamped under its row lock; no row when it is no longer
-# RECORDED (expired or sent meanwhile), and then the payment as it is.
-_STAMP_SUBMISSION = f"""
-WITH stamped AS (
-    UPDATE payments SET submitted_at = now() WHERE id = $1 AND state = 'RECORDED' RETURNING id
-)
-SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM stamped)
-"""
+# RECORDED (expired or sent meanwhile).
+_STAMP_SUBMISSION = "UPDATE payments SET submitted_at = now() WHERE id = $1 AND state = 'RECORDED' RETURNING id"
 
 
 async def stamp_submission(
     connection: asyncpg.Connection, payment_id: uuid.UUID, *, timeout_s: float
 ) -> PaymentRecord | None:
-    """Stamp an attempt to send the payment; None if stamped (send it), else the payment, no longer RECORDED."""
-    row = await connection.fetchrow(_STAMP_SUBMISSION, payment_id, timeout=timeout_s)
+    """Stamp an attempt to send the payment; None if stamped (send it), else the payment as it is now.
+
+    The re-read is a statement of its own: it sees what the transaction that moved the payment committed
+    (one statement would answer from the snapshot it began with, before the lock was granted).
+    """
+    if await connection.fetchval(_STAMP_SUBMISSION, payment_id, timeout=timeout_s) is not None:
+        return None
+    row = await connection.fetchrow(
+        f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = $1", payment_id, timeout=timeout_s
+    )
     return None if row is None else _payment_from_row(row)
 
 

@@ -131,7 +131,7 @@ payment_transitions = sa.Table(
     # who approved a correction that needs a person (NULL for every other move)
     sa.Column("approved_by", sa.Text, nullable=True),
     sa.CheckConstraint("char_length(cause) BETWEEN 1 AND 64", name="cause_length"),
-    sa.CheckConstraint("char_length(approved_by) BETWEEN 1 AND 128", name="approved_by_length"),
+    sa.CheckConstraint("char_length(btrim(approved_by)) BETWEEN 1 AND 128", name="approved_by_length"),
     sa.CheckConstraint("char_length(evidence_ref) BETWEEN 1 AND 500", name="evidence_ref_length"),
     sa.CheckConstraint("char_length(event) BETWEEN 1 AND 64", name="event_length"),
     sa.Index("ix_payment_transitions_payment_id", "payment_id", "id"),

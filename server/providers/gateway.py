@@ -36,12 +36,20 @@ class ProviderPayment:
 
 
 def _stated(body: bytes, name: str) -> str | None:
-    """A text field of the provider's JSON object, verbatim; None when absent or not text."""
+    """A term the provider's JSON object states (amount, currency), as text to compare with Ballast's;
+    None when it states none. A number is kept exactly; anything else that is not text is kept as its
+    JSON, which fits no payment (never silently left uncompared)."""
     try:
-        value = json.loads(body).get(name)
-    except (ValueError, AttributeError):
+        value = json.loads(body, parse_float=Decimal).get(name)
+    except (ValueError, AttributeError, RecursionError):
         return None
-    return value[:64] if isinstance(value, str) else None
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value[:64]
+    if isinstance(value, int | Decimal) and not isinstance(value, bool):
+        return str(value)[:64]
+    return json.dumps(value, default=str)[:64]
 
 
 class GatewayClient(HttpProvider):

@@ -34,10 +34,13 @@ CALL_TIMEOUT_DEFAULT_S = 10.0
 class NotSent(Exception):
     """The provider did not get the request; nothing happened there."""
 
-    def __init__(self, reason: str, retry_after_s: float) -> None:
+    def __init__(self, reason: str, retry_after_s: float, *, unreachable: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after_s = retry_after_s
+        #: the provider was tried and could not be reached (a refused connection), rather than not tried
+        #: at all (an open breaker, too little time) or told to come back (a rate limit)
+        self.unreachable = unreachable
 
 
 class OutcomeUnknown(Exception):
@@ -103,7 +106,8 @@ class HttpProvider:
         except BreakerOpen as error:
             raise NotSent(str(error), error.retry_after_s) from None
         except aiohttp.ClientConnectorError as error:  # the connection was never made: nothing was sent
-            raise NotSent(f"cannot connect to {self.provider}: {error.os_error.strerror or error}", 1.0) from None
+            reason = f"cannot connect to {self.provider}: {error.os_error.strerror or error}"
+            raise NotSent(reason, 1.0, unreachable=True) from None
         except (TimeoutError, aiohttp.ClientError, _ServerError) as error:
             raise OutcomeUnknown(f"{type(error).__name__}: {error}"[:300]) from None
         if reply.status == 429:

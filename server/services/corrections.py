@@ -56,12 +56,14 @@ def _check(approved_by: str, note: str) -> None:
 
 
 async def approve_correction(
-    database: Database, case_id: uuid.UUID, approved_by: str, note: str, budget: Budget
+    database: Database, case_id: uuid.UUID, to_state: PaymentState, approved_by: str, note: str, budget: Budget
 ) -> ApprovedCorrection:
     """Apply the correction the case proposes, approved by `approved_by`, and resolve the case.
 
-    NotFound if no such open case; FailedPrecondition if it proposes no correction, or if the payment
-    moved since (the case then stays open: the proposal no longer describes the payment).
+    The person names the state they approve (`to_state`): it must be the case's latest proposal, so
+    nobody approves one correction and gets another (later evidence may have proposed a new one).
+    NotFound if no such open case; FailedPrecondition if it proposes no correction, another one, or if
+    the payment moved since (the case then stays open: the proposal no longer describes the payment).
     """
     _check(approved_by, note)
 
@@ -72,8 +74,16 @@ async def approve_correction(
         proposal = _proposal(case["evidence"])
         if case["kind"] != CORRECTION_CASE or proposal is None or case["payment_id"] is None:
             raise FailedPrecondition(f"case:{case_id}", f"case {case_id} ({case['kind']}) proposes no correction")
-        from_state, to_state = proposal
-        current = await connection.fetchval("SELECT state FROM payments WHERE id = $1", case["payment_id"])
+        from_state, proposed_state = proposal
+        if proposed_state is not to_state:
+            raise FailedPrecondition(
+                f"case:{case_id}",
+                f"case {case_id} now proposes {from_state.value} -> {proposed_state.value}, not {to_state.value}:"
+                " read its latest evidence before approving",
+            )
+        current = await connection.fetchval(  # locked: nothing moves it between this check and the correction
+            "SELECT state FROM payments WHERE id = $1 FOR UPDATE", case["payment_id"]
+        )
         if current != from_state.value:
             raise FailedPrecondition(
                 f"payment:{case['payment_id']}",

@@ -76,7 +76,7 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
         self._venue = venue
         self._settings = settings or OrderResolverSettings()
         self._poll_interval_s = self._settings.poll_interval_s
-        self._breaker = venue.breaker
+        self._breaker = getattr(venue, "breaker", None)  # a venue without one is always asked
 
     async def _claim(self, connection: asyncpg.Connection) -> list[_ClaimedLeg]:
         config = self._settings

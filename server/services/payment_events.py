@@ -257,7 +257,10 @@ class _Notes:
         provider_word = evidence.provider is not None and evidence.provider_status is not None
         if provider_word or confirm:
             status = evidence.provider_status if provider_word else None
-            self.rows.append((payment_id, status, evidence.provider_payment_id if provider_word else None, confirm))
+            # the provider's id for the payment is kept from its API only: a webhook names one, but a stale
+            # or wrong webhook must not decide which object the API's answers are about
+            provider_payment_id = evidence.provider_payment_id if evidence.witness is Witness.API else None
+            self.rows.append((payment_id, status, provider_payment_id if provider_word else None, confirm))
 
     async def write(self, connection: asyncpg.Connection) -> None:
         if self.rows:
@@ -477,7 +480,9 @@ async def _hold_correction(
         f"payment {row['id']} is {current.value}, but the provider's API says {target.value}: correcting it to"
         f" {correction.to_state.value} needs a person's approval ({why})"
     )
-    return await cases_repository.open_case(connection, CORRECTION_CASE, "payment_id", row["id"], summary, [piece])
+    return await cases_repository.open_case(
+        connection, CORRECTION_CASE, "payment_id", row["id"], summary, [piece], summary_if_open=True
+    )
 
 
 async def approve_correction_on(

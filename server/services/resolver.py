@@ -22,10 +22,11 @@ decided state, or hold the correction for a person). When the provider never saw
 - anything else: the next check comes later.
 
 No answer: the next check comes later, with backoff; after `checks_max` a case is opened for a person.
-A check that could not even ask (the breaker is open, the connection was refused, a 429) does not
-count: it waits for the provider instead, and while the breaker refuses calls nothing is claimed. So
-a long outage leaves payments honestly UNKNOWN or PENDING (the breaker's state is on the health
-service and in the metrics) rather than spending their checks on a provider nobody asked.
+A check that did not ask (the breaker is open, or the provider said 429) does not count: it waits
+for the provider instead, and while the breaker refuses calls nothing is claimed, so a provider
+under strain does not use up payments' checks that were never made. A refused connection is a
+check that failed: a provider down for good still ends in cases, as slowly as its breaker lets
+probes through.
 """
 
 from __future__ import annotations
@@ -167,8 +168,7 @@ class Resolver(CheckLoop[_Claimed]):
         try:
             answer = await self._gateway.find_payment(key, timeout_s)
         except NotSent as error:
-            CHECKS.labels("not_asked").inc()
-            await self._not_asked(payment, error.retry_after_s)
+            await self._not_sent(payment, error)
             return
         except (OutcomeUnknown, Refused) as error:
             CHECKS.labels("no_answer").inc()
@@ -194,8 +194,7 @@ class Resolver(CheckLoop[_Claimed]):
                 key, payment.amount, payment.currency_code, key, self._settings.provider_timeout_s
             )
         except NotSent as error:
-            CHECKS.labels("not_asked").inc()
-            await self._not_asked(payment, error.retry_after_s)
+            await self._not_sent(payment, error)
             return
         except OutcomeUnknown as error:
             CHECKS.labels("no_answer").inc()
@@ -278,6 +277,15 @@ class Resolver(CheckLoop[_Claimed]):
             await connection.execute(_LATER, payment.id, payment.lease, None)
 
         await in_transaction(self._database, Budget.within(10), work)
+
+    async def _not_sent(self, payment: _Claimed, error: NotSent) -> None:
+        """A provider that could not be reached is a failed check; one that was not asked is none."""
+        if error.unreachable:
+            CHECKS.labels("no_answer").inc()
+            await self._later(payment, f"{self._gateway.provider} is unreachable: {error}")
+            return
+        CHECKS.labels("not_asked").inc()
+        await self._not_asked(payment, error.retry_after_s)
 
     async def _not_asked(self, payment: _Claimed, retry_after_s: float) -> None:
         """The provider was not asked (its breaker is open, it refused the connection, it rate limited us):

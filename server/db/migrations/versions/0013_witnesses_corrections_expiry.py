@@ -136,7 +136,7 @@ def upgrade() -> None:
     op.create_check_constraint(
         op.f("ck_payment_transitions_approved_by_length"),
         "payment_transitions",
-        "char_length(approved_by) BETWEEN 1 AND 128",
+        "char_length(btrim(approved_by)) BETWEEN 1 AND 128",
     )
     op.execute(_CHECK_TRANSITION)
     # a check a webhook asked for (due already) survives a move to another undecided state; a lease or
