@@ -113,7 +113,9 @@ async def _check_now(pool: asyncpg.Pool, resolver: Resolver, payment_id: uuid.UU
     await pool.execute("UPDATE payments SET next_check_at = '-infinity' WHERE id = $1", payment_id)
     for _ in range(100):  # others put first in line by earlier specs go before it, one a pass
         await resolver.run_once()
-        if await pool.fetchval("SELECT next_check_at IS DISTINCT FROM '-infinity' FROM payments WHERE id = $1", payment_id):
+        if await pool.fetchval(
+            "SELECT next_check_at IS DISTINCT FROM '-infinity' FROM payments WHERE id = $1", payment_id
+        ):
             return
     raise AssertionError(f"the resolver never claimed {payment_id}")
 
