@@ -60,10 +60,11 @@ class CaseChecker(CheckLoop[_Due]):
         self._gateway = gateway
         self._settings = settings or CheckSettings()
         self._poll_interval_s = self._settings.poll_interval_s
+        self._batch_size = self._settings.batch_size
         self._breaker = gateway.breaker
 
-    async def _claim(self, connection: asyncpg.Connection) -> list[_Due]:
-        rows = await connection.fetch(_CLAIM, self._settings.batch_size, self._settings.lease_s)
+    async def _claim(self, connection: asyncpg.Connection, limit: int) -> list[_Due]:
+        rows = await connection.fetch(_CLAIM, limit, self._settings.lease_s)
         return [_Due(row["id"], row["payment_id"]) for row in rows]
 
     async def _check(self, item: _Due) -> None:

@@ -76,12 +76,13 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
         self._venue = venue
         self._settings = settings or OrderResolverSettings()
         self._poll_interval_s = self._settings.poll_interval_s
+        self._batch_size = self._settings.batch_size
         self._breaker = getattr(venue, "breaker", None)  # a venue without one is always asked
 
-    async def _claim(self, connection: asyncpg.Connection) -> list[_ClaimedLeg]:
+    async def _claim(self, connection: asyncpg.Connection, limit: int) -> list[_ClaimedLeg]:
         config = self._settings
         rows = await connection.fetch(
-            _CLAIM_LEGS, config.batch_size, config.submitted_grace_s, config.working_check_s, config.lease_s
+            _CLAIM_LEGS, limit, config.submitted_grace_s, config.working_check_s, config.lease_s
         )
         return [_ClaimedLeg(row["id"], LegState(row["state"]), row["check_attempts"]) for row in rows]
 

@@ -137,13 +137,14 @@ class Resolver(CheckLoop[_Claimed]):
         self._gateway = gateway
         self._settings = settings or ResolverSettings()
         self._poll_interval_s = self._settings.poll_interval_s
+        self._batch_size = self._settings.batch_size
         self._breaker = gateway.breaker
 
-    async def _claim(self, connection: asyncpg.Connection) -> list[_Claimed]:
+    async def _claim(self, connection: asyncpg.Connection, limit: int) -> list[_Claimed]:
         config = self._settings
         rows = await connection.fetch(
             _CLAIM,
-            config.batch_size,
+            limit,
             config.unknown_grace_s,
             config.pending_overdue_s,
             config.lease_s,

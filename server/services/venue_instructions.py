@@ -76,11 +76,12 @@ class InstructionSender(CheckLoop[_Instruction]):
         self._venue = venue
         self._settings = settings or CheckSettings()
         self._poll_interval_s = self._settings.poll_interval_s
+        self._batch_size = self._settings.batch_size
         #: only these legs' instructions (None: every due one)
         self._leg_ids = leg_ids
 
-    async def _claim(self, connection: asyncpg.Connection) -> list[_Instruction]:
-        rows = await connection.fetch(_CLAIM, self._settings.batch_size, self._leg_ids, self._settings.lease_s)
+    async def _claim(self, connection: asyncpg.Connection, limit: int) -> list[_Instruction]:
+        rows = await connection.fetch(_CLAIM, limit, self._leg_ids, self._settings.lease_s)
         return [
             _Instruction(row["id"], row["leg_id"], row["kind"], row["body"], row["attempts"], row["venue_order_id"])
             for row in rows
