@@ -9,6 +9,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import Any
 
 from server.domain.orders import LegSpec, OrderType
 from server.providers.http import HttpProvider, OutcomeUnknown, Refused, read_id_and_status
@@ -31,6 +32,15 @@ class VenueOrder:
     venue_order_id: str
     status: str
     body: bytes
+
+    @property
+    def order(self) -> dict[str, Any]:
+        """The venue's order object as it answered (symbol, side, quantities: what fit checks compare)."""
+        try:
+            order = json.loads(self.body, parse_float=Decimal)  # a quantity sent as a number stays exact
+        except (ValueError, RecursionError):
+            return {}
+        return order if isinstance(order, dict) else {}
 
 
 class VenueClient(HttpProvider):

@@ -10,11 +10,8 @@ checked again, ever less often; a SUBMITTED leg nobody can find out about ends i
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
-from decimal import Decimal
-from typing import Any
 
 import asyncpg
 import structlog
@@ -136,7 +133,7 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
     ) -> LegState:
         """Apply the venue's word: a status, or (for fills) an acknowledgement and then each listed fill.
         An answer that does not fit the leg stops at its first report: its fills are not applied."""
-        order, body = (_order(answer), answer.body) if answer else (None, None)
+        order, body = (answer.order, answer.body) if answer else (None, None)
 
         async def work(connection: asyncpg.Connection) -> LegState:
             first = VenueReport.ACKNOWLEDGED if report is VenueReport.FILL else report
@@ -187,12 +184,3 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
             )
 
         await in_transaction(self._database, Budget.within(10), work)
-
-
-def _order(answer: VenueOrder) -> dict[str, Any]:
-    """The venue's order object in the inquiry's answer (read once already: it has an id and a status)."""
-    try:
-        order = json.loads(answer.body, parse_float=Decimal)  # a quantity sent as a number stays exact
-    except ValueError:
-        return {}
-    return order if isinstance(order, dict) else {}

@@ -10,6 +10,7 @@ SUBMITTED too, and the caller is told to retry (UNAVAILABLE), which sends it und
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 import structlog
@@ -56,6 +57,8 @@ async def _send(database: Database, venue: VenueClient, leg: LegRecord, budget: 
     key = str(leg.id)
     reason = ""
     venue_order_id: str | None = None
+    order: dict[str, Any] | None = None
+    answer_body: bytes | None = None
     try:
         answer = await venue.submit_leg(key, leg.spec, key, timeout_s=budget.remaining_s() - OUTCOME_WRITE_RESERVE_S)
     except NotSent as error:
@@ -73,9 +76,19 @@ async def _send(database: Database, venue: VenueClient, leg: LegRecord, budget: 
             log.warning("venue.unknown_status", leg_id=key, status=answer.status, error=str(error))
             return None
         reference, venue_order_id = f"{venue.provider}:{answer.venue_order_id}", answer.venue_order_id
+        order, answer_body = answer.order, answer.body  # its terms must fit the leg, as any venue report's
 
     async def work(connection: asyncpg.Connection) -> None:
-        await apply_venue_report(connection, leg.id, report, reference, reason=reason, venue_order_id=venue_order_id)
+        await apply_venue_report(
+            connection,
+            leg.id,
+            report,
+            reference,
+            reason=reason,
+            venue_order_id=venue_order_id,
+            order=order,
+            answer=answer_body,
+        )
 
     # written even if the caller gives up meanwhile: what the venue said must not be lost
     await asyncio.shield(in_transaction(database, Budget.within(OUTCOME_WRITE_TIMEOUT_S), work))

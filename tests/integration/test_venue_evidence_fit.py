@@ -29,7 +29,8 @@ from server.db.database import Budget, Database
 from server.domain.identity import Principal
 from server.domain.orders import LegSpec, validate_submit_order
 from server.providers.http import NotSent
-from server.providers.venue import VenueExecution, VenueOrder
+from server.providers.breaker import Breaker, BreakerSettings
+from server.providers.venue import VenueClient, VenueExecution, VenueOrder
 from server.services.leg_resolver import OrderResolver, OrderResolverSettings
 from server.services.order_submission import submit_and_send
 from server.services.webhooks import WebhookSource
@@ -322,3 +323,42 @@ async def test_an_inquiry_answer_that_fits_recovers_its_fills_as_before(
     assert (after["state"], after["filled_quantity"], after["fills"]) == ("PARTIALLY_FILLED", Decimal("30"), 1)
     assert venue.asked_executions == ["ord_ours"]
     assert await _cases(pool, leg_id) == []
+
+
+async def test_a_submission_answer_naming_another_symbol_acknowledges_nothing_and_opens_a_case(
+    database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    async def accept(request: web.Request) -> web.Response:  # a venue that answers about another order
+        return web.json_response({"id": "ord_1", "status": "new", "symbol": "EVIL", "side": "buy"})
+
+    app = web.Application()
+    app.router.add_post("/v1/orders", accept)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            venue = VenueClient(
+                PROVIDER,
+                f"http://127.0.0.1:{runner.addresses[0][1]}",
+                session,
+                Breaker("venue", BreakerSettings()),
+            )
+            spec = {
+                "instrument_symbol": "ACME",
+                "side": "BUY",
+                "quantity": "100",
+                "order_type": "MARKET",
+                "limit_price": "",
+                "currency_code": "USD",
+            }
+            request = validate_submit_order(f"o-{uuid.uuid4()}", "fit", [spec])
+            order = (await submit_and_send(database, venue, principal, request, Budget.within(5))).order
+    finally:
+        await runner.cleanup()
+    leg_id = order.legs[0].id
+    leg = await _leg(pool, leg_id)
+    assert (leg["state"], leg["venue_order_id"]) == ("SUBMITTED", None)
+    [case] = await _cases(pool, leg_id)
+    assert case["kind"] == "EVIDENCE_MISMATCH"
+    assert [field for field, _, _ in _named(case["evidence"][-1])] == ["symbol"]
