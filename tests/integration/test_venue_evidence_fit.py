@@ -28,8 +28,8 @@ from server.api.http_app import build_http_app
 from server.db.database import Budget, Database
 from server.domain.identity import Principal
 from server.domain.orders import LegSpec, validate_submit_order
-from server.providers.http import NotSent
 from server.providers.breaker import Breaker, BreakerSettings
+from server.providers.http import NotSent
 from server.providers.venue import VenueClient, VenueExecution, VenueOrder
 from server.services.leg_resolver import OrderResolver, OrderResolverSettings
 from server.services.order_submission import submit_and_send
