@@ -42,7 +42,7 @@ from prometheus_client import Counter
 
 from server.db import cases_repository
 from server.db.database import Budget, Database, in_transaction
-from server.domain.payment_states import UNDECIDED_STATES, PaymentEvent, Witness
+from server.domain.payment_states import MONEY_OUTCOMES, UNDECIDED_STATES, MoneyOutcome, PaymentEvent, Witness
 from server.domain.payments import PaymentState
 from server.domain.provider_status import UnknownProviderStatus, event_for
 from server.providers.gateway import GatewayClient, NotSent, OutcomeUnknown, ProviderPayment, Refused
@@ -185,6 +185,10 @@ class Resolver(CheckLoop[_Claimed]):
         key, provider = str(payment.id), self._gateway.provider
         if payment.state is PaymentState.RECORDED:
             await self._expire_or_wait(payment)
+            return
+        if MONEY_OUTCOMES.get(payment.state) is MoneyOutcome.NOT_TAKEN:
+            CHECKS.labels("decided").inc()  # nothing at the provider is what Ballast holds: the claim was not news
+            await self._done(payment)
             return
         if payment.state is not PaymentState.UNKNOWN:
             CHECKS.labels("not_found").inc()  # PENDING or decided, yet the provider has no such payment

@@ -577,3 +577,23 @@ async def test_postgresql_refuses_a_blank_approver(
             " VALUES ($1, 'SUCCEEDED', 'FAILED', 'CORRECTION', 'test', 'test', '   ')",
             payment_id,
         )
+
+
+async def test_a_claim_about_an_expired_payment_the_provider_does_not_have_ends_its_checks(
+    database: Database, principal: Principal, pool: asyncpg.Pool, gateway: GatewayClient
+) -> None:
+    payment_id = await _recorded(database, principal)
+    await apply_payment_event(
+        database,
+        payment_id,
+        PaymentEvent.EXPIRED,
+        Evidence("resolver.expired", "t", witness=Witness.BALLAST),
+        Budget.within(5),
+    )
+    assert (
+        await _apply(database, payment_id, PaymentEvent.SUCCEEDED, _webhook("succeeded"))
+    ).verdict is Verdict.CONFIRM
+    await _check_now(pool, _resolver(database, gateway), payment_id)  # the provider has no such payment
+    row = await pool.fetchrow("SELECT state, next_check_at FROM payments WHERE id = $1", payment_id)
+    assert tuple(row) == ("EXPIRED", None)
+    assert await _cases(pool, payment_id) == []
