@@ -97,7 +97,15 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
                 return
             report = venue_report_for(venue.provider, answer.status)
             executions = await venue.executions(answer.venue_order_id, timeout_s) if report is VenueReport.FILL else []
-        except (NotSent, OutcomeUnknown, UnknownProviderStatus) as error:
+        except NotSent as error:
+            if not error.unreachable:  # not asked (an open breaker, a rate limit): the check does not count
+                CHECKS.labels("leg_not_asked").inc()
+                await self._not_asked(leg_id, error.retry_after_s)
+                return
+            CHECKS.labels("leg_no_answer").inc()
+            await self._later(leg_id, state, attempts, f"{venue.provider} is unreachable: {error}")
+            return
+        except (OutcomeUnknown, UnknownProviderStatus) as error:
             CHECKS.labels("leg_no_answer").inc()
             await self._later(leg_id, state, attempts, f"no answer from {venue.provider}: {error}")
             return
@@ -157,6 +165,19 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
             return LegState(state)
 
         return await in_transaction(self._database, Budget.within(10), work)
+
+    async def _not_asked(self, leg_id: uuid.UUID, retry_after_s: float) -> None:
+        """The venue was not asked: give the attempt back and check when it may be asked again."""
+
+        async def work(connection: asyncpg.Connection) -> None:
+            await connection.execute(
+                "UPDATE legs SET next_check_at = now() + make_interval(secs => $2::float8),"
+                " check_attempts = greatest(check_attempts - 1, 0) WHERE id = $1",
+                leg_id,
+                max(retry_after_s, self._settings.poll_interval_s),
+            )
+
+        await in_transaction(self._database, Budget.within(10), work)
 
     async def _later(self, leg_id: uuid.UUID, state: LegState, attempts: int, reason: str) -> None:
         config = self._settings

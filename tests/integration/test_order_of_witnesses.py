@@ -597,3 +597,35 @@ async def test_a_claim_about_an_expired_payment_the_provider_does_not_have_ends_
     row = await pool.fetchrow("SELECT state, next_check_at FROM payments WHERE id = $1", payment_id)
     assert tuple(row) == ("EXPIRED", None)
     assert await _cases(pool, payment_id) == []
+
+
+async def test_a_check_that_could_not_ask_the_provider_does_not_count(
+    database: Database, principal: Principal, pool: asyncpg.Pool, provider: Provider
+) -> None:
+    payment_id = await _recorded(database, principal)
+    await apply_payment_event(
+        database,
+        payment_id,
+        PaymentEvent.OUTCOME_UNKNOWN,
+        Evidence("test.timeout", "t", witness=Witness.BALLAST),
+        Budget.within(5),
+    )
+    async with aiohttp.ClientSession() as session:
+        breaker = Breaker("simulator.payments", BreakerSettings(failures_max=1, open_s=60))
+        gateway = GatewayClient("simulator", provider.url, session, breaker)
+        resolver = _resolver(database, gateway)
+        with pytest.raises(Exception):  # noqa: B017 - any failure opens it: a closed port refuses
+            await GatewayClient("simulator", "http://127.0.0.1:9", session, breaker).find_payment("x", 1.0)
+        assert await resolver.run_once() == 0  # the breaker refuses calls: nothing is claimed
+        # a check that meets the open breaker (claimed before it opened) gives its attempt back
+        await pool.execute("UPDATE payments SET next_check_at = '-infinity' WHERE id = $1", payment_id)
+        for _ in range(100):  # one claim and its check at a time, as run() does; earlier specs' go first
+            [item] = await resolver._claimed(1)
+            await resolver._checked(item)
+            if item.id == payment_id:
+                break
+    row = await pool.fetchrow(
+        "SELECT state, check_attempts, next_check_at - now() AS wait FROM payments WHERE id = $1", payment_id
+    )
+    assert (row["state"], row["check_attempts"]) == ("UNKNOWN", 0)
+    assert row["wait"].total_seconds() > 50  # when the breaker may let a call through, not a backoff
