@@ -128,11 +128,36 @@ def _header_text(value: str) -> str:
     return cast(str, _text(value, HEADER_LENGTH_MAX))
 
 
+#: The deepest nesting of objects and arrays an event may have; a provider's events are a few levels deep.
+NESTING_DEPTH_MAX = 32
+
+
+def _deeper_than(value: object, depth_max: int) -> bool:
+    """Whether `value` nests objects and arrays deeper than `depth_max` (walked without recursion)."""
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is None:
+            continue
+        if depth > depth_max:
+            return True
+        pending.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _parse(body: bytes) -> _Event:
     try:
         parsed = json.loads(body, parse_float=Decimal)  # an amount sent as a number stays exact
+    except RecursionError:  # nested deeper than the parser goes: not an event, but kept as evidence
+        raise Unreadable(f"the body nests deeper than {NESTING_DEPTH_MAX} levels") from None
+    except ValueError:
+        raise Unreadable("the body is not JSON") from None
+    if _deeper_than(parsed, NESTING_DEPTH_MAX):
+        raise Unreadable(f"the body nests deeper than {NESTING_DEPTH_MAX} levels")
+    try:
         event_id, kind, data = parsed["id"], parsed["type"], parsed["data"]["object"]
-    except (ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         raise Unreadable("the body is not a provider event (id, type, data.object)") from None
     if not isinstance(event_id, str) or not 1 <= len(event_id) <= 256 or not isinstance(kind, str):
         raise Unreadable("the event id must be a string of 1 to 256 characters")

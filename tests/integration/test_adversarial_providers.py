@@ -633,6 +633,29 @@ async def test_a_signed_event_with_a_nul_character_is_kept_and_answered_not_500(
     )
 
 
+@pytest.mark.parametrize("depth", [33, 5_000, 200_000])
+@pytest.mark.parametrize("where", ["top", "inside the payment"])
+async def test_a_signed_event_nested_too_deep_is_kept_and_answered_400_not_500(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool, depth: int, where: str
+) -> None:
+    """Nesting beyond what an event needs (or the parser can go) is refused with 400, the delivery kept
+    as evidence; the same delivery again is answered the same, never a 500 the provider retries forever."""
+    payment_id = await _payment(database, principal)
+    nested = "[" * depth + "]" * depth
+    event_id = f"evt_{uuid.uuid4().hex}"
+    if where == "top":
+        body = f'{{"id": "{event_id}", "type": "payment.succeeded", "deep": {nested}}}'.encode()
+    else:
+        data = f'{{"id": "pay_x", "status": "succeeded", "idempotency_key": "{payment_id}", "meta": {nested}}}'
+        body = f'{{"id": "{event_id}", "type": "payment.succeeded", "data": {{"object": {data}}}}}'.encode()
+    kept = "SELECT count(*) FROM webhook_deliveries WHERE event_id = $1 OR (event_id IS NULL AND body = $2)"
+    for attempt in (1, 2):
+        status, reply = await post(body)
+        assert (status, reply["error"]) == (400, "the body nests deeper than 32 levels"), (status, reply)
+        assert await _count(pool, kept, event_id, body) == attempt
+    assert await _state(pool, payment_id) == "RECORDED"
+
+
 # --------------------------------------------------------------------------------------------------
 # Order events: odd numbers, bad fills, overfills, one execution id twice
 # --------------------------------------------------------------------------------------------------
