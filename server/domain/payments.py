@@ -93,6 +93,10 @@ def validate_idempotency_key(key: str, violations: list[FieldViolation]) -> None
         )
     elif not key.isprintable():
         violations.append(FieldViolation("idempotency_key", "must contain printable characters only"))
+    elif not key.strip():
+        violations.append(
+            FieldViolation("idempotency_key", "must hold something besides spaces: printable characters, e.g. a UUID")
+        )
 
 
 def _validate_amount(value: str, currency_code: str, violations: list[FieldViolation]) -> Decimal | None:

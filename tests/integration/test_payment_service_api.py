@@ -137,6 +137,7 @@ class TestCreatePayment:
             ({"currency": ""}, "amount.currency_code"),
             ({"key": ""}, "idempotency_key"),
             ({"key": "k" * 256}, "idempotency_key"),
+            ({"key": "   "}, "idempotency_key"),
             ({"description": "d" * 1001}, "description"),
             ({"merchant_reference": "r" * 256}, "merchant_reference"),
             ({"metadata": {"k": "v" * 501}}, "metadata[k]"),

@@ -40,6 +40,7 @@ def _violated_fields(**overrides: Any) -> set[str]:
         ({"idempotency_key": ""}, "idempotency_key"),
         ({"idempotency_key": "k" * 256}, "idempotency_key"),
         ({"idempotency_key": "line\nbreak"}, "idempotency_key"),
+        ({"idempotency_key": "   "}, "idempotency_key"),
         ({"description": "d" * 1001}, "description"),
         ({"description": "nul\x00"}, "description"),
         ({"merchant_reference": "r" * 256}, "merchant_reference"),
