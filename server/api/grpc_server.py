@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
 from ballast.ledger.v1 import ledger_pb2, ledger_pb2_grpc
@@ -36,6 +36,25 @@ MAX_CONCURRENT_RPCS = 2048
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
+#: Reflection's v1 service: its messages are v1alpha's under another package name (the same fields, the same
+#: wire format), and grpcio-reflection serves only v1alpha, so one servicer answers under both names: clients
+#: that ask only v1 (recent grpcurl, grpc-js) work too.
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _enable_reflection(server: grpc.aio.Server, service_names: tuple[str, ...]) -> None:
+    servicer = reflection.aio.ReflectionServicer(service_names)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    info = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(REFLECTION_V1, {"ServerReflectionInfo": info}),)
+    )
+
+
 def build_server(
     settings: Settings, database: Database, gateway: GatewayClient | None = None, venue: VenueClient | None = None
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
@@ -65,7 +84,7 @@ def build_server(
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    _enable_reflection(server, (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME, REFLECTION_V1))
 
     address = f"{settings.grpc_host}:{settings.grpc_port}"
     try:

@@ -65,6 +65,25 @@ def test_reflection_lists_every_service(start_server: StartServer) -> None:
     } <= names
 
 
+def test_reflection_answers_v1_clients_too(start_server: StartServer) -> None:
+    """grpc.reflection.v1 (what recent grpcurl and grpc-js ask) answers as v1alpha does: the same messages."""
+    server = start_server()
+    with grpc.insecure_channel(server.address) as channel:
+        info = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="ballast.payments.v1.PaymentService"),
+        ]
+        listed, described = list(info(iter(requests), timeout=5))
+    names = {service.name for service in listed.list_services_response.service}
+    assert {"ballast.payments.v1.PaymentService", "grpc.reflection.v1.ServerReflection"} <= names
+    assert described.file_descriptor_response.file_descriptor_proto  # the contract, to build calls from
+
+
 async def test_sigterm_refuses_new_calls_and_drains_the_one_in_flight(
     start_server: StartServer, database_url: str
 ) -> None:
