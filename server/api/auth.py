@@ -32,13 +32,15 @@ class TokenAuthenticator:
         self._by_digest = {hashlib.sha256(token.encode()).digest(): principal for token, principal in tokens.items()}
 
     def authenticate(self, metadata: Any) -> Principal | None:
-        for key, value in metadata or ():
-            if key == "authorization":
-                scheme, _, token = value.partition(" ")
-                if not hmac.compare_digest(scheme.lower(), "bearer") or not token:
-                    return None
-                return self._by_digest.get(hashlib.sha256(token.strip().encode()).digest())
-        return None
+        """The principal of the one `authorization` entry; None when it is missing, malformed, unknown,
+        or given more than once (which credentials would count is ambiguous: none do)."""
+        values = [value for key, value in metadata or () if key == "authorization"]
+        if len(values) != 1:
+            return None
+        scheme, _, token = values[0].partition(" ")
+        if not hmac.compare_digest(scheme.lower(), "bearer") or not token:
+            return None
+        return self._by_digest.get(hashlib.sha256(token.strip().encode()).digest())
 
     def authorize(self, context: grpc.aio.ServicerContext, permission: Permission) -> Principal:
         """The caller of a handler, if its role allows `permission`; PermissionDenied otherwise.
@@ -78,6 +80,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         metadata = handler_call_details.invocation_metadata
         if not any(key == "authorization" for key, _ in metadata or ()):
             return _rejecting(handler, "missing credentials: send `authorization: Bearer <token>` metadata")
+        if sum(key == "authorization" for key, _ in metadata) > 1:
+            return _rejecting(handler, "send `authorization` metadata once: which of several would count is ambiguous")
         if self._authenticator.authenticate(metadata) is None:
             return _rejecting(handler, "unknown or malformed bearer token in `authorization` metadata")
         return handler

@@ -54,6 +54,22 @@ class TestAuthentication:
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert await pool.fetchval("SELECT count(*) FROM payments") == before
 
+    async def test_credentials_sent_twice_are_unauthenticated_even_when_one_is_valid(
+        self, payments_stub: Stub, alpha: Caller, beta: Caller, pool: asyncpg.Pool
+    ) -> None:
+        for metadata in (
+            (*alpha.metadata, ("authorization", "Bearer not-a-token-at-all")),
+            (("authorization", "Bearer not-a-token-at-all"), *alpha.metadata),
+            (*alpha.metadata, *beta.metadata),  # which client would it be?
+            (*alpha.metadata, *alpha.metadata),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await payments_stub.CreatePayment(_create_request(), metadata=metadata, timeout=5)
+            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, metadata
+            assert "once" in (caught.value.details() or "")
+        assert await _count_payments(pool, alpha.client_id) == 0
+        assert await _count_payments(pool, beta.client_id) == 0
+
     async def test_a_role_without_the_permission_is_denied_and_writes_nothing(
         self, payments_stub: Stub, auditor: Caller, pool: asyncpg.Pool
     ) -> None:
