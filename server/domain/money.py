@@ -109,6 +109,25 @@ def parse_currency(currency_code: str) -> str:
     return currency_code
 
 
+#: The longest amount string read: 16 integer digits (AMOUNT_MAX has 16), a point and fraction digits to spare.
+AMOUNT_LENGTH_MAX = 40
+
+
+def _what_is_wrong(value: str) -> str:
+    """Why a string is not a plain decimal, in the words of what it holds."""
+    if value[:1] in "+-":
+        return "it has a sign (amounts are positive; the direction is the operation's)"
+    if any(c.isspace() for c in value):
+        return "it holds spaces"
+    if any(c in "eE" for c in value) and any(c.isdigit() for c in value):
+        return "it has an exponent"
+    if len(value) > 1 and value[0] == "0" and value[1].isdigit():
+        return "it has leading zeros"
+    if value.count(".") > 1 or value.startswith(".") or value.endswith("."):
+        return "it needs digits on both sides of one decimal point"
+    return "an amount holds only digits and one decimal point"
+
+
 def parse_amount(value: str, currency_code: str) -> Decimal:
     """Parse a decimal string into a Decimal quantized to the currency's minor unit.
 
@@ -117,8 +136,10 @@ def parse_amount(value: str, currency_code: str) -> Decimal:
     """
     if not value:
         raise MoneyError('is required: a decimal string such as "12.34"')
-    if len(value) > 40 or not _DECIMAL_STRING.fullmatch(value):
-        raise MoneyError(f'{echo(value)} is not a plain decimal string such as "12.34" (no sign, exponent or spaces)')
+    if len(value) > AMOUNT_LENGTH_MAX:
+        raise MoneyError(f"is {len(value)} characters long; an amount has at most {AMOUNT_LENGTH_MAX}")
+    if not _DECIMAL_STRING.fullmatch(value):
+        raise MoneyError(f'{echo(value)} is not a plain decimal string such as "12.34": {_what_is_wrong(value)}')
     digits = minor_units(currency_code)
     try:
         amount = Decimal(value)

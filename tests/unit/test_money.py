@@ -77,3 +77,25 @@ def test_error_messages_echo_only_a_short_prefix_of_the_input() -> None:
     with pytest.raises(MoneyError) as caught:
         parse_money("1", "Q" * 100_000)
     assert len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("007.00", "leading zeros"),
+        ("1" * 41, "at most 40"),
+        ("-1.00", "a sign"),
+        ("+1.00", "a sign"),
+        ("1e2", "an exponent"),
+        (" 1.00", "spaces"),
+        ("1.", "both sides of one decimal point"),
+        ("1.2.3", "both sides of one decimal point"),
+        ("12,50", "only digits and one decimal point"),
+    ],
+)
+def test_a_refused_amount_is_told_what_is_wrong_with_it(value: str, says: str) -> None:
+    with pytest.raises(MoneyError) as refused:
+        parse_amount(value, "EUR")
+    assert says in str(refused.value)
+    wrong_words = {"a sign", "an exponent", "spaces", "leading zeros"} - {says}
+    assert not any(word in str(refused.value) for word in wrong_words)  # never blamed for what it lacks
