@@ -30,14 +30,14 @@ from __future__ import annotations
 
 import decimal
 import enum
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
 
+from server.domain.stated import stated
+
 #: A stated value is kept (in the case) up to this many characters.
-STATED_LENGTH_MAX = 255
 
 
 class FitField(enum.StrEnum):
@@ -132,24 +132,6 @@ def _within(text: str, bound: Decimal) -> bool:
     except decimal.InvalidOperation:
         return False
     return value.is_finite() and 0 <= value <= bound
-
-
-def stated(value: object) -> str | None:
-    """A venue's value as text fit to be stored in a case (None when it states nothing).
-
-    NUL and lone surrogates (which JSON can carry and PostgreSQL refuses) are replaced, and the text
-    is cut at STATED_LENGTH_MAX; a number is its decimal text, anything else its JSON.
-    """
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value
-    elif isinstance(value, int | float | Decimal) and not isinstance(value, bool):
-        text = str(value)
-    else:
-        text = json.dumps(value, sort_keys=True, default=str)
-    text = text[:STATED_LENGTH_MAX].replace("\x00", "\ufffd")
-    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def claims_from_order(order: Mapping[str, Any]) -> VenueClaims:

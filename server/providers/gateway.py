@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from decimal import Decimal
 
+from server.domain.stated import stated
 from server.providers.http import HttpProvider, NotSent, OutcomeUnknown, Refused, read_id_and_status
 
 __all__ = ["GatewayClient", "NotSent", "OutcomeUnknown", "ProviderPayment", "Refused"]
@@ -36,20 +37,12 @@ class ProviderPayment:
 
 
 def _stated(body: bytes, name: str) -> str | None:
-    """A term the provider's JSON object states (amount, currency), as text to compare with Ballast's;
-    None when it states none. A number is kept exactly; anything else that is not text is kept as its
-    JSON, which fits no payment (never silently left uncompared)."""
+    """A term the provider's JSON object states, as server/domain/stated.py reads any provider value."""
     try:
-        value = json.loads(body, parse_float=Decimal).get(name)
-    except (ValueError, AttributeError, RecursionError):
+        parsed = json.loads(body, parse_float=Decimal)  # a number stays exact
+    except (ValueError, RecursionError):
         return None
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value[:64]
-    if isinstance(value, int | Decimal) and not isinstance(value, bool):
-        return str(value)[:64]
-    return json.dumps(value, default=str)[:64]
+    return stated(parsed.get(name)) if isinstance(parsed, dict) else None
 
 
 class GatewayClient(HttpProvider):

@@ -26,7 +26,8 @@ from server.domain.errors import NotFound
 from server.domain.order_legs import Fill, FillError, LegState
 from server.domain.provider_status import LEG_STATE_FOR_REPORT, VenueReport
 from server.domain.state_machine import IllegalTransition
-from server.domain.venue_evidence import KnownLeg, Misfit, VenueClaims, claims_from_order, misfits, stated
+from server.domain.stated import stated
+from server.domain.venue_evidence import KnownLeg, Misfit, VenueClaims, claims_from_order, misfits
 from server.services.execution import fill_on, venue_state_on
 
 log = structlog.get_logger(__name__)

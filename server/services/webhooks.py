@@ -32,6 +32,7 @@ from server.domain.errors import DeadlineExceeded, NotFound, Unavailable
 from server.domain.order_legs import Fill
 from server.domain.payment_states import Verdict, Witness
 from server.domain.provider_status import UnknownProviderStatus, VenueReport, event_for, venue_report_for
+from server.domain.stated import stated
 from server.messaging.idempotent import Alongside, claim_new
 from server.providers.signatures import signature_problem
 from server.services.payment_events import Application, Evidence, apply_provider_evidence_each
@@ -434,23 +435,10 @@ def _payment_application(source: WebhookSource, event: _Event, payment_id: uuid.
         provider_status=status,
         provider_payment_id=event.provider_object_id,
         witness=Witness.WEBHOOK,
-        amount=_stated(event.data, "amount"),
-        currency_code=_stated(event.data, "currency"),
+        amount=stated(event.data.get("amount")),
+        currency_code=stated(event.data.get("currency")),
     )
     return Application(payment_id, payment_event, evidence)
-
-
-def _stated(data: dict[str, Any], name: str) -> str | None:
-    """A term the event states (amount, currency), as text to compare; None when it states none.
-    Something that is neither text nor a number is kept as its JSON, which fits no payment."""
-    if name not in data or data[name] is None:
-        return None
-    value = data[name]
-    if isinstance(value, str):
-        return _text(value, 64)
-    if isinstance(value, int | Decimal) and not isinstance(value, bool):
-        return str(value)
-    return json.dumps(value, default=str)[:64]
 
 
 def _leg_handler(source: WebhookSource, event: _Event, leg_id: uuid.UUID, exec_type: str) -> Apply:

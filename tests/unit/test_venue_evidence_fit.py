@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from server.domain.stated import STATED_LENGTH_MAX, stated
 from server.domain.venue_evidence import (
-    STATED_LENGTH_MAX,
     FitField,
     KnownLeg,
     Misfit,
@@ -24,7 +24,6 @@ from server.domain.venue_evidence import (
     VenueClaims,
     claims_from_order,
     misfits,
-    stated,
 )
 
 F = FitField
