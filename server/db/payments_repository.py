@@ -204,3 +204,9 @@ async def list_payments(
         timeout=timeout_s,
     )
     return [_payment_from_row(row) for row in rows]
+
+
+async def lock_state(connection: asyncpg.Connection, payment_id: uuid.UUID) -> PaymentState | None:
+    """The payment's state, its row locked until the caller's transaction ends; None if there is none."""
+    state = await connection.fetchval("SELECT state FROM payments WHERE id = $1 FOR UPDATE", payment_id)
+    return None if state is None else PaymentState(state)

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from server.db import cases_repository
+from server.db import cases_repository, payments_repository
 from server.db.database import Budget, Database, in_transaction
 from server.domain.corrections import CORRECTION_CASE
 from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
@@ -81,14 +81,13 @@ async def approve_correction(
                 f"case {case_id} now proposes {from_state.value} -> {proposed_state.value}, not {to_state.value}:"
                 " read its latest evidence before approving",
             )
-        current = await connection.fetchval(  # locked: nothing moves it between this check and the correction
-            "SELECT state FROM payments WHERE id = $1 FOR UPDATE", case["payment_id"]
-        )
-        if current != from_state.value:
+        # locked: nothing moves it between this check and the correction
+        current = await payments_repository.lock_state(connection, case["payment_id"])
+        if current is not from_state:
             raise FailedPrecondition(
                 f"payment:{case['payment_id']}",
-                f"payment {case['payment_id']} is {current}, not {from_state.value} as the case proposed:"
-                " read the case's evidence again before acting",
+                f"payment {case['payment_id']} is {current and current.value}, not {from_state.value}"
+                " as the case proposed: read the case's evidence again before acting",
             )
         evidence = Evidence("case.approved", f"case:{case_id}")
         outcome = await approve_correction_on(connection, case["payment_id"], to_state, evidence, approved_by)

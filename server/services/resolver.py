@@ -40,7 +40,7 @@ import asyncpg
 import structlog
 from prometheus_client import Counter
 
-from server.db import cases_repository
+from server.db import cases_repository, payment_checks_repository
 from server.db.database import Budget, Database, in_transaction
 from server.domain.payment_states import MONEY_OUTCOMES, UNDECIDED_STATES, MoneyOutcome, PaymentEvent, Witness
 from server.domain.payments import PaymentState
@@ -72,54 +72,6 @@ class ResolverSettings(CheckSettings):
         return 2 * self.provider_timeout_s
 
 
-# Due payments, claimed with a lease. Those given a check time wait for it; the rest follow their
-# state's default schedule.
-_CLAIM = """
-WITH due AS (
-    SELECT id FROM payments
-    WHERE next_check_at <= now()
-       OR (next_check_at IS NULL AND state IN ('RECORDED', 'UNKNOWN', 'PENDING') AND CASE state
-              WHEN 'UNKNOWN' THEN updated_at + make_interval(secs => $2::float8)
-              WHEN 'PENDING' THEN updated_at + make_interval(secs => $3::float8)
-              ELSE coalesce(submitted_at, created_at) + make_interval(secs => $5::float8)
-           END <= now())
-    ORDER BY coalesce(next_check_at, updated_at)
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE payments p SET next_check_at = now() + make_interval(secs => $4::float8), check_attempts = check_attempts + 1
-FROM due WHERE p.id = due.id
-RETURNING p.id, p.state, p.amount, p.currency_code, p.check_attempts, p.next_check_at
-"""
-
-# The claim's lease is still this check's own (no webhook asked for a check meanwhile, the payment did
-# not move): only then does the check set the next one.
-_LATER = "UPDATE payments SET next_check_at = $3 WHERE id = $1 AND next_check_at = $2"
-_LATER_BY = (
-    "UPDATE payments SET next_check_at = now() + make_interval(secs => $3::float8) WHERE id = $1 AND next_check_at = $2"
-)
-
-# A check that could not ask the provider gives back its attempt and waits for the provider.
-_NOT_ASKED = """
-UPDATE payments
-SET next_check_at = now() + make_interval(secs => $3::float8), check_attempts = greatest(check_attempts - 1, 0)
-WHERE id = $1 AND next_check_at = $2
-"""
-
-# A RECORDED payment expires only if it still is, and no submission attempt began since `expiry_s` ago:
-# a retry that stamped one meanwhile wins, and it is sent.
-_EXPIRABLE = """
-SELECT 1 FROM payments
-WHERE id = $1 AND state = 'RECORDED' AND coalesce(submitted_at, created_at) <= now() - make_interval(secs => $2::float8)
-FOR UPDATE
-"""
-
-# When a RECORDED payment unknown to the provider expires, unless a submission attempt begins first.
-_EXPIRES_AT = (
-    "SELECT coalesce(submitted_at, created_at) + make_interval(secs => $2::float8) FROM payments WHERE id = $1"
-)
-
-
 @dataclass(frozen=True)
 class _Claimed:
     id: uuid.UUID
@@ -142,13 +94,13 @@ class Resolver(CheckLoop[_Claimed]):
 
     async def _claim(self, connection: asyncpg.Connection, limit: int) -> list[_Claimed]:
         config = self._settings
-        rows = await connection.fetch(
-            _CLAIM,
-            limit,
-            config.unknown_grace_s,
-            config.pending_overdue_s,
-            config.lease_s,
-            config.recorded_quiet_s,
+        rows = await payment_checks_repository.claim_due(
+            connection,
+            limit=limit,
+            unknown_grace_s=config.unknown_grace_s,
+            pending_overdue_s=config.pending_overdue_s,
+            lease_s=config.lease_s,
+            recorded_quiet_s=config.recorded_quiet_s,
         )
         return [
             _Claimed(
@@ -221,10 +173,10 @@ class Resolver(CheckLoop[_Claimed]):
         expiry_s = self._settings.expiry_s
 
         async def work(connection: asyncpg.Connection) -> bool:
-            if await connection.fetchval(_EXPIRABLE, payment.id, expiry_s) is None:
-                expires_at = await connection.fetchval(_EXPIRES_AT, payment.id, expiry_s)
+            if not await payment_checks_repository.lock_if_expirable(connection, payment.id, expiry_s):
+                expires_at = await payment_checks_repository.expires_at(connection, payment.id, expiry_s)
                 if expires_at is not None:
-                    await connection.execute(_LATER, payment.id, payment.lease, expires_at)
+                    await payment_checks_repository.reschedule_at(connection, payment.id, payment.lease, expires_at)
                 return False
             evidence = Evidence(
                 "resolver.expired",
@@ -279,7 +231,7 @@ class Resolver(CheckLoop[_Claimed]):
         """A decided payment needs no further check (unless a webhook asked for one meanwhile)."""
 
         async def work(connection: asyncpg.Connection) -> None:
-            await connection.execute(_LATER, payment.id, payment.lease, None)
+            await payment_checks_repository.reschedule_at(connection, payment.id, payment.lease, None)
 
         await in_transaction(self._database, Budget.within(10), work)
 
@@ -297,9 +249,8 @@ class Resolver(CheckLoop[_Claimed]):
         the check does not count, and the next one comes when the provider may be asked again."""
 
         async def work(connection: asyncpg.Connection) -> None:
-            await connection.execute(
-                _NOT_ASKED, payment.id, payment.lease, max(retry_after_s, self._settings.poll_interval_s)
-            )
+            delay_s = max(retry_after_s, self._settings.poll_interval_s)
+            await payment_checks_repository.give_back(connection, payment.id, payment.lease, delay_s)
 
         await in_transaction(self._database, Budget.within(10), work)
 
@@ -308,16 +259,12 @@ class Resolver(CheckLoop[_Claimed]):
 
         async def work(connection: asyncpg.Connection) -> None:
             if payment.attempts < self._settings.checks_max:
-                await connection.execute(
-                    _LATER_BY, payment.id, payment.lease, self._settings.backoff_s(payment.attempts)
-                )
+                delay_s = self._settings.backoff_s(payment.attempts)
+                await payment_checks_repository.reschedule_in(connection, payment.id, payment.lease, delay_s)
                 return
-            gave_up = await connection.fetchval(
-                "UPDATE payments SET next_check_at = 'infinity' WHERE id = $1 AND next_check_at = $2 RETURNING true",
-                payment.id,
-                payment.lease,
-            )
-            if not gave_up:  # the payment moved, or a webhook asked for a check: not the end of the road
+            if not await payment_checks_repository.give_up(
+                connection, payment.id, payment.lease
+            ):  # the payment moved, or a webhook asked for a check: not the end of the road
                 return
             await cases_repository.open_case(
                 connection,
