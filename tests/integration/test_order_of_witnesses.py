@@ -159,6 +159,12 @@ def _webhook(
     )
 
 
+async def _concluded(database: Database, payment_id: uuid.UUID, event: PaymentEvent, cause: str) -> None:
+    """Ballast's own conclusion about a payment (no answer came; it expired)."""
+    evidence = Evidence(cause, "t", witness=Witness.BALLAST)
+    await apply_payment_event(database, payment_id, event, evidence, Budget.within(5))
+
+
 async def _state(pool: asyncpg.Pool, payment_id: uuid.UUID) -> str:
     return str(await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id))
 
@@ -486,13 +492,7 @@ async def test_an_expired_payment_leaves_the_exposure(
             "SELECT payload FROM outbox WHERE message_key = $1 AND topic = 'payments.recorded'", str(payment_id)
         )
         await exposures.apply_event(connection, str(payment_id), recorded)
-    await apply_payment_event(
-        database,
-        payment_id,
-        PaymentEvent.EXPIRED,
-        Evidence("resolver.expired", "t", witness=Witness.BALLAST),
-        Budget.within(5),
-    )
+    await _concluded(database, payment_id, PaymentEvent.EXPIRED, "resolver.expired")
     async with pool.acquire() as connection:
         changed = await connection.fetchval(
             "SELECT payload FROM outbox WHERE message_key = $1 AND topic = 'payments.state_changed'", str(payment_id)
@@ -583,13 +583,7 @@ async def test_a_claim_about_an_expired_payment_the_provider_does_not_have_ends_
     database: Database, principal: Principal, pool: asyncpg.Pool, gateway: GatewayClient
 ) -> None:
     payment_id = await _recorded(database, principal)
-    await apply_payment_event(
-        database,
-        payment_id,
-        PaymentEvent.EXPIRED,
-        Evidence("resolver.expired", "t", witness=Witness.BALLAST),
-        Budget.within(5),
-    )
+    await _concluded(database, payment_id, PaymentEvent.EXPIRED, "resolver.expired")
     assert (
         await _apply(database, payment_id, PaymentEvent.SUCCEEDED, _webhook("succeeded"))
     ).verdict is Verdict.CONFIRM
@@ -603,13 +597,7 @@ async def test_a_check_that_could_not_ask_the_provider_does_not_count(
     database: Database, principal: Principal, pool: asyncpg.Pool, provider: Provider
 ) -> None:
     payment_id = await _recorded(database, principal)
-    await apply_payment_event(
-        database,
-        payment_id,
-        PaymentEvent.OUTCOME_UNKNOWN,
-        Evidence("test.timeout", "t", witness=Witness.BALLAST),
-        Budget.within(5),
-    )
+    await _concluded(database, payment_id, PaymentEvent.OUTCOME_UNKNOWN, "test.timeout")
     async with aiohttp.ClientSession() as session:
         breaker = Breaker("simulator.payments", BreakerSettings(failures_max=1, open_s=60))
         gateway = GatewayClient("simulator", provider.url, session, breaker)

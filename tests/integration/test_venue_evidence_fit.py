@@ -103,17 +103,20 @@ async def post(database: Database) -> AsyncIterator[Post]:
     await runner.cleanup()
 
 
+#: The leg these specs trade: 100 ACME bought at market, in USD.
+ACME_BUY = {
+    "instrument_symbol": "ACME",
+    "side": "BUY",
+    "quantity": "100",
+    "order_type": "MARKET",
+    "limit_price": "",
+    "currency_code": "USD",
+}
+
+
 async def _submitted_leg(database: Database, principal: Principal) -> uuid.UUID:
     """A 100 ACME buy, recorded and not sent (SUBMITTED, no venue order id)."""
-    spec = {
-        "instrument_symbol": "ACME",
-        "side": "BUY",
-        "quantity": "100",
-        "order_type": "MARKET",
-        "limit_price": "",
-        "currency_code": "USD",
-    }
-    request = validate_submit_order(f"o-{uuid.uuid4()}", "fit", [spec])
+    request = validate_submit_order(f"o-{uuid.uuid4()}", "fit", [ACME_BUY])
     order = (await submit_and_send(database, None, principal, request, Budget.within(5))).order
     return order.legs[0].id
 
@@ -344,15 +347,7 @@ async def test_a_submission_answer_naming_another_symbol_acknowledges_nothing_an
                 session,
                 Breaker("venue", BreakerSettings()),
             )
-            spec = {
-                "instrument_symbol": "ACME",
-                "side": "BUY",
-                "quantity": "100",
-                "order_type": "MARKET",
-                "limit_price": "",
-                "currency_code": "USD",
-            }
-            request = validate_submit_order(f"o-{uuid.uuid4()}", "fit", [spec])
+            request = validate_submit_order(f"o-{uuid.uuid4()}", "fit", [ACME_BUY])
             order = (await submit_and_send(database, venue, principal, request, Budget.within(5))).order
     finally:
         await runner.cleanup()
