@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import asyncpg
 import nats
 import pytest
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from server.db.engine import create_pool
@@ -142,6 +145,142 @@ async def test_a_failing_publish_is_retried_with_backoff_then_parked_as_a_dead_l
         assert len(listed) == 2 and all(letter.attempts == 2 and letter.last_error for letter in listed)
         assert await admin.redrive_dead_letters(connection) == 2
     assert (await relay.run_once()).claimed == 2  # due again, from the first attempt
+
+
+class StandInStream:
+    """Answers the JetStream publishes on a subject prefix in a stream's place, over the real broker.
+
+    Every publish that reaches the broker is counted by its Nats-Msg-Id (the outbox id), so the count
+    is of real publish attempts, duplicates included, whichever relay made them. Each is refused with
+    an error acknowledgement (`refuse`), or acknowledged; the acknowledgement of a message id in `held`
+    waits until `release`.
+    """
+
+    def __init__(self, prefix: str, *, refuse: bool) -> None:
+        self.prefix = prefix
+        self.refuse = refuse
+        self.publishes: Counter[str] = Counter()
+        self.held: set[str] = set()
+        self.holding = asyncio.Event()
+        self._released = asyncio.Event()
+        self._answers: set[asyncio.Task[None]] = set()
+
+    def release(self) -> None:
+        self._released.set()
+
+    async def _received(self, message: Msg) -> None:
+        message_id = message.headers.get("Nats-Msg-Id", "") if message.headers else ""
+        self.publishes[message_id] += 1
+        answer = asyncio.create_task(self._answer(message, held=message_id in self.held))
+        self._answers.add(answer)
+        answer.add_done_callback(self._answers.discard)
+
+    async def _answer(self, message: Msg, *, held: bool) -> None:
+        if held:
+            self.holding.set()
+            await self._released.wait()
+        if self.refuse:
+            await message.respond(b'{"error": {"code": 500, "err_code": 10000, "description": "refused by the test"}}')
+        else:
+            await message.respond(b'{"stream": "STANDIN", "seq": 1}')
+
+
+@asynccontextmanager
+async def stand_in_stream(nats_url: str, *, refuse: bool) -> AsyncIterator[StandInStream]:
+    stand_in = StandInStream(f"standin{uuid.uuid4().hex[:10]}", refuse=refuse)
+    connection = await nats.connect(nats_url)
+    try:
+        await connection.subscribe(f"{stand_in.prefix}.>", cb=stand_in._received)
+        await connection.flush()
+        yield stand_in
+    finally:
+        stand_in.release()
+        await connection.drain()
+
+
+@asynccontextmanager
+async def separate_relays(
+    database_url: str, nats_url: str, count: int, *, batch_size: int, subject_prefix: str, attempts_max: int = 10
+) -> AsyncIterator[list[OutboxRelay]]:
+    """`count` relays, each with its own database pool and broker connection, as separate processes have."""
+    async with AsyncExitStack() as stack:
+        relays = []
+        for _ in range(count):
+            pool = await create_pool(database_url, size=2, statement_timeout_ms=30_000)
+            stack.push_async_callback(pool.close)
+            connection = await nats.connect(nats_url)
+            stack.push_async_callback(connection.close)
+            relays.append(
+                OutboxRelay(
+                    pool, connection, batch_size=batch_size, attempts_max=attempts_max, subject_prefix=subject_prefix
+                )
+            )
+        yield relays
+
+
+async def _insert_one_event_each(pool: asyncpg.Pool, aggregates: int) -> list[str]:
+    """One event for each of `aggregates` new aggregates; their ids in commit order."""
+    rows = await pool.fetch(
+        "INSERT INTO outbox (id, topic, message_key, payload)"
+        " SELECT gen_random_uuid(), 'test.event', 'agg-' || gen_random_uuid(), jsonb_build_object('a', a)"
+        " FROM generate_series(1, $1) AS a ORDER BY a RETURNING id::text",
+        aggregates,
+    )
+    return [row["id"] for row in rows]
+
+
+async def test_relays_side_by_side_publish_an_event_once_per_attempt_and_park_it_after_exactly_attempts_max(
+    relay_database_url: str, relay_pool: asyncpg.Pool, nats_url: str
+) -> None:
+    """No two relays ever hold one event: each round of attempts publishes each event exactly once, and an
+    event is a dead letter after its attempts_max-th real publish, not before and not after."""
+    attempts_max = 3
+    async with (
+        stand_in_stream(nats_url, refuse=True) as stand_in,
+        separate_relays(
+            relay_database_url, nats_url, 4, batch_size=50, attempts_max=attempts_max, subject_prefix=stand_in.prefix
+        ) as relays,
+    ):
+        ids = await _insert_one_event_each(relay_pool, 400)
+        for attempt in range(1, attempts_max + 2):
+            await _drain(relays)
+            rows = await relay_pool.fetch("SELECT id::text, attempts, dead_lettered_at IS NOT NULL AS dead FROM outbox")
+            expected = min(attempt, attempts_max)
+            published = {message_id: stand_in.publishes[message_id] for message_id in ids}
+            assert set(published.values()) == {expected}, f"after round {attempt}: {Counter(published.values())}"
+            assert {(row["attempts"], row["dead"]) for row in rows} == {(expected, expected == attempts_max)}
+            await relay_pool.execute("UPDATE outbox SET next_attempt_at = now()")  # no waiting out the backoff
+
+
+async def test_a_relay_in_a_slow_publish_holds_up_no_other_relay(
+    relay_database_url: str, relay_pool: asyncpg.Pool, nats_url: str
+) -> None:
+    """While one relay waits for the broker to acknowledge its event, another claims and publishes the
+    other aggregates' events at once: relays skip each other's row locks, never queue behind them."""
+    async with (
+        stand_in_stream(nats_url, refuse=False) as stand_in,
+        separate_relays(relay_database_url, nats_url, 2, batch_size=1, subject_prefix=stand_in.prefix) as relays,
+    ):
+        [slow, *others] = await _insert_one_event_each(relay_pool, 21)
+        stand_in.held.add(slow)
+        slow_relay, other_relay = relays
+        slowly = asyncio.create_task(slow_relay.run_once())  # claims the first event, waits for its ack
+        try:
+            await asyncio.wait_for(stand_in.holding.wait(), 5)
+
+            async def publish_the_others() -> None:
+                while (await other_relay.run_once()).published:
+                    pass
+
+            await asyncio.wait_for(publish_the_others(), 3)
+            assert not slowly.done(), "the slow relay was to be still waiting for its acknowledgement"
+            published = await relay_pool.fetch("SELECT id::text FROM outbox WHERE published_at IS NOT NULL")
+            assert sorted(row["id"] for row in published) == sorted(others)
+        finally:
+            stand_in.release()
+            result = await asyncio.wait_for(slowly, 10)
+    assert (result.claimed, result.published) == (1, 1)
+    assert stand_in.publishes[slow] == 1
 
 
 async def test_a_committed_event_wakes_a_waiting_relay_faster_than_the_poll(
