@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import grpc
 import nats
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from nats.aio.msg import Msg
 
 from ballast.common.v1.money_pb2 import Money
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
@@ -159,6 +161,77 @@ async def test_a_relay_process_killed_mid_batch_loses_nothing_and_publishes_noth
         info = await js.stream_info(stream)
         assert info.state.messages == 20000  # re-published copies were dropped by message id
     finally:
+        await js.delete_stream(stream)
+        await broker.close()
+        await connection.close()
+
+
+async def test_relay_processes_side_by_side_publish_each_event_exactly_once(
+    relay_database_url: str, nats_url: str, tmp_path: Path
+) -> None:
+    """Three relay processes (two relays each) woken by one commit drain it together, and no event is
+    published twice: a plain subscription on the stream's subjects sees every publish, including the
+    copies the broker's de-duplication would hide from the stream."""
+    stream = f"SIDE{uuid.uuid4().hex[:10].upper()}"
+    prefix = stream.lower()
+    connection = await asyncpg.connect(asyncpg_dsn(relay_database_url))
+    broker = await nats.connect(nats_url)
+    js = broker.jetstream()
+    publishes: Counter[str] = Counter()
+
+    async def count(message: Msg) -> None:
+        publishes[message.headers.get("Nats-Msg-Id", "") if message.headers else ""] += 1
+
+    processes: list[asyncio.subprocess.Process] = []
+    try:
+        await ensure_stream(js, stream, prefix)
+        await broker.subscribe(f"{prefix}.>", cb=count, pending_msgs_limit=100_000)
+        env = {key: value for key, value in os.environ.items() if not key.startswith("BALLAST_")} | {
+            "DATABASE_URL": relay_database_url,
+            "NATS_URL": nats_url,
+            "BALLAST_NATS_STREAM": stream,
+            "BALLAST_NATS_SUBJECT_PREFIX": prefix,
+            "BALLAST_RELAY_WORKERS": "2",
+            "BALLAST_RELAY_BATCH_SIZE": "100",
+            "BALLAST_DATA_DIR": str(tmp_path),
+            "BALLAST_API_TOKENS": f"{'t' * 20}=c:service",
+        }
+        quiet = asyncio.subprocess.DEVNULL
+        for _ in range(3):
+            processes.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "server", "relay", cwd=ROOT, env=env, stdout=quiet, stderr=quiet
+                )
+            )
+
+        async def all_listening() -> object:  # every relay idle on LISTEN: the commit below wakes them together
+            return await connection.fetchval(
+                "SELECT count(*) = 6 FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+            )
+
+        await _poll(all_listening, timeout_s=30)
+        ids = await connection.fetch(
+            "INSERT INTO outbox (id, topic, message_key, payload)"
+            " SELECT gen_random_uuid(), 'test.event', 'agg-' || (g % 1000), jsonb_build_object('g', g)"
+            " FROM generate_series(1, 6000) AS g ORDER BY g RETURNING id::text"
+        )
+
+        async def all_published() -> object:
+            return await connection.fetchval("SELECT count(*) = 0 FROM outbox WHERE published_at IS NULL")
+
+        await _poll(all_published, timeout_s=60)
+        # each publish was acknowledged before its row was marked, so its copy is already on its way here
+        await broker.flush()
+        twice = {message_id: times for message_id, times in publishes.items() if times > 1}
+        assert twice == {}, f"{len(twice)} events were published more than once"
+        assert set(publishes) == {row["id"] for row in ids}
+        assert await connection.fetchval("SELECT max(attempts) FROM outbox") == 1
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            await asyncio.wait_for(process.wait(), timeout=20)
         await js.delete_stream(stream)
         await broker.close()
         await connection.close()
