@@ -37,6 +37,7 @@ from server.services.provider_health import breaker_announcer
 from server.services.resolver import Resolver, ResolverSettings
 from server.services.submission import create_and_submit
 from server.services.webhooks import WebhookSource
+from tests.support import answering_provider
 
 SECRET = "whsec_unreliable"  # noqa: S105 - a test secret
 DEADLINE_S = 1.0
@@ -262,6 +263,29 @@ async def test_two_resolvers_never_ask_about_the_same_payment_at_once(
     assert sorted(mine) == sorted(str(payment_id) for payment_id in ids)  # each asked about exactly once
     states = await pool.fetch("SELECT state FROM payments WHERE id = ANY($1)", ids)
     assert {row["state"] for row in states} <= {"PENDING", "SUCCEEDED", "FAILED"}  # resubmitted, under its key
+
+
+async def test_a_resolver_checks_the_other_due_payments_at_once_while_one_is_locked_by_another_transaction(
+    database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    """Resolvers skip a payment another transaction holds (a webhook, a refund, another worker's claim):
+    they never wait for its lock before checking the rest."""
+    locked, *others = await _unknown_payments(database, principal, 6)
+    # due before any other test's payment, so that this resolver's batch holds them all
+    await pool.execute("UPDATE payments SET next_check_at = '-infinity' WHERE id = ANY($1)", [locked, *others])
+    async with answering_provider() as provider:
+        for payment_id in (locked, *others):
+            provider.says(payment_id, "succeeded", amount="31.00", currency="EUR")
+        async with pool.acquire() as holder, holder.transaction():
+            await holder.execute("SELECT 1 FROM payments WHERE id = $1 FOR UPDATE", locked)
+            await asyncio.wait_for(provider.resolver(database).run_once(), 5)
+            states = await pool.fetch("SELECT id, state FROM payments WHERE id = ANY($1)", [locked, *others])
+            assert {row["id"]: row["state"] for row in states} == {locked: "UNKNOWN"} | dict.fromkeys(
+                others, "SUCCEEDED"
+            )
+            assert provider.times_asked(locked) == 0
+        await provider.settle(database, [locked])  # the lock gone, the next check takes it
+    assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", locked) == "SUCCEEDED"
 
 
 async def test_a_payment_the_provider_never_answers_for_ends_in_one_case(
