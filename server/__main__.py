@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+import time
 import uuid
 from datetime import datetime
 
@@ -32,6 +33,7 @@ import prometheus_client
 import structlog
 from aiohttp import web
 
+from server.api.admission import Admission
 from server.api.grpc_server import CannotListen, build_server, set_component_serving, set_serving
 from server.api.http_app import build_http_app
 from server.db.database import Budget, Database
@@ -47,13 +49,14 @@ from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.embedded_simulator import embedded_simulator
 from server.providers.gateway import GatewayClient
 from server.providers.venue import VenueClient
-from server.services import audit
+from server.services import audit, outliving
 from server.services.case_checks import CaseChecker
 from server.services.check_loop import CheckSettings
 from server.services.corrections import approve_correction
 from server.services.leg_resolver import OrderResolver, OrderResolverSettings
 from server.services.provider_health import breaker_announcer
 from server.services.resolver import Resolver, ResolverSettings
+from server.services.submission import OUTCOME_WRITE_TIMEOUT_S
 from server.services.venue_instructions import InstructionSender
 from server.services.webhooks import WebhookSource
 from server.settings import Settings, SettingsError, load_settings
@@ -247,7 +250,8 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
         http_port = await _start_http(stack, settings, database)
         providers = await _providers(stack, settings, database, http_port)
         gateway, venue = providers if providers is not None else (None, None)
-        server, health_servicer, port = build_server(settings, database, gateway, venue)
+        admission = Admission()
+        server, health_servicer, port = build_server(settings, database, gateway, venue, admission)
         if settings.metrics_port:
             try:
                 metrics_server, _ = prometheus_client.start_http_server(settings.metrics_port, addr=settings.grpc_host)
@@ -300,9 +304,19 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
         await stopping.wait()
 
         grace_s = settings.shutdown_grace_ms / 1000
-        log.info("server.draining", grace_s=grace_s)
+        drain_by = time.monotonic() + grace_s
+        log.info("server.draining", grace_s=grace_s, in_flight=admission.in_flight)
         await set_serving(health_servicer, False)
-        await server.stop(grace_s)  # refuses new calls at once; waits up to grace_s for calls in flight
+        # New calls are refused UNAVAILABLE (safe to repeat) while those in flight finish; only then
+        # does gRPC stop, which would cancel calls that had arrived and not begun.
+        admission.close()
+        drained = await admission.drained(grace_s)
+        await admission.quiet(drain_by - time.monotonic())
+        await server.stop(max(drain_by - time.monotonic(), 0))
+        unfinished = await outliving.finish(OUTCOME_WRITE_TIMEOUT_S)
+        log.info(
+            "server.drained", calls_finished=drained, refused_while_stopping=admission.refused, unfinished=unfinished
+        )
         relays_stopping.set()  # after the calls: their events go out with this relay or the next one
         if relaying is not None:
             await asyncio.wait_for(relaying, timeout=30)

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from server.api.handlers import handler_kind
+from server.api.handlers import refusing
 from server.domain.errors import PermissionDenied
 from server.domain.identity import Permission, Principal, is_allowed
 
@@ -56,13 +56,7 @@ class TokenAuthenticator:
 
 
 def _rejecting(handler: Any, message: str) -> grpc.RpcMethodHandler:
-    """The same handler shape (unary or streaming) with its behaviour replaced by an UNAUTHENTICATED abort."""
-
-    async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    rejecting: grpc.RpcMethodHandler = handler._replace(**{handler_kind(handler): abort})
-    return rejecting
+    return refusing(handler, grpc.StatusCode.UNAUTHENTICATED, message)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

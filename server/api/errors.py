@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from server.domain.errors import (
@@ -44,6 +44,15 @@ def _precondition_failure(kind: str, subject: str, error: BallastError) -> tuple
     return grpc.StatusCode.FAILED_PRECONDITION, [_pack(error_details_pb2.PreconditionFailure(violations=[violation]))]
 
 
+def retry_status(message: str, delay: duration_pb2.Duration) -> bytes:
+    """An UNAVAILABLE status with its RetryInfo, serialized for the status-details trailer."""
+    status = status_pb2.Status(
+        code=code_pb2.UNAVAILABLE, message=message, details=[_pack(error_details_pb2.RetryInfo(retry_delay=delay))]
+    )
+    serialized: bytes = status.SerializeToString()
+    return serialized
+
+
 def _details_for(error: BallastError) -> tuple[grpc.StatusCode, list[any_pb2.Any]]:
     if isinstance(error, InvalidArgument):
         bad_request = error_details_pb2.BadRequest(
@@ -82,16 +91,38 @@ def _details_for(error: BallastError) -> tuple[grpc.StatusCode, list[any_pb2.Any
     return grpc.StatusCode.INTERNAL, []
 
 
-def status_for(error: BallastError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
-    """The (code, message, trailing metadata) a handler aborts with for this error."""
+#: What a caller may do next, by whether the call carried an idempotency key (a write) or not (a read).
+RETRY_ADVICE = {
+    True: " (retryable: repeat the call with the same idempotency key)",
+    False: " (retryable: repeat the call)",
+}
+#: A deadline that ran out mid-call leaves a write's outcome unknown to its caller: say so, and how to learn it.
+DEADLINE_ADVICE = {
+    True: (
+        "; the outcome is unknown: the request may have taken effect. Repeat the call with the same"
+        " idempotency key to learn it: the repeat returns what was done and never does it twice"
+    ),
+    False: "; nothing was changed: repeat the call, with a longer deadline if it keeps running out",
+}
+
+
+def _advice(error: BallastError, keyed: bool) -> str:
+    if isinstance(error, DeadlineExceeded):
+        return DEADLINE_ADVICE[keyed]
+    return RETRY_ADVICE[keyed] if error.retryable else ""
+
+
+def status_for(
+    error: BallastError, *, keyed: bool = True
+) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
+    """The (code, message, trailing metadata) a handler aborts with for this error; `keyed` tells
+    whether the call carried an idempotency key, which changes what the caller should do next."""
     code, details = _details_for(error)
     message = str(error)
     if isinstance(error, InvalidArgument) and len(error.violations) > FIELD_VIOLATIONS_MAX:
         message = (
             f"{len(error.violations)} fields are invalid, the first {FIELD_VIOLATIONS_MAX} in the details: {message}"
         )
-    message = _shortened(message, MESSAGE_LENGTH_MAX)
-    if error.retryable:
-        message += " (retryable: repeat the call with the same idempotency key)"
+    message = _shortened(message, MESSAGE_LENGTH_MAX) + _advice(error, keyed)
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=details)
     return code, message, ((STATUS_DETAILS_METADATA_KEY, status.SerializeToString()),)

@@ -10,6 +10,7 @@ from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
 from ballast.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from ballast.reconciliation.v1 import reconciliation_pb2
+from server.api.admission import Admission, AdmissionInterceptor
 from server.api.auth import AuthInterceptor, TokenAuthenticator
 from server.api.execution_servicer import ExecutionServicer
 from server.api.ledger_servicer import LedgerServicer
@@ -34,6 +35,11 @@ SERVICE_NAMES = tuple(
 #: Bounds on what one connection may hold in flight; beyond it callers get RESOURCE_EXHAUSTED, not a queue.
 MAX_CONCURRENT_RPCS = 2048
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+#: Calls that arrived and that the server has not begun yet (it takes them one at a time): beyond the first
+#: bound gRPC sheds new arrivals at random, beyond the second all of them, each answered CANCELLED with
+#: nothing done. Overload is answered at once rather than by a queue whose calls outlive their deadlines.
+PENDING_CALLS_SHED_FROM = 1000
+PENDING_CALLS_MAX = 3000
 
 
 #: Reflection's v1 service: its messages are v1alpha's under another package name (the same fields, the same
@@ -56,18 +62,29 @@ def _enable_reflection(server: grpc.aio.Server, service_names: tuple[str, ...]) 
 
 
 def build_server(
-    settings: Settings, database: Database, gateway: GatewayClient | None = None, venue: VenueClient | None = None
+    settings: Settings,
+    database: Database,
+    gateway: GatewayClient | None = None,
+    venue: VenueClient | None = None,
+    admission: Admission | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
-    """A started-ready (not yet started) server bound to the configured address, and its bound port."""
+    """A started-ready (not yet started) server bound to the configured address, and its bound port.
+    `admission` lets the caller refuse new calls (UNAVAILABLE) before it stops the server."""
     authenticator = TokenAuthenticator(settings.api_tokens)
     server = grpc.aio.server(
-        # Metrics first, so that calls refused by authentication are counted too.
-        interceptors=[MetricsInterceptor(), AuthInterceptor(authenticator)],
+        # Metrics first, so that calls refused while stopping or by authentication are counted too.
+        interceptors=[
+            MetricsInterceptor(),
+            AdmissionInterceptor(admission or Admission()),
+            AuthInterceptor(authenticator),
+        ],
         maximum_concurrent_rpcs=MAX_CONCURRENT_RPCS,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            ("grpc.server.max_pending_requests", PENDING_CALLS_SHED_FROM),
+            ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS_MAX),
         ],
     )
     payments_pb2_grpc.add_PaymentServiceServicer_to_server(

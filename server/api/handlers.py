@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -14,15 +15,20 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.api.errors import status_for
 from server.db.database import Budget, Database
-from server.domain.errors import BallastError
+from server.domain.errors import BallastError, DeadlineExceeded
 
 if TYPE_CHECKING:
     from server.api.auth import TokenAuthenticator
 
 log = structlog.get_logger(__name__)
 
-#: Kept back from the caller's deadline so that our own answer (even DEADLINE_EXCEEDED) reaches it in time.
-DEADLINE_MARGIN_S = 0.02
+#: Kept back from the caller's deadline for the work of a call: its waits (the pool, each statement, the
+#: provider) end this long before the caller's deadline, each cleaning up after itself.
+DEADLINE_MARGIN_S = 0.1
+#: Kept back from the caller's deadline for the answer: a call whose work has not ended by then (its
+#: clean-up, or a write that must outlive the call, took longer) is answered DEADLINE_EXCEEDED here, so
+#: that Ballast's own answer reaches the caller on an event loop a burst of calls keeps busy.
+ANSWER_MARGIN_S = 0.05
 
 Response = TypeVar("Response")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Response]]
@@ -34,6 +40,22 @@ HANDLER_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
 def handler_kind(handler: grpc.RpcMethodHandler) -> str:
     """Which of the four behaviours a method handler carries (a handler has exactly one)."""
     return next(kind for kind in HANDLER_KINDS if getattr(handler, kind))
+
+
+def refusing(
+    handler: grpc.RpcMethodHandler,
+    code: grpc.StatusCode,
+    message: str,
+    trailing_metadata: tuple[tuple[str, bytes], ...] = (),
+) -> grpc.RpcMethodHandler:
+    """The same handler shape (unary or streaming) with its behaviour replaced by an abort: for calls
+    refused before any of Ballast's code runs (no credentials, the server stopping)."""
+
+    async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message, trailing_metadata=trailing_metadata)
+
+    refused: grpc.RpcMethodHandler = handler._replace(**{handler_kind(handler): abort})
+    return refused
 
 
 def budget_for(context: grpc.aio.ServicerContext, request_timeout_s: float) -> Budget:
@@ -87,15 +109,63 @@ def timestamp_of(value: datetime) -> Timestamp:
     return timestamp
 
 
+def _answer_within_s(context: grpc.aio.ServicerContext, request_timeout_s: float) -> float:
+    """How long the call may take before Ballast answers it DEADLINE_EXCEEDED: its budget, plus the time
+    between the margins for the work to clean up after its own time limit."""
+    remaining = context.time_remaining()
+    slack_s = DEADLINE_MARGIN_S - ANSWER_MARGIN_S
+    return (
+        request_timeout_s + slack_s
+        if remaining is None
+        else min(request_timeout_s + slack_s, remaining - ANSWER_MARGIN_S)
+    )
+
+
+def _keyed(request: Any) -> bool:
+    """Whether the request carries an idempotency key (a write: repeating it with the key is how to learn
+    an unknown outcome)."""
+    return "idempotency_key" in request.DESCRIPTOR.fields_by_name
+
+
+def _log_abandoned(method: str) -> Callable[[asyncio.Future[Any]], None]:
+    def done(work: asyncio.Future[Any]) -> None:
+        if not work.cancelled() and work.exception() is not None:
+            log.info("rpc.abandoned_work_failed", method=method, error=repr(work.exception()))
+
+    return done
+
+
 def translate_errors(handler: Handler[Response]) -> Handler[Response]:
-    """Abort with the mapped status for a BallastError; log anything else and answer INTERNAL."""
+    """Answer within the caller's deadline; abort with the mapped status for a BallastError; log anything
+    else and answer INTERNAL.
+
+    The handler runs as a task of its own, and the answer does not wait for it past the caller's deadline
+    less ANSWER_MARGIN_S (or the server's request timeout): when that passes first, the caller gets
+    DEADLINE_EXCEEDED from Ballast, saying the outcome is unknown,
+    and the work is cancelled behind the answer. What it already committed stays committed, and what
+    must outlive the call (the provider's answer) is shielded by the use case; a repeat with the same
+    idempotency key returns the outcome. A call the caller cancels cancels its work.
+    """
 
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Response:
+    async def wrapper(self: ServicerBase, request: Any, context: grpc.aio.ServicerContext) -> Response:
         try:
-            return await handler(self, request, context)
+            timeout_s = _answer_within_s(context, self._request_timeout_s)
+            if timeout_s <= 0:
+                raise DeadlineExceeded("the call's deadline ran out before Ballast could begin it")
+            work = asyncio.ensure_future(handler(self, request, context))
+            try:
+                await asyncio.wait((work,), timeout=timeout_s)
+            except asyncio.CancelledError:  # the caller cancelled the call, or its deadline passed
+                work.cancel()
+                raise
+            if not work.done():
+                work.cancel()
+                work.add_done_callback(_log_abandoned(handler.__name__))
+                raise DeadlineExceeded("the call's deadline ran out before Ballast could answer")
+            return work.result()
         except BallastError as error:
-            code, message, trailing = status_for(error)
+            code, message, trailing = status_for(error, keyed=_keyed(request))
             log.info("rpc.rejected", method=handler.__name__, code=code.name, reason=message)
             await context.abort(code, message, trailing_metadata=trailing)
             raise  # unreachable: abort raises

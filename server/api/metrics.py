@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,9 +23,14 @@ RPC_SECONDS = Histogram(
 
 
 def _code_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
+    """The status the call ended with. gRPC cancels the handler of a call its caller cancelled, or whose
+    deadline passed before Ballast answered: that is CANCELLED (Ballast's own DEADLINE_EXCEEDED answers
+    are aborts, with their code set), never UNKNOWN."""
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return str(code.name)
+    if isinstance(error, asyncio.CancelledError):
+        return "CANCELLED"
     return "OK" if error is None else "UNKNOWN"
 
 

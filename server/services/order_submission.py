@@ -26,6 +26,7 @@ from server.providers.http import NotSent, OutcomeUnknown, Refused
 from server.providers.venue import VenueClient
 from server.services import execution
 from server.services.execution import LegResult, OrderResult
+from server.services.outliving import outlive
 from server.services.venue_events import apply_venue_report
 from server.services.venue_instructions import send_now
 
@@ -91,7 +92,7 @@ async def _send(database: Database, venue: VenueClient, leg: LegRecord, budget: 
         )
 
     # written even if the caller gives up meanwhile: what the venue said must not be lost
-    await asyncio.shield(in_transaction(database, Budget.within(OUTCOME_WRITE_TIMEOUT_S), work))
+    await outlive(in_transaction(database, Budget.within(OUTCOME_WRITE_TIMEOUT_S), work), f"record leg {leg.id}")
     return None
 
 

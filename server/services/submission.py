@@ -13,8 +13,6 @@ EXPIRED, a retry with its key is answered EXPIRED and never sent late (server/se
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncpg
 import structlog
 
@@ -29,6 +27,7 @@ from server.domain.provider_status import event_for
 from server.failpoints import failpoint
 from server.providers.gateway import GatewayClient, NotSent, OutcomeUnknown, Refused
 from server.services import payments
+from server.services.outliving import outlive
 from server.services.payment_events import Evidence, apply_provider_evidence
 from server.services.payments import CreatePaymentResult
 
@@ -122,7 +121,9 @@ async def _record(database: Database, payment: PaymentRecord, event: PaymentEven
         await apply_provider_evidence(connection, payment.id, event, evidence)
         failpoint("submission.before_outcome_commit")
 
-    await asyncio.shield(in_transaction(database, Budget.within(OUTCOME_WRITE_TIMEOUT_S), work))
+    await outlive(
+        in_transaction(database, Budget.within(OUTCOME_WRITE_TIMEOUT_S), work), f"record payment {payment.id}"
+    )
 
 
 async def _reread(database: Database, payment: PaymentRecord) -> PaymentRecord:

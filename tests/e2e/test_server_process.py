@@ -117,6 +117,62 @@ async def test_sigterm_refuses_new_calls_and_drains_the_one_in_flight(
     assert await asyncio.to_thread(server.process.wait, 20) == 0
 
 
+#: The stream of calls SIGTERM lands in: more than the server takes at once, for a while before and after.
+STREAM_CALLS = 3000
+STREAM_CALLS_PER_TICK = 15
+STREAM_TICK_S = 0.01
+SIGTERM_AFTER_S = 1.0
+
+
+async def test_sigterm_under_a_stream_of_calls_answers_each_one_and_cancels_none(
+    start_server: StartServer, pool: asyncpg.Pool
+) -> None:
+    """Every call SIGTERM catches is answered: done (OK), or refused UNAVAILABLE with nothing done (safe
+    to repeat with its key); gRPC's own stop, which cancels calls that had arrived and not begun, comes
+    only after those were refused."""
+    server = start_server(BALLAST_PROVIDER_URL="off")
+    outcomes: dict[str, tuple[str, str]] = {}
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = payments_pb2_grpc.PaymentServiceStub(channel)
+
+        async def call(key: str) -> None:
+            try:
+                await stub.CreatePayment(_request(key), metadata=server.metadata, timeout=20)
+            except grpc.aio.AioRpcError as error:
+                outcomes[key] = (error.code().name, error.details() or "")
+            else:
+                outcomes[key] = ("OK", "")
+
+        async def stream() -> None:
+            calls = []
+            for index in range(STREAM_CALLS):
+                calls.append(asyncio.ensure_future(call(f"stream-{index}-{uuid.uuid4()}")))
+                if index % STREAM_CALLS_PER_TICK == 0:
+                    await asyncio.sleep(STREAM_TICK_S)
+            await asyncio.gather(*calls)
+
+        streaming = asyncio.ensure_future(stream())
+        await asyncio.sleep(SIGTERM_AFTER_S)
+        server.process.send_signal(signal.SIGTERM)
+        await streaming
+    assert await asyncio.to_thread(server.process.wait, 30) == 0
+    codes = {code for code, _ in outcomes.values()}
+    assert "CANCELLED" not in codes, sum(code == "CANCELLED" for code, _ in outcomes.values())
+    assert codes <= {"OK", "UNAVAILABLE"}, codes
+    refused = [key for key, (code, details) in outcomes.items() if "the server is stopping" in details]
+    assert refused, "SIGTERM landed after the stream: nothing was refused"
+    done = await pool.fetch(
+        "SELECT idempotency_key FROM payments WHERE client_id = $1 AND idempotency_key = ANY($2::text[])",
+        server.client_id,
+        refused,
+    )
+    assert not done, f"{len(done)} calls refused as never begun had recorded a payment"
+    answered_ok = [key for key, (code, _) in outcomes.items() if code == "OK"]
+    assert await pool.fetchval("SELECT count(*) FROM payments WHERE client_id = $1", server.client_id) >= len(
+        answered_ok
+    )
+
+
 async def _wait_until_blocked_on_a_lock(connection: asyncpg.Connection, timeout_s: float = 10) -> None:
     query = (
         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"

@@ -20,6 +20,9 @@ from ballast.payments.v1 import payments_pb2_grpc
 from server.api.grpc_server import build_server, set_serving
 from server.db.database import Database
 from server.domain.identity import Principal, Role
+from server.providers.gateway import GatewayClient
+from server.services import outliving
+from server.services.submission import OUTCOME_WRITE_TIMEOUT_S
 from server.settings import load_settings
 
 
@@ -67,12 +70,21 @@ def auditor(callers: tuple[Caller, ...]) -> Caller:
     return callers[2]
 
 
+#: What a stopped server's outcome writes may still take, as in production (they have their own limit).
+OUTLIVING_FINISH_S = OUTCOME_WRITE_TIMEOUT_S
+
+
 @asynccontextmanager
 async def in_process_server(
-    pool: asyncpg.Pool, callers: Iterable[Caller], data_dir: Path, **env: str
+    pool: asyncpg.Pool,
+    callers: Iterable[Caller],
+    data_dir: Path,
+    gateway: GatewayClient | None = None,
+    **env: str,
 ) -> AsyncIterator[str]:
     """A server on a free port with the real servicers, interceptors and database, for these callers;
-    yields its address. `env` adds settings (e.g. BALLAST_REQUEST_TIMEOUT_MS)."""
+    yields its address. `gateway` is its payment provider (none: payments stay RECORDED); `env` adds
+    settings (e.g. BALLAST_REQUEST_TIMEOUT_MS)."""
     tokens = ",".join(f"{caller.token}={caller.client_id}:{caller.role}" for caller in callers)
     settings = load_settings(
         {
@@ -83,13 +95,14 @@ async def in_process_server(
             **env,
         }
     )
-    server, health_servicer, port = build_server(settings, Database(pool))
+    server, health_servicer, port = build_server(settings, Database(pool), gateway)
     await server.start()
     await set_serving(health_servicer, True)
     try:
         yield f"127.0.0.1:{port}"
     finally:
         await server.stop(None)
+        await outliving.finish(OUTLIVING_FINISH_S)
 
 
 @pytest.fixture(scope="session")

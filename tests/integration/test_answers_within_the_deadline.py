@@ -1,0 +1,212 @@
+"""A caller gets Ballast's own answer within its deadline, even under a burst against a provider that hangs,
+and the metrics count every call by the status it really ended with.
+
+A call the client library cuts at its deadline ends with the library's own "Deadline Exceeded": the
+caller learns nothing, and the server counted it as nothing it could name. Ballast answers before that:
+the payment as it stands (UNKNOWN: the provider was asked and did not answer), or DEADLINE_EXCEEDED
+saying the outcome is unknown and how to learn it. A call its caller cancels is counted CANCELLED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import grpc
+import pytest
+from aiohttp import web
+from prometheus_client import REGISTRY
+
+from ballast.common.v1 import money_pb2
+from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
+from server.providers.breaker import Breaker, BreakerSettings
+from server.providers.gateway import GatewayClient
+from tests.integration.conftest import Caller, in_process_server
+from tests.support import insert_idempotency_key
+
+Stub = payments_pb2_grpc.PaymentServiceStub
+
+CREATE = "/ballast.payments.v1.PaymentService/CreatePayment"
+#: The burst: more calls at once than the database pool has connections, each with a short deadline.
+BURST_CALLS = 150
+BURST_DEADLINE_S = 0.5
+
+
+def _requests_counted(method: str, code: str) -> float:
+    return REGISTRY.get_sample_value("ballast_grpc_requests_total", {"method": method, "code": code}) or 0.0
+
+
+def _request(key: str) -> payments_pb2.CreatePaymentRequest:
+    return payments_pb2.CreatePaymentRequest(
+        idempotency_key=key, amount=money_pb2.Money(value="12.50", currency_code="EUR")
+    )
+
+
+class Provider:
+    """A payment provider that hangs on every request, unless the test scripts its answer to creates."""
+
+    def __init__(self) -> None:
+        self.released = asyncio.Event()
+        self.on_create: Callable[[str], Awaitable[web.Response]] | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        if request.method == "POST" and self.on_create is not None:
+            return await self.on_create(request.headers.get("Idempotency-Key", ""))
+        await self.released.wait()
+        return web.json_response({"error": {"type": "gone"}}, status=503)
+
+
+@pytest.fixture
+async def provider() -> AsyncIterator[Provider]:
+    yield Provider()
+
+
+@pytest.fixture
+async def gateway(provider: Provider) -> AsyncIterator[GatewayClient]:
+    app = web.Application()
+    app.router.add_route("*", "/v1/payments", provider.handle)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            breaker = Breaker("simulator.hanging", BreakerSettings(failures_max=1_000_000))
+            yield GatewayClient("simulator", url, session, breaker)
+    finally:
+        provider.released.set()
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def served(pool: asyncpg.Pool, tmp_path: Path, gateway: GatewayClient) -> AsyncIterator[tuple[Stub, Caller]]:
+    caller = Caller(f"deadline-{uuid.uuid4().hex[:12]}", f"deadline-token-{uuid.uuid4().hex}")
+    async with (
+        in_process_server(pool, (caller,), tmp_path, gateway) as address,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        yield Stub(channel), caller
+
+
+async def test_a_burst_against_a_hanging_provider_gets_ballasts_own_answers_within_the_deadline(
+    served: tuple[Stub, Caller], pool: asyncpg.Pool
+) -> None:
+    stub, caller = served
+    unknown_before = _requests_counted(CREATE, "UNKNOWN")
+    cancelled_before = _requests_counted(CREATE, "CANCELLED")
+    keys = [f"burst-{uuid.uuid4()}" for _ in range(BURST_CALLS)]
+
+    async def call(key: str) -> tuple[str, str, float]:
+        started = time.monotonic()
+        try:
+            reply = await stub.CreatePayment(_request(key), metadata=caller.metadata, timeout=BURST_DEADLINE_S)
+        except grpc.aio.AioRpcError as error:
+            return error.code().name, error.details() or "", time.monotonic() - started
+        return f"OK {payments_pb2.PaymentState.Name(reply.payment.state)}", "", time.monotonic() - started
+
+    outcomes = await asyncio.gather(*(call(key) for key in keys))
+
+    cut_by_the_client = [o for o in outcomes if o[0] == "DEADLINE_EXCEEDED" and "outcome is unknown" not in o[1]]
+    assert not cut_by_the_client, (
+        f"{len(cut_by_the_client)} of {BURST_CALLS} calls got no answer: {cut_by_the_client[:3]}"
+    )
+    # the payment as it stands, or Ballast saying what it did not do (the provider was not asked in time)
+    assert {code for code, _, _ in outcomes} <= {"OK PAYMENT_STATE_UNKNOWN", "DEADLINE_EXCEEDED", "UNAVAILABLE"}
+    assert all("repeat the call with the same idempotency key" in d for c, d, _ in outcomes if c == "UNAVAILABLE"), (
+        outcomes
+    )
+    # the server counted every call by the status it answered: none was cut short under it
+    assert _requests_counted(CREATE, "UNKNOWN") == unknown_before
+    assert _requests_counted(CREATE, "CANCELLED") == cancelled_before
+
+    # what the answers say is true: each key recorded at most one payment, and each OK answer's was recorded
+    recorded = dict(
+        await pool.fetch(
+            "SELECT idempotency_key, count(*) FROM payments WHERE client_id = $1 GROUP BY idempotency_key",
+            caller.client_id,
+        )
+    )
+    assert set(recorded.values()) <= {1}
+    assert all(key in recorded for key, outcome in zip(keys, outcomes, strict=True) if outcome[0].startswith("OK"))
+
+
+async def test_a_call_whose_deadline_runs_out_after_its_payment_was_taken_is_told_the_outcome_is_unknown(
+    served: tuple[Stub, Caller], provider: Provider, pool: asyncpg.Pool
+) -> None:
+    """The provider takes the payment; writing its answer waits behind a lock past the caller's deadline.
+    The caller hears, in time, that the outcome is unknown and how to learn it; the answer is written
+    all the same, and the repeat with the key returns it."""
+    stub, caller = served
+    key = f"unknown-outcome-{uuid.uuid4()}"
+    async with pool.acquire() as holder:
+        locked = holder.transaction()
+
+        async def take_it_but_lock_the_payment_first(payment_id: str) -> web.Response:
+            await locked.start()
+            await holder.execute("SELECT 1 FROM payments WHERE id = $1 FOR UPDATE", uuid.UUID(payment_id))
+            answer = {"id": f"pay_{payment_id[:8]}", "status": "succeeded", "idempotency_key": payment_id}
+            return web.json_response(answer | {"amount": "12.50", "currency": "EUR"})
+
+        provider.on_create = take_it_but_lock_the_payment_first
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await stub.CreatePayment(_request(key), metadata=caller.metadata, timeout=1.0)
+        elapsed_s = time.monotonic() - started
+        await locked.rollback()
+    assert cut.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert elapsed_s < 1.0
+    assert "the outcome is unknown" in (cut.value.details() or "")
+    assert "Repeat the call with the same idempotency key" in (cut.value.details() or "")
+    deadline = time.monotonic() + 10
+    while True:
+        replay = await stub.CreatePayment(_request(key), metadata=caller.metadata, timeout=10)
+        assert replay.replayed and replay.payment.idempotency_key == key
+        if replay.payment.state == payments_pb2.PAYMENT_STATE_SUCCEEDED:
+            break  # the provider's answer was written after the caller had gone
+        assert time.monotonic() < deadline, payments_pb2.PaymentState.Name(replay.payment.state)
+        await asyncio.sleep(0.05)
+
+
+async def test_a_read_cut_by_its_deadline_is_told_nothing_changed(
+    served: tuple[Stub, Caller], pool: asyncpg.Pool
+) -> None:
+    stub, caller = served
+    async with pool.acquire() as holder, holder.transaction():
+        # every pooled connection waits behind this lock, so the read cannot finish in time
+        await holder.execute("LOCK TABLE payments IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(grpc.aio.AioRpcError) as cut:
+            await stub.ListPayments(payments_pb2.ListPaymentsRequest(), metadata=caller.metadata, timeout=0.3)
+    assert cut.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "nothing was changed" in (cut.value.details() or "")
+
+
+async def test_a_call_its_caller_cancels_is_counted_cancelled_not_unknown(
+    served: tuple[Stub, Caller], pool: asyncpg.Pool
+) -> None:
+    stub, caller = served
+    unknown_before = _requests_counted(CREATE, "UNKNOWN")
+    cancelled_before = _requests_counted(CREATE, "CANCELLED")
+    key = f"cancelled-{uuid.uuid4()}"
+    async with pool.acquire() as holder, holder.transaction():
+        await insert_idempotency_key(holder, caller.client_id, key)  # the call waits behind this row
+        call = stub.CreatePayment(_request(key), metadata=caller.metadata, timeout=30)
+        deadline = time.monotonic() + 10
+        while not await holder.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        ):
+            assert time.monotonic() < deadline, "the call never reached the database"
+            await asyncio.sleep(0.01)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    deadline = time.monotonic() + 10
+    while _requests_counted(CREATE, "CANCELLED") == cancelled_before:
+        assert time.monotonic() < deadline, "the cancelled call was never counted CANCELLED"
+        await asyncio.sleep(0.01)
+    assert _requests_counted(CREATE, "CANCELLED") == cancelled_before + 1
+    assert _requests_counted(CREATE, "UNKNOWN") == unknown_before
