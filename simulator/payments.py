@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from server.domain.money import MINOR_UNITS
+
 PENDING, SUCCEEDED, FAILED, DECLINED, REFUNDED = "pending", "succeeded", "failed", "declined", "refunded"
 FINAL_OUTCOMES = (SUCCEEDED, FAILED, DECLINED)
 
@@ -26,12 +28,12 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 
 _AMOUNT = re.compile(r"^(0|[1-9][0-9]{0,14})(\.[0-9]+)?$")
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
-_ZERO_DECIMAL_CURRENCIES = frozenset({"JPY", "KRW", "CLP", "VND", "ISK", "HUF"})
 
 
 def currency_digits(currency: str) -> int:
-    """Fraction digits of the currency's minor unit: 0 for JPY, KRW, ...; 2 for the rest here."""
-    return 0 if currency in _ZERO_DECIMAL_CURRENCIES else 2
+    """Fraction digits of the currency's minor unit, from the ISO 4217 table Ballast uses (0 for JPY,
+    3 for KWD, 2 for EUR): the simulator must never refuse an amount a real provider takes."""
+    return MINOR_UNITS[currency]
 
 
 class InvalidRequest(ValueError):
@@ -60,8 +62,8 @@ class PaymentRequest:
         amount, currency, reference = body.get("amount"), body.get("currency"), body.get("reference", "")
         if not isinstance(amount, str) or not _AMOUNT.match(amount):
             raise InvalidRequest('amount must be a decimal string such as "12.34"', "amount")
-        if not isinstance(currency, str) or not _CURRENCY.match(currency):
-            raise InvalidRequest("currency must be a three-letter ISO 4217 code such as EUR", "currency")
+        if not isinstance(currency, str) or not _CURRENCY.match(currency) or currency not in MINOR_UNITS:
+            raise InvalidRequest("currency must be an active ISO 4217 code such as EUR", "currency")
         if not isinstance(reference, str) or len(reference) > 255:
             raise InvalidRequest("reference must be a string of at most 255 characters", "reference")
         value = Decimal(amount)
