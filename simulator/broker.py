@@ -19,6 +19,9 @@ from simulator.orders import (
     CLOSED,
     FILLED,
     MODIFIABLE,
+    MODIFICATION_CANCELED,
+    MODIFICATION_CONFIRMED,
+    MODIFICATION_REJECTED,
     PARTIALLY_FILLED,
     REJECTED,
     WORKING,
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
     from simulator.engine import Simulator
 
 REJECT_REASON = "the venue refused the order: insufficient liquidity"
+MODIFY_REJECT_REASON = "the venue refused the change: the order book moved"
 
 
 class Conflict(ValueError):
@@ -76,7 +80,8 @@ class Broker:
         return Answer(200, body)
 
     def modify(self, order_id: str, body: Any, key: str | None) -> Answer:
-        """Ask for a new quantity and/or limit price; 202 now, `order.replaced` or `order.modify_rejected` later."""
+        """Ask for a new quantity and/or limit price (a cancel/replace, named by `key` in every report
+        of the order); 202 now, `order.replaced` or `order.modify_rejected` later. Fills wait meanwhile."""
 
         def act(order: Order) -> Answer:
             if order.status not in MODIFIABLE:
@@ -85,10 +90,10 @@ class Broker:
                 )
             if order.modification is not None:
                 raise Conflict(f"order {order.id} has modification {order.modification.id} pending")
-            modification = Modification.parse(body, order)
+            modification = Modification.parse(body, order, key)
             order.modification = modification
             self.simulator.spawn(self._answer(order, modification))
-            return Answer(202, {**order.to_json(), "modification": modification.to_json("pending")})
+            return Answer(202, order.to_json())
 
         return self._once(key, (order_id, "modify", body), act)
 
@@ -98,11 +103,11 @@ class Broker:
         def act(order: Order) -> Answer:
             if order.status in WORKING:
                 order.plan.clear()
-                order.modification = None
+                order.end_modification(MODIFICATION_CANCELED, "the order was canceled")
                 order.move_to(CANCELED)
                 self._emit(order, "canceled")
             elif order.status == FILLED:
-                order.modification = None
+                order.end_modification(MODIFICATION_CANCELED, "the order was closed")
                 order.move_to(CLOSED)
                 self._emit(order, "closed")
             else:
@@ -154,6 +159,7 @@ class Broker:
             if order.rejected:
                 order.reject_reason = REJECT_REASON
                 order.move_to(REJECTED)
+                order.end_modification(MODIFICATION_CANCELED, "the order was rejected")
                 self._emit(order, "rejected")
                 return
             if order.modification is not None or not order.plan:
@@ -166,12 +172,13 @@ class Broker:
         """Confirm (`replaced`) or refuse (`modify_rejected`) a pending modification."""
         await self._pause(order)
         if order.modification is not modification:
-            return  # canceled or closed meanwhile
-        order.modification = None
+            return  # canceled, closed or rejected meanwhile
         rng = self.simulator.object_rng(order.id)
         if rng.random() < self.simulator.settings.modify_reject_rate:
-            self._emit(order, "modify_rejected", modification=modification.to_json("rejected"))
+            order.end_modification(MODIFICATION_REJECTED, MODIFY_REJECT_REASON)
+            self._emit(order, "modify_rejected")
             return
+        order.end_modification(MODIFICATION_CONFIRMED)
         if modification.quantity is not None:
             order.quantity = modification.quantity
         if modification.limit_price is not None:
@@ -183,19 +190,16 @@ class Broker:
             order.move_to(FILLED)
         elif leaves and was_filled:
             order.move_to(PARTIALLY_FILLED)  # a larger quantity: the order works again
-        self._emit(order, "replaced", modification=modification.to_json("confirmed"))
+        self._emit(order, "replaced")
         if leaves and was_filled:
             self.simulator.spawn(self._work(order))
 
-    def _emit(
-        self, order: Order, exec_type: str, execution: Execution | None = None, *, modification: Any = None
-    ) -> None:
+    def _emit(self, order: Order, exec_type: str, execution: Execution | None = None) -> None:
         def report(status: str | None, kind: str) -> dict[str, Any]:
             return {
-                **order.to_json(status),
+                **order.to_json(status),  # its latest modification too, named by its key
                 "exec_type": kind,
                 "execution": None if execution is None or status else execution.to_json(),
-                "modification": modification,
             }
 
         claim = None

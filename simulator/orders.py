@@ -96,16 +96,26 @@ class OrderRequest:
         return cls(symbol, str(side), str(kind), quantity, limit_price, currency, reference)
 
 
-@dataclass(frozen=True)
+#: A modification's status: waiting for the venue, confirmed (`replaced`), refused (`modify_rejected`),
+#: or ended unanswered because the order was canceled, closed or rejected first.
+MODIFICATION_PENDING, MODIFICATION_CONFIRMED = "pending", "confirmed"
+MODIFICATION_REJECTED, MODIFICATION_CANCELED = "rejected", "canceled"
+
+
+@dataclass
 class Modification:
-    """A change the client asked for; the venue confirms it (`replaced`) or refuses it later."""
+    """A cancel/replace the client asked for: a new total quantity and/or limit price. The venue
+    confirms it (`replaced`) or refuses it later; its idempotency key names it in every report."""
 
     quantity: Decimal | None
     limit_price: Decimal | None
+    key: str | None = None
     id: str = field(default_factory=lambda: f"mod_{uuid.uuid4().hex[:24]}")
+    status: str = MODIFICATION_PENDING
+    reason: str | None = None
 
     @classmethod
-    def parse(cls, body: Any, order: Order) -> Modification:
+    def parse(cls, body: Any, order: Order, key: str | None = None) -> Modification:
         if not isinstance(body, dict):
             raise InvalidRequest("the body must be a JSON object")
         unknown = sorted(set(body) - {"quantity", "limit_price"})
@@ -119,14 +129,19 @@ class Modification:
             raise InvalidRequest("only a limit order has a limit_price to change", "limit_price")
         if quantity is not None and quantity < order.filled_quantity:
             raise InvalidRequest(f"quantity {quantity} is below the {order.filled_quantity} already filled", "quantity")
-        return cls(quantity, limit_price)
+        return cls(quantity, limit_price, key)
 
-    def to_json(self, status: str) -> dict[str, Any]:
+    def end(self, status: str, reason: str | None = None) -> None:
+        self.status, self.reason = status, reason
+
+    def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "status": status,
+            "idempotency_key": self.key,
+            "status": self.status,
             "quantity": None if self.quantity is None else str(self.quantity),
             "limit_price": None if self.limit_price is None else str(self.limit_price),
+            "reason": self.reason,
         }
 
 
@@ -172,7 +187,10 @@ class Order:
     quantity: Decimal = Decimal(0)
     limit_price: Decimal | None = None
     executions: list[Execution] = field(default_factory=list)
+    #: the modification waiting for the venue's answer, if any
     modification: Modification | None = None
+    #: the latest modification that ended (confirmed, rejected, canceled), if any
+    answered_modification: Modification | None = None
     reject_reason: str | None = None
 
     def __post_init__(self) -> None:
@@ -191,6 +209,18 @@ class Order:
             return None
         notional = sum((execution.quantity * execution.price for execution in self.executions), Decimal(0))
         return _AVERAGE.divide(notional, filled).quantize(Decimal(1).scaleb(-FRACTION_DIGITS_MAX), context=_AVERAGE)
+
+    @property
+    def latest_modification(self) -> Modification | None:
+        """The one a report states: the pending modification, else the latest that ended."""
+        return self.modification or self.answered_modification
+
+    def end_modification(self, status: str, reason: str | None = None) -> None:
+        """The pending modification, if any, ends: confirmed, rejected, or canceled with the order."""
+        ended = self.modification
+        if ended is not None:
+            ended.end(status, reason)
+            self.modification, self.answered_modification = None, ended
 
     def move_to(self, status: str) -> None:
         if status not in TRANSITIONS[self.status]:
@@ -226,6 +256,7 @@ class Order:
             "leaves_quantity": str(self.quantity - self.filled_quantity if self.status in WORKING else Decimal(0)),
             "average_price": None if average is None else str(average),
             "reject_reason": self.reject_reason,
+            "modification": None if self.latest_modification is None else self.latest_modification.to_json(),
             "created": self.created,
             "idempotency_key": self.idempotency_key,
         }

@@ -203,3 +203,70 @@ async def test_an_order_accepted_then_timed_out_exists_at_the_venue(start_sim: S
     status, found = await sim.get("/v1/orders?idempotency_key=lost")
     assert status == 200
     assert _by_id(await sim.truth())[found["id"]]["create_fault"] == "accept-then-timeout"
+
+
+async def test_an_amendment_is_named_by_its_key_in_every_report_and_states_its_outcome(
+    start_sim: StartSim, receiver: Receiver
+) -> None:
+    sim = await start_sim(order_rest_rate=1.0, order_reject_rate=0.0, modify_reject_rate=0.0, webhook_url=receiver.url)
+    order = (await sim.order("amend", type="limit", limit_price="10.00", quantity="100")).json()
+    path = f"/v1/orders/{order['id']}/modify"
+    pending = await sim.post(path, {"quantity": "60", "limit_price": "10.25"}, key="amend-1")
+    assert pending.status == 202
+    assert {k: pending.json()["modification"][k] for k in ("idempotency_key", "status", "quantity", "limit_price")} == {
+        "idempotency_key": "amend-1",
+        "status": "pending",
+        "quantity": "60",
+        "limit_price": "10.25",
+    }
+
+    def reported(kind: str) -> list[dict[str, Any]]:
+        return [e["data"]["object"] for e in receiver.events(order["id"]) if e["type"] == f"order.{kind}"]
+
+    async def replaced() -> bool:
+        return bool(reported("replaced"))
+
+    await eventually(replaced, what="the replace")
+    (confirmed,) = reported("replaced")
+    assert (confirmed["quantity"], confirmed["limit_price"], confirmed["status"]) == ("60", "10.25", "new")
+    assert (confirmed["modification"]["idempotency_key"], confirmed["modification"]["status"]) == (
+        "amend-1",
+        "confirmed",
+    )
+    status, now = await sim.get(f"/v1/orders/{order['id']}")  # the status inquiry states it too
+    assert (status, now["modification"]["idempotency_key"], now["modification"]["status"]) == (
+        200,
+        "amend-1",
+        "confirmed",
+    )
+
+    async with sim.http.put(f"{sim.url}/_sim/profile", json={"settings": {"modify_reject_rate": 1.0}}) as response:
+        assert response.status == 200
+    assert (await sim.post(path, {"quantity": "80"}, key="amend-2")).status == 202
+
+    async def refused() -> bool:
+        return bool(reported("modify_rejected"))
+
+    await eventually(refused, what="the refusal")
+    (rejected,) = reported("modify_rejected")
+    assert rejected["quantity"] == "60"  # the terms in force did not change
+    assert (rejected["modification"]["idempotency_key"], rejected["modification"]["status"]) == ("amend-2", "rejected")
+    assert rejected["modification"]["reason"]
+
+
+async def test_a_rejection_while_an_amendment_waits_ends_it_unanswered(start_sim: StartSim, receiver: Receiver) -> None:
+    # equal pauses: the rejection (drawn at submission) comes before the answer to an amendment sent after it
+    sim = await start_sim(
+        order_reject_rate=1.0, modify_reject_rate=0.0, settle_min_ms=200, settle_max_ms=200, webhook_url=receiver.url
+    )
+    order = (await sim.order("doomed", type="limit", limit_price="10.00")).json()
+    assert (await sim.post(f"/v1/orders/{order['id']}/modify", {"quantity": "60"}, key="too-late")).status == 202
+
+    async def done() -> bool:  # the venue's own work for the order (its rejection, the amendment's answer) is over
+        return not sim.simulator._tasks and await sim.orders_settled()
+
+    await eventually(done, what="the rejection and the amendment's end")
+    assert [e["type"] for e in receiver.events(order["id"])] == ["order.new", "order.rejected"]
+    status, now = await sim.get(f"/v1/orders/{order['id']}")
+    assert (status, now["status"], now["quantity"]) == (200, "rejected", "100")
+    assert (now["modification"]["idempotency_key"], now["modification"]["status"]) == ("too-late", "canceled")
