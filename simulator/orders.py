@@ -129,6 +129,8 @@ class Modification:
             raise InvalidRequest("only a limit order has a limit_price to change", "limit_price")
         if quantity is not None and quantity < order.filled_quantity:
             raise InvalidRequest(f"quantity {quantity} is below the {order.filled_quantity} already filled", "quantity")
+        if order.status == FILLED and (order.quantity if quantity is None else quantity) == order.filled_quantity:
+            raise InvalidRequest("a filled order changes only by a larger quantity", "quantity")
         return cls(quantity, limit_price, key)
 
     def end(self, status: str, reason: str | None = None) -> None:

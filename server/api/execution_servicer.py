@@ -10,7 +10,7 @@ from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
 from server.api.auth import TokenAuthenticator
 from server.api.handlers import ServicerBase, fit_page, timestamp_of, translate_errors
 from server.db.database import Database
-from server.db.orders_repository import LegRecord, OrderRecord
+from server.db.orders_repository import LegRecord, ModificationRecord, OrderRecord
 from server.domain.identifiers import parse_uuid
 from server.domain.identity import Permission
 from server.domain.money import EXACT
@@ -28,6 +28,18 @@ def _enum_name(prefix: str, value: int, enum_type: object) -> str:
     """ "SIDE_BUY" -> "BUY"; an unknown or unspecified value becomes "" (refused by validation)."""
     name: str = enum_type.Name(value) if value in enum_type.values() else ""  # type: ignore[attr-defined]
     return name.removeprefix(prefix) if name and not name.endswith("_UNSPECIFIED") else ""
+
+
+def modification_to_proto(modification: ModificationRecord | None) -> execution_pb2.LegModification | None:
+    if modification is None:
+        return None
+    return execution_pb2.LegModification(
+        idempotency_key=modification.idempotency_key,
+        new_quantity=_decimal(modification.quantity),
+        new_limit_price=_decimal(modification.limit_price),
+        status=f"MODIFICATION_STATUS_{modification.status.value}",
+        reason=modification.reason,
+    )
 
 
 def leg_to_proto(leg: LegRecord) -> execution_pb2.Leg:
@@ -56,6 +68,7 @@ def leg_to_proto(leg: LegRecord) -> execution_pb2.Leg:
         create_time=timestamp_of(leg.created_at),
         update_time=timestamp_of(leg.updated_at),
         fill_count=leg.fill_count,
+        modification=modification_to_proto(leg.modification),
     )
 
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from server.domain.order_legs import LegState
+from server.domain.order_legs import LegState, ModificationStatus
 from server.domain.orders import LegSpec, OrderType, Side
 
 
@@ -19,6 +19,21 @@ class FillRecord:
     quantity: Decimal
     price: Decimal
     fill_time: datetime
+
+
+@dataclass(frozen=True)
+class ModificationRecord:
+    """A leg's latest modification: what it asked and what became of it."""
+
+    #: its id: the venue instruction's, sent as the venue's idempotency key
+    id: uuid.UUID
+    #: the ModifyLeg key that asked it
+    idempotency_key: str
+    #: the new total quantity and limit price asked; None where the call kept the one in force
+    quantity: Decimal | None
+    limit_price: Decimal | None
+    status: ModificationStatus
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,8 @@ class LegRecord:
     fills: tuple[FillRecord, ...] = ()
     #: how many fills the leg has in all
     fill_count: int = 0
+    #: the latest modification asked of the leg; None if none was
+    modification: ModificationRecord | None = None
 
 
 #: Fills read with an order, per leg: a venue may report thousands, and an answer must stay sendable.
@@ -59,7 +76,9 @@ class OrderRecord:
 
 _LEG_COLUMNS = (
     "l.id, l.order_id, l.position, l.instrument_symbol, l.side, l.order_type, l.quantity, l.limit_price,"
-    " l.currency_code, l.state, l.state_reason, l.filled_quantity, l.fill_notional, l.created_at, l.updated_at"
+    " l.currency_code, l.state, l.state_reason, l.filled_quantity, l.fill_notional, l.created_at, l.updated_at,"
+    " l.modification_id, l.modification_idempotency_key, l.requested_quantity, l.requested_limit_price,"
+    " l.modification_status, l.modification_reason"
 )
 
 
@@ -84,6 +103,16 @@ def _leg(row: asyncpg.Record, fills: tuple[FillRecord, ...] = (), fill_count: in
         updated_at=row["updated_at"],
         fills=fills,
         fill_count=fill_count,
+        modification=None
+        if row["modification_id"] is None
+        else ModificationRecord(
+            row["modification_id"],
+            row["modification_idempotency_key"],
+            row["requested_quantity"],
+            row["requested_limit_price"],
+            ModificationStatus(row["modification_status"]),
+            row["modification_reason"],
+        ),
     )
 
 
@@ -232,3 +261,50 @@ async def insert_leg_transition(
         cause,
         evidence_ref,
     )
+
+
+async def record_modification(
+    connection: asyncpg.Connection,
+    leg_id: uuid.UUID,
+    modification_id: uuid.UUID,
+    idempotency_key: str,
+    quantity: Decimal | None,
+    limit_price: Decimal | None,
+) -> None:
+    """The leg's latest modification, PENDING: asked, not yet answered by the venue."""
+    await connection.execute(
+        "UPDATE legs SET modification_id = $2, modification_idempotency_key = $3, requested_quantity = $4,"
+        " requested_limit_price = $5, modification_status = 'PENDING', modification_reason = '' WHERE id = $1",
+        leg_id,
+        modification_id,
+        idempotency_key,
+        quantity,
+        limit_price,
+    )
+
+
+async def confirm_modification(connection: asyncpg.Connection, leg_id: uuid.UUID) -> None:
+    """The pending modification's terms are in force (legs_guard allows it while the leg is MODIFYING)."""
+    await connection.execute(
+        "UPDATE legs SET quantity = coalesce(requested_quantity, quantity),"
+        " limit_price = coalesce(requested_limit_price, limit_price), modification_status = 'CONFIRMED'"
+        " WHERE id = $1 AND modification_status = 'PENDING'",
+        leg_id,
+    )
+
+
+async def end_modification(
+    connection: asyncpg.Connection, leg_id: uuid.UUID, status: ModificationStatus, reason: str
+) -> None:
+    """The pending modification, if there is one, ended without changing the terms in force."""
+    await connection.execute(
+        "UPDATE legs SET modification_status = $2, modification_reason = $3"
+        " WHERE id = $1 AND modification_status = 'PENDING'",
+        leg_id,
+        status.value,
+        reason[:MODIFICATION_REASON_LENGTH_MAX],
+    )
+
+
+#: legs.modification_reason holds at most this many characters (a CHECK in PostgreSQL too).
+MODIFICATION_REASON_LENGTH_MAX = 1000

@@ -283,8 +283,24 @@ legs = sa.Table(
     sa.Index(
         "ix_legs_working_updated_at",
         "updated_at",
-        postgresql_where=sa.text("state IN ('SUBMITTED', 'PENDING', 'PARTIALLY_FILLED')"),
+        postgresql_where=sa.text("state IN ('SUBMITTED', 'PENDING', 'PARTIALLY_FILLED', 'MODIFYING')"),
     ),
+    # the latest modification (a cancel/replace at the venue) and its outcome; requested_quantity and
+    # requested_limit_price are the terms it asked
+    sa.Column("modification_id", UUID(as_uuid=True), nullable=True),
+    sa.Column("modification_idempotency_key", sa.Text, nullable=True),
+    sa.Column("modification_status", sa.Text, nullable=True),
+    sa.Column("modification_reason", sa.Text, nullable=False, server_default=""),
+    sa.CheckConstraint(
+        "modification_status IN ('PENDING', 'CONFIRMED', 'REFUSED', 'CANCELED')", name="modification_status_known"
+    ),
+    sa.CheckConstraint(
+        "(modification_id IS NULL) = (modification_status IS NULL)"
+        " AND (modification_id IS NULL) = (modification_idempotency_key IS NULL)",
+        name="modification_whole",
+    ),
+    sa.CheckConstraint("char_length(modification_idempotency_key) <= 255", name="modification_idempotency_key_length"),
+    sa.CheckConstraint("char_length(modification_reason) <= 1000", name="modification_reason_length"),
     sa.UniqueConstraint("order_id", "position"),
     sa.CheckConstraint("position >= 1", name="position_positive"),
     sa.CheckConstraint("instrument_symbol ~ '^[A-Za-z0-9._/-]{1,32}$'", name="instrument_symbol"),

@@ -51,7 +51,14 @@ correction that needs a person opens a `CORRECTION_NEEDS_APPROVAL` case holding 
 {_corrections_table()}
 ## Order leg
 
-Exactly the table in `server/domain/order_legs.py`.
+Exactly the table in `server/domain/order_legs.py`. A leg is one child order at the venue.
+`MODIFYING` is a cancel/replace (`ModifyLeg`) waiting for the venue's answer, under the old terms:
+it starts from a working leg (`PENDING`, `PARTIALLY_FILLED`) or a `FILLED` one (whose quantity may
+only grow, re-opening it). `MODIFYING --> MODIFYING` is a fill the venue made under the old terms.
+The venue's answer, confirmed or refused, moves the leg to what its fills say under the terms then
+in force (`PENDING`, `PARTIALLY_FILLED` or `FILLED`), so a refused modification never rejects a leg;
+the outcome is kept as the leg's modification status. `MODIFYING --> REJECTED` is the venue refusing
+the order itself, only while nothing has filled.
 
 ```mermaid
 {LEG_MACHINE.mermaid()}```

@@ -14,8 +14,16 @@ from typing import Any
 from server.domain.errors import FieldViolation, InvalidArgument, echo
 from server.domain.identifiers import parse_uuid
 from server.domain.money import EXACT, MoneyError, parse_currency
-from server.domain.order_legs import DECIMAL_MAX, QUANTITY_SCALE_MAX
+from server.domain.order_legs import (
+    DECIMAL_MAX,
+    LEG_MACHINE,
+    MODIFIABLE_STATES,
+    QUANTITY_SCALE_MAX,
+    LegState,
+    ModificationPending,
+)
 from server.domain.payments import validate_idempotency_key
+from server.domain.state_machine import IllegalTransition
 
 SUBMIT_ORDER_OPERATION = "orders.submit"
 MODIFY_LEG_OPERATION = "legs.modify"
@@ -214,6 +222,43 @@ def validate_modify_leg(
     if violations:
         raise InvalidArgument(violations)
     return ModifyLeg(idempotency_key, order_uuid, leg_uuid, quantity, price)
+
+
+def check_modification_fits_type(request: ModifyLeg, order_type: OrderType) -> None:
+    """What no leg of this type can take, whatever its state: INVALID_ARGUMENT, checked before the key."""
+    if request.new_limit_price is not None and order_type is not OrderType.LIMIT:
+        raise InvalidArgument([FieldViolation("new_limit_price", "only a LIMIT leg has a limit price")])
+
+
+def check_modification(request: ModifyLeg, state: LegState, terms: LegSpec, filled: Decimal, subject: str) -> None:
+    """May this leg, as it stands, be amended as asked? A leg is amended at the venue (cancel/replace)
+    while it is working there (PENDING, PARTIALLY_FILLED) or once FILLED, one modification at a time.
+
+    FAILED_PRECONDITION (IllegalTransition, ModificationPending) for a leg in another state, naming it;
+    INVALID_ARGUMENT for terms the leg cannot take: a quantity below what has filled, terms equal to
+    those in force, or, for a FILLED leg, anything but a larger quantity (nothing of it works at the
+    venue to reprice or to shrink). Checked after the key, since the leg's state and fills move on and a
+    replay must still replay.
+    """
+    if state is LegState.MODIFYING:
+        raise ModificationPending(subject)
+    if state not in MODIFIABLE_STATES:
+        raise IllegalTransition(LEG_MACHINE.name, state.value, LegState.MODIFYING.value, subject)
+    quantity = terms.quantity if request.new_quantity is None else request.new_quantity
+    limit_price = terms.limit_price if request.new_limit_price is None else request.new_limit_price
+    asked = "new_quantity" if request.new_quantity is not None else "new_limit_price"
+    if request.new_quantity is not None and request.new_quantity < filled:
+        violation = FieldViolation("new_quantity", f"must be at least the filled quantity, {filled}")
+    elif (quantity, limit_price) == (terms.quantity, terms.limit_price):
+        in_force = f"quantity {terms.quantity}" + ("" if terms.limit_price is None else f", limit {terms.limit_price}")
+        violation = FieldViolation(asked, f"changes nothing: the leg's terms in force are {in_force}")
+    elif state is LegState.FILLED and quantity == filled:
+        violation = FieldViolation(
+            asked, f"a FILLED leg has nothing working to change: only a new_quantity above the filled {filled}"
+        )
+    else:
+        return
+    raise InvalidArgument([violation])
 
 
 def validate_close_leg(idempotency_key: str, order_id: str, leg_id: str, reason: str) -> CloseLeg:

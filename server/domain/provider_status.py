@@ -58,10 +58,14 @@ class VenueReport(enum.StrEnum):
     FILL = "FILL"
     REJECTED = "REJECTED"
     CLOSED = "CLOSED"
-    #: a modification was confirmed
+    #: a modification was confirmed: its terms are in force
     MODIFIED = "MODIFIED"
-    #: a modification was refused
+    #: a modification was refused: the terms in force did not change
     MODIFY_REFUSED = "MODIFY_REFUSED"
+
+
+#: The venue's answers to a modification (they move a leg through answer_modification, not a status).
+MODIFICATION_ANSWERS = frozenset({VenueReport.MODIFIED, VenueReport.MODIFY_REFUSED})
 
 
 R = VenueReport
@@ -84,14 +88,24 @@ VENUE_EXEC_TYPES: dict[str, dict[str, VenueReport]] = {
     },
 }
 
-#: The leg state each non-fill report moves a leg to (fills move it through apply_fill).
+#: venue -> {the status word of an order's modification, lower case -> the answer it gives}; a word
+#: not here (pending, canceled) answers nothing.
+VENUE_MODIFICATION_STATUSES: dict[str, dict[str, VenueReport]] = {
+    "simulator": {"confirmed": R.MODIFIED, "rejected": R.MODIFY_REFUSED},
+}
+
+#: The leg state each status report moves a leg to (fills move it through apply_fill, the answers to a
+#: modification through answer_modification).
 LEG_STATE_FOR_REPORT: dict[VenueReport, LegState] = {
     R.ACKNOWLEDGED: LegState.PENDING,
     R.REJECTED: LegState.REJECTED,
     R.CLOSED: LegState.CLOSED,
-    R.MODIFIED: LegState.FILLED,
-    R.MODIFY_REFUSED: LegState.REJECTED,
 }
+
+
+def modification_answer_for(venue: str, status: str) -> VenueReport | None:
+    """What a venue's word for a modification's status answers (MODIFIED, MODIFY_REFUSED), if anything."""
+    return VENUE_MODIFICATION_STATUSES.get(venue, {}).get(status.strip().lower())
 
 
 def venue_report_for(venue: str, exec_type: str) -> VenueReport:

@@ -20,10 +20,19 @@ only field Ballast may not know is the venue order id, before a fitting report n
     filled_quantity     the most the leg may fill (its     its cumulative        a finite decimal from
                         quantity, or a larger one asked    filled quantity       0 to Ballast's value
                         in a pending modification)
+    quantity            only in a confirmation of the      the order's           equal, as numbers
+                        pending modification: the          quantity
+                        quantity it asked, or the one
+                        in force if it asked none
+    limit_price         likewise, the limit price          the order's limit     equal, as numbers
+                                                           price
 
-Not in the rule, on purpose: the order's own quantity and limit price (a report sent before a
-modification and delivered after it states the old terms, and fits), a fill's own quantity and
-price (apply_fill refuses a fill that is not positive or that overfills the leg: a contradiction).
+A report confirms the pending modification when it is the venue's answer to it (`replaced`, naming
+that modification's key or none), or when any report states that modification (by its key) as
+confirmed. Outside a confirmation, the order's quantity and limit price are not in the rule, on
+purpose: a report sent before a modification and delivered after it states the old terms, and fits.
+Neither are a fill's own quantity and price (apply_fill refuses a fill that is not positive or that
+overfills the leg: a contradiction).
 """
 
 from __future__ import annotations
@@ -47,6 +56,8 @@ class FitField(enum.StrEnum):
     SIDE = "side"
     CURRENCY = "currency"
     FILLED_QUANTITY = "filled_quantity"
+    QUANTITY = "quantity"
+    LIMIT_PRICE = "limit_price"
 
 
 class Rule(enum.StrEnum):
@@ -54,6 +65,16 @@ class Rule(enum.StrEnum):
 
     EQUAL = "equal"
     AT_MOST = "at_most"
+
+
+@dataclass(frozen=True)
+class PendingModification:
+    """A modification sent to the venue and not answered yet, with the terms it would put in force."""
+
+    #: its id, sent as the venue's idempotency key: the key a venue's answer names it by
+    id: str
+    quantity: Decimal
+    limit_price: Decimal | None
 
 
 @dataclass(frozen=True)
@@ -67,6 +88,7 @@ class KnownLeg:
     currency: str
     #: the most the leg may fill: its quantity, or a larger one asked in a pending modification
     quantity_max: Decimal
+    modification: PendingModification | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +105,13 @@ class VenueClaims:
     currency: str | None = None
     #: the order's cumulative filled quantity, as the venue wrote it
     filled_quantity: str | None = None
+    #: the order's terms in force, as the venue wrote them
+    quantity: str | None = None
+    limit_price: str | None = None
+    #: the order's latest modification: the key it was sent under, its status and why it was refused
+    modification_key: str | None = None
+    modification_status: str | None = None
+    modification_reason: str | None = None
 
     def as_evidence(self) -> dict[str, str]:
         """The stated fields, for a case."""
@@ -102,8 +131,9 @@ class Misfit:
         return {"field": self.field.value, "ballast": self.ballast, "venue": self.venue, "rule": self.rule.value}
 
 
-def misfits(known: KnownLeg, claims: VenueClaims) -> tuple[Misfit, ...]:
-    """Every field where `claims` contradicts `known`, in the table's order; () when the report fits."""
+def misfits(known: KnownLeg, claims: VenueClaims, *, confirms_modification: bool = False) -> tuple[Misfit, ...]:
+    """Every field where `claims` contradicts `known`, in the table's order; () when the report fits.
+    `confirms_modification`: the report confirms the pending modification, so its terms are compared."""
     found: list[Misfit] = []
     stated_id = claims.venue_order_id
     if stated_id is not None and known.venue_order_id is not None and stated_id != known.venue_order_id:
@@ -122,25 +152,52 @@ def misfits(known: KnownLeg, claims: VenueClaims) -> tuple[Misfit, ...]:
     filled = claims.filled_quantity
     if filled is not None and not _within(filled, known.quantity_max):
         found.append(Misfit(FitField.FILLED_QUANTITY, format(known.quantity_max, "f"), filled, Rule.AT_MOST))
+    asked = known.modification
+    if confirms_modification and asked is not None:
+        for term, asked_value, stated_value in (
+            (FitField.QUANTITY, asked.quantity, claims.quantity),
+            (FitField.LIMIT_PRICE, asked.limit_price, claims.limit_price),
+        ):
+            if stated_value is not None and (asked_value is None or _number(stated_value) != asked_value):
+                found.append(Misfit(term, None if asked_value is None else format(asked_value, "f"), stated_value))
     return tuple(found)
+
+
+def answers_pending(known: KnownLeg, claims: VenueClaims, *, key_required: bool) -> bool:
+    """Is `claims` about the leg's pending modification? It names it by its key, or (unless
+    `key_required`: a report that is not itself an answer to a modification) names none."""
+    if known.modification is None:
+        return False
+    if claims.modification_key is None:
+        return not key_required
+    return claims.modification_key == known.modification.id
+
+
+def _number(text: str) -> Decimal | None:
+    """`text` as a finite decimal; None when it is not one (and so equals no term Ballast holds)."""
+    try:
+        value = Decimal(text.strip())
+    except decimal.InvalidOperation:
+        return None
+    return value if value.is_finite() else None
 
 
 def _within(text: str, bound: Decimal) -> bool:
     """Is `text` a finite decimal from 0 to `bound`? Anything else cannot be a leg's filled quantity."""
-    try:
-        value = Decimal(text.strip())
-    except decimal.InvalidOperation:
-        return False
-    return value.is_finite() and 0 <= value <= bound
+    value = _number(text)
+    return value is not None and 0 <= value <= bound
 
 
 def claims_from_order(order: Mapping[str, Any]) -> VenueClaims:
     """What a broker venue's order object states (a webhook's `data.object`, or the status inquiry's
-    answer): its `id`, `symbol`, `side`, `currency`, and the cumulative filled quantity (its
-    execution's `cumulative_quantity` when it carries one, else the order's `filled_quantity`) and
-    the execution's `order_id`."""
+    answer): its `id`, `symbol`, `side`, `currency`, the cumulative filled quantity (its
+    execution's `cumulative_quantity` when it carries one, else the order's `filled_quantity`), the
+    execution's `order_id`, its terms (`quantity`, `limit_price`) and its latest `modification`
+    (`idempotency_key`, `status`, `reason`)."""
     execution = order.get("execution")
     execution = execution if isinstance(execution, Mapping) else {}
+    modification = order.get("modification")
+    modification = modification if isinstance(modification, Mapping) else {}
     cumulative = execution.get("cumulative_quantity")
     return VenueClaims(
         venue_order_id=stated(order.get("id")),
@@ -149,4 +206,9 @@ def claims_from_order(order: Mapping[str, Any]) -> VenueClaims:
         side=stated(order.get("side")),
         currency=stated(order.get("currency")),
         filled_quantity=stated(cumulative if cumulative is not None else order.get("filled_quantity")),
+        quantity=stated(order.get("quantity")),
+        limit_price=stated(order.get("limit_price")),
+        modification_key=stated(modification.get("idempotency_key")),
+        modification_status=stated(modification.get("status")),
+        modification_reason=stated(modification.get("reason")),
     )

@@ -1,5 +1,5 @@
 """Order use cases: submit, read, modify and close legs (from the API), and the venue's answers
-(acknowledge, reject, fill, confirm a modification) that later arrive as evidence.
+(acknowledge, reject, fill, confirm or refuse a modification) that later arrive as evidence.
 
 Every change runs in one transaction under the leg's row lock and writes the leg transition, the
 outbox event and the audit entry with it.
@@ -19,15 +19,26 @@ from server.db.idempotency_repository import claim_key
 from server.db.orders_repository import LegRecord, OrderRecord
 from server.domain.errors import FieldViolation, InvalidArgument, NotFound
 from server.domain.identity import Principal
-from server.domain.order_legs import LEG_MACHINE, Fill, Leg, LegState, apply_fill, check_venue_state
+from server.domain.order_legs import (
+    LEG_MACHINE,
+    Fill,
+    FillError,
+    Leg,
+    LegState,
+    ModificationStatus,
+    answer_modification,
+    apply_fill,
+    check_venue_state,
+)
 from server.domain.orders import (
     CLOSE_LEG_OPERATION,
     MODIFY_LEG_OPERATION,
     SUBMIT_ORDER_OPERATION,
     CloseLeg,
     ModifyLeg,
-    OrderType,
     SubmitOrder,
+    check_modification,
+    check_modification_fits_type,
 )
 from server.outbox.writer import append_audit, write_event
 from server.services.paging import decode_cursor, encode_cursor
@@ -162,30 +173,18 @@ async def _reread(connection: asyncpg.Connection, leg_id: uuid.UUID) -> LegRecor
     return leg
 
 
-def _check_modification_fits(request: ModifyLeg, leg: LegRecord) -> None:
-    violations = []
-    if request.new_limit_price is not None and leg.spec.order_type is not OrderType.LIMIT:
-        violations.append(FieldViolation("new_limit_price", "only a LIMIT leg has a limit price"))
-    filled = leg.filled_quantity
-    if request.new_quantity is not None and request.new_quantity < filled:
-        violations.append(FieldViolation("new_quantity", f"must be at least the filled quantity, {filled}"))
-    elif request.new_quantity is not None and leg.state is LegState.FILLED and request.new_quantity != filled:
-        # FILLED -> MODIFYING -> FILLED is the only path: a filled leg cannot grow back into a working one.
-        violations.append(FieldViolation("new_quantity", f"a filled leg's quantity is what filled, {filled}"))
-    if violations:
-        raise InvalidArgument(violations)
-
-
 async def modify_leg(database: Database, principal: Principal, request: ModifyLeg, budget: Budget) -> LegResult:
-    """FILLED -> MODIFYING, recording what is asked of the venue; the venue's answer comes later.
+    """A cancel/replace of the leg's order at the venue: the leg goes MODIFYING under its old terms,
+    and the modification is queued for the venue with it; the venue's answer comes later.
 
-    Checks run in the order a caller can act on: the request against the leg (INVALID_ARGUMENT), the
-    key (a replay, or FAILED_PRECONDITION for a reused key), then the leg's state (FAILED_PRECONDITION).
+    Checks run in the order a caller can act on: what no leg of its type takes (INVALID_ARGUMENT),
+    the key (a replay, or FAILED_PRECONDITION for a reused key), then the leg as it stands: its state
+    (FAILED_PRECONDITION) and the terms it can take (INVALID_ARGUMENT). A refusal keeps no key.
     """
 
     async def work(connection: asyncpg.Connection) -> LegResult:
         leg = await _client_leg(connection, principal, request.order_id, request.leg_id)
-        _check_modification_fits(request, leg)
+        check_modification_fits_type(request, leg.spec.order_type)
         claimed = await claim_key(
             connection,
             principal.client_id,
@@ -196,16 +195,23 @@ async def modify_leg(database: Database, principal: Principal, request: ModifyLe
         )
         if claimed.replayed:
             return LegResult(leg, replayed=True)
-        await connection.execute(
-            "UPDATE legs SET requested_quantity = $2, requested_limit_price = $3 WHERE id = $1",
-            leg.id,
-            request.new_quantity,
-            request.new_limit_price,
+        check_modification(request, leg.state, leg.spec, leg.filled_quantity, f"leg {leg.id}")
+        terms = {"quantity": request.new_quantity, "limit_price": request.new_limit_price}
+        asked = {name: format(value, "f") for name, value in terms.items() if value is not None}
+        modification_id = await queue_venue_instruction(connection, leg.id, "modify", asked)
+        await orders_repository.record_modification(
+            connection, leg.id, modification_id, request.idempotency_key, request.new_quantity, request.new_limit_price
         )
         evidence = f"api:{principal.client_id}:{request.idempotency_key}"
-        await _change_leg_state(connection, leg, LegState.MODIFYING, "api.modify_leg", evidence, principal.client_id)
-        terms = {"quantity": request.new_quantity, "limit_price": request.new_limit_price}
-        await queue_venue_instruction(connection, leg.id, "modify", {k: format(v, "f") for k, v in terms.items() if v})
+        await _change_leg_state(
+            connection,
+            leg,
+            LegState.MODIFYING,
+            "api.modify_leg",
+            evidence,
+            principal.client_id,
+            {"modification_id": str(modification_id)} | {f"new_{name}": value for name, value in asked.items()},
+        )
         return LegResult(await _reread(connection, leg.id), replayed=False)
 
     return await in_transaction(database, budget, work)
@@ -220,6 +226,9 @@ async def close_leg(database: Database, principal: Principal, request: CloseLeg,
         if claimed.replayed:
             return LegResult(leg, replayed=True)
         await connection.execute("UPDATE legs SET state_reason = $2 WHERE id = $1", leg.id, request.reason)
+        await orders_repository.end_modification(
+            connection, leg.id, ModificationStatus.CANCELED, "the leg was closed before the venue answered"
+        )
         evidence = f"api:{principal.client_id}:{request.idempotency_key}"
         await _change_leg_state(
             connection, leg, LegState.CLOSED, "api.close_leg", evidence, principal.client_id, {"reason": request.reason}
@@ -253,7 +262,7 @@ async def queue_venue_instruction(
 async def apply_venue_state(
     database: Database, leg_id: uuid.UUID, to_state: LegState, evidence_ref: str, budget: Budget, reason: str = ""
 ) -> LegRecord:
-    """The venue acknowledged (PENDING), rejected (REJECTED), closed (CLOSED) or confirmed a modification (FILLED)."""
+    """The venue acknowledged (PENDING), rejected (REJECTED) or closed (CLOSED) the leg's order."""
 
     async def work(connection: asyncpg.Connection) -> LegRecord:
         return await venue_state_on(connection, leg_id, to_state, evidence_ref, reason)
@@ -264,21 +273,58 @@ async def apply_venue_state(
 async def venue_state_on(
     connection: asyncpg.Connection, leg_id: uuid.UUID, to_state: LegState, evidence_ref: str, reason: str = ""
 ) -> LegRecord:
-    """apply_venue_state in the caller's transaction. Raises IllegalTransition or FillError before writing."""
+    """apply_venue_state in the caller's transaction. Raises IllegalTransition or FillError before writing.
+
+    A pending modification ends with the order (CANCELED): the venue will not answer it."""
     leg = await _reread(connection, leg_id)
     if leg.state is to_state:
         return leg  # the venue repeating itself
-    check_venue_state(leg.state, to_state, subject=f"leg {leg.id}")
-    if leg.state is LegState.MODIFYING and to_state is LegState.FILLED:
-        await connection.execute(
-            "UPDATE legs SET quantity = coalesce(requested_quantity, quantity),"
-            " limit_price = coalesce(requested_limit_price, limit_price),"
-            " requested_quantity = NULL, requested_limit_price = NULL WHERE id = $1",
-            leg.id,
-        )
+    check_venue_state(leg.state, to_state, subject=f"leg {leg.id}", filled=leg.filled_quantity)
     if reason:
         await connection.execute("UPDATE legs SET state_reason = $2 WHERE id = $1", leg.id, reason[:500])
+    if leg.state is LegState.MODIFYING:
+        why = f"the venue {'rejected' if to_state is LegState.REJECTED else 'closed'} the order before answering"
+        await orders_repository.end_modification(connection, leg.id, ModificationStatus.CANCELED, why)
     await _change_leg_state(connection, leg, to_state, "venue", evidence_ref, "venue")
+    return await _reread(connection, leg.id)
+
+
+async def apply_modification_answer(
+    database: Database, leg_id: uuid.UUID, confirmed: bool, evidence_ref: str, budget: Budget, reason: str = ""
+) -> LegRecord:
+    """The venue confirmed (`confirmed`) or refused the leg's pending modification."""
+
+    async def work(connection: asyncpg.Connection) -> LegRecord:
+        return await modification_answer_on(connection, leg_id, confirmed, evidence_ref, reason)
+
+    return await in_transaction(database, budget, work)
+
+
+async def modification_answer_on(
+    connection: asyncpg.Connection, leg_id: uuid.UUID, confirmed: bool, evidence_ref: str, reason: str = ""
+) -> LegRecord:
+    """apply_modification_answer in the caller's transaction: a confirmation puts the modification's terms
+    in force, a refusal keeps the old ones; either way the leg leaves MODIFYING for what its fills say
+    under the terms then in force. Raises FillError (no modification waiting, or a confirmed quantity
+    below what has filled) before writing."""
+    leg = await _reread(connection, leg_id)
+    asked = leg.modification
+    if asked is None or asked.status is not ModificationStatus.PENDING:
+        raise FillError(f"leg {leg.id}: no modification is waiting for the venue's answer")
+    quantity = leg.spec.quantity
+    if confirmed and asked.quantity is not None:
+        quantity = asked.quantity
+    domain_leg = Leg(leg.spec.quantity, leg.state, leg.filled_quantity, leg.fill_notional)
+    to_state = answer_modification(domain_leg, quantity, subject=f"leg {leg.id}")
+    if confirmed:
+        await orders_repository.confirm_modification(connection, leg.id)
+    else:
+        why = reason or "the venue refused the modification"
+        await orders_repository.end_modification(connection, leg.id, ModificationStatus.REFUSED, why)
+    outcome = ModificationStatus.CONFIRMED if confirmed else ModificationStatus.REFUSED
+    cause = f"venue.modification_{outcome.value.lower()}"
+    extra = {"modification_id": str(asked.id), "modification": outcome.value, "quantity": format(quantity, "f")}
+    await _change_leg_state(connection, leg, to_state, cause, evidence_ref, "venue", extra)
     return await _reread(connection, leg.id)
 
 

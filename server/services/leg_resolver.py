@@ -2,7 +2,9 @@
 
 A leg the venue never saw, still SUBMITTED, is sent again under the same key. A leg the venue has:
 its status applied, and, when it has fills, each fill the venue lists, once per execution id, so
-fills whose webhooks were dropped are recovered. An answer that does not fit the leg (another
+fills whose webhooks were dropped are recovered; for a MODIFYING leg, the venue's answer to its
+modification, when the venue's order states it (by the key it was sent under), is applied first, so a
+dropped `replaced` or `modify_rejected` is recovered too. An answer that does not fit the leg (another
 venue order id, symbol, side, currency, or more filled than the leg holds) moves nothing: its status
 and fills are not applied, and the leg's evidence-mismatch case keeps the answer. Working legs are
 checked again, ever less often; a SUBMITTED leg nobody can find out about ends in a case.
@@ -32,7 +34,7 @@ log = structlog.get_logger(__name__)
 _CLAIM_LEGS = """
 WITH due AS (
     SELECT id FROM legs
-    WHERE state IN ('SUBMITTED', 'PENDING', 'PARTIALLY_FILLED')
+    WHERE state IN ('SUBMITTED', 'PENDING', 'PARTIALLY_FILLED', 'MODIFYING')
       AND coalesce(
             next_check_at,
             updated_at + make_interval(secs => CASE state WHEN 'SUBMITTED' THEN $2::float8 ELSE $3::float8 END)
@@ -47,6 +49,10 @@ RETURNING l.id, l.state, l.check_attempts
 """
 
 
+#: The legs the venue may still move without Ballast hearing of it (the claim's SQL names them too).
+WORKING_STATES = frozenset({LegState.SUBMITTED, LegState.PENDING, LegState.PARTIALLY_FILLED, LegState.MODIFYING})
+
+
 @dataclass(frozen=True)
 class _ClaimedLeg:
     id: uuid.UUID
@@ -59,8 +65,9 @@ class OrderResolverSettings(CheckSettings):
     #: A leg still SUBMITTED (its send timed out, or was never answered) is first checked after this;
     #: after checks_max checks without an answer, a case is opened.
     submitted_grace_s: float = 2.0
-    #: A working leg (PENDING, PARTIALLY_FILLED) is checked this long after its last change, in case
-    #: fills were reported by webhooks that never arrived; then ever less often, up to working_check_max_s.
+    #: A working leg (PENDING, PARTIALLY_FILLED, MODIFYING) is checked this long after its last change, in
+    #: case fills or answers were reported by webhooks that never arrived; then ever less often, up to
+    #: working_check_max_s.
     working_check_s: float = 60.0
     working_check_max_s: float = 3600.0
 
@@ -118,7 +125,7 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
         reference = f"{venue.provider}:{venue_order_id or 'inquiry:' + key}"
         now_state = await self._apply(leg_id, report, executions, reference, reason, answer)
         CHECKS.labels("leg_checked").inc()
-        if now_state in (LegState.SUBMITTED, LegState.PENDING, LegState.PARTIALLY_FILLED):
+        if now_state in WORKING_STATES:
             await self._later(leg_id, now_state, attempts, "still working at the venue")
 
     async def _spec(self, leg_id: uuid.UUID) -> LegSpec:
@@ -154,6 +161,7 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
                 venue_order_id=answer.venue_order_id if answer else None,
                 order=order,
                 answer=body,
+                venue=self._venue.provider,
             )
             if report is VenueReport.FILL and verdict != "misfit":
                 for execution in executions:

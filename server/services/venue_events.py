@@ -8,6 +8,13 @@ machine allows (fills through apply_fill, once per execution id). An acknowledge
 after the leg moved on is late and changes nothing. Any other report the machine refuses (a fill
 after a rejection, a rejection after fills) contradicts what the venue said before: nothing moves,
 and an investigation case is opened for the leg with the evidence.
+
+The venue's answer to a modification (confirmed, refused) applies to the leg's pending modification,
+named by its key (the id it was sent under) or by none. An answer naming another modification, or
+arriving when none is pending, is late and changes nothing. A confirmation must state the terms the
+modification asked, or it is a misfit. Any report that states the pending modification as answered
+(a fill made under the new terms, overtaking the `replaced` report; the status inquiry's answer)
+applies that answer first, on its own evidence, as a fill proves an acknowledgement.
 """
 
 from __future__ import annotations
@@ -24,11 +31,24 @@ import structlog
 from server.db import cases_repository
 from server.domain.errors import NotFound
 from server.domain.order_legs import Fill, FillError, LegState
-from server.domain.provider_status import LEG_STATE_FOR_REPORT, VenueReport
+from server.domain.provider_status import (
+    LEG_STATE_FOR_REPORT,
+    MODIFICATION_ANSWERS,
+    VenueReport,
+    modification_answer_for,
+)
 from server.domain.state_machine import IllegalTransition
 from server.domain.stated import stated
-from server.domain.venue_evidence import KnownLeg, Misfit, VenueClaims, claims_from_order, misfits
-from server.services.execution import fill_on, venue_state_on
+from server.domain.venue_evidence import (
+    KnownLeg,
+    Misfit,
+    PendingModification,
+    VenueClaims,
+    answers_pending,
+    claims_from_order,
+    misfits,
+)
+from server.services.execution import fill_on, modification_answer_on, venue_state_on
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +60,8 @@ EVIDENCE_MISMATCH_CASE = "EVIDENCE_MISMATCH"
 ANSWER_KEPT_LENGTH_MAX = 8000
 
 _KNOWN_LEG = """
-SELECT venue_order_id, instrument_symbol, side, currency_code, greatest(quantity, requested_quantity) AS quantity_max
+SELECT venue_order_id, instrument_symbol, side, currency_code, quantity, limit_price, modification_id,
+       modification_status = 'PENDING' AS modification_pending, requested_quantity, requested_limit_price
 FROM legs WHERE id = $1 FOR UPDATE
 """
 
@@ -57,37 +78,64 @@ async def apply_venue_report(
     venue_order_id: str | None = None,
     order: Mapping[str, Any] | None = None,
     answer: bytes | None = None,
+    venue: str | None = None,
+    modification_id: str | None = None,
 ) -> str:
     """'applied' (or a repeat, which changes nothing), 'stale', 'contradiction', or 'misfit'.
 
     `order` is the venue's order object as it sent it (a webhook's `data.object`, an inquiry's
     answer): what it states must fit the leg. `venue_order_id` stands for the order's id when it
-    states none. `answer`, the venue's answer as received, is kept in a misfit's case (a webhook's
-    delivery is kept by the intake). Raises NotFound for a leg Ballast does not have.
+    states none, `modification_id` for the key of the modification it answers. `venue` names whose
+    words the order's modification status is in. `answer`, the venue's answer as received, is kept in
+    a misfit's case (a webhook's delivery is kept by the intake). Raises NotFound for a leg Ballast
+    does not have.
     """
     said = VenueClaims() if order is None else claims_from_order(order)
     if said.venue_order_id is None and venue_order_id is not None:
         said = replace(said, venue_order_id=venue_order_id)
+    if said.modification_key is None and modification_id is not None:
+        said = replace(said, modification_key=modification_id)
     known = await _known_leg(connection, leg_id)
-    found = misfits(known, said)
+    confirmed = _answer(report, said, known, venue)
+    found = misfits(known, said, confirms_modification=confirmed is True)
     if found:
         await _open_misfit_case(connection, leg_id, report, evidence_ref, found, said, fill, answer)
         return "misfit"
     if said.venue_order_id is not None and known.venue_order_id is None:  # kept the first time it is named
         await connection.execute("UPDATE legs SET venue_order_id = $2 WHERE id = $1", leg_id, said.venue_order_id)
+    if report in MODIFICATION_ANSWERS and confirmed is None:
+        return "stale"  # an answer to a modification that is no longer pending (or never was)
+    answered = False
     try:
+        if confirmed is not None:
+            why = reason or said.modification_reason or ""
+            await modification_answer_on(connection, leg_id, confirmed, evidence_ref, why)
+            answered = True
         if report is VenueReport.FILL:
             if fill is None or fill_time is None:
                 raise FillError(f"leg {leg_id}: a fill report without its execution")
             await _fill(connection, leg_id, fill, fill_time, evidence_ref)
-        else:
+        elif report not in MODIFICATION_ANSWERS:
             await venue_state_on(connection, leg_id, LEG_STATE_FOR_REPORT[report], evidence_ref, reason)
     except (IllegalTransition, FillError) as refused:
-        if report is VenueReport.ACKNOWLEDGED:
-            return "stale"  # an acknowledgement overtaken by what followed it
+        if report is VenueReport.ACKNOWLEDGED:  # an acknowledgement overtaken by what followed it
+            return "applied" if answered else "stale"
         await _open_case(connection, leg_id, report, evidence_ref, str(refused))
         return "contradiction"
     return "applied"
+
+
+def _answer(report: VenueReport, said: VenueClaims, known: KnownLeg, venue: str | None) -> bool | None:
+    """Does this report answer the leg's pending modification: True confirmed, False refused, None not?
+
+    The venue's answer (MODIFIED, MODIFY_REFUSED) answers it unless it names another modification; any
+    other report only by naming the pending modification's key with a status that answers it."""
+    if report in MODIFICATION_ANSWERS:
+        return report is VenueReport.MODIFIED if answers_pending(known, said, key_required=False) else None
+    if venue is None or said.modification_status is None or not answers_pending(known, said, key_required=True):
+        return None
+    stated_answer = modification_answer_for(venue, said.modification_status)
+    return None if stated_answer is None else stated_answer is VenueReport.MODIFIED
 
 
 async def _fill(
@@ -118,8 +166,20 @@ async def _known_leg(connection: asyncpg.Connection, leg_id: uuid.UUID) -> Known
     row = await connection.fetchrow(_KNOWN_LEG, leg_id)
     if row is None:
         raise NotFound("leg", str(leg_id))
+    quantity, pending = row["quantity"], None
+    if row["modification_pending"]:
+        pending = PendingModification(
+            str(row["modification_id"]),
+            row["requested_quantity"] or quantity,
+            row["requested_limit_price"] or row["limit_price"],
+        )
     return KnownLeg(
-        row["venue_order_id"], row["instrument_symbol"], row["side"], row["currency_code"], row["quantity_max"]
+        row["venue_order_id"],
+        row["instrument_symbol"],
+        row["side"],
+        row["currency_code"],
+        quantity if pending is None else max(quantity, pending.quantity),
+        pending,
     )
 
 

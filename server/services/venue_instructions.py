@@ -3,8 +3,8 @@
 ModifyLeg and CloseLeg queue their instruction in the transaction that moves the leg, so it cannot
 be lost. The sender claims due instructions with FOR UPDATE SKIP LOCKED and a lease, and sends each
 under its own id as the venue's idempotency key, so a resend is the same instruction. Sent: done.
-Refused: a refused modification rejects the leg's modification (MODIFYING -> REJECTED); a refused
-cancel means the order is final at the venue already. No answer: it is sent again with backoff;
+Refused: a refused modification is the venue's answer to it (the leg leaves MODIFYING under its old
+terms); a refused cancel means the order is final at the venue already. No answer: it is sent again with backoff;
 after `checks_max` attempts a case is opened for the leg. The API call that queued it sends it at once too.
 """
 
@@ -119,9 +119,17 @@ class InstructionSender(CheckLoop[_Instruction]):
         log.info("venue.instruction_refused", instruction=str(item.id), kind=item.kind, reason=reason)
 
         async def work(connection: asyncpg.Connection) -> None:
-            if item.kind == "modify":  # the leg's modification is over: rejected
+            if item.kind == "modify":  # the venue's answer to this modification: refused
                 reference = f"{self._venue.provider}:instruction:{item.id}"
-                await apply_venue_report(connection, item.leg_id, VenueReport.MODIFY_REFUSED, reference, reason=reason)
+                await apply_venue_report(
+                    connection,
+                    item.leg_id,
+                    VenueReport.MODIFY_REFUSED,
+                    reference,
+                    reason=reason,
+                    venue=self._venue.provider,
+                    modification_id=str(item.id),
+                )
             await connection.execute(
                 "UPDATE venue_instructions SET done_at = now(), outcome = $2 WHERE id = $1", item.id, reason
             )

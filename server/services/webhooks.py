@@ -460,6 +460,7 @@ def _leg_handler(source: WebhookSource, event: _Event, leg_id: uuid.UUID, exec_t
             reason=event.reason,
             venue_order_id=event.provider_object_id,
             order=event.data,  # what it states of the venue's order (id, symbol, side, fills) must fit the leg
+            venue=source.provider,
         )
         return Outcome(verdict)
 

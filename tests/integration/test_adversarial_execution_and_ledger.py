@@ -419,7 +419,7 @@ def _first_use(world: World, operation: str, key: str, order_id: str, leg_id: st
     if operation == "SubmitOrder":
         return world.orders.SubmitOrder(_submit(key), metadata=world.merchant.metadata, timeout=5)
     if operation == "ModifyLeg":
-        return _modify(world, order_id, leg_id, key, new_limit_price="99")
+        return _modify(world, order_id, leg_id, key, new_quantity="12")
     if operation == "CloseLeg":
         return _close(world, order_id, leg_id, key)
     assert operation == "CreatePayment"
@@ -463,19 +463,19 @@ class TestIdempotencyKeys:
     ) -> None:
         order_id, leg_id = await _filled(world, database)
         modify_key, close_key = f"m-{uuid.uuid4()}", f"c-{uuid.uuid4()}"
-        modified = await _modify(world, order_id, leg_id, modify_key, new_limit_price="99.50")
+        modified = await _modify(world, order_id, leg_id, modify_key, new_quantity="12.50")
         closed = await _close(world, order_id, leg_id, close_key, reason="enough")
         assert (modified.replayed, modified.leg.state) == (False, execution_pb2.LEG_STATE_MODIFYING)
         assert (closed.replayed, closed.leg.state) == (False, execution_pb2.LEG_STATE_CLOSED)
         trail = await _leg_trail(pool, leg_id)
 
-        # "99.5" is the same price as "99.50": the same request.
-        again = await _modify(world, order_id, leg_id, modify_key, new_limit_price="99.5")
+        # "12.5" is the same quantity as "12.50": the same request.
+        again = await _modify(world, order_id, leg_id, modify_key, new_quantity="12.5")
         assert again.replayed and again.leg.id == leg_id
         assert (await _close(world, order_id, leg_id, close_key, reason="enough")).replayed
         for call in (
-            _modify(world, order_id, leg_id, modify_key, new_limit_price="99.51"),
-            _modify(world, order_id, leg_id, modify_key, new_quantity="10"),
+            _modify(world, order_id, leg_id, modify_key, new_quantity="12.51"),
+            _modify(world, order_id, leg_id, modify_key, new_limit_price="99"),
             _close(world, order_id, leg_id, close_key, reason="Enough"),
         ):
             error = await _rpc_error(call)
@@ -578,7 +578,7 @@ class TestModifyLeg:
         assert (row["state"], row["limit_price"], row["requested_limit_price"]) == ("FILLED", None, None)
         assert await _leg_trail(pool, leg_id) == trail
         assert not await _key_exists(pool, world.merchant.client_id, key)
-        modified = await _modify(world, order_id, leg_id, key, new_quantity="10")
+        modified = await _modify(world, order_id, leg_id, key, new_quantity="12")
         assert (modified.replayed, modified.leg.state) == (False, execution_pb2.LEG_STATE_MODIFYING)
 
     async def test_every_bad_field_of_a_modification_is_named_at_once(self, world: World) -> None:
@@ -661,51 +661,68 @@ class TestModifyLeg:
     async def test_the_venue_confirming_a_quantity_below_the_filled_one_is_a_named_refusal_and_changes_nothing(
         self, world: World, database: Database, pool: asyncpg.Pool
     ) -> None:
-        order_id, leg_id = await _filled(world, database, quantity="10")
-        try:
-            await _modify(world, order_id, leg_id, new_quantity="4")
-        except grpc.aio.AioRpcError as refused:  # refused up front: as good
-            assert refused.code() in (Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION)
-            return
-        trail = await _leg_trail(pool, leg_id)
-        with pytest.raises(BallastError):
-            await execution.apply_venue_state(database, uuid.UUID(leg_id), L.FILLED, "venue:modified", Budget.within(5))
-        row = await _leg_row(pool, leg_id)
-        assert (row["quantity"], row["filled_quantity"]) == (Decimal("10"), Decimal("10"))
-        assert await _leg_trail(pool, leg_id) == trail
-
-    @pytest.mark.parametrize("new_quantity", ["15", "9"])
-    async def test_a_filled_legs_quantity_cannot_be_modified_because_filled_means_filled_quantity_equals_quantity(
-        self, world: World, database: Database, pool: asyncpg.Pool, new_quantity: str
-    ) -> None:
-        """The leg machine has FILLED -> MODIFYING -> FILLED and no way back to PARTIALLY_FILLED: a larger
-        quantity would leave a FILLED leg that is not filled, a smaller one less than what already filled."""
-        order_id, leg_id = await _filled(world, database, quantity="10")
+        """Amended down to 6 with 4 filled, the venue fills 3 more under the old terms, then confirms 6."""
+        order_id, leg_id = await _working_leg(world, database, quantity="10")
+        await _fill(database, leg_id, "x-1", "4")
+        await _modify(world, order_id, leg_id, new_quantity="6")
+        await _fill(database, leg_id, "x-2", "3")  # under the old terms, while the venue had not answered
         row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
-        error = await _rpc_error(_modify(world, order_id, leg_id, new_quantity=new_quantity))
-        assert error.code() == Code.INVALID_ARGUMENT
-        assert field_violations(error) == {"new_quantity"}
+        assert (row["state"], row["filled_quantity"]) == ("MODIFYING", Decimal("7"))
+        with pytest.raises(FillError, match="below the 7 filled"):
+            await execution.apply_modification_answer(
+                database, uuid.UUID(leg_id), True, "venue:replaced", Budget.within(5)
+            )
         assert await _leg_row(pool, leg_id) == row
         assert await _leg_trail(pool, leg_id) == trail
-        same = await _modify(world, order_id, leg_id, new_quantity="10.000")
-        assert same.leg.state == execution_pb2.LEG_STATE_MODIFYING
 
-    async def test_a_rejected_modification_keeps_the_terms_in_force(
+    @pytest.mark.parametrize(
+        ("fields", "field"),
+        [
+            ({"new_quantity": "9"}, "new_quantity"),  # below what filled
+            ({"new_quantity": "10.000"}, "new_quantity"),  # what is in force: changes nothing
+            ({"new_limit_price": "99"}, "new_limit_price"),  # nothing of a filled leg works to reprice
+            ({"new_quantity": "10", "new_limit_price": "99"}, "new_quantity"),
+        ],
+    )
+    async def test_a_filled_leg_is_modified_only_by_a_larger_quantity_which_re_opens_it(
+        self, world: World, database: Database, pool: asyncpg.Pool, fields: dict[str, str], field: str
+    ) -> None:
+        """A FILLED leg has nothing working at the venue: a smaller quantity is below what filled, the
+        same one or a new price alone would change nothing there. A larger one re-opens it."""
+        order_id, leg_id = await _filled(world, database, quantity="10")
+        row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
+        error = await _rpc_error(_modify(world, order_id, leg_id, **fields))
+        assert error.code() == Code.INVALID_ARGUMENT
+        assert field_violations(error) == {field}
+        assert await _leg_row(pool, leg_id) == row
+        assert await _leg_trail(pool, leg_id) == trail
+        grown = await _modify(world, order_id, leg_id, new_quantity="10.5", new_limit_price="99")
+        assert (grown.leg.state, grown.leg.quantity, grown.leg.modification.new_quantity) == (
+            execution_pb2.LEG_STATE_MODIFYING,
+            "10",
+            "10.5",
+        )
+
+    async def test_a_refused_modification_keeps_the_terms_in_force_and_the_leg_filled(
         self, world: World, database: Database, pool: asyncpg.Pool
     ) -> None:
         order_id, leg_id = await _filled(world, database, quantity="10")
-        modifying = await _modify(world, order_id, leg_id, new_limit_price="99")
+        modifying = await _modify(world, order_id, leg_id, new_quantity="12", new_limit_price="99")
         assert (modifying.leg.quantity, modifying.leg.limit_price) == ("10", "101.25")
-        await execution.apply_venue_state(
-            database, uuid.UUID(leg_id), L.REJECTED, "venue:refused", Budget.within(5), reason="too late"
+        await execution.apply_modification_answer(
+            database, uuid.UUID(leg_id), False, "venue:refused", Budget.within(5), reason="too late"
         )
         leg = (await _get_order(world, order_id)).legs[0]
         assert (leg.state, leg.state_reason, leg.quantity, leg.limit_price, leg.filled_quantity) == (
-            execution_pb2.LEG_STATE_REJECTED,
-            "too late",
+            execution_pb2.LEG_STATE_FILLED,
+            "",
             "10",
             "101.25",
             "10",
+        )
+        assert (leg.modification.status, leg.modification.reason) == (
+            execution_pb2.MODIFICATION_STATUS_REFUSED,
+            "too late",
         )
         closed = await _close(world, order_id, leg_id, reason="given up")
         assert closed.leg.state == execution_pb2.LEG_STATE_CLOSED
@@ -770,7 +787,7 @@ class TestCloseLeg:
         def call() -> Awaitable[Any]:
             if operation == "CloseLeg":
                 return _close(world, order_id, leg_id, key, reason="once")
-            return _modify(world, order_id, leg_id, key, new_limit_price="98.5")
+            return _modify(world, order_id, leg_id, key, new_quantity="12")
 
         outcomes = await asyncio.gather(*(call() for _ in range(20)), return_exceptions=True)
         answers = [o for o in outcomes if not isinstance(o, BaseException)]
@@ -1099,7 +1116,7 @@ class TestOneTransaction:
             states = ("CLOSED", "CLOSED")
         else:
             order_id, leg_id = await _filled(world, database)
-            await _modify(world, order_id, leg_id, new_limit_price="100")
+            await _modify(world, order_id, leg_id, new_quantity="12")
             states = ("MODIFYING", "MODIFYING")
         row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
         key = f"illegal-{uuid.uuid4()}"
@@ -1135,8 +1152,8 @@ class TestOneTransaction:
         order_id, leg_id = await _working_leg(world, database)
         await _fill(database, leg_id, "x-1", "2.5", "99")
         await _fill(database, leg_id, "x-2", "7.5", "101")
-        await _modify(world, order_id, leg_id, new_limit_price="102")
-        await execution.apply_venue_state(database, uuid.UUID(leg_id), L.FILLED, "venue:modified", Budget.within(5))
+        await _modify(world, order_id, leg_id, new_quantity="12", new_limit_price="102")
+        await execution.apply_modification_answer(database, uuid.UUID(leg_id), True, "venue:replaced", Budget.within(5))
         await _close(world, order_id, leg_id, reason="flat")
         moves = [
             (row["from_state"], row["to_state"])
@@ -1149,8 +1166,8 @@ class TestOneTransaction:
             ("PENDING", "PARTIALLY_FILLED"),
             ("PARTIALLY_FILLED", "FILLED"),
             ("FILLED", "MODIFYING"),
-            ("MODIFYING", "FILLED"),
-            ("FILLED", "CLOSED"),
+            ("MODIFYING", "PARTIALLY_FILLED"),
+            ("PARTIALLY_FILLED", "CLOSED"),
         ]
         events = await pool.fetch("SELECT payload FROM outbox WHERE message_key = $1 ORDER BY created_at", leg_id)
         audits = await pool.fetch(

@@ -171,7 +171,7 @@ class TestReadingOrders:
 
 
 class TestLegChanges:
-    async def test_modify_needs_a_filled_leg_and_names_both_states(self, stub: Stub, alpha: Caller) -> None:
+    async def test_modify_needs_a_leg_at_the_venue_and_names_both_states(self, stub: Stub, alpha: Caller) -> None:
         order = (await stub.SubmitOrder(_submit(), metadata=alpha.metadata, timeout=5)).order
         request = execution_pb2.ModifyLegRequest(
             idempotency_key=f"m-{uuid.uuid4()}", order_id=order.id, leg_id=order.legs[0].id, new_limit_price="99"
@@ -181,23 +181,40 @@ class TestLegChanges:
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "SUBMITTED" in (caught.value.details() or "") and "MODIFYING" in (caught.value.details() or "")
 
-    async def test_a_filled_leg_is_modified_then_confirmed_by_the_venue(
+    async def test_a_filled_leg_grown_by_a_modification_works_again_once_the_venue_confirms(
         self, stub: Stub, alpha: Caller, database: Database
     ) -> None:
         order_id, leg_id = await _filled_leg(stub, alpha, database)
         request = execution_pb2.ModifyLegRequest(
-            idempotency_key=f"m-{uuid.uuid4()}", order_id=order_id, leg_id=leg_id, new_limit_price="99.5"
+            idempotency_key=f"m-{uuid.uuid4()}",
+            order_id=order_id,
+            leg_id=leg_id,
+            new_quantity="15",
+            new_limit_price="99.5",
         )
         modifying = await stub.ModifyLeg(request, metadata=alpha.metadata, timeout=5)
         assert modifying.leg.state == execution_pb2.LEG_STATE_MODIFYING
-        assert modifying.leg.limit_price == "101.25"  # unchanged until the venue confirms
+        assert (modifying.leg.quantity, modifying.leg.limit_price) == ("10", "101.25")  # until the venue confirms
+        assert (modifying.leg.modification.status, modifying.leg.modification.new_quantity) == (
+            execution_pb2.MODIFICATION_STATUS_PENDING,
+            "15",
+        )
         again = await stub.ModifyLeg(request, metadata=alpha.metadata, timeout=5)
         assert again.replayed and again.leg.state == execution_pb2.LEG_STATE_MODIFYING
-        await execution.apply_venue_state(database, uuid.UUID(leg_id), L.FILLED, "venue:modified", Budget.within(5))
-        order = (
+        await execution.apply_modification_answer(database, uuid.UUID(leg_id), True, "venue:replaced", Budget.within(5))
+        leg = (
             await stub.GetOrder(execution_pb2.GetOrderRequest(order_id=order_id), metadata=alpha.metadata, timeout=5)
-        ).order
-        assert (order.legs[0].state, order.legs[0].limit_price) == (execution_pb2.LEG_STATE_FILLED, "99.5")
+        ).order.legs[0]
+        assert (leg.state, leg.quantity, leg.limit_price, leg.filled_quantity) == (
+            execution_pb2.LEG_STATE_PARTIALLY_FILLED,
+            "15",
+            "99.5",
+            "10",
+        )
+        assert (leg.modification.status, leg.modification.idempotency_key) == (
+            execution_pb2.MODIFICATION_STATUS_CONFIRMED,
+            request.idempotency_key,
+        )
 
     async def test_close_works_from_any_open_state_once(self, stub: Stub, alpha: Caller) -> None:
         order = (await stub.SubmitOrder(_submit(), metadata=alpha.metadata, timeout=5)).order
@@ -243,7 +260,7 @@ class TestLegChanges:
                 calls.append(
                     stub.ModifyLeg(
                         execution_pb2.ModifyLegRequest(
-                            idempotency_key=key, order_id=order_id, leg_id=leg_id, new_quantity="10"
+                            idempotency_key=key, order_id=order_id, leg_id=leg_id, new_quantity="12"
                         ),
                         metadata=alpha.metadata,
                         timeout=10,

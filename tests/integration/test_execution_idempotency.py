@@ -118,18 +118,19 @@ async def test_two_clients_modifying_their_legs_under_one_key_each_modify_their_
     alpha_order, alpha_leg = await _filled_leg_of(stub, alpha, database)
     beta_order, beta_leg = await _filled_leg_of(stub, beta, database)
 
-    def modify(order_id: str, leg_id: str, price: str) -> execution_pb2.ModifyLegRequest:
+    def modify(order_id: str, leg_id: str, quantity: str) -> execution_pb2.ModifyLegRequest:
+        """A larger quantity: the one change a filled leg takes (it re-opens it)."""
         return execution_pb2.ModifyLegRequest(
-            idempotency_key=key, order_id=order_id, leg_id=leg_id, new_limit_price=price
+            idempotency_key=key, order_id=order_id, leg_id=leg_id, new_quantity=quantity
         )
 
-    alphas = await stub.ModifyLeg(modify(alpha_order, alpha_leg, "99.5"), metadata=alpha.metadata, timeout=5)
-    betas = await stub.ModifyLeg(modify(beta_order, beta_leg, "98"), metadata=beta.metadata, timeout=5)
+    alphas = await stub.ModifyLeg(modify(alpha_order, alpha_leg, "12.5"), metadata=alpha.metadata, timeout=5)
+    betas = await stub.ModifyLeg(modify(beta_order, beta_leg, "11"), metadata=beta.metadata, timeout=5)
     assert not alphas.replayed and not betas.replayed
     assert (alphas.leg.id, betas.leg.id) == (alpha_leg, beta_leg)
 
-    alpha_again = await stub.ModifyLeg(modify(alpha_order, alpha_leg, "99.5"), metadata=alpha.metadata, timeout=5)
-    beta_again = await stub.ModifyLeg(modify(beta_order, beta_leg, "98"), metadata=beta.metadata, timeout=5)
+    alpha_again = await stub.ModifyLeg(modify(alpha_order, alpha_leg, "12.5"), metadata=alpha.metadata, timeout=5)
+    beta_again = await stub.ModifyLeg(modify(beta_order, beta_leg, "11"), metadata=beta.metadata, timeout=5)
     assert alpha_again.replayed and alpha_again.leg.id == alpha_leg
     assert beta_again.replayed and beta_again.leg.id == beta_leg
     assert await _key_owners(pool, key, alpha, beta) == sorted([alpha.client_id, beta.client_id])

@@ -173,7 +173,7 @@ async def test_a_modification_and_a_close_reach_the_venue_and_its_answers_come_b
         await _settle(pool, order.id, {"FILLED"})
         first, second = (leg.id for leg in order.legs)
 
-        modify = validate_modify_leg(f"m-{uuid.uuid4()}", str(order.id), str(first), "", "1.2")
+        modify = validate_modify_leg(f"m-{uuid.uuid4()}", str(order.id), str(first), "9", "1.2")  # re-opened
         assert (
             await modify_and_send(database, venue, principal, modify, Budget.within(5))
         ).leg.state.value == "MODIFYING"
@@ -181,12 +181,13 @@ async def test_a_modification_and_a_close_reach_the_venue_and_its_answers_come_b
         assert (await close_and_send(database, venue, principal, close, Budget.within(5))).leg.state.value == "CLOSED"
 
         deadline = time.monotonic() + 20
-        while await pool.fetchval("SELECT state FROM legs WHERE id = $1", first) != "FILLED":
-            assert time.monotonic() < deadline, "the venue's confirmation never came"
+        while await pool.fetchval("SELECT filled_quantity FROM legs WHERE id = $1", first) != Decimal("9"):
+            assert time.monotonic() < deadline, "the venue's confirmation, or the fills it re-opened, never came"
             await asyncio.sleep(0.05)
         truth = {o["idempotency_key"]: o for o in (await _truth(url))["orders"]}
-    assert await pool.fetchval("SELECT limit_price FROM legs WHERE id = $1", first) == Decimal("1.2")
-    assert truth[str(first)]["limit_price"] == "1.2"
+    row = await pool.fetchrow("SELECT state, quantity, limit_price FROM legs WHERE id = $1", first)
+    assert (row["state"], row["quantity"], row["limit_price"]) == ("FILLED", Decimal("9"), Decimal("1.2"))
+    assert (truth[str(first)]["quantity"], truth[str(first)]["limit_price"]) == ("9", "1.2")
     assert truth[str(second)]["final_status"] == "closed"  # the position closed at the venue too
     sent = await pool.fetch(
         "SELECT kind, outcome FROM venue_instructions WHERE leg_id = ANY($1) ORDER BY kind", [first, second]
@@ -194,7 +195,7 @@ async def test_a_modification_and_a_close_reach_the_venue_and_its_answers_come_b
     assert [(row["kind"], row["outcome"]) for row in sent] == [("cancel", "sent"), ("modify", "sent")]
 
 
-async def test_a_modification_the_venue_refuses_rejects_it(
+async def test_a_modification_the_venue_refuses_leaves_the_leg_filled_under_its_old_terms(
     tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool, http: aiohttp.ClientSession
 ) -> None:
     settings = FAST | {"order_fill_parts_max": 1, "modify_reject_rate": 1.0}
@@ -204,7 +205,14 @@ async def test_a_modification_the_venue_refuses_rejects_it(
         order = (await submit_and_send(database, venue, principal, request, Budget.within(5))).order
         await _settle(pool, order.id, {"FILLED"})
         leg_id = order.legs[0].id
-        modify = validate_modify_leg(f"m-{uuid.uuid4()}", str(order.id), str(leg_id), "", "1.3")
+        modify = validate_modify_leg(f"m-{uuid.uuid4()}", str(order.id), str(leg_id), "9", "1.3")
         await modify_and_send(database, venue, principal, modify, Budget.within(5))
-        await _settle(pool, order.id, {"REJECTED"})
-    assert await pool.fetchval("SELECT limit_price FROM legs WHERE id = $1", leg_id) == Decimal("1.08345")
+        deadline = time.monotonic() + 20
+        while await pool.fetchval("SELECT modification_status FROM legs WHERE id = $1", leg_id) != "REFUSED":
+            assert time.monotonic() < deadline, "the venue's refusal never came"
+            await asyncio.sleep(0.05)
+    row = await pool.fetchrow(
+        "SELECT state, quantity, limit_price, modification_reason FROM legs WHERE id = $1", leg_id
+    )
+    assert (row["state"], row["quantity"], row["limit_price"]) == ("FILLED", Decimal("7.5"), Decimal("1.08345"))
+    assert row["modification_reason"] == "the venue refused the change: the order book moved"

@@ -20,10 +20,10 @@ L = LegState
 def test_the_leg_table_is_exactly_the_specified_one() -> None:
     assert {state.value: sorted(s.value for s in tos) for state, tos in LEG_TRANSITIONS.items()} == {
         "SUBMITTED": ["CLOSED", "PENDING", "REJECTED"],
-        "PENDING": ["CLOSED", "FILLED", "PARTIALLY_FILLED", "REJECTED"],
-        "PARTIALLY_FILLED": ["CLOSED", "FILLED", "PARTIALLY_FILLED"],
+        "PENDING": ["CLOSED", "FILLED", "MODIFYING", "PARTIALLY_FILLED", "REJECTED"],
+        "PARTIALLY_FILLED": ["CLOSED", "FILLED", "MODIFYING", "PARTIALLY_FILLED"],
         "FILLED": ["CLOSED", "MODIFYING"],
-        "MODIFYING": ["CLOSED", "FILLED", "REJECTED"],
+        "MODIFYING": ["CLOSED", "FILLED", "MODIFYING", "PARTIALLY_FILLED", "PENDING", "REJECTED"],
         "REJECTED": ["CLOSED"],
         "CLOSED": [],
     }

@@ -25,47 +25,51 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$ballast/execution/v1/execution.proto\x12\x14\x62\x61llast.execution.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x01\n\x07LegSpec\x12\x19\n\x11instrument_symbol\x18\x01 \x01(\t\x12(\n\x04side\x18\x02 \x01(\x0e\x32\x1a.ballast.execution.v1.Side\x12\x10\n\x08quantity\x18\x03 \x01(\t\x12\x33\n\norder_type\x18\x04 \x01(\x0e\x32\x1f.ballast.execution.v1.OrderType\x12\x13\n\x0blimit_price\x18\x05 \x01(\t\x12\x15\n\rcurrency_code\x18\x06 \x01(\t\"\xea\x01\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x1e\n\x16\x63lient_order_reference\x18\x04 \x01(\t\x12\'\n\x04legs\x18\x05 \x03(\x0b\x32\x19.ballast.execution.v1.Leg\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe4\x03\n\x03Leg\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.ballast.execution.v1.LegState\x12\x14\n\x0cstate_reason\x18\x03 \x01(\t\x12\x19\n\x11instrument_symbol\x18\x04 \x01(\t\x12(\n\x04side\x18\x05 \x01(\x0e\x32\x1a.ballast.execution.v1.Side\x12\x10\n\x08quantity\x18\x06 \x01(\t\x12\x33\n\norder_type\x18\x07 \x01(\x0e\x32\x1f.ballast.execution.v1.OrderType\x12\x13\n\x0blimit_price\x18\x08 \x01(\t\x12\x15\n\rcurrency_code\x18\t \x01(\t\x12\x17\n\x0f\x66illed_quantity\x18\n \x01(\t\x12\x1a\n\x12\x61verage_fill_price\x18\x0b \x01(\t\x12)\n\x05\x66ills\x18\x0c \x03(\x0b\x32\x1a.ballast.execution.v1.Fill\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nfill_count\x18\x0f \x01(\x05\"l\n\x04\x46ill\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\t\x12-\n\tfill_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"z\n\x12SubmitOrderRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x1e\n\x16\x63lient_order_reference\x18\x02 \x01(\t\x12+\n\x04legs\x18\x03 \x03(\x0b\x32\x1d.ballast.execution.v1.LegSpec\"S\n\x13SubmitOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x1b.ballast.execution.v1.Order\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\">\n\x10GetOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x1b.ballast.execution.v1.Order\":\n\x11ListOrdersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x12ListOrdersResponse\x12+\n\x06orders\x18\x01 \x03(\x0b\x32\x1b.ballast.execution.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"|\n\x10ModifyLegRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x0e\n\x06leg_id\x18\x03 \x01(\t\x12\x14\n\x0cnew_quantity\x18\x04 \x01(\t\x12\x17\n\x0fnew_limit_price\x18\x05 \x01(\t\"M\n\x11ModifyLegResponse\x12&\n\x03leg\x18\x01 \x01(\x0b\x32\x19.ballast.execution.v1.Leg\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"\\\n\x0f\x43loseLegRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x0e\n\x06leg_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"L\n\x10\x43loseLegResponse\x12&\n\x03leg\x18\x01 \x01(\x0b\x32\x19.ballast.execution.v1.Leg\x12\x10\n\x08replayed\x18\x02 \x01(\x08*9\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SIDE_BUY\x10\x01\x12\r\n\tSIDE_SELL\x10\x02*T\n\tOrderType\x12\x1a\n\x16ORDER_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11ORDER_TYPE_MARKET\x10\x01\x12\x14\n\x10ORDER_TYPE_LIMIT\x10\x02*\xd2\x01\n\x08LegState\x12\x19\n\x15LEG_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13LEG_STATE_SUBMITTED\x10\x01\x12\x15\n\x11LEG_STATE_PENDING\x10\x02\x12\x1e\n\x1aLEG_STATE_PARTIALLY_FILLED\x10\x03\x12\x14\n\x10LEG_STATE_FILLED\x10\x04\x12\x17\n\x13LEG_STATE_MODIFYING\x10\x05\x12\x16\n\x12LEG_STATE_REJECTED\x10\x06\x12\x14\n\x10LEG_STATE_CLOSED\x10\x07\x32\xeb\x03\n\x10\x45xecutionService\x12\x62\n\x0bSubmitOrder\x12(.ballast.execution.v1.SubmitOrderRequest\x1a).ballast.execution.v1.SubmitOrderResponse\x12Y\n\x08GetOrder\x12%.ballast.execution.v1.GetOrderRequest\x1a&.ballast.execution.v1.GetOrderResponse\x12_\n\nListOrders\x12\'.ballast.execution.v1.ListOrdersRequest\x1a(.ballast.execution.v1.ListOrdersResponse\x12\\\n\tModifyLeg\x12&.ballast.execution.v1.ModifyLegRequest\x1a\'.ballast.execution.v1.ModifyLegResponse\x12Y\n\x08\x43loseLeg\x12%.ballast.execution.v1.CloseLegRequest\x1a&.ballast.execution.v1.CloseLegResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$ballast/execution/v1/execution.proto\x12\x14\x62\x61llast.execution.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x01\n\x07LegSpec\x12\x19\n\x11instrument_symbol\x18\x01 \x01(\t\x12(\n\x04side\x18\x02 \x01(\x0e\x32\x1a.ballast.execution.v1.Side\x12\x10\n\x08quantity\x18\x03 \x01(\t\x12\x33\n\norder_type\x18\x04 \x01(\x0e\x32\x1f.ballast.execution.v1.OrderType\x12\x13\n\x0blimit_price\x18\x05 \x01(\t\x12\x15\n\rcurrency_code\x18\x06 \x01(\t\"\xea\x01\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x1e\n\x16\x63lient_order_reference\x18\x04 \x01(\t\x12\'\n\x04legs\x18\x05 \x03(\x0b\x32\x19.ballast.execution.v1.Leg\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa1\x04\n\x03Leg\x12\n\n\x02id\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.ballast.execution.v1.LegState\x12\x14\n\x0cstate_reason\x18\x03 \x01(\t\x12\x19\n\x11instrument_symbol\x18\x04 \x01(\t\x12(\n\x04side\x18\x05 \x01(\x0e\x32\x1a.ballast.execution.v1.Side\x12\x10\n\x08quantity\x18\x06 \x01(\t\x12\x33\n\norder_type\x18\x07 \x01(\x0e\x32\x1f.ballast.execution.v1.OrderType\x12\x13\n\x0blimit_price\x18\x08 \x01(\t\x12\x15\n\rcurrency_code\x18\t \x01(\t\x12\x17\n\x0f\x66illed_quantity\x18\n \x01(\t\x12\x1a\n\x12\x61verage_fill_price\x18\x0b \x01(\t\x12)\n\x05\x66ills\x18\x0c \x03(\x0b\x32\x1a.ballast.execution.v1.Fill\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nfill_count\x18\x0f \x01(\x05\x12;\n\x0cmodification\x18\x10 \x01(\x0b\x32%.ballast.execution.v1.LegModification\"\xa3\x01\n\x0fLegModification\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x14\n\x0cnew_quantity\x18\x02 \x01(\t\x12\x17\n\x0fnew_limit_price\x18\x03 \x01(\t\x12\x38\n\x06status\x18\x04 \x01(\x0e\x32(.ballast.execution.v1.ModificationStatus\x12\x0e\n\x06reason\x18\x05 \x01(\t\"l\n\x04\x46ill\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\t\x12-\n\tfill_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"z\n\x12SubmitOrderRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x1e\n\x16\x63lient_order_reference\x18\x02 \x01(\t\x12+\n\x04legs\x18\x03 \x03(\x0b\x32\x1d.ballast.execution.v1.LegSpec\"S\n\x13SubmitOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x1b.ballast.execution.v1.Order\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\">\n\x10GetOrderResponse\x12*\n\x05order\x18\x01 \x01(\x0b\x32\x1b.ballast.execution.v1.Order\":\n\x11ListOrdersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x12ListOrdersResponse\x12+\n\x06orders\x18\x01 \x03(\x0b\x32\x1b.ballast.execution.v1.Order\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"|\n\x10ModifyLegRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x0e\n\x06leg_id\x18\x03 \x01(\t\x12\x14\n\x0cnew_quantity\x18\x04 \x01(\t\x12\x17\n\x0fnew_limit_price\x18\x05 \x01(\t\"M\n\x11ModifyLegResponse\x12&\n\x03leg\x18\x01 \x01(\x0b\x32\x19.ballast.execution.v1.Leg\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"\\\n\x0f\x43loseLegRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x0e\n\x06leg_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"L\n\x10\x43loseLegResponse\x12&\n\x03leg\x18\x01 \x01(\x0b\x32\x19.ballast.execution.v1.Leg\x12\x10\n\x08replayed\x18\x02 \x01(\x08*9\n\x04Side\x12\x14\n\x10SIDE_UNSPECIFIED\x10\x00\x12\x0c\n\x08SIDE_BUY\x10\x01\x12\r\n\tSIDE_SELL\x10\x02*T\n\tOrderType\x12\x1a\n\x16ORDER_TYPE_UNSPECIFIED\x10\x00\x12\x15\n\x11ORDER_TYPE_MARKET\x10\x01\x12\x14\n\x10ORDER_TYPE_LIMIT\x10\x02*\xd2\x01\n\x08LegState\x12\x19\n\x15LEG_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13LEG_STATE_SUBMITTED\x10\x01\x12\x15\n\x11LEG_STATE_PENDING\x10\x02\x12\x1e\n\x1aLEG_STATE_PARTIALLY_FILLED\x10\x03\x12\x14\n\x10LEG_STATE_FILLED\x10\x04\x12\x17\n\x13LEG_STATE_MODIFYING\x10\x05\x12\x16\n\x12LEG_STATE_REJECTED\x10\x06\x12\x14\n\x10LEG_STATE_CLOSED\x10\x07*\xc0\x01\n\x12ModificationStatus\x12#\n\x1fMODIFICATION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bMODIFICATION_STATUS_PENDING\x10\x01\x12!\n\x1dMODIFICATION_STATUS_CONFIRMED\x10\x02\x12\x1f\n\x1bMODIFICATION_STATUS_REFUSED\x10\x03\x12 \n\x1cMODIFICATION_STATUS_CANCELED\x10\x04\x32\xeb\x03\n\x10\x45xecutionService\x12\x62\n\x0bSubmitOrder\x12(.ballast.execution.v1.SubmitOrderRequest\x1a).ballast.execution.v1.SubmitOrderResponse\x12Y\n\x08GetOrder\x12%.ballast.execution.v1.GetOrderRequest\x1a&.ballast.execution.v1.GetOrderResponse\x12_\n\nListOrders\x12\'.ballast.execution.v1.ListOrdersRequest\x1a(.ballast.execution.v1.ListOrdersResponse\x12\\\n\tModifyLeg\x12&.ballast.execution.v1.ModifyLegRequest\x1a\'.ballast.execution.v1.ModifyLegResponse\x12Y\n\x08\x43loseLeg\x12%.ballast.execution.v1.CloseLegRequest\x1a&.ballast.execution.v1.CloseLegResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ballast.execution.v1.execution_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SIDE']._serialized_start=1964
-  _globals['_SIDE']._serialized_end=2021
-  _globals['_ORDERTYPE']._serialized_start=2023
-  _globals['_ORDERTYPE']._serialized_end=2107
-  _globals['_LEGSTATE']._serialized_start=2110
-  _globals['_LEGSTATE']._serialized_end=2320
+  _globals['_SIDE']._serialized_start=2191
+  _globals['_SIDE']._serialized_end=2248
+  _globals['_ORDERTYPE']._serialized_start=2250
+  _globals['_ORDERTYPE']._serialized_end=2334
+  _globals['_LEGSTATE']._serialized_start=2337
+  _globals['_LEGSTATE']._serialized_end=2547
+  _globals['_MODIFICATIONSTATUS']._serialized_start=2550
+  _globals['_MODIFICATIONSTATUS']._serialized_end=2742
   _globals['_LEGSPEC']._serialized_start=96
   _globals['_LEGSPEC']._serialized_end=289
   _globals['_ORDER']._serialized_start=292
   _globals['_ORDER']._serialized_end=526
   _globals['_LEG']._serialized_start=529
-  _globals['_LEG']._serialized_end=1013
-  _globals['_FILL']._serialized_start=1015
-  _globals['_FILL']._serialized_end=1123
-  _globals['_SUBMITORDERREQUEST']._serialized_start=1125
-  _globals['_SUBMITORDERREQUEST']._serialized_end=1247
-  _globals['_SUBMITORDERRESPONSE']._serialized_start=1249
-  _globals['_SUBMITORDERRESPONSE']._serialized_end=1332
-  _globals['_GETORDERREQUEST']._serialized_start=1334
-  _globals['_GETORDERREQUEST']._serialized_end=1369
-  _globals['_GETORDERRESPONSE']._serialized_start=1371
-  _globals['_GETORDERRESPONSE']._serialized_end=1433
-  _globals['_LISTORDERSREQUEST']._serialized_start=1435
-  _globals['_LISTORDERSREQUEST']._serialized_end=1493
-  _globals['_LISTORDERSRESPONSE']._serialized_start=1495
-  _globals['_LISTORDERSRESPONSE']._serialized_end=1585
-  _globals['_MODIFYLEGREQUEST']._serialized_start=1587
-  _globals['_MODIFYLEGREQUEST']._serialized_end=1711
-  _globals['_MODIFYLEGRESPONSE']._serialized_start=1713
-  _globals['_MODIFYLEGRESPONSE']._serialized_end=1790
-  _globals['_CLOSELEGREQUEST']._serialized_start=1792
-  _globals['_CLOSELEGREQUEST']._serialized_end=1884
-  _globals['_CLOSELEGRESPONSE']._serialized_start=1886
-  _globals['_CLOSELEGRESPONSE']._serialized_end=1962
-  _globals['_EXECUTIONSERVICE']._serialized_start=2323
-  _globals['_EXECUTIONSERVICE']._serialized_end=2814
+  _globals['_LEG']._serialized_end=1074
+  _globals['_LEGMODIFICATION']._serialized_start=1077
+  _globals['_LEGMODIFICATION']._serialized_end=1240
+  _globals['_FILL']._serialized_start=1242
+  _globals['_FILL']._serialized_end=1350
+  _globals['_SUBMITORDERREQUEST']._serialized_start=1352
+  _globals['_SUBMITORDERREQUEST']._serialized_end=1474
+  _globals['_SUBMITORDERRESPONSE']._serialized_start=1476
+  _globals['_SUBMITORDERRESPONSE']._serialized_end=1559
+  _globals['_GETORDERREQUEST']._serialized_start=1561
+  _globals['_GETORDERREQUEST']._serialized_end=1596
+  _globals['_GETORDERRESPONSE']._serialized_start=1598
+  _globals['_GETORDERRESPONSE']._serialized_end=1660
+  _globals['_LISTORDERSREQUEST']._serialized_start=1662
+  _globals['_LISTORDERSREQUEST']._serialized_end=1720
+  _globals['_LISTORDERSRESPONSE']._serialized_start=1722
+  _globals['_LISTORDERSRESPONSE']._serialized_end=1812
+  _globals['_MODIFYLEGREQUEST']._serialized_start=1814
+  _globals['_MODIFYLEGREQUEST']._serialized_end=1938
+  _globals['_MODIFYLEGRESPONSE']._serialized_start=1940
+  _globals['_MODIFYLEGRESPONSE']._serialized_end=2017
+  _globals['_CLOSELEGREQUEST']._serialized_start=2019
+  _globals['_CLOSELEGREQUEST']._serialized_end=2111
+  _globals['_CLOSELEGRESPONSE']._serialized_start=2113
+  _globals['_CLOSELEGRESPONSE']._serialized_end=2189
+  _globals['_EXECUTIONSERVICE']._serialized_start=2745
+  _globals['_EXECUTIONSERVICE']._serialized_end=3236
 # @@protoc_insertion_point(module_scope)

@@ -32,6 +32,14 @@ class LegState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LEG_STATE_MODIFYING: _ClassVar[LegState]
     LEG_STATE_REJECTED: _ClassVar[LegState]
     LEG_STATE_CLOSED: _ClassVar[LegState]
+
+class ModificationStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODIFICATION_STATUS_UNSPECIFIED: _ClassVar[ModificationStatus]
+    MODIFICATION_STATUS_PENDING: _ClassVar[ModificationStatus]
+    MODIFICATION_STATUS_CONFIRMED: _ClassVar[ModificationStatus]
+    MODIFICATION_STATUS_REFUSED: _ClassVar[ModificationStatus]
+    MODIFICATION_STATUS_CANCELED: _ClassVar[ModificationStatus]
 SIDE_UNSPECIFIED: Side
 SIDE_BUY: Side
 SIDE_SELL: Side
@@ -46,6 +54,11 @@ LEG_STATE_FILLED: LegState
 LEG_STATE_MODIFYING: LegState
 LEG_STATE_REJECTED: LegState
 LEG_STATE_CLOSED: LegState
+MODIFICATION_STATUS_UNSPECIFIED: ModificationStatus
+MODIFICATION_STATUS_PENDING: ModificationStatus
+MODIFICATION_STATUS_CONFIRMED: ModificationStatus
+MODIFICATION_STATUS_REFUSED: ModificationStatus
+MODIFICATION_STATUS_CANCELED: ModificationStatus
 
 class LegSpec(_message.Message):
     __slots__ = ("instrument_symbol", "side", "quantity", "order_type", "limit_price", "currency_code")
@@ -82,7 +95,7 @@ class Order(_message.Message):
     def __init__(self, id: _Optional[str] = ..., client_id: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., client_order_reference: _Optional[str] = ..., legs: _Optional[_Iterable[_Union[Leg, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Leg(_message.Message):
-    __slots__ = ("id", "state", "state_reason", "instrument_symbol", "side", "quantity", "order_type", "limit_price", "currency_code", "filled_quantity", "average_fill_price", "fills", "create_time", "update_time", "fill_count")
+    __slots__ = ("id", "state", "state_reason", "instrument_symbol", "side", "quantity", "order_type", "limit_price", "currency_code", "filled_quantity", "average_fill_price", "fills", "create_time", "update_time", "fill_count", "modification")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     STATE_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +111,7 @@ class Leg(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     FILL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    MODIFICATION_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: LegState
     state_reason: str
@@ -113,7 +127,22 @@ class Leg(_message.Message):
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
     fill_count: int
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[LegState, str]] = ..., state_reason: _Optional[str] = ..., instrument_symbol: _Optional[str] = ..., side: _Optional[_Union[Side, str]] = ..., quantity: _Optional[str] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., limit_price: _Optional[str] = ..., currency_code: _Optional[str] = ..., filled_quantity: _Optional[str] = ..., average_fill_price: _Optional[str] = ..., fills: _Optional[_Iterable[_Union[Fill, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fill_count: _Optional[int] = ...) -> None: ...
+    modification: LegModification
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[LegState, str]] = ..., state_reason: _Optional[str] = ..., instrument_symbol: _Optional[str] = ..., side: _Optional[_Union[Side, str]] = ..., quantity: _Optional[str] = ..., order_type: _Optional[_Union[OrderType, str]] = ..., limit_price: _Optional[str] = ..., currency_code: _Optional[str] = ..., filled_quantity: _Optional[str] = ..., average_fill_price: _Optional[str] = ..., fills: _Optional[_Iterable[_Union[Fill, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fill_count: _Optional[int] = ..., modification: _Optional[_Union[LegModification, _Mapping]] = ...) -> None: ...
+
+class LegModification(_message.Message):
+    __slots__ = ("idempotency_key", "new_quantity", "new_limit_price", "status", "reason")
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    NEW_QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    NEW_LIMIT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    idempotency_key: str
+    new_quantity: str
+    new_limit_price: str
+    status: ModificationStatus
+    reason: str
+    def __init__(self, idempotency_key: _Optional[str] = ..., new_quantity: _Optional[str] = ..., new_limit_price: _Optional[str] = ..., status: _Optional[_Union[ModificationStatus, str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class Fill(_message.Message):
     __slots__ = ("execution_id", "quantity", "price", "fill_time")

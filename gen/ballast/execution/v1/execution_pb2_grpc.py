@@ -117,12 +117,36 @@ class ExecutionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ModifyLeg(self, request, context):
-        """Asks the venue to change a FILLED leg (its quantity and/or limit
-        price). The leg moves to LEG_STATE_MODIFYING until the venue answers,
-        then to LEG_STATE_FILLED (change confirmed) or LEG_STATE_REJECTED.
-        Idempotent per (calling client, idempotency_key), as for SubmitOrder.
-        FAILED_PRECONDITION, naming both states, from any state other than
-        LEG_STATE_FILLED.
+        """Amends a leg at the venue: a cancel/replace of the leg's order with a
+        new total quantity and/or limit price.
+
+        What may be amended:
+        - a working leg (LEG_STATE_PENDING, LEG_STATE_PARTIALLY_FILLED): its
+        quantity, up or down but never below filled_quantity (equal to it
+        stops the leg where it is: it becomes LEG_STATE_FILLED), and a LIMIT
+        leg's limit price, for what is still to fill;
+        - a LEG_STATE_FILLED leg: only a larger quantity, which re-opens it
+        for the difference (nothing of a filled leg works at the venue to
+        reprice or to shrink), optionally with a new limit price for it.
+        Terms equal to those in force, a quantity below filled_quantity, a
+        filled leg's quantity kept, and a limit price for a MARKET leg are
+        INVALID_ARGUMENT, naming the field. Any other state, including
+        LEG_STATE_MODIFYING (one modification at a time), is
+        FAILED_PRECONDITION naming the leg's state.
+
+        The leg moves to LEG_STATE_MODIFYING under its old terms: quantity and
+        limit_price change only when the venue confirms, and fills the venue
+        made under the old terms keep arriving meanwhile. The venue's answer
+        moves the leg to what its fills say under the terms then in force:
+        LEG_STATE_PENDING (nothing filled), LEG_STATE_PARTIALLY_FILLED or
+        LEG_STATE_FILLED. Leg.modification says which answer it was: CONFIRMED
+        (the new terms are in force) or REFUSED (the old ones still are, and
+        modification.reason says why). A refused modification never rejects
+        the leg. Closing the leg, or the venue rejecting or closing the order,
+        before it answers ends the modification as CANCELED.
+
+        Idempotent per (calling client, idempotency_key), as for SubmitOrder:
+        a retry returns the leg as it stands, with replayed set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
