@@ -254,6 +254,16 @@ async def test_an_amendment_is_named_by_its_key_in_every_report_and_states_its_o
     assert rejected["modification"]["reason"]
 
 
+async def test_a_filled_order_changes_only_by_a_larger_quantity(start_sim: StartSim) -> None:
+    sim = await start_sim(order_reject_rate=0.0, modify_reject_rate=0.0)
+    order = (await sim.order("done", type="limit", limit_price="10.00", quantity="10")).json()
+    await eventually(sim.orders_settled, what="the fill")
+    for body in ({"limit_price": "9.50"}, {"quantity": "10"}, {"quantity": "10", "limit_price": "9.50"}):
+        refused = await sim.post(f"/v1/orders/{order['id']}/modify", body)
+        assert (refused.status, refused.json()["error"]["param"]) == (400, "quantity"), body
+    assert (await sim.get(f"/v1/orders/{order['id']}"))[1]["modification"] is None  # nothing was asked
+
+
 async def test_a_rejection_while_an_amendment_waits_ends_it_unanswered(start_sim: StartSim, receiver: Receiver) -> None:
     # equal pauses: the rejection (drawn at submission) comes before the answer to an amendment sent after it
     sim = await start_sim(
