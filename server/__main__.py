@@ -45,6 +45,7 @@ from server.failpoints import arm as arm_failpoints
 from server.observability import configure_logging
 from server.outbox import admin
 from server.outbox.supervisor import RelayConfig, run_relays
+from server.ownership import ComponentInUse
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.embedded_simulator import embedded_simulator
 from server.providers.gateway import GatewayClient
@@ -391,6 +392,14 @@ async def approve(database_url: str, case_id: uuid.UUID, to_state: PaymentState,
 
 
 def main(argv: list[str]) -> int:
+    try:
+        return _main(argv)
+    except ComponentInUse as error:  # a second server on a data directory whose embedded children run
+        print(f"start-up error: {error}, or give this server another BALLAST_DATA_DIR", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str]) -> int:
     command = argv[0] if argv else "serve"
     if command not in COMMANDS or (len(argv) > 1 and command not in _WITH_ARGUMENTS):
         print(USAGE, file=sys.stderr)
