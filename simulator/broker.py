@@ -132,9 +132,12 @@ class Broker:
         order = self.store.get(request[0])
         if order is None:
             raise LookupError(request[0])
-        answer: Answer = act(order)
-        if key is not None:
-            self._actions[key] = _Action(request, answer)
+        with self.simulator.batch():  # the order's change and the key's answer, or neither
+            answer: Answer = act(order)
+            if key is not None:
+                self._actions[key] = _Action(request, answer)
+                self.simulator.save_action(key, request, answer)
+            self.simulator.save(order.id)  # a change asked is announced later: journal it now
         return answer
 
     # -- what the venue does on its own ----------------------------------------------------------
@@ -209,6 +212,19 @@ class Broker:
         self.simulator.publish(
             order.id, f"order.{exec_type}", order.status, report(None, exec_type), first=exec_type == "new", claim=claim
         )
+
+    # -- the journal -----------------------------------------------------------------------------
+
+    def resume(self, order: Order) -> None:
+        """Go on with an order taken back from the journal: it fills if it works, its pending change is answered."""
+        if order.status in WORKING:
+            self.simulator.spawn(self._work(order))
+        if order.modification is not None:
+            self.simulator.spawn(self._answer(order, order.modification))
+
+    def restore_action(self, key: str, request: tuple[str, str, object], answer: Answer) -> None:
+        """Take back the answer a modify or cancel got under this Idempotency-Key."""
+        self._actions[key] = _Action(request, answer)
 
     # -- truth -----------------------------------------------------------------------------------
 

@@ -7,14 +7,18 @@ import asyncio
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from urllib.parse import urlparse
 
 from aiohttp import web
 
 from simulator.app import build_app
 from simulator.engine import Simulator
+from simulator.journal import Journal, JournalInUse
+from simulator.logs import log
 from simulator.profiles import PROFILES
 
 
@@ -32,6 +36,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=42, help="seed of the RNG behind every fault (default 42)")
     parser.add_argument("--webhook-url", default=None, help="where to POST webhook events (default: none sent)")
     parser.add_argument("--webhook-secret", default="whsec_simulator", help="HMAC key of the webhook signatures")
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="keep payments, orders and settlement bookings in this SQLite file and take them back on start,"
+        " as a real provider would after a restart (default: in memory only, forgotten when it stops)",
+    )
     parser.add_argument(
         "--exit-on-stdin-close",
         action="store_true",
@@ -52,14 +64,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def serve(args: argparse.Namespace) -> None:
-    """Serve until SIGINT or SIGTERM; print the bound address (the real port when --port 0)."""
+async def serve(args: argparse.Namespace, journal: Journal | None = None) -> None:
+    """Serve until SIGINT or SIGTERM; print the bound address (the real port when --port 0).
+
+    With a journal, what it holds is taken back (and what was under way resumes) before serving.
+    """
     simulator = Simulator(
         profile_name=args.profile,
         seed=args.seed,
         webhook_url=args.webhook_url,
         webhook_secret=args.webhook_secret,
+        journal=journal,
     )
+    if journal is not None:
+        log("state", file=journal.path, restored=simulator.restore())
     runner = web.AppRunner(build_app(simulator), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     stop = asyncio.Event()
@@ -90,6 +108,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        asyncio.run(serve(args))
+        journal = None if args.state is None else Journal.open(args.state)
+    except JournalInUse as error:
+        sys.exit(f"simulator: {error}")
+    except (OSError, sqlite3.DatabaseError) as error:
+        sys.exit(f"simulator: cannot use the state file {args.state} ({error}): move it away to start afresh")
+    try:
+        asyncio.run(serve(args, journal))
     except OSError as error:  # the port is taken, the host does not exist...
         sys.exit(f"simulator: cannot listen on {args.host}:{args.port}: {error.strerror or error}")

@@ -4,17 +4,27 @@ ONE `random.Random(seed)` drives everything. Request faults are drawn from it as
 each new payment or order draws a 64-bit seed from it for its own generator (outcome, delays, fills,
 webhook faults, report drift), so background timing never shifts the main sequence: same seed +
 same requests => same faults.
+
+With a journal (`--state FILE`), every payment, order, action answer and booking is written before
+its answer goes out, and `restore()` takes them back at start: a pending payment still settles, a
+working order still fills, on the provider's own clock, after the simulator was killed. A restored
+object gets a generator of its own seeded from its id (its draws before the restart are gone).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import time
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 from simulator.broker import Broker
 from simulator.faults import RequestFaults, WebhookFaults, draw_request_faults, draw_webhook_faults
+from simulator.journal import Journal
+from simulator.orders import FINAL
 from simulator.payments import (
     DECLINED,
     FAILED,
@@ -28,6 +38,7 @@ from simulator.payments import (
 from simulator.profiles import profile
 from simulator.settings import FaultSettings
 from simulator.settlement import CHARGE, REFUND, Line, SettlementBook, fee_for, settlement_date
+from simulator.snapshots import action_from, action_state, booking_id, decode, encode, restore, snapshot
 from simulator.store import Answer, Store
 from simulator.webhooks import Claim, Event, WebhookDispatcher
 
@@ -41,6 +52,7 @@ class Simulator:
         settings: FaultSettings | None = None,
         webhook_url: str | None = None,
         webhook_secret: str,
+        journal: Journal | None = None,
     ) -> None:
         self.profile_name = profile_name
         self.settings = settings if settings is not None else profile(profile_name)
@@ -50,6 +62,7 @@ class Simulator:
         self.broker = Broker(self)
         self.settlements = SettlementBook()
         self.webhooks = WebhookDispatcher(webhook_url, webhook_secret)
+        self.journal = journal
         self._object_rngs: dict[str, random.Random] = {}  # per payment or order
         self._report_rngs: dict[str, random.Random] = {}  # per payment: its settlement drift
         self._webhook_overrides: dict[str, WebhookFaults | None] = {}
@@ -72,13 +85,20 @@ class Simulator:
             self.seed = seed
             self.rng = random.Random(seed)
 
-    async def reset(self, seed: int | None = None) -> None:
-        """Forget every payment, order, event and booking, stop background work, restart the RNG."""
+    async def _stop_work(self) -> None:
+        """Cancel every settlement, fill and webhook delivery under way."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.webhooks.reset()
+
+    async def reset(self, seed: int | None = None) -> None:
+        """Forget every payment, order, event and booking (the journal's too), stop background work,
+        restart the RNG."""
+        await self._stop_work()
+        if self.journal is not None:
+            self.journal.clear()
         self.store = Store()
         self.broker = Broker(self)
         self.settlements = SettlementBook()
@@ -96,8 +116,12 @@ class Simulator:
         self.rng = random.Random(self.seed)
 
     async def close(self) -> None:
-        await self.reset()
+        """Stop: what is under way stays in the journal, to resume at the next start."""
+        await self._stop_work()
         await self.webhooks.close()
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
 
     # -- shared by payments and orders -----------------------------------------------------------
 
@@ -111,7 +135,10 @@ class Simulator:
         self.create_faults[object_id] = faults.describe()
 
     def object_rng(self, object_id: str) -> random.Random:
-        return self._object_rngs[object_id]
+        rng = self._object_rngs.get(object_id)
+        if rng is None:  # restored from the journal: a generator of its own, from its id
+            rng = self._object_rngs[object_id] = random.Random(f"{self.seed}-restored-{object_id}")
+        return rng
 
     def spawn(self, coroutine: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coroutine)
@@ -135,7 +162,7 @@ class Simulator:
         """
         faults = self._webhook_overrides.get(object_id)
         if faults is None:
-            faults = draw_webhook_faults(self._object_rngs[object_id], self.settings)
+            faults = draw_webhook_faults(self.object_rng(object_id), self.settings)
         batch: list[Event] = []
         if claim is not None and faults.contradict:
             batch.append(self._event(object_id, claim.type, claim.status, claim.data, faults, contradictory=True))
@@ -148,6 +175,8 @@ class Simulator:
             batch.extend(self._held.pop(object_id, []))
         if batch:
             self.webhooks.send(object_id, batch, self.settings)
+        # every change a client can see is announced by an event: journal the object with it
+        self.save(object_id)
 
     def _event(
         self,
@@ -199,7 +228,7 @@ class Simulator:
         # a generator of its own, so settlement drift never shifts the payment's webhook faults
         self._report_rngs[payment.id] = random.Random(f"settlement-{payment_seed}")
         self._emit(payment)
-        self.spawn(self._settle(payment))
+        self.spawn(self._settle(payment, payment.settle_after_ms / 1000))
         return Answer(200, body)
 
     def refund(self, payment_id: str) -> Answer:
@@ -209,16 +238,18 @@ class Simulator:
         if payment.status != SUCCEEDED:
             raise InvalidRequest(f"payment {payment_id} is {payment.status}: only succeeded payments can be refunded")
         payment.move_to(REFUNDED)
-        self._book(payment, REFUND, -payment.request.amount)
-        self._emit(payment)
+        with self.batch():
+            self._book(payment, REFUND, -payment.request.amount)
+            self._emit(payment)
         return Answer(200, payment.to_json())
 
-    async def _settle(self, payment: Payment) -> None:
-        await asyncio.sleep(payment.settle_after_ms / 1000)
+    async def _settle(self, payment: Payment, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
         payment.move_to(payment.outcome)
-        if payment.status == SUCCEEDED:
-            self._book(payment, CHARGE, payment.request.amount)
-        self._emit(payment)
+        with self.batch():
+            if payment.status == SUCCEEDED:
+                self._book(payment, CHARGE, payment.request.amount)
+            self._emit(payment)
 
     def _book(self, payment: Payment, kind: str, gross: Decimal) -> None:
         """Book a charge (with its fee) or a refund (fees are not returned) for the settlement report."""
@@ -233,7 +264,12 @@ class Simulator:
             settlement_date(self.settings),
             kind,
         )
-        self.settlements.record(line, self._report_rngs[payment.id], self.settings)
+        report_rng = self._report_rngs.get(payment.id)
+        if report_rng is None:  # restored from the journal
+            report_rng = self._report_rngs[payment.id] = random.Random(f"settlement-restored-{payment.id}")
+        for booking in self.settlements.record(line, report_rng, self.settings):
+            if self.journal is not None:
+                self.journal.put("booking", booking_id(booking), encode(booking), settled=True)
 
     def _emit(self, payment: Payment) -> None:
         status = payment.status
@@ -242,6 +278,78 @@ class Simulator:
             claimed = FAILED if status == SUCCEEDED else SUCCEEDED
             claim = Claim(f"payment.{claimed}", claimed, payment.to_json(claimed))
         self.publish(payment.id, f"payment.{status}", status, payment.to_json(), first=status == PENDING, claim=claim)
+
+    # -- the journal -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """The journal writes inside are committed together (a no-op without a journal)."""
+        if self.journal is None:
+            yield
+            return
+        with self.journal.batch():
+            yield
+
+    def save(self, object_id: str) -> None:
+        """Journal the latest state of a payment or order (publish() does, with every event)."""
+        if self.journal is None:
+            return
+        payment = self.store.get(object_id)
+        if payment is not None:
+            kind, settled = "payment", payment.status != PENDING
+            saved_payment = self.store.by_key[payment.idempotency_key]
+            state = snapshot(payment, Answer(saved_payment.status, saved_payment.body), *self.beside(object_id))
+        else:
+            order = self.broker.store.get(object_id)
+            if order is None:
+                return
+            kind, settled = "order", order.status in FINAL
+            saved_order = self.broker.store.by_key[order.idempotency_key]
+            state = snapshot(order, Answer(saved_order.status, saved_order.body), *self.beside(object_id))
+        self.journal.put(kind, object_id, state, settled=settled)
+
+    def save_action(self, key: str, request: tuple[str, str, object], answer: Answer) -> None:
+        """Journal the answer a modify or cancel got under its Idempotency-Key."""
+        if self.journal is not None:
+            self.journal.put("action", key, action_state(key, request, answer), settled=True)
+
+    def beside(self, object_id: str) -> tuple[int, str]:
+        """What the simulator keeps beside an object: its last webhook sequence, its create fault."""
+        return self._sequences.get(object_id, 0), self.create_faults.get(object_id, "none")
+
+    def remember(self, object_id: str, sequence: int, create_fault: str) -> None:
+        """What the journal kept beside a restored object: its last webhook sequence, its create fault."""
+        self._sequences[object_id] = sequence
+        self.create_faults[object_id] = create_fault
+
+    def restore(self) -> int:
+        """Take back everything the journal holds and resume what was under way; how many objects.
+
+        Call it once, on a running event loop, before serving: a pending payment settles when it
+        would have (at once if that time has passed), a working order goes on filling.
+        """
+        if self.journal is None:
+            return 0
+        count = 0
+        for kind, state in self.journal.load():
+            count += 1
+            if kind == "booking":
+                self.settlements.bookings.append(decode(state))
+                continue
+            if kind == "action":
+                self.broker.restore_action(*action_from(state))
+                continue
+            restored = restore(state)
+            value = restored.object
+            store: Store[Any] = self.store if kind == "payment" else self.broker.store
+            store.add(value, restored.answer.status, restored.answer.body)
+            self.remember(value.id, restored.sequence, restored.create_fault)
+            if kind == "order":
+                self.broker.resume(value)
+            elif value.status == PENDING:
+                due_s = value.created + value.settle_after_ms / 1000 - time.time()
+                self.spawn(self._settle(value, max(due_s, 0.0)))
+        return count
 
     # -- truth -----------------------------------------------------------------------------------
 

@@ -245,8 +245,11 @@ class SettlementBook:
     def __init__(self) -> None:
         self.bookings: list[Booking] = []
 
-    def record(self, true: Line, rng: random.Random, settings: FaultSettings) -> None:
-        self.bookings.extend(book(true, rng, settings))
+    def record(self, true: Line, rng: random.Random, settings: FaultSettings) -> list[Booking]:
+        """Book a real transaction; the bookings made (its own, and an invented one when it drifts so)."""
+        made = book(true, rng, settings)
+        self.bookings.extend(made)
+        return made
 
     def report(self, start: date | None, end: date | None) -> Report:
         lines = sorted(
