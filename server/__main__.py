@@ -91,8 +91,7 @@ def _relay_config(settings: Settings, nats_url: str, workers_min: int = 0) -> Re
         nats_url=nats_url,
         workers=max(settings.relay_workers, workers_min),
         batch_size=settings.relay_batch_size,
-        stream=settings.nats_stream,
-        subject_prefix=settings.nats_subject_prefix,
+        names=settings.nats_names,
         retention_hours=settings.outbox_retention_hours,
     )
 

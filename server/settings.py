@@ -16,6 +16,7 @@ from pathlib import Path
 from server.domain.identity import Principal, Role
 from server.failpoints import FAILPOINTS_ENV
 from server.failpoints import parse as parse_failpoints
+from server.messaging.names import DEFAULT_DEPLOYMENT, DeploymentNames
 
 API_TOKEN_LENGTH_MIN = 16
 CLIENT_ID_LENGTH_MAX = 128  # as the database's check constraints allow
@@ -47,8 +48,8 @@ class Settings:
     relay_workers: int
     relay_batch_size: int
     #: The JetStream stream and the subjects' first token: environments can share one NATS apart.
-    nats_stream: str
-    nats_subject_prefix: str
+    #: the deployment's names on NATS (stream, subjects, durable consumers), from BALLAST_DEPLOYMENT
+    nats_names: DeploymentNames
     #: How long published outbox events are kept (the window `republish` can replay) before pruning.
     outbox_retention_hours: int
     #: token -> principal
@@ -104,13 +105,12 @@ def _integer(env: Mapping[str, str], name: str, default: int, low: int, high: in
     return value
 
 
-def _name(env: Mapping[str, str], name: str, default: str) -> str:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", raw):
-        raise SettingsError(f"{name}={raw[:64]!r} is invalid: expected 1 to 64 letters, digits, _ or -")
-    return raw
+def _deployment(env: Mapping[str, str]) -> DeploymentNames:
+    raw = env.get("BALLAST_DEPLOYMENT", "").strip() or DEFAULT_DEPLOYMENT
+    try:
+        return DeploymentNames(raw)
+    except ValueError as error:
+        raise SettingsError(f"BALLAST_DEPLOYMENT: {error}") from None
 
 
 def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
@@ -229,8 +229,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         nats_url=nats_url,
         relay_workers=_integer(env, "BALLAST_RELAY_WORKERS", 1, 0, 32),
         relay_batch_size=_integer(env, "BALLAST_RELAY_BATCH_SIZE", 500, 1, 5000),
-        nats_stream=_name(env, "BALLAST_NATS_STREAM", "BALLAST"),
-        nats_subject_prefix=_name(env, "BALLAST_NATS_SUBJECT_PREFIX", "ballast"),
+        nats_names=_deployment(env),
         outbox_retention_hours=_integer(env, "BALLAST_OUTBOX_RETENTION_HOURS", 168, 1, 24 * 365),
         api_tokens=api_tokens,
         db_pool_size=_integer(env, "BALLAST_DB_POOL_SIZE", 20, 1, 500),

@@ -49,6 +49,7 @@ from grpc_status import rpc_status
 from ballast.common.v1.money_pb2 import Money
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from server.db.engine import asyncpg_dsn
+from server.messaging.names import DeploymentNames
 from tests.e2e.conftest import ROOT, ServerProcess, free_port, server_environment
 from tests.e2e.processes import SimulatorProcess, launch_server, start_simulator
 from tests.support import scratch_database
@@ -137,15 +138,18 @@ def migrate(database_url: str, log_path: Path) -> None:
 
 @dataclass(frozen=True)
 class Stream:
-    """The run's own JetStream stream and subjects, so runs sharing one NATS never share a consumer."""
+    """The run's own deployment name on NATS (its stream, subjects and consumers), so runs sharing one
+    NATS never share a consumer."""
 
-    name: str
-    subject_prefix: str
+    names: DeploymentNames
+
+    @property
+    def name(self) -> str:
+        return self.names.stream
 
     @classmethod
     def new(cls) -> Stream:
-        suffix = uuid.uuid4().hex[:10]
-        return cls(f"CONVERGENCE_{suffix}", f"convergence_{suffix}")
+        return cls(DeploymentNames(f"convergence_{uuid.uuid4().hex[:10]}"))
 
 
 def start_server(
@@ -165,8 +169,7 @@ def start_server(
     env.update(
         NATS_URL=nats_url,
         BALLAST_RELAY_WORKERS="1",
-        BALLAST_NATS_STREAM=stream.name,
-        BALLAST_NATS_SUBJECT_PREFIX=stream.subject_prefix,
+        BALLAST_DEPLOYMENT=stream.names.deployment,
         BALLAST_HTTP_PORT=str(http_port),
         BALLAST_PROVIDER_URL=provider_url,
         BALLAST_PROVIDER_WEBHOOK_SECRET=WEBHOOK_SECRET,

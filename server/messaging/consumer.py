@@ -56,12 +56,16 @@ class ConsumerRunner:
         group: str,
         handler: EventHandler,
         max_deliver: int = MAX_DELIVER,
+        durable: str | None = None,
     ) -> None:
+        """`group` names the consumer in the database (which events it applied) and in dead letters;
+        `durable` is its durable name on the stream (the group's own by default)."""
         self._pool = pool
         self._js = js
         self._stream = stream
         self._subject_prefix = subject_prefix
         self._group = group
+        self._durable = durable or group
         self._handler = handler
         self._max_deliver = max_deliver
         self._subscription: JetStreamContext.PullSubscription | None = None
@@ -70,7 +74,7 @@ class ConsumerRunner:
         if self._subscription is None:
             config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S, max_ack_pending=BATCH_SIZE * 10)
             self._subscription = await self._js.pull_subscribe(
-                f"{self._subject_prefix}.>", durable=self._group, stream=self._stream, config=config
+                f"{self._subject_prefix}.>", durable=self._durable, stream=self._stream, config=config
             )
         return self._subscription
 

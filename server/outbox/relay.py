@@ -23,12 +23,13 @@ from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Histogram
 
+from server.messaging.names import DeploymentNames
 from server.outbox.publisher import AckedPublisher, Outgoing
 
 log = structlog.get_logger(__name__)
 
-STREAM_NAME = "BALLAST"
-SUBJECT_PREFIX = "ballast"
+STREAM_NAME = DeploymentNames().stream
+SUBJECT_PREFIX = DeploymentNames().subject_prefix
 #: How long the broker remembers a message id: re-publishes within it are dropped as duplicates.
 DUPLICATE_WINDOW_S = 600
 #: Rows per batch: one transaction, one round of concurrent publishes.

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import nats
@@ -19,8 +19,9 @@ import structlog
 from nats.aio.client import Client as NatsClient
 
 from server.messaging.consumer import ConsumerRunner
+from server.messaging.names import DeploymentNames
 from server.outbox.maintenance import run_maintenance
-from server.outbox.relay import STREAM_NAME, SUBJECT_PREFIX, OutboxRelay, ensure_stream
+from server.outbox.relay import OutboxRelay, ensure_stream
 from server.services import exposures
 
 log = structlog.get_logger(__name__)
@@ -69,8 +70,8 @@ class RelayConfig:
     nats_url: str
     workers: int
     batch_size: int
-    stream: str = STREAM_NAME
-    subject_prefix: str = SUBJECT_PREFIX
+    #: the deployment's stream, subjects and durable consumer names
+    names: DeploymentNames = field(default_factory=DeploymentNames)
     #: run Ballast's own consumers (the exposure projection) beside the relays
     consumers: bool = True
     #: published events are kept this long (the replay window), then pruned
@@ -89,9 +90,9 @@ async def run_relays(
         return
     try:
         js = connection.jetstream()
-        await ensure_stream(js, config.stream, config.subject_prefix)
+        await ensure_stream(js, config.names.stream, config.names.subject_prefix)
         # consumers park poison messages on <prefix>_dead.<group>, in a stream of their own
-        await ensure_stream(js, f"{config.stream}_DEAD", f"{config.subject_prefix}_dead")
+        await ensure_stream(js, f"{config.names.stream}_DEAD", f"{config.names.subject_prefix}_dead")
         if set_health is not None:
             await set_health(HEALTH_COMPONENT, True)
         log.info("outbox.relaying", workers=workers, batch_size=batch_size)
@@ -100,7 +101,7 @@ async def run_relays(
                 pool,
                 connection,
                 batch_size=batch_size,
-                subject_prefix=config.subject_prefix,
+                subject_prefix=config.names.subject_prefix,
                 broker_connected=lambda: connection.is_connected,
             )
             for _ in range(workers)
@@ -111,9 +112,10 @@ async def run_relays(
             exposure_consumer = ConsumerRunner(
                 pool,
                 js,
-                stream=config.stream,
-                subject_prefix=config.subject_prefix,
+                stream=config.names.stream,
+                subject_prefix=config.names.subject_prefix,
                 group=exposures.CONSUMER_GROUP,
+                durable=config.names.durable(exposures.CONSUMER_GROUP),
                 handler=exposures.apply_event,
             )
             tasks.append(exposure_consumer.run(stopping))

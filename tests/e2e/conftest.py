@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -52,9 +53,16 @@ class ServerProcess:
             raise
 
 
+def deployment_of(data_dir: Path) -> str:
+    """A test deployment's name on NATS, one per data directory: servers sharing one (replicas) share it,
+    and no other test's server, nor a developer's on the same NATS, ever reads their events."""
+    return f"test_{hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]}"
+
+
 def server_environment(database_url: str, port: int, token: str, client_id: str, data_dir: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("BALLAST_")}
     env.update(
+        BALLAST_DEPLOYMENT=deployment_of(data_dir),
         DATABASE_URL=database_url,
         BALLAST_GRPC_PORT=str(port),
         BALLAST_API_TOKENS=f"{token}={client_id}:service",
@@ -97,8 +105,12 @@ def start_server(database_url: str, nats_url: str, tmp_path: Path) -> Iterator[o
         token = token or f"e2e-token-{uuid.uuid4().hex}"
         client_id = client_id or f"e2e-{uuid.uuid4().hex[:8]}"
         log_path = tmp_path / f"server-{port}.log"
-        relaying = {"NATS_URL": nats_url, "BALLAST_RELAY_WORKERS": "1"}
-        env = server_environment(database_url, port, token, client_id, tmp_path / "data") | relaying | extra_env
+        # one deployment per test: the servers a test starts are replicas, sharing its stream
+        relaying = {"NATS_URL": nats_url, "BALLAST_RELAY_WORKERS": "1", "BALLAST_DEPLOYMENT": deployment_of(tmp_path)}
+        # a data directory each: a replica beside it runs a simulator of its own, and one data
+        # directory has one simulator (a second server on it is refused)
+        data_dir = tmp_path / f"data-{port}"
+        env = server_environment(database_url, port, token, client_id, data_dir) | relaying | extra_env
         with log_path.open("w") as log_file:
             process = subprocess.Popen(
                 [sys.executable, "-m", "server"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -10,7 +11,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -24,8 +25,10 @@ from ballast.common.v1.money_pb2 import Money
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from server.db.engine import asyncpg_dsn
 from server.db.migrate import migrate_to_head
-from server.outbox.relay import STREAM_NAME, ensure_stream
-from tests.e2e.conftest import ROOT, ServerProcess
+from server.messaging.names import DeploymentNames
+from server.outbox.relay import ensure_stream
+from tests.e2e.conftest import ROOT, ServerProcess, deployment_of, free_port, server_environment
+from tests.e2e.processes import launch_server
 from tests.support import scratch_database
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +45,7 @@ async def _poll(check: Callable[[], object], timeout_s: float = 60) -> None:
 
 
 async def test_a_created_payment_is_announced_on_jetstream_and_projected_back_by_the_exposure_consumer(
-    start_server: Callable[..., ServerProcess], pool: asyncpg.Pool, nats_url: str
+    start_server: Callable[..., ServerProcess], pool: asyncpg.Pool, nats_url: str, tmp_path: Path
 ) -> None:
     server = start_server()
     async with grpc.aio.insecure_channel(server.address) as channel:
@@ -67,7 +70,8 @@ async def test_a_created_payment_is_announced_on_jetstream_and_projected_back_by
     await _poll(published)
     connection = await nats.connect(nats_url)
     try:
-        message = await connection.jetstream().get_last_msg(STREAM_NAME, "ballast.payments.recorded")
+        names = DeploymentNames(deployment_of(tmp_path))  # the test's own deployment, as start_server gave it
+        message = await connection.jetstream().get_last_msg(names.stream, f"{names.subject_prefix}.payments.recorded")
     finally:
         await connection.close()
     assert json.loads(message.data or b"{}")["payment_id"] == reply.payment.id
@@ -112,8 +116,8 @@ def relay_database_url(server_database_url: str) -> Iterator[str]:
 async def test_a_relay_process_killed_mid_batch_loses_nothing_and_publishes_nothing_twice(
     relay_database_url: str, nats_url: str, tmp_path: Path
 ) -> None:
-    stream = f"KILL{uuid.uuid4().hex[:10].upper()}"
-    prefix = stream.lower()
+    names = DeploymentNames(f"kill{uuid.uuid4().hex[:10]}")
+    stream, prefix = names.stream, names.subject_prefix
     url = relay_database_url
     connection = await asyncpg.connect(asyncpg_dsn(url))
     broker = await nats.connect(nats_url)
@@ -128,8 +132,7 @@ async def test_a_relay_process_killed_mid_batch_loses_nothing_and_publishes_noth
         env = {key: value for key, value in os.environ.items() if not key.startswith("BALLAST_")} | {
             "DATABASE_URL": url,
             "NATS_URL": nats_url,
-            "BALLAST_NATS_STREAM": stream,
-            "BALLAST_NATS_SUBJECT_PREFIX": prefix,
+            "BALLAST_DEPLOYMENT": names.deployment,
             "BALLAST_RELAY_WORKERS": "2",
             "BALLAST_RELAY_BATCH_SIZE": "100",
             "BALLAST_DATA_DIR": str(tmp_path),
@@ -172,8 +175,8 @@ async def test_relay_processes_side_by_side_publish_each_event_exactly_once(
     """Three relay processes (two relays each) woken by one commit drain it together, and no event is
     published twice: a plain subscription on the stream's subjects sees every publish, including the
     copies the broker's de-duplication would hide from the stream."""
-    stream = f"SIDE{uuid.uuid4().hex[:10].upper()}"
-    prefix = stream.lower()
+    names = DeploymentNames(f"side{uuid.uuid4().hex[:10]}")
+    stream, prefix = names.stream, names.subject_prefix
     connection = await asyncpg.connect(asyncpg_dsn(relay_database_url))
     broker = await nats.connect(nats_url)
     js = broker.jetstream()
@@ -189,8 +192,7 @@ async def test_relay_processes_side_by_side_publish_each_event_exactly_once(
         env = {key: value for key, value in os.environ.items() if not key.startswith("BALLAST_")} | {
             "DATABASE_URL": relay_database_url,
             "NATS_URL": nats_url,
-            "BALLAST_NATS_STREAM": stream,
-            "BALLAST_NATS_SUBJECT_PREFIX": prefix,
+            "BALLAST_DEPLOYMENT": names.deployment,
             "BALLAST_RELAY_WORKERS": "2",
             "BALLAST_RELAY_BATCH_SIZE": "100",
             "BALLAST_DATA_DIR": str(tmp_path),
@@ -235,3 +237,87 @@ async def test_relay_processes_side_by_side_publish_each_event_exactly_once(
         await js.delete_stream(stream)
         await broker.close()
         await connection.close()
+
+
+@pytest.fixture
+async def two_databases(server_database_url: str) -> AsyncIterator[list[str]]:
+    """Two deployments' databases, migrated (made and dropped off the event loop: each runs a loop of its own)."""
+    stack = contextlib.ExitStack()
+    try:
+        urls = [
+            await asyncio.to_thread(stack.enter_context, scratch_database(server_database_url, f"ballast_{name}"))
+            for name in ("red", "blue")
+        ]
+        for url in urls:
+            await asyncio.to_thread(migrate_to_head, url)
+        yield urls
+    finally:
+        await asyncio.to_thread(stack.close)
+
+
+async def test_two_deployments_on_one_nats_never_read_each_others_events(
+    two_databases: list[str], nats_url: str, tmp_path: Path
+) -> None:
+    """Each deployment's stream, subjects and durable consumers carry its own name: a server's consumer
+    never receives another deployment's events (which its database does not have: it would dead-letter
+    them), so each applies exactly its own, and no event is dead-lettered."""
+    deployments = [DeploymentNames(f"two_{name}_{uuid.uuid4().hex[:8]}") for name in ("red", "blue")]
+    servers: list[ServerProcess] = []
+    payment_ids: list[str] = []
+    urls = two_databases
+    try:
+        for url, names in zip(urls, deployments, strict=True):
+            port, token = free_port(), f"token-{uuid.uuid4().hex}"
+            data_dir = tmp_path / names.deployment
+            env = server_environment(url, port, token, "two", data_dir) | {
+                "NATS_URL": nats_url,
+                "BALLAST_DEPLOYMENT": names.deployment,
+                "BALLAST_RELAY_WORKERS": "1",
+                "BALLAST_PROVIDER_URL": "off",
+            }
+            server = launch_server(env, f"127.0.0.1:{port}", token, "two", tmp_path / f"{names.deployment}.log")
+            servers.append(server)
+            async with grpc.aio.insecure_channel(server.address) as channel:
+                reply = await payments_pb2_grpc.PaymentServiceStub(channel).CreatePayment(
+                    payments_pb2.CreatePaymentRequest(
+                        idempotency_key=str(uuid.uuid4()), amount=Money(value="3.00", currency_code="EUR")
+                    ),
+                    metadata=server.metadata,
+                    timeout=5,
+                )
+            payment_ids.append(reply.payment.id)
+        for url, payment_id in zip(urls, payment_ids, strict=True):
+            connection = await asyncpg.connect(asyncpg_dsn(url))
+            try:
+
+                async def applied(connection: asyncpg.Connection = connection, key: str = payment_id) -> object:
+                    return await connection.fetchval(
+                        "SELECT count(*) FROM processed_events p JOIN outbox o ON p.event_id = o.id::text"
+                        " WHERE p.consumer_group = 'exposures' AND o.message_key = $1",
+                        key,
+                    )
+
+                await _poll(applied, timeout_s=30)  # its own consumer applied its own event
+                # ... and nothing of the other deployment's: every event it applied is one of its own
+                assert not await connection.fetchval(
+                    "SELECT count(*) FROM processed_events p WHERE p.consumer_group = 'exposures'"
+                    " AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.id::text = p.event_id)"
+                )
+            finally:
+                await connection.close()
+    finally:
+        for server in servers:
+            server.stop()
+    broker = await nats.connect(nats_url)
+    try:
+        js = broker.jetstream()
+        for names, payment_id in zip(deployments, payment_ids, strict=True):
+            recorded = await js.get_last_msg(names.stream, f"{names.subject_prefix}.payments.recorded")
+            assert json.loads(recorded.data or b"{}")["payment_id"] == payment_id
+            consumer = await js.consumer_info(names.stream, names.durable("exposures"))
+            assert consumer.num_pending == 0
+            assert (await js.stream_info(f"{names.stream}_DEAD")).state.messages == 0
+            for stream in (names.stream, f"{names.stream}_DEAD"):
+                await js.delete_stream(stream)
+    finally:
+        await broker.close()

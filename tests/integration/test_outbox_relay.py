@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 
 from server.db.engine import create_pool
 from server.db.migrate import migrate_to_head
+from server.messaging.names import DeploymentNames
 from server.outbox import admin
 from server.outbox.relay import OutboxRelay, ensure_stream
 from tests.support import scratch_database
@@ -316,7 +317,7 @@ async def test_a_broker_outage_loses_nothing_and_burns_no_attempts(
     store = tmp_path_factory.mktemp("outage")
     url, process = start_nats_process(store)
     port = int(url.rsplit(":", 1)[1])
-    config = RelayConfig(url, workers=2, batch_size=100, stream="OUTAGE", subject_prefix="outage")
+    config = RelayConfig(url, workers=2, batch_size=100, names=DeploymentNames("outage"))
     stopping = asyncio.Event()
     relaying = asyncio.create_task(run_relays(relay_pool, config, stopping))
     try:

@@ -33,6 +33,9 @@ def _load(tmp_path: Path, **env: str) -> Settings:
         ("BALLAST_HTTP_PORT", "70000"),
         ("BALLAST_PROVIDER_BREAKER_FAILURES", "0"),
         ("BALLAST_SIMULATOR_PROFILE", "stormy"),
+        ("BALLAST_DEPLOYMENT", "Prod"),
+        ("BALLAST_DEPLOYMENT", "prod.eu"),
+        ("BALLAST_DEPLOYMENT", "p" * 33),
     ],
 )
 def test_a_wrong_value_is_one_line_naming_the_variable(tmp_path: Path, variable: str, value: str) -> None:
@@ -105,3 +108,14 @@ def test_development_starts_the_simulator_unless_told_otherwise(tmp_path: Path) 
     assert (_load(tmp_path).provider_url, _load(tmp_path).provider_enabled) == (None, True)
     off = _load(tmp_path, BALLAST_PROVIDER_URL="off")
     assert (off.provider_url, off.provider_enabled) == (None, False)
+
+
+def test_one_deployment_name_names_the_stream_the_subjects_and_the_durable_consumers(tmp_path: Path) -> None:
+    names = _load(tmp_path, BALLAST_DEPLOYMENT="staging-eu").nats_names
+    assert (names.stream, names.subject_prefix, names.durable("exposures")) == (
+        "STAGING_EU",
+        "staging-eu",
+        "staging-eu_exposures",
+    )
+    default = _load(tmp_path).nats_names
+    assert (default.stream, default.subject_prefix) == ("BALLAST", "ballast")
