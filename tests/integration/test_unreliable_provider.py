@@ -182,6 +182,91 @@ async def test_monday_morning_every_caller_gets_an_answer_in_time_and_the_resolv
         assert row["entries"] == (1 if row["state"] == "SUCCEEDED" else 0)
 
 
+async def _set_faults(url: str, **settings: float) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.put(f"{url}/_sim/profile", json={"settings": settings}) as response,
+    ):
+        assert response.status == 200, await response.text()
+
+
+async def test_a_provider_call_that_fails_fast_is_never_followed_by_a_second_charge(
+    tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    """Every first call fails fast: a 5xx or a reset before the provider acts, or an unreadable answer
+    after it took the payment. Each caller is told UNKNOWN at once; the resolver, itself meeting 5xx
+    and resets, finds or resends each payment under its own key; in the end the provider holds each
+    payment exactly once and Ballast says what the provider did."""
+    first_calls = {"error_5xx_rate": 0.25, "reset_rate": 0.25, "malformed_rate": 0.5}
+    async with (
+        _simulator(tmp_path, database, "calm", **(FAST | first_calls)) as url,
+        aiohttp.ClientSession() as session,
+    ):
+        gateway = GatewayClient(
+            "simulator", url, session, Breaker("simulator.payments", BreakerSettings(failures_max=1000))
+        )
+
+        async def create() -> tuple[uuid.UUID, PaymentState, float]:
+            started = time.monotonic()
+            result = await create_and_submit(
+                database, gateway, principal, _request(str(uuid.uuid4())), Budget.within(5)
+            )
+            return result.payment.id, result.payment.state, time.monotonic() - started
+
+        created = await asyncio.gather(*(create() for _ in range(24)))
+        ids = [payment_id for payment_id, _, _ in created]
+        assert max(elapsed for _, _, elapsed in created) < 2.5, "each call was to fail fast, not time out"
+        taken = {p["reference"]: p["create_fault"] for p in (await _truth(url))["payments"]}
+        assert set(taken.values()) == {"malformed"}, taken  # only unreadable answers left a payment there
+        # honest answers: UNKNOWN, as each request may have arrived (PENDING where the provider's webhook
+        # about a payment it took came first)
+        for payment_id, state, _ in created:
+            honest = ("UNKNOWN", "PENDING") if str(payment_id) in taken else ("UNKNOWN",)
+            assert state.value in honest, (payment_id, state, taken.get(str(payment_id), "not at the provider"))
+
+        await _set_faults(url, error_5xx_rate=0.3, reset_rate=0.2, malformed_rate=0.0)
+        await pool.execute(  # the shared database's other payments wait: this resolver asks about these only
+            "UPDATE payments SET next_check_at = 'infinity' WHERE client_id <> $1"
+            " AND (state IN ('RECORDED', 'UNKNOWN', 'PENDING') OR next_check_at IS NOT NULL)",
+            principal.client_id,
+        )
+        resolver = Resolver(
+            database,
+            gateway,
+            ResolverSettings(
+                unknown_grace_s=0,
+                pending_overdue_s=0.5,
+                backoff_base_s=0.05,
+                backoff_max_s=0.2,
+                checks_max=1000,
+                batch_size=100,
+                provider_timeout_s=1.0,
+            ),
+        )
+        deadline = time.monotonic() + 20
+        undecided = "SELECT count(*) FROM payments WHERE id = ANY($1) AND state IN ('UNKNOWN', 'PENDING')"
+        while await pool.fetchval(undecided, ids) and time.monotonic() < deadline:
+            if not await resolver.run_once():
+                await asyncio.sleep(0.05)
+        truth = (await _truth(url))["payments"]
+
+    charges = {payment_id: [p for p in truth if p["reference"] == str(payment_id)] for payment_id in ids}
+    twice = {payment_id: found for payment_id, found in charges.items() if len(found) > 1}
+    assert twice == {}, f"{len(twice)} payments were charged more than once"
+    assert await pool.fetchval(undecided, ids) == 0, "payments still undecided after 20 s of resolving"
+    rows = await pool.fetch(
+        "SELECT p.id, p.state, (SELECT count(*) FROM ledger_entries e WHERE e.payment_id = p.id) AS entries"
+        " FROM payments p WHERE p.id = ANY($1)",
+        ids,
+    )
+    assert len(rows) == len(ids)
+    for row in rows:
+        [charge] = charges[row["id"]]  # an UNKNOWN payment the provider never saw is resent, under its own key
+        assert charge["idempotency_key"] == str(row["id"])
+        assert PaymentState(row["state"]) is TRUE_STATES[charge["final_status"]], charge
+        assert row["entries"] == (1 if row["state"] == "SUCCEEDED" else 0)
+
+
 async def test_a_dead_provider_opens_the_breaker_calls_fail_fast_and_a_probe_closes_it(
     tmp_path: Path, database: Database
 ) -> None:
