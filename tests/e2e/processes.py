@@ -3,11 +3,14 @@ the spec chooses (a fixed HTTP port, a provider, failpoints), so one can outlive
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,3 +134,46 @@ def kill(process: subprocess.Popen[str]) -> int:
     """SIGKILL, as a power cut would; its exit status."""
     process.send_signal(signal.SIGKILL)
     return exit_status(process)
+
+
+def embedded_children(data_dir: Path) -> dict[str, list[int]]:
+    """The pids of the embedded NATS servers, PostgreSQL postmasters and simulators working on data_dir.
+
+    Read from /proc: a process that outlived its owner is found whatever its owner recorded.
+    """
+    wanted = {
+        "nats-server": lambda argv: argv[0].endswith("nats-server") and str(data_dir / "nats") in argv,
+        "postgres": lambda argv: argv[0].endswith("postgres") and str(data_dir / "postgres") in argv,
+        "simulator": lambda argv: argv[1:3] == ["-m", "simulator"] and str(data_dir / "simulator.sqlite3") in argv,
+    }
+    found: dict[str, list[int]] = {name: [] for name in wanted}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = [part.decode() for part in (entry / "cmdline").read_bytes().split(b"\0")[:-1]]
+            zombie = (entry / "stat").read_text().rpartition(")")[2].split()[0] == "Z"
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        for name, matches in wanted.items():
+            if argv and not zombie and matches(argv):
+                found[name].append(int(entry.name))
+    return found
+
+
+def stop_embedded_children(data_dir: Path, timeout_s: float = EXIT_TIMEOUT_S) -> None:
+    """Stop whatever embedded child still works on data_dir (after a failed spec): the postmaster
+    with a fast shutdown (SIGINT), the others with SIGTERM; SIGKILL for what outlives timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    for name, pids in embedded_children(data_dir).items():
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT if name == "postgres" else signal.SIGTERM)
+    while any(embedded_children(data_dir).values()):
+        if time.monotonic() > deadline:
+            for pids in embedded_children(data_dir).values():
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+            return
+        time.sleep(0.05)
