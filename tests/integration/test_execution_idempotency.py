@@ -7,8 +7,6 @@ change, and each one's repeat replays its own, never the other client's.
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
-from decimal import Decimal
 
 import asyncpg
 import grpc
@@ -16,7 +14,7 @@ import pytest
 
 from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
 from server.db.database import Budget, Database
-from server.domain.order_legs import Fill, LegState
+from server.domain.order_legs import LegState
 from server.services import execution
 from tests.integration.conftest import Caller
 
@@ -47,18 +45,10 @@ async def _leg_of(stub: Stub, caller: Caller) -> tuple[str, str]:
     return order.id, order.legs[0].id
 
 
-async def _filled_leg_of(stub: Stub, caller: Caller, database: Database) -> tuple[str, str]:
-    """A new order of the caller whose one leg the venue acknowledged and filled; (order id, leg id)."""
+async def _working_leg_of(stub: Stub, caller: Caller, database: Database) -> tuple[str, str]:
+    """A new order of the caller whose one leg the venue acknowledged and has not filled; (order id, leg id)."""
     order_id, leg_id = await _leg_of(stub, caller)
     await execution.apply_venue_state(database, uuid.UUID(leg_id), LegState.PENDING, "venue:ack", Budget.within(5))
-    await execution.record_fill(
-        database,
-        uuid.UUID(leg_id),
-        Fill(f"x-{uuid.uuid4()}", Decimal("10"), Decimal("100")),
-        datetime.now(UTC),
-        "venue:fill",
-        Budget.within(5),
-    )
     return order_id, leg_id
 
 
@@ -115,22 +105,22 @@ async def test_two_clients_modifying_their_legs_under_one_key_each_modify_their_
     stub: Stub, alpha: Caller, beta: Caller, database: Database, pool: asyncpg.Pool
 ) -> None:
     key = f"shared-modify-{uuid.uuid4()}"
-    alpha_order, alpha_leg = await _filled_leg_of(stub, alpha, database)
-    beta_order, beta_leg = await _filled_leg_of(stub, beta, database)
+    alpha_order, alpha_leg = await _working_leg_of(stub, alpha, database)
+    beta_order, beta_leg = await _working_leg_of(stub, beta, database)
 
-    def modify(order_id: str, leg_id: str, quantity: str) -> execution_pb2.ModifyLegRequest:
-        """A larger quantity: the one change a filled leg takes (it re-opens it)."""
+    def modify(order_id: str, leg_id: str, price: str) -> execution_pb2.ModifyLegRequest:
+        """A new limit price for a working leg: the plainest modification there is."""
         return execution_pb2.ModifyLegRequest(
-            idempotency_key=key, order_id=order_id, leg_id=leg_id, new_quantity=quantity
+            idempotency_key=key, order_id=order_id, leg_id=leg_id, new_limit_price=price
         )
 
-    alphas = await stub.ModifyLeg(modify(alpha_order, alpha_leg, "12.5"), metadata=alpha.metadata, timeout=5)
-    betas = await stub.ModifyLeg(modify(beta_order, beta_leg, "11"), metadata=beta.metadata, timeout=5)
+    alphas = await stub.ModifyLeg(modify(alpha_order, alpha_leg, "99.5"), metadata=alpha.metadata, timeout=5)
+    betas = await stub.ModifyLeg(modify(beta_order, beta_leg, "98"), metadata=beta.metadata, timeout=5)
     assert not alphas.replayed and not betas.replayed
     assert (alphas.leg.id, betas.leg.id) == (alpha_leg, beta_leg)
 
-    alpha_again = await stub.ModifyLeg(modify(alpha_order, alpha_leg, "12.5"), metadata=alpha.metadata, timeout=5)
-    beta_again = await stub.ModifyLeg(modify(beta_order, beta_leg, "11"), metadata=beta.metadata, timeout=5)
+    alpha_again = await stub.ModifyLeg(modify(alpha_order, alpha_leg, "99.5"), metadata=alpha.metadata, timeout=5)
+    beta_again = await stub.ModifyLeg(modify(beta_order, beta_leg, "98"), metadata=beta.metadata, timeout=5)
     assert alpha_again.replayed and alpha_again.leg.id == alpha_leg
     assert beta_again.replayed and beta_again.leg.id == beta_leg
     assert await _key_owners(pool, key, alpha, beta) == sorted([alpha.client_id, beta.client_id])
