@@ -199,21 +199,27 @@ async def fetch_orders(connection: asyncpg.Connection, order_rows: list[asyncpg.
 _ORDER_COLUMNS = "id, client_id, idempotency_key, client_order_reference, created_at"
 
 
-async def get_order(connection: asyncpg.Connection, client_id: str, order_id: uuid.UUID) -> OrderRecord | None:
+async def get_order(connection: asyncpg.Connection, client_id: str | None, order_id: uuid.UUID) -> OrderRecord | None:
+    """The order, if it is `client_id`'s (None: whoever's it is)."""
     row = await connection.fetchrow(
-        f"SELECT {_ORDER_COLUMNS} FROM orders WHERE id = $1 AND client_id = $2", order_id, client_id
+        f"SELECT {_ORDER_COLUMNS} FROM orders WHERE id = $1 AND ($2::text IS NULL OR client_id = $2)",
+        order_id,
+        client_id,
     )
     return None if row is None else (await fetch_orders(connection, [row]))[0]
 
 
 async def list_orders(
-    connection: asyncpg.Connection, client_id: str, after: tuple[datetime, uuid.UUID] | None, limit: int
+    connection: asyncpg.Connection, client_id: str | None, after: tuple[datetime, uuid.UUID] | None, limit: int
 ) -> list[OrderRecord]:
+    """A page of `client_id`'s orders (None: every client's), newest first."""
     after_time, after_id = after if after is not None else (None, None)
+    # one statement per scope, each keeping a plan on its own index
+    whose = "client_id = $1" if client_id is not None else "$1::text IS NULL"
     rows = await connection.fetch(
         f"""
         SELECT {_ORDER_COLUMNS} FROM orders
-        WHERE client_id = $1 AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
+        WHERE {whose} AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3::uuid))
         ORDER BY created_at DESC, id DESC LIMIT $4
         """,
         client_id,

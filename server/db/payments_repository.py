@@ -82,17 +82,25 @@ LEFT JOIN payments p ON p.id = k.resource_id
 WHERE k.client_id = $1 AND k.idempotency_key = $2
 """
 
-_SELECT_PAYMENT = f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = $1 AND client_id = $2"
+# $2 NULL: whoever the payment's client (a reader of every client's payments)
+_SELECT_PAYMENT = f"SELECT {_PAYMENT_COLUMNS} FROM payments WHERE id = $1 AND ($2::text IS NULL OR client_id = $2)"
 
-# Keyset pagination, newest first: (created_at, id) strictly after the cursor.
-_LIST_PAYMENTS = f"""
+
+def _list_payments_sql(whose: str) -> str:
+    """Keyset pagination, newest first: (created_at, id) strictly after the cursor. One statement per
+    scope (`whose`: one client's payments, or every client's with $1 NULL), each keeping its own plan."""
+    return f"""
 SELECT {_PAYMENT_COLUMNS} FROM payments
-WHERE client_id = $1
+WHERE {whose}
   AND ($2::text IS NULL OR state = $2)
   AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4::uuid))
 ORDER BY created_at DESC, id DESC
 LIMIT $5
 """
+
+
+_LIST_PAYMENTS = _list_payments_sql("client_id = $1")
+_LIST_EVERY_CLIENTS_PAYMENTS = _list_payments_sql("$1::text IS NULL")
 
 
 def _payment_from_row(row: asyncpg.Record | dict[str, Any]) -> PaymentRecord:
@@ -178,15 +186,16 @@ async def find_key(
 
 
 async def get_payment(
-    connection: asyncpg.Connection, client_id: str, payment_id: uuid.UUID, *, timeout_s: float
+    connection: asyncpg.Connection, client_id: str | None, payment_id: uuid.UUID, *, timeout_s: float
 ) -> PaymentRecord | None:
+    """The payment, if it is `client_id`'s (None: whoever's it is)."""
     row = await connection.fetchrow(_SELECT_PAYMENT, payment_id, client_id, timeout=timeout_s)
     return None if row is None else _payment_from_row(row)
 
 
 async def list_payments(
     connection: asyncpg.Connection,
-    client_id: str,
+    client_id: str | None,
     *,
     state: PaymentState | None,
     after: tuple[datetime, uuid.UUID] | None,
@@ -195,7 +204,7 @@ async def list_payments(
 ) -> list[PaymentRecord]:
     created_at, payment_id = after if after is not None else (None, None)
     rows = await connection.fetch(
-        _LIST_PAYMENTS,
+        _LIST_PAYMENTS if client_id is not None else _LIST_EVERY_CLIENTS_PAYMENTS,
         client_id,
         None if state is None else state.value,
         created_at,

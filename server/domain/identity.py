@@ -30,18 +30,29 @@ class Permission(enum.StrEnum):
     READ_ORDERS = "orders.read"
     #: balances and entries of every account, not only the caller's
     READ_LEDGER = "ledger.read"
+    #: the payments, orders and timelines of every client, not only the caller's own
+    READ_EVERY_CLIENT = "clients.read_every"
 
 
 _READ_OWN = {Permission.READ_PAYMENTS, Permission.READ_ORDERS}
+#: What operations staff and auditors read: every client's payments, orders, timelines and ledger
+#: accounts alike, so that a ledger line they can read never names a payment they cannot.
+_READ_EVERYTHING = {*_READ_OWN, Permission.READ_EVERY_CLIENT, Permission.READ_LEDGER}
 
-#: What each role may do. Payment and order reads are scoped to the caller's own client id.
+#: What each role may do. A service reads its own client's payments, orders and account only.
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.SERVICE: frozenset({Permission.CREATE_PAYMENT, Permission.TRADE, *_READ_OWN}),
-    Role.OPERATOR: frozenset({Permission.READ_LEDGER, *_READ_OWN}),
-    Role.AUDITOR: frozenset({Permission.READ_LEDGER, *_READ_OWN}),
+    Role.OPERATOR: frozenset(_READ_EVERYTHING),
+    Role.AUDITOR: frozenset(_READ_EVERYTHING),
     Role.ADMIN: frozenset(Permission),
 }
 
 
 def is_allowed(principal: Principal, permission: Permission) -> bool:
     return permission in ROLE_PERMISSIONS[principal.role]
+
+
+def readable_client(principal: Principal) -> str | None:
+    """Whose payments and orders the principal may read: its own client's (that client id), or every
+    client's (None). Another client's payment or order reads as NotFound, as if it did not exist."""
+    return None if is_allowed(principal, Permission.READ_EVERY_CLIENT) else principal.client_id

@@ -18,7 +18,7 @@ from server.db.database import Budget, Database, in_transaction
 from server.db.idempotency_repository import claim_key
 from server.db.orders_repository import LegRecord, OrderRecord
 from server.domain.errors import FieldViolation, InvalidArgument, NotFound
-from server.domain.identity import Principal
+from server.domain.identity import Principal, readable_client
 from server.domain.order_legs import (
     LEG_MACHINE,
     Fill,
@@ -99,7 +99,7 @@ async def submit_order(database: Database, principal: Principal, request: Submit
 
 async def get_order(database: Database, principal: Principal, order_id: uuid.UUID, budget: Budget) -> OrderRecord:
     async with database.connection(budget) as connection:
-        order = await orders_repository.get_order(connection, principal.client_id, order_id)
+        order = await orders_repository.get_order(connection, readable_client(principal), order_id)
     if order is None:
         raise NotFound("order", str(order_id))
     return order
@@ -129,7 +129,7 @@ async def list_orders(
     limit = page_size or PAGE_SIZE_DEFAULT
     after = decode_cursor(page_token, "ListOrders") if page_token else None
     async with database.connection(budget) as connection:
-        orders = await orders_repository.list_orders(connection, principal.client_id, after, limit + 1)
+        orders = await orders_repository.list_orders(connection, readable_client(principal), after, limit + 1)
     return OrderPage(orders[:limit], has_more=len(orders) > limit)
 
 

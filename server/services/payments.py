@@ -16,7 +16,7 @@ from server.domain.errors import (
     NotFound,
 )
 from server.domain.identifiers import parse_uuid
-from server.domain.identity import Principal
+from server.domain.identity import Principal, readable_client
 from server.domain.payments import CreatePayment, PaymentState
 from server.services.paging import decode_cursor, encode_cursor
 
@@ -61,10 +61,10 @@ def parse_payment_id(raw: str, field: str = "payment_id") -> uuid.UUID:
 
 
 async def get_payment(database: Database, principal: Principal, payment_id: uuid.UUID, budget: Budget) -> PaymentRecord:
-    """A payment of the calling client; another client's payment is NotFound, as if it did not exist."""
+    """A payment the caller may read (readable_client); another client's is NotFound, as if it did not exist."""
     async with database.connection(budget) as connection:
         payment = await payments_repository.get_payment(
-            connection, principal.client_id, payment_id, timeout_s=budget.remaining_s()
+            connection, readable_client(principal), payment_id, timeout_s=budget.remaining_s()
         )
     if payment is None:
         raise NotFound("payment", str(payment_id))
@@ -106,6 +106,11 @@ async def list_payments(
     async with database.connection(budget) as connection:
         # One row more than asked tells whether another page exists without a count query.
         rows = await payments_repository.list_payments(
-            connection, principal.client_id, state=state, after=after, limit=limit + 1, timeout_s=budget.remaining_s()
+            connection,
+            readable_client(principal),
+            state=state,
+            after=after,
+            limit=limit + 1,
+            timeout_s=budget.remaining_s(),
         )
     return PaymentPage(rows[:limit], has_more=len(rows) > limit, state=state)

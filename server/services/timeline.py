@@ -25,7 +25,7 @@ from server.db import payments_repository
 from server.db.database import Budget, Database
 from server.domain.errors import FieldViolation, InvalidArgument, NotFound
 from server.domain.identifiers import UUID_PATTERN
-from server.domain.identity import Principal
+from server.domain.identity import Principal, readable_client
 from server.domain.payments import INITIAL_PAYMENT_STATE, PaymentState
 from server.services.paging import PAGE_TOKEN_LENGTH_MAX
 
@@ -174,7 +174,7 @@ async def get_payment_timeline(
     page_size: int = 0,
     page_token: str = "",
 ) -> Timeline:
-    """A page of the timeline of a payment of the calling client; another client's payment is NotFound."""
+    """A page of the timeline of a payment the caller may read (readable_client); another is NotFound."""
     if not 0 <= page_size <= PAGE_SIZE_MAX:
         raise InvalidArgument(
             [FieldViolation("page_size", f"must be from 0 to {PAGE_SIZE_MAX}; 0 means {PAGE_SIZE_DEFAULT}")]
@@ -183,7 +183,7 @@ async def get_payment_timeline(
     after = _decode_position(page_token) if page_token else (None, None, None, None, None)
     async with database.connection(budget) as connection:
         payment = await payments_repository.get_payment(
-            connection, principal.client_id, payment_id, timeout_s=budget.remaining_s()
+            connection, readable_client(principal), payment_id, timeout_s=budget.remaining_s()
         )
         if payment is None:
             raise NotFound("payment", str(payment_id))

@@ -199,10 +199,20 @@ async def test_another_clients_payment_is_not_found_as_if_it_did_not_exist(
 ) -> None:
     payment_id = await _create(clients)
     await _apply(database, payment_id, E.SUCCEEDED, "evt-ok", provider_status="captured")
-    for caller, asked in ((clients.other, payment_id), (clients.auditor, payment_id), (clients.merchant, uuid.uuid4())):
+    for caller, asked in ((clients.other, payment_id), (clients.merchant, uuid.uuid4())):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await _timeline(clients, asked, caller)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_an_auditor_reads_every_clients_timeline_as_it_reads_every_ledger_account(
+    clients: Clients, database: Database
+) -> None:
+    payment_id = await _create(clients)
+    await _apply(database, payment_id, E.SUCCEEDED, "evt-audited", provider_status="captured")
+    audited = await _timeline(clients, payment_id, clients.auditor)
+    own = await _timeline(clients, payment_id)
+    assert audited == own
 
 
 @pytest.mark.parametrize(
