@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable
 
 import pytest
@@ -19,7 +20,7 @@ def readme_snippet(name: str) -> str:
     readme = (ROOT / "README.md").read_text()
     match = re.search(rf"<!-- readme-snippet: {name} -->\s*```python\n(.*?)```", readme, re.DOTALL)
     assert match, f"README.md has no snippet marked {name!r}"
-    return match.group(1)
+    return textwrap.dedent(match.group(1))  # a snippet inside a list item is indented
 
 
 def test_the_readme_snippet_is_short() -> None:
@@ -35,3 +36,11 @@ def test_the_readme_snippet_creates_a_payment(start_server: Callable[..., Server
     assert result.returncode == 0, result.stderr
     # the simulator started beside the server answers "pending", and its webhook may already be in
     assert re.fullmatch(r"[0-9a-f-]{36} PAYMENT_STATE_(PENDING|SUCCEEDED)\n", result.stdout), result.stdout
+
+
+def test_the_readme_lists_the_services_without_grpcurl(start_server: Callable[..., ServerProcess]) -> None:
+    server = start_server()
+    snippet = readme_snippet("list-services").replace("127.0.0.1:50051", server.address)
+    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "ballast.payments.v1.PaymentService" in result.stdout
