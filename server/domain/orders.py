@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from server.domain.errors import FieldViolation, InvalidArgument, echo
+from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, echo
 from server.domain.identifiers import parse_uuid
 from server.domain.money import EXACT, MoneyError, parse_currency
 from server.domain.order_legs import (
@@ -234,11 +234,12 @@ def check_modification(request: ModifyLeg, state: LegState, terms: LegSpec, fill
     """May this leg, as it stands, be amended as asked? A leg is amended at the venue (cancel/replace)
     while it is working there (PENDING, PARTIALLY_FILLED) or once FILLED, one modification at a time.
 
-    FAILED_PRECONDITION (IllegalTransition, ModificationPending) for a leg in another state, naming it;
-    INVALID_ARGUMENT for terms the leg cannot take: a quantity below what has filled, terms equal to
-    those in force, or, for a FILLED leg, anything but a larger quantity (nothing of it works at the
-    venue to reprice or to shrink). Checked after the key, since the leg's state and fills move on and a
-    replay must still replay.
+    FAILED_PRECONDITION, naming the leg: for a leg in another state (IllegalTransition,
+    ModificationPending), and for terms this leg, as it stands, cannot take: a quantity below what has
+    filled, terms equal to those in force, or, for a FILLED leg, anything but a larger quantity (nothing
+    of it works at the venue to reprice or to shrink). These depend on the leg's state and fills, which
+    move on, so they are preconditions, not malformed input; and they are checked after the key, so
+    that a replay still replays.
     """
     if state is LegState.MODIFYING:
         raise ModificationPending(subject)
@@ -248,17 +249,15 @@ def check_modification(request: ModifyLeg, state: LegState, terms: LegSpec, fill
     limit_price = terms.limit_price if request.new_limit_price is None else request.new_limit_price
     asked = "new_quantity" if request.new_quantity is not None else "new_limit_price"
     if request.new_quantity is not None and request.new_quantity < filled:
-        violation = FieldViolation("new_quantity", f"must be at least the filled quantity, {filled}")
+        refusal = f"new_quantity must be at least the filled quantity, {filled}"
     elif (quantity, limit_price) == (terms.quantity, terms.limit_price):
         in_force = f"quantity {terms.quantity}" + ("" if terms.limit_price is None else f", limit {terms.limit_price}")
-        violation = FieldViolation(asked, f"changes nothing: the leg's terms in force are {in_force}")
+        refusal = f"{asked} changes nothing: the leg's terms in force are {in_force}"
     elif state is LegState.FILLED and quantity == filled:
-        violation = FieldViolation(
-            asked, f"a FILLED leg has nothing working to change: only a new_quantity above the filled {filled}"
-        )
+        refusal = f"{asked}: a FILLED leg has nothing working to change: only a new_quantity above the filled {filled}"
     else:
         return
-    raise InvalidArgument([violation])
+    raise FailedPrecondition(subject, refusal)
 
 
 def validate_close_leg(idempotency_key: str, order_id: str, leg_id: str, reason: str) -> CloseLeg:

@@ -323,7 +323,7 @@ async def test_a_filled_leg_refuses_what_would_change_nothing_at_the_venue_and_s
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.ModifyLeg(request, metadata=caller.metadata, timeout=5)
         venue_order = _venue_order(await _truth(url), leg_id)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert field in (caught.value.details() or "")
     assert venue_order["modification"] is None  # nothing reached the venue
     assert not await pool.fetchval("SELECT count(*) FROM venue_instructions WHERE leg_id = $1", uuid.UUID(leg_id))

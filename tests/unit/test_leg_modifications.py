@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.domain.errors import InvalidArgument
+from server.domain.errors import FailedPrecondition, InvalidArgument
 from server.domain.order_legs import (
     LEG_MACHINE,
     Fill,
@@ -53,10 +53,11 @@ def _ask(quantity: str | None = None, limit_price: str | None = None) -> ModifyL
 
 
 def _refused_field(request: ModifyLeg, state: LegState, filled: str) -> str:
-    with pytest.raises(InvalidArgument) as caught:
+    """The field named by the refusal: a precondition on the leg as it stands, naming the leg."""
+    with pytest.raises(FailedPrecondition) as caught:
         check_modification(request, state, TERMS, D(filled), "leg x")
-    (violation,) = caught.value.violations
-    return violation.field
+    assert caught.value.subject == "leg x"
+    return str(caught.value).split()[0].rstrip(":")
 
 
 # -------------------------------------------------------------------------------- what may be asked
@@ -93,7 +94,7 @@ def test_a_working_or_filled_leg_takes_a_cancel_replace_that_changes_something(
         (L.FILLED, "10", "10", "99", "new_quantity"),
     ],
 )
-def test_terms_the_leg_cannot_take_are_invalid_naming_the_field(
+def test_terms_the_leg_cannot_take_are_refused_naming_the_field(
     state: LegState, filled: str, quantity: str | None, limit_price: str | None, field: str
 ) -> None:
     assert _refused_field(_ask(quantity, limit_price), state, filled) == field
@@ -201,7 +202,7 @@ def test_fills_modifications_and_answers_in_any_order_never_overfill_what_is_in_
                 quantity = asked if kind == "confirm" and asked is not None else leg.ordered_quantity
                 state = answer_modification(leg, quantity)
                 leg, asked = Leg(quantity, state, leg.filled_quantity, leg.fill_notional), None
-        except (FillError, IllegalTransition, InvalidArgument):
+        except (FillError, IllegalTransition, InvalidArgument, FailedPrecondition):
             assert leg == before
         assert leg.filled_quantity <= leg.ordered_quantity
         if leg.state is not L.MODIFYING:

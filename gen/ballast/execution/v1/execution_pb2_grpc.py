@@ -128,11 +128,13 @@ class ExecutionServiceServicer:
         - a LEG_STATE_FILLED leg: only a larger quantity, which re-opens it
         for the difference (nothing of a filled leg works at the venue to
         reprice or to shrink), optionally with a new limit price for it.
-        Terms equal to those in force, a quantity below filled_quantity, a
-        filled leg's quantity kept, and a limit price for a MARKET leg are
-        INVALID_ARGUMENT, naming the field. Any other state, including
-        LEG_STATE_MODIFYING (one modification at a time), is
-        FAILED_PRECONDITION naming the leg's state.
+        A limit price for a MARKET leg is INVALID_ARGUMENT, naming the field.
+        What the leg as it stands cannot take (terms equal to those in force, a
+        quantity below filled_quantity, a filled leg's quantity kept) is
+        FAILED_PRECONDITION, naming the field: the leg's fills move on, so the
+        same request may be refused or taken depending on when it arrives. Any
+        other state, including LEG_STATE_MODIFYING (one modification at a
+        time), is FAILED_PRECONDITION naming the leg's state.
 
         The leg moves to LEG_STATE_MODIFYING under its old terms: quantity and
         limit_price change only when the venue confirms, and fills the venue
