@@ -43,10 +43,11 @@ test: $(INSTALLED) ## Run every test (embedded PostgreSQL unless DATABASE_URL is
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: $(INSTALLED) ## Lint and type-check: ruff and mypy (strict) over the Python code
+lint: $(INSTALLED) ## Lint and type-check: ruff, mypy (strict) and the layers' import contract (pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 .PHONY: format
 format: $(INSTALLED) ## Format the Python code and apply safe lint fixes

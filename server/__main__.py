@@ -42,6 +42,7 @@ from server.db.migrate import migrate_to_head, pending_revision
 from server.domain.errors import BallastError
 from server.domain.payments import PaymentState
 from server.failpoints import arm as arm_failpoints
+from server.messaging.consumer import ConsumerGroup
 from server.observability import configure_logging
 from server.outbox import admin
 from server.outbox.supervisor import RelayConfig, run_relays
@@ -50,7 +51,7 @@ from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.embedded_simulator import embedded_simulator
 from server.providers.gateway import GatewayClient
 from server.providers.venue import VenueClient
-from server.services import audit, outliving
+from server.services import audit, exposures, outliving
 from server.services.case_checks import CaseChecker
 from server.services.check_loop import CheckSettings
 from server.services.corrections import approve_correction
@@ -92,6 +93,7 @@ def _relay_config(settings: Settings, nats_url: str, workers_min: int = 0) -> Re
         workers=max(settings.relay_workers, workers_min),
         batch_size=settings.relay_batch_size,
         names=settings.nats_names,
+        consumers=(ConsumerGroup(exposures.CONSUMER_GROUP, exposures.apply_event),),
         retention_hours=settings.outbox_retention_hours,
     )
 

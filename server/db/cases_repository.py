@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 import asyncpg
 
+from server.db.outbox_writer import write_event
 from server.domain import events
-from server.outbox.writer import write_event
 
 Subject = Literal["payment_id", "leg_id"]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -39,6 +40,15 @@ CONSUMER_DEAD_LETTERS = Counter("ballast_consumer_dead_letters", "Messages given
 
 #: (connection, subject, payload) -> None; runs inside the transaction process_if_new guards
 EventHandler = Callable[[asyncpg.Connection, str, dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ConsumerGroup:
+    """One of Ballast's own consumers: its group name (in the database and in dead letters) and what it
+    does with each event."""
+
+    group: str
+    handler: EventHandler
 
 
 def dead_letter_subject(subject_prefix: str, group: str) -> str:

@@ -18,11 +18,10 @@ import nats
 import structlog
 from nats.aio.client import Client as NatsClient
 
-from server.messaging.consumer import ConsumerRunner
+from server.messaging.consumer import ConsumerGroup, ConsumerRunner
 from server.messaging.names import DeploymentNames
 from server.outbox.maintenance import run_maintenance
 from server.outbox.relay import OutboxRelay, ensure_stream
-from server.services import exposures
 
 log = structlog.get_logger(__name__)
 
@@ -72,8 +71,9 @@ class RelayConfig:
     batch_size: int
     #: the deployment's stream, subjects and durable consumer names
     names: DeploymentNames = field(default_factory=DeploymentNames)
-    #: run Ballast's own consumers (the exposure projection) beside the relays
-    consumers: bool = True
+    #: Ballast's own consumers to run beside the relays (the exposure projection): given by the
+    #: composition root (`server/__main__.py`), since the handlers are use cases this layer never imports
+    consumers: tuple[ConsumerGroup, ...] = ()
     #: published events are kept this long (the replay window), then pruned
     retention_hours: int = 168
 
@@ -108,17 +108,17 @@ async def run_relays(
         ]
         tasks = [relay.run(stopping) for relay in relays]
         tasks.append(run_maintenance(pool, config.retention_hours, stopping))
-        if config.consumers:
-            exposure_consumer = ConsumerRunner(
+        for consumer in config.consumers:
+            runner = ConsumerRunner(
                 pool,
                 js,
                 stream=config.names.stream,
                 subject_prefix=config.names.subject_prefix,
-                group=exposures.CONSUMER_GROUP,
-                durable=config.names.durable(exposures.CONSUMER_GROUP),
-                handler=exposures.apply_event,
+                group=consumer.group,
+                durable=config.names.durable(consumer.group),
+                handler=consumer.handler,
             )
-            tasks.append(exposure_consumer.run(stopping))
+            tasks.append(runner.run(stopping))
         if set_health is not None:
             tasks.append(_report_health(connection, set_health, stopping))
         await asyncio.gather(*tasks)

@@ -17,6 +17,7 @@ from server.db import orders_repository
 from server.db.database import Budget, Database, in_transaction
 from server.db.idempotency_repository import claim_key
 from server.db.orders_repository import LegRecord, OrderRecord
+from server.db.outbox_writer import append_audit, write_event
 from server.domain.errors import FieldViolation, InvalidArgument, NotFound
 from server.domain.identity import Principal, readable_client
 from server.domain.order_legs import (
@@ -40,7 +41,6 @@ from server.domain.orders import (
     check_modification,
     check_modification_fits_type,
 )
-from server.outbox.writer import append_audit, write_event
 from server.services.paging import decode_cursor, encode_cursor
 from server.services.payments import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
 

@@ -21,6 +21,7 @@ import asyncpg
 
 from server.db import cases_repository, ledger_repository
 from server.db.database import Budget, Database, in_transaction
+from server.db.outbox_writer import event_rows
 from server.domain import events
 from server.domain.corrections import CORRECTION_CASE, CORRECTION_EVENT, CORRECTIONS, Approval, approval_needed
 from server.domain.errors import NotFound
@@ -38,7 +39,6 @@ from server.domain.payment_states import (
 )
 from server.domain.payments import PaymentState
 from server.domain.state_machine import IllegalTransition
-from server.outbox.writer import event_rows
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import structlog
 from prometheus_client import Counter, Gauge
 
 from server.db.database import Budget, Database
+from server.db.outbox_writer import write_event
 from server.domain import events
-from server.outbox.writer import write_event
 from server.providers.breaker import BreakerState, StateListener
 
 log = structlog.get_logger(__name__)
