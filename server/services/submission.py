@@ -23,7 +23,7 @@ from server.domain.errors import NotFound, ProviderUnavailable
 from server.domain.identity import Principal
 from server.domain.payment_states import PaymentEvent, Witness
 from server.domain.payments import CreatePayment, PaymentState
-from server.domain.provider_status import event_for
+from server.domain.provider_status import UnknownProviderStatus, event_for
 from server.failpoints import failpoint
 from server.providers.gateway import GatewayClient, NotSent, OutcomeUnknown, Refused
 from server.services import payments
@@ -95,7 +95,21 @@ async def submit_payment(
         evidence = Evidence(f"provider.refused_http_{error.status}", f"{provider}:create:{key}")
     else:
         failpoint("submission.after_provider_answer")
-        event = event_for(provider, answer.status)
+        try:
+            event = event_for(provider, answer.status)
+        except UnknownProviderStatus:
+            # it answered, in words Ballast cannot read: whether it took the money is unknown (never guessed);
+            # the resolver asks again, and the word is kept in the evidence reference
+            log.warning("provider.unknown_status", payment_id=key, provider=provider, status=answer.status[:64])
+            await _record(
+                database,
+                payment,
+                PaymentEvent.OUTCOME_UNKNOWN,
+                Evidence(
+                    "provider.unknown_status", f"{provider}:create:{key}:{answer.status[:64]}", witness=Witness.BALLAST
+                ),
+            )
+            return await _reread(database, payment)
         evidence = Evidence(
             "provider.response",
             f"{provider}:{answer.provider_payment_id}",

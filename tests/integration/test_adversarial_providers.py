@@ -988,3 +988,40 @@ async def test_fills_are_applied_once_per_execution_while_the_leg_resolver_races
 
 
 _ = (contextlib, SIM_SECRET)
+
+
+async def test_a_provider_answer_in_a_status_ballast_does_not_know_is_an_unknown_outcome_not_an_error(
+    database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    """The provider took the request and answered a status word with no mapping: whether it took the
+    money is unknown, so the payment is UNKNOWN (the resolver asks), the caller is answered, and the
+    word is kept beside the move as what the provider said. Never INTERNAL, never a guess."""
+
+    async def mystery(request: web.Request) -> web.Response:
+        key = request.headers.get("Idempotency-Key", "")
+        return web.json_response({"id": f"pay_{key[:8]}", "status": "teleported", "idempotency_key": key})
+
+    app = web.Application()
+    app.router.add_post("/v1/payments", mystery)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            gateway = GatewayClient("simulator", url, session, Breaker("adv.mystery", BreakerSettings()))
+            result = await create_and_submit(
+                database, gateway, principal, _request(f"mystery-{uuid.uuid4()}"), Budget.within(5)
+            )
+    finally:
+        await runner.cleanup()
+    assert result.payment.state is PaymentState.UNKNOWN
+    assert (
+        await _count(
+            pool,
+            "SELECT count(*) FROM payment_transitions WHERE payment_id = $1 AND to_state = 'UNKNOWN'"
+            " AND cause = 'provider.unknown_status' AND evidence_ref LIKE '%teleported%'",
+            result.payment.id,
+        )
+        == 1
+    )
