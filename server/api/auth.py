@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from server.api.handlers import refusing
-from server.domain.errors import PermissionDenied
+from server.domain.errors import Defect, PermissionDenied
 from server.domain.identity import Permission, Principal, is_allowed
 
 #: Standard infrastructure services that load balancers and tools call without credentials.
@@ -49,7 +49,7 @@ class TokenAuthenticator:
         """
         principal = self.authenticate(context.invocation_metadata())
         if principal is None:  # unreachable behind AuthInterceptor; guards a handler mounted without it
-            raise PermissionError("handler reached without authentication")
+            raise Defect("handler reached without authentication: it is mounted without AuthInterceptor")
         if not is_allowed(principal, permission):
             raise PermissionDenied(principal.client_id, principal.role.value, permission.value)
         return principal

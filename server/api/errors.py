@@ -10,6 +10,7 @@ from server.domain.errors import (
     BallastError,
     ConcurrencyConflict,
     DeadlineExceeded,
+    Defect,
     FailedPrecondition,
     IdempotencyKeyReused,
     InvalidArgument,
@@ -18,6 +19,8 @@ from server.domain.errors import (
     ProviderUnavailable,
     Unavailable,
 )
+from server.domain.order_legs import FillError
+from server.domain.provider_status import UnknownProviderStatus
 from server.domain.state_machine import IllegalTransition
 
 STATUS_DETAILS_METADATA_KEY = "grpc-status-details-bin"
@@ -39,9 +42,33 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
-def _precondition_failure(kind: str, subject: str, error: BallastError) -> tuple[grpc.StatusCode, list[any_pb2.Any]]:
+#: The status code of each kind of operating error: a subclass takes its nearest listed ancestor's. Every
+#: kind has one on purpose (a test walks every BallastError subclass); a Defect is answered INTERNAL.
+STATUS_CODES: dict[type[BallastError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    IdempotencyKeyReused: grpc.StatusCode.FAILED_PRECONDITION,
+    IllegalTransition: grpc.StatusCode.FAILED_PRECONDITION,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    # venue evidence a leg cannot hold: the leg as it stands refuses it
+    FillError: grpc.StatusCode.FAILED_PRECONDITION,
+    ConcurrencyConflict: grpc.StatusCode.ABORTED,
+    DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Unavailable: grpc.StatusCode.UNAVAILABLE,
+    # a provider's answer in words Ballast cannot read: nothing was decided on it; ask again later
+    UnknownProviderStatus: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_code_of(kind: type[BallastError]) -> grpc.StatusCode | None:
+    """The kind's status code (its nearest listed ancestor's); None for a kind nobody gave one."""
+    return next((STATUS_CODES[base] for base in kind.__mro__ if base in STATUS_CODES), None)
+
+
+def _precondition_failure(kind: str, subject: str, error: BallastError) -> list[any_pb2.Any]:
     violation = error_details_pb2.PreconditionFailure.Violation(type=kind, subject=subject, description=str(error))
-    return grpc.StatusCode.FAILED_PRECONDITION, [_pack(error_details_pb2.PreconditionFailure(violations=[violation]))]
+    return [_pack(error_details_pb2.PreconditionFailure(violations=[violation]))]
 
 
 def retry_status(message: str, delay: duration_pb2.Duration) -> bytes:
@@ -53,7 +80,12 @@ def retry_status(message: str, delay: duration_pb2.Duration) -> bytes:
     return serialized
 
 
-def _details_for(error: BallastError) -> tuple[grpc.StatusCode, list[any_pb2.Any]]:
+#: What a caller that may repeat the call is told to wait first.
+RETRY_DELAY = duration_pb2.Duration(nanos=50_000_000)
+
+
+def _details_for(error: BallastError) -> list[any_pb2.Any]:
+    """The google.rpc details that say, in machine-readable form, what is wrong and what to do."""
     if isinstance(error, InvalidArgument):
         bad_request = error_details_pb2.BadRequest(
             field_violations=[
@@ -63,7 +95,7 @@ def _details_for(error: BallastError) -> tuple[grpc.StatusCode, list[any_pb2.Any
                 for v in error.violations[:FIELD_VIOLATIONS_MAX]
             ]
         )
-        return grpc.StatusCode.INVALID_ARGUMENT, [_pack(bad_request)]
+        return [_pack(bad_request)]
     if isinstance(error, IdempotencyKeyReused):
         return _precondition_failure("IDEMPOTENCY_KEY_REUSED", f"idempotency_key:{error.idempotency_key}", error)
     if isinstance(error, IllegalTransition):
@@ -72,23 +104,14 @@ def _details_for(error: BallastError) -> tuple[grpc.StatusCode, list[any_pb2.Any
     if isinstance(error, FailedPrecondition):
         return _precondition_failure("FAILED_PRECONDITION", error.subject, error)
     if isinstance(error, NotFound):
-        return grpc.StatusCode.NOT_FOUND, [
-            _pack(error_details_pb2.ResourceInfo(resource_type=error.kind, resource_name=error.identifier))
-        ]
-    if isinstance(error, PermissionDenied):
-        return grpc.StatusCode.PERMISSION_DENIED, []
+        return [_pack(error_details_pb2.ResourceInfo(resource_type=error.kind, resource_name=error.identifier))]
     if isinstance(error, ProviderUnavailable):
         seconds, fraction = divmod(max(error.retry_after_s, 0.05), 1)
-        delay = {"seconds": int(seconds), "nanos": int(fraction * 1e9)}
-        return grpc.StatusCode.UNAVAILABLE, [_pack(error_details_pb2.RetryInfo(retry_delay=delay))]
-    retry = [_pack(error_details_pb2.RetryInfo(retry_delay={"nanos": 50_000_000}))]
-    if isinstance(error, ConcurrencyConflict):
-        return grpc.StatusCode.ABORTED, retry
-    if isinstance(error, DeadlineExceeded):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, []
-    if isinstance(error, Unavailable):
-        return grpc.StatusCode.UNAVAILABLE, retry
-    return grpc.StatusCode.INTERNAL, []
+        delay = duration_pb2.Duration(seconds=int(seconds), nanos=int(fraction * 1e9))
+        return [_pack(error_details_pb2.RetryInfo(retry_delay=delay))]
+    if isinstance(error, ConcurrencyConflict | Unavailable):
+        return [_pack(error_details_pb2.RetryInfo(retry_delay=RETRY_DELAY))]
+    return []
 
 
 #: What a caller may do next, by whether the call carried an idempotency key (a write) or not (a read).
@@ -116,8 +139,12 @@ def status_for(
     error: BallastError, *, keyed: bool = True
 ) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
     """The (code, message, trailing metadata) a handler aborts with for this error; `keyed` tells
-    whether the call carried an idempotency key, which changes what the caller should do next."""
-    code, details = _details_for(error)
+    whether the call carried an idempotency key, which changes what the caller should do next.
+    Raises Defect for a kind of error nobody gave a status code (a test keeps that from happening)."""
+    code = status_code_of(type(error))
+    if code is None:
+        raise Defect(f"{type(error).__name__} has no status code: add it to STATUS_CODES") from error
+    details = _details_for(error)
     message = str(error)
     if isinstance(error, InvalidArgument) and len(error.violations) > FIELD_VIOLATIONS_MAX:
         message = (

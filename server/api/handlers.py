@@ -15,7 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from server.api.errors import status_for
 from server.db.database import Budget, Database
-from server.domain.errors import BallastError, DeadlineExceeded
+from server.domain.errors import BallastError, DeadlineExceeded, Defect
 
 if TYPE_CHECKING:
     from server.api.auth import TokenAuthenticator
@@ -121,6 +121,18 @@ def _answer_within_s(context: grpc.aio.ServicerContext, request_timeout_s: float
     )
 
 
+#: What a caller hears about a bug: nothing of its internals, and that a repeat is safe.
+INTERNAL_MESSAGE = (
+    "internal error in Ballast; it has been logged. Repeating the call with the same idempotency key is safe"
+)
+
+
+async def _answer_defect(context: grpc.aio.ServicerContext, method: str, defect: Defect) -> None:
+    """A defect is logged loudly, with its stack, and answered INTERNAL on purpose."""
+    log.error("rpc.defect", method=method, defect=str(defect)[:500], exc_info=defect)
+    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+
+
 def _keyed(request: Any) -> bool:
     """Whether the request carries an idempotency key (a write: repeating it with the key is how to learn
     an unknown outcome)."""
@@ -165,15 +177,22 @@ def translate_errors(handler: Handler[Response]) -> Handler[Response]:
                 raise DeadlineExceeded("the call's deadline ran out before Ballast could answer")
             return work.result()
         except BallastError as error:
-            code, message, trailing = status_for(error, keyed=_keyed(request))
+            try:
+                code, message, trailing = status_for(error, keyed=_keyed(request))
+            except Defect as defect:  # a kind of error nobody gave a status code
+                await _answer_defect(context, handler.__name__, defect)
+                raise
             log.info("rpc.rejected", method=handler.__name__, code=code.name, reason=message)
             await context.abort(code, message, trailing_metadata=trailing)
             raise  # unreachable: abort raises
         except grpc.aio.AbortError:
             raise
-        except Exception:
+        except Defect as defect:
+            await _answer_defect(context, handler.__name__, defect)
+            raise
+        except Exception:  # neither an operating error nor a defect we detect: a bug all the same
             log.exception("rpc.failed", method=handler.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error; it has been logged")
+            await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
             raise
 
     return wrapper

@@ -12,7 +12,7 @@ import structlog
 from aiohttp import web
 
 from server.db.database import Budget, Database
-from server.domain.errors import BallastError
+from server.domain.errors import BallastError, Defect
 from server.services import webhooks
 from server.services.webhooks import WebhookSource
 
@@ -42,6 +42,9 @@ async def receive_webhook(request: web.Request) -> web.Response:
     except BallastError as error:  # the database was busy or away: the provider will deliver it again
         log.warning("webhook.not_applied", provider=provider, error=str(error))
         return web.json_response({"error": str(error)}, status=503)
+    except Defect:  # a bug Ballast detected in itself: everything rolled back, the redelivery retries it
+        log.exception("webhook.defect", provider=provider)
+        return web.json_response({"error": "the event was not applied; it has been logged"}, status=500)
     except Exception:  # a bug or a refusal by PostgreSQL: everything rolled back, the redelivery retries it
         log.exception("webhook.failed", provider=provider)
         return web.json_response({"error": "the event was not applied; it has been logged"}, status=500)

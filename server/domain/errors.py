@@ -1,4 +1,12 @@
-"""Named domain errors. They become gRPC status codes only at the edge (server/api/errors.py)."""
+"""Named errors, with two roots. They become gRPC status codes only at the edge (server/api/errors.py).
+
+- `BallastError`: an operating error, part of the contract. The caller's input, the state of what it
+  acts on, a dependency that is away or slow: each kind maps to one deliberate status code, and a test
+  checks that every kind has one.
+- `Defect`: an invariant that Ballast's own code broke (an unbalanced posting built by our code, a
+  handler reached without authentication, a use case called wrongly). A bug, never the caller's fault
+  nor a provider's: logged loudly with its stack and answered INTERNAL on purpose.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +18,12 @@ def echo(value: str, length_max: int = 24) -> str:
     return repr(value) if len(value) <= length_max else repr(value[:length_max]) + f"... ({len(value)} characters)"
 
 
+class Defect(Exception):
+    """Root of the bugs Ballast detects in itself: an invariant its own code broke. No input may raise one."""
+
+
 class BallastError(Exception):
-    """Root of every error Ballast raises on purpose."""
+    """Root of every operating error Ballast raises on purpose, each a part of its contract."""
 
     #: True when the caller may repeat the same request (same idempotency key) and expect it to work.
     retryable: bool = False

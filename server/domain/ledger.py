@@ -8,7 +8,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
 
-from server.domain.errors import BallastError
+from server.domain.errors import Defect
 from server.domain.money import EXACT, MoneyError, quantize
 from server.domain.payments import PaymentState
 
@@ -25,8 +25,8 @@ def merchant_payable(client_id: str) -> str:
     return f"merchant_payable:{client_id}"
 
 
-class UnbalancedPosting(BallastError):
-    """Lines that do not make a valid double entry; nothing was written."""
+class UnbalancedPosting(Defect):
+    """Lines that do not make a valid double entry, built by Ballast's own code (a bug); nothing was written."""
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ from typing import Any
 
 import asyncpg
 
+from server.domain.errors import Defect
+
 Handler = Callable[[asyncpg.Connection], Awaitable[None]]
 
 
@@ -58,7 +60,7 @@ async def claim_new(
     the same transaction. A pair already processed, or repeated earlier in `claims`, is False.
     """
     if not connection.is_in_transaction():
-        raise RuntimeError("the insert-first guard needs the caller's transaction around the work")
+        raise Defect("the insert-first guard needs the caller's transaction around the work")
     statement, arguments = _CLAIM, [[group for group, _ in claims], [event_id for _, event_id in claims]]
     if alongside is not None:
         statement = f"WITH alongside AS ({alongside.statement}){_CLAIM}"

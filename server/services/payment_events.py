@@ -24,7 +24,7 @@ from server.db.database import Budget, Database, in_transaction
 from server.db.outbox_writer import event_rows
 from server.domain import events
 from server.domain.corrections import CORRECTION_CASE, CORRECTION_EVENT, CORRECTIONS, Approval, approval_needed
-from server.domain.errors import NotFound
+from server.domain.errors import Defect, NotFound
 from server.domain.ledger import Posting, correction_postings, payment_postings
 from server.domain.payment_states import (
     EVENT_TARGETS,
@@ -276,7 +276,7 @@ async def _lock_and_observe(
 ) -> dict[uuid.UUID, asyncpg.Record]:
     payment_ids = [application.payment_id for application in applications]
     if len(set(payment_ids)) != len(payment_ids):
-        raise ValueError("a payment's evidence is applied one piece at a time: each payment at most once per call")
+        raise Defect("a payment's evidence is applied one piece at a time: each payment at most once per call")
     observed = [  # the provider's word, when the evidence is one
         evidence if evidence.provider is not None and evidence.provider_status is not None else None
         for evidence in (application.evidence for application in applications)
@@ -400,7 +400,7 @@ async def apply_provider_evidence_each(
         if verdict is Verdict.APPLY:
             event = event_towards(current, target)
             if event is None:  # judge() only applies where the machine has a move
-                raise AssertionError(f"no move {current} -> {target}")
+                raise Defect(f"no move {current} -> {target}")
             outcomes.append(EvidenceOutcome(verdict, _move(moves, row, event, target, evidence)))
         elif verdict is Verdict.CORRECT:
             outcome = _correct(moves, row, CORRECTIONS[(current, target)].to_state, evidence, 0)

@@ -33,7 +33,7 @@ Stub = payments_pb2_grpc.PaymentServiceStub
 
 CREATE = "/ballast.payments.v1.PaymentService/CreatePayment"
 #: The burst: more calls at once than the database pool has connections, each with a short deadline.
-BURST_CALLS = 150
+BURST_CALLS = 100
 BURST_DEADLINE_S = 0.5
 
 
