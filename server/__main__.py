@@ -60,7 +60,7 @@ from server.services.provider_health import breaker_announcer
 from server.services.resolver import Resolver, ResolverSettings
 from server.services.submission import OUTCOME_WRITE_TIMEOUT_S
 from server.services.venue_instructions import InstructionSender
-from server.services.webhooks import WebhookSource
+from server.services.webhook_application import WebhookSource
 from server.settings import Settings, SettingsError, load_settings
 
 log = structlog.get_logger("server")

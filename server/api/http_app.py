@@ -13,8 +13,9 @@ from aiohttp import web
 
 from server.db.database import Budget, Database
 from server.domain.errors import BallastError, Defect
+from server.providers.simulator_events import Unreadable
 from server.services import webhooks
-from server.services.webhooks import WebhookSource
+from server.services.webhook_application import WebhookSource
 
 log = structlog.get_logger(__name__)
 
@@ -37,8 +38,10 @@ async def receive_webhook(request: web.Request) -> web.Response:
         outcome = await request.app[INTAKE].receive(source, request.headers, body, Budget.within(WEBHOOK_BUDGET_S))
     except webhooks.Unauthentic as error:
         return web.json_response({"error": str(error)}, status=401)
-    except webhooks.Unreadable as error:
+    except Unreadable as error:
         return web.json_response({"error": str(error)}, status=400)
+    except webhooks.IntakeFull as error:  # nothing stored: the provider delivers it again after Retry-After
+        return web.json_response({"error": str(error)}, status=503, headers={"Retry-After": str(error.retry_after_s)})
     except BallastError as error:  # the database was busy or away: the provider will deliver it again
         log.warning("webhook.not_applied", provider=provider, error=str(error))
         return web.json_response({"error": str(error)}, status=503)
@@ -55,9 +58,12 @@ async def healthz(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def build_http_app(database: Database, sources: Mapping[str, WebhookSource]) -> web.Application:
+def build_http_app(
+    database: Database, sources: Mapping[str, WebhookSource], intake: webhooks.Intake | None = None
+) -> web.Application:
+    """The webhook endpoints; `intake` (default: one with the standard bounds) applies what they receive."""
     app = web.Application(client_max_size=webhooks.BODY_BYTES_MAX + 1)
-    intake = app[INTAKE] = webhooks.Intake(database)
+    intake = app[INTAKE] = intake or webhooks.Intake(database)
 
     async def intake_running(_: web.Application) -> AsyncIterator[None]:
         # torn down after the server stopped taking requests and the ones in flight were answered

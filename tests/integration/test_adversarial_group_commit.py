@@ -54,7 +54,8 @@ from server.domain.orders import validate_submit_order
 from server.domain.payments import validate_create_payment
 from server.services.order_submission import submit_and_send
 from server.services.payments import create_payment
-from server.services.webhooks import Intake, Outcome, WebhookSource
+from server.services.webhook_application import Outcome, WebhookSource
+from server.services.webhooks import Intake
 from tests.e2e.conftest import ServerProcess, free_port, server_environment, wait_until_serving
 from tests.support import answering_provider, scratch_database
 

@@ -40,7 +40,7 @@ from server.services.order_submission import submit_and_send
 from server.services.payments import create_payment
 from server.services.resolver import Resolver, ResolverSettings
 from server.services.submission import create_and_submit
-from server.services.webhooks import WebhookSource
+from server.services.webhook_application import WebhookSource
 from tests.integration.test_unreliable_provider import SECRET as SIM_SECRET
 from tests.integration.test_unreliable_provider import _simulator, _truth
 from tests.support import AnsweringProvider, answering_provider

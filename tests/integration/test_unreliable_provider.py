@@ -36,7 +36,7 @@ from server.services.payment_events import Evidence, apply_payment_event
 from server.services.provider_health import breaker_announcer
 from server.services.resolver import Resolver, ResolverSettings
 from server.services.submission import create_and_submit
-from server.services.webhooks import WebhookSource
+from server.services.webhook_application import WebhookSource
 from tests.support import answering_provider
 
 SECRET = "whsec_unreliable"  # noqa: S105 - a test secret

@@ -33,7 +33,7 @@ from server.providers.http import NotSent
 from server.providers.venue import VenueClient, VenueExecution, VenueOrder
 from server.services.leg_resolver import OrderResolver, OrderResolverSettings
 from server.services.order_submission import submit_and_send
-from server.services.webhooks import WebhookSource
+from server.services.webhook_application import WebhookSource
 
 SECRET = "whsec_venue_evidence_fit"  # noqa: S105 - a test secret
 PROVIDER = "simulator"

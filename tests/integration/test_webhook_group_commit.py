@@ -27,7 +27,8 @@ from server.domain.errors import Unavailable
 from server.domain.identity import Principal
 from server.domain.payments import validate_create_payment
 from server.services.payments import create_payment
-from server.services.webhooks import Intake, Outcome, WebhookSource
+from server.services.webhook_application import Outcome, WebhookSource
+from server.services.webhooks import Intake
 from tests.support import answering_provider
 
 SECRET = "whsec_group_commit_test"  # noqa: S105 - a test secret

@@ -18,13 +18,15 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from server.api.http_app import build_http_app
 from server.db.database import Budget, Database
 from server.domain.identity import Principal
 from server.domain.payments import validate_create_payment
 from server.services.payments import create_payment
-from server.services.webhooks import WebhookSource
+from server.services.webhook_application import WebhookSource
+from server.services.webhooks import INTAKE_FULL_RETRY_AFTER_S, Intake
 from tests.support import answering_provider
 
 SECRET = "whsec_intake_test"  # noqa: S105 - a test secret
@@ -377,3 +379,51 @@ async def test_an_event_about_nothing_of_ours_is_kept_and_acknowledged(post: Pos
     )
     status, _ = await post(b"not json")
     assert status == 400
+
+
+def _queued() -> float:
+    return REGISTRY.get_sample_value("ballast_webhook_intake_queued") or 0.0
+
+
+async def test_a_full_intake_refuses_at_once_with_retry_after_and_keeps_nothing_of_what_it_refused(
+    database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    """One writer, two places in the queue: while the writer waits on the database, two deliveries wait
+    for it and a fourth is refused 503 with Retry-After, stored nowhere; delivered again once the intake
+    has room, it is applied like any other."""
+    intake = Intake(database, writers=1, batch_max=1, queue_max=2)
+    app = build_http_app(database, {PROVIDER: WebhookSource(PROVIDER, SECRET)}, intake)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/webhooks/{PROVIDER}"
+    bodies = [_event(await _payment(database, principal), "pending") for _ in range(4)]
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def deliver(body: bytes) -> tuple[int, str | None]:
+                async with session.post(url, data=body, headers={"Simulator-Signature": _sign(body)}) as reply:
+                    return reply.status, reply.headers.get("Retry-After")
+
+            async with pool.acquire() as holder, holder.transaction():
+                await holder.execute("LOCK TABLE webhook_deliveries IN EXCLUSIVE MODE")  # the writer waits here
+                first = asyncio.ensure_future(deliver(bodies[0]))
+                deadline = time.monotonic() + 10
+                while not await holder.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND datname = current_database()"
+                ):
+                    assert time.monotonic() < deadline, "the writer never reached the database"
+                    await asyncio.sleep(0.01)
+                waiting = [asyncio.ensure_future(deliver(body)) for body in bodies[1:3]]
+                while _queued() < 2:
+                    assert time.monotonic() < deadline, "the two deliveries never queued"
+                    await asyncio.sleep(0.01)
+                assert await deliver(bodies[3]) == (503, str(INTAKE_FULL_RETRY_AFTER_S))
+            assert [(await reply)[0] for reply in (first, *waiting)] == [200, 200, 200]
+            refused_id = json.loads(bodies[3])["id"]
+            assert not await _count(pool, "SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", refused_id)
+            assert await deliver(bodies[3]) == (200, None)  # the provider's redelivery, once there is room
+            assert await _count(pool, "SELECT count(*) FROM processed_events WHERE event_id = $1", refused_id) == 1
+    finally:
+        await runner.cleanup()
