@@ -21,9 +21,12 @@ _CONFLICT_SQLSTATES = {
     "40P01",  # deadlock_detected
     "55P03",  # lock_not_available
 }
+#: query_canceled: the statement ran into statement_timeout, or a cancel request stopped it (checked before
+#: the classes below, although it is of class 57)
 _QUERY_CANCELED_SQLSTATE = "57014"
-#: connection exceptions (08), insufficient resources such as too many connections (53), operator intervention (57)
-_UNAVAILABLE_SQLSTATE_CLASSES = {"08", "53", "57"}  # statement_timeout or a cancel request
+#: connection exceptions (08), insufficient resources such as too many connections (53), operator intervention
+#: (57: an administrator's or a crash's shutdown, a server not yet accepting connections)
+_UNAVAILABLE_SQLSTATE_CLASSES = {"08", "53", "57"}
 
 
 @dataclass(frozen=True)
