@@ -75,3 +75,50 @@ async def resolve_case(connection: asyncpg.Connection, case_id: uuid.UUID, resol
         [resolution],
     )
     await write_event(connection, events.CASE_RESOLVED, str(case_id), {"case_id": str(case_id)} | resolution)
+
+
+# Open payment cases due for the provider's own word, leased (their next check pushed out) so that no
+# two checkers ask about one case at once.
+_CLAIM_PROVIDER_CHECKS = """
+WITH due AS (
+    SELECT id FROM cases
+    WHERE status = 'OPEN' AND payment_id IS NOT NULL AND provider_check_due_at <= now()
+    ORDER BY provider_check_due_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE cases c SET provider_check_due_at = now() + make_interval(secs => $2::float8)
+FROM due WHERE c.id = due.id
+RETURNING c.id, c.payment_id
+"""
+
+# The provider's answer kept as a provider status (when it named one) and added to the case; no more checks.
+_ADD_PROVIDER_ANSWER = """
+WITH observed AS (
+    INSERT INTO provider_statuses (payment_id, provider, status, evidence_ref)
+    SELECT $2, $3, $4, $5 WHERE $4::text IS NOT NULL
+)
+UPDATE cases SET evidence = evidence || $6::jsonb, updated_at = now(), provider_check_due_at = NULL WHERE id = $1
+"""
+
+
+async def claim_provider_checks(
+    connection: asyncpg.Connection, limit: int, lease_s: float
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """At most `limit` (case id, payment id) of open cases due for the provider's word, each leased for `lease_s`."""
+    rows = await connection.fetch(_CLAIM_PROVIDER_CHECKS, limit, lease_s)
+    return [(row["id"], row["payment_id"]) for row in rows]
+
+
+async def add_provider_answer(
+    connection: asyncpg.Connection,
+    case_id: uuid.UUID,
+    payment_id: uuid.UUID,
+    provider: str,
+    status: str | None,
+    evidence_ref: str,
+    evidence: list[dict[str, Any]],
+) -> None:
+    """The provider's answer about the case's payment: its status kept as evidence (None: it has no such
+    payment), `evidence` added to the case, and the case's provider check done."""
+    await connection.execute(_ADD_PROVIDER_ANSWER, case_id, payment_id, provider, status, evidence_ref, evidence)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
+from server.db import cases_repository
 from server.db.database import Budget, Database, in_transaction
 from server.domain.payment_states import EVENT_TARGETS
 from server.domain.provider_status import UnknownProviderStatus, event_for
@@ -24,28 +25,6 @@ from server.services.check_loop import CheckLoop, CheckSettings
 from server.services.payment_events import CASE_CHECK_CAUSE
 
 log = structlog.get_logger(__name__)
-
-
-_CLAIM = """
-WITH due AS (
-    SELECT id FROM cases
-    WHERE status = 'OPEN' AND payment_id IS NOT NULL AND provider_check_due_at <= now()
-    ORDER BY provider_check_due_at
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE cases c SET provider_check_due_at = now() + make_interval(secs => $2::float8)
-FROM due WHERE c.id = due.id
-RETURNING c.id, c.payment_id
-"""
-
-_RECORD = """
-WITH observed AS (
-    INSERT INTO provider_statuses (payment_id, provider, status, evidence_ref)
-    SELECT $2, $3, $4, $5 WHERE $4::text IS NOT NULL
-)
-UPDATE cases SET evidence = evidence || $6::jsonb, updated_at = now(), provider_check_due_at = NULL WHERE id = $1
-"""
 
 
 @dataclass(frozen=True)
@@ -64,8 +43,8 @@ class CaseChecker(CheckLoop[_Due]):
         self._breaker = gateway.breaker
 
     async def _claim(self, connection: asyncpg.Connection, limit: int) -> list[_Due]:
-        rows = await connection.fetch(_CLAIM, limit, self._settings.lease_s)
-        return [_Due(row["id"], row["payment_id"]) for row in rows]
+        claimed = await cases_repository.claim_provider_checks(connection, limit, self._settings.lease_s)
+        return [_Due(case_id, payment_id) for case_id, payment_id in claimed]
 
     async def _check(self, item: _Due) -> None:
         provider = self._gateway.provider
@@ -85,7 +64,9 @@ class CaseChecker(CheckLoop[_Due]):
         piece = [{"claim": claim, "cause": CASE_CHECK_CAUSE, "evidence_ref": reference, "provider_status": status}]
 
         async def work(connection: asyncpg.Connection) -> None:
-            await connection.execute(_RECORD, item.case_id, item.payment_id, provider, status, reference, piece)
+            await cases_repository.add_provider_answer(
+                connection, item.case_id, item.payment_id, provider, status, reference, piece
+            )
 
         await in_transaction(self._database, Budget.within(10), work)
         log.info("case_check.recorded", case_id=str(item.case_id), provider_says=claim)

@@ -30,6 +30,8 @@ from server.domain.payments import PaymentState, validate_create_payment
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.gateway import GatewayClient
 from server.services import exposures
+from server.services.case_checks import CaseChecker
+from server.services.check_loop import CheckSettings
 from server.services.corrections import approve_correction
 from server.services.payment_events import Evidence, EvidenceOutcome, apply_payment_event, apply_provider_evidence
 from server.services.resolver import Resolver, ResolverSettings
@@ -398,6 +400,34 @@ async def test_evidence_naming_another_amount_or_currency_moves_nothing_and_open
     assert case["kind"] == "EVIDENCE_MISMATCH"
     differing = {d["field"]: (d["ballast"], d["provider"]) for d in case["evidence"][-1]["differing"]}
     assert differing == {"amount": ("12.34", "99999.00"), "currency_code": ("EUR", "USD")}
+    assert await _clearing(pool, payment_id) == 0
+
+
+async def test_a_webhook_misfits_case_gets_the_providers_own_answer_and_nothing_moves(
+    database: Database, principal: Principal, pool: asyncpg.Pool, provider: Provider, gateway: GatewayClient
+) -> None:
+    payment_id = await _recorded(database, principal)
+    judged = await _apply(database, payment_id, PaymentEvent.SUCCEEDED, _webhook("succeeded", amount="99999.00"))
+    assert judged.verdict is Verdict.MISFIT
+    [case] = await _cases(pool, payment_id)
+    assert case["provider_check_due_at"] is not None  # the provider's own word is wanted
+    provider.has(payment_id, "succeeded", object_id="pay_real")
+    checker = CaseChecker(database, gateway, CheckSettings(batch_size=500))
+    for _ in range(20):  # cases other specs left due go first
+        await checker.run_once()
+        [case] = await _cases(pool, payment_id)
+        if case["provider_check_due_at"] is None:
+            break
+    assert case["provider_check_due_at"] is None  # asked once: the case is a person's now
+    assert case["evidence"][-1] == {
+        "claim": "SUCCEEDED",
+        "cause": "case_check.inquiry",
+        "evidence_ref": "simulator:pay_real",
+        "provider_status": "succeeded",
+    }
+    kept = await pool.fetch("SELECT status, evidence_ref FROM provider_statuses WHERE payment_id = $1", payment_id)
+    assert ("succeeded", "simulator:pay_real") in [tuple(row) for row in kept]
+    assert await _state(pool, payment_id) == "RECORDED"  # nothing moves: settling the case is a person's call
     assert await _clearing(pool, payment_id) == 0
 
 
