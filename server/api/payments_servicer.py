@@ -10,6 +10,7 @@ from server.api.auth import TokenAuthenticator
 from server.api.handlers import ServicerBase, fit_page, timestamp_of, translate_errors
 from server.db.database import Database
 from server.db.payments_repository import PaymentRecord
+from server.db.timeline_repository import ProviderStatus, TimelineEntry, Transition
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.identity import Permission
 from server.domain.payments import PaymentState, validate_create_payment
@@ -39,10 +40,10 @@ def payment_to_proto(payment: PaymentRecord) -> payments_pb2.Payment:
     )
 
 
-def timeline_entry_to_proto(entry: timeline.TimelineEntry) -> payments_pb2.TimelineEntry:
+def timeline_entry_to_proto(entry: TimelineEntry) -> payments_pb2.TimelineEntry:
     proto = payments_pb2.TimelineEntry(occur_time=timestamp_of(entry.occurred_at))
     event = entry.event
-    if isinstance(event, timeline.Transition):
+    if isinstance(event, Transition):
         proto.transition.CopyFrom(
             payments_pb2.StateTransition(
                 from_state=_state(event.from_state),
@@ -53,7 +54,7 @@ def timeline_entry_to_proto(entry: timeline.TimelineEntry) -> payments_pb2.Timel
                 approved_by=event.approved_by or "",
             )
         )
-    elif isinstance(event, timeline.ProviderStatus):
+    elif isinstance(event, ProviderStatus):
         proto.provider_status.CopyFrom(
             payments_pb2.ProviderStatusObservation(
                 provider=event.provider, status=event.status, evidence_ref=event.evidence_ref

@@ -1,78 +1,27 @@
-"""A payment's timeline: its state transitions, the provider statuses observed for it and its ledger
-lines, merged in the order they happened.
+"""A payment's timeline, a page at a time: its state transitions, the provider statuses observed for it
+and its ledger lines, merged in the order they happened (server/db/timeline_repository.py reads them).
 
 The payment's creation comes first, as a transition into its initial state with the idempotency key
-as its evidence. All are read by one statement (one snapshot, so a transition never shows without
-the lines it posted). Rows written by one transaction share its timestamp; they are then ordered by TimelineKind,
-the order in which a transaction writes them: the evidence, the transition it led to, the money it
-moved. Within a kind, rows keep the order of their ids.
+as its evidence. A page token is the position of the last entry listed, so a page never repeats or
+skips an entry, whatever is written meanwhile.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import enum
 import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 
-import asyncpg
-
-from server.db import payments_repository
+from server.db import payments_repository, timeline_repository
 from server.db.database import Budget, Database
+from server.db.timeline_repository import Position, TimelineEntry
 from server.domain.errors import FieldViolation, InvalidArgument, NotFound
 from server.domain.identifiers import UUID_PATTERN
 from server.domain.identity import Principal, readable_client
-from server.domain.payments import INITIAL_PAYMENT_STATE, PaymentState
 from server.services.paging import PAGE_TOKEN_LENGTH_MAX
-
-
-class TimelineKind(enum.IntEnum):
-    """The kinds of timeline entries, in the order they are listed when their times are equal."""
-
-    PROVIDER_STATUS = 0
-    TRANSITION = 1
-    LEDGER_LINE = 2
-
-
-@dataclass(frozen=True)
-class Transition:
-    #: None for the payment's creation, the transition into its initial state
-    from_state: PaymentState | None
-    to_state: PaymentState
-    cause: str
-    evidence_ref: str
-    #: the internal event ("CORRECTION" for a correction); empty for the creation
-    event: str = ""
-    #: who approved a correction that needed a person
-    approved_by: str | None = None
-
-
-@dataclass(frozen=True)
-class ProviderStatus:
-    provider: str
-    #: verbatim, as the provider said it
-    status: str
-    evidence_ref: str
-
-
-@dataclass(frozen=True)
-class LedgerLine:
-    entry_id: uuid.UUID
-    account: str
-    #: signed: debits positive, credits negative
-    amount: Decimal
-    currency_code: str
-
-
-@dataclass(frozen=True)
-class TimelineEntry:
-    occurred_at: datetime
-    event: Transition | ProviderStatus | LedgerLine
-    position: Position
 
 
 @dataclass(frozen=True)
@@ -109,60 +58,8 @@ def _decode_position(token: str) -> Position:
         raise invalid from None
 
 
-_NO_ENTRY = uuid.UUID(int=0)
 PAGE_SIZE_DEFAULT = 500
 PAGE_SIZE_MAX = 1000
-
-#: Where an entry stands in the timeline's order: (occurred_at, kind, row id, ledger entry id, line number).
-Position = tuple[datetime, int, int, uuid.UUID, int]
-
-_TIMELINE = f"""
-SELECT kind, occurred_at, coalesce(row_id, 0) AS row_key, coalesce(entry_id, '{_NO_ENTRY}'::uuid) AS entry_key,
-       line_number, from_state, to_state, cause, evidence_ref, provider, status,
-       entry_id, account, amount, currency_code, event, approved_by
-FROM (
-    SELECT {TimelineKind.PROVIDER_STATUS.value} AS kind, observed_at AS occurred_at, id AS row_id,
-           NULL::uuid AS entry_id, 0::smallint AS line_number,
-           NULL::text AS from_state, NULL::text AS to_state, NULL::text AS cause, evidence_ref,
-           provider, status, NULL::text AS account, NULL::numeric AS amount, NULL::text AS currency_code,
-           NULL::text AS event, NULL::text AS approved_by
-    FROM provider_statuses WHERE payment_id = $1
-    UNION ALL
-    SELECT {TimelineKind.TRANSITION.value}, created_at, 0, NULL, 0,
-           NULL, '{INITIAL_PAYMENT_STATE.value}', 'api.create_payment', 'idempotency_key:' || idempotency_key,
-           NULL, NULL, NULL, NULL, NULL, NULL, NULL
-    FROM payments WHERE id = $1
-    UNION ALL
-    SELECT {TimelineKind.TRANSITION.value}, occurred_at, id, NULL, 0,
-           from_state, to_state, cause, evidence_ref, NULL, NULL, NULL, NULL, NULL, event, approved_by
-    FROM payment_transitions WHERE payment_id = $1
-    UNION ALL
-    SELECT {TimelineKind.LEDGER_LINE.value}, e.posted_at, NULL, e.id, l.line_number,
-           NULL, NULL, NULL, NULL, NULL, NULL, l.account, l.amount, l.currency_code, NULL, NULL
-    FROM ledger_entries e JOIN ledger_lines l ON l.entry_id = e.id WHERE e.payment_id = $1
-) AS timeline
-WHERE $2::timestamptz IS NULL
-   OR (occurred_at, kind, coalesce(row_id, 0), coalesce(entry_id, '{_NO_ENTRY}'::uuid), line_number)
-      > ($2, $3, $4, $5, $6)
-ORDER BY occurred_at, kind, row_key, entry_key, line_number
-LIMIT $7
-"""
-
-
-def _event(row: asyncpg.Record) -> Transition | ProviderStatus | LedgerLine:
-    kind = TimelineKind(row["kind"])
-    if kind is TimelineKind.TRANSITION:
-        return Transition(
-            None if row["from_state"] is None else PaymentState(row["from_state"]),
-            PaymentState(row["to_state"]),
-            row["cause"],
-            row["evidence_ref"],
-            row["event"] or "",
-            row["approved_by"],
-        )
-    if kind is TimelineKind.PROVIDER_STATUS:
-        return ProviderStatus(row["provider"], row["status"], row["evidence_ref"])
-    return LedgerLine(row["entry_id"], row["account"], row["amount"], row["currency_code"])
 
 
 async def get_payment_timeline(
@@ -180,20 +77,14 @@ async def get_payment_timeline(
             [FieldViolation("page_size", f"must be from 0 to {PAGE_SIZE_MAX}; 0 means {PAGE_SIZE_DEFAULT}")]
         )
     limit = page_size or PAGE_SIZE_DEFAULT
-    after = _decode_position(page_token) if page_token else (None, None, None, None, None)
+    after = _decode_position(page_token) if page_token else None
     async with database.connection(budget) as connection:
         payment = await payments_repository.get_payment(
             connection, readable_client(principal), payment_id, timeout_s=budget.remaining_s()
         )
         if payment is None:
             raise NotFound("payment", str(payment_id))
-        rows = await connection.fetch(_TIMELINE, payment_id, *after, limit + 1, timeout=budget.remaining_s())
-    entries = [
-        TimelineEntry(
-            row["occurred_at"],
-            _event(row),
-            (row["occurred_at"], row["kind"], row["row_key"], row["entry_key"], row["line_number"]),
+        entries = await timeline_repository.read_entries(
+            connection, payment_id, after, limit + 1, timeout_s=budget.remaining_s()
         )
-        for row in rows[:limit]
-    ]
-    return Timeline(payment_id, entries, has_more=len(rows) > limit)
+    return Timeline(payment_id, entries[:limit], has_more=len(entries) > limit)
