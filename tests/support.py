@@ -192,3 +192,28 @@ async def answering_provider() -> AsyncIterator[AnsweringProvider]:
     finally:
         provider.release()  # answers still held go out before the provider stops
         await runner.cleanup()
+
+
+# --------------------------------------------------------------------------------------------------
+# Evidence applied to a payment the way production applies it
+# --------------------------------------------------------------------------------------------------
+
+from server.db.database import in_transaction  # noqa: E402
+from server.domain.payment_states import PaymentEvent  # noqa: E402
+from server.services.payment_events import Evidence, PaymentOutcome, apply_provider_evidence  # noqa: E402
+
+
+async def apply_evidence(
+    database: Database, payment_id: uuid.UUID, event: PaymentEvent, evidence: Evidence, *, timeout_s: float = 10.0
+) -> PaymentOutcome:
+    """Apply evidence to a payment through apply_provider_evidence, the path the submission, the resolver
+    and the webhooks take, judged by the order of witnesses, in a transaction of its own.
+
+    Evidence witnessed by Ballast (Witness.BALLAST) moves a payment wherever the machine has the move and
+    nowhere else; the API's word may also correct a decided payment; a webhook's claim only makes Ballast ask.
+    """
+
+    async def work(connection: asyncpg.Connection) -> PaymentOutcome:
+        return await apply_provider_evidence(connection, payment_id, event, evidence)
+
+    return await in_transaction(database, Budget.within(timeout_s), work)

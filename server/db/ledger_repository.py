@@ -7,7 +7,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
 
 import asyncpg
 
@@ -60,28 +59,6 @@ async def insert_posting(connection: asyncpg.Connection, posting: Posting) -> uu
         posting.description,
     )
     return entry_id
-
-
-def entry_rows(entry_ids: list[uuid.UUID], postings: list[Posting]) -> tuple[list[Any], ...]:
-    """Postings as the column arrays of their entries and lines, for one set-wise INSERT of each.
-
-    (entry ids, event keys, payment ids, descriptions, line entry ids, line numbers, accounts,
-    currency codes, amounts). Each posting is checked to balance first; PostgreSQL checks again at commit.
-    """
-    for posting in postings:
-        check_balanced(posting)
-    lines = [
-        (entry_id, number, line.account, line.currency_code, line.amount)
-        for entry_id, posting in zip(entry_ids, postings, strict=True)
-        for number, line in enumerate(posting.lines, start=1)
-    ]
-    return (
-        list(entry_ids),
-        [posting.event_key for posting in postings],
-        [posting.payment_id for posting in postings],
-        [posting.description for posting in postings],
-        *([list(column) for column in zip(*lines, strict=True)] if lines else [[], [], [], [], []]),
-    )
 
 
 @dataclass(frozen=True)

@@ -27,18 +27,6 @@ async def write_event(
     return event_id
 
 
-def event_rows(events: list[tuple[str, str, dict[str, Any]]]) -> tuple[list[Any], ...]:
-    """(topic, message key, payload) events as the column arrays of one set-wise outbox INSERT:
-    (ids, topics, keys, payloads), each payload carrying its event id."""
-    ids = [uuid.uuid4() for _ in events]
-    return (
-        ids,
-        [topic for topic, _, _ in events],
-        [key for _, key, _ in events],
-        [payload | {"event_id": str(event_id)} for event_id, (_, _, payload) in zip(ids, events, strict=True)],
-    )
-
-
 async def append_audit(
     connection: asyncpg.Connection,
     aggregate_type: str,

@@ -21,7 +21,7 @@ from server.db.database import Budget, Database, in_transaction
 from server.domain.corrections import CORRECTION_CASE
 from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from server.domain.payments import PaymentState
-from server.services.payment_events import EventOutcome, Evidence, approve_correction_on
+from server.services.payment_events import Evidence, PaymentOutcome, approve_correction_on
 
 APPROVER_LENGTH_MAX = 128
 NOTE_LENGTH_MAX = 2000
@@ -31,7 +31,7 @@ NOTE_LENGTH_MAX = 2000
 class ApprovedCorrection:
     case_id: uuid.UUID
     payment_id: uuid.UUID
-    outcome: EventOutcome
+    outcome: PaymentOutcome
 
 
 def _proposal(evidence: list[dict[str, Any]]) -> tuple[PaymentState, PaymentState] | None:

@@ -221,7 +221,7 @@ class Resolver(CheckLoop[_Claimed]):
 
         async def work(connection: asyncpg.Connection) -> PaymentState:
             judged = await apply_provider_evidence(connection, payment.id, event, evidence)
-            return judged.outcome.to_state or judged.outcome.from_state
+            return judged.to_state or judged.from_state
 
         state = await in_transaction(self._database, Budget.within(10), work)
         log.info("resolver.applied", payment_id=str(payment.id), payment_event=event.value, evidence=evidence.reference)

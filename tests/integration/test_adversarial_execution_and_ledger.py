@@ -43,16 +43,16 @@ from server.domain.errors import BallastError
 from server.domain.identity import Principal, Role
 from server.domain.order_legs import LEG_MACHINE, Fill, FillError, LegState
 from server.domain.orders import CloseLeg, validate_submit_order
-from server.domain.payment_states import PAYMENT_MACHINE, PaymentEvent
+from server.domain.payment_states import PAYMENT_MACHINE, PaymentEvent, Witness
 from server.domain.payments import PaymentState, validate_create_payment
 from server.domain.provider_status import PROVIDER_STATUS_EVENTS
 from server.domain.state_machine import IllegalTransition
 from server.services import execution
 from server.services.audit import find_broken_links
-from server.services.payment_events import EventOutcome, Evidence, apply_payment_event
+from server.services.payment_events import Evidence, PaymentOutcome
 from server.services.payments import create_payment
 from tests.integration.conftest import Caller, in_process_server
-from tests.support import field_violations
+from tests.support import apply_evidence, field_violations
 
 L = LegState
 E = PaymentEvent
@@ -288,14 +288,17 @@ async def _new_payment(database: Database, principal: Principal, amount: str = "
 
 async def _apply(
     database: Database, payment_id: uuid.UUID, event: PaymentEvent, provider_status: str | None = None
-) -> EventOutcome:
+) -> PaymentOutcome:
+    """The machine's move, as Ballast's own conclusion (applied wherever the machine has it, else stale),
+    with the provider's status word kept as evidence when given."""
     evidence = Evidence(
         cause="webhook.simulator" if provider_status else "test",
         reference=f"evt-{uuid.uuid4()}",
         provider="simulator" if provider_status else None,
         provider_status=provider_status,
+        witness=Witness.BALLAST,
     )
-    return await apply_payment_event(database, payment_id, event, evidence, Budget.within(20))
+    return await apply_evidence(database, payment_id, event, evidence, timeout_s=20)
 
 
 # --------------------------------------------------------------------------------------------- SubmitOrder input
@@ -1208,11 +1211,11 @@ class TestPaymentEvents:
             *(_apply(database, payment_id, event, status) for payment_id, event, status in calls),
             return_exceptions=True,
         )
-        assert [o for o in outcomes if not isinstance(o, (EventOutcome, IllegalTransition))] == []
+        assert [o for o in outcomes if not isinstance(o, PaymentOutcome)] == []
 
         for payment_id in payment_ids:
             mine = [o for (p, _, _), o in zip(calls, outcomes, strict=True) if p == payment_id]
-            moved = [o for o in mine if isinstance(o, EventOutcome) and o.to_state is not None]
+            moved = [o for o in mine if isinstance(o, PaymentOutcome) and o.to_state is not None]
             transitions = await pool.fetch(
                 "SELECT from_state, to_state FROM payment_transitions WHERE payment_id = $1 ORDER BY id", payment_id
             )
@@ -1276,8 +1279,8 @@ class TestPaymentEvents:
         outcomes = await asyncio.gather(
             *(_apply(database, payment_id, E.REFUND_SUCCEEDED, "refunded") for _ in range(20)), return_exceptions=True
         )
-        assert all(isinstance(o, EventOutcome) for o in outcomes), outcomes
-        assert sum(o.to_state is not None for o in outcomes if isinstance(o, EventOutcome)) == 1
+        assert all(isinstance(o, PaymentOutcome) for o in outcomes), outcomes
+        assert sum(o.to_state is not None for o in outcomes if isinstance(o, PaymentOutcome)) == 1
         account = f"merchant_payable:{world.merchant.client_id}"
         balance = await world.ledger.GetBalance(
             ledger_pb2.GetBalanceRequest(account=account, currency_code="EUR"),

@@ -23,9 +23,9 @@ from server.messaging.consumer import ConsumerRunner
 from server.messaging.idempotent import process_if_new
 from server.outbox.relay import OutboxRelay, ensure_stream
 from server.services import exposures
-from server.services.payment_events import Evidence, apply_payment_event
+from server.services.payment_events import Evidence
 from server.services.payments import create_payment
-from tests.support import scratch_database
+from tests.support import apply_evidence, scratch_database
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ async def test_the_exposure_projection_matches_the_ledger_and_survives_a_failing
         )
         payment = (await create_payment(database, merchant, request, Budget.within(10))).payment
         if event is not None:
-            await apply_payment_event(database, payment.id, event, Evidence("test", f"e{index}"), Budget.within(10))
+            await apply_evidence(database, payment.id, event, Evidence("test", f"e{index}"))
 
     failed_once: set[str] = set()
 

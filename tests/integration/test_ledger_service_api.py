@@ -1,7 +1,8 @@
 """LedgerService over gRPC (in-process server, real PostgreSQL): balances, entries, paging, who reads what.
 
-Ledger lines come from the one path that writes them: payments created over gRPC and moved by
-apply_payment_event (SUCCEEDED posts a capture: provider_clearing +amount, merchant_payable -amount).
+Ledger lines come from the one path that writes them: payments created over gRPC and moved by evidence,
+applied as production applies it (SUCCEEDED posts a capture: provider_clearing +amount, merchant_payable
+-amount).
 Every test has brand-new clients, so the balances of their merchant accounts are exact.
 """
 
@@ -22,12 +23,12 @@ import pytest
 from ballast.common.v1.money_pb2 import Money
 from ballast.ledger.v1 import ledger_pb2
 from ballast.payments.v1 import payments_pb2
-from server.db.database import Budget, Database
+from server.db.database import Database
 from server.domain.payment_states import PaymentEvent
-from server.services.payment_events import Evidence, apply_payment_event
+from server.services.payment_events import Evidence
 from tests.integration.conftest import Caller
 from tests.integration.isolated_server import Clients, isolated_server
-from tests.support import field_violations
+from tests.support import apply_evidence, field_violations
 
 E = PaymentEvent
 
@@ -56,7 +57,7 @@ async def _payment(clients: Clients, amount: str, currency: str = "EUR", caller:
 async def _apply(database: Database, payment_id: uuid.UUID, *events: PaymentEvent) -> None:
     for event in events:
         evidence = Evidence(cause="test", reference=f"test:{uuid.uuid4()}")
-        await apply_payment_event(database, payment_id, event, evidence, Budget.within(10))
+        await apply_evidence(database, payment_id, event, evidence)
 
 
 async def _captured(

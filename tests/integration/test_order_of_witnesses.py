@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from server.db.database import Budget, Database, in_transaction
+from server.db.database import Budget, Database
 from server.domain.errors import FailedPrecondition, NotFound
 from server.domain.identity import Principal
 from server.domain.payment_states import PaymentEvent, Verdict, Witness
@@ -33,9 +33,10 @@ from server.services import exposures
 from server.services.case_checks import CaseChecker
 from server.services.check_loop import CheckSettings
 from server.services.corrections import approve_correction
-from server.services.payment_events import Evidence, EvidenceOutcome, apply_payment_event, apply_provider_evidence
+from server.services.payment_events import Evidence, PaymentOutcome
 from server.services.resolver import Resolver, ResolverSettings
 from server.services.submission import create_and_submit
+from tests.support import apply_evidence
 
 
 @dataclass
@@ -126,13 +127,6 @@ def _resolver(database: Database, gateway: GatewayClient, **settings: Any) -> Re
     return Resolver(database, gateway, ResolverSettings(batch_size=1, **settings))
 
 
-async def _apply(database: Database, payment_id: uuid.UUID, event: PaymentEvent, evidence: Evidence) -> EvidenceOutcome:
-    async def work(connection: asyncpg.Connection) -> EvidenceOutcome:
-        return await apply_provider_evidence(connection, payment_id, event, evidence)
-
-    return await in_transaction(database, Budget.within(10), work)
-
-
 def _api(status: str, amount: str | None = "12.34", currency: str | None = "EUR", object_id: str = "pay_x") -> Evidence:
     return Evidence(
         "resolver.inquiry",
@@ -163,8 +157,7 @@ def _webhook(
 
 async def _concluded(database: Database, payment_id: uuid.UUID, event: PaymentEvent, cause: str) -> None:
     """Ballast's own conclusion about a payment (no answer came; it expired)."""
-    evidence = Evidence(cause, "t", witness=Witness.BALLAST)
-    await apply_payment_event(database, payment_id, event, evidence, Budget.within(5))
+    await apply_evidence(database, payment_id, event, Evidence(cause, "t", witness=Witness.BALLAST))
 
 
 async def _state(pool: asyncpg.Pool, payment_id: uuid.UUID) -> str:
@@ -191,7 +184,7 @@ async def test_a_webhook_claiming_an_outcome_moves_nothing_and_makes_the_payment
     database: Database, principal: Principal, pool: asyncpg.Pool, provider: Provider, gateway: GatewayClient
 ) -> None:
     payment_id = await _recorded(database, principal)
-    judged = await _apply(database, payment_id, PaymentEvent.SUCCEEDED, _webhook("succeeded"))
+    judged = await apply_evidence(database, payment_id, PaymentEvent.SUCCEEDED, _webhook("succeeded"))
     assert judged.verdict is Verdict.CONFIRM
     row = await pool.fetchrow(
         "SELECT state, provider_status, next_check_at <= now() AS due FROM payments WHERE id = $1", payment_id
@@ -213,11 +206,11 @@ async def test_the_api_contradicting_a_failure_corrects_it_and_posts_the_capture
     database: Database, principal: Principal, pool: asyncpg.Pool, provider: Provider, gateway: GatewayClient
 ) -> None:
     payment_id = await _recorded(database, principal)
-    await _apply(database, payment_id, PaymentEvent.FAILED, _api("failed"))
+    await apply_evidence(database, payment_id, PaymentEvent.FAILED, _api("failed"))
     assert await _state(pool, payment_id) == "FAILED"
     # a late webhook says succeeded: Ballast asks, and the API stands by the success
     assert (
-        await _apply(database, payment_id, PaymentEvent.SUCCEEDED, _webhook("succeeded"))
+        await apply_evidence(database, payment_id, PaymentEvent.SUCCEEDED, _webhook("succeeded"))
     ).verdict is Verdict.CONFIRM
     provider.has(payment_id, "succeeded")
     await _check_now(pool, _resolver(database, gateway), payment_id)
@@ -244,12 +237,12 @@ async def test_fifty_concurrent_api_answers_correct_a_payment_once(
     database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     payment_id = await _recorded(database, principal)
-    await _apply(database, payment_id, PaymentEvent.FAILED, _api("failed"))
+    await apply_evidence(database, payment_id, PaymentEvent.FAILED, _api("failed"))
     results = await asyncio.gather(
-        *(_apply(database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded")) for _ in range(50)),
+        *(apply_evidence(database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded")) for _ in range(50)),
         return_exceptions=True,
     )
-    verdicts = [r.verdict for r in results if isinstance(r, EvidenceOutcome)]
+    verdicts = [r.verdict for r in results if isinstance(r, PaymentOutcome)]
     assert verdicts.count(Verdict.CORRECT) == 1
     assert set(verdicts) <= {Verdict.CORRECT, Verdict.REPEAT}
     assert await _state(pool, payment_id) == "SUCCEEDED"
@@ -264,8 +257,8 @@ async def test_taking_money_back_from_a_merchant_waits_for_a_person_who_approves
     database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     payment_id = await _recorded(database, principal)
-    await _apply(database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded"))
-    judged = await _apply(database, payment_id, PaymentEvent.FAILED, _api("failed"))
+    await apply_evidence(database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded"))
+    judged = await apply_evidence(database, payment_id, PaymentEvent.FAILED, _api("failed"))
     assert judged.verdict is Verdict.HOLD and judged.case_id is not None
     assert await _state(pool, payment_id) == "SUCCEEDED"  # nothing moved
     [case] = await _cases(pool, payment_id)
@@ -296,11 +289,9 @@ async def test_an_approval_of_a_case_whose_payment_moved_since_is_refused_and_th
     database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     payment_id = await _recorded(database, principal)
-    await _apply(database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded"))
-    judged = await _apply(database, payment_id, PaymentEvent.FAILED, _api("failed"))
-    await apply_payment_event(
-        database, payment_id, PaymentEvent.REFUND_REQUESTED, Evidence("test.refund", "r"), Budget.within(5)
-    )
+    await apply_evidence(database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded"))
+    judged = await apply_evidence(database, payment_id, PaymentEvent.FAILED, _api("failed"))
+    await apply_evidence(database, payment_id, PaymentEvent.REFUND_REQUESTED, Evidence("test.refund", "r"))
     assert judged.case_id is not None
     with pytest.raises(FailedPrecondition):
         await approve_correction(
@@ -314,16 +305,18 @@ async def test_a_payment_corrected_once_needs_a_person_for_the_next_correction(
     database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     payment_id = await _recorded(database, principal)
-    await _apply(database, payment_id, PaymentEvent.FAILED, _api("failed"))
-    assert (await _apply(database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded"))).verdict is Verdict.CORRECT
-    held = await _apply(database, payment_id, PaymentEvent.FAILED, _api("failed"))
+    await apply_evidence(database, payment_id, PaymentEvent.FAILED, _api("failed"))
+    assert (
+        await apply_evidence(database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded"))
+    ).verdict is Verdict.CORRECT
+    held = await apply_evidence(database, payment_id, PaymentEvent.FAILED, _api("failed"))
     assert held.verdict is Verdict.HOLD
     assert held.case_id is not None
     await approve_correction(
         database, held.case_id, PaymentState.FAILED, "ops.alice", "the provider reversed it", Budget.within(5)
     )
     # and a third word of the provider is held again, even the automatic kind
-    again = await _apply(database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded"))
+    again = await apply_evidence(database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded"))
     assert again.verdict is Verdict.HOLD
     assert await _state(pool, payment_id) == "FAILED"
     assert await _clearing(pool, payment_id) == 0
@@ -348,7 +341,7 @@ async def test_postgresql_refuses_corrections_the_table_does_not_allow(
 ) -> None:
     payment_id = await _recorded(database, principal)
     first = PaymentEvent.FAILED if from_to[0] == "FAILED" else PaymentEvent.SUCCEEDED
-    await _apply(database, payment_id, first, _api(from_to[0].lower()))
+    await apply_evidence(database, payment_id, first, _api(from_to[0].lower()))
     with pytest.raises(asyncpg.CheckViolationError) as refused:
         await pool.execute(
             "INSERT INTO payment_transitions"
@@ -367,7 +360,7 @@ async def test_postgresql_refuses_a_second_automatic_correction_without_a_person
     database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     payment_id = await _recorded(database, principal)
-    await _apply(database, payment_id, PaymentEvent.REJECTED, _api("rejected"))
+    await apply_evidence(database, payment_id, PaymentEvent.REJECTED, _api("rejected"))
     insert = (
         "INSERT INTO payment_transitions (payment_id, from_state, to_state, event, cause, evidence_ref, approved_by)"
         " VALUES ($1, $2, $3, 'CORRECTION', 'test', 'test', $4)"
@@ -389,7 +382,7 @@ async def test_evidence_naming_another_amount_or_currency_moves_nothing_and_open
 ) -> None:
     payment_id = await _recorded(database, principal)
     claim = (_webhook if witness is Witness.WEBHOOK else _api)("succeeded", amount="99999.00", currency="USD")
-    judged = await _apply(database, payment_id, PaymentEvent.SUCCEEDED, claim)
+    judged = await apply_evidence(database, payment_id, PaymentEvent.SUCCEEDED, claim)
     assert judged.verdict is Verdict.MISFIT
     row = await pool.fetchrow(
         "SELECT state, provider_status, provider_payment_id, next_check_at FROM payments WHERE id = $1", payment_id
@@ -407,7 +400,9 @@ async def test_a_webhook_misfits_case_gets_the_providers_own_answer_and_nothing_
     database: Database, principal: Principal, pool: asyncpg.Pool, provider: Provider, gateway: GatewayClient
 ) -> None:
     payment_id = await _recorded(database, principal)
-    judged = await _apply(database, payment_id, PaymentEvent.SUCCEEDED, _webhook("succeeded", amount="99999.00"))
+    judged = await apply_evidence(
+        database, payment_id, PaymentEvent.SUCCEEDED, _webhook("succeeded", amount="99999.00")
+    )
     assert judged.verdict is Verdict.MISFIT
     [case] = await _cases(pool, payment_id)
     assert case["provider_check_due_at"] is not None  # the provider's own word is wanted
@@ -435,15 +430,17 @@ async def test_evidence_about_another_provider_object_moves_nothing(
     database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     payment_id = await _recorded(database, principal)
-    await _apply(database, payment_id, PaymentEvent.ACCEPTED, _api("pending", object_id="pay_mine"))
-    judged = await _apply(database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded", object_id="pay_other"))
+    await apply_evidence(database, payment_id, PaymentEvent.ACCEPTED, _api("pending", object_id="pay_mine"))
+    judged = await apply_evidence(
+        database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded", object_id="pay_other")
+    )
     assert judged.verdict is Verdict.MISFIT
     assert await pool.fetchval("SELECT provider_payment_id FROM payments WHERE id = $1", payment_id) == "pay_mine"
     assert await _state(pool, payment_id) == "PENDING"
     [case] = await _cases(pool, payment_id)
     assert [d["field"] for d in case["evidence"][-1]["differing"]] == ["provider_payment_id"]
     # a second misfit joins the open case
-    await _apply(
+    await apply_evidence(
         database, payment_id, PaymentEvent.SUCCEEDED, _webhook("succeeded", amount="1.00", object_id="pay_mine")
     )
     [case] = await _cases(pool, payment_id)
@@ -537,9 +534,9 @@ async def test_an_approval_must_name_the_correction_the_case_proposes_now(
     database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     payment_id = await _recorded(database, principal)
-    await _apply(database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded"))
-    first = await _apply(database, payment_id, PaymentEvent.FAILED, _api("failed"))
-    later = await _apply(database, payment_id, PaymentEvent.REFUND_SUCCEEDED, _api("refunded"))
+    await apply_evidence(database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded"))
+    first = await apply_evidence(database, payment_id, PaymentEvent.FAILED, _api("failed"))
+    later = await apply_evidence(database, payment_id, PaymentEvent.REFUND_SUCCEEDED, _api("refunded"))
     assert first.case_id == later.case_id and first.case_id is not None
     [case] = await _cases(pool, payment_id)
     assert "REFUNDED" in case["summary"]  # the summary follows the latest proposal
@@ -557,7 +554,9 @@ async def test_a_webhook_never_decides_which_provider_object_the_api_answers_abo
     database: Database, principal: Principal, pool: asyncpg.Pool, provider: Provider, gateway: GatewayClient
 ) -> None:
     payment_id = await _recorded(database, principal)
-    await _apply(database, payment_id, PaymentEvent.ACCEPTED, _webhook("pending", object_id="pay_from_a_webhook"))
+    await apply_evidence(
+        database, payment_id, PaymentEvent.ACCEPTED, _webhook("pending", object_id="pay_from_a_webhook")
+    )
     assert await pool.fetchval("SELECT provider_payment_id FROM payments WHERE id = $1", payment_id) is None
     provider.has(payment_id, "succeeded", object_id="pay_real")
     await _check_now(pool, _resolver(database, gateway), payment_id)
@@ -599,7 +598,7 @@ async def test_postgresql_refuses_a_blank_approver(
     database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     payment_id = await _recorded(database, principal)
-    await _apply(database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded"))
+    await apply_evidence(database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded"))
     with pytest.raises(asyncpg.CheckViolationError):
         await pool.execute(
             "INSERT INTO payment_transitions"
@@ -615,7 +614,7 @@ async def test_a_claim_about_an_expired_payment_the_provider_does_not_have_ends_
     payment_id = await _recorded(database, principal)
     await _concluded(database, payment_id, PaymentEvent.EXPIRED, "resolver.expired")
     assert (
-        await _apply(database, payment_id, PaymentEvent.SUCCEEDED, _webhook("succeeded"))
+        await apply_evidence(database, payment_id, PaymentEvent.SUCCEEDED, _webhook("succeeded"))
     ).verdict is Verdict.CONFIRM
     await _check_now(pool, _resolver(database, gateway), payment_id)  # the provider has no such payment
     row = await pool.fetchrow("SELECT state, next_check_at FROM payments WHERE id = $1", payment_id)

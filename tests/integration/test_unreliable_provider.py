@@ -27,17 +27,17 @@ from server.api.http_app import build_http_app
 from server.db.database import Budget, Database
 from server.domain.errors import DeadlineExceeded, ProviderUnavailable
 from server.domain.identity import Principal
-from server.domain.payment_states import PaymentEvent
+from server.domain.payment_states import PaymentEvent, Witness
 from server.domain.payments import PaymentState, validate_create_payment
 from server.providers.breaker import Breaker, BreakerSettings, BreakerState
 from server.providers.embedded_simulator import embedded_simulator
 from server.providers.gateway import GatewayClient, NotSent
-from server.services.payment_events import Evidence, apply_payment_event
+from server.services.payment_events import Evidence
 from server.services.provider_health import breaker_announcer
 from server.services.resolver import Resolver, ResolverSettings
 from server.services.submission import create_and_submit
 from server.services.webhook_application import WebhookSource
-from tests.support import answering_provider
+from tests.support import answering_provider, apply_evidence
 
 SECRET = "whsec_unreliable"  # noqa: S105 - a test secret
 DEADLINE_S = 1.0
@@ -316,9 +316,8 @@ async def _unknown_payments(database: Database, principal: Principal, count: int
     ids = []
     for _ in range(count):
         created = await create_and_submit(database, None, principal, _request(str(uuid.uuid4())), Budget.within(5))
-        await apply_payment_event(
-            database, created.payment.id, PaymentEvent.OUTCOME_UNKNOWN, Evidence("test.timeout", "t"), Budget.within(5)
-        )
+        no_answer = Evidence("test.timeout", "t", witness=Witness.BALLAST)
+        await apply_evidence(database, created.payment.id, PaymentEvent.OUTCOME_UNKNOWN, no_answer)
         ids.append(created.payment.id)
     return ids
 
