@@ -13,13 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.domain.identity import Principal, Role
+from server.domain.identity import CLIENT_ID_LENGTH_MAX, Principal, Role
 from server.failpoints import FAILPOINTS_ENV
 from server.failpoints import parse as parse_failpoints
 from server.messaging.names import DEFAULT_DEPLOYMENT, DeploymentNames
 
 API_TOKEN_LENGTH_MIN = 16
-CLIENT_ID_LENGTH_MAX = 128  # as the database's check constraints allow
 #: Client ids appear in ledger account names (merchant_payable:<client_id>), so they stay plain.
 CLIENT_ID_PATTERN = re.compile(rf"[A-Za-z0-9_.@-]{{1,{CLIENT_ID_LENGTH_MAX}}}")
 DEVELOPMENT_CLIENT_ID = "dev"

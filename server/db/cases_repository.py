@@ -9,6 +9,7 @@ import asyncpg
 
 from server.db.outbox_writer import write_event
 from server.domain import events
+from server.domain.cases import SUMMARY_LENGTH_MAX
 
 Subject = Literal["payment_id", "leg_id"]
 
@@ -45,7 +46,7 @@ async def open_case(
         """,
         kind,
         subject_id,
-        summary[:2000],
+        summary[:SUMMARY_LENGTH_MAX],
         evidence,
         evidence if evidence_if_open is None else evidence_if_open,
         check_provider,

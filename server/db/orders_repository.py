@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from server.domain.order_legs import LegState, ModificationStatus
+from server.domain.order_legs import REASON_LENGTH_MAX, LegState, ModificationStatus
 from server.domain.orders import LegSpec, OrderType, Side
 
 
@@ -308,9 +308,5 @@ async def end_modification(
         " WHERE id = $1 AND modification_status = 'PENDING'",
         leg_id,
         status.value,
-        reason[:MODIFICATION_REASON_LENGTH_MAX],
+        reason[:REASON_LENGTH_MAX],
     )
-
-
-#: legs.modification_reason holds at most this many characters (a CHECK in PostgreSQL too).
-MODIFICATION_REASON_LENGTH_MAX = 1000

@@ -1,15 +1,46 @@
 """The database schema as SQLAlchemy Core tables: the one description of what PostgreSQL holds.
 
 Alembic migrations (server/db/migrations) create it; the checks and constraints here are the
-invariants PostgreSQL enforces whatever the Python code does.
+invariants PostgreSQL enforces whatever the Python code does. State lists and limits come from
+server/domain, where the Python checks read them too, so PostgreSQL refuses what the domain refuses.
 """
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterable
+from decimal import Decimal
+
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import BYTEA, JSONB, UUID
 
-from server.domain.payments import PaymentState
+from server.domain import cases as case_rules
+from server.domain import events, evidence
+from server.domain.cases import CaseStatus
+from server.domain.corrections import APPROVER_LENGTH_MAX, Approval
+from server.domain.identity import CLIENT_ID_LENGTH_MAX
+from server.domain.ledger import ACCOUNT_LENGTH_MAX, ENTRY_DESCRIPTION_LENGTH_MAX, EVENT_KEY_LENGTH_MAX
+from server.domain.money import AMOUNT_MAX, AMOUNT_SCALE_MAX
+from server.domain.order_legs import (
+    AWAITING_VENUE_STATES,
+    DECIMAL_MAX,
+    EXECUTION_ID_LENGTH_MAX,
+    INSTRUCTION_OUTCOME_LENGTH_MAX,
+    QUANTITY_SCALE_MAX,
+    REASON_LENGTH_MAX,
+    LegState,
+    ModificationStatus,
+    VenueInstructionKind,
+)
+from server.domain.orders import CLIENT_ORDER_REFERENCE_LENGTH_MAX, INSTRUMENT_SYMBOL_PATTERN, OrderType, Side
+from server.domain.payment_states import UNDECIDED_STATES
+from server.domain.payments import (
+    DESCRIPTION_LENGTH_MAX,
+    IDEMPOTENCY_KEY_LENGTH_MAX,
+    MERCHANT_REFERENCE_LENGTH_MAX,
+    OPERATION_LENGTH_MAX,
+    PaymentState,
+)
 
 metadata = sa.MetaData(
     naming_convention={
@@ -21,7 +52,39 @@ metadata = sa.MetaData(
     }
 )
 
-PAYMENT_STATES_SQL = ", ".join(f"'{state.value}'" for state in PaymentState)
+#: A SHA-256 digest (an idempotency request's fingerprint, an audit entry's hash).
+SHA256_BYTES = 32
+
+
+def _one_of(column: str, values: Iterable[enum.StrEnum]) -> str:
+    """`column IN (...)`, the values in their enum's order."""
+    listed = ", ".join(f"'{value}'" for value in sorted(values, key=_declared_order))
+    return f"{column} IN ({listed})"
+
+
+def _declared_order(value: enum.StrEnum) -> int:
+    members: list[enum.StrEnum] = list(type(value))
+    return members.index(value)
+
+
+def _length(column: str, length_max: int, *, required: bool = True) -> str:
+    """Text of at most `length_max` characters; a required one is not empty either."""
+    return f"char_length({column}) BETWEEN 1 AND {length_max}" if required else f"char_length({column}) <= {length_max}"
+
+
+def _iso_4217(column: str = "currency_code") -> str:
+    return f"{column} ~ '^[A-Z]{{3}}$'"
+
+
+def _decimal(column: str, *, nullable: bool = False) -> str:
+    """A quantity or a price: positive, at most QUANTITY_SCALE_MAX fraction digits, below DECIMAL_MAX."""
+    check = f"{column} > 0 AND scale({column}) <= {QUANTITY_SCALE_MAX} AND {column} < {_plain(DECIMAL_MAX)}"
+    return f"{column} IS NULL OR ({check})" if nullable else check
+
+
+def _plain(number: Decimal) -> str:
+    return format(number, "f")
+
 
 idempotency_keys = sa.Table(
     "idempotency_keys",
@@ -33,10 +96,10 @@ idempotency_keys = sa.Table(
     sa.Column("resource_id", UUID(as_uuid=True), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.PrimaryKeyConstraint("client_id", "idempotency_key"),
-    sa.CheckConstraint("char_length(client_id) BETWEEN 1 AND 128", name="client_id_length"),
-    sa.CheckConstraint("char_length(idempotency_key) BETWEEN 1 AND 255", name="idempotency_key_length"),
-    sa.CheckConstraint("char_length(operation) BETWEEN 1 AND 64", name="operation_length"),
-    sa.CheckConstraint("octet_length(request_fingerprint) = 32", name="request_fingerprint_sha256"),
+    sa.CheckConstraint(_length("client_id", CLIENT_ID_LENGTH_MAX), name="client_id_length"),
+    sa.CheckConstraint(_length("idempotency_key", IDEMPOTENCY_KEY_LENGTH_MAX), name="idempotency_key_length"),
+    sa.CheckConstraint(_length("operation", OPERATION_LENGTH_MAX), name="operation_length"),
+    sa.CheckConstraint(f"octet_length(request_fingerprint) = {SHA256_BYTES}", name="request_fingerprint_sha256"),
     comment=(
         "One row per (client, idempotency key): the first request's parameters (as a SHA-256 fingerprint)"
         " and the resource it created, so a retry returns that resource and a reuse with other"
@@ -70,22 +133,28 @@ payments = sa.Table(
     sa.ForeignKeyConstraint(
         ["client_id", "idempotency_key"], ["idempotency_keys.client_id", "idempotency_keys.idempotency_key"]
     ),
-    sa.CheckConstraint("amount > 0 AND amount <= 1000000000000000", name="amount_range"),
-    sa.CheckConstraint("scale(amount) <= 4", name="amount_scale"),
-    sa.CheckConstraint("currency_code ~ '^[A-Z]{3}$'", name="currency_code_iso4217"),
-    sa.CheckConstraint(f"state IN ({PAYMENT_STATES_SQL})", name="state_known"),
-    sa.CheckConstraint("char_length(client_id) BETWEEN 1 AND 128", name="client_id_length"),
-    sa.CheckConstraint("char_length(description) <= 1000", name="description_length"),
-    sa.CheckConstraint("char_length(merchant_reference) <= 255", name="merchant_reference_length"),
+    sa.CheckConstraint(f"amount > 0 AND amount <= {_plain(AMOUNT_MAX)}", name="amount_range"),
+    sa.CheckConstraint(f"scale(amount) <= {AMOUNT_SCALE_MAX}", name="amount_scale"),
+    sa.CheckConstraint(_iso_4217(), name="currency_code_iso4217"),
+    sa.CheckConstraint(_one_of("state", PaymentState), name="state_known"),
+    sa.CheckConstraint(_length("client_id", CLIENT_ID_LENGTH_MAX), name="client_id_length"),
+    sa.CheckConstraint(_length("description", DESCRIPTION_LENGTH_MAX, required=False), name="description_length"),
+    sa.CheckConstraint(
+        _length("merchant_reference", MERCHANT_REFERENCE_LENGTH_MAX, required=False), name="merchant_reference_length"
+    ),
     sa.CheckConstraint("jsonb_typeof(metadata) = 'object'", name="metadata_object"),
-    sa.CheckConstraint("char_length(provider_payment_id) <= 255", name="provider_payment_id_length"),
-    sa.CheckConstraint("char_length(provider_status) <= 64", name="provider_status_length"),
+    sa.CheckConstraint(
+        _length("provider_payment_id", evidence.PROVIDER_ID_LENGTH_MAX, required=False),
+        name="provider_payment_id_length",
+    ),
+    sa.CheckConstraint(
+        _length("provider_status", evidence.PROVIDER_STATUS_LENGTH_MAX, required=False), name="provider_status_length"
+    ),
     sa.CheckConstraint("check_attempts >= 0", name="check_attempts_nonnegative"),
     sa.Index("ix_payments_client_id_created_at_id", "client_id", sa.text("created_at DESC"), sa.text("id DESC")),
+    # The resolver's questions: which payments are due a check, by their schedule or by default.
     sa.Index(
-        "ix_payments_undecided_updated_at",
-        "updated_at",
-        postgresql_where=sa.text("state IN ('RECORDED', 'UNKNOWN', 'PENDING')"),
+        "ix_payments_undecided_updated_at", "updated_at", postgresql_where=sa.text(_one_of("state", UNDECIDED_STATES))
     ),
     sa.Index("ix_payments_next_check_at", "next_check_at", postgresql_where=sa.text("next_check_at IS NOT NULL")),
     comment=(
@@ -110,7 +179,7 @@ payment_corrections = sa.Table(
     sa.Column("to_state", sa.Text, nullable=False),
     sa.Column("approval", sa.Text, nullable=False),
     sa.PrimaryKeyConstraint("from_state", "to_state"),
-    sa.CheckConstraint("approval IN ('AUTOMATIC', 'PERSON')", name="approval_known"),
+    sa.CheckConstraint(_one_of("approval", Approval), name="approval_known"),
     comment=(
         "The corrections of a decided payment the provider's API contradicts, and whether a person must"
         " approve each; a snapshot of server/domain/corrections.py."
@@ -130,10 +199,10 @@ payment_transitions = sa.Table(
     sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     # who approved a correction that needs a person (NULL for every other move)
     sa.Column("approved_by", sa.Text, nullable=True),
-    sa.CheckConstraint("char_length(cause) BETWEEN 1 AND 64", name="cause_length"),
-    sa.CheckConstraint("char_length(btrim(approved_by)) BETWEEN 1 AND 128", name="approved_by_length"),
-    sa.CheckConstraint("char_length(evidence_ref) BETWEEN 1 AND 500", name="evidence_ref_length"),
-    sa.CheckConstraint("char_length(event) BETWEEN 1 AND 64", name="event_length"),
+    sa.CheckConstraint(_length("cause", evidence.CAUSE_LENGTH_MAX), name="cause_length"),
+    sa.CheckConstraint(_length("btrim(approved_by)", APPROVER_LENGTH_MAX), name="approved_by_length"),
+    sa.CheckConstraint(_length("evidence_ref", evidence.EVIDENCE_REF_LENGTH_MAX), name="evidence_ref_length"),
+    sa.CheckConstraint(_length("event", evidence.EVENT_LENGTH_MAX), name="event_length"),
     sa.Index("ix_payment_transitions_payment_id", "payment_id", "id"),
     comment="Every state change of every payment, with its cause and the evidence behind it. Append-only.",
 )
@@ -147,9 +216,9 @@ provider_statuses = sa.Table(
     sa.Column("status", sa.Text, nullable=False),
     sa.Column("evidence_ref", sa.Text, nullable=False),
     sa.Column("observed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-    sa.CheckConstraint("char_length(provider) BETWEEN 1 AND 64", name="provider_length"),
-    sa.CheckConstraint("char_length(status) BETWEEN 1 AND 64", name="status_length"),
-    sa.CheckConstraint("char_length(evidence_ref) BETWEEN 1 AND 500", name="evidence_ref_length"),
+    sa.CheckConstraint(_length("provider", evidence.PROVIDER_NAME_LENGTH_MAX), name="provider_length"),
+    sa.CheckConstraint(_length("status", evidence.PROVIDER_STATUS_LENGTH_MAX), name="status_length"),
+    sa.CheckConstraint(_length("evidence_ref", evidence.EVIDENCE_REF_LENGTH_MAX), name="evidence_ref_length"),
     sa.Index("ix_provider_statuses_payment_id", "payment_id", "id"),
     comment="What providers said about payments, verbatim: evidence, kept apart from the internal state.",
 )
@@ -162,8 +231,8 @@ ledger_entries = sa.Table(
     sa.Column("payment_id", UUID(as_uuid=True), sa.ForeignKey("payments.id"), nullable=True),
     sa.Column("description", sa.Text, nullable=False, server_default=""),
     sa.Column("posted_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-    sa.CheckConstraint("char_length(event_key) BETWEEN 1 AND 200", name="event_key_length"),
-    sa.CheckConstraint("char_length(description) <= 500", name="description_length"),
+    sa.CheckConstraint(_length("event_key", EVENT_KEY_LENGTH_MAX), name="event_key_length"),
+    sa.CheckConstraint(_length("description", ENTRY_DESCRIPTION_LENGTH_MAX, required=False), name="description_length"),
     sa.Index("ix_ledger_entries_payment_id", "payment_id"),
     sa.Index("ix_ledger_entries_posted_at_id", "posted_at", "id"),
     comment="One business event's posting; event_key is unique, so an event posts once. Append-only.",
@@ -179,9 +248,9 @@ ledger_lines = sa.Table(
     sa.Column("amount", sa.Numeric, nullable=False),
     sa.PrimaryKeyConstraint("entry_id", "line_number"),
     sa.CheckConstraint("amount <> 0", name="amount_nonzero"),
-    sa.CheckConstraint("scale(amount) <= 4", name="amount_scale"),
-    sa.CheckConstraint("currency_code ~ '^[A-Z]{3}$'", name="currency_code_iso4217"),
-    sa.CheckConstraint("char_length(account) BETWEEN 1 AND 200", name="account_length"),
+    sa.CheckConstraint(f"scale(amount) <= {AMOUNT_SCALE_MAX}", name="amount_scale"),
+    sa.CheckConstraint(_iso_4217(), name="currency_code_iso4217"),
+    sa.CheckConstraint(_length("account", ACCOUNT_LENGTH_MAX), name="account_length"),
     sa.CheckConstraint("line_number >= 1", name="line_number_positive"),
     sa.Index("ix_ledger_lines_account", "account", "currency_code"),
     comment="Signed amounts (debit positive, credit negative); each entry's lines sum to zero per currency.",
@@ -198,13 +267,16 @@ outbox = sa.Table(
     sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("last_error", sa.Text, nullable=True),
+    # the order the relay publishes an aggregate's events in: their commit order, as they are written
+    # under the aggregate's row lock
     sa.Column("position", sa.BigInteger, sa.Identity(always=True), nullable=False, unique=True),
     sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("dead_lettered_at", sa.DateTime(timezone=True), nullable=True),
-    sa.CheckConstraint("char_length(topic) BETWEEN 1 AND 128", name="topic_length"),
-    sa.CheckConstraint("char_length(message_key) BETWEEN 1 AND 256", name="message_key_length"),
+    sa.CheckConstraint(_length("topic", events.TOPIC_LENGTH_MAX), name="topic_length"),
+    sa.CheckConstraint(_length("message_key", events.MESSAGE_KEY_LENGTH_MAX), name="message_key_length"),
     sa.CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
     sa.CheckConstraint("published_at IS NULL OR dead_lettered_at IS NULL", name="published_or_dead"),
+    # The relay's two questions: which pending events are due, and is an event the head of its aggregate.
     sa.Index("ix_outbox_pending_position", "position", postgresql_where=sa.text("published_at IS NULL")),
     sa.Index(
         "ix_outbox_pending_message_key_position",
@@ -229,13 +301,11 @@ audit_log = sa.Table(
     sa.Column("prev_hash", BYTEA, nullable=False),
     sa.Column("hash", BYTEA, nullable=False),
     sa.UniqueConstraint("aggregate_type", "aggregate_id", "sequence", name="uq_audit_log_aggregate_sequence"),
-    sa.CheckConstraint("octet_length(hash) = 32", name="hash_sha256"),
-    sa.CheckConstraint("char_length(action) BETWEEN 1 AND 64", name="action_length"),
-    sa.CheckConstraint("char_length(actor) BETWEEN 1 AND 128", name="actor_length"),
+    sa.CheckConstraint(f"octet_length(hash) = {SHA256_BYTES}", name="hash_sha256"),
+    sa.CheckConstraint(_length("action", events.AUDIT_ACTION_LENGTH_MAX), name="action_length"),
+    sa.CheckConstraint(_length("actor", events.ACTOR_LENGTH_MAX), name="actor_length"),
     comment="Every change, hash-chained per aggregate so that tampering shows. Append-only.",
 )
-
-_DECIMAL_CHECK = "{column} > 0 AND scale({column}) <= 12 AND {column} < 1000000000000000000"
 
 orders = sa.Table(
     "orders",
@@ -249,7 +319,10 @@ orders = sa.Table(
     sa.ForeignKeyConstraint(
         ["client_id", "idempotency_key"], ["idempotency_keys.client_id", "idempotency_keys.idempotency_key"]
     ),
-    sa.CheckConstraint("char_length(client_order_reference) <= 255", name="client_order_reference_length"),
+    sa.CheckConstraint(
+        _length("client_order_reference", CLIENT_ORDER_REFERENCE_LENGTH_MAX, required=False),
+        name="client_order_reference_length",
+    ),
     sa.Index("ix_orders_client_id_created_at_id", "client_id", sa.text("created_at DESC"), sa.text("id DESC")),
     comment="An order a client submitted: one or more legs worked independently at a venue.",
 )
@@ -276,56 +349,49 @@ legs = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     # the resolver's schedule for a leg still at the venue's mercy
     sa.Column("next_check_at", sa.DateTime(timezone=True), nullable=True),
-    sa.Column("venue_order_id", sa.Text, nullable=True),
-    sa.CheckConstraint("char_length(venue_order_id) <= 255", name="venue_order_id_length"),
     sa.Column("check_attempts", sa.Integer, nullable=False, server_default="0"),
-    sa.CheckConstraint("check_attempts >= 0", name="check_attempts_nonnegative"),
-    sa.Index(
-        "ix_legs_working_updated_at",
-        "updated_at",
-        postgresql_where=sa.text("state IN ('SUBMITTED', 'PENDING', 'PARTIALLY_FILLED', 'MODIFYING')"),
-    ),
+    sa.Column("venue_order_id", sa.Text, nullable=True),
     # the latest modification (a cancel/replace at the venue) and its outcome; requested_quantity and
     # requested_limit_price are the terms it asked
     sa.Column("modification_id", UUID(as_uuid=True), nullable=True),
     sa.Column("modification_idempotency_key", sa.Text, nullable=True),
     sa.Column("modification_status", sa.Text, nullable=True),
     sa.Column("modification_reason", sa.Text, nullable=False, server_default=""),
+    sa.UniqueConstraint("order_id", "position"),
+    sa.CheckConstraint("position >= 1", name="position_positive"),
+    sa.CheckConstraint(f"instrument_symbol ~ '^{INSTRUMENT_SYMBOL_PATTERN}$'", name="instrument_symbol"),
+    sa.CheckConstraint(_one_of("side", Side), name="side_known"),
+    sa.CheckConstraint(_one_of("order_type", OrderType), name="order_type_known"),
+    sa.CheckConstraint(_decimal("quantity"), name="quantity_valid"),
+    sa.CheckConstraint(_decimal("limit_price", nullable=True), name="limit_price_valid"),
+    sa.CheckConstraint(f"(order_type = '{OrderType.LIMIT}') = (limit_price IS NOT NULL)", name="limit_price_iff_limit"),
+    sa.CheckConstraint(_iso_4217(), name="currency_code_iso4217"),
+    sa.CheckConstraint(_one_of("state", LegState), name="state_known"),
+    sa.CheckConstraint(_length("state_reason", REASON_LENGTH_MAX, required=False), name="state_reason_length"),
+    sa.CheckConstraint("filled_quantity >= 0 AND filled_quantity <= quantity", name="filled_within_quantity"),
+    sa.CheckConstraint("fill_notional >= 0", name="fill_notional_nonnegative"),
+    sa.CheckConstraint(_decimal("requested_quantity", nullable=True), name="requested_quantity_valid"),
+    sa.CheckConstraint(_decimal("requested_limit_price", nullable=True), name="requested_limit_price_valid"),
+    sa.CheckConstraint("check_attempts >= 0", name="check_attempts_nonnegative"),
     sa.CheckConstraint(
-        "modification_status IN ('PENDING', 'CONFIRMED', 'REFUSED', 'CANCELED')", name="modification_status_known"
+        _length("venue_order_id", evidence.PROVIDER_ID_LENGTH_MAX, required=False), name="venue_order_id_length"
     ),
+    sa.CheckConstraint(_one_of("modification_status", ModificationStatus), name="modification_status_known"),
     sa.CheckConstraint(
         "(modification_id IS NULL) = (modification_status IS NULL)"
         " AND (modification_id IS NULL) = (modification_idempotency_key IS NULL)",
         name="modification_whole",
     ),
-    sa.CheckConstraint("char_length(modification_idempotency_key) <= 255", name="modification_idempotency_key_length"),
-    sa.CheckConstraint("char_length(modification_reason) <= 1000", name="modification_reason_length"),
-    sa.UniqueConstraint("order_id", "position"),
-    sa.CheckConstraint("position >= 1", name="position_positive"),
-    sa.CheckConstraint("instrument_symbol ~ '^[A-Za-z0-9._/-]{1,32}$'", name="instrument_symbol"),
-    sa.CheckConstraint("side IN ('BUY', 'SELL')", name="side_known"),
-    sa.CheckConstraint("order_type IN ('MARKET', 'LIMIT')", name="order_type_known"),
-    sa.CheckConstraint(_DECIMAL_CHECK.format(column="quantity"), name="quantity_valid"),
     sa.CheckConstraint(
-        f"limit_price IS NULL OR ({_DECIMAL_CHECK.format(column='limit_price')})", name="limit_price_valid"
-    ),
-    sa.CheckConstraint("(order_type = 'LIMIT') = (limit_price IS NOT NULL)", name="limit_price_iff_limit"),
-    sa.CheckConstraint("currency_code ~ '^[A-Z]{3}$'", name="currency_code_iso4217"),
-    sa.CheckConstraint(
-        "state IN ('SUBMITTED', 'PENDING', 'PARTIALLY_FILLED', 'FILLED', 'MODIFYING', 'REJECTED', 'CLOSED')",
-        name="state_known",
-    ),
-    sa.CheckConstraint("char_length(state_reason) <= 1000", name="state_reason_length"),
-    sa.CheckConstraint("filled_quantity >= 0 AND filled_quantity <= quantity", name="filled_within_quantity"),
-    sa.CheckConstraint("fill_notional >= 0", name="fill_notional_nonnegative"),
-    sa.CheckConstraint(
-        f"requested_quantity IS NULL OR ({_DECIMAL_CHECK.format(column='requested_quantity')})",
-        name="requested_quantity_valid",
+        _length("modification_idempotency_key", IDEMPOTENCY_KEY_LENGTH_MAX, required=False),
+        name="modification_idempotency_key_length",
     ),
     sa.CheckConstraint(
-        f"requested_limit_price IS NULL OR ({_DECIMAL_CHECK.format(column='requested_limit_price')})",
-        name="requested_limit_price_valid",
+        _length("modification_reason", REASON_LENGTH_MAX, required=False), name="modification_reason_length"
+    ),
+    # The resolver's question: which legs still awaiting the venue are due a check.
+    sa.Index(
+        "ix_legs_working_updated_at", "updated_at", postgresql_where=sa.text(_one_of("state", AWAITING_VENUE_STATES))
     ),
     comment="One leg of an order, in its state; filled_quantity is the sum of its fills, kept by trigger.",
 )
@@ -341,10 +407,10 @@ leg_fills = sa.Table(
     sa.Column("evidence_ref", sa.Text, nullable=False),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.PrimaryKeyConstraint("leg_id", "execution_id"),
-    sa.CheckConstraint("char_length(execution_id) BETWEEN 1 AND 128", name="execution_id_length"),
-    sa.CheckConstraint(_DECIMAL_CHECK.format(column="quantity"), name="quantity_valid"),
-    sa.CheckConstraint(_DECIMAL_CHECK.format(column="price"), name="price_valid"),
-    sa.CheckConstraint("char_length(evidence_ref) BETWEEN 1 AND 500", name="evidence_ref_length"),
+    sa.CheckConstraint(_length("execution_id", EXECUTION_ID_LENGTH_MAX), name="execution_id_length"),
+    sa.CheckConstraint(_decimal("quantity"), name="quantity_valid"),
+    sa.CheckConstraint(_decimal("price"), name="price_valid"),
+    sa.CheckConstraint(_length("evidence_ref", evidence.EVIDENCE_REF_LENGTH_MAX), name="evidence_ref_length"),
     comment="Executions reported by the venue; (leg, execution id) is unique, so a fill applies once.",
 )
 
@@ -367,8 +433,8 @@ leg_transitions = sa.Table(
     sa.Column("cause", sa.Text, nullable=False),
     sa.Column("evidence_ref", sa.Text, nullable=False),
     sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
-    sa.CheckConstraint("char_length(cause) BETWEEN 1 AND 64", name="cause_length"),
-    sa.CheckConstraint("char_length(evidence_ref) BETWEEN 1 AND 500", name="evidence_ref_length"),
+    sa.CheckConstraint(_length("cause", evidence.CAUSE_LENGTH_MAX), name="cause_length"),
+    sa.CheckConstraint(_length("evidence_ref", evidence.EVIDENCE_REF_LENGTH_MAX), name="evidence_ref_length"),
     sa.Index("ix_leg_transitions_leg_id", "leg_id", "id"),
     comment="Every state change of every leg, with its cause and evidence. Append-only.",
 )
@@ -380,8 +446,8 @@ processed_events = sa.Table(
     sa.Column("event_id", sa.Text, nullable=False),
     sa.Column("processed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.PrimaryKeyConstraint("consumer_group", "event_id"),
-    sa.CheckConstraint("char_length(consumer_group) BETWEEN 1 AND 128", name="consumer_group_length"),
-    sa.CheckConstraint("char_length(event_id) BETWEEN 1 AND 256", name="event_id_length"),
+    sa.CheckConstraint(_length("consumer_group", events.CONSUMER_GROUP_LENGTH_MAX), name="consumer_group_length"),
+    sa.CheckConstraint(_length("event_id", events.EVENT_ID_LENGTH_MAX), name="event_id_length"),
     comment=(
         "Events a consumer group has applied, inserted first in the same transaction as the work:"
         " a second delivery finds the row and does nothing."
@@ -413,9 +479,9 @@ webhook_deliveries = sa.Table(
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("headers", JSONB, nullable=False),
     sa.Column("body", BYTEA, nullable=False),
-    sa.CheckConstraint("char_length(provider) BETWEEN 1 AND 64", name="provider_length"),
-    sa.CheckConstraint("char_length(event_id) <= 256", name="event_id_length"),
-    sa.CheckConstraint("octet_length(body) <= 1048576", name="body_size"),
+    sa.CheckConstraint(_length("provider", evidence.PROVIDER_NAME_LENGTH_MAX), name="provider_length"),
+    sa.CheckConstraint(_length("event_id", events.EVENT_ID_LENGTH_MAX, required=False), name="event_id_length"),
+    sa.CheckConstraint(f"octet_length(body) <= {evidence.WEBHOOK_BODY_BYTES_MAX}", name="body_size"),
     sa.Index("ix_webhook_deliveries_provider_event_id", "provider", "event_id"),
     comment=(
         "Every signed webhook delivery as received (headers and raw body), duplicates included:"
@@ -423,13 +489,15 @@ webhook_deliveries = sa.Table(
     ),
 )
 
+_OPEN = f"status = '{CaseStatus.OPEN}'"
+
 cases = sa.Table(
     "cases",
     metadata,
     sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=sa.text("gen_random_uuid()")),
     sa.Column("kind", sa.Text, nullable=False),
     sa.Column("payment_id", UUID(as_uuid=True), sa.ForeignKey("payments.id"), nullable=True),
-    sa.Column("status", sa.Text, nullable=False, server_default="OPEN"),
+    sa.Column("status", sa.Text, nullable=False, server_default=CaseStatus.OPEN.value),
     sa.Column("summary", sa.Text, nullable=False),
     sa.Column("evidence", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
     sa.Column("opened_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
@@ -437,20 +505,18 @@ cases = sa.Table(
     sa.Column("leg_id", UUID(as_uuid=True), sa.ForeignKey("legs.id"), nullable=True),
     # set while the provider's own answer is still to be added to the case
     sa.Column("provider_check_due_at", sa.DateTime(timezone=True), nullable=True),
-    sa.CheckConstraint("status IN ('OPEN', 'RESOLVED')", name="status_known"),
+    sa.CheckConstraint(_one_of("status", CaseStatus), name="status_known"),
     sa.CheckConstraint("(payment_id IS NULL) <> (leg_id IS NULL)", name="about_one_thing"),
-    sa.CheckConstraint("char_length(kind) BETWEEN 1 AND 64", name="kind_length"),
-    sa.CheckConstraint("char_length(summary) BETWEEN 1 AND 2000", name="summary_length"),
+    sa.CheckConstraint(_length("kind", case_rules.KIND_LENGTH_MAX), name="kind_length"),
+    sa.CheckConstraint(_length("summary", case_rules.SUMMARY_LENGTH_MAX), name="summary_length"),
     sa.CheckConstraint("jsonb_typeof(evidence) = 'array'", name="evidence_array"),
-    # One open case of a kind per payment: a second contradiction adds evidence to it.
-    sa.Index(
-        "uq_cases_kind_payment_id", "kind", "payment_id", unique=True, postgresql_where=sa.text("status = 'OPEN'")
-    ),
-    sa.Index("uq_cases_kind_leg_id", "kind", "leg_id", unique=True, postgresql_where=sa.text("status = 'OPEN'")),
+    # One open case of a kind per payment or leg: a second contradiction adds evidence to it.
+    sa.Index("uq_cases_kind_payment_id", "kind", "payment_id", unique=True, postgresql_where=sa.text(_OPEN)),
+    sa.Index("uq_cases_kind_leg_id", "kind", "leg_id", unique=True, postgresql_where=sa.text(_OPEN)),
     sa.Index(
         "ix_cases_provider_check_due_at",
         "provider_check_due_at",
-        postgresql_where=sa.text("status = 'OPEN' AND provider_check_due_at IS NOT NULL"),
+        postgresql_where=sa.text(f"{_OPEN} AND provider_check_due_at IS NOT NULL"),
     ),
     comment=(
         "Investigation cases: what Ballast could not decide alone (contradictory provider evidence,"
@@ -470,9 +536,9 @@ venue_instructions = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("done_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("outcome", sa.Text, nullable=True),
-    sa.CheckConstraint("kind IN ('modify', 'cancel')", name="kind_known"),
+    sa.CheckConstraint(_one_of("kind", VenueInstructionKind), name="kind_known"),
     sa.CheckConstraint("attempts >= 0", name="attempts_nonnegative"),
-    sa.CheckConstraint("char_length(outcome) <= 500", name="outcome_length"),
+    sa.CheckConstraint(_length("outcome", INSTRUCTION_OUTCOME_LENGTH_MAX, required=False), name="outcome_length"),
     sa.Index("ix_venue_instructions_next_attempt_at", "next_attempt_at", postgresql_where=sa.text("done_at IS NULL")),
     comment=(
         "What Ballast decided to ask of the venue (modify or cancel a leg), written in the transaction that"

@@ -26,6 +26,8 @@ P = PaymentState
 CORRECTION_EVENT = "CORRECTION"
 #: The case a correction waiting for a person opens.
 CORRECTION_CASE = "CORRECTION_NEEDS_APPROVAL"
+#: The longest name of the person approving a correction (kept with the correction transition).
+APPROVER_LENGTH_MAX = 128
 
 
 class Approval(enum.StrEnum):

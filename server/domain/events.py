@@ -13,6 +13,16 @@ CASE_OPENED = "cases.opened"
 CASE_RESOLVED = "cases.resolved"
 BREAKER_STATE_CHANGED = "providers.breaker_state_changed"
 
+#: An announced event's topic, and the key of the aggregate it is about (its events publish in order).
+TOPIC_LENGTH_MAX = 128
+MESSAGE_KEY_LENGTH_MAX = 256
+#: An event's id, as a consumer group remembers it (an outbox id, a provider's webhook event id).
+EVENT_ID_LENGTH_MAX = 256
+CONSUMER_GROUP_LENGTH_MAX = 128
+#: A recorded change: what was done, and by whom (a client id, or a part of Ballast).
+AUDIT_ACTION_LENGTH_MAX = 64
+ACTOR_LENGTH_MAX = 128
+
 
 def payment_recorded(
     payment_id: uuid.UUID, client_id: str, amount: Decimal, currency_code: str, state: str

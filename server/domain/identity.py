@@ -5,6 +5,9 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+#: The longest client id: it names the caller in every row the caller owns, and in ledger account names.
+CLIENT_ID_LENGTH_MAX = 128
+
 
 class Role(enum.StrEnum):
     #: an internal service creating and reading its own payments and orders

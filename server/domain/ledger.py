@@ -15,6 +15,7 @@ from server.domain.payments import PaymentState
 ACCOUNT_PATTERN = re.compile(r"[a-z][a-z0-9_]*(:[A-Za-z0-9_.@-]{1,128})*")
 ACCOUNT_LENGTH_MAX = 200
 EVENT_KEY_LENGTH_MAX = 200
+ENTRY_DESCRIPTION_LENGTH_MAX = 500
 
 #: Money the provider owes us for captured payments, until it settles them.
 PROVIDER_CLEARING = "provider_clearing"

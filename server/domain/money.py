@@ -52,6 +52,8 @@ TMT TOP TRY TTD TWD TZS UAH USD UYU UZS VES WST XCD XCG YER ZAR ZMW ZWG
 
 #: ISO 4217 alphabetic code -> number of fraction digits the currency allows.
 MINOR_UNITS: dict[str, int] = {code: 2 for code in _TWO_DIGIT_CODES.split()} | _MINOR_UNITS_EXCEPTIONS
+#: The most fraction digits of any currency: every stored amount has at most this many (a CHECK too).
+AMOUNT_SCALE_MAX = max(MINOR_UNITS.values())
 
 #: Largest amount accepted for one payment, whatever the currency.
 AMOUNT_MAX = Decimal("1000000000000000")  # 10^15, also a CHECK on payments.amount

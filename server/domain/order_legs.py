@@ -118,6 +118,20 @@ class Leg:
 FILL_STATES = frozenset({L.PARTIALLY_FILLED, L.FILLED})
 #: States a ModifyLeg may start from: at the venue, and no modification waiting for its answer.
 MODIFIABLE_STATES = frozenset({L.PENDING, L.PARTIALLY_FILLED, L.FILLED})
+#: States in which a leg still awaits the venue (its acknowledgement, fills, the answer to a
+#: modification): the leg resolver checks legs in these.
+AWAITING_VENUE_STATES = frozenset({L.SUBMITTED, L.PENDING, L.PARTIALLY_FILLED, L.MODIFYING})
+
+
+class VenueInstructionKind(enum.StrEnum):
+    """What Ballast asks of the venue about a leg, queued in the transaction that decided it."""
+
+    MODIFY = "modify"
+    CANCEL = "cancel"
+
+
+#: The longest outcome kept with a venue instruction (the venue's answer, or why it was not delivered).
+INSTRUCTION_OUTCOME_LENGTH_MAX = 500
 
 
 def check_venue_state(current: LegState, target: LegState, subject: str = "", filled: Decimal = Decimal(0)) -> None:
@@ -154,6 +168,9 @@ def answer_modification(leg: Leg, quantity_after: Decimal, subject: str = "") ->
 EXECUTION_ID_LENGTH_MAX = 128
 #: Quantities and prices stay below this (a NUMERIC CHECK in PostgreSQL too).
 DECIMAL_MAX = Decimal(10) ** 18
+#: The longest reason a leg keeps: why it is in its state (a close, a venue's rejection), or why the venue
+#: refused its latest modification.
+REASON_LENGTH_MAX = 1000
 
 
 def _check_fill(fill: Fill) -> None:

@@ -19,6 +19,7 @@ from server.domain.order_legs import (
     LEG_MACHINE,
     MODIFIABLE_STATES,
     QUANTITY_SCALE_MAX,
+    REASON_LENGTH_MAX,
     LegState,
     ModificationPending,
 )
@@ -31,9 +32,10 @@ CLOSE_LEG_OPERATION = "legs.close"
 
 LEGS_MAX = 20
 CLIENT_ORDER_REFERENCE_LENGTH_MAX = 255
-REASON_LENGTH_MAX = 1000
+#: An instrument's symbol as a venue spells it (a CHECK on legs too).
+INSTRUMENT_SYMBOL_PATTERN = r"[A-Za-z0-9._/-]{1,32}"
 
-_SYMBOL = re.compile(r"[A-Za-z0-9._/-]{1,32}")
+_SYMBOL = re.compile(INSTRUMENT_SYMBOL_PATTERN)
 _DECIMAL = re.compile(r"(0|[1-9][0-9]*)(\.[0-9]+)?")
 
 

@@ -20,6 +20,8 @@ METADATA_VALUE_LENGTH_MAX = 500
 
 #: The operation name stored beside an idempotency key, so that a key is never reused across operations.
 CREATE_PAYMENT_OPERATION = "payments.create"
+#: The longest operation name stored beside an idempotency key.
+OPERATION_LENGTH_MAX = 64
 
 
 class PaymentState(enum.StrEnum):

@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 
+from server.domain.evidence import PROVIDER_ID_LENGTH_MAX, PROVIDER_STATUS_LENGTH_MAX
 from server.providers.breaker import Breaker, BreakerOpen, Neutral
 
 #: Below this much time left there is no point asking: the answer could not come back in time.
@@ -131,4 +132,4 @@ def read_id_and_status(body: bytes, provider: str) -> tuple[str, str]:
         raise OutcomeUnknown(f"{provider}'s answer could not be read: {body[:200]!r}") from None
     if not isinstance(object_id, str) or not isinstance(status, str):
         raise OutcomeUnknown(f"{provider}'s answer has no id or status: {body[:200]!r}")
-    return object_id[:255], status[:64]
+    return object_id[:PROVIDER_ID_LENGTH_MAX], status[:PROVIDER_STATUS_LENGTH_MAX]

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from server.domain.order_legs import EXECUTION_ID_LENGTH_MAX
 from server.domain.orders import LegSpec, OrderType
 from server.providers.http import HttpProvider, OutcomeUnknown, Refused, read_id_and_status
 
@@ -82,7 +83,7 @@ class VenueClient(HttpProvider):
             listed = json.loads(reply.body)["data"]
             return [
                 VenueExecution(
-                    str(item["id"])[:128],
+                    str(item["id"])[:EXECUTION_ID_LENGTH_MAX],
                     Decimal(str(item["quantity"])),
                     Decimal(str(item["price"])),
                     datetime.fromtimestamp(int(item["time"]), UTC),

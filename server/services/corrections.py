@@ -18,12 +18,11 @@ import asyncpg
 
 from server.db import cases_repository, payments_repository
 from server.db.database import Budget, Database, in_transaction
-from server.domain.corrections import CORRECTION_CASE
+from server.domain.corrections import APPROVER_LENGTH_MAX, CORRECTION_CASE
 from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from server.domain.payments import PaymentState
 from server.services.payment_events import Evidence, PaymentOutcome, approve_correction_on
 
-APPROVER_LENGTH_MAX = 128
 NOTE_LENGTH_MAX = 2000
 
 

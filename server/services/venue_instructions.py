@@ -19,6 +19,7 @@ import structlog
 
 from server.db import cases_repository
 from server.db.database import Budget, Database, in_transaction
+from server.domain.order_legs import INSTRUCTION_OUTCOME_LENGTH_MAX
 from server.domain.provider_status import VenueReport
 from server.providers.http import NotSent, OutcomeUnknown, Refused
 from server.providers.venue import VenueClient
@@ -111,7 +112,9 @@ class InstructionSender(CheckLoop[_Instruction]):
 
     async def _done(self, item: _Instruction, outcome: str) -> None:
         await self._database.pool.execute(
-            "UPDATE venue_instructions SET done_at = now(), outcome = $2 WHERE id = $1", item.id, outcome[:500]
+            "UPDATE venue_instructions SET done_at = now(), outcome = $2 WHERE id = $1",
+            item.id,
+            outcome[:INSTRUCTION_OUTCOME_LENGTH_MAX],
         )
 
     async def _refused(self, item: _Instruction, error: Refused) -> None:
@@ -150,7 +153,7 @@ class InstructionSender(CheckLoop[_Instruction]):
             await connection.execute(
                 "UPDATE venue_instructions SET done_at = now(), outcome = $2 WHERE id = $1",
                 item.id,
-                f"not delivered: {reason}"[:500],
+                f"not delivered: {reason}"[:INSTRUCTION_OUTCOME_LENGTH_MAX],
             )
             await cases_repository.open_case(
                 connection,
