@@ -38,7 +38,7 @@ from server.api.grpc_server import CannotListen, build_server, set_component_ser
 from server.api.http_app import build_http_app
 from server.db.database import Budget, Database
 from server.db.engine import asyncpg_dsn, create_pool
-from server.db.migrate import migrate_to_head, pending_revision
+from server.db.migrate import PreBaselineDatabase, migrate_to_head, pending_revision
 from server.domain.errors import BallastError
 from server.domain.payments import PaymentState
 from server.failpoints import arm as arm_failpoints
@@ -432,7 +432,11 @@ def _main(argv: list[str]) -> int:
     if command == "relay":
         return asyncio.run(relay_only(settings, database_url, _nats_url(settings)))
     if command == "migrate":
-        migrate_to_head(database_url)
+        try:
+            migrate_to_head(database_url)
+        except PreBaselineDatabase as error:
+            print(f"migrate: {error}", file=sys.stderr)
+            return 1
         log.info("migrate.done")
         return 0
     if command == "verify-audit":

@@ -1,8 +1,10 @@
-"""The database schema as SQLAlchemy Core tables: the one description of what PostgreSQL holds.
+"""The database schema as SQLAlchemy Core tables: the tables, columns, keys and CHECK constraints of the head revision.
 
-Alembic migrations (server/db/migrations) create it; the checks and constraints here are the
-invariants PostgreSQL enforces whatever the Python code does. State lists and limits come from
-server/domain, where the Python checks read them too, so PostgreSQL refuses what the domain refuses.
+Alembic migrations (server/db/migrations) build it; its functions and triggers are in
+server/db/invariants.sql. State lists and limits come from server/domain, where the Python checks
+read them too, so PostgreSQL refuses what the domain refuses whatever the Python code does. A test
+(tests/integration/test_migrations.py) compares a migrated database with this file and invariants.sql:
+a change here needs a revision, and a revision needs a change here.
 """
 
 from __future__ import annotations

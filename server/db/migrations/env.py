@@ -9,6 +9,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from server.db.engine import sqlalchemy_url
+from server.db.migrate import FOLDED_REVISIONS, PreBaselineDatabase
 from server.db.schema import metadata
 
 config = context.config
@@ -16,6 +17,9 @@ config = context.config
 
 def _run(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=metadata, compare_type=True)
+    for revision in context.get_context().get_current_heads():
+        if revision in FOLDED_REVISIONS:
+            raise PreBaselineDatabase(revision)
     with context.begin_transaction():
         context.run_migrations()
 
