@@ -73,6 +73,13 @@ class Database:
             raise Unavailable(f"the database is unreachable ({type(error).__name__}); retry later") from error
 
 
+#: How long a background worker (a relay, a consumer, a listener) waits for a pooled connection before
+#: it gives up this round and tries again later: a busy pool delays the work, never blocks it forever.
+POOL_WAIT_S = 10.0
+#: A background worker's transaction: its wait for a connection and its statements (a request's budget
+#: is the caller's deadline instead).
+BACKGROUND_BUDGET_S = 10.0
+
 #: Attempts for a transaction that lost a serialization or deadlock race before it gives up (ABORTED).
 TRANSACTION_ATTEMPTS_MAX = 3
 

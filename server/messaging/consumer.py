@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 from prometheus_client import Counter
 
+from server.db.database import POOL_WAIT_S
 from server.messaging.idempotent import process_if_new
 
 log = structlog.get_logger(__name__)
@@ -67,6 +68,7 @@ class ConsumerRunner:
         handler: EventHandler,
         max_deliver: int = MAX_DELIVER,
         durable: str | None = None,
+        pool_wait_s: float = POOL_WAIT_S,
     ) -> None:
         """`group` names the consumer in the database (which events it applied) and in dead letters;
         `durable` is its durable name on the stream (the group's own by default)."""
@@ -76,6 +78,7 @@ class ConsumerRunner:
         self._subject_prefix = subject_prefix
         self._group = group
         self._durable = durable or group
+        self._pool_wait_s = pool_wait_s
         self._handler = handler
         self._max_deliver = max_deliver
         self._subscription: JetStreamContext.PullSubscription | None = None
@@ -104,7 +107,13 @@ class ConsumerRunner:
         payload: dict[str, Any] = json.loads(message.data)
         event_id = headers.get("Nats-Msg-Id") or str(payload.get("event_id", ""))
         try:
-            async with self._pool.acquire() as connection, connection.transaction():
+            connection = await self._pool.acquire(timeout=self._pool_wait_s)
+        except TimeoutError:  # no pooled connection in time: not the event's fault, try it later
+            log.warning("consumer.pool_busy", group=self._group, event_id=event_id, waited_s=self._pool_wait_s)
+            await message.nak(delay=REDELIVERY_DELAY_S)
+            return
+        try:
+            async with connection.transaction():
 
                 async def work(work_connection: asyncpg.Connection) -> None:
                     await self._handler(work_connection, message.subject, payload)
@@ -113,6 +122,8 @@ class ConsumerRunner:
         except Exception as error:  # the handler's own errors included: roll back, redeliver
             await self._failed(message, event_id, error)
             return
+        finally:
+            await self._pool.release(connection)
         (APPLIED if applied else DUPLICATES).labels(self._group).inc()
         await message.ack()
 

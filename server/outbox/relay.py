@@ -23,6 +23,8 @@ from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Histogram
 
+from server.db.database import POOL_WAIT_S
+from server.domain.backoff import backoff_s
 from server.messaging.names import DeploymentNames
 from server.outbox.publisher import AckedPublisher, Outgoing
 
@@ -45,6 +47,11 @@ NOTIFY_CHANNEL = "ballast_outbox"
 PUBLISHED = Counter("ballast_outbox_published", "Outbox events published to JetStream")
 PUBLISH_FAILURES = Counter("ballast_outbox_publish_failures", "Outbox publishes that failed and will be retried")
 DEAD_LETTERS = Counter("ballast_outbox_dead_letters", "Outbox events parked after too many failed publishes")
+ROUNDS_GIVEN_UP = Counter(
+    "ballast_outbox_rounds_given_up",
+    "Relay rounds given up (no pooled connection in time, the database away) and tried again later",
+    ["reason"],
+)
 COMMIT_TO_PUBLISH_SECONDS = Histogram(
     "ballast_outbox_commit_to_publish_seconds",
     "Time from an event's insert to its publish acknowledgement",
@@ -82,8 +89,9 @@ WHERE o.id = failed.id
 """
 
 
-def backoff_s(attempts: int) -> float:
-    return float(min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(attempts - 1, 0)))
+def retry_in_s(attempts: int) -> float:
+    """When a row that failed `attempts` times is due again (server/domain/backoff.py)."""
+    return backoff_s(attempts, BACKOFF_BASE_S, BACKOFF_MAX_S)
 
 
 async def ensure_stream(js: JetStreamContext, stream: str = STREAM_NAME, subject_prefix: str = SUBJECT_PREFIX) -> None:
@@ -114,8 +122,10 @@ class OutboxRelay:
         attempts_max: int = ATTEMPTS_MAX,
         subject_prefix: str = SUBJECT_PREFIX,
         broker_connected: Callable[[], bool] = lambda: True,
+        pool_wait_s: float = POOL_WAIT_S,
     ) -> None:
         self._pool = pool
+        self._pool_wait_s = pool_wait_s
         self._publisher = AckedPublisher(connection)
         self._batch_size = batch_size
         self._attempts_max = attempts_max
@@ -139,7 +149,7 @@ class OutboxRelay:
 
     async def run_once(self) -> BatchResult:
         """Claim, publish and mark one batch; a bounded amount of work that tests call directly."""
-        async with self._pool.acquire() as connection, connection.transaction():
+        async with self._pool.acquire(timeout=self._pool_wait_s) as connection, connection.transaction():
             rows = await connection.fetch(_CLAIM, self._batch_size)
             if not rows:
                 return BatchResult(0, 0, 0)
@@ -153,7 +163,7 @@ class OutboxRelay:
                     _MARK_FAILED,
                     [row["id"] for row, _ in failed],
                     [error for _, error in failed],
-                    [backoff_s(row["attempts"] + 1) for row, _ in failed],
+                    [retry_in_s(row["attempts"] + 1) for row, _ in failed],
                     self._attempts_max,
                 )
         PUBLISHED.inc(len(published))
@@ -175,8 +185,14 @@ class OutboxRelay:
                     continue
                 try:
                     result = await self.run_once()
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
-                    log.warning("outbox.relay_error", error=str(error)[:300], hint="retrying after the poll interval")
+                except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+                    # TimeoutError: no pooled connection within the pool wait
+                    ROUNDS_GIVEN_UP.labels(type(error).__name__).inc()
+                    log.warning(
+                        "outbox.relay_error",
+                        error=str(error)[:300] or type(error).__name__,
+                        hint="retrying after the poll interval",
+                    )
                     result = BatchResult(0, 0, 0)
                 if result.published:
                     continue  # more may be due at once: the next events of the aggregates just published
@@ -188,7 +204,7 @@ class OutboxRelay:
 
 async def _listen(pool: asyncpg.Pool, wake: Callable[[], None]) -> Callable[[], Awaitable[None]]:
     """LISTEN on a connection of its own; returns the coroutine function that stops listening."""
-    connection = await pool.acquire()
+    connection = await pool.acquire(timeout=POOL_WAIT_S)
 
     def on_notify(*_: object) -> None:
         wake()

@@ -14,6 +14,7 @@ import asyncpg
 import structlog
 
 from server.db.database import Budget, Database, in_transaction
+from server.domain.backoff import backoff_s
 from server.providers.breaker import Breaker
 
 log = structlog.get_logger(__name__)
@@ -34,8 +35,8 @@ class CheckSettings:
     poll_interval_s: float = 1.0
 
     def backoff_s(self, attempts: int) -> float:
-        """base, 2 x base, 4 x base, ... up to the maximum."""
-        return float(min(self.backoff_max_s, self.backoff_base_s * 2 ** max(attempts - 1, 0)))
+        """base, 2 x base, 4 x base, ... up to the maximum (server/domain/backoff.py)."""
+        return backoff_s(attempts, self.backoff_base_s, self.backoff_max_s)
 
 
 ClaimedT = TypeVar("ClaimedT")

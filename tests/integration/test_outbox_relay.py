@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -16,6 +17,7 @@ import pytest
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
 
 from server.db.engine import create_pool
 from server.db.migrate import migrate_to_head
@@ -380,3 +382,45 @@ async def test_published_events_are_pruned_after_their_retention_and_gauges_repo
     assert maintenance.PENDING._value.get() == 7  # 20 - 8 pruned - 4 published - 1 dead
     assert maintenance.DEAD_LETTERED._value.get() == 1
     assert maintenance.OLDEST_PENDING_AGE._value.get() >= 0
+
+
+def _rounds_given_up() -> float:
+    return REGISTRY.get_sample_value("ballast_outbox_rounds_given_up_total", {"reason": "TimeoutError"}) or 0.0
+
+
+async def test_a_relay_that_finds_the_pool_taken_waits_a_bounded_time_and_relays_once_a_connection_frees(
+    relay_database_url: str, broker: tuple[NatsClient, JetStreamContext], stream: tuple[str, str]
+) -> None:
+    """Every pooled connection held elsewhere: each round gives up after its pool wait, and the relay
+    goes on running; once a connection is free, the events go out."""
+    pool = await create_pool(relay_database_url, size=2, statement_timeout_ms=30_000)
+    observer = await create_pool(relay_database_url, size=1, statement_timeout_ms=30_000)
+    held: list[asyncpg.Connection] = []
+    try:
+        await pool.execute("DELETE FROM outbox")
+        await _insert_events(pool, aggregates=2, per_aggregate=3)
+        relay = OutboxRelay(pool, broker[0], subject_prefix=stream[1], pool_wait_s=0.2)
+        held += [await pool.acquire(), await pool.acquire()]
+        with pytest.raises(TimeoutError):
+            await relay.run_once()  # a bounded wait, not a hang
+        given_up = _rounds_given_up()
+        stopping = asyncio.Event()
+        running = asyncio.create_task(relay.run(stopping))
+        try:
+            await pool.release(held.pop())  # its listener takes this one; its rounds still find none
+            deadline = time.monotonic() + 10
+            while _rounds_given_up() == given_up:
+                assert time.monotonic() < deadline, "the relay never gave up a round"
+                await asyncio.sleep(0.01)
+            assert not running.done()  # it gave up the round, not the work
+            assert await _unpublished(observer) == 6
+            await pool.release(held.pop())
+            await _wait_for(lambda: _unpublished(observer), 0)
+        finally:
+            stopping.set()
+            await asyncio.wait_for(running, timeout=20)
+    finally:
+        for connection in held:
+            await pool.release(connection)
+        await pool.close()
+        await observer.close()
