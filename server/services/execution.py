@@ -18,7 +18,7 @@ from server.db.database import Budget, Database, in_transaction
 from server.db.idempotency_repository import claim_key
 from server.db.orders_repository import LegRecord, OrderRecord
 from server.db.outbox_writer import append_audit, write_event
-from server.domain.errors import FieldViolation, InvalidArgument, NotFound
+from server.domain.errors import NotFound
 from server.domain.identity import Principal, readable_client
 from server.domain.order_legs import (
     LEG_MACHINE,
@@ -41,8 +41,7 @@ from server.domain.orders import (
     check_modification,
     check_modification_fits_type,
 )
-from server.services.paging import decode_cursor, encode_cursor
-from server.services.payments import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX
+from server.services.paging import LIST_PAGE, decode_cursor, encode_cursor
 
 ORDER_SUBMITTED = "orders.submitted"
 LEG_STATE_CHANGED = "orders.leg_state_changed"
@@ -122,11 +121,7 @@ class OrderPage:
 async def list_orders(
     database: Database, principal: Principal, *, page_size: int, page_token: str, budget: Budget
 ) -> OrderPage:
-    if not 0 <= page_size <= PAGE_SIZE_MAX:
-        raise InvalidArgument(
-            [FieldViolation("page_size", f"must be from 0 to {PAGE_SIZE_MAX}; 0 means {PAGE_SIZE_DEFAULT}")]
-        )
-    limit = page_size or PAGE_SIZE_DEFAULT
+    limit = LIST_PAGE.limit(page_size)
     after = decode_cursor(page_token, "ListOrders") if page_token else None
     async with database.connection(budget) as connection:
         orders = await orders_repository.list_orders(connection, readable_client(principal), after, limit + 1)

@@ -22,8 +22,8 @@ from server.domain.errors import FieldViolation, InvalidArgument, PermissionDeni
 from server.domain.identity import Permission, Principal, is_allowed
 from server.domain.ledger import ACCOUNT_LENGTH_MAX, ACCOUNT_PATTERN, merchant_payable
 from server.domain.money import MoneyError, parse_currency, quantize
-from server.services.paging import decode_cursor, encode_cursor
-from server.services.payments import PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, parse_payment_id
+from server.services.paging import LIST_PAGE, decode_cursor, encode_cursor
+from server.services.payments import parse_payment_id
 
 
 def signed_amount(amount: Decimal, currency_code: str) -> str:
@@ -132,10 +132,8 @@ def filter_scope(account: str | None, payment_id: uuid.UUID | None) -> str:
 def validate_entries_request(*, page_size: int, page_token: str, account: str, payment_id: str) -> EntriesQuery:
     """Every problem of the request at once, each naming its field."""
     violations: list[FieldViolation] = []
-    if page_size < 0 or page_size > PAGE_SIZE_MAX:
-        violations.append(
-            FieldViolation("page_size", f"must be from 0 to {PAGE_SIZE_MAX}; 0 means {PAGE_SIZE_DEFAULT}")
-        )
+    if (violation := LIST_PAGE.violation(page_size)) is not None:
+        violations.append(violation)
     if account and (violation := _account_violation(account)) is not None:
         violations.append(violation)
     parsed_payment_id = None
@@ -144,7 +142,7 @@ def validate_entries_request(*, page_size: int, page_token: str, account: str, p
             parsed_payment_id = parse_payment_id(payment_id)
         except InvalidArgument as error:
             violations.extend(error.violations)
-    query = EntriesQuery(page_size or PAGE_SIZE_DEFAULT, account or None, parsed_payment_id, None)
+    query = EntriesQuery(page_size or LIST_PAGE.default, account or None, parsed_payment_id, None)
     after = None
     if page_token:
         try:

@@ -6,12 +6,39 @@ import base64
 import binascii
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.identifiers import UUID_PATTERN
 
 PAGE_TOKEN_LENGTH_MAX = 256
+
+
+@dataclass(frozen=True)
+class PageSizes:
+    """One list's page sizes: what 0 (unset) means, and the most a page may ask for."""
+
+    default: int
+    maximum: int
+
+    def violation(self, page_size: int) -> FieldViolation | None:
+        if 0 <= page_size <= self.maximum:
+            return None
+        return FieldViolation("page_size", f"must be from 0 to {self.maximum}; 0 means {self.default}")
+
+    def limit(self, page_size: int) -> int:
+        """The number of items to read for `page_size`; InvalidArgument naming the field if out of range."""
+        violation = self.violation(page_size)
+        if violation is not None:
+            raise InvalidArgument([violation])
+        return page_size or self.default
+
+
+#: Payments, orders and ledger entries: 50 a page unless asked, at most 500.
+LIST_PAGE = PageSizes(default=50, maximum=500)
+#: A payment's timeline: its entries are small, and a page holds a whole payment's life more often.
+TIMELINE_PAGE = PageSizes(default=500, maximum=1000)
 
 
 def encode_cursor(created_at: datetime, row_id: uuid.UUID, scope: str | None = None) -> str:

@@ -10,18 +10,13 @@ from server.db.database import Budget, Database
 from server.db.payments_repository import PaymentRecord
 from server.domain.errors import (
     ConcurrencyConflict,
-    FieldViolation,
     IdempotencyKeyReused,
-    InvalidArgument,
     NotFound,
 )
 from server.domain.identifiers import parse_uuid
 from server.domain.identity import Principal, readable_client
 from server.domain.payments import CreatePayment, PaymentState
-from server.services.paging import decode_cursor, encode_cursor
-
-PAGE_SIZE_DEFAULT = 50
-PAGE_SIZE_MAX = 500
+from server.services.paging import LIST_PAGE, decode_cursor, encode_cursor
 
 
 @dataclass(frozen=True)
@@ -96,11 +91,7 @@ async def list_payments(
     state: PaymentState | None,
     budget: Budget,
 ) -> PaymentPage:
-    if page_size < 0 or page_size > PAGE_SIZE_MAX:
-        raise InvalidArgument(
-            [FieldViolation("page_size", f"must be from 0 to {PAGE_SIZE_MAX}; 0 means {PAGE_SIZE_DEFAULT}")]
-        )
-    limit = page_size or PAGE_SIZE_DEFAULT
+    limit = LIST_PAGE.limit(page_size)
     scope = None if state is None else state.value
     after = decode_cursor(page_token, "ListPayments", scope) if page_token else None
     async with database.connection(budget) as connection:

@@ -21,7 +21,7 @@ from server.db.timeline_repository import Position, TimelineEntry
 from server.domain.errors import FieldViolation, InvalidArgument, NotFound
 from server.domain.identifiers import UUID_PATTERN
 from server.domain.identity import Principal, readable_client
-from server.services.paging import PAGE_TOKEN_LENGTH_MAX
+from server.services.paging import PAGE_TOKEN_LENGTH_MAX, TIMELINE_PAGE
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,6 @@ def _decode_position(token: str) -> Position:
         raise invalid from None
 
 
-PAGE_SIZE_DEFAULT = 500
-PAGE_SIZE_MAX = 1000
-
-
 async def get_payment_timeline(
     database: Database,
     principal: Principal,
@@ -72,11 +68,7 @@ async def get_payment_timeline(
     page_token: str = "",
 ) -> Timeline:
     """A page of the timeline of a payment the caller may read (readable_client); another is NotFound."""
-    if not 0 <= page_size <= PAGE_SIZE_MAX:
-        raise InvalidArgument(
-            [FieldViolation("page_size", f"must be from 0 to {PAGE_SIZE_MAX}; 0 means {PAGE_SIZE_DEFAULT}")]
-        )
-    limit = page_size or PAGE_SIZE_DEFAULT
+    limit = TIMELINE_PAGE.limit(page_size)
     after = _decode_position(page_token) if page_token else None
     async with database.connection(budget) as connection:
         payment = await payments_repository.get_payment(
