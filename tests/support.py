@@ -217,3 +217,45 @@ async def apply_evidence(
         return await apply_provider_evidence(connection, payment_id, event, evidence)
 
     return await in_transaction(database, Budget.within(timeout_s), work)
+
+
+# --------------------------------------------------------------------------------------------------
+# A venue's report applied to a leg the way production applies it
+# --------------------------------------------------------------------------------------------------
+
+from datetime import UTC, datetime  # noqa: E402
+
+from server.domain.order_legs import Fill  # noqa: E402
+from server.domain.provider_status import VenueReport  # noqa: E402
+from server.services.venue_events import apply_venue_report  # noqa: E402
+
+
+async def report_to_leg(
+    database: Database,
+    leg_id: uuid.UUID | str,
+    report: VenueReport,
+    evidence_ref: str,
+    *,
+    fill: Fill | None = None,
+    reason: str = "",
+    timeout_s: float = 10.0,
+) -> str:
+    """A venue's report about a leg applied through apply_venue_report, the path the webhooks, the leg
+    resolver and the instruction sender take, in a transaction of its own (a fill made now).
+
+    "applied" (a repeat included), "stale", "misfit", or "contradiction": a refusal (an illegal move, a
+    fill the leg cannot hold) changes nothing of the leg and is named in its case (`refused_because`).
+    """
+
+    async def work(connection: asyncpg.Connection) -> str:
+        return await apply_venue_report(
+            connection,
+            uuid.UUID(str(leg_id)),
+            report,
+            evidence_ref,
+            fill=fill,
+            fill_time=None if fill is None else datetime.now(UTC),
+            reason=reason,
+        )
+
+    return await in_transaction(database, Budget.within(timeout_s), work)

@@ -269,6 +269,96 @@ async def insert_leg_transition(
     )
 
 
+async def set_state_reason(connection: asyncpg.Connection, leg_id: uuid.UUID, reason: str) -> None:
+    """Why the leg is in its state (the reason it was closed for, the venue's for rejecting it)."""
+    await connection.execute("UPDATE legs SET state_reason = $2 WHERE id = $1", leg_id, reason)
+
+
+async def record_venue_order_id(connection: asyncpg.Connection, leg_id: uuid.UUID, venue_order_id: str) -> None:
+    """The venue's id for the leg's order, kept the first time the venue names one."""
+    await connection.execute("UPDATE legs SET venue_order_id = $2 WHERE id = $1", leg_id, venue_order_id)
+
+
+async def leg_state(connection: asyncpg.Connection, leg_id: uuid.UUID) -> LegState | None:
+    state = await connection.fetchval("SELECT state FROM legs WHERE id = $1", leg_id)
+    return None if state is None else LegState(state)
+
+
+async def has_fill(connection: asyncpg.Connection, leg_id: uuid.UUID, execution_id: str) -> bool:
+    """Was this execution applied to the leg already?"""
+    seen = await connection.fetchval(
+        "SELECT true FROM leg_fills WHERE leg_id = $1 AND execution_id = $2", leg_id, execution_id
+    )
+    return bool(seen)
+
+
+async def insert_fill(
+    connection: asyncpg.Connection,
+    leg_id: uuid.UUID,
+    execution_id: str,
+    quantity: Decimal,
+    price: Decimal,
+    fill_time: datetime,
+    evidence_ref: str,
+) -> None:
+    """A venue execution, kept once per execution id (the legs' fill trigger adds it to the leg's totals)."""
+    await connection.execute(
+        "INSERT INTO leg_fills (leg_id, execution_id, quantity, price, fill_time, evidence_ref)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        leg_id,
+        execution_id,
+        quantity,
+        price,
+        fill_time,
+        evidence_ref,
+    )
+
+
+@dataclass(frozen=True)
+class LegTerms:
+    """What a venue's report about a leg is held against: the terms of the leg's order at the venue, and
+    the modification waiting for the venue's answer."""
+
+    venue_order_id: str | None
+    instrument_symbol: str
+    side: str
+    currency_code: str
+    quantity: Decimal
+    limit_price: Decimal | None
+    #: the latest modification asked (None if none was), and whether it is still waiting for its answer
+    modification_id: uuid.UUID | None
+    modification_pending: bool
+    #: the new quantity and limit price it asked; None where it kept the one in force
+    requested_quantity: Decimal | None
+    requested_limit_price: Decimal | None
+
+
+_LOCK_LEG_TERMS = """
+SELECT venue_order_id, instrument_symbol, side, currency_code, quantity, limit_price, modification_id,
+       modification_status = 'PENDING' AS modification_pending, requested_quantity, requested_limit_price
+FROM legs WHERE id = $1 FOR UPDATE
+"""
+
+
+async def lock_leg_terms(connection: asyncpg.Connection, leg_id: uuid.UUID) -> LegTerms | None:
+    """The leg's terms, its row locked until the caller's transaction ends; None if there is no such leg."""
+    row = await connection.fetchrow(_LOCK_LEG_TERMS, leg_id)
+    if row is None:
+        return None
+    return LegTerms(
+        row["venue_order_id"],
+        row["instrument_symbol"],
+        row["side"],
+        row["currency_code"],
+        row["quantity"],
+        row["limit_price"],
+        row["modification_id"],
+        bool(row["modification_pending"]),
+        row["requested_quantity"],
+        row["requested_limit_price"],
+    )
+
+
 async def record_modification(
     connection: asyncpg.Connection,
     leg_id: uuid.UUID,

@@ -1,5 +1,6 @@
-"""Order use cases: submit, read, modify and close legs (from the API), and the venue's answers
-(acknowledge, reject, fill, confirm or refuse a modification) that later arrive as evidence.
+"""Order use cases: submit, read, modify and close legs (from the API), and the moves the venue's
+answers make (acknowledge, reject, fill, confirm or refuse a modification) once venue_events has held
+them to the leg.
 
 Every change runs in one transaction under the leg's row lock and writes the leg transition, the
 outbox event and the audit entry with it.
@@ -13,7 +14,7 @@ from datetime import datetime
 
 import asyncpg
 
-from server.db import orders_repository
+from server.db import orders_repository, venue_instructions_repository
 from server.db.database import Budget, Database, in_transaction
 from server.db.idempotency_repository import claim_key
 from server.db.orders_repository import LegRecord, OrderRecord
@@ -220,7 +221,7 @@ async def close_leg(database: Database, principal: Principal, request: CloseLeg,
         )
         if claimed.replayed:
             return LegResult(leg, replayed=True)
-        await connection.execute("UPDATE legs SET state_reason = $2 WHERE id = $1", leg.id, request.reason)
+        await orders_repository.set_state_reason(connection, leg.id, request.reason)
         await orders_repository.end_modification(
             connection, leg.id, ModificationStatus.CANCELED, "the leg was closed before the venue answered"
         )
@@ -240,35 +241,20 @@ async def queue_venue_instruction(
 ) -> uuid.UUID:
     """Queue what the venue must be told, in the transaction that decided it: it cannot be lost, and it
     is sent (and resent) by the instruction sender under its own id as the venue's idempotency key."""
-    instruction_id = uuid.uuid4()
-    await connection.execute(
-        "INSERT INTO venue_instructions (id, leg_id, kind, body) VALUES ($1, $2, $3, $4)",
-        instruction_id,
-        leg_id,
-        kind,
-        body,
-    )
-    return instruction_id
+    return await venue_instructions_repository.queue(connection, leg_id, kind, body)
 
 
-# --- the venue's side: evidence applied to legs (called by provider adapters and tests) -----------------
-
-
-async def apply_venue_state(
-    database: Database, leg_id: uuid.UUID, to_state: LegState, evidence_ref: str, budget: Budget, reason: str = ""
-) -> LegRecord:
-    """The venue acknowledged (PENDING), rejected (REJECTED) or closed (CLOSED) the leg's order."""
-
-    async def work(connection: asyncpg.Connection) -> LegRecord:
-        return await venue_state_on(connection, leg_id, to_state, evidence_ref, reason)
-
-    return await in_transaction(database, budget, work)
+# --- the venue's side: the moves its evidence makes, in the caller's transaction ------------------------
+# Called by venue_events.apply_venue_report only, which first holds each report to the leg (its ids,
+# terms and fills) and turns a refusal into a case: webhooks, the leg resolver, the instruction sender
+# and the tests all apply a venue's word through it.
 
 
 async def venue_state_on(
     connection: asyncpg.Connection, leg_id: uuid.UUID, to_state: LegState, evidence_ref: str, reason: str = ""
 ) -> LegRecord:
-    """apply_venue_state in the caller's transaction. Raises IllegalTransition or FillError before writing.
+    """The venue acknowledged (PENDING), rejected (REJECTED) or closed (CLOSED) the leg's order. Raises
+    IllegalTransition or FillError before writing.
 
     A pending modification ends with the order (CANCELED): the venue will not answer it."""
     leg = await _reread(connection, leg_id)
@@ -276,7 +262,7 @@ async def venue_state_on(
         return leg  # the venue repeating itself
     check_venue_state(leg.state, to_state, subject=f"leg {leg.id}", filled=leg.filled_quantity)
     if reason:
-        await connection.execute("UPDATE legs SET state_reason = $2 WHERE id = $1", leg.id, reason[:500])
+        await orders_repository.set_state_reason(connection, leg.id, reason[:500])
     if leg.state is LegState.MODIFYING:
         why = f"the venue {'rejected' if to_state is LegState.REJECTED else 'closed'} the order before answering"
         await orders_repository.end_modification(connection, leg.id, ModificationStatus.CANCELED, why)
@@ -284,24 +270,13 @@ async def venue_state_on(
     return await _reread(connection, leg.id)
 
 
-async def apply_modification_answer(
-    database: Database, leg_id: uuid.UUID, confirmed: bool, evidence_ref: str, budget: Budget, reason: str = ""
-) -> LegRecord:
-    """The venue confirmed (`confirmed`) or refused the leg's pending modification."""
-
-    async def work(connection: asyncpg.Connection) -> LegRecord:
-        return await modification_answer_on(connection, leg_id, confirmed, evidence_ref, reason)
-
-    return await in_transaction(database, budget, work)
-
-
 async def modification_answer_on(
     connection: asyncpg.Connection, leg_id: uuid.UUID, confirmed: bool, evidence_ref: str, reason: str = ""
 ) -> LegRecord:
-    """apply_modification_answer in the caller's transaction: a confirmation puts the modification's terms
-    in force, a refusal keeps the old ones; either way the leg leaves MODIFYING for what its fills say
-    under the terms then in force. Raises FillError (no modification waiting, or a confirmed quantity
-    below what has filled) before writing."""
+    """The venue confirmed (`confirmed`) or refused the leg's pending modification: a confirmation puts the
+    modification's terms in force, a refusal keeps the old ones; either way the leg leaves MODIFYING for
+    what its fills say under the terms then in force. Raises FillError (no modification waiting, or a
+    confirmed quantity below what has filled) before writing."""
     leg = await _reread(connection, leg_id)
     asked = leg.modification
     if asked is None or asked.status is not ModificationStatus.PENDING:
@@ -323,38 +298,18 @@ async def modification_answer_on(
     return await _reread(connection, leg.id)
 
 
-async def record_fill(
-    database: Database, leg_id: uuid.UUID, fill: Fill, fill_time: datetime, evidence_ref: str, budget: Budget
-) -> LegRecord:
-    """Apply a venue execution once: a repeated execution id changes nothing."""
-
-    async def work(connection: asyncpg.Connection) -> LegRecord:
-        return await fill_on(connection, leg_id, fill, fill_time, evidence_ref)
-
-    return await in_transaction(database, budget, work)
-
-
 async def fill_on(
     connection: asyncpg.Connection, leg_id: uuid.UUID, fill: Fill, fill_time: datetime, evidence_ref: str
 ) -> LegRecord:
-    """record_fill in the caller's transaction. Raises IllegalTransition or FillError before writing."""
+    """A venue execution, applied once: a repeated execution id changes nothing. Raises IllegalTransition or
+    FillError before writing."""
     leg = await _reread(connection, leg_id)
-    seen = await connection.fetchval(
-        "SELECT true FROM leg_fills WHERE leg_id = $1 AND execution_id = $2", leg.id, fill.execution_id
-    )
-    if seen:
+    if await orders_repository.has_fill(connection, leg.id, fill.execution_id):
         return leg
     domain_leg = Leg(leg.spec.quantity, leg.state, leg.filled_quantity, leg.fill_notional)
     after = apply_fill(domain_leg, fill, subject=f"leg {leg.id}")
-    await connection.execute(
-        "INSERT INTO leg_fills (leg_id, execution_id, quantity, price, fill_time, evidence_ref)"
-        " VALUES ($1, $2, $3, $4, $5, $6)",
-        leg.id,
-        fill.execution_id,
-        fill.quantity,
-        fill.price,
-        fill_time,
-        evidence_ref,
+    await orders_repository.insert_fill(
+        connection, leg.id, fill.execution_id, fill.quantity, fill.price, fill_time, evidence_ref
     )
     await _change_leg_state(
         connection,

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
-from server.db import cases_repository, orders_repository
+from server.db import cases_repository, leg_checks_repository, orders_repository
 from server.db.database import Budget, Database, in_transaction
-from server.domain.order_legs import Fill, LegState
+from server.db.leg_checks_repository import DueLeg
+from server.domain.order_legs import AWAITING_VENUE_STATES, Fill, LegState
 from server.domain.orders import LegSpec
 from server.domain.provider_status import UnknownProviderStatus, VenueReport, venue_report_for
 from server.providers.http import NotSent, OutcomeUnknown, Refused
@@ -30,34 +31,6 @@ from server.services.resolver import CHECKS, UNRESOLVED_CASE
 from server.services.venue_events import apply_venue_report
 
 log = structlog.get_logger(__name__)
-
-_CLAIM_LEGS = """
-WITH due AS (
-    SELECT id FROM legs
-    WHERE state IN ('SUBMITTED', 'PENDING', 'PARTIALLY_FILLED', 'MODIFYING')
-      AND coalesce(
-            next_check_at,
-            updated_at + make_interval(secs => CASE state WHEN 'SUBMITTED' THEN $2::float8 ELSE $3::float8 END)
-          ) <= now()
-    ORDER BY coalesce(next_check_at, updated_at)
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE legs l SET next_check_at = now() + make_interval(secs => $4::float8), check_attempts = check_attempts + 1
-FROM due WHERE l.id = due.id
-RETURNING l.id, l.state, l.check_attempts
-"""
-
-
-#: The legs the venue may still move without Ballast hearing of it (the claim's SQL names them too).
-WORKING_STATES = frozenset({LegState.SUBMITTED, LegState.PENDING, LegState.PARTIALLY_FILLED, LegState.MODIFYING})
-
-
-@dataclass(frozen=True)
-class _ClaimedLeg:
-    id: uuid.UUID
-    state: LegState
-    attempts: int
 
 
 @dataclass(frozen=True)
@@ -72,7 +45,7 @@ class OrderResolverSettings(CheckSettings):
     working_check_max_s: float = 3600.0
 
 
-class OrderResolver(CheckLoop[_ClaimedLeg]):
+class OrderResolver(CheckLoop[DueLeg]):
     """Checks legs that may have moved at the venue without Ballast hearing of it."""
 
     def __init__(self, database: Database, venue: VenueClient, settings: OrderResolverSettings | None = None) -> None:
@@ -83,14 +56,17 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
         self._batch_size = self._settings.batch_size
         self._breaker = getattr(venue, "breaker", None)  # a venue without one is always asked
 
-    async def _claim(self, connection: asyncpg.Connection, limit: int) -> list[_ClaimedLeg]:
+    async def _claim(self, connection: asyncpg.Connection, limit: int) -> list[DueLeg]:
         config = self._settings
-        rows = await connection.fetch(
-            _CLAIM_LEGS, limit, config.submitted_grace_s, config.working_check_s, config.lease_s
+        return await leg_checks_repository.claim_due(
+            connection,
+            limit=limit,
+            submitted_grace_s=config.submitted_grace_s,
+            working_check_s=config.working_check_s,
+            lease_s=config.lease_s,
         )
-        return [_ClaimedLeg(row["id"], LegState(row["state"]), row["check_attempts"]) for row in rows]
 
-    async def _check(self, item: _ClaimedLeg) -> None:
+    async def _check(self, item: DueLeg) -> None:
         leg_id, state, attempts = item.id, item.state, item.attempts
         key, venue, timeout_s = str(leg_id), self._venue, self._settings.provider_timeout_s
         try:
@@ -125,7 +101,7 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
         reference = f"{venue.provider}:{venue_order_id or 'inquiry:' + key}"
         now_state = await self._apply(leg_id, report, executions, reference, reason, answer)
         CHECKS.labels("leg_checked").inc()
-        if now_state in WORKING_STATES:
+        if now_state in AWAITING_VENUE_STATES:
             await self._later(leg_id, now_state, attempts, "still working at the venue")
 
     async def _spec(self, leg_id: uuid.UUID) -> LegSpec:
@@ -169,8 +145,10 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
                     await apply_venue_report(
                         connection, leg_id, VenueReport.FILL, reference, fill=fill, fill_time=execution.time
                     )
-            state = await connection.fetchval("SELECT state FROM legs WHERE id = $1", leg_id)
-            return LegState(state)
+            state = await orders_repository.leg_state(connection, leg_id)
+            if state is None:
+                raise LookupError(f"leg {leg_id} vanished")  # legs are never deleted
+            return state
 
         return await in_transaction(self._database, Budget.within(10), work)
 
@@ -178,11 +156,8 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
         """The venue was not asked: give the attempt back and check when it may be asked again."""
 
         async def work(connection: asyncpg.Connection) -> None:
-            await connection.execute(
-                "UPDATE legs SET next_check_at = now() + make_interval(secs => $2::float8),"
-                " check_attempts = greatest(check_attempts - 1, 0) WHERE id = $1",
-                leg_id,
-                max(retry_after_s, self._settings.poll_interval_s),
+            await leg_checks_repository.give_back(
+                connection, leg_id, max(retry_after_s, self._settings.poll_interval_s)
             )
 
         await in_transaction(self._database, Budget.within(10), work)
@@ -196,7 +171,7 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
             elif attempts < config.checks_max:
                 delay_s = config.backoff_s(attempts)
             else:
-                await connection.execute("UPDATE legs SET next_check_at = 'infinity' WHERE id = $1", leg_id)
+                await leg_checks_repository.give_up(connection, leg_id)
                 await cases_repository.open_case(
                     connection,
                     UNRESOLVED_CASE,
@@ -206,10 +181,6 @@ class OrderResolver(CheckLoop[_ClaimedLeg]):
                     [{"checks": attempts, "last_reason": reason[:500]}],
                 )
                 return
-            await connection.execute(
-                "UPDATE legs SET next_check_at = now() + make_interval(secs => $2::float8) WHERE id = $1",
-                leg_id,
-                delay_s,
-            )
+            await leg_checks_repository.check_in(connection, leg_id, delay_s)
 
         await in_transaction(self._database, Budget.within(10), work)

@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 import structlog
 
-from server.db import cases_repository
+from server.db import cases_repository, orders_repository
 from server.domain.errors import NotFound
 from server.domain.order_legs import Fill, FillError, LegState
 from server.domain.provider_status import (
@@ -58,12 +58,6 @@ EVIDENCE_MISMATCH_CASE = "EVIDENCE_MISMATCH"
 #: A venue's answer kept in a case is cut at this many characters (a webhook's body is kept whole
 #: by the intake; an inquiry's answer is kept nowhere else).
 ANSWER_KEPT_LENGTH_MAX = 8000
-
-_KNOWN_LEG = """
-SELECT venue_order_id, instrument_symbol, side, currency_code, quantity, limit_price, modification_id,
-       modification_status = 'PENDING' AS modification_pending, requested_quantity, requested_limit_price
-FROM legs WHERE id = $1 FOR UPDATE
-"""
 
 
 async def apply_venue_report(
@@ -102,7 +96,7 @@ async def apply_venue_report(
         await _open_misfit_case(connection, leg_id, report, evidence_ref, found, said, fill, answer)
         return "misfit"
     if said.venue_order_id is not None and known.venue_order_id is None:  # kept the first time it is named
-        await connection.execute("UPDATE legs SET venue_order_id = $2 WHERE id = $1", leg_id, said.venue_order_id)
+        await orders_repository.record_venue_order_id(connection, leg_id, said.venue_order_id)
     if report in MODIFICATION_ANSWERS and confirmed is None:
         return "stale"  # an answer to a modification that is no longer pending (or never was)
     answered = False
@@ -163,21 +157,21 @@ async def _open_case(
 
 async def _known_leg(connection: asyncpg.Connection, leg_id: uuid.UUID) -> KnownLeg:
     """What Ballast knows of the leg, under its row lock (held to the transaction's end)."""
-    row = await connection.fetchrow(_KNOWN_LEG, leg_id)
-    if row is None:
+    terms = await orders_repository.lock_leg_terms(connection, leg_id)
+    if terms is None:
         raise NotFound("leg", str(leg_id))
-    quantity, pending = row["quantity"], None
-    if row["modification_pending"]:
+    quantity, pending = terms.quantity, None
+    if terms.modification_pending:
         pending = PendingModification(
-            str(row["modification_id"]),
-            row["requested_quantity"] or quantity,
-            row["requested_limit_price"] or row["limit_price"],
+            str(terms.modification_id),
+            terms.requested_quantity or quantity,
+            terms.requested_limit_price or terms.limit_price,
         )
     return KnownLeg(
-        row["venue_order_id"],
-        row["instrument_symbol"],
-        row["side"],
-        row["currency_code"],
+        terms.venue_order_id,
+        terms.instrument_symbol,
+        terms.side,
+        terms.currency_code,
         quantity if pending is None else max(quantity, pending.quantity),
         pending,
     )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import decimal
 import json
 import random
@@ -23,7 +22,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -39,20 +37,18 @@ from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
 from ballast.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from server.db.database import Budget, Database
-from server.domain.errors import BallastError
 from server.domain.identity import Principal, Role
-from server.domain.order_legs import LEG_MACHINE, Fill, FillError, LegState
+from server.domain.order_legs import LEG_MACHINE, Fill, LegState
 from server.domain.orders import CloseLeg, validate_submit_order
 from server.domain.payment_states import PAYMENT_MACHINE, PaymentEvent, Witness
 from server.domain.payments import PaymentState, validate_create_payment
-from server.domain.provider_status import PROVIDER_STATUS_EVENTS
-from server.domain.state_machine import IllegalTransition
+from server.domain.provider_status import PROVIDER_STATUS_EVENTS, VenueReport, venue_report_for
 from server.services import execution
 from server.services.audit import find_broken_links
 from server.services.payment_events import Evidence, PaymentOutcome
 from server.services.payments import create_payment
 from tests.integration.conftest import Caller, in_process_server
-from tests.support import apply_evidence, field_violations
+from tests.support import apply_evidence, field_violations, report_to_leg
 
 L = LegState
 E = PaymentEvent
@@ -166,20 +162,31 @@ async def _get_order(world: World, order_id: str, caller: Caller | None = None) 
 
 
 async def _ack(database: Database, leg_id: str | uuid.UUID) -> None:
-    await execution.apply_venue_state(database, uuid.UUID(str(leg_id)), L.PENDING, "venue:ack", Budget.within(10))
+    assert await report_to_leg(database, leg_id, VenueReport.ACKNOWLEDGED, "venue:ack") == "applied"
 
 
 async def _fill(
-    database: Database, leg_id: str | uuid.UUID, execution_id: str, quantity: str, price: str = "100"
-) -> Any:
-    return await execution.record_fill(
-        database,
+    database: Database,
+    leg_id: str | uuid.UUID,
+    execution_id: str,
+    quantity: str,
+    price: str = "100",
+    expect: str | None = "applied",
+) -> str:
+    """The venue's execution reported for the leg; what became of it, which must be `expect` unless None."""
+    fill = Fill(execution_id, Decimal(quantity), Decimal(price))
+    outcome = await report_to_leg(database, leg_id, VenueReport.FILL, f"venue:{execution_id}", fill=fill)
+    assert expect is None or outcome == expect, outcome
+    return outcome
+
+
+async def _refusals(pool: asyncpg.Pool, leg_id: str | uuid.UUID) -> list[str]:
+    """Why the venue's reports about the leg were refused, oldest first (its contradiction case's evidence)."""
+    evidence = await pool.fetchval(
+        "SELECT evidence FROM cases WHERE leg_id = $1 AND kind = 'CONTRADICTORY_VENUE_EVIDENCE'",
         uuid.UUID(str(leg_id)),
-        Fill(execution_id, Decimal(quantity), Decimal(price)),
-        datetime.now(UTC),
-        f"venue:{execution_id}",
-        Budget.within(10),
     )
+    return [piece["refused_because"] for piece in evidence or []]
 
 
 async def _filled(
@@ -239,10 +246,11 @@ async def _leg_row(pool: asyncpg.Pool, leg_id: str | uuid.UUID) -> asyncpg.Recor
 
 
 async def _leg_trail(pool: asyncpg.Pool, leg_id: str | uuid.UUID) -> tuple[int, int, int, int]:
-    """(transitions, outbox events, audit entries, fills) recorded for a leg."""
+    """(transitions, outbox events, audit entries, fills) recorded for a leg's moves (a case a refused
+    report opened for a person is not one of them: _refusals reads it)."""
     row = await pool.fetchrow(
         "SELECT (SELECT count(*) FROM leg_transitions WHERE leg_id = $1) AS transitions,"
-        " (SELECT count(*) FROM outbox WHERE message_key = $2) AS events,"
+        " (SELECT count(*) FROM outbox WHERE message_key = $2 AND topic <> 'cases.opened') AS events,"
         " (SELECT count(*) FROM audit_log WHERE aggregate_type = 'leg' AND aggregate_id = $2) AS audits,"
         " (SELECT count(*) FROM leg_fills WHERE leg_id = $1) AS fills",
         uuid.UUID(str(leg_id)),
@@ -671,10 +679,8 @@ class TestModifyLeg:
         await _fill(database, leg_id, "x-2", "3")  # under the old terms, while the venue had not answered
         row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
         assert (row["state"], row["filled_quantity"]) == ("MODIFYING", Decimal("7"))
-        with pytest.raises(FillError, match="below the 7 filled"):
-            await execution.apply_modification_answer(
-                database, uuid.UUID(leg_id), True, "venue:replaced", Budget.within(5)
-            )
+        assert await report_to_leg(database, leg_id, VenueReport.MODIFIED, "venue:replaced") == "contradiction"
+        assert "below the 7 filled" in (await _refusals(pool, leg_id))[-1]
         assert await _leg_row(pool, leg_id) == row
         assert await _leg_trail(pool, leg_id) == trail
 
@@ -713,9 +719,8 @@ class TestModifyLeg:
         order_id, leg_id = await _filled(world, database, quantity="10")
         modifying = await _modify(world, order_id, leg_id, new_quantity="12", new_limit_price="99")
         assert (modifying.leg.quantity, modifying.leg.limit_price) == ("10", "101.25")
-        await execution.apply_modification_answer(
-            database, uuid.UUID(leg_id), False, "venue:refused", Budget.within(5), reason="too late"
-        )
+        refused = await report_to_leg(database, leg_id, VenueReport.MODIFY_REFUSED, "venue:refused", reason="too late")
+        assert refused == "applied"
         leg = (await _get_order(world, order_id)).legs[0]
         assert (leg.state, leg.state_reason, leg.quantity, leg.limit_price, leg.filled_quantity) == (
             execution_pb2.LEG_STATE_FILLED,
@@ -817,15 +822,15 @@ async def _working_leg(world: World, database: Database, quantity: str = "10") -
 
 
 class TestVenueEvidence:
-    @pytest.mark.parametrize("to_state", [L.FILLED, L.PARTIALLY_FILLED])
+    @pytest.mark.parametrize("status", ["filled", "partially_filled"])
     async def test_a_venue_status_alone_never_makes_a_leg_look_filled_and_the_fills_still_apply(
-        self, world: World, database: Database, to_state: LegState
+        self, world: World, database: Database, status: str
     ) -> None:
         """The proto: PARTIALLY_FILLED is 0 < filled_quantity < quantity, FILLED is filled_quantity == quantity.
         A venue's status message that outruns its execution reports must not break that, nor lose the fills."""
         order_id, leg_id = await _working_leg(world, database)
-        with contextlib.suppress(BallastError):  # refusing the bare status is one correct answer
-            await execution.apply_venue_state(database, uuid.UUID(leg_id), to_state, "venue:status", Budget.within(5))
+        # the venue's status word without its executions: refusing the bare status is one correct answer
+        await report_to_leg(database, leg_id, venue_report_for("simulator", status), "venue:status")
         leg = (await _get_order(world, order_id)).legs[0]
         filled, quantity = Decimal(leg.filled_quantity), Decimal(leg.quantity)
         if leg.state == execution_pb2.LEG_STATE_FILLED:
@@ -837,14 +842,16 @@ class TestVenueEvidence:
         leg = (await _get_order(world, order_id)).legs[0]
         assert (leg.state, leg.filled_quantity) == (execution_pb2.LEG_STATE_FILLED, "10")
 
-    @pytest.mark.parametrize("path", ["submitted", "rejected", "closed", "closed after a partial fill"])
+    # (A fill for a leg still SUBMITTED proves the acknowledgement it overtook, and is applied:
+    # test_adversarial_providers.py, test_a_fill_that_overtakes_the_acknowledgement_is_applied_not_sent_to_a_person.)
+    @pytest.mark.parametrize("path", ["rejected", "closed", "closed after a partial fill"])
     async def test_a_fill_for_a_leg_not_working_at_the_venue_is_refused_and_changes_nothing(
         self, world: World, database: Database, pool: asyncpg.Pool, path: str
     ) -> None:
         order = await _order(world, [_spec("10")])
         leg_id = order.legs[0].id
         if path == "rejected":
-            await execution.apply_venue_state(database, uuid.UUID(leg_id), L.REJECTED, "venue:no", Budget.within(5))
+            assert await report_to_leg(database, leg_id, VenueReport.REJECTED, "venue:no") == "applied"
         elif path == "closed":
             await _close(world, order.id, leg_id)
         elif path == "closed after a partial fill":
@@ -852,8 +859,8 @@ class TestVenueEvidence:
             await _fill(database, leg_id, "x-early", "3")
             await _close(world, order.id, leg_id)
         before, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
-        with pytest.raises(IllegalTransition):
-            await _fill(database, leg_id, "x-late", "2")
+        await _fill(database, leg_id, "x-late", "2", expect="contradiction")
+        assert "-> " in (await _refusals(pool, leg_id))[-1]  # the machine's refusal, naming both states
         assert await _leg_row(pool, leg_id) == before
         assert await _leg_trail(pool, leg_id) == trail
         if path == "closed after a partial fill":  # the venue repeating an execution already applied is harmless
@@ -880,8 +887,8 @@ class TestVenueEvidence:
     ) -> None:
         _, leg_id = await _working_leg(world, database)
         before, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
-        with pytest.raises(BallastError):
-            await _fill(database, leg_id, execution_id, quantity, price)
+        await _fill(database, leg_id, execution_id, quantity, price, expect="contradiction")
+        assert (await _refusals(pool, leg_id))[-1]  # named
         assert await _leg_row(pool, leg_id) == before
         assert await _leg_trail(pool, leg_id) == trail
 
@@ -938,7 +945,7 @@ class TestRacingOnOneLeg:
         for index in range(48):
             execution_id = f"x-{index % 24}"
             price = format(Decimal("100") + Decimal(index % 24) / 100, "f")
-            calls.append(("fill", execution_id, _fill(database, leg_id, execution_id, "0.5", price)))
+            calls.append(("fill", execution_id, _fill(database, leg_id, execution_id, "0.5", price, expect=None)))
         for index in range(6):
             calls.append(("close", "", _close(world, order_id, leg_id, reason=f"close {index}")))
             calls.append(("modify", "", _modify(world, order_id, leg_id, new_limit_price="99")))
@@ -949,9 +956,8 @@ class TestRacingOnOneLeg:
         winners = {"close": 0, "modify": 0}
         for (kind, execution_id, _), outcome in zip(calls, outcomes, strict=True):
             if kind == "fill":
-                if isinstance(outcome, BaseException):
-                    assert isinstance(outcome, (FillError, IllegalTransition)), outcome
-                else:
+                assert outcome in ("applied", "contradiction"), outcome  # a refused fill is a case for a person
+                if outcome == "applied":
                     applied.add(execution_id)
             elif isinstance(outcome, BaseException):
                 assert isinstance(outcome, grpc.aio.AioRpcError), outcome
@@ -1095,11 +1101,9 @@ class TestOneTransaction:
         row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
         with pytest.raises(_Injected):
             if operation == "acknowledge":
-                await execution.apply_venue_state(broken, leg_id, L.PENDING, "venue:ack", budget)
+                await report_to_leg(broken, leg_id, VenueReport.ACKNOWLEDGED, "venue:ack")
             elif operation == "fill":
-                await execution.record_fill(
-                    broken, leg_id, Fill("x-1", Decimal(4), Decimal(9)), datetime.now(UTC), "v", budget
-                )
+                await report_to_leg(broken, leg_id, VenueReport.FILL, "v", fill=Fill("x-1", Decimal(4), Decimal(9)))
             else:
                 key = f"close-{uuid.uuid4()}"
                 await execution.close_leg(broken, principal, CloseLeg(key, str(order_id), str(leg_id), "bye"), budget)
@@ -1136,17 +1140,25 @@ class TestOneTransaction:
         assert await _leg_trail(pool, leg_id) == trail
         assert not await _key_exists(pool, world.merchant.client_id, key)
 
-    async def test_illegal_venue_evidence_raises_illegal_transition_and_leaves_no_trace(
+    async def test_illegal_venue_evidence_moves_nothing_and_leaves_no_trace_on_the_leg(
         self, world: World, database: Database, pool: asyncpg.Pool
     ) -> None:
+        """A closed leg takes no more news from the venue: a late acknowledgement or answer to a modification
+        is stale, a rejection or a fill contradicts what the venue said before (a case names the refusal)."""
         order_id, leg_id = await _filled(world, database)
         await _close(world, order_id, leg_id)
         row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
-        for to_state in (L.PENDING, L.REJECTED, L.FILLED, L.MODIFYING, L.SUBMITTED):
-            with pytest.raises(IllegalTransition, match=f"CLOSED -> {to_state.value}"):
-                await execution.apply_venue_state(
-                    database, uuid.UUID(leg_id), to_state, "venue:late", Budget.within(5), reason="late news"
-                )
+        late = [
+            (VenueReport.ACKNOWLEDGED, None, "stale"),
+            (VenueReport.REJECTED, None, "contradiction"),
+            (VenueReport.FILL, Fill("x-late", Decimal(1), Decimal(100)), "contradiction"),
+            (VenueReport.MODIFIED, None, "stale"),
+            (VenueReport.MODIFY_REFUSED, None, "stale"),
+        ]
+        for report, fill, outcome in late:
+            assert await report_to_leg(database, leg_id, report, "venue:late", fill=fill, reason="late news") == outcome
+        refusals = await _refusals(pool, leg_id)
+        assert len(refusals) == 2 and "CLOSED -> REJECTED" in refusals[0]
         assert await _leg_row(pool, leg_id) == row
         assert await _leg_trail(pool, leg_id) == trail
 
@@ -1157,7 +1169,7 @@ class TestOneTransaction:
         await _fill(database, leg_id, "x-1", "2.5", "99")
         await _fill(database, leg_id, "x-2", "7.5", "101")
         await _modify(world, order_id, leg_id, new_quantity="12", new_limit_price="102")
-        await execution.apply_modification_answer(database, uuid.UUID(leg_id), True, "venue:replaced", Budget.within(5))
+        assert await report_to_leg(database, leg_id, VenueReport.MODIFIED, "venue:replaced") == "applied"
         await _close(world, order_id, leg_id, reason="flat")
         moves = [
             (row["from_state"], row["to_state"])
@@ -1679,7 +1691,7 @@ class TestPostgresWalls:
         if ending == "closed":
             await _close(world, order.id, leg_id)
         else:
-            await execution.apply_venue_state(database, uuid.UUID(leg_id), L.REJECTED, "venue:no", Budget.within(5))
+            assert await report_to_leg(database, leg_id, VenueReport.REJECTED, "venue:no") == "applied"
         with pytest.raises(asyncpg.PostgresError):
             await _raw_fill(pool, leg_id, "x-raw", "1")
         assert (await _leg_row(pool, leg_id))["filled_quantity"] == 0

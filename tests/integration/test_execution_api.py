@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
 from decimal import Decimal
 
 import asyncpg
@@ -12,12 +11,11 @@ import grpc
 import pytest
 
 from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
-from server.db.database import Budget, Database
-from server.domain.order_legs import Fill, FillError, LegState
-from server.domain.state_machine import IllegalTransition
-from server.services import execution
+from server.db.database import Database
+from server.domain.order_legs import Fill, LegState
+from server.domain.provider_status import VenueReport
 from tests.integration.conftest import Caller
-from tests.support import field_violations
+from tests.support import field_violations, report_to_leg
 
 Stub = execution_pb2_grpc.ExecutionServiceStub
 L = LegState
@@ -58,15 +56,9 @@ async def _filled_leg(stub: Stub, caller: Caller, database: Database, quantity: 
     """An order whose one leg the venue acknowledged and filled completely; (order id, leg id)."""
     order = (await stub.SubmitOrder(_submit(legs=[_leg(quantity)]), metadata=caller.metadata, timeout=5)).order
     leg_id = uuid.UUID(order.legs[0].id)
-    await execution.apply_venue_state(database, leg_id, L.PENDING, "venue:ack", Budget.within(5))
-    await execution.record_fill(
-        database,
-        leg_id,
-        Fill("x-1", Decimal(quantity), Decimal("100")),
-        datetime.now(UTC),
-        "venue:fill",
-        Budget.within(5),
-    )
+    assert await report_to_leg(database, leg_id, VenueReport.ACKNOWLEDGED, "venue:ack") == "applied"
+    fill = Fill("x-1", Decimal(quantity), Decimal("100"))
+    assert await report_to_leg(database, leg_id, VenueReport.FILL, "venue:fill", fill=fill) == "applied"
     return order.id, order.legs[0].id
 
 
@@ -206,7 +198,7 @@ class TestLegChanges:
         )
         again = await stub.ModifyLeg(request, metadata=alpha.metadata, timeout=5)
         assert again.replayed and again.leg.state == execution_pb2.LEG_STATE_MODIFYING
-        await execution.apply_modification_answer(database, uuid.UUID(leg_id), True, "venue:replaced", Budget.within(5))
+        assert await report_to_leg(database, leg_id, VenueReport.MODIFIED, "venue:replaced") == "applied"
         leg = (
             await stub.GetOrder(execution_pb2.GetOrderRequest(order_id=order_id), metadata=alpha.metadata, timeout=5)
         ).order.legs[0]
@@ -298,21 +290,15 @@ class TestFills:
     ) -> None:
         order = (await stub.SubmitOrder(_submit(legs=[_leg("10")]), metadata=alpha.metadata, timeout=5)).order
         leg_id = uuid.UUID(order.legs[0].id)
-        await execution.apply_venue_state(database, leg_id, L.PENDING, "venue:ack", Budget.within(5))
+        assert await report_to_leg(database, leg_id, VenueReport.ACKNOWLEDGED, "venue:ack") == "applied"
 
-        async def fill(execution_id: str) -> object:
-            return await execution.record_fill(
-                database,
-                leg_id,
-                Fill(execution_id, Decimal("1.5"), Decimal("100.10")),
-                datetime.now(UTC),
-                f"venue:{execution_id}",
-                Budget.within(10),
-            )
+        async def fill(execution_id: str) -> str:
+            execution = Fill(execution_id, Decimal("1.5"), Decimal("100.10"))
+            return await report_to_leg(database, leg_id, VenueReport.FILL, f"venue:{execution_id}", fill=execution)
 
         # 12 distinct executions of 1.5 (18 > 10 ordered), each reported up to three times.
         outcomes = await asyncio.gather(*(fill(f"x-{i % 12}") for i in range(36)), return_exceptions=True)
-        assert all(isinstance(o, (FillError, IllegalTransition)) for o in outcomes if isinstance(o, BaseException))
+        assert set(outcomes) <= {"applied", "contradiction"}  # an overfill is refused, in a case for a person
         row = await pool.fetchrow("SELECT state, filled_quantity, fill_notional FROM legs WHERE id = $1", leg_id)
         fills = await pool.fetch("SELECT quantity, price FROM leg_fills WHERE leg_id = $1", leg_id)
         assert row["filled_quantity"] == Decimal("1.5") * len(fills) == Decimal("9.0")

@@ -13,10 +13,10 @@ import grpc
 import pytest
 
 from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
-from server.db.database import Budget, Database
-from server.domain.order_legs import LegState
-from server.services import execution
+from server.db.database import Database
+from server.domain.provider_status import VenueReport
 from tests.integration.conftest import Caller
+from tests.support import report_to_leg
 
 Stub = execution_pb2_grpc.ExecutionServiceStub
 
@@ -48,7 +48,7 @@ async def _leg_of(stub: Stub, caller: Caller) -> tuple[str, str]:
 async def _working_leg_of(stub: Stub, caller: Caller, database: Database) -> tuple[str, str]:
     """A new order of the caller whose one leg the venue acknowledged and has not filled; (order id, leg id)."""
     order_id, leg_id = await _leg_of(stub, caller)
-    await execution.apply_venue_state(database, uuid.UUID(leg_id), LegState.PENDING, "venue:ack", Budget.within(5))
+    assert await report_to_leg(database, leg_id, VenueReport.ACKNOWLEDGED, "venue:ack") == "applied"
     return order_id, leg_id
 
 
