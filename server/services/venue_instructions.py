@@ -11,15 +11,13 @@ after `checks_max` attempts a case is opened for the leg. The API call that queu
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 import structlog
 
-from server.db import cases_repository
+from server.db import cases_repository, venue_instructions_repository
 from server.db.database import Budget, Database, in_transaction
-from server.domain.order_legs import INSTRUCTION_OUTCOME_LENGTH_MAX
+from server.db.venue_instructions_repository import DueInstruction
 from server.domain.provider_status import VenueReport
 from server.providers.http import NotSent, OutcomeUnknown, Refused
 from server.providers.venue import VenueClient
@@ -29,30 +27,6 @@ from server.services.venue_events import apply_venue_report
 log = structlog.get_logger(__name__)
 
 UNSENT_CASE = "VENUE_INSTRUCTION_NOT_DELIVERED"
-
-_CLAIM = """
-WITH due AS (
-    SELECT id FROM venue_instructions
-    WHERE done_at IS NULL AND next_attempt_at <= now() AND ($2::uuid[] IS NULL OR leg_id = ANY($2))
-    ORDER BY next_attempt_at
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-)
-UPDATE venue_instructions i SET next_attempt_at = now() + make_interval(secs => $3::float8), attempts = attempts + 1
-FROM due, legs l
-WHERE i.id = due.id AND l.id = i.leg_id
-RETURNING i.id, i.leg_id, i.kind, i.body, i.attempts, l.venue_order_id
-"""
-
-
-@dataclass(frozen=True)
-class _Instruction:
-    id: uuid.UUID
-    leg_id: uuid.UUID
-    kind: str
-    body: dict[str, Any]
-    attempts: int
-    venue_order_id: str | None
 
 
 async def send_now(database: Database, venue: VenueClient, leg_id: uuid.UUID) -> None:
@@ -64,7 +38,7 @@ async def send_now(database: Database, venue: VenueClient, leg_id: uuid.UUID) ->
         log.warning("venue.instruction_deferred", leg_id=str(leg_id), error=str(error)[:300])
 
 
-class InstructionSender(CheckLoop[_Instruction]):
+class InstructionSender(CheckLoop[DueInstruction]):
     def __init__(
         self,
         database: Database,
@@ -81,14 +55,10 @@ class InstructionSender(CheckLoop[_Instruction]):
         #: only these legs' instructions (None: every due one)
         self._leg_ids = leg_ids
 
-    async def _claim(self, connection: asyncpg.Connection, limit: int) -> list[_Instruction]:
-        rows = await connection.fetch(_CLAIM, limit, self._leg_ids, self._settings.lease_s)
-        return [
-            _Instruction(row["id"], row["leg_id"], row["kind"], row["body"], row["attempts"], row["venue_order_id"])
-            for row in rows
-        ]
+    async def _claim(self, connection: asyncpg.Connection, limit: int) -> list[DueInstruction]:
+        return await venue_instructions_repository.claim_due(connection, limit, self._leg_ids, self._settings.lease_s)
 
-    async def _check(self, item: _Instruction) -> None:
+    async def _check(self, item: DueInstruction) -> None:
         venue, key = self._venue, str(item.id)
         try:
             venue_order_id = item.venue_order_id or await self._venue_order_id(item.leg_id)
@@ -110,14 +80,10 @@ class InstructionSender(CheckLoop[_Instruction]):
         order = await self._venue.find_leg(str(leg_id), self._settings.provider_timeout_s)
         return None if order is None else order.venue_order_id
 
-    async def _done(self, item: _Instruction, outcome: str) -> None:
-        await self._database.pool.execute(
-            "UPDATE venue_instructions SET done_at = now(), outcome = $2 WHERE id = $1",
-            item.id,
-            outcome[:INSTRUCTION_OUTCOME_LENGTH_MAX],
-        )
+    async def _done(self, item: DueInstruction, outcome: str) -> None:
+        await venue_instructions_repository.finish(self._database.pool, item.id, outcome)
 
-    async def _refused(self, item: _Instruction, error: Refused) -> None:
+    async def _refused(self, item: DueInstruction, error: Refused) -> None:
         reason = f"refused by {self._venue.provider}: HTTP {error.status}"
         log.info("venue.instruction_refused", instruction=str(item.id), kind=item.kind, reason=reason)
 
@@ -133,28 +99,17 @@ class InstructionSender(CheckLoop[_Instruction]):
                     venue=self._venue.provider,
                     modification_id=str(item.id),
                 )
-            await connection.execute(
-                "UPDATE venue_instructions SET done_at = now(), outcome = $2 WHERE id = $1", item.id, reason
-            )
+            await venue_instructions_repository.finish(connection, item.id, reason)
 
         await in_transaction(self._database, Budget.within(10), work)
 
-    async def _later(self, item: _Instruction, reason: str) -> None:
+    async def _later(self, item: DueInstruction, reason: str) -> None:
         async def work(connection: asyncpg.Connection) -> None:
             if item.attempts < self._settings.checks_max:
                 delay_s = self._settings.backoff_s(item.attempts)
-                await connection.execute(
-                    "UPDATE venue_instructions SET next_attempt_at = now() + make_interval(secs => $2::float8)"
-                    " WHERE id = $1",
-                    item.id,
-                    delay_s,
-                )
+                await venue_instructions_repository.retry_in(connection, item.id, delay_s)
                 return
-            await connection.execute(
-                "UPDATE venue_instructions SET done_at = now(), outcome = $2 WHERE id = $1",
-                item.id,
-                f"not delivered: {reason}"[:INSTRUCTION_OUTCOME_LENGTH_MAX],
-            )
+            await venue_instructions_repository.finish(connection, item.id, f"not delivered: {reason}")
             await cases_repository.open_case(
                 connection,
                 UNSENT_CASE,
