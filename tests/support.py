@@ -227,7 +227,7 @@ from datetime import UTC, datetime  # noqa: E402
 
 from server.domain.order_legs import Fill  # noqa: E402
 from server.domain.provider_status import VenueReport  # noqa: E402
-from server.services.venue_events import apply_venue_report  # noqa: E402
+from server.services.venue_events import LegOutcome, apply_venue_report  # noqa: E402
 
 
 async def report_to_leg(
@@ -239,15 +239,15 @@ async def report_to_leg(
     fill: Fill | None = None,
     reason: str = "",
     timeout_s: float = 10.0,
-) -> str:
+) -> LegOutcome:
     """A venue's report about a leg applied through apply_venue_report, the path the webhooks, the leg
     resolver and the instruction sender take, in a transaction of its own (a fill made now).
 
-    "applied" (a repeat included), "stale", "misfit", or "contradiction": a refusal (an illegal move, a
-    fill the leg cannot hold) changes nothing of the leg and is named in its case (`refused_because`).
+    A refusal (an illegal move, a fill the leg cannot hold) is a CONTRADICTION: it changes nothing of the
+    leg and is named in the leg's case (`refused_because`).
     """
 
-    async def work(connection: asyncpg.Connection) -> str:
+    async def work(connection: asyncpg.Connection) -> LegOutcome:
         return await apply_venue_report(
             connection,
             uuid.UUID(str(leg_id)),

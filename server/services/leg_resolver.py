@@ -28,7 +28,7 @@ from server.providers.http import NotSent, OutcomeUnknown, Refused
 from server.providers.venue import VenueClient, VenueExecution, VenueOrder
 from server.services.check_loop import CheckLoop, CheckSettings
 from server.services.resolver import CHECKS, UNRESOLVED_CASE
-from server.services.venue_events import apply_venue_report
+from server.services.venue_events import LegOutcome, apply_venue_report
 
 log = structlog.get_logger(__name__)
 
@@ -128,7 +128,7 @@ class OrderResolver(CheckLoop[DueLeg]):
 
         async def work(connection: asyncpg.Connection) -> LegState:
             first = VenueReport.ACKNOWLEDGED if report is VenueReport.FILL else report
-            verdict = await apply_venue_report(
+            outcome = await apply_venue_report(
                 connection,
                 leg_id,
                 first,
@@ -139,7 +139,7 @@ class OrderResolver(CheckLoop[DueLeg]):
                 answer=body,
                 venue=self._venue.provider,
             )
-            if report is VenueReport.FILL and verdict != "misfit":
+            if report is VenueReport.FILL and outcome is not LegOutcome.MISFIT:
                 for execution in executions:
                     fill = Fill(execution.execution_id, execution.quantity, execution.price)
                     await apply_venue_report(

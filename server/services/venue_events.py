@@ -19,6 +19,7 @@ applies that answer first, on its own evidence, as a fill proves an acknowledgem
 
 from __future__ import annotations
 
+import enum
 import uuid
 from collections.abc import Mapping
 from dataclasses import replace
@@ -52,6 +53,22 @@ from server.services.execution import fill_on, modification_answer_on, venue_sta
 
 log = structlog.get_logger(__name__)
 
+
+class LegOutcome(enum.StrEnum):
+    """What applying a venue's report did to a leg: its outcome, as payment_events.PaymentOutcome is a
+    payment's (a leg's report is judged and applied in one pass, so it has no separate verdict)."""
+
+    #: news applied; or a repeat of what the leg already holds, which changes nothing
+    APPLIED = "applied"
+    #: late: the leg has moved past what it reports (an acknowledgement after fills, an answer to a
+    #: modification no longer waiting); changes nothing
+    STALE = "stale"
+    #: the leg's machine refuses it, against what the venue said before: nothing moves, a case is opened
+    CONTRADICTION = "contradiction"
+    #: about another order than the leg's (ids, terms or fills differ): nothing moves, a case is opened
+    MISFIT = "misfit"
+
+
 LEG_CONTRADICTION_CASE = "CONTRADICTORY_VENUE_EVIDENCE"
 #: A report about another order than the leg's (its id, instrument, side, currency or fills differ).
 EVIDENCE_MISMATCH_CASE = "EVIDENCE_MISMATCH"
@@ -74,8 +91,8 @@ async def apply_venue_report(
     answer: bytes | None = None,
     venue: str | None = None,
     modification_id: str | None = None,
-) -> str:
-    """'applied' (or a repeat, which changes nothing), 'stale', 'contradiction', or 'misfit'.
+) -> LegOutcome:
+    """Apply the venue's report to the leg, in the caller's transaction; what became of it (LegOutcome).
 
     `order` is the venue's order object as it sent it (a webhook's `data.object`, an inquiry's
     answer): what it states must fit the leg. `venue_order_id` stands for the order's id when it
@@ -94,11 +111,11 @@ async def apply_venue_report(
     found = misfits(known, said, confirms_modification=confirmed is True)
     if found:
         await _open_misfit_case(connection, leg_id, report, evidence_ref, found, said, fill, answer)
-        return "misfit"
+        return LegOutcome.MISFIT
     if said.venue_order_id is not None and known.venue_order_id is None:  # kept the first time it is named
         await orders_repository.record_venue_order_id(connection, leg_id, said.venue_order_id)
     if report in MODIFICATION_ANSWERS and confirmed is None:
-        return "stale"  # an answer to a modification that is no longer pending (or never was)
+        return LegOutcome.STALE  # an answer to a modification that is no longer pending (or never was)
     answered = False
     try:
         if confirmed is not None:
@@ -113,10 +130,10 @@ async def apply_venue_report(
             await venue_state_on(connection, leg_id, LEG_STATE_FOR_REPORT[report], evidence_ref, reason)
     except (IllegalTransition, FillError) as refused:
         if report is VenueReport.ACKNOWLEDGED:  # an acknowledgement overtaken by what followed it
-            return "applied" if answered else "stale"
+            return LegOutcome.APPLIED if answered else LegOutcome.STALE
         await _open_case(connection, leg_id, report, evidence_ref, str(refused))
-        return "contradiction"
-    return "applied"
+        return LegOutcome.CONTRADICTION
+    return LegOutcome.APPLIED
 
 
 def _answer(report: VenueReport, said: VenueClaims, known: KnownLeg, venue: str | None) -> bool | None:
