@@ -55,9 +55,9 @@ from server.services import audit, exposures, outliving
 from server.services.case_checks import CaseChecker
 from server.services.check_loop import CheckSettings
 from server.services.corrections import approve_correction
-from server.services.leg_resolver import OrderResolver, OrderResolverSettings
+from server.services.leg_resolver import LegResolver, LegResolverSettings
+from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings
 from server.services.provider_health import breaker_announcer
-from server.services.resolver import Resolver, ResolverSettings
 from server.services.submission import OUTCOME_WRITE_TIMEOUT_S
 from server.services.venue_instructions import InstructionSender
 from server.services.webhook_application import WebhookSource
@@ -287,15 +287,15 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
         resolving = None
         if gateway is not None and venue is not None:
             provider_timeout_s = settings.provider_timeout_ms / 1000
-            resolver_settings = ResolverSettings(
+            resolver_settings = PaymentResolverSettings(
                 provider_timeout_s=provider_timeout_s,
                 pending_overdue_s=settings.pending_overdue_ms / 1000,
                 expiry_s=settings.payment_expiry_ms / 1000,
                 backoff_max_s=settings.resolver_backoff_max_ms / 1000,
             )
             resolving = asyncio.gather(
-                Resolver(database, gateway, resolver_settings).run(relays_stopping),
-                OrderResolver(database, venue, OrderResolverSettings(provider_timeout_s=provider_timeout_s)).run(
+                PaymentResolver(database, gateway, resolver_settings).run(relays_stopping),
+                LegResolver(database, venue, LegResolverSettings(provider_timeout_s=provider_timeout_s)).run(
                     relays_stopping
                 ),
                 InstructionSender(database, venue).run(relays_stopping),

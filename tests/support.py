@@ -77,7 +77,7 @@ from aiohttp import web  # noqa: E402
 from server.db.database import Budget, Database  # noqa: E402
 from server.providers.breaker import Breaker, BreakerSettings  # noqa: E402
 from server.providers.gateway import GatewayClient  # noqa: E402
-from server.services.resolver import Resolver, ResolverSettings  # noqa: E402
+from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings  # noqa: E402
 
 
 class AnsweringProvider:
@@ -134,10 +134,12 @@ class AnsweringProvider:
             assert time.monotonic() < deadline, f"asked {self.times_asked(payment_id)} times, not {times}"
             await asyncio.sleep(0.005)
 
-    def resolver(self, database: Database, **settings: Any) -> Resolver:
+    def resolver(self, database: Database, **settings: Any) -> PaymentResolver:
         """A resolver asking this provider. Its batch is large, so other tests' due payments never crowd
         this test's out, and it never expires another test's payment."""
-        return Resolver(database, self.gateway, ResolverSettings(**({"batch_size": 500, "expiry_s": 10**9} | settings)))
+        return PaymentResolver(
+            database, self.gateway, PaymentResolverSettings(**({"batch_size": 500, "expiry_s": 10**9} | settings))
+        )
 
     async def settle(self, database: Database, payment_ids: Iterable[uuid.UUID], timeout_s: float = 20.0) -> None:
         """Run a resolver until none of the payments is due for a check: each due one was asked about,

@@ -5,7 +5,7 @@ said and what Ballast has. What does the provider's API say about the payment? T
 it (by idempotency key, through the breaker) and adds the answer to the case as evidence, recorded
 like any provider status. Nothing moves: settling the case is a person's call, now with the
 provider's answer in front of them. (A webhook that merely claims an outcome opens no case: the
-resolver asks the API, whose answer decides; server/services/resolver.py.)
+resolver asks the API, whose answer decides; server/services/payment_resolver.py.)
 """
 
 from __future__ import annotations

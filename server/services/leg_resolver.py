@@ -27,14 +27,14 @@ from server.domain.provider_status import UnknownProviderStatus, VenueReport, ve
 from server.providers.http import NotSent, OutcomeUnknown, Refused
 from server.providers.venue import VenueClient, VenueExecution, VenueOrder
 from server.services.check_loop import CheckLoop, CheckSettings
-from server.services.resolver import CHECKS, UNRESOLVED_CASE
+from server.services.payment_resolver import CHECKS, UNRESOLVED_CASE
 from server.services.venue_events import LegOutcome, apply_venue_report
 
 log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
-class OrderResolverSettings(CheckSettings):
+class LegResolverSettings(CheckSettings):
     #: A leg still SUBMITTED (its send timed out, or was never answered) is first checked after this;
     #: after checks_max checks without an answer, a case is opened.
     submitted_grace_s: float = 2.0
@@ -45,13 +45,13 @@ class OrderResolverSettings(CheckSettings):
     working_check_max_s: float = 3600.0
 
 
-class OrderResolver(CheckLoop[DueLeg]):
+class LegResolver(CheckLoop[DueLeg]):
     """Checks legs that may have moved at the venue without Ballast hearing of it."""
 
-    def __init__(self, database: Database, venue: VenueClient, settings: OrderResolverSettings | None = None) -> None:
+    def __init__(self, database: Database, venue: VenueClient, settings: LegResolverSettings | None = None) -> None:
         self._database = database
         self._venue = venue
-        self._settings = settings or OrderResolverSettings()
+        self._settings = settings or LegResolverSettings()
         self._poll_interval_s = self._settings.poll_interval_s
         self._batch_size = self._settings.batch_size
         self._breaker = getattr(venue, "breaker", None)  # a venue without one is always asked

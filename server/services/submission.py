@@ -8,7 +8,7 @@ never left leaves it RECORDED and tells the caller to retry, which sends it with
 A payment is sent only while it is RECORDED, and each attempt is stamped first (`submitted_at`, for a
 new payment its creation) under the payment's row lock: an abandoned payment expires only when no
 attempt began for `BALLAST_PAYMENT_EXPIRY_MS` and the provider, asked, does not have it; once
-EXPIRED, a retry with its key is answered EXPIRED and never sent late (server/services/resolver.py).
+EXPIRED, a retry with its key is answered EXPIRED and never sent late (server/services/payment_resolver.py).
 """
 
 from __future__ import annotations

@@ -35,10 +35,10 @@ from server.domain.payments import PaymentState, validate_create_payment
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.gateway import GatewayClient
 from server.providers.venue import VenueClient
-from server.services.leg_resolver import OrderResolver, OrderResolverSettings
+from server.services.leg_resolver import LegResolver, LegResolverSettings
 from server.services.order_submission import submit_and_send
+from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings
 from server.services.payments import create_payment
-from server.services.resolver import Resolver, ResolverSettings
 from server.services.submission import create_and_submit
 from server.services.webhook_application import WebhookSource
 from tests.integration.test_unreliable_provider import SECRET as SIM_SECRET
@@ -332,10 +332,10 @@ async def test_response_webhooks_and_resolver_racing_post_the_ledger_once_and_ch
     async with _simulator(tmp_path, database, "calm", **settings) as url, aiohttp.ClientSession() as session:
         gateway = GatewayClient("simulator", url, session, Breaker("adv.payments", BreakerSettings(failures_max=1000)))
         resolvers = [
-            Resolver(
+            PaymentResolver(
                 database,
                 gateway,
-                ResolverSettings(unknown_grace_s=0, pending_overdue_s=0, backoff_base_s=0, batch_size=200),
+                PaymentResolverSettings(unknown_grace_s=0, pending_overdue_s=0, backoff_base_s=0, batch_size=200),
             )
             for _ in range(3)
         ]
@@ -884,10 +884,10 @@ async def test_create_payment_against_a_hanging_provider_answers_in_time_and_nev
         # the provider recovers; the resolver (and more retries) settle everything
         async with session.put(f"{url}/_sim/profile", json={"settings": {fault: 0.0}}) as response:
             assert response.status == 200
-        resolver = Resolver(
+        resolver = PaymentResolver(
             database,
             gateway,
-            ResolverSettings(
+            PaymentResolverSettings(
                 unknown_grace_s=0, pending_overdue_s=0, backoff_base_s=0, batch_size=200, provider_timeout_s=2
             ),
         )
@@ -936,10 +936,10 @@ async def test_fills_are_applied_once_per_execution_while_the_leg_resolver_races
     }
     async with _simulator(tmp_path, database, "calm", **settings) as url, aiohttp.ClientSession() as http:
         venue = VenueClient("simulator", url, http, Breaker("adv.orders", BreakerSettings(failures_max=10_000)))
-        resolver = OrderResolver(
+        resolver = LegResolver(
             database,
             venue,
-            OrderResolverSettings(submitted_grace_s=0, working_check_s=0, backoff_base_s=0, batch_size=200),
+            LegResolverSettings(submitted_grace_s=0, working_check_s=0, backoff_base_s=0, batch_size=200),
         )
         orders = []
         stop = asyncio.Event()

@@ -28,7 +28,7 @@ from server.api.grpc_server import build_server, set_serving
 from server.db.database import Database
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.venue import VenueClient
-from server.services.leg_resolver import OrderResolver, OrderResolverSettings
+from server.services.leg_resolver import LegResolver, LegResolverSettings
 from server.settings import load_settings
 from tests.integration.conftest import Caller
 from tests.integration.test_unreliable_provider import _simulator, _truth
@@ -281,7 +281,7 @@ async def test_an_answer_whose_webhook_was_dropped_is_recovered_by_asking_the_ve
     ) as (stub, caller, url, venue):
         order_id, leg_id = await _submit(stub, caller, _limit_leg("100", "10.00"))  # acknowledged in its answer
         await stub.ModifyLeg(_modify(order_id, leg_id, "40"), metadata=caller.metadata, timeout=5)
-        resolver = OrderResolver(database, venue, OrderResolverSettings(working_check_s=0, backoff_base_s=0))
+        resolver = LegResolver(database, venue, LegResolverSettings(working_check_s=0, backoff_base_s=0))
 
         async def check() -> None:
             # due now: the shared test database holds many other legs, due as well

@@ -34,7 +34,7 @@ from server.services.case_checks import CaseChecker
 from server.services.check_loop import CheckSettings
 from server.services.corrections import approve_correction
 from server.services.payment_events import Evidence, PaymentOutcome
-from server.services.resolver import Resolver, ResolverSettings
+from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings
 from server.services.submission import create_and_submit
 from tests.support import apply_evidence
 
@@ -111,7 +111,7 @@ async def _recorded(database: Database, principal: Principal, key: str | None = 
     return created.payment.id
 
 
-async def _check_now(pool: asyncpg.Pool, resolver: Resolver, payment_id: uuid.UUID) -> None:
+async def _check_now(pool: asyncpg.Pool, resolver: PaymentResolver, payment_id: uuid.UUID) -> None:
     """Run resolver passes until one has checked this payment (put first in line; a pass takes one)."""
     await pool.execute("UPDATE payments SET next_check_at = '-infinity' WHERE id = $1", payment_id)
     for _ in range(100):  # others put first in line by earlier specs go before it, one a pass
@@ -123,8 +123,8 @@ async def _check_now(pool: asyncpg.Pool, resolver: Resolver, payment_id: uuid.UU
     raise AssertionError(f"the resolver never claimed {payment_id}")
 
 
-def _resolver(database: Database, gateway: GatewayClient, **settings: Any) -> Resolver:
-    return Resolver(database, gateway, ResolverSettings(batch_size=1, **settings))
+def _resolver(database: Database, gateway: GatewayClient, **settings: Any) -> PaymentResolver:
+    return PaymentResolver(database, gateway, PaymentResolverSettings(batch_size=1, **settings))
 
 
 def _api(status: str, amount: str | None = "12.34", currency: str | None = "EUR", object_id: str = "pay_x") -> Evidence:

@@ -33,8 +33,8 @@ from server.providers.breaker import Breaker, BreakerSettings, BreakerState
 from server.providers.embedded_simulator import embedded_simulator
 from server.providers.gateway import GatewayClient, NotSent
 from server.services.payment_events import Evidence
+from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings
 from server.services.provider_health import breaker_announcer
-from server.services.resolver import Resolver, ResolverSettings
 from server.services.submission import create_and_submit
 from server.services.webhook_application import WebhookSource
 from tests.support import answering_provider, apply_evidence
@@ -141,11 +141,11 @@ async def test_monday_morning_every_caller_gets_an_answer_in_time_and_the_resolv
             " AND (state IN ('RECORDED', 'UNKNOWN', 'PENDING') OR next_check_at IS NOT NULL)",
             principal.client_id,
         )
-        resolver = Resolver(
+        resolver = PaymentResolver(
             database,
             gateway,
             # checks go on (quickly) until the provider answers: this profile hides outcomes often
-            ResolverSettings(
+            PaymentResolverSettings(
                 unknown_grace_s=0,
                 pending_overdue_s=2,
                 backoff_base_s=0.2,
@@ -230,10 +230,10 @@ async def test_a_provider_call_that_fails_fast_is_never_followed_by_a_second_cha
             " AND (state IN ('RECORDED', 'UNKNOWN', 'PENDING') OR next_check_at IS NOT NULL)",
             principal.client_id,
         )
-        resolver = Resolver(
+        resolver = PaymentResolver(
             database,
             gateway,
-            ResolverSettings(
+            PaymentResolverSettings(
                 unknown_grace_s=0,
                 pending_overdue_s=0.5,
                 backoff_base_s=0.05,
@@ -337,8 +337,8 @@ async def test_two_resolvers_never_ask_about_the_same_payment_at_once(
     quiet = FAST | {"webhook_drop_rate": 1.0}
     async with _simulator(tmp_path, database, "calm", **quiet) as url, aiohttp.ClientSession() as session:
         gateway = Counting("simulator", url, session, Breaker("simulator.payments", BreakerSettings()))
-        settings = ResolverSettings(unknown_grace_s=0, batch_size=10, lease_s=60)
-        resolvers = [Resolver(database, gateway, settings), Resolver(database, gateway, settings)]
+        settings = PaymentResolverSettings(unknown_grace_s=0, batch_size=10, lease_s=60)
+        resolvers = [PaymentResolver(database, gateway, settings), PaymentResolver(database, gateway, settings)]
         while await pool.fetchval(
             "SELECT count(*) FROM payments WHERE id = ANY($1) AND state = 'UNKNOWN' AND next_check_at IS NULL", ids
         ):
@@ -381,7 +381,9 @@ async def test_a_payment_the_provider_never_answers_for_ends_in_one_case(
         dead = f"http://127.0.0.1:{unused.getsockname()[1]}"
     async with aiohttp.ClientSession() as session:
         gateway = GatewayClient("simulator", dead, session, Breaker("dead", BreakerSettings(failures_max=1000)))
-        resolver = Resolver(database, gateway, ResolverSettings(unknown_grace_s=0, backoff_base_s=0, checks_max=3))
+        resolver = PaymentResolver(
+            database, gateway, PaymentResolverSettings(unknown_grace_s=0, backoff_base_s=0, checks_max=3)
+        )
         for _ in range(5):
             await pool.execute(
                 "UPDATE payments SET next_check_at = now() WHERE id = $1 AND next_check_at <> 'infinity'", payment_id
@@ -417,7 +419,7 @@ async def test_contradictory_webhooks_never_decide_a_payment_the_providers_api_d
         assert (row["state"], row["due"]) == ("PENDING", True)  # the webhooks moved nothing; Ballast must ask
         # the other tests' due payments wait; this one is checked first
         await pool.execute("UPDATE payments SET next_check_at = '-infinity' WHERE id = $1", payment.id)
-        await Resolver(database, gateway).run_once()
+        await PaymentResolver(database, gateway).run_once()
     transitions = await pool.fetch(
         "SELECT to_state, cause FROM payment_transitions WHERE payment_id = $1 ORDER BY id", payment.id
     )

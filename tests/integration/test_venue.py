@@ -20,7 +20,7 @@ from server.domain.identity import Principal
 from server.domain.orders import validate_close_leg, validate_modify_leg, validate_submit_order
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.venue import VenueClient
-from server.services.leg_resolver import OrderResolver, OrderResolverSettings
+from server.services.leg_resolver import LegResolver, LegResolverSettings
 from server.services.order_submission import close_and_send, modify_and_send, submit_and_send
 from tests.integration.test_unreliable_provider import _simulator, _truth
 
@@ -145,8 +145,8 @@ async def test_the_resolver_sends_a_lost_leg_and_recovers_fills_whose_webhooks_w
         # recorded while the venue was not asked (as if the send had been lost): the legs are SUBMITTED
         request = validate_submit_order(f"o-{uuid.uuid4()}", "ref", _legs())
         order = (await submit_and_send(database, None, principal, request, Budget.within(5))).order
-        resolver = OrderResolver(
-            database, venue, OrderResolverSettings(submitted_grace_s=0, working_check_s=0, backoff_base_s=0)
+        resolver = LegResolver(
+            database, venue, LegResolverSettings(submitted_grace_s=0, working_check_s=0, backoff_base_s=0)
         )
         legs = await _run_until(pool, resolver, order.id, {"FILLED"})
         truth = {o["idempotency_key"]: o for o in (await _truth(url))["orders"]}

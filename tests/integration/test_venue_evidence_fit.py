@@ -31,7 +31,7 @@ from server.domain.orders import LegSpec, validate_submit_order
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.http import NotSent
 from server.providers.venue import VenueClient, VenueExecution, VenueOrder
-from server.services.leg_resolver import OrderResolver, OrderResolverSettings
+from server.services.leg_resolver import LegResolver, LegResolverSettings
 from server.services.order_submission import submit_and_send
 from server.services.webhook_application import WebhookSource
 
@@ -283,7 +283,7 @@ class _Venue:
 
 async def _check(pool: asyncpg.Pool, database: Database, venue: _Venue, leg_id: uuid.UUID) -> None:
     """Run the resolver until it has checked the leg once (other tests' legs may be due as well)."""
-    resolver = OrderResolver(database, venue, OrderResolverSettings(batch_size=200))  # type: ignore[arg-type]
+    resolver = LegResolver(database, venue, LegResolverSettings(batch_size=200))  # type: ignore[arg-type]
     attempts = await pool.fetchval("SELECT check_attempts FROM legs WHERE id = $1", leg_id)
     deadline = time.monotonic() + 20
     while await pool.fetchval("SELECT check_attempts FROM legs WHERE id = $1", leg_id) == attempts:

@@ -1,4 +1,4 @@
-"""The resolver: payments settled by asking the provider, never by guessing, blind retries or clients.
+"""The payment resolver: payments settled by asking the provider, never by guessing, blind retries or clients.
 
 Workers claim due payments with FOR UPDATE SKIP LOCKED and, in the same short transaction, push
 their next check out (a lease), so any number of workers in any number of processes never ask about
@@ -57,7 +57,7 @@ UNRESOLVED_CASE = "UNRESOLVED_OUTCOME"
 
 
 @dataclass(frozen=True)
-class ResolverSettings(CheckSettings):
+class PaymentResolverSettings(CheckSettings):
     #: An UNKNOWN payment is first checked this long after it became UNKNOWN (the provider may still be working).
     unknown_grace_s: float = 1.0
     #: A PENDING payment is overdue, and checked, when no decision came this long after it became PENDING.
@@ -83,11 +83,16 @@ class _Claimed:
     lease: datetime
 
 
-class Resolver(CheckLoop[_Claimed]):
-    def __init__(self, database: Database, gateway: GatewayClient, settings: ResolverSettings | None = None) -> None:
+class PaymentResolver(CheckLoop[_Claimed]):
+    """Checks payments the provider may have decided without Ballast hearing of it (the leg resolver,
+    server/services/leg_resolver.py, does the same for legs at the venue)."""
+
+    def __init__(
+        self, database: Database, gateway: GatewayClient, settings: PaymentResolverSettings | None = None
+    ) -> None:
         self._database = database
         self._gateway = gateway
-        self._settings = settings or ResolverSettings()
+        self._settings = settings or PaymentResolverSettings()
         self._poll_interval_s = self._settings.poll_interval_s
         self._batch_size = self._settings.batch_size
         self._breaker = gateway.breaker
