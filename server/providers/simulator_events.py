@@ -16,17 +16,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, cast
 
-from server.domain.order_legs import Fill
+from server.domain.events import EVENT_ID_LENGTH_MAX
+from server.domain.evidence import PROVIDER_ID_LENGTH_MAX, PROVIDER_STATUS_LENGTH_MAX
+from server.domain.order_legs import EXECUTION_ID_LENGTH_MAX, Fill
 
 #: The deepest nesting of objects and arrays an event may have; a provider's events are a few levels deep.
 NESTING_DEPTH_MAX = 32
-#: Longest event id accepted (the column's limit): longer ones are no id of a real event.
-EVENT_ID_LENGTH_MAX = 256
-#: Longest text kept from an event's fields, per field.
-PROVIDER_OBJECT_ID_LENGTH_MAX = 255
-STATUS_LENGTH_MAX = 64
+#: The most of a venue's reason for a rejection that is kept beside the leg (the raw body keeps it all).
 REASON_LENGTH_MAX = 500
-EXECUTION_ID_LENGTH_MAX = 128
+#: The most of one header's value kept as evidence.
 HEADER_LENGTH_MAX = 1024
 
 
@@ -114,8 +112,8 @@ def parse_event(body: bytes) -> ProviderEvent:
         event_id,
         kind,
         subject_id,
-        provider_text(data.get("id"), PROVIDER_OBJECT_ID_LENGTH_MAX),
-        provider_text(data.get("exec_type") if is_order else data.get("status"), STATUS_LENGTH_MAX),
+        provider_text(data.get("id"), PROVIDER_ID_LENGTH_MAX),
+        provider_text(data.get("exec_type") if is_order else data.get("status"), PROVIDER_STATUS_LENGTH_MAX),
         execution if isinstance(execution, dict) else None,
         provider_text(data.get("reject_reason"), REASON_LENGTH_MAX) or "",
         data,

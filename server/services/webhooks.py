@@ -24,6 +24,7 @@ from server.db import webhook_deliveries_repository
 from server.db.database import Budget, Database, in_transaction
 from server.db.webhook_deliveries_repository import Kept
 from server.domain.errors import DeadlineExceeded, Defect, Unavailable
+from server.domain.evidence import WEBHOOK_BODY_BYTES_MAX
 from server.providers.signatures import signature_problem
 from server.providers.simulator_events import ProviderEvent, Unreadable, header_text, parse_event
 from server.services.webhook_application import Delivery, Outcome, WebhookSource, apply_deliveries, delivery_of
@@ -45,7 +46,8 @@ WEBHOOK_QUEUED = Gauge("ballast_webhook_intake_queued", "Webhook deliveries wait
 WEBHOOK_QUEUED_BYTES = Gauge("ballast_webhook_intake_queued_bytes", "Bytes of webhook bodies waiting for a writer")
 #: Headers kept with the raw body as evidence (lower case); the rest say nothing about the event.
 EVIDENCE_HEADERS = frozenset({"content-type", "user-agent", "simulator-signature", "stripe-signature"})
-BODY_BYTES_MAX = 1024 * 1024
+#: The largest body the intake reads (a larger one is refused 413 before anything is parsed or stored).
+BODY_BYTES_MAX = WEBHOOK_BODY_BYTES_MAX
 
 #: Writers applying batches at once, and the largest batch one transaction takes.
 INTAKE_WRITERS = 2
