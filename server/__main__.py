@@ -40,7 +40,7 @@ from server.db.database import Budget, Database
 from server.db.engine import asyncpg_dsn, create_pool
 from server.db.migrate import PreBaselineDatabase, migrate_to_head, pending_revision
 from server.domain.errors import BallastError
-from server.domain.payments import PaymentState
+from server.domain.payment_states import PaymentState
 from server.failpoints import arm as arm_failpoints
 from server.messaging.consumer import ConsumerGroup
 from server.observability import configure_logging

@@ -13,7 +13,8 @@ from server.db.payments_repository import PaymentRecord
 from server.db.timeline_repository import ProviderStatus, TimelineEntry, Transition
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.identity import Permission
-from server.domain.payments import PaymentState, validate_create_payment
+from server.domain.payment_states import PaymentState
+from server.domain.payments import validate_create_payment
 from server.providers.gateway import GatewayClient
 from server.services import payments, submission, timeline
 from server.services.ledger import signed_amount

@@ -20,7 +20,7 @@ import asyncpg
 from server.domain import events
 from server.domain.corrections import CORRECTION_EVENT
 from server.domain.ledger import Posting, check_balanced
-from server.domain.payments import PaymentState
+from server.domain.payment_states import PaymentState
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ import asyncpg
 from server.domain import events
 from server.domain.events import PAYMENT_RECORDED
 from server.domain.money import Money, quantize
-from server.domain.payments import CREATE_PAYMENT_OPERATION, INITIAL_PAYMENT_STATE, CreatePayment, PaymentState
+from server.domain.payment_states import INITIAL_PAYMENT_STATE, PaymentState
+from server.domain.payments import CREATE_PAYMENT_OPERATION, CreatePayment
 
 
 @dataclass(frozen=True)

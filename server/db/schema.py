@@ -35,13 +35,12 @@ from server.domain.order_legs import (
     VenueInstructionKind,
 )
 from server.domain.orders import CLIENT_ORDER_REFERENCE_LENGTH_MAX, INSTRUMENT_SYMBOL_PATTERN, OrderType, Side
-from server.domain.payment_states import UNDECIDED_STATES
+from server.domain.payment_states import UNDECIDED_STATES, PaymentState
 from server.domain.payments import (
     DESCRIPTION_LENGTH_MAX,
     IDEMPOTENCY_KEY_LENGTH_MAX,
     MERCHANT_REFERENCE_LENGTH_MAX,
     OPERATION_LENGTH_MAX,
-    PaymentState,
 )
 
 metadata = sa.MetaData(

@@ -17,7 +17,7 @@ from decimal import Decimal
 
 import asyncpg
 
-from server.domain.payments import INITIAL_PAYMENT_STATE, PaymentState
+from server.domain.payment_states import INITIAL_PAYMENT_STATE, PaymentState
 
 
 class TimelineKind(enum.IntEnum):

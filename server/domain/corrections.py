@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from server.domain.payments import PaymentState
+from server.domain.payment_states import PaymentState
 
 P = PaymentState
 

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from server.domain.errors import Defect
 from server.domain.money import EXACT, MoneyError, quantize
-from server.domain.payments import PaymentState
+from server.domain.payment_states import PaymentState
 
 ACCOUNT_PATTERN = re.compile(r"[a-z][a-z0-9_]*(:[A-Za-z0-9_.@-]{1,128})*")
 ACCOUNT_LENGTH_MAX = 200

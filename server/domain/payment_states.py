@@ -1,18 +1,34 @@
-"""The payment state machine: which internal event moves a payment from which state to which.
+"""The payment state machine: a payment's states, and which internal event moves it from which state to which.
 
 Providers never set a state directly: their statuses are mapped to these events (provider_status.py)
-and each event is applied through PAYMENT_EVENTS, the one table of the rules.
+and each event is applied through PAYMENT_EVENTS, the one table of the rules. Who may make a move, and
+what a piece of evidence means for a payment, is judged by server/domain/payment_evidence.py.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from decimal import Decimal
 
-from server.domain.corrections import CORRECTIONS, Approval
-from server.domain.payments import PaymentState
-from server.domain.state_machine import IllegalTransition, StateMachine
+from server.domain.state_machine import StateMachine
+
+
+class PaymentState(enum.StrEnum):
+    """Internal state of a payment. The names are stored in PostgreSQL and exposed in the API."""
+
+    RECORDED = "RECORDED"
+    PENDING = "PENDING"
+    UNKNOWN = "UNKNOWN"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    REJECTED = "REJECTED"
+    REFUND_PENDING = "REFUND_PENDING"
+    REFUNDED = "REFUNDED"
+    #: never sent (or sent and unknown to the provider), and its client never came back: nothing happened
+    EXPIRED = "EXPIRED"
+
+
+#: Where every payment starts: recorded by Ballast, not yet sent anywhere.
+INITIAL_PAYMENT_STATE = PaymentState.RECORDED
 
 P = PaymentState
 
@@ -83,35 +99,9 @@ EVENT_TARGETS: dict[PaymentEvent, PaymentState] = {
 
 PAYMENT_MACHINE: StateMachine[PaymentState] = StateMachine(
     name="payment",
-    initial=P.RECORDED,
+    initial=INITIAL_PAYMENT_STATE,
     transitions={state: frozenset(events.values()) for state, events in PAYMENT_EVENTS.items()},
 )
-
-
-@dataclass(frozen=True)
-class PaymentDecision:
-    """The outcome of applying an event: the next state, or None when the event changes nothing."""
-
-    from_state: PaymentState
-    to_state: PaymentState | None
-
-    @property
-    def changes(self) -> bool:
-        return self.to_state is not None
-
-
-def decide(current: PaymentState, event: PaymentEvent, subject: str = "") -> PaymentDecision:
-    """Apply `event` to a payment in `current`: a move, a harmless repeat, or IllegalTransition.
-
-    A repeat (ACCEPTED while PENDING, SUCCEEDED while SUCCEEDED) changes nothing, so duplicate
-    provider messages are safe. Anything else the table does not list is refused, naming both states.
-    """
-    next_state = PAYMENT_EVENTS[current].get(event)
-    if next_state is not None:
-        return PaymentDecision(current, next_state)
-    if EVENT_TARGETS[event] is current:
-        return PaymentDecision(current, None)
-    raise IllegalTransition(PAYMENT_MACHINE.name, current.value, EVENT_TARGETS[event].value, subject)
 
 
 class Witness(enum.StrEnum):
@@ -130,7 +120,9 @@ class Witness(enum.StrEnum):
 
 
 class Verdict(enum.StrEnum):
-    """What a piece of provider evidence means for a payment, before anything is written."""
+    """What a piece of evidence means for a payment, judged before anything is written
+    (server/domain/payment_evidence.py, `judge`). What was then done is the outcome
+    (server/services/payment_events.py, PaymentOutcome)."""
 
     #: news: it moves the payment
     APPLY = "APPLY"
@@ -180,84 +172,3 @@ def event_towards(current: PaymentState, target: PaymentState) -> PaymentEvent |
         if next_state is target:
             return event
     return None
-
-
-def judge(current: PaymentState, event: PaymentEvent, witness: Witness) -> Verdict:
-    """Sort evidence by what it claims and who says it (the evidence-judging table).
-
-    - The claim names the current state: REPEAT.
-    - A webhook may move a payment to PENDING where the machine allows (the provider has it;
-      nothing is decided).
-      Any other claim of a webhook is CONFIRMed with the API first when the API's word could change
-      something (a move, or a correction the table lists); else it is a REPEAT when the payment is
-      decided with the same money outcome (failed for REJECTED), and STALE otherwise (pending after
-      succeeded, succeeded after refunded).
-    - The API's word applies wherever the machine has a move to the state it claims (APPLY). Where it
-      has none: the same money outcome is a REPEAT (REJECTED vs failed), a contradiction the
-      correction table lists is CORRECTed or HELD for a person, and anything else is STALE (pending
-      after succeeded: a slower answer from before the decision).
-    - Ballast's own conclusions apply only where the machine allows them, else they are STALE.
-    """
-    target = EVENT_TARGETS[event]
-    if target is current:
-        return Verdict.REPEAT
-    moves = event_towards(current, target) is not None
-    if witness is Witness.BALLAST:
-        return Verdict.APPLY if moves else Verdict.STALE
-    correction = CORRECTIONS.get((current, target))
-    if witness is Witness.WEBHOOK:
-        if target in UNDECIDED_STATES and moves:
-            return Verdict.APPLY
-        if moves or correction is not None:  # what the API would say could change something: ask it
-            return Verdict.CONFIRM
-    elif moves:
-        return Verdict.APPLY
-    if current in MONEY_OUTCOMES and MONEY_OUTCOMES.get(target) is MONEY_OUTCOMES[current]:
-        return Verdict.REPEAT
-    if correction is None or witness is Witness.WEBHOOK:
-        return Verdict.STALE
-    return Verdict.CORRECT if correction.approval is Approval.AUTOMATIC else Verdict.HOLD
-
-
-@dataclass(frozen=True)
-class Misfit:
-    """A term the evidence names differently from the payment Ballast holds."""
-
-    field: str
-    ballast: str
-    provider: str
-
-
-def _same_amount(amount: Decimal, claimed: str) -> bool:
-    try:
-        return Decimal(claimed.strip()) == amount
-    except ArithmeticError:  # not a number at all: it cannot be this payment's amount
-        return False
-
-
-def misfits(
-    *,
-    amount: Decimal,
-    currency_code: str,
-    provider_payment_id: str | None,
-    claimed_amount: str | None,
-    claimed_currency_code: str | None,
-    claimed_provider_payment_id: str | None,
-) -> list[Misfit]:
-    """The terms in which provider evidence contradicts the payment; empty when it fits.
-
-    Amounts compare by value ("12.3" is 12.30); a term the evidence does not state is not compared,
-    nor a provider id Ballast has not recorded yet (the first one named is kept).
-    """
-    found: list[Misfit] = []
-    if claimed_amount is not None and not _same_amount(amount, claimed_amount):
-        found.append(Misfit("amount", format(amount, "f"), claimed_amount[:64]))
-    if claimed_currency_code is not None and claimed_currency_code.strip().upper() != currency_code:
-        found.append(Misfit("currency_code", currency_code, claimed_currency_code[:64]))
-    if (
-        claimed_provider_payment_id is not None
-        and provider_payment_id is not None
-        and claimed_provider_payment_id != provider_payment_id
-    ):
-        found.append(Misfit("provider_payment_id", provider_payment_id, claimed_provider_payment_id[:255]))
-    return found

@@ -1,8 +1,7 @@
-"""Payments: their states, and the rules for accepting a request to create one."""
+"""Payments: the rules for accepting a request to create one (their states: server/domain/payment_states.py)."""
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -22,25 +21,6 @@ METADATA_VALUE_LENGTH_MAX = 500
 CREATE_PAYMENT_OPERATION = "payments.create"
 #: The longest operation name stored beside an idempotency key.
 OPERATION_LENGTH_MAX = 64
-
-
-class PaymentState(enum.StrEnum):
-    """Internal state of a payment. The names are stored in PostgreSQL and exposed in the API."""
-
-    RECORDED = "RECORDED"
-    PENDING = "PENDING"
-    UNKNOWN = "UNKNOWN"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    REJECTED = "REJECTED"
-    REFUND_PENDING = "REFUND_PENDING"
-    REFUNDED = "REFUNDED"
-    #: never sent (or sent and unknown to the provider), and its client never came back: nothing happened
-    EXPIRED = "EXPIRED"
-
-
-#: Where every payment starts: recorded by Ballast, not yet sent anywhere.
-INITIAL_PAYMENT_STATE = PaymentState.RECORDED
 
 
 @dataclass(frozen=True)

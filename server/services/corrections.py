@@ -20,7 +20,7 @@ from server.db import cases_repository, payments_repository
 from server.db.database import Budget, Database, in_transaction
 from server.domain.corrections import APPROVER_LENGTH_MAX, CORRECTION_CASE
 from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from server.domain.payments import PaymentState
+from server.domain.payment_states import PaymentState
 from server.services.payment_events import Evidence, PaymentOutcome, approve_correction_on
 
 NOTE_LENGTH_MAX = 2000

@@ -1,7 +1,7 @@
 """Applying evidence to a payment: the one path by which a payment's state (and the ledger) changes.
 
 Every application runs in one transaction under the payment's row lock: it records the provider's
-status (if any) as evidence, judges it (server/domain/payment_states.py: who says it, and whether it
+status (if any) as evidence, judges it (server/domain/payment_evidence.py: who says it, and whether it
 fits the payment at all), appends the transition, posts the ledger lines the move implies, and
 writes the outbox event and the audit entry. A webhook's claim of an outcome only schedules a check
 with the provider's API (CONFIRM); the API's contradiction of a decided state is corrected through
@@ -23,17 +23,8 @@ from server.db.payment_events_repository import LockedPayment, Move, Note, Obser
 from server.domain.corrections import CORRECTION_CASE, CORRECTION_EVENT, CORRECTIONS, Approval, approval_needed
 from server.domain.errors import Defect, NotFound
 from server.domain.ledger import correction_postings, payment_postings
-from server.domain.payment_states import (
-    EVENT_TARGETS,
-    Misfit,
-    PaymentEvent,
-    Verdict,
-    Witness,
-    event_towards,
-    judge,
-    misfits,
-)
-from server.domain.payments import PaymentState
+from server.domain.payment_evidence import Misfit, judge, misfits
+from server.domain.payment_states import EVENT_TARGETS, PaymentEvent, PaymentState, Verdict, Witness, event_towards
 from server.domain.state_machine import IllegalTransition
 
 
@@ -61,11 +52,12 @@ class Evidence:
 class PaymentOutcome:
     """What applying a piece of evidence did to a payment: the outcome.
 
-    Ballast has one word for each side of applying evidence. The verdict (server/domain/payment_states.py,
-    Verdict) is the judgement of the evidence before anything is written, pure: what the evidence means
-    for the payment as it stands. The outcome is what was then done, in the database: the move made if
-    any, the ledger entries posted, the case opened. A leg's report has an outcome too (venue_events,
-    LegOutcome), and so has a webhook delivery as its provider is told (webhook_application, Outcome).
+    Ballast has one word for each side of applying evidence. The verdict (Verdict, judged by
+    server/domain/payment_evidence.py) is the judgement of the evidence before anything is written,
+    pure: what the evidence means for the payment as it stands. The outcome is what was then done, in
+    the database: the move made if any, the ledger entries posted, the case opened. A leg's report has
+    an outcome too (venue_events, LegOutcome), and so has a webhook delivery as its provider is told
+    (webhook_application, Outcome).
     """
 
     verdict: Verdict
@@ -98,7 +90,7 @@ async def apply_provider_evidence(
     """Apply evidence about one payment, in the caller's transaction; never raises for a move the machine refuses.
 
     Evidence that does not fit the payment moves nothing and opens a case. Otherwise it is judged
-    (server/domain/payment_states.py, `judge`): news moves the payment; a repeat or a late (stale)
+    (server/domain/payment_evidence.py, `judge`): news moves the payment; a repeat or a late (stale)
     status is kept as evidence and changes nothing; a webhook's claim of an outcome makes the payment
     due for a check with the provider's API; the API's contradiction of a decided state is corrected,
     or held in a case until a person approves the correction. Ballast's own conclusions (no answer

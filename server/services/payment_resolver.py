@@ -42,8 +42,14 @@ from prometheus_client import Counter
 
 from server.db import cases_repository, payment_checks_repository
 from server.db.database import Budget, Database, in_transaction
-from server.domain.payment_states import MONEY_OUTCOMES, UNDECIDED_STATES, MoneyOutcome, PaymentEvent, Witness
-from server.domain.payments import PaymentState
+from server.domain.payment_states import (
+    MONEY_OUTCOMES,
+    UNDECIDED_STATES,
+    MoneyOutcome,
+    PaymentEvent,
+    PaymentState,
+    Witness,
+)
 from server.domain.provider_status import UnknownProviderStatus, event_for
 from server.providers.gateway import GatewayClient, NotSent, OutcomeUnknown, ProviderPayment, Refused
 from server.services.check_loop import CheckLoop, CheckSettings

@@ -15,7 +15,8 @@ from server.domain.errors import (
 )
 from server.domain.identifiers import parse_uuid
 from server.domain.identity import Principal, readable_client
-from server.domain.payments import CreatePayment, PaymentState
+from server.domain.payment_states import PaymentState
+from server.domain.payments import CreatePayment
 from server.services.paging import LIST_PAGE, decode_cursor, encode_cursor
 
 

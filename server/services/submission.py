@@ -21,8 +21,8 @@ from server.db.database import Budget, Database, in_transaction
 from server.db.payments_repository import PaymentRecord
 from server.domain.errors import NotFound, ProviderUnavailable
 from server.domain.identity import Principal
-from server.domain.payment_states import PaymentEvent, Witness
-from server.domain.payments import CreatePayment, PaymentState
+from server.domain.payment_states import PaymentEvent, PaymentState, Witness
+from server.domain.payments import CreatePayment
 from server.domain.provider_status import UnknownProviderStatus, event_for
 from server.failpoints import failpoint
 from server.providers.gateway import GatewayClient, NotSent, OutcomeUnknown, Refused

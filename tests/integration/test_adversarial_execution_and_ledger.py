@@ -40,8 +40,8 @@ from server.db.database import Budget, Database
 from server.domain.identity import Principal, Role
 from server.domain.order_legs import LEG_MACHINE, Fill, LegState
 from server.domain.orders import CloseLeg, validate_submit_order
-from server.domain.payment_states import PAYMENT_MACHINE, PaymentEvent, Witness
-from server.domain.payments import PaymentState, validate_create_payment
+from server.domain.payment_states import PAYMENT_MACHINE, PaymentEvent, PaymentState, Witness
+from server.domain.payments import validate_create_payment
 from server.domain.provider_status import PROVIDER_STATUS_EVENTS, VenueReport, venue_report_for
 from server.services import execution
 from server.services.audit import find_broken_links

@@ -31,7 +31,8 @@ from server.db.database import Budget, Database
 from server.domain.errors import DeadlineExceeded, ProviderUnavailable
 from server.domain.identity import Principal
 from server.domain.orders import validate_submit_order
-from server.domain.payments import PaymentState, validate_create_payment
+from server.domain.payment_states import PaymentState
+from server.domain.payments import validate_create_payment
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.gateway import GatewayClient
 from server.providers.venue import VenueClient

@@ -12,7 +12,8 @@ import pytest
 from server.db.database import Budget, Database
 from server.domain.errors import ConcurrencyConflict, IdempotencyKeyReused
 from server.domain.identity import Principal, Role
-from server.domain.payments import CreatePayment, PaymentState, validate_create_payment
+from server.domain.payment_states import PaymentState
+from server.domain.payments import CreatePayment, validate_create_payment
 from server.services.payments import CreatePaymentResult, create_payment
 
 

@@ -14,7 +14,8 @@ from server.db.database import Budget, Database
 from server.domain.identity import Principal, Role
 from server.domain.order_legs import LEG_MACHINE, Fill, LegState
 from server.domain.orders import LegSpec, OrderType, Side, SubmitOrder
-from server.domain.payment_states import EVENT_TARGETS, PAYMENT_MACHINE, PaymentEvent, Verdict, Witness, judge
+from server.domain.payment_evidence import judge
+from server.domain.payment_states import EVENT_TARGETS, PAYMENT_MACHINE, PaymentEvent, Verdict, Witness
 from server.domain.payments import validate_create_payment
 from server.domain.provider_status import VenueReport
 from server.services import execution

@@ -25,8 +25,8 @@ from aiohttp import web
 from server.db.database import Budget, Database
 from server.domain.errors import FailedPrecondition, NotFound
 from server.domain.identity import Principal
-from server.domain.payment_states import PaymentEvent, Verdict, Witness
-from server.domain.payments import PaymentState, validate_create_payment
+from server.domain.payment_states import PaymentEvent, PaymentState, Verdict, Witness
+from server.domain.payments import validate_create_payment
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.gateway import GatewayClient
 from server.services import exposures

@@ -11,8 +11,8 @@ import pytest
 
 from server.db.database import Budget, Database
 from server.domain.identity import Principal
-from server.domain.payment_states import PaymentEvent, Verdict, Witness
-from server.domain.payments import PaymentState, validate_create_payment
+from server.domain.payment_states import PaymentEvent, PaymentState, Verdict, Witness
+from server.domain.payments import validate_create_payment
 from server.services.audit import find_broken_links
 from server.services.payment_events import Evidence, PaymentOutcome
 from server.services.payments import create_payment

@@ -27,8 +27,8 @@ from server.api.http_app import build_http_app
 from server.db.database import Budget, Database
 from server.domain.errors import DeadlineExceeded, ProviderUnavailable
 from server.domain.identity import Principal
-from server.domain.payment_states import PaymentEvent, Witness
-from server.domain.payments import PaymentState, validate_create_payment
+from server.domain.payment_states import PaymentEvent, PaymentState, Witness
+from server.domain.payments import validate_create_payment
 from server.providers.breaker import Breaker, BreakerSettings, BreakerState
 from server.providers.embedded_simulator import embedded_simulator
 from server.providers.gateway import GatewayClient, NotSent

@@ -17,8 +17,7 @@ from server.domain.ledger import (
     merchant_payable,
     payment_postings,
 )
-from server.domain.payment_states import PAYMENT_MACHINE
-from server.domain.payments import PaymentState
+from server.domain.payment_states import PAYMENT_MACHINE, PaymentState
 
 P = PaymentState
 

@@ -9,8 +9,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from server.domain.order_legs import LEG_MACHINE, LEG_TRANSITIONS, Fill, FillError, Leg, LegState, apply_fill
-from server.domain.payment_states import EVENT_TARGETS, PAYMENT_EVENTS, PAYMENT_MACHINE, PaymentEvent, decide
-from server.domain.payments import PaymentState
+from server.domain.payment_evidence import judge
+from server.domain.payment_states import (
+    EVENT_TARGETS,
+    PAYMENT_EVENTS,
+    PAYMENT_MACHINE,
+    PaymentEvent,
+    PaymentState,
+    Verdict,
+    Witness,
+    event_towards,
+)
 from server.domain.state_machine import IllegalTransition
 
 P = PaymentState
@@ -34,36 +43,40 @@ def test_terminal_payment_states_never_move() -> None:
 
 
 def test_an_illegal_transition_names_both_states() -> None:
+    assert judge(P.FAILED, PaymentEvent.SUCCEEDED, Witness.BALLAST) is Verdict.STALE  # never moved on Ballast's word
     with pytest.raises(IllegalTransition, match="FAILED -> SUCCEEDED"):
-        decide(P.FAILED, PaymentEvent.SUCCEEDED)
+        PAYMENT_MACHINE.check(P.FAILED, P.SUCCEEDED)
 
 
 def test_a_repeated_event_changes_nothing() -> None:
-    assert not decide(P.PENDING, PaymentEvent.ACCEPTED).changes
-    assert not decide(P.SUCCEEDED, PaymentEvent.SUCCEEDED).changes
+    for witness in Witness:
+        assert judge(P.PENDING, PaymentEvent.ACCEPTED, witness) is Verdict.REPEAT
+        assert judge(P.SUCCEEDED, PaymentEvent.SUCCEEDED, witness) is Verdict.REPEAT
 
 
 def test_a_stale_event_after_a_final_answer_is_refused() -> None:
-    with pytest.raises(IllegalTransition):
-        decide(P.SUCCEEDED, PaymentEvent.ACCEPTED)
+    for witness in Witness:
+        assert judge(P.SUCCEEDED, PaymentEvent.ACCEPTED, witness) is Verdict.STALE
+    assert event_towards(P.SUCCEEDED, P.PENDING) is None
 
 
 @given(st.lists(st.sampled_from(list(PaymentEvent)), max_size=40))
 def test_no_event_sequence_reaches_an_illegal_payment_state(events: list[PaymentEvent]) -> None:
+    """Ballast's own conclusions, applied as payment_events applies them: moved where the machine has the move."""
     state = PAYMENT_MACHINE.initial
     terminal_reached = False
     for event in events:
-        try:
-            decision = decide(state, event)
-        except IllegalTransition:
+        verdict = judge(state, event, Witness.BALLAST)
+        if verdict is not Verdict.APPLY:
+            assert verdict in (Verdict.REPEAT, Verdict.STALE)
+            assert (EVENT_TARGETS[event] is state) is (verdict is Verdict.REPEAT)
             continue
-        if decision.to_state is None:
-            assert EVENT_TARGETS[event] is state
-            continue
+        towards = event_towards(state, EVENT_TARGETS[event])
+        assert towards is not None
         assert not terminal_reached, "a terminal state moved"
-        assert PAYMENT_MACHINE.allows(state, decision.to_state)
-        assert decision.to_state is PAYMENT_EVENTS[state][event]
-        state = decision.to_state
+        assert PAYMENT_MACHINE.allows(state, EVENT_TARGETS[event])
+        assert PAYMENT_EVENTS[state][towards] is EVENT_TARGETS[event]
+        state = EVENT_TARGETS[event]
         terminal_reached = PAYMENT_MACHINE.is_terminal(state)
 
 
