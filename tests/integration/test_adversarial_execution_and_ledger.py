@@ -21,7 +21,6 @@ import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,9 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from ballast.common.v1.money_pb2 import Money
-from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
-from ballast.ledger.v1 import ledger_pb2, ledger_pb2_grpc
-from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
+from ballast.execution.v1 import execution_pb2
+from ballast.ledger.v1 import ledger_pb2
+from ballast.payments.v1 import payments_pb2
 from server.db.database import Budget, Database
 from server.domain.identity import Principal, Role
 from server.domain.order_legs import LEG_MACHINE, Fill, LegState
@@ -47,8 +46,8 @@ from server.services import execution
 from server.services.audit import find_broken_links
 from server.services.payment_events import Evidence, PaymentOutcome
 from server.services.payments import create_payment
-from tests.integration.conftest import Caller, in_process_server
 from tests.support import apply_evidence, field_violations, report_to_leg
+from tests.support.servers import Caller, World, isolated_server
 
 L = LegState
 E = PaymentEvent
@@ -57,57 +56,6 @@ Code = grpc.StatusCode
 
 #: The largest quantity or price the API accepts: 18 integer and 12 fraction digits, 30 significant.
 THIRTY_DIGITS = "999999999999999999.999999999999"
-
-
-# --------------------------------------------------------------------------------------------- world
-
-
-@dataclass(frozen=True)
-class World:
-    """An in-process server of this test's own: two services and an auditor nobody else uses."""
-
-    merchant: Caller
-    other: Caller
-    auditor: Caller
-    orders: execution_pb2_grpc.ExecutionServiceStub
-    ledger: ledger_pb2_grpc.LedgerServiceStub
-    payments: payments_pb2_grpc.PaymentServiceStub
-
-    @property
-    def principal(self) -> Principal:
-        return Principal(self.merchant.client_id, Role.SERVICE)
-
-
-def _callers() -> tuple[Caller, Caller, Caller]:
-    suffix = uuid.uuid4().hex[:12]
-    return (
-        Caller(f"adv-merchant-{suffix}", f"adv-merchant-token-{uuid.uuid4().hex}"),
-        Caller(f"adv-other-{suffix}", f"adv-other-token-{uuid.uuid4().hex}"),
-        Caller(f"adv-auditor-{suffix}", f"adv-auditor-token-{uuid.uuid4().hex}", role="auditor"),
-    )
-
-
-@asynccontextmanager
-async def _world(pool: Any, data_dir: Path) -> AsyncIterator[World]:
-    merchant, other, auditor = _callers()
-    async with (
-        in_process_server(pool, (merchant, other, auditor), data_dir) as address,
-        grpc.aio.insecure_channel(address) as channel,
-    ):
-        yield World(
-            merchant,
-            other,
-            auditor,
-            execution_pb2_grpc.ExecutionServiceStub(channel),
-            ledger_pb2_grpc.LedgerServiceStub(channel),
-            payments_pb2_grpc.PaymentServiceStub(channel),
-        )
-
-
-@pytest.fixture
-async def world(pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[World]:
-    async with _world(pool, tmp_path) as created:
-        yield created
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -1450,7 +1398,7 @@ class TestLedgerReads:
                         account,
                         value,
                     )
-                async with _world(_OneConnectionPool(connection), tmp_path) as world:
+                async with isolated_server(_OneConnectionPool(connection), tmp_path) as world:  # type: ignore[arg-type]
                     balance = await world.ledger.GetBalance(
                         ledger_pb2.GetBalanceRequest(account=f"huge_b:{suffix}", currency_code="EUR"),
                         metadata=world.auditor.metadata,

@@ -27,8 +27,8 @@ from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from server.api.grpc_server import build_server
 from server.db.database import Database
 from server.settings import load_settings
-from tests.integration.conftest import Caller, in_process_server
 from tests.support import field_violations
+from tests.support.servers import Caller, in_process_server
 
 Stub = payments_pb2_grpc.PaymentServiceStub
 

@@ -26,8 +26,8 @@ from ballast.common.v1 import money_pb2
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.gateway import GatewayClient
-from tests.integration.conftest import Caller, in_process_server
 from tests.support import insert_idempotency_key
+from tests.support.servers import Caller, in_process_server
 
 Stub = payments_pb2_grpc.PaymentServiceStub
 

@@ -14,8 +14,8 @@ from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
 from server.db.database import Database
 from server.domain.order_legs import Fill, LegState
 from server.domain.provider_status import VenueReport
-from tests.integration.conftest import Caller
 from tests.support import field_violations, report_to_leg
+from tests.support.servers import Caller
 
 Stub = execution_pb2_grpc.ExecutionServiceStub
 L = LegState

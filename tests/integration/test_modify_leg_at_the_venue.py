@@ -30,8 +30,8 @@ from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.venue import VenueClient
 from server.services.leg_resolver import LegResolver, LegResolverSettings
 from server.settings import load_settings
-from tests.integration.conftest import Caller
 from tests.integration.test_unreliable_provider import _simulator, _truth
+from tests.support.servers import Caller
 
 Stub = execution_pb2_grpc.ExecutionServiceStub
 LegView = execution_pb2.Leg

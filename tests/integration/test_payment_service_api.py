@@ -15,8 +15,8 @@ from ballast.common.v1.money_pb2 import Money
 from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from ballast.reconciliation.v1 import reconciliation_pb2, reconciliation_pb2_grpc
-from tests.integration.conftest import Caller
 from tests.support import field_violations, insert_idempotency_key
+from tests.support.servers import Caller
 
 Stub = payments_pb2_grpc.PaymentServiceStub
 

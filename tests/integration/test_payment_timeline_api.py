@@ -4,9 +4,7 @@ happened to a payment, with its evidence, in the order it happened."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import asyncpg
 import grpc
@@ -18,25 +16,18 @@ from ballast.payments.v1 import payments_pb2
 from server.db.database import Database
 from server.domain.payment_states import PaymentEvent
 from server.services.payment_events import Evidence, PaymentOutcome
-from tests.integration.conftest import Caller
-from tests.integration.isolated_server import Clients, isolated_server
 from tests.support import apply_evidence, field_violations
+from tests.support.servers import Caller, World
 
 E = PaymentEvent
 
 
-@pytest.fixture
-async def clients(pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Clients]:
-    async with isolated_server(pool, tmp_path) as clients:
-        yield clients
-
-
-async def _create(clients: Clients, value: str = "40.00", currency: str = "EUR") -> uuid.UUID:
-    response = await clients.payments.CreatePayment(
+async def _create(world: World, value: str = "40.00", currency: str = "EUR") -> uuid.UUID:
+    response = await world.payments.CreatePayment(
         payments_pb2.CreatePaymentRequest(
             idempotency_key=str(uuid.uuid4()), amount=Money(value=value, currency_code=currency)
         ),
-        metadata=clients.merchant.metadata,
+        metadata=world.merchant.metadata,
         timeout=5,
     )
     return uuid.UUID(response.payment.id)
@@ -56,11 +47,11 @@ async def _apply(
 
 
 async def _timeline(
-    clients: Clients, payment_id: object, caller: Caller | None = None
+    world: World, payment_id: object, caller: Caller | None = None
 ) -> payments_pb2.GetPaymentTimelineResponse:
-    return await clients.payments.GetPaymentTimeline(
+    return await world.payments.GetPaymentTimeline(
         payments_pb2.GetPaymentTimelineRequest(payment_id=str(payment_id)),
-        metadata=(caller or clients.merchant).metadata,
+        metadata=(caller or world.merchant).metadata,
         timeout=5,
     )
 
@@ -88,25 +79,25 @@ def _created(entries: list[tuple[str, ...]]) -> tuple[str, ...]:
     return created
 
 
-async def test_a_new_payment_has_only_its_creation_on_its_timeline(clients: Clients) -> None:
-    payment_id = await _create(clients)
-    response = await _timeline(clients, payment_id)
+async def test_a_new_payment_has_only_its_creation_on_its_timeline(world: World) -> None:
+    payment_id = await _create(world)
+    response = await _timeline(world, payment_id)
     assert response.payment_id == str(payment_id)
     described = [_described(entry) for entry in response.entries]
     assert described == [_created(described)]
 
 
 async def test_the_timeline_merges_evidence_transitions_and_ledger_lines_in_the_order_they_happened(
-    clients: Clients, database: Database
+    world: World, database: Database
 ) -> None:
-    payment_id = await _create(clients, "40.00")
+    payment_id = await _create(world, "40.00")
     await _apply(database, payment_id, E.ACCEPTED, "evt-1", provider_status="pending")
     await _apply(database, payment_id, E.SUCCEEDED, "evt-2", provider_status="captured")
     await _apply(database, payment_id, E.REFUND_REQUESTED, "call-3")
     await _apply(database, payment_id, E.REFUND_SUCCEEDED, "evt-4", provider_status="refunded")
-    merchant = f"merchant_payable:{clients.merchant.client_id}"
+    merchant = f"merchant_payable:{world.merchant.client_id}"
 
-    entries = (await _timeline(clients, payment_id)).entries
+    entries = (await _timeline(world, payment_id)).entries
     described = [_described(entry) for entry in entries]
     assert described == [
         _created(described),
@@ -127,14 +118,14 @@ async def test_the_timeline_merges_evidence_transitions_and_ledger_lines_in_the_
     assert times[0] < times[-1]
 
 
-async def test_ledger_lines_name_the_entries_the_ledger_service_lists(clients: Clients, database: Database) -> None:
-    payment_id = await _create(clients, "7.05")
+async def test_ledger_lines_name_the_entries_the_ledger_service_lists(world: World, database: Database) -> None:
+    payment_id = await _create(world, "7.05")
     await _apply(database, payment_id, E.SUCCEEDED, "evt-ok", provider_status="captured")
 
-    timeline = await _timeline(clients, payment_id)
+    timeline = await _timeline(world, payment_id)
     lines = [entry.ledger_line for entry in timeline.entries if entry.WhichOneof("entry") == "ledger_line"]
-    listed = await clients.ledger.ListEntries(
-        ledger_pb2.ListEntriesRequest(payment_id=str(payment_id)), metadata=clients.merchant.metadata, timeout=5
+    listed = await world.ledger.ListEntries(
+        ledger_pb2.ListEntriesRequest(payment_id=str(payment_id)), metadata=world.merchant.metadata, timeout=5
     )
     [entry] = listed.entries
     assert {line.entry_id for line in lines} == {entry.id}
@@ -142,14 +133,14 @@ async def test_ledger_lines_name_the_entries_the_ledger_service_lists(clients: C
 
 
 async def test_a_refused_event_leaves_its_evidence_on_the_timeline_but_no_transition(
-    clients: Clients, database: Database
+    world: World, database: Database
 ) -> None:
-    payment_id = await _create(clients, "3.00")
+    payment_id = await _create(world, "3.00")
     await _apply(database, payment_id, E.SUCCEEDED, "evt-ok", provider_status="captured")
     refused = await _apply(database, payment_id, E.FAILED, "evt-late", provider_status="declined")
     assert refused.to_state is None
 
-    described = [_described(entry) for entry in (await _timeline(clients, payment_id)).entries]
+    described = [_described(entry) for entry in (await _timeline(world, payment_id)).entries]
     assert described[-1] == ("provider_status", "simulator", "declined", "evt-late")
     assert [d[0] for d in described] == [
         "transition",
@@ -162,9 +153,9 @@ async def test_a_refused_event_leaves_its_evidence_on_the_timeline_but_no_transi
 
 
 async def test_entries_are_ordered_by_when_they_happened_not_by_when_they_were_recorded(
-    clients: Clients, database: Database, pool: asyncpg.Pool
+    world: World, database: Database, pool: asyncpg.Pool
 ) -> None:
-    payment_id = await _create(clients, "1.00")
+    payment_id = await _create(world, "1.00")
     await _apply(database, payment_id, E.ACCEPTED, "evt-accepted", provider_status="pending")
     # A report row, imported later, tells what the provider had said an hour earlier, and a minute before that.
     hour_ago = datetime.now(UTC) - timedelta(hours=1)
@@ -177,7 +168,7 @@ async def test_entries_are_ordered_by_when_they_happened_not_by_when_they_were_r
             observed_at,
         )
 
-    described = [_described(entry) for entry in (await _timeline(clients, payment_id)).entries]
+    described = [_described(entry) for entry in (await _timeline(world, payment_id)).entries]
     assert described == [
         ("provider_status", "simulator", "received", "report:7"),
         ("provider_status", "simulator", "authorised", "report:7"),
@@ -187,69 +178,67 @@ async def test_entries_are_ordered_by_when_they_happened_not_by_when_they_were_r
     ]
 
 
-async def test_amounts_keep_the_currencys_fraction_digits(clients: Clients, database: Database) -> None:
-    payment_id = await _create(clients, "500", "JPY")
+async def test_amounts_keep_the_currencys_fraction_digits(world: World, database: Database) -> None:
+    payment_id = await _create(world, "500", "JPY")
     await _apply(database, payment_id, E.SUCCEEDED, "evt-jpy", provider_status="captured")
-    described = [_described(entry) for entry in (await _timeline(clients, payment_id)).entries]
+    described = [_described(entry) for entry in (await _timeline(world, payment_id)).entries]
     assert [d[2:] for d in described if d[0] == "ledger_line"] == [("500", "JPY"), ("-500", "JPY")]
 
 
-async def test_another_clients_payment_is_not_found_as_if_it_did_not_exist(
-    clients: Clients, database: Database
-) -> None:
-    payment_id = await _create(clients)
+async def test_another_clients_payment_is_not_found_as_if_it_did_not_exist(world: World, database: Database) -> None:
+    payment_id = await _create(world)
     await _apply(database, payment_id, E.SUCCEEDED, "evt-ok", provider_status="captured")
-    for caller, asked in ((clients.other, payment_id), (clients.merchant, uuid.uuid4())):
+    for caller, asked in ((world.other, payment_id), (world.merchant, uuid.uuid4())):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await _timeline(clients, asked, caller)
+            await _timeline(world, asked, caller)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_an_auditor_reads_every_clients_timeline_as_it_reads_every_ledger_account(
-    clients: Clients, database: Database
+    world: World, database: Database
 ) -> None:
-    payment_id = await _create(clients)
+    payment_id = await _create(world)
     await _apply(database, payment_id, E.SUCCEEDED, "evt-audited", provider_status="captured")
-    audited = await _timeline(clients, payment_id, clients.auditor)
-    own = await _timeline(clients, payment_id)
+    audited = await _timeline(world, payment_id, world.auditor)
+    own = await _timeline(world, payment_id)
     assert audited == own
 
 
 @pytest.mark.parametrize(
     "raw", ["", "not-a-uuid", "{" + str(uuid.UUID(int=1)) + "}", "urn:uuid:" + str(uuid.UUID(int=1))]
 )
-async def test_a_malformed_payment_id_is_invalid_argument_naming_the_field(clients: Clients, raw: str) -> None:
+async def test_a_malformed_payment_id_is_invalid_argument_naming_the_field(world: World, raw: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await _timeline(clients, raw)
+        await _timeline(world, raw)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(caught.value) == {"payment_id"}
 
 
-async def test_a_call_without_credentials_is_unauthenticated(clients: Clients) -> None:
+async def test_a_call_without_credentials_is_unauthenticated(world: World) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await clients.payments.GetPaymentTimeline(
+        await world.payments.GetPaymentTimeline(
             payments_pb2.GetPaymentTimelineRequest(payment_id=str(uuid.uuid4())), timeout=5
         )
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_a_long_timeline_comes_a_page_at_a_time_in_order_with_nothing_lost_or_repeated(
-    clients: Clients, database: Database, pool: asyncpg.Pool
+    world: World, database: Database, pool: asyncpg.Pool
 ) -> None:
-    payment_id = await _create(clients, "2.00")
+    payment_id = await _create(world, "2.00")
     await pool.execute(
         "INSERT INTO provider_statuses (payment_id, provider, status, evidence_ref)"
         " SELECT $1, 'simulator', 'processing', 'evt-' || g FROM generate_series(1, 25) AS g",
         payment_id,
     )
     await _apply(database, payment_id, E.SUCCEEDED, "evt-final", provider_status="captured")
-    whole = [_described(entry) for entry in (await _timeline(clients, payment_id)).entries]
+    whole = [_described(entry) for entry in (await _timeline(world, payment_id)).entries]
     paged: list[tuple[str, ...]] = []
     token = ""
     for _ in range(100):
-        page = await clients.payments.GetPaymentTimeline(
+        page = await world.payments.GetPaymentTimeline(
             payments_pb2.GetPaymentTimelineRequest(payment_id=str(payment_id), page_size=4, page_token=token),
-            metadata=clients.merchant.metadata,
+            metadata=world.merchant.metadata,
             timeout=5,
         )
         assert len(page.entries) <= 4
@@ -262,14 +251,14 @@ async def test_a_long_timeline_comes_a_page_at_a_time_in_order_with_nothing_lost
 
 
 @pytest.mark.parametrize(("page_size", "page_token"), [(-1, ""), (1001, ""), (0, "garbage"), (0, "W10=")])
-async def test_bad_timeline_paging_is_invalid_argument(clients: Clients, page_size: int, page_token: str) -> None:
-    payment_id = await _create(clients)
+async def test_bad_timeline_paging_is_invalid_argument(world: World, page_size: int, page_token: str) -> None:
+    payment_id = await _create(world)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await clients.payments.GetPaymentTimeline(
+        await world.payments.GetPaymentTimeline(
             payments_pb2.GetPaymentTimelineRequest(
                 payment_id=str(payment_id), page_size=page_size, page_token=page_token
             ),
-            metadata=clients.merchant.metadata,
+            metadata=world.merchant.metadata,
             timeout=5,
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
