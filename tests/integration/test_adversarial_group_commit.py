@@ -20,9 +20,6 @@ crash test runs the server as a separate process and stops it with SIGKILL or SI
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import random
 import signal
 import subprocess
@@ -58,9 +55,18 @@ from server.services.webhook_application import Outcome, WebhookSource
 from server.services.webhooks import Intake
 from tests.e2e.conftest import ServerProcess, free_port, server_environment, wait_until_serving
 from tests.support import answering_provider, scratch_database
+from tests.support.webhooks import (
+    PROVIDER,
+    event_id_of,
+    fill_execution,
+    new_event_id,
+    order_event,
+    payment_event,
+    sign,
+    signed_headers,
+)
 
 SECRET = "whsec_adversarial_group_commit"  # noqa: S105 - a test secret
-PROVIDER = "simulator"
 SOURCE = WebhookSource(PROVIDER, SECRET)
 GROUP = SOURCE.consumer_group
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,28 +81,6 @@ AMOUNT, CURRENCY = "12.50", "EUR"
 # --------------------------------------------------------------------------------------------- events
 
 
-def _sign(body: bytes, secret: str = SECRET) -> str:
-    t = int(time.time())
-    return f"t={t},v1={hmac.new(secret.encode(), f'{t}.'.encode() + body, hashlib.sha256).hexdigest()}"
-
-
-def _headers(body: bytes, secret: str = SECRET) -> dict[str, str]:
-    return {"Simulator-Signature": _sign(body, secret), "Content-Type": "application/json"}
-
-
-def _new_id() -> str:
-    return f"evt_{uuid.uuid4().hex}"
-
-
-def _payment_event(payment_id: uuid.UUID, status: str, event_id: str | None = None) -> bytes:
-    event = {
-        "id": event_id or _new_id(),
-        "type": f"payment.{status}",
-        "data": {"object": {"id": f"pay_{payment_id.hex[:12]}", "status": status, "idempotency_key": str(payment_id)}},
-    }
-    return json.dumps(event).encode()
-
-
 def _order_event(
     leg_id: uuid.UUID,
     exec_type: str,
@@ -104,19 +88,9 @@ def _order_event(
     quantity: str | None = None,
     execution_id: str | None = None,
 ) -> bytes:
-    data: dict[str, Any] = {"id": f"ord_{leg_id.hex[:12]}", "exec_type": exec_type, "idempotency_key": str(leg_id)}
-    if quantity is not None:
-        data["execution"] = {
-            "id": execution_id or f"exec_{uuid.uuid4().hex}",
-            "quantity": quantity,
-            "price": "10.5",
-            "time": int(time.time()),
-        }
-    return json.dumps({"id": event_id or _new_id(), "type": f"order.{exec_type}", "data": {"object": data}}).encode()
-
-
-def _id(body: bytes) -> str:
-    return str(json.loads(body)["id"])
+    """The venue's report about a leg, with an execution of `quantity` when given."""
+    fill = None if quantity is None else fill_execution(quantity, execution_id=execution_id)
+    return order_event(leg_id, exec_type, event_id, execution=fill)
 
 
 # --------------------------------------------------------------------------------------------- subjects
@@ -305,7 +279,7 @@ async def _hold_claim(pool: asyncpg.Pool, event_id: str) -> _Held:
 
 
 def _send(intake: Intake, body: bytes, budget_s: float = 10) -> asyncio.Task[Outcome]:
-    return asyncio.create_task(intake.receive(SOURCE, _headers(body), body, Budget.within(budget_s)))
+    return asyncio.create_task(intake.receive(SOURCE, signed_headers(body, SECRET), body, Budget.within(budget_s)))
 
 
 async def _queued(intake: Intake, count: int) -> None:
@@ -330,7 +304,7 @@ async def _sent_as_one_batch(
     they reach PostgreSQL together once it is released; the first one must then apply."""
     held = await _hold(pool, "payments", blocker)
     try:
-        first = _send(intake, _payment_event(blocker, "pending"))
+        first = _send(intake, payment_event(blocker, "pending"))
         await held.waited_for("the first delivery waits for the blocker's row")
         tasks = [_send(intake, body) for body in bodies]
         await _queued(intake, len(bodies))
@@ -461,7 +435,7 @@ async def test_a_storm_of_mixed_deliveries_applies_each_event_once_and_moves_eve
     deliveries: list[tuple[bytes, int, uuid.UUID | None]] = []
     for n, payment_id in enumerate(payments):
         for status in sequences[n % len(sequences)]:
-            body = _payment_event(payment_id, status)
+            body = payment_event(payment_id, status)
             deliveries += [(body, 200, payment_id)] * rng.choice((1, 1, 2, 3))
     leg_events: dict[uuid.UUID, list[bytes]] = {}
     for leg_id in legs:
@@ -469,12 +443,12 @@ async def test_a_storm_of_mixed_deliveries_applies_each_event_once_and_moves_eve
         leg_events[leg_id] = events
         for body in events:  # 4 x 30 of 100: exactly one fill overfills, whichever comes last
             deliveries += [(body, 200, leg_id)] * rng.choice((1, 2))
-    unknown = [_payment_event(uuid.uuid4(), "succeeded") for _ in range(5)]
+    unknown = [payment_event(uuid.uuid4(), "succeeded") for _ in range(5)]
     deliveries += [(body, 200, None) for body in unknown for _ in range(2)]
-    unreadable = [_payment_event(payments[n], "succeeded!") for n in range(4)]
+    unreadable = [payment_event(payments[n], "succeeded!") for n in range(4)]
     deliveries += [(body, 400, None) for body in unreadable]
     deliveries += [(b"{not json", 400, None)]
-    forged = [_payment_event(payments[n], "failed") for n in range(4)]
+    forged = [payment_event(payments[n], "failed") for n in range(4)]
     rng.shuffle(deliveries)
 
     batches_before, split_before = _sample(BATCHES), _sample(SPLIT)
@@ -489,7 +463,7 @@ async def test_a_storm_of_mixed_deliveries_applies_each_event_once_and_moves_eve
         async with aiohttp.ClientSession() as session:
 
             async def post(body: bytes, secret: str = SECRET) -> tuple[int, dict[str, Any]]:
-                async with session.post(url, data=body, headers=_headers(body, secret)) as response:
+                async with session.post(url, data=body, headers=signed_headers(body, secret)) as response:
                     return response.status, await response.json()
 
             replies = await asyncio.gather(
@@ -511,19 +485,19 @@ async def test_a_storm_of_mixed_deliveries_applies_each_event_once_and_moves_eve
     subject_of: dict[str, uuid.UUID | None] = {}
     for (body, expected, subject), (_, reply) in zip(deliveries, replies, strict=False):
         if expected == 200:
-            by_event.setdefault(_id(body), []).append(Outcome(reply["outcome"]))
-            subject_of[_id(body)] = subject
+            by_event.setdefault(event_id_of(body), []).append(Outcome(reply["outcome"]))
+            subject_of[event_id_of(body)] = subject
     decided: dict[str, Outcome] = {}
     for event_id, outcomes in by_event.items():
         others = [outcome for outcome in outcomes if outcome is not D]
         assert len(others) == 1, (event_id, outcomes)
         decided[event_id] = others[0]
-    assert {decided[_id(body)] for body in unknown} == {Outcome.IGNORED}
+    assert {decided[event_id_of(body)] for body in unknown} == {Outcome.IGNORED}
 
     # one processed row per event applied, none for unreadable or forged ones; every delivery kept but forgeries
-    all_ids = set(by_event) | {_id(body) for body in unreadable + forged}
+    all_ids = set(by_event) | {event_id_of(body) for body in unreadable + forged}
     assert await _processed(pool, all_ids) == Counter(dict.fromkeys(by_event, 1))
-    kept = Counter(_id(body) for body, _, _ in deliveries if body != b"{not json")
+    kept = Counter(event_id_of(body) for body, _, _ in deliveries if body != b"{not json")
     assert await _kept(pool, all_ids) == kept
 
     allowed = await _allowed_payment_moves(pool)
@@ -531,9 +505,9 @@ async def test_a_storm_of_mixed_deliveries_applies_each_event_once_and_moves_eve
         outcomes = [outcome for event_id, outcome in decided.items() if subject_of[event_id] == payment_id]
         await _assert_payment_consistent(pool, payment_id, outcomes, allowed)
     for leg_id, (ack, *fill_events) in leg_events.items():
-        fill_outcomes = sorted(decided[_id(body)] for body in fill_events)
+        fill_outcomes = sorted(decided[event_id_of(body)] for body in fill_events)
         assert fill_outcomes == sorted([A, A, A, C]), (leg_id, fill_outcomes)  # three fills fit, one overfills
-        assert decided[_id(ack)] in (A, S)  # stale when a fill acknowledged the leg first
+        assert decided[event_id_of(ack)] in (A, S)  # stale when a fill acknowledged the leg first
         state, filled, fills = await _leg(pool, leg_id)
         assert (state, filled, fills) == ("PARTIALLY_FILLED", Decimal("90"), 3), leg_id
         assert await _count(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", leg_id) == 1
@@ -554,17 +528,17 @@ async def test_succeeded_then_failed_in_one_batch_decides_nothing_till_the_api_d
     in arrival order (one round per event of a payment), and makes its payment due for a check; the
     provider's API, asked once about each payment after the commit, decides it."""
     blocker, contradicted, two_steps, refund_first = await _payments(database, principal, 4)
-    first_word = _payment_event(contradicted, "succeeded")
-    pending = _payment_event(two_steps, "pending")
+    first_word = payment_event(contradicted, "succeeded")
+    pending = payment_event(two_steps, "pending")
     bodies = [
         first_word,
         pending,
-        _payment_event(contradicted, "failed"),
-        _payment_event(two_steps, "succeeded"),
-        _payment_event(contradicted, "declined"),
-        _payment_event(refund_first, "refunded"),
-        _payment_event(refund_first, "succeeded"),
-        _payment_event(uuid.uuid4(), "succeeded"),
+        payment_event(contradicted, "failed"),
+        payment_event(two_steps, "succeeded"),
+        payment_event(contradicted, "declined"),
+        payment_event(refund_first, "refunded"),
+        payment_event(refund_first, "succeeded"),
+        payment_event(uuid.uuid4(), "succeeded"),
         first_word,
     ]
     batches_before, split_before = _sample(BATCHES), _sample(SPLIT)
@@ -589,7 +563,7 @@ async def test_succeeded_then_failed_in_one_batch_decides_nothing_till_the_api_d
     assert await _moves(pool, two_steps) == [("RECORDED", "PENDING")]
     assert (
         await pool.fetchval("SELECT evidence_ref FROM payment_transitions WHERE payment_id = $1", two_steps)
-        == f"{PROVIDER}:{_id(pending)}"
+        == f"{PROVIDER}:{event_id_of(pending)}"
     )
     assert not await _due(pool, blocker)  # a pending moved it: there is nothing to ask the API
     for topic in (CASE_OPENED, PAYMENT_STATE_CHANGED):
@@ -599,7 +573,7 @@ async def test_succeeded_then_failed_in_one_batch_decides_nothing_till_the_api_d
             )
             == 0
         )
-    assert await _kept(pool, [_id(first_word)]) == Counter({_id(first_word): 2})
+    assert await _kept(pool, [event_id_of(first_word)]) == Counter({event_id_of(first_word): 2})
 
     # the provider's API decides, whichever webhook came first: one move each, the ledger posted once
     await _decided_by_the_api(database, {contradicted: "declined", two_steps: "succeeded", refund_first: "succeeded"})
@@ -622,22 +596,22 @@ async def test_a_payments_refund_chain_and_interleaved_leg_reports_in_one_batch_
     arrival order."""
     blocker, forward, backward, accepted = await _payments(database, principal, 4)
     low, high = sorted(await _legs(database, principal, 2))
-    first_word, last_word = _payment_event(accepted, "processing"), _payment_event(backward, "pending")
+    first_word, last_word = payment_event(accepted, "processing"), payment_event(backward, "pending")
     bodies = [
-        _payment_event(forward, "pending"),
+        payment_event(forward, "pending"),
         _order_event(high, "partial_fill", quantity="40"),  # overtakes the acknowledgement
-        _payment_event(forward, "succeeded"),
-        _payment_event(backward, "refunded"),
+        payment_event(forward, "succeeded"),
+        payment_event(backward, "refunded"),
         first_word,
         _order_event(low, "new"),
-        _payment_event(forward, "refund_pending"),
+        payment_event(forward, "refund_pending"),
         _order_event(high, "new"),  # late: the fill already acknowledged it
-        _payment_event(backward, "refund_pending"),
-        _payment_event(accepted, "pending"),  # the same step in other words: a repeat
+        payment_event(backward, "refund_pending"),
+        payment_event(accepted, "pending"),  # the same step in other words: a repeat
         _order_event(low, "fill", quantity="100"),
-        _payment_event(forward, "refunded"),
+        payment_event(forward, "refunded"),
         _order_event(high, "fill", quantity="60"),
-        _payment_event(backward, "succeeded"),
+        payment_event(backward, "succeeded"),
         _order_event(low, "partial_fill", quantity="1"),  # overfills a filled leg
         last_word,  # after three claims that moved nothing: it still moves the payment
     ]
@@ -664,7 +638,10 @@ async def test_a_payments_refund_chain_and_interleaved_leg_reports_in_one_batch_
             [backward, accepted],
         )
     }
-    assert moved_by == {backward: f"{PROVIDER}:{_id(last_word)}", accepted: f"{PROVIDER}:{_id(first_word)}"}
+    assert moved_by == {
+        backward: f"{PROVIDER}:{event_id_of(last_word)}",
+        accepted: f"{PROVIDER}:{event_id_of(first_word)}",
+    }
     assert await _leg(pool, high) == ("FILLED", Decimal("100"), 2)
     assert await _leg(pool, low) == ("FILLED", Decimal("100"), 1)
     for leg_id, expected in (
@@ -686,14 +663,14 @@ async def test_one_event_id_reused_with_other_bodies_in_one_batch_applies_only_i
     is what is applied once, whatever the body says; every body is kept as evidence."""
     blocker, payment_id, claimed = await _payments(database, principal, 3)
     (leg_id,) = await _legs(database, principal, 1)
-    event_id, claim_id = _new_id(), _new_id()
+    event_id, claim_id = new_event_id(), new_event_id()
     bodies = [
-        _payment_event(payment_id, "pending", event_id),
-        _payment_event(claimed, "failed", claim_id),
-        _payment_event(payment_id, "failed", event_id),
+        payment_event(payment_id, "pending", event_id),
+        payment_event(claimed, "failed", claim_id),
+        payment_event(payment_id, "failed", event_id),
         _order_event(leg_id, "fill", event_id, quantity="100"),
-        _payment_event(claimed, "pending", claim_id),
-        _payment_event(payment_id, "succeeded", event_id),
+        payment_event(claimed, "pending", claim_id),
+        payment_event(payment_id, "succeeded", event_id),
     ]
     batches_before, split_before = _sample(BATCHES), _sample(SPLIT)
     tasks = await _sent_as_one_batch(pool, one_writer, blocker, bodies)
@@ -712,7 +689,9 @@ async def test_one_event_id_reused_with_other_bodies_in_one_batch_applies_only_i
     assert await _processed(pool, [event_id, claim_id]) == Counter({event_id: 1, claim_id: 1})
     for reused in (event_id, claim_id):
         kept = await pool.fetch("SELECT body FROM webhook_deliveries WHERE event_id = $1", reused)
-        assert sorted(bytes(row["body"]) for row in kept) == sorted(body for body in bodies if _id(body) == reused)
+        assert sorted(bytes(row["body"]) for row in kept) == sorted(
+            body for body in bodies if event_id_of(body) == reused
+        )
 
 
 async def test_a_fill_failing_after_the_batchs_payments_moved_fails_alone_and_nothing_is_posted_twice(
@@ -725,13 +704,13 @@ async def test_a_fill_failing_after_the_batchs_payments_moved_fails_alone_and_no
     bad_leg, good_leg = await _legs(database, principal, 2)
     for leg_id in (bad_leg, good_leg):
         assert await _results([_send(one_writer, _order_event(leg_id, "new"))]) == [A]
-    repeated = _payment_event(once, "succeeded")
+    repeated = payment_event(once, "succeeded")
     bad_fill = _order_event(bad_leg, "partial_fill", quantity="10")
     bodies = [
         repeated,
         bad_fill,
-        _payment_event(twice, "pending"),
-        _payment_event(twice, "succeeded"),
+        payment_event(twice, "pending"),
+        payment_event(twice, "succeeded"),
         _order_event(good_leg, "partial_fill", quantity="10"),
         repeated,
         bad_fill,
@@ -763,8 +742,8 @@ async def test_a_fill_failing_after_the_batchs_payments_moved_fails_alone_and_no
         ) == len(await _moves(pool, payment_id))
     assert await _leg(pool, good_leg) == ("PARTIALLY_FILLED", Decimal("10"), 1)
     assert await _leg(pool, bad_leg) == ("PENDING", Decimal("0"), 0)
-    assert await _processed(pool, [_id(bad_fill)]) == Counter()
-    assert await _kept(pool, [_id(bad_fill), _id(repeated)]) == Counter({_id(repeated): 2})
+    assert await _processed(pool, [event_id_of(bad_fill)]) == Counter()
+    assert await _kept(pool, [event_id_of(bad_fill), event_id_of(repeated)]) == Counter({event_id_of(repeated): 2})
 
     assert await _results([_send(one_writer, bad_fill)]) == [A]  # the provider delivers it again
     assert await _results([_send(one_writer, bad_fill)]) == [D]
@@ -796,7 +775,7 @@ async def test_a_signed_delivery_with_a_non_utf8_user_agent_is_kept_and_applied_
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         head = (
             f"POST /webhooks/{PROVIDER} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nSimulator-Signature: {_sign(body)}\r\nConnection: close\r\n"
+            f"Content-Length: {len(body)}\r\nSimulator-Signature: {sign(body, SECRET)}\r\nConnection: close\r\n"
         ).encode()
         writer.write(head + b"User-Agent: " + user_agent + b"\r\n\r\n" + body)
         await writer.drain()
@@ -804,13 +783,13 @@ async def test_a_signed_delivery_with_a_non_utf8_user_agent_is_kept_and_applied_
         writer.close()
         return int(response.split(b" ", 2)[1])
 
-    odd_body = _payment_event(odd, "pending")
-    neighbour_body = _payment_event(neighbour, "pending")
+    odd_body = payment_event(odd, "pending")
+    neighbour_body = payment_event(neighbour, "pending")
     split_before = _sample(SPLIT)
     try:
         held = await _hold(pool, "payments", blocker)
         try:
-            first = _send(one_writer, _payment_event(blocker, "pending"))
+            first = _send(one_writer, payment_event(blocker, "pending"))
             await held.waited_for("the first delivery waits for the blocker's row")
             posted = asyncio.create_task(raw_post(odd_body, b"provider/1.0 \xff\xfe"))
             await _queued(one_writer, 1)
@@ -826,7 +805,7 @@ async def test_a_signed_delivery_with_a_non_utf8_user_agent_is_kept_and_applied_
     assert status == 200, "an authentic event with an odd User-Agent byte was refused; every redelivery will be too"
     assert await _state(pool, odd) == "PENDING"
     assert await _statuses(pool, odd) == ["pending"]
-    assert await _kept(pool, [_id(odd_body)]) == Counter({_id(odd_body): 1})
+    assert await _kept(pool, [event_id_of(odd_body)]) == Counter({event_id_of(odd_body): 1})
     assert _sample(SPLIT) == split_before
 
 
@@ -894,14 +873,14 @@ async def test_two_intakes_taking_the_same_rows_in_opposite_orders_never_deadloc
 
     try:
         # the same events: each batch inserts its claims while the other holds some of them
-        claims = sorted((_payment_event(p, "pending") for p in payments), key=_id)
-        held_claim = await _hold_claim(pool, _id(claims[len(claims) // 2]))
+        claims = sorted((payment_event(p, "pending") for p in payments), key=event_id_of)
+        held_claim = await _hold_claim(pool, event_id_of(claims[len(claims) // 2]))
         await race(claims, claims[::-1], held_claim)
         # other events about the same legs: fills of other executions, sent in opposite leg orders
         fills = [[_order_event(leg_id, "partial_fill", quantity="10") for leg_id in legs] for _ in range(2)]
         await race(fills[0], fills[1][::-1], await _hold(pool, "legs", legs[len(legs) // 2]))
         # other events about the same payments, in opposite payment orders
-        decided = [[_payment_event(p, "succeeded") for p in payments] for _ in range(2)]
+        decided = [[payment_event(p, "succeeded") for p in payments] for _ in range(2)]
         await race(decided[0], decided[1][::-1], await _hold(pool, "payments", payments[len(payments) // 2]))
         # and each process gets what the other had, all at once
         again = fills[1] + decided[1] + claims
@@ -917,7 +896,7 @@ async def test_two_intakes_taking_the_same_rows_in_opposite_orders_never_deadloc
     assert _sample(SPLIT) == split_before
     outcomes: dict[str, list[Outcome]] = {}
     for body, result in sent:
-        outcomes.setdefault(_id(body), []).append(result)
+        outcomes.setdefault(event_id_of(body), []).append(result)
     for event_id, seen in outcomes.items():
         assert len(seen) in (2, 3) and seen.count(D) == len(seen) - 1, (event_id, seen)
     assert await _processed(pool, outcomes) == Counter(dict.fromkeys(outcomes, 1))
@@ -940,10 +919,10 @@ async def test_a_caller_out_of_time_while_queued_is_told_so_its_delivery_is_skip
     one_writer: Intake, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     blocker, late = await _payments(database, principal, 2)
-    body = _payment_event(late, "succeeded")
+    body = payment_event(late, "succeeded")
     held = await _hold(pool, "payments", blocker)
     try:
-        first = _send(one_writer, _payment_event(blocker, "pending"))
+        first = _send(one_writer, payment_event(blocker, "pending"))
         await held.waited_for("the first delivery waits for the blocker's row")
         started = time.monotonic()
         (result,) = await _results([_send(one_writer, body, budget_s=0.3)])
@@ -952,13 +931,13 @@ async def test_a_caller_out_of_time_while_queued_is_told_so_its_delivery_is_skip
     finally:
         await held.release()
     assert await _results([first]) == [A]
-    sentinel = _payment_event(blocker, "pending")  # the writer went past the abandoned delivery
+    sentinel = payment_event(blocker, "pending")  # the writer went past the abandoned delivery
     assert await _results([_send(one_writer, sentinel)]) == [R]
     assert await _state(pool, late) == "RECORDED"
     assert await _statuses(pool, late) == []
     assert not await _due(pool, late)
-    assert await _processed(pool, [_id(body)]) == Counter()
-    assert await _kept(pool, [_id(body)]) == Counter()
+    assert await _processed(pool, [event_id_of(body)]) == Counter()
+    assert await _kept(pool, [event_id_of(body)]) == Counter()
 
     assert await _results([_send(one_writer, body)]) == [Q]  # the provider delivers it again
     assert await _results([_send(one_writer, body)]) == [D]
@@ -974,14 +953,14 @@ async def test_a_caller_out_of_time_while_its_batch_waits_is_told_so_and_the_red
 ) -> None:
     """The writer had taken the delivery when its caller gave up: it is applied (not half, not twice)."""
     blocker, slow, neighbour = await _payments(database, principal, 3)
-    body = _payment_event(slow, "succeeded")
+    body = payment_event(slow, "succeeded")
     held = await _hold(pool, "payments", blocker)
     held_slow = await _hold(pool, "payments", slow)
     try:
-        first = _send(one_writer, _payment_event(blocker, "pending"))
+        first = _send(one_writer, payment_event(blocker, "pending"))
         await held.waited_for("the first delivery waits for the blocker's row")
         impatient = _send(one_writer, body, budget_s=1.5)
-        patient = _send(one_writer, _payment_event(neighbour, "pending"))
+        patient = _send(one_writer, payment_event(neighbour, "pending"))
         await _queued(one_writer, 2)
         await held.release()
         await held_slow.waited_for("the second batch waits for the slow payment's row")
@@ -996,11 +975,11 @@ async def test_a_caller_out_of_time_while_its_batch_waits_is_told_so_and_the_red
     assert await _state(pool, neighbour) == "PENDING"
     assert await _statuses(pool, slow) == ["succeeded"]  # its claim was kept, and the payment made due
     assert await _due(pool, slow)
-    assert await _processed(pool, [_id(body)]) == Counter({_id(body): 1})
+    assert await _processed(pool, [event_id_of(body)]) == Counter({event_id_of(body): 1})
 
     assert await _results([_send(one_writer, body)]) == [D]  # the provider delivers it again
     assert await _statuses(pool, slow) == ["succeeded"]
-    assert await _kept(pool, [_id(body)]) == Counter({_id(body): 2})
+    assert await _kept(pool, [event_id_of(body)]) == Counter({event_id_of(body): 2})
     await _decided_by_the_api(database, {slow: "succeeded"})
     assert await _moves(pool, slow) == [("RECORDED", "SUCCEEDED")]
     assert await _entries(pool, slow) == 1
@@ -1013,10 +992,10 @@ async def test_stopping_with_both_writers_mid_transaction_and_more_queued_answer
     (leg_id,) = await _legs(database, principal, 1)
     intake = Intake(database)  # as the server runs it: two writers
     await intake.start()
-    queued_bodies = [_payment_event(p, status) for p in others for status in ("pending", "succeeded")]
+    queued_bodies = [payment_event(p, status) for p in others for status in ("pending", "succeeded")]
     queued_bodies += [_order_event(leg_id, "new"), queued_bodies[0]]
     held = [await _hold(pool, "payments", first_blocked), await _hold(pool, "payments", second_blocked)]
-    blocked_bodies = [_payment_event(first_blocked, "succeeded"), _payment_event(second_blocked, "succeeded")]
+    blocked_bodies = [payment_event(first_blocked, "succeeded"), payment_event(second_blocked, "succeeded")]
     try:
         blocked = []
         for holder, body in zip(held, blocked_bodies, strict=True):
@@ -1033,7 +1012,7 @@ async def test_stopping_with_both_writers_mid_transaction_and_more_queued_answer
         for holder in held:
             await holder.release()
     assert all(isinstance(result, Unavailable) for result in results), results
-    every_id = [_id(body) for body in blocked_bodies + queued_bodies]
+    every_id = [event_id_of(body) for body in blocked_bodies + queued_bodies]
     assert await _processed(pool, every_id) == Counter()
     assert await _kept(pool, every_id) == Counter()
     for payment_id in (first_blocked, second_blocked, *others):
@@ -1070,10 +1049,10 @@ async def test_stopping_during_the_one_at_a_time_retry_of_a_failed_batch_answers
     blocker, good, bad, after = await _payments(database, principal, 4)
     (leg_id,) = await _legs(database, principal, 1)
     bodies = [
-        _payment_event(good, "succeeded"),
-        _payment_event(bad, "pending"),  # its move is refused
+        payment_event(good, "succeeded"),
+        payment_event(bad, "pending"),  # its move is refused
         _order_event(leg_id, "new"),  # alone, it will wait for the leg the test holds
-        _payment_event(after, "succeeded"),
+        payment_event(after, "succeeded"),
     ]
     trigger = await _refuse_inserts(pool, "payment_transitions", "payment_id", bad)
     held_leg = await _hold(pool, "legs", leg_id)
@@ -1095,7 +1074,7 @@ async def test_stopping_during_the_one_at_a_time_retry_of_a_failed_batch_answers
     for payment_id in (bad, after):
         assert await _state(pool, payment_id) == "RECORDED"
         assert (await _statuses(pool, payment_id), await _due(pool, payment_id)) == ([], False)
-    assert await _processed(pool, [_id(body) for body in bodies]) == Counter({_id(bodies[0]): 1})
+    assert await _processed(pool, [event_id_of(body) for body in bodies]) == Counter({event_id_of(bodies[0]): 1})
 
     restarted = Intake(database)
     await restarted.start()
@@ -1188,8 +1167,8 @@ async def test_a_server_stopped_mid_storm_kept_every_acknowledged_delivery_and_r
     applied before. The provider's API, asked once about each payment, then decides it once."""
     pool, database_url = crash_pool, crash_database_url
     payments = await _payments(Database(pool), principal, 300)
-    bodies = [_payment_event(p, status) for p in payments for status in ("pending", "succeeded")]
-    subject_of = {_id(body): p for body, p in zip(bodies, [p for p in payments for _ in range(2)], strict=True)}
+    bodies = [payment_event(p, status) for p in payments for status in ("pending", "succeeded")]
+    subject_of = {event_id_of(body): p for body, p in zip(bodies, [p for p in payments for _ in range(2)], strict=True)}
     deliveries = bodies + bodies[::7]  # some delivered twice
     random.Random(7).shuffle(deliveries)  # noqa: S311 - a reproducible shuffle
     acknowledged: list[tuple[str, Outcome]] = []
@@ -1204,10 +1183,10 @@ async def test_a_server_stopped_mid_storm_kept_every_acknowledged_delivery_and_r
             async def deliver(body: bytes) -> None:
                 async with semaphore:
                     try:
-                        async with session.post(url, data=body, headers=_headers(body)) as response:
+                        async with session.post(url, data=body, headers=signed_headers(body, SECRET)) as response:
                             answered[response.status] += 1
                             if response.status == 200:
-                                acknowledged.append((_id(body), Outcome((await response.json())["outcome"])))
+                                acknowledged.append((event_id_of(body), Outcome((await response.json())["outcome"])))
                     except aiohttp.ClientError:  # refused, or cut off: the provider will deliver it again
                         answered[0] += 1
 
@@ -1227,7 +1206,7 @@ async def test_a_server_stopped_mid_storm_kept_every_acknowledged_delivery_and_r
         # nothing acknowledged was lost: each is processed, an applied one moved its payment, a confirming
         # one left its payment due; every processed event's status was kept, once, with its claim
         assert {outcome for _, outcome in acknowledged} <= {A, Q, D}, acknowledged
-        processed = await _processed(pool, [_id(body) for body in bodies])
+        processed = await _processed(pool, [event_id_of(body) for body in bodies])
         assert all(processed[event_id] == 1 for event_id, _ in acknowledged)
         references = {
             row["evidence_ref"]
@@ -1260,7 +1239,7 @@ async def test_a_server_stopped_mid_storm_kept_every_acknowledged_delivery_and_r
             semaphore = asyncio.Semaphore(64)
 
             async def redeliver(body: bytes) -> tuple[int, str]:
-                async with semaphore, session.post(url, data=body, headers=_headers(body)) as response:
+                async with semaphore, session.post(url, data=body, headers=signed_headers(body, SECRET)) as response:
                     return response.status, str((await response.json()).get("outcome", ""))
 
             replies = await asyncio.gather(*(redeliver(body) for body in bodies))
@@ -1270,8 +1249,10 @@ async def test_a_server_stopped_mid_storm_kept_every_acknowledged_delivery_and_r
                 await asyncio.to_thread(started.stop)
     for body, (status, outcome) in zip(bodies, replies, strict=True):
         assert status == 200, (body, status)
-        assert (outcome == D.value) == (processed[_id(body)] == 1), (body, outcome)  # done before: a duplicate
-    assert await _processed(pool, [_id(body) for body in bodies]) == Counter(dict.fromkeys(map(_id, bodies), 1))
+        assert (outcome == D.value) == (processed[event_id_of(body)] == 1), (body, outcome)  # done before: a duplicate
+    assert await _processed(pool, [event_id_of(body) for body in bodies]) == Counter(
+        dict.fromkeys(map(event_id_of, bodies), 1)
+    )
     for payment_id in payments:  # moved by its pending; its claimed success waits for the provider's API
         assert await _moves(pool, payment_id) == [("RECORDED", "PENDING")]
         assert sorted(await _statuses(pool, payment_id)) == ["pending", "succeeded"]

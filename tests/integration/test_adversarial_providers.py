@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import itertools
 import json
 import time
@@ -26,7 +24,6 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from server.api.http_app import build_http_app
 from server.db.database import Budget, Database
 from server.domain.errors import DeadlineExceeded, ProviderUnavailable
 from server.domain.identity import Principal
@@ -41,13 +38,12 @@ from server.services.order_submission import submit_and_send
 from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings
 from server.services.payments import create_payment
 from server.services.submission import create_and_submit
-from server.services.webhook_application import WebhookSource
 from tests.integration.test_unreliable_provider import SECRET as SIM_SECRET
 from tests.integration.test_unreliable_provider import _simulator, _truth
 from tests.support import AnsweringProvider, answering_provider
+from tests.support.webhooks import PROVIDER, fill_execution, mac, order_event, payment_event, sign, webhook_endpoint
 
 SECRET = "whsec_adversarial_test"  # noqa: S105 - a test secret
-PROVIDER = "simulator"
 MIB = 1024 * 1024
 #: the provider's own id for the payments in these events (its API must name the same one)
 OBJECT_ID = "pay_adv"
@@ -55,23 +51,8 @@ OBJECT_ID = "pay_adv"
 Post = Callable[..., Awaitable[tuple[int, dict[str, Any]]]]
 
 
-def _sign(body: bytes, secret: str = SECRET, timestamp: int | None = None) -> str:
-    t = int(time.time()) if timestamp is None else timestamp
-    return f"t={t},v1={_mac(body, t, secret)}"
-
-
-def _mac(body: bytes, t: int, secret: str = SECRET) -> str:
-    return hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-
-
 def _payment_event(payment_id: uuid.UUID, status: str, event_id: str | None = None) -> bytes:
-    return json.dumps(
-        {
-            "id": event_id or f"evt_{uuid.uuid4().hex}",
-            "type": f"payment.{status.strip().lower()}",
-            "data": {"object": {"id": OBJECT_ID, "status": status, "idempotency_key": str(payment_id)}},
-        }
-    ).encode()
+    return payment_event(payment_id, status, event_id, object_id=OBJECT_ID)
 
 
 def _order_event(
@@ -81,43 +62,13 @@ def _order_event(
     execution: dict[str, Any] | None = None,
     **extra: Any,
 ) -> bytes:
-    data: dict[str, Any] = {"id": "ord_adv", "exec_type": exec_type, "idempotency_key": str(leg_id), **extra}
-    if execution is not None:
-        data["execution"] = execution
-    return json.dumps(
-        {"id": event_id or f"evt_{uuid.uuid4().hex}", "type": f"order.{exec_type}", "data": {"object": data}}
-    ).encode()
-
-
-def _execution(quantity: Any, price: Any = "10.5", execution_id: str | None = None) -> dict[str, Any]:
-    return {
-        "id": execution_id or f"exec_{uuid.uuid4().hex}",
-        "quantity": quantity,
-        "price": price,
-        "time": int(time.time()),
-    }
+    return order_event(leg_id, exec_type, event_id, object_id="ord_adv", execution=execution, **extra)
 
 
 @pytest.fixture
 async def post(database: Database) -> AsyncIterator[Post]:
-    runner = web.AppRunner(build_http_app(database, {PROVIDER: WebhookSource(PROVIDER, SECRET)}), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    async with aiohttp.ClientSession() as session:
-
-        async def send(body: bytes, signature: str | None = None, headers: Any = None) -> tuple[int, dict[str, Any]]:
-            if headers is None:
-                headers = {"Simulator-Signature": signature if signature is not None else _sign(body)}
-            async with session.post(f"http://127.0.0.1:{port}/webhooks/{PROVIDER}", data=body, headers=headers) as r:
-                text = await r.text()
-                try:
-                    return r.status, json.loads(text)
-                except ValueError:
-                    return r.status, {"raw": text}
-
-        yield send
-    await runner.cleanup()
+    async with webhook_endpoint(database, SECRET) as endpoint:
+        yield endpoint.post
 
 
 async def _payment(database: Database, principal: Principal, amount: str = "25.00") -> uuid.UUID:
@@ -208,7 +159,7 @@ async def test_concurrent_deliveries_of_one_fill_event_apply_the_fill_once(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     leg_id = await _pending_leg(post, database, principal)
-    body = _order_event(leg_id, "partial_fill", execution=_execution("10"))
+    body = _order_event(leg_id, "partial_fill", execution=fill_execution("10"))
     replies = await asyncio.gather(*(post(body) for _ in range(40)))
     assert {status for status, _ in replies} == {200}
     outcomes = [reply["outcome"] for _, reply in replies]
@@ -225,7 +176,7 @@ async def test_one_event_id_used_for_a_payment_and_for_a_leg_is_applied_once_per
     leg_id = await _pending_leg(post, database, principal)
     event_id = f"evt_{uuid.uuid4().hex}"
     first = await post(_payment_event(payment_id, "pending", event_id))  # news a webhook applies itself
-    second = await post(_order_event(leg_id, "fill", event_id, execution=_execution("100")))
+    second = await post(_order_event(leg_id, "fill", event_id, execution=fill_execution("100")))
     assert first == (200, {"received": True, "outcome": "applied"})
     assert second == (200, {"received": True, "outcome": "duplicate"})
     assert await _state(pool, payment_id) == "PENDING"
@@ -237,7 +188,7 @@ async def test_event_ids_differing_only_in_case_or_whitespace_never_apply_one_fi
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     leg_id = await _pending_leg(post, database, principal)
-    execution = _execution("30")
+    execution = fill_execution("30")
     base = f"evt_{uuid.uuid4().hex}"
     for event_id in (base, base.upper(), f" {base}", f"{base} ", f"{base}\t"):
         status, _ = await post(_order_event(leg_id, "partial_fill", event_id, execution=execution))
@@ -666,9 +617,9 @@ async def test_numbers_instead_of_strings_for_quantity_and_price_fill_exactly(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     leg_id = await _pending_leg(post, database, principal)
-    status, reply = await post(_order_event(leg_id, "partial_fill", execution=_execution(25, 10.1)))
+    status, reply = await post(_order_event(leg_id, "partial_fill", execution=fill_execution(25, 10.1)))
     assert (status, reply["outcome"]) == (200, "applied")
-    status, reply = await post(_order_event(leg_id, "partial_fill", execution=_execution(0.1, 3)))
+    status, reply = await post(_order_event(leg_id, "partial_fill", execution=fill_execution(0.1, 3)))
     assert (status, reply["outcome"]) == (200, "applied")
     leg = await _leg(pool, leg_id)
     assert leg["filled_quantity"] == Decimal("25.1")
@@ -680,7 +631,7 @@ async def test_zero_negative_or_unreadable_fill_quantities_change_nothing(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool, quantity: Any
 ) -> None:
     leg_id = await _pending_leg(post, database, principal)
-    status, reply = await post(_order_event(leg_id, "partial_fill", execution=_execution(quantity)))
+    status, reply = await post(_order_event(leg_id, "partial_fill", execution=fill_execution(quantity)))
     assert status in (200, 400), (status, reply)
     assert reply.get("outcome") != "applied", reply
     leg = await _leg(pool, leg_id)
@@ -692,12 +643,12 @@ async def test_fills_exceeding_the_leg_quantity_are_refused_and_open_a_case(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     leg_id = await _pending_leg(post, database, principal, quantity="100")
-    assert (await post(_order_event(leg_id, "partial_fill", execution=_execution("60"))))[1]["outcome"] == "applied"
+    assert (await post(_order_event(leg_id, "partial_fill", execution=fill_execution("60"))))[1]["outcome"] == "applied"
     # two concurrent fills of 60 each: at most one fits (and neither does after 60 filled)
     replies = await asyncio.gather(
-        post(_order_event(leg_id, "partial_fill", execution=_execution("40.000000000001"))),
-        post(_order_event(leg_id, "fill", execution=_execution("60"))),
-        post(_order_event(leg_id, "fill", execution=_execution("41"))),
+        post(_order_event(leg_id, "partial_fill", execution=fill_execution("40.000000000001"))),
+        post(_order_event(leg_id, "fill", execution=fill_execution("60"))),
+        post(_order_event(leg_id, "fill", execution=fill_execution("41"))),
     )
     assert all(status == 200 for status, _ in replies), replies
     leg = await _leg(pool, leg_id)
@@ -705,7 +656,7 @@ async def test_fills_exceeding_the_leg_quantity_are_refused_and_open_a_case(
     assert leg["state"] == "PARTIALLY_FILLED"
     assert await _count(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", leg_id) == 1
     # the exact remainder still fills it
-    assert (await post(_order_event(leg_id, "fill", execution=_execution("40"))))[1]["outcome"] == "applied"
+    assert (await post(_order_event(leg_id, "fill", execution=fill_execution("40"))))[1]["outcome"] == "applied"
     assert (await _leg(pool, leg_id))["state"] == "FILLED"
 
 
@@ -714,7 +665,7 @@ async def test_concurrent_fills_with_distinct_execution_ids_never_overfill(
 ) -> None:
     leg_id = await _pending_leg(post, database, principal, quantity="100")
     replies = await asyncio.gather(
-        *(post(_order_event(leg_id, "partial_fill", execution=_execution("7"))) for _ in range(30))
+        *(post(_order_event(leg_id, "partial_fill", execution=fill_execution("7"))) for _ in range(30))
     )
     assert all(status == 200 for status, _ in replies), replies
     leg = await _leg(pool, leg_id)
@@ -728,11 +679,11 @@ async def test_the_same_execution_id_with_a_different_quantity_is_applied_once(
 ) -> None:
     leg_id = await _pending_leg(post, database, principal)
     execution_id = f"exec_{uuid.uuid4().hex}"
-    first = await post(_order_event(leg_id, "partial_fill", execution=_execution("10", execution_id=execution_id)))
+    first = await post(_order_event(leg_id, "partial_fill", execution=fill_execution("10", execution_id=execution_id)))
     assert first[1]["outcome"] == "applied"
     replies = await asyncio.gather(
         *(
-            post(_order_event(leg_id, "partial_fill", execution=_execution(q, execution_id=execution_id)))
+            post(_order_event(leg_id, "partial_fill", execution=fill_execution(q, execution_id=execution_id)))
             for q in ("20", "10", "90", "100", "5")
         )
     )
@@ -748,7 +699,7 @@ async def test_a_fill_that_overtakes_the_acknowledgement_is_applied_not_sent_to_
     """Webhooks come out of order (README): a fill for a leg still SUBMITTED (its submit answer not yet
     written) is not a venue contradicting itself; the fill must be applied once, not parked in a case."""
     leg_id = await _submitted_leg(database, principal)
-    status, reply = await post(_order_event(leg_id, "partial_fill", execution=_execution("10")))
+    status, reply = await post(_order_event(leg_id, "partial_fill", execution=fill_execution("10")))
     assert status == 200
     leg = await _leg(pool, leg_id)
     cases = await _count(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", leg_id)
@@ -773,25 +724,25 @@ async def test_signature_attacks_are_refused_with_401_and_store_nothing(
         str(payment_id),
     )
     attacks = {
-        "replayed old": _sign(body, timestamp=now - 301),
-        "future beyond tolerance": _sign(body, timestamp=now + 301),
-        "far future": _sign(body, timestamp=now + 10**9),
-        "signature over another body": _sign(other),
+        "replayed old": sign(body, SECRET, timestamp=now - 301),
+        "future beyond tolerance": sign(body, SECRET, timestamp=now + 301),
+        "far future": sign(body, SECRET, timestamp=now + 10**9),
+        "signature over another body": sign(other, SECRET),
         "v1 only of garbage": f"t={now},v1=deadbeef,v1=",
-        "two timestamps": f"t={now},t={now - 1000},v1={_mac(body, now)}",
-        "old t with a current v1 injected": f"t={now - 3600},v1={_mac(body, now)}",
-        "v0 scheme only": f"t={now},v0={_mac(body, now)}",
-        "wrong secret": _sign(body, secret="whsec_other"),  # noqa: S106
+        "two timestamps": f"t={now},t={now - 1000},v1={mac(body, SECRET, now)}",
+        "old t with a current v1 injected": f"t={now - 3600},v1={mac(body, SECRET, now)}",
+        "v0 scheme only": f"t={now},v0={mac(body, SECRET, now)}",
+        "wrong secret": sign(body, "whsec_other"),
         "empty": "",
-        "header injection in value": f"t={now},v1={_mac(other, now)}; v1={_mac(body, now - 1)}",
-        "uppercase hex": f"t={now},v1={_mac(body, now).upper()}",
-        "negative t": f"t=-{now},v1={_mac(body, now)}",
+        "header injection in value": f"t={now},v1={mac(other, SECRET, now)}; v1={mac(body, SECRET, now - 1)}",
+        "uppercase hex": f"t={now},v1={mac(body, SECRET, now).upper()}",
+        "negative t": f"t=-{now},v1={mac(body, SECRET, now)}",
     }
     for name, signature in attacks.items():
         status, _ = await post(body, signature=signature)
         assert status == 401, name
     # a tampered body with a valid signature of the original
-    assert (await post(other, signature=_sign(body)))[0] == 401
+    assert (await post(other, signature=sign(body, SECRET)))[0] == 401
     assert (
         await _count(
             pool,
@@ -802,7 +753,7 @@ async def test_signature_attacks_are_refused_with_401_and_store_nothing(
     )
     await _untouched(pool, payment_id)
     # multiple v1 entries where one is genuine: accepted as Stripe does (secret rotation)
-    status, reply = await post(body, signature=f"t={now},v1={'0' * 64},v1={_mac(body, now)}")
+    status, reply = await post(body, signature=f"t={now},v1={'0' * 64},v1={mac(body, SECRET, now)}")
     assert (status, reply["outcome"]) == (200, "confirming")
     assert await _due(pool, payment_id)
 
@@ -829,7 +780,10 @@ async def test_two_signature_headers_cannot_smuggle_a_forgery(
     payment_id = await _payment(database, principal)
     genuine = _payment_event(payment_id, "failed")
     forged = _payment_event(payment_id, "succeeded")
-    headers = [("Simulator-Signature", f"t={int(time.time())},v1={'00' * 32}"), ("Simulator-Signature", _sign(genuine))]
+    headers = [
+        ("Simulator-Signature", f"t={int(time.time())},v1={'00' * 32}"),
+        ("Simulator-Signature", sign(genuine, SECRET)),
+    ]
     status, _ = await post(forged, headers=headers)
     assert status == 401
     await _untouched(pool, payment_id)

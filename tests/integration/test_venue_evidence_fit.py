@@ -9,8 +9,6 @@ report that fits applies as before.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import time
 import uuid
@@ -24,7 +22,6 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from server.api.http_app import build_http_app
 from server.db.database import Budget, Database
 from server.domain.identity import Principal
 from server.domain.orders import LegSpec, validate_submit_order
@@ -33,18 +30,12 @@ from server.providers.http import NotSent
 from server.providers.venue import VenueClient, VenueExecution, VenueOrder
 from server.services.leg_resolver import LegResolver, LegResolverSettings
 from server.services.order_submission import submit_and_send
-from server.services.webhook_application import WebhookSource
+from tests.support.webhooks import PROVIDER, event, webhook_endpoint
 
 SECRET = "whsec_venue_evidence_fit"  # noqa: S105 - a test secret
-PROVIDER = "simulator"
 MISMATCH = "EVIDENCE_MISMATCH"
 
 Post = Callable[[bytes], Awaitable[dict[str, Any]]]
-
-
-def _sign(body: bytes) -> str:
-    t = int(time.time())
-    return f"t={t},v1={hmac.new(SECRET.encode(), f'{t}.'.encode() + body, hashlib.sha256).hexdigest()}"
 
 
 def _order(leg_id: uuid.UUID, exec_type: str, venue_order_id: str, **fields: Any) -> dict[str, Any]:
@@ -80,27 +71,19 @@ def _fill(order: dict[str, Any], quantity: str, cumulative: str, price: str = "1
 
 
 def _event(order: dict[str, Any], event_id: str | None = None) -> bytes:
-    event = {"id": event_id or f"evt_{uuid.uuid4().hex}", "type": f"order.{order['exec_type']}"}
-    return json.dumps(event | {"data": {"object": order}}).encode()
+    return event(f"order.{order['exec_type']}", order, event_id)
 
 
 @pytest.fixture
 async def post(database: Database) -> AsyncIterator[Post]:
-    runner = web.AppRunner(build_http_app(database, {PROVIDER: WebhookSource(PROVIDER, SECRET)}), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    async with aiohttp.ClientSession() as session:
+    async with webhook_endpoint(database, SECRET) as endpoint:
 
         async def send(body: bytes) -> dict[str, Any]:
-            headers = {"Simulator-Signature": _sign(body), "Content-Type": "application/json"}
-            async with session.post(f"http://127.0.0.1:{port}/webhooks/{PROVIDER}", data=body, headers=headers) as r:
-                reply: dict[str, Any] = await r.json()
-                assert r.status == 200, reply
-                return reply
+            status, reply = await endpoint.post(body)
+            assert status == 200, reply
+            return reply
 
         yield send
-    await runner.cleanup()
 
 
 #: The leg these specs trade: 100 ACME bought at market, in USD.

@@ -9,10 +9,7 @@ let a resolver ask a provider that answers as they tell it."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -30,6 +27,7 @@ from server.services.payments import create_payment
 from server.services.webhook_application import Outcome, WebhookSource
 from server.services.webhooks import Intake
 from tests.support import answering_provider
+from tests.support.webhooks import payment_event, signed_headers
 
 SECRET = "whsec_group_commit_test"  # noqa: S105 - a test secret
 SOURCE = WebhookSource("simulator", SECRET)
@@ -40,21 +38,6 @@ Receive = Callable[[bytes], Coroutine[Any, Any, Outcome]]
 def _object_id(payment_id: uuid.UUID) -> str:
     """The provider's own id for the payment, in its events and its API's answers."""
     return f"pay_{payment_id.hex[:12]}"
-
-
-def _event(payment_id: uuid.UUID, status: str, event_id: str | None = None) -> bytes:
-    event = {
-        "id": event_id or f"evt_{uuid.uuid4().hex}",
-        "type": f"payment.{status}",
-        "data": {"object": {"id": _object_id(payment_id), "status": status, "idempotency_key": str(payment_id)}},
-    }
-    return json.dumps(event).encode()
-
-
-def _headers(body: bytes) -> dict[str, str]:
-    t = int(time.time())
-    signature = hmac.new(SECRET.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return {"Simulator-Signature": f"t={t},v1={signature}", "Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -68,7 +51,7 @@ async def intake(database: Database) -> AsyncIterator[Intake]:
 @pytest.fixture
 def receive(intake: Intake) -> Receive:
     async def send(body: bytes) -> Outcome:
-        return await intake.receive(SOURCE, _headers(body), body, Budget.within(10))
+        return await intake.receive(SOURCE, signed_headers(body, SECRET), body, Budget.within(10))
 
     return send
 
@@ -94,7 +77,7 @@ async def _held_up(pool: asyncpg.Pool, receive: Receive, payment_id: uuid.UUID) 
     until the block ends."""
     async with pool.acquire() as blocker, blocker.transaction():
         await blocker.execute("SELECT 1 FROM payments WHERE id = $1 FOR UPDATE", payment_id)
-        first = asyncio.create_task(receive(_event(payment_id, "succeeded")))
+        first = asyncio.create_task(receive(payment_event(payment_id, "succeeded")))
         for _ in range(200):  # until the writer waits for the row lock
             waiting = await pool.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
@@ -127,11 +110,11 @@ async def test_deliveries_that_arrive_together_commit_together_in_arrival_order(
     receive: Receive, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     blocker, two_events, other = await _payments(database, principal, 3)
-    repeated = _event(two_events, "succeeded")
+    repeated = payment_event(two_events, "succeeded")
     batches_before = _sample("ballast_webhook_batch_deliveries_count")
     async with _held_up(pool, receive, blocker):
         tasks = await _sent_meanwhile(
-            receive, [_event(two_events, "pending"), repeated, repeated, _event(other, "succeeded")]
+            receive, [payment_event(two_events, "pending"), repeated, repeated, payment_event(other, "succeeded")]
         )
         assert not any(task.done() for task in tasks), "answered before anything committed"
     outcomes = [await task for task in tasks]
@@ -191,13 +174,14 @@ async def test_an_event_that_fails_in_a_batch_fails_alone_and_its_redelivery_app
     await pool.execute(
         f"CREATE TRIGGER {name} BEFORE INSERT ON provider_statuses FOR EACH ROW EXECUTE FUNCTION {name}()"
     )
-    bad_body = _event(bad, "succeeded")
+    bad_body = payment_event(bad, "succeeded")
     split_before = _sample("ballast_webhook_batches_split_total")
     try:
         async with _held_up(pool, receive, blocker):
             tasks = await _sent_meanwhile(
                 receive,
-                [_event(good[0], "succeeded"), bad_body] + [_event(payment_id, "succeeded") for payment_id in good[1:]],
+                [payment_event(good[0], "succeeded"), bad_body]
+                + [payment_event(payment_id, "succeeded") for payment_id in good[1:]],
             )
         results: list[Any] = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
@@ -237,10 +221,10 @@ async def test_stopping_answers_every_waiting_delivery_as_not_confirmed(
     await intake.start()
 
     async def receive(body: bytes) -> Outcome:
-        return await intake.receive(SOURCE, _headers(body), body, Budget.within(10))
+        return await intake.receive(SOURCE, signed_headers(body, SECRET), body, Budget.within(10))
 
     blocker, queued = await _payments(database, principal, 2)
-    bodies = [_event(blocker, "succeeded"), _event(queued, "succeeded")]
+    bodies = [payment_event(blocker, "succeeded"), payment_event(queued, "succeeded")]
     async with pool.acquire() as holder, holder.transaction():
         await holder.execute("SELECT 1 FROM payments WHERE id = $1 FOR UPDATE", blocker)
         first = asyncio.create_task(receive(bodies[0]))
@@ -256,4 +240,4 @@ async def test_stopping_answers_every_waiting_delivery_as_not_confirmed(
     event_ids = [json.loads(body)["id"] for body in bodies]
     assert await pool.fetchval("SELECT count(*) FROM processed_events WHERE event_id = ANY($1)", event_ids) == 0
     with pytest.raises(Unavailable):
-        await receive(_event(queued, "succeeded"))
+        await receive(payment_event(queued, "succeeded"))

@@ -6,70 +6,39 @@ test tells it), whose answer decides, corrects, or goes to a person."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
 from prometheus_client import REGISTRY
 
-from server.api.http_app import build_http_app
 from server.db.database import Budget, Database
 from server.domain.identity import Principal
 from server.domain.payments import validate_create_payment
 from server.services.payments import create_payment
-from server.services.webhook_application import WebhookSource
 from server.services.webhooks import INTAKE_FULL_RETRY_AFTER_S, Intake
 from tests.support import answering_provider
+from tests.support.webhooks import PROVIDER, payment_event, sign, signed_headers, webhook_endpoint
 
 SECRET = "whsec_intake_test"  # noqa: S105 - a test secret
-PROVIDER = "simulator"
 #: the provider's own id for every payment in these events (its API must name the same one)
 OBJECT_ID = "pay_test"
 
 Post = Callable[..., Awaitable[tuple[int, dict[str, Any]]]]
 
 
-def _sign(body: bytes, secret: str = SECRET, timestamp: int | None = None) -> str:
-    t = int(time.time()) if timestamp is None else timestamp
-    return f"t={t},v1={hmac.new(secret.encode(), f'{t}.'.encode() + body, hashlib.sha256).hexdigest()}"
-
-
 def _event(payment_id: uuid.UUID, status: str, event_id: str | None = None, sequence: int = 1) -> bytes:
-    event = {
-        "id": event_id or f"evt_{uuid.uuid4().hex[:24]}",
-        "type": f"payment.{status}",
-        "sequence": sequence,
-        "data": {"object": {"id": OBJECT_ID, "status": status, "idempotency_key": str(payment_id)}},
-    }
-    return json.dumps(event).encode()
+    return payment_event(payment_id, status, event_id, object_id=OBJECT_ID, sequence=sequence)
 
 
 @pytest.fixture
 async def post(database: Database) -> AsyncIterator[Post]:
-    runner = web.AppRunner(build_http_app(database, {PROVIDER: WebhookSource(PROVIDER, SECRET)}), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    async with aiohttp.ClientSession() as session:
-
-        async def send(
-            body: bytes, signature: str | None = None, provider: str = PROVIDER
-        ) -> tuple[int, dict[str, Any]]:
-            headers = {"Simulator-Signature": signature if signature is not None else _sign(body)}
-            async with session.post(f"http://127.0.0.1:{port}/webhooks/{provider}", data=body, headers=headers) as r:
-                return r.status, await r.json()
-
-        yield send
-    await runner.cleanup()
+    async with webhook_endpoint(database, SECRET) as endpoint:
+        yield endpoint.post
 
 
 async def _payment(database: Database, principal: Principal) -> uuid.UUID:
@@ -139,13 +108,13 @@ async def test_a_forged_or_replayed_webhook_is_refused_and_stores_nothing(
     for signature in (
         "",
         "t=1,v1=00",
-        _sign(body, secret="whsec_wrong"),  # noqa: S106 - a wrong secret on purpose
-        _sign(body, timestamp=int(time.time()) - 3600),
+        sign(body, "whsec_wrong"),
+        sign(body, SECRET, timestamp=int(time.time()) - 3600),
     ):
         status, _ = await post(body, signature=signature)
         assert status == 401, signature
     tampered = body.replace(b"succeeded", b"failed")
-    assert (await post(tampered, signature=_sign(body)))[0] == 401
+    assert (await post(tampered, signature=sign(body, SECRET)))[0] == 401
     assert (
         await _count(
             pool,
@@ -392,38 +361,30 @@ async def test_a_full_intake_refuses_at_once_with_retry_after_and_keeps_nothing_
     for it and a fourth is refused 503 with Retry-After, stored nowhere; delivered again once the intake
     has room, it is applied like any other."""
     intake = Intake(database, writers=1, batch_max=1, queue_max=2)
-    app = build_http_app(database, {PROVIDER: WebhookSource(PROVIDER, SECRET)}, intake)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/webhooks/{PROVIDER}"
     bodies = [_event(await _payment(database, principal), "pending") for _ in range(4)]
-    try:
-        async with aiohttp.ClientSession() as session:
+    async with webhook_endpoint(database, SECRET, intake) as endpoint:
 
-            async def deliver(body: bytes) -> tuple[int, str | None]:
-                async with session.post(url, data=body, headers={"Simulator-Signature": _sign(body)}) as reply:
-                    return reply.status, reply.headers.get("Retry-After")
+        async def deliver(body: bytes) -> tuple[int, str | None]:
+            headers = signed_headers(body, SECRET)
+            async with endpoint.session.post(endpoint.url(), data=body, headers=headers) as reply:
+                return reply.status, reply.headers.get("Retry-After")
 
-            async with pool.acquire() as holder, holder.transaction():
-                await holder.execute("LOCK TABLE webhook_deliveries IN EXCLUSIVE MODE")  # the writer waits here
-                first = asyncio.ensure_future(deliver(bodies[0]))
-                deadline = time.monotonic() + 10
-                while not await holder.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND datname = current_database()"
-                ):
-                    assert time.monotonic() < deadline, "the writer never reached the database"
-                    await asyncio.sleep(0.01)
-                waiting = [asyncio.ensure_future(deliver(body)) for body in bodies[1:3]]
-                while _queued() < 2:
-                    assert time.monotonic() < deadline, "the two deliveries never queued"
-                    await asyncio.sleep(0.01)
-                assert await deliver(bodies[3]) == (503, str(INTAKE_FULL_RETRY_AFTER_S))
-            assert [(await reply)[0] for reply in (first, *waiting)] == [200, 200, 200]
-            refused_id = json.loads(bodies[3])["id"]
-            assert not await _count(pool, "SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", refused_id)
-            assert await deliver(bodies[3]) == (200, None)  # the provider's redelivery, once there is room
-            assert await _count(pool, "SELECT count(*) FROM processed_events WHERE event_id = $1", refused_id) == 1
-    finally:
-        await runner.cleanup()
+        async with pool.acquire() as holder, holder.transaction():
+            await holder.execute("LOCK TABLE webhook_deliveries IN EXCLUSIVE MODE")  # the writer waits here
+            first = asyncio.ensure_future(deliver(bodies[0]))
+            deadline = time.monotonic() + 10
+            while not await holder.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            ):
+                assert time.monotonic() < deadline, "the writer never reached the database"
+                await asyncio.sleep(0.01)
+            waiting = [asyncio.ensure_future(deliver(body)) for body in bodies[1:3]]
+            while _queued() < 2:
+                assert time.monotonic() < deadline, "the two deliveries never queued"
+                await asyncio.sleep(0.01)
+            assert await deliver(bodies[3]) == (503, str(INTAKE_FULL_RETRY_AFTER_S))
+        assert [(await reply)[0] for reply in (first, *waiting)] == [200, 200, 200]
+        refused_id = json.loads(bodies[3])["id"]
+        assert not await _count(pool, "SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", refused_id)
+        assert await deliver(bodies[3]) == (200, None)  # the provider's redelivery, once there is room
+        assert await _count(pool, "SELECT count(*) FROM processed_events WHERE event_id = $1", refused_id) == 1
