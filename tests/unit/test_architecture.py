@@ -20,3 +20,22 @@ def test_every_path_the_map_names_exists() -> None:
 
 def test_the_readme_links_to_the_map() -> None:
     assert "(ARCHITECTURE.md)" in (ROOT / "README.md").read_text()
+
+
+#: Names the map uses for a pattern, not for one symbol of the code.
+PATTERN_NAMES = frozenset({"x", "x_on"})
+
+
+def test_every_name_the_map_gives_is_one_the_code_has() -> None:
+    """A function, class or constant the map names (`judge`, `POOL_WAIT_S`) exists in the code: a rename
+    that forgets the map fails here."""
+    named = set(re.findall(r"`([A-Za-z_]\w*)(?:\(\))?`", (ROOT / "ARCHITECTURE.md").read_text())) - PATTERN_NAMES
+    assert len(named) >= 30, named
+    sources = (
+        path.read_text()
+        for directory in ("server", "simulator", "tests", "proto")
+        for path in (ROOT / directory).rglob("*")
+        if path.suffix in {".py", ".sql", ".proto"}
+    )
+    known = set(re.findall(r"[A-Za-z_]\w*", " ".join(sources)))
+    assert not named - known, f"ARCHITECTURE.md names what the code does not have: {sorted(named - known)}"
