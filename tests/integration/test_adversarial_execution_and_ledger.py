@@ -14,7 +14,6 @@ the shared `alpha` and `beta`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import decimal
 import json
 import random
@@ -28,25 +27,31 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-from ballast.common.v1.money_pb2 import Money
 from ballast.execution.v1 import execution_pb2
 from ballast.ledger.v1 import ledger_pb2
 from ballast.payments.v1 import payments_pb2
 from server.db.database import Budget, Database
-from server.domain.identity import Principal, Role
 from server.domain.order_legs import LEG_MACHINE, Fill, LegState
-from server.domain.orders import CloseLeg, validate_submit_order
+from server.domain.orders import CloseLeg
 from server.domain.payment_states import PAYMENT_MACHINE, PaymentEvent, PaymentState, Witness
-from server.domain.payments import validate_create_payment
 from server.domain.provider_status import PROVIDER_STATUS_EVENTS, VenueReport, venue_report_for
 from server.services import execution
 from server.services.audit import find_broken_links
 from server.services.payment_events import Evidence, PaymentOutcome
-from server.services.payments import create_payment
-from tests.support import apply_evidence, field_violations, report_to_leg
+from tests.support import apply_evidence, field_violations, precondition_subjects, report_to_leg, rpc_error
+from tests.support.requests import (
+    close_leg_request,
+    create_payment_request,
+    leg_spec,
+    leg_terms,
+    modify_leg_request,
+    new_payment,
+    new_principal,
+    page_token,
+    submit_order_command,
+    submit_order_request,
+)
 from tests.support.servers import Caller, World, isolated_server
 
 L = LegState
@@ -61,43 +66,11 @@ THIRTY_DIGITS = "999999999999999999.999999999999"
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _spec(
-    quantity: str = "10",
-    order_type: str = "ORDER_TYPE_LIMIT",
-    limit_price: str | None = None,
-    *,
-    symbol: str = "AAPL",
-    side: str | int = "SIDE_BUY",
-    currency: str = "USD",
-) -> execution_pb2.LegSpec:
-    """A valid leg unless told otherwise; a LIMIT leg gets a limit price of 101.25 by default."""
-    if limit_price is None:
-        limit_price = "101.25" if order_type == "ORDER_TYPE_LIMIT" else ""
-    return execution_pb2.LegSpec(
-        instrument_symbol=symbol,
-        side=side,  # type: ignore[arg-type]
-        quantity=quantity,
-        order_type=order_type,  # type: ignore[arg-type]
-        limit_price=limit_price,
-        currency_code=currency,
-    )
-
-
-def _submit(
-    key: str | None = None, legs: list[execution_pb2.LegSpec] | None = None, reference: str = "adv-ref"
-) -> execution_pb2.SubmitOrderRequest:
-    return execution_pb2.SubmitOrderRequest(
-        idempotency_key=key if key is not None else f"order-{uuid.uuid4()}",
-        client_order_reference=reference,
-        legs=legs if legs is not None else [_spec()],
-    )
-
-
 async def _order(
     world: World, legs: list[execution_pb2.LegSpec] | None = None, caller: Caller | None = None
 ) -> execution_pb2.Order:
     response = await world.orders.SubmitOrder(
-        _submit(legs=legs), metadata=(caller or world.merchant).metadata, timeout=5
+        submit_order_request(legs=legs), metadata=(caller or world.merchant).metadata, timeout=5
     )
     return response.order
 
@@ -141,7 +114,7 @@ async def _filled(
     world: World, database: Database, quantity: str = "10", order_type: str = "ORDER_TYPE_LIMIT"
 ) -> tuple[str, str]:
     """An order of the merchant whose one leg the venue acknowledged and filled; (order id, leg id)."""
-    order = await _order(world, [_spec(quantity, order_type)])
+    order = await _order(world, [leg_spec(quantity, order_type)])
     leg_id = order.legs[0].id
     await _ack(database, leg_id)
     await _fill(database, leg_id, "x-full", quantity)
@@ -149,40 +122,13 @@ async def _filled(
 
 
 def _modify(world: World, order_id: str, leg_id: str, key: str | None = None, **fields: str) -> Awaitable[Any]:
-    request = execution_pb2.ModifyLegRequest(
-        idempotency_key=key if key is not None else f"modify-{uuid.uuid4()}",
-        order_id=order_id,
-        leg_id=leg_id,
-        **fields,
-    )
+    request = modify_leg_request(order_id, leg_id, key, **fields)
     return world.orders.ModifyLeg(request, metadata=world.merchant.metadata, timeout=10)
 
 
 def _close(world: World, order_id: str, leg_id: str, key: str | None = None, reason: str = "done") -> Awaitable[Any]:
-    request = execution_pb2.CloseLegRequest(
-        idempotency_key=key if key is not None else f"close-{uuid.uuid4()}",
-        order_id=order_id,
-        leg_id=leg_id,
-        reason=reason,
-    )
+    request = close_leg_request(order_id, leg_id, key, reason)
     return world.orders.CloseLeg(request, metadata=world.merchant.metadata, timeout=10)
-
-
-async def _rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call
-    return caught.value
-
-
-def _precondition_subjects(error: grpc.aio.AioRpcError) -> list[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, f"{error.code().name} must carry a google.rpc.Status trailer"
-    subjects: list[str] = []
-    for detail in status.details:
-        failure = error_details_pb2.PreconditionFailure()
-        if detail.Unpack(failure):
-            subjects += [violation.subject for violation in failure.violations]
-    return subjects
 
 
 async def _leg_row(pool: asyncpg.Pool, leg_id: str | uuid.UUID) -> asyncpg.Record:
@@ -221,27 +167,6 @@ async def _broken(pool: asyncpg.Pool, aggregate_id: str) -> list[tuple[int, str]
     return [(link.sequence, link.reason) for link in links if link.aggregate_id == aggregate_id]
 
 
-def _page_token(cursor: object) -> str:
-    """A token in the server's own encoding (urlsafe base64 of JSON), with any content we like."""
-    return base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode()
-
-
-def _fresh_principal(prefix: str) -> Principal:
-    return Principal(f"{prefix}-{uuid.uuid4().hex[:12]}", Role.SERVICE)
-
-
-async def _new_payment(database: Database, principal: Principal, amount: str = "25.00", currency: str = "EUR") -> Any:
-    request = validate_create_payment(
-        idempotency_key=str(uuid.uuid4()),
-        amount_value=amount,
-        currency_code=currency,
-        description="",
-        merchant_reference="",
-        metadata={},
-    )
-    return (await create_payment(database, principal, request, Budget.within(10))).payment.id
-
-
 async def _apply(
     database: Database, payment_id: uuid.UUID, event: PaymentEvent, provider_status: str | None = None
 ) -> PaymentOutcome:
@@ -260,42 +185,45 @@ async def _apply(
 # --------------------------------------------------------------------------------------------- SubmitOrder input
 
 
-def _with_leg(index: int, **fields: Any) -> list[execution_pb2.LegSpec]:
-    """Three valid legs, the one at `index` changed by `fields` (given to _spec)."""
-    legs = [_spec(), _spec("5", "ORDER_TYPE_MARKET", side="SIDE_SELL"), _spec("1.5")]
-    legs[index] = _spec(**fields)
-    return legs
+def _submit(index: int | None = None, **fields: Any) -> execution_pb2.SubmitOrderRequest:
+    """An order of three valid legs, the one at `index` changed by `fields` (given to leg_spec); with no
+    `index`, `fields` are the request's own (key, reference)."""
+    if index is None:
+        return submit_order_request(**fields)
+    legs = [leg_spec(), leg_spec("5", "ORDER_TYPE_MARKET", side="SIDE_SELL"), leg_spec("1.5")]
+    legs[index] = leg_spec(**fields)
+    return submit_order_request(legs=legs)
 
 
 BAD_SUBMISSIONS: list[tuple[str, Callable[[], execution_pb2.SubmitOrderRequest], str]] = [
-    ("exponent", lambda: _submit(legs=_with_leg(2, quantity="1e3")), "legs[2].quantity"),
-    ("leading space", lambda: _submit(legs=_with_leg(2, quantity=" 10")), "legs[2].quantity"),
-    ("trailing newline", lambda: _submit(legs=_with_leg(2, quantity="10\n")), "legs[2].quantity"),
-    ("plus sign", lambda: _submit(legs=_with_leg(0, quantity="+10")), "legs[0].quantity"),
-    ("underscore", lambda: _submit(legs=_with_leg(0, quantity="1_000")), "legs[0].quantity"),
-    ("arabic-indic digits", lambda: _submit(legs=_with_leg(0, quantity="١٠")), "legs[0].quantity"),
-    ("fullwidth digits", lambda: _submit(legs=_with_leg(0, quantity="１０")), "legs[0].quantity"),
-    ("dot without fraction", lambda: _submit(legs=_with_leg(0, quantity="10.")), "legs[0].quantity"),
-    ("fraction without integer", lambda: _submit(legs=_with_leg(0, quantity=".5")), "legs[0].quantity"),
-    ("leading zero", lambda: _submit(legs=_with_leg(0, quantity="00.5")), "legs[0].quantity"),
-    ("zero with digits", lambda: _submit(legs=_with_leg(0, quantity="0.000000000000")), "legs[0].quantity"),
-    ("ten to the eighteenth", lambda: _submit(legs=_with_leg(0, quantity="1" + "0" * 18)), "legs[0].quantity"),
-    ("forty-one digits", lambda: _submit(legs=_with_leg(0, quantity="1" * 41)), "legs[0].quantity"),
-    ("NaN", lambda: _submit(legs=_with_leg(1, quantity="NaN")), "legs[1].quantity"),
-    ("Infinity", lambda: _submit(legs=_with_leg(1, quantity="Infinity")), "legs[1].quantity"),
-    ("side out of range", lambda: _submit(legs=_with_leg(1, side=99)), "legs[1].side"),
-    ("negative side", lambda: _submit(legs=_with_leg(1, side=-1)), "legs[1].side"),
-    ("order type out of range", lambda: _submit(legs=_with_leg(2, order_type=77)), "legs[2].order_type"),  # type: ignore[arg-type]
-    ("limit price too fine", lambda: _submit(legs=_with_leg(0, limit_price="1.0000000000001")), "legs[0].limit_price"),
-    ("limit price zero", lambda: _submit(legs=_with_leg(0, limit_price="0")), "legs[0].limit_price"),
-    ("symbol of 33", lambda: _submit(legs=_with_leg(1, symbol="A" * 33)), "legs[1].instrument_symbol"),
-    ("symbol with NUL", lambda: _submit(legs=_with_leg(1, symbol="AAPL\x00")), "legs[1].instrument_symbol"),
-    ("symbol with newline", lambda: _submit(legs=_with_leg(1, symbol="AAPL\n")), "legs[1].instrument_symbol"),
-    ("symbol with umlaut", lambda: _submit(legs=_with_leg(1, symbol="ÄPFEL")), "legs[1].instrument_symbol"),
-    ("symbol with space", lambda: _submit(legs=_with_leg(1, symbol="AA PL")), "legs[1].instrument_symbol"),
-    ("lower-case currency", lambda: _submit(legs=_with_leg(2, currency="usd")), "legs[2].currency_code"),
-    ("currency with NUL", lambda: _submit(legs=_with_leg(2, currency="EU\x00")), "legs[2].currency_code"),
-    ("currency of a megabyte", lambda: _submit(legs=_with_leg(2, currency="E" * 2**20)), "legs[2].currency_code"),
+    ("exponent", lambda: _submit(2, quantity="1e3"), "legs[2].quantity"),
+    ("leading space", lambda: _submit(2, quantity=" 10"), "legs[2].quantity"),
+    ("trailing newline", lambda: _submit(2, quantity="10\n"), "legs[2].quantity"),
+    ("plus sign", lambda: _submit(0, quantity="+10"), "legs[0].quantity"),
+    ("underscore", lambda: _submit(0, quantity="1_000"), "legs[0].quantity"),
+    ("arabic-indic digits", lambda: _submit(0, quantity="١٠"), "legs[0].quantity"),
+    ("fullwidth digits", lambda: _submit(0, quantity="１０"), "legs[0].quantity"),
+    ("dot without fraction", lambda: _submit(0, quantity="10."), "legs[0].quantity"),
+    ("fraction without integer", lambda: _submit(0, quantity=".5"), "legs[0].quantity"),
+    ("leading zero", lambda: _submit(0, quantity="00.5"), "legs[0].quantity"),
+    ("zero with digits", lambda: _submit(0, quantity="0.000000000000"), "legs[0].quantity"),
+    ("ten to the eighteenth", lambda: _submit(0, quantity="1" + "0" * 18), "legs[0].quantity"),
+    ("forty-one digits", lambda: _submit(0, quantity="1" * 41), "legs[0].quantity"),
+    ("NaN", lambda: _submit(1, quantity="NaN"), "legs[1].quantity"),
+    ("Infinity", lambda: _submit(1, quantity="Infinity"), "legs[1].quantity"),
+    ("side out of range", lambda: _submit(1, side=99), "legs[1].side"),
+    ("negative side", lambda: _submit(1, side=-1), "legs[1].side"),
+    ("order type out of range", lambda: _submit(2, order_type=77), "legs[2].order_type"),  # type: ignore[arg-type]
+    ("limit price too fine", lambda: _submit(0, limit_price="1.0000000000001"), "legs[0].limit_price"),
+    ("limit price zero", lambda: _submit(0, limit_price="0"), "legs[0].limit_price"),
+    ("symbol of 33", lambda: _submit(1, symbol="A" * 33), "legs[1].instrument_symbol"),
+    ("symbol with NUL", lambda: _submit(1, symbol="AAPL\x00"), "legs[1].instrument_symbol"),
+    ("symbol with newline", lambda: _submit(1, symbol="AAPL\n"), "legs[1].instrument_symbol"),
+    ("symbol with umlaut", lambda: _submit(1, symbol="ÄPFEL"), "legs[1].instrument_symbol"),
+    ("symbol with space", lambda: _submit(1, symbol="AA PL"), "legs[1].instrument_symbol"),
+    ("lower-case currency", lambda: _submit(2, currency="usd"), "legs[2].currency_code"),
+    ("currency with NUL", lambda: _submit(2, currency="EU\x00"), "legs[2].currency_code"),
+    ("currency of a megabyte", lambda: _submit(2, currency="E" * 2**20), "legs[2].currency_code"),
     ("reference of 256", lambda: _submit(reference="r" * 256), "client_order_reference"),
     ("reference with NUL", lambda: _submit(reference="ref\x00"), "client_order_reference"),
     ("reference of a megabyte", lambda: _submit(reference="r" * 2**20), "client_order_reference"),
@@ -303,8 +231,8 @@ BAD_SUBMISSIONS: list[tuple[str, Callable[[], execution_pb2.SubmitOrderRequest],
     ("key with newline", lambda: _submit(key="key\n"), "idempotency_key"),
     ("key with NUL", lambda: _submit(key="key\x00"), "idempotency_key"),
     ("empty key", lambda: _submit(key=""), "idempotency_key"),
-    ("21 legs", lambda: _submit(legs=[_spec()] * 21), "legs"),
-    ("10000 legs", lambda: _submit(legs=[_spec()] * 10_000), "legs"),
+    ("21 legs", lambda: _submit(legs=[leg_spec()] * 21), "legs"),
+    ("10000 legs", lambda: _submit(legs=[leg_spec()] * 10_000), "legs"),
 ]
 
 
@@ -320,7 +248,7 @@ class TestSubmitOrderInput:
         field: str,
     ) -> None:
         request = build()
-        error = await _rpc_error(world.orders.SubmitOrder(request, metadata=world.merchant.metadata, timeout=10))
+        error = await rpc_error(world.orders.SubmitOrder(request, metadata=world.merchant.metadata, timeout=10))
         assert error.code() == Code.INVALID_ARGUMENT, error.details()
         assert field in field_violations(error)
         assert await pool.fetchval("SELECT count(*) FROM orders WHERE client_id = $1", world.merchant.client_id) == 0
@@ -329,16 +257,18 @@ class TestSubmitOrderInput:
         )
 
     async def test_every_problem_of_every_leg_is_reported_at_once(self, world: World) -> None:
-        legs = [_spec(), _spec("-1"), _spec(), _spec(currency="XXY"), _spec(symbol="")]
-        error = await _rpc_error(
-            world.orders.SubmitOrder(_submit(legs=legs), metadata=world.merchant.metadata, timeout=5)
+        legs = [leg_spec(), leg_spec("-1"), leg_spec(), leg_spec(currency="XXY"), leg_spec(symbol="")]
+        error = await rpc_error(
+            world.orders.SubmitOrder(submit_order_request(legs=legs), metadata=world.merchant.metadata, timeout=5)
         )
         assert error.code() == Code.INVALID_ARGUMENT
         assert {"legs[1].quantity", "legs[3].currency_code", "legs[4].instrument_symbol"} <= field_violations(error)
 
     async def test_twenty_legs_are_accepted_and_kept_in_the_order_given(self, world: World) -> None:
         legs = [
-            _spec(f"{index + 1}.{index}", "ORDER_TYPE_MARKET" if index % 2 else "ORDER_TYPE_LIMIT", symbol=f"S{index}")
+            leg_spec(
+                f"{index + 1}.{index}", "ORDER_TYPE_MARKET" if index % 2 else "ORDER_TYPE_LIMIT", symbol=f"S{index}"
+            )
             for index in range(20)
         ]
         order = await _order(world, legs)
@@ -352,11 +282,11 @@ class TestSubmitOrderInput:
         key = "🔑" * 255
         reference = "📈" * 255
         legs = [
-            _spec(THIRTY_DIGITS, limit_price="0.000000000001", symbol="A._/-" + "Z" * 27),
-            _spec("0.000000000001", limit_price=THIRTY_DIGITS, side="SIDE_SELL", currency="KWD"),
+            leg_spec(THIRTY_DIGITS, limit_price="0.000000000001", symbol="A._/-" + "Z" * 27),
+            leg_spec("0.000000000001", limit_price=THIRTY_DIGITS, side="SIDE_SELL", currency="KWD"),
         ]
         response = await world.orders.SubmitOrder(
-            _submit(key, legs, reference), metadata=world.merchant.metadata, timeout=5
+            submit_order_request(key, legs, reference), metadata=world.merchant.metadata, timeout=5
         )
         order = await _get_order(world, response.order.id)
         assert (order.idempotency_key, order.client_order_reference) == (key, reference)
@@ -365,7 +295,7 @@ class TestSubmitOrderInput:
             ("AAPL", "0.000000000001", THIRTY_DIGITS, "KWD"),
         ]
         again = await world.orders.SubmitOrder(
-            _submit(key, legs, reference), metadata=world.merchant.metadata, timeout=5
+            submit_order_request(key, legs, reference), metadata=world.merchant.metadata, timeout=5
         )
         assert again.replayed and again.order.id == order.id
 
@@ -376,13 +306,13 @@ class TestSubmitOrderInput:
 def _first_use(world: World, operation: str, key: str, order_id: str, leg_id: str) -> Awaitable[Any]:
     """Use `key` for `operation`, on the given leg where the operation needs one."""
     if operation == "SubmitOrder":
-        return world.orders.SubmitOrder(_submit(key), metadata=world.merchant.metadata, timeout=5)
+        return world.orders.SubmitOrder(submit_order_request(key), metadata=world.merchant.metadata, timeout=5)
     if operation == "ModifyLeg":
         return _modify(world, order_id, leg_id, key, new_quantity="12")
     if operation == "CloseLeg":
         return _close(world, order_id, leg_id, key)
     assert operation == "CreatePayment"
-    request = payments_pb2.CreatePaymentRequest(idempotency_key=key, amount=Money(value="1.00", currency_code="EUR"))
+    request = create_payment_request(key, "1.00")
     return world.payments.CreatePayment(request, metadata=world.merchant.metadata, timeout=5)
 
 
@@ -404,10 +334,10 @@ class TestIdempotencyKeys:
         orders = await pool.fetchval("SELECT count(*) FROM orders WHERE client_id = $1", world.merchant.client_id)
         payments = await pool.fetchval("SELECT count(*) FROM payments WHERE client_id = $1", world.merchant.client_id)
 
-        error = await _rpc_error(_first_use(world, second, key, target_order, target_leg))
+        error = await rpc_error(_first_use(world, second, key, target_order, target_leg))
         assert error.code() == Code.FAILED_PRECONDITION, error.details()
         assert key in (error.details() or "")
-        assert f"idempotency_key:{key}" in _precondition_subjects(error)
+        assert f"idempotency_key:{key}" in precondition_subjects(error)
         assert await _leg_trail(pool, target_leg) == trail
         assert (await _leg_row(pool, target_leg))["state"] == "FILLED"
         assert await pool.fetchval("SELECT count(*) FROM orders WHERE client_id = $1", world.merchant.client_id) == (
@@ -437,10 +367,10 @@ class TestIdempotencyKeys:
             _modify(world, order_id, leg_id, modify_key, new_limit_price="99"),
             _close(world, order_id, leg_id, close_key, reason="Enough"),
         ):
-            error = await _rpc_error(call)
+            error = await rpc_error(call)
             assert error.code() == Code.FAILED_PRECONDITION
-            assert f"idempotency_key:{modify_key}" in _precondition_subjects(error) or (
-                f"idempotency_key:{close_key}" in _precondition_subjects(error)
+            assert f"idempotency_key:{modify_key}" in precondition_subjects(error) or (
+                f"idempotency_key:{close_key}" in precondition_subjects(error)
             )
         assert await _leg_trail(pool, leg_id) == trail
 
@@ -448,11 +378,11 @@ class TestIdempotencyKeys:
         self, world: World, pool: asyncpg.Pool
     ) -> None:
         key = f"racing-{uuid.uuid4()}"
-        leg_sets = ([_spec("1")], [_spec("2"), _spec("3", "ORDER_TYPE_MARKET")])
+        leg_sets = ([leg_spec("1")], [leg_spec("2"), leg_spec("3", "ORDER_TYPE_MARKET")])
         outcomes = await asyncio.gather(
             *(
                 world.orders.SubmitOrder(
-                    _submit(key, leg_sets[index % 2]), metadata=world.merchant.metadata, timeout=10
+                    submit_order_request(key, leg_sets[index % 2]), metadata=world.merchant.metadata, timeout=10
                 )
                 for index in range(40)
             ),
@@ -481,10 +411,14 @@ class TestIdempotencyKeys:
     async def test_spellings_of_one_quantity_are_one_request(self, world: World) -> None:
         key = f"spelling-{uuid.uuid4()}"
         first = await world.orders.SubmitOrder(
-            _submit(key, [_spec("10", limit_price="101.5")]), metadata=world.merchant.metadata, timeout=5
+            submit_order_request(key, [leg_spec("10", limit_price="101.5")]),
+            metadata=world.merchant.metadata,
+            timeout=5,
         )
         again = await world.orders.SubmitOrder(
-            _submit(key, [_spec("10.000000000000", limit_price="101.500")]), metadata=world.merchant.metadata, timeout=5
+            submit_order_request(key, [leg_spec("10.000000000000", limit_price="101.500")]),
+            metadata=world.merchant.metadata,
+            timeout=5,
         )
         assert again.replayed and again.order == first.order
 
@@ -496,13 +430,13 @@ class TestIdempotencyKeys:
         first, second = "123456789012345678.123456789012", "123456789012345678.123456789013"
 
         def request(value: str) -> execution_pb2.SubmitOrderRequest:
-            return _submit(
-                key, [_spec(value, limit_price="1") if field == "quantity" else _spec("1", limit_price=value)]
+            return submit_order_request(
+                key, [leg_spec(value, limit_price="1") if field == "quantity" else leg_spec("1", limit_price=value)]
             )
 
         created = await world.orders.SubmitOrder(request(first), metadata=world.merchant.metadata, timeout=5)
         assert getattr(created.order.legs[0], field) == first
-        error = await _rpc_error(world.orders.SubmitOrder(request(second), metadata=world.merchant.metadata, timeout=5))
+        error = await rpc_error(world.orders.SubmitOrder(request(second), metadata=world.merchant.metadata, timeout=5))
         assert error.code() == Code.FAILED_PRECONDITION
         assert await pool.fetchval("SELECT count(*) FROM orders WHERE client_id = $1", world.merchant.client_id) == 1
 
@@ -511,9 +445,9 @@ class TestIdempotencyKeys:
     ) -> None:
         order_id, leg_id = await _filled(world, database, order_type="ORDER_TYPE_MARKET")
         key = f"used-{uuid.uuid4()}"
-        await world.orders.SubmitOrder(_submit(key), metadata=world.merchant.metadata, timeout=5)
+        await world.orders.SubmitOrder(submit_order_request(key), metadata=world.merchant.metadata, timeout=5)
         trail = await _leg_trail(pool, leg_id)
-        error = await _rpc_error(_modify(world, order_id, leg_id, key, new_limit_price="5"))
+        error = await rpc_error(_modify(world, order_id, leg_id, key, new_limit_price="5"))
         assert error.code() == Code.INVALID_ARGUMENT, error.details()
         assert "new_limit_price" in field_violations(error)
         assert await _leg_trail(pool, leg_id) == trail
@@ -530,7 +464,7 @@ class TestModifyLeg:
         trail = await _leg_trail(pool, leg_id)
         key = f"market-{uuid.uuid4()}"
         for fields in ({"new_limit_price": "5"}, {"new_limit_price": "5", "new_quantity": "10"}):
-            error = await _rpc_error(_modify(world, order_id, leg_id, key, **fields))
+            error = await rpc_error(_modify(world, order_id, leg_id, key, **fields))
             assert error.code() == Code.INVALID_ARGUMENT
             assert "new_limit_price" in field_violations(error)
         row = await _leg_row(pool, leg_id)
@@ -541,7 +475,7 @@ class TestModifyLeg:
         assert (modified.replayed, modified.leg.state) == (False, execution_pb2.LEG_STATE_MODIFYING)
 
     async def test_every_bad_field_of_a_modification_is_named_at_once(self, world: World) -> None:
-        error = await _rpc_error(
+        error = await rpc_error(
             world.orders.ModifyLeg(
                 execution_pb2.ModifyLegRequest(
                     idempotency_key="", order_id="not-an-order", leg_id="not-a-leg", new_quantity="-1"
@@ -570,7 +504,7 @@ class TestModifyLeg:
         order_id, leg_id = await _filled(world, database)
         trail = await _leg_trail(pool, leg_id)
         key = f"bad-{uuid.uuid4()}"
-        error = await _rpc_error(_modify(world, order_id, leg_id, key, **fields))
+        error = await rpc_error(_modify(world, order_id, leg_id, key, **fields))
         assert error.code() == Code.INVALID_ARGUMENT
         assert field in field_violations(error)
         assert await _leg_trail(pool, leg_id) == trail
@@ -601,7 +535,7 @@ class TestModifyLeg:
             ),
         ]
         for call in calls:
-            assert (await _rpc_error(call)).code() == Code.NOT_FOUND
+            assert (await rpc_error(call)).code() == Code.NOT_FOUND
         assert await _leg_trail(pool, leg_id) == trail
 
     async def test_a_quantity_below_what_is_already_filled_is_refused_and_writes_nothing(
@@ -610,7 +544,7 @@ class TestModifyLeg:
         order_id, leg_id = await _filled(world, database, quantity="10")
         trail = await _leg_trail(pool, leg_id)
         key = f"shrink-{uuid.uuid4()}"
-        error = await _rpc_error(_modify(world, order_id, leg_id, key, new_quantity="4"))
+        error = await rpc_error(_modify(world, order_id, leg_id, key, new_quantity="4"))
         assert error.code() in (Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION), error.details()
         row = await _leg_row(pool, leg_id)
         assert (row["state"], row["requested_quantity"]) == ("FILLED", None)
@@ -648,7 +582,7 @@ class TestModifyLeg:
         same one or a new price alone would change nothing there. A larger one re-opens it."""
         order_id, leg_id = await _filled(world, database, quantity="10")
         row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
-        error = await _rpc_error(_modify(world, order_id, leg_id, **fields))
+        error = await rpc_error(_modify(world, order_id, leg_id, **fields))
         # what the leg, as it stands, cannot take: a precondition (its fills move on), naming the field
         assert error.code() == Code.FAILED_PRECONDITION
         assert (error.details() or "").startswith(field), error.details()
@@ -708,7 +642,7 @@ class TestCloseLeg:
         row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
         request = {"idempotency_key": f"c-{uuid.uuid4()}", "order_id": order_id, "leg_id": leg_id, "reason": "done"}
         request |= fields
-        error = await _rpc_error(
+        error = await rpc_error(
             world.orders.CloseLeg(
                 execution_pb2.CloseLegRequest(**request), metadata=world.merchant.metadata, timeout=10
             )
@@ -764,7 +698,7 @@ class TestCloseLeg:
 
 async def _working_leg(world: World, database: Database, quantity: str = "10") -> tuple[str, str]:
     """An acknowledged, unfilled LIMIT leg of the merchant; (order id, leg id)."""
-    order = await _order(world, [_spec(quantity)])
+    order = await _order(world, [leg_spec(quantity)])
     await _ack(database, order.legs[0].id)
     return order.id, order.legs[0].id
 
@@ -796,7 +730,7 @@ class TestVenueEvidence:
     async def test_a_fill_for_a_leg_not_working_at_the_venue_is_refused_and_changes_nothing(
         self, world: World, database: Database, pool: asyncpg.Pool, path: str
     ) -> None:
-        order = await _order(world, [_spec("10")])
+        order = await _order(world, [leg_spec("10")])
         leg_id = order.legs[0].id
         if path == "rejected":
             assert await report_to_leg(database, leg_id, VenueReport.REJECTED, "venue:no") == "applied"
@@ -854,7 +788,7 @@ class TestVenueEvidence:
         self, world: World, database: Database, fills: list[tuple[str, str]], average: str
     ) -> None:
         total = sum(Decimal(quantity) for quantity, _ in fills)
-        order = await _order(world, [_spec(format(total, "f"))])
+        order = await _order(world, [leg_spec(format(total, "f"))])
         await _ack(database, order.legs[0].id)
         for index, (quantity, price) in enumerate(fills):
             await _fill(database, order.legs[0].id, f"x-{index}", quantity, price)
@@ -866,7 +800,7 @@ class TestVenueEvidence:
         self, world: World, database: Database, pool: asyncpg.Pool
     ) -> None:
         big, rest = "999999999999999999.999999999998", "0.000000000001"
-        order = await _order(world, [_spec(THIRTY_DIGITS)])
+        order = await _order(world, [leg_spec(THIRTY_DIGITS)])
         leg_id = order.legs[0].id
         await _ack(database, leg_id)
         await _fill(database, leg_id, "x-big", big, THIRTY_DIGITS)
@@ -979,17 +913,6 @@ class _DatabaseFailingOn(Database):
             yield _ConnectionFailingOn(connection, self._prefix)
 
 
-def _leg_dict(quantity: str = "10") -> dict[str, str]:
-    return {
-        "instrument_symbol": "AAPL",
-        "side": "BUY",
-        "quantity": quantity,
-        "order_type": "MARKET",
-        "limit_price": "",
-        "currency_code": "USD",
-    }
-
-
 async def _client_trail(pool: asyncpg.Pool, client_id: str) -> tuple[int, int, int, int]:
     """(orders, idempotency keys, outbox events, audit entries) that mention a client."""
     row = await pool.fetchrow(
@@ -1022,17 +945,17 @@ class TestOneTransaction:
     async def test_a_change_whose_outbox_event_or_audit_entry_fails_leaves_no_part_of_itself(
         self, database: Database, pool: asyncpg.Pool, failing: str, operation: str
     ) -> None:
-        principal = _fresh_principal("atomic")
+        principal = new_principal("atomic")
         broken = _DatabaseFailingOn(pool, failing)
         budget = Budget.within(10)
         if operation == "submit":
-            request = validate_submit_order(f"k-{uuid.uuid4()}", "ref", [_leg_dict()])
+            request = submit_order_command([leg_terms("10", "AAPL")], reference="ref")
             with pytest.raises(_Injected):
                 await execution.submit_order(broken, principal, request, budget)
             assert await _client_trail(pool, principal.client_id) == (0, 0, 0, 0)
             return
         if operation == "capture":
-            payment_id = await _new_payment(database, principal)
+            payment_id = await new_payment(database, principal)
             before = await _payment_trail(pool, payment_id)
             with pytest.raises(_Injected):
                 await _apply(broken, payment_id, E.SUCCEEDED)
@@ -1040,7 +963,7 @@ class TestOneTransaction:
             return
         order = (
             await execution.submit_order(
-                database, principal, validate_submit_order(f"k-{uuid.uuid4()}", "", [_leg_dict()]), budget
+                database, principal, submit_order_command([leg_terms("10", "AAPL")], reference=""), budget
             )
         ).order
         order_id, leg_id = order.id, order.legs[0].id
@@ -1080,10 +1003,10 @@ class TestOneTransaction:
             call = _close(world, order_id, leg_id, key, reason="second reason")
         else:
             call = _modify(world, order_id, leg_id, key, new_limit_price="98")
-        error = await _rpc_error(call)
+        error = await rpc_error(call)
         assert error.code() == Code.FAILED_PRECONDITION
         assert f"{states[0]} -> {states[1]}" in (error.details() or "")
-        assert f"order leg:{states[0]}->{states[1]}" in _precondition_subjects(error)
+        assert f"order leg:{states[0]}->{states[1]}" in precondition_subjects(error)
         assert await _leg_row(pool, leg_id) == row  # not even state_reason or the requested terms
         assert await _leg_trail(pool, leg_id) == trail
         assert not await _key_exists(pool, world.merchant.client_id, key)
@@ -1157,8 +1080,8 @@ class TestPaymentEvents:
     async def test_a_hundred_concurrent_mixed_events_on_two_payments_keep_every_invariant(
         self, database: Database, pool: asyncpg.Pool
     ) -> None:
-        principal = _fresh_principal("mixed")
-        payment_ids = [await _new_payment(database, principal, "25.00") for _ in range(2)]
+        principal = new_principal("mixed")
+        payment_ids = [await new_payment(database, principal, "25.00") for _ in range(2)]
         mix = [E.ACCEPTED, E.SUCCEEDED, E.REFUND_REQUESTED, E.OUTCOME_UNKNOWN, E.REFUND_SUCCEEDED, E.FAILED,
                E.REFUND_FAILED, E.REFUND_REQUESTED, E.REJECTED, E.REFUND_SUCCEEDED]  # fmt: skip
         calls = [
@@ -1227,9 +1150,7 @@ class TestPaymentEvents:
         self, world: World, database: Database, pool: asyncpg.Pool
     ) -> None:
         created = await world.payments.CreatePayment(
-            payments_pb2.CreatePaymentRequest(
-                idempotency_key=str(uuid.uuid4()), amount=Money(value="999999999999999.99", currency_code="EUR")
-            ),
+            create_payment_request(value="999999999999999.99", currency="EUR"),
             metadata=world.merchant.metadata,
             timeout=5,
         )
@@ -1271,9 +1192,7 @@ class TestPaymentEvents:
 
 async def _captured(world: World, database: Database, amount: str, currency: str, caller: Caller | None = None) -> Any:
     created = await world.payments.CreatePayment(
-        payments_pb2.CreatePaymentRequest(
-            idempotency_key=str(uuid.uuid4()), amount=Money(value=amount, currency_code=currency)
-        ),
+        create_payment_request(value=amount, currency=currency),
         metadata=(caller or world.merchant).metadata,
         timeout=5,
     )
@@ -1324,7 +1243,7 @@ class TestLedgerReads:
                 ledger_pb2.ListEntriesRequest(account=name), metadata=world.merchant.metadata, timeout=5
             ),
         ):
-            assert (await _rpc_error(call)).code() == Code.PERMISSION_DENIED
+            assert (await rpc_error(call)).code() == Code.PERMISSION_DENIED
         own = await world.ledger.GetBalance(
             ledger_pb2.GetBalanceRequest(account=f"merchant_payable:{world.merchant.client_id}", currency_code="EUR"),
             metadata=world.merchant.metadata,
@@ -1421,14 +1340,14 @@ class TestLedgerReads:
 FORGED_TOKENS = [
     "garbage",
     "=" * 8,
-    _page_token({"s": None, "t": "2026-01-01T00:00:00", "i": str(uuid.uuid4())}),  # naive time
-    _page_token({"s": None, "t": "0001-01-01T00:00:00+14:00", "i": str(uuid.uuid4())}),  # before year 1 in UTC
-    _page_token({"s": None, "t": "2026-01-01T00:00:00+00:00", "i": "{" + str(uuid.uuid4()) + "}"}),
-    _page_token({"s": None, "t": "2026-01-01T00:00:00+00:00", "i": 5}),
-    _page_token({"s": "SUCCEEDED", "t": "2026-01-01T00:00:00+00:00", "i": str(uuid.uuid4())}),
-    _page_token({"s": None, "t": "2026-01-01T00:00:00+00:00"}),
-    _page_token([1, 2, 3]),
-    _page_token("x" * 200),
+    page_token({"s": None, "t": "2026-01-01T00:00:00", "i": str(uuid.uuid4())}),  # naive time
+    page_token({"s": None, "t": "0001-01-01T00:00:00+14:00", "i": str(uuid.uuid4())}),  # before year 1 in UTC
+    page_token({"s": None, "t": "2026-01-01T00:00:00+00:00", "i": "{" + str(uuid.uuid4()) + "}"}),
+    page_token({"s": None, "t": "2026-01-01T00:00:00+00:00", "i": 5}),
+    page_token({"s": "SUCCEEDED", "t": "2026-01-01T00:00:00+00:00", "i": str(uuid.uuid4())}),
+    page_token({"s": None, "t": "2026-01-01T00:00:00+00:00"}),
+    page_token([1, 2, 3]),
+    page_token("x" * 200),
     "A" * 257,
 ]
 
@@ -1439,7 +1358,7 @@ class TestReadingOrders:
     ) -> None:
         order = await _order(world)
         for spelling in (order.id, order.id.upper()):
-            error = await _rpc_error(
+            error = await rpc_error(
                 world.orders.GetOrder(
                     execution_pb2.GetOrderRequest(order_id=spelling), metadata=world.other.metadata, timeout=5
                 )
@@ -1465,7 +1384,7 @@ class TestReadingOrders:
             order.id.replace("-", ""),
             order.id + "\x00",
         ):
-            error = await _rpc_error(
+            error = await rpc_error(
                 world.orders.GetOrder(
                     execution_pb2.GetOrderRequest(order_id=malformed), metadata=world.merchant.metadata, timeout=5
                 )
@@ -1477,7 +1396,7 @@ class TestReadingOrders:
     async def test_a_forged_list_orders_token_is_invalid_argument_naming_page_token(
         self, world: World, token: str
     ) -> None:
-        error = await _rpc_error(
+        error = await rpc_error(
             world.orders.ListOrders(
                 execution_pb2.ListOrdersRequest(page_token=token), metadata=world.merchant.metadata, timeout=5
             )
@@ -1523,7 +1442,7 @@ class TestReadingOrders:
             ),
         ]
         for call in misuses:
-            error = await _rpc_error(call)
+            error = await rpc_error(call)
             assert error.code() == Code.INVALID_ARGUMENT
             assert "page_token" in field_violations(error)
         # Another client may replay the token: it only ever sees its own orders.
@@ -1550,7 +1469,7 @@ class TestReadingOrders:
                     break
             assert seen == created[::-1]
         for page_size in (-1, 501):
-            error = await _rpc_error(
+            error = await rpc_error(
                 world.orders.ListOrders(
                     execution_pb2.ListOrdersRequest(page_size=page_size), metadata=world.merchant.metadata, timeout=5
                 )
@@ -1707,7 +1626,7 @@ class TestBigAnswers:
     ) -> None:
         """Nothing bounds how many fills a venue reports for a leg; GetOrder must still answer. The rows are
         what record_fill would write for 24,000 executions, inserted in one statement to keep the test fast."""
-        order = await _order(world, [_spec("1000000", symbol=f"S{index}") for index in range(20)])
+        order = await _order(world, [leg_spec("1000000", symbol=f"S{index}") for index in range(20)])
         await pool.execute(  # the venue acknowledges every leg: only working legs take fills
             "INSERT INTO leg_transitions (leg_id, from_state, to_state, cause, evidence_ref)"
             " SELECT id, 'SUBMITTED', 'PENDING', 'venue', 'ack' FROM legs WHERE order_id = $1",
@@ -1729,9 +1648,7 @@ class TestBigAnswers:
     ) -> None:
         """Providers send webhooks twice and more; nothing bounds how many a payment collects."""
         created = await world.payments.CreatePayment(
-            payments_pb2.CreatePaymentRequest(
-                idempotency_key=str(uuid.uuid4()), amount=Money(value="5.00", currency_code="EUR")
-            ),
+            create_payment_request(value="5.00", currency="EUR"),
             metadata=world.merchant.metadata,
             timeout=5,
         )

@@ -47,14 +47,11 @@ from server.db.migrate import migrate_to_head
 from server.domain.errors import ConcurrencyConflict, DeadlineExceeded, Unavailable
 from server.domain.events import CASE_OPENED, PAYMENT_STATE_CHANGED
 from server.domain.identity import Principal
-from server.domain.orders import validate_submit_order
-from server.domain.payments import validate_create_payment
-from server.services.order_submission import submit_and_send
-from server.services.payments import create_payment
 from server.services.webhook_application import Outcome, WebhookSource
 from server.services.webhooks import Intake
 from tests.e2e.conftest import ServerProcess, free_port, server_environment, wait_until_serving
 from tests.support import answering_provider, scratch_database
+from tests.support.requests import leg_terms, new_payments, submitted_legs
 from tests.support.webhooks import (
     PROVIDER,
     event_id_of,
@@ -97,38 +94,14 @@ def _order_event(
 
 
 async def _payments(database: Database, principal: Principal, count: int) -> list[uuid.UUID]:
-    async def one() -> uuid.UUID:
-        request = validate_create_payment(
-            idempotency_key=str(uuid.uuid4()),
-            amount_value=AMOUNT,
-            currency_code=CURRENCY,
-            description="",
-            merchant_reference="",
-            metadata={},
-        )
-        return (await create_payment(database, principal, request, Budget.within(10))).payment.id
-
-    ids: list[uuid.UUID] = []
-    for start in range(0, count, 20):  # a few at a time: the session pool is shared
-        ids += await asyncio.gather(*(one() for _ in range(min(20, count - start))))
-    return ids
+    return await new_payments(database, principal, count, AMOUNT, CURRENCY)
 
 
 async def _legs(database: Database, principal: Principal, count: int, quantity: str = "100") -> list[uuid.UUID]:
     """`count` SUBMITTED legs, two to an order (legs of one order share its row)."""
     legs: list[uuid.UUID] = []
     while len(legs) < count:
-        spec = {
-            "instrument_symbol": "ACME",
-            "side": "BUY",
-            "quantity": quantity,
-            "order_type": "MARKET",
-            "limit_price": "",
-            "currency_code": "USD",
-        }
-        request = validate_submit_order(f"o-{uuid.uuid4()}", "group-commit", [spec, dict(spec)])
-        order = (await submit_and_send(database, None, principal, request, Budget.within(10))).order
-        legs += [leg.id for leg in order.legs]
+        legs += await submitted_legs(database, principal, [leg_terms(quantity), leg_terms(quantity)])
     return legs[:count]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,14 +19,14 @@ import asyncpg
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from ballast.common.v1.money_pb2 import Money
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from server.api.grpc_server import build_server
 from server.db.database import Database
 from server.settings import load_settings
-from tests.support import field_violations
+from tests.support import field_violations, insert_idempotency_key, status_details
+from tests.support.requests import create_payment_request, page_token
 from tests.support.servers import Caller, in_process_server
 
 Stub = payments_pb2_grpc.PaymentServiceStub
@@ -40,22 +39,6 @@ RETRYABLE = {grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE}
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def _create_request(
-    key: str | None = None, value: str = "12.34", currency: str = "EUR", **fields: Any
-) -> payments_pb2.CreatePaymentRequest:
-    return payments_pb2.CreatePaymentRequest(
-        idempotency_key=key if key is not None else f"adv-{uuid.uuid4()}",
-        amount=Money(value=value, currency_code=currency),
-        **fields,
-    )
-
-
-def _status_details(error: grpc.aio.AioRpcError) -> list[Any]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None, f"{error.code().name} must carry a google.rpc.Status trailer"
-    return list(status.details)
 
 
 async def _rows_of(pool: asyncpg.Pool, client_id: str) -> tuple[int, int]:
@@ -96,11 +79,6 @@ async def _list_all(stub: Stub, caller: Caller, page_size: int = 500, **fields: 
         if not token:
             return seen
     raise AssertionError("ListPayments never returned an empty next_page_token")
-
-
-def _page_token(cursor: object) -> str:
-    """A token in the server's own encoding (urlsafe base64 of JSON), with any content we like."""
-    return base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode()
 
 
 # --------------------------------------------------------------------------------------------- fixtures
@@ -157,7 +135,7 @@ class TestMoney:
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool, value: str, currency: str, canonical: str
     ) -> None:
         created = await payments_stub.CreatePayment(
-            _create_request(value=value, currency=currency), metadata=alpha.metadata, timeout=5
+            create_payment_request(value=value, currency=currency), metadata=alpha.metadata, timeout=5
         )
         assert (created.payment.amount.value, created.payment.amount.currency_code) == (canonical, currency)
         fetched = await payments_stub.GetPayment(
@@ -182,7 +160,7 @@ class TestMoney:
         key = f"spelling-{uuid.uuid4()}"
         responses = [
             await payments_stub.CreatePayment(
-                _create_request(key, value=value, currency=currency), metadata=alpha.metadata, timeout=5
+                create_payment_request(key, value=value, currency=currency), metadata=alpha.metadata, timeout=5
             )
             for value in spellings
         ]
@@ -234,7 +212,7 @@ class TestMoney:
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool, value: str, currency: str
     ) -> None:
         await _assert_invalid_argument_writing_nothing(
-            payments_stub, alpha, pool, _create_request(value=value, currency=currency), "amount.value"
+            payments_stub, alpha, pool, create_payment_request(value=value, currency=currency), "amount.value"
         )
 
     @pytest.mark.parametrize(
@@ -244,7 +222,7 @@ class TestMoney:
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool, currency: str
     ) -> None:
         await _assert_invalid_argument_writing_nothing(
-            payments_stub, alpha, pool, _create_request(currency=currency), "amount.currency_code"
+            payments_stub, alpha, pool, create_payment_request(currency=currency), "amount.currency_code"
         )
 
     async def test_a_huge_currency_code_is_still_invalid_argument_naming_the_currency(
@@ -252,7 +230,7 @@ class TestMoney:
     ) -> None:
         """The field is free text on the wire; the answer must not grow with it until it cannot be delivered."""
         await _assert_invalid_argument_writing_nothing(
-            payments_stub, alpha, pool, _create_request(currency="X" * 100_000), "amount.currency_code"
+            payments_stub, alpha, pool, create_payment_request(currency="X" * 100_000), "amount.currency_code"
         )
 
     async def test_the_same_digits_in_another_currency_are_another_request(
@@ -260,12 +238,12 @@ class TestMoney:
     ) -> None:
         key = f"currency-{uuid.uuid4()}"
         await payments_stub.CreatePayment(
-            _create_request(key, value="10", currency="EUR"), metadata=alpha.metadata, timeout=5
+            create_payment_request(key, value="10", currency="EUR"), metadata=alpha.metadata, timeout=5
         )
         for currency in ("USD", "JPY", "KWD"):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await payments_stub.CreatePayment(
-                    _create_request(key, value="10", currency=currency), metadata=alpha.metadata, timeout=5
+                    create_payment_request(key, value="10", currency=currency), metadata=alpha.metadata, timeout=5
                 )
             assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert await _payments_with_key(pool, alpha.client_id, key) == 1
@@ -284,7 +262,7 @@ class TestTextFields:
         self, payments_stub: Stub, alpha: Caller
     ) -> None:
         key = "🔑" * 255  # 255 characters, 1020 bytes
-        request = _create_request(
+        request = create_payment_request(
             key,
             description="𝄞" * 1000,
             merchant_reference="😀" * 255,
@@ -319,7 +297,7 @@ class TestTextFields:
     async def test_unusual_but_legal_text_round_trips_exactly_in_every_text_field(
         self, payments_stub: Stub, alpha: Caller, text: str
     ) -> None:
-        request = _create_request(
+        request = create_payment_request(
             description=text,
             merchant_reference=text[:255],
             metadata={"k": text[:500], text[:40]: "v"},
@@ -354,7 +332,9 @@ class TestTextFields:
     async def test_text_over_a_limit_or_holding_a_nul_is_invalid_argument_naming_the_field_and_writes_nothing(
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool, fields: dict[str, Any], field: str
     ) -> None:
-        await _assert_invalid_argument_writing_nothing(payments_stub, alpha, pool, _create_request(**fields), field)
+        await _assert_invalid_argument_writing_nothing(
+            payments_stub, alpha, pool, create_payment_request(**fields), field
+        )
 
     async def test_every_field_wrong_at_once_is_reported_field_by_field(
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool
@@ -412,7 +392,7 @@ class TestTextFields:
         for _ in range(10):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await payments_stub.CreatePayment(
-                    _create_request(metadata=metadata), metadata=alpha.metadata, timeout=5
+                    create_payment_request(metadata=metadata), metadata=alpha.metadata, timeout=5
                 )
             codes.append(caught.value.code())
             if caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT:
@@ -428,10 +408,10 @@ class TestTextFields:
         key = f"order-{uuid.uuid4()}"
         entries = [(f"k{index}", f"v{index}") for index in range(20)]
         first = await payments_stub.CreatePayment(
-            _create_request(key, metadata=dict(entries)), metadata=alpha.metadata, timeout=5
+            create_payment_request(key, metadata=dict(entries)), metadata=alpha.metadata, timeout=5
         )
         again = await payments_stub.CreatePayment(
-            _create_request(key, metadata=dict(reversed(entries))), metadata=alpha.metadata, timeout=5
+            create_payment_request(key, metadata=dict(reversed(entries))), metadata=alpha.metadata, timeout=5
         )
         assert again.replayed
         assert again.payment.id == first.payment.id
@@ -451,7 +431,7 @@ class TestIdempotencyKeys:
         ids = set()
         for variant in variants:
             response = await payments_stub.CreatePayment(
-                _create_request(variant, value="7.00"), metadata=alpha.metadata, timeout=5
+                create_payment_request(variant, value="7.00"), metadata=alpha.metadata, timeout=5
             )
             assert not response.replayed
             assert response.payment.idempotency_key == variant
@@ -479,7 +459,7 @@ class TestIdempotencyKeys:
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool, key: str
     ) -> None:
         await _assert_invalid_argument_writing_nothing(
-            payments_stub, alpha, pool, _create_request(key), "idempotency_key"
+            payments_stub, alpha, pool, create_payment_request(key), "idempotency_key"
         )
 
     @pytest.mark.parametrize(
@@ -506,19 +486,23 @@ class TestIdempotencyKeys:
             "merchant_reference": "INV-1",
             "metadata": {"cart": "c-1"},
         }
-        first = await payments_stub.CreatePayment(_create_request(key, **original), metadata=alpha.metadata, timeout=5)
+        first = await payments_stub.CreatePayment(
+            create_payment_request(key, **original), metadata=alpha.metadata, timeout=5
+        )
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await payments_stub.CreatePayment(
-                _create_request(key, **(original | changed)), metadata=alpha.metadata, timeout=5
+                create_payment_request(key, **(original | changed)), metadata=alpha.metadata, timeout=5
             )
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert key in (caught.value.details() or "")
         failure = error_details_pb2.PreconditionFailure()
-        assert any(detail.Unpack(failure) for detail in _status_details(caught.value))
+        assert any(detail.Unpack(failure) for detail in status_details(caught.value))
         assert failure.violations[0].subject == f"idempotency_key:{key}"
         assert await _payments_with_key(pool, alpha.client_id, key) == 1
         # The refusal changed nothing: the original still replays.
-        replay = await payments_stub.CreatePayment(_create_request(key, **original), metadata=alpha.metadata, timeout=5)
+        replay = await payments_stub.CreatePayment(
+            create_payment_request(key, **original), metadata=alpha.metadata, timeout=5
+        )
         assert replay.replayed
         assert replay.payment == first.payment
 
@@ -526,17 +510,19 @@ class TestIdempotencyKeys:
         self, payments_stub: Stub, alpha: Caller
     ) -> None:
         key = "😀" * 223 + uuid.uuid4().hex  # 255 characters, 924 bytes, named three times in the answer
-        await payments_stub.CreatePayment(_create_request(key), metadata=alpha.metadata, timeout=5)
+        await payments_stub.CreatePayment(create_payment_request(key), metadata=alpha.metadata, timeout=5)
         for _ in range(10):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await payments_stub.CreatePayment(_create_request(key, value="1"), metadata=alpha.metadata, timeout=5)
+                await payments_stub.CreatePayment(
+                    create_payment_request(key, value="1"), metadata=alpha.metadata, timeout=5
+                )
             assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, caught.value.details()
             assert key in (caught.value.details() or "")
 
     async def test_fifty_concurrent_calls_with_one_key_create_one_payment_that_every_caller_gets_or_may_retry(
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool
     ) -> None:
-        request = _create_request(f"race-{uuid.uuid4()}", description="raced")
+        request = create_payment_request(f"race-{uuid.uuid4()}", description="raced")
         outcomes = await asyncio.gather(
             *(payments_stub.CreatePayment(request, metadata=alpha.metadata, timeout=10) for _ in range(50)),
             return_exceptions=True,
@@ -556,7 +542,7 @@ class TestIdempotencyKeys:
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool
     ) -> None:
         key = f"race-mixed-{uuid.uuid4()}"
-        requests = [_create_request(key, value=f"{10 + index % 2}.00") for index in range(50)]
+        requests = [create_payment_request(key, value=f"{10 + index % 2}.00") for index in range(50)]
         outcomes = await asyncio.gather(
             *(payments_stub.CreatePayment(r, metadata=alpha.metadata, timeout=10) for r in requests),
             return_exceptions=True,
@@ -581,7 +567,7 @@ class TestIdempotencyKeys:
     async def test_two_clients_racing_with_one_key_get_one_payment_each(
         self, payments_stub: Stub, alpha: Caller, beta: Caller, pool: asyncpg.Pool
     ) -> None:
-        request = _create_request(f"shared-race-{uuid.uuid4()}")
+        request = create_payment_request(f"shared-race-{uuid.uuid4()}")
         callers = [alpha, beta] * 25
         outcomes = await asyncio.gather(
             *(payments_stub.CreatePayment(request, metadata=c.metadata, timeout=10) for c in callers),
@@ -602,7 +588,7 @@ class TestIdempotencyKeys:
     async def test_a_hundred_concurrent_calls_with_distinct_keys_create_a_hundred_payments(
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool
     ) -> None:
-        requests = [_create_request(f"distinct-{uuid.uuid4()}") for _ in range(100)]
+        requests = [create_payment_request(f"distinct-{uuid.uuid4()}") for _ in range(100)]
         before = await _rows_of(pool, alpha.client_id)
         outcomes = await asyncio.gather(
             *(payments_stub.CreatePayment(r, metadata=alpha.metadata, timeout=10) for r in requests)
@@ -616,7 +602,7 @@ class TestIdempotencyKeys:
     async def test_retrying_after_calls_that_ran_out_of_time_yields_exactly_one_payment(
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool
     ) -> None:
-        request = _create_request(f"timed-out-{uuid.uuid4()}")
+        request = create_payment_request(f"timed-out-{uuid.uuid4()}")
         ids = set()
         for timeout in (0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1):
             try:
@@ -633,10 +619,10 @@ class TestIdempotencyKeys:
     async def test_an_invalid_request_under_a_used_key_is_invalid_argument_and_leaves_the_key_alone(
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool
     ) -> None:
-        request = _create_request(f"used-{uuid.uuid4()}")
+        request = create_payment_request(f"used-{uuid.uuid4()}")
         first = await payments_stub.CreatePayment(request, metadata=alpha.metadata, timeout=5)
         await _assert_invalid_argument_writing_nothing(
-            payments_stub, alpha, pool, _create_request(request.idempotency_key, value="-1"), "amount.value"
+            payments_stub, alpha, pool, create_payment_request(request.idempotency_key, value="-1"), "amount.value"
         )
         replay = await payments_stub.CreatePayment(request, metadata=alpha.metadata, timeout=5)
         assert replay.replayed and replay.payment == first.payment
@@ -649,7 +635,7 @@ class TestGetPayment:
     async def test_an_uppercase_spelling_of_the_id_names_the_same_payment(
         self, payments_stub: Stub, alpha: Caller
     ) -> None:
-        created = await payments_stub.CreatePayment(_create_request(), metadata=alpha.metadata, timeout=5)
+        created = await payments_stub.CreatePayment(create_payment_request(), metadata=alpha.metadata, timeout=5)
         fetched = await payments_stub.GetPayment(
             payments_pb2.GetPaymentRequest(payment_id=created.payment.id.upper()), metadata=alpha.metadata, timeout=5
         )
@@ -668,7 +654,7 @@ class TestGetPayment:
     async def test_no_spelling_of_another_clients_payment_id_reveals_it(
         self, payments_stub: Stub, alpha: Caller, beta: Caller, auditor: Caller, spelling: Any
     ) -> None:
-        created = await payments_stub.CreatePayment(_create_request(), metadata=alpha.metadata, timeout=5)
+        created = await payments_stub.CreatePayment(create_payment_request(), metadata=alpha.metadata, timeout=5)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await payments_stub.GetPayment(
                 payments_pb2.GetPaymentRequest(payment_id=spelling(created.payment.id)),
@@ -737,7 +723,7 @@ class TestListPayments:
         pager = own_callers["pager"]
         # Created concurrently, so that several may share a created_at and only the id breaks the tie.
         await asyncio.gather(
-            *(own_stub.CreatePayment(_create_request(), metadata=pager.metadata, timeout=10) for _ in range(60))
+            *(own_stub.CreatePayment(create_payment_request(), metadata=pager.metadata, timeout=10) for _ in range(60))
         )
         everything = await _list_all(own_stub, pager, page_size=500)
         ids = [payment.id for payment in everything]
@@ -760,7 +746,7 @@ class TestListPayments:
         self, payments_stub: Stub, alpha: Caller
     ) -> None:
         for _ in range(3):
-            await payments_stub.CreatePayment(_create_request(), metadata=alpha.metadata, timeout=5)
+            await payments_stub.CreatePayment(create_payment_request(), metadata=alpha.metadata, timeout=5)
         unfiltered = await payments_stub.ListPayments(
             payments_pb2.ListPaymentsRequest(page_size=1), metadata=alpha.metadata, timeout=5
         )
@@ -788,7 +774,7 @@ class TestListPayments:
         self, payments_stub: Stub, alpha: Caller, beta: Caller
     ) -> None:
         for _ in range(3):
-            await payments_stub.CreatePayment(_create_request(), metadata=alpha.metadata, timeout=5)
+            await payments_stub.CreatePayment(create_payment_request(), metadata=alpha.metadata, timeout=5)
         alphas = await payments_stub.ListPayments(
             payments_pb2.ListPaymentsRequest(page_size=1), metadata=alpha.metadata, timeout=5
         )
@@ -808,7 +794,7 @@ class TestListPayments:
     async def test_no_listing_by_another_service_shows_another_clients_payments_while_an_auditor_lists_them(
         self, payments_stub: Stub, alpha: Caller, beta: Caller, auditor: Caller
     ) -> None:
-        created = await payments_stub.CreatePayment(_create_request(), metadata=alpha.metadata, timeout=5)
+        created = await payments_stub.CreatePayment(create_payment_request(), metadata=alpha.metadata, timeout=5)
         for state in (payments_pb2.PAYMENT_STATE_UNSPECIFIED, payments_pb2.PAYMENT_STATE_RECORDED):
             listed = await _list_all(payments_stub, beta, state=state)
             assert all(p.client_id == beta.client_id for p in listed)
@@ -829,28 +815,28 @@ class TestListPayments:
             pytest.param("é", id="non-ascii"),
             pytest.param("\x00", id="nul"),
             pytest.param(base64.urlsafe_b64encode(b"\xff\xfe\xfd").decode(), id="not-utf8"),
-            pytest.param(_page_token(None), id="json-null"),
-            pytest.param(_page_token(42), id="json-number"),
-            pytest.param(_page_token("a string"), id="json-string"),
-            pytest.param(_page_token([1, 2, 3]), id="json-array"),
-            pytest.param(_page_token({}), id="json-empty-object"),
-            pytest.param(_page_token({"s": None, "t": "2026-01-01T00:00:00+00:00"}), id="no-id"),
-            pytest.param(_page_token({"s": None, "t": "not a time", "i": str(uuid.UUID(int=0))}), id="t-not-a-time"),
-            pytest.param(_page_token({"s": None, "t": 1_700_000_000, "i": str(uuid.UUID(int=0))}), id="t-a-number"),
-            pytest.param(_page_token({"s": None, "t": "2026-01-01T00:00:00+00:00", "i": "no"}), id="i-not-a-uuid"),
-            pytest.param(_page_token({"s": None, "t": "2026-01-01T00:00:00+00:00", "i": None}), id="i-null"),
-            pytest.param(_page_token({"s": None, "t": "2026-01-01T00:00:00+00:00", "i": 5}), id="i-a-number"),
-            pytest.param(_page_token({"s": None, "t": "2026-01-01T00:00:00+00:00", "i": ["x"]}), id="i-an-array"),
+            pytest.param(page_token(None), id="json-null"),
+            pytest.param(page_token(42), id="json-number"),
+            pytest.param(page_token("a string"), id="json-string"),
+            pytest.param(page_token([1, 2, 3]), id="json-array"),
+            pytest.param(page_token({}), id="json-empty-object"),
+            pytest.param(page_token({"s": None, "t": "2026-01-01T00:00:00+00:00"}), id="no-id"),
+            pytest.param(page_token({"s": None, "t": "not a time", "i": str(uuid.UUID(int=0))}), id="t-not-a-time"),
+            pytest.param(page_token({"s": None, "t": 1_700_000_000, "i": str(uuid.UUID(int=0))}), id="t-a-number"),
+            pytest.param(page_token({"s": None, "t": "2026-01-01T00:00:00+00:00", "i": "no"}), id="i-not-a-uuid"),
+            pytest.param(page_token({"s": None, "t": "2026-01-01T00:00:00+00:00", "i": None}), id="i-null"),
+            pytest.param(page_token({"s": None, "t": "2026-01-01T00:00:00+00:00", "i": 5}), id="i-a-number"),
+            pytest.param(page_token({"s": None, "t": "2026-01-01T00:00:00+00:00", "i": ["x"]}), id="i-an-array"),
             pytest.param(
-                _page_token({"s": None, "t": "0001-01-01T00:00:00+01:00", "i": str(uuid.UUID(int=0))}),
+                page_token({"s": None, "t": "0001-01-01T00:00:00+01:00", "i": str(uuid.UUID(int=0))}),
                 id="t-before-year-1-in-utc",
             ),
             pytest.param(
-                _page_token({"s": None, "t": "9999-12-31T23:59:59-01:00", "i": str(uuid.UUID(int=0))}),
+                page_token({"s": None, "t": "9999-12-31T23:59:59-01:00", "i": str(uuid.UUID(int=0))}),
                 id="t-after-year-9999-in-utc",
             ),
             pytest.param(
-                _page_token({"s": "RECORDED", "t": "2026-01-01T00:00:00+00:00", "i": str(uuid.UUID(int=0))}),
+                page_token({"s": "RECORDED", "t": "2026-01-01T00:00:00+00:00", "i": str(uuid.UUID(int=0))}),
                 id="issued-for-a-state-filter",
             ),
             pytest.param(base64.urlsafe_b64encode(b"[" * 100_000).decode(), id="deeply-nested-array"),
@@ -911,7 +897,7 @@ class TestListPayments:
         bulky = own_callers["bulky"]
         for _ in range(60):
             await own_stub.CreatePayment(
-                _create_request(
+                create_payment_request(
                     key="🔑" * 200 + uuid.uuid4().hex,
                     description="𝄞" * 1000,
                     merchant_reference="😀" * 255,
@@ -957,7 +943,7 @@ class TestAuthentication:
         metadata = mangle(alpha.token)
         before = await _rows_of(pool, alpha.client_id)
         calls = [
-            payments_stub.CreatePayment(_create_request(), metadata=metadata, timeout=5),
+            payments_stub.CreatePayment(create_payment_request(), metadata=metadata, timeout=5),
             payments_stub.GetPayment(
                 payments_pb2.GetPaymentRequest(payment_id=str(uuid.uuid4())), metadata=metadata, timeout=5
             ),
@@ -974,16 +960,19 @@ class TestAuthentication:
     ) -> None:
         before = await _rows_of(pool, auditor.client_id)
         for request in (
-            _create_request(),
-            _create_request(value="-1"),
+            create_payment_request(),
+            create_payment_request(value="-1"),
             payments_pb2.CreatePaymentRequest(),
-            _create_request("😀" * 255, description="𝄞" * 1000),
+            create_payment_request("😀" * 255, description="𝄞" * 1000),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await payments_stub.CreatePayment(request, metadata=auditor.metadata, timeout=5)
             assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         outcomes = await asyncio.gather(
-            *(payments_stub.CreatePayment(_create_request(), metadata=auditor.metadata, timeout=5) for _ in range(20)),
+            *(
+                payments_stub.CreatePayment(create_payment_request(), metadata=auditor.metadata, timeout=5)
+                for _ in range(20)
+            ),
             return_exceptions=True,
         )
         assert all(
@@ -1000,10 +989,10 @@ class TestDeadlines:
     async def test_every_rpc_answers_a_tiny_deadline_in_time(
         self, payments_stub: Stub, alpha: Caller, deadline_s: float
     ) -> None:
-        created = await payments_stub.CreatePayment(_create_request(), metadata=alpha.metadata, timeout=5)
+        created = await payments_stub.CreatePayment(create_payment_request(), metadata=alpha.metadata, timeout=5)
         calls = {
             "create": lambda: payments_stub.CreatePayment(
-                _create_request(), metadata=alpha.metadata, timeout=deadline_s
+                create_payment_request(), metadata=alpha.metadata, timeout=deadline_s
             ),
             "get": lambda: payments_stub.GetPayment(
                 payments_pb2.GetPaymentRequest(payment_id=created.payment.id),
@@ -1026,18 +1015,11 @@ class TestDeadlines:
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool
     ) -> None:
         """More blocked callers than the pool has connections: the surplus waits for one, and still answers in time."""
-        request = _create_request(f"crowd-{uuid.uuid4()}")
+        request = create_payment_request(f"crowd-{uuid.uuid4()}")
         async with pool.acquire() as holder:
             transaction = holder.transaction()
             await transaction.start()
-            await holder.execute(
-                "INSERT INTO idempotency_keys (client_id, idempotency_key, operation, request_fingerprint, resource_id)"
-                " VALUES ($1, $2, 'payments.create', $3, $4)",
-                alpha.client_id,
-                request.idempotency_key,
-                b"\x00" * 32,
-                uuid.uuid4(),
-            )
+            await insert_idempotency_key(holder, alpha.client_id, request.idempotency_key)
 
             async def call() -> tuple[grpc.StatusCode, float]:
                 started = time.monotonic()
@@ -1062,18 +1044,11 @@ class TestDeadlines:
         self, own_stub: Stub, own_callers: dict[str, Caller], pool: asyncpg.Pool
     ) -> None:
         slow = own_callers["slow"]
-        request = _create_request(f"no-deadline-{uuid.uuid4()}")
+        request = create_payment_request(f"no-deadline-{uuid.uuid4()}")
         async with pool.acquire() as holder:
             transaction = holder.transaction()
             await transaction.start()
-            await holder.execute(
-                "INSERT INTO idempotency_keys (client_id, idempotency_key, operation, request_fingerprint, resource_id)"
-                " VALUES ($1, $2, 'payments.create', $3, $4)",
-                slow.client_id,
-                request.idempotency_key,
-                b"\x00" * 32,
-                uuid.uuid4(),
-            )
+            await insert_idempotency_key(holder, slow.client_id, request.idempotency_key)
             started = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await asyncio.wait_for(own_stub.CreatePayment(request, metadata=slow.metadata), timeout=10)
@@ -1087,18 +1062,11 @@ class TestDeadlines:
     async def test_calls_cancelled_by_their_callers_mid_wait_leave_one_payment_per_key_and_a_working_server(
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool
     ) -> None:
-        request = _create_request(f"cancelled-{uuid.uuid4()}")
+        request = create_payment_request(f"cancelled-{uuid.uuid4()}")
         async with pool.acquire() as holder:
             transaction = holder.transaction()
             await transaction.start()
-            await holder.execute(
-                "INSERT INTO idempotency_keys (client_id, idempotency_key, operation, request_fingerprint, resource_id)"
-                " VALUES ($1, $2, 'payments.create', $3, $4)",
-                alpha.client_id,
-                request.idempotency_key,
-                b"\x00" * 32,
-                uuid.uuid4(),
-            )
+            await insert_idempotency_key(holder, alpha.client_id, request.idempotency_key)
             calls = [payments_stub.CreatePayment(request, metadata=alpha.metadata, timeout=5) for _ in range(70)]
             await asyncio.sleep(0.3)
             for call in calls:
@@ -1107,7 +1075,7 @@ class TestDeadlines:
             await transaction.rollback()
         assert all(isinstance(o, asyncio.CancelledError) for o in outcomes), outcomes
         # Every connection the cancelled calls held came back: a full pool's worth of new payments goes through.
-        fresh = [_create_request() for _ in range(60)]
+        fresh = [create_payment_request() for _ in range(60)]
         created = await asyncio.gather(
             *(payments_stub.CreatePayment(r, metadata=alpha.metadata, timeout=5) for r in fresh)
         )
@@ -1140,7 +1108,7 @@ async def test_a_client_id_the_settings_accept_can_create_and_read_its_payments(
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = payments_pb2_grpc.PaymentServiceStub(channel)
-            created = await stub.CreatePayment(_create_request(), metadata=caller.metadata, timeout=5)
+            created = await stub.CreatePayment(create_payment_request(), metadata=caller.metadata, timeout=5)
             assert created.payment.client_id == caller.client_id
     finally:
         await server.stop(None)

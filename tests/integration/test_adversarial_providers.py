@@ -27,20 +27,18 @@ from aiohttp import web
 from server.db.database import Budget, Database
 from server.domain.errors import DeadlineExceeded, ProviderUnavailable
 from server.domain.identity import Principal
-from server.domain.orders import validate_submit_order
 from server.domain.payment_states import PaymentState
-from server.domain.payments import validate_create_payment
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.gateway import GatewayClient
 from server.providers.venue import VenueClient
 from server.services.leg_resolver import LegResolver, LegResolverSettings
 from server.services.order_submission import submit_and_send
 from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings
-from server.services.payments import create_payment
 from server.services.submission import create_and_submit
 from tests.integration.test_unreliable_provider import SECRET as SIM_SECRET
 from tests.integration.test_unreliable_provider import _simulator, _truth
 from tests.support import AnsweringProvider, answering_provider
+from tests.support.requests import create_payment_command, leg_terms, new_payment, submit_order_command, submitted_leg
 from tests.support.webhooks import PROVIDER, fill_execution, mac, order_event, payment_event, sign, webhook_endpoint
 
 SECRET = "whsec_adversarial_test"  # noqa: S105 - a test secret
@@ -71,38 +69,8 @@ async def post(database: Database) -> AsyncIterator[Post]:
         yield endpoint.post
 
 
-async def _payment(database: Database, principal: Principal, amount: str = "25.00") -> uuid.UUID:
-    request = validate_create_payment(
-        idempotency_key=str(uuid.uuid4()),
-        amount_value=amount,
-        currency_code="EUR",
-        description="",
-        merchant_reference="",
-        metadata={},
-    )
-    return (await create_payment(database, principal, request, Budget.within(10))).payment.id
-
-
-def _leg_spec(quantity: str = "100") -> dict[str, str]:
-    return {
-        "instrument_symbol": "ACME",
-        "side": "BUY",
-        "quantity": quantity,
-        "order_type": "MARKET",
-        "limit_price": "",
-        "currency_code": "USD",
-    }
-
-
-async def _submitted_leg(database: Database, principal: Principal, quantity: str = "100") -> uuid.UUID:
-    """A leg recorded and not sent (SUBMITTED)."""
-    request = validate_submit_order(f"o-{uuid.uuid4()}", "adv", [_leg_spec(quantity)])
-    order = (await submit_and_send(database, None, principal, request, Budget.within(5))).order
-    return order.legs[0].id
-
-
 async def _pending_leg(post: Post, database: Database, principal: Principal, quantity: str = "100") -> uuid.UUID:
-    leg_id = await _submitted_leg(database, principal, quantity)
+    leg_id = await submitted_leg(database, principal, quantity)
     status, reply = await post(_order_event(leg_id, "new"))
     assert (status, reply.get("outcome")) == (200, "applied"), reply
     return leg_id
@@ -172,7 +140,7 @@ async def test_concurrent_deliveries_of_one_fill_event_apply_the_fill_once(
 async def test_one_event_id_used_for_a_payment_and_for_a_leg_is_applied_once_per_consumer(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     leg_id = await _pending_leg(post, database, principal)
     event_id = f"evt_{uuid.uuid4().hex}"
     first = await post(_payment_event(payment_id, "pending", event_id))  # news a webhook applies itself
@@ -198,7 +166,7 @@ async def test_event_ids_differing_only_in_case_or_whitespace_never_apply_one_fi
     assert await _count(pool, "SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id) == 1
     # and a payment: the same "succeeded" under five spellings of one id only makes Ballast ask, and
     # the provider's answer posts the ledger once; the five again change nothing
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     bodies = [
         _payment_event(payment_id, "succeeded", event_id + "p")
         for event_id in (base, base.upper(), f" {base}", f"{base} ", f"{base}\t")
@@ -230,7 +198,7 @@ async def test_fifty_concurrent_succeeded_events_with_different_ids_post_the_led
     """Fifty claims of success at once only make Ballast ask. While the provider's answers are held back,
     more claims make the payment due again, until five checks of it are in flight at once; their
     answers, released together, post the ledger once."""
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     replies = await asyncio.gather(*(post(_payment_event(payment_id, "succeeded")) for _ in range(50)))
     assert {status for status, _ in replies} == {200}, replies
     outcomes = [reply["outcome"] for _, reply in replies]
@@ -308,7 +276,9 @@ async def test_response_webhooks_and_resolver_racing_post_the_ledger_once_and_ch
         try:
             results = await asyncio.gather(
                 *(
-                    create_and_submit(database, gateway, principal, _request(key), Budget.within(5))
+                    create_and_submit(
+                        database, gateway, principal, create_payment_command(key, "31.00"), Budget.within(5)
+                    )
                     for key in keys
                     for _ in range(2)  # the caller retries at once with the same key
                 )
@@ -354,17 +324,6 @@ async def test_response_webhooks_and_resolver_racing_post_the_ledger_once_and_ch
     assert not await _count(pool, "SELECT count(*) FROM cases WHERE payment_id = ANY($1::uuid[])", list(ids))
 
 
-def _request(key: str, amount: str = "31.00") -> Any:
-    return validate_create_payment(
-        idempotency_key=key,
-        amount_value=amount,
-        currency_code="EUR",
-        description="",
-        merchant_reference="",
-        metadata={},
-    )
-
-
 # --------------------------------------------------------------------------------------------------
 # No illegal moves through webhooks
 # --------------------------------------------------------------------------------------------------
@@ -387,7 +346,7 @@ _ORDERS = list(itertools.permutations(("pending", "failed", "succeeded", "refund
 async def test_any_order_of_pending_failed_succeeded_refunded_leaves_the_decision_to_the_providers_api(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool, order: tuple[str, ...]
 ) -> None:
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     outcomes = []
     for status in order:
         code, reply = await post(_payment_event(payment_id, status))
@@ -429,7 +388,7 @@ async def test_any_order_of_pending_failed_succeeded_refunded_leaves_the_decisio
 async def test_refunded_before_succeeded_does_not_refund_or_skip_states(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool, truth: str
 ) -> None:
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     assert (await post(_payment_event(payment_id, "refunded"))) == (200, {"received": True, "outcome": "confirming"})
     assert (await _state(pool, payment_id), await _entries(pool, payment_id)) == ("RECORDED", 0)
     assert await _due(pool, payment_id)
@@ -458,7 +417,7 @@ async def test_refunded_before_succeeded_does_not_refund_or_skip_states(
 async def test_odd_casing_maps_and_unknown_status_words_are_kept_and_refused(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     for word in ("succeeded!", "SUCCEEDEDX", "succ\u0435eded", "", "null"):  # \u0435: a Cyrillic e
         body = _payment_event(payment_id, word)
         status, _ = await post(body)
@@ -489,7 +448,7 @@ async def test_odd_casing_maps_and_unknown_status_words_are_kept_and_refused(
 async def test_bodies_at_and_over_one_mebibyte(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     event_id = f"evt_{uuid.uuid4().hex}"
     base = json.loads(_payment_event(payment_id, "succeeded", event_id))
     base["padding"] = ""
@@ -532,7 +491,7 @@ async def test_bodies_at_and_over_one_mebibyte(
 async def test_non_utf8_and_duplicate_key_bodies(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     status, _ = await post(b'{"id": "evt_\xff\xfe", "type": "payment.succeeded"}')
     assert status == 400
     # duplicate keys: what is applied must be what is stored and signed, read one way
@@ -592,7 +551,7 @@ async def test_a_signed_event_nested_too_deep_is_kept_and_answered_400_not_500(
 ) -> None:
     """Nesting beyond what an event needs (or the parser can go) is refused with 400, the delivery kept
     as evidence; the same delivery again is answered the same, never a 500 the provider retries forever."""
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     nested = "[" * depth + "]" * depth
     event_id = f"evt_{uuid.uuid4().hex}"
     if where == "top":
@@ -698,7 +657,7 @@ async def test_a_fill_that_overtakes_the_acknowledgement_is_applied_not_sent_to_
 ) -> None:
     """Webhooks come out of order (README): a fill for a leg still SUBMITTED (its submit answer not yet
     written) is not a venue contradicting itself; the fill must be applied once, not parked in a case."""
-    leg_id = await _submitted_leg(database, principal)
+    leg_id = await submitted_leg(database, principal)
     status, reply = await post(_order_event(leg_id, "partial_fill", execution=fill_execution("10")))
     assert status == 200
     leg = await _leg(pool, leg_id)
@@ -714,7 +673,7 @@ async def test_a_fill_that_overtakes_the_acknowledgement_is_applied_not_sent_to_
 async def test_signature_attacks_are_refused_with_401_and_store_nothing(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     body = _payment_event(payment_id, "succeeded")
     other = _payment_event(payment_id, "failed")
     now = int(time.time())
@@ -766,7 +725,7 @@ async def test_signature_attacks_are_refused_with_401_and_store_nothing(
 async def test_a_forged_signature_with_a_weird_timestamp_is_401_not_a_server_error(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool, timestamp: str
 ) -> None:
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     body = _payment_event(payment_id, "succeeded")
     header = f"t={timestamp},v1={'ab' * 32}"
     status, reply = await post(body, headers={"Simulator-Signature": header})
@@ -777,7 +736,7 @@ async def test_a_forged_signature_with_a_weird_timestamp_is_401_not_a_server_err
 async def test_two_signature_headers_cannot_smuggle_a_forgery(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     genuine = _payment_event(payment_id, "failed")
     forged = _payment_event(payment_id, "succeeded")
     headers = [
@@ -820,7 +779,9 @@ async def test_create_payment_against_a_hanging_provider_answers_in_time_and_nev
         async def call(key: str) -> None:
             started = time.monotonic()
             try:
-                result = await create_and_submit(database, gateway, principal, _request(key), Budget.within(DEADLINE_S))
+                result = await create_and_submit(
+                    database, gateway, principal, create_payment_command(key, "31.00"), Budget.within(DEADLINE_S)
+                )
                 states.append(result.payment.state)
             except (ProviderUnavailable, DeadlineExceeded):
                 states.append(PaymentState.RECORDED)
@@ -912,7 +873,7 @@ async def test_fills_are_applied_once_per_execution_while_the_leg_resolver_races
         resolving = asyncio.create_task(resolve())
         try:
             for _ in range(5):
-                request = validate_submit_order(f"o-{uuid.uuid4()}", "adv", [_leg_spec("100"), _leg_spec("33.5")])
+                request = submit_order_command([leg_terms("100"), leg_terms("33.5")], reference="adv")
                 # half recorded without sending (the resolver sends them), half sent at once
                 sender = venue if len(orders) % 2 else None
                 orders.append((await submit_and_send(database, sender, principal, request, Budget.within(5))).order.id)
@@ -966,7 +927,11 @@ async def test_a_provider_answer_in_a_status_ballast_does_not_know_is_an_unknown
             url = f"http://127.0.0.1:{runner.addresses[0][1]}"
             gateway = GatewayClient("simulator", url, session, Breaker("adv.mystery", BreakerSettings()))
             result = await create_and_submit(
-                database, gateway, principal, _request(f"mystery-{uuid.uuid4()}"), Budget.within(5)
+                database,
+                gateway,
+                principal,
+                create_payment_command(f"mystery-{uuid.uuid4()}", "31.00"),
+                Budget.within(5),
             )
     finally:
         await runner.cleanup()

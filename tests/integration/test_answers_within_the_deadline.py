@@ -22,11 +22,11 @@ import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
 
-from ballast.common.v1 import money_pb2
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.gateway import GatewayClient
 from tests.support import insert_idempotency_key
+from tests.support.requests import create_payment_request
 from tests.support.servers import Caller, in_process_server
 
 Stub = payments_pb2_grpc.PaymentServiceStub
@@ -39,12 +39,6 @@ BURST_DEADLINE_S = 0.5
 
 def _requests_counted(method: str, code: str) -> float:
     return REGISTRY.get_sample_value("ballast_grpc_requests_total", {"method": method, "code": code}) or 0.0
-
-
-def _request(key: str) -> payments_pb2.CreatePaymentRequest:
-    return payments_pb2.CreatePaymentRequest(
-        idempotency_key=key, amount=money_pb2.Money(value="12.50", currency_code="EUR")
-    )
 
 
 class Provider:
@@ -104,7 +98,9 @@ async def test_a_burst_against_a_hanging_provider_gets_ballasts_own_answers_with
     async def call(key: str) -> tuple[str, str, float]:
         started = time.monotonic()
         try:
-            reply = await stub.CreatePayment(_request(key), metadata=caller.metadata, timeout=BURST_DEADLINE_S)
+            reply = await stub.CreatePayment(
+                create_payment_request(key, "12.50"), metadata=caller.metadata, timeout=BURST_DEADLINE_S
+            )
         except grpc.aio.AioRpcError as error:
             return error.code().name, error.details() or "", time.monotonic() - started
         return f"OK {payments_pb2.PaymentState.Name(reply.payment.state)}", "", time.monotonic() - started
@@ -155,7 +151,7 @@ async def test_a_call_whose_deadline_runs_out_after_its_payment_was_taken_is_tol
         provider.on_create = take_it_but_lock_the_payment_first
         started = time.monotonic()
         with pytest.raises(grpc.aio.AioRpcError) as cut:
-            await stub.CreatePayment(_request(key), metadata=caller.metadata, timeout=1.0)
+            await stub.CreatePayment(create_payment_request(key, "12.50"), metadata=caller.metadata, timeout=1.0)
         elapsed_s = time.monotonic() - started
         await locked.rollback()
     assert cut.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
@@ -164,7 +160,7 @@ async def test_a_call_whose_deadline_runs_out_after_its_payment_was_taken_is_tol
     assert "Repeat the call with the same idempotency key" in (cut.value.details() or "")
     deadline = time.monotonic() + 10
     while True:
-        replay = await stub.CreatePayment(_request(key), metadata=caller.metadata, timeout=10)
+        replay = await stub.CreatePayment(create_payment_request(key, "12.50"), metadata=caller.metadata, timeout=10)
         assert replay.replayed and replay.payment.idempotency_key == key
         if replay.payment.state == payments_pb2.PAYMENT_STATE_SUCCEEDED:
             break  # the provider's answer was written after the caller had gone
@@ -194,7 +190,7 @@ async def test_a_call_its_caller_cancels_is_counted_cancelled_not_unknown(
     key = f"cancelled-{uuid.uuid4()}"
     async with pool.acquire() as holder, holder.transaction():
         await insert_idempotency_key(holder, caller.client_id, key)  # the call waits behind this row
-        call = stub.CreatePayment(_request(key), metadata=caller.metadata, timeout=30)
+        call = stub.CreatePayment(create_payment_request(key, "12.50"), metadata=caller.metadata, timeout=30)
         deadline = time.monotonic() + 10
         while not await holder.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"

@@ -13,19 +13,18 @@ import asyncpg
 import nats
 import pytest
 
-from server.db.database import Budget, Database
+from server.db.database import Database
 from server.db.engine import create_pool
 from server.db.migrate import migrate_to_head
 from server.domain.identity import Principal, Role
 from server.domain.payment_states import PaymentEvent
-from server.domain.payments import validate_create_payment
 from server.messaging.consumer import ConsumerRunner
 from server.messaging.idempotent import process_if_new
 from server.outbox.relay import OutboxRelay, ensure_stream
 from server.services import exposures
 from server.services.payment_events import Evidence
-from server.services.payments import create_payment
 from tests.support import apply_evidence, scratch_database
+from tests.support.requests import new_payment
 
 
 @pytest.fixture(scope="module")
@@ -101,17 +100,9 @@ async def test_the_exposure_projection_matches_the_ledger_and_survives_a_failing
     merchant = Principal(f"m-{uuid.uuid4().hex[:8]}", Role.SERVICE)
     outcomes = [PaymentEvent.SUCCEEDED, PaymentEvent.FAILED, None, PaymentEvent.ACCEPTED, PaymentEvent.SUCCEEDED]
     for index, event in enumerate(outcomes):
-        request = validate_create_payment(
-            idempotency_key=f"k{index}",
-            amount_value=f"{10 + index}.25",
-            currency_code="EUR",
-            description="",
-            merchant_reference="",
-            metadata={},
-        )
-        payment = (await create_payment(database, merchant, request, Budget.within(10))).payment
+        payment_id = await new_payment(database, merchant, f"{10 + index}.25", key=f"k{index}")
         if event is not None:
-            await apply_evidence(database, payment.id, event, Evidence("test", f"e{index}"))
+            await apply_evidence(database, payment_id, event, Evidence("test", f"e{index}"))
 
     failed_once: set[str] = set()
 

@@ -15,6 +15,7 @@ from server.db.database import Database
 from server.domain.order_legs import Fill, LegState
 from server.domain.provider_status import VenueReport
 from tests.support import field_violations, report_to_leg
+from tests.support.requests import leg_spec, submit_order_request
 from tests.support.servers import Caller
 
 Stub = execution_pb2_grpc.ExecutionServiceStub
@@ -26,35 +27,17 @@ def stub(channel: grpc.aio.Channel) -> Stub:
     return execution_pb2_grpc.ExecutionServiceStub(channel)
 
 
-def _leg(
-    quantity: str = "10", order_type: str = "ORDER_TYPE_LIMIT", limit_price: str | None = None, **fields: str
-) -> execution_pb2.LegSpec:
-    """A valid leg unless told otherwise; a LIMIT leg gets a limit price of 101.25 by default."""
-    if limit_price is None:
-        limit_price = "101.25" if order_type == "ORDER_TYPE_LIMIT" else ""
-    return execution_pb2.LegSpec(
-        instrument_symbol=fields.get("instrument_symbol", "AAPL"),
-        side=fields.get("side", "SIDE_BUY"),
-        quantity=quantity,
-        order_type=order_type,
-        limit_price=limit_price,
-        currency_code=fields.get("currency_code", "USD"),
-    )
-
-
 def _submit(
     key: str | None = None, legs: list[execution_pb2.LegSpec] | None = None
 ) -> execution_pb2.SubmitOrderRequest:
-    return execution_pb2.SubmitOrderRequest(
-        idempotency_key=key or f"order-{uuid.uuid4()}",
-        client_order_reference="ref-1",
-        legs=legs if legs is not None else [_leg(), _leg("5", "ORDER_TYPE_MARKET", side="SIDE_SELL")],
-    )
+    """An order of a LIMIT buy and a MARKET sell unless `legs` are given."""
+    two_legs = [leg_spec(), leg_spec("5", "ORDER_TYPE_MARKET", side="SIDE_SELL")]
+    return submit_order_request(key, legs if legs is not None else two_legs, reference="ref-1")
 
 
 async def _filled_leg(stub: Stub, caller: Caller, database: Database, quantity: str = "10") -> tuple[str, str]:
     """An order whose one leg the venue acknowledged and filled completely; (order id, leg id)."""
-    order = (await stub.SubmitOrder(_submit(legs=[_leg(quantity)]), metadata=caller.metadata, timeout=5)).order
+    order = (await stub.SubmitOrder(_submit(legs=[leg_spec(quantity)]), metadata=caller.metadata, timeout=5)).order
     leg_id = uuid.UUID(order.legs[0].id)
     assert await report_to_leg(database, leg_id, VenueReport.ACKNOWLEDGED, "venue:ack") == "applied"
     fill = Fill("x-1", Decimal(quantity), Decimal("100"))
@@ -78,7 +61,7 @@ class TestSubmitOrder:
         again = await stub.SubmitOrder(_submit(key), metadata=alpha.metadata, timeout=5)
         assert again.replayed and again.order == first.order
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.SubmitOrder(_submit(key, [_leg("11")]), metadata=alpha.metadata, timeout=5)
+            await stub.SubmitOrder(_submit(key, [leg_spec("11")]), metadata=alpha.metadata, timeout=5)
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert key in (caught.value.details() or "")
 
@@ -105,16 +88,16 @@ class TestSubmitOrder:
         ("legs", "field"),
         [
             ([], "legs"),
-            ([_leg("0")], "legs[0].quantity"),
-            ([_leg("-1")], "legs[0].quantity"),
-            ([_leg("1.0000000000001")], "legs[0].quantity"),
-            ([_leg(limit_price="")], "legs[0].limit_price"),
-            ([_leg(order_type="ORDER_TYPE_MARKET", limit_price="5")], "legs[0].limit_price"),
-            ([_leg(), _leg(side="SIDE_UNSPECIFIED")], "legs[1].side"),
-            ([_leg(order_type="ORDER_TYPE_UNSPECIFIED")], "legs[0].order_type"),
-            ([_leg(instrument_symbol="")], "legs[0].instrument_symbol"),
-            ([_leg(currency_code="XYZ")], "legs[0].currency_code"),
-            ([_leg()] * 21, "legs"),
+            ([leg_spec("0")], "legs[0].quantity"),
+            ([leg_spec("-1")], "legs[0].quantity"),
+            ([leg_spec("1.0000000000001")], "legs[0].quantity"),
+            ([leg_spec(limit_price="")], "legs[0].limit_price"),
+            ([leg_spec(order_type="ORDER_TYPE_MARKET", limit_price="5")], "legs[0].limit_price"),
+            ([leg_spec(), leg_spec(side="SIDE_UNSPECIFIED")], "legs[1].side"),
+            ([leg_spec(order_type="ORDER_TYPE_UNSPECIFIED")], "legs[0].order_type"),
+            ([leg_spec(symbol="")], "legs[0].instrument_symbol"),
+            ([leg_spec(currency="XYZ")], "legs[0].currency_code"),
+            ([leg_spec()] * 21, "legs"),
         ],
     )
     async def test_bad_legs_are_invalid_argument_naming_the_field_and_write_nothing(
@@ -288,7 +271,7 @@ class TestFills:
     async def test_racing_fills_never_overfill_and_a_repeated_execution_applies_once(
         self, stub: Stub, alpha: Caller, database: Database, pool: asyncpg.Pool
     ) -> None:
-        order = (await stub.SubmitOrder(_submit(legs=[_leg("10")]), metadata=alpha.metadata, timeout=5)).order
+        order = (await stub.SubmitOrder(_submit(legs=[leg_spec("10")]), metadata=alpha.metadata, timeout=5)).order
         leg_id = uuid.UUID(order.legs[0].id)
         assert await report_to_leg(database, leg_id, VenueReport.ACKNOWLEDGED, "venue:ack") == "applied"
 

@@ -16,6 +16,7 @@ from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
 from server.db.database import Database
 from server.domain.provider_status import VenueReport
 from tests.support import report_to_leg
+from tests.support.requests import leg_spec, submit_order_request
 from tests.support.servers import Caller
 
 Stub = execution_pb2_grpc.ExecutionServiceStub
@@ -27,15 +28,7 @@ def stub(channel: grpc.aio.Channel) -> Stub:
 
 
 def _order(key: str, symbol: str, quantity: str) -> execution_pb2.SubmitOrderRequest:
-    leg = execution_pb2.LegSpec(
-        instrument_symbol=symbol,
-        side="SIDE_BUY",
-        quantity=quantity,
-        order_type="ORDER_TYPE_LIMIT",
-        limit_price="101.25",
-        currency_code="USD",
-    )
-    return execution_pb2.SubmitOrderRequest(idempotency_key=key, client_order_reference=f"ref-{symbol}", legs=[leg])
+    return submit_order_request(key, [leg_spec(quantity, symbol=symbol)], reference=f"ref-{symbol}")
 
 
 async def _leg_of(stub: Stub, caller: Caller) -> tuple[str, str]:

@@ -18,13 +18,12 @@ import asyncpg
 import grpc
 import pytest
 
-from ballast.common.v1.money_pb2 import Money
 from ballast.ledger.v1 import ledger_pb2
-from ballast.payments.v1 import payments_pb2
 from server.db.database import Database
 from server.domain.payment_states import PaymentEvent
 from server.services.payment_events import Evidence
 from tests.support import apply_evidence, field_violations
+from tests.support.requests import create_payment_request
 from tests.support.servers import Caller, World
 
 E = PaymentEvent
@@ -36,9 +35,7 @@ def _merchant(caller: Caller) -> str:
 
 async def _payment(world: World, amount: str, currency: str = "EUR", caller: Caller | None = None) -> uuid.UUID:
     response = await world.payments.CreatePayment(
-        payments_pb2.CreatePaymentRequest(
-            idempotency_key=str(uuid.uuid4()), amount=Money(value=amount, currency_code=currency)
-        ),
+        create_payment_request(value=amount, currency=currency),
         metadata=(caller or world.merchant).metadata,
         timeout=5,
     )

@@ -16,12 +16,12 @@ from server.domain.order_legs import LEG_MACHINE, Fill, LegState
 from server.domain.orders import LegSpec, OrderType, Side, SubmitOrder
 from server.domain.payment_evidence import judge
 from server.domain.payment_states import EVENT_TARGETS, PAYMENT_MACHINE, PaymentEvent, Verdict, Witness
-from server.domain.payments import validate_create_payment
 from server.domain.provider_status import VenueReport
 from server.services import execution
 from server.services.payment_events import Evidence
 from server.services.payments import create_payment
 from tests.support import apply_evidence, report_to_leg
+from tests.support.requests import create_payment_command
 
 PROPERTY_SETTINGS = settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -34,14 +34,7 @@ async def test_random_payment_evidence_agrees_with_the_domain_and_keeps_the_ledg
     database: Database, pool: asyncpg.Pool, events: list[PaymentEvent]
 ) -> None:
     principal = Principal(f"prop-{uuid.uuid4().hex[:10]}", Role.SERVICE)
-    request = validate_create_payment(
-        idempotency_key="p",
-        amount_value="12.34",
-        currency_code="EUR",
-        description="",
-        merchant_reference="",
-        metadata={},
-    )
+    request = create_payment_command("p", "12.34")
     payment_id = (await create_payment(database, principal, request, Budget.within(10))).payment.id
     expected = PAYMENT_MACHINE.initial
     for event in events:

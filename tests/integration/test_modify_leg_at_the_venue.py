@@ -31,6 +31,7 @@ from server.providers.venue import VenueClient
 from server.services.leg_resolver import LegResolver, LegResolverSettings
 from server.settings import load_settings
 from tests.integration.test_unreliable_provider import _simulator, _truth
+from tests.support.requests import leg_spec, modify_leg_request, submit_order_request
 from tests.support.servers import Caller
 
 Stub = execution_pb2_grpc.ExecutionServiceStub
@@ -73,20 +74,13 @@ async def _trading(
 
 
 def _limit_leg(quantity: str, limit_price: str) -> execution_pb2.LegSpec:
-    return execution_pb2.LegSpec(
-        instrument_symbol="EURUSD",
-        side=execution_pb2.SIDE_SELL,
-        quantity=quantity,
-        order_type=execution_pb2.ORDER_TYPE_LIMIT,
-        limit_price=limit_price,
-        currency_code="USD",
-    )
+    return leg_spec(quantity, "ORDER_TYPE_LIMIT", limit_price, symbol="EURUSD", side="SIDE_SELL")
 
 
 async def _submit(stub: Stub, caller: Caller, leg: execution_pb2.LegSpec) -> tuple[str, str]:
     order = (
         await stub.SubmitOrder(
-            execution_pb2.SubmitOrderRequest(idempotency_key=f"o-{uuid.uuid4()}", legs=[leg]),
+            submit_order_request(legs=[leg]),
             metadata=caller.metadata,
             timeout=5,
         )
@@ -95,13 +89,7 @@ async def _submit(stub: Stub, caller: Caller, leg: execution_pb2.LegSpec) -> tup
 
 
 def _modify(order_id: str, leg_id: str, quantity: str = "", limit_price: str = "") -> execution_pb2.ModifyLegRequest:
-    return execution_pb2.ModifyLegRequest(
-        idempotency_key=f"amend-{uuid.uuid4()}",
-        order_id=order_id,
-        leg_id=leg_id,
-        new_quantity=quantity,
-        new_limit_price=limit_price,
-    )
+    return modify_leg_request(order_id, leg_id, new_quantity=quantity, new_limit_price=limit_price)
 
 
 async def _leg(stub: Stub, caller: Caller, order_id: str) -> LegView:

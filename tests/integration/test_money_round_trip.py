@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from server.db.database import Budget, Database
 from server.domain.identity import Principal, Role
 from server.domain.money import AMOUNT_MAX, MINOR_UNITS
-from server.domain.payments import validate_create_payment
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.embedded_simulator import embedded_simulator
 from server.providers.gateway import GatewayClient
 from server.providers.http import Refused
 from server.services.payments import create_payment, get_payment
+from tests.support.requests import create_payment_command
 
 PRINCIPAL = Principal(f"round-trip-{uuid.uuid4().hex[:8]}", Role.SERVICE)
 
@@ -37,14 +37,7 @@ def amounts(draw: st.DrawFn) -> tuple[str, str]:
 @given(amount=amounts())
 async def test_an_amount_round_trips_through_postgresql_exactly(database: Database, amount: tuple[str, str]) -> None:
     value, currency = amount
-    request = validate_create_payment(
-        idempotency_key=str(uuid.uuid4()),
-        amount_value=value,
-        currency_code=currency,
-        description="",
-        merchant_reference="",
-        metadata={},
-    )
+    request = create_payment_command(amount=value, currency=currency)
     created = await create_payment(database, PRINCIPAL, request, Budget.within(10))
     stored = await get_payment(database, PRINCIPAL, created.payment.id, Budget.within(10))
     assert stored.amount == created.payment.amount == request.amount

@@ -26,7 +26,6 @@ from server.db.database import Budget, Database
 from server.domain.errors import FailedPrecondition, NotFound
 from server.domain.identity import Principal
 from server.domain.payment_states import PaymentEvent, PaymentState, Verdict, Witness
-from server.domain.payments import validate_create_payment
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.gateway import GatewayClient
 from server.services import exposures
@@ -37,6 +36,7 @@ from server.services.payment_events import Evidence, PaymentOutcome
 from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings
 from server.services.submission import create_and_submit
 from tests.support import apply_evidence
+from tests.support.requests import create_payment_command
 
 
 @dataclass
@@ -94,20 +94,9 @@ async def gateway(provider: Provider) -> AsyncIterator[GatewayClient]:
         yield GatewayClient("simulator", provider.url, session, Breaker("simulator.payments", BreakerSettings()))
 
 
-def _request(key: str, amount: str = "12.34") -> Any:
-    return validate_create_payment(
-        idempotency_key=key,
-        amount_value=amount,
-        currency_code="EUR",
-        description="",
-        merchant_reference="",
-        metadata={},
-    )
-
-
 async def _recorded(database: Database, principal: Principal, key: str | None = None) -> uuid.UUID:
     """A payment recorded and never sent (no gateway: as if the provider was never asked)."""
-    created = await create_and_submit(database, None, principal, _request(key or str(uuid.uuid4())), Budget.within(5))
+    created = await create_and_submit(database, None, principal, create_payment_command(key, "12.34"), Budget.within(5))
     return created.payment.id
 
 
@@ -483,7 +472,9 @@ async def test_an_abandoned_recorded_payment_expires_and_a_retry_is_answered_exp
         "SELECT payload FROM outbox WHERE message_key = $1 AND topic = 'payments.state_changed'", str(payment_id)
     )
     assert (announced["from_state"], announced["to_state"]) == ("RECORDED", "EXPIRED")
-    retried = await create_and_submit(database, gateway, principal, _request(key), Budget.within(5))
+    retried = await create_and_submit(
+        database, gateway, principal, create_payment_command(key, "12.34"), Budget.within(5)
+    )
     assert (retried.payment.state.value, retried.replayed) == ("EXPIRED", True)
     assert provider.posts == []
 
@@ -499,7 +490,8 @@ async def test_a_retry_racing_the_expiry_is_either_sent_or_expired_never_both(
         await pool.execute("UPDATE payments SET next_check_at = '-infinity' WHERE id = $1", payment_id)
         resolver = _resolver(database, gateway, provider_timeout_s=1.0, expiry_s=60.0)
         retry, _ = await asyncio.gather(
-            create_and_submit(database, gateway, principal, _request(key), Budget.within(5)), resolver.run_once()
+            create_and_submit(database, gateway, principal, create_payment_command(key, "12.34"), Budget.within(5)),
+            resolver.run_once(),
         )
         state = await _state(pool, payment_id)
         sent = str(payment_id) in provider.posts

@@ -11,24 +11,14 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from ballast.common.v1.money_pb2 import Money
 from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from ballast.reconciliation.v1 import reconciliation_pb2, reconciliation_pb2_grpc
 from tests.support import field_violations, insert_idempotency_key
+from tests.support.requests import create_payment_request
 from tests.support.servers import Caller
 
 Stub = payments_pb2_grpc.PaymentServiceStub
-
-
-def _create_request(
-    key: str | None = None, value: str = "12.34", currency: str = "EUR", **fields: object
-) -> payments_pb2.CreatePaymentRequest:
-    return payments_pb2.CreatePaymentRequest(
-        idempotency_key=key if key is not None else f"key-{uuid.uuid4()}",
-        amount=Money(value=value, currency_code=currency),
-        **fields,  # type: ignore[arg-type]
-    )
 
 
 async def _count_payments(pool: asyncpg.Pool, client_id: str) -> int:
@@ -50,7 +40,7 @@ class TestAuthentication:
     ) -> None:
         before = await pool.fetchval("SELECT count(*) FROM payments")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await payments_stub.CreatePayment(_create_request(), metadata=metadata, timeout=5)
+            await payments_stub.CreatePayment(create_payment_request(), metadata=metadata, timeout=5)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert await pool.fetchval("SELECT count(*) FROM payments") == before
 
@@ -65,7 +55,7 @@ class TestAuthentication:
             (*alpha.metadata, *alpha.metadata),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await payments_stub.CreatePayment(_create_request(), metadata=metadata, timeout=5)
+                await payments_stub.CreatePayment(create_payment_request(), metadata=metadata, timeout=5)
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, metadata
             assert "once" in (caught.value.details() or "")
         assert (await _count_payments(pool, alpha.client_id), await _count_payments(pool, beta.client_id)) == before
@@ -74,7 +64,7 @@ class TestAuthentication:
         self, payments_stub: Stub, auditor: Caller, pool: asyncpg.Pool
     ) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await payments_stub.CreatePayment(_create_request(), metadata=auditor.metadata, timeout=5)
+            await payments_stub.CreatePayment(create_payment_request(), metadata=auditor.metadata, timeout=5)
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert await _count_payments(pool, auditor.client_id) == 0
 
@@ -103,7 +93,7 @@ class TestAuthentication:
 class TestCreatePayment:
     async def test_creates_a_recorded_payment_for_the_calling_client(self, payments_stub: Stub, alpha: Caller) -> None:
         response = await payments_stub.CreatePayment(
-            _create_request(value="12.3", description="books", metadata={"order": "42"}),
+            create_payment_request(value="12.3", description="books", metadata={"order": "42"}),
             metadata=alpha.metadata,
             timeout=5,
         )
@@ -117,7 +107,7 @@ class TestCreatePayment:
         assert payment.create_time.seconds > 0
 
     async def test_a_retry_replays_the_same_payment(self, payments_stub: Stub, alpha: Caller) -> None:
-        request = _create_request()
+        request = create_payment_request()
         first = await payments_stub.CreatePayment(request, metadata=alpha.metadata, timeout=5)
         again = await payments_stub.CreatePayment(request, metadata=alpha.metadata, timeout=5)
         assert again.replayed
@@ -127,9 +117,13 @@ class TestCreatePayment:
         self, payments_stub: Stub, alpha: Caller
     ) -> None:
         key = f"reused-{uuid.uuid4()}"
-        await payments_stub.CreatePayment(_create_request(key, value="10.00"), metadata=alpha.metadata, timeout=5)
+        await payments_stub.CreatePayment(
+            create_payment_request(key, value="10.00"), metadata=alpha.metadata, timeout=5
+        )
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await payments_stub.CreatePayment(_create_request(key, value="11.00"), metadata=alpha.metadata, timeout=5)
+            await payments_stub.CreatePayment(
+                create_payment_request(key, value="11.00"), metadata=alpha.metadata, timeout=5
+            )
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert key in (caught.value.details() or "")
         status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
@@ -160,7 +154,9 @@ class TestCreatePayment:
     ) -> None:
         before = await _count_payments(pool, alpha.client_id)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await payments_stub.CreatePayment(_create_request(**request_fields), metadata=alpha.metadata, timeout=5)  # type: ignore[arg-type]
+            await payments_stub.CreatePayment(
+                create_payment_request(**request_fields), metadata=alpha.metadata, timeout=5
+            )  # type: ignore[arg-type]
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in field_violations(caught.value)
         assert await _count_payments(pool, alpha.client_id) == before
@@ -176,7 +172,7 @@ class TestCreatePayment:
 
 class TestGetAndListPayments:
     async def test_get_returns_the_payment(self, payments_stub: Stub, alpha: Caller) -> None:
-        created = await payments_stub.CreatePayment(_create_request(), metadata=alpha.metadata, timeout=5)
+        created = await payments_stub.CreatePayment(create_payment_request(), metadata=alpha.metadata, timeout=5)
         fetched = await payments_stub.GetPayment(
             payments_pb2.GetPaymentRequest(payment_id=created.payment.id), metadata=alpha.metadata, timeout=5
         )
@@ -190,7 +186,7 @@ class TestGetAndListPayments:
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
     async def test_another_clients_payment_is_not_found(self, payments_stub: Stub, alpha: Caller, beta: Caller) -> None:
-        created = await payments_stub.CreatePayment(_create_request(), metadata=alpha.metadata, timeout=5)
+        created = await payments_stub.CreatePayment(create_payment_request(), metadata=alpha.metadata, timeout=5)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await payments_stub.GetPayment(
                 payments_pb2.GetPaymentRequest(payment_id=created.payment.id), metadata=beta.metadata, timeout=5
@@ -210,7 +206,7 @@ class TestGetAndListPayments:
     ) -> None:
         # beta's payments: whatever earlier tests made, plus seven of ours.
         for _ in range(7):
-            await payments_stub.CreatePayment(_create_request(), metadata=beta.metadata, timeout=5)
+            await payments_stub.CreatePayment(create_payment_request(), metadata=beta.metadata, timeout=5)
         seen: list[payments_pb2.Payment] = []
         token = ""
         for _ in range(100):
@@ -229,7 +225,7 @@ class TestGetAndListPayments:
         assert times == sorted(times, reverse=True)
 
     async def test_list_filters_by_state(self, payments_stub: Stub, alpha: Caller) -> None:
-        await payments_stub.CreatePayment(_create_request(), metadata=alpha.metadata, timeout=5)
+        await payments_stub.CreatePayment(create_payment_request(), metadata=alpha.metadata, timeout=5)
         recorded = await payments_stub.ListPayments(
             payments_pb2.ListPaymentsRequest(state=payments_pb2.PAYMENT_STATE_RECORDED),
             metadata=alpha.metadata,
@@ -278,11 +274,11 @@ class TestDeadlines:
             await insert_idempotency_key(holder, alpha.client_id, key)
             started = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await payments_stub.CreatePayment(_create_request(key), metadata=alpha.metadata, timeout=1.0)
+                await payments_stub.CreatePayment(create_payment_request(key), metadata=alpha.metadata, timeout=1.0)
             elapsed_s = time.monotonic() - started
             await transaction.rollback()
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert elapsed_s < 1.5
         # The server gave up too: with the holder gone, the same key now works and creates one payment.
-        created = await payments_stub.CreatePayment(_create_request(key), metadata=alpha.metadata, timeout=5)
+        created = await payments_stub.CreatePayment(create_payment_request(key), metadata=alpha.metadata, timeout=5)
         assert not created.replayed

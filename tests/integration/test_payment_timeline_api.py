@@ -10,13 +10,13 @@ import asyncpg
 import grpc
 import pytest
 
-from ballast.common.v1.money_pb2 import Money
 from ballast.ledger.v1 import ledger_pb2
 from ballast.payments.v1 import payments_pb2
 from server.db.database import Database
 from server.domain.payment_states import PaymentEvent
 from server.services.payment_events import Evidence, PaymentOutcome
 from tests.support import apply_evidence, field_violations
+from tests.support.requests import create_payment_request
 from tests.support.servers import Caller, World
 
 E = PaymentEvent
@@ -24,9 +24,7 @@ E = PaymentEvent
 
 async def _create(world: World, value: str = "40.00", currency: str = "EUR") -> uuid.UUID:
     response = await world.payments.CreatePayment(
-        payments_pb2.CreatePaymentRequest(
-            idempotency_key=str(uuid.uuid4()), amount=Money(value=value, currency_code=currency)
-        ),
+        create_payment_request(value=value, currency=currency),
         metadata=world.merchant.metadata,
         timeout=5,
     )

@@ -9,29 +9,16 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
-from server.db.database import Budget, Database
+from server.db.database import Database
 from server.domain.identity import Principal
 from server.domain.payment_states import PaymentEvent, PaymentState, Verdict, Witness
-from server.domain.payments import validate_create_payment
 from server.services.audit import find_broken_links
 from server.services.payment_events import Evidence, PaymentOutcome
-from server.services.payments import create_payment
 from tests.support import apply_evidence
+from tests.support.requests import new_payment
 
 E = PaymentEvent
 P = PaymentState
-
-
-async def _new_payment(database: Database, principal: Principal, amount: str = "40.00") -> uuid.UUID:
-    request = validate_create_payment(
-        idempotency_key=str(uuid.uuid4()),
-        amount_value=amount,
-        currency_code="EUR",
-        description="",
-        merchant_reference="",
-        metadata={},
-    )
-    return (await create_payment(database, principal, request, Budget.within(10))).payment.id
 
 
 async def _apply(database: Database, payment_id: uuid.UUID, event: PaymentEvent, reference: str = "") -> PaymentOutcome:
@@ -47,7 +34,7 @@ async def _state(pool: asyncpg.Pool, payment_id: uuid.UUID) -> str:
 async def test_success_moves_the_payment_posts_once_and_announces_it(
     database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    payment_id = await _new_payment(database, principal)
+    payment_id = await new_payment(database, principal, "40.00")
     outcome = await _apply(database, payment_id, E.SUCCEEDED, reference="provider-event-1")
     assert (outcome.from_state, outcome.to_state) == (P.RECORDED, P.SUCCEEDED)
     assert await _state(pool, payment_id) == "SUCCEEDED"
@@ -82,7 +69,7 @@ async def test_success_moves_the_payment_posts_once_and_announces_it(
 
 
 async def test_a_repeated_event_changes_nothing(database: Database, principal: Principal, pool: asyncpg.Pool) -> None:
-    payment_id = await _new_payment(database, principal)
+    payment_id = await new_payment(database, principal, "40.00")
     await _apply(database, payment_id, E.SUCCEEDED)
     again = await _apply(database, payment_id, E.SUCCEEDED)
     assert again.to_state is None
@@ -93,7 +80,7 @@ async def test_a_repeated_event_changes_nothing(database: Database, principal: P
 async def test_a_contradiction_moves_nothing_and_keeps_the_providers_word(
     database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    payment_id = await _new_payment(database, principal)
+    payment_id = await new_payment(database, principal, "40.00")
     await _apply(database, payment_id, E.FAILED)
     evidence = Evidence(
         "webhook.simulator", "evt-late", provider="simulator", provider_status="succeeded", witness=Witness.WEBHOOK
@@ -111,7 +98,7 @@ async def test_a_contradiction_moves_nothing_and_keeps_the_providers_word(
 async def test_fifty_concurrent_conflicting_events_have_exactly_one_winner(
     database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    payment_id = await _new_payment(database, principal)
+    payment_id = await new_payment(database, principal, "40.00")
     racing = [E.SUCCEEDED, E.FAILED] * 25
     outcomes = await asyncio.gather(*(_apply(database, payment_id, event) for event in racing), return_exceptions=True)
     moved = [o for o in outcomes if isinstance(o, PaymentOutcome) and o.to_state is not None]
@@ -129,7 +116,7 @@ async def test_fifty_concurrent_conflicting_events_have_exactly_one_winner(
 async def test_a_refund_reverses_the_capture_and_the_chain_verifies(
     database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    payment_id = await _new_payment(database, principal, amount="12.50")
+    payment_id = await new_payment(database, principal, amount="12.50")
     for event in (E.ACCEPTED, E.SUCCEEDED, E.REFUND_REQUESTED, E.REFUND_FAILED, E.REFUND_REQUESTED, E.REFUND_SUCCEEDED):
         await _apply(database, payment_id, event)
     assert await _state(pool, payment_id) == "REFUNDED"
@@ -146,14 +133,14 @@ class TestPostgresRefusesShortcuts:
     async def test_a_direct_state_update_is_refused(
         self, database: Database, principal: Principal, pool: asyncpg.Pool
     ) -> None:
-        payment_id = await _new_payment(database, principal)
+        payment_id = await new_payment(database, principal, "40.00")
         with pytest.raises(asyncpg.CheckViolationError, match="payment_transitions"):
             await pool.execute("UPDATE payments SET state = 'SUCCEEDED' WHERE id = $1", payment_id)
 
     async def test_an_illegal_transition_written_by_raw_sql_is_refused(
         self, database: Database, principal: Principal, pool: asyncpg.Pool
     ) -> None:
-        payment_id = await _new_payment(database, principal)
+        payment_id = await new_payment(database, principal, "40.00")
         await _apply(database, payment_id, E.FAILED)
         with pytest.raises(asyncpg.CheckViolationError) as caught:
             await pool.execute(
@@ -167,7 +154,7 @@ class TestPostgresRefusesShortcuts:
     async def test_a_transition_from_a_stale_state_is_refused(
         self, database: Database, principal: Principal, pool: asyncpg.Pool
     ) -> None:
-        payment_id = await _new_payment(database, principal)
+        payment_id = await new_payment(database, principal, "40.00")
         await _apply(database, payment_id, E.ACCEPTED)
         with pytest.raises(asyncpg.SerializationError):
             await pool.execute(
@@ -182,7 +169,7 @@ class TestPostgresRefusesShortcuts:
     async def test_history_cannot_be_rewritten(
         self, database: Database, principal: Principal, pool: asyncpg.Pool, statement: str
     ) -> None:
-        payment_id = await _new_payment(database, principal)
+        payment_id = await new_payment(database, principal, "40.00")
         await _apply(database, payment_id, E.ACCEPTED)
         with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
             await pool.execute(f"{statement} WHERE payment_id = $1", payment_id)
@@ -192,7 +179,7 @@ class TestPostgresRefusesShortcuts:
 async def test_a_payments_terms_never_change_so_a_refund_reverses_exactly_what_was_captured(
     database: Database, principal: Principal, pool: asyncpg.Pool, assignment: str
 ) -> None:
-    payment_id = await _new_payment(database, principal)
+    payment_id = await new_payment(database, principal, "40.00")
     await _apply(database, payment_id, E.SUCCEEDED)
     with pytest.raises(asyncpg.CheckViolationError) as caught:
         await pool.execute(f"UPDATE payments SET {assignment} WHERE id = $1", payment_id)
@@ -202,7 +189,7 @@ async def test_a_payments_terms_never_change_so_a_refund_reverses_exactly_what_w
 async def test_one_statement_moves_many_payments_but_each_only_once(
     database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    first, second = await _new_payment(database, principal), await _new_payment(database, principal)
+    first, second = await new_payment(database, principal, "40.00"), await new_payment(database, principal, "40.00")
     append = (
         "INSERT INTO payment_transitions (payment_id, from_state, to_state, event, cause, evidence_ref)"
         " SELECT p, 'RECORDED', 'PENDING', 'ACCEPTED', 'test', 'test' FROM unnest($1::uuid[]) AS p"
@@ -210,7 +197,7 @@ async def test_one_statement_moves_many_payments_but_each_only_once(
     await pool.execute(append, [first, second])
     assert [await _state(pool, first), await _state(pool, second)] == ["PENDING", "PENDING"]
 
-    third = await _new_payment(database, principal)
+    third = await new_payment(database, principal, "40.00")
     with pytest.raises(asyncpg.CheckViolationError, match="moves twice in one statement"):
         # both rows pass the row check against the state before the statement; the statement is refused
         await pool.execute(append, [third, third])

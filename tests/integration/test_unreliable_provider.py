@@ -28,7 +28,6 @@ from server.db.database import Budget, Database
 from server.domain.errors import DeadlineExceeded, ProviderUnavailable
 from server.domain.identity import Principal
 from server.domain.payment_states import PaymentEvent, PaymentState, Witness
-from server.domain.payments import validate_create_payment
 from server.providers.breaker import Breaker, BreakerSettings, BreakerState
 from server.providers.embedded_simulator import embedded_simulator
 from server.providers.gateway import GatewayClient, NotSent
@@ -38,6 +37,7 @@ from server.services.provider_health import breaker_announcer
 from server.services.submission import create_and_submit
 from server.services.webhook_application import WebhookSource
 from tests.support import answering_provider, apply_evidence
+from tests.support.requests import create_payment_command
 
 SECRET = "whsec_unreliable"  # noqa: S105 - a test secret
 DEADLINE_S = 1.0
@@ -89,17 +89,6 @@ async def _truth(url: str) -> dict[str, Any]:
         return truth
 
 
-def _request(key: str, amount: str = "31.00") -> Any:
-    return validate_create_payment(
-        idempotency_key=key,
-        amount_value=amount,
-        currency_code="EUR",
-        description="",
-        merchant_reference="",
-        metadata={},
-    )
-
-
 async def test_monday_morning_every_caller_gets_an_answer_in_time_and_the_resolver_reaches_the_truth(
     tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
@@ -118,7 +107,7 @@ async def test_monday_morning_every_caller_gets_an_answer_in_time_and_the_resolv
                 started = time.monotonic()
                 try:
                     result = await create_and_submit(
-                        database, gateway, principal, _request(key), Budget.within(DEADLINE_S)
+                        database, gateway, principal, create_payment_command(key, "31.00"), Budget.within(DEADLINE_S)
                     )
                 except (ProviderUnavailable, DeadlineExceeded):
                     elapsed.append(time.monotonic() - started)
@@ -209,7 +198,7 @@ async def test_a_provider_call_that_fails_fast_is_never_followed_by_a_second_cha
         async def create() -> tuple[uuid.UUID, PaymentState, float]:
             started = time.monotonic()
             result = await create_and_submit(
-                database, gateway, principal, _request(str(uuid.uuid4())), Budget.within(5)
+                database, gateway, principal, create_payment_command(amount="31.00"), Budget.within(5)
             )
             return result.payment.id, result.payment.state, time.monotonic() - started
 
@@ -315,7 +304,9 @@ async def test_a_dead_provider_opens_the_breaker_calls_fail_fast_and_a_probe_clo
 async def _unknown_payments(database: Database, principal: Principal, count: int) -> list[uuid.UUID]:
     ids = []
     for _ in range(count):
-        created = await create_and_submit(database, None, principal, _request(str(uuid.uuid4())), Budget.within(5))
+        created = await create_and_submit(
+            database, None, principal, create_payment_command(amount="31.00"), Budget.within(5)
+        )
         no_answer = Evidence("test.timeout", "t", witness=Witness.BALLAST)
         await apply_evidence(database, created.payment.id, PaymentEvent.OUTCOME_UNKNOWN, no_answer)
         ids.append(created.payment.id)
@@ -403,7 +394,9 @@ async def test_contradictory_webhooks_never_decide_a_payment_the_providers_api_d
     async with _simulator(tmp_path, database, "calm", **settings) as url, aiohttp.ClientSession() as session:
         gateway = GatewayClient("simulator", url, session, Breaker("simulator.payments", BreakerSettings()))
         payment = (
-            await create_and_submit(database, gateway, principal, _request(str(uuid.uuid4())), Budget.within(5))
+            await create_and_submit(
+                database, gateway, principal, create_payment_command(amount="31.00"), Budget.within(5)
+            )
         ).payment
         deadline = time.monotonic() + 20
         while (
@@ -443,9 +436,13 @@ async def test_an_open_breaker_records_the_payment_unsent_answers_unavailable_an
         gateway = GatewayClient("simulator", dead, session, breaker)
         key = str(uuid.uuid4())
         with pytest.raises(ProviderUnavailable):  # refused connection: not sent, and the breaker opens
-            await create_and_submit(database, gateway, principal, _request(key), Budget.within(2))
+            await create_and_submit(
+                database, gateway, principal, create_payment_command(key, "31.00"), Budget.within(2)
+            )
         with pytest.raises(ProviderUnavailable) as refused:  # the retry, with its key, fails fast
-            await create_and_submit(database, gateway, principal, _request(key), Budget.within(2))
+            await create_and_submit(
+                database, gateway, principal, create_payment_command(key, "31.00"), Budget.within(2)
+            )
     assert 0 < refused.value.retry_after_s <= 60
     code, message, trailers = status_for(refused.value)
     assert code is grpc.StatusCode.UNAVAILABLE and "retryable" in message

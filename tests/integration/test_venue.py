@@ -17,34 +17,21 @@ import pytest
 
 from server.db.database import Budget, Database
 from server.domain.identity import Principal
-from server.domain.orders import validate_close_leg, validate_modify_leg, validate_submit_order
+from server.domain.orders import validate_close_leg, validate_modify_leg
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.venue import VenueClient
 from server.services.leg_resolver import LegResolver, LegResolverSettings
 from server.services.order_submission import close_and_send, modify_and_send, submit_and_send
 from tests.integration.test_unreliable_provider import _simulator, _truth
+from tests.support.requests import leg_terms, submit_order_command
 
 FAST = {"settle_min_ms": 5, "settle_max_ms": 30, "webhook_retry_base_ms": 20, "order_reject_rate": 0.0}
 
 
 def _legs() -> list[dict[str, str]]:
     return [
-        {
-            "instrument_symbol": "ACME",
-            "side": "BUY",
-            "quantity": "100",
-            "order_type": "MARKET",
-            "limit_price": "",
-            "currency_code": "USD",
-        },
-        {
-            "instrument_symbol": "EURUSD",
-            "side": "SELL",
-            "quantity": "7.5",
-            "order_type": "LIMIT",
-            "limit_price": "1.08345",
-            "currency_code": "USD",
-        },
+        leg_terms("100", "ACME"),
+        leg_terms("7.5", "EURUSD", side="SELL", order_type="LIMIT", limit_price="1.08345"),
     ]
 
 
@@ -73,7 +60,7 @@ async def test_legs_go_to_the_venue_and_fill_by_webhook_once_per_execution(
     settings = FAST | {"order_fill_parts_max": 4, "webhook_duplicate_rate": 1.0, "webhook_reorder_rate": 1.0}
     async with _simulator(tmp_path, database, "calm", **settings) as url:
         venue = VenueClient("simulator", url, http, Breaker("simulator.orders", BreakerSettings()))
-        request = validate_submit_order(f"o-{uuid.uuid4()}", "ref", _legs())
+        request = submit_order_command(_legs(), reference="ref")
         result = await submit_and_send(database, venue, principal, request, Budget.within(5))
         assert [leg.state.value for leg in result.order.legs] in (
             ["PENDING", "PENDING"],  # the venue's answer; fills may follow at once
@@ -102,7 +89,7 @@ async def test_a_fill_after_a_claimed_rejection_opens_one_case_for_the_leg(
     settings = FAST | {"order_fill_parts_max": 1, "webhook_contradict_rate": 1.0}
     async with _simulator(tmp_path, database, "calm", **settings) as url:
         venue = VenueClient("simulator", url, http, Breaker("simulator.orders", BreakerSettings()))
-        request = validate_submit_order(f"o-{uuid.uuid4()}", "ref", _legs()[:1])
+        request = submit_order_command(_legs()[:1], reference="ref")
         result = await submit_and_send(database, venue, principal, request, Budget.within(5))
         leg_id = result.order.legs[0].id
         deadline = time.monotonic() + 20
@@ -143,7 +130,7 @@ async def test_the_resolver_sends_a_lost_leg_and_recovers_fills_whose_webhooks_w
     async with _simulator(tmp_path, database, "calm", **settings) as url:
         venue = VenueClient("simulator", url, http, Breaker("simulator.orders", BreakerSettings()))
         # recorded while the venue was not asked (as if the send had been lost): the legs are SUBMITTED
-        request = validate_submit_order(f"o-{uuid.uuid4()}", "ref", _legs())
+        request = submit_order_command(_legs(), reference="ref")
         order = (await submit_and_send(database, None, principal, request, Budget.within(5))).order
         resolver = LegResolver(
             database, venue, LegResolverSettings(submitted_grace_s=0, working_check_s=0, backoff_base_s=0)
@@ -167,7 +154,7 @@ async def test_a_modification_and_a_close_reach_the_venue_and_its_answers_come_b
         legs = [_legs()[1], _legs()[1] | {"limit_price": "1.1"}]
         order = (
             await submit_and_send(
-                database, venue, principal, validate_submit_order(f"o-{uuid.uuid4()}", "", legs), Budget.within(5)
+                database, venue, principal, submit_order_command(legs, reference=""), Budget.within(5)
             )
         ).order
         await _settle(pool, order.id, {"FILLED"})
@@ -201,7 +188,7 @@ async def test_a_modification_the_venue_refuses_leaves_the_leg_filled_under_its_
     settings = FAST | {"order_fill_parts_max": 1, "modify_reject_rate": 1.0}
     async with _simulator(tmp_path, database, "calm", **settings) as url:
         venue = VenueClient("simulator", url, http, Breaker("simulator.orders", BreakerSettings()))
-        request = validate_submit_order(f"o-{uuid.uuid4()}", "", [_legs()[1]])
+        request = submit_order_command([_legs()[1]], reference="")
         order = (await submit_and_send(database, venue, principal, request, Budget.within(5))).order
         await _settle(pool, order.id, {"FILLED"})
         leg_id = order.legs[0].id

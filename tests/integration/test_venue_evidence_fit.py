@@ -24,12 +24,13 @@ from aiohttp import web
 
 from server.db.database import Budget, Database
 from server.domain.identity import Principal
-from server.domain.orders import LegSpec, validate_submit_order
+from server.domain.orders import LegSpec
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.http import NotSent
 from server.providers.venue import VenueClient, VenueExecution, VenueOrder
 from server.services.leg_resolver import LegResolver, LegResolverSettings
 from server.services.order_submission import submit_and_send
+from tests.support.requests import leg_terms, submit_order_command, submitted_leg
 from tests.support.webhooks import PROVIDER, event, webhook_endpoint
 
 SECRET = "whsec_venue_evidence_fit"  # noqa: S105 - a test secret
@@ -87,26 +88,12 @@ async def post(database: Database) -> AsyncIterator[Post]:
 
 
 #: The leg these specs trade: 100 ACME bought at market, in USD.
-ACME_BUY = {
-    "instrument_symbol": "ACME",
-    "side": "BUY",
-    "quantity": "100",
-    "order_type": "MARKET",
-    "limit_price": "",
-    "currency_code": "USD",
-}
-
-
-async def _submitted_leg(database: Database, principal: Principal) -> uuid.UUID:
-    """A 100 ACME buy, recorded and not sent (SUBMITTED, no venue order id)."""
-    request = validate_submit_order(f"o-{uuid.uuid4()}", "fit", [ACME_BUY])
-    order = (await submit_and_send(database, None, principal, request, Budget.within(5))).order
-    return order.legs[0].id
+ACME_BUY = leg_terms("100", "ACME")
 
 
 async def _pending_leg(post: Post, database: Database, principal: Principal, venue_order_id: str) -> uuid.UUID:
     """The same leg, acknowledged by the venue under `venue_order_id` (PENDING)."""
-    leg_id = await _submitted_leg(database, principal)
+    leg_id = await submitted_leg(database, principal)
     assert (await post(_event(_order(leg_id, "new", venue_order_id))))["outcome"] == "applied"
     return leg_id
 
@@ -177,7 +164,7 @@ async def test_a_fill_naming_another_venue_order_moves_nothing_and_a_second_misf
 async def test_a_misfit_records_no_venue_order_id_and_a_fitting_report_then_records_its_own(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    leg_id = await _submitted_leg(database, principal)
+    leg_id = await submitted_leg(database, principal)
     before = await _leg(pool, leg_id)
     assert before["venue_order_id"] is None
 
@@ -330,7 +317,7 @@ async def test_a_submission_answer_naming_another_symbol_acknowledges_nothing_an
                 session,
                 Breaker("venue", BreakerSettings()),
             )
-            request = validate_submit_order(f"o-{uuid.uuid4()}", "fit", [ACME_BUY])
+            request = submit_order_command([ACME_BUY], reference="fit")
             order = (await submit_and_send(database, venue, principal, request, Budget.within(5))).order
     finally:
         await runner.cleanup()

@@ -22,11 +22,10 @@ from prometheus_client import REGISTRY
 from server.db.database import Budget, Database
 from server.domain.errors import Unavailable
 from server.domain.identity import Principal
-from server.domain.payments import validate_create_payment
-from server.services.payments import create_payment
 from server.services.webhook_application import Outcome, WebhookSource
 from server.services.webhooks import Intake
 from tests.support import answering_provider
+from tests.support.requests import new_payments
 from tests.support.webhooks import payment_event, signed_headers
 
 SECRET = "whsec_group_commit_test"  # noqa: S105 - a test secret
@@ -54,21 +53,6 @@ def receive(intake: Intake) -> Receive:
         return await intake.receive(SOURCE, signed_headers(body, SECRET), body, Budget.within(10))
 
     return send
-
-
-async def _payments(database: Database, principal: Principal, count: int) -> list[uuid.UUID]:
-    ids = []
-    for _ in range(count):
-        request = validate_create_payment(
-            idempotency_key=str(uuid.uuid4()),
-            amount_value="12.50",
-            currency_code="EUR",
-            description="",
-            merchant_reference="",
-            metadata={},
-        )
-        ids.append((await create_payment(database, principal, request, Budget.within(10))).payment.id)
-    return ids
 
 
 @asynccontextmanager
@@ -109,7 +93,7 @@ async def _sent_meanwhile(receive: Receive, bodies: list[bytes]) -> list[asyncio
 async def test_deliveries_that_arrive_together_commit_together_in_arrival_order(
     receive: Receive, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    blocker, two_events, other = await _payments(database, principal, 3)
+    blocker, two_events, other = await new_payments(database, principal, 3, "12.50")
     repeated = payment_event(two_events, "succeeded")
     batches_before = _sample("ballast_webhook_batch_deliveries_count")
     async with _held_up(pool, receive, blocker):
@@ -157,7 +141,7 @@ async def test_deliveries_that_arrive_together_commit_together_in_arrival_order(
 async def test_an_event_that_fails_in_a_batch_fails_alone_and_its_redelivery_applies_it(
     receive: Receive, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    blocker, bad, *good = await _payments(database, principal, 5)
+    blocker, bad, *good = await new_payments(database, principal, 5, "12.50")
     # PostgreSQL refuses to keep any provider's word about `bad`: its event fails wherever it is applied
     name = f"refuse_{bad.hex}"
     await pool.execute(
@@ -223,7 +207,7 @@ async def test_stopping_answers_every_waiting_delivery_as_not_confirmed(
     async def receive(body: bytes) -> Outcome:
         return await intake.receive(SOURCE, signed_headers(body, SECRET), body, Budget.within(10))
 
-    blocker, queued = await _payments(database, principal, 2)
+    blocker, queued = await new_payments(database, principal, 2, "12.50")
     bodies = [payment_event(blocker, "succeeded"), payment_event(queued, "succeeded")]
     async with pool.acquire() as holder, holder.transaction():
         await holder.execute("SELECT 1 FROM payments WHERE id = $1 FOR UPDATE", blocker)

@@ -16,12 +16,11 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from server.db.database import Budget, Database
+from server.db.database import Database
 from server.domain.identity import Principal
-from server.domain.payments import validate_create_payment
-from server.services.payments import create_payment
 from server.services.webhooks import INTAKE_FULL_RETRY_AFTER_S, Intake
 from tests.support import answering_provider
+from tests.support.requests import new_payment
 from tests.support.webhooks import PROVIDER, payment_event, sign, signed_headers, webhook_endpoint
 
 SECRET = "whsec_intake_test"  # noqa: S105 - a test secret
@@ -41,18 +40,6 @@ async def post(database: Database) -> AsyncIterator[Post]:
         yield endpoint.post
 
 
-async def _payment(database: Database, principal: Principal) -> uuid.UUID:
-    request = validate_create_payment(
-        idempotency_key=str(uuid.uuid4()),
-        amount_value="25.00",
-        currency_code="EUR",
-        description="",
-        merchant_reference="",
-        metadata={},
-    )
-    return (await create_payment(database, principal, request, Budget.within(10))).payment.id
-
-
 async def _count(pool: asyncpg.Pool, sql: str, *arguments: object) -> int:
     return int(await pool.fetchval(sql, *arguments))
 
@@ -65,7 +52,7 @@ async def _due(pool: asyncpg.Pool, payment_id: uuid.UUID) -> bool:
 async def test_a_hundred_concurrent_deliveries_of_one_event_apply_it_once(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     body = _event(payment_id, "succeeded", event_id=f"evt_{uuid.uuid4().hex}")
     event_id = json.loads(body)["id"]
     replies = await asyncio.gather(*(post(body) for _ in range(100)))
@@ -98,7 +85,7 @@ async def test_a_hundred_concurrent_deliveries_of_one_event_apply_it_once(
 async def test_a_forged_or_replayed_webhook_is_refused_and_stores_nothing(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     body = _event(payment_id, "succeeded")
     before = await _count(
         pool,
@@ -130,7 +117,7 @@ async def test_a_forged_or_replayed_webhook_is_refused_and_stores_nothing(
 async def test_pending_failed_succeeded_webhooks_only_make_ballast_ask_and_the_providers_answer_decides(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     outcomes = []
     for sequence, status in enumerate(("pending", "failed", "succeeded", "succeeded", "pending"), start=1):
         _, reply = await post(_event(payment_id, status, sequence=sequence))
@@ -175,7 +162,7 @@ async def test_the_provider_took_the_money_pending_failed_succeeded_webhooks_end
 ) -> None:
     """The provider took the money; its webhooks said pending, failed, succeeded, in that order. The
     failed claim decides nothing: Ballast asks, and the provider's API answer decides."""
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     outcomes = []
     for sequence, status in enumerate(("pending", "failed", "succeeded"), start=1):
         status_code, reply = await post(_event(payment_id, status, sequence=sequence))
@@ -219,7 +206,7 @@ async def test_a_late_pending_webhook_keeps_the_check_a_claim_asked_for(
     """Webhooks come out of order: the final one, then the pending one (the simulator's reorder fault).
     The pending one may move the payment, but the claim of success is still unconfirmed: its check
     stays due now."""
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     outcomes = [(await post(_event(payment_id, status)))[1]["outcome"] for status in ("succeeded", "pending")]
     assert outcomes == ["confirming", "applied"]
     assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "PENDING"
@@ -234,7 +221,7 @@ async def test_a_late_pending_webhook_keeps_the_check_a_claim_asked_for(
 async def test_a_provider_that_changes_its_mind_is_corrected_once_then_sent_to_a_person(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     async with answering_provider() as provider:
 
         async def claim_and_ask(status: str) -> None:
@@ -300,7 +287,7 @@ async def test_a_failing_handler_leaves_no_processed_row_and_the_redelivery_appl
     outcome: str,
     state: str,
 ) -> None:
-    payment_id = await _payment(database, principal)
+    payment_id = await new_payment(database, principal)
     body = _event(payment_id, status, event_id=f"evt_{uuid.uuid4().hex}")
     event_id = json.loads(body)["id"]
     # PostgreSQL itself fails the handler's work, once, for this payment (a sequence survives the rollback)
@@ -361,7 +348,7 @@ async def test_a_full_intake_refuses_at_once_with_retry_after_and_keeps_nothing_
     for it and a fourth is refused 503 with Retry-After, stored nowhere; delivered again once the intake
     has room, it is applied like any other."""
     intake = Intake(database, writers=1, batch_max=1, queue_max=2)
-    bodies = [_event(await _payment(database, principal), "pending") for _ in range(4)]
+    bodies = [_event(await new_payment(database, principal), "pending") for _ in range(4)]
     async with webhook_endpoint(database, SECRET, intake) as endpoint:
 
         async def deliver(body: bytes) -> tuple[int, str | None]:
