@@ -39,3 +39,20 @@ def test_every_name_the_map_gives_is_one_the_code_has() -> None:
     )
     known = set(re.findall(r"[A-Za-z_]\w*", " ".join(sources)))
     assert not named - known, f"ARCHITECTURE.md names what the code does not have: {sorted(named - known)}"
+
+
+#: What a statement of SQL starts with, in a string of Python code.
+SQL_STATEMENT = re.compile(
+    r"""["']\s*(SELECT\s|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|WITH\s+\w+\s+AS|LOCK\s+TABLE)""", re.IGNORECASE
+)
+
+
+def test_the_use_cases_hold_no_sql() -> None:
+    """SQL lives in server/db/, beside the function that binds it; a service composes those calls."""
+    holding = {
+        path.name: SQL_STATEMENT.findall(path.read_text())
+        for path in (ROOT / "server" / "services").glob("*.py")
+        if SQL_STATEMENT.search(path.read_text())
+    }
+    assert not holding, f"services holding SQL: {holding}"
+    assert SQL_STATEMENT.search((ROOT / "server" / "db" / "payments_repository.py").read_text())  # it finds SQL
