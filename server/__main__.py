@@ -373,11 +373,17 @@ def _approval_options(arguments: list[str]) -> tuple[uuid.UUID, PaymentState, st
         return None
 
 
+#: An operator's approval from the command line: a person waits, and it locks one payment and its case.
+APPROVAL_BUDGET_S = 30.0
+
+
 async def approve(database_url: str, case_id: uuid.UUID, to_state: PaymentState, approved_by: str, note: str) -> int:
     """`python -m server approve-correction`: a person approves the correction a case proposes."""
     pool = await create_pool(database_url, size=1, statement_timeout_ms=30_000)
     try:
-        approved = await approve_correction(Database(pool), case_id, to_state, approved_by, note, Budget.within(30))
+        approved = await approve_correction(
+            Database(pool), case_id, to_state, approved_by, note, Budget.within(APPROVAL_BUDGET_S)
+        )
     except BallastError as error:
         print(f"not approved: {error}", file=sys.stderr)
         return 1

@@ -17,7 +17,7 @@ import asyncpg
 import structlog
 
 from server.db import cases_repository
-from server.db.database import Budget, Database, in_transaction
+from server.db.database import BACKGROUND_BUDGET_S, Budget, Database, in_transaction
 from server.domain.payment_states import EVENT_TARGETS
 from server.domain.provider_status import UnknownProviderStatus, event_for
 from server.providers.gateway import GatewayClient, NotSent, OutcomeUnknown, Refused
@@ -68,5 +68,5 @@ class CaseChecker(CheckLoop[_Due]):
                 connection, item.case_id, item.payment_id, provider, status, reference, piece
             )
 
-        await in_transaction(self._database, Budget.within(10), work)
+        await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), work)
         log.info("case_check.recorded", case_id=str(item.case_id), provider_says=claim)

@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 import asyncpg
 import structlog
 
-from server.db.database import Budget, Database, in_transaction
+from server.db.database import BACKGROUND_BUDGET_S, Budget, Database, in_transaction
 from server.domain.backoff import backoff_s
 from server.providers.breaker import Breaker
 
@@ -68,7 +68,7 @@ class CheckLoop(Generic[ClaimedT]):
         async def claim(connection: asyncpg.Connection) -> list[ClaimedT]:
             return await self._claim(connection, limit)
 
-        return await in_transaction(self._database, Budget.within(10), claim)
+        return await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), claim)
 
     async def _checked(self, item: ClaimedT) -> None:
         try:

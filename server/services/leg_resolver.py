@@ -19,7 +19,7 @@ import asyncpg
 import structlog
 
 from server.db import cases_repository, leg_checks_repository, orders_repository
-from server.db.database import Budget, Database, in_transaction
+from server.db.database import BACKGROUND_BUDGET_S, Budget, Database, in_transaction
 from server.db.leg_checks_repository import DueLeg
 from server.domain.order_legs import AWAITING_VENUE_STATES, Fill, LegState
 from server.domain.orders import LegSpec
@@ -111,7 +111,7 @@ class LegResolver(CheckLoop[DueLeg]):
                 raise LookupError(f"leg {leg_id} vanished")  # legs are never deleted
             return leg.spec
 
-        return await in_transaction(self._database, Budget.within(10), read)
+        return await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), read)
 
     async def _apply(
         self,
@@ -150,7 +150,7 @@ class LegResolver(CheckLoop[DueLeg]):
                 raise LookupError(f"leg {leg_id} vanished")  # legs are never deleted
             return state
 
-        return await in_transaction(self._database, Budget.within(10), work)
+        return await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), work)
 
     async def _not_asked(self, leg_id: uuid.UUID, retry_after_s: float) -> None:
         """The venue was not asked: give the attempt back and check when it may be asked again."""
@@ -160,7 +160,7 @@ class LegResolver(CheckLoop[DueLeg]):
                 connection, leg_id, max(retry_after_s, self._settings.poll_interval_s)
             )
 
-        await in_transaction(self._database, Budget.within(10), work)
+        await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), work)
 
     async def _later(self, leg_id: uuid.UUID, state: LegState, attempts: int, reason: str) -> None:
         config = self._settings
@@ -183,4 +183,4 @@ class LegResolver(CheckLoop[DueLeg]):
                 return
             await leg_checks_repository.check_in(connection, leg_id, delay_s)
 
-        await in_transaction(self._database, Budget.within(10), work)
+        await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), work)

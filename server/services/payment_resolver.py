@@ -41,7 +41,7 @@ import structlog
 from prometheus_client import Counter
 
 from server.db import cases_repository, payment_checks_repository
-from server.db.database import Budget, Database, in_transaction
+from server.db.database import BACKGROUND_BUDGET_S, Budget, Database, in_transaction
 from server.domain.payment_states import (
     MONEY_OUTCOMES,
     UNDECIDED_STATES,
@@ -197,7 +197,7 @@ class PaymentResolver(CheckLoop[_Claimed]):
             await apply_provider_evidence(connection, payment.id, PaymentEvent.EXPIRED, evidence)
             return True
 
-        expired = await in_transaction(self._database, Budget.within(10), work)
+        expired = await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), work)
         CHECKS.labels("expired" if expired else "not_sent_yet").inc()
         if expired:
             log.info("resolver.expired", payment_id=str(payment.id))
@@ -234,7 +234,7 @@ class PaymentResolver(CheckLoop[_Claimed]):
             judged = await apply_provider_evidence(connection, payment.id, event, evidence)
             return judged.to_state or judged.from_state
 
-        state = await in_transaction(self._database, Budget.within(10), work)
+        state = await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), work)
         log.info("resolver.applied", payment_id=str(payment.id), payment_event=event.value, evidence=evidence.reference)
         return state
 
@@ -244,7 +244,7 @@ class PaymentResolver(CheckLoop[_Claimed]):
         async def work(connection: asyncpg.Connection) -> None:
             await payment_checks_repository.reschedule_at(connection, payment.id, payment.lease, None)
 
-        await in_transaction(self._database, Budget.within(10), work)
+        await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), work)
 
     async def _not_sent(self, payment: _Claimed, error: NotSent) -> None:
         """A provider that could not be reached is a failed check; one that was not asked is none."""
@@ -263,7 +263,7 @@ class PaymentResolver(CheckLoop[_Claimed]):
             delay_s = max(retry_after_s, self._settings.poll_interval_s)
             await payment_checks_repository.give_back(connection, payment.id, payment.lease, delay_s)
 
-        await in_transaction(self._database, Budget.within(10), work)
+        await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), work)
 
     async def _later(self, payment: _Claimed, reason: str) -> None:
         """Check again after a backoff; after checks_max, stop and open a case for a person."""
@@ -287,4 +287,4 @@ class PaymentResolver(CheckLoop[_Claimed]):
             )
             log.warning("resolver.gave_up", payment_id=str(payment.id), checks=payment.attempts, reason=reason)
 
-        await in_transaction(self._database, Budget.within(10), work)
+        await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), work)

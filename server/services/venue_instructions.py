@@ -16,7 +16,7 @@ import asyncpg
 import structlog
 
 from server.db import cases_repository, venue_instructions_repository
-from server.db.database import Budget, Database, in_transaction
+from server.db.database import BACKGROUND_BUDGET_S, Budget, Database, in_transaction
 from server.db.venue_instructions_repository import DueInstruction
 from server.domain.provider_status import VenueReport
 from server.providers.http import NotSent, OutcomeUnknown, Refused
@@ -101,7 +101,7 @@ class InstructionSender(CheckLoop[DueInstruction]):
                 )
             await venue_instructions_repository.finish(connection, item.id, reason)
 
-        await in_transaction(self._database, Budget.within(10), work)
+        await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), work)
 
     async def _later(self, item: DueInstruction, reason: str) -> None:
         async def work(connection: asyncpg.Connection) -> None:
@@ -119,4 +119,4 @@ class InstructionSender(CheckLoop[DueInstruction]):
                 [{"instruction": str(item.id), "kind": item.kind, "attempts": item.attempts}],
             )
 
-        await in_transaction(self._database, Budget.within(10), work)
+        await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), work)
