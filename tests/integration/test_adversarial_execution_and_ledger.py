@@ -18,8 +18,7 @@ import decimal
 import json
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from server.services import execution
 from server.services.audit import find_broken_links
 from server.services.payment_events import Evidence, PaymentOutcome
 from tests.support import apply_evidence, field_violations, precondition_subjects, report_to_leg, rpc_error
+from tests.support.faults import DatabaseFailingOn, Injected, OneConnectionPool
 from tests.support.requests import (
     close_leg_request,
     create_payment_request,
@@ -881,38 +881,6 @@ class TestRacingOnOneLeg:
 # --------------------------------------------------------------------------------------------- one transaction
 
 
-class _Injected(Exception):
-    """The failure a test injects into one statement of a use case."""
-
-
-class _ConnectionFailingOn:
-    """A connection that fails every statement doing `prefix` (on its own, or as one part of a statement
-    that writes several tables at once); everything else is the real one."""
-
-    def __init__(self, connection: asyncpg.Connection, prefix: str) -> None:
-        self._connection = connection
-        self._prefix = prefix
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._connection, name)
-
-    async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        if self._prefix in " ".join(query.split()):
-            raise _Injected(f"injected failure of: {query[:60]}")
-        return await self._connection.execute(query, *args, **kwargs)
-
-
-class _DatabaseFailingOn(Database):
-    def __init__(self, pool: asyncpg.Pool, prefix: str) -> None:
-        super().__init__(pool)
-        self._prefix = prefix
-
-    @asynccontextmanager
-    async def connection(self, budget: Budget) -> AsyncIterator[Any]:
-        async with super().connection(budget) as connection:
-            yield _ConnectionFailingOn(connection, self._prefix)
-
-
 async def _client_trail(pool: asyncpg.Pool, client_id: str) -> tuple[int, int, int, int]:
     """(orders, idempotency keys, outbox events, audit entries) that mention a client."""
     row = await pool.fetchrow(
@@ -946,18 +914,18 @@ class TestOneTransaction:
         self, database: Database, pool: asyncpg.Pool, failing: str, operation: str
     ) -> None:
         principal = new_principal("atomic")
-        broken = _DatabaseFailingOn(pool, failing)
+        broken = DatabaseFailingOn(pool, failing)
         budget = Budget.within(10)
         if operation == "submit":
             request = submit_order_command([leg_terms("10", "AAPL")], reference="ref")
-            with pytest.raises(_Injected):
+            with pytest.raises(Injected):
                 await execution.submit_order(broken, principal, request, budget)
             assert await _client_trail(pool, principal.client_id) == (0, 0, 0, 0)
             return
         if operation == "capture":
             payment_id = await new_payment(database, principal)
             before = await _payment_trail(pool, payment_id)
-            with pytest.raises(_Injected):
+            with pytest.raises(Injected):
                 await _apply(broken, payment_id, E.SUCCEEDED)
             assert await _payment_trail(pool, payment_id) == before == ("RECORDED", 0, 0, 1, 1)
             return
@@ -970,7 +938,7 @@ class TestOneTransaction:
         if operation != "acknowledge":
             await _ack(database, leg_id)
         row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
-        with pytest.raises(_Injected):
+        with pytest.raises(Injected):
             if operation == "acknowledge":
                 await report_to_leg(broken, leg_id, VenueReport.ACKNOWLEDGED, "venue:ack")
             elif operation == "fill":
@@ -1201,18 +1169,6 @@ async def _captured(world: World, database: Database, amount: str, currency: str
     return payment_id
 
 
-class _OneConnectionPool:
-    """Stands in for asyncpg.Pool: lends every caller the one connection a test holds a transaction open on,
-    so that the server reads rows the test never commits (and nothing is left behind for other tests)."""
-
-    def __init__(self, connection: asyncpg.Connection) -> None:
-        self._connection = connection
-
-    @asynccontextmanager
-    async def acquire(self, **_: Any) -> AsyncIterator[asyncpg.Connection]:
-        yield self._connection
-
-
 class TestLedgerReads:
     @pytest.mark.parametrize(
         "account",
@@ -1317,7 +1273,7 @@ class TestLedgerReads:
                         account,
                         value,
                     )
-                async with isolated_server(_OneConnectionPool(connection), tmp_path) as world:  # type: ignore[arg-type]
+                async with isolated_server(OneConnectionPool(connection), tmp_path) as world:  # type: ignore[arg-type]
                     balance = await world.ledger.GetBalance(
                         ledger_pb2.GetBalanceRequest(account=f"huge_b:{suffix}", currency_code="EUR"),
                         metadata=world.auditor.metadata,

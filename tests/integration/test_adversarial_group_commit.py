@@ -28,8 +28,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -44,13 +42,14 @@ from server.api.http_app import INTAKE, SOURCES, build_http_app, receive_webhook
 from server.db.database import Budget, Database
 from server.db.engine import create_pool
 from server.db.migrate import migrate_to_head
-from server.domain.errors import ConcurrencyConflict, DeadlineExceeded, Unavailable
+from server.domain.errors import DeadlineExceeded, Unavailable
 from server.domain.events import CASE_OPENED, PAYMENT_STATE_CHANGED
 from server.domain.identity import Principal
 from server.services.webhook_application import Outcome, WebhookSource
 from server.services.webhooks import Intake
 from tests.e2e.conftest import ServerProcess, free_port, server_environment, wait_until_serving
-from tests.support import answering_provider, scratch_database
+from tests.support import answering_provider, scratch_database, until
+from tests.support.faults import ConflictsNoted, Held, allow_inserts, hold_row, holding, refuse_inserts
 from tests.support.requests import leg_terms, new_payments, submitted_legs
 from tests.support.webhooks import (
     PROVIDER,
@@ -182,14 +181,6 @@ async def _leg(pool: asyncpg.Pool, leg_id: uuid.UUID) -> tuple[str, Decimal, int
     return row["state"], row["filled_quantity"], fills
 
 
-async def _until(condition: Callable[[], Awaitable[bool]], what: str, timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        await asyncio.sleep(0.005)
-
-
 def _sample(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
@@ -201,54 +192,10 @@ SPLIT = "ballast_webhook_batches_split_total"
 # --------------------------------------------------------------------------------------------- batches on purpose
 
 
-@dataclass
-class _Held:
-    """A row lock (or an uncommitted insert) held by a transaction of the test's own, until released."""
-
-    pool: asyncpg.Pool
-    connection: asyncpg.Connection
-    transaction: Any
-    pid: int
-    released: bool = False
-
-    async def waiters(self) -> int:
-        return await _count(
-            self.pool, "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", self.pid
-        )
-
-    async def waited_for(self, what: str, count: int = 1) -> None:
-        async def waiting() -> bool:
-            return await self.waiters() >= count
-
-        await _until(waiting, what)
-
-    async def release(self) -> None:
-        if not self.released:
-            self.released = True
-            await self.transaction.rollback()
-            await self.pool.release(self.connection)
-
-
-async def _holding(pool: asyncpg.Pool, statement: str, *arguments: object) -> _Held:
-    connection = await pool.acquire()
-    transaction = connection.transaction()
-    try:
-        await transaction.start()
-        await connection.execute(statement, *arguments)
-        return _Held(pool, connection, transaction, int(await connection.fetchval("SELECT pg_backend_pid()")))
-    except BaseException:
-        await pool.release(connection)
-        raise
-
-
-async def _hold(pool: asyncpg.Pool, table: str, row_id: uuid.UUID) -> _Held:
-    return await _holding(pool, f"SELECT 1 FROM {table} WHERE id = $1 FOR UPDATE", row_id)
-
-
-async def _hold_claim(pool: asyncpg.Pool, event_id: str) -> _Held:
+async def _hold_claim(pool: asyncpg.Pool, event_id: str) -> Held:
     """An insert-first claim of `event_id`, made and not yet committed by a transaction of the test's own."""
     statement = "INSERT INTO processed_events (consumer_group, event_id) VALUES ($1, $2)"
-    return await _holding(pool, statement, GROUP, event_id)
+    return await holding(pool, statement, GROUP, event_id)
 
 
 def _send(intake: Intake, body: bytes, budget_s: float = 10) -> asyncio.Task[Outcome]:
@@ -261,7 +208,7 @@ async def _queued(intake: Intake, count: int) -> None:
     async def queued() -> bool:
         return intake._queue.qsize() >= count  # nothing public tells; a delivery is queued with no await
 
-    await _until(queued, f"{count} deliveries are queued")
+    await until(queued, f"{count} deliveries are queued")
 
 
 async def _results(tasks: Iterable[asyncio.Task[Outcome]], timeout_s: float = 15) -> list[Any]:
@@ -275,7 +222,7 @@ async def _sent_as_one_batch(
 ) -> list[asyncio.Task[Outcome]]:
     """`bodies` sent while a first delivery (about `blocker`) is held up behind a row lock, so that
     they reach PostgreSQL together once it is released; the first one must then apply."""
-    held = await _hold(pool, "payments", blocker)
+    held = await hold_row(pool, "payments", blocker)
     try:
         first = _send(intake, payment_event(blocker, "pending"))
         await held.waited_for("the first delivery waits for the blocker's row")
@@ -294,29 +241,6 @@ async def one_writer(database: Database) -> AsyncIterator[Intake]:
     await intake.start()
     yield intake
     await intake.stop()
-
-
-async def _drop_trigger(pool: asyncpg.Pool, name: str, table: str) -> None:
-    await pool.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
-    await pool.execute(f"DROP FUNCTION IF EXISTS {name}()")
-
-
-async def _refuse_inserts(pool: asyncpg.Pool, table: str, column: str, subject: uuid.UUID) -> str:
-    """PostgreSQL refuses every insert into `table` about `subject`; returns the trigger's name."""
-    name = f"refuse_{subject.hex}"
-    await pool.execute(
-        f"""
-        CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.{column} = '{subject}' THEN
-                RAISE EXCEPTION 'injected failure' USING ERRCODE = 'internal_error';
-            END IF;
-            RETURN NEW;
-        END $$
-        """
-    )
-    await pool.execute(f"CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()")
-    return name
 
 
 # --------------------------------------------------------------------------------------------- the provider's API
@@ -688,13 +612,13 @@ async def test_a_fill_failing_after_the_batchs_payments_moved_fails_alone_and_no
         repeated,
         bad_fill,
     ]
-    trigger = await _refuse_inserts(pool, "leg_fills", "leg_id", bad_leg)
+    trigger = await refuse_inserts(pool, "leg_fills", "leg_id", bad_leg)
     split_before = _sample(SPLIT)
     try:
         tasks = await _sent_as_one_batch(pool, one_writer, blocker, bodies)
         results = await _results(tasks)
     finally:
-        await _drop_trigger(pool, trigger, "leg_fills")
+        await allow_inserts(pool, trigger, "leg_fills")
     assert _sample(SPLIT) - split_before == 1
     for n in (1, 6):
         assert isinstance(results[n], asyncpg.PostgresError) and "injected failure" in str(results[n]), results
@@ -760,7 +684,7 @@ async def test_a_signed_delivery_with_a_non_utf8_user_agent_is_kept_and_applied_
     neighbour_body = payment_event(neighbour, "pending")
     split_before = _sample(SPLIT)
     try:
-        held = await _hold(pool, "payments", blocker)
+        held = await hold_row(pool, "payments", blocker)
         try:
             first = _send(one_writer, payment_event(blocker, "pending"))
             await held.waited_for("the first delivery waits for the blocker's row")
@@ -782,25 +706,7 @@ async def test_a_signed_delivery_with_a_non_utf8_user_agent_is_kept_and_applied_
     assert _sample(SPLIT) == split_before
 
 
-class _Watched(Database):
-    """The real database, noting every transaction that lost a deadlock or serialization race on the way
-    out (in_transaction repeats those silently, so a caller would never see one)."""
-
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        super().__init__(pool)
-        self.conflicts: list[ConcurrencyConflict] = []
-
-    @asynccontextmanager
-    async def connection(self, budget: Budget) -> AsyncIterator[asyncpg.Connection]:
-        try:
-            async with super().connection(budget) as connection:
-                yield connection
-        except ConcurrencyConflict as conflict:
-            self.conflicts.append(conflict)
-            raise
-
-
-async def _both_blocked(pool: asyncpg.Pool, held: _Held) -> None:
+async def _both_blocked(pool: asyncpg.Pool, held: Held) -> None:
     """Until the held row has a waiter, and one more session waits for a lock (the other batch)."""
 
     async def blocked() -> bool:
@@ -811,7 +717,7 @@ async def _both_blocked(pool: asyncpg.Pool, held: _Held) -> None:
         )
         return await held.waiters() >= 1 and waiting >= 2
 
-    await _until(blocked, "both batches wait for a lock")
+    await until(blocked, "both batches wait for a lock")
 
 
 async def test_two_intakes_taking_the_same_rows_in_opposite_orders_never_deadlock_and_apply_each_event_once(
@@ -824,7 +730,7 @@ async def test_two_intakes_taking_the_same_rows_in_opposite_orders_never_deadloc
     make it due). Afterwards each process gets the other's events. No batch may lose a deadlock (the
     transaction retry would hide it from callers), no caller may see an error; the provider's API then
     decides each payment once."""
-    database = _Watched(pool)
+    database = ConflictsNoted(pool)
     payments = sorted(await _payments(database, principal, 40))
     legs = sorted(await _legs(database, principal, 6))
     intakes = (Intake(database), Intake(database))
@@ -835,7 +741,7 @@ async def test_two_intakes_taking_the_same_rows_in_opposite_orders_never_deadloc
     sent: list[tuple[bytes, Any]] = []
     split_before = _sample(SPLIT)
 
-    async def race(first: list[bytes], second: list[bytes], held: _Held) -> None:
+    async def race(first: list[bytes], second: list[bytes], held: Held) -> None:
         """`first` to one intake and `second` to the other, both caught behind the held row, then released."""
         try:
             tasks = [_send(intakes[0], body) for body in first] + [_send(intakes[1], body) for body in second]
@@ -851,10 +757,10 @@ async def test_two_intakes_taking_the_same_rows_in_opposite_orders_never_deadloc
         await race(claims, claims[::-1], held_claim)
         # other events about the same legs: fills of other executions, sent in opposite leg orders
         fills = [[_order_event(leg_id, "partial_fill", quantity="10") for leg_id in legs] for _ in range(2)]
-        await race(fills[0], fills[1][::-1], await _hold(pool, "legs", legs[len(legs) // 2]))
+        await race(fills[0], fills[1][::-1], await hold_row(pool, "legs", legs[len(legs) // 2]))
         # other events about the same payments, in opposite payment orders
         decided = [[payment_event(p, "succeeded") for p in payments] for _ in range(2)]
-        await race(decided[0], decided[1][::-1], await _hold(pool, "payments", payments[len(payments) // 2]))
+        await race(decided[0], decided[1][::-1], await hold_row(pool, "payments", payments[len(payments) // 2]))
         # and each process gets what the other had, all at once
         again = fills[1] + decided[1] + claims
         tasks = [_send(intakes[0], body) for body in again] + [
@@ -893,7 +799,7 @@ async def test_a_caller_out_of_time_while_queued_is_told_so_its_delivery_is_skip
 ) -> None:
     blocker, late = await _payments(database, principal, 2)
     body = payment_event(late, "succeeded")
-    held = await _hold(pool, "payments", blocker)
+    held = await hold_row(pool, "payments", blocker)
     try:
         first = _send(one_writer, payment_event(blocker, "pending"))
         await held.waited_for("the first delivery waits for the blocker's row")
@@ -927,8 +833,8 @@ async def test_a_caller_out_of_time_while_its_batch_waits_is_told_so_and_the_red
     """The writer had taken the delivery when its caller gave up: it is applied (not half, not twice)."""
     blocker, slow, neighbour = await _payments(database, principal, 3)
     body = payment_event(slow, "succeeded")
-    held = await _hold(pool, "payments", blocker)
-    held_slow = await _hold(pool, "payments", slow)
+    held = await hold_row(pool, "payments", blocker)
+    held_slow = await hold_row(pool, "payments", slow)
     try:
         first = _send(one_writer, payment_event(blocker, "pending"))
         await held.waited_for("the first delivery waits for the blocker's row")
@@ -967,7 +873,7 @@ async def test_stopping_with_both_writers_mid_transaction_and_more_queued_answer
     await intake.start()
     queued_bodies = [payment_event(p, status) for p in others for status in ("pending", "succeeded")]
     queued_bodies += [_order_event(leg_id, "new"), queued_bodies[0]]
-    held = [await _hold(pool, "payments", first_blocked), await _hold(pool, "payments", second_blocked)]
+    held = [await hold_row(pool, "payments", first_blocked), await hold_row(pool, "payments", second_blocked)]
     blocked_bodies = [payment_event(first_blocked, "succeeded"), payment_event(second_blocked, "succeeded")]
     try:
         blocked = []
@@ -1027,8 +933,8 @@ async def test_stopping_during_the_one_at_a_time_retry_of_a_failed_batch_answers
         _order_event(leg_id, "new"),  # alone, it will wait for the leg the test holds
         payment_event(after, "succeeded"),
     ]
-    trigger = await _refuse_inserts(pool, "payment_transitions", "payment_id", bad)
-    held_leg = await _hold(pool, "legs", leg_id)
+    trigger = await refuse_inserts(pool, "payment_transitions", "payment_id", bad)
+    held_leg = await hold_row(pool, "legs", leg_id)
     try:
         tasks = await _sent_as_one_batch(pool, one_writer, blocker, bodies)
         await held_leg.waited_for("the leg report, retried alone, waits for the held leg")
@@ -1038,7 +944,7 @@ async def test_stopping_during_the_one_at_a_time_retry_of_a_failed_batch_answers
         results = await _results(tasks, timeout_s=5)
     finally:
         await held_leg.release()
-        await _drop_trigger(pool, trigger, "payment_transitions")
+        await allow_inserts(pool, trigger, "payment_transitions")
     assert results[0] == Q
     assert isinstance(results[1], asyncpg.PostgresError), results
     assert all(isinstance(result, Unavailable) for result in results[2:]), results
@@ -1168,13 +1074,13 @@ async def test_a_server_stopped_mid_storm_kept_every_acknowledged_delivery_and_r
             async def enough() -> bool:
                 return len(acknowledged) >= 100
 
-            await _until(enough, "a hundred deliveries were acknowledged", timeout_s=20)
+            await until(enough, "a hundred deliveries were acknowledged", timeout_s=20)
             server.process.send_signal(stop_signal)
             await load
         returncode = await asyncio.to_thread(server.process.wait, 20)
         assert len(acknowledged) < len(deliveries), "the stop should land mid-storm"
         assert set(answered) <= {0, 200, 503}, answered  # never a 500
-        await _until(_no_backend_at_work(pool), "the stopped server's sessions finished what they had received")
+        await until(_no_backend_at_work(pool), "the stopped server's sessions finished what they had received")
 
         # nothing acknowledged was lost: each is processed, an applied one moved its payment, a confirming
         # one left its payment due; every processed event's status was kept, once, with its claim

@@ -25,6 +25,7 @@ from server.domain.identity import Principal
 from server.services.webhook_application import Outcome, WebhookSource
 from server.services.webhooks import Intake
 from tests.support import answering_provider
+from tests.support.faults import allow_inserts, refuse_inserts
 from tests.support.requests import new_payments
 from tests.support.webhooks import payment_event, signed_headers
 
@@ -143,21 +144,7 @@ async def test_an_event_that_fails_in_a_batch_fails_alone_and_its_redelivery_app
 ) -> None:
     blocker, bad, *good = await new_payments(database, principal, 5, "12.50")
     # PostgreSQL refuses to keep any provider's word about `bad`: its event fails wherever it is applied
-    name = f"refuse_{bad.hex}"
-    await pool.execute(
-        f"""
-        CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.payment_id = '{bad}' THEN
-                RAISE EXCEPTION 'injected failure' USING ERRCODE = 'internal_error';
-            END IF;
-            RETURN NEW;
-        END $$
-        """
-    )
-    await pool.execute(
-        f"CREATE TRIGGER {name} BEFORE INSERT ON provider_statuses FOR EACH ROW EXECUTE FUNCTION {name}()"
-    )
+    name = await refuse_inserts(pool, "provider_statuses", "payment_id", bad)
     bad_body = payment_event(bad, "succeeded")
     split_before = _sample("ballast_webhook_batches_split_total")
     try:
@@ -169,8 +156,7 @@ async def test_an_event_that_fails_in_a_batch_fails_alone_and_its_redelivery_app
             )
         results: list[Any] = await asyncio.gather(*tasks, return_exceptions=True)
     finally:
-        await pool.execute(f"DROP TRIGGER {name} ON provider_statuses")
-        await pool.execute(f"DROP FUNCTION {name}()")
+        await allow_inserts(pool, name, "provider_statuses")
     assert _sample("ballast_webhook_batches_split_total") - split_before == 1
     assert isinstance(results[1], asyncpg.PostgresError) and "injected failure" in str(results[1])
     assert results[:1] + results[2:] == [Outcome.CONFIRMING] * len(good)

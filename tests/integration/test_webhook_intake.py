@@ -20,6 +20,7 @@ from server.db.database import Database
 from server.domain.identity import Principal
 from server.services.webhooks import INTAKE_FULL_RETRY_AFTER_S, Intake
 from tests.support import answering_provider
+from tests.support.faults import allow_inserts, refuse_inserts
 from tests.support.requests import new_payment
 from tests.support.webhooks import PROVIDER, payment_event, sign, signed_headers, webhook_endpoint
 
@@ -291,20 +292,7 @@ async def test_a_failing_handler_leaves_no_processed_row_and_the_redelivery_appl
     body = _event(payment_id, status, event_id=f"evt_{uuid.uuid4().hex}")
     event_id = json.loads(body)["id"]
     # PostgreSQL itself fails the handler's work, once, for this payment (a sequence survives the rollback)
-    name = f"fail_once_{payment_id.hex}"
-    await pool.execute(f"CREATE SEQUENCE {name}")
-    await pool.execute(
-        f"""
-        CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            IF NEW.payment_id = '{payment_id}' AND nextval('{name}') = 1 THEN
-                RAISE EXCEPTION 'injected failure' USING ERRCODE = 'internal_error';
-            END IF;
-            RETURN NEW;
-        END $$
-        """
-    )
-    await pool.execute(f"CREATE TRIGGER {name} BEFORE INSERT ON {failing_table} FOR EACH ROW EXECUTE FUNCTION {name}()")
+    name = await refuse_inserts(pool, failing_table, "payment_id", payment_id, once=True)
     try:
         status_code, _ = await post(body)
         assert status_code >= 500
@@ -321,9 +309,7 @@ async def test_a_failing_handler_leaves_no_processed_row_and_the_redelivery_appl
         assert await _count(pool, "SELECT count(*) FROM provider_statuses WHERE payment_id = $1", payment_id) == 1
         assert await _due(pool, payment_id) is (outcome == "confirming")
     finally:
-        await pool.execute(f"DROP TRIGGER {name} ON {failing_table}")
-        await pool.execute(f"DROP FUNCTION {name}()")
-        await pool.execute(f"DROP SEQUENCE {name}")
+        await allow_inserts(pool, name, failing_table)
 
 
 async def test_an_event_about_nothing_of_ours_is_kept_and_acknowledged(post: Post, pool: asyncpg.Pool) -> None:
