@@ -23,6 +23,7 @@ from server.domain.errors import NotFound
 from server.domain.identity import Principal, readable_client
 from server.domain.order_legs import (
     LEG_MACHINE,
+    REASON_LENGTH_MAX,
     Fill,
     FillError,
     Leg,
@@ -262,7 +263,7 @@ async def venue_state_on(
         return leg  # the venue repeating itself
     check_venue_state(leg.state, to_state, subject=f"leg {leg.id}", filled=leg.filled_quantity)
     if reason:
-        await orders_repository.set_state_reason(connection, leg.id, reason[:500])
+        await orders_repository.set_state_reason(connection, leg.id, reason[:REASON_LENGTH_MAX])
     if leg.state is LegState.MODIFYING:
         why = f"the venue {'rejected' if to_state is LegState.REJECTED else 'closed'} the order before answering"
         await orders_repository.end_modification(connection, leg.id, ModificationStatus.CANCELED, why)

@@ -14,10 +14,11 @@ import asyncpg
 from server.db import exposures_repository
 from server.domain import events
 from server.domain.ledger import merchant_payable
+from server.domain.payment_states import UNDECIDED_STATES
 
 CONSUMER_GROUP = "exposures"
 #: States in which a payment's money is in flight: asked for, not yet decided.
-OPEN_STATES = frozenset({"RECORDED", "PENDING", "UNKNOWN"})
+OPEN_STATES = frozenset(state.value for state in UNDECIDED_STATES)
 
 
 async def apply_event(connection: asyncpg.Connection, subject: str, payload: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ import structlog
 from server.db import cases_repository, leg_checks_repository, orders_repository
 from server.db.database import BACKGROUND_BUDGET_S, Budget, Database, in_transaction
 from server.db.leg_checks_repository import DueLeg
+from server.domain.backoff import backoff_s
 from server.domain.order_legs import AWAITING_VENUE_STATES, Fill, LegState
 from server.domain.orders import LegSpec
 from server.domain.provider_status import UnknownProviderStatus, VenueReport, venue_report_for
@@ -167,7 +168,7 @@ class LegResolver(CheckLoop[DueLeg]):
 
         async def work(connection: asyncpg.Connection) -> None:
             if state is not LegState.SUBMITTED:  # working: check again, ever less often, never give up
-                delay_s = min(config.working_check_s * 2 ** max(attempts - 1, 0), config.working_check_max_s)
+                delay_s = backoff_s(attempts, config.working_check_s, config.working_check_max_s)
             elif attempts < config.checks_max:
                 delay_s = config.backoff_s(attempts)
             else:
