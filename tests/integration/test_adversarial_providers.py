@@ -9,7 +9,6 @@ the provider's API (the simulator, or a provider that answers as the test tells 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import time
@@ -35,10 +34,9 @@ from server.services.leg_resolver import LegResolver, LegResolverSettings
 from server.services.order_submission import submit_and_send
 from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings
 from server.services.submission import create_and_submit
-from tests.integration.test_unreliable_provider import SECRET as SIM_SECRET
-from tests.integration.test_unreliable_provider import _simulator, _truth
 from tests.support import AnsweringProvider, answering_provider
 from tests.support.requests import create_payment_command, leg_terms, new_payment, submit_order_command, submitted_leg
+from tests.support.simulator import simulated_provider, simulator_truth
 from tests.support.webhooks import PROVIDER, fill_execution, mac, order_event, payment_event, sign, webhook_endpoint
 
 SECRET = "whsec_adversarial_test"  # noqa: S105 - a test secret
@@ -249,7 +247,7 @@ async def test_response_webhooks_and_resolver_racing_post_the_ledger_once_and_ch
         "webhook_reorder_rate": 1.0,
         "webhook_contradict_rate": 1.0,
     }
-    async with _simulator(tmp_path, database, "calm", **settings) as url, aiohttp.ClientSession() as session:
+    async with simulated_provider(tmp_path, database, "calm", **settings) as url, aiohttp.ClientSession() as session:
         gateway = GatewayClient("simulator", url, session, Breaker("adv.payments", BreakerSettings(failures_max=1000)))
         resolvers = [
             PaymentResolver(
@@ -305,7 +303,7 @@ async def test_response_webhooks_and_resolver_racing_post_the_ledger_once_and_ch
         finally:
             stop.set()
             await resolving
-        truth = await _truth(url)
+        truth = await simulator_truth(url)
     ids = {result.payment.id for result in results}
     assert len(ids) == 20
     provider_keys = [p["idempotency_key"] for p in truth["payments"] if uuid.UUID(p["idempotency_key"]) in ids]
@@ -768,7 +766,7 @@ async def test_create_payment_against_a_hanging_provider_answers_in_time_and_nev
         "success_rate": 1.0,
         fault: 1.0,
     }
-    async with _simulator(tmp_path, database, "calm", **settings) as url, aiohttp.ClientSession() as session:
+    async with simulated_provider(tmp_path, database, "calm", **settings) as url, aiohttp.ClientSession() as session:
         gateway = GatewayClient(
             "simulator", url, session, Breaker(f"adv.{fault}", BreakerSettings(failures_max=10_000))
         )
@@ -823,7 +821,7 @@ async def test_create_payment_against_a_hanging_provider_answers_in_time_and_nev
             )
             await asyncio.gather(resolver.run_once(), *(call(key) for key in keys))
             await asyncio.sleep(0.05)
-        truth = await _truth(url)
+        truth = await simulator_truth(url)
     ids = [row["id"] for row in await pool.fetch("SELECT id FROM payments WHERE client_id = $1", principal.client_id)]
     assert len(ids) == 10
     mine = {str(i) for i in ids}
@@ -850,7 +848,7 @@ async def test_fills_are_applied_once_per_execution_while_the_leg_resolver_races
         "webhook_duplicate_rate": 1.0,
         "webhook_reorder_rate": 1.0,
     }
-    async with _simulator(tmp_path, database, "calm", **settings) as url, aiohttp.ClientSession() as http:
+    async with simulated_provider(tmp_path, database, "calm", **settings) as url, aiohttp.ClientSession() as http:
         venue = VenueClient("simulator", url, http, Breaker("adv.orders", BreakerSettings(failures_max=10_000)))
         resolver = LegResolver(
             database,
@@ -889,7 +887,7 @@ async def test_fills_are_applied_once_per_execution_while_the_leg_resolver_races
         finally:
             stop.set()
             await resolving
-        truth = {o["idempotency_key"]: o for o in (await _truth(url))["orders"]}
+        truth = {o["idempotency_key"]: o for o in (await simulator_truth(url))["orders"]}
     legs = await pool.fetch(
         "SELECT id, state, filled_quantity, fill_notional, quantity FROM legs WHERE order_id = ANY($1::uuid[])", orders
     )
@@ -901,9 +899,6 @@ async def test_fills_are_applied_once_per_execution_while_the_leg_resolver_races
         assert leg["filled_quantity"] == leg["quantity"] == Decimal(venue_order["quantity"])
         assert sum(f["quantity"] for f in fills) == leg["filled_quantity"]
         assert not await _count(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", leg["id"])
-
-
-_ = (contextlib, SIM_SECRET)
 
 
 async def test_a_provider_answer_in_a_status_ballast_does_not_know_is_an_unknown_outcome_not_an_error(

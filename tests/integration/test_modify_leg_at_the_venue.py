@@ -30,9 +30,9 @@ from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.venue import VenueClient
 from server.services.leg_resolver import LegResolver, LegResolverSettings
 from server.settings import load_settings
-from tests.integration.test_unreliable_provider import _simulator, _truth
 from tests.support.requests import leg_spec, modify_leg_request, submit_order_request
 from tests.support.servers import Caller
+from tests.support.simulator import simulated_provider, simulator_truth
 
 Stub = execution_pb2_grpc.ExecutionServiceStub
 LegView = execution_pb2.Leg
@@ -51,7 +51,7 @@ async def _trading(
     on it, for one caller of this spec's own: (stub, caller, the venue's URL, the venue client)."""
     caller = Caller(f"amend-{uuid.uuid4().hex[:12]}", f"amend-token-{uuid.uuid4().hex}")
     async with (
-        _simulator(tmp_path, database, "calm", **(FAST | venue_settings)) as url,
+        simulated_provider(tmp_path, database, "calm", **(FAST | venue_settings)) as url,
         aiohttp.ClientSession() as http,
     ):
         venue = VenueClient("simulator", url, http, Breaker("simulator.orders", BreakerSettings()))
@@ -161,7 +161,7 @@ async def test_a_filled_leg_grown_by_a_larger_quantity_works_again_and_fills_to_
             lambda leg: leg.state == execution_pb2.LEG_STATE_FILLED and Decimal(leg.filled_quantity) == 10,
             "the venue's confirmation and the fills of the re-opened 2.5",
         )
-        venue_order = _venue_order(await _truth(url), leg_id)
+        venue_order = _venue_order(await simulator_truth(url), leg_id)
     assert (leg.quantity, leg.limit_price) == ("10", "1.09")
     assert (MODIFICATION(leg.modification.status), leg.modification.idempotency_key) == (
         "MODIFICATION_STATUS_CONFIRMED",
@@ -211,7 +211,7 @@ async def test_a_working_leg_is_amended_in_place_and_keeps_working_under_its_new
                 "the venue's confirmation",
             )
             assert MODIFICATION(leg.modification.status) == "MODIFICATION_STATUS_CONFIRMED"
-        venue_order = _venue_order(await _truth(url), leg_id)
+        venue_order = _venue_order(await simulator_truth(url), leg_id)
     assert (leg.quantity, leg.limit_price, leg.filled_quantity) == ("80", "10.25", "0")
     assert (venue_order["quantity"], venue_order["limit_price"], venue_order["status"]) == ("80", "10.25", "new")
     assert [(a, b, cause) for a, b, cause in await _moves(pool, leg_id)][1:] == [
@@ -241,7 +241,7 @@ async def test_an_amendment_the_venue_refuses_leaves_the_leg_as_it_was_and_says_
             lambda leg: leg.modification.status == execution_pb2.MODIFICATION_STATUS_REFUSED,
             "the venue's refusal",
         )
-        venue_order = _venue_order(await _truth(url), leg_id)
+        venue_order = _venue_order(await simulator_truth(url), leg_id)
     assert (STATE(leg.state), leg.state_reason, leg.quantity, leg.limit_price) == (
         "LEG_STATE_PENDING",  # still working: a refused amendment never rejects the leg
         "",
@@ -287,7 +287,7 @@ async def test_an_answer_whose_webhook_was_dropped_is_recovered_by_asking_the_ve
             "the answer, by asking the venue",
             between=check,
         )
-        venue_order = _venue_order(await _truth(url), leg_id)
+        venue_order = _venue_order(await simulator_truth(url), leg_id)
     assert all(event["dropped"] for event in venue_order["webhooks"])
     assert (leg.quantity, venue_order["quantity"]) == ("40", "40")
     assert (await _moves(pool, leg_id))[-1] == ("MODIFYING", "PENDING", "venue.modification_confirmed")
@@ -310,7 +310,7 @@ async def test_a_filled_leg_refuses_what_would_change_nothing_at_the_venue_and_s
         request = _modify(order_id, leg_id, fields.get("quantity", ""), fields.get("limit_price", ""))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.ModifyLeg(request, metadata=caller.metadata, timeout=5)
-        venue_order = _venue_order(await _truth(url), leg_id)
+        venue_order = _venue_order(await simulator_truth(url), leg_id)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert field in (caught.value.details() or "")
     assert venue_order["modification"] is None  # nothing reached the venue

@@ -4,13 +4,11 @@ reached after the resolver runs, nothing charged twice, and a breaker that fails
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,27 +17,23 @@ import aiohttp
 import asyncpg
 import grpc
 import pytest
-from aiohttp import web
 from google.rpc import error_details_pb2, status_pb2
 
 from server.api.errors import status_for
-from server.api.http_app import build_http_app
 from server.db.database import Budget, Database
 from server.domain.errors import DeadlineExceeded, ProviderUnavailable
 from server.domain.identity import Principal
 from server.domain.payment_states import PaymentEvent, PaymentState, Witness
 from server.providers.breaker import Breaker, BreakerSettings, BreakerState
-from server.providers.embedded_simulator import embedded_simulator
 from server.providers.gateway import GatewayClient, NotSent
 from server.services.payment_events import Evidence
 from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings
 from server.services.provider_health import breaker_announcer
 from server.services.submission import create_and_submit
-from server.services.webhook_application import WebhookSource
 from tests.support import answering_provider, apply_evidence
 from tests.support.requests import create_payment_command
+from tests.support.simulator import simulated_provider, simulator_truth
 
-SECRET = "whsec_unreliable"  # noqa: S105 - a test secret
 DEADLINE_S = 1.0
 #: what an answer may take beyond the caller's deadline: scheduling on a loaded 2-core machine
 DEADLINE_SLACK_S = 0.3
@@ -54,46 +48,11 @@ FAST = {
 TRUE_STATES = {"succeeded": PaymentState.SUCCEEDED, "failed": PaymentState.FAILED, "declined": PaymentState.FAILED}
 
 
-@contextlib.asynccontextmanager
-async def _webhook_port(database: Database) -> AsyncIterator[int]:
-    runner = web.AppRunner(build_http_app(database, {"simulator": WebhookSource("simulator", SECRET)}), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        yield int(runner.addresses[0][1])
-    finally:
-        await runner.cleanup()
-
-
-@contextlib.asynccontextmanager
-async def _simulator(tmp_path: Path, database: Database, profile: str, **settings: Any) -> AsyncIterator[str]:
-    async with (
-        _webhook_port(database) as port,
-        embedded_simulator(
-            tmp_path,
-            webhook_url=f"http://127.0.0.1:{port}/webhooks/simulator",
-            webhook_secret=SECRET,
-            profile=profile,
-            seed=7,
-        ) as url,
-        aiohttp.ClientSession() as http,
-        http.put(f"{url}/_sim/profile", json={"settings": settings}) as response,
-    ):
-        assert response.status == 200, await response.text()
-        yield url
-
-
-async def _truth(url: str) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as http, http.get(f"{url}/_sim/truth") as response:
-        truth: dict[str, Any] = await response.json()
-        return truth
-
-
 async def test_monday_morning_every_caller_gets_an_answer_in_time_and_the_resolver_reaches_the_truth(
     tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     async with (
-        _simulator(tmp_path, database, "monday-morning", **FAST) as url,
+        simulated_provider(tmp_path, database, "monday-morning", **FAST) as url,
         aiohttp.ClientSession() as session,
     ):
         gateway = GatewayClient(
@@ -151,13 +110,13 @@ async def test_monday_morning_every_caller_gets_an_answer_in_time_and_the_resolv
         )
         while rows := await pool.fetch(undecided, principal.client_id, list(answers)):
             if time.monotonic() > deadline:
-                truth = {p["idempotency_key"]: p for p in (await _truth(url))["payments"]}
+                truth = {p["idempotency_key"]: p for p in (await simulator_truth(url))["payments"]}
                 stuck = [(dict(row), truth.get(str(row["id"]))) for row in rows]
                 raise AssertionError(f"undecided payments remain after 60 s of resolving: {stuck}")
             if not await resolver.run_once():
                 await asyncio.sleep(0.1)
 
-        truth = {p["idempotency_key"]: p for p in (await _truth(url))["payments"]}
+        truth = {p["idempotency_key"]: p for p in (await simulator_truth(url))["payments"]}
         rows = await pool.fetch(
             "SELECT p.id, p.state, (SELECT count(*) FROM ledger_entries e WHERE e.payment_id = p.id) AS entries"
             " FROM payments p WHERE p.client_id = $1 AND p.idempotency_key = ANY($2)",
@@ -188,7 +147,7 @@ async def test_a_provider_call_that_fails_fast_is_never_followed_by_a_second_cha
     payment exactly once and Ballast says what the provider did."""
     first_calls = {"error_5xx_rate": 0.25, "reset_rate": 0.25, "malformed_rate": 0.5}
     async with (
-        _simulator(tmp_path, database, "calm", **(FAST | first_calls)) as url,
+        simulated_provider(tmp_path, database, "calm", **(FAST | first_calls)) as url,
         aiohttp.ClientSession() as session,
     ):
         gateway = GatewayClient(
@@ -205,7 +164,7 @@ async def test_a_provider_call_that_fails_fast_is_never_followed_by_a_second_cha
         created = await asyncio.gather(*(create() for _ in range(24)))
         ids = [payment_id for payment_id, _, _ in created]
         assert max(elapsed for _, _, elapsed in created) < 2.5, "each call was to fail fast, not time out"
-        taken = {p["reference"]: p["create_fault"] for p in (await _truth(url))["payments"]}
+        taken = {p["reference"]: p["create_fault"] for p in (await simulator_truth(url))["payments"]}
         assert set(taken.values()) == {"malformed"}, taken  # only unreadable answers left a payment there
         # honest answers: UNKNOWN, as each request may have arrived (PENDING where the provider's webhook
         # about a payment it took came first)
@@ -237,7 +196,7 @@ async def test_a_provider_call_that_fails_fast_is_never_followed_by_a_second_cha
         while await pool.fetchval(undecided, ids) and time.monotonic() < deadline:
             if not await resolver.run_once():
                 await asyncio.sleep(0.05)
-        truth = (await _truth(url))["payments"]
+        truth = (await simulator_truth(url))["payments"]
 
     charges = {payment_id: [p for p in truth if p["reference"] == str(payment_id)] for payment_id in ids}
     twice = {payment_id: found for payment_id, found in charges.items() if len(found) > 1}
@@ -326,7 +285,7 @@ async def test_two_resolvers_never_ask_about_the_same_payment_at_once(
     ids = await _unknown_payments(database, principal, 30)
     # no webhooks: a webhook's claim would make a payment due for another check, on purpose
     quiet = FAST | {"webhook_drop_rate": 1.0}
-    async with _simulator(tmp_path, database, "calm", **quiet) as url, aiohttp.ClientSession() as session:
+    async with simulated_provider(tmp_path, database, "calm", **quiet) as url, aiohttp.ClientSession() as session:
         gateway = Counting("simulator", url, session, Breaker("simulator.payments", BreakerSettings()))
         settings = PaymentResolverSettings(unknown_grace_s=0, batch_size=10, lease_s=60)
         resolvers = [PaymentResolver(database, gateway, settings), PaymentResolver(database, gateway, settings)]
@@ -391,7 +350,7 @@ async def test_contradictory_webhooks_never_decide_a_payment_the_providers_api_d
 ) -> None:
     # every final webhook is preceded by a claim of the opposite outcome: "failed", then "succeeded"
     settings = FAST | {"success_rate": 1.0, "webhook_contradict_rate": 1.0}
-    async with _simulator(tmp_path, database, "calm", **settings) as url, aiohttp.ClientSession() as session:
+    async with simulated_provider(tmp_path, database, "calm", **settings) as url, aiohttp.ClientSession() as session:
         gateway = GatewayClient("simulator", url, session, Breaker("simulator.payments", BreakerSettings()))
         payment = (
             await create_and_submit(

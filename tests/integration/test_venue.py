@@ -22,8 +22,8 @@ from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.venue import VenueClient
 from server.services.leg_resolver import LegResolver, LegResolverSettings
 from server.services.order_submission import close_and_send, modify_and_send, submit_and_send
-from tests.integration.test_unreliable_provider import _simulator, _truth
 from tests.support.requests import leg_terms, submit_order_command
+from tests.support.simulator import simulated_provider, simulator_truth
 
 FAST = {"settle_min_ms": 5, "settle_max_ms": 30, "webhook_retry_base_ms": 20, "order_reject_rate": 0.0}
 
@@ -58,7 +58,7 @@ async def test_legs_go_to_the_venue_and_fill_by_webhook_once_per_execution(
 ) -> None:
     # every webhook delivered twice, the acknowledgement held back until after the first fill
     settings = FAST | {"order_fill_parts_max": 4, "webhook_duplicate_rate": 1.0, "webhook_reorder_rate": 1.0}
-    async with _simulator(tmp_path, database, "calm", **settings) as url:
+    async with simulated_provider(tmp_path, database, "calm", **settings) as url:
         venue = VenueClient("simulator", url, http, Breaker("simulator.orders", BreakerSettings()))
         request = submit_order_command(_legs(), reference="ref")
         result = await submit_and_send(database, venue, principal, request, Budget.within(5))
@@ -71,7 +71,7 @@ async def test_legs_go_to_the_venue_and_fill_by_webhook_once_per_execution(
             ],
         )
         legs = await _settle(pool, result.order.id, {"FILLED"})
-        truth = {order["idempotency_key"]: order for order in (await _truth(url))["orders"]}
+        truth = {order["idempotency_key"]: order for order in (await simulator_truth(url))["orders"]}
 
     for leg in legs:
         venue_order = truth[str(leg["id"])]  # sent once, under the leg's own id
@@ -87,7 +87,7 @@ async def test_a_fill_after_a_claimed_rejection_opens_one_case_for_the_leg(
 ) -> None:
     # before its fill, the venue first claims the order was rejected
     settings = FAST | {"order_fill_parts_max": 1, "webhook_contradict_rate": 1.0}
-    async with _simulator(tmp_path, database, "calm", **settings) as url:
+    async with simulated_provider(tmp_path, database, "calm", **settings) as url:
         venue = VenueClient("simulator", url, http, Breaker("simulator.orders", BreakerSettings()))
         request = submit_order_command(_legs()[:1], reference="ref")
         result = await submit_and_send(database, venue, principal, request, Budget.within(5))
@@ -96,7 +96,7 @@ async def test_a_fill_after_a_claimed_rejection_opens_one_case_for_the_leg(
         while not await pool.fetchval("SELECT count(*) FROM cases WHERE leg_id = $1", leg_id):
             assert time.monotonic() < deadline, "no case opened"
             await asyncio.sleep(0.05)
-        truth = {order["idempotency_key"]: order for order in (await _truth(url))["orders"]}
+        truth = {order["idempotency_key"]: order for order in (await simulator_truth(url))["orders"]}
     assert truth[str(leg_id)]["final_status"] == "filled"
     # the first decided claim stands; the contradicting fill changed nothing and waits for a person
     assert await pool.fetchval("SELECT state FROM legs WHERE id = $1", leg_id) == "REJECTED"
@@ -127,7 +127,7 @@ async def test_the_resolver_sends_a_lost_leg_and_recovers_fills_whose_webhooks_w
 ) -> None:
     # the venue answers, but drops every webhook: fills can only be learnt by asking
     settings = FAST | {"order_fill_parts_max": 3, "webhook_drop_rate": 1.0}
-    async with _simulator(tmp_path, database, "calm", **settings) as url:
+    async with simulated_provider(tmp_path, database, "calm", **settings) as url:
         venue = VenueClient("simulator", url, http, Breaker("simulator.orders", BreakerSettings()))
         # recorded while the venue was not asked (as if the send had been lost): the legs are SUBMITTED
         request = submit_order_command(_legs(), reference="ref")
@@ -136,7 +136,7 @@ async def test_the_resolver_sends_a_lost_leg_and_recovers_fills_whose_webhooks_w
             database, venue, LegResolverSettings(submitted_grace_s=0, working_check_s=0, backoff_base_s=0)
         )
         legs = await _run_until(pool, resolver, order.id, {"FILLED"})
-        truth = {o["idempotency_key"]: o for o in (await _truth(url))["orders"]}
+        truth = {o["idempotency_key"]: o for o in (await simulator_truth(url))["orders"]}
     for leg in legs:
         venue_order = truth[str(leg["id"])]  # sent once, by the resolver, under the leg's id
         assert all(event["dropped"] for event in venue_order["webhooks"])
@@ -149,7 +149,7 @@ async def test_a_modification_and_a_close_reach_the_venue_and_its_answers_come_b
     tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool, http: aiohttp.ClientSession
 ) -> None:
     settings = FAST | {"order_fill_parts_max": 1, "modify_reject_rate": 0.0}
-    async with _simulator(tmp_path, database, "calm", **settings) as url:
+    async with simulated_provider(tmp_path, database, "calm", **settings) as url:
         venue = VenueClient("simulator", url, http, Breaker("simulator.orders", BreakerSettings()))
         legs = [_legs()[1], _legs()[1] | {"limit_price": "1.1"}]
         order = (
@@ -171,7 +171,7 @@ async def test_a_modification_and_a_close_reach_the_venue_and_its_answers_come_b
         while await pool.fetchval("SELECT filled_quantity FROM legs WHERE id = $1", first) != Decimal("9"):
             assert time.monotonic() < deadline, "the venue's confirmation, or the fills it re-opened, never came"
             await asyncio.sleep(0.05)
-        truth = {o["idempotency_key"]: o for o in (await _truth(url))["orders"]}
+        truth = {o["idempotency_key"]: o for o in (await simulator_truth(url))["orders"]}
     row = await pool.fetchrow("SELECT state, quantity, limit_price FROM legs WHERE id = $1", first)
     assert (row["state"], row["quantity"], row["limit_price"]) == ("FILLED", Decimal("9"), Decimal("1.2"))
     assert (truth[str(first)]["quantity"], truth[str(first)]["limit_price"]) == ("9", "1.2")
@@ -186,7 +186,7 @@ async def test_a_modification_the_venue_refuses_leaves_the_leg_filled_under_its_
     tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool, http: aiohttp.ClientSession
 ) -> None:
     settings = FAST | {"order_fill_parts_max": 1, "modify_reject_rate": 1.0}
-    async with _simulator(tmp_path, database, "calm", **settings) as url:
+    async with simulated_provider(tmp_path, database, "calm", **settings) as url:
         venue = VenueClient("simulator", url, http, Breaker("simulator.orders", BreakerSettings()))
         request = submit_order_command([_legs()[1]], reference="")
         order = (await submit_and_send(database, venue, principal, request, Budget.within(5))).order

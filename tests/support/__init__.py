@@ -6,6 +6,7 @@
 - `providers`: a payment provider whose API answers as the test tells it
 - `evidence`: a provider's word applied to a payment, a venue's report to a leg, as production applies them
 - `requests`: gRPC requests, the domain's commands, and the payments and legs a spec starts from
+- `simulator`: the provider simulator in-process, sending its webhooks to Ballast, and its ground truth
 - `servers`: the server in-process, and a world of a test's own (brand-new clients, a stub per service)
 - `webhooks`: the simulator's events, signed with its own signer, and Ballast's webhook endpoint on a free port
 - `waiting`: a poll under a deadline
