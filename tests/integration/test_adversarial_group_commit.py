@@ -50,6 +50,7 @@ from server.services.webhooks import Intake
 from tests.e2e.conftest import ServerProcess, free_port, server_environment, wait_until_serving
 from tests.support import answering_provider, scratch_database, until
 from tests.support.faults import ConflictsNoted, Held, allow_inserts, hold_row, holding, refuse_inserts
+from tests.support.probes import count_rows, due_for_check, ledger_entries_of, payment_state
 from tests.support.requests import leg_terms, new_payments, submitted_legs
 from tests.support.webhooks import (
     PROVIDER,
@@ -107,14 +108,6 @@ async def _legs(database: Database, principal: Principal, count: int, quantity: 
 # --------------------------------------------------------------------------------------------- database probes
 
 
-async def _count(pool: asyncpg.Pool, sql: str, *arguments: object) -> int:
-    return int(await pool.fetchval(sql, *arguments))
-
-
-async def _state(pool: asyncpg.Pool, payment_id: uuid.UUID) -> str:
-    return str(await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id))
-
-
 async def _moves(pool: asyncpg.Pool, payment_id: uuid.UUID) -> list[tuple[str, str]]:
     rows = await pool.fetch(
         "SELECT from_state, to_state FROM payment_transitions WHERE payment_id = $1 ORDER BY id", payment_id
@@ -122,21 +115,10 @@ async def _moves(pool: asyncpg.Pool, payment_id: uuid.UUID) -> list[tuple[str, s
     return [(row["from_state"], row["to_state"]) for row in rows]
 
 
-async def _entries(pool: asyncpg.Pool, payment_id: uuid.UUID) -> int:
-    return await _count(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id)
-
-
 async def _statuses(pool: asyncpg.Pool, payment_id: uuid.UUID) -> list[str]:
     """The provider's statuses kept as evidence for the payment, in the order they were applied."""
     rows = await pool.fetch("SELECT status FROM provider_statuses WHERE payment_id = $1 ORDER BY id", payment_id)
     return [row["status"] for row in rows]
-
-
-async def _due(pool: asyncpg.Pool, payment_id: uuid.UUID) -> bool:
-    """Whether the payment waits for a check with the provider's API now (a webhook claimed news)."""
-    return bool(
-        await pool.fetchval("SELECT coalesce(next_check_at <= now(), false) FROM payments WHERE id = $1", payment_id)
-    )
 
 
 #: the simulator's words for a payment the provider has and has not decided (a webhook's `pending`)
@@ -177,7 +159,7 @@ async def _kept(pool: asyncpg.Pool, event_ids: Iterable[str]) -> Counter[str]:
 async def _leg(pool: asyncpg.Pool, leg_id: uuid.UUID) -> tuple[str, Decimal, int]:
     row = await pool.fetchrow("SELECT state, filled_quantity FROM legs WHERE id = $1", leg_id)
     assert row is not None
-    fills = await _count(pool, "SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id)
+    fills = await count_rows(pool, "SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id)
     return row["state"], row["filled_quantity"], fills
 
 
@@ -251,7 +233,7 @@ async def _decided_by_the_api(database: Database, says: dict[uuid.UUID, str], ch
     about once, by its idempotency key, and the provider API's answer (`says`: its status, with the
     object id, amount and currency the webhooks name) decides it."""
     pool, ids = database.pool, list(says)
-    not_due = [p for p in ids if await _claim_waits(pool, p) and not await _due(pool, p)]
+    not_due = [p for p in ids if await _claim_waits(pool, p) and not await due_for_check(pool, p)]
     assert not_due == [], f"a claim never made these due for a check with the provider's API: {not_due}"
     async with answering_provider() as provider:
         for payment_id, status in says.items():
@@ -264,7 +246,7 @@ async def _decided_by_the_api(database: Database, says: dict[uuid.UUID, str], ch
             assert await provider.resolver(database, batch_size=len(taken)).run_once() == len(taken)
         assert Counter(provider.asked) == Counter(dict.fromkeys(map(str, ids), 1)), provider.asked
     for payment_id in ids:
-        assert not await _due(pool, payment_id), "a payment the API decided still waits for a check"
+        assert not await due_for_check(pool, payment_id), "a payment the API decided still waits for a check"
 
 
 # --------------------------------------------------------------------------------------------- invariants
@@ -283,7 +265,7 @@ async def _assert_payment_consistent(
     makes the payment due for a check with the provider's API; every event's status is kept once."""
     assert set(outcomes) <= {A, Q, R, S}, (payment_id, outcomes)
     moves = await _moves(pool, payment_id)
-    state = await _state(pool, payment_id)
+    state = await payment_state(pool, payment_id)
     chain = "RECORDED"
     for from_state, to_state in moves:
         assert from_state == chain and (from_state, to_state) in allowed, (payment_id, moves)
@@ -291,15 +273,15 @@ async def _assert_payment_consistent(
     assert state == chain, (payment_id, state, moves)
     assert len(moves) == outcomes.count(A), (payment_id, moves, outcomes)  # one move per applied event, no more
     assert moves in ([], [("RECORDED", "PENDING")]), (payment_id, moves)  # nothing decided on a webhook's word
-    assert await _entries(pool, payment_id) == 0, (payment_id, moves)
+    assert await ledger_entries_of(pool, payment_id) == 0, (payment_id, moves)
     assert len(await _statuses(pool, payment_id)) == len(outcomes), payment_id
     if Q not in outcomes:
-        assert not await _due(pool, payment_id), (payment_id, outcomes)
+        assert not await due_for_check(pool, payment_id), (payment_id, outcomes)
     elif await _claim_waits(pool, payment_id):
-        assert await _due(pool, payment_id), (payment_id, outcomes, await _statuses(pool, payment_id))
+        assert await due_for_check(pool, payment_id), (payment_id, outcomes, await _statuses(pool, payment_id))
     for table, column in (("audit_log", "aggregate_id"), ("outbox", "message_key")):
         kind = f"action = '{PAYMENT_STATE_CHANGED}'" if table == "audit_log" else f"topic = '{PAYMENT_STATE_CHANGED}'"
-        assert await _count(
+        assert await count_rows(
             pool, f"SELECT count(*) FROM {table} WHERE {column} = $1 AND {kind}", str(payment_id)
         ) == len(moves)
     cases = await pool.fetch("SELECT status, evidence FROM cases WHERE payment_id = $1", payment_id)
@@ -407,7 +389,7 @@ async def test_a_storm_of_mixed_deliveries_applies_each_event_once_and_moves_eve
         assert decided[event_id_of(ack)] in (A, S)  # stale when a fill acknowledged the leg first
         state, filled, fills = await _leg(pool, leg_id)
         assert (state, filled, fills) == ("PARTIALLY_FILLED", Decimal("90"), 3), leg_id
-        assert await _count(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", leg_id) == 1
+        assert await count_rows(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", leg_id) == 1
         moves = await pool.fetch(
             "SELECT from_state, to_state FROM leg_transitions WHERE leg_id = $1 ORDER BY id", leg_id
         )
@@ -452,9 +434,9 @@ async def test_succeeded_then_failed_in_one_batch_decides_nothing_till_the_api_d
     for payment_id, statuses in claimed.items():
         assert await _statuses(pool, payment_id) == statuses  # each event in its own round, in arrival order
         assert await pool.fetchval("SELECT provider_status FROM payments WHERE id = $1", payment_id) == statuses[-1]
-        assert await _due(pool, payment_id), payment_id
-        assert await _entries(pool, payment_id) == 0
-        assert await _count(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
+        assert await due_for_check(pool, payment_id), payment_id
+        assert await ledger_entries_of(pool, payment_id) == 0
+        assert await count_rows(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
     assert await _moves(pool, contradicted) == []
     assert await _moves(pool, refund_first) == []
     assert await _moves(pool, two_steps) == [("RECORDED", "PENDING")]
@@ -462,10 +444,10 @@ async def test_succeeded_then_failed_in_one_batch_decides_nothing_till_the_api_d
         await pool.fetchval("SELECT evidence_ref FROM payment_transitions WHERE payment_id = $1", two_steps)
         == f"{PROVIDER}:{event_id_of(pending)}"
     )
-    assert not await _due(pool, blocker)  # a pending moved it: there is nothing to ask the API
+    assert not await due_for_check(pool, blocker)  # a pending moved it: there is nothing to ask the API
     for topic in (CASE_OPENED, PAYMENT_STATE_CHANGED):
         assert (
-            await _count(
+            await count_rows(
                 pool, "SELECT count(*) FROM outbox WHERE topic = $1 AND message_key = $2", topic, str(contradicted)
             )
             == 0
@@ -479,8 +461,8 @@ async def test_succeeded_then_failed_in_one_batch_decides_nothing_till_the_api_d
     assert await _moves(pool, refund_first) == [("RECORDED", "SUCCEEDED")]
     for payment_id, entries in ((contradicted, 0), (two_steps, 1), (refund_first, 1)):
         assert (await _causes(pool, payment_id))[-1] == "resolver.inquiry"
-        assert await _entries(pool, payment_id) == entries
-        assert await _count(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
+        assert await ledger_entries_of(pool, payment_id) == entries
+        assert await count_rows(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
 
 
 async def test_a_payments_refund_chain_and_interleaved_leg_reports_in_one_batch_apply_in_arrival_order(
@@ -525,9 +507,9 @@ async def test_a_payments_refund_chain_and_interleaved_leg_reports_in_one_batch_
         assert await _statuses(pool, payment_id) == statuses, payment_id
         assert await pool.fetchval("SELECT provider_status FROM payments WHERE id = $1", payment_id) == statuses[-1]
         assert await _moves(pool, payment_id) == [("RECORDED", "PENDING")]
-        assert await _entries(pool, payment_id) == 0  # nothing decided on a webhook's word
-    assert await _due(pool, forward)  # its claims came after its move: the provider's API is asked
-    assert not await _due(pool, accepted)  # nothing claimed: nothing to ask
+        assert await ledger_entries_of(pool, payment_id) == 0  # nothing decided on a webhook's word
+    assert await due_for_check(pool, forward)  # its claims came after its move: the provider's API is asked
+    assert not await due_for_check(pool, accepted)  # nothing claimed: nothing to ask
     moved_by = {
         row["payment_id"]: row["evidence_ref"]
         for row in await pool.fetch(
@@ -549,8 +531,8 @@ async def test_a_payments_refund_chain_and_interleaved_leg_reports_in_one_batch_
             "SELECT from_state, to_state FROM leg_transitions WHERE leg_id = $1 ORDER BY id", leg_id
         )
         assert [(m["from_state"], m["to_state"]) for m in moves] == expected
-    assert await _count(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", low) == 1
-    assert await _count(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", high) == 0
+    assert await count_rows(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", low) == 1
+    assert await count_rows(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", high) == 0
 
 
 async def test_one_event_id_reused_with_other_bodies_in_one_batch_applies_only_its_first_arrival(
@@ -576,12 +558,12 @@ async def test_one_event_id_reused_with_other_bodies_in_one_batch_applies_only_i
     # only each id's first arrival was applied: the later bodies' claims made nothing due, the later
     # pending moved nothing
     assert await _moves(pool, payment_id) == [("RECORDED", "PENDING")]
-    assert (await _statuses(pool, payment_id), await _due(pool, payment_id)) == (["pending"], False)
+    assert (await _statuses(pool, payment_id), await due_for_check(pool, payment_id)) == (["pending"], False)
     assert await _moves(pool, claimed) == []
-    assert (await _statuses(pool, claimed), await _due(pool, claimed)) == (["failed"], True)
+    assert (await _statuses(pool, claimed), await due_for_check(pool, claimed)) == (["failed"], True)
     for subject in (payment_id, claimed):
-        assert await _count(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", subject) == 0
-        assert await _entries(pool, subject) == 0
+        assert await count_rows(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", subject) == 0
+        assert await ledger_entries_of(pool, subject) == 0
     assert await _leg(pool, leg_id) == ("SUBMITTED", Decimal("0"), 0)
     assert await _processed(pool, [event_id, claim_id]) == Counter({event_id: 1, claim_id: 1})
     for reused in (event_id, claim_id):
@@ -629,9 +611,9 @@ async def test_a_fill_failing_after_the_batchs_payments_moved_fails_alone_and_no
     assert await _statuses(pool, once) == ["succeeded"]  # kept once: the failed batch's rows rolled back
     assert await _statuses(pool, twice) == ["pending", "succeeded"]
     for payment_id in (once, twice):
-        assert await _due(pool, payment_id)
-        assert await _entries(pool, payment_id) == 0
-        assert await _count(
+        assert await due_for_check(pool, payment_id)
+        assert await ledger_entries_of(pool, payment_id) == 0
+        assert await count_rows(
             pool,
             "SELECT count(*) FROM outbox WHERE topic = $1 AND message_key = $2",
             PAYMENT_STATE_CHANGED,
@@ -650,7 +632,7 @@ async def test_a_fill_failing_after_the_batchs_payments_moved_fails_alone_and_no
     assert await _moves(pool, once) == [("RECORDED", "SUCCEEDED")]
     assert await _moves(pool, twice) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
     for payment_id in (once, twice):
-        assert await _entries(pool, payment_id) == 1
+        assert await ledger_entries_of(pool, payment_id) == 1
 
 
 async def test_a_signed_delivery_with_a_non_utf8_user_agent_is_kept_and_applied_and_does_not_fail_its_batch(
@@ -698,9 +680,9 @@ async def test_a_signed_delivery_with_a_non_utf8_user_agent_is_kept_and_applied_
         status = await posted
     finally:
         await runner.cleanup()
-    assert await _state(pool, neighbour) == "PENDING"
+    assert await payment_state(pool, neighbour) == "PENDING"
     assert status == 200, "an authentic event with an odd User-Agent byte was refused; every redelivery will be too"
-    assert await _state(pool, odd) == "PENDING"
+    assert await payment_state(pool, odd) == "PENDING"
     assert await _statuses(pool, odd) == ["pending"]
     assert await _kept(pool, [event_id_of(odd_body)]) == Counter({event_id_of(odd_body): 1})
     assert _sample(SPLIT) == split_before
@@ -710,7 +692,7 @@ async def _both_blocked(pool: asyncpg.Pool, held: Held) -> None:
     """Until the held row has a waiter, and one more session waits for a lock (the other batch)."""
 
     async def blocked() -> bool:
-        waiting = await _count(
+        waiting = await count_rows(
             pool,
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
             " AND cardinality(pg_blocking_pids(pid)) > 0",
@@ -784,14 +766,14 @@ async def test_two_intakes_taking_the_same_rows_in_opposite_orders_never_deadloc
     for payment_id in payments:
         assert await _moves(pool, payment_id) == [("RECORDED", "PENDING")]
         assert await _statuses(pool, payment_id) == ["pending", "succeeded", "succeeded"]
-        assert await _due(pool, payment_id)
-        assert await _entries(pool, payment_id) == 0
+        assert await due_for_check(pool, payment_id)
+        assert await ledger_entries_of(pool, payment_id) == 0
     for leg_id in legs:
         assert await _leg(pool, leg_id) == ("PARTIALLY_FILLED", Decimal("20"), 2)
     await _decided_by_the_api(database, dict.fromkeys(payments, "succeeded"))
     for payment_id in payments:
         assert await _moves(pool, payment_id) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
-        assert await _entries(pool, payment_id) == 1
+        assert await ledger_entries_of(pool, payment_id) == 1
 
 
 async def test_a_caller_out_of_time_while_queued_is_told_so_its_delivery_is_skipped_and_the_redelivery_applies_it(
@@ -812,9 +794,9 @@ async def test_a_caller_out_of_time_while_queued_is_told_so_its_delivery_is_skip
     assert await _results([first]) == [A]
     sentinel = payment_event(blocker, "pending")  # the writer went past the abandoned delivery
     assert await _results([_send(one_writer, sentinel)]) == [R]
-    assert await _state(pool, late) == "RECORDED"
+    assert await payment_state(pool, late) == "RECORDED"
     assert await _statuses(pool, late) == []
-    assert not await _due(pool, late)
+    assert not await due_for_check(pool, late)
     assert await _processed(pool, [event_id_of(body)]) == Counter()
     assert await _kept(pool, [event_id_of(body)]) == Counter()
 
@@ -824,7 +806,7 @@ async def test_a_caller_out_of_time_while_queued_is_told_so_its_delivery_is_skip
     assert await _moves(pool, late) == []
     await _decided_by_the_api(database, {late: "succeeded"})
     assert await _moves(pool, late) == [("RECORDED", "SUCCEEDED")]
-    assert await _entries(pool, late) == 1
+    assert await ledger_entries_of(pool, late) == 1
 
 
 async def test_a_caller_out_of_time_while_its_batch_waits_is_told_so_and_the_redelivery_is_a_duplicate(
@@ -851,9 +833,9 @@ async def test_a_caller_out_of_time_while_its_batch_waits_is_told_so_and_the_red
         await held.release()
         await held_slow.release()
     assert await _results([first, patient]) == [A, A]
-    assert await _state(pool, neighbour) == "PENDING"
+    assert await payment_state(pool, neighbour) == "PENDING"
     assert await _statuses(pool, slow) == ["succeeded"]  # its claim was kept, and the payment made due
-    assert await _due(pool, slow)
+    assert await due_for_check(pool, slow)
     assert await _processed(pool, [event_id_of(body)]) == Counter({event_id_of(body): 1})
 
     assert await _results([_send(one_writer, body)]) == [D]  # the provider delivers it again
@@ -861,7 +843,7 @@ async def test_a_caller_out_of_time_while_its_batch_waits_is_told_so_and_the_red
     assert await _kept(pool, [event_id_of(body)]) == Counter({event_id_of(body): 2})
     await _decided_by_the_api(database, {slow: "succeeded"})
     assert await _moves(pool, slow) == [("RECORDED", "SUCCEEDED")]
-    assert await _entries(pool, slow) == 1
+    assert await ledger_entries_of(pool, slow) == 1
 
 
 async def test_stopping_with_both_writers_mid_transaction_and_more_queued_answers_every_caller_and_applies_nothing(
@@ -895,9 +877,9 @@ async def test_stopping_with_both_writers_mid_transaction_and_more_queued_answer
     assert await _processed(pool, every_id) == Counter()
     assert await _kept(pool, every_id) == Counter()
     for payment_id in (first_blocked, second_blocked, *others):
-        assert await _state(pool, payment_id) == "RECORDED"
+        assert await payment_state(pool, payment_id) == "RECORDED"
         assert await _statuses(pool, payment_id) == []
-        assert not await _due(pool, payment_id)
+        assert not await due_for_check(pool, payment_id)
     assert await _leg(pool, leg_id) == ("SUBMITTED", Decimal("0"), 0)
 
     restarted = Intake(database)  # the provider delivers everything again to the next process
@@ -916,10 +898,10 @@ async def test_stopping_with_both_writers_mid_transaction_and_more_queued_answer
     await _decided_by_the_api(database, dict.fromkeys((first_blocked, second_blocked, *others), "succeeded"))
     for payment_id in (first_blocked, second_blocked):
         assert await _moves(pool, payment_id) == [("RECORDED", "SUCCEEDED")]
-        assert await _entries(pool, payment_id) == 1
+        assert await ledger_entries_of(pool, payment_id) == 1
     for payment_id in others:
         assert await _moves(pool, payment_id) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
-        assert await _entries(pool, payment_id) == 1
+        assert await ledger_entries_of(pool, payment_id) == 1
 
 
 async def test_stopping_during_the_one_at_a_time_retry_of_a_failed_batch_answers_the_rest_as_not_confirmed(
@@ -949,10 +931,10 @@ async def test_stopping_during_the_one_at_a_time_retry_of_a_failed_batch_answers
     assert isinstance(results[1], asyncpg.PostgresError), results
     assert all(isinstance(result, Unavailable) for result in results[2:]), results
     assert await _leg(pool, leg_id) == ("SUBMITTED", Decimal("0"), 0)
-    assert (await _statuses(pool, good), await _due(pool, good)) == (["succeeded"], True)
+    assert (await _statuses(pool, good), await due_for_check(pool, good)) == (["succeeded"], True)
     for payment_id in (bad, after):
-        assert await _state(pool, payment_id) == "RECORDED"
-        assert (await _statuses(pool, payment_id), await _due(pool, payment_id)) == ([], False)
+        assert await payment_state(pool, payment_id) == "RECORDED"
+        assert (await _statuses(pool, payment_id), await due_for_check(pool, payment_id)) == ([], False)
     assert await _processed(pool, [event_id_of(body) for body in bodies]) == Counter({event_id_of(bodies[0]): 1})
 
     restarted = Intake(database)
@@ -964,12 +946,12 @@ async def test_stopping_during_the_one_at_a_time_retry_of_a_failed_batch_answers
     assert again == [D, A, A, Q]
     assert (await _leg(pool, leg_id))[0] == "PENDING"
     assert await _moves(pool, bad) == [("RECORDED", "PENDING")]
-    assert (await _statuses(pool, bad), await _due(pool, bad)) == (["pending"], False)
+    assert (await _statuses(pool, bad), await due_for_check(pool, bad)) == (["pending"], False)
     await _decided_by_the_api(database, dict.fromkeys((good, after), "succeeded"))
     for payment_id in (good, after):
         assert await _moves(pool, payment_id) == [("RECORDED", "SUCCEEDED")]
         assert await _statuses(pool, payment_id) == ["succeeded", "succeeded"]  # the webhook's, then the API's
-        assert await _entries(pool, payment_id) == 1
+        assert await ledger_entries_of(pool, payment_id) == 1
 
 
 # --------------------------------------------------------------------------------------------- a real crash
@@ -1102,7 +1084,7 @@ async def test_a_server_stopped_mid_storm_kept_every_acknowledged_delivery_and_r
         )
         assert observed == Counter(f"{PROVIDER}:{event_id}" for event_id in processed)
         for payment_id in {subject_of[event_id] for event_id, outcome in acknowledged if outcome is Q}:
-            assert not await _claim_waits(pool, payment_id) or await _due(pool, payment_id), payment_id
+            assert not await _claim_waits(pool, payment_id) or await due_for_check(pool, payment_id), payment_id
         kept = await _kept(pool, processed)
         assert all(kept[event_id] >= 1 for event_id, _ in acknowledged)
         if stop_signal is signal.SIGTERM:  # drained: whatever it applied, it answered
@@ -1135,11 +1117,11 @@ async def test_a_server_stopped_mid_storm_kept_every_acknowledged_delivery_and_r
     for payment_id in payments:  # moved by its pending; its claimed success waits for the provider's API
         assert await _moves(pool, payment_id) == [("RECORDED", "PENDING")]
         assert sorted(await _statuses(pool, payment_id)) == ["pending", "succeeded"]
-        assert await _entries(pool, payment_id) == 0
+        assert await ledger_entries_of(pool, payment_id) == 0
     await _decided_by_the_api(Database(pool), dict.fromkeys(payments, "succeeded"))
     allowed = await _allowed_payment_moves(pool)
     for payment_id in payments:
-        assert await _state(pool, payment_id) == "SUCCEEDED"
-        assert await _entries(pool, payment_id) == 1
+        assert await payment_state(pool, payment_id) == "SUCCEEDED"
+        assert await ledger_entries_of(pool, payment_id) == 1
         moves = await _moves(pool, payment_id)
         assert moves == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")] and set(moves) <= allowed, moves

@@ -35,6 +35,7 @@ from server.services.order_submission import submit_and_send
 from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings
 from server.services.submission import create_and_submit
 from tests.support import AnsweringProvider, answering_provider
+from tests.support.probes import count_rows, due_for_check, ledger_entries_of, payment_state
 from tests.support.requests import create_payment_command, leg_terms, new_payment, submit_order_command, submitted_leg
 from tests.support.simulator import simulated_provider, simulator_truth
 from tests.support.webhooks import PROVIDER, fill_execution, mac, order_event, payment_event, sign, webhook_endpoint
@@ -80,28 +81,11 @@ async def _leg(pool: asyncpg.Pool, leg_id: uuid.UUID) -> asyncpg.Record:
     return row
 
 
-async def _count(pool: asyncpg.Pool, sql: str, *arguments: object) -> int:
-    return int(await pool.fetchval(sql, *arguments))
-
-
-async def _entries(pool: asyncpg.Pool, payment_id: uuid.UUID) -> int:
-    return await _count(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id)
-
-
-async def _state(pool: asyncpg.Pool, payment_id: uuid.UUID) -> str:
-    return str(await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id))
-
-
-async def _due(pool: asyncpg.Pool, payment_id: uuid.UUID) -> bool:
-    """Whether the payment is due for a check with the provider's API now (a webhook claimed news)."""
-    return bool(await pool.fetchval("SELECT next_check_at <= now() FROM payments WHERE id = $1", payment_id))
-
-
 async def _untouched(pool: asyncpg.Pool, payment_id: uuid.UUID) -> None:
     """Nothing a provider said about the payment was taken: RECORDED, no evidence, no check asked for."""
     row = await pool.fetchrow("SELECT state, next_check_at FROM payments WHERE id = $1", payment_id)
     assert (row["state"], row["next_check_at"]) == ("RECORDED", None)
-    assert not await _count(pool, "SELECT count(*) FROM provider_statuses WHERE payment_id = $1", payment_id)
+    assert not await count_rows(pool, "SELECT count(*) FROM provider_statuses WHERE payment_id = $1", payment_id)
 
 
 def _says(provider: AnsweringProvider, payment_id: uuid.UUID, status: str, amount: str = "25.00") -> None:
@@ -132,7 +116,7 @@ async def test_concurrent_deliveries_of_one_fill_event_apply_the_fill_once(
     assert outcomes.count("applied") == 1 and outcomes.count("duplicate") == 39
     leg = await _leg(pool, leg_id)
     assert (leg["state"], leg["filled_quantity"]) == ("PARTIALLY_FILLED", Decimal("10"))
-    assert await _count(pool, "SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id) == 1
+    assert await count_rows(pool, "SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id) == 1
 
 
 async def test_one_event_id_used_for_a_payment_and_for_a_leg_is_applied_once_per_consumer(
@@ -145,9 +129,9 @@ async def test_one_event_id_used_for_a_payment_and_for_a_leg_is_applied_once_per
     second = await post(_order_event(leg_id, "fill", event_id, execution=fill_execution("100")))
     assert first == (200, {"received": True, "outcome": "applied"})
     assert second == (200, {"received": True, "outcome": "duplicate"})
-    assert await _state(pool, payment_id) == "PENDING"
+    assert await payment_state(pool, payment_id) == "PENDING"
     assert (await _leg(pool, leg_id))["state"] == "PENDING"
-    assert await _count(pool, "SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id) == 0
+    assert await count_rows(pool, "SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id) == 0
 
 
 async def test_event_ids_differing_only_in_case_or_whitespace_never_apply_one_fill_twice(
@@ -161,7 +145,7 @@ async def test_event_ids_differing_only_in_case_or_whitespace_never_apply_one_fi
         assert status == 200
     leg = await _leg(pool, leg_id)
     assert leg["filled_quantity"] == Decimal("30")
-    assert await _count(pool, "SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id) == 1
+    assert await count_rows(pool, "SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id) == 1
     # and a payment: the same "succeeded" under five spellings of one id only makes Ballast ask, and
     # the provider's answer posts the ledger once; the five again change nothing
     payment_id = await new_payment(database, principal)
@@ -171,8 +155,8 @@ async def test_event_ids_differing_only_in_case_or_whitespace_never_apply_one_fi
     ]
     outcomes = [(await post(body))[1]["outcome"] for body in bodies]
     assert outcomes[0] == "confirming" and set(outcomes) <= {"confirming", "duplicate"}, outcomes
-    assert (await _state(pool, payment_id), await _entries(pool, payment_id)) == ("RECORDED", 0)
-    assert await _due(pool, payment_id)
+    assert (await payment_state(pool, payment_id), await ledger_entries_of(pool, payment_id)) == ("RECORDED", 0)
+    assert await due_for_check(pool, payment_id)
     async with answering_provider() as provider:
         _says(provider, payment_id, "succeeded")
         await provider.settle(database, [payment_id])
@@ -180,8 +164,8 @@ async def test_event_ids_differing_only_in_case_or_whitespace_never_apply_one_fi
         assert set(outcomes) == {"duplicate"}, outcomes
         await provider.settle(database, [payment_id])
         assert provider.times_asked(payment_id) == 1
-    assert await _state(pool, payment_id) == "SUCCEEDED"
-    assert await _entries(pool, payment_id) == 1
+    assert await payment_state(pool, payment_id) == "SUCCEEDED"
+    assert await ledger_entries_of(pool, payment_id) == 1
     assert await _moves(pool, payment_id) == [("RECORDED", "SUCCEEDED", "resolver.inquiry")]
 
 
@@ -201,10 +185,10 @@ async def test_fifty_concurrent_succeeded_events_with_different_ids_post_the_led
     assert {status for status, _ in replies} == {200}, replies
     outcomes = [reply["outcome"] for _, reply in replies]
     assert outcomes == ["confirming"] * 50, outcomes
-    assert (await _state(pool, payment_id), await _entries(pool, payment_id)) == ("RECORDED", 0)
+    assert (await payment_state(pool, payment_id), await ledger_entries_of(pool, payment_id)) == ("RECORDED", 0)
     assert await _moves(pool, payment_id) == []
-    assert await _count(pool, "SELECT count(*) FROM provider_statuses WHERE payment_id = $1", payment_id) == 50
-    assert await _due(pool, payment_id)
+    assert await count_rows(pool, "SELECT count(*) FROM provider_statuses WHERE payment_id = $1", payment_id) == 50
+    assert await due_for_check(pool, payment_id)
     async with answering_provider() as provider:
         _says(provider, payment_id, "succeeded")
         provider.hold(payment_id)
@@ -213,23 +197,23 @@ async def test_fifty_concurrent_succeeded_events_with_different_ids_post_the_led
             if n > 1:  # ten more claims while the earlier checks wait for the provider: due again
                 more = await asyncio.gather(*(post(_payment_event(payment_id, "succeeded")) for _ in range(10)))
                 assert {reply["outcome"] for _, reply in more} == {"confirming"}, more
-                assert await _due(pool, payment_id)
+                assert await due_for_check(pool, payment_id)
             checks.append(asyncio.create_task(provider.resolver(database).run_once()))
             await provider.until_asked(payment_id, n)
-        assert (await _state(pool, payment_id), await _entries(pool, payment_id)) == ("RECORDED", 0)
+        assert (await payment_state(pool, payment_id), await ledger_entries_of(pool, payment_id)) == ("RECORDED", 0)
         provider.release()
         await asyncio.gather(*checks)
         assert provider.times_asked(payment_id) == 5
-    assert await _state(pool, payment_id) == "SUCCEEDED"
-    assert await _entries(pool, payment_id) == 1
+    assert await payment_state(pool, payment_id) == "SUCCEEDED"
+    assert await ledger_entries_of(pool, payment_id) == 1
     assert await _moves(pool, payment_id) == [("RECORDED", "SUCCEEDED", "resolver.inquiry")]
-    assert not await _due(pool, payment_id)
-    assert await _count(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
+    assert not await due_for_check(pool, payment_id)
+    assert await count_rows(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
     # fifty more, now: each repeats what the payment is, and asks for nothing
     replies = await asyncio.gather(*(post(_payment_event(payment_id, "succeeded")) for _ in range(50)))
     assert {reply["outcome"] for _, reply in replies} == {"repeat"}, replies
-    assert not await _due(pool, payment_id)
-    assert await _entries(pool, payment_id) == 1
+    assert not await due_for_check(pool, payment_id)
+    assert await ledger_entries_of(pool, payment_id) == 1
 
 
 async def test_response_webhooks_and_resolver_racing_post_the_ledger_once_and_charge_once(
@@ -282,7 +266,7 @@ async def test_response_webhooks_and_resolver_racing_post_the_ledger_once_and_ch
                 )
             )
             deadline = time.monotonic() + 20
-            while await _count(
+            while await count_rows(
                 pool,
                 "SELECT count(*) FROM payments WHERE client_id = $1 AND state <> 'SUCCEEDED'",
                 principal.client_id,
@@ -290,7 +274,7 @@ async def test_response_webhooks_and_resolver_racing_post_the_ledger_once_and_ch
                 assert time.monotonic() < deadline, "payments never reached SUCCEEDED"
                 await asyncio.sleep(0.05)
             # every payment's webhooks came, the false claim of failure among them, and were kept
-            while await _count(
+            while await count_rows(
                 pool,
                 "SELECT count(*) FROM payments p WHERE p.client_id = $1 AND NOT EXISTS (SELECT 1 FROM"
                 " provider_statuses s WHERE s.payment_id = p.id AND s.status = 'failed'"
@@ -309,8 +293,8 @@ async def test_response_webhooks_and_resolver_racing_post_the_ledger_once_and_ch
     provider_keys = [p["idempotency_key"] for p in truth["payments"] if uuid.UUID(p["idempotency_key"]) in ids]
     assert sorted(provider_keys) == sorted(str(i) for i in ids)  # one provider payment per key
     for payment_id in ids:
-        assert await _state(pool, payment_id) == "SUCCEEDED"  # the claims of failure never decided it
-        assert await _entries(pool, payment_id) == 1
+        assert await payment_state(pool, payment_id) == "SUCCEEDED"  # the claims of failure never decided it
+        assert await ledger_entries_of(pool, payment_id) == 1
         moves = await pool.fetch(
             "SELECT to_state, event, cause FROM payment_transitions WHERE payment_id = $1", payment_id
         )
@@ -319,7 +303,7 @@ async def test_response_webhooks_and_resolver_racing_post_the_ledger_once_and_ch
         assert decided[0]["cause"] in ("provider.response", "resolver.inquiry"), moves  # the API's word
         assert all(move["event"] != "CORRECTION" for move in moves), moves
         assert all(move["to_state"] == "PENDING" for move in moves if move["cause"].startswith("webhook.")), moves
-    assert not await _count(pool, "SELECT count(*) FROM cases WHERE payment_id = ANY($1::uuid[])", list(ids))
+    assert not await count_rows(pool, "SELECT count(*) FROM cases WHERE payment_id = ANY($1::uuid[])", list(ids))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -352,22 +336,22 @@ async def test_any_order_of_pending_failed_succeeded_refunded_leaves_the_decisio
         outcomes.append(reply["outcome"])
     # whatever came first, only pending moved the payment; every claim of an outcome made Ballast ask
     assert outcomes == ["applied" if status == "pending" else "confirming" for status in order]
-    assert (await _state(pool, payment_id), await _entries(pool, payment_id)) == ("PENDING", 0)
-    assert await _due(pool, payment_id)
+    assert (await payment_state(pool, payment_id), await ledger_entries_of(pool, payment_id)) == ("PENDING", 0)
+    assert await due_for_check(pool, payment_id)
     # the provider's truth is one of the words it sent (the first one here: each of the four over the orders)
     truth = order[0]
     expected = _DECIDED_BY[truth]
     async with answering_provider() as provider:
         _says(provider, payment_id, truth)
         await provider.settle(database, [payment_id])
-        assert await _state(pool, payment_id) == expected
+        assert await payment_state(pool, payment_id) == expected
         # the same words again, in the same order: claims are asked about again, and nothing more moves
         outcomes = [(await post(_payment_event(payment_id, status)))[1]["outcome"] for status in order]
         assert outcomes == [_WEBHOOK_OUTCOMES[expected][status] for status in order]
         await provider.settle(database, [payment_id])
         assert provider.times_asked(payment_id) == 2
-    assert await _state(pool, payment_id) == expected
-    assert await _entries(pool, payment_id) == (1 if expected == "SUCCEEDED" else 0)
+    assert await payment_state(pool, payment_id) == expected
+    assert await ledger_entries_of(pool, payment_id) == (1 if expected == "SUCCEEDED" else 0)
     # every move it made is one the table allows: pending on the webhook's word, the outcome on the API's
     moves = await _moves(pool, payment_id)
     decided = [] if expected == "PENDING" else [("PENDING", expected, "resolver.inquiry")]
@@ -388,24 +372,24 @@ async def test_refunded_before_succeeded_does_not_refund_or_skip_states(
 ) -> None:
     payment_id = await new_payment(database, principal)
     assert (await post(_payment_event(payment_id, "refunded"))) == (200, {"received": True, "outcome": "confirming"})
-    assert (await _state(pool, payment_id), await _entries(pool, payment_id)) == ("RECORDED", 0)
-    assert await _due(pool, payment_id)
+    assert (await payment_state(pool, payment_id), await ledger_entries_of(pool, payment_id)) == ("RECORDED", 0)
+    assert await due_for_check(pool, payment_id)
     async with answering_provider() as provider:
         _says(provider, payment_id, truth)
         await provider.settle(database, [payment_id])
         if truth == "succeeded":  # the provider never refunded it: it took it, and that is all
-            assert await _state(pool, payment_id) == "SUCCEEDED"
+            assert await payment_state(pool, payment_id) == "SUCCEEDED"
             assert (await post(_payment_event(payment_id, "succeeded")))[1]["outcome"] == "repeat"
             assert await _moves(pool, payment_id) == [("RECORDED", "SUCCEEDED", "resolver.inquiry")]
-            assert await _entries(pool, payment_id) == 1
-            assert await _count(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
+            assert await ledger_entries_of(pool, payment_id) == 1
+            assert await count_rows(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
             return
         # even the provider's API saying refunded does not refund a payment Ballast never took: a person decides
         assert (await post(_payment_event(payment_id, "succeeded")))[1]["outcome"] == "confirming"
         await provider.settle(database, [payment_id])
-    assert await _state(pool, payment_id) == "RECORDED"
+    assert await payment_state(pool, payment_id) == "RECORDED"
     assert await _moves(pool, payment_id) == []
-    assert await _entries(pool, payment_id) == 0
+    assert await ledger_entries_of(pool, payment_id) == 0
     cases = await pool.fetch("SELECT kind, evidence FROM cases WHERE payment_id = $1", payment_id)
     assert [case["kind"] for case in cases] == ["CORRECTION_NEEDS_APPROVAL"]
     proposals = {(p["proposed_correction"]["to_state"], p["approval"]) for p in cases[0]["evidence"]}
@@ -423,13 +407,13 @@ async def test_odd_casing_maps_and_unknown_status_words_are_kept_and_refused(
     await _untouched(pool, payment_id)  # no word was taken for a claim: nothing to ask about
     status, reply = await post(_payment_event(payment_id, "  SuCcEeDeD\t"))
     assert (status, reply["outcome"]) == (200, "confirming")  # read as a claim of success
-    assert await _due(pool, payment_id)
+    assert await due_for_check(pool, payment_id)
     observed = await pool.fetch("SELECT status FROM provider_statuses WHERE payment_id = $1", payment_id)
     assert [row["status"] for row in observed] == ["  SuCcEeDeD\t"]  # kept verbatim
     async with answering_provider() as provider:
         _says(provider, payment_id, "succeeded")
         await provider.settle(database, [payment_id])
-        assert await _state(pool, payment_id) == "SUCCEEDED"
+        assert await payment_state(pool, payment_id) == "SUCCEEDED"
         # a status that is not a string at all
         body = json.dumps(
             {"id": f"evt_{uuid.uuid4().hex}", "type": "payment.failed",
@@ -437,10 +421,10 @@ async def test_odd_casing_maps_and_unknown_status_words_are_kept_and_refused(
         ).encode()  # fmt: skip
         status, _ = await post(body)
         assert status in (200, 400)
-        assert not await _due(pool, payment_id)  # not taken for a claim of failure
+        assert not await due_for_check(pool, payment_id)  # not taken for a claim of failure
         assert provider.times_asked(payment_id) == 1
-    assert await _state(pool, payment_id) == "SUCCEEDED"
-    assert await _entries(pool, payment_id) == 1
+    assert await payment_state(pool, payment_id) == "SUCCEEDED"
+    assert await ledger_entries_of(pool, payment_id) == 1
 
 
 async def test_bodies_at_and_over_one_mebibyte(
@@ -457,12 +441,12 @@ async def test_bodies_at_and_over_one_mebibyte(
     status, reply = await post(exactly)
     assert (status, reply.get("outcome")) == (200, "confirming"), reply
     observed = "SELECT count(*) FROM provider_statuses WHERE payment_id = $1 AND evidence_ref = $2"
-    assert await _count(pool, observed, payment_id, f"{PROVIDER}:{event_id}") == 1
+    assert await count_rows(pool, observed, payment_id, f"{PROVIDER}:{event_id}") == 1
     async with answering_provider() as provider:  # the claim it carried is confirmed by the provider's API
         _says(provider, payment_id, "succeeded")
         await provider.settle(database, [payment_id])
-    assert await _entries(pool, payment_id) == 1
-    before = await _count(
+    assert await ledger_entries_of(pool, payment_id) == 1
+    before = await count_rows(
         pool,
         "SELECT count(*) FROM webhook_deliveries WHERE position(convert_to($1, 'UTF8') IN body) > 0",
         str(payment_id),
@@ -473,17 +457,17 @@ async def test_bodies_at_and_over_one_mebibyte(
         other["padding"] = "x" * (size - len(json.dumps(other).encode()))
         status, _ = await post(json.dumps(other).encode())
         assert status == 413, size
-    assert not await _due(pool, payment_id)  # the oversized claims of failure asked for nothing
-    assert await _count(pool, "SELECT count(*) FROM provider_statuses WHERE payment_id = $1", payment_id) == 2
+    assert not await due_for_check(pool, payment_id)  # the oversized claims of failure asked for nothing
+    assert await count_rows(pool, "SELECT count(*) FROM provider_statuses WHERE payment_id = $1", payment_id) == 2
     assert (
-        await _count(
+        await count_rows(
             pool,
             "SELECT count(*) FROM webhook_deliveries WHERE position(convert_to($1, 'UTF8') IN body) > 0",
             str(payment_id),
         )
         == before
     )
-    assert await _state(pool, payment_id) == "SUCCEEDED"
+    assert await payment_state(pool, payment_id) == "SUCCEEDED"
 
 
 async def test_non_utf8_and_duplicate_key_bodies(
@@ -500,11 +484,11 @@ async def test_non_utf8_and_duplicate_key_bodies(
     ).encode()
     status, reply = await post(body)
     assert (status, reply["outcome"]) == (200, "applied")  # read as pending: a claim of failure would ask
-    assert await _state(pool, payment_id) == "PENDING"  # json's last-key-wins, consistently
+    assert await payment_state(pool, payment_id) == "PENDING"  # json's last-key-wins, consistently
     observed = await pool.fetch("SELECT status FROM provider_statuses WHERE payment_id = $1", payment_id)
     assert [row["status"] for row in observed] == ["pending"]
-    assert not await _due(pool, payment_id)
-    assert await _count(pool, "SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", event_id) == 1
+    assert not await due_for_check(pool, payment_id)
+    assert await count_rows(pool, "SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", event_id) == 1
 
 
 @pytest.mark.parametrize(
@@ -527,13 +511,13 @@ async def test_a_signed_event_with_a_nul_character_is_kept_and_answered_not_500(
         extra["reject_reason"] = "bad\u0000reason"
     data = {"id": "ord_adv", "exec_type": "rejected", "idempotency_key": str(leg_id), **extra}
     body = json.dumps({"id": event_id, "type": "order.rejected", "data": {"object": data}}).encode()
-    before = await _count(
+    before = await count_rows(
         pool, "SELECT count(*) FROM webhook_deliveries WHERE position(convert_to($1, 'UTF8') IN body) > 0", str(leg_id)
     )
     status, reply = await post(body)
     assert status < 500, (status, reply)
     assert (
-        await _count(
+        await count_rows(
             pool,
             "SELECT count(*) FROM webhook_deliveries WHERE position(convert_to($1, 'UTF8') IN body) > 0",
             str(leg_id),
@@ -561,8 +545,8 @@ async def test_a_signed_event_nested_too_deep_is_kept_and_answered_400_not_500(
     for attempt in (1, 2):
         status, reply = await post(body)
         assert (status, reply["error"]) == (400, "the body nests deeper than 32 levels"), (status, reply)
-        assert await _count(pool, kept, event_id, body) == attempt
-    assert await _state(pool, payment_id) == "RECORDED"
+        assert await count_rows(pool, kept, event_id, body) == attempt
+    assert await payment_state(pool, payment_id) == "RECORDED"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -593,7 +577,7 @@ async def test_zero_negative_or_unreadable_fill_quantities_change_nothing(
     assert reply.get("outcome") != "applied", reply
     leg = await _leg(pool, leg_id)
     assert (leg["state"], leg["filled_quantity"]) == ("PENDING", Decimal(0))
-    assert await _count(pool, "SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id) == 0
+    assert await count_rows(pool, "SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id) == 0
 
 
 async def test_fills_exceeding_the_leg_quantity_are_refused_and_open_a_case(
@@ -611,7 +595,7 @@ async def test_fills_exceeding_the_leg_quantity_are_refused_and_open_a_case(
     leg = await _leg(pool, leg_id)
     assert leg["filled_quantity"] == Decimal("60")
     assert leg["state"] == "PARTIALLY_FILLED"
-    assert await _count(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", leg_id) == 1
+    assert await count_rows(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", leg_id) == 1
     # the exact remainder still fills it
     assert (await post(_order_event(leg_id, "fill", execution=fill_execution("40"))))[1]["outcome"] == "applied"
     assert (await _leg(pool, leg_id))["state"] == "FILLED"
@@ -647,7 +631,7 @@ async def test_the_same_execution_id_with_a_different_quantity_is_applied_once(
     assert all(status == 200 for status, _ in replies)
     leg = await _leg(pool, leg_id)
     assert leg["filled_quantity"] == Decimal("10")
-    assert await _count(pool, "SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id) == 1
+    assert await count_rows(pool, "SELECT count(*) FROM leg_fills WHERE leg_id = $1", leg_id) == 1
 
 
 async def test_a_fill_that_overtakes_the_acknowledgement_is_applied_not_sent_to_a_person(
@@ -659,7 +643,7 @@ async def test_a_fill_that_overtakes_the_acknowledgement_is_applied_not_sent_to_
     status, reply = await post(_order_event(leg_id, "partial_fill", execution=fill_execution("10")))
     assert status == 200
     leg = await _leg(pool, leg_id)
-    cases = await _count(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", leg_id)
+    cases = await count_rows(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", leg_id)
     assert (reply["outcome"], leg["filled_quantity"], cases) == ("applied", Decimal("10"), 0), (reply, dict(leg))
 
 
@@ -675,7 +659,7 @@ async def test_signature_attacks_are_refused_with_401_and_store_nothing(
     body = _payment_event(payment_id, "succeeded")
     other = _payment_event(payment_id, "failed")
     now = int(time.time())
-    before = await _count(
+    before = await count_rows(
         pool,
         "SELECT count(*) FROM webhook_deliveries WHERE position(convert_to($1, 'UTF8') IN body) > 0",
         str(payment_id),
@@ -701,7 +685,7 @@ async def test_signature_attacks_are_refused_with_401_and_store_nothing(
     # a tampered body with a valid signature of the original
     assert (await post(other, signature=sign(body, SECRET)))[0] == 401
     assert (
-        await _count(
+        await count_rows(
             pool,
             "SELECT count(*) FROM webhook_deliveries WHERE position(convert_to($1, 'UTF8') IN body) > 0",
             str(payment_id),
@@ -712,7 +696,7 @@ async def test_signature_attacks_are_refused_with_401_and_store_nothing(
     # multiple v1 entries where one is genuine: accepted as Stripe does (secret rotation)
     status, reply = await post(body, signature=f"t={now},v1={'0' * 64},v1={mac(body, SECRET, now)}")
     assert (status, reply["outcome"]) == (200, "confirming")
-    assert await _due(pool, payment_id)
+    assert await due_for_check(pool, payment_id)
 
 
 @pytest.mark.parametrize(
@@ -806,7 +790,7 @@ async def test_create_payment_against_a_hanging_provider_answers_in_time_and_nev
             ),
         )
         deadline = time.monotonic() + 30
-        while await _count(
+        while await count_rows(
             pool,
             "SELECT count(*) FROM payments WHERE client_id = $1 AND state NOT IN ('SUCCEEDED')",
             principal.client_id,
@@ -828,7 +812,7 @@ async def test_create_payment_against_a_hanging_provider_answers_in_time_and_nev
     provider_keys = [p["idempotency_key"] for p in truth["payments"] if p["idempotency_key"] in mine]
     assert sorted(provider_keys) == sorted(mine)  # one provider payment per idempotency key
     for payment_id in ids:
-        assert await _entries(pool, payment_id) == 1
+        assert await ledger_entries_of(pool, payment_id) == 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -876,7 +860,7 @@ async def test_fills_are_applied_once_per_execution_while_the_leg_resolver_races
                 sender = venue if len(orders) % 2 else None
                 orders.append((await submit_and_send(database, sender, principal, request, Budget.within(5))).order.id)
             deadline = time.monotonic() + 30
-            while await _count(
+            while await count_rows(
                 pool, "SELECT count(*) FROM legs WHERE order_id = ANY($1::uuid[]) AND state <> 'FILLED'", orders
             ):
                 assert time.monotonic() < deadline, await pool.fetch(
@@ -898,7 +882,7 @@ async def test_fills_are_applied_once_per_execution_while_the_leg_resolver_races
         assert sorted(f["execution_id"] for f in fills) == sorted(e["id"] for e in venue_order["executions"])
         assert leg["filled_quantity"] == leg["quantity"] == Decimal(venue_order["quantity"])
         assert sum(f["quantity"] for f in fills) == leg["filled_quantity"]
-        assert not await _count(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", leg["id"])
+        assert not await count_rows(pool, "SELECT count(*) FROM cases WHERE leg_id = $1", leg["id"])
 
 
 async def test_a_provider_answer_in_a_status_ballast_does_not_know_is_an_unknown_outcome_not_an_error(
@@ -932,7 +916,7 @@ async def test_a_provider_answer_in_a_status_ballast_does_not_know_is_an_unknown
         await runner.cleanup()
     assert result.payment.state is PaymentState.UNKNOWN
     assert (
-        await _count(
+        await count_rows(
             pool,
             "SELECT count(*) FROM payment_transitions WHERE payment_id = $1 AND to_state = 'UNKNOWN'"
             " AND cause = 'provider.unknown_status' AND evidence_ref LIKE '%teleported%'",

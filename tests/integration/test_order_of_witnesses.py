@@ -36,6 +36,7 @@ from server.services.payment_events import Evidence, PaymentOutcome
 from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings
 from server.services.submission import create_and_submit
 from tests.support import apply_evidence
+from tests.support.probes import payment_state
 from tests.support.requests import create_payment_command
 
 
@@ -149,10 +150,6 @@ async def _concluded(database: Database, payment_id: uuid.UUID, event: PaymentEv
     await apply_evidence(database, payment_id, event, Evidence(cause, "t", witness=Witness.BALLAST))
 
 
-async def _state(pool: asyncpg.Pool, payment_id: uuid.UUID) -> str:
-    return str(await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id))
-
-
 async def _clearing(pool: asyncpg.Pool, payment_id: uuid.UUID) -> Decimal:
     total = await pool.fetchval(
         "SELECT coalesce(sum(l.amount), 0) FROM ledger_lines l JOIN ledger_entries e ON e.id = l.entry_id"
@@ -183,7 +180,7 @@ async def test_a_webhook_claiming_an_outcome_moves_nothing_and_makes_the_payment
 
     provider.has(payment_id, "failed")  # the API, asked, says otherwise: it decides
     await _check_now(pool, _resolver(database, gateway), payment_id)
-    assert await _state(pool, payment_id) == "FAILED"
+    assert await payment_state(pool, payment_id) == "FAILED"
     assert await _clearing(pool, payment_id) == 0
     assert await _cases(pool, payment_id) == []
 
@@ -196,7 +193,7 @@ async def test_the_api_contradicting_a_failure_corrects_it_and_posts_the_capture
 ) -> None:
     payment_id = await _recorded(database, principal)
     await apply_evidence(database, payment_id, PaymentEvent.FAILED, _api("failed"))
-    assert await _state(pool, payment_id) == "FAILED"
+    assert await payment_state(pool, payment_id) == "FAILED"
     # a late webhook says succeeded: Ballast asks, and the API stands by the success
     assert (
         await apply_evidence(database, payment_id, PaymentEvent.SUCCEEDED, _webhook("succeeded"))
@@ -234,7 +231,7 @@ async def test_fifty_concurrent_api_answers_correct_a_payment_once(
     verdicts = [r.verdict for r in results if isinstance(r, PaymentOutcome)]
     assert verdicts.count(Verdict.CORRECT) == 1
     assert set(verdicts) <= {Verdict.CORRECT, Verdict.REPEAT}
-    assert await _state(pool, payment_id) == "SUCCEEDED"
+    assert await payment_state(pool, payment_id) == "SUCCEEDED"
     assert await _clearing(pool, payment_id) == Decimal("12.34")
     corrections = await pool.fetchval(
         "SELECT count(*) FROM payment_transitions WHERE payment_id = $1 AND event = 'CORRECTION'", payment_id
@@ -249,7 +246,7 @@ async def test_taking_money_back_from_a_merchant_waits_for_a_person_who_approves
     await apply_evidence(database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded"))
     judged = await apply_evidence(database, payment_id, PaymentEvent.FAILED, _api("failed"))
     assert judged.verdict is Verdict.HOLD and judged.case_id is not None
-    assert await _state(pool, payment_id) == "SUCCEEDED"  # nothing moved
+    assert await payment_state(pool, payment_id) == "SUCCEEDED"  # nothing moved
     [case] = await _cases(pool, payment_id)
     assert (case["kind"], case["status"]) == ("CORRECTION_NEEDS_APPROVAL", "OPEN")
     assert case["evidence"][-1]["proposed_correction"] == {"from_state": "SUCCEEDED", "to_state": "FAILED"}
@@ -261,7 +258,7 @@ async def test_taking_money_back_from_a_merchant_waits_for_a_person_who_approves
         "SUCCEEDED",
         "FAILED",
     )
-    assert await _state(pool, payment_id) == "FAILED"
+    assert await payment_state(pool, payment_id) == "FAILED"
     assert await _clearing(pool, payment_id) == 0  # captured, then the capture reversed
     last = await pool.fetchrow(
         "SELECT event, approved_by, cause FROM payment_transitions WHERE payment_id = $1 ORDER BY id DESC LIMIT 1",
@@ -286,7 +283,7 @@ async def test_an_approval_of_a_case_whose_payment_moved_since_is_refused_and_th
         await approve_correction(
             database, judged.case_id, PaymentState.FAILED, "ops.alice", "stale proposal", Budget.within(5)
         )
-    assert await _state(pool, payment_id) == "REFUND_PENDING"
+    assert await payment_state(pool, payment_id) == "REFUND_PENDING"
     assert [case["status"] for case in await _cases(pool, payment_id)] == ["OPEN"]
 
 
@@ -307,7 +304,7 @@ async def test_a_payment_corrected_once_needs_a_person_for_the_next_correction(
     # and a third word of the provider is held again, even the automatic kind
     again = await apply_evidence(database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded"))
     assert again.verdict is Verdict.HOLD
-    assert await _state(pool, payment_id) == "FAILED"
+    assert await payment_state(pool, payment_id) == "FAILED"
     assert await _clearing(pool, payment_id) == 0
 
 
@@ -342,7 +339,7 @@ async def test_postgresql_refuses_corrections_the_table_does_not_allow(
             approved_by,
         )
     assert refused.value.constraint_name == constraint
-    assert await _state(pool, payment_id) == from_to[0]
+    assert await payment_state(pool, payment_id) == from_to[0]
 
 
 async def test_postgresql_refuses_a_second_automatic_correction_without_a_person(
@@ -411,7 +408,7 @@ async def test_a_webhook_misfits_case_gets_the_providers_own_answer_and_nothing_
     }
     kept = await pool.fetch("SELECT status, evidence_ref FROM provider_statuses WHERE payment_id = $1", payment_id)
     assert ("succeeded", "simulator:pay_real") in [tuple(row) for row in kept]
-    assert await _state(pool, payment_id) == "RECORDED"  # nothing moves: settling the case is a person's call
+    assert await payment_state(pool, payment_id) == "RECORDED"  # nothing moves: settling the case is a person's call
     assert await _clearing(pool, payment_id) == 0
 
 
@@ -425,7 +422,7 @@ async def test_evidence_about_another_provider_object_moves_nothing(
     )
     assert judged.verdict is Verdict.MISFIT
     assert await pool.fetchval("SELECT provider_payment_id FROM payments WHERE id = $1", payment_id) == "pay_mine"
-    assert await _state(pool, payment_id) == "PENDING"
+    assert await payment_state(pool, payment_id) == "PENDING"
     [case] = await _cases(pool, payment_id)
     assert [d["field"] for d in case["evidence"][-1]["differing"]] == ["provider_payment_id"]
     # a second misfit joins the open case
@@ -446,7 +443,7 @@ async def test_a_recorded_payment_the_provider_has_is_found_without_the_client(
     provider.has(payment_id, "succeeded")
     await pool.execute("UPDATE payments SET created_at = now() - interval '1 minute' WHERE id = $1", payment_id)
     await _check_now(pool, _resolver(database, gateway, provider_timeout_s=1.0), payment_id)
-    assert await _state(pool, payment_id) == "SUCCEEDED"
+    assert await payment_state(pool, payment_id) == "SUCCEEDED"
     assert await _clearing(pool, payment_id) == Decimal("12.34")
     assert provider.posts == []  # found, never sent by Ballast on its own
 
@@ -467,7 +464,7 @@ async def test_an_abandoned_recorded_payment_expires_and_a_retry_is_answered_exp
     # older: expires
     await pool.execute("UPDATE payments SET created_at = now() - interval '2 minutes' WHERE id = $1", payment_id)
     await _check_now(pool, resolver, payment_id)
-    assert await _state(pool, payment_id) == "EXPIRED"
+    assert await payment_state(pool, payment_id) == "EXPIRED"
     announced = await pool.fetchval(
         "SELECT payload FROM outbox WHERE message_key = $1 AND topic = 'payments.state_changed'", str(payment_id)
     )
@@ -493,7 +490,7 @@ async def test_a_retry_racing_the_expiry_is_either_sent_or_expired_never_both(
             create_and_submit(database, gateway, principal, create_payment_command(key, "12.34"), Budget.within(5)),
             resolver.run_once(),
         )
-        state = await _state(pool, payment_id)
+        state = await payment_state(pool, payment_id)
         sent = str(payment_id) in provider.posts
         assert (state == "EXPIRED") is not sent, (state, sent)
         assert retry.payment.state.value == state or (sent and state == "PENDING")
@@ -536,9 +533,9 @@ async def test_an_approval_must_name_the_correction_the_case_proposes_now(
         await approve_correction(
             database, first.case_id, PaymentState.FAILED, "ops.alice", "reversal", Budget.within(5)
         )
-    assert await _state(pool, payment_id) == "SUCCEEDED"
+    assert await payment_state(pool, payment_id) == "SUCCEEDED"
     await approve_correction(database, first.case_id, PaymentState.REFUNDED, "ops.alice", "refunded", Budget.within(5))
-    assert await _state(pool, payment_id) == "REFUNDED"
+    assert await payment_state(pool, payment_id) == "REFUNDED"
     assert await _clearing(pool, payment_id) == 0
 
 
@@ -552,7 +549,7 @@ async def test_a_webhook_never_decides_which_provider_object_the_api_answers_abo
     assert await pool.fetchval("SELECT provider_payment_id FROM payments WHERE id = $1", payment_id) is None
     provider.has(payment_id, "succeeded", object_id="pay_real")
     await _check_now(pool, _resolver(database, gateway), payment_id)
-    assert await _state(pool, payment_id) == "SUCCEEDED"
+    assert await payment_state(pool, payment_id) == "SUCCEEDED"
     assert await pool.fetchval("SELECT provider_payment_id FROM payments WHERE id = $1", payment_id) == "pay_real"
     assert await _cases(pool, payment_id) == []
 
@@ -570,7 +567,7 @@ async def test_an_api_answer_stating_its_amount_in_another_json_type_is_still_co
     provider.has(payment_id, "succeeded")
     provider.payments[str(payment_id)]["amount"] = stated
     await _check_now(pool, _resolver(database, gateway), payment_id)
-    assert await _state(pool, payment_id) == "RECORDED"
+    assert await payment_state(pool, payment_id) == "RECORDED"
     [case] = await _cases(pool, payment_id)
     assert case["kind"] == "EVIDENCE_MISMATCH"
     assert [d["field"] for d in case["evidence"][-1]["differing"]] == ["amount"]
@@ -583,7 +580,7 @@ async def test_an_api_answer_stating_the_amount_as_an_exact_number_fits(
     provider.has(payment_id, "succeeded")
     provider.payments[str(payment_id)]["amount"] = Decimal("12.34")  # sent as the JSON number 12.34
     await _check_now(pool, _resolver(database, gateway), payment_id)
-    assert await _state(pool, payment_id) == "SUCCEEDED"
+    assert await payment_state(pool, payment_id) == "SUCCEEDED"
 
 
 async def test_postgresql_refuses_a_blank_approver(

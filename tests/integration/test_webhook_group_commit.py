@@ -26,6 +26,7 @@ from server.services.webhook_application import Outcome, WebhookSource
 from server.services.webhooks import Intake
 from tests.support import answering_provider
 from tests.support.faults import allow_inserts, refuse_inserts
+from tests.support.probes import due_for_check
 from tests.support.requests import new_payments
 from tests.support.webhooks import payment_event, signed_headers
 
@@ -80,11 +81,6 @@ def _sample(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
 
-async def _due(pool: asyncpg.Pool, payment_id: uuid.UUID) -> bool:
-    """Whether the payment is due for a check with the provider's API now."""
-    return bool(await pool.fetchval("SELECT next_check_at <= now() FROM payments WHERE id = $1", payment_id))
-
-
 async def _sent_meanwhile(receive: Receive, bodies: list[bytes]) -> list[asyncio.Task[Outcome]]:
     tasks = [asyncio.create_task(receive(body)) for body in bodies]
     await asyncio.sleep(0.05)  # each is verified, parsed and queued without waiting for anything
@@ -116,7 +112,7 @@ async def test_deliveries_that_arrive_together_commit_together_in_arrival_order(
     expected = {blocker: "RECORDED", two_events: "PENDING", other: "RECORDED"}
     for payment_id, state in expected.items():  # the claims of success moved nothing: a check is due
         assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == state
-        assert await _due(pool, payment_id)
+        assert await due_for_check(pool, payment_id)
         assert await pool.fetchval("SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 0
     repeated_id = json.loads(repeated)["id"]
     assert await pool.fetchval("SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", repeated_id) == 2
@@ -169,10 +165,10 @@ async def test_an_event_that_fails_in_a_batch_fails_alone_and_its_redelivery_app
     assert (row["state"], row["next_check_at"]) == ("RECORDED", None)
     for payment_id in good:  # its neighbours' claims were kept, each making its payment due for a check
         assert await pool.fetchval("SELECT count(*) FROM provider_statuses WHERE payment_id = $1", payment_id) == 1
-        assert await _due(pool, payment_id)
+        assert await due_for_check(pool, payment_id)
     assert await receive(bad_body) == Outcome.CONFIRMING  # the provider delivers it again
     assert await pool.fetchval("SELECT count(*) FROM processed_events WHERE event_id = $1", bad_id) == 1
-    assert await _due(pool, bad)
+    assert await due_for_check(pool, bad)
     async with answering_provider() as provider:  # and the provider's API confirms every claim
         for payment_id in (blocker, bad, *good):
             provider.says(

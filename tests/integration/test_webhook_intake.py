@@ -21,6 +21,7 @@ from server.domain.identity import Principal
 from server.services.webhooks import INTAKE_FULL_RETRY_AFTER_S, Intake
 from tests.support import answering_provider
 from tests.support.faults import allow_inserts, refuse_inserts
+from tests.support.probes import count_rows, due_for_check
 from tests.support.requests import new_payment
 from tests.support.webhooks import PROVIDER, payment_event, sign, signed_headers, webhook_endpoint
 
@@ -41,15 +42,6 @@ async def post(database: Database) -> AsyncIterator[Post]:
         yield endpoint.post
 
 
-async def _count(pool: asyncpg.Pool, sql: str, *arguments: object) -> int:
-    return int(await pool.fetchval(sql, *arguments))
-
-
-async def _due(pool: asyncpg.Pool, payment_id: uuid.UUID) -> bool:
-    """Whether the payment is due for a check with the provider's API now."""
-    return bool(await pool.fetchval("SELECT next_check_at <= now() FROM payments WHERE id = $1", payment_id))
-
-
 async def test_a_hundred_concurrent_deliveries_of_one_event_apply_it_once(
     post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
@@ -62,25 +54,25 @@ async def test_a_hundred_concurrent_deliveries_of_one_event_apply_it_once(
     assert outcomes.count("confirming") == 1 and outcomes.count("duplicate") == 99, outcomes
     # the claim is kept once, moves nothing, and makes the payment due for a check with the provider's API
     assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "RECORDED"
-    assert await _due(pool, payment_id)
-    assert await _count(pool, "SELECT count(*) FROM payment_transitions WHERE payment_id = $1", payment_id) == 0
-    assert await _count(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 0
-    assert await _count(pool, "SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", event_id) == 100
-    assert await _count(pool, "SELECT count(*) FROM processed_events WHERE event_id = $1", event_id) == 1
+    assert await due_for_check(pool, payment_id)
+    assert await count_rows(pool, "SELECT count(*) FROM payment_transitions WHERE payment_id = $1", payment_id) == 0
+    assert await count_rows(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 0
+    assert await count_rows(pool, "SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", event_id) == 100
+    assert await count_rows(pool, "SELECT count(*) FROM processed_events WHERE event_id = $1", event_id) == 1
     observed = "SELECT count(*) FROM provider_statuses WHERE payment_id = $1 AND evidence_ref = $2"
-    assert await _count(pool, observed, payment_id, f"{PROVIDER}:{event_id}") == 1
+    assert await count_rows(pool, observed, payment_id, f"{PROVIDER}:{event_id}") == 1
     async with answering_provider() as provider:  # the provider's API confirms the claim: it decides
         provider.says(payment_id, "succeeded", amount="25.00", currency="EUR", provider_payment_id=OBJECT_ID)
         await provider.settle(database, [payment_id])
     assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "SUCCEEDED"
     moves = await pool.fetch("SELECT to_state, cause FROM payment_transitions WHERE payment_id = $1", payment_id)
     assert [(m["to_state"], m["cause"]) for m in moves] == [("SUCCEEDED", "resolver.inquiry")]
-    assert await _count(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
+    assert await count_rows(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
     # the provider delivers it again, a hundred times: nothing more happens
     replies = await asyncio.gather(*(post(body) for _ in range(100)))
     assert {reply["outcome"] for _, reply in replies} == {"duplicate"}
-    assert not await _due(pool, payment_id)
-    assert await _count(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
+    assert not await due_for_check(pool, payment_id)
+    assert await count_rows(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
 
 
 async def test_a_forged_or_replayed_webhook_is_refused_and_stores_nothing(
@@ -88,7 +80,7 @@ async def test_a_forged_or_replayed_webhook_is_refused_and_stores_nothing(
 ) -> None:
     payment_id = await new_payment(database, principal)
     body = _event(payment_id, "succeeded")
-    before = await _count(
+    before = await count_rows(
         pool,
         "SELECT count(*) FROM webhook_deliveries WHERE position(convert_to($1, 'UTF8') IN body) > 0",
         str(payment_id),
@@ -104,7 +96,7 @@ async def test_a_forged_or_replayed_webhook_is_refused_and_stores_nothing(
     tampered = body.replace(b"succeeded", b"failed")
     assert (await post(tampered, signature=sign(body, SECRET)))[0] == 401
     assert (
-        await _count(
+        await count_rows(
             pool,
             "SELECT count(*) FROM webhook_deliveries WHERE position(convert_to($1, 'UTF8') IN body) > 0",
             str(payment_id),
@@ -125,7 +117,7 @@ async def test_pending_failed_succeeded_webhooks_only_make_ballast_ask_and_the_p
         outcomes.append(reply["outcome"])
     assert outcomes == ["applied", "confirming", "confirming", "confirming", "repeat"]
     assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "PENDING"
-    assert await _due(pool, payment_id)
+    assert await due_for_check(pool, payment_id)
     observed = await pool.fetch("SELECT status FROM provider_statuses WHERE payment_id = $1 ORDER BY id", payment_id)
     assert [row["status"] for row in observed] == ["pending", "failed", "succeeded", "succeeded", "pending"]
     async with answering_provider() as provider:
@@ -137,7 +129,7 @@ async def test_pending_failed_succeeded_webhooks_only_make_ballast_ask_and_the_p
         # a late claim of success is kept and makes Ballast ask again; the provider stands by its word
         _, reply = await post(_event(payment_id, "succeeded", sequence=6))
         assert reply["outcome"] == "confirming"
-        assert await _due(pool, payment_id)
+        assert await due_for_check(pool, payment_id)
         await provider.settle(database, [payment_id])
         assert provider.times_asked(payment_id) == 2
     assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "FAILED"
@@ -148,10 +140,10 @@ async def test_pending_failed_succeeded_webhooks_only_make_ballast_ask_and_the_p
         ("RECORDED", "PENDING", "webhook.simulator"),
         ("PENDING", "FAILED", "resolver.inquiry"),
     ]
-    assert await _count(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 0
-    assert await _count(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
+    assert await count_rows(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 0
+    assert await count_rows(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
     assert (
-        await _count(
+        await count_rows(
             pool, "SELECT count(*) FROM outbox WHERE topic = 'cases.opened' AND message_key = $1", str(payment_id)
         )
         == 0
@@ -171,8 +163,8 @@ async def test_the_provider_took_the_money_pending_failed_succeeded_webhooks_end
         outcomes.append(reply["outcome"])
     assert outcomes == ["applied", "confirming", "confirming"]
     assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "PENDING"
-    assert await _due(pool, payment_id)
-    assert await _count(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 0
+    assert await due_for_check(pool, payment_id)
+    assert await count_rows(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 0
     async with answering_provider() as provider:
         provider.says(payment_id, "succeeded", amount="25.00", currency="EUR", provider_payment_id=OBJECT_ID)
         await provider.settle(database, [payment_id])
@@ -195,10 +187,10 @@ async def test_the_provider_took_the_money_pending_failed_succeeded_webhooks_end
         f"simulator:{OBJECT_ID}",
     )
     assert answer is not None and answer["status"] == "succeeded"  # the evidence that decided it, kept
-    assert await _count(pool, "SELECT count(*) FROM payment_transitions WHERE payment_id = $1", payment_id) == 2
-    assert await _count(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
-    assert await _count(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
-    assert not await _due(pool, payment_id)
+    assert await count_rows(pool, "SELECT count(*) FROM payment_transitions WHERE payment_id = $1", payment_id) == 2
+    assert await count_rows(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
+    assert await count_rows(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
+    assert not await due_for_check(pool, payment_id)
 
 
 async def test_a_late_pending_webhook_keeps_the_check_a_claim_asked_for(
@@ -211,12 +203,12 @@ async def test_a_late_pending_webhook_keeps_the_check_a_claim_asked_for(
     outcomes = [(await post(_event(payment_id, status)))[1]["outcome"] for status in ("succeeded", "pending")]
     assert outcomes == ["confirming", "applied"]
     assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "PENDING"
-    assert await _due(pool, payment_id)
+    assert await due_for_check(pool, payment_id)
     async with answering_provider() as provider:
         provider.says(payment_id, "succeeded", amount="25.00", currency="EUR", provider_payment_id=OBJECT_ID)
         await provider.settle(database, [payment_id])
     assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "SUCCEEDED"
-    assert await _count(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
+    assert await count_rows(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
 
 
 async def test_a_provider_that_changes_its_mind_is_corrected_once_then_sent_to_a_person(
@@ -228,7 +220,7 @@ async def test_a_provider_that_changes_its_mind_is_corrected_once_then_sent_to_a
         async def claim_and_ask(status: str) -> None:
             _, reply = await post(_event(payment_id, status))
             assert reply["outcome"] == "confirming", reply
-            assert await _due(pool, payment_id)
+            assert await due_for_check(pool, payment_id)
             await provider.settle(database, [payment_id])
 
         provider.says(payment_id, "failed", amount="25.00", currency="EUR", provider_payment_id=OBJECT_ID)
@@ -238,8 +230,8 @@ async def test_a_provider_that_changes_its_mind_is_corrected_once_then_sent_to_a
         provider.says(payment_id, "succeeded", amount="25.00", currency="EUR", provider_payment_id=OBJECT_ID)
         await claim_and_ask("succeeded")
         assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "SUCCEEDED"
-        assert await _count(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
-        assert await _count(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
+        assert await count_rows(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
+        assert await count_rows(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
         # and back to failed, twice: taking the money back from the merchant waits for a person
         provider.says(payment_id, "failed", amount="25.00", currency="EUR", provider_payment_id=OBJECT_ID)
         await claim_and_ask("failed")
@@ -253,7 +245,7 @@ async def test_a_provider_that_changes_its_mind_is_corrected_once_then_sent_to_a
         ("RECORDED", "FAILED", "FAILED", None),
         ("FAILED", "SUCCEEDED", "CORRECTION", None),
     ]
-    assert await _count(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
+    assert await count_rows(pool, "SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
     cases = await pool.fetch("SELECT kind, status, evidence FROM cases WHERE payment_id = $1", payment_id)
     assert len(cases) == 1
     assert (cases[0]["kind"], cases[0]["status"]) == ("CORRECTION_NEEDS_APPROVAL", "OPEN")
@@ -264,7 +256,7 @@ async def test_a_provider_that_changes_its_mind_is_corrected_once_then_sent_to_a
     ]
     assert {(piece["proposed_correction"]["to_state"], piece["approval"]) for piece in pieces} == {("FAILED", "PERSON")}
     assert (
-        await _count(
+        await count_rows(
             pool, "SELECT count(*) FROM outbox WHERE topic = 'cases.opened' AND message_key = $1", str(payment_id)
         )
         == 2
@@ -297,17 +289,17 @@ async def test_a_failing_handler_leaves_no_processed_row_and_the_redelivery_appl
         status_code, _ = await post(body)
         assert status_code >= 500
         processed = "SELECT count(*) FROM processed_events WHERE event_id = $1"
-        assert await _count(pool, processed, event_id) == 0
+        assert await count_rows(pool, processed, event_id) == 0
         assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "RECORDED"
         # nothing of it stayed: no evidence, no check made due
-        assert await _count(pool, "SELECT count(*) FROM provider_statuses WHERE payment_id = $1", payment_id) == 0
+        assert await count_rows(pool, "SELECT count(*) FROM provider_statuses WHERE payment_id = $1", payment_id) == 0
         assert await pool.fetchval("SELECT next_check_at FROM payments WHERE id = $1", payment_id) is None
         status_code, reply = await post(body)  # the provider delivers it again
         assert (status_code, reply["outcome"]) == (200, outcome)
-        assert await _count(pool, processed, event_id) == 1
+        assert await count_rows(pool, processed, event_id) == 1
         assert await pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == state
-        assert await _count(pool, "SELECT count(*) FROM provider_statuses WHERE payment_id = $1", payment_id) == 1
-        assert await _due(pool, payment_id) is (outcome == "confirming")
+        assert await count_rows(pool, "SELECT count(*) FROM provider_statuses WHERE payment_id = $1", payment_id) == 1
+        assert await due_for_check(pool, payment_id) is (outcome == "confirming")
     finally:
         await allow_inserts(pool, name, failing_table)
 
@@ -317,7 +309,8 @@ async def test_an_event_about_nothing_of_ours_is_kept_and_acknowledged(post: Pos
     status, reply = await post(body)
     assert (status, reply["outcome"]) == (200, "ignored")
     assert (
-        await _count(pool, "SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", json.loads(body)["id"]) == 1
+        await count_rows(pool, "SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", json.loads(body)["id"])
+        == 1
     )
     status, _ = await post(b"not json")
     assert status == 400
@@ -358,6 +351,6 @@ async def test_a_full_intake_refuses_at_once_with_retry_after_and_keeps_nothing_
             assert await deliver(bodies[3]) == (503, str(INTAKE_FULL_RETRY_AFTER_S))
         assert [(await reply)[0] for reply in (first, *waiting)] == [200, 200, 200]
         refused_id = json.loads(bodies[3])["id"]
-        assert not await _count(pool, "SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", refused_id)
+        assert not await count_rows(pool, "SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", refused_id)
         assert await deliver(bodies[3]) == (200, None)  # the provider's redelivery, once there is room
-        assert await _count(pool, "SELECT count(*) FROM processed_events WHERE event_id = $1", refused_id) == 1
+        assert await count_rows(pool, "SELECT count(*) FROM processed_events WHERE event_id = $1", refused_id) == 1
