@@ -16,7 +16,7 @@ import pytest
 from server.messaging.embedded_nats import COMPONENT, start_nats_process
 from server.ownership import ComponentInUse, claim, is_alive, stop_process
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 GONE_TIMEOUT_S = 10
 IGNORE_SIGTERM = "signal.signal(signal.SIGTERM, signal.SIG_IGN)"
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
