@@ -33,153 +33,44 @@ from ballast.payments.v1 import payments_pb2
 from server.db.database import Budget, Database
 from server.domain.order_legs import LEG_MACHINE, Fill, LegState
 from server.domain.orders import CloseLeg
-from server.domain.payment_states import PAYMENT_MACHINE, PaymentEvent, PaymentState, Witness
+from server.domain.payment_states import PAYMENT_MACHINE, PaymentEvent, PaymentState
 from server.domain.provider_status import PROVIDER_STATUS_EVENTS, VenueReport, venue_report_for
 from server.services import execution
-from server.services.audit import find_broken_links
-from server.services.payment_events import Evidence, PaymentOutcome
-from tests.support import apply_evidence, field_violations, precondition_subjects, report_to_leg, rpc_error
+from server.services.payment_events import PaymentOutcome
+from tests.support import field_violations, precondition_subjects, report_to_leg, rpc_error
+from tests.support.evidence import captured_payment, conclude
 from tests.support.faults import DatabaseFailingOn, Injected, OneConnectionPool
+from tests.support.legs import (
+    acknowledge_leg,
+    close_leg,
+    fill_leg,
+    filled_leg,
+    leg_refusals,
+    leg_row,
+    leg_trail,
+    modify_leg,
+    place_order,
+    read_order,
+    working_leg,
+)
+from tests.support.probes import broken_links, key_exists, payment_trail
 from tests.support.requests import (
-    close_leg_request,
+    THIRTY_DIGITS,
     create_payment_request,
     leg_spec,
     leg_terms,
-    modify_leg_request,
     new_payment,
     new_principal,
     page_token,
     submit_order_command,
     submit_order_request,
 )
-from tests.support.servers import Caller, World, isolated_server
+from tests.support.servers import World, isolated_server
 
 L = LegState
 E = PaymentEvent
 P = PaymentState
 Code = grpc.StatusCode
-
-#: The largest quantity or price the API accepts: 18 integer and 12 fraction digits, 30 significant.
-THIRTY_DIGITS = "999999999999999999.999999999999"
-
-
-# --------------------------------------------------------------------------------------------- helpers
-
-
-async def _order(
-    world: World, legs: list[execution_pb2.LegSpec] | None = None, caller: Caller | None = None
-) -> execution_pb2.Order:
-    response = await world.orders.SubmitOrder(
-        submit_order_request(legs=legs), metadata=(caller or world.merchant).metadata, timeout=5
-    )
-    return response.order
-
-
-async def _get_order(world: World, order_id: str, caller: Caller | None = None) -> execution_pb2.Order:
-    response = await world.orders.GetOrder(
-        execution_pb2.GetOrderRequest(order_id=order_id), metadata=(caller or world.merchant).metadata, timeout=10
-    )
-    return response.order
-
-
-async def _ack(database: Database, leg_id: str | uuid.UUID) -> None:
-    assert await report_to_leg(database, leg_id, VenueReport.ACKNOWLEDGED, "venue:ack") == "applied"
-
-
-async def _fill(
-    database: Database,
-    leg_id: str | uuid.UUID,
-    execution_id: str,
-    quantity: str,
-    price: str = "100",
-    expect: str | None = "applied",
-) -> str:
-    """The venue's execution reported for the leg; what became of it, which must be `expect` unless None."""
-    fill = Fill(execution_id, Decimal(quantity), Decimal(price))
-    outcome = await report_to_leg(database, leg_id, VenueReport.FILL, f"venue:{execution_id}", fill=fill)
-    assert expect is None or outcome == expect, outcome
-    return outcome
-
-
-async def _refusals(pool: asyncpg.Pool, leg_id: str | uuid.UUID) -> list[str]:
-    """Why the venue's reports about the leg were refused, oldest first (its contradiction case's evidence)."""
-    evidence = await pool.fetchval(
-        "SELECT evidence FROM cases WHERE leg_id = $1 AND kind = 'CONTRADICTORY_VENUE_EVIDENCE'",
-        uuid.UUID(str(leg_id)),
-    )
-    return [piece["refused_because"] for piece in evidence or []]
-
-
-async def _filled(
-    world: World, database: Database, quantity: str = "10", order_type: str = "ORDER_TYPE_LIMIT"
-) -> tuple[str, str]:
-    """An order of the merchant whose one leg the venue acknowledged and filled; (order id, leg id)."""
-    order = await _order(world, [leg_spec(quantity, order_type)])
-    leg_id = order.legs[0].id
-    await _ack(database, leg_id)
-    await _fill(database, leg_id, "x-full", quantity)
-    return order.id, leg_id
-
-
-def _modify(world: World, order_id: str, leg_id: str, key: str | None = None, **fields: str) -> Awaitable[Any]:
-    request = modify_leg_request(order_id, leg_id, key, **fields)
-    return world.orders.ModifyLeg(request, metadata=world.merchant.metadata, timeout=10)
-
-
-def _close(world: World, order_id: str, leg_id: str, key: str | None = None, reason: str = "done") -> Awaitable[Any]:
-    request = close_leg_request(order_id, leg_id, key, reason)
-    return world.orders.CloseLeg(request, metadata=world.merchant.metadata, timeout=10)
-
-
-async def _leg_row(pool: asyncpg.Pool, leg_id: str | uuid.UUID) -> asyncpg.Record:
-    return await pool.fetchrow(
-        "SELECT state, state_reason, quantity, limit_price, filled_quantity, fill_notional, requested_quantity,"
-        " requested_limit_price FROM legs WHERE id = $1",
-        uuid.UUID(str(leg_id)),
-    )
-
-
-async def _leg_trail(pool: asyncpg.Pool, leg_id: str | uuid.UUID) -> tuple[int, int, int, int]:
-    """(transitions, outbox events, audit entries, fills) recorded for a leg's moves (a case a refused
-    report opened for a person is not one of them: _refusals reads it)."""
-    row = await pool.fetchrow(
-        "SELECT (SELECT count(*) FROM leg_transitions WHERE leg_id = $1) AS transitions,"
-        " (SELECT count(*) FROM outbox WHERE message_key = $2 AND topic <> 'cases.opened') AS events,"
-        " (SELECT count(*) FROM audit_log WHERE aggregate_type = 'leg' AND aggregate_id = $2) AS audits,"
-        " (SELECT count(*) FROM leg_fills WHERE leg_id = $1) AS fills",
-        uuid.UUID(str(leg_id)),
-        str(leg_id),
-    )
-    return row["transitions"], row["events"], row["audits"], row["fills"]
-
-
-async def _key_exists(pool: asyncpg.Pool, client_id: str, key: str) -> bool:
-    return bool(
-        await pool.fetchval(
-            "SELECT count(*) FROM idempotency_keys WHERE client_id = $1 AND idempotency_key = $2", client_id, key
-        )
-    )
-
-
-async def _broken(pool: asyncpg.Pool, aggregate_id: str) -> list[tuple[int, str]]:
-    async with pool.acquire() as connection:
-        links = await find_broken_links(connection)
-    return [(link.sequence, link.reason) for link in links if link.aggregate_id == aggregate_id]
-
-
-async def _apply(
-    database: Database, payment_id: uuid.UUID, event: PaymentEvent, provider_status: str | None = None
-) -> PaymentOutcome:
-    """The machine's move, as Ballast's own conclusion (applied wherever the machine has it, else stale),
-    with the provider's status word kept as evidence when given."""
-    evidence = Evidence(
-        cause="webhook.simulator" if provider_status else "test",
-        reference=f"evt-{uuid.uuid4()}",
-        provider="simulator" if provider_status else None,
-        provider_status=provider_status,
-        witness=Witness.BALLAST,
-    )
-    return await apply_evidence(database, payment_id, event, evidence, timeout_s=20)
 
 
 # --------------------------------------------------------------------------------------------- SubmitOrder input
@@ -271,8 +162,8 @@ class TestSubmitOrderInput:
             )
             for index in range(20)
         ]
-        order = await _order(world, legs)
-        fetched = await _get_order(world, order.id)
+        order = await place_order(world, legs)
+        fetched = await read_order(world, order.id)
         assert fetched == order
         assert [leg.instrument_symbol for leg in order.legs] == [f"S{index}" for index in range(20)]
         assert [leg.quantity for leg in order.legs] == [f"{index + 1}.{index}" for index in range(20)]
@@ -288,7 +179,7 @@ class TestSubmitOrderInput:
         response = await world.orders.SubmitOrder(
             submit_order_request(key, legs, reference), metadata=world.merchant.metadata, timeout=5
         )
-        order = await _get_order(world, response.order.id)
+        order = await read_order(world, response.order.id)
         assert (order.idempotency_key, order.client_order_reference) == (key, reference)
         assert [(leg.instrument_symbol, leg.quantity, leg.limit_price, leg.currency_code) for leg in order.legs] == [
             ("A._/-" + "Z" * 27, THIRTY_DIGITS, "0.000000000001", "USD"),
@@ -308,9 +199,9 @@ def _first_use(world: World, operation: str, key: str, order_id: str, leg_id: st
     if operation == "SubmitOrder":
         return world.orders.SubmitOrder(submit_order_request(key), metadata=world.merchant.metadata, timeout=5)
     if operation == "ModifyLeg":
-        return _modify(world, order_id, leg_id, key, new_quantity="12")
+        return modify_leg(world, order_id, leg_id, key, new_quantity="12")
     if operation == "CloseLeg":
-        return _close(world, order_id, leg_id, key)
+        return close_leg(world, order_id, leg_id, key)
     assert operation == "CreatePayment"
     request = create_payment_request(key, "1.00")
     return world.payments.CreatePayment(request, metadata=world.merchant.metadata, timeout=5)
@@ -327,10 +218,10 @@ class TestIdempotencyKeys:
         self, world: World, database: Database, pool: asyncpg.Pool, first: str, second: str
     ) -> None:
         key = f"shared-{uuid.uuid4()}"
-        first_order, first_leg = await _filled(world, database)
+        first_order, first_leg = await filled_leg(world, database)
         await _first_use(world, first, key, first_order, first_leg)
-        target_order, target_leg = await _filled(world, database)
-        trail = await _leg_trail(pool, target_leg)
+        target_order, target_leg = await filled_leg(world, database)
+        trail = await leg_trail(pool, target_leg)
         orders = await pool.fetchval("SELECT count(*) FROM orders WHERE client_id = $1", world.merchant.client_id)
         payments = await pool.fetchval("SELECT count(*) FROM payments WHERE client_id = $1", world.merchant.client_id)
 
@@ -338,8 +229,8 @@ class TestIdempotencyKeys:
         assert error.code() == Code.FAILED_PRECONDITION, error.details()
         assert key in (error.details() or "")
         assert f"idempotency_key:{key}" in precondition_subjects(error)
-        assert await _leg_trail(pool, target_leg) == trail
-        assert (await _leg_row(pool, target_leg))["state"] == "FILLED"
+        assert await leg_trail(pool, target_leg) == trail
+        assert (await leg_row(pool, target_leg))["state"] == "FILLED"
         assert await pool.fetchval("SELECT count(*) FROM orders WHERE client_id = $1", world.merchant.client_id) == (
             orders
         )
@@ -350,29 +241,29 @@ class TestIdempotencyKeys:
     async def test_modify_and_close_replay_their_first_outcome_even_after_the_leg_moved_on(
         self, world: World, database: Database, pool: asyncpg.Pool
     ) -> None:
-        order_id, leg_id = await _filled(world, database)
+        order_id, leg_id = await filled_leg(world, database)
         modify_key, close_key = f"m-{uuid.uuid4()}", f"c-{uuid.uuid4()}"
-        modified = await _modify(world, order_id, leg_id, modify_key, new_quantity="12.50")
-        closed = await _close(world, order_id, leg_id, close_key, reason="enough")
+        modified = await modify_leg(world, order_id, leg_id, modify_key, new_quantity="12.50")
+        closed = await close_leg(world, order_id, leg_id, close_key, reason="enough")
         assert (modified.replayed, modified.leg.state) == (False, execution_pb2.LEG_STATE_MODIFYING)
         assert (closed.replayed, closed.leg.state) == (False, execution_pb2.LEG_STATE_CLOSED)
-        trail = await _leg_trail(pool, leg_id)
+        trail = await leg_trail(pool, leg_id)
 
         # "12.5" is the same quantity as "12.50": the same request.
-        again = await _modify(world, order_id, leg_id, modify_key, new_quantity="12.5")
+        again = await modify_leg(world, order_id, leg_id, modify_key, new_quantity="12.5")
         assert again.replayed and again.leg.id == leg_id
-        assert (await _close(world, order_id, leg_id, close_key, reason="enough")).replayed
+        assert (await close_leg(world, order_id, leg_id, close_key, reason="enough")).replayed
         for call in (
-            _modify(world, order_id, leg_id, modify_key, new_quantity="12.51"),
-            _modify(world, order_id, leg_id, modify_key, new_limit_price="99"),
-            _close(world, order_id, leg_id, close_key, reason="Enough"),
+            modify_leg(world, order_id, leg_id, modify_key, new_quantity="12.51"),
+            modify_leg(world, order_id, leg_id, modify_key, new_limit_price="99"),
+            close_leg(world, order_id, leg_id, close_key, reason="Enough"),
         ):
             error = await rpc_error(call)
             assert error.code() == Code.FAILED_PRECONDITION
             assert f"idempotency_key:{modify_key}" in precondition_subjects(error) or (
                 f"idempotency_key:{close_key}" in precondition_subjects(error)
             )
-        assert await _leg_trail(pool, leg_id) == trail
+        assert await leg_trail(pool, leg_id) == trail
 
     async def test_forty_concurrent_submissions_of_one_key_with_two_leg_sets_create_one_order(
         self, world: World, pool: asyncpg.Pool
@@ -443,14 +334,14 @@ class TestIdempotencyKeys:
     async def test_an_invalid_modification_under_a_used_key_is_invalid_argument_and_leaves_the_key_alone(
         self, world: World, database: Database, pool: asyncpg.Pool
     ) -> None:
-        order_id, leg_id = await _filled(world, database, order_type="ORDER_TYPE_MARKET")
+        order_id, leg_id = await filled_leg(world, database, order_type="ORDER_TYPE_MARKET")
         key = f"used-{uuid.uuid4()}"
         await world.orders.SubmitOrder(submit_order_request(key), metadata=world.merchant.metadata, timeout=5)
-        trail = await _leg_trail(pool, leg_id)
-        error = await rpc_error(_modify(world, order_id, leg_id, key, new_limit_price="5"))
+        trail = await leg_trail(pool, leg_id)
+        error = await rpc_error(modify_leg(world, order_id, leg_id, key, new_limit_price="5"))
         assert error.code() == Code.INVALID_ARGUMENT, error.details()
         assert "new_limit_price" in field_violations(error)
-        assert await _leg_trail(pool, leg_id) == trail
+        assert await leg_trail(pool, leg_id) == trail
 
 
 # --------------------------------------------------------------------------------------------- ModifyLeg
@@ -460,18 +351,18 @@ class TestModifyLeg:
     async def test_a_market_legs_limit_price_cannot_be_modified_and_the_key_stays_free(
         self, world: World, database: Database, pool: asyncpg.Pool
     ) -> None:
-        order_id, leg_id = await _filled(world, database, order_type="ORDER_TYPE_MARKET")
-        trail = await _leg_trail(pool, leg_id)
+        order_id, leg_id = await filled_leg(world, database, order_type="ORDER_TYPE_MARKET")
+        trail = await leg_trail(pool, leg_id)
         key = f"market-{uuid.uuid4()}"
         for fields in ({"new_limit_price": "5"}, {"new_limit_price": "5", "new_quantity": "10"}):
-            error = await rpc_error(_modify(world, order_id, leg_id, key, **fields))
+            error = await rpc_error(modify_leg(world, order_id, leg_id, key, **fields))
             assert error.code() == Code.INVALID_ARGUMENT
             assert "new_limit_price" in field_violations(error)
-        row = await _leg_row(pool, leg_id)
+        row = await leg_row(pool, leg_id)
         assert (row["state"], row["limit_price"], row["requested_limit_price"]) == ("FILLED", None, None)
-        assert await _leg_trail(pool, leg_id) == trail
-        assert not await _key_exists(pool, world.merchant.client_id, key)
-        modified = await _modify(world, order_id, leg_id, key, new_quantity="12")
+        assert await leg_trail(pool, leg_id) == trail
+        assert not await key_exists(pool, world.merchant.client_id, key)
+        modified = await modify_leg(world, order_id, leg_id, key, new_quantity="12")
         assert (modified.replayed, modified.leg.state) == (False, execution_pb2.LEG_STATE_MODIFYING)
 
     async def test_every_bad_field_of_a_modification_is_named_at_once(self, world: World) -> None:
@@ -501,24 +392,24 @@ class TestModifyLeg:
     async def test_a_bad_new_value_is_invalid_argument_naming_it_and_writes_nothing(
         self, world: World, database: Database, pool: asyncpg.Pool, fields: dict[str, str], field: str
     ) -> None:
-        order_id, leg_id = await _filled(world, database)
-        trail = await _leg_trail(pool, leg_id)
+        order_id, leg_id = await filled_leg(world, database)
+        trail = await leg_trail(pool, leg_id)
         key = f"bad-{uuid.uuid4()}"
-        error = await rpc_error(_modify(world, order_id, leg_id, key, **fields))
+        error = await rpc_error(modify_leg(world, order_id, leg_id, key, **fields))
         assert error.code() == Code.INVALID_ARGUMENT
         assert field in field_violations(error)
-        assert await _leg_trail(pool, leg_id) == trail
-        assert not await _key_exists(pool, world.merchant.client_id, key)
+        assert await leg_trail(pool, leg_id) == trail
+        assert not await key_exists(pool, world.merchant.client_id, key)
 
     async def test_a_leg_named_with_another_order_or_by_another_client_is_not_found(
         self, world: World, database: Database, pool: asyncpg.Pool
     ) -> None:
-        order_id, leg_id = await _filled(world, database)
-        other_order, _ = await _filled(world, database)
-        trail = await _leg_trail(pool, leg_id)
+        order_id, leg_id = await filled_leg(world, database)
+        other_order, _ = await filled_leg(world, database)
+        trail = await leg_trail(pool, leg_id)
         calls = [
-            _modify(world, other_order, leg_id, new_limit_price="99"),
-            _close(world, other_order, leg_id),
+            modify_leg(world, other_order, leg_id, new_limit_price="99"),
+            close_leg(world, other_order, leg_id),
             world.orders.CloseLeg(
                 execution_pb2.CloseLegRequest(
                     idempotency_key=f"c-{uuid.uuid4()}", order_id=order_id, leg_id=leg_id.upper(), reason="mine"
@@ -536,35 +427,35 @@ class TestModifyLeg:
         ]
         for call in calls:
             assert (await rpc_error(call)).code() == Code.NOT_FOUND
-        assert await _leg_trail(pool, leg_id) == trail
+        assert await leg_trail(pool, leg_id) == trail
 
     async def test_a_quantity_below_what_is_already_filled_is_refused_and_writes_nothing(
         self, world: World, database: Database, pool: asyncpg.Pool
     ) -> None:
-        order_id, leg_id = await _filled(world, database, quantity="10")
-        trail = await _leg_trail(pool, leg_id)
+        order_id, leg_id = await filled_leg(world, database, quantity="10")
+        trail = await leg_trail(pool, leg_id)
         key = f"shrink-{uuid.uuid4()}"
-        error = await rpc_error(_modify(world, order_id, leg_id, key, new_quantity="4"))
+        error = await rpc_error(modify_leg(world, order_id, leg_id, key, new_quantity="4"))
         assert error.code() in (Code.INVALID_ARGUMENT, Code.FAILED_PRECONDITION), error.details()
-        row = await _leg_row(pool, leg_id)
+        row = await leg_row(pool, leg_id)
         assert (row["state"], row["requested_quantity"]) == ("FILLED", None)
-        assert await _leg_trail(pool, leg_id) == trail
-        assert not await _key_exists(pool, world.merchant.client_id, key)
+        assert await leg_trail(pool, leg_id) == trail
+        assert not await key_exists(pool, world.merchant.client_id, key)
 
     async def test_the_venue_confirming_a_quantity_below_the_filled_one_is_a_named_refusal_and_changes_nothing(
         self, world: World, database: Database, pool: asyncpg.Pool
     ) -> None:
         """Amended down to 6 with 4 filled, the venue fills 3 more under the old terms, then confirms 6."""
-        order_id, leg_id = await _working_leg(world, database, quantity="10")
-        await _fill(database, leg_id, "x-1", "4")
-        await _modify(world, order_id, leg_id, new_quantity="6")
-        await _fill(database, leg_id, "x-2", "3")  # under the old terms, while the venue had not answered
-        row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
+        order_id, leg_id = await working_leg(world, database, quantity="10")
+        await fill_leg(database, leg_id, "x-1", "4")
+        await modify_leg(world, order_id, leg_id, new_quantity="6")
+        await fill_leg(database, leg_id, "x-2", "3")  # under the old terms, while the venue had not answered
+        row, trail = await leg_row(pool, leg_id), await leg_trail(pool, leg_id)
         assert (row["state"], row["filled_quantity"]) == ("MODIFYING", Decimal("7"))
         assert await report_to_leg(database, leg_id, VenueReport.MODIFIED, "venue:replaced") == "contradiction"
-        assert "below the 7 filled" in (await _refusals(pool, leg_id))[-1]
-        assert await _leg_row(pool, leg_id) == row
-        assert await _leg_trail(pool, leg_id) == trail
+        assert "below the 7 filled" in (await leg_refusals(pool, leg_id))[-1]
+        assert await leg_row(pool, leg_id) == row
+        assert await leg_trail(pool, leg_id) == trail
 
     @pytest.mark.parametrize(
         ("fields", "field"),
@@ -580,15 +471,15 @@ class TestModifyLeg:
     ) -> None:
         """A FILLED leg has nothing working at the venue: a smaller quantity is below what filled, the
         same one or a new price alone would change nothing there. A larger one re-opens it."""
-        order_id, leg_id = await _filled(world, database, quantity="10")
-        row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
-        error = await rpc_error(_modify(world, order_id, leg_id, **fields))
+        order_id, leg_id = await filled_leg(world, database, quantity="10")
+        row, trail = await leg_row(pool, leg_id), await leg_trail(pool, leg_id)
+        error = await rpc_error(modify_leg(world, order_id, leg_id, **fields))
         # what the leg, as it stands, cannot take: a precondition (its fills move on), naming the field
         assert error.code() == Code.FAILED_PRECONDITION
         assert (error.details() or "").startswith(field), error.details()
-        assert await _leg_row(pool, leg_id) == row
-        assert await _leg_trail(pool, leg_id) == trail
-        grown = await _modify(world, order_id, leg_id, new_quantity="10.5", new_limit_price="99")
+        assert await leg_row(pool, leg_id) == row
+        assert await leg_trail(pool, leg_id) == trail
+        grown = await modify_leg(world, order_id, leg_id, new_quantity="10.5", new_limit_price="99")
         assert (grown.leg.state, grown.leg.quantity, grown.leg.modification.new_quantity) == (
             execution_pb2.LEG_STATE_MODIFYING,
             "10",
@@ -598,12 +489,12 @@ class TestModifyLeg:
     async def test_a_refused_modification_keeps_the_terms_in_force_and_the_leg_filled(
         self, world: World, database: Database, pool: asyncpg.Pool
     ) -> None:
-        order_id, leg_id = await _filled(world, database, quantity="10")
-        modifying = await _modify(world, order_id, leg_id, new_quantity="12", new_limit_price="99")
+        order_id, leg_id = await filled_leg(world, database, quantity="10")
+        modifying = await modify_leg(world, order_id, leg_id, new_quantity="12", new_limit_price="99")
         assert (modifying.leg.quantity, modifying.leg.limit_price) == ("10", "101.25")
         refused = await report_to_leg(database, leg_id, VenueReport.MODIFY_REFUSED, "venue:refused", reason="too late")
         assert refused == "applied"
-        leg = (await _get_order(world, order_id)).legs[0]
+        leg = (await read_order(world, order_id)).legs[0]
         assert (leg.state, leg.state_reason, leg.quantity, leg.limit_price, leg.filled_quantity) == (
             execution_pb2.LEG_STATE_FILLED,
             "",
@@ -615,9 +506,9 @@ class TestModifyLeg:
             execution_pb2.MODIFICATION_STATUS_REFUSED,
             "too late",
         )
-        closed = await _close(world, order_id, leg_id, reason="given up")
+        closed = await close_leg(world, order_id, leg_id, reason="given up")
         assert closed.leg.state == execution_pb2.LEG_STATE_CLOSED
-        assert (await _leg_trail(pool, leg_id))[:3] == (5, 5, 5)
+        assert (await leg_trail(pool, leg_id))[:3] == (5, 5, 5)
 
 
 class TestCloseLeg:
@@ -638,8 +529,8 @@ class TestCloseLeg:
     async def test_bad_input_is_invalid_argument_naming_the_field_and_writes_nothing(
         self, world: World, database: Database, pool: asyncpg.Pool, fields: dict[str, str], field: str
     ) -> None:
-        order_id, leg_id = await _filled(world, database)
-        row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
+        order_id, leg_id = await filled_leg(world, database)
+        row, trail = await leg_row(pool, leg_id), await leg_trail(pool, leg_id)
         request = {"idempotency_key": f"c-{uuid.uuid4()}", "order_id": order_id, "leg_id": leg_id, "reason": "done"}
         request |= fields
         error = await rpc_error(
@@ -649,17 +540,17 @@ class TestCloseLeg:
         )
         assert error.code() == Code.INVALID_ARGUMENT, error.details()
         assert field in field_violations(error)
-        assert await _leg_row(pool, leg_id) == row
-        assert await _leg_trail(pool, leg_id) == trail
+        assert await leg_row(pool, leg_id) == row
+        assert await leg_trail(pool, leg_id) == trail
 
     async def test_a_reason_of_a_thousand_astral_characters_is_kept_exactly(
         self, world: World, database: Database, pool: asyncpg.Pool
     ) -> None:
-        order_id, leg_id = await _filled(world, database)
+        order_id, leg_id = await filled_leg(world, database)
         reason = "🧾" * 999 + "\u202e"
-        closed = await _close(world, order_id, leg_id, reason=reason)
+        closed = await close_leg(world, order_id, leg_id, reason=reason)
         assert closed.leg.state_reason == reason
-        assert (await _get_order(world, order_id)).legs[0].state_reason == reason
+        assert (await read_order(world, order_id)).legs[0].state_reason == reason
         assert (
             await pool.fetchval(
                 "SELECT payload->>'reason' FROM outbox WHERE message_key = $1 AND payload->>'to_state' = 'CLOSED'",
@@ -672,13 +563,13 @@ class TestCloseLeg:
     async def test_twenty_concurrent_calls_with_one_key_move_the_leg_once(
         self, world: World, database: Database, pool: asyncpg.Pool, operation: str
     ) -> None:
-        order_id, leg_id = await _filled(world, database)
+        order_id, leg_id = await filled_leg(world, database)
         key = f"same-{uuid.uuid4()}"
 
         def call() -> Awaitable[Any]:
             if operation == "CloseLeg":
-                return _close(world, order_id, leg_id, key, reason="once")
-            return _modify(world, order_id, leg_id, key, new_quantity="12")
+                return close_leg(world, order_id, leg_id, key, reason="once")
+            return modify_leg(world, order_id, leg_id, key, new_quantity="12")
 
         outcomes = await asyncio.gather(*(call() for _ in range(20)), return_exceptions=True)
         answers = [o for o in outcomes if not isinstance(o, BaseException)]
@@ -690,17 +581,10 @@ class TestCloseLeg:
         )
         assert moves == 1
         expected = "CLOSED" if operation == "CloseLeg" else "MODIFYING"
-        assert (await _leg_row(pool, leg_id))["state"] == expected
+        assert (await leg_row(pool, leg_id))["state"] == expected
 
 
 # --------------------------------------------------------------------------------------------- venue evidence and fills
-
-
-async def _working_leg(world: World, database: Database, quantity: str = "10") -> tuple[str, str]:
-    """An acknowledged, unfilled LIMIT leg of the merchant; (order id, leg id)."""
-    order = await _order(world, [leg_spec(quantity)])
-    await _ack(database, order.legs[0].id)
-    return order.id, order.legs[0].id
 
 
 class TestVenueEvidence:
@@ -710,18 +594,18 @@ class TestVenueEvidence:
     ) -> None:
         """The proto: PARTIALLY_FILLED is 0 < filled_quantity < quantity, FILLED is filled_quantity == quantity.
         A venue's status message that outruns its execution reports must not break that, nor lose the fills."""
-        order_id, leg_id = await _working_leg(world, database)
+        order_id, leg_id = await working_leg(world, database)
         # the venue's status word without its executions: refusing the bare status is one correct answer
         await report_to_leg(database, leg_id, venue_report_for("simulator", status), "venue:status")
-        leg = (await _get_order(world, order_id)).legs[0]
+        leg = (await read_order(world, order_id)).legs[0]
         filled, quantity = Decimal(leg.filled_quantity), Decimal(leg.quantity)
         if leg.state == execution_pb2.LEG_STATE_FILLED:
             assert filled == quantity
         if leg.state == execution_pb2.LEG_STATE_PARTIALLY_FILLED:
             assert 0 < filled < quantity
-        await _fill(database, leg_id, "x-1", "4")
-        await _fill(database, leg_id, "x-2", "6")
-        leg = (await _get_order(world, order_id)).legs[0]
+        await fill_leg(database, leg_id, "x-1", "4")
+        await fill_leg(database, leg_id, "x-2", "6")
+        leg = (await read_order(world, order_id)).legs[0]
         assert (leg.state, leg.filled_quantity) == (execution_pb2.LEG_STATE_FILLED, "10")
 
     # (A fill for a leg still SUBMITTED proves the acknowledgement it overtook, and is applied:
@@ -730,24 +614,24 @@ class TestVenueEvidence:
     async def test_a_fill_for_a_leg_not_working_at_the_venue_is_refused_and_changes_nothing(
         self, world: World, database: Database, pool: asyncpg.Pool, path: str
     ) -> None:
-        order = await _order(world, [leg_spec("10")])
+        order = await place_order(world, [leg_spec("10")])
         leg_id = order.legs[0].id
         if path == "rejected":
             assert await report_to_leg(database, leg_id, VenueReport.REJECTED, "venue:no") == "applied"
         elif path == "closed":
-            await _close(world, order.id, leg_id)
+            await close_leg(world, order.id, leg_id)
         elif path == "closed after a partial fill":
-            await _ack(database, leg_id)
-            await _fill(database, leg_id, "x-early", "3")
-            await _close(world, order.id, leg_id)
-        before, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
-        await _fill(database, leg_id, "x-late", "2", expect="contradiction")
-        assert "-> " in (await _refusals(pool, leg_id))[-1]  # the machine's refusal, naming both states
-        assert await _leg_row(pool, leg_id) == before
-        assert await _leg_trail(pool, leg_id) == trail
+            await acknowledge_leg(database, leg_id)
+            await fill_leg(database, leg_id, "x-early", "3")
+            await close_leg(world, order.id, leg_id)
+        before, trail = await leg_row(pool, leg_id), await leg_trail(pool, leg_id)
+        await fill_leg(database, leg_id, "x-late", "2", expect="contradiction")
+        assert "-> " in (await leg_refusals(pool, leg_id))[-1]  # the machine's refusal, naming both states
+        assert await leg_row(pool, leg_id) == before
+        assert await leg_trail(pool, leg_id) == trail
         if path == "closed after a partial fill":  # the venue repeating an execution already applied is harmless
-            await _fill(database, leg_id, "x-early", "3")
-            assert await _leg_trail(pool, leg_id) == trail
+            await fill_leg(database, leg_id, "x-early", "3")
+            assert await leg_trail(pool, leg_id) == trail
 
     @pytest.mark.parametrize(
         ("execution_id", "quantity", "price"),
@@ -767,12 +651,12 @@ class TestVenueEvidence:
     async def test_a_fill_the_leg_cannot_hold_is_a_named_refusal_and_changes_nothing(
         self, world: World, database: Database, pool: asyncpg.Pool, execution_id: str, quantity: str, price: str
     ) -> None:
-        _, leg_id = await _working_leg(world, database)
-        before, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
-        await _fill(database, leg_id, execution_id, quantity, price, expect="contradiction")
-        assert (await _refusals(pool, leg_id))[-1]  # named
-        assert await _leg_row(pool, leg_id) == before
-        assert await _leg_trail(pool, leg_id) == trail
+        _, leg_id = await working_leg(world, database)
+        before, trail = await leg_row(pool, leg_id), await leg_trail(pool, leg_id)
+        await fill_leg(database, leg_id, execution_id, quantity, price, expect="contradiction")
+        assert (await leg_refusals(pool, leg_id))[-1]  # named
+        assert await leg_row(pool, leg_id) == before
+        assert await leg_trail(pool, leg_id) == trail
 
     @pytest.mark.parametrize(
         ("fills", "average"),
@@ -788,11 +672,11 @@ class TestVenueEvidence:
         self, world: World, database: Database, fills: list[tuple[str, str]], average: str
     ) -> None:
         total = sum(Decimal(quantity) for quantity, _ in fills)
-        order = await _order(world, [leg_spec(format(total, "f"))])
-        await _ack(database, order.legs[0].id)
+        order = await place_order(world, [leg_spec(format(total, "f"))])
+        await acknowledge_leg(database, order.legs[0].id)
         for index, (quantity, price) in enumerate(fills):
-            await _fill(database, order.legs[0].id, f"x-{index}", quantity, price)
-        leg = (await _get_order(world, order.id)).legs[0]
+            await fill_leg(database, order.legs[0].id, f"x-{index}", quantity, price)
+        leg = (await read_order(world, order.id)).legs[0]
         assert Decimal(leg.average_fill_price) == Decimal(average), leg.average_fill_price
         assert [(fill.quantity, fill.price) for fill in leg.fills] == fills
 
@@ -800,17 +684,17 @@ class TestVenueEvidence:
         self, world: World, database: Database, pool: asyncpg.Pool
     ) -> None:
         big, rest = "999999999999999999.999999999998", "0.000000000001"
-        order = await _order(world, [leg_spec(THIRTY_DIGITS)])
+        order = await place_order(world, [leg_spec(THIRTY_DIGITS)])
         leg_id = order.legs[0].id
-        await _ack(database, leg_id)
-        await _fill(database, leg_id, "x-big", big, THIRTY_DIGITS)
-        await _fill(database, leg_id, "x-rest", rest, THIRTY_DIGITS)
-        row = await _leg_row(pool, leg_id)
+        await acknowledge_leg(database, leg_id)
+        await fill_leg(database, leg_id, "x-big", big, THIRTY_DIGITS)
+        await fill_leg(database, leg_id, "x-rest", rest, THIRTY_DIGITS)
+        row = await leg_row(pool, leg_id)
         assert row["filled_quantity"] == Decimal(THIRTY_DIGITS)
         with decimal.localcontext(decimal.Context(prec=100)):
             notional = Decimal(big) * Decimal(THIRTY_DIGITS) + Decimal(rest) * Decimal(THIRTY_DIGITS)
         assert row["fill_notional"] == notional
-        leg = (await _get_order(world, order.id)).legs[0]
+        leg = (await read_order(world, order.id)).legs[0]
         assert (leg.state, Decimal(leg.filled_quantity)) == (execution_pb2.LEG_STATE_FILLED, Decimal(THIRTY_DIGITS))
 
 
@@ -821,16 +705,16 @@ class TestRacingOnOneLeg:
     async def test_racing_fills_closes_and_modifications_have_one_winner_per_conflict_and_lose_nothing(
         self, world: World, database: Database, pool: asyncpg.Pool
     ) -> None:
-        order_id, leg_id = await _working_leg(world, database, quantity="10")
+        order_id, leg_id = await working_leg(world, database, quantity="10")
         # 24 executions of 0.5 (12 > 10 ordered), each reported twice, against 6 closes and 6 modifications.
         calls: list[tuple[str, str, Awaitable[Any]]] = []
         for index in range(48):
             execution_id = f"x-{index % 24}"
             price = format(Decimal("100") + Decimal(index % 24) / 100, "f")
-            calls.append(("fill", execution_id, _fill(database, leg_id, execution_id, "0.5", price, expect=None)))
+            calls.append(("fill", execution_id, fill_leg(database, leg_id, execution_id, "0.5", price, expect=None)))
         for index in range(6):
-            calls.append(("close", "", _close(world, order_id, leg_id, reason=f"close {index}")))
-            calls.append(("modify", "", _modify(world, order_id, leg_id, new_limit_price="99")))
+            calls.append(("close", "", close_leg(world, order_id, leg_id, reason=f"close {index}")))
+            calls.append(("modify", "", modify_leg(world, order_id, leg_id, new_limit_price="99")))
         random.Random(7).shuffle(calls)  # noqa: S311 (a fixed, repeatable order)
         outcomes = await asyncio.gather(*(call for _, _, call in calls), return_exceptions=True)
 
@@ -853,7 +737,7 @@ class TestRacingOnOneLeg:
             "SELECT execution_id, quantity, price FROM leg_fills WHERE leg_id = $1", uuid.UUID(leg_id)
         )
         assert {row["execution_id"] for row in fills} == applied  # every accepted fill is recorded, no other
-        row = await _leg_row(pool, leg_id)
+        row = await leg_row(pool, leg_id)
         assert row["state"] == "CLOSED"
         assert row["filled_quantity"] == sum(f["quantity"] for f in fills) <= Decimal(10)
         assert row["fill_notional"] == sum(f["quantity"] * f["price"] for f in fills)
@@ -872,9 +756,9 @@ class TestRacingOnOneLeg:
         )
         assert sum(t["cause"] == "api.close_leg" for t in transitions) == 1
         assert sum(t["cause"] == "api.modify_leg" for t in transitions) == winners["modify"]
-        assert await _leg_trail(pool, leg_id) == (len(transitions), len(transitions), len(transitions), len(fills))
-        assert await _broken(pool, leg_id) == []
-        leg = (await _get_order(world, order_id)).legs[0]
+        assert await leg_trail(pool, leg_id) == (len(transitions), len(transitions), len(transitions), len(fills))
+        assert await broken_links(pool, leg_id) == []
+        leg = (await read_order(world, order_id)).legs[0]
         assert (Decimal(leg.filled_quantity), len(leg.fills)) == (row["filled_quantity"], len(fills))
 
 
@@ -891,20 +775,6 @@ async def _client_trail(pool: asyncpg.Pool, client_id: str) -> tuple[int, int, i
         client_id,
     )
     return row["orders"], row["keys"], row["events"], row["audits"]
-
-
-async def _payment_trail(pool: asyncpg.Pool, payment_id: uuid.UUID) -> tuple[str, int, int, int, int]:
-    """(state, transitions, ledger entries, outbox events, audit entries) of a payment."""
-    row = await pool.fetchrow(
-        "SELECT (SELECT state FROM payments WHERE id = $1) AS state,"
-        " (SELECT count(*) FROM payment_transitions WHERE payment_id = $1) AS transitions,"
-        " (SELECT count(*) FROM ledger_entries WHERE payment_id = $1) AS entries,"
-        " (SELECT count(*) FROM outbox WHERE message_key = $2 OR message_key LIKE 'payment:' || $2 || ':%') AS events,"
-        " (SELECT count(*) FROM audit_log WHERE aggregate_type = 'payment' AND aggregate_id = $2) AS audits",
-        payment_id,
-        str(payment_id),
-    )
-    return row["state"], row["transitions"], row["entries"], row["events"], row["audits"]
 
 
 class TestOneTransaction:
@@ -924,10 +794,10 @@ class TestOneTransaction:
             return
         if operation == "capture":
             payment_id = await new_payment(database, principal)
-            before = await _payment_trail(pool, payment_id)
+            before = await payment_trail(pool, payment_id)
             with pytest.raises(Injected):
-                await _apply(broken, payment_id, E.SUCCEEDED)
-            assert await _payment_trail(pool, payment_id) == before == ("RECORDED", 0, 0, 1, 1)
+                await conclude(broken, payment_id, E.SUCCEEDED)
+            assert await payment_trail(pool, payment_id) == before == ("RECORDED", 0, 0, 1, 1)
             return
         order = (
             await execution.submit_order(
@@ -936,8 +806,8 @@ class TestOneTransaction:
         ).order
         order_id, leg_id = order.id, order.legs[0].id
         if operation != "acknowledge":
-            await _ack(database, leg_id)
-        row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
+            await acknowledge_leg(database, leg_id)
+        row, trail = await leg_row(pool, leg_id), await leg_trail(pool, leg_id)
         with pytest.raises(Injected):
             if operation == "acknowledge":
                 await report_to_leg(broken, leg_id, VenueReport.ACKNOWLEDGED, "venue:ack")
@@ -946,47 +816,47 @@ class TestOneTransaction:
             else:
                 key = f"close-{uuid.uuid4()}"
                 await execution.close_leg(broken, principal, CloseLeg(key, str(order_id), str(leg_id), "bye"), budget)
-                assert not await _key_exists(pool, principal.client_id, key)
-        assert await _leg_row(pool, leg_id) == row
-        assert await _leg_trail(pool, leg_id) == trail
+                assert not await key_exists(pool, principal.client_id, key)
+        assert await leg_row(pool, leg_id) == row
+        assert await leg_trail(pool, leg_id) == trail
 
     @pytest.mark.parametrize("case", ["modify a submitted leg", "close a closed leg", "modify a modifying leg"])
     async def test_an_illegal_move_is_failed_precondition_naming_both_states_and_leaves_no_trace(
         self, world: World, database: Database, pool: asyncpg.Pool, case: str
     ) -> None:
         if case == "modify a submitted leg":
-            order = await _order(world)
+            order = await place_order(world)
             order_id, leg_id, states = order.id, order.legs[0].id, ("SUBMITTED", "MODIFYING")
         elif case == "close a closed leg":
-            order_id, leg_id = await _filled(world, database)
-            await _close(world, order_id, leg_id, reason="first reason")
+            order_id, leg_id = await filled_leg(world, database)
+            await close_leg(world, order_id, leg_id, reason="first reason")
             states = ("CLOSED", "CLOSED")
         else:
-            order_id, leg_id = await _filled(world, database)
-            await _modify(world, order_id, leg_id, new_quantity="12")
+            order_id, leg_id = await filled_leg(world, database)
+            await modify_leg(world, order_id, leg_id, new_quantity="12")
             states = ("MODIFYING", "MODIFYING")
-        row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
+        row, trail = await leg_row(pool, leg_id), await leg_trail(pool, leg_id)
         key = f"illegal-{uuid.uuid4()}"
         if case == "close a closed leg":
-            call = _close(world, order_id, leg_id, key, reason="second reason")
+            call = close_leg(world, order_id, leg_id, key, reason="second reason")
         else:
-            call = _modify(world, order_id, leg_id, key, new_limit_price="98")
+            call = modify_leg(world, order_id, leg_id, key, new_limit_price="98")
         error = await rpc_error(call)
         assert error.code() == Code.FAILED_PRECONDITION
         assert f"{states[0]} -> {states[1]}" in (error.details() or "")
         assert f"order leg:{states[0]}->{states[1]}" in precondition_subjects(error)
-        assert await _leg_row(pool, leg_id) == row  # not even state_reason or the requested terms
-        assert await _leg_trail(pool, leg_id) == trail
-        assert not await _key_exists(pool, world.merchant.client_id, key)
+        assert await leg_row(pool, leg_id) == row  # not even state_reason or the requested terms
+        assert await leg_trail(pool, leg_id) == trail
+        assert not await key_exists(pool, world.merchant.client_id, key)
 
     async def test_illegal_venue_evidence_moves_nothing_and_leaves_no_trace_on_the_leg(
         self, world: World, database: Database, pool: asyncpg.Pool
     ) -> None:
         """A closed leg takes no more news from the venue: a late acknowledgement or answer to a modification
         is stale, a rejection or a fill contradicts what the venue said before (a case names the refusal)."""
-        order_id, leg_id = await _filled(world, database)
-        await _close(world, order_id, leg_id)
-        row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
+        order_id, leg_id = await filled_leg(world, database)
+        await close_leg(world, order_id, leg_id)
+        row, trail = await leg_row(pool, leg_id), await leg_trail(pool, leg_id)
         late = [
             (VenueReport.ACKNOWLEDGED, None, "stale"),
             (VenueReport.REJECTED, None, "contradiction"),
@@ -996,20 +866,20 @@ class TestOneTransaction:
         ]
         for report, fill, outcome in late:
             assert await report_to_leg(database, leg_id, report, "venue:late", fill=fill, reason="late news") == outcome
-        refusals = await _refusals(pool, leg_id)
+        refusals = await leg_refusals(pool, leg_id)
         assert len(refusals) == 2 and "CLOSED -> REJECTED" in refusals[0]
-        assert await _leg_row(pool, leg_id) == row
-        assert await _leg_trail(pool, leg_id) == trail
+        assert await leg_row(pool, leg_id) == row
+        assert await leg_trail(pool, leg_id) == trail
 
     async def test_every_move_of_a_leg_has_one_outbox_event_and_one_audit_entry_in_order(
         self, world: World, database: Database, pool: asyncpg.Pool
     ) -> None:
-        order_id, leg_id = await _working_leg(world, database)
-        await _fill(database, leg_id, "x-1", "2.5", "99")
-        await _fill(database, leg_id, "x-2", "7.5", "101")
-        await _modify(world, order_id, leg_id, new_quantity="12", new_limit_price="102")
+        order_id, leg_id = await working_leg(world, database)
+        await fill_leg(database, leg_id, "x-1", "2.5", "99")
+        await fill_leg(database, leg_id, "x-2", "7.5", "101")
+        await modify_leg(world, order_id, leg_id, new_quantity="12", new_limit_price="102")
         assert await report_to_leg(database, leg_id, VenueReport.MODIFIED, "venue:replaced") == "applied"
-        await _close(world, order_id, leg_id, reason="flat")
+        await close_leg(world, order_id, leg_id, reason="flat")
         moves = [
             (row["from_state"], row["to_state"])
             for row in await pool.fetch(
@@ -1034,7 +904,7 @@ class TestOneTransaction:
 
         assert [(loaded(e["payload"])["from_state"], loaded(e["payload"])["to_state"]) for e in events] == moves
         assert [(loaded(a["payload"])["from_state"], loaded(a["payload"])["to_state"]) for a in audits] == moves
-        assert await _broken(pool, leg_id) == []
+        assert await broken_links(pool, leg_id) == []
 
 
 # --------------------------------------------------------------------------------------------- payment events
@@ -1059,7 +929,7 @@ class TestPaymentEvents:
         ]
         random.Random(11).shuffle(calls)  # noqa: S311 (a fixed, repeatable order)
         outcomes = await asyncio.gather(
-            *(_apply(database, payment_id, event, status) for payment_id, event, status in calls),
+            *(conclude(database, payment_id, event, status) for payment_id, event, status in calls),
             return_exceptions=True,
         )
         assert [o for o in outcomes if not isinstance(o, PaymentOutcome)] == []
@@ -1102,7 +972,7 @@ class TestPaymentEvents:
                 )
                 == 0
             )
-            _, _, entries, events, audits = await _payment_trail(pool, payment_id)
+            _, _, entries, events, audits = await payment_trail(pool, payment_id)
             assert (entries, events, audits) == (
                 len(expected_keys),
                 1 + len(transitions) + entries,
@@ -1112,7 +982,7 @@ class TestPaymentEvents:
             assert await pool.fetchval("SELECT count(*) FROM provider_statuses WHERE payment_id = $1", payment_id) == (
                 statuses
             )
-            assert await _broken(pool, str(payment_id)) == []
+            assert await broken_links(pool, str(payment_id)) == []
 
     async def test_racing_refund_confirmations_post_the_refund_once_and_the_merchant_owes_nothing(
         self, world: World, database: Database, pool: asyncpg.Pool
@@ -1124,9 +994,9 @@ class TestPaymentEvents:
         )
         payment_id = uuid.UUID(created.payment.id)
         for event in (E.ACCEPTED, E.SUCCEEDED, E.REFUND_REQUESTED, E.REFUND_FAILED, E.REFUND_REQUESTED):
-            await _apply(database, payment_id, event)
+            await conclude(database, payment_id, event)
         outcomes = await asyncio.gather(
-            *(_apply(database, payment_id, E.REFUND_SUCCEEDED, "refunded") for _ in range(20)), return_exceptions=True
+            *(conclude(database, payment_id, E.REFUND_SUCCEEDED, "refunded") for _ in range(20)), return_exceptions=True
         )
         assert all(isinstance(o, PaymentOutcome) for o in outcomes), outcomes
         assert sum(o.to_state is not None for o in outcomes if isinstance(o, PaymentOutcome)) == 1
@@ -1152,21 +1022,10 @@ class TestPaymentEvents:
                 [(account, "999999999999999.99"), ("provider_clearing", "-999999999999999.99")],
             ),
         ]
-        assert (await _payment_trail(pool, payment_id))[:3] == ("REFUNDED", 6, 2)
+        assert (await payment_trail(pool, payment_id))[:3] == ("REFUNDED", 6, 2)
 
 
 # --------------------------------------------------------------------------------------------- ledger reads
-
-
-async def _captured(world: World, database: Database, amount: str, currency: str, caller: Caller | None = None) -> Any:
-    created = await world.payments.CreatePayment(
-        create_payment_request(value=amount, currency=currency),
-        metadata=(caller or world.merchant).metadata,
-        timeout=5,
-    )
-    payment_id = uuid.UUID(created.payment.id)
-    await _apply(database, payment_id, E.SUCCEEDED)
-    return payment_id
 
 
 class TestLedgerReads:
@@ -1184,8 +1043,8 @@ class TestLedgerReads:
     async def test_a_service_reads_no_account_but_merchant_payable_of_its_own_client_id(
         self, world: World, database: Database, account: str
     ) -> None:
-        await _captured(world, database, "3.00", "EUR")
-        await _captured(world, database, "4.00", "EUR", caller=world.other)
+        await captured_payment(world, database, "3.00", "EUR")
+        await captured_payment(world, database, "4.00", "EUR", caller=world.other)
         name = account.format(
             merchant=world.merchant.client_id, other=world.other.client_id, upper=world.merchant.client_id.upper()
         )
@@ -1225,7 +1084,7 @@ class TestLedgerReads:
             ("0.0001", "CLF"),
         ]
         for amount, currency in captures:
-            await _captured(world, database, amount, currency)
+            await captured_payment(world, database, amount, currency)
         account = f"merchant_payable:{world.merchant.client_id}"
         expected = {
             "EUR": "-3000000000000000.00",
@@ -1312,7 +1171,7 @@ class TestReadingOrders:
     async def test_another_service_finds_no_order_by_any_spelling_of_its_id_while_an_auditor_reads_it(
         self, world: World
     ) -> None:
-        order = await _order(world)
+        order = await place_order(world)
         for spelling in (order.id, order.id.upper()):
             error = await rpc_error(
                 world.orders.GetOrder(
@@ -1332,7 +1191,7 @@ class TestReadingOrders:
         assert not (
             await world.orders.ListOrders(execution_pb2.ListOrdersRequest(), metadata=world.other.metadata, timeout=5)
         ).orders
-        assert (await _get_order(world, order.id.upper())).id == order.id
+        assert (await read_order(world, order.id.upper())).id == order.id
         for malformed in (
             "",
             "{" + order.id + "}",
@@ -1362,8 +1221,8 @@ class TestReadingOrders:
 
     async def test_a_page_token_continues_only_the_listing_it_came_from(self, world: World, database: Database) -> None:
         for _ in range(3):
-            await _order(world)
-            await _captured(world, database, "1.00", "EUR")
+            await place_order(world)
+            await captured_payment(world, database, "1.00", "EUR")
         account = f"merchant_payable:{world.merchant.client_id}"
         orders_token = (
             await world.orders.ListOrders(
@@ -1402,14 +1261,14 @@ class TestReadingOrders:
             assert error.code() == Code.INVALID_ARGUMENT
             assert "page_token" in field_violations(error)
         # Another client may replay the token: it only ever sees its own orders.
-        await _order(world, caller=world.other)
+        await place_order(world, caller=world.other)
         page = await world.orders.ListOrders(
             execution_pb2.ListOrdersRequest(page_token=orders_token), metadata=world.other.metadata, timeout=5
         )
         assert {order.client_id for order in page.orders} <= {world.other.client_id}
 
     async def test_every_order_is_listed_once_newest_first_whatever_the_page_size(self, world: World) -> None:
-        created = [(await _order(world)).id for _ in range(7)]
+        created = [(await place_order(world)).id for _ in range(7)]
         for page_size in (1, 3, 7, 500):
             seen: list[str] = []
             token = ""
@@ -1485,12 +1344,12 @@ class TestPostgresWalls:
     async def test_a_legs_history_and_fills_cannot_be_rewritten(
         self, world: World, database: Database, pool: asyncpg.Pool, statement: str
     ) -> None:
-        _, leg_id = await _filled(world, database, quantity="10")
-        row, trail = await _leg_row(pool, leg_id), await _leg_trail(pool, leg_id)
+        _, leg_id = await filled_leg(world, database, quantity="10")
+        row, trail = await leg_row(pool, leg_id), await leg_trail(pool, leg_id)
         with pytest.raises(asyncpg.PostgresError):
             await pool.execute(statement, uuid.UUID(leg_id))
-        assert await _leg_row(pool, leg_id) == row
-        assert await _leg_trail(pool, leg_id) == trail
+        assert await leg_row(pool, leg_id) == row
+        assert await leg_trail(pool, leg_id) == trail
 
     @pytest.mark.parametrize(
         "table", ["leg_transitions", "leg_fills", "leg_state_transitions", "payment_state_transitions"]
@@ -1509,21 +1368,21 @@ class TestPostgresWalls:
     async def test_postgres_refuses_a_fill_on_a_leg_that_is_no_longer_working_as_the_service_does(
         self, world: World, database: Database, pool: asyncpg.Pool, ending: str
     ) -> None:
-        order = await _order(world)
+        order = await place_order(world)
         leg_id = order.legs[0].id
         if ending == "closed":
-            await _close(world, order.id, leg_id)
+            await close_leg(world, order.id, leg_id)
         else:
             assert await report_to_leg(database, leg_id, VenueReport.REJECTED, "venue:no") == "applied"
         with pytest.raises(asyncpg.PostgresError):
             await _raw_fill(pool, leg_id, "x-raw", "1")
-        assert (await _leg_row(pool, leg_id))["filled_quantity"] == 0
+        assert (await leg_row(pool, leg_id))["filled_quantity"] == 0
 
     async def test_a_transition_claiming_a_stale_state_or_an_unknown_leg_is_refused(
         self, world: World, database: Database, pool: asyncpg.Pool
     ) -> None:
-        _, leg_id = await _filled(world, database)
-        trail = await _leg_trail(pool, leg_id)
+        _, leg_id = await filled_leg(world, database)
+        trail = await leg_trail(pool, leg_id)
         for leg, from_state, to_state in (
             (uuid.UUID(leg_id), "PENDING", "CLOSED"),
             (uuid.UUID(leg_id), "FILLED", "PENDING"),
@@ -1538,7 +1397,7 @@ class TestPostgresWalls:
                     from_state,
                     to_state,
                 )
-        assert await _leg_trail(pool, leg_id) == trail
+        assert await leg_trail(pool, leg_id) == trail
 
 
 # --------------------------------------------------------------------------------------------- the audit chain
@@ -1559,18 +1418,18 @@ class TestAuditChain:
     async def test_tampering_with_a_legs_audit_chain_is_found(
         self, world: World, database: Database, pool: asyncpg.Pool, tampering: str
     ) -> None:
-        order_id, leg_id = await _working_leg(world, database)
-        await _fill(database, leg_id, "x-1", "4")
-        await _fill(database, leg_id, "x-2", "6")
-        await _close(world, order_id, leg_id)
-        assert await _broken(pool, leg_id) == []
-        assert (await _leg_trail(pool, leg_id))[2] == 4
+        order_id, leg_id = await working_leg(world, database)
+        await fill_leg(database, leg_id, "x-1", "4")
+        await fill_leg(database, leg_id, "x-2", "6")
+        await close_leg(world, order_id, leg_id)
+        assert await broken_links(pool, leg_id) == []
+        assert (await leg_trail(pool, leg_id))[2] == 4
         entry = "aggregate_type = 'leg' AND aggregate_id = $1"
         async with pool.acquire() as connection, connection.transaction():
             await connection.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
             await connection.execute(TAMPERING[tampering].format(entry=entry), leg_id)
             await connection.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only")
-        assert await _broken(pool, leg_id) != []
+        assert await broken_links(pool, leg_id) != []
 
 
 # --------------------------------------------------------------------------------------------- big answers
@@ -1582,7 +1441,7 @@ class TestBigAnswers:
     ) -> None:
         """Nothing bounds how many fills a venue reports for a leg; GetOrder must still answer. The rows are
         what record_fill would write for 24,000 executions, inserted in one statement to keep the test fast."""
-        order = await _order(world, [leg_spec("1000000", symbol=f"S{index}") for index in range(20)])
+        order = await place_order(world, [leg_spec("1000000", symbol=f"S{index}") for index in range(20)])
         await pool.execute(  # the venue acknowledges every leg: only working legs take fills
             "INSERT INTO leg_transitions (leg_id, from_state, to_state, cause, evidence_ref)"
             " SELECT id, 'SUBMITTED', 'PENDING', 'venue', 'ack' FROM legs WHERE order_id = $1",
@@ -1595,7 +1454,7 @@ class TestBigAnswers:
             " FROM legs l CROSS JOIN generate_series(1, 1200) AS g WHERE l.order_id = $1",
             uuid.UUID(order.id),
         )
-        fetched = await _get_order(world, order.id)
+        fetched = await read_order(world, order.id)
         # Each leg lists its latest 500 fills and counts them all; its totals cover every one.
         assert [(len(leg.fills), leg.fill_count) for leg in fetched.legs] == [(500, 1200)] * 20
 

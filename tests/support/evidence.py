@@ -9,10 +9,12 @@ import asyncpg
 
 from server.db.database import Budget, Database, in_transaction
 from server.domain.order_legs import Fill
-from server.domain.payment_states import PaymentEvent
+from server.domain.payment_states import PaymentEvent, Witness
 from server.domain.provider_status import VenueReport
 from server.services.payment_events import Evidence, PaymentOutcome, apply_provider_evidence
 from server.services.venue_events import LegOutcome, apply_venue_report
+from tests.support.requests import create_payment_request
+from tests.support.servers import Caller, World
 
 
 async def apply_evidence(
@@ -29,6 +31,35 @@ async def apply_evidence(
         return await apply_provider_evidence(connection, payment_id, event, evidence)
 
     return await in_transaction(database, Budget.within(timeout_s), work)
+
+
+async def conclude(
+    database: Database, payment_id: uuid.UUID, event: PaymentEvent, provider_status: str | None = None
+) -> PaymentOutcome:
+    """The machine's move, as Ballast's own conclusion (applied wherever the machine has it, else stale),
+    with the provider's status word kept as evidence when given."""
+    evidence = Evidence(
+        cause="webhook.simulator" if provider_status else "test",
+        reference=f"evt-{uuid.uuid4()}",
+        provider="simulator" if provider_status else None,
+        provider_status=provider_status,
+        witness=Witness.BALLAST,
+    )
+    return await apply_evidence(database, payment_id, event, evidence, timeout_s=20)
+
+
+async def captured_payment(
+    world: World, database: Database, amount: str, currency: str = "EUR", caller: Caller | None = None
+) -> uuid.UUID:
+    """A payment of the merchant's (or the caller's) created over gRPC and captured: its capture is posted."""
+    created = await world.payments.CreatePayment(
+        create_payment_request(value=amount, currency=currency),
+        metadata=(caller or world.merchant).metadata,
+        timeout=5,
+    )
+    payment_id = uuid.UUID(created.payment.id)
+    await conclude(database, payment_id, PaymentEvent.SUCCEEDED)
+    return payment_id
 
 
 async def report_to_leg(

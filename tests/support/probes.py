@@ -6,6 +6,8 @@ import uuid
 
 import asyncpg
 
+from server.services.audit import find_broken_links
+
 
 async def count_rows(pool: asyncpg.Pool, sql: str, *arguments: object) -> int:
     """The count a `SELECT count(*) ...` statement answers."""
@@ -26,3 +28,33 @@ async def due_for_check(pool: asyncpg.Pool, payment_id: uuid.UUID) -> bool:
     return bool(
         await pool.fetchval("SELECT coalesce(next_check_at <= now(), false) FROM payments WHERE id = $1", payment_id)
     )
+
+
+async def key_exists(pool: asyncpg.Pool, client_id: str, key: str) -> bool:
+    """Whether the client's idempotency key is taken."""
+    return bool(
+        await pool.fetchval(
+            "SELECT count(*) FROM idempotency_keys WHERE client_id = $1 AND idempotency_key = $2", client_id, key
+        )
+    )
+
+
+async def broken_links(pool: asyncpg.Pool, aggregate_id: str) -> list[tuple[int, str]]:
+    """Where the aggregate's audit chain is broken: (sequence, reason) of each broken link."""
+    async with pool.acquire() as connection:
+        links = await find_broken_links(connection)
+    return [(link.sequence, link.reason) for link in links if link.aggregate_id == aggregate_id]
+
+
+async def payment_trail(pool: asyncpg.Pool, payment_id: uuid.UUID) -> tuple[str, int, int, int, int]:
+    """(state, transitions, ledger entries, outbox events, audit entries) of a payment."""
+    row = await pool.fetchrow(
+        "SELECT (SELECT state FROM payments WHERE id = $1) AS state,"
+        " (SELECT count(*) FROM payment_transitions WHERE payment_id = $1) AS transitions,"
+        " (SELECT count(*) FROM ledger_entries WHERE payment_id = $1) AS entries,"
+        " (SELECT count(*) FROM outbox WHERE message_key = $2 OR message_key LIKE 'payment:' || $2 || ':%') AS events,"
+        " (SELECT count(*) FROM audit_log WHERE aggregate_type = 'payment' AND aggregate_id = $2) AS audits",
+        payment_id,
+        str(payment_id),
+    )
+    return row["state"], row["transitions"], row["entries"], row["events"], row["audits"]

@@ -21,6 +21,8 @@ from server.services.payments import create_payment
 
 #: How many payments a spec creates at once: the session's pool is shared by every spec.
 CONCURRENT_CREATES_MAX = 20
+#: The largest quantity or price the API accepts: 18 integer and 12 fraction digits, 30 significant.
+THIRTY_DIGITS = "999999999999999999.999999999999"
 #: The time a use case gets in these helpers.
 USE_CASE_BUDGET_S = 10
 
