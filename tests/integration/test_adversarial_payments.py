@@ -26,7 +26,9 @@ from server.api.grpc_server import build_server
 from server.db.database import Database
 from server.settings import load_settings
 from tests.support import field_violations, insert_idempotency_key, status_details
-from tests.support.requests import create_payment_request, page_token
+from tests.support.probes import payment_rows_of, payments_with_key
+from tests.support.requests import create_payment_request, metadata_at_the_limits, page_token
+from tests.support.rpc import assert_invalid_argument_writing_nothing
 from tests.support.servers import Caller, in_process_server
 
 Stub = payments_pb2_grpc.PaymentServiceStub
@@ -39,30 +41,6 @@ RETRYABLE = {grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE}
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-async def _rows_of(pool: asyncpg.Pool, client_id: str) -> tuple[int, int]:
-    """(payments, idempotency keys) the client has in the database."""
-    payments = await pool.fetchval("SELECT count(*) FROM payments WHERE client_id = $1", client_id)
-    keys = await pool.fetchval("SELECT count(*) FROM idempotency_keys WHERE client_id = $1", client_id)
-    return payments, keys
-
-
-async def _payments_with_key(pool: asyncpg.Pool, client_id: str, key: str) -> int:
-    return await pool.fetchval(
-        "SELECT count(*) FROM payments WHERE client_id = $1 AND idempotency_key = $2", client_id, key
-    )
-
-
-async def _assert_invalid_argument_writing_nothing(
-    stub: Stub, caller: Caller, pool: asyncpg.Pool, request: payments_pb2.CreatePaymentRequest, field: str
-) -> None:
-    before = await _rows_of(pool, caller.client_id)
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.CreatePayment(request, metadata=caller.metadata, timeout=5)
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
-    assert field in field_violations(caught.value)
-    assert await _rows_of(pool, caller.client_id) == before
 
 
 async def _list_all(stub: Stub, caller: Caller, page_size: int = 500, **fields: Any) -> list[payments_pb2.Payment]:
@@ -166,7 +144,7 @@ class TestMoney:
         ]
         assert [response.replayed for response in responses] == [False] + [True] * (len(spellings) - 1)
         assert len({response.payment.SerializeToString(deterministic=True) for response in responses}) == 1
-        assert await _payments_with_key(pool, alpha.client_id, key) == 1
+        assert await payments_with_key(pool, alpha.client_id, key) == 1
 
     @pytest.mark.parametrize(
         ("value", "currency"),
@@ -211,7 +189,7 @@ class TestMoney:
     async def test_a_malformed_amount_is_invalid_argument_naming_amount_value_and_writes_nothing(
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool, value: str, currency: str
     ) -> None:
-        await _assert_invalid_argument_writing_nothing(
+        await assert_invalid_argument_writing_nothing(
             payments_stub, alpha, pool, create_payment_request(value=value, currency=currency), "amount.value"
         )
 
@@ -221,7 +199,7 @@ class TestMoney:
     async def test_an_unknown_currency_is_invalid_argument_naming_the_currency_and_writes_nothing(
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool, currency: str
     ) -> None:
-        await _assert_invalid_argument_writing_nothing(
+        await assert_invalid_argument_writing_nothing(
             payments_stub, alpha, pool, create_payment_request(currency=currency), "amount.currency_code"
         )
 
@@ -229,7 +207,7 @@ class TestMoney:
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool
     ) -> None:
         """The field is free text on the wire; the answer must not grow with it until it cannot be delivered."""
-        await _assert_invalid_argument_writing_nothing(
+        await assert_invalid_argument_writing_nothing(
             payments_stub, alpha, pool, create_payment_request(currency="X" * 100_000), "amount.currency_code"
         )
 
@@ -246,15 +224,10 @@ class TestMoney:
                     create_payment_request(key, value="10", currency=currency), metadata=alpha.metadata, timeout=5
                 )
             assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert await _payments_with_key(pool, alpha.client_id, key) == 1
+        assert await payments_with_key(pool, alpha.client_id, key) == 1
 
 
 # --------------------------------------------------------------------------------------------- text fields
-
-
-def _metadata_at_the_limits(char: str) -> dict[str, str]:
-    """50 entries, keys of 40 characters, values of 500: the most the contract allows, in multibyte text."""
-    return {f"{index:02d}".ljust(40, char): char * 500 for index in range(50)}
 
 
 class TestTextFields:
@@ -266,7 +239,7 @@ class TestTextFields:
             key,
             description="𝄞" * 1000,
             merchant_reference="😀" * 255,
-            metadata=_metadata_at_the_limits("€"),
+            metadata=metadata_at_the_limits("€"),
         )
         created = await payments_stub.CreatePayment(request, metadata=alpha.metadata, timeout=10)
         payment = created.payment
@@ -332,7 +305,7 @@ class TestTextFields:
     async def test_text_over_a_limit_or_holding_a_nul_is_invalid_argument_naming_the_field_and_writes_nothing(
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool, fields: dict[str, Any], field: str
     ) -> None:
-        await _assert_invalid_argument_writing_nothing(
+        await assert_invalid_argument_writing_nothing(
             payments_stub, alpha, pool, create_payment_request(**fields), field
         )
 
@@ -346,7 +319,7 @@ class TestTextFields:
             merchant_reference="\x00",
             metadata={"k": "v" * 501},
         )
-        before = await _rows_of(pool, alpha.client_id)
+        before = await payment_rows_of(pool, alpha.client_id)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await payments_stub.CreatePayment(request, metadata=alpha.metadata, timeout=5)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -357,7 +330,7 @@ class TestTextFields:
             "merchant_reference",
             "metadata[k]",
         }
-        assert await _rows_of(pool, alpha.client_id) == before
+        assert await payment_rows_of(pool, alpha.client_id) == before
 
     @pytest.mark.parametrize(
         ("metadata", "fields"),
@@ -387,7 +360,7 @@ class TestTextFields:
         Asked ten times, because the size limit a default client puts on the answer's trailers is enforced at random
         between its soft (8 KiB) and hard (16 KiB) bounds.
         """
-        before = await _rows_of(pool, alpha.client_id)
+        before = await payment_rows_of(pool, alpha.client_id)
         codes = []
         for _ in range(10):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -400,7 +373,7 @@ class TestTextFields:
                 named = field_violations(caught.value)
                 assert named <= fields and len(named) == min(len(fields), 10)
         assert codes == [grpc.StatusCode.INVALID_ARGUMENT] * 10, caught.value.details()
-        assert await _rows_of(pool, alpha.client_id) == before
+        assert await payment_rows_of(pool, alpha.client_id) == before
 
     async def test_metadata_order_does_not_change_the_request(
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool
@@ -415,7 +388,7 @@ class TestTextFields:
         )
         assert again.replayed
         assert again.payment.id == first.payment.id
-        assert await _payments_with_key(pool, alpha.client_id, key) == 1
+        assert await payments_with_key(pool, alpha.client_id, key) == 1
 
 
 # --------------------------------------------------------------------------------------------- idempotency keys
@@ -458,7 +431,7 @@ class TestIdempotencyKeys:
     async def test_an_empty_overlong_or_non_printable_key_is_invalid_argument_and_writes_nothing(
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool, key: str
     ) -> None:
-        await _assert_invalid_argument_writing_nothing(
+        await assert_invalid_argument_writing_nothing(
             payments_stub, alpha, pool, create_payment_request(key), "idempotency_key"
         )
 
@@ -498,7 +471,7 @@ class TestIdempotencyKeys:
         failure = error_details_pb2.PreconditionFailure()
         assert any(detail.Unpack(failure) for detail in status_details(caught.value))
         assert failure.violations[0].subject == f"idempotency_key:{key}"
-        assert await _payments_with_key(pool, alpha.client_id, key) == 1
+        assert await payments_with_key(pool, alpha.client_id, key) == 1
         # The refusal changed nothing: the original still replays.
         replay = await payments_stub.CreatePayment(
             create_payment_request(key, **original), metadata=alpha.metadata, timeout=5
@@ -532,7 +505,7 @@ class TestIdempotencyKeys:
         assert all(isinstance(e, grpc.aio.AioRpcError) and e.code() in RETRYABLE for e in errors), errors
         assert len({answer.payment.id for answer in answers}) == 1
         assert sum(not answer.replayed for answer in answers) <= 1
-        assert await _payments_with_key(pool, alpha.client_id, request.idempotency_key) == 1
+        assert await payments_with_key(pool, alpha.client_id, request.idempotency_key) == 1
         # Everyone who got ABORTED can retry and gets the one payment.
         retried = await payments_stub.CreatePayment(request, metadata=alpha.metadata, timeout=5)
         assert retried.replayed
@@ -562,7 +535,7 @@ class TestIdempotencyKeys:
                 assert request.amount.value != winner
             elif outcome in answers:
                 assert request.amount.value == winner
-        assert await _payments_with_key(pool, alpha.client_id, key) == 1
+        assert await payments_with_key(pool, alpha.client_id, key) == 1
 
     async def test_two_clients_racing_with_one_key_get_one_payment_each(
         self, payments_stub: Stub, alpha: Caller, beta: Caller, pool: asyncpg.Pool
@@ -583,20 +556,20 @@ class TestIdempotencyKeys:
         assert all(len(ids) == 1 for ids in by_client.values())
         assert by_client[alpha.client_id] != by_client[beta.client_id]
         for caller in (alpha, beta):
-            assert await _payments_with_key(pool, caller.client_id, request.idempotency_key) == 1
+            assert await payments_with_key(pool, caller.client_id, request.idempotency_key) == 1
 
     async def test_a_hundred_concurrent_calls_with_distinct_keys_create_a_hundred_payments(
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool
     ) -> None:
         requests = [create_payment_request(f"distinct-{uuid.uuid4()}") for _ in range(100)]
-        before = await _rows_of(pool, alpha.client_id)
+        before = await payment_rows_of(pool, alpha.client_id)
         outcomes = await asyncio.gather(
             *(payments_stub.CreatePayment(r, metadata=alpha.metadata, timeout=10) for r in requests)
         )
         assert len({o.payment.id for o in outcomes}) == 100
         assert not any(o.replayed for o in outcomes)
         assert [o.payment.idempotency_key for o in outcomes] == [r.idempotency_key for r in requests]
-        after = await _rows_of(pool, alpha.client_id)
+        after = await payment_rows_of(pool, alpha.client_id)
         assert (after[0] - before[0], after[1] - before[1]) == (100, 100)
 
     async def test_retrying_after_calls_that_ran_out_of_time_yields_exactly_one_payment(
@@ -614,14 +587,14 @@ class TestIdempotencyKeys:
         final = await payments_stub.CreatePayment(request, metadata=alpha.metadata, timeout=5)
         ids.add(final.payment.id)
         assert len(ids) == 1
-        assert await _payments_with_key(pool, alpha.client_id, request.idempotency_key) == 1
+        assert await payments_with_key(pool, alpha.client_id, request.idempotency_key) == 1
 
     async def test_an_invalid_request_under_a_used_key_is_invalid_argument_and_leaves_the_key_alone(
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool
     ) -> None:
         request = create_payment_request(f"used-{uuid.uuid4()}")
         first = await payments_stub.CreatePayment(request, metadata=alpha.metadata, timeout=5)
-        await _assert_invalid_argument_writing_nothing(
+        await assert_invalid_argument_writing_nothing(
             payments_stub, alpha, pool, create_payment_request(request.idempotency_key, value="-1"), "amount.value"
         )
         replay = await payments_stub.CreatePayment(request, metadata=alpha.metadata, timeout=5)
@@ -901,7 +874,7 @@ class TestListPayments:
                     key="🔑" * 200 + uuid.uuid4().hex,
                     description="𝄞" * 1000,
                     merchant_reference="😀" * 255,
-                    metadata=_metadata_at_the_limits("😀"),
+                    metadata=metadata_at_the_limits("😀"),
                 ),
                 metadata=bulky.metadata,
                 timeout=10,
@@ -941,7 +914,7 @@ class TestAuthentication:
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool, mangle: Any
     ) -> None:
         metadata = mangle(alpha.token)
-        before = await _rows_of(pool, alpha.client_id)
+        before = await payment_rows_of(pool, alpha.client_id)
         calls = [
             payments_stub.CreatePayment(create_payment_request(), metadata=metadata, timeout=5),
             payments_stub.GetPayment(
@@ -953,12 +926,12 @@ class TestAuthentication:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await call
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert await _rows_of(pool, alpha.client_id) == before
+        assert await payment_rows_of(pool, alpha.client_id) == before
 
     async def test_an_auditor_cannot_create_whatever_the_request_and_nothing_is_written(
         self, payments_stub: Stub, auditor: Caller, pool: asyncpg.Pool
     ) -> None:
-        before = await _rows_of(pool, auditor.client_id)
+        before = await payment_rows_of(pool, auditor.client_id)
         for request in (
             create_payment_request(),
             create_payment_request(value="-1"),
@@ -978,7 +951,7 @@ class TestAuthentication:
         assert all(
             isinstance(o, grpc.aio.AioRpcError) and o.code() == grpc.StatusCode.PERMISSION_DENIED for o in outcomes
         )
-        assert await _rows_of(pool, auditor.client_id) == before == (0, 0)
+        assert await payment_rows_of(pool, auditor.client_id) == before == (0, 0)
 
 
 # --------------------------------------------------------------------------------------------- deadlines
@@ -1038,7 +1011,7 @@ class TestDeadlines:
         # cancel a moment after the deadline). Retrying with the key must then find it, never a second.
         created = await payments_stub.CreatePayment(request, metadata=alpha.metadata, timeout=5)
         assert created.payment.amount.value == request.amount.value
-        assert await _payments_with_key(pool, alpha.client_id, request.idempotency_key) == 1
+        assert await payments_with_key(pool, alpha.client_id, request.idempotency_key) == 1
 
     async def test_a_call_without_a_deadline_is_answered_within_the_servers_request_timeout(
         self, own_stub: Stub, own_callers: dict[str, Caller], pool: asyncpg.Pool
@@ -1082,7 +1055,7 @@ class TestDeadlines:
         assert len({c.payment.id for c in created}) == 60
         retried = await payments_stub.CreatePayment(request, metadata=alpha.metadata, timeout=5)
         assert retried.payment.idempotency_key == request.idempotency_key
-        assert await _payments_with_key(pool, alpha.client_id, request.idempotency_key) == 1
+        assert await payments_with_key(pool, alpha.client_id, request.idempotency_key) == 1
 
 
 async def test_a_client_id_the_settings_accept_can_create_and_read_its_payments(

@@ -15,14 +15,11 @@ from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from ballast.reconciliation.v1 import reconciliation_pb2, reconciliation_pb2_grpc
 from tests.support import field_violations, insert_idempotency_key
+from tests.support.probes import payments_of
 from tests.support.requests import create_payment_request
 from tests.support.servers import Caller
 
 Stub = payments_pb2_grpc.PaymentServiceStub
-
-
-async def _count_payments(pool: asyncpg.Pool, client_id: str) -> int:
-    return await pool.fetchval("SELECT count(*) FROM payments WHERE client_id = $1", client_id)
 
 
 class TestAuthentication:
@@ -47,7 +44,7 @@ class TestAuthentication:
     async def test_credentials_sent_twice_are_unauthenticated_even_when_one_is_valid(
         self, payments_stub: Stub, alpha: Caller, beta: Caller, pool: asyncpg.Pool
     ) -> None:
-        before = (await _count_payments(pool, alpha.client_id), await _count_payments(pool, beta.client_id))
+        before = (await payments_of(pool, alpha.client_id), await payments_of(pool, beta.client_id))
         for metadata in (
             (*alpha.metadata, ("authorization", "Bearer not-a-token-at-all")),
             (("authorization", "Bearer not-a-token-at-all"), *alpha.metadata),
@@ -58,7 +55,7 @@ class TestAuthentication:
                 await payments_stub.CreatePayment(create_payment_request(), metadata=metadata, timeout=5)
             assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED, metadata
             assert "once" in (caught.value.details() or "")
-        assert (await _count_payments(pool, alpha.client_id), await _count_payments(pool, beta.client_id)) == before
+        assert (await payments_of(pool, alpha.client_id), await payments_of(pool, beta.client_id)) == before
 
     async def test_a_role_without_the_permission_is_denied_and_writes_nothing(
         self, payments_stub: Stub, auditor: Caller, pool: asyncpg.Pool
@@ -66,7 +63,7 @@ class TestAuthentication:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await payments_stub.CreatePayment(create_payment_request(), metadata=auditor.metadata, timeout=5)
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert await _count_payments(pool, auditor.client_id) == 0
+        assert await payments_of(pool, auditor.client_id) == 0
 
     async def test_the_declared_but_unbuilt_surface_is_also_behind_authentication(
         self, channel: grpc.aio.Channel
@@ -152,14 +149,14 @@ class TestCreatePayment:
     async def test_bad_input_is_invalid_argument_naming_the_field_and_writes_nothing(
         self, payments_stub: Stub, alpha: Caller, pool: asyncpg.Pool, request_fields: dict[str, object], field: str
     ) -> None:
-        before = await _count_payments(pool, alpha.client_id)
+        before = await payments_of(pool, alpha.client_id)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await payments_stub.CreatePayment(
                 create_payment_request(**request_fields), metadata=alpha.metadata, timeout=5
             )  # type: ignore[arg-type]
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in field_violations(caught.value)
-        assert await _count_payments(pool, alpha.client_id) == before
+        assert await payments_of(pool, alpha.client_id) == before
 
     async def test_a_missing_amount_is_invalid_argument(self, payments_stub: Stub, alpha: Caller) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -58,3 +58,22 @@ async def payment_trail(pool: asyncpg.Pool, payment_id: uuid.UUID) -> tuple[str,
         str(payment_id),
     )
     return row["state"], row["transitions"], row["entries"], row["events"], row["audits"]
+
+
+async def payment_rows_of(pool: asyncpg.Pool, client_id: str) -> tuple[int, int]:
+    """(payments, idempotency keys) the client has in the database."""
+    payments = await count_rows(pool, "SELECT count(*) FROM payments WHERE client_id = $1", client_id)
+    keys = await count_rows(pool, "SELECT count(*) FROM idempotency_keys WHERE client_id = $1", client_id)
+    return payments, keys
+
+
+async def payments_of(pool: asyncpg.Pool, client_id: str) -> int:
+    """How many payments the client has."""
+    return await count_rows(pool, "SELECT count(*) FROM payments WHERE client_id = $1", client_id)
+
+
+async def payments_with_key(pool: asyncpg.Pool, client_id: str, key: str) -> int:
+    """How many payments the client has under the idempotency key (one at most, whatever happened)."""
+    return await count_rows(
+        pool, "SELECT count(*) FROM payments WHERE client_id = $1 AND idempotency_key = $2", client_id, key
+    )

@@ -36,6 +36,11 @@ def new_principal(prefix: str = "client") -> Principal:
     return Principal(f"{prefix}-{uuid.uuid4().hex[:12]}", Role.SERVICE)
 
 
+def metadata_at_the_limits(char: str) -> dict[str, str]:
+    """50 entries, keys of 40 characters, values of 500: the most the contract allows, in multibyte text."""
+    return {f"{index:02d}".ljust(40, char): char * 500 for index in range(50)}
+
+
 def page_token(cursor: object) -> str:
     """A page token in the server's own encoding (urlsafe base64 of JSON), with any content a spec likes."""
     return base64.urlsafe_b64encode(json.dumps(cursor).encode()).decode()

@@ -5,10 +5,15 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
+from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
+from tests.support.probes import payment_rows_of
+from tests.support.servers import Caller
 
 
 def status_details(error: grpc.aio.AioRpcError) -> list[Any]:
@@ -43,3 +48,19 @@ async def rpc_error(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
     return caught.value
+
+
+async def assert_invalid_argument_writing_nothing(
+    stub: payments_pb2_grpc.PaymentServiceStub,
+    caller: Caller,
+    pool: asyncpg.Pool,
+    request: payments_pb2.CreatePaymentRequest,
+    field: str,
+) -> None:
+    """CreatePayment refuses the request as INVALID_ARGUMENT naming `field`, and writes nothing for the caller."""
+    before = await payment_rows_of(pool, caller.client_id)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CreatePayment(request, metadata=caller.metadata, timeout=5)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+    assert field in field_violations(caught.value)
+    assert await payment_rows_of(pool, caller.client_id) == before
