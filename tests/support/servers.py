@@ -42,6 +42,9 @@ class Caller:
         return (("authorization", f"Bearer {self.token}"),)
 
 
+#: A server's own request timeout for a spec that waits it out (BALLAST_REQUEST_TIMEOUT_MS): a call without a
+#: deadline is answered within it.
+SHORT_REQUEST_TIMEOUT_MS = 1500
 #: What a stopped server's outcome writes may still take, as in production (they have their own limit).
 OUTLIVING_FINISH_S = OUTCOME_WRITE_TIMEOUT_S
 
