@@ -1,4 +1,7 @@
-"""The ledger and the audit chain, attacked with raw SQL and with concurrent writers."""
+"""The ledger and the audit chain, attacked with raw SQL and with concurrent writers.
+
+Tampering with a leg's audit chain, in any way, is found.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,18 @@ from decimal import Decimal
 import asyncpg
 import pytest
 
+from server.db.database import Database
 from server.db.ledger_repository import insert_posting
 from server.domain.ledger import LedgerLine, Posting
 from server.services.audit import find_broken_links
+from tests.support.legs import (
+    close_leg,
+    fill_leg,
+    leg_trail,
+    working_leg,
+)
+from tests.support.probes import broken_links
+from tests.support.servers import World
 
 
 def _posting(event_key: str, amount: str = "5.00") -> Posting:
@@ -157,3 +169,35 @@ async def test_audit_chains_of_different_aggregates_grow_concurrently(pool: asyn
         )
     assert broken == []
     assert {row["length"] for row in lengths} == {3}
+
+
+# --------------------------------------------------------------------------------------------- the audit chain
+
+
+TAMPERING = {
+    "edit the actor of an entry": "UPDATE audit_log SET actor = 'someone else' WHERE {entry} AND sequence = 2",
+    "edit a payload": 'UPDATE audit_log SET payload = payload || \'{{"cause": "x"}}\' WHERE {entry} AND sequence = 3',
+    "re-time an entry": "UPDATE audit_log SET created_at = created_at - interval '1h' WHERE {entry} AND sequence = 3",
+    "delete an entry in the middle": "DELETE FROM audit_log WHERE {entry} AND sequence = 2",
+    "renumber an entry": "UPDATE audit_log SET sequence = 9 WHERE {entry} AND sequence = 3",
+    "delete the newest entry": "DELETE FROM audit_log WHERE {entry} AND sequence = 4",
+}
+
+
+class TestAuditChain:
+    @pytest.mark.parametrize("tampering", list(TAMPERING), ids=list(TAMPERING))
+    async def test_tampering_with_a_legs_audit_chain_is_found(
+        self, world: World, database: Database, pool: asyncpg.Pool, tampering: str
+    ) -> None:
+        order_id, leg_id = await working_leg(world, database)
+        await fill_leg(database, leg_id, "x-1", "4")
+        await fill_leg(database, leg_id, "x-2", "6")
+        await close_leg(world, order_id, leg_id)
+        assert await broken_links(pool, leg_id) == []
+        assert (await leg_trail(pool, leg_id))[2] == 4
+        entry = "aggregate_type = 'leg' AND aggregate_id = $1"
+        async with pool.acquire() as connection, connection.transaction():
+            await connection.execute("ALTER TABLE audit_log DISABLE TRIGGER audit_log_append_only")
+            await connection.execute(TAMPERING[tampering].format(entry=entry), leg_id)
+            await connection.execute("ALTER TABLE audit_log ENABLE TRIGGER audit_log_append_only")
+        assert await broken_links(pool, leg_id) != []

@@ -1,4 +1,9 @@
-"""ExecutionService over gRPC (in-process server, real PostgreSQL), and the venue's evidence applied to legs."""
+"""ExecutionService over gRPC (in-process server, real PostgreSQL), and the venue's evidence applied to legs.
+
+Reading orders: a client reads its own orders in every spelling of an id and nothing of another's (an
+auditor reads every client's), page tokens continue only the listing they came from, forged ones are
+INVALID_ARGUMENT.
+"""
 
 from __future__ import annotations
 
@@ -11,15 +16,43 @@ import grpc
 import pytest
 
 from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
+from ballast.ledger.v1 import ledger_pb2
 from server.db.database import Database
 from server.domain.order_legs import Fill, LegState
 from server.domain.provider_status import VenueReport
-from tests.support import field_violations, report_to_leg
-from tests.support.requests import leg_spec, submit_order_request
-from tests.support.servers import Caller
+from tests.support import field_violations, report_to_leg, rpc_error
+from tests.support.evidence import captured_payment
+from tests.support.legs import (
+    place_order,
+    read_order,
+)
+from tests.support.requests import (
+    leg_spec,
+    page_token,
+    submit_order_request,
+)
+from tests.support.servers import Caller, World
 
 Stub = execution_pb2_grpc.ExecutionServiceStub
 L = LegState
+
+Code = grpc.StatusCode
+
+
+#: Page tokens a client might forge or tamper with.
+FORGED_TOKENS = [
+    "garbage",
+    "=" * 8,
+    page_token({"s": None, "t": "2026-01-01T00:00:00", "i": str(uuid.uuid4())}),  # naive time
+    page_token({"s": None, "t": "0001-01-01T00:00:00+14:00", "i": str(uuid.uuid4())}),  # before year 1 in UTC
+    page_token({"s": None, "t": "2026-01-01T00:00:00+00:00", "i": "{" + str(uuid.uuid4()) + "}"}),
+    page_token({"s": None, "t": "2026-01-01T00:00:00+00:00", "i": 5}),
+    page_token({"s": "SUCCEEDED", "t": "2026-01-01T00:00:00+00:00", "i": str(uuid.uuid4())}),
+    page_token({"s": None, "t": "2026-01-01T00:00:00+00:00"}),
+    page_token([1, 2, 3]),
+    page_token("x" * 200),
+    "A" * 257,
+]
 
 
 @pytest.fixture
@@ -148,6 +181,130 @@ class TestReadingOrders:
             if not token:
                 break
         assert len(seen) == len(set(seen)) >= 5
+
+    async def test_another_service_finds_no_order_by_any_spelling_of_its_id_while_an_auditor_reads_it(
+        self, world: World
+    ) -> None:
+        order = await place_order(world)
+        for spelling in (order.id, order.id.upper()):
+            error = await rpc_error(
+                world.orders.GetOrder(
+                    execution_pb2.GetOrderRequest(order_id=spelling), metadata=world.other.metadata, timeout=5
+                )
+            )
+            assert error.code() == Code.NOT_FOUND
+            # auditors read every client's orders, as they read every account of the ledger
+            read = await world.orders.GetOrder(
+                execution_pb2.GetOrderRequest(order_id=spelling), metadata=world.auditor.metadata, timeout=5
+            )
+            assert read.order.id == order.id
+        listed = await world.orders.ListOrders(
+            execution_pb2.ListOrdersRequest(page_size=500), metadata=world.auditor.metadata, timeout=5
+        )
+        assert order.id in {listed_order.id for listed_order in listed.orders}
+        assert not (
+            await world.orders.ListOrders(execution_pb2.ListOrdersRequest(), metadata=world.other.metadata, timeout=5)
+        ).orders
+        assert (await read_order(world, order.id.upper())).id == order.id
+        for malformed in (
+            "",
+            "{" + order.id + "}",
+            "urn:uuid:" + order.id,
+            order.id.replace("-", ""),
+            order.id + "\x00",
+        ):
+            error = await rpc_error(
+                world.orders.GetOrder(
+                    execution_pb2.GetOrderRequest(order_id=malformed), metadata=world.merchant.metadata, timeout=5
+                )
+            )
+            assert error.code() == Code.INVALID_ARGUMENT
+            assert "order_id" in field_violations(error)
+
+    @pytest.mark.parametrize("token", FORGED_TOKENS, ids=range(len(FORGED_TOKENS)))
+    async def test_a_forged_list_orders_token_is_invalid_argument_naming_page_token(
+        self, world: World, token: str
+    ) -> None:
+        error = await rpc_error(
+            world.orders.ListOrders(
+                execution_pb2.ListOrdersRequest(page_token=token), metadata=world.merchant.metadata, timeout=5
+            )
+        )
+        assert error.code() == Code.INVALID_ARGUMENT, error.details()
+        assert "page_token" in field_violations(error)
+
+    async def test_a_page_token_continues_only_the_listing_it_came_from(self, world: World, database: Database) -> None:
+        for _ in range(3):
+            await place_order(world)
+            await captured_payment(world, database, "1.00", "EUR")
+        account = f"merchant_payable:{world.merchant.client_id}"
+        orders_token = (
+            await world.orders.ListOrders(
+                execution_pb2.ListOrdersRequest(page_size=1), metadata=world.merchant.metadata, timeout=5
+            )
+        ).next_page_token
+        entries_token = (
+            await world.ledger.ListEntries(
+                ledger_pb2.ListEntriesRequest(page_size=1), metadata=world.merchant.metadata, timeout=5
+            )
+        ).next_page_token
+        account_token = (
+            await world.ledger.ListEntries(
+                ledger_pb2.ListEntriesRequest(page_size=1, account=account), metadata=world.merchant.metadata, timeout=5
+            )
+        ).next_page_token
+        assert orders_token and entries_token and account_token
+        misuses = [
+            world.ledger.ListEntries(
+                ledger_pb2.ListEntriesRequest(page_token=orders_token), metadata=world.merchant.metadata, timeout=5
+            ),
+            world.orders.ListOrders(
+                execution_pb2.ListOrdersRequest(page_token=entries_token), metadata=world.merchant.metadata, timeout=5
+            ),
+            world.ledger.ListEntries(
+                ledger_pb2.ListEntriesRequest(page_token=account_token), metadata=world.merchant.metadata, timeout=5
+            ),
+            world.ledger.ListEntries(
+                ledger_pb2.ListEntriesRequest(page_token=entries_token, account=account),
+                metadata=world.merchant.metadata,
+                timeout=5,
+            ),
+        ]
+        for call in misuses:
+            error = await rpc_error(call)
+            assert error.code() == Code.INVALID_ARGUMENT
+            assert "page_token" in field_violations(error)
+        # Another client may replay the token: it only ever sees its own orders.
+        await place_order(world, caller=world.other)
+        page = await world.orders.ListOrders(
+            execution_pb2.ListOrdersRequest(page_token=orders_token), metadata=world.other.metadata, timeout=5
+        )
+        assert {order.client_id for order in page.orders} <= {world.other.client_id}
+
+    async def test_every_order_is_listed_once_newest_first_whatever_the_page_size(self, world: World) -> None:
+        created = [(await place_order(world)).id for _ in range(7)]
+        for page_size in (1, 3, 7, 500):
+            seen: list[str] = []
+            token = ""
+            for _ in range(20):
+                page = await world.orders.ListOrders(
+                    execution_pb2.ListOrdersRequest(page_size=page_size, page_token=token),
+                    metadata=world.merchant.metadata,
+                    timeout=5,
+                )
+                seen += [order.id for order in page.orders]
+                token = page.next_page_token
+                if not token:
+                    break
+            assert seen == created[::-1]
+        for page_size in (-1, 501):
+            error = await rpc_error(
+                world.orders.ListOrders(
+                    execution_pb2.ListOrdersRequest(page_size=page_size), metadata=world.merchant.metadata, timeout=5
+                )
+            )
+            assert error.code() == Code.INVALID_ARGUMENT
+            assert "page_size" in field_violations(error)
 
 
 class TestLegChanges:
