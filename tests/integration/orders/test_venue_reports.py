@@ -60,8 +60,8 @@ class TestVenueEvidence:
         leg = (await read_order(world, order_id)).legs[0]
         assert (leg.state, leg.filled_quantity) == (execution_pb2.LEG_STATE_FILLED, "10")
 
-    # (A fill for a leg still SUBMITTED proves the acknowledgement it overtook, and is applied:
-    # test_adversarial_providers.py, test_a_fill_that_overtakes_the_acknowledgement_is_applied_not_sent_to_a_person.)
+    # (A fill for a leg still SUBMITTED proves the acknowledgement it overtook, and is applied: see
+    # test_a_fill_that_overtakes_the_acknowledgement_is_applied_not_sent_to_a_person in webhooks/.)
     @pytest.mark.parametrize("path", ["rejected", "closed", "closed after a partial fill"])
     async def test_a_fill_for_a_leg_not_working_at_the_venue_is_refused_and_changes_nothing(
         self, world: World, database: Database, pool: asyncpg.Pool, path: str

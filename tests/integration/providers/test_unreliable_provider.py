@@ -1,5 +1,9 @@
 """Ballast against the simulator as a real process: honest answers within the deadline, the truth
-reached after the resolver runs, nothing charged twice, and a breaker that fails fast and recovers."""
+reached after the resolver runs, nothing charged twice, and a breaker that fails fast and recovers.
+
+A provider that hangs gets callers an honest answer within their deadline and never charges twice; an answer
+in a status word Ballast does not know is an unknown outcome, not an error.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import aiohttp
 import asyncpg
 import grpc
 import pytest
+from aiohttp import web
 from google.rpc import error_details_pb2, status_pb2
 
 from server.api.errors import status_for
@@ -31,6 +36,7 @@ from server.services.payment_resolver import PaymentResolver, PaymentResolverSet
 from server.services.provider_health import breaker_announcer
 from server.services.submission import create_and_submit
 from tests.support import answering_provider, apply_evidence
+from tests.support.probes import count_rows, ledger_entries_of
 from tests.support.requests import create_payment_command
 from tests.support.simulator import simulated_provider, simulator_truth
 
@@ -418,3 +424,126 @@ async def test_an_open_breaker_records_the_payment_unsent_answers_unavailable_an
     ):
         assert time.monotonic() < deadline, "the breaker's opening was not announced"
         await asyncio.sleep(0.05)
+
+
+# --------------------------------------------------------------------------------------------------
+# Honest deadlines and never charging twice
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["hang_rate", "accept_then_timeout_rate"])
+async def test_create_payment_against_a_hanging_provider_answers_in_time_and_never_charges_twice(
+    tmp_path: Path, database: Database, principal: Principal, pool: asyncpg.Pool, fault: str
+) -> None:
+    # the provider decides only after the caller's deadline, so no webhook can answer for it first
+    settings = {
+        "settle_min_ms": 2000,
+        "settle_max_ms": 2500,
+        "webhook_retry_base_ms": 20,
+        "success_rate": 1.0,
+        fault: 1.0,
+    }
+    async with simulated_provider(tmp_path, database, "calm", **settings) as url, aiohttp.ClientSession() as session:
+        gateway = GatewayClient(
+            "simulator", url, session, Breaker(f"adv.{fault}", BreakerSettings(failures_max=10_000))
+        )
+        keys = [f"hang-{uuid.uuid4()}" for _ in range(10)]
+        elapsed: list[float] = []
+        states: list[PaymentState] = []
+
+        async def call(key: str) -> None:
+            started = time.monotonic()
+            try:
+                result = await create_and_submit(
+                    database, gateway, principal, create_payment_command(key, "31.00"), Budget.within(DEADLINE_S)
+                )
+                states.append(result.payment.state)
+            except (ProviderUnavailable, DeadlineExceeded):
+                states.append(PaymentState.RECORDED)
+            elapsed.append(time.monotonic() - started)
+
+        # every key called three times (retries after each deadline), concurrently
+        for _ in range(3):
+            await asyncio.gather(*(call(key) for key in keys))
+        assert max(elapsed) < DEADLINE_S + DEADLINE_SLACK_S, max(elapsed)
+        # an honest answer: unknown (or unsent), or what a webhook already said meanwhile
+        # (accept-then-timeout: the provider's own "pending" webhook may arrive before the timeout)
+        if fault == "hang_rate":
+            assert PaymentState.UNKNOWN in states[:10], states
+        assert set(states) <= {PaymentState.UNKNOWN, PaymentState.RECORDED, PaymentState.PENDING}, states
+
+        # the provider recovers; the resolver (and more retries) settle everything
+        async with session.put(f"{url}/_sim/profile", json={"settings": {fault: 0.0}}) as response:
+            assert response.status == 200
+        resolver = PaymentResolver(
+            database,
+            gateway,
+            PaymentResolverSettings(
+                unknown_grace_s=0, pending_overdue_s=0, backoff_base_s=0, batch_size=200, provider_timeout_s=2
+            ),
+        )
+        deadline = time.monotonic() + 30
+        while await count_rows(
+            pool,
+            "SELECT count(*) FROM payments WHERE client_id = $1 AND state NOT IN ('SUCCEEDED')",
+            principal.client_id,
+        ):
+            assert time.monotonic() < deadline, await pool.fetch(
+                "SELECT state, count(*) FROM payments WHERE client_id = $1 GROUP BY state", principal.client_id
+            )
+            await pool.execute(
+                "UPDATE payments SET next_check_at = '-infinity' WHERE id IN (SELECT id FROM payments"
+                " WHERE client_id = $1 AND state IN ('PENDING', 'UNKNOWN') FOR UPDATE SKIP LOCKED)",
+                principal.client_id,
+            )
+            await asyncio.gather(resolver.run_once(), *(call(key) for key in keys))
+            await asyncio.sleep(0.05)
+        truth = await simulator_truth(url)
+    ids = [row["id"] for row in await pool.fetch("SELECT id FROM payments WHERE client_id = $1", principal.client_id)]
+    assert len(ids) == 10
+    mine = {str(i) for i in ids}
+    provider_keys = [p["idempotency_key"] for p in truth["payments"] if p["idempotency_key"] in mine]
+    assert sorted(provider_keys) == sorted(mine)  # one provider payment per idempotency key
+    for payment_id in ids:
+        assert await ledger_entries_of(pool, payment_id) == 1
+
+
+async def test_a_provider_answer_in_a_status_ballast_does_not_know_is_an_unknown_outcome_not_an_error(
+    database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    """The provider took the request and answered a status word with no mapping: whether it took the
+    money is unknown, so the payment is UNKNOWN (the resolver asks), the caller is answered, and the
+    word is kept beside the move as what the provider said. Never INTERNAL, never a guess."""
+
+    async def mystery(request: web.Request) -> web.Response:
+        key = request.headers.get("Idempotency-Key", "")
+        return web.json_response({"id": f"pay_{key[:8]}", "status": "teleported", "idempotency_key": key})
+
+    app = web.Application()
+    app.router.add_post("/v1/payments", mystery)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            gateway = GatewayClient("simulator", url, session, Breaker("adv.mystery", BreakerSettings()))
+            result = await create_and_submit(
+                database,
+                gateway,
+                principal,
+                create_payment_command(f"mystery-{uuid.uuid4()}", "31.00"),
+                Budget.within(5),
+            )
+    finally:
+        await runner.cleanup()
+    assert result.payment.state is PaymentState.UNKNOWN
+    assert (
+        await count_rows(
+            pool,
+            "SELECT count(*) FROM payment_transitions WHERE payment_id = $1 AND to_state = 'UNKNOWN'"
+            " AND cause = 'provider.unknown_status' AND evidence_ref LIKE '%teleported%'",
+            result.payment.id,
+        )
+        == 1
+    )
