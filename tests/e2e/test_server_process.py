@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from aiohttp import web
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ballast.common.v1.money_pb2 import Money
@@ -115,6 +116,81 @@ async def test_sigterm_refuses_new_calls_and_drains_the_one_in_flight(
         await holder.close()
     assert response.payment.idempotency_key == key
     assert await asyncio.to_thread(server.process.wait, 20) == 0
+
+
+#: The burst: more calls at once than the server's pool has connections, each with a short deadline.
+BURST_CALLS = 150
+BURST_DEADLINE_S = 0.5
+
+
+def _counted(metrics_url: str) -> dict[tuple[str, str], float]:
+    """ballast_grpc_requests_total by (method, code), scraped from the server's /metrics."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as response:  # noqa: S310 - a loopback URL of the test's
+        text = response.read().decode()
+    counted: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        if line.startswith("ballast_grpc_requests_total{"):
+            labels, value = line.rsplit(" ", 1)
+            method = labels.split('method="', 1)[1].split('"', 1)[0]
+            code = labels.split('code="', 1)[1].split('"', 1)[0]
+            counted[(method, code)] = float(value)
+    return counted
+
+
+async def test_a_burst_against_a_hanging_provider_gets_ballasts_own_answers_within_the_deadline(
+    start_server: StartServer, pool: asyncpg.Pool
+) -> None:
+    """Every call of a burst with 0.5 s deadlines, against a provider that never answers, hears Ballast:
+    the payment as it stands (UNKNOWN), UNAVAILABLE (the provider was not asked in time), or
+    DEADLINE_EXCEEDED saying the outcome is unknown. None is cut by the client's own deadline, and the
+    server counts each by the status it answered: none UNKNOWN, none CANCELLED."""
+    released = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await released.wait()
+        return web.json_response({"error": {"type": "gone"}}, status=503)
+
+    app = web.Application()
+    app.router.add_route("*", "/v1/payments", hang)
+    app.router.add_route("*", "/v1/orders", hang)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    metrics_port = free_port()
+    try:
+        server = start_server(
+            BALLAST_PROVIDER_URL=f"http://127.0.0.1:{runner.addresses[0][1]}",
+            BALLAST_METRICS_PORT=str(metrics_port),
+            BALLAST_PROVIDER_BREAKER_FAILURES="1000",
+        )
+        keys = [f"burst-{uuid.uuid4()}" for _ in range(BURST_CALLS)]
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = payments_pb2_grpc.PaymentServiceStub(channel)
+
+            async def call(key: str) -> tuple[str, str]:
+                try:
+                    reply = await stub.CreatePayment(_request(key), metadata=server.metadata, timeout=BURST_DEADLINE_S)
+                except grpc.aio.AioRpcError as error:
+                    return error.code().name, error.details() or ""
+                return f"OK {payments_pb2.PaymentState.Name(reply.payment.state)}", ""
+
+            outcomes = await asyncio.gather(*(call(key) for key in keys))
+        counted = await asyncio.to_thread(_counted, f"http://127.0.0.1:{metrics_port}/metrics")
+    finally:
+        released.set()
+        await runner.cleanup()
+    cut = [o for o in outcomes if o[0] == "DEADLINE_EXCEEDED" and "outcome is unknown" not in o[1]]
+    assert not cut, f"{len(cut)} of {BURST_CALLS} calls got no answer from Ballast: {cut[:3]}"
+    assert {code for code, _ in outcomes} <= {"OK PAYMENT_STATE_UNKNOWN", "DEADLINE_EXCEEDED", "UNAVAILABLE"}
+    assert all("same idempotency key" in details for code, details in outcomes if code == "UNAVAILABLE"), outcomes
+    create = "/ballast.payments.v1.PaymentService/CreatePayment"
+    assert sum(value for (method, _), value in counted.items() if method == create) == BURST_CALLS
+    assert not {code for (method, code) in counted if method == create} & {"UNKNOWN", "CANCELLED"}, counted
+    # what the answers say is true: each key recorded at most one payment
+    recorded = await pool.fetch(
+        "SELECT count(*) FROM payments WHERE client_id = $1 GROUP BY idempotency_key", server.client_id
+    )
+    assert {row[0] for row in recorded} <= {1}
 
 
 #: The stream of calls SIGTERM lands in: more than the server takes at once, for a while before and after.
