@@ -48,9 +48,21 @@ from server.domain.identity import Principal
 from server.services.webhook_application import Outcome, WebhookSource
 from server.services.webhooks import Intake
 from tests.e2e.conftest import ServerProcess, free_port, server_environment, wait_until_serving
-from tests.support import answering_provider, scratch_database, until
+from tests.support import scratch_database, until
 from tests.support.faults import ConflictsNoted, Held, allow_inserts, hold_row, holding, refuse_inserts
-from tests.support.probes import count_rows, due_for_check, ledger_entries_of, payment_state
+from tests.support.probes import (
+    allowed_payment_moves,
+    claim_waits,
+    count_rows,
+    due_for_check,
+    kept_deliveries,
+    ledger_entries_of,
+    payment_moves,
+    payment_state,
+    processed_events,
+    provider_statuses,
+)
+from tests.support.providers import decided_by_the_api
 from tests.support.requests import leg_terms, new_payments, submitted_legs
 from tests.support.webhooks import (
     PROVIDER,
@@ -93,10 +105,6 @@ def _order_event(
 # --------------------------------------------------------------------------------------------- subjects
 
 
-async def _payments(database: Database, principal: Principal, count: int) -> list[uuid.UUID]:
-    return await new_payments(database, principal, count, AMOUNT, CURRENCY)
-
-
 async def _legs(database: Database, principal: Principal, count: int, quantity: str = "100") -> list[uuid.UUID]:
     """`count` SUBMITTED legs, two to an order (legs of one order share its row)."""
     legs: list[uuid.UUID] = []
@@ -108,52 +116,9 @@ async def _legs(database: Database, principal: Principal, count: int, quantity: 
 # --------------------------------------------------------------------------------------------- database probes
 
 
-async def _moves(pool: asyncpg.Pool, payment_id: uuid.UUID) -> list[tuple[str, str]]:
-    rows = await pool.fetch(
-        "SELECT from_state, to_state FROM payment_transitions WHERE payment_id = $1 ORDER BY id", payment_id
-    )
-    return [(row["from_state"], row["to_state"]) for row in rows]
-
-
-async def _statuses(pool: asyncpg.Pool, payment_id: uuid.UUID) -> list[str]:
-    """The provider's statuses kept as evidence for the payment, in the order they were applied."""
-    rows = await pool.fetch("SELECT status FROM provider_statuses WHERE payment_id = $1 ORDER BY id", payment_id)
-    return [row["status"] for row in rows]
-
-
-#: the simulator's words for a payment the provider has and has not decided (a webhook's `pending`)
-STEP_WORDS = frozenset({"pending", "processing", "requires_action"})
-
-
-async def _claim_waits(pool: asyncpg.Pool, payment_id: uuid.UUID) -> bool:
-    """Whether a webhook claimed an outcome after the webhook that moved the payment to PENDING (if one
-    did): such a claim must leave the payment due for a check with the provider's API."""
-    words = await _statuses(pool, payment_id)
-    moved = next((n for n, word in enumerate(words) if word in STEP_WORDS), -1)
-    return any(word not in STEP_WORDS and n > moved for n, word in enumerate(words))
-
-
 async def _causes(pool: asyncpg.Pool, payment_id: uuid.UUID) -> list[str]:
     rows = await pool.fetch("SELECT cause FROM payment_transitions WHERE payment_id = $1 ORDER BY id", payment_id)
     return [row["cause"] for row in rows]
-
-
-async def _processed(pool: asyncpg.Pool, event_ids: Iterable[str]) -> Counter[str]:
-    rows = await pool.fetch(
-        "SELECT event_id FROM processed_events WHERE consumer_group = $1 AND event_id = ANY($2::text[])",
-        GROUP,
-        list(event_ids),
-    )
-    return Counter(row["event_id"] for row in rows)
-
-
-async def _kept(pool: asyncpg.Pool, event_ids: Iterable[str]) -> Counter[str]:
-    rows = await pool.fetch(
-        "SELECT event_id FROM webhook_deliveries WHERE provider = $1 AND event_id = ANY($2::text[])",
-        PROVIDER,
-        list(event_ids),
-    )
-    return Counter(row["event_id"] for row in rows)
 
 
 async def _leg(pool: asyncpg.Pool, leg_id: uuid.UUID) -> tuple[str, Decimal, int]:
@@ -228,33 +193,7 @@ async def one_writer(database: Database) -> AsyncIterator[Intake]:
 # --------------------------------------------------------------------------------------------- the provider's API
 
 
-async def _decided_by_the_api(database: Database, says: dict[uuid.UUID, str], chunk: int = 50) -> None:
-    """The resolver's passes over these payments, which webhooks made due for a check: each is asked
-    about once, by its idempotency key, and the provider API's answer (`says`: its status, with the
-    object id, amount and currency the webhooks name) decides it."""
-    pool, ids = database.pool, list(says)
-    not_due = [p for p in ids if await _claim_waits(pool, p) and not await due_for_check(pool, p)]
-    assert not_due == [], f"a claim never made these due for a check with the provider's API: {not_due}"
-    async with answering_provider() as provider:
-        for payment_id, status in says.items():
-            object_id = f"pay_{payment_id.hex[:12]}"
-            provider.says(payment_id, status, amount=AMOUNT, currency=CURRENCY, provider_payment_id=object_id)
-        for start in range(0, len(ids), chunk):
-            taken = ids[start : start + chunk]
-            # first in line, in a database other specs share: the pass takes exactly these
-            await pool.execute("UPDATE payments SET next_check_at = '-infinity' WHERE id = ANY($1::uuid[])", taken)
-            assert await provider.resolver(database, batch_size=len(taken)).run_once() == len(taken)
-        assert Counter(provider.asked) == Counter(dict.fromkeys(map(str, ids), 1)), provider.asked
-    for payment_id in ids:
-        assert not await due_for_check(pool, payment_id), "a payment the API decided still waits for a check"
-
-
 # --------------------------------------------------------------------------------------------- invariants
-
-
-async def _allowed_payment_moves(pool: asyncpg.Pool) -> set[tuple[str, str]]:
-    rows = await pool.fetch("SELECT from_state, to_state FROM payment_state_transitions")
-    return {(row["from_state"], row["to_state"]) for row in rows}
 
 
 async def _assert_payment_consistent(
@@ -264,7 +203,7 @@ async def _assert_payment_consistent(
     a webhook moves a payment only to PENDING (once); a claimed outcome moves nothing, posts nothing and
     makes the payment due for a check with the provider's API; every event's status is kept once."""
     assert set(outcomes) <= {A, Q, R, S}, (payment_id, outcomes)
-    moves = await _moves(pool, payment_id)
+    moves = await payment_moves(pool, payment_id)
     state = await payment_state(pool, payment_id)
     chain = "RECORDED"
     for from_state, to_state in moves:
@@ -274,11 +213,11 @@ async def _assert_payment_consistent(
     assert len(moves) == outcomes.count(A), (payment_id, moves, outcomes)  # one move per applied event, no more
     assert moves in ([], [("RECORDED", "PENDING")]), (payment_id, moves)  # nothing decided on a webhook's word
     assert await ledger_entries_of(pool, payment_id) == 0, (payment_id, moves)
-    assert len(await _statuses(pool, payment_id)) == len(outcomes), payment_id
+    assert len(await provider_statuses(pool, payment_id)) == len(outcomes), payment_id
     if Q not in outcomes:
         assert not await due_for_check(pool, payment_id), (payment_id, outcomes)
-    elif await _claim_waits(pool, payment_id):
-        assert await due_for_check(pool, payment_id), (payment_id, outcomes, await _statuses(pool, payment_id))
+    elif await claim_waits(pool, payment_id):
+        assert await due_for_check(pool, payment_id), (payment_id, outcomes, await provider_statuses(pool, payment_id))
     for table, column in (("audit_log", "aggregate_id"), ("outbox", "message_key")):
         kind = f"action = '{PAYMENT_STATE_CHANGED}'" if table == "audit_log" else f"topic = '{PAYMENT_STATE_CHANGED}'"
         assert await count_rows(
@@ -298,7 +237,7 @@ async def test_a_storm_of_mixed_deliveries_applies_each_event_once_and_moves_eve
     event, several events about one payment, refunds, unknown payments, legs with fills and an overfill,
     unreadable and forged deliveries, all in flight at once in a shuffled order."""
     rng = random.Random(20261130)  # noqa: S311 - a reproducible shuffle, not a secret
-    payments = await _payments(database, principal, 40)
+    payments = await new_payments(database, principal, 40, AMOUNT, CURRENCY)
     legs = await _legs(database, principal, 8)
     sequences = [
         ("pending", "succeeded"),
@@ -375,11 +314,11 @@ async def test_a_storm_of_mixed_deliveries_applies_each_event_once_and_moves_eve
 
     # one processed row per event applied, none for unreadable or forged ones; every delivery kept but forgeries
     all_ids = set(by_event) | {event_id_of(body) for body in unreadable + forged}
-    assert await _processed(pool, all_ids) == Counter(dict.fromkeys(by_event, 1))
+    assert await processed_events(pool, GROUP, all_ids) == Counter(dict.fromkeys(by_event, 1))
     kept = Counter(event_id_of(body) for body, _, _ in deliveries if body != b"{not json")
-    assert await _kept(pool, all_ids) == kept
+    assert await kept_deliveries(pool, PROVIDER, all_ids) == kept
 
-    allowed = await _allowed_payment_moves(pool)
+    allowed = await allowed_payment_moves(pool)
     for payment_id in payments:
         outcomes = [outcome for event_id, outcome in decided.items() if subject_of[event_id] == payment_id]
         await _assert_payment_consistent(pool, payment_id, outcomes, allowed)
@@ -406,7 +345,7 @@ async def test_succeeded_then_failed_in_one_batch_decides_nothing_till_the_api_d
     """Webhooks contradicting each other in one batch decide nothing and open no case: each claim is kept,
     in arrival order (one round per event of a payment), and makes its payment due for a check; the
     provider's API, asked once about each payment after the commit, decides it."""
-    blocker, contradicted, two_steps, refund_first = await _payments(database, principal, 4)
+    blocker, contradicted, two_steps, refund_first = await new_payments(database, principal, 4, AMOUNT, CURRENCY)
     first_word = payment_event(contradicted, "succeeded")
     pending = payment_event(two_steps, "pending")
     bodies = [
@@ -432,14 +371,14 @@ async def test_succeeded_then_failed_in_one_batch_decides_nothing_till_the_api_d
         refund_first: ["refunded", "succeeded"],
     }
     for payment_id, statuses in claimed.items():
-        assert await _statuses(pool, payment_id) == statuses  # each event in its own round, in arrival order
+        assert await provider_statuses(pool, payment_id) == statuses  # each event in its own round, in arrival order
         assert await pool.fetchval("SELECT provider_status FROM payments WHERE id = $1", payment_id) == statuses[-1]
         assert await due_for_check(pool, payment_id), payment_id
         assert await ledger_entries_of(pool, payment_id) == 0
         assert await count_rows(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", payment_id) == 0
-    assert await _moves(pool, contradicted) == []
-    assert await _moves(pool, refund_first) == []
-    assert await _moves(pool, two_steps) == [("RECORDED", "PENDING")]
+    assert await payment_moves(pool, contradicted) == []
+    assert await payment_moves(pool, refund_first) == []
+    assert await payment_moves(pool, two_steps) == [("RECORDED", "PENDING")]
     assert (
         await pool.fetchval("SELECT evidence_ref FROM payment_transitions WHERE payment_id = $1", two_steps)
         == f"{PROVIDER}:{event_id_of(pending)}"
@@ -452,13 +391,15 @@ async def test_succeeded_then_failed_in_one_batch_decides_nothing_till_the_api_d
             )
             == 0
         )
-    assert await _kept(pool, [event_id_of(first_word)]) == Counter({event_id_of(first_word): 2})
+    assert await kept_deliveries(pool, PROVIDER, [event_id_of(first_word)]) == Counter({event_id_of(first_word): 2})
 
     # the provider's API decides, whichever webhook came first: one move each, the ledger posted once
-    await _decided_by_the_api(database, {contradicted: "declined", two_steps: "succeeded", refund_first: "succeeded"})
-    assert await _moves(pool, contradicted) == [("RECORDED", "FAILED")]
-    assert await _moves(pool, two_steps) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
-    assert await _moves(pool, refund_first) == [("RECORDED", "SUCCEEDED")]
+    await decided_by_the_api(
+        database, {contradicted: "declined", two_steps: "succeeded", refund_first: "succeeded"}, AMOUNT, CURRENCY
+    )
+    assert await payment_moves(pool, contradicted) == [("RECORDED", "FAILED")]
+    assert await payment_moves(pool, two_steps) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
+    assert await payment_moves(pool, refund_first) == [("RECORDED", "SUCCEEDED")]
     for payment_id, entries in ((contradicted, 0), (two_steps, 1), (refund_first, 1)):
         assert (await _causes(pool, payment_id))[-1] == "resolver.inquiry"
         assert await ledger_entries_of(pool, payment_id) == entries
@@ -473,7 +414,7 @@ async def test_a_payments_refund_chain_and_interleaved_leg_reports_in_one_batch_
     still moves it, two words for one step apply the first and repeat the second. Legs (two of one
     order, sent in the opposite of their id order) are applied in leg order, each leg's reports in
     arrival order."""
-    blocker, forward, backward, accepted = await _payments(database, principal, 4)
+    blocker, forward, backward, accepted = await new_payments(database, principal, 4, AMOUNT, CURRENCY)
     low, high = sorted(await _legs(database, principal, 2))
     first_word, last_word = payment_event(accepted, "processing"), payment_event(backward, "pending")
     bodies = [
@@ -504,9 +445,9 @@ async def test_a_payments_refund_chain_and_interleaved_leg_reports_in_one_batch_
         (backward, ["refunded", "refund_pending", "succeeded", "pending"]),
         (accepted, ["processing", "pending"]),
     ):
-        assert await _statuses(pool, payment_id) == statuses, payment_id
+        assert await provider_statuses(pool, payment_id) == statuses, payment_id
         assert await pool.fetchval("SELECT provider_status FROM payments WHERE id = $1", payment_id) == statuses[-1]
-        assert await _moves(pool, payment_id) == [("RECORDED", "PENDING")]
+        assert await payment_moves(pool, payment_id) == [("RECORDED", "PENDING")]
         assert await ledger_entries_of(pool, payment_id) == 0  # nothing decided on a webhook's word
     assert await due_for_check(pool, forward)  # its claims came after its move: the provider's API is asked
     assert not await due_for_check(pool, accepted)  # nothing claimed: nothing to ask
@@ -540,7 +481,7 @@ async def test_one_event_id_reused_with_other_bodies_in_one_batch_applies_only_i
 ) -> None:
     """A provider (or a bug) reusing an event id for a contradicting body, and for a leg's fill: the id
     is what is applied once, whatever the body says; every body is kept as evidence."""
-    blocker, payment_id, claimed = await _payments(database, principal, 3)
+    blocker, payment_id, claimed = await new_payments(database, principal, 3, AMOUNT, CURRENCY)
     (leg_id,) = await _legs(database, principal, 1)
     event_id, claim_id = new_event_id(), new_event_id()
     bodies = [
@@ -557,15 +498,15 @@ async def test_one_event_id_reused_with_other_bodies_in_one_batch_applies_only_i
     assert (_sample(BATCHES) - batches_before, _sample(SPLIT) - split_before) == (2, 0)
     # only each id's first arrival was applied: the later bodies' claims made nothing due, the later
     # pending moved nothing
-    assert await _moves(pool, payment_id) == [("RECORDED", "PENDING")]
-    assert (await _statuses(pool, payment_id), await due_for_check(pool, payment_id)) == (["pending"], False)
-    assert await _moves(pool, claimed) == []
-    assert (await _statuses(pool, claimed), await due_for_check(pool, claimed)) == (["failed"], True)
+    assert await payment_moves(pool, payment_id) == [("RECORDED", "PENDING")]
+    assert (await provider_statuses(pool, payment_id), await due_for_check(pool, payment_id)) == (["pending"], False)
+    assert await payment_moves(pool, claimed) == []
+    assert (await provider_statuses(pool, claimed), await due_for_check(pool, claimed)) == (["failed"], True)
     for subject in (payment_id, claimed):
         assert await count_rows(pool, "SELECT count(*) FROM cases WHERE payment_id = $1", subject) == 0
         assert await ledger_entries_of(pool, subject) == 0
     assert await _leg(pool, leg_id) == ("SUBMITTED", Decimal("0"), 0)
-    assert await _processed(pool, [event_id, claim_id]) == Counter({event_id: 1, claim_id: 1})
+    assert await processed_events(pool, GROUP, [event_id, claim_id]) == Counter({event_id: 1, claim_id: 1})
     for reused in (event_id, claim_id):
         kept = await pool.fetch("SELECT body FROM webhook_deliveries WHERE event_id = $1", reused)
         assert sorted(bytes(row["body"]) for row in kept) == sorted(
@@ -579,7 +520,7 @@ async def test_a_fill_failing_after_the_batchs_payments_moved_fails_alone_and_no
     """The failure comes last in the batch's transaction, after its payments moved, their providers'
     claims were kept and the payments made due for a check: all of it rolls back, each delivery is
     applied again alone, once; the provider's API then decides each payment once, one ledger entry."""
-    blocker, once, twice = await _payments(database, principal, 3)
+    blocker, once, twice = await new_payments(database, principal, 3, AMOUNT, CURRENCY)
     bad_leg, good_leg = await _legs(database, principal, 2)
     for leg_id in (bad_leg, good_leg):
         assert await _results([_send(one_writer, _order_event(leg_id, "new"))]) == [A]
@@ -606,10 +547,10 @@ async def test_a_fill_failing_after_the_batchs_payments_moved_fails_alone_and_no
         assert isinstance(results[n], asyncpg.PostgresError) and "injected failure" in str(results[n]), results
     assert [results[n] for n in (0, 2, 3, 4, 5)] == [Q, A, Q, A, D]
 
-    assert await _moves(pool, once) == []
-    assert await _moves(pool, twice) == [("RECORDED", "PENDING")]
-    assert await _statuses(pool, once) == ["succeeded"]  # kept once: the failed batch's rows rolled back
-    assert await _statuses(pool, twice) == ["pending", "succeeded"]
+    assert await payment_moves(pool, once) == []
+    assert await payment_moves(pool, twice) == [("RECORDED", "PENDING")]
+    assert await provider_statuses(pool, once) == ["succeeded"]  # kept once: the failed batch's rows rolled back
+    assert await provider_statuses(pool, twice) == ["pending", "succeeded"]
     for payment_id in (once, twice):
         assert await due_for_check(pool, payment_id)
         assert await ledger_entries_of(pool, payment_id) == 0
@@ -618,19 +559,21 @@ async def test_a_fill_failing_after_the_batchs_payments_moved_fails_alone_and_no
             "SELECT count(*) FROM outbox WHERE topic = $1 AND message_key = $2",
             PAYMENT_STATE_CHANGED,
             str(payment_id),
-        ) == len(await _moves(pool, payment_id))
+        ) == len(await payment_moves(pool, payment_id))
     assert await _leg(pool, good_leg) == ("PARTIALLY_FILLED", Decimal("10"), 1)
     assert await _leg(pool, bad_leg) == ("PENDING", Decimal("0"), 0)
-    assert await _processed(pool, [event_id_of(bad_fill)]) == Counter()
-    assert await _kept(pool, [event_id_of(bad_fill), event_id_of(repeated)]) == Counter({event_id_of(repeated): 2})
+    assert await processed_events(pool, GROUP, [event_id_of(bad_fill)]) == Counter()
+    assert await kept_deliveries(pool, PROVIDER, [event_id_of(bad_fill), event_id_of(repeated)]) == Counter(
+        {event_id_of(repeated): 2}
+    )
 
     assert await _results([_send(one_writer, bad_fill)]) == [A]  # the provider delivers it again
     assert await _results([_send(one_writer, bad_fill)]) == [D]
     assert await _leg(pool, bad_leg) == ("PARTIALLY_FILLED", Decimal("10"), 1)
 
-    await _decided_by_the_api(database, {once: "succeeded", twice: "succeeded"})
-    assert await _moves(pool, once) == [("RECORDED", "SUCCEEDED")]
-    assert await _moves(pool, twice) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
+    await decided_by_the_api(database, {once: "succeeded", twice: "succeeded"}, AMOUNT, CURRENCY)
+    assert await payment_moves(pool, once) == [("RECORDED", "SUCCEEDED")]
+    assert await payment_moves(pool, twice) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
     for payment_id in (once, twice):
         assert await ledger_entries_of(pool, payment_id) == 1
 
@@ -640,7 +583,7 @@ async def test_a_signed_delivery_with_a_non_utf8_user_agent_is_kept_and_applied_
 ) -> None:
     """aiohttp hands header bytes that are not UTF-8 over as lone surrogates (surrogateescape). The
     User-Agent is kept as evidence beside the body, so it must be stored as safely as the body's text."""
-    blocker, odd, neighbour = await _payments(database, principal, 3)
+    blocker, odd, neighbour = await new_payments(database, principal, 3, AMOUNT, CURRENCY)
     app = web.Application()
     app[INTAKE] = one_writer
     app[SOURCES] = {PROVIDER: SOURCE}
@@ -683,8 +626,8 @@ async def test_a_signed_delivery_with_a_non_utf8_user_agent_is_kept_and_applied_
     assert await payment_state(pool, neighbour) == "PENDING"
     assert status == 200, "an authentic event with an odd User-Agent byte was refused; every redelivery will be too"
     assert await payment_state(pool, odd) == "PENDING"
-    assert await _statuses(pool, odd) == ["pending"]
-    assert await _kept(pool, [event_id_of(odd_body)]) == Counter({event_id_of(odd_body): 1})
+    assert await provider_statuses(pool, odd) == ["pending"]
+    assert await kept_deliveries(pool, PROVIDER, [event_id_of(odd_body)]) == Counter({event_id_of(odd_body): 1})
     assert _sample(SPLIT) == split_before
 
 
@@ -713,7 +656,7 @@ async def test_two_intakes_taking_the_same_rows_in_opposite_orders_never_deadloc
     transaction retry would hide it from callers), no caller may see an error; the provider's API then
     decides each payment once."""
     database = ConflictsNoted(pool)
-    payments = sorted(await _payments(database, principal, 40))
+    payments = sorted(await new_payments(database, principal, 40, AMOUNT, CURRENCY))
     legs = sorted(await _legs(database, principal, 6))
     intakes = (Intake(database), Intake(database))
     for intake in intakes:
@@ -760,26 +703,28 @@ async def test_two_intakes_taking_the_same_rows_in_opposite_orders_never_deadloc
         outcomes.setdefault(event_id_of(body), []).append(result)
     for event_id, seen in outcomes.items():
         assert len(seen) in (2, 3) and seen.count(D) == len(seen) - 1, (event_id, seen)
-    assert await _processed(pool, outcomes) == Counter(dict.fromkeys(outcomes, 1))
-    assert await _kept(pool, outcomes) == Counter({event_id: len(seen) for event_id, seen in outcomes.items()})
+    assert await processed_events(pool, GROUP, outcomes) == Counter(dict.fromkeys(outcomes, 1))
+    assert await kept_deliveries(pool, PROVIDER, outcomes) == Counter(
+        {event_id: len(seen) for event_id, seen in outcomes.items()}
+    )
     assert {result for _, result in sent if result is not D} == {A, Q}
     for payment_id in payments:
-        assert await _moves(pool, payment_id) == [("RECORDED", "PENDING")]
-        assert await _statuses(pool, payment_id) == ["pending", "succeeded", "succeeded"]
+        assert await payment_moves(pool, payment_id) == [("RECORDED", "PENDING")]
+        assert await provider_statuses(pool, payment_id) == ["pending", "succeeded", "succeeded"]
         assert await due_for_check(pool, payment_id)
         assert await ledger_entries_of(pool, payment_id) == 0
     for leg_id in legs:
         assert await _leg(pool, leg_id) == ("PARTIALLY_FILLED", Decimal("20"), 2)
-    await _decided_by_the_api(database, dict.fromkeys(payments, "succeeded"))
+    await decided_by_the_api(database, dict.fromkeys(payments, "succeeded"), AMOUNT, CURRENCY)
     for payment_id in payments:
-        assert await _moves(pool, payment_id) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
+        assert await payment_moves(pool, payment_id) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
         assert await ledger_entries_of(pool, payment_id) == 1
 
 
 async def test_a_caller_out_of_time_while_queued_is_told_so_its_delivery_is_skipped_and_the_redelivery_applies_it(
     one_writer: Intake, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    blocker, late = await _payments(database, principal, 2)
+    blocker, late = await new_payments(database, principal, 2, AMOUNT, CURRENCY)
     body = payment_event(late, "succeeded")
     held = await hold_row(pool, "payments", blocker)
     try:
@@ -795,17 +740,17 @@ async def test_a_caller_out_of_time_while_queued_is_told_so_its_delivery_is_skip
     sentinel = payment_event(blocker, "pending")  # the writer went past the abandoned delivery
     assert await _results([_send(one_writer, sentinel)]) == [R]
     assert await payment_state(pool, late) == "RECORDED"
-    assert await _statuses(pool, late) == []
+    assert await provider_statuses(pool, late) == []
     assert not await due_for_check(pool, late)
-    assert await _processed(pool, [event_id_of(body)]) == Counter()
-    assert await _kept(pool, [event_id_of(body)]) == Counter()
+    assert await processed_events(pool, GROUP, [event_id_of(body)]) == Counter()
+    assert await kept_deliveries(pool, PROVIDER, [event_id_of(body)]) == Counter()
 
     assert await _results([_send(one_writer, body)]) == [Q]  # the provider delivers it again
     assert await _results([_send(one_writer, body)]) == [D]
-    assert await _statuses(pool, late) == ["succeeded"]
-    assert await _moves(pool, late) == []
-    await _decided_by_the_api(database, {late: "succeeded"})
-    assert await _moves(pool, late) == [("RECORDED", "SUCCEEDED")]
+    assert await provider_statuses(pool, late) == ["succeeded"]
+    assert await payment_moves(pool, late) == []
+    await decided_by_the_api(database, {late: "succeeded"}, AMOUNT, CURRENCY)
+    assert await payment_moves(pool, late) == [("RECORDED", "SUCCEEDED")]
     assert await ledger_entries_of(pool, late) == 1
 
 
@@ -813,7 +758,7 @@ async def test_a_caller_out_of_time_while_its_batch_waits_is_told_so_and_the_red
     one_writer: Intake, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     """The writer had taken the delivery when its caller gave up: it is applied (not half, not twice)."""
-    blocker, slow, neighbour = await _payments(database, principal, 3)
+    blocker, slow, neighbour = await new_payments(database, principal, 3, AMOUNT, CURRENCY)
     body = payment_event(slow, "succeeded")
     held = await hold_row(pool, "payments", blocker)
     held_slow = await hold_row(pool, "payments", slow)
@@ -834,22 +779,22 @@ async def test_a_caller_out_of_time_while_its_batch_waits_is_told_so_and_the_red
         await held_slow.release()
     assert await _results([first, patient]) == [A, A]
     assert await payment_state(pool, neighbour) == "PENDING"
-    assert await _statuses(pool, slow) == ["succeeded"]  # its claim was kept, and the payment made due
+    assert await provider_statuses(pool, slow) == ["succeeded"]  # its claim was kept, and the payment made due
     assert await due_for_check(pool, slow)
-    assert await _processed(pool, [event_id_of(body)]) == Counter({event_id_of(body): 1})
+    assert await processed_events(pool, GROUP, [event_id_of(body)]) == Counter({event_id_of(body): 1})
 
     assert await _results([_send(one_writer, body)]) == [D]  # the provider delivers it again
-    assert await _statuses(pool, slow) == ["succeeded"]
-    assert await _kept(pool, [event_id_of(body)]) == Counter({event_id_of(body): 2})
-    await _decided_by_the_api(database, {slow: "succeeded"})
-    assert await _moves(pool, slow) == [("RECORDED", "SUCCEEDED")]
+    assert await provider_statuses(pool, slow) == ["succeeded"]
+    assert await kept_deliveries(pool, PROVIDER, [event_id_of(body)]) == Counter({event_id_of(body): 2})
+    await decided_by_the_api(database, {slow: "succeeded"}, AMOUNT, CURRENCY)
+    assert await payment_moves(pool, slow) == [("RECORDED", "SUCCEEDED")]
     assert await ledger_entries_of(pool, slow) == 1
 
 
 async def test_stopping_with_both_writers_mid_transaction_and_more_queued_answers_every_caller_and_applies_nothing(
     database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    first_blocked, second_blocked, *others = await _payments(database, principal, 12)
+    first_blocked, second_blocked, *others = await new_payments(database, principal, 12, AMOUNT, CURRENCY)
     (leg_id,) = await _legs(database, principal, 1)
     intake = Intake(database)  # as the server runs it: two writers
     await intake.start()
@@ -874,11 +819,11 @@ async def test_stopping_with_both_writers_mid_transaction_and_more_queued_answer
             await holder.release()
     assert all(isinstance(result, Unavailable) for result in results), results
     every_id = [event_id_of(body) for body in blocked_bodies + queued_bodies]
-    assert await _processed(pool, every_id) == Counter()
-    assert await _kept(pool, every_id) == Counter()
+    assert await processed_events(pool, GROUP, every_id) == Counter()
+    assert await kept_deliveries(pool, PROVIDER, every_id) == Counter()
     for payment_id in (first_blocked, second_blocked, *others):
         assert await payment_state(pool, payment_id) == "RECORDED"
-        assert await _statuses(pool, payment_id) == []
+        assert await provider_statuses(pool, payment_id) == []
         assert not await due_for_check(pool, payment_id)
     assert await _leg(pool, leg_id) == ("SUBMITTED", Decimal("0"), 0)
 
@@ -891,23 +836,25 @@ async def test_stopping_with_both_writers_mid_transaction_and_more_queued_answer
     claims = [Q, Q] + [A if status == "pending" else Q for _ in others for status in ("pending", "succeeded")]
     assert again == [*claims, A, D], again
     for payment_id in (first_blocked, second_blocked):
-        assert (await _moves(pool, payment_id), await _statuses(pool, payment_id)) == ([], ["succeeded"])
+        assert (await payment_moves(pool, payment_id), await provider_statuses(pool, payment_id)) == ([], ["succeeded"])
     for payment_id in others:
-        assert await _moves(pool, payment_id) == [("RECORDED", "PENDING")]
-        assert sorted(await _statuses(pool, payment_id)) == ["pending", "succeeded"]
-    await _decided_by_the_api(database, dict.fromkeys((first_blocked, second_blocked, *others), "succeeded"))
+        assert await payment_moves(pool, payment_id) == [("RECORDED", "PENDING")]
+        assert sorted(await provider_statuses(pool, payment_id)) == ["pending", "succeeded"]
+    await decided_by_the_api(
+        database, dict.fromkeys((first_blocked, second_blocked, *others), "succeeded"), AMOUNT, CURRENCY
+    )
     for payment_id in (first_blocked, second_blocked):
-        assert await _moves(pool, payment_id) == [("RECORDED", "SUCCEEDED")]
+        assert await payment_moves(pool, payment_id) == [("RECORDED", "SUCCEEDED")]
         assert await ledger_entries_of(pool, payment_id) == 1
     for payment_id in others:
-        assert await _moves(pool, payment_id) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
+        assert await payment_moves(pool, payment_id) == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")]
         assert await ledger_entries_of(pool, payment_id) == 1
 
 
 async def test_stopping_during_the_one_at_a_time_retry_of_a_failed_batch_answers_the_rest_as_not_confirmed(
     one_writer: Intake, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
-    blocker, good, bad, after = await _payments(database, principal, 4)
+    blocker, good, bad, after = await new_payments(database, principal, 4, AMOUNT, CURRENCY)
     (leg_id,) = await _legs(database, principal, 1)
     bodies = [
         payment_event(good, "succeeded"),
@@ -931,11 +878,13 @@ async def test_stopping_during_the_one_at_a_time_retry_of_a_failed_batch_answers
     assert isinstance(results[1], asyncpg.PostgresError), results
     assert all(isinstance(result, Unavailable) for result in results[2:]), results
     assert await _leg(pool, leg_id) == ("SUBMITTED", Decimal("0"), 0)
-    assert (await _statuses(pool, good), await due_for_check(pool, good)) == (["succeeded"], True)
+    assert (await provider_statuses(pool, good), await due_for_check(pool, good)) == (["succeeded"], True)
     for payment_id in (bad, after):
         assert await payment_state(pool, payment_id) == "RECORDED"
-        assert (await _statuses(pool, payment_id), await due_for_check(pool, payment_id)) == ([], False)
-    assert await _processed(pool, [event_id_of(body) for body in bodies]) == Counter({event_id_of(bodies[0]): 1})
+        assert (await provider_statuses(pool, payment_id), await due_for_check(pool, payment_id)) == ([], False)
+    assert await processed_events(pool, GROUP, [event_id_of(body) for body in bodies]) == Counter(
+        {event_id_of(bodies[0]): 1}
+    )
 
     restarted = Intake(database)
     await restarted.start()
@@ -945,12 +894,12 @@ async def test_stopping_during_the_one_at_a_time_retry_of_a_failed_batch_answers
         await restarted.stop()
     assert again == [D, A, A, Q]
     assert (await _leg(pool, leg_id))[0] == "PENDING"
-    assert await _moves(pool, bad) == [("RECORDED", "PENDING")]
-    assert (await _statuses(pool, bad), await due_for_check(pool, bad)) == (["pending"], False)
-    await _decided_by_the_api(database, dict.fromkeys((good, after), "succeeded"))
+    assert await payment_moves(pool, bad) == [("RECORDED", "PENDING")]
+    assert (await provider_statuses(pool, bad), await due_for_check(pool, bad)) == (["pending"], False)
+    await decided_by_the_api(database, dict.fromkeys((good, after), "succeeded"), AMOUNT, CURRENCY)
     for payment_id in (good, after):
-        assert await _moves(pool, payment_id) == [("RECORDED", "SUCCEEDED")]
-        assert await _statuses(pool, payment_id) == ["succeeded", "succeeded"]  # the webhook's, then the API's
+        assert await payment_moves(pool, payment_id) == [("RECORDED", "SUCCEEDED")]
+        assert await provider_statuses(pool, payment_id) == ["succeeded", "succeeded"]  # the webhook's, then the API's
         assert await ledger_entries_of(pool, payment_id) == 1
 
 
@@ -1027,7 +976,7 @@ async def test_a_server_stopped_mid_storm_kept_every_acknowledged_delivery_and_r
     of every event to a new server applies each event once: a duplicate exactly when it had been
     applied before. The provider's API, asked once about each payment, then decides it once."""
     pool, database_url = crash_pool, crash_database_url
-    payments = await _payments(Database(pool), principal, 300)
+    payments = await new_payments(Database(pool), principal, 300, AMOUNT, CURRENCY)
     bodies = [payment_event(p, status) for p in payments for status in ("pending", "succeeded")]
     subject_of = {event_id_of(body): p for body, p in zip(bodies, [p for p in payments for _ in range(2)], strict=True)}
     deliveries = bodies + bodies[::7]  # some delivered twice
@@ -1067,7 +1016,7 @@ async def test_a_server_stopped_mid_storm_kept_every_acknowledged_delivery_and_r
         # nothing acknowledged was lost: each is processed, an applied one moved its payment, a confirming
         # one left its payment due; every processed event's status was kept, once, with its claim
         assert {outcome for _, outcome in acknowledged} <= {A, Q, D}, acknowledged
-        processed = await _processed(pool, [event_id_of(body) for body in bodies])
+        processed = await processed_events(pool, GROUP, [event_id_of(body) for body in bodies])
         assert all(processed[event_id] == 1 for event_id, _ in acknowledged)
         references = {
             row["evidence_ref"]
@@ -1084,8 +1033,8 @@ async def test_a_server_stopped_mid_storm_kept_every_acknowledged_delivery_and_r
         )
         assert observed == Counter(f"{PROVIDER}:{event_id}" for event_id in processed)
         for payment_id in {subject_of[event_id] for event_id, outcome in acknowledged if outcome is Q}:
-            assert not await _claim_waits(pool, payment_id) or await due_for_check(pool, payment_id), payment_id
-        kept = await _kept(pool, processed)
+            assert not await claim_waits(pool, payment_id) or await due_for_check(pool, payment_id), payment_id
+        kept = await kept_deliveries(pool, PROVIDER, processed)
         assert all(kept[event_id] >= 1 for event_id, _ in acknowledged)
         if stop_signal is signal.SIGTERM:  # drained: whatever it applied, it answered
             assert returncode == 0
@@ -1111,17 +1060,17 @@ async def test_a_server_stopped_mid_storm_kept_every_acknowledged_delivery_and_r
     for body, (status, outcome) in zip(bodies, replies, strict=True):
         assert status == 200, (body, status)
         assert (outcome == D.value) == (processed[event_id_of(body)] == 1), (body, outcome)  # done before: a duplicate
-    assert await _processed(pool, [event_id_of(body) for body in bodies]) == Counter(
+    assert await processed_events(pool, GROUP, [event_id_of(body) for body in bodies]) == Counter(
         dict.fromkeys(map(event_id_of, bodies), 1)
     )
     for payment_id in payments:  # moved by its pending; its claimed success waits for the provider's API
-        assert await _moves(pool, payment_id) == [("RECORDED", "PENDING")]
-        assert sorted(await _statuses(pool, payment_id)) == ["pending", "succeeded"]
+        assert await payment_moves(pool, payment_id) == [("RECORDED", "PENDING")]
+        assert sorted(await provider_statuses(pool, payment_id)) == ["pending", "succeeded"]
         assert await ledger_entries_of(pool, payment_id) == 0
-    await _decided_by_the_api(Database(pool), dict.fromkeys(payments, "succeeded"))
-    allowed = await _allowed_payment_moves(pool)
+    await decided_by_the_api(Database(pool), dict.fromkeys(payments, "succeeded"), AMOUNT, CURRENCY)
+    allowed = await allowed_payment_moves(pool)
     for payment_id in payments:
         assert await payment_state(pool, payment_id) == "SUCCEEDED"
         assert await ledger_entries_of(pool, payment_id) == 1
-        moves = await _moves(pool, payment_id)
+        moves = await payment_moves(pool, payment_id)
         assert moves == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")] and set(moves) <= allowed, moves

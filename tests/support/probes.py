@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
+from collections.abc import Iterable
 
 import asyncpg
 
@@ -77,3 +79,55 @@ async def payments_with_key(pool: asyncpg.Pool, client_id: str, key: str) -> int
     return await count_rows(
         pool, "SELECT count(*) FROM payments WHERE client_id = $1 AND idempotency_key = $2", client_id, key
     )
+
+
+async def payment_moves(pool: asyncpg.Pool, payment_id: uuid.UUID) -> list[tuple[str, str]]:
+    """The payment's transitions, (from, to), in the order they were made."""
+    rows = await pool.fetch(
+        "SELECT from_state, to_state FROM payment_transitions WHERE payment_id = $1 ORDER BY id", payment_id
+    )
+    return [(row["from_state"], row["to_state"]) for row in rows]
+
+
+async def allowed_payment_moves(pool: asyncpg.Pool) -> set[tuple[str, str]]:
+    """The moves PostgreSQL lets a payment make (the table written from the domain's machine)."""
+    rows = await pool.fetch("SELECT from_state, to_state FROM payment_state_transitions")
+    return {(row["from_state"], row["to_state"]) for row in rows}
+
+
+async def provider_statuses(pool: asyncpg.Pool, payment_id: uuid.UUID) -> list[str]:
+    """The provider's statuses kept as evidence for the payment, in the order they were applied."""
+    rows = await pool.fetch("SELECT status FROM provider_statuses WHERE payment_id = $1 ORDER BY id", payment_id)
+    return [row["status"] for row in rows]
+
+
+#: The simulator's words for a payment the provider has and has not decided (a webhook's `pending`).
+STEP_WORDS = frozenset({"pending", "processing", "requires_action"})
+
+
+async def claim_waits(pool: asyncpg.Pool, payment_id: uuid.UUID) -> bool:
+    """Whether a webhook claimed an outcome after the webhook that moved the payment to PENDING (if one
+    did): such a claim must leave the payment due for a check with the provider's API."""
+    words = await provider_statuses(pool, payment_id)
+    moved = next((n for n, word in enumerate(words) if word in STEP_WORDS), -1)
+    return any(word not in STEP_WORDS and n > moved for n, word in enumerate(words))
+
+
+async def processed_events(pool: asyncpg.Pool, consumer_group: str, event_ids: Iterable[str]) -> Counter[str]:
+    """How many times each of the events was claimed by the consumer group (once at most, insert-first)."""
+    rows = await pool.fetch(
+        "SELECT event_id FROM processed_events WHERE consumer_group = $1 AND event_id = ANY($2::text[])",
+        consumer_group,
+        list(event_ids),
+    )
+    return Counter(row["event_id"] for row in rows)
+
+
+async def kept_deliveries(pool: asyncpg.Pool, provider: str, event_ids: Iterable[str]) -> Counter[str]:
+    """How many deliveries of each of the events the provider made are kept as evidence."""
+    rows = await pool.fetch(
+        "SELECT event_id FROM webhook_deliveries WHERE provider = $1 AND event_id = ANY($2::text[])",
+        provider,
+        list(event_ids),
+    )
+    return Counter(row["event_id"] for row in rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,6 +17,7 @@ from server.db.database import Budget, Database
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.gateway import GatewayClient
 from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings
+from tests.support.probes import claim_waits, due_for_check
 from tests.support.waiting import until
 
 
@@ -130,3 +132,26 @@ async def answering_provider() -> AsyncIterator[AnsweringProvider]:
     finally:
         provider.release()  # answers still held go out before the provider stops
         await runner.cleanup()
+
+
+async def decided_by_the_api(
+    database: Database, says: dict[uuid.UUID, str], amount: str, currency: str, chunk: int = 50
+) -> None:
+    """The resolver's passes over these payments, which webhooks made due for a check: each is asked
+    about once, by its idempotency key, and the provider API's answer (`says`: its status, with the
+    object id, amount and currency the webhooks name) decides it."""
+    pool, ids = database.pool, list(says)
+    not_due = [p for p in ids if await claim_waits(pool, p) and not await due_for_check(pool, p)]
+    assert not_due == [], f"a claim never made these due for a check with the provider's API: {not_due}"
+    async with answering_provider() as provider:
+        for payment_id, status in says.items():
+            object_id = f"pay_{payment_id.hex[:12]}"
+            provider.says(payment_id, status, amount=amount, currency=currency, provider_payment_id=object_id)
+        for start in range(0, len(ids), chunk):
+            taken = ids[start : start + chunk]
+            # first in line, in a database other specs share: the pass takes exactly these
+            await pool.execute("UPDATE payments SET next_check_at = '-infinity' WHERE id = ANY($1::uuid[])", taken)
+            assert await provider.resolver(database, batch_size=len(taken)).run_once() == len(taken)
+        assert Counter(provider.asked) == Counter(dict.fromkeys(map(str, ids), 1)), provider.asked
+    for payment_id in ids:
+        assert not await due_for_check(pool, payment_id), "a payment the API decided still waits for a check"
