@@ -10,7 +10,6 @@ from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
 from server.api.auth import TokenAuthenticator
 from server.api.handlers import ServicerBase, fit_page, timestamp_of, translate_errors
 from server.db.database import Database
-from server.db.orders_repository import LegRecord, ModificationRecord, OrderRecord
 from server.domain.identifiers import parse_uuid
 from server.domain.identity import Permission
 from server.domain.money import EXACT
@@ -18,6 +17,7 @@ from server.domain.order_legs import Leg
 from server.domain.orders import validate_close_leg, validate_modify_leg, validate_submit_order
 from server.providers.venue import VenueClient
 from server.services import execution, order_submission
+from server.services.execution import LegRecord, ModificationRecord, OrderRecord
 
 
 def _decimal(value: Decimal | None) -> str:

@@ -9,9 +9,9 @@ import grpc
 from ballast.common.v1 import money_pb2
 from ballast.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from server.api.handlers import ServicerBase, fit_page, timestamp_of, translate_errors
-from server.db.ledger_repository import LedgerEntryRecord
 from server.domain.identity import Permission
 from server.services import ledger
+from server.services.ledger import LedgerEntryRecord
 
 
 def signed_money(amount: Decimal, currency_code: str) -> money_pb2.Money:

@@ -9,8 +9,6 @@ from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from server.api.auth import TokenAuthenticator
 from server.api.handlers import ServicerBase, fit_page, timestamp_of, translate_errors
 from server.db.database import Database
-from server.db.payments_repository import PaymentRecord
-from server.db.timeline_repository import ProviderStatus, TimelineEntry, Transition
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.identity import Permission
 from server.domain.payment_states import PaymentState
@@ -18,6 +16,8 @@ from server.domain.payments import validate_create_payment
 from server.providers.gateway import GatewayClient
 from server.services import payments, submission, timeline
 from server.services.ledger import signed_amount
+from server.services.payments import PaymentRecord
+from server.services.timeline import ProviderStatus, TimelineEntry, Transition
 
 
 def _state(state: PaymentState | None) -> str:

@@ -17,7 +17,11 @@ import asyncpg
 from server.db import orders_repository, venue_instructions_repository
 from server.db.database import Budget, Database, in_transaction
 from server.db.idempotency_repository import claim_key
-from server.db.orders_repository import LegRecord, OrderRecord
+
+# results of these use cases, as the handlers read them
+from server.db.orders_repository import LegRecord as LegRecord
+from server.db.orders_repository import ModificationRecord as ModificationRecord
+from server.db.orders_repository import OrderRecord as OrderRecord
 from server.db.outbox_writer import append_audit, write_event
 from server.domain.errors import NotFound
 from server.domain.identity import Principal, readable_client

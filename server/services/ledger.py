@@ -17,7 +17,7 @@ import asyncpg
 
 from server.db import ledger_repository, payments_repository
 from server.db.database import Budget, Database
-from server.db.ledger_repository import LedgerEntryRecord
+from server.db.ledger_repository import LedgerEntryRecord as LedgerEntryRecord  # a result of these use cases
 from server.domain.errors import FieldViolation, InvalidArgument, PermissionDenied, echo
 from server.domain.identity import Permission, Principal, is_allowed
 from server.domain.ledger import ACCOUNT_LENGTH_MAX, ACCOUNT_PATTERN, merchant_payable

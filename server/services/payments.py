@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from server.db import payments_repository
 from server.db.database import Budget, Database
-from server.db.payments_repository import PaymentRecord
+from server.db.payments_repository import PaymentRecord as PaymentRecord  # a result of these use cases
 from server.domain.errors import (
     ConcurrencyConflict,
     IdempotencyKeyReused,

@@ -17,7 +17,12 @@ from datetime import UTC, datetime
 
 from server.db import payments_repository, timeline_repository
 from server.db.database import Budget, Database
-from server.db.timeline_repository import Position, TimelineEntry
+from server.db.timeline_repository import Position
+
+# results of these use cases, as the handlers read them
+from server.db.timeline_repository import ProviderStatus as ProviderStatus
+from server.db.timeline_repository import TimelineEntry as TimelineEntry
+from server.db.timeline_repository import Transition as Transition
 from server.domain.errors import FieldViolation, InvalidArgument, NotFound
 from server.domain.identifiers import UUID_PATTERN
 from server.domain.identity import Principal, readable_client
