@@ -16,7 +16,9 @@ import pytest
 from server.db.database import Database
 from server.db.engine import create_pool
 from server.db.migrate import migrate_to_head
+from server.domain.identity import Principal
 from tests.support import scratch_database
+from tests.support.requests import new_principal
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,6 +67,12 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 def database(pool: asyncpg.Pool) -> Database:
     """The session's database as the use cases take it."""
     return Database(pool)
+
+
+@pytest.fixture
+def principal() -> Principal:
+    """A service of this test's own, as the use cases take it."""
+    return new_principal()
 
 
 @pytest.fixture(scope="session")

@@ -16,13 +16,7 @@ import grpc
 import pytest
 
 from ballast.payments.v1 import payments_pb2_grpc
-from server.domain.identity import Principal, Role
 from tests.support.servers import Caller, World, in_process_server, isolated_server
-
-
-@pytest.fixture
-def principal() -> Principal:
-    return Principal(client_id=f"client-{uuid.uuid4().hex[:12]}", role=Role.SERVICE)
 
 
 @pytest.fixture(scope="session")

@@ -1,10 +1,10 @@
-"""Adversarial specs for webhook intake in group commits (server/services/webhooks.py, class Intake).
+"""Webhook intake in group commits (server/services/webhooks.py, class Intake), pushed hard.
 
 Concurrent deliveries share one PostgreSQL transaction and are answered only after its commit; a
-failed batch is applied again one delivery at a time. These tests try to break what that must keep:
+failed batch is applied again one delivery at a time. These specs try to break what that must keep:
 each event applied once per consumer, in arrival order within a batch, every payment moving only as
 its machine and the order of witnesses allow, a bad event failing alone, every caller answered (in
-time, on stopping, or by a restarted server) and no acknowledged delivery ever lost.
+time, or on stopping) and nothing half applied. (A server killed mid-storm: tests/e2e.)
 
 A webhook is a signal, not the deciding witness: a `pending` moves a RECORDED payment to PENDING, but
 a claimed outcome (succeeded, failed, refunded...) only notes the provider's status and makes the
@@ -12,24 +12,19 @@ payment due for a check with the provider's API (`confirming`). Where a spec nee
 resolver asks a provider API the spec sets up, whose answer decides, once, with one ledger entry.
 
 Batches are made on purpose where their shape matters: a first delivery is held up behind a row lock
-the test holds (pg_blocking_pids tells when the writer waits for it), so the deliveries sent
-meanwhile queue up and reach PostgreSQL together. Everything runs against the real database; the
-crash test runs the server as a separate process and stops it with SIGKILL or SIGTERM mid-storm.
+the spec holds (pg_blocking_pids tells when the writer waits for it), so the deliveries sent
+meanwhile queue up and reach PostgreSQL together.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -40,15 +35,12 @@ from prometheus_client import REGISTRY
 
 from server.api.http_app import INTAKE, SOURCES, build_http_app, receive_webhook
 from server.db.database import Budget, Database
-from server.db.engine import create_pool
-from server.db.migrate import migrate_to_head
 from server.domain.errors import DeadlineExceeded, Unavailable
 from server.domain.events import CASE_OPENED, PAYMENT_STATE_CHANGED
 from server.domain.identity import Principal
 from server.services.webhook_application import Outcome, WebhookSource
 from server.services.webhooks import Intake
-from tests.e2e.conftest import ServerProcess, free_port, server_environment, wait_until_serving
-from tests.support import scratch_database, until
+from tests.support import until
 from tests.support.faults import ConflictsNoted, Held, allow_inserts, hold_row, holding, refuse_inserts
 from tests.support.probes import (
     allowed_payment_moves,
@@ -78,7 +70,7 @@ from tests.support.webhooks import (
 SECRET = "whsec_adversarial_group_commit"  # noqa: S105 - a test secret
 SOURCE = WebhookSource(PROVIDER, SECRET)
 GROUP = SOURCE.consumer_group
-ROOT = Path(__file__).resolve().parents[2]
+
 
 #: the outcomes, short, so that a batch's expected answers read as one line (Q: confirming, the
 #: provider's API is queried; C: a leg's contradiction)
@@ -86,6 +78,7 @@ A, D, S, C = Outcome.APPLIED, Outcome.DUPLICATE, Outcome.STALE, Outcome.CONTRADI
 Q, R = Outcome.CONFIRMING, Outcome.REPEAT
 #: what every payment here is for, as the provider's API states it
 AMOUNT, CURRENCY = "12.50", "EUR"
+
 
 # --------------------------------------------------------------------------------------------- events
 
@@ -225,6 +218,20 @@ async def _assert_payment_consistent(
         ) == len(moves)
     cases = await pool.fetch("SELECT status, evidence FROM cases WHERE payment_id = $1", payment_id)
     assert cases == [], (payment_id, cases)  # webhooks contradicting each other are settled by asking the API
+
+
+async def _both_blocked(pool: asyncpg.Pool, held: Held) -> None:
+    """Until the held row has a waiter, and one more session waits for a lock (the other batch)."""
+
+    async def blocked() -> bool:
+        waiting = await count_rows(
+            pool,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND cardinality(pg_blocking_pids(pid)) > 0",
+        )
+        return await held.waiters() >= 1 and waiting >= 2
+
+    await until(blocked, "both batches wait for a lock")
 
 
 # ============================================================================================= specs
@@ -631,20 +638,6 @@ async def test_a_signed_delivery_with_a_non_utf8_user_agent_is_kept_and_applied_
     assert _sample(SPLIT) == split_before
 
 
-async def _both_blocked(pool: asyncpg.Pool, held: Held) -> None:
-    """Until the held row has a waiter, and one more session waits for a lock (the other batch)."""
-
-    async def blocked() -> bool:
-        waiting = await count_rows(
-            pool,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND cardinality(pg_blocking_pids(pid)) > 0",
-        )
-        return await held.waiters() >= 1 and waiting >= 2
-
-    await until(blocked, "both batches wait for a lock")
-
-
 async def test_two_intakes_taking_the_same_rows_in_opposite_orders_never_deadlock_and_apply_each_event_once(
     principal: Principal, pool: asyncpg.Pool
 ) -> None:
@@ -901,176 +894,3 @@ async def test_stopping_during_the_one_at_a_time_retry_of_a_failed_batch_answers
         assert await payment_moves(pool, payment_id) == [("RECORDED", "SUCCEEDED")]
         assert await provider_statuses(pool, payment_id) == ["succeeded", "succeeded"]  # the webhook's, then the API's
         assert await ledger_entries_of(pool, payment_id) == 1
-
-
-# --------------------------------------------------------------------------------------------- a real crash
-
-
-def _start_server(database_url: str, data_dir: Path, log_path: Path) -> tuple[ServerProcess, str]:
-    """A server process with webhooks on a port of its own and no provider; (process, webhook URL)."""
-    port, http_port = free_port(), free_port()
-    token, client_id = f"crash-token-{uuid.uuid4().hex}", f"crash-{uuid.uuid4().hex[:8]}"
-    env = server_environment(database_url, port, token, client_id, data_dir) | {
-        "BALLAST_HTTP_PORT": str(http_port),
-        "BALLAST_PROVIDER_URL": "off",
-        "BALLAST_PROVIDER_WEBHOOK_SECRET": SECRET,
-        "BALLAST_RELAY_WORKERS": "0",
-    }
-    with log_path.open("w") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "server"], cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True
-        )
-    server = ServerProcess(process, f"127.0.0.1:{port}", token, client_id, log_path)
-    try:
-        wait_until_serving(server)
-    except BaseException:
-        process.kill()
-        raise
-    return server, f"http://127.0.0.1:{http_port}/webhooks/{PROVIDER}"
-
-
-def _no_backend_at_work(pool: asyncpg.Pool) -> Callable[[], Awaitable[bool]]:
-    """True once no other session of this database is running a statement or inside a transaction: a
-    COMMIT the killed process wrote just before it died is then either applied or never will be."""
-
-    async def idle() -> bool:
-        busy = await pool.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND backend_type = 'client backend' AND pid <> pg_backend_pid() AND state <> 'idle'"
-        )
-        return int(busy) == 0
-
-    return idle
-
-
-@pytest.fixture(scope="module")
-def crash_database_url(server_database_url: str) -> Iterator[str]:
-    """A database of the crash tests' own: their servers relay nothing, and the thousands of outbox
-    events of their payments must not queue up in front of the session database's other relay tests."""
-    with scratch_database(server_database_url, "ballast_group_commit_crash") as url:
-        migrate_to_head(url)
-        yield url
-
-
-@pytest.fixture
-async def crash_pool(crash_database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await create_pool(crash_database_url, size=10, statement_timeout_ms=10_000)
-    try:
-        yield pool
-    finally:
-        await pool.close()
-
-
-@pytest.mark.e2e
-@pytest.mark.parametrize("stop_signal", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-async def test_a_server_stopped_mid_storm_kept_every_acknowledged_delivery_and_redeliveries_apply_each_event_once(
-    principal: Principal,
-    crash_pool: asyncpg.Pool,
-    crash_database_url: str,
-    tmp_path: Path,
-    stop_signal: signal.Signals,
-) -> None:
-    """Killed (SIGKILL) or stopped (SIGTERM, which drains the deliveries in flight) mid-storm, a server
-    has applied every delivery it answered 2xx: a pending moved its payment, a claimed success left it
-    due for a check with the provider's API, each event's status kept once. The provider's redelivery
-    of every event to a new server applies each event once: a duplicate exactly when it had been
-    applied before. The provider's API, asked once about each payment, then decides it once."""
-    pool, database_url = crash_pool, crash_database_url
-    payments = await new_payments(Database(pool), principal, 300, AMOUNT, CURRENCY)
-    bodies = [payment_event(p, status) for p in payments for status in ("pending", "succeeded")]
-    subject_of = {event_id_of(body): p for body, p in zip(bodies, [p for p in payments for _ in range(2)], strict=True)}
-    deliveries = bodies + bodies[::7]  # some delivered twice
-    random.Random(7).shuffle(deliveries)  # noqa: S311 - a reproducible shuffle
-    acknowledged: list[tuple[str, Outcome]] = []
-    answered: Counter[int] = Counter()  # HTTP status, 0 for no answer
-    servers: list[ServerProcess] = []
-    try:
-        server, url = await asyncio.to_thread(_start_server, database_url, tmp_path / "data", tmp_path / "first.log")
-        servers.append(server)
-        async with aiohttp.ClientSession() as session:
-            semaphore = asyncio.Semaphore(64)
-
-            async def deliver(body: bytes) -> None:
-                async with semaphore:
-                    try:
-                        async with session.post(url, data=body, headers=signed_headers(body, SECRET)) as response:
-                            answered[response.status] += 1
-                            if response.status == 200:
-                                acknowledged.append((event_id_of(body), Outcome((await response.json())["outcome"])))
-                    except aiohttp.ClientError:  # refused, or cut off: the provider will deliver it again
-                        answered[0] += 1
-
-            load = asyncio.gather(*(deliver(body) for body in deliveries))
-
-            async def enough() -> bool:
-                return len(acknowledged) >= 100
-
-            await until(enough, "a hundred deliveries were acknowledged", timeout_s=20)
-            server.process.send_signal(stop_signal)
-            await load
-        returncode = await asyncio.to_thread(server.process.wait, 20)
-        assert len(acknowledged) < len(deliveries), "the stop should land mid-storm"
-        assert set(answered) <= {0, 200, 503}, answered  # never a 500
-        await until(_no_backend_at_work(pool), "the stopped server's sessions finished what they had received")
-
-        # nothing acknowledged was lost: each is processed, an applied one moved its payment, a confirming
-        # one left its payment due; every processed event's status was kept, once, with its claim
-        assert {outcome for _, outcome in acknowledged} <= {A, Q, D}, acknowledged
-        processed = await processed_events(pool, GROUP, [event_id_of(body) for body in bodies])
-        assert all(processed[event_id] == 1 for event_id, _ in acknowledged)
-        references = {
-            row["evidence_ref"]
-            for row in await pool.fetch(
-                "SELECT evidence_ref FROM payment_transitions WHERE payment_id = ANY($1::uuid[])", payments
-            )
-        }
-        assert all(f"{PROVIDER}:{event_id}" in references for event_id, outcome in acknowledged if outcome is A)
-        observed = Counter(
-            row["evidence_ref"]
-            for row in await pool.fetch(
-                "SELECT evidence_ref FROM provider_statuses WHERE payment_id = ANY($1::uuid[])", payments
-            )
-        )
-        assert observed == Counter(f"{PROVIDER}:{event_id}" for event_id in processed)
-        for payment_id in {subject_of[event_id] for event_id, outcome in acknowledged if outcome is Q}:
-            assert not await claim_waits(pool, payment_id) or await due_for_check(pool, payment_id), payment_id
-        kept = await kept_deliveries(pool, PROVIDER, processed)
-        assert all(kept[event_id] >= 1 for event_id, _ in acknowledged)
-        if stop_signal is signal.SIGTERM:  # drained: whatever it applied, it answered
-            assert returncode == 0
-            unanswered = set(processed) - {event_id for event_id, _ in acknowledged}
-            assert unanswered == set(), f"{len(unanswered)} events applied but never answered 2xx"
-
-        replacement, url = await asyncio.to_thread(
-            _start_server, database_url, tmp_path / "data", tmp_path / "replacement.log"
-        )
-        servers.append(replacement)
-        async with aiohttp.ClientSession() as session:
-            semaphore = asyncio.Semaphore(64)
-
-            async def redeliver(body: bytes) -> tuple[int, str]:
-                async with semaphore, session.post(url, data=body, headers=signed_headers(body, SECRET)) as response:
-                    return response.status, str((await response.json()).get("outcome", ""))
-
-            replies = await asyncio.gather(*(redeliver(body) for body in bodies))
-    finally:
-        for started in servers:
-            if started.process.poll() is None:
-                await asyncio.to_thread(started.stop)
-    for body, (status, outcome) in zip(bodies, replies, strict=True):
-        assert status == 200, (body, status)
-        assert (outcome == D.value) == (processed[event_id_of(body)] == 1), (body, outcome)  # done before: a duplicate
-    assert await processed_events(pool, GROUP, [event_id_of(body) for body in bodies]) == Counter(
-        dict.fromkeys(map(event_id_of, bodies), 1)
-    )
-    for payment_id in payments:  # moved by its pending; its claimed success waits for the provider's API
-        assert await payment_moves(pool, payment_id) == [("RECORDED", "PENDING")]
-        assert sorted(await provider_statuses(pool, payment_id)) == ["pending", "succeeded"]
-        assert await ledger_entries_of(pool, payment_id) == 0
-    await decided_by_the_api(Database(pool), dict.fromkeys(payments, "succeeded"), AMOUNT, CURRENCY)
-    allowed = await allowed_payment_moves(pool)
-    for payment_id in payments:
-        assert await payment_state(pool, payment_id) == "SUCCEEDED"
-        assert await ledger_entries_of(pool, payment_id) == 1
-        moves = await payment_moves(pool, payment_id)
-        assert moves == [("RECORDED", "PENDING"), ("PENDING", "SUCCEEDED")] and set(moves) <= allowed, moves
