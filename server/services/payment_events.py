@@ -26,6 +26,7 @@ from server.domain.ledger import correction_postings, payment_postings
 from server.domain.payment_evidence import Misfit, judge, misfits
 from server.domain.payment_states import EVENT_TARGETS, PaymentEvent, PaymentState, Verdict, Witness, event_towards
 from server.domain.state_machine import IllegalTransition
+from server.providers.gateway import ProviderPayment
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,20 @@ class Evidence:
     #: what the provider says the payment is for, verbatim; evidence that names other terms moves nothing
     amount: str | None = None
     currency_code: str | None = None
+
+    @classmethod
+    def of_api_answer(cls, cause: str, provider: str, answer: ProviderPayment) -> Evidence:
+        """The provider's API's word about a payment (its answer to a request or to an inquiry)."""
+        return cls(
+            cause,
+            f"{provider}:{answer.provider_payment_id}",
+            provider=provider,
+            provider_status=answer.status,
+            provider_payment_id=answer.provider_payment_id,
+            witness=Witness.API,
+            amount=answer.amount,
+            currency_code=answer.currency_code,
+        )
 
 
 @dataclass(frozen=True)

@@ -209,16 +209,7 @@ class PaymentResolver(CheckLoop[_Claimed]):
         except UnknownProviderStatus as error:
             await self._later(payment, str(error))
             return
-        evidence = Evidence(
-            "resolver.inquiry",
-            f"{provider}:{answer.provider_payment_id}",
-            provider=provider,
-            provider_status=answer.status,
-            provider_payment_id=answer.provider_payment_id,
-            witness=Witness.API,
-            amount=answer.amount,
-            currency_code=answer.currency_code,
-        )
+        evidence = Evidence.of_api_answer("resolver.inquiry", provider, answer)
         state = await self._apply(payment, event, evidence)
         if state in UNDECIDED_STATES:
             CHECKS.labels("still_pending").inc()

@@ -110,16 +110,7 @@ async def submit_payment(
                 ),
             )
             return await _reread(database, payment)
-        evidence = Evidence(
-            "provider.response",
-            f"{provider}:{answer.provider_payment_id}",
-            provider=provider,
-            provider_status=answer.status,
-            provider_payment_id=answer.provider_payment_id,
-            witness=Witness.API,
-            amount=answer.amount,
-            currency_code=answer.currency_code,
-        )
+        evidence = Evidence.of_api_answer("provider.response", provider, answer)
     await _record(database, payment, event, evidence)
     return await _reread(database, payment)
 
