@@ -14,6 +14,7 @@ import asyncpg
 
 from server.db.database import Budget, Database
 from server.domain.errors import ConcurrencyConflict
+from tests.support.probes import sessions_waiting_for
 from tests.support.waiting import until
 
 
@@ -93,11 +94,8 @@ class Held:
 
     async def waiters(self) -> int:
         """How many sessions wait for what this transaction holds."""
-        return int(
-            await self.pool.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", self.pid
-            )
-        )
+        async with self.pool.acquire() as connection:
+            return await sessions_waiting_for(connection, self.pid)
 
     async def waited_for(self, what: str, count: int = 1) -> None:
         """Until `count` sessions wait for it; `what` names the wait when it never comes."""

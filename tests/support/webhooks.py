@@ -23,6 +23,7 @@ from server.db.database import Database
 from server.services.webhook_application import WebhookSource
 from server.services.webhooks import Intake
 from simulator.signing import SIGNATURE_HEADER, sign
+from tests.support.waiting import until
 
 #: The provider whose webhooks these are (its parser and status words).
 PROVIDER = "simulator"
@@ -40,6 +41,7 @@ __all__ = [
     "payment_event",
     "sign",
     "signed_headers",
+    "until_queued",
     "webhook_endpoint",
 ]
 
@@ -164,3 +166,12 @@ async def webhook_endpoint(
             yield WebhookEndpoint(runner.addresses[0][1], secret, session)
     finally:
         await runner.cleanup()
+
+
+async def until_queued(intake: Intake, count: int) -> None:
+    """Until `count` deliveries wait in the intake's queue (verified, parsed, not taken by a writer)."""
+
+    def waiting() -> bool:
+        return intake._queue.qsize() >= count  # nothing public tells; a delivery is queued with no await
+
+    await until(waiting, f"{count} deliveries are queued")

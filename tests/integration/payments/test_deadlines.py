@@ -30,8 +30,8 @@ from prometheus_client import REGISTRY
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.gateway import GatewayClient
-from tests.support import insert_idempotency_key
-from tests.support.probes import payments_with_key
+from tests.support import insert_idempotency_key, until
+from tests.support.probes import payments_with_key, sessions_waiting_for
 from tests.support.requests import create_payment_request
 from tests.support.servers import SHORT_REQUEST_TIMEOUT_MS, Caller, in_process_server
 
@@ -151,12 +151,12 @@ async def test_a_call_its_caller_cancels_is_counted_cancelled_not_unknown(
     async with pool.acquire() as holder, holder.transaction():
         await insert_idempotency_key(holder, caller.client_id, key)  # the call waits behind this row
         call = stub.CreatePayment(create_payment_request(key, "12.50"), metadata=caller.metadata, timeout=30)
-        deadline = time.monotonic() + 10
-        while not await holder.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        ):
-            assert time.monotonic() < deadline, "the call never reached the database"
-            await asyncio.sleep(0.01)
+        holder_pid = await holder.fetchval("SELECT pg_backend_pid()")
+
+        async def reached() -> bool:
+            return await sessions_waiting_for(holder, holder_pid) >= 1
+
+        await until(reached, "the call reached the database and waits behind the held row")
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
@@ -274,7 +274,14 @@ class TestDeadlines:
             await transaction.start()
             await insert_idempotency_key(holder, alpha.client_id, request.idempotency_key)
             calls = [payments_stub.CreatePayment(request, metadata=alpha.metadata, timeout=5) for _ in range(70)]
-            await asyncio.sleep(0.3)
+            holder_pid = await holder.fetchval("SELECT pg_backend_pid()")
+
+            async def mid_wait() -> bool:
+                # every call with a pooled connection (29 of the session pool's 30) waits for the held key,
+                # the others for a connection
+                return await sessions_waiting_for(holder, holder_pid) >= 20
+
+            await until(mid_wait, "the calls wait for the held key")
             for call in calls:
                 call.cancel()
             outcomes = await asyncio.gather(*calls, return_exceptions=True)

@@ -65,6 +65,7 @@ from tests.support.webhooks import (
     payment_event,
     sign,
     signed_headers,
+    until_queued,
 )
 
 SECRET = "whsec_adversarial_group_commit"  # noqa: S105 - a test secret
@@ -142,15 +143,6 @@ def _send(intake: Intake, body: bytes, budget_s: float = 10) -> asyncio.Task[Out
     return asyncio.create_task(intake.receive(SOURCE, signed_headers(body, SECRET), body, Budget.within(budget_s)))
 
 
-async def _queued(intake: Intake, count: int) -> None:
-    """Until `count` deliveries wait in the intake's queue (verified, parsed, not taken by a writer)."""
-
-    async def queued() -> bool:
-        return intake._queue.qsize() >= count  # nothing public tells; a delivery is queued with no await
-
-    await until(queued, f"{count} deliveries are queued")
-
-
 async def _results(tasks: Iterable[asyncio.Task[Outcome]], timeout_s: float = 15) -> list[Any]:
     """Every task's outcome or exception; fails (instead of hanging) if one is never answered."""
     async with asyncio.timeout(timeout_s):
@@ -167,7 +159,7 @@ async def _sent_as_one_batch(
         first = _send(intake, payment_event(blocker, "pending"))
         await held.waited_for("the first delivery waits for the blocker's row")
         tasks = [_send(intake, body) for body in bodies]
-        await _queued(intake, len(bodies))
+        await until_queued(intake, len(bodies))
     finally:
         await held.release()
     assert await _results([first]) == [A]
@@ -621,9 +613,9 @@ async def test_a_signed_delivery_with_a_non_utf8_user_agent_is_kept_and_applied_
             first = _send(one_writer, payment_event(blocker, "pending"))
             await held.waited_for("the first delivery waits for the blocker's row")
             posted = asyncio.create_task(raw_post(odd_body, b"provider/1.0 \xff\xfe"))
-            await _queued(one_writer, 1)
+            await until_queued(one_writer, 1)
             neighbour_task = _send(one_writer, neighbour_body)
-            await _queued(one_writer, 2)
+            await until_queued(one_writer, 2)
         finally:
             await held.release()
         assert await _results([first, neighbour_task]) == [A, A]
@@ -760,7 +752,7 @@ async def test_a_caller_out_of_time_while_its_batch_waits_is_told_so_and_the_red
         await held.waited_for("the first delivery waits for the blocker's row")
         impatient = _send(one_writer, body, budget_s=1.5)
         patient = _send(one_writer, payment_event(neighbour, "pending"))
-        await _queued(one_writer, 2)
+        await until_queued(one_writer, 2)
         await held.release()
         await held_slow.waited_for("the second batch waits for the slow payment's row")
         assert not impatient.done()
@@ -801,7 +793,7 @@ async def test_stopping_with_both_writers_mid_transaction_and_more_queued_answer
             blocked.append(_send(intake, body))
             await holder.waited_for("a writer waits for a held row")
         queued = [_send(intake, body) for body in queued_bodies]
-        await _queued(intake, len(queued_bodies))
+        await until_queued(intake, len(queued_bodies))
         started = time.monotonic()
         async with asyncio.timeout(10):
             await intake.stop()

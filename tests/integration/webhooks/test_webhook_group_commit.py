@@ -25,10 +25,10 @@ from server.domain.identity import Principal
 from server.services.webhook_application import Outcome, WebhookSource
 from server.services.webhooks import Intake
 from tests.support import answering_provider
-from tests.support.faults import allow_inserts, refuse_inserts
+from tests.support.faults import allow_inserts, hold_row, refuse_inserts
 from tests.support.probes import due_for_check
 from tests.support.requests import new_payments
-from tests.support.webhooks import payment_event, signed_headers
+from tests.support.webhooks import payment_event, signed_headers, until_queued
 
 SECRET = "whsec_group_commit_test"  # noqa: S105 - a test secret
 SOURCE = WebhookSource("simulator", SECRET)
@@ -61,19 +61,13 @@ def receive(intake: Intake) -> Receive:
 async def _held_up(pool: asyncpg.Pool, receive: Receive, payment_id: uuid.UUID) -> AsyncIterator[asyncio.Task[Outcome]]:
     """A delivery about `payment_id` (a claim of success) that the writer has taken and cannot finish
     until the block ends."""
-    async with pool.acquire() as blocker, blocker.transaction():
-        await blocker.execute("SELECT 1 FROM payments WHERE id = $1 FOR UPDATE", payment_id)
+    held = await hold_row(pool, "payments", payment_id)
+    try:
         first = asyncio.create_task(receive(payment_event(payment_id, "succeeded")))
-        for _ in range(200):  # until the writer waits for the row lock
-            waiting = await pool.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            if waiting:
-                break
-            await asyncio.sleep(0.01)
-        else:
-            raise AssertionError("the first delivery never reached the database")
+        await held.waited_for("the first delivery reached the database and waits for the payment's row")
         yield first
+    finally:
+        await held.release()
     assert await first == Outcome.CONFIRMING
 
 
@@ -81,21 +75,24 @@ def _sample(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
 
-async def _sent_meanwhile(receive: Receive, bodies: list[bytes]) -> list[asyncio.Task[Outcome]]:
+async def _sent_meanwhile(intake: Intake, receive: Receive, bodies: list[bytes]) -> list[asyncio.Task[Outcome]]:
+    """`bodies` sent while the writer is held up: each is verified, parsed and queued, waiting for it."""
     tasks = [asyncio.create_task(receive(body)) for body in bodies]
-    await asyncio.sleep(0.05)  # each is verified, parsed and queued without waiting for anything
+    await until_queued(intake, len(bodies))
     return tasks
 
 
 async def test_deliveries_that_arrive_together_commit_together_in_arrival_order(
-    receive: Receive, database: Database, principal: Principal, pool: asyncpg.Pool
+    intake: Intake, receive: Receive, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     blocker, two_events, other = await new_payments(database, principal, 3, "12.50")
     repeated = payment_event(two_events, "succeeded")
     batches_before = _sample("ballast_webhook_batch_deliveries_count")
     async with _held_up(pool, receive, blocker):
         tasks = await _sent_meanwhile(
-            receive, [payment_event(two_events, "pending"), repeated, repeated, payment_event(other, "succeeded")]
+            intake,
+            receive,
+            [payment_event(two_events, "pending"), repeated, repeated, payment_event(other, "succeeded")],
         )
         assert not any(task.done() for task in tasks), "answered before anything committed"
     outcomes = [await task for task in tasks]
@@ -136,7 +133,7 @@ async def test_deliveries_that_arrive_together_commit_together_in_arrival_order(
 
 
 async def test_an_event_that_fails_in_a_batch_fails_alone_and_its_redelivery_applies_it(
-    receive: Receive, database: Database, principal: Principal, pool: asyncpg.Pool
+    intake: Intake, receive: Receive, database: Database, principal: Principal, pool: asyncpg.Pool
 ) -> None:
     blocker, bad, *good = await new_payments(database, principal, 5, "12.50")
     # PostgreSQL refuses to keep any provider's word about `bad`: its event fails wherever it is applied
@@ -146,6 +143,7 @@ async def test_an_event_that_fails_in_a_batch_fails_alone_and_its_redelivery_app
     try:
         async with _held_up(pool, receive, blocker):
             tasks = await _sent_meanwhile(
+                intake,
                 receive,
                 [payment_event(good[0], "succeeded"), bad_body]
                 + [payment_event(payment_id, "succeeded") for payment_id in good[1:]],
@@ -191,13 +189,16 @@ async def test_stopping_answers_every_waiting_delivery_as_not_confirmed(
 
     blocker, queued = await new_payments(database, principal, 2, "12.50")
     bodies = [payment_event(blocker, "succeeded"), payment_event(queued, "succeeded")]
-    async with pool.acquire() as holder, holder.transaction():
-        await holder.execute("SELECT 1 FROM payments WHERE id = $1 FOR UPDATE", blocker)
+    held = await hold_row(pool, "payments", blocker)
+    try:
         first = asyncio.create_task(receive(bodies[0]))
+        await held.waited_for("the writer took the first delivery and waits for the blocker's row")
         second = asyncio.create_task(receive(bodies[1]))
-        await asyncio.sleep(0.2)
+        await until_queued(intake, 1)
         await intake.stop()
         results = await asyncio.gather(first, second, return_exceptions=True)
+    finally:
+        await held.release()
     assert all(isinstance(result, Unavailable) for result in results), results
     for payment_id in (blocker, queued):  # nothing kept, nothing made due: the provider delivers them again
         row = await pool.fetchrow("SELECT state, next_check_at FROM payments WHERE id = $1", payment_id)

@@ -19,9 +19,9 @@ from prometheus_client import REGISTRY
 from server.db.database import Database
 from server.domain.identity import Principal
 from server.services.webhooks import INTAKE_FULL_RETRY_AFTER_S, Intake
-from tests.support import answering_provider
+from tests.support import answering_provider, until
 from tests.support.faults import allow_inserts, refuse_inserts
-from tests.support.probes import count_rows, due_for_check
+from tests.support.probes import count_rows, due_for_check, sessions_waiting_for
 from tests.support.requests import new_payment
 from tests.support.webhooks import PROVIDER, payment_event, sign, signed_headers, webhook_endpoint
 
@@ -338,16 +338,14 @@ async def test_a_full_intake_refuses_at_once_with_retry_after_and_keeps_nothing_
         async with pool.acquire() as holder, holder.transaction():
             await holder.execute("LOCK TABLE webhook_deliveries IN EXCLUSIVE MODE")  # the writer waits here
             first = asyncio.ensure_future(deliver(bodies[0]))
-            deadline = time.monotonic() + 10
-            while not await holder.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-            ):
-                assert time.monotonic() < deadline, "the writer never reached the database"
-                await asyncio.sleep(0.01)
+            holder_pid = await holder.fetchval("SELECT pg_backend_pid()")
+
+            async def writer_waits() -> bool:
+                return await sessions_waiting_for(holder, holder_pid) >= 1
+
+            await until(writer_waits, "the writer reached the database and waits for the table")
             waiting = [asyncio.ensure_future(deliver(body)) for body in bodies[1:3]]
-            while _queued() < 2:
-                assert time.monotonic() < deadline, "the two deliveries never queued"
-                await asyncio.sleep(0.01)
+            await until(lambda: _queued() >= 2, "the two deliveries queued")
             assert await deliver(bodies[3]) == (503, str(INTAKE_FULL_RETRY_AFTER_S))
         assert [(await reply)[0] for reply in (first, *waiting)] == [200, 200, 200]
         refused_id = json.loads(bodies[3])["id"]
