@@ -3,7 +3,7 @@ Ballast's endpoint, with the profile and settings a spec chooses; and its ground
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ import aiohttp
 
 from server.db.database import Database
 from server.providers.embedded_simulator import embedded_simulator
+from tests.support.waiting import until
 from tests.support.webhooks import PROVIDER, webhook_endpoint
 
 #: The secret the simulator signs its webhooks with, and Ballast's endpoint verifies them with.
@@ -45,3 +46,17 @@ async def simulator_truth(url: str) -> dict[str, Any]:
     async with aiohttp.ClientSession() as http, http.get(f"{url}/_sim/truth") as response:
         answer: dict[str, Any] = await response.json()
         return answer
+
+
+async def until_webhooks_sent(url: str, idempotency_keys: Iterable[str], timeout_s: float = 20) -> None:
+    """Until the simulator has no webhook left to send (each delivered, given up or dropped, duplicates and
+    late ones included) about its payments and orders under these idempotency keys (Ballast's ids). A
+    delivered webhook was answered by Ballast, after its commit."""
+    keys = set(idempotency_keys)
+
+    async def sent() -> bool:
+        truth = await simulator_truth(url)
+        objects = [item for item in truth["payments"] + truth["orders"] if item["idempotency_key"] in keys]
+        return all(event["outcome"] != "queued" for item in objects for event in item["webhooks"])
+
+    await until(sent, "the simulator sent every webhook", timeout_s)

@@ -23,7 +23,7 @@ from server.messaging.idempotent import process_if_new
 from server.outbox.relay import OutboxRelay, ensure_stream
 from server.services import exposures
 from server.services.payment_events import Evidence
-from tests.support import apply_evidence, scratch_database
+from tests.support import apply_evidence, scratch_database, until
 from tests.support.requests import new_payment
 
 
@@ -117,8 +117,13 @@ async def test_the_exposure_projection_matches_the_ledger_and_survives_a_failing
     group = f"exposures-{uuid.uuid4().hex[:8]}"
     consumer = ConsumerRunner(own_pool, js, stream=stream, subject_prefix=prefix, group=group, handler=flaky)
     await _drain(relay, consumer)
-    await asyncio.sleep(1.5)  # redeliveries are delayed; then drain again
-    await _drain(relay, consumer)
+
+    async def everything_applied() -> bool:  # a failed delivery comes again REDELIVERY_DELAY_S later
+        await _drain(relay, consumer)
+        applied = await own_pool.fetchval("SELECT count(*) FROM processed_events WHERE consumer_group = $1", group)
+        return bool(applied == await own_pool.fetchval("SELECT count(*) FROM outbox"))
+
+    await until(everything_applied, "the failed deliveries came again and were applied")
 
     assert len(failed_once) == 2
     account = f"merchant_payable:{merchant.client_id}"

@@ -23,7 +23,7 @@ from server.db.engine import create_pool
 from server.db.migrate import migrate_to_head
 from server.messaging.names import DeploymentNames
 from server.outbox import admin
-from server.outbox.relay import OutboxRelay, ensure_stream
+from server.outbox.relay import BatchResult, OutboxRelay, ensure_stream
 from tests.support import scratch_database
 
 
@@ -291,10 +291,19 @@ async def test_a_committed_event_wakes_a_waiting_relay_faster_than_the_poll(
 ) -> None:
     _, prefix = stream
     relay = OutboxRelay(relay_pool, broker[0], subject_prefix=prefix)
+    first_round = asyncio.Event()
+    run_once = relay.run_once
+
+    async def noted_round() -> BatchResult:
+        result = await run_once()
+        first_round.set()  # the relay goes on to wait for a NOTIFY before the spec runs again
+        return result
+
+    relay.run_once = noted_round  # type: ignore[method-assign]
     stopping = asyncio.Event()
     running = asyncio.create_task(relay.run(stopping))
     try:
-        await asyncio.sleep(0.2)  # let it go idle on LISTEN
+        await first_round.wait()  # idle on LISTEN
         loop = asyncio.get_running_loop()
         started = loop.time()
         await _insert_events(relay_pool, aggregates=1, per_aggregate=1)
@@ -328,7 +337,9 @@ async def test_a_broker_outage_loses_nothing_and_burns_no_attempts(
         process.terminate()
         process.wait(10)
         await _insert_events(relay_pool, aggregates=10, per_aggregate=30)
-        await asyncio.sleep(1.5)  # the relay notices, and must neither publish nor count attempts
+        # the behaviour under test: an outage longer than the poll interval, in which the relay notices and
+        # must neither publish nor count attempts
+        await asyncio.sleep(1.5)
         assert await _unpublished(relay_pool) == 300
         assert await relay_pool.fetchval("SELECT max(attempts) FROM outbox WHERE published_at IS NULL") == 0
         url, process = start_nats_process(store, port)

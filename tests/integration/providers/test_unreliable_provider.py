@@ -256,7 +256,7 @@ async def test_a_dead_provider_opens_the_breaker_calls_fail_fast_and_a_probe_clo
         try:
             assert process.stdout is not None
             await asyncio.wait_for(process.stdout.readline(), 15)
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # the breaker's open period (open_s) passes: the behaviour under test
             answer = await gateway.create_payment(str(uuid.uuid4()), Decimal("1.00"), "EUR", "r", timeout_s=2)
             assert answer.status == "pending"
             assert breaker.state is BreakerState.CLOSED

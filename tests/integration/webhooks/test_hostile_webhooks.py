@@ -33,10 +33,10 @@ from server.services.leg_resolver import LegResolver, LegResolverSettings
 from server.services.order_submission import submit_and_send
 from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings
 from server.services.submission import create_and_submit
-from tests.support import AnsweringProvider, answering_provider
+from tests.support import AnsweringProvider, answering_provider, until
 from tests.support.probes import count_rows, due_for_check, ledger_entries_of, payment_state
 from tests.support.requests import create_payment_command, leg_terms, new_payment, submit_order_command, submitted_leg
-from tests.support.simulator import simulated_provider, simulator_truth
+from tests.support.simulator import simulated_provider, simulator_truth, until_webhooks_sent
 from tests.support.webhooks import PROVIDER, fill_execution, mac, order_event, payment_event, sign, webhook_endpoint
 
 SECRET = "whsec_adversarial_test"  # noqa: S105 - a test secret
@@ -283,7 +283,17 @@ async def test_response_webhooks_and_resolver_racing_post_the_ledger_once_and_ch
             ):
                 assert time.monotonic() < deadline, "the webhooks claiming failure never came"
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(0.5)  # late duplicates, and the checks they ask for
+            # late duplicates, and the checks they ask for: all of them sent, and every check done
+            await until_webhooks_sent(url, [str(result.payment.id) for result in results], timeout_s=20)
+
+            async def checked() -> bool:
+                return not await count_rows(
+                    pool,
+                    "SELECT count(*) FROM payments WHERE client_id = $1 AND next_check_at <= now()",
+                    principal.client_id,
+                )
+
+            await until(checked, "every check the late webhooks asked for was made")
         finally:
             stop.set()
             await resolving
@@ -782,7 +792,9 @@ async def test_fills_are_applied_once_per_execution_while_the_leg_resolver_races
                     "SELECT id, state, filled_quantity FROM legs WHERE order_id = ANY($1::uuid[])", orders
                 )
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(0.5)
+            # late and duplicated fills, raced by the resolver: all of them sent
+            legs = await pool.fetch("SELECT id FROM legs WHERE order_id = ANY($1::uuid[])", orders)
+            await until_webhooks_sent(url, [str(leg["id"]) for leg in legs], timeout_s=20)
         finally:
             stop.set()
             await resolving
