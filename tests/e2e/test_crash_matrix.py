@@ -33,6 +33,7 @@ from server.failpoints import FAILPOINTS, FAILPOINTS_ENV
 from tests.e2e.conftest import ServerProcess, free_port, server_environment
 from tests.e2e.processes import SimulatorProcess, exit_status, kill, launch_server, start_simulator
 from tests.support import scratch_database
+from tests.support.requests import create_payment_request
 
 pytestmark = pytest.mark.e2e
 
@@ -135,7 +136,7 @@ def launch(crash_database: str, simulator: SimulatorProcess, http_port: int, tmp
 
 
 def _request(key: str) -> payments_pb2.CreatePaymentRequest:
-    return payments_pb2.CreatePaymentRequest(idempotency_key=key, amount=AMOUNT)
+    return create_payment_request(key, AMOUNT.value, AMOUNT.currency_code)
 
 
 def _state_name(value: int) -> str:

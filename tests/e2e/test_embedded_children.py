@@ -18,10 +18,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ballast.common.v1.money_pb2 import Money
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from tests.e2e.conftest import ROOT, ServerProcess, free_port, server_environment
 from tests.e2e.processes import embedded_children, kill, launch_server, stop_embedded_children
+from tests.support.requests import create_payment_request
 
 pytestmark = [
     pytest.mark.e2e,
@@ -87,9 +87,7 @@ def launch(data_dir: Path, tmp_path: Path) -> Iterator[Launch]:
 
 
 def _create_payment(server: ServerProcess) -> payments_pb2.Payment:
-    request = payments_pb2.CreatePaymentRequest(
-        idempotency_key=f"embedded-{uuid.uuid4()}", amount=Money(value="12.34", currency_code="EUR")
-    )
+    request = create_payment_request(f"embedded-{uuid.uuid4()}", "12.34")
     with grpc.insecure_channel(server.address) as channel:
         reply = payments_pb2_grpc.PaymentServiceStub(channel).CreatePayment(
             request, metadata=server.metadata, timeout=10

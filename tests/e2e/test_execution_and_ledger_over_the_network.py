@@ -9,12 +9,12 @@ from collections.abc import Callable
 import grpc
 import pytest
 
-from ballast.common.v1.money_pb2 import Money
 from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
 from ballast.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from server.db.database import Database
 from tests.e2e.conftest import ServerProcess
+from tests.support.requests import create_payment_request, leg_spec, submit_order_request
 
 pytestmark = pytest.mark.e2e
 
@@ -26,18 +26,8 @@ async def test_an_order_a_captured_payment_its_ledger_and_its_timeline(
     async with grpc.aio.insecure_channel(server.address) as channel:
         orders = execution_pb2_grpc.ExecutionServiceStub(channel)
         submitted = await orders.SubmitOrder(
-            execution_pb2.SubmitOrderRequest(
-                idempotency_key=f"o-{uuid.uuid4()}",
-                legs=[
-                    execution_pb2.LegSpec(
-                        instrument_symbol="EURUSD",
-                        side=execution_pb2.SIDE_SELL,
-                        quantity="250000",
-                        order_type=execution_pb2.ORDER_TYPE_LIMIT,
-                        limit_price="1.08345",
-                        currency_code="USD",
-                    )
-                ],
+            submit_order_request(
+                legs=[leg_spec("250000", "ORDER_TYPE_LIMIT", "1.08345", symbol="EURUSD", side="SIDE_SELL")]
             ),
             metadata=server.metadata,
             timeout=5,
@@ -53,9 +43,7 @@ async def test_an_order_a_captured_payment_its_ledger_and_its_timeline(
 
         payments = payments_pb2_grpc.PaymentServiceStub(channel)
         created = await payments.CreatePayment(
-            payments_pb2.CreatePaymentRequest(
-                idempotency_key=f"p-{uuid.uuid4()}", amount=Money(value="19.99", currency_code="EUR")
-            ),
+            create_payment_request(value="19.99"),
             metadata=server.metadata,
             timeout=5,
         )

@@ -21,8 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nats.aio.msg import Msg
 
-from ballast.common.v1.money_pb2 import Money
-from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
+from ballast.payments.v1 import payments_pb2_grpc
 from server.db.engine import asyncpg_dsn
 from server.db.migrate import migrate_to_head
 from server.messaging.names import DeploymentNames
@@ -30,6 +29,7 @@ from server.outbox.relay import ensure_stream
 from tests.e2e.conftest import ROOT, ServerProcess, deployment_of, free_port, server_environment
 from tests.e2e.processes import launch_server
 from tests.support import scratch_database
+from tests.support.requests import create_payment_request
 
 pytestmark = pytest.mark.e2e
 
@@ -50,9 +50,7 @@ async def test_a_created_payment_is_announced_on_jetstream_and_projected_back_by
     server = start_server()
     async with grpc.aio.insecure_channel(server.address) as channel:
         reply = await payments_pb2_grpc.PaymentServiceStub(channel).CreatePayment(
-            payments_pb2.CreatePaymentRequest(
-                idempotency_key=str(uuid.uuid4()), amount=Money(value="3.00", currency_code="EUR")
-            ),
+            create_payment_request(value="3.00"),
             metadata=server.metadata,
             timeout=5,
         )
@@ -279,9 +277,7 @@ async def test_two_deployments_on_one_nats_never_read_each_others_events(
             servers.append(server)
             async with grpc.aio.insecure_channel(server.address) as channel:
                 reply = await payments_pb2_grpc.PaymentServiceStub(channel).CreatePayment(
-                    payments_pb2.CreatePaymentRequest(
-                        idempotency_key=str(uuid.uuid4()), amount=Money(value="3.00", currency_code="EUR")
-                    ),
+                    create_payment_request(value="3.00"),
                     metadata=server.metadata,
                     timeout=5,
                 )

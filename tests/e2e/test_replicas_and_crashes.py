@@ -11,9 +11,9 @@ import asyncpg
 import grpc
 import pytest
 
-from ballast.common.v1.money_pb2 import Money
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from tests.e2e.conftest import ServerProcess
+from tests.support.requests import create_payment_request
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +21,7 @@ StartServer = Callable[..., ServerProcess]
 
 
 def _request(key: str) -> payments_pb2.CreatePaymentRequest:
-    return payments_pb2.CreatePaymentRequest(idempotency_key=key, amount=Money(value="7.50", currency_code="USD"))
+    return create_payment_request(key, "7.50", "USD")
 
 
 async def test_two_replicas_racing_on_one_key_create_one_payment(start_server: StartServer, pool: asyncpg.Pool) -> None:

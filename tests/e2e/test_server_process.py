@@ -18,11 +18,11 @@ import pytest
 from aiohttp import web
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from ballast.common.v1.money_pb2 import Money
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from server.db.engine import asyncpg_dsn
 from tests.e2e.conftest import ROOT, ServerProcess, free_port, server_environment
 from tests.support import insert_idempotency_key, scratch_database
+from tests.support.requests import create_payment_request
 
 pytestmark = pytest.mark.e2e
 
@@ -30,7 +30,7 @@ StartServer = Callable[..., ServerProcess]
 
 
 def _request(key: str, value: str = "42.00") -> payments_pb2.CreatePaymentRequest:
-    return payments_pb2.CreatePaymentRequest(idempotency_key=key, amount=Money(value=value, currency_code="EUR"))
+    return create_payment_request(key, value)
 
 
 async def test_fifty_concurrent_calls_with_one_key_over_the_network_create_one_payment(
