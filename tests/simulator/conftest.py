@@ -5,9 +5,7 @@ Everything goes over real HTTP: the tests see the simulator exactly as Ballast w
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +18,7 @@ from simulator.app import build_app
 from simulator.engine import Simulator
 from simulator.profiles import profile
 from simulator.signing import SIGNATURE_HEADER, verify
+from tests.support.waiting import until
 
 SECRET = "whsec_test_secret"  # noqa: S105 - a test webhook secret, not a credential
 
@@ -28,12 +27,9 @@ FAST = {"settle_min_ms": 5, "settle_max_ms": 20, "webhook_retry_base_ms": 10, "w
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0, what: str = "condition") -> None:
-    """Poll `check` until it is true; fail naming `what` after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+    """Poll `check` until it is true; fail naming `what` after the deadline (tests.support.until, with the
+    simulator specs' own default deadline)."""
+    await until(check, what, timeout_s)
 
 
 @dataclass
