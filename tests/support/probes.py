@@ -135,7 +135,8 @@ async def kept_deliveries(pool: asyncpg.Pool, provider: str, event_ids: Iterable
 
 async def sessions_waiting_for(connection: asyncpg.Connection, pid: int) -> int:
     """How many sessions wait for a lock the session `pid` holds. Fresh even inside a transaction: PostgreSQL
-    keeps pg_stat_activity as a transaction first read it (stats_fetch_consistency) unless told to forget it."""
+    keeps the sessions pg_stat_activity lists as a transaction first read them, so a session that connected
+    since would be missed unless it is told to forget them."""
     await connection.execute("SELECT pg_stat_clear_snapshot()")
     return int(
         await connection.fetchval("SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", pid)
