@@ -10,8 +10,6 @@ from decimal import Decimal
 
 import asyncpg
 
-from server.domain.ledger import Posting, check_balanced
-
 
 @dataclass(frozen=True)
 class EntryLine:
@@ -28,37 +26,6 @@ class LedgerEntryRecord:
     description: str
     posted_at: datetime
     lines: tuple[EntryLine, ...]
-
-
-# The entry and its lines in one statement (one round trip); the balance is checked at commit.
-_INSERT_ENTRY_WITH_LINES = """
-WITH entry AS (
-    INSERT INTO ledger_entries (id, event_key, payment_id, description) VALUES ($1, $6, $7, $8) RETURNING id
-)
-INSERT INTO ledger_lines (entry_id, line_number, account, currency_code, amount)
-SELECT entry.id, line_number, account, currency_code, amount
-FROM entry,
-     unnest($2::smallint[], $3::text[], $4::text[], $5::numeric[]) AS line(line_number, account, currency_code, amount)
-"""
-
-
-async def insert_posting(connection: asyncpg.Connection, posting: Posting) -> uuid.UUID:
-    """Write the entry and its lines (inside the caller's transaction). PostgreSQL checks the balance
-    again at commit and refuses a second posting of the same event key."""
-    check_balanced(posting)
-    entry_id = uuid.uuid4()
-    await connection.execute(
-        _INSERT_ENTRY_WITH_LINES,
-        entry_id,
-        list(range(1, len(posting.lines) + 1)),
-        [line.account for line in posting.lines],
-        [line.currency_code for line in posting.lines],
-        [line.amount for line in posting.lines],
-        posting.event_key,
-        posting.payment_id,
-        posting.description,
-    )
-    return entry_id
 
 
 @dataclass(frozen=True)

@@ -75,11 +75,6 @@ CORRECTIONS: dict[tuple[PaymentState, PaymentState], Correction] = {
 }
 
 
-def correction_pairs() -> list[tuple[str, str, str]]:
-    """(from, to, approval) of every correction: what PostgreSQL's payment_corrections holds."""
-    return [(a.value, c.to_state.value, c.approval.value) for (a, _), c in CORRECTIONS.items()]
-
-
 def approval_needed(from_state: PaymentState, to_state: PaymentState, corrected_before: bool) -> Approval:
     """Who must approve correcting a payment from `from_state` to `to_state`."""
     correction = CORRECTIONS[(from_state, to_state)]

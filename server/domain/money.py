@@ -153,7 +153,3 @@ def parse_amount(value: str, currency_code: str) -> Decimal:
     if amount > AMOUNT_MAX:
         raise MoneyError(f"{value!r} is over the maximum of {AMOUNT_MAX}")
     return quantize(amount, currency_code).amount
-
-
-def parse_money(value: str, currency_code: str) -> Money:
-    return Money(parse_amount(value, parse_currency(currency_code)), currency_code)

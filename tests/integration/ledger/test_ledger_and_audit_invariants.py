@@ -13,7 +13,6 @@ import asyncpg
 import pytest
 
 from server.db.database import Database
-from server.db.ledger_repository import insert_posting
 from server.domain.ledger import LedgerLine, Posting
 from server.services.audit import find_broken_links
 from tests.support.legs import (
@@ -24,6 +23,35 @@ from tests.support.legs import (
 )
 from tests.support.probes import broken_links
 from tests.support.servers import World
+
+# A posting written straight to PostgreSQL, as no production path does (Ballast posts through the
+# set-wise moves of payment_events_repository): what the database's own walls refuse is the subject.
+_INSERT_ENTRY_WITH_LINES = """
+WITH entry AS (
+    INSERT INTO ledger_entries (id, event_key, payment_id, description) VALUES ($1, $6, $7, $8) RETURNING id
+)
+INSERT INTO ledger_lines (entry_id, line_number, account, currency_code, amount)
+SELECT entry.id, line_number, account, currency_code, amount
+FROM entry,
+     unnest($2::smallint[], $3::text[], $4::text[], $5::numeric[]) AS line(line_number, account, currency_code, amount)
+"""
+
+
+async def insert_posting(connection: asyncpg.Connection, posting: Posting) -> uuid.UUID:
+    """Write the entry and its lines in the caller's transaction; PostgreSQL checks the balance at commit."""
+    entry_id = uuid.uuid4()
+    await connection.execute(
+        _INSERT_ENTRY_WITH_LINES,
+        entry_id,
+        list(range(1, len(posting.lines) + 1)),
+        [line.account for line in posting.lines],
+        [line.currency_code for line in posting.lines],
+        [line.amount for line in posting.lines],
+        posting.event_key,
+        posting.payment_id,
+        posting.description,
+    )
+    return entry_id
 
 
 def _posting(event_key: str, amount: str = "5.00") -> Posting:

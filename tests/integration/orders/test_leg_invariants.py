@@ -15,6 +15,7 @@ import pytest
 
 from server.db import orders_repository
 from server.db.database import Database
+from server.domain.corrections import CORRECTIONS
 from server.domain.order_legs import LEG_MACHINE
 from server.domain.orders import LegSpec, OrderType, Side
 from server.domain.payment_states import PAYMENT_MACHINE
@@ -72,6 +73,14 @@ async def test_the_database_allows_exactly_the_domain_transitions(
 ) -> None:
     rows = await pool.fetch(f"SELECT from_state, to_state FROM {table}")
     assert {(row["from_state"], row["to_state"]) for row in rows} == set(machine.pairs())
+
+
+async def test_the_database_corrects_exactly_along_the_domain_correction_table(pool: asyncpg.Pool) -> None:
+    rows = await pool.fetch("SELECT from_state, to_state, approval FROM payment_corrections")
+    assert {(row["from_state"], row["to_state"], row["approval"]) for row in rows} == {
+        (current.value, correction.to_state.value, correction.approval.value)
+        for (current, _), correction in CORRECTIONS.items()
+    }
 
 
 async def test_an_illegal_leg_transition_is_refused(pool: asyncpg.Pool) -> None:
