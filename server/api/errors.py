@@ -106,7 +106,7 @@ def _details_for(error: BallastError) -> list[any_pb2.Any]:
     if isinstance(error, NotFound):
         return [_pack(error_details_pb2.ResourceInfo(resource_type=error.kind, resource_name=error.identifier))]
     if isinstance(error, ProviderUnavailable):
-        seconds, fraction = divmod(max(error.retry_after_s, 0.05), 1)
+        seconds, fraction = divmod(error.retry_after_s, 1)
         delay = duration_pb2.Duration(seconds=int(seconds), nanos=int(fraction * 1e9))
         return [_pack(error_details_pb2.RetryInfo(retry_delay=delay))]
     if isinstance(error, ConcurrencyConflict | Unavailable):
@@ -129,9 +129,13 @@ DEADLINE_ADVICE = {
 }
 
 
+#: A deadline that ran out before anything began: nothing was done, and only a longer deadline helps.
+NOT_BEGUN_ADVICE = "; nothing was done: repeat the call with a longer deadline"
+
+
 def _advice(error: BallastError, keyed: bool) -> str:
     if isinstance(error, DeadlineExceeded):
-        return DEADLINE_ADVICE[keyed]
+        return DEADLINE_ADVICE[keyed] if error.begun else NOT_BEGUN_ADVICE
     return RETRY_ADVICE[keyed] if error.retryable else ""
 
 

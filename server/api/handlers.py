@@ -164,7 +164,7 @@ def translate_errors(handler: Handler[Response]) -> Handler[Response]:
         try:
             timeout_s = _answer_within_s(context, self._request_timeout_s)
             if timeout_s <= 0:
-                raise DeadlineExceeded("the call's deadline ran out before Ballast could begin it")
+                raise DeadlineExceeded("the call's deadline ran out before Ballast could begin it", begun=False)
             work = asyncio.ensure_future(handler(self, request, context))
             try:
                 await asyncio.wait((work,), timeout=timeout_s)

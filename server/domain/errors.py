@@ -95,9 +95,18 @@ class Unavailable(BallastError):
 
 class DeadlineExceeded(BallastError):
     """The caller's deadline ran out. For a create, whether it took effect is unknown to the caller:
-    repeating it with the same idempotency key returns the outcome without doing it twice."""
+    repeating it with the same idempotency key returns the outcome without doing it twice. `begun`
+    False: it ran out before anything was done, so the outcome is known (nothing)."""
 
     retryable = True
+
+    def __init__(self, message: str, *, begun: bool = True) -> None:
+        self.begun = begun
+        super().__init__(message)
+
+
+#: The shortest wait a caller told to retry is given (its RetryInfo and its message say the same).
+RETRY_AFTER_MIN_S = 0.05
 
 
 class ProviderUnavailable(Unavailable):
@@ -106,5 +115,5 @@ class ProviderUnavailable(Unavailable):
 
     def __init__(self, provider: str, reason: str, retry_after_s: float) -> None:
         self.provider = provider
-        self.retry_after_s = retry_after_s
-        super().__init__(f"provider {provider} was not asked: {reason}; retry in {retry_after_s:.1f}s")
+        self.retry_after_s = max(retry_after_s, RETRY_AFTER_MIN_S)
+        super().__init__(f"provider {provider} was not asked: {reason}; retry in {self.retry_after_s:.2f} s")

@@ -89,7 +89,9 @@ class HttpProvider:
         """One request under the breaker, within min(timeout_s, the provider's timeout); a 2xx or 4xx
         Reply, else NotSent or OutcomeUnknown."""
         if timeout_s < CALL_TIME_MIN_S:
-            raise NotSent("too little of the caller's deadline was left to ask the provider", 0.0)
+            raise NotSent(
+                "too little of the caller's deadline was left to ask the provider: repeat with a longer deadline", 0.0
+            )
 
         async def send() -> Reply | Neutral[Reply]:
             async with self._session.request(method, self._base_url + path, **request) as response:

@@ -40,7 +40,9 @@ def test_the_readme_snippet_creates_a_payment(start_server: Callable[..., Server
 
 def test_the_readme_lists_the_services_without_grpcurl(start_server: Callable[..., ServerProcess]) -> None:
     server = start_server()
-    snippet = readme_snippet("list-services").replace("127.0.0.1:50051", server.address)
-    result = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60)
+    env = os.environ | {"BALLAST_ADDRESS": server.address}
+    result = subprocess.run(
+        [sys.executable, "-c", readme_snippet("list-services")], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "ballast.payments.v1.PaymentService" in result.stdout

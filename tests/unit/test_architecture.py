@@ -47,12 +47,13 @@ SQL_STATEMENT = re.compile(
 )
 
 
-def test_the_use_cases_hold_no_sql() -> None:
+def test_the_use_cases_the_handlers_and_the_domain_hold_no_sql() -> None:
     """SQL lives in server/db/, beside the function that binds it; a service composes those calls."""
     holding = {
-        path.name: SQL_STATEMENT.findall(path.read_text())
-        for path in (ROOT / "server" / "services").glob("*.py")
+        str(path.relative_to(ROOT)): SQL_STATEMENT.findall(path.read_text())
+        for layer in ("services", "api", "domain")
+        for path in (ROOT / "server" / layer).glob("*.py")
         if SQL_STATEMENT.search(path.read_text())
     }
-    assert not holding, f"services holding SQL: {holding}"
+    assert not holding, f"use cases, handlers or the domain holding SQL: {holding}"
     assert SQL_STATEMENT.search((ROOT / "server" / "db" / "payments_repository.py").read_text())  # it finds SQL

@@ -10,12 +10,13 @@ from typing import Any
 import grpc
 import pytest
 import structlog
+from google.rpc import error_details_pb2, status_pb2
 
 import server
 from ballast.payments.v1 import payments_pb2
-from server.api.errors import status_code_of, status_for
+from server.api.errors import STATUS_DETAILS_METADATA_KEY, status_code_of, status_for
 from server.api.handlers import INTERNAL_MESSAGE, translate_errors
-from server.domain.errors import BallastError, Defect, NotFound
+from server.domain.errors import BallastError, DeadlineExceeded, Defect, NotFound, ProviderUnavailable
 
 #: Modules that run something when imported (the migration environment runs Alembic).
 NOT_IMPORTED = ("server.db.migrations", "server.__main__")
@@ -97,3 +98,19 @@ async def test_an_operating_error_in_a_handler_is_answered_with_its_own_code() -
     with pytest.raises(grpc.aio.AbortError):
         await _Servicer().Missing(payments_pb2.GetPaymentRequest(), context)
     assert context.aborted is not None and context.aborted[0] is grpc.StatusCode.NOT_FOUND
+
+
+def test_a_deadline_that_ran_out_before_anything_began_says_nothing_was_done() -> None:
+    _, message, _ = status_for(DeadlineExceeded("ran out before Ballast could begin it", begun=False))
+    assert "nothing was done" in message and "unknown" not in message
+    _, message, _ = status_for(DeadlineExceeded("ran out mid-call"))
+    assert "the outcome is unknown" in message
+
+
+def test_a_provider_not_asked_says_the_same_wait_in_its_message_and_its_retry_info() -> None:
+    code, message, trailing = status_for(ProviderUnavailable("simulator", "too little time", 0.0))
+    status = status_pb2.Status.FromString(dict(trailing)[STATUS_DETAILS_METADATA_KEY])
+    retry = error_details_pb2.RetryInfo()
+    assert code is grpc.StatusCode.UNAVAILABLE and status.details[0].Unpack(retry)
+    waited_s = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+    assert waited_s > 0 and f"retry in {waited_s:.2f} s" in message
