@@ -1,0 +1,1 @@
+"""Chaos runs: faults under load, then a checker of the invariants they must keep."""

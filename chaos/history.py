@@ -1,0 +1,182 @@
+"""What every client of a chaos run was told: a history of operations, as the load driver records them.
+
+Each call a client makes is an `invoke`, then one completion: `ok` (an answer, with the payment id and
+the state the client was told), `fail` (a definite refusal: nothing happened) or `info` (indeterminate:
+a deadline or UNAVAILABLE after the request may have landed). Every operation carries the client
+(process) and the idempotency key, so the checker knows what each client was told about each key.
+
+A history is appended to while the load runs and written as JSON lines, one operation a line, so a run
+can be checked again later from its file.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class Kind(enum.StrEnum):
+    INVOKE = "invoke"
+    OK = "ok"
+    #: a definite refusal: the request had no effect
+    FAIL = "fail"
+    #: indeterminate: the request may or may not have landed
+    INFO = "info"
+
+
+#: The one operation the load driver makes today.
+CREATE_PAYMENT = "create_payment"
+
+
+@dataclass(frozen=True)
+class Operation:
+    kind: Kind
+    #: the client that made the call
+    process: str
+    idempotency_key: str
+    #: seconds on the driver's clock
+    time_s: float
+    operation: str = CREATE_PAYMENT
+    #: the payment id, once an answer gave one
+    payment_id: str | None = None
+    #: on `ok`, the payment state the client was told
+    state: str | None = None
+    #: on `fail` or `info`, the error's code (DEADLINE_EXCEEDED, UNAVAILABLE, INVALID_ARGUMENT, ...)
+    error: str | None = None
+    #: what was asked, on `invoke`: a decimal string and an ISO 4217 code
+    amount: str | None = None
+    currency: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "kind": self.kind.value,
+            "process": self.process,
+            "idempotency_key": self.idempotency_key,
+            "time_s": self.time_s,
+            "operation": self.operation,
+        }
+        for name in ("payment_id", "state", "error", "amount", "currency"):
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = value
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Operation:
+        try:
+            kind = Kind(data["kind"])
+            process, key, time_s = str(data["process"]), str(data["idempotency_key"]), float(data["time_s"])
+        except (KeyError, ValueError, TypeError) as error:
+            raise ValueError(f"not an operation: {data!r} ({error})") from error
+
+        def optional(name: str) -> str | None:
+            value = data.get(name)
+            return None if value is None else str(value)
+
+        return cls(
+            kind=kind,
+            process=process,
+            idempotency_key=key,
+            time_s=time_s,
+            operation=str(data.get("operation", CREATE_PAYMENT)),
+            payment_id=optional("payment_id"),
+            state=optional("state"),
+            error=optional("error"),
+            amount=optional("amount"),
+            currency=optional("currency"),
+        )
+
+
+class History:
+    """Operations in the order they were recorded. Appending is synchronous: safe from one event loop."""
+
+    def __init__(self, operations: Iterable[Operation] = ()) -> None:
+        self._operations: list[Operation] = list(operations)
+
+    def __iter__(self) -> Iterator[Operation]:
+        return iter(self._operations)
+
+    def __len__(self) -> int:
+        return len(self._operations)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, History) and self._operations == other._operations
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def append(self, operation: Operation) -> Operation:
+        self._operations.append(operation)
+        return operation
+
+    # -- what a load driver calls -----------------------------------------------------------------
+
+    def invoke(
+        self,
+        process: str,
+        key: str,
+        *,
+        amount: str | None = None,
+        currency: str | None = None,
+        time_s: float | None = None,
+    ) -> Operation:
+        return self.append(Operation(Kind.INVOKE, process, key, _now(time_s), amount=amount, currency=currency))
+
+    def ok(self, process: str, key: str, payment_id: str, state: str, *, time_s: float | None = None) -> Operation:
+        return self.append(Operation(Kind.OK, process, key, _now(time_s), payment_id=payment_id, state=state))
+
+    def fail(self, process: str, key: str, error: str, *, time_s: float | None = None) -> Operation:
+        return self.append(Operation(Kind.FAIL, process, key, _now(time_s), error=error))
+
+    def info(self, process: str, key: str, error: str, *, time_s: float | None = None) -> Operation:
+        return self.append(Operation(Kind.INFO, process, key, _now(time_s), error=error))
+
+    # -- reading it -------------------------------------------------------------------------------
+
+    def of_kind(self, kind: Kind) -> list[Operation]:
+        return [operation for operation in self._operations if operation.kind is kind]
+
+    def by_key(self) -> dict[str, list[Operation]]:
+        """Each idempotency key's operations, in order."""
+        grouped: dict[str, list[Operation]] = {}
+        for operation in self._operations:
+            grouped.setdefault(operation.idempotency_key, []).append(operation)
+        return grouped
+
+    # -- JSON lines -------------------------------------------------------------------------------
+
+    def to_jsonl(self) -> str:
+        return "".join(json.dumps(operation.to_json(), sort_keys=True) + "\n" for operation in self._operations)
+
+    @classmethod
+    def from_jsonl(cls, text: str) -> History:
+        operations = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"line {number}: not JSON ({error})") from error
+            if not isinstance(data, dict):
+                raise ValueError(f"line {number}: not an operation: {line!r}")
+            try:
+                operations.append(Operation.from_json(data))
+            except ValueError as error:
+                raise ValueError(f"line {number}: {error}") from error
+        return cls(operations)
+
+    def write(self, path: Path) -> None:
+        path.write_text(self.to_jsonl())
+
+    @classmethod
+    def read(cls, path: Path) -> History:
+        return cls.from_jsonl(path.read_text())
+
+
+def _now(time_s: float | None) -> float:
+    return time.monotonic() if time_s is None else time_s
