@@ -3,9 +3,29 @@ consistent run, and fails on a run that breaks it, naming exactly the witness.""
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import Any
+
 import pytest
 
+from chaos.checker import (
+    BrokerMessage,
+    CaseRow,
+    InvariantResult,
+    LedgerLineRow,
+    OutboxRow,
+    PaymentRow,
+    Snapshot,
+    TransitionRow,
+    check,
+)
 from chaos.history import History, Kind, Operation
+from server.domain.corrections import CORRECTION_EVENT
+from server.domain.ledger import payment_postings
+from server.domain.payment_states import PaymentState
 
 
 def test_a_history_survives_json_lines() -> None:
@@ -28,3 +48,286 @@ def test_a_history_survives_json_lines() -> None:
 def test_a_line_that_is_not_an_operation_is_refused_with_its_number(line: str) -> None:
     with pytest.raises(ValueError, match="line 2"):
         History.from_jsonl('{"kind": "invoke", "process": "c", "idempotency_key": "k", "time_s": 0}\n' + line)
+
+
+# -- the checker --------------------------------------------------------------------------------
+
+CLIENT = "chaos-unit"
+
+
+class World:
+    """A run written by hand: what clients were told, the provider's truth, Ballast's database and the
+    broker's stream; consistent until a spec breaks it. Payments move along the domain's machine and post
+    what server/domain/ledger.py posts; every move writes one outbox event, published once, in order."""
+
+    def __init__(self) -> None:
+        self.history = History()
+        self.provider: list[dict[str, Any]] = []
+        self.payments: list[PaymentRow] = []
+        self.transitions: list[TransitionRow] = []
+        self.lines: list[LedgerLineRow] = []
+        self.outbox: list[OutboxRow] = []
+        self.cases: list[CaseRow] = []
+        self.stream: list[BrokerMessage] = []
+        self._clock = 0.0
+
+    def payment(
+        self,
+        path: Sequence[str],
+        provider_status: str | None,
+        *,
+        amount: str = "10.00",
+        currency: str = "EUR",
+        told: str | None = None,
+    ) -> str:
+        """A payment moved RECORDED -> path..., the provider's record of it (None: it never had it), and
+        its client told `told` (default: the first state of the path)."""
+        payment_id = str(uuid.uuid4())
+        key = f"key-{payment_id}"
+        process = f"client-{len(self.payments) % 4}"
+        self._clock += 1
+        self.history.invoke(process, key, amount=amount, currency=currency, time_s=self._clock)
+        self.history.ok(process, key, payment_id, told or path[0], time_s=self._clock + 0.5)
+        at = PaymentState.RECORDED
+        for name in path:
+            self.move(payment_id, at, PaymentState(name), Decimal(amount), currency)
+            at = PaymentState(name)
+        self.payments.append(PaymentRow(payment_id, key, Decimal(amount), currency, at.value))
+        if provider_status is not None:
+            self.provider.append(
+                {
+                    "id": f"pi_{len(self.provider)}",
+                    "idempotency_key": payment_id,
+                    "final_status": provider_status,
+                    "amount": amount,
+                    "currency": currency,
+                }
+            )
+        return payment_id
+
+    def move(self, payment_id: str, at: PaymentState, to: PaymentState, amount: Decimal, currency: str) -> None:
+        sequence = len(self.transitions) + 1
+        self.transitions.append(TransitionRow(payment_id, sequence, at.value, to.value, "MOVE"))
+        for posting in payment_postings(uuid.UUID(payment_id), CLIENT, amount, currency, at, to):
+            entry_id = posting.event_key
+            self.lines += [
+                LedgerLineRow(entry_id, payment_id, line.account, line.currency_code, line.amount)
+                for line in posting.lines
+            ]
+        event_id = f"event-{sequence}"
+        self.outbox.append(OutboxRow(event_id, payment_id, sequence, published=True))
+        self.stream.append(BrokerMessage(event_id, payment_id, len(self.stream) + 1))
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.payments, self.transitions, self.lines, self.outbox, self.cases)
+
+    def truth(self) -> dict[str, Any]:
+        return {"seed": 7, "profile": "flaky", "payments": self.provider}
+
+    def results(self) -> dict[str, InvariantResult]:
+        return {result.name: result for result in check(self.history, self.truth(), self.snapshot(), self.stream)}
+
+    def broken(self) -> dict[str, list[str]]:
+        """Each failing invariant's witnesses' subjects."""
+        return {name: result.subjects for name, result in self.results().items() if not result.passed}
+
+    def replace_payment(self, payment_id: str, **changes: Any) -> None:
+        self.payments = [dataclasses.replace(p, **changes) if p.id == payment_id else p for p in self.payments]
+
+
+def consistent_world() -> World:
+    world = World()
+    world.payment(["PENDING", "SUCCEEDED"], "succeeded")
+    world.payment(["SUCCEEDED"], "succeeded", amount="1200", currency="JPY")
+    world.payment(["UNKNOWN", "FAILED"], "declined")
+    world.payment(["PENDING", "FAILED"], "failed")
+    world.payment(["SUCCEEDED", "REFUND_PENDING", "REFUNDED"], "refunded", told="SUCCEEDED")
+    world.payment(["SUCCEEDED", "REFUND_PENDING", "SUCCEEDED"], "succeeded")
+    world.payment(["EXPIRED"], None)
+    world.payment(["REJECTED"], None)
+    return world
+
+
+def test_a_consistent_run_keeps_every_invariant() -> None:
+    world = consistent_world()
+    results = world.results()
+    assert list(results) == [
+        "no_double_charge",
+        "final_state_matches_truth",
+        "no_backward_transition",
+        "ledger_balanced",
+        "outbox_published_once_in_order",
+        "ok_is_durable",
+    ]
+    assert world.broken() == {}
+
+
+def test_a_key_charged_twice_at_the_provider_is_named() -> None:
+    world = consistent_world()
+    twice = world.payment(["SUCCEEDED"], "succeeded")
+    charged = world.provider[-1]["id"]
+    world.provider.append({**world.provider[-1], "id": "pi_again"})
+    world.provider.append({**world.provider[-1], "id": "pi_declined", "final_status": "declined"})  # no charge
+    result = world.results()["no_double_charge"]
+    assert result.subjects == [twice]
+    assert result.witnesses[0].evidence == (
+        f"provider {charged} succeeded 10.00 EUR",
+        "provider pi_again succeeded 10.00 EUR",
+    )
+    assert world.broken() == {"no_double_charge": [twice]}
+
+
+def test_a_client_key_charged_through_two_payments_is_named() -> None:
+    world = consistent_world()
+    first = world.payment(["SUCCEEDED"], "succeeded")
+    second = world.payment(["SUCCEEDED"], "succeeded")
+    key = f"key-{first}"
+    world.replace_payment(second, idempotency_key=key)
+    result = world.results()["no_double_charge"]
+    assert result.subjects == [key]
+    assert {line.split(":")[0] for line in result.witnesses[0].evidence} == {f"payment {first}", f"payment {second}"}
+
+
+def test_a_wrong_final_state_without_an_open_case_is_named_and_one_with_a_case_is_not() -> None:
+    world = consistent_world()
+    wrong = world.payment(["PENDING", "FAILED"], "succeeded")
+    charged = world.provider[-1]["id"]
+    explained = world.payment(["PENDING", "FAILED"], "succeeded")
+    world.cases.append(CaseRow("case-1", "CONTRADICTORY_EVIDENCE", "OPEN", explained))
+    world.cases.append(CaseRow("case-2", "CONTRADICTORY_EVIDENCE", "RESOLVED", wrong))
+    never_sent = world.payment(["SUCCEEDED"], None)
+    result = world.results()["final_state_matches_truth"]
+    assert sorted(result.subjects) == sorted([wrong, never_sent])
+    witness = next(w for w in result.witnesses if w.subject == wrong)
+    assert witness.evidence[:2] == ("ballast FAILED", f"provider {charged} succeeded 10.00 EUR")
+    assert witness.timeline == ("RECORDED -> PENDING (MOVE)", "PENDING -> FAILED (MOVE)")
+
+
+def test_a_backward_move_is_named_with_its_timeline() -> None:
+    world = consistent_world()
+    backward = world.payment(["PENDING", "SUCCEEDED"], "succeeded")
+    world.transitions.append(TransitionRow(backward, 100, "SUCCEEDED", "PENDING", "ACCEPTED"))
+    world.replace_payment(backward, state="PENDING")
+    result = world.results()["no_backward_transition"]
+    assert result.subjects == [backward]
+    assert result.witnesses[0].evidence == ("move #100 SUCCEEDED -> PENDING is not allowed",)
+    assert result.witnesses[0].timeline[-1] == "SUCCEEDED -> PENDING (ACCEPTED)"
+
+
+def test_a_correction_the_table_allows_is_not_backward_and_one_it_does_not_is() -> None:
+    world = consistent_world()
+    corrected = world.payment(["PENDING", "FAILED"], "succeeded")
+    world.transitions.append(TransitionRow(corrected, 100, "FAILED", "SUCCEEDED", CORRECTION_EVENT))
+    world.replace_payment(corrected, state="SUCCEEDED")
+    unlisted = world.payment(["PENDING", "FAILED"], "failed")
+    world.transitions.append(TransitionRow(unlisted, 101, "FAILED", "PENDING", CORRECTION_EVENT))
+    world.replace_payment(unlisted, state="PENDING")
+    assert world.results()["no_backward_transition"].subjects == [unlisted]
+
+
+def test_a_move_left_out_of_a_timeline_is_named() -> None:
+    world = consistent_world()
+    gap = world.payment(["PENDING", "SUCCEEDED"], "succeeded")
+    world.transitions = [t for t in world.transitions if not (t.payment_id == gap and t.to_state == "PENDING")]
+    result = world.results()["no_backward_transition"]
+    assert result.subjects == [gap]
+    (move,) = (t for t in world.transitions if t.payment_id == gap)
+    assert result.witnesses[0].evidence == (f"move #{move.sequence} starts from PENDING, the payment was RECORDED",)
+
+
+def test_an_unbalanced_entry_is_named_by_its_entry() -> None:
+    world = consistent_world()
+    payment_id = world.payment(["SUCCEEDED"], "succeeded")
+    entry = f"payment:{payment_id}:captured"
+    world.lines = [
+        dataclasses.replace(line, amount=Decimal("-9.99")) if line.entry_id == entry and line.amount < 0 else line
+        for line in world.lines
+    ]
+    result = world.results()["ledger_balanced"]
+    assert result.subjects == [f"entry {entry}"]
+    assert result.witnesses[0].evidence == ("EUR lines sum to 0.01", f"payment {payment_id}")
+
+
+def test_a_capture_posted_for_a_failed_payment_or_missing_for_a_succeeded_one_is_named() -> None:
+    world = consistent_world()
+    missing = world.payment(["SUCCEEDED"], "succeeded", amount="3.00")
+    world.lines = [line for line in world.lines if line.payment_id != missing]
+    posted = world.payment(["PENDING", "FAILED"], "failed", amount="4.00")
+    world.lines += [
+        LedgerLineRow("stray", posted, "provider_clearing", "EUR", Decimal("4.00")),
+        LedgerLineRow("stray", posted, f"merchant_payable:{CLIENT}", "EUR", Decimal("-4.00")),
+    ]
+    result = world.results()["ledger_balanced"]
+    assert sorted(result.subjects) == sorted([missing, posted])
+    assert next(w for w in result.witnesses if w.subject == posted).evidence == (
+        "ballast FAILED 4.00 EUR",
+        "provider_clearing 4.00",
+    )
+
+
+def test_a_balanced_entry_of_no_payment_that_moves_clearing_is_named_by_its_currency() -> None:
+    world = consistent_world()
+    world.lines += [
+        LedgerLineRow("settlement", None, "provider_clearing", "JPY", Decimal("-500")),
+        LedgerLineRow("settlement", None, "bank", "JPY", Decimal("500")),
+    ]
+    result = world.results()["ledger_balanced"]
+    assert result.subjects == ["JPY"]
+    assert result.witnesses[0].evidence == ("provider_clearing 700, succeeded 1200",)
+
+
+def test_a_lost_event_is_named() -> None:
+    world = consistent_world()
+    lost_on_the_way = world.outbox[3].id
+    world.stream = [message for message in world.stream if message.event_id != lost_on_the_way]
+    never = world.outbox[5]
+    world.outbox[5] = dataclasses.replace(never, published=False)
+    world.stream = [message for message in world.stream if message.event_id != never.id]
+    result = world.results()["outbox_published_once_in_order"]
+    assert result.subjects == sorted([lost_on_the_way, never.id])
+    evidence = {w.subject: w.evidence[-1] for w in result.witnesses}
+    assert evidence == {lost_on_the_way: "marked published, never on the stream", never.id: "never published"}
+
+
+def test_a_duplicated_or_stray_event_is_named() -> None:
+    world = consistent_world()
+    twice = world.stream[2]
+    world.stream.append(dataclasses.replace(twice, sequence=len(world.stream) + 1))
+    world.stream.append(BrokerMessage("event-from-nowhere", "somewhere", len(world.stream) + 1))
+    result = world.results()["outbox_published_once_in_order"]
+    assert result.subjects == sorted([twice.event_id, "event-from-nowhere"])
+    assert {w.subject: w.evidence[-1] for w in result.witnesses}[twice.event_id] == "2 copies on the stream"
+
+
+def test_an_event_ahead_of_an_earlier_one_of_its_aggregate_is_named() -> None:
+    world = consistent_world()
+    payment_id = world.payment(["PENDING", "SUCCEEDED"], "succeeded")
+    first, second = (message for message in world.stream if message.message_key == payment_id)
+    earlier, later = (row.position for row in world.outbox if row.message_key == payment_id)
+    swapped = {first.event_id: second.sequence, second.event_id: first.sequence}
+    world.stream = [dataclasses.replace(m, sequence=swapped.get(m.event_id, m.sequence)) for m in world.stream]
+    result = world.results()["outbox_published_once_in_order"]
+    assert result.subjects == [second.event_id]
+    assert result.witnesses[0].evidence[1] == f"written after {first.event_id} (position {later} > {earlier})"
+
+
+def test_a_lost_ok_is_named() -> None:
+    world = consistent_world()
+    lost = world.payment(["PENDING", "SUCCEEDED"], "succeeded")
+    world.payments = [p for p in world.payments if p.id != lost]
+    world.transitions = [t for t in world.transitions if t.payment_id != lost]
+    world.lines = [line for line in world.lines if line.payment_id != lost]
+    world.provider = [p for p in world.provider if p["idempotency_key"] != lost]
+    world.outbox = [row for row in world.outbox if row.message_key != lost]
+    world.stream = [m for m in world.stream if m.message_key != lost]
+    result = world.results()["ok_is_durable"]
+    assert world.broken() == {"ok_is_durable": [lost]}
+    assert result.witnesses[0].evidence[1] == "no such payment in the database"
+
+
+def test_an_ok_whose_payment_went_back_before_what_the_client_was_told_is_named() -> None:
+    world = consistent_world()
+    told_succeeded = world.payment(["PENDING"], "pending", told="SUCCEEDED")
+    result = world.results()["ok_is_durable"]
+    assert result.subjects == [told_succeeded]
+    assert result.witnesses[0].evidence[1] == "the payment holds PENDING, not reachable from SUCCEEDED"

@@ -1,0 +1,436 @@
+"""The chaos checker's core: the invariants a run must keep, judged over plain data.
+
+Its inputs are the history of what clients were told (chaos/history.py), the simulator's
+`/_sim/truth` as parsed JSON, the broker's stream after de-duplication, and a snapshot of Ballast's
+database as typed rows. Nothing here does I/O. Each invariant is one function returning an
+InvariantResult: passed when it has no witness, and otherwise the fewest subjects (payment ids,
+idempotency keys, ledger entries, outbox events) that show the break, each with its evidence and,
+for a payment, its timeline.
+
+What counts as a legal move is the domain's: PAYMENT_MACHINE, and the correction table for the
+explicit CORRECTION transitions (server/domain/corrections.py). What a state means for the money is
+MONEY_OUTCOMES; what the ledger must hold for it follows server/domain/ledger.py.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from itertools import pairwise
+from typing import Any
+
+from chaos.history import History, Kind
+from server.domain.cases import CaseStatus
+from server.domain.corrections import CORRECTION_EVENT, CORRECTIONS
+from server.domain.ledger import PROVIDER_CLEARING
+from server.domain.payment_states import (
+    INITIAL_PAYMENT_STATE,
+    MONEY_OUTCOMES,
+    PAYMENT_MACHINE,
+    UNDECIDED_STATES,
+    MoneyOutcome,
+    PaymentState,
+)
+
+# -- the inputs ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PaymentRow:
+    id: str
+    idempotency_key: str
+    amount: Decimal
+    currency: str
+    state: str
+
+
+@dataclass(frozen=True)
+class TransitionRow:
+    payment_id: str
+    #: the row's id: the order moves were written in
+    sequence: int
+    from_state: str
+    to_state: str
+    event: str = ""
+    evidence_ref: str = ""
+
+
+@dataclass(frozen=True)
+class LedgerLineRow:
+    entry_id: str
+    payment_id: str | None
+    account: str
+    currency: str
+    amount: Decimal
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: str
+    #: the aggregate: events of one key must reach the broker in `position` order
+    message_key: str
+    position: int
+    published: bool
+    dead_lettered: bool = False
+
+
+@dataclass(frozen=True)
+class CaseRow:
+    id: str
+    kind: str
+    status: str
+    payment_id: str | None
+
+
+@dataclass(frozen=True)
+class BrokerMessage:
+    """One message the broker's stream holds after its de-duplication (Nats-Msg-Id = the outbox id)."""
+
+    event_id: str
+    message_key: str
+    #: the stream's sequence: the order consumers see
+    sequence: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Ballast's database after convergence, as the checker needs it."""
+
+    payments: Sequence[PaymentRow] = ()
+    transitions: Sequence[TransitionRow] = ()
+    ledger_lines: Sequence[LedgerLineRow] = ()
+    outbox: Sequence[OutboxRow] = ()
+    cases: Sequence[CaseRow] = ()
+
+    def payment_by_id(self) -> dict[str, PaymentRow]:
+        return {payment.id: payment for payment in self.payments}
+
+    def open_cases(self) -> dict[str, list[CaseRow]]:
+        found: dict[str, list[CaseRow]] = defaultdict(list)
+        for case in self.cases:
+            if case.status == CaseStatus.OPEN and case.payment_id is not None:
+                found[case.payment_id].append(case)
+        return found
+
+    def timeline(self, payment_id: str) -> tuple[str, ...]:
+        """The payment's moves in the order they were written, `FROM -> TO (EVENT)`."""
+        moves = sorted((t for t in self.transitions if t.payment_id == payment_id), key=lambda t: t.sequence)
+        return tuple(f"{t.from_state} -> {t.to_state}" + (f" ({t.event})" if t.event else "") for t in moves)
+
+
+def provider_payments(truth: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The provider's payments from `/_sim/truth`; each has idempotency_key (Ballast's payment id),
+    id, final_status, amount and currency."""
+    payments: list[Mapping[str, Any]] = truth.get("payments", [])
+    return payments
+
+
+# -- the result ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Witness:
+    #: a payment id, an idempotency key, a ledger entry, an outbox event or a currency
+    subject: str
+    evidence: tuple[str, ...] = ()
+    #: for a payment: its moves, as written
+    timeline: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        lines = [self.subject, *(f"  {line}" for line in self.evidence)]
+        if self.timeline:
+            lines.append("  timeline: " + ", ".join(self.timeline))
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class InvariantResult:
+    name: str
+    description: str
+    witnesses: tuple[Witness, ...] = field(default=())
+
+    @property
+    def passed(self) -> bool:
+        return not self.witnesses
+
+    @property
+    def subjects(self) -> list[str]:
+        return [witness.subject for witness in self.witnesses]
+
+
+def _result(name: str, description: str, witnesses: Iterable[Witness]) -> InvariantResult:
+    return InvariantResult(name, description, tuple(sorted(witnesses, key=lambda w: w.subject)))
+
+
+# -- the invariants -----------------------------------------------------------------------------
+
+#: Provider statuses under which the customer's money was taken (a refund returned it later, but the
+#: charge happened).
+CHARGED_STATUSES = frozenset({"succeeded", "refunded"})
+#: The provider's final word -> the states Ballast may end in.
+_EXPECTED_STATES: dict[str, frozenset[PaymentState]] = {
+    "succeeded": frozenset({PaymentState.SUCCEEDED, PaymentState.REFUND_PENDING}),
+    "failed": frozenset({PaymentState.FAILED}),
+    "declined": frozenset({PaymentState.FAILED}),
+    "refunded": frozenset({PaymentState.REFUNDED}),
+    "pending": UNDECIDED_STATES,
+}
+#: Where a payment the provider never had may end: expired (its client gave up), or refused outright.
+_NEVER_AT_THE_PROVIDER = frozenset({PaymentState.EXPIRED, PaymentState.REJECTED})
+
+
+def _charge(provider: Mapping[str, Any]) -> str:
+    return f"provider {provider.get('id', '?')} {provider['final_status']} {provider['amount']} {provider['currency']}"
+
+
+def no_double_charge(truth: Mapping[str, Any], snapshot: Snapshot) -> InvariantResult:
+    """No idempotency key charged twice at the provider: neither Ballast's key there (the payment id)
+    nor a client's key (two of Ballast's payments for one key, each charged)."""
+    charges: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for provider in provider_payments(truth):
+        if provider["final_status"] in CHARGED_STATUSES:
+            charges[str(provider["idempotency_key"])].append(provider)
+    witnesses = [
+        Witness(payment_id, tuple(_charge(p) for p in found)) for payment_id, found in charges.items() if len(found) > 1
+    ]
+    by_client_key: dict[str, list[PaymentRow]] = defaultdict(list)
+    for payment in snapshot.payments:
+        if payment.id in charges:
+            by_client_key[payment.idempotency_key].append(payment)
+    witnesses += [
+        Witness(key, tuple(f"payment {p.id}: {_charge(charges[p.id][0])}" for p in sorted(found, key=lambda p: p.id)))
+        for key, found in by_client_key.items()
+        if len(found) > 1
+    ]
+    return _result("no_double_charge", "the provider charged one idempotency key more than once", witnesses)
+
+
+def final_state_matches_truth(truth: Mapping[str, Any], snapshot: Snapshot) -> InvariantResult:
+    """Every payment's final state is the provider's truth, or an open case on it explains why not."""
+    by_key: dict[str, Mapping[str, Any]] = {}
+    for record in provider_payments(truth):  # the first of a key's: a second is no_double_charge's witness
+        by_key.setdefault(str(record["idempotency_key"]), record)
+    open_cases = snapshot.open_cases()
+    witnesses = []
+    for payment in snapshot.payments:
+        provider = by_key.get(payment.id)
+        if provider is None:
+            expected, said = _NEVER_AT_THE_PROVIDER, "provider has no such payment"
+        else:
+            expected = _EXPECTED_STATES.get(provider["final_status"], frozenset())
+            said = _charge(provider)
+        if payment.state in expected or payment.id in open_cases:
+            continue
+        witnesses.append(
+            Witness(payment.id, (f"ballast {payment.state}", said, "no open case"), snapshot.timeline(payment.id))
+        )
+    return _result(
+        "final_state_matches_truth",
+        "a payment's final state differs from the provider's truth and no open case explains it",
+        witnesses,
+    )
+
+
+def _state(name: str) -> PaymentState | None:
+    try:
+        return PaymentState(name)
+    except ValueError:
+        return None
+
+
+def _legal(move: TransitionRow) -> bool:
+    from_state, to_state = _state(move.from_state), _state(move.to_state)
+    if from_state is None or to_state is None:
+        return False
+    if move.event == CORRECTION_EVENT:
+        return (from_state, to_state) in CORRECTIONS
+    return PAYMENT_MACHINE.allows(from_state, to_state)
+
+
+def no_backward_transition(snapshot: Snapshot) -> InvariantResult:
+    """Every payment's timeline is a walk of the domain's machine from its initial state to the state it
+    holds: no move the machine (or, for a CORRECTION, the correction table) does not allow, and no gap
+    where a move went unrecorded."""
+    moves: dict[str, list[TransitionRow]] = defaultdict(list)
+    for move in snapshot.transitions:
+        moves[move.payment_id].append(move)
+    payments = snapshot.payment_by_id()
+    witnesses = []
+    for payment_id in sorted(set(moves) | set(payments)):
+        timeline = sorted(moves.get(payment_id, []), key=lambda t: t.sequence)
+        evidence = []
+        at = INITIAL_PAYMENT_STATE.value
+        for move in timeline:
+            if move.from_state != at:
+                evidence.append(f"move #{move.sequence} starts from {move.from_state}, the payment was {at}")
+            if not _legal(move):
+                evidence.append(f"move #{move.sequence} {move.from_state} -> {move.to_state} is not allowed")
+            at = move.to_state
+        payment = payments.get(payment_id)
+        if payment is None:
+            evidence.append("moves of a payment that does not exist")
+        elif payment.state != at:
+            evidence.append(f"the payment holds {payment.state}, its last move ends in {at}")
+        if evidence:
+            witnesses.append(Witness(payment_id, tuple(evidence), snapshot.timeline(payment_id)))
+    return _result("no_backward_transition", "a payment's timeline is not a walk of the payment machine", witnesses)
+
+
+def _captured(state: str) -> bool:
+    known = _state(state)
+    return known is not None and MONEY_OUTCOMES.get(known) is MoneyOutcome.CAPTURED
+
+
+def ledger_balanced(snapshot: Snapshot) -> InvariantResult:
+    """Every ledger entry balances per currency, and provider_clearing holds, per payment and per
+    currency, exactly what succeeded: a payment's amount while its money is captured, nothing otherwise."""
+    entries: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    entry_payment: dict[str, str | None] = {}
+    clearing: dict[str, Decimal] = defaultdict(Decimal)
+    clearing_by_currency: dict[str, Decimal] = defaultdict(Decimal)
+    for line in snapshot.ledger_lines:
+        entries[(line.entry_id, line.currency)] += line.amount
+        entry_payment[line.entry_id] = line.payment_id
+        if line.account == PROVIDER_CLEARING:
+            clearing_by_currency[line.currency] += line.amount
+            if line.payment_id is not None:
+                clearing[line.payment_id] += line.amount
+    witnesses = [
+        Witness(
+            f"entry {entry_id}",
+            (f"{currency} lines sum to {total}", f"payment {entry_payment[entry_id] or 'none'}"),
+        )
+        for (entry_id, currency), total in entries.items()
+        if total != 0
+    ]
+    succeeded: dict[str, Decimal] = defaultdict(Decimal)
+    payments = snapshot.payment_by_id()
+    for payment in snapshot.payments:
+        expected = payment.amount if _captured(payment.state) else Decimal(0)
+        succeeded[payment.currency] += expected
+        posted = clearing.pop(payment.id, Decimal(0))
+        if posted != expected:
+            witnesses.append(
+                Witness(
+                    payment.id,
+                    (f"ballast {payment.state} {payment.amount} {payment.currency}", f"{PROVIDER_CLEARING} {posted}"),
+                    snapshot.timeline(payment.id),
+                )
+            )
+    witnesses += [
+        Witness(payment_id, (f"{PROVIDER_CLEARING} {posted} for a payment that does not exist",))
+        for payment_id, posted in clearing.items()
+        if posted != 0 and payment_id not in payments
+    ]
+    if not witnesses:  # the per-payment witnesses already explain any difference in the totals
+        witnesses = [
+            Witness(
+                currency, (f"{PROVIDER_CLEARING} {clearing_by_currency[currency]}, succeeded {succeeded[currency]}",)
+            )
+            for currency in sorted(set(succeeded) | set(clearing_by_currency))
+            if clearing_by_currency[currency] != succeeded[currency]
+        ]
+    return _result(
+        "ledger_balanced",
+        "the ledger is not balanced per currency, or does not hold exactly what succeeded",
+        witnesses,
+    )
+
+
+def outbox_published_once_in_order(snapshot: Snapshot, stream: Sequence[BrokerMessage]) -> InvariantResult:
+    """Every outbox event is on the broker's stream exactly once (after its de-duplication), nothing else
+    is, and each aggregate's events are there in the order they were written."""
+    outbox = {row.id: row for row in snapshot.outbox}
+    copies = Counter(message.event_id for message in stream)
+    witnesses = []
+    for row in snapshot.outbox:
+        count = copies.get(row.id, 0)
+        if count == 1:
+            continue
+        if count > 1:
+            evidence = (f"{count} copies on the stream",)
+        elif row.dead_lettered:
+            evidence = ("dead-lettered, never on the stream",)
+        elif row.published:
+            evidence = ("marked published, never on the stream",)
+        else:
+            evidence = ("never published",)
+        witnesses.append(Witness(row.id, (f"aggregate {row.message_key}", *evidence)))
+    witnesses += [
+        Witness(event_id, ("on the stream, not in the outbox",)) for event_id in copies if event_id not in outbox
+    ]
+    first_seen: dict[str, int] = {}
+    for message in sorted(stream, key=lambda m: m.sequence):
+        first_seen.setdefault(message.event_id, message.sequence)
+    by_aggregate: dict[str, list[OutboxRow]] = defaultdict(list)
+    for row in snapshot.outbox:
+        if row.id in first_seen:
+            by_aggregate[row.message_key].append(row)
+    for key, rows in by_aggregate.items():
+        rows.sort(key=lambda row: row.position)
+        for earlier, later in pairwise(rows):
+            if first_seen[earlier.id] > first_seen[later.id]:
+                witnesses.append(
+                    Witness(
+                        later.id,
+                        (
+                            f"aggregate {key}",
+                            f"written after {earlier.id} (position {later.position} > {earlier.position})",
+                            f"on the stream before it (sequence {first_seen[later.id]} < {first_seen[earlier.id]})",
+                        ),
+                    )
+                )
+    return _result(
+        "outbox_published_once_in_order",
+        "an outbox event is lost, duplicated or out of its aggregate's order on the broker",
+        witnesses,
+    )
+
+
+def _reachable(state: PaymentState) -> frozenset[PaymentState]:
+    seen, frontier = {state}, [state]
+    while frontier:
+        for following in PAYMENT_MACHINE.transitions[frontier.pop()]:
+            if following not in seen:
+                seen.add(following)
+                frontier.append(following)
+    return frozenset(seen)
+
+
+def ok_is_durable(history: History, snapshot: Snapshot) -> InvariantResult:
+    """Every `ok` a client got is durable: its payment exists under the client's key, in the state the
+    client was told or one the machine reaches from it."""
+    payments = snapshot.payment_by_id()
+    witnesses: dict[str, Witness] = {}
+    for told in history.of_kind(Kind.OK):
+        if told.payment_id is None or told.payment_id in witnesses:
+            continue
+        said = f"{told.process} told {told.state} for key {told.idempotency_key} at {told.time_s}"
+        payment = payments.get(told.payment_id)
+        if payment is None:
+            evidence: tuple[str, ...] = (said, "no such payment in the database")
+        elif payment.idempotency_key != told.idempotency_key:
+            evidence = (said, f"the payment is under key {payment.idempotency_key}")
+        else:
+            told_state, now = _state(told.state or ""), _state(payment.state)
+            if told_state is not None and now is not None and now in _reachable(told_state):
+                continue
+            evidence = (said, f"the payment holds {payment.state}, not reachable from {told.state}")
+        witnesses[told.payment_id] = Witness(told.payment_id, evidence, snapshot.timeline(told.payment_id))
+    return _result("ok_is_durable", "a client was told ok about a payment the database lost", witnesses.values())
+
+
+def check(
+    history: History, truth: Mapping[str, Any], snapshot: Snapshot, stream: Sequence[BrokerMessage]
+) -> list[InvariantResult]:
+    """Every invariant, in the order a report shows them."""
+    return [
+        no_double_charge(truth, snapshot),
+        final_state_matches_truth(truth, snapshot),
+        no_backward_transition(snapshot),
+        ledger_balanced(snapshot),
+        outbox_published_once_in_order(snapshot, stream),
+        ok_is_durable(history, snapshot),
+    ]
