@@ -389,20 +389,26 @@ def outbox_published_once_in_order(snapshot: Snapshot, stream: Sequence[BrokerMe
     )
 
 
-def _reachable(state: PaymentState) -> frozenset[PaymentState]:
+def _reachable(state: PaymentState, corrected: bool) -> frozenset[PaymentState]:
+    """The states the machine reaches from `state`; with `corrected`, through corrections too."""
     seen, frontier = {state}, [state]
     while frontier:
-        for following in PAYMENT_MACHINE.transitions[frontier.pop()]:
-            if following not in seen:
-                seen.add(following)
-                frontier.append(following)
+        at = frontier.pop()
+        following = set(PAYMENT_MACHINE.transitions[at])
+        if corrected:
+            following |= {to for (origin, to) in CORRECTIONS if origin is at}
+        for state_after in following - seen:
+            seen.add(state_after)
+            frontier.append(state_after)
     return frozenset(seen)
 
 
 def ok_is_durable(history: History, snapshot: Snapshot) -> InvariantResult:
     """Every `ok` a client got is durable: its payment exists under the client's key, in the state the
-    client was told or one the machine reaches from it."""
+    client was told or one the machine reaches from it (through a correction the table allows, when its
+    timeline records one: a deliberate correction is not a loss)."""
     payments = snapshot.payment_by_id()
+    corrected = {move.payment_id for move in snapshot.transitions if move.event == CORRECTION_EVENT and _legal(move)}
     witnesses: dict[str, Witness] = {}
     for told in history.of_kind(Kind.OK):
         if told.payment_id is None or told.payment_id in witnesses:
@@ -415,7 +421,7 @@ def ok_is_durable(history: History, snapshot: Snapshot) -> InvariantResult:
             evidence = (said, f"the payment is under key {payment.idempotency_key}")
         else:
             told_state, now = _state(told.state or ""), _state(payment.state)
-            if told_state is not None and now is not None and now in _reachable(told_state):
+            if told_state is not None and now is not None and now in _reachable(told_state, payment.id in corrected):
                 continue
             evidence = (said, f"the payment holds {payment.state}, not reachable from {told.state}")
         witnesses[told.payment_id] = Witness(told.payment_id, evidence, snapshot.timeline(told.payment_id))

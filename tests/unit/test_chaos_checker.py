@@ -331,3 +331,17 @@ def test_an_ok_whose_payment_went_back_before_what_the_client_was_told_is_named(
     result = world.results()["ok_is_durable"]
     assert result.subjects == [told_succeeded]
     assert result.witnesses[0].evidence[1] == "the payment holds PENDING, not reachable from SUCCEEDED"
+
+
+def test_an_ok_a_recorded_correction_overturned_is_not_lost() -> None:
+    world = consistent_world()
+    corrected = world.payment(["SUCCEEDED"], "failed")
+    world.transitions.append(TransitionRow(corrected, 100, "SUCCEEDED", "FAILED", CORRECTION_EVENT))
+    world.lines += [
+        LedgerLineRow("reversal", corrected, "provider_clearing", "EUR", Decimal("-10.00")),
+        LedgerLineRow("reversal", corrected, f"merchant_payable:{CLIENT}", "EUR", Decimal("10.00")),
+    ]
+    world.replace_payment(corrected, state="FAILED")
+    assert world.broken() == {}
+    world.transitions[-1] = dataclasses.replace(world.transitions[-1], event="FAILED")
+    assert world.broken() == {"no_backward_transition": [corrected], "ok_is_durable": [corrected]}
