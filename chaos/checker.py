@@ -55,6 +55,8 @@ class TransitionRow:
     to_state: str
     event: str = ""
     evidence_ref: str = ""
+    #: when it was written, in seconds (any clock the snapshot's other times share)
+    occurred_at_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class CaseRow:
     kind: str
     status: str
     payment_id: str | None
+    opened_at_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ class Snapshot:
     ledger_lines: Sequence[LedgerLineRow] = ()
     outbox: Sequence[OutboxRow] = ()
     cases: Sequence[CaseRow] = ()
+    #: when the snapshot was read, on the clock of the rows' times
+    taken_at_s: float | None = None
 
     def payment_by_id(self) -> dict[str, PaymentRow]:
         return {payment.id: payment for payment in self.payments}
@@ -428,8 +433,56 @@ def ok_is_durable(history: History, snapshot: Snapshot) -> InvariantResult:
     return _result("ok_is_durable", "a client was told ok about a payment the database lost", witnesses.values())
 
 
+def unknown_resolved_within_sla(snapshot: Snapshot, sla_s: float) -> InvariantResult:
+    """Every stay in UNKNOWN ends within `sla_s`: the payment moves on, or a case on it is opened, by
+    then. A stay still open when the snapshot was taken is judged only once its SLA has run out; a stay
+    whose moves carry no time cannot be judged and is a witness of its own."""
+    moves: dict[str, list[TransitionRow]] = defaultdict(list)
+    for move in snapshot.transitions:
+        moves[move.payment_id].append(move)
+    cases_opened: dict[str, list[float]] = defaultdict(list)
+    for case in snapshot.cases:
+        if case.payment_id is not None and case.opened_at_s is not None:
+            cases_opened[case.payment_id].append(case.opened_at_s)
+    witnesses = []
+    for payment_id, timeline in moves.items():
+        timeline.sort(key=lambda t: t.sequence)
+        for index, entered in enumerate(timeline):
+            if entered.to_state != PaymentState.UNKNOWN:
+                continue
+            left = timeline[index + 1] if index + 1 < len(timeline) else None
+            if entered.occurred_at_s is None or (left is not None and left.occurred_at_s is None):
+                evidence: tuple[str, ...] = (f"move #{entered.sequence} into UNKNOWN: its stay has no time",)
+                witnesses.append(Witness(payment_id, evidence, snapshot.timeline(payment_id)))
+                break
+            deadline = entered.occurred_at_s + sla_s
+            if left is not None and left.occurred_at_s is not None and left.occurred_at_s <= deadline:
+                continue
+            if any(entered.occurred_at_s <= opened <= deadline for opened in cases_opened.get(payment_id, [])):
+                continue
+            if left is None and (snapshot.taken_at_s is None or snapshot.taken_at_s <= deadline):
+                continue  # still within its SLA when the snapshot was taken
+            ended = (
+                f"left for {left.to_state} after {left.occurred_at_s - entered.occurred_at_s:g}s"
+                if left is not None and left.occurred_at_s is not None
+                else "still UNKNOWN"
+            )
+            evidence = (f"UNKNOWN at {entered.occurred_at_s:g}s, SLA {sla_s:g}s", ended, "no case opened in time")
+            witnesses.append(Witness(payment_id, evidence, snapshot.timeline(payment_id)))
+            break
+    return _result(
+        "unknown_resolved_within_sla",
+        "a payment stayed UNKNOWN past its SLA with no case opened on it",
+        witnesses,
+    )
+
+
 def check(
-    history: History, truth: Mapping[str, Any], snapshot: Snapshot, stream: Sequence[BrokerMessage]
+    history: History,
+    truth: Mapping[str, Any],
+    snapshot: Snapshot,
+    stream: Sequence[BrokerMessage],
+    unknown_sla_s: float,
 ) -> list[InvariantResult]:
     """Every invariant, in the order a report shows them."""
     return [
@@ -438,5 +491,6 @@ def check(
         no_backward_transition(snapshot),
         ledger_balanced(snapshot),
         outbox_published_once_in_order(snapshot, stream),
+        unknown_resolved_within_sla(snapshot, unknown_sla_s),
         ok_is_durable(history, snapshot),
     ]

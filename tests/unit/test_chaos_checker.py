@@ -53,6 +53,7 @@ def test_a_line_that_is_not_an_operation_is_refused_with_its_number(line: str) -
 # -- the checker --------------------------------------------------------------------------------
 
 CLIENT = "chaos-unit"
+UNKNOWN_SLA_S = 60.0
 
 
 class World:
@@ -70,6 +71,8 @@ class World:
         self.cases: list[CaseRow] = []
         self.stream: list[BrokerMessage] = []
         self._clock = 0.0
+        #: when the snapshot is read: after the last move unless a spec says otherwise
+        self.taken_at_s: float | None = None
 
     def payment(
         self,
@@ -107,7 +110,10 @@ class World:
 
     def move(self, payment_id: str, at: PaymentState, to: PaymentState, amount: Decimal, currency: str) -> None:
         sequence = len(self.transitions) + 1
-        self.transitions.append(TransitionRow(payment_id, sequence, at.value, to.value, "MOVE"))
+        self._clock += 1
+        self.transitions.append(
+            TransitionRow(payment_id, sequence, at.value, to.value, "MOVE", occurred_at_s=self._clock)
+        )
         for posting in payment_postings(uuid.UUID(payment_id), CLIENT, amount, currency, at, to):
             entry_id = posting.event_key
             self.lines += [
@@ -119,13 +125,18 @@ class World:
         self.stream.append(BrokerMessage(event_id, payment_id, len(self.stream) + 1))
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(self.payments, self.transitions, self.lines, self.outbox, self.cases)
+        return Snapshot(
+            self.payments, self.transitions, self.lines, self.outbox, self.cases, self.taken_at_s or self._clock
+        )
 
     def truth(self) -> dict[str, Any]:
         return {"seed": 7, "profile": "flaky", "payments": self.provider}
 
     def results(self) -> dict[str, InvariantResult]:
-        return {result.name: result for result in check(self.history, self.truth(), self.snapshot(), self.stream)}
+        return {
+            result.name: result
+            for result in check(self.history, self.truth(), self.snapshot(), self.stream, UNKNOWN_SLA_S)
+        }
 
     def broken(self) -> dict[str, list[str]]:
         """Each failing invariant's witnesses' subjects."""
@@ -157,6 +168,7 @@ def test_a_consistent_run_keeps_every_invariant() -> None:
         "no_backward_transition",
         "ledger_balanced",
         "outbox_published_once_in_order",
+        "unknown_resolved_within_sla",
         "ok_is_durable",
     ]
     assert world.broken() == {}
@@ -345,3 +357,25 @@ def test_an_ok_a_recorded_correction_overturned_is_not_lost() -> None:
     assert world.broken() == {}
     world.transitions[-1] = dataclasses.replace(world.transitions[-1], event="FAILED")
     assert world.broken() == {"no_backward_transition": [corrected], "ok_is_durable": [corrected]}
+
+
+def test_an_unknown_left_past_its_sla_without_a_case_is_named() -> None:
+    world = consistent_world()
+    late = world.payment(["UNKNOWN", "SUCCEEDED"], "succeeded")
+    escalated = world.payment(["UNKNOWN", "FAILED"], "failed")
+    stuck = world.payment(["UNKNOWN"], "pending")
+    waiting = world.payment(["UNKNOWN"], "pending")
+    world.cases.append(CaseRow("case-1", "OUTCOME_UNKNOWN", "OPEN", stuck))  # explains its final state only
+    times = {late: (0.0, 61.0), escalated: (0.0, 200.0), stuck: (0.0, None), waiting: (990.0, None)}
+    for index, move in enumerate(world.transitions):
+        if move.payment_id in times:
+            entered, left = times[move.payment_id]
+            world.transitions[index] = dataclasses.replace(
+                move, occurred_at_s=entered if move.to_state == "UNKNOWN" else left
+            )
+    world.taken_at_s = 1000.0
+    world.cases.append(CaseRow("case-2", "OUTCOME_UNKNOWN", "RESOLVED", escalated, opened_at_s=59.0))
+    result = world.results()["unknown_resolved_within_sla"]
+    assert result.subjects == sorted([late, stuck])
+    evidence = {witness.subject: witness.evidence[1] for witness in result.witnesses}
+    assert evidence == {late: "left for SUCCEEDED after 61s", stuck: "still UNKNOWN"}
