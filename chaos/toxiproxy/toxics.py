@@ -23,6 +23,28 @@ ATTRIBUTES: dict[str, tuple[str, ...]] = {
 
 STREAMS = ("upstream", "downstream")
 
+#: The Go struct behind each type, as the real server's decoder errors name it.
+_STRUCTS = {
+    "latency": "LatencyToxic",
+    "bandwidth": "BandwidthToxic",
+    "slow_close": "SlowCloserToxic",
+    "timeout": "TimeoutToxic",
+    "reset_peer": "ResetToxic",
+    "slicer": "SlicerToxic",
+    "limit_data": "LimitDataToxic",
+}
+
+
+def _json_kind(value: Any) -> str:
+    """What Go's JSON decoder calls a value it cannot put in a field."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return f"number {value}"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
 
 class BadToxic(ValueError):
     """A request body that does not describe a toxic (the API answers 400 with this message)."""
@@ -56,7 +78,9 @@ class Toxic:
 
 def _number(value: Any, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadToxic(f"bad request body: json: cannot unmarshal {type(value).__name__} into {what} of type float32")
+        raise BadToxic(
+            f"bad request body: json: cannot unmarshal {_json_kind(value)} into Go struct field .{what} of type float32"
+        )
     return float(value)
 
 
@@ -70,10 +94,12 @@ def _attributes(kind: str, given: Any, base: dict[str, int] | None = None) -> di
         if key not in given:
             continue
         value = given[key]
+        if value is None:  # Go's decoder leaves a field alone on null
+            continue
         if isinstance(value, bool) or not isinstance(value, int):
             raise BadToxic(
-                f"bad request body: json: cannot unmarshal {type(value).__name__} into Go struct field "
-                f"attributes.{key} of type int64"
+                f"bad request body: json: cannot unmarshal {_json_kind(value)} into Go struct field "
+                f"{_STRUCTS[kind]}.attributes.{key} of type int64"
             )
         values[key] = value
     return values
