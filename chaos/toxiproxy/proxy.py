@@ -148,10 +148,15 @@ class Connection:
         self._state[id(toxic)] = self.counter(toxic) + n
 
     async def run(self) -> None:
+        """Until both links have ended (each closes its destination, as the real server does, so an end
+        travels on to the other side) or the connection is closed."""
         tasks = [asyncio.create_task(link.run()) for link in self._links]
+        closed = asyncio.create_task(self._closed.wait())
         try:
-            await self._closed.wait()
+            ending: list[asyncio.Future[Any]] = [closed, asyncio.gather(*tasks)]
+            await asyncio.wait(ending, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            closed.cancel()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -187,7 +192,7 @@ class Link:
             reading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reading
-        self.connection.close()
+            self._writer.close()
 
     async def _read(self) -> None:
         while True:

@@ -84,3 +84,58 @@ async def test_limit_data_passes_its_bytes_then_closes(toxiproxy: Toxiproxy, ech
     async with _connected(address) as (reader, writer):
         writer.write(b"0123456789")
         assert await asyncio.wait_for(reader.read(), DEADLINE_S) == b"012345"
+
+
+async def test_bandwidth_limits_the_rate_in_kilobytes_per_second(toxiproxy: Toxiproxy, echo_server: str) -> None:
+    address = await _proxy(toxiproxy, echo_server, {"type": "bandwidth", "attributes": {"rate": 100}})
+    elapsed = await _round_trip(address, b"x" * 20_000)
+    assert 0.15 <= elapsed < 0.2 + 0.5, elapsed
+
+
+async def test_slicer_hands_the_bytes_over_in_small_pieces(toxiproxy: Toxiproxy, echo_server: str) -> None:
+    address = await _proxy(
+        toxiproxy,
+        echo_server,
+        {"type": "slicer", "attributes": {"average_size": 1, "size_variation": 0, "delay": 20_000}},
+    )
+    async with _connected(address) as (reader, writer):
+        started = time.monotonic()
+        writer.write(b"abcde")
+        assert await asyncio.wait_for(reader.readexactly(5), DEADLINE_S) == b"abcde"
+        assert time.monotonic() - started >= 0.075
+
+
+async def test_slow_close_delays_the_close(toxiproxy: Toxiproxy, echo_server: str) -> None:
+    address = await _proxy(toxiproxy, echo_server, {"type": "slow_close", "attributes": {"delay": 150}})
+    async with _connected(address) as (reader, writer):
+        writer.write(b"ping")
+        assert await asyncio.wait_for(reader.readexactly(4), DEADLINE_S) == b"ping"
+        # The echo server closes once the client has; the client's half close is not forwarded by
+        # Toxiproxy (it closes the upstream side), so the downstream EOF arrives after the delay.
+        started = time.monotonic()
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), DEADLINE_S) == b""
+        assert time.monotonic() - started >= 0.14
+
+
+async def test_a_toxic_added_later_reaches_an_open_connection(toxiproxy: Toxiproxy, echo_server: str) -> None:
+    address = await _proxy(toxiproxy, echo_server)
+    async with _connected(address) as (reader, writer):
+        writer.write(b"a")
+        assert await asyncio.wait_for(reader.readexactly(1), DEADLINE_S) == b"a"
+        status, _ = await toxiproxy.call(
+            "POST", "/proxies/p/toxics", {"type": "latency", "attributes": {"latency": 150}}
+        )
+        assert status == 200
+        started = time.monotonic()
+        writer.write(b"b")
+        assert await asyncio.wait_for(reader.readexactly(1), DEADLINE_S) == b"b"
+        assert time.monotonic() - started >= 0.14
+
+
+async def test_a_disabled_proxy_refuses_connections(toxiproxy: Toxiproxy, echo_server: str) -> None:
+    address = await _proxy(toxiproxy, echo_server)
+    status, _ = await toxiproxy.call("POST", "/proxies/p", {"enabled": False})
+    assert status == 200
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.wait_for(asyncio.open_connection(*address), DEADLINE_S)
