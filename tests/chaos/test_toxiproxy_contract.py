@@ -84,6 +84,8 @@ SEQUENCE: list[tuple[str, str, Any, int, Any]] = [
     ),
     ("GET", "/proxies", None, 200, {"a": proxy("a"), "d": proxy("d", "127.0.0.1:0", enabled=False)}),
     ("GET", "/proxies/a", None, 200, proxy("a")),
+    ("POST", "/proxies", {"name": "b", "upstream": UP}, 201, proxy("b", "[::]:PORT")),
+    ("DELETE", "/proxies/b", None, 204, None),
     ("GET", "/proxies/zz", None, 404, error("proxy not found", 404)),
     ("POST", "/proxies/a", {"enabled": False}, 200, proxy("a", enabled=False)),
     ("POST", "/proxies/a", {"enabled": True}, 200, proxy("a")),

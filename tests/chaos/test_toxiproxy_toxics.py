@@ -139,3 +139,31 @@ async def test_a_disabled_proxy_refuses_connections(toxiproxy: Toxiproxy, echo_s
     assert status == 200
     with pytest.raises(ConnectionRefusedError):
         await asyncio.wait_for(asyncio.open_connection(*address), DEADLINE_S)
+
+
+async def test_reset_peer_downstream_resets_once_the_server_answers(toxiproxy: Toxiproxy, echo_server: str) -> None:
+    address = await _proxy(toxiproxy, echo_server, {"type": "reset_peer", "attributes": {"timeout": 50}})
+    async with _connected(address) as (reader, writer):
+        writer.write(b"ping")
+        with pytest.raises(ConnectionResetError):
+            await asyncio.wait_for(reader.read(4), DEADLINE_S)
+
+
+async def test_toxicity_is_rolled_once_per_connection(toxiproxy: Toxiproxy, echo_server: str) -> None:
+    address = await _proxy(toxiproxy, echo_server, {"type": "latency", "toxicity": 0.5, "attributes": {"latency": 200}})
+
+    async def slow_on_both_trips() -> tuple[bool, bool]:
+        async with _connected(address) as (reader, writer):
+            trips = []
+            for payload in (b"a", b"b"):
+                started = time.monotonic()
+                writer.write(payload)
+                assert await asyncio.wait_for(reader.readexactly(1), DEADLINE_S) == payload
+                trips.append(time.monotonic() - started >= 0.19)
+            return trips[0], trips[1]
+
+    rolls = await asyncio.gather(*(slow_on_both_trips() for _ in range(24)))
+    # A connection is slow on both of its trips or on neither; with 24 rolls at 0.5 both kinds occur
+    # (each is missing with probability 2**-24).
+    assert all(first == second for first, second in rolls), rolls
+    assert {first for first, _ in rolls} == {True, False}, rolls
