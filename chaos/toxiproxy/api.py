@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from typing import Any
 
@@ -53,17 +54,36 @@ def _proxy_fields(body: Any, where: str = "") -> tuple[str, str, str, bool]:
     for required in ("name", "upstream"):
         if not body.get(required):
             raise _Refused(f"missing required field: {required}{where}", 400)
-    enabled = body.get("enabled", True)
-    return str(body["name"]), str(body.get("listen") or ""), str(body["upstream"]), bool(enabled)
+    return str(body["name"]), str(body.get("listen") or ""), str(body["upstream"]), _enabled(body, True)
+
+
+def _enabled(body: dict[str, Any], default: bool) -> bool:
+    enabled = body.get("enabled", default)
+    if enabled is None:
+        return default
+    if not isinstance(enabled, bool):
+        kind = "string" if isinstance(enabled, str) else "number" if isinstance(enabled, int | float) else "object"
+        raise _Refused(
+            f"bad request body: json: cannot unmarshal {kind} into Go struct field Proxy.enabled of type bool", 400
+        )
+    return enabled
+
+
+async def _start(proxy: Proxy) -> None:
+    """Start listening, or refuse with 500 as the real server does, in the words of Go's net.Listen."""
+    try:
+        await proxy.start()
+    except ValueError:
+        raise _Refused(f"listen tcp: address {proxy.listen}: missing port in address", 500) from None
+    except OSError as error:
+        reason = "bind: address already in use" if error.errno == errno.EADDRINUSE else str(error)
+        raise _Refused(f"listen tcp {proxy.listen}: {reason}", 500) from None
 
 
 async def _create(proxies: dict[str, Proxy], name: str, listen: str, upstream: str, enabled: bool) -> Proxy:
     proxy = Proxy(name, listen or "[::]:0", upstream, enabled)
     if enabled:
-        try:
-            await proxy.start()
-        except OSError as error:
-            raise _Refused(str(error), 500) from None
+        await _start(proxy)
     proxies[name] = proxy
     return proxy
 
@@ -124,10 +144,7 @@ async def reset(request: web.Request) -> web.Response:
         proxy.toxics_changed()
         if not proxy.enabled:
             proxy.enabled = True
-            try:
-                await proxy.start()
-            except OSError as error:
-                raise _Refused(str(error), 500) from None
+            await _start(proxy)
     return web.Response(status=204)
 
 
@@ -142,15 +159,12 @@ async def update_proxy(request: web.Request) -> web.Response:
         raise _Refused("bad request body: json: cannot unmarshal into a proxy", 400)
     listen = str(body.get("listen") or proxy.listen)
     upstream = str(body.get("upstream") or proxy.upstream)
-    enabled = bool(body.get("enabled", proxy.enabled))
+    enabled = _enabled(body, proxy.enabled)
     if listen != proxy.listen or upstream != proxy.upstream or not enabled:
         await proxy.stop()
     proxy.listen, proxy.upstream, proxy.enabled = listen, upstream, enabled
     if enabled:
-        try:
-            await proxy.start()
-        except OSError as error:
-            raise _Refused(str(error), 500) from None
+        await _start(proxy)
     return _json(proxy.to_json())
 
 

@@ -195,3 +195,22 @@ async def test_a_created_proxy_listens_where_it_says(toxiproxy: Toxiproxy, echo_
     writer.write(b"ping")
     assert await asyncio.wait_for(reader.readexactly(4), 5) == b"ping"
     writer.close()
+
+
+async def test_a_proxy_that_cannot_listen_is_refused_as_the_real_server_refuses_it(toxiproxy: Toxiproxy) -> None:
+    taken = toxiproxy.url.removeprefix("http://")
+    for body, status, message in [
+        ({"name": "o", "listen": taken, "upstream": UP}, 500, f"listen tcp {taken}: bind: address already in use"),
+        (
+            {"name": "o", "listen": "nonsense", "upstream": UP},
+            500,
+            "listen tcp: address nonsense: missing port in address",
+        ),
+        (
+            {"name": "o", "listen": "127.0.0.1:0", "upstream": UP, "enabled": "yes"},
+            400,
+            "bad request body: json: cannot unmarshal string into Go struct field Proxy.enabled of type bool",
+        ),
+    ]:
+        assert await toxiproxy.call("POST", "/proxies", body) == (status, error(message, status))
+    assert await toxiproxy.call("GET", "/proxies") == (200, {})
