@@ -175,7 +175,15 @@ async def test_a_burst_against_a_hanging_provider_gets_ballasts_own_answers_with
                 return f"OK {payments_pb2.PaymentState.Name(reply.payment.state)}", ""
 
             outcomes = await asyncio.gather(*(call(key) for key in keys))
-        counted = await asyncio.to_thread(_counted, f"http://127.0.0.1:{metrics_port}/metrics")
+        # a call is counted once its answer has gone out, a moment after its caller has it
+        create = "/ballast.payments.v1.PaymentService/CreatePayment"
+        deadline = time.monotonic() + 10
+        while True:
+            counted = await asyncio.to_thread(_counted, f"http://127.0.0.1:{metrics_port}/metrics")
+            if sum(value for (method, _), value in counted.items() if method == create) >= BURST_CALLS:
+                break
+            assert time.monotonic() < deadline, f"not every call was counted: {counted}"
+            await asyncio.sleep(0.05)
     finally:
         released.set()
         await runner.cleanup()
@@ -183,7 +191,6 @@ async def test_a_burst_against_a_hanging_provider_gets_ballasts_own_answers_with
     assert not cut, f"{len(cut)} of {BURST_CALLS} calls got no answer from Ballast: {cut[:3]}"
     assert {code for code, _ in outcomes} <= {"OK PAYMENT_STATE_UNKNOWN", "DEADLINE_EXCEEDED", "UNAVAILABLE"}
     assert all("same idempotency key" in details for code, details in outcomes if code == "UNAVAILABLE"), outcomes
-    create = "/ballast.payments.v1.PaymentService/CreatePayment"
     assert sum(value for (method, _), value in counted.items() if method == create) == BURST_CALLS
     assert not {code for (method, code) in counted if method == create} & {"UNKNOWN", "CANCELLED"}, counted
     # what the answers say is true: each key recorded at most one payment
