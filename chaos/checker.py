@@ -477,6 +477,110 @@ def unknown_resolved_within_sla(snapshot: Snapshot, sla_s: float) -> InvariantRe
     )
 
 
+def charged_as_asked(history: History, truth: Mapping[str, Any], snapshot: Snapshot) -> InvariantResult:
+    """What the provider holds for a payment is what Ballast recorded, and what Ballast recorded is what
+    the client asked under that key: the same amount and currency (evidence that does not fit is never
+    applied; a charge of another amount is a loss, not a detail)."""
+    asked: dict[str, tuple[Decimal, str]] = {}
+    for invoke in history.of_kind(Kind.INVOKE):
+        if invoke.amount is not None and invoke.currency is not None:
+            asked.setdefault(invoke.idempotency_key, (Decimal(invoke.amount), invoke.currency))
+    payments = snapshot.payment_by_id()
+    witnesses = []
+    for payment in snapshot.payments:
+        wanted = asked.get(payment.idempotency_key)
+        if wanted is not None and wanted != (payment.amount, payment.currency):
+            witnesses.append(
+                Witness(
+                    payment.id,
+                    (
+                        f"asked {wanted[0]} {wanted[1]} under key {payment.idempotency_key}",
+                        f"ballast recorded {payment.amount} {payment.currency}",
+                    ),
+                )
+            )
+    for provider in provider_payments(truth):
+        charged = payments.get(str(provider["idempotency_key"]))
+        if charged is None:
+            continue
+        if (Decimal(str(provider["amount"])), str(provider["currency"])) != (charged.amount, charged.currency):
+            witnesses.append(
+                Witness(
+                    charged.id,
+                    (f"ballast {charged.amount} {charged.currency}", _charge(provider)),
+                    snapshot.timeline(charged.id),
+                )
+            )
+    return _result("charged_as_asked", "a payment was recorded or charged for another amount or currency", witnesses)
+
+
+def fail_had_no_effect(history: History, truth: Mapping[str, Any], snapshot: Snapshot) -> InvariantResult:
+    """A key whose every call was refused outright (`fail`, never `ok` nor `info`) took no money: no
+    payment under it was charged at the provider."""
+    completions: dict[str, set[Kind]] = defaultdict(set)
+    for operation in history:
+        if operation.kind is not Kind.INVOKE:
+            completions[operation.idempotency_key].add(operation.kind)
+    refused = {key for key, kinds in completions.items() if kinds == {Kind.FAIL}}
+    charged = {
+        str(provider["idempotency_key"]): provider
+        for provider in provider_payments(truth)
+        if provider["final_status"] in CHARGED_STATUSES
+    }
+    witnesses = [
+        Witness(
+            payment.idempotency_key,
+            ("every call under this key was refused", f"payment {payment.id}: {_charge(charged[payment.id])}"),
+            snapshot.timeline(payment.id),
+        )
+        for payment in snapshot.payments
+        if payment.idempotency_key in refused and payment.id in charged
+    ]
+    return _result("fail_had_no_effect", "a call refused outright took money all the same", witnesses)
+
+
+#: What an answer from an open breaker says (server/providers/breaker.py's BreakerOpen, passed on).
+BREAKER_OPEN_MESSAGE = "circuit breaker"
+
+
+def breaker_answer_latencies(history: History) -> list[float]:
+    """How long each call answered by an open breaker took, in seconds, in the order they completed."""
+    return [
+        round(done.time_s - invoked.time_s, 4)
+        for invoked, done in history.calls()
+        if done.kind is not Kind.OK and BREAKER_OPEN_MESSAGE in (done.message or "")
+    ]
+
+
+def percentile(values: Sequence[float], fraction: float) -> float | None:
+    """The nearest-rank percentile (fraction 0.99 for p99); None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, int(fraction * len(ordered) + 0.999999) - 1))
+    return ordered[rank]
+
+
+def breaker_fails_fast(history: History, bound_s: float, *, expected: bool) -> InvariantResult:
+    """While the breaker was open, calls failed fast: every answer an open breaker gave came within
+    `bound_s` (not after the provider's timeout). With `expected`, the scenario must have opened it."""
+    slow = [
+        Witness(
+            done.idempotency_key,
+            (f"{done.process}: answered by an open breaker after {done.time_s - invoked.time_s:.3f}s",),
+        )
+        for invoked, done in history.calls()
+        if done.kind is not Kind.OK
+        and BREAKER_OPEN_MESSAGE in (done.message or "")
+        and done.time_s - invoked.time_s > bound_s
+    ]
+    if expected and not breaker_answer_latencies(history):
+        slow.append(Witness("breaker", ("no call was answered by an open breaker: it never opened",)))
+    return _result(
+        "breaker_fails_fast", f"an open breaker's answer took longer than {bound_s:g}s, or it never opened", slow
+    )
+
+
 def check(
     history: History,
     truth: Mapping[str, Any],
@@ -493,4 +597,6 @@ def check(
         outbox_published_once_in_order(snapshot, stream),
         unknown_resolved_within_sla(snapshot, unknown_sla_s),
         ok_is_durable(history, snapshot),
+        charged_as_asked(history, truth, snapshot),
+        fail_had_no_effect(history, truth, snapshot),
     ]

@@ -51,6 +51,8 @@ class Operation:
     #: what was asked, on `invoke`: a decimal string and an ISO 4217 code
     amount: str | None = None
     currency: str | None = None
+    #: on `fail` or `info`, the error's message as the client got it
+    message: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -60,7 +62,7 @@ class Operation:
             "time_s": self.time_s,
             "operation": self.operation,
         }
-        for name in ("payment_id", "state", "error", "amount", "currency"):
+        for name in ("payment_id", "state", "error", "amount", "currency", "message"):
             value = getattr(self, name)
             if value is not None:
                 data[name] = value
@@ -89,6 +91,7 @@ class Operation:
             error=optional("error"),
             amount=optional("amount"),
             currency=optional("currency"),
+            message=optional("message"),
         )
 
 
@@ -129,11 +132,27 @@ class History:
     def ok(self, process: str, key: str, payment_id: str, state: str, *, time_s: float | None = None) -> Operation:
         return self.append(Operation(Kind.OK, process, key, _now(time_s), payment_id=payment_id, state=state))
 
-    def fail(self, process: str, key: str, error: str, *, time_s: float | None = None) -> Operation:
-        return self.append(Operation(Kind.FAIL, process, key, _now(time_s), error=error))
+    def fail(
+        self, process: str, key: str, error: str, *, message: str | None = None, time_s: float | None = None
+    ) -> Operation:
+        return self.append(Operation(Kind.FAIL, process, key, _now(time_s), error=error, message=message))
 
-    def info(self, process: str, key: str, error: str, *, time_s: float | None = None) -> Operation:
-        return self.append(Operation(Kind.INFO, process, key, _now(time_s), error=error))
+    def info(
+        self, process: str, key: str, error: str, *, message: str | None = None, time_s: float | None = None
+    ) -> Operation:
+        return self.append(Operation(Kind.INFO, process, key, _now(time_s), error=error, message=message))
+
+    def calls(self) -> list[tuple[Operation, Operation]]:
+        """Each completed call as (invoke, completion): a process makes one call at a time, so its
+        completion follows its invoke. An invoke never completed (the run stopped) is left out."""
+        waiting: dict[str, Operation] = {}
+        pairs = []
+        for operation in self._operations:
+            if operation.kind is Kind.INVOKE:
+                waiting[operation.process] = operation
+            elif operation.process in waiting:
+                pairs.append((waiting.pop(operation.process), operation))
+        return pairs
 
     # -- reading it -------------------------------------------------------------------------------
 

@@ -20,7 +20,10 @@ from chaos.checker import (
     PaymentRow,
     Snapshot,
     TransitionRow,
+    breaker_answer_latencies,
+    breaker_fails_fast,
     check,
+    percentile,
 )
 from chaos.history import History, Kind, Operation
 from server.domain.corrections import CORRECTION_EVENT
@@ -170,6 +173,8 @@ def test_a_consistent_run_keeps_every_invariant() -> None:
         "outbox_published_once_in_order",
         "unknown_resolved_within_sla",
         "ok_is_durable",
+        "charged_as_asked",
+        "fail_had_no_effect",
     ]
     assert world.broken() == {}
 
@@ -379,3 +384,95 @@ def test_an_unknown_left_past_its_sla_without_a_case_is_named() -> None:
     assert result.subjects == sorted([late, stuck])
     evidence = {witness.subject: witness.evidence[1] for witness in result.witnesses}
     assert evidence == {late: "left for SUCCEEDED after 61s", stuck: "still UNKNOWN"}
+
+
+def test_a_charge_of_another_amount_or_currency_is_named() -> None:
+    world = consistent_world()
+    overcharged = world.payment(["SUCCEEDED"], "succeeded", amount="10.00")
+    world.provider[-1] = {**world.provider[-1], "amount": "100.00"}
+    other_currency = world.payment(["SUCCEEDED"], "succeeded", amount="10.00", currency="EUR")
+    world.provider[-1] = {**world.provider[-1], "currency": "USD"}
+    result = world.results()["charged_as_asked"]
+    assert sorted(result.subjects) == sorted([overcharged, other_currency])
+    witness = next(w for w in result.witnesses if w.subject == overcharged)
+    assert witness.evidence[0] == "ballast 10.00 EUR"
+    assert witness.evidence[1].endswith("succeeded 100.00 EUR")
+
+
+def test_a_payment_recorded_for_another_amount_than_its_client_asked_is_named() -> None:
+    world = consistent_world()
+    payment_id = world.payment(["SUCCEEDED"], "succeeded", amount="10.00")
+    world.replace_payment(payment_id, amount=Decimal("1.00"))
+    world.provider[-1] = {**world.provider[-1], "amount": "1.00"}
+    result = world.results()["charged_as_asked"]
+    assert result.subjects == [payment_id]
+    assert result.witnesses[0].evidence == (f"asked 10.00 EUR under key key-{payment_id}", "ballast recorded 1.00 EUR")
+
+
+def test_a_refused_call_that_took_money_is_named_by_its_key() -> None:
+    world = consistent_world()
+    refused = world.payment(["SUCCEEDED"], "succeeded")
+    key = f"key-{refused}"
+    world.history = History(op for op in world.history if op.idempotency_key != key)
+    world.history.invoke("client-9", key, amount="10.00", currency="EUR", time_s=90.0)
+    world.history.fail("client-9", key, "INVALID_ARGUMENT", message="amount: nope", time_s=90.1)
+    failed_cleanly = world.payment(["PENDING", "FAILED"], "failed")
+    clean_key = f"key-{failed_cleanly}"
+    world.history = History(op for op in world.history if op.idempotency_key != clean_key)
+    world.history.invoke("client-9", clean_key, amount="10.00", currency="EUR", time_s=91.0)
+    world.history.fail("client-9", clean_key, "FAILED_PRECONDITION", time_s=91.1)
+    result = world.results()["fail_had_no_effect"]
+    assert result.subjects == [key]
+    assert result.witnesses[0].evidence[0] == "every call under this key was refused"
+
+
+def test_an_indeterminate_call_that_took_money_is_not_a_refusal() -> None:
+    world = consistent_world()
+    landed = world.payment(["SUCCEEDED"], "succeeded")
+    key = f"key-{landed}"
+    world.history = History(op for op in world.history if op.idempotency_key != key)
+    world.history.invoke("client-9", key, amount="10.00", currency="EUR", time_s=90.0)
+    world.history.info("client-9", key, "DEADLINE_EXCEEDED", time_s=93.0)
+    assert world.results()["fail_had_no_effect"].passed
+
+
+def _breaker_history(
+    *latencies_s: float, message: str = "provider x was not asked: the circuit breaker for x is open"
+) -> History:
+    history = History()
+    for number, latency_s in enumerate(latencies_s):
+        history.invoke(f"client-{number}", f"key-{number}", amount="1.00", currency="EUR", time_s=10.0)
+        history.info(f"client-{number}", f"key-{number}", "UNAVAILABLE", message=message, time_s=10.0 + latency_s)
+    return history
+
+
+def test_a_slow_answer_from_an_open_breaker_is_named_and_fast_ones_pass() -> None:
+    fast = _breaker_history(0.002, 0.004, 0.01)
+    assert breaker_fails_fast(fast, 0.5, expected=True).passed
+    assert breaker_answer_latencies(fast) == [0.002, 0.004, 0.01]
+    slow = _breaker_history(0.002, 1.7)
+    result = breaker_fails_fast(slow, 0.5, expected=True)
+    assert result.subjects == ["key-1"]
+    assert result.witnesses[0].evidence == ("client-1: answered by an open breaker after 1.700s",)
+
+
+def test_a_breaker_the_scenario_expected_to_open_that_never_did_is_named() -> None:
+    waited = _breaker_history(1.5, message="deadline exceeded: the outcome is unknown")
+    assert breaker_fails_fast(waited, 0.5, expected=False).passed
+    assert breaker_fails_fast(waited, 0.5, expected=True).subjects == ["breaker"]
+
+
+def test_calls_pair_each_invoke_with_its_process_completion() -> None:
+    history = History()
+    history.invoke("a", "k1", time_s=1.0)
+    history.invoke("b", "k2", time_s=1.1)
+    history.ok("b", "k2", "p2", "PENDING", time_s=1.3)
+    history.info("a", "k1", "UNAVAILABLE", time_s=1.4)
+    history.invoke("a", "k1", time_s=2.0)  # never completed: the run stopped
+    assert [(i.time_s, d.time_s) for i, d in history.calls()] == [(1.1, 1.3), (1.0, 1.4)]
+
+
+@pytest.mark.parametrize(("fraction", "expected"), [(0.5, 50.0), (0.99, 99.0), (1.0, 100.0), (0.0, 1.0)])
+def test_percentiles_are_nearest_rank(fraction: float, expected: float) -> None:
+    assert percentile([float(n) for n in range(100, 0, -1)], fraction) == expected
+    assert percentile([], fraction) is None

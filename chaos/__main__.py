@@ -1,0 +1,113 @@
+"""`python -m chaos`: QA's chaos harness.
+
+    python -m chaos list                         the scenarios, with their stories
+    python -m chaos run provider-hang --seed 7   one scenario; its report under chaos/results/
+    python -m chaos all [--seed N]               every scenario, then a summary table (`make chaos`)
+    python -m chaos smoke [--seed N]             the quick subset CI runs (`make chaos-smoke`)
+
+DATABASE_URL and NATS_URL are used when set; otherwise an embedded PostgreSQL and NATS are started.
+TOXIPROXY_URL (default http://127.0.0.1:8474) is used when a Toxiproxy server answers there;
+otherwise `toxiproxy-server` from PATH, or the harness's own compatible one, is started. Every
+process a run starts is stopped when it ends, on Ctrl-C too. The exit status is 1 when any run broke
+an invariant, 2 for a usage error, 130 after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from chaos.processes import ROOT
+from chaos.report import RunReport
+from chaos.run import run_scenario
+from chaos.scenarios import SCENARIOS, Scenario, scenario, smoke
+
+RESULTS = ROOT / "chaos" / "results"
+DEFAULT_SEED = 1
+
+
+def _arguments(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m chaos", description="Ballast's chaos harness.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="the scenarios and their stories")
+    one = commands.add_parser("run", help="run one scenario")
+    one.add_argument("name", help="a scenario's name (python -m chaos list)")
+    for command in (
+        one,
+        commands.add_parser("all", help="every scenario"),
+        commands.add_parser("smoke", help="CI's subset"),
+    ):
+        command.add_argument("--seed", type=int, default=DEFAULT_SEED, help=f"the run's seed (default {DEFAULT_SEED})")
+        command.add_argument("--out", type=Path, default=None, help="where reports go (default chaos/results/<time>)")
+    return parser.parse_args(argv)
+
+
+def _list() -> int:
+    for item in SCENARIOS.values():
+        marks = " [smoke]" if item.smoke else ""
+        print(f"{item.name}{marks}")
+        print(textwrap.indent(textwrap.fill(item.story, 96), "    "))
+    return 0
+
+
+def _table(reports: list[RunReport]) -> str:
+    lines = [
+        "| scenario | seed | result | payments | calls/s | settled after | time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for report in reports:
+        broken = [result.name for result in report.invariants if not result.passed]
+        verdict = "pass" if report.passed else "FAIL: " + ", ".join(broken or ["fault not applied"])
+        settled = f"{report.convergence.elapsed_s:.1f} s" if report.convergence.converged else "not settled"
+        lines.append(
+            f"| {report.scenario} | {report.seed} | {verdict} | {report.load.payments_asked}"
+            f" | {report.load.calls_per_s:g} | {settled} | {report.duration_s:.0f} s |"
+        )
+    return "\n".join(lines)
+
+
+def _run_all(scenarios: list[Scenario], seed: int, out: Path) -> int:
+    reports = []
+    started = time.monotonic()
+    for number, item in enumerate(scenarios, start=1):
+        print(f"[{number}/{len(scenarios)}] {item.name} (seed {seed}) ...", file=sys.stderr, flush=True)
+        report = run_scenario(item, seed, out / f"{item.name}-seed{seed}")
+        print(f"[{number}/{len(scenarios)}] {report.summary()}", file=sys.stderr, flush=True)
+        if not report.passed:
+            print(report.to_markdown(), file=sys.stderr, flush=True)
+        reports.append(report)
+    table = _table(reports)
+    (out / "summary.md").write_text(table + "\n")
+    print(table)
+    print(f"\n{len(reports)} scenario(s) in {time.monotonic() - started:.0f} s; reports under {out}")
+    return 0 if all(report.passed for report in reports) else 1
+
+
+def main(argv: Sequence[str]) -> int:
+    arguments = _arguments(argv)
+    if arguments.command == "list":
+        return _list()
+    out = arguments.out or RESULTS / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out.mkdir(parents=True, exist_ok=True)
+    if arguments.command == "run":
+        try:
+            chosen = [scenario(arguments.name)]
+        except ValueError as error:
+            print(error, file=sys.stderr)
+            return 2
+    else:
+        chosen = list(SCENARIOS.values()) if arguments.command == "all" else smoke()
+    try:
+        return _run_all(chosen, arguments.seed, out)
+    except KeyboardInterrupt:
+        print("interrupted: every process the run started has been stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,246 @@
+"""A chaos run's report, as JSON (for tools) and Markdown (for people): the scenario and its seed, the
+faults as they were applied, the load as measured, how the system settled, every invariant passed or
+broken with its minimal witnesses, and the command that replays the run."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from chaos.checker import (
+    InvariantResult,
+    Snapshot,
+    breaker_answer_latencies,
+    percentile,
+    provider_payments,
+)
+from chaos.history import History, Kind
+
+#: Witnesses shown per broken invariant in the Markdown (the JSON has them all).
+WITNESSES_SHOWN = 10
+
+
+@dataclass(frozen=True)
+class AppliedFault:
+    description: str
+    planned_at_s: float
+    planned_heal_s: float
+    applied_at_s: float
+    healed_at_s: float
+    #: what went wrong applying or healing it (the run goes on; the report says so)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Convergence:
+    converged: bool
+    #: seconds from the last heal until the system settled (or until the run stopped waiting)
+    elapsed_s: float
+    #: what was still unsettled at the last look, by kind
+    left: dict[str, int]
+
+
+@dataclass(frozen=True)
+class LoadSummary:
+    duration_s: float
+    payments_asked: int
+    calls: int
+    calls_per_s: float
+    #: the completion code ("OK", "UNAVAILABLE", ...) -> count, p50 and p99 in seconds
+    by_code: dict[str, dict[str, float]]
+    #: answers from an open breaker: how many, and their p99 in seconds
+    breaker_answers: int
+    breaker_p99_s: float | None
+    #: the last answer each client got per key: a state, an error code, or GAVE_UP
+    outcomes: dict[str, int]
+    ballast_states: dict[str, int]
+    provider_statuses: dict[str, int]
+    cases: dict[str, int]
+
+
+def summarize_load(history: History, load_s: float, snapshot: Snapshot, truth: dict[str, Any]) -> LoadSummary:
+    latencies: dict[str, list[float]] = defaultdict(list)
+    for invoked, done in history.calls():
+        code = "OK" if done.kind is Kind.OK else (done.error or done.kind.value)
+        latencies[code].append(done.time_s - invoked.time_s)
+    by_code = {
+        code: {
+            "count": len(values),
+            "p50_s": round(percentile(values, 0.5) or 0.0, 3),
+            "p99_s": round(percentile(values, 0.99) or 0.0, 3),
+        }
+        for code, values in sorted(latencies.items())
+    }
+    last: dict[str, str] = {}
+    for operation in history:
+        if operation.kind is Kind.OK:
+            last[operation.idempotency_key] = operation.state or "OK"
+        elif operation.kind is not Kind.INVOKE:
+            last[operation.idempotency_key] = operation.error or operation.kind.value
+    breaker = breaker_answer_latencies(history)
+    calls = sum(len(values) for values in latencies.values())
+    return LoadSummary(
+        duration_s=round(load_s, 2),
+        payments_asked=len(history.by_key()),
+        calls=calls,
+        calls_per_s=round(calls / load_s, 1) if load_s > 0 else 0.0,
+        by_code=by_code,
+        breaker_answers=len(breaker),
+        breaker_p99_s=percentile(breaker, 0.99),
+        outcomes=dict(Counter(last.values()).most_common()),
+        ballast_states=dict(Counter(payment.state for payment in snapshot.payments).most_common()),
+        provider_statuses=dict(Counter(str(p["final_status"]) for p in provider_payments(truth)).most_common()),
+        cases=dict(Counter(f"{case.kind} {case.status}" for case in snapshot.cases).most_common()),
+    )
+
+
+@dataclass
+class RunReport:
+    scenario: str
+    story: str
+    seed: int
+    started_at: str
+    servers: int
+    relays: int
+    profile: str
+    #: where the Toxiproxy server came from: running, binary or builtin
+    toxiproxy: str
+    faults: list[AppliedFault]
+    load: LoadSummary
+    convergence: Convergence
+    breaker_changes: list[dict[str, Any]]
+    invariants: list[InvariantResult]
+    work_dir: str
+    duration_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(result.passed for result in self.invariants) and not any(f.error for f in self.faults)
+
+    @property
+    def replay(self) -> str:
+        return f"python -m chaos run {self.scenario} --seed {self.seed}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "story": self.story,
+            "seed": self.seed,
+            "passed": self.passed,
+            "replay": self.replay,
+            "started_at": self.started_at,
+            "duration_s": self.duration_s,
+            "topology": {
+                "servers": self.servers,
+                "relays": self.relays,
+                "simulator_profile": self.profile,
+                "toxiproxy": self.toxiproxy,
+            },
+            "faults": [asdict(fault) for fault in self.faults],
+            "load": asdict(self.load),
+            "convergence": asdict(self.convergence),
+            "breaker_changes": self.breaker_changes,
+            "invariants": [
+                {
+                    "name": result.name,
+                    "passed": result.passed,
+                    "description": result.description,
+                    "witnesses": [
+                        {"subject": w.subject, "evidence": list(w.evidence), "timeline": list(w.timeline)}
+                        for w in result.witnesses
+                    ],
+                }
+                for result in self.invariants
+            ],
+            "work_dir": self.work_dir,
+        }
+
+    def summary(self) -> str:
+        broken = [result.name for result in self.invariants if not result.passed]
+        verdict = "PASS" if self.passed else "FAIL (" + ", ".join(broken or ["a fault was not applied"]) + ")"
+        return f"{self.scenario} seed {self.seed}: {verdict} in {self.duration_s:.0f}s"
+
+    def to_markdown(self) -> str:
+        load = self.load
+        lines = [
+            f"# Chaos run: {self.scenario}, seed {self.seed}: {'PASS' if self.passed else 'FAIL'}",
+            "",
+            self.story,
+            "",
+            f"- Replay: `{self.replay}`",
+            f"- Started {self.started_at}, took {self.duration_s:.0f} s; {self.servers} server(s),"
+            f" {self.relays} relay(s), simulator profile `{self.profile}`, Toxiproxy: {self.toxiproxy}",
+            f"- Run directory (logs, history.jsonl): `{self.work_dir}`",
+            "",
+            "## Faults as applied",
+            "",
+            "| fault | planned | applied | healed | error |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {f.description.split(' from ')[0]} | {f.planned_at_s:.2f}-{f.planned_heal_s:.2f} s"
+            f" | {f.applied_at_s:.2f} s | {f.healed_at_s:.2f} s | {f.error or ''} |"
+            for f in self.faults
+        ]
+        lines += [
+            "",
+            "## Load as measured",
+            "",
+            f"{load.payments_asked} payments asked in {load.duration_s:.1f} s, {load.calls} calls"
+            f" ({load.calls_per_s:g}/s). Open-breaker answers: {load.breaker_answers}"
+            + (f", p99 {load.breaker_p99_s:.3f} s." if load.breaker_p99_s is not None else "."),
+            "",
+            "| answer | calls | p50 | p99 |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {code} | {stats['count']:g} | {stats['p50_s']:.3f} s | {stats['p99_s']:.3f} s |"
+            for code, stats in load.by_code.items()
+        ]
+        lines += [
+            "",
+            "- Last answer per key: " + _counts(load.outcomes),
+            "- Ballast's final states: " + _counts(load.ballast_states),
+            "- The provider's truth: " + _counts(load.provider_statuses),
+            "- Cases: " + (_counts(load.cases) or "none"),
+            f"- Breaker changes: {len(self.breaker_changes)}"
+            + (
+                " ("
+                + ", ".join(f"{c['server']} {c['old']}->{c['new']}" for c in self.breaker_changes[:12])
+                + (", ..." if len(self.breaker_changes) > 12 else "")
+                + ")"
+                if self.breaker_changes
+                else ""
+            ),
+            "",
+            "## Convergence",
+            "",
+            (
+                f"Settled {self.convergence.elapsed_s:.1f} s after the last heal."
+                if self.convergence.converged
+                else f"NOT settled {self.convergence.elapsed_s:.1f} s after the last heal: "
+                + _counts({k: v for k, v in self.convergence.left.items() if v})
+            ),
+            "",
+            "## Invariants",
+            "",
+        ]
+        for result in self.invariants:
+            mark = "pass" if result.passed else f"**FAIL** ({len(result.witnesses)} witnesses)"
+            lines.append(f"- `{result.name}`: {mark}")
+            if result.passed:
+                continue
+            lines.append(f"  {result.description}")
+            for witness in result.witnesses[:WITNESSES_SHOWN]:
+                lines.append(f"  - `{witness.subject}`: " + "; ".join(witness.evidence))
+                if witness.timeline:
+                    lines.append("    timeline: " + ", ".join(witness.timeline))
+            if len(result.witnesses) > WITNESSES_SHOWN:
+                lines.append(f"  - ... and {len(result.witnesses) - WITNESSES_SHOWN} more in report.json")
+        return "\n".join(lines) + "\n"
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in counts.items())

@@ -1,0 +1,243 @@
+"""One chaos run: the world up, the load and the seeded faults at once, every fault healed, a bounded
+wait for the system to settle, then the checker over the history, the provider's truth, the database
+and the broker's stream. `run_scenario` returns the report; it never raises for a broken invariant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from chaos import checker
+from chaos.history import History
+from chaos.load import Driver, Target
+from chaos.observe import read_snapshot, read_stream
+from chaos.report import AppliedFault, Convergence, RunReport, summarize_load
+from chaos.scenarios import Down, Kill, PlannedFault, Scenario, Toxic, plan
+from chaos.topology import Timings, World, world
+from server.db.engine import asyncpg_dsn
+
+#: How long after the load (and its last heal) the run waits for the system to settle.
+SETTLE_TIMEOUT_S = 90.0
+SETTLE_POLL_S = 0.5
+#: An answer from an open breaker must come faster than this (the provider's timeout is 1.5 s).
+FAST_FAIL_S = 0.5
+#: An UNKNOWN payment must be resolved, or a case opened on it, this long after the longest fault heals.
+UNKNOWN_SLA_MARGIN_S = 30.0
+#: How long the run waits for a fault's change (a restart included) to be made.
+FAULT_ACTION_TIMEOUT_S = 45.0
+
+#: States in which a payment is not decided yet.
+_UNDECIDED = """
+SELECT count(*) FROM payments p
+WHERE p.state IN ('RECORDED', 'PENDING', 'UNKNOWN')
+  AND NOT EXISTS (SELECT 1 FROM cases c WHERE c.payment_id = p.id AND c.status = 'OPEN')
+"""
+_OUTBOX_BEHIND = """
+SELECT count(*) FILTER (WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL) AS unpublished,
+       count(*) FILTER (WHERE o.published_at IS NOT NULL AND NOT EXISTS (
+           SELECT 1 FROM processed_events e WHERE e.consumer_group = 'exposures' AND e.event_id = o.id::text
+       )) AS unconsumed
+FROM outbox o
+"""
+
+
+@dataclass
+class _Faulting:
+    """The faults as they were really applied, for the report."""
+
+    applied: list[AppliedFault] = field(default_factory=list)
+
+
+def _apply(the_world: World, fault: PlannedFault) -> None:
+    what, faults = fault.what, the_world.faults
+    if isinstance(what, Toxic):
+        faults.add_toxic(
+            the_world.proxy_names[what.proxy],
+            fault.name,
+            what.type,
+            stream=what.stream,
+            toxicity=what.toxicity,
+            attributes=dict(what.attributes),
+        )
+    elif isinstance(what, Down):
+        faults.disable(the_world.proxy_names[what.proxy])
+    elif isinstance(what, Kill):
+        the_world.process(what.role, what.index).kill()
+
+
+def _heal(the_world: World, fault: PlannedFault) -> None:
+    what, faults = fault.what, the_world.faults
+    if isinstance(what, Toxic):
+        faults.remove_toxic(the_world.proxy_names[what.proxy], fault.name)
+    elif isinstance(what, Down):
+        faults.enable(the_world.proxy_names[what.proxy])
+    elif isinstance(what, Kill):
+        the_world.restart(what.role, what.index)
+
+
+async def _at(started: float, offset_s: float, step: Callable[[], None]) -> tuple[float, str | None]:
+    """Run `step` (blocking: the Toxiproxy client and process control are synchronous) at `offset_s`."""
+    await asyncio.sleep(max(0.0, started + offset_s - time.monotonic()))
+    applied_s = round(time.monotonic() - started, 3)
+    try:
+        await asyncio.wait_for(asyncio.to_thread(step), FAULT_ACTION_TIMEOUT_S)
+    except Exception as error:  # recorded in the report, and the run goes on to heal
+        return applied_s, f"{type(error).__name__}: {error}"[:500]
+    return applied_s, None
+
+
+async def _play(the_world: World, fault: PlannedFault, started: float, faulting: _Faulting) -> None:
+    applied_s, apply_error = await _at(started, fault.at_s, lambda: _apply(the_world, fault))
+    healed_s, heal_error = await _at(started, fault.heals_at_s, lambda: _heal(the_world, fault))
+    faulting.applied.append(
+        AppliedFault(fault.describe(), fault.at_s, fault.heals_at_s, applied_s, healed_s, apply_error or heal_error)
+    )
+
+
+async def _settle(the_world: World, started_s: float, timeout_s: float) -> Convergence:
+    """Poll until the simulator has decided every payment and sent every webhook it will, Ballast holds no
+    payment undecided outside an open case, and every outbox event is published and consumed."""
+    deadline = time.monotonic() + timeout_s
+    connection = await asyncpg.connect(asyncpg_dsn(the_world.database_url))
+    try:
+        while True:
+            undecided = int(await connection.fetchval(_UNDECIDED))
+            behind = await connection.fetchrow(_OUTBOX_BEHIND)
+            truth = await asyncio.to_thread(the_world.simulator.truth)
+            payments = checker.provider_payments(truth)
+            pending = sum(1 for p in payments if p["final_status"] == "pending")
+            queued = sum(1 for p in payments if any(e["outcome"] == "queued" for e in p.get("webhooks", [])))
+            left = {
+                "undecided_in_ballast": undecided,
+                "pending_at_provider": pending,
+                "webhooks_queued": queued,
+                "outbox_unpublished": int(behind["unpublished"]),
+                "events_unconsumed": int(behind["unconsumed"]),
+            }
+            now = time.monotonic()
+            if not any(left.values()):
+                return Convergence(True, round(now - started_s, 2), left)
+            if now > deadline:
+                return Convergence(False, round(now - started_s, 2), left)
+            await asyncio.sleep(SETTLE_POLL_S)
+    finally:
+        await connection.close()
+
+
+def _breaker_changes(the_world: World) -> list[dict[str, Any]]:
+    """The breaker's state changes every server logged, in order per server."""
+    changes = []
+    for replica in the_world.servers:
+        for line in replica.child.log().splitlines():
+            if "breaker_state_changed" not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            changes.append({"server": replica.child.name, "old": record.get("old"), "new": record.get("new")})
+    return changes
+
+
+def _cycles(changes: list[dict[str, Any]]) -> int:
+    """How many times a breaker went open -> half_open -> closed."""
+    return sum(1 for change in changes if change["old"] == "half_open" and change["new"] == "closed")
+
+
+async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Timings) -> RunReport:
+    history = History()
+    planned = plan(scenario, seed)
+    faulting = _Faulting()
+    targets = [Target(replica.address, replica.metadata) for replica in the_world.servers]
+    driver = Driver(targets, scenario.load, seed, the_world.run_id, history)
+    started = time.monotonic()
+    began_at = datetime.now(UTC)
+    playing = [asyncio.create_task(_play(the_world, fault, started, faulting)) for fault in planned]
+    try:
+        await driver.run(started)
+        load_s = time.monotonic() - started
+        await asyncio.gather(*playing)
+    finally:
+        for task in playing:
+            task.cancel()
+        # whatever happens, nothing stays broken: every toxic off, every proxy up, every process running
+        for fault in planned:
+            if isinstance(fault.what, Kill) and not the_world.process(fault.what.role, fault.what.index).running:
+                await asyncio.to_thread(_heal, the_world, fault)
+        for name in the_world.proxy_names.values():
+            for toxic in await asyncio.to_thread(the_world.faults.toxics, name):
+                await asyncio.to_thread(the_world.faults.remove_toxic, name, toxic["name"])
+            await asyncio.to_thread(the_world.faults.enable, name)
+    healed = time.monotonic()
+    convergence = await _settle(the_world, healed, SETTLE_TIMEOUT_S)
+    connection = await asyncpg.connect(asyncpg_dsn(the_world.database_url))
+    try:
+        snapshot = await read_snapshot(connection)
+    finally:
+        await connection.close()
+    stream = await read_stream(the_world.nats_url, the_world.names.stream)
+    truth = await asyncio.to_thread(the_world.simulator.truth)
+    sla_s = scenario.longest_fault_s + timings.payment_expiry_ms / 1000 + UNKNOWN_SLA_MARGIN_S
+    results = checker.check(history, truth, snapshot, stream, sla_s)
+    results.append(checker.breaker_fails_fast(history, FAST_FAIL_S, expected="breaker_opened" in scenario.expect))
+    changes = _breaker_changes(the_world)
+    if "breaker_cycled" in scenario.expect:
+        cycles = _cycles(changes)
+        witnesses = (
+            () if cycles >= 2 else (checker.Witness("breaker", (f"{cycles} open -> half_open -> closed cycles",)),)
+        )
+        results.append(
+            checker.InvariantResult(
+                "breaker_cycles", "the breaker did not cycle open -> half-open -> closed twice", witnesses
+            )
+        )
+    if not convergence.converged:
+        left = tuple(f"{name}: {count}" for name, count in convergence.left.items() if count)
+        results.insert(
+            0,
+            checker.InvariantResult(
+                "converged",
+                f"the system had not settled {SETTLE_TIMEOUT_S:g}s after the faults healed",
+                (checker.Witness("run", left),),
+            ),
+        )
+    else:
+        results.insert(0, checker.InvariantResult("converged", "the system settled after the faults healed"))
+    history.write(the_world.work_dir / "history.jsonl")
+    return RunReport(
+        scenario=scenario.name,
+        story=scenario.story,
+        seed=seed,
+        started_at=began_at.isoformat(timespec="seconds"),
+        servers=scenario.servers,
+        relays=scenario.relays,
+        profile=scenario.profile,
+        toxiproxy=the_world.toxiproxy_origin,
+        faults=sorted(faulting.applied, key=lambda fault: fault.planned_at_s),
+        load=summarize_load(history, load_s, snapshot, truth),
+        convergence=convergence,
+        breaker_changes=changes,
+        invariants=results,
+        work_dir=str(the_world.work_dir),
+    )
+
+
+def run_scenario(scenario: Scenario, seed: int, work_dir: Path, timings: Timings | None = None) -> RunReport:
+    """The whole run; its report is also written to work_dir as report.json and report.md."""
+    timings = timings or Timings()
+    started = time.monotonic()
+    with world(scenario, seed, work_dir, timings) as the_world:
+        report = asyncio.run(_exercise(scenario, seed, the_world, timings))
+    report.duration_s = round(time.monotonic() - started, 1)
+    (work_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    (work_dir / "report.md").write_text(report.to_markdown())
+    return report
