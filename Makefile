@@ -92,6 +92,16 @@ bench-relay: $(INSTALLED) ## Benchmark the outbox relay against raw claim-and-up
 bench-simulator: $(INSTALLED) ## Benchmark the simulator's payment creation (calm) against Ballast's CreatePayment
 	$(BIN)/python -m bench.simulator
 
+SEED ?= 1
+
+.PHONY: chaos
+chaos: $(INSTALLED) ## Run every chaos scenario (seed SEED, default 1) and print a summary table; reports in chaos/results/
+	$(BIN)/python -m chaos all --seed $(SEED)
+
+.PHONY: chaos-smoke
+chaos-smoke: $(INSTALLED) ## Run the chaos scenarios CI runs (a few minutes)
+	$(BIN)/python -m chaos smoke --seed $(SEED)
+
 .PHONY: clean
 clean: ## Remove the virtual environment and caches (keeps .data)
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info gen/*.egg-info

@@ -81,6 +81,9 @@ def toxiproxy_server(url: str | None = None, *, log_path: Path | None = None) ->
             stdout=output,
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent(),  # a killed harness takes its server along (Linux)
+            # a session of its own: a Ctrl-C in the terminal reaches the harness, which stops the run's
+            # processes first and this server last, instead of the proxies vanishing under them
+            start_new_session=True,
         )
         try:
             yield ToxiproxyServer(url, origin, _await_version(url, process, command, log_path))

@@ -2,8 +2,9 @@
 replicas and its outbox relays, each a real `python -m ...` process with its own log file.
 
 Every child gets `PR_SET_PDEATHSIG` (server/ownership.py's die_with_parent): a harness killed with
-SIGKILL takes its children with it, and a harness stopped by Ctrl-C stops them on its way out (the
-run holds them in an ExitStack). A child's whole output goes to its log under the run's directory.
+SIGKILL takes its children with it. Each runs in a session of its own, so a Ctrl-C in the terminal
+reaches the harness alone, which stops them on its way out, in order (the run holds them in an
+ExitStack). A child's whole output goes to its log under the run's directory.
 """
 
 from __future__ import annotations
@@ -80,6 +81,9 @@ class Child:
                 stderr=log_file,
                 text=True,
                 preexec_fn=die_with_parent(),  # one prctl call between fork and exec, nothing else
+                # a session of its own: a Ctrl-C in the terminal reaches the harness alone, which then
+                # stops every process of the run in order
+                start_new_session=True,
             )
         return self.process
 

@@ -84,6 +84,18 @@ def _heal(the_world: World, fault: PlannedFault) -> None:
         the_world.restart(what.role, what.index)
 
 
+def _heal_everything(the_world: World, planned: list[PlannedFault]) -> None:
+    """Nothing stays broken, whatever a fault's own heal did: every toxic off, every proxy up, every
+    process running."""
+    for fault in planned:
+        if isinstance(fault.what, Kill) and not the_world.process(fault.what.role, fault.what.index).running:
+            _heal(the_world, fault)
+    for name in the_world.proxy_names.values():
+        for toxic in the_world.faults.toxics(name):
+            the_world.faults.remove_toxic(name, toxic["name"])
+        the_world.faults.enable(name)
+
+
 async def _at(started: float, offset_s: float, step: Callable[[], None]) -> tuple[float, str | None]:
     """Run `step` (blocking: the Toxiproxy client and process control are synchronous) at `offset_s`."""
     await asyncio.sleep(max(0.0, started + offset_s - time.monotonic()))
@@ -169,14 +181,7 @@ async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Ti
     finally:
         for task in playing:
             task.cancel()
-        # whatever happens, nothing stays broken: every toxic off, every proxy up, every process running
-        for fault in planned:
-            if isinstance(fault.what, Kill) and not the_world.process(fault.what.role, fault.what.index).running:
-                await asyncio.to_thread(_heal, the_world, fault)
-        for name in the_world.proxy_names.values():
-            for toxic in await asyncio.to_thread(the_world.faults.toxics, name):
-                await asyncio.to_thread(the_world.faults.remove_toxic, name, toxic["name"])
-            await asyncio.to_thread(the_world.faults.enable, name)
+    await asyncio.to_thread(_heal_everything, the_world, planned)
     healed = time.monotonic()
     convergence = await _settle(the_world, healed, SETTLE_TIMEOUT_S)
     connection = await asyncpg.connect(asyncpg_dsn(the_world.database_url))
