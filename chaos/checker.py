@@ -88,6 +88,18 @@ class CaseRow:
 
 
 @dataclass(frozen=True)
+class ExposureRow:
+    """The exposures projection's row of one account and currency (server/services/exposures.py)."""
+
+    account: str
+    currency: str
+    #: money asked for and not yet decided
+    in_flight: Decimal
+    #: what the projection holds as the account's ledger balance
+    settled: Decimal
+
+
+@dataclass(frozen=True)
 class BrokerMessage:
     """One message the broker's stream holds after its de-duplication (Nats-Msg-Id = the outbox id)."""
 
@@ -108,6 +120,7 @@ class Snapshot:
     cases: Sequence[CaseRow] = ()
     #: when the snapshot was read, on the clock of the rows' times
     taken_at_s: float | None = None
+    exposures: Sequence[ExposureRow] = ()
 
     def payment_by_id(self) -> dict[str, PaymentRow]:
         return {payment.id: payment for payment in self.payments}
@@ -477,6 +490,60 @@ def unknown_resolved_within_sla(snapshot: Snapshot, sla_s: float) -> InvariantRe
     )
 
 
+def every_charge_known(truth: Mapping[str, Any], snapshot: Snapshot) -> InvariantResult:
+    """The provider holds no payment that no payment of Ballast's sent (its idempotency key there is
+    always a Ballast payment id): money taken that Ballast would never see."""
+    payments = snapshot.payment_by_id()
+    witnesses = [
+        Witness(str(provider.get("id", "?")), (_charge(provider), f"under key {provider['idempotency_key']}"))
+        for provider in provider_payments(truth)
+        if str(provider["idempotency_key"]) not in payments
+    ]
+    return _result("every_charge_known", "the provider holds a payment Ballast never sent", witnesses)
+
+
+def no_needless_case(truth: Mapping[str, Any], snapshot: Snapshot) -> InvariantResult:
+    """No case stays open on a payment the provider's API answers about without doubt (its final word
+    is not pending): asking by id settles it, and a person's time is not spent on it."""
+    by_key = {str(provider["idempotency_key"]): provider for provider in provider_payments(truth)}
+    witnesses = [
+        Witness(case.payment_id, (f"{case.kind} case {case.id} open", _charge(by_key[case.payment_id])))
+        for case in snapshot.cases
+        if case.status == CaseStatus.OPEN
+        and case.payment_id in by_key
+        and by_key[case.payment_id]["final_status"] != "pending"
+    ]
+    return _result(
+        "no_needless_case", "a case is open though the provider's API answers about the payment plainly", witnesses
+    )
+
+
+def exposures_match_ledger(snapshot: Snapshot) -> InvariantResult:
+    """Once every event is consumed, the exposures projection agrees with the database: per currency,
+    the money it holds in flight is what the undecided payments ask for, and each account's settled
+    amount is its ledger balance."""
+    balances: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    for line in snapshot.ledger_lines:
+        balances[(line.account, line.currency)] += line.amount
+    undecided: dict[str, Decimal] = defaultdict(Decimal)
+    for payment in snapshot.payments:
+        if _state(payment.state) in UNDECIDED_STATES:
+            undecided[payment.currency] += payment.amount
+    projected: dict[str, Decimal] = defaultdict(Decimal)
+    witnesses = []
+    for row in snapshot.exposures:
+        projected[row.currency] += row.in_flight
+        ledger = balances.get((row.account, row.currency), Decimal(0))
+        if row.settled != ledger:
+            witnesses.append(Witness(f"{row.account} {row.currency}", (f"settled {row.settled}, ledger {ledger}",)))
+    witnesses += [
+        Witness(currency, (f"in flight {projected[currency]}, undecided payments ask {undecided[currency]}",))
+        for currency in sorted(set(projected) | set(undecided))
+        if projected[currency] != undecided[currency]
+    ]
+    return _result("exposures_match_ledger", "the exposures projection disagrees with the database", witnesses)
+
+
 def charged_as_asked(history: History, truth: Mapping[str, Any], snapshot: Snapshot) -> InvariantResult:
     """What the provider holds for a payment is what Ballast recorded, and what Ballast recorded is what
     the client asked under that key: the same amount and currency (evidence that does not fit is never
@@ -599,4 +666,7 @@ def check(
         ok_is_durable(history, snapshot),
         charged_as_asked(history, truth, snapshot),
         fail_had_no_effect(history, truth, snapshot),
+        every_charge_known(truth, snapshot),
+        no_needless_case(truth, snapshot),
+        exposures_match_ledger(snapshot),
     ]

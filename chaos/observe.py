@@ -24,7 +24,16 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.js.api import ConsumerConfig
 
-from chaos.checker import BrokerMessage, CaseRow, LedgerLineRow, OutboxRow, PaymentRow, Snapshot, TransitionRow
+from chaos.checker import (
+    BrokerMessage,
+    CaseRow,
+    ExposureRow,
+    LedgerLineRow,
+    OutboxRow,
+    PaymentRow,
+    Snapshot,
+    TransitionRow,
+)
 from server.outbox.publisher import MESSAGE_ID_HEADER
 
 #: The most messages `read_stream` reads: a run's stream larger than this is refused, not cut short (a
@@ -63,7 +72,11 @@ SELECT
     ARRAY(
         SELECT ROW(c.id::text, c.kind, c.status, c.payment_id::text, extract(epoch FROM c.opened_at)::float8)
         FROM cases c ORDER BY c.opened_at, c.id
-    ) AS cases
+    ) AS cases,
+    ARRAY(
+        SELECT ROW(x.account, x.currency_code, x.in_flight, x.settled)
+        FROM exposures x ORDER BY x.account, x.currency_code
+    ) AS exposures
 """
 
 
@@ -92,6 +105,7 @@ async def read_snapshot(connection: asyncpg.Connection) -> Snapshot:
         outbox=tuple(OutboxRow(*fields) for fields in row["outbox"]),
         cases=tuple(CaseRow(*fields) for fields in row["cases"]),
         taken_at_s=row["taken_at_s"],
+        exposures=tuple(ExposureRow(*fields) for fields in row["exposures"]),
     )
 
 

@@ -14,6 +14,7 @@ import pytest
 from chaos.checker import (
     BrokerMessage,
     CaseRow,
+    ExposureRow,
     InvariantResult,
     LedgerLineRow,
     OutboxRow,
@@ -56,6 +57,7 @@ def test_a_line_that_is_not_an_operation_is_refused_with_its_number(line: str) -
 # -- the checker --------------------------------------------------------------------------------
 
 CLIENT = "chaos-unit"
+MERCHANT = f"merchant_payable:{CLIENT}"
 UNKNOWN_SLA_S = 60.0
 
 
@@ -76,6 +78,8 @@ class World:
         self._clock = 0.0
         #: when the snapshot is read: after the last move unless a spec says otherwise
         self.taken_at_s: float | None = None
+        #: the exposures projection as a spec breaks it (None: as the consumer would leave it)
+        self.exposure_rows: list[ExposureRow] | None = None
 
     def payment(
         self,
@@ -127,9 +131,31 @@ class World:
         self.outbox.append(OutboxRow(event_id, payment_id, sequence, published=True))
         self.stream.append(BrokerMessage(event_id, payment_id, len(self.stream) + 1))
 
+    def exposures(self) -> list[ExposureRow]:
+        """What the exposures projection holds once every event is consumed: the undecided payments'
+        amounts in flight, and the merchant's ledger balance settled, per currency."""
+        in_flight: dict[str, Decimal] = {}
+        settled: dict[str, Decimal] = {}
+        for payment in self.payments:
+            open_amount = payment.amount if payment.state in {"RECORDED", "PENDING", "UNKNOWN"} else Decimal(0)
+            in_flight[payment.currency] = in_flight.get(payment.currency, Decimal(0)) + open_amount
+        for line in self.lines:
+            if line.account == MERCHANT:
+                settled[line.currency] = settled.get(line.currency, Decimal(0)) + line.amount
+        return [
+            ExposureRow(MERCHANT, currency, in_flight[currency], settled.get(currency, Decimal(0)))
+            for currency in sorted(in_flight)
+        ]
+
     def snapshot(self) -> Snapshot:
         return Snapshot(
-            self.payments, self.transitions, self.lines, self.outbox, self.cases, self.taken_at_s or self._clock
+            self.payments,
+            self.transitions,
+            self.lines,
+            self.outbox,
+            self.cases,
+            self.taken_at_s or self._clock,
+            self.exposure_rows if self.exposure_rows is not None else self.exposures(),
         )
 
     def truth(self) -> dict[str, Any]:
@@ -175,6 +201,9 @@ def test_a_consistent_run_keeps_every_invariant() -> None:
         "ok_is_durable",
         "charged_as_asked",
         "fail_had_no_effect",
+        "every_charge_known",
+        "no_needless_case",
+        "exposures_match_ledger",
     ]
     assert world.broken() == {}
 
@@ -476,3 +505,55 @@ def test_calls_pair_each_invoke_with_its_process_completion() -> None:
 def test_percentiles_are_nearest_rank(fraction: float, expected: float) -> None:
     assert percentile([float(n) for n in range(100, 0, -1)], fraction) == expected
     assert percentile([], fraction) is None
+
+
+def test_a_charge_no_payment_of_ballasts_sent_is_named_by_the_providers_id() -> None:
+    world = consistent_world()
+    world.provider.append(
+        {
+            "id": "pi_stray",
+            "idempotency_key": "not-a-payment",
+            "final_status": "succeeded",
+            "amount": "5.00",
+            "currency": "EUR",
+        }
+    )
+    result = world.results()["every_charge_known"]
+    assert result.subjects == ["pi_stray"]
+    assert result.witnesses[0].evidence == ("provider pi_stray succeeded 5.00 EUR", "under key not-a-payment")
+
+
+def test_a_case_left_open_though_the_provider_answers_plainly_is_named_and_one_on_a_pending_payment_is_not() -> None:
+    world = consistent_world()
+    needless = world.payment(["PENDING", "SUCCEEDED"], "succeeded")
+    world.cases.append(CaseRow("case-1", "CONTRADICTORY_EVIDENCE", "OPEN", needless))
+    pending = world.payment(["PENDING"], "pending")
+    world.cases.append(CaseRow("case-2", "CONTRADICTORY_EVIDENCE", "OPEN", pending))
+    resolved = world.payment(["PENDING", "SUCCEEDED"], "succeeded")
+    world.cases.append(CaseRow("case-3", "CONTRADICTORY_EVIDENCE", "RESOLVED", resolved))
+    result = world.results()["no_needless_case"]
+    assert result.subjects == [needless]
+    assert result.witnesses[0].evidence[0] == "CONTRADICTORY_EVIDENCE case case-1 open"
+
+
+def test_an_exposure_that_lost_an_event_is_named_by_its_account_and_currency() -> None:
+    world = consistent_world()
+    rows = world.exposures()
+    eur = next(row for row in rows if row.currency == "EUR")
+    # a captured posting never consumed: settled lags the ledger by one payment
+    world.exposure_rows = [
+        dataclasses.replace(eur, settled=eur.settled + Decimal("10.00")) if row is eur else row for row in rows
+    ]
+    assert world.results()["exposures_match_ledger"].subjects == [f"{MERCHANT} EUR"]
+
+
+def test_money_left_in_flight_for_a_decided_payment_is_named_by_its_currency() -> None:
+    world = consistent_world()
+    rows = world.exposures()
+    world.exposure_rows = [
+        dataclasses.replace(row, in_flight=row.in_flight + Decimal("1200")) if row.currency == "JPY" else row
+        for row in rows
+    ]
+    result = world.results()["exposures_match_ledger"]
+    assert result.subjects == ["JPY"]
+    assert result.witnesses[0].evidence == ("in flight 1200, undecided payments ask 0",)
