@@ -161,9 +161,12 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "accept-then-timeout",
-            "Half of the provider's connections take the request and never answer: the provider charged,"
-            " Ballast does not know; the resolver must find each charge by id.",
-            (Fault(Toxic("provider", "timeout", {"timeout": 0}, toxicity=0.5), 2.0, 10.0, jitter_s=1.0),),
+            "Three times for 2 s, the provider takes every request and never answers: the provider charged,"
+            " Ballast does not know; the resolver must find each charge by id once the answers flow again.",
+            tuple(
+                Fault(Toxic("provider", "timeout", {"timeout": 0}), at_s, 2.0, jitter_s=0.5)
+                for at_s in (2.0, 7.0, 12.0)
+            ),
             Load(clients=8, duration_s=16.0),
         ),
         Scenario(

@@ -34,7 +34,10 @@ from chaos.faults import Faults, toxiproxy_server
 from chaos.processes import ROOT, Child, Server, Simulator, clean_environment, free_port, relay, server, simulator
 from chaos.scenarios import Scenario
 from server.db.engine import asyncpg_dsn
+from server.domain.backoff import backoff_s
 from server.messaging.names import DeploymentNames
+from server.services.check_loop import CheckSettings
+from server.services.payment_resolver import PaymentResolverSettings
 
 #: The secret the run's simulator signs its webhooks with.
 WEBHOOK_SECRET = "whsec_chaos_run"  # noqa: S105 - the run's own simulator and servers share it
@@ -55,6 +58,18 @@ class Timings:
     breaker_failures: int = 5
     breaker_open_ms: int = 2_000
     resolver_backoff_max_ms: int = 4_000
+
+    @property
+    def resolver_worst_case_s(self) -> float:
+        """The longest the resolver takes to resolve an UNKNOWN, or give up and open a case, while the
+        provider answers nothing: its grace, then every check's wait for the provider and the backoff
+        after it. Checks an open breaker did not let through do not count (server/services/
+        payment_resolver.py), so time under a fault comes on top."""
+        checks = CheckSettings()
+        grace_s = PaymentResolverSettings().unknown_grace_s
+        backoff_max_s = self.resolver_backoff_max_ms / 1000
+        waits_s = sum(backoff_s(attempt, checks.backoff_base_s, backoff_max_s) for attempt in range(checks.checks_max))
+        return grace_s + waits_s + checks.checks_max * self.provider_timeout_ms / 1000
 
     def environment(self) -> dict[str, str]:
         return {
