@@ -110,9 +110,3 @@ clean: ## Remove the virtual environment and caches (keeps .data)
 .PHONY: clean-data
 clean-data: ## Delete .data (the embedded PostgreSQL data and the development token); stop the server first
 	rm -rf .data
-
-CONVERGE_ARGS ?= --all
-
-.PHONY: converge
-converge: $(INSTALLED) ## Load Ballast against the simulator's bad-day profiles and check it ends on the provider's truth
-	$(BIN)/python -m tests.convergence $(CONVERGE_ARGS)

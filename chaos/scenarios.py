@@ -188,6 +188,7 @@ SCENARIOS: dict[str, Scenario] = {
             ),
             Load(clients=8, duration_s=16.0),
             profile="webhook-storm",
+            smoke=True,
         ),
         Scenario(
             "db-latency",
