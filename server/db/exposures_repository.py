@@ -15,9 +15,12 @@ SET in_flight = exposures.in_flight + EXCLUDED.in_flight,
 """
 
 # An update, not an upsert: a CHECK would refuse a negative new row before ON CONFLICT is considered.
+# It takes only what is there: with less in flight than `amount`, the payment's recorded event has not
+# been applied yet (redelivery does not keep an aggregate's order), and the caller is told so instead of
+# ck_exposures_in_flight_nonnegative refusing the row (the CHECK stays the database's guarantee).
 _TAKE_IN_FLIGHT = (
     "UPDATE exposures SET in_flight = in_flight - $3, updated_at = now()"
-    " WHERE account = $1 AND currency_code = $2 RETURNING true"
+    " WHERE account = $1 AND currency_code = $2 AND in_flight >= $3 RETURNING true"
 )
 
 
@@ -29,5 +32,6 @@ async def add(
 
 
 async def take_in_flight(connection: asyncpg.Connection, account: str, currency_code: str, amount: Decimal) -> bool:
-    """Take `amount` off the money in flight; False when the account has no row in the currency yet."""
+    """Take `amount` off the money in flight; False, taking nothing, when the account has no row in the
+    currency yet or less than `amount` in flight."""
     return bool(await connection.fetchval(_TAKE_IN_FLIGHT, account, currency_code, amount))

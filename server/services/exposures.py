@@ -15,6 +15,7 @@ from server.db import exposures_repository
 from server.domain import events
 from server.domain.ledger import merchant_payable
 from server.domain.payment_states import UNDECIDED_STATES
+from server.messaging.consumer import EarlierEventPending
 
 CONSUMER_GROUP = "exposures"
 #: States in which a payment's money is in flight: asked for, not yet decided.
@@ -40,13 +41,17 @@ async def apply_event(connection: asyncpg.Connection, subject: str, payload: dic
                 Decimal(0),
             )
         elif payload["from_state"] in OPEN_STATES and payload["to_state"] not in OPEN_STATES:
-            # An update, not an upsert: the payment's recorded event (same aggregate, published first)
-            # created the row; a CHECK would refuse a negative row before ON CONFLICT is considered.
-            updated = await exposures_repository.take_in_flight(
+            # The payment's recorded event (same aggregate, published first) put its amount in flight.
+            # Redelivery does not keep that order: when the recorded event's delivery failed, this one
+            # may come first and find no row, or less in flight than the amount. The sum comes out the
+            # same in either order, so this one waits for the other to be applied.
+            taken = await exposures_repository.take_in_flight(
                 connection, merchant_payable(payload["client_id"]), payload["currency_code"], Decimal(payload["amount"])
             )
-            if not updated:
-                raise LookupError(f"payment {payload['payment_id']} decided before it was recorded here; redeliver")
+            if not taken:
+                raise EarlierEventPending(
+                    f"payment {payload['payment_id']} decided before its amount was recorded in flight here"
+                )
     elif kind == events.LEDGER_POSTED:
         for line in payload["lines"]:
             await exposures_repository.add(
