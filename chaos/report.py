@@ -155,6 +155,7 @@ class RunReport:
                 for result in self.invariants
             ],
             "work_dir": self.work_dir,
+            **self.extra,
         }
 
     def summary(self) -> str:

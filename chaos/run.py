@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ FAST_FAIL_S = 0.5
 #: An UNKNOWN payment must be resolved, or a case opened on it, within the scenario's longest fault, the
 #: resolver's worst case (Timings.resolver_worst_case_s) and this margin (scheduling, a loaded machine).
 UNKNOWN_SLA_MARGIN_S = 10.0
+#: How often the run says what it is still waiting for while it settles.
+SETTLE_PROGRESS_S = 5.0
 #: How long the run waits for a fault's change (a restart included) to be made.
 FAULT_ACTION_TIMEOUT_S = 45.0
 
@@ -116,10 +119,16 @@ async def _play(the_world: World, fault: PlannedFault, started: float, faulting:
     )
 
 
+def say(message: str) -> None:
+    """Progress, on standard error: a run takes a minute or two."""
+    print(f"    {message}", file=sys.stderr, flush=True)
+
+
 async def _settle(the_world: World, started_s: float, timeout_s: float) -> Convergence:
     """Poll until the simulator has decided every payment and sent every webhook it will, Ballast holds no
     payment undecided outside an open case, and every outbox event is published and consumed."""
     deadline = time.monotonic() + timeout_s
+    next_progress = time.monotonic() + SETTLE_PROGRESS_S
     connection = await asyncpg.connect(asyncpg_dsn(the_world.database_url))
     try:
         while True:
@@ -141,6 +150,10 @@ async def _settle(the_world: World, started_s: float, timeout_s: float) -> Conve
                 return Convergence(True, round(now - started_s, 2), left)
             if now > deadline:
                 return Convergence(False, round(now - started_s, 2), left)
+            if now >= next_progress:
+                waiting = ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in left.items() if count)
+                say(f"settling for {now - started_s:.0f}s (at most {timeout_s:g}s): {waiting}")
+                next_progress = now + SETTLE_PROGRESS_S
             await asyncio.sleep(SETTLE_POLL_S)
     finally:
         await connection.close()
@@ -172,6 +185,10 @@ async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Ti
     faulting = _Faulting()
     targets = [Target(replica.address, replica.metadata) for replica in the_world.servers]
     driver = Driver(targets, scenario.load, seed, the_world.run_id, history)
+    say(
+        f"load: {scenario.load.clients} clients for {scenario.load.duration_s:g}s;"
+        f" {len(planned)} fault(s): " + "; ".join(fault.describe() for fault in planned)
+    )
     started = time.monotonic()
     began_at = datetime.now(UTC)
     playing = [asyncio.create_task(_play(the_world, fault, started, faulting)) for fault in planned]
@@ -184,7 +201,9 @@ async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Ti
             task.cancel()
     await asyncio.to_thread(_heal_everything, the_world, planned)
     healed = time.monotonic()
+    say(f"{len(history.by_key())} payments asked in {load_s:.0f}s; every fault healed, settling")
     convergence = await _settle(the_world, healed, SETTLE_TIMEOUT_S)
+    say("checking the invariants")
     connection = await asyncpg.connect(asyncpg_dsn(the_world.database_url))
     try:
         snapshot = await read_snapshot(connection)
@@ -234,6 +253,7 @@ async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Ti
         breaker_changes=changes,
         invariants=results,
         work_dir=str(the_world.work_dir),
+        extra={"unknown_sla_s": round(sla_s, 1), "fast_fail_bound_s": FAST_FAIL_S, "timings": asdict(timings)},
     )
 
 
@@ -241,6 +261,7 @@ def run_scenario(scenario: Scenario, seed: int, work_dir: Path, timings: Timings
     """The whole run; its report is also written to work_dir as report.json and report.md."""
     timings = timings or Timings()
     started = time.monotonic()
+    say(f"starting the world in {work_dir}")
     with world(scenario, seed, work_dir, timings) as the_world:
         report = asyncio.run(_exercise(scenario, seed, the_world, timings))
     report.duration_s = round(time.monotonic() - started, 1)
