@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import os
-import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import asyncpg
 import grpc
 from sqlalchemy.engine import make_url
+
+from server.db.scratch import scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Server logs (and, by default, nothing else) go here; git-ignored.
@@ -61,15 +61,9 @@ async def _execute(url: str, sql: str) -> None:
         await connection.close()
 
 
-@contextmanager
-def bench_database(server_url: str) -> Iterator[str]:
+def bench_database(server_url: str) -> AbstractContextManager[str]:
     """A new, empty database `ballast_bench_<random>` on the server; dropped on exit."""
-    name = f"ballast_bench_{secrets.token_hex(6)}"
-    asyncio.run(_execute(server_url, f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    return scratch_database(server_url, "ballast_bench")
 
 
 def migrate(database_url: str) -> None:

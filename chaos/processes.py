@@ -111,6 +111,16 @@ class Child:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+def simulator_control(url: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """Call the simulator's control API (`/_sim/...`) at `url`; the JSON answer. An error status raises
+    urllib's HTTPError."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url}{path}", data=data, method=method)  # noqa: S310 - our URL
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=CONTROL_TIMEOUT_S) as response:  # noqa: S310
+        return json.loads(response.read())
+
+
 @dataclass
 class Simulator:
     """The provider simulator; its control API (`/_sim/...`) over HTTP."""
@@ -128,12 +138,7 @@ class Simulator:
         self.url = line.removeprefix(SIMULATOR_READY_PREFIX).split()[0]
 
     def control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """Call the control API; the JSON answer. An error status raises urllib's HTTPError."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method)  # noqa: S310 - our URL
-        request.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(request, timeout=CONTROL_TIMEOUT_S) as response:  # noqa: S310
-            return json.loads(response.read())
+        return simulator_control(self.url, method, path, body)
 
     def truth(self) -> dict[str, Any]:
         truth: dict[str, Any] = self.control("GET", "/_sim/truth")

@@ -26,14 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import asyncpg
 import nats
-from sqlalchemy.engine import make_url
 
 from chaos.faults import Faults, toxiproxy_server
 from chaos.processes import ROOT, Child, Server, Simulator, clean_environment, free_port, relay, server, simulator
 from chaos.scenarios import Scenario
-from server.db.engine import asyncpg_dsn
+from server.db.scratch import scratch_database
 from server.domain.backoff import backoff_s
 from server.messaging.names import DeploymentNames
 from server.services.check_loop import CheckSettings
@@ -139,24 +137,6 @@ def _nats(work_dir: Path) -> Iterator[str]:
             broker.kill()
 
 
-async def _admin(url: str, sql: str) -> None:
-    connection = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
-
-
-@contextlib.contextmanager
-def _scratch_database(server_url: str, run_id: str) -> Iterator[str]:
-    name = f"chaos_{run_id}"
-    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
 def _migrate(database_url: str, log_path: Path) -> None:
     env = clean_environment() | {"DATABASE_URL": database_url}
     result = subprocess.run(
@@ -214,7 +194,7 @@ def world(scenario: Scenario, seed: int, work_dir: Path, timings: Timings) -> It
         stack.callback(destroy_proxies)
         postgres_url = stack.enter_context(_postgres(work_dir))
         nats_url = stack.enter_context(_nats(work_dir))
-        database_url = stack.enter_context(_scratch_database(postgres_url, run_id))
+        database_url = stack.enter_context(scratch_database(postgres_url, f"chaos_{run_id}"))
         _migrate(database_url, work_dir / "migrate.log")
         deployment = DeploymentNames(f"chaos_{run_id}")
         stack.callback(lambda: asyncio.run(_delete_stream(nats_url, deployment)))

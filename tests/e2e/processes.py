@@ -4,24 +4,22 @@ the spec chooses (a fixed HTTP port, a provider, failpoints), so one can outlive
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from chaos.processes import simulator_control
 from tests.e2e.conftest import ROOT, ServerProcess, wait_until_serving
 
 SIMULATOR_READY_PREFIX = "simulator listening on "
 #: How long a stopped or killed process gets to be gone.
 EXIT_TIMEOUT_S = 20
-CONTROL_TIMEOUT_S = 10
 
 
 @dataclass
@@ -34,11 +32,7 @@ class SimulatorProcess:
 
     def control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         """Call the control API; the JSON answer. An error status raises urllib's HTTPError."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{self.url}{path}", data=data, method=method)  # noqa: S310 - our URL
-        request.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(request, timeout=CONTROL_TIMEOUT_S) as response:  # noqa: S310
-            return json.loads(response.read())
+        return simulator_control(self.url, method, path, body)
 
     def reset(self, seed: int, name: str, settings: dict[str, Any]) -> None:
         """Forget every payment and event, restart the RNG from `seed`, then take this profile."""

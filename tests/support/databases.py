@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
-from server.db.engine import asyncpg_dsn
-
-
-async def _admin(url: str, sql: str) -> None:
-    connection = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
-
-
-@contextmanager
-def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
-    """A new, empty database on the server of `server_url`, dropped on exit; yields its URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+from server.db.scratch import scratch_database as scratch_database
 
 
 async def insert_idempotency_key(
