@@ -648,6 +648,49 @@ def breaker_fails_fast(history: History, bound_s: float, *, expected: bool) -> I
     )
 
 
+def converged(snapshot: Snapshot, left: Mapping[str, int], timeout_s: float) -> InvariantResult:
+    """The system settled after the faults healed: nothing was left unfinished (`left`: what the run
+    still waited for when it stopped waiting, by kind). Otherwise the witnesses are the payments still
+    undecided outside an open case, each with its timeline, and the counts of the rest."""
+    if not any(left.values()):
+        return _result("converged", "the system settled after the faults healed", ())
+    open_cases = snapshot.open_cases()
+    witnesses = [
+        Witness(payment.id, (f"ballast {payment.state}, no open case",), snapshot.timeline(payment.id))
+        for payment in snapshot.payments
+        if _state(payment.state) in UNDECIDED_STATES and payment.id not in open_cases
+    ]
+    witnesses.append(Witness("run", tuple(f"{name}: {count}" for name, count in left.items() if count)))
+    return _result("converged", f"the system had not settled {timeout_s:g}s after the faults healed", witnesses)
+
+
+#: How a breaker's state changes read in a server's log (server/providers/breaker.py's BreakerState).
+BREAKER_OPEN, BREAKER_HALF_OPEN, BREAKER_CLOSED = "open", "half_open", "closed"
+
+
+def breaker_cycles(changes: Sequence[Mapping[str, Any]], at_least: int) -> InvariantResult:
+    """The breaker went open -> half-open -> closed at least `at_least` times (per server, in the order
+    each logged its changes: {"server", "old", "new"})."""
+    cycles: Counter[str] = Counter()
+    opened: set[str] = set()
+    for change in changes:
+        server, old, new = str(change.get("server")), change.get("old"), change.get("new")
+        if new == BREAKER_OPEN:
+            opened.add(server)
+        elif old == BREAKER_HALF_OPEN and new == BREAKER_CLOSED and server in opened:
+            cycles[server] += 1
+            opened.discard(server)
+    total = sum(cycles.values())
+    witnesses = (
+        ()
+        if total >= at_least
+        else (Witness("breaker", (f"{total} open -> half_open -> closed cycles of the {at_least} expected",)),)
+    )
+    return _result(
+        "breaker_cycles", f"the breaker did not cycle open -> half-open -> closed {at_least} times", witnesses
+    )
+
+
 def check(
     history: History,
     truth: Mapping[str, Any],

@@ -34,6 +34,8 @@ FAST_FAIL_S = 0.5
 #: An UNKNOWN payment must be resolved, or a case opened on it, within the scenario's longest fault, the
 #: resolver's worst case (Timings.resolver_worst_case_s) and this margin (scheduling, a loaded machine).
 UNKNOWN_SLA_MARGIN_S = 10.0
+#: A flapping provider must have taken the breaker open -> half-open -> closed at least this often.
+BREAKER_CYCLES_MIN = 2
 #: How often the run says what it is still waiting for while it settles.
 SETTLE_PROGRESS_S = 5.0
 #: How long the run waits for a fault's change (a restart included) to be made.
@@ -174,11 +176,6 @@ def _breaker_changes(the_world: World) -> list[dict[str, Any]]:
     return changes
 
 
-def _cycles(changes: list[dict[str, Any]]) -> int:
-    """How many times a breaker went open -> half_open -> closed."""
-    return sum(1 for change in changes if change["old"] == "half_open" and change["new"] == "closed")
-
-
 async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Timings) -> RunReport:
     history = History()
     planned = plan(scenario, seed)
@@ -216,27 +213,8 @@ async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Ti
     results.append(checker.breaker_fails_fast(history, FAST_FAIL_S, expected="breaker_opened" in scenario.expect))
     changes = _breaker_changes(the_world)
     if "breaker_cycled" in scenario.expect:
-        cycles = _cycles(changes)
-        witnesses = (
-            () if cycles >= 2 else (checker.Witness("breaker", (f"{cycles} open -> half_open -> closed cycles",)),)
-        )
-        results.append(
-            checker.InvariantResult(
-                "breaker_cycles", "the breaker did not cycle open -> half-open -> closed twice", witnesses
-            )
-        )
-    if not convergence.converged:
-        left = tuple(f"{name}: {count}" for name, count in convergence.left.items() if count)
-        results.insert(
-            0,
-            checker.InvariantResult(
-                "converged",
-                f"the system had not settled {SETTLE_TIMEOUT_S:g}s after the faults healed",
-                (checker.Witness("run", left),),
-            ),
-        )
-    else:
-        results.insert(0, checker.InvariantResult("converged", "the system settled after the faults healed"))
+        results.append(checker.breaker_cycles(changes, BREAKER_CYCLES_MIN))
+    results.insert(0, checker.converged(snapshot, convergence.left, SETTLE_TIMEOUT_S))
     history.write(the_world.work_dir / "history.jsonl")
     return RunReport(
         scenario=scenario.name,

@@ -27,7 +27,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import nats
+from sqlalchemy.engine import make_url
 
+from chaos.bridge import tcp_to_unix
 from chaos.faults import Faults, toxiproxy_server
 from chaos.processes import ROOT, Child, Server, Simulator, clean_environment, free_port, relay, server, simulator
 from chaos.scenarios import Scenario
@@ -43,6 +45,7 @@ MIGRATE_TIMEOUT_S = 120.0
 #: Connections each server replica keeps to PostgreSQL.
 SERVER_POOL_SIZE = 20
 CLIENT_ID = "chaos"
+POSTGRES_PORT = 5432
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,27 @@ async def _delete_stream(nats_url: str, names: DeploymentNames) -> None:
         await connection.close()
 
 
+@contextlib.contextmanager
+def _postgres_address(database_url: str) -> Iterator[str]:
+    """PostgreSQL's TCP address, host:port; a Unix socket (the embedded server's) behind a bridge."""
+    url = make_url(database_url)
+    socket_dir = url.query.get("host")
+    if url.host is None and isinstance(socket_dir, str) and socket_dir.startswith("/"):
+        with tcp_to_unix(f"{socket_dir}/.s.PGSQL.{url.port or POSTGRES_PORT}") as address:
+            yield address
+        return
+    yield f"{url.host or 'localhost'}:{url.port or POSTGRES_PORT}"
+
+
+def _postgres_through(database_url: str, listen: str) -> str:
+    """The database's URL with PostgreSQL reached at `listen` (the proxy) over TCP."""
+    host, _, port = listen.rpartition(":")
+    url = make_url(database_url)
+    query = {key: value for key, value in url.query.items() if key != "host"}
+    proxied: str = url.set(host=host, port=int(port), query=query).render_as_string(hide_password=False)
+    return proxied
+
+
 def _host_port(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.hostname}:{parts.port}"
@@ -199,7 +223,8 @@ def world(scenario: Scenario, seed: int, work_dir: Path, timings: Timings) -> It
         deployment = DeploymentNames(f"chaos_{run_id}")
         stack.callback(lambda: asyncio.run(_delete_stream(nats_url, deployment)))
 
-        postgres_proxy = faults.create_proxy(names["postgres"], _host_port(database_url))
+        postgres_address = stack.enter_context(_postgres_address(database_url))
+        postgres_proxy = faults.create_proxy(names["postgres"], postgres_address)
         nats_proxy = faults.create_proxy(names["nats"], _host_port(nats_url))
         intake_port = free_port()  # the first server's HTTP port, known before the simulator starts
         webhooks_proxy = faults.create_proxy(names["webhooks"], f"127.0.0.1:{intake_port}")
@@ -218,7 +243,7 @@ def world(scenario: Scenario, seed: int, work_dir: Path, timings: Timings) -> It
         env = clean_environment() | timings.environment()
         env.update(
             BALLAST_DEPLOYMENT=deployment.deployment,
-            DATABASE_URL=_through(database_url, postgres_proxy),
+            DATABASE_URL=_postgres_through(database_url, postgres_proxy),
             NATS_URL=_through(nats_url, nats_proxy),
             BALLAST_PROVIDER_URL=f"http://{provider_proxy}",
             BALLAST_PROVIDER_WEBHOOK_SECRET=WEBHOOK_SECRET,

@@ -22,8 +22,10 @@ from chaos.checker import (
     Snapshot,
     TransitionRow,
     breaker_answer_latencies,
+    breaker_cycles,
     breaker_fails_fast,
     check,
+    converged,
     percentile,
 )
 from chaos.history import History, Kind, Operation
@@ -557,3 +559,31 @@ def test_money_left_in_flight_for_a_decided_payment_is_named_by_its_currency() -
     result = world.results()["exposures_match_ledger"]
     assert result.subjects == ["JPY"]
     assert result.witnesses[0].evidence == ("in flight 1200, undecided payments ask 0",)
+
+
+def test_a_run_that_did_not_settle_names_its_undecided_payments_and_what_else_was_left() -> None:
+    world = consistent_world()
+    assert converged(world.snapshot(), {"undecided_in_ballast": 0, "events_unconsumed": 0}, 90).passed
+    stuck = world.payment(["UNKNOWN"], "succeeded")
+    explained = world.payment(["PENDING"], "pending")
+    world.cases.append(CaseRow("case-1", "UNRESOLVED_OUTCOME", "OPEN", explained))
+    result = converged(world.snapshot(), {"undecided_in_ballast": 1, "events_unconsumed": 3}, 90)
+    assert result.subjects == [stuck, "run"]
+    assert result.witnesses[0].timeline == ("RECORDED -> UNKNOWN (MOVE)",)
+    assert result.witnesses[1].evidence == ("undecided_in_ballast: 1", "events_unconsumed: 3")
+
+
+def _changes(*moves: str, server: str = "server-0") -> list[dict[str, str]]:
+    return [{"server": server, "old": old, "new": new} for old, new in (move.split(">") for move in moves)]
+
+
+def test_a_breaker_that_cycled_twice_passes_and_one_that_never_closed_again_is_named() -> None:
+    cycle = ("closed>open", "open>half_open", "half_open>closed")
+    assert breaker_cycles(_changes(*cycle, *cycle), 2).passed
+    # a probe that failed sends it back to open; only a close after opening counts
+    stuck = _changes(*cycle, "closed>open", "open>half_open", "half_open>open")
+    result = breaker_cycles(stuck, 2)
+    assert result.subjects == ["breaker"]
+    assert result.witnesses[0].evidence == ("1 open -> half_open -> closed cycles of the 2 expected",)
+    # two replicas' cycles add up, each in its own order
+    assert breaker_cycles(_changes(*cycle) + _changes(*cycle, server="server-1"), 2).passed
