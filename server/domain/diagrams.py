@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from server.domain.corrections import CORRECTIONS
 from server.domain.order_legs import LEG_MACHINE
 from server.domain.payment_states import PAYMENT_EVENTS, PAYMENT_MACHINE
+from server.domain.refund_states import REFUND_EVENTS, REFUND_MACHINE
+from server.domain.state_machine import StateMachine
 
 
-def _payment_diagram() -> str:
-    lines = ["stateDiagram-v2", f"    [*] --> {PAYMENT_MACHINE.initial.value}"]
-    for state, events in PAYMENT_EVENTS.items():
+def _diagram(machine: StateMachine[Any], events_by_state: Mapping[Any, Mapping[Any, Any]]) -> str:
+    """A machine whose edges are labelled with the events that move it."""
+    lines = ["stateDiagram-v2", f"    [*] --> {machine.initial.value}"]
+    for state, events in events_by_state.items():
         lines += [f"    {state.value} --> {target.value}: {event.value}" for event, target in events.items()]
-    lines += [f"    {state.value} --> [*]" for state in PAYMENT_EVENTS if PAYMENT_MACHINE.is_terminal(state)]
+    lines += [f"    {state.value} --> [*]" for state in events_by_state if machine.is_terminal(state)]
     return "\n".join(lines) + "\n"
 
 
@@ -38,7 +44,7 @@ Provider statuses map to these events in `server/domain/provider_status.py`. An 
 state the payment is already in is a harmless repeat; anything else not drawn here is refused.
 
 ```mermaid
-{_payment_diagram()}```
+{_diagram(PAYMENT_MACHINE, PAYMENT_EVENTS)}```
 
 ### Corrections
 
@@ -49,6 +55,15 @@ refuses one needing approval, or any second correction of a payment, without `ap
 correction that needs a person opens a `CORRECTION_NEEDS_APPROVAL` case holding the proposal.
 
 {_corrections_table()}
+## Refund
+
+A refund is its own resource (`server/domain/refund_states.py`), moved by the provider's answers
+about it as a payment is by those about the payment. Its amount counts against its payment from the
+moment it is recorded until it ends without money moving (`FAILED`, `REJECTED`, `EXPIRED`).
+
+```mermaid
+{_diagram(REFUND_MACHINE, REFUND_EVENTS)}```
+
 ## Order leg
 
 Exactly the table in `server/domain/order_legs.py`. A leg is one child order at the venue.
