@@ -1,4 +1,4 @@
-"""The provider's payments API, shaped like a card gateway's (Stripe-like JSON, decimal strings)."""
+"""The provider's payments and refunds API, shaped like a card gateway's (Stripe-like JSON, decimal strings)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from simulator.errors import error_response
 from simulator.faults import RequestFaults
 from simulator.keys import FAULTS, SIMULATOR
 from simulator.payments import InvalidRequest, PaymentRequest
+from simulator.refunds import RefundRefused, RefundRequest
 from simulator.store import Answer, IdempotencyConflict, Store
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -78,13 +79,39 @@ async def get_payment(request: web.Request) -> web.Response:
     return by_id_response(request, request.app[SIMULATOR].store, "payment")
 
 
-@routes.post("/v1/payments/{id}/refund")
-async def refund_payment(request: web.Request) -> web.Response:
+@routes.post("/v1/payments/{id}/refunds")
+async def create_refund(request: web.Request) -> web.Response:
+    """A full or partial refund of a succeeded payment, `pending` at first; keyed like payments."""
     payment_id = request.match_info["id"]
+    key = idempotency_key(request)
+    if key is None:
+        return error_response(
+            400, f"the {IDEMPOTENCY_HEADER} header is required (1-255 characters)", param=IDEMPOTENCY_HEADER
+        )
     try:
-        answer = request.app[SIMULATOR].refund(payment_id)
+        body = json.loads(await request.read())
+        refund_request = RefundRequest.parse(payment_id, body)
+    except json.JSONDecodeError:
+        return error_response(400, "the body is not valid JSON")
+    except InvalidRequest as error:
+        return error_response(400, str(error), param=error.param)
+    try:
+        # no await between here and the answer: the key check, the amount left and the insert are one step
+        answer = request.app[SIMULATOR].create_refund(key, refund_request, request.get(FAULTS, RequestFaults()))
+    except IdempotencyConflict as error:
+        return error_response(409, str(error), kind="idempotency_error", param=IDEMPOTENCY_HEADER)
     except LookupError:
         return error_response(404, f"no payment {payment_id!r}", param="id")
-    except InvalidRequest as error:
-        return error_response(409, str(error))
-    return web.json_response(answer.body, status=answer.status)
+    except RefundRefused as error:
+        return error_response(error.status, str(error), param=error.param, code=error.code)
+    return answer_response(answer)
+
+
+@routes.get("/v1/refunds")
+async def find_refund_by_idempotency_key(request: web.Request) -> web.Response:
+    return by_key_response(request, request.app[SIMULATOR].refunds, "refund")
+
+
+@routes.get("/v1/refunds/{id}")
+async def get_refund(request: web.Request) -> web.Response:
+    return by_id_response(request, request.app[SIMULATOR].refunds, "refund")

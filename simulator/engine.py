@@ -1,14 +1,15 @@
-"""The simulated provider: payments, orders, their webhooks, settlement, and the seeded RNG behind it all.
+"""The simulated provider: payments, refunds, orders, their webhooks, settlement, and the seeded RNG behind it all.
 
 ONE `random.Random(seed)` drives everything. Request faults are drawn from it as requests arrive;
-each new payment or order draws a 64-bit seed from it for its own generator (outcome, delays, fills,
-webhook faults, report drift), so background timing never shifts the main sequence: same seed +
-same requests => same faults.
+each new payment, refund or order draws a 64-bit seed from it for its own generator (outcome,
+delays, fills, webhook faults, report drift), so background timing never shifts the main sequence:
+same seed + same requests => same faults.
 
-With a journal (`--state FILE`), every payment, order, action answer and booking is written before
-its answer goes out, and `restore()` takes them back at start: a pending payment still settles, a
-working order still fills, on the provider's own clock, after the simulator was killed. A restored
-object gets a generator of its own seeded from its id (its draws before the restart are gone).
+With a journal (`--state FILE`), every payment, refund, order, action answer and booking is written
+before its answer goes out, and `restore()` takes them back at start: a pending payment or refund
+still settles, a working order still fills, on the provider's own clock, after the simulator was
+killed. A restored object gets a generator of its own seeded from its id (its draws before the
+restart are gone).
 """
 
 from __future__ import annotations
@@ -31,13 +32,16 @@ from simulator.payments import (
     PENDING,
     REFUNDED,
     SUCCEEDED,
-    InvalidRequest,
     Payment,
     PaymentRequest,
 )
 from simulator.profiles import profile
+from simulator.refunds import FAILED as REFUND_FAILED
+from simulator.refunds import PENDING as REFUND_PENDING
+from simulator.refunds import SUCCEEDED as REFUND_SUCCEEDED
+from simulator.refunds import Refund, RefundRefused, RefundRequest
 from simulator.settings import FaultSettings
-from simulator.settlement import CHARGE, REFUND, Line, SettlementBook, fee_for, settlement_date
+from simulator.settlement import CHARGE, REFUND, Line, SettlementBook, fee_for, minor_unit, settlement_date
 from simulator.snapshots import action_from, action_state, booking_id, decode, encode, restore, snapshot
 from simulator.store import Answer, Store
 from simulator.webhooks import Claim, Event, WebhookDispatcher
@@ -59,12 +63,14 @@ class Simulator:
         self.seed = seed
         self.rng = random.Random(seed)
         self.store: Store[Payment] = Store()
+        self.refunds: Store[Refund] = Store()
+        self._refunds_of: dict[str, list[Refund]] = {}  # payment id -> its refunds, oldest first
         self.broker = Broker(self)
         self.settlements = SettlementBook()
         self.webhooks = WebhookDispatcher(webhook_url, webhook_secret)
         self.journal = journal
-        self._object_rngs: dict[str, random.Random] = {}  # per payment or order
-        self._report_rngs: dict[str, random.Random] = {}  # per payment: its settlement drift
+        self._object_rngs: dict[str, random.Random] = {}  # per payment, refund or order
+        self._report_rngs: dict[str, random.Random] = {}  # per payment or refund: its settlement drift
         self._webhook_overrides: dict[str, WebhookFaults | None] = {}
         self.create_faults: dict[str, str] = {}
         self._held: dict[str, list[Event]] = {}  # reordered events waiting for the next one
@@ -100,9 +106,11 @@ class Simulator:
         if self.journal is not None:
             self.journal.clear()
         self.store = Store()
+        self.refunds = Store()
         self.broker = Broker(self)
         self.settlements = SettlementBook()
         for table in (
+            self._refunds_of,
             self._object_rngs,
             self._report_rngs,
             self._webhook_overrides,
@@ -231,18 +239,6 @@ class Simulator:
         self.spawn(self._settle(payment, payment.settle_after_ms / 1000))
         return Answer(200, body)
 
-    def refund(self, payment_id: str) -> Answer:
-        payment = self.store.get(payment_id)
-        if payment is None:
-            raise LookupError(payment_id)
-        if payment.status != SUCCEEDED:
-            raise InvalidRequest(f"payment {payment_id} is {payment.status}: only succeeded payments can be refunded")
-        payment.move_to(REFUNDED)
-        with self.batch():
-            self._book(payment, REFUND, -payment.request.amount)
-            self._emit(payment)
-        return Answer(200, payment.to_json())
-
     async def _settle(self, payment: Payment, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
         payment.move_to(payment.outcome)
@@ -251,22 +247,29 @@ class Simulator:
                 self._book(payment, CHARGE, payment.request.amount)
             self._emit(payment)
 
-    def _book(self, payment: Payment, kind: str, gross: Decimal) -> None:
-        """Book a charge (with its fee) or a refund (fees are not returned) for the settlement report."""
-        fee = fee_for(gross, payment.request.currency, self.settings) if kind == CHARGE else Decimal(0)
+    def _book(self, payment: Payment, kind: str, gross: Decimal, refund: Refund | None = None) -> None:
+        """Book a charge (with its fee) or a refund (with the refund fee; the charge's fee is not
+        returned) for the settlement report. A refund's line names the refund as its source."""
+        currency = payment.request.currency
+        if kind == CHARGE:
+            fee = fee_for(gross, currency, self.settings)
+        else:
+            fee = self.settings.refund_fee_fixed_minor_units * minor_unit(currency)
+        source_id = payment.id if refund is None else refund.id
+        description = kind if refund is None else f"refund of {payment.id}"
         line = Line(
             kind,
-            payment.id,
+            source_id,
             payment.request.reference,
-            payment.request.currency,
+            currency,
             gross,
             fee,
             settlement_date(self.settings),
-            kind,
+            description,
         )
-        report_rng = self._report_rngs.get(payment.id)
+        report_rng = self._report_rngs.get(source_id)
         if report_rng is None:  # restored from the journal
-            report_rng = self._report_rngs[payment.id] = random.Random(f"settlement-restored-{payment.id}")
+            report_rng = self._report_rngs[source_id] = random.Random(f"settlement-restored-{source_id}")
         for booking in self.settlements.record(line, report_rng, self.settings):
             if self.journal is not None:
                 self.journal.put("booking", booking_id(booking), encode(booking), settled=True)
@@ -278,6 +281,102 @@ class Simulator:
             claimed = FAILED if status == SUCCEEDED else SUCCEEDED
             claim = Claim(f"payment.{claimed}", claimed, payment.to_json(claimed))
         self.publish(payment.id, f"payment.{status}", status, payment.to_json(), first=status == PENDING, claim=claim)
+
+    # -- refunds ---------------------------------------------------------------------------------
+
+    def left_to_refund(self, payment: Payment) -> Decimal:
+        """The payment's amount less its succeeded and pending refunds (a failed one frees its amount)."""
+        taken = sum(
+            (refund.amount for refund in self._refunds_of.get(payment.id, []) if refund.status != REFUND_FAILED),
+            Decimal(0),
+        )
+        return payment.request.amount - taken
+
+    def create_refund(self, key: str, request: RefundRequest, faults: RequestFaults) -> Answer:
+        """Create a refund or replay the key's first answer; IdempotencyConflict on a mismatch,
+        LookupError for an unknown payment, RefundRefused for one that cannot be refunded so.
+
+        Synchronous on purpose: the key check, what is left to refund and the insert are one step, so
+        concurrent refunds never add up to more than the payment. A refusal is not kept under the key.
+        """
+        saved = self.refunds.replay(key, request)
+        if saved is not None:
+            return Answer(saved.status, saved.body, replayed=True)
+        payment = self.store.get(request.payment_id)
+        if payment is None:
+            raise LookupError(request.payment_id)
+        currency = payment.request.currency
+        if request.currency != currency:
+            raise RefundRefused(
+                400, f"payment {payment.id} is in {currency}, not {request.currency}", "currency", "currency_mismatch"
+            )
+        if payment.status != SUCCEEDED:
+            raise RefundRefused(
+                409,
+                f"payment {payment.id} is {payment.status}: only succeeded payments can be refunded",
+                "id",
+                "payment_not_refundable",
+            )
+        left = self.left_to_refund(payment)
+        amount = left if request.amount is None else request.amount
+        if amount <= 0 or amount > left:
+            raise RefundRefused(
+                400,
+                f"refund of {amount} {currency} exceeds the {left} {currency} left to refund on payment {payment.id}"
+                if amount > 0
+                else f"nothing is left to refund on payment {payment.id}",
+                "amount",
+                "amount_too_large",
+            )
+        refund_seed = self.rng.getrandbits(64)
+        refund_rng = random.Random(refund_seed)
+        # a fixed number of draws, whatever is drawn
+        fails = refund_rng.random() < self.settings.refund_fail_rate
+        stuck = refund_rng.random() < self.settings.refund_stuck_rate
+        delay_ms = refund_rng.randint(self.settings.refund_settle_min_ms, self.settings.refund_settle_max_ms)
+        refund = Refund(
+            request=request,
+            idempotency_key=key,
+            amount=amount,
+            outcome=REFUND_FAILED if fails else REFUND_SUCCEEDED,
+            settle_after_ms=self.settings.refund_stuck_ms if stuck else delay_ms,
+        )
+        body = refund.to_json()
+        self.refunds.add(refund, 200, body)
+        self._refunds_of.setdefault(payment.id, []).append(refund)
+        self.adopt(refund.id, refund_rng, faults)
+        self._report_rngs[refund.id] = random.Random(f"settlement-{refund_seed}")
+        self._emit_refund(refund)
+        self.spawn(self._settle_refund(refund, refund.settle_after_ms / 1000))
+        return Answer(200, body)
+
+    async def _settle_refund(self, refund: Refund, delay_s: float) -> None:
+        await asyncio.sleep(delay_s)
+        refund.move_to(refund.outcome)
+        # None only when the journal forgot a long-settled payment whose refund was still pending
+        payment = self.store.get(refund.payment_id)
+        with self.batch():
+            if refund.status == REFUND_SUCCEEDED and payment is not None:
+                payment.refunded_amount += refund.amount
+                self._book(payment, REFUND, -refund.amount, refund)
+            self._emit_refund(refund)
+            if payment is None:
+                return
+            if payment.refunded_amount == payment.request.amount and payment.status == SUCCEEDED:
+                payment.move_to(REFUNDED)
+                self._emit(payment)
+            else:
+                self.save(payment.id)  # its amount_refunded changed (or not): no event tells of it
+
+    def _emit_refund(self, refund: Refund) -> None:
+        status = refund.status
+        claim = None
+        if status != REFUND_PENDING:
+            claimed = REFUND_FAILED if status == REFUND_SUCCEEDED else REFUND_SUCCEEDED
+            claim = Claim(f"refund.{claimed}", claimed, refund.to_json(claimed))
+        self.publish(
+            refund.id, f"refund.{status}", status, refund.to_json(), first=status == REFUND_PENDING, claim=claim
+        )
 
     # -- the journal -----------------------------------------------------------------------------
 
@@ -291,14 +390,19 @@ class Simulator:
             yield
 
     def save(self, object_id: str) -> None:
-        """Journal the latest state of a payment or order (publish() does, with every event)."""
+        """Journal the latest state of a payment, refund or order (publish() does, with every event)."""
         if self.journal is None:
             return
         payment = self.store.get(object_id)
+        refund = self.refunds.get(object_id)
         if payment is not None:
             kind, settled = "payment", payment.status != PENDING
             saved_payment = self.store.by_key[payment.idempotency_key]
             state = snapshot(payment, Answer(saved_payment.status, saved_payment.body), *self.beside(object_id))
+        elif refund is not None:
+            kind, settled = "refund", refund.status != REFUND_PENDING
+            saved_refund = self.refunds.by_key[refund.idempotency_key]
+            state = snapshot(refund, Answer(saved_refund.status, saved_refund.body), *self.beside(object_id))
         else:
             order = self.broker.store.get(object_id)
             if order is None:
@@ -341,14 +445,19 @@ class Simulator:
                 continue
             restored = restore(state)
             value = restored.object
-            store: Store[Any] = self.store if kind == "payment" else self.broker.store
-            store.add(value, restored.answer.status, restored.answer.body)
+            stores: dict[str, Store[Any]] = {"payment": self.store, "refund": self.refunds, "order": self.broker.store}
+            stores[kind].add(value, restored.answer.status, restored.answer.body)
             self.remember(value.id, restored.sequence, restored.create_fault)
             if kind == "order":
                 self.broker.resume(value)
+                continue
+            due_s = max(value.created + value.settle_after_ms / 1000 - time.time(), 0.0)
+            if kind == "refund":
+                self._refunds_of.setdefault(value.payment_id, []).append(value)
+                if value.status == REFUND_PENDING:
+                    self.spawn(self._settle_refund(value, due_s))
             elif value.status == PENDING:
-                due_s = value.created + value.settle_after_ms / 1000 - time.time()
-                self.spawn(self._settle(value, max(due_s, 0.0)))
+                self.spawn(self._settle(value, due_s))
         return count
 
     # -- truth -----------------------------------------------------------------------------------
@@ -375,6 +484,17 @@ class Simulator:
                     "webhooks": events.get(payment.id, []),
                 }
                 for payment in self.store.objects.values()
+            ],
+            "refunds": [
+                {
+                    **refund.to_json(),
+                    "final_status": refund.status,
+                    "will_become": refund.outcome if refund.status == REFUND_PENDING else None,
+                    "history": refund.history,
+                    "create_fault": self.create_faults.get(refund.id, "none"),
+                    "webhooks": events.get(refund.id, []),
+                }
+                for refund in self.refunds.objects.values()
             ],
             "orders": self.broker.truth(events),
             "settlement": self.settlements.truth(),

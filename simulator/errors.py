@@ -6,9 +6,16 @@ from aiohttp import web
 
 
 def error_response(
-    status: int, message: str, *, kind: str = "invalid_request_error", param: str | None = None
+    status: int,
+    message: str,
+    *,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
 ) -> web.Response:
     error: dict[str, object] = {"type": kind, "message": message}
     if param is not None:
         error["param"] = param
+    if code is not None:
+        error["code"] = code
     return web.json_response({"error": error}, status=status)

@@ -3,7 +3,7 @@
 A real provider does not forget a payment because its process restarted, and in development the
 simulator should not either: a payment left pending when `make run` was killed must still be known
 (and still settle) after the next start, or Ballast's resolver asks about it in vain. Every object
-the simulator creates or changes (payment, order, the answer to a modify or cancel, settlement
+the simulator creates or changes (payment, refund, order, the answer to a modify or cancel, settlement
 booking) is written here before its answer goes out, and read back when the simulator starts.
 
 One SQLite row per object holds its latest state as JSON, upserted in place: the file grows with
@@ -30,8 +30,8 @@ OBJECTS_KEPT_MAX = 100_000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
     position INTEGER PRIMARY KEY,  -- creation order, kept by the upsert
-    id TEXT NOT NULL UNIQUE,       -- pay_..., ord_..., the Idempotency-Key of an action, txn_...
-    kind TEXT NOT NULL,            -- payment | order | action | booking
+    id TEXT NOT NULL UNIQUE,       -- pay_..., re_..., ord_..., the Idempotency-Key of an action, txn_...
+    kind TEXT NOT NULL,            -- payment | refund | order | action | booking
     settled INTEGER NOT NULL,      -- 1: nothing more happens to it on its own; may be forgotten
     state TEXT NOT NULL            -- JSON, simulator/snapshots.py
 )

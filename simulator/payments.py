@@ -59,21 +59,34 @@ class PaymentRequest:
         unknown = sorted(set(body) - {"amount", "currency", "reference"})
         if unknown:
             raise InvalidRequest(f"unknown parameter: {unknown[0]}", unknown[0])
-        amount, currency, reference = body.get("amount"), body.get("currency"), body.get("reference", "")
+        amount, reference = body.get("amount"), body.get("reference", "")
         if not isinstance(amount, str) or not _AMOUNT.match(amount):
             raise InvalidRequest('amount must be a decimal string such as "12.34"', "amount")
-        if not isinstance(currency, str) or not _CURRENCY.match(currency) or currency not in MINOR_UNITS:
-            raise InvalidRequest("currency must be an active ISO 4217 code such as EUR", "currency")
+        currency = parse_currency(body.get("currency"))
         if not isinstance(reference, str) or len(reference) > 255:
             raise InvalidRequest("reference must be a string of at most 255 characters", "reference")
-        value = Decimal(amount)
-        digits = currency_digits(currency)
-        if value <= 0:
-            raise InvalidRequest("amount must be greater than zero", "amount")
-        exponent = value.as_tuple().exponent
-        if isinstance(exponent, int) and -exponent > digits:
-            raise InvalidRequest(f"{currency} amounts have at most {digits} decimal places", "amount")
-        return cls(amount=value, currency=currency, reference=reference)
+        return cls(amount=parse_amount(amount, currency), currency=currency, reference=reference)
+
+
+def parse_currency(currency: Any) -> str:
+    """An active ISO 4217 code, or InvalidRequest naming `currency`."""
+    if not isinstance(currency, str) or not _CURRENCY.match(currency) or currency not in MINOR_UNITS:
+        raise InvalidRequest("currency must be an active ISO 4217 code such as EUR", "currency")
+    return currency
+
+
+def parse_amount(amount: Any, currency: str) -> Decimal:
+    """A positive decimal string with at most the currency's digits, or InvalidRequest naming `amount`."""
+    if not isinstance(amount, str) or not _AMOUNT.match(amount):
+        raise InvalidRequest('amount must be a decimal string such as "12.34"', "amount")
+    value = Decimal(amount)
+    digits = currency_digits(currency)
+    if value <= 0:
+        raise InvalidRequest("amount must be greater than zero", "amount")
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and -exponent > digits:
+        raise InvalidRequest(f"{currency} amounts have at most {digits} decimal places", "amount")
+    return value
 
 
 @dataclass
@@ -88,15 +101,17 @@ class Payment:
     created: int = field(default_factory=lambda: int(time.time()))
     status: str = PENDING
     history: list[str] = field(default_factory=lambda: [PENDING])
-    refunded_amount: Decimal = Decimal(0)
+    refunded_amount: Decimal = Decimal(0)  # the sum of its succeeded refunds
 
     def move_to(self, status: str) -> None:
         if status not in TRANSITIONS[self.status]:
             raise InvalidRequest(f"payment {self.id} is {self.status}; it cannot become {status}")
         self.status = status
         self.history.append(status)
-        if status == REFUNDED:
-            self.refunded_amount = self.request.amount
+
+    @property
+    def digits(self) -> int:
+        return currency_digits(self.request.currency)
 
     def to_json(self, status: str | None = None) -> dict[str, Any]:
         """The API's view; `status` lets a contradictory webhook claim a status it does not have."""
@@ -107,7 +122,7 @@ class Payment:
             "currency": self.request.currency,
             "reference": self.request.reference,
             "status": status or self.status,
-            "amount_refunded": str(self.refunded_amount),
+            "amount_refunded": str(self.refunded_amount.quantize(Decimal(1).scaleb(-self.digits))),
             "created": self.created,
             "idempotency_key": self.idempotency_key,
         }

@@ -5,9 +5,11 @@ from __future__ import annotations
 from simulator.settings import FaultSettings
 
 PROFILES: dict[str, FaultSettings] = {
-    # a provider on a good day: answers quickly, delivers every webhook once, in order
+    # a provider on a good day: answers quickly, delivers every webhook once, in order; refunds
+    # succeed after a short delay
     "calm": FaultSettings(),
-    # an everyday unreliable provider: a little of every request fault, some slow webhooks
+    # an everyday unreliable provider: a little of every request fault, some slow webhooks, a few
+    # refunds that fail or stay pending for long
     "flaky": FaultSettings(
         latency="uniform",
         latency_ms=20,
@@ -22,8 +24,12 @@ PROFILES: dict[str, FaultSettings] = {
         webhook_delay_rate=0.1,
         webhook_delay_ms=1000,
         webhook_duplicate_rate=0.05,
+        refund_fail_rate=0.05,
+        refund_stuck_rate=0.05,
+        refund_stuck_ms=10_000,
     ),
-    # peak load: slow with a long tail, and it often takes the payment and never answers
+    # peak load: slow with a long tail, it often takes the payment (or refund) and never answers, and
+    # refunds are slow, often pending for long, sometimes failed
     "monday-morning": FaultSettings(
         latency="long_tail",
         latency_ms=400,
@@ -35,6 +41,11 @@ PROFILES: dict[str, FaultSettings] = {
         accept_then_timeout_rate=0.15,
         webhook_delay_rate=0.3,
         webhook_delay_ms=2000,
+        refund_settle_min_ms=200,
+        refund_settle_max_ms=2000,
+        refund_fail_rate=0.1,
+        refund_stuck_rate=0.15,
+        refund_stuck_ms=30_000,
     ),
     # the API behaves; the webhooks arrive twice, out of order, contradicting each other, or not at all
     "webhook-storm": FaultSettings(

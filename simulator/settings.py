@@ -43,6 +43,13 @@ class FaultSettings:
     webhook_reorder_rate: float = 0.0  # only a pending event: it is delivered after the final one
     webhook_contradict_rate: float = 0.0  # only a final event: the opposite outcome is sent first
     webhook_drop_rate: float = 0.0
+    # refunds: a refund stays pending for a delay drawn in [min, max], or, at refund_stuck_rate, for
+    # refund_stuck_ms (a long pending); then it fails at refund_fail_rate, else it succeeds
+    refund_settle_min_ms: int = 20
+    refund_settle_max_ms: int = 200
+    refund_stuck_rate: float = 0.0
+    refund_stuck_ms: int = 30_000
+    refund_fail_rate: float = 0.0
     # broker orders: rejected; else resting (working until canceled); else filled in 1..parts_max fills
     # spaced like a payment's settle delay; a modification is refused at modify_reject_rate
     order_reject_rate: float = 0.02
@@ -53,6 +60,9 @@ class FaultSettings:
     fee_bps: int = 290
     fee_fixed_minor_units: int = 30
     settlement_delay_days: int = 1
+    # the fee the provider books on a succeeded refund, fixed per refund in minor units; the original
+    # charge's fee is not returned (a refund line's fee is this, never a share of the charge's)
+    refund_fee_fixed_minor_units: int = 0
     # settlement-report drift, drawn per booked transaction
     report_missing_rate: float = 0.0  # the line is not in the report
     report_extra_rate: float = 0.0  # a line for a charge nobody made is added
@@ -78,6 +88,8 @@ class FaultSettings:
             raise ValueError(f"latency must be one of {', '.join(LATENCY_MODES)}, not {self.latency!r}")
         if self.settle_max_ms < self.settle_min_ms:
             raise ValueError("settle_max_ms must be >= settle_min_ms")
+        if self.refund_settle_max_ms < self.refund_settle_min_ms:
+            raise ValueError("refund_settle_max_ms must be >= refund_settle_min_ms")
         if self.webhook_max_attempts < 1:
             raise ValueError("webhook_max_attempts must be >= 1")
         if self.order_fill_parts_max < 1:

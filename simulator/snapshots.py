@@ -1,10 +1,10 @@
 """The simulator's objects as JSON and back, for the journal: exactly the value that was written.
 
-Any dataclass of the simulator's (payment, order, their requests, fills, modifications, settlement
+Any dataclass of the simulator's (payment, refund, order, their requests, fills, modifications, settlement
 lines and bookings) is written field by field with its class name, Decimals as decimal strings,
 dates in ISO 8601 and tuples marked as such, so a field added to one of them is kept without a
 change here. Only the classes listed below are ever built back: the journal names no code to run.
-A payment's or order's record also carries what the simulator keeps beside it: the answer its key
+A payment's, refund's or order's record also carries what the simulator keeps beside it: the answer its key
 replays, its last webhook sequence number, the fault of the request that created it.
 """
 
@@ -18,11 +18,24 @@ from typing import Any
 
 from simulator.orders import Execution, Modification, Order, OrderRequest
 from simulator.payments import Payment, PaymentRequest
+from simulator.refunds import Refund, RefundRequest
 from simulator.settlement import Booking, Line
 from simulator.store import Answer
 
 _CLASSES: dict[str, type[Any]] = {
-    cls.__name__: cls for cls in (Payment, PaymentRequest, Order, OrderRequest, Execution, Modification, Line, Booking)
+    cls.__name__: cls
+    for cls in (
+        Payment,
+        PaymentRequest,
+        Refund,
+        RefundRequest,
+        Order,
+        OrderRequest,
+        Execution,
+        Modification,
+        Line,
+        Booking,
+    )
 }
 _TAG = "$"  # never a key of the API's JSON bodies, which the records hold as they are
 
@@ -68,15 +81,15 @@ def decode(value: Any) -> Any:
 
 @dataclass
 class Restored:
-    """A payment or order read back, with what the simulator kept beside it."""
+    """A payment, refund or order read back, with what the simulator kept beside it."""
 
-    object: Any  # Payment | Order
+    object: Any  # Payment | Refund | Order
     answer: Answer  # the first answer, replayed to a repeated idempotency key
     sequence: int  # the sequence number of its last webhook event
     create_fault: str
 
 
-def snapshot(value: Payment | Order, answer: Answer, sequence: int, create_fault: str) -> dict[str, Any]:
+def snapshot(value: Payment | Refund | Order, answer: Answer, sequence: int, create_fault: str) -> dict[str, Any]:
     return {
         "object": encode(value),
         "answer": {"status": answer.status, "body": answer.body},

@@ -23,7 +23,14 @@ from tests.support.waiting import until
 SECRET = "whsec_test_secret"  # noqa: S105 - a test webhook secret, not a credential
 
 # fast enough for a test suite, slow enough that "pending" is observable
-FAST = {"settle_min_ms": 5, "settle_max_ms": 20, "webhook_retry_base_ms": 10, "webhook_timeout_ms": 2000}
+FAST = {
+    "settle_min_ms": 5,
+    "settle_max_ms": 20,
+    "refund_settle_min_ms": 5,
+    "refund_settle_max_ms": 20,
+    "webhook_retry_base_ms": 10,
+    "webhook_timeout_ms": 2000,
+}
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0, what: str = "condition") -> None:
@@ -108,6 +115,32 @@ class Sim:
         ) as response:
             return Reply(response.status, dict(response.headers), await response.read())
 
+    async def refund(
+        self,
+        payment_id: str,
+        key: str,
+        amount: str | None = None,
+        *,
+        currency: str = "EUR",
+        fault: str | None = None,
+        timeout_s: float = 5.0,
+        **fields: Any,
+    ) -> Reply:
+        """POST /v1/payments/{id}/refunds: `amount` None asks for the rest of the payment."""
+        headers = {"Idempotency-Key": key}
+        if fault is not None:
+            headers["Simulator-Fault"] = fault
+        body: dict[str, Any] = {"currency": currency, **fields}
+        if amount is not None:
+            body["amount"] = amount
+        async with self.http.post(
+            f"{self.url}/v1/payments/{payment_id}/refunds",
+            json=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as response:
+            return Reply(response.status, dict(response.headers), await response.read())
+
     async def post(
         self, path: str, body: dict[str, Any] | None = None, *, key: str | None = None, fault: str | None = None
     ) -> Reply:
@@ -135,10 +168,11 @@ class Sim:
         return result
 
     async def settled(self) -> bool:
-        """Every payment out of pending and every webhook event done (delivered, dropped, given up)."""
+        """Every payment and refund out of pending and every webhook event done (delivered, dropped, given up)."""
         truth = await self.truth()
         return all(
-            p["status"] != "pending" and all(w["outcome"] != "queued" for w in p["webhooks"]) for p in truth["payments"]
+            p["status"] != "pending" and all(w["outcome"] != "queued" for w in p["webhooks"])
+            for p in truth["payments"] + truth["refunds"]
         )
 
     async def orders_settled(self) -> bool:

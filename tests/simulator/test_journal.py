@@ -52,6 +52,7 @@ def _essentials(truth: dict[str, Any]) -> dict[str, Any]:
     """The truth without the webhook events (deliveries are not kept: a restart sends only new ones)."""
     return {
         "payments": [{k: v for k, v in p.items() if k != "webhooks"} for p in truth["payments"]],
+        "refunds": [{k: v for k, v in r.items() if k != "webhooks"} for r in truth["refunds"]],
         "orders": [{k: v for k, v in o.items() if k != "webhooks"} for o in truth["orders"]],
         "settlement": truth["settlement"],
     }
@@ -62,7 +63,8 @@ async def test_payments_bookings_and_keyed_answers_come_back_as_they_were(tmp_pa
     async with running(state, order_reject_rate=0.0, order_rest_rate=1.0) as sim:
         paid = (await sim.pay("paid")).json()
         await eventually(sim.settled, what="the payment to settle")
-        assert (await sim.post(f"/v1/payments/{paid['id']}/refund")).status == 200
+        assert (await sim.refund(paid["id"], "refund-1")).status == 200
+        await eventually(sim.settled, what="the refund to settle")
         resting = (await sim.order("rests")).json()
         canceled = await sim.post(f"/v1/orders/{resting['id']}/cancel", key="cancel-1")
         assert canceled.status == 200

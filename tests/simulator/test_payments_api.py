@@ -82,15 +82,15 @@ async def test_payments_move_on_and_only_succeeded_ones_refund(start_sim: StartS
         return status == 200 and body["status"] == "succeeded"
 
     await eventually(moved, what="the payment to succeed")
-    async with sim.http.post(f"{sim.url}/v1/payments/{created['id']}/refund") as response:
-        assert response.status == 200
-        refunded = await response.json()
+    assert (await sim.get(f"/v1/payments/{created['id']}"))[1]["amount_refunded"] == "0.00"
+    refund = await sim.refund(created["id"], "refund-all")
+    assert (refund.status, refund.json()["status"], refund.json()["amount"]) == (200, "pending", "12.34")
+    await eventually(sim.settled, what="the refund to succeed")
+    refunded = (await sim.get(f"/v1/payments/{created['id']}"))[1]
     assert refunded["status"] == "refunded"
     assert refunded["amount_refunded"] == "12.34"
-    async with sim.http.post(f"{sim.url}/v1/payments/{created['id']}/refund") as response:
-        assert response.status == 409
-    async with sim.http.post(f"{sim.url}/v1/payments/pay_nope/refund") as response:
-        assert response.status == 404
+    assert (await sim.refund(created["id"], "refund-again")).status == 409
+    assert (await sim.refund("pay_nope", "refund-nothing")).status == 404
     assert (await sim.get("/v1/payments/pay_nope"))[0] == 404
     [payment] = (await sim.truth())["payments"]
     assert payment["history"] == ["pending", "succeeded", "refunded"]
@@ -103,9 +103,9 @@ async def test_unsuccessful_payments_fail_or_decline_and_cannot_refund(start_sim
     statuses = {payment["final_status"] for payment in (await sim.truth())["payments"]}
     assert statuses <= {"failed", "declined"}
     assert len(statuses) == 2  # both outcomes occur with seed 42
-    async with sim.http.post(f"{sim.url}/v1/payments/{ids[0]}/refund") as response:
-        assert response.status == 409
-        assert "only succeeded" in (await response.json())["error"]["message"]
+    refused = await sim.refund(ids[0], "refund-failed")
+    assert refused.status == 409
+    assert "only succeeded" in refused.json()["error"]["message"]
 
 
 async def test_client_errors_are_distinct_from_provider_errors(start_sim: StartSim) -> None:

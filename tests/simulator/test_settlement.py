@@ -62,11 +62,12 @@ async def test_a_refund_is_a_negative_line_and_failed_payments_move_no_money(sta
     async with sim.http.put(f"{sim.url}/_sim/profile", json={"settings": {"success_rate": 1.0}}) as response:
         assert response.status == 200
     [paid] = await _pay_all(sim, ["20.00"], currency="USD")
-    assert (await sim.post(f"/v1/payments/{paid}/refund")).status == 200
+    assert (await sim.refund(paid, "refund-1", currency="USD")).status == 200
+    await eventually(sim.settled, what="the refund to settle")
     lines = (await _report(sim))["lines"]
     assert [(line["type"], line["gross"], line["fee"], line["net"]) for line in lines] == [
         ("charge", "20.00", "0.88", "19.12"),
-        ("refund", "-20.00", "0", "-20.00"),
+        ("refund", "-20.00", "0.00", "-20.00"),
     ]
 
 
