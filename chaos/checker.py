@@ -24,6 +24,7 @@ from typing import Any
 from chaos.history import History, Kind
 from server.domain.cases import CaseStatus
 from server.domain.corrections import CORRECTION_EVENT, CORRECTIONS
+from server.domain.events import PAYMENT_RECORDED, PAYMENT_STATE_CHANGED
 from server.domain.ledger import PROVIDER_CLEARING
 from server.domain.payment_states import (
     INITIAL_PAYMENT_STATE,
@@ -76,6 +77,8 @@ class OutboxRow:
     position: int
     published: bool
     dead_lettered: bool = False
+    #: what the event says happened (server/domain/events.py: payments.recorded, payments.state_changed, ...)
+    topic: str = ""
 
 
 @dataclass(frozen=True)
@@ -520,8 +523,8 @@ def no_needless_case(truth: Mapping[str, Any], snapshot: Snapshot) -> InvariantR
 
 def exposures_match_ledger(snapshot: Snapshot) -> InvariantResult:
     """Once every event is consumed, the exposures projection agrees with the database: per currency,
-    the money it holds in flight is what the undecided payments ask for, and each account's settled
-    amount is its ledger balance."""
+    the money it holds in flight is what the undecided payments ask for, and every account the ledger
+    holds money on has its row, settled at its ledger balance (a missing row is a lost event too)."""
     balances: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
     for line in snapshot.ledger_lines:
         balances[(line.account, line.currency)] += line.amount
@@ -530,18 +533,73 @@ def exposures_match_ledger(snapshot: Snapshot) -> InvariantResult:
         if _state(payment.state) in UNDECIDED_STATES:
             undecided[payment.currency] += payment.amount
     projected: dict[str, Decimal] = defaultdict(Decimal)
-    witnesses = []
+    settled: dict[tuple[str, str], Decimal] = {}
     for row in snapshot.exposures:
         projected[row.currency] += row.in_flight
-        ledger = balances.get((row.account, row.currency), Decimal(0))
-        if row.settled != ledger:
-            witnesses.append(Witness(f"{row.account} {row.currency}", (f"settled {row.settled}, ledger {ledger}",)))
+        settled[(row.account, row.currency)] = row.settled
+    witnesses = []
+    for account, currency in sorted(set(balances) | set(settled)):
+        ledger = balances.get((account, currency), Decimal(0))
+        if (account, currency) not in settled:
+            if ledger != 0:
+                witnesses.append(Witness(f"{account} {currency}", (f"no exposure row, ledger {ledger}",)))
+        elif settled[(account, currency)] != ledger:
+            evidence = (f"settled {settled[(account, currency)]}, ledger {ledger}",)
+            witnesses.append(Witness(f"{account} {currency}", evidence))
     witnesses += [
         Witness(currency, (f"in flight {projected[currency]}, undecided payments ask {undecided[currency]}",))
         for currency in sorted(set(projected) | set(undecided))
         if projected[currency] != undecided[currency]
     ]
     return _result("exposures_match_ledger", "the exposures projection disagrees with the database", witnesses)
+
+
+def every_move_announced(snapshot: Snapshot) -> InvariantResult:
+    """Every payment's recording and every move of it wrote its outbox event, in the same transaction:
+    one `payments.recorded` and one `payments.state_changed` per move, under the payment's id."""
+    recorded: Counter[str] = Counter()
+    changed: Counter[str] = Counter()
+    for row in snapshot.outbox:
+        if row.topic == PAYMENT_RECORDED:
+            recorded[row.message_key] += 1
+        elif row.topic == PAYMENT_STATE_CHANGED:
+            changed[row.message_key] += 1
+    moves = Counter(move.payment_id for move in snapshot.transitions)
+    witnesses = [
+        Witness(
+            payment.id,
+            (
+                f"{recorded[payment.id]} payments.recorded events (1 expected)",
+                f"{changed[payment.id]} payments.state_changed events for {moves[payment.id]} moves",
+            ),
+            snapshot.timeline(payment.id),
+        )
+        for payment in snapshot.payments
+        if recorded[payment.id] != 1 or changed[payment.id] != moves[payment.id]
+    ]
+    return _result("every_move_announced", "a payment or a move of it has no outbox event, or more than one", witnesses)
+
+
+#: A run made progress when at least this share of its keys got an `ok`: a system that refused every
+#: call, or never reached the provider, keeps every other invariant and is still broken.
+PROGRESS_SHARE_MIN = 0.5
+
+
+def made_progress(history: History, truth: Mapping[str, Any]) -> InvariantResult:
+    """The system did its job under the faults: most keys were answered `ok` (clients retry, as told),
+    and the provider took money for some of them. A system that refused every call, or never reached
+    the provider, would keep every other invariant."""
+    keys = history.by_key()
+    answered = {operation.idempotency_key for operation in history.of_kind(Kind.OK)}
+    charged = [p for p in provider_payments(truth) if p["final_status"] in CHARGED_STATUSES]
+    witnesses = []
+    if not keys or len(answered) < PROGRESS_SHARE_MIN * len(keys):
+        witnesses.append(
+            Witness("load", (f"{len(answered)} of {len(keys)} keys answered ok ({PROGRESS_SHARE_MIN:.0%} at least)",))
+        )
+    if not charged:
+        witnesses.append(Witness("provider", ("the provider charged nothing",)))
+    return _result("made_progress", "the system did not do its job: most calls refused, or nothing charged", witnesses)
 
 
 def charged_as_asked(history: History, truth: Mapping[str, Any], snapshot: Snapshot) -> InvariantResult:
@@ -721,4 +779,6 @@ def check(
         every_charge_known(truth, snapshot),
         no_needless_case(truth, snapshot),
         exposures_match_ledger(snapshot),
+        every_move_announced(snapshot),
+        made_progress(history, truth),
     ]

@@ -66,7 +66,8 @@ SELECT
         ORDER BY e.posted_at, l.entry_id, l.line_number
     ) AS ledger_lines,
     ARRAY(
-        SELECT ROW(o.id::text, o.message_key, o.position, o.published_at IS NOT NULL, o.dead_lettered_at IS NOT NULL)
+        SELECT ROW(o.id::text, o.message_key, o.position, o.published_at IS NOT NULL, o.dead_lettered_at IS NOT NULL,
+                   o.topic)
         FROM outbox o ORDER BY o.position
     ) AS outbox,
     ARRAY(

@@ -26,10 +26,12 @@ from chaos.checker import (
     breaker_fails_fast,
     check,
     converged,
+    made_progress,
     percentile,
 )
 from chaos.history import History, Kind, Operation
 from server.domain.corrections import CORRECTION_EVENT
+from server.domain.events import PAYMENT_RECORDED, PAYMENT_STATE_CHANGED
 from server.domain.ledger import payment_postings
 from server.domain.payment_states import PaymentState
 
@@ -100,6 +102,7 @@ class World:
         self._clock += 1
         self.history.invoke(process, key, amount=amount, currency=currency, time_s=self._clock)
         self.history.ok(process, key, payment_id, told or path[0], time_s=self._clock + 0.5)
+        self.announce(f"recorded-{payment_id}", payment_id, PAYMENT_RECORDED)
         at = PaymentState.RECORDED
         for name in path:
             self.move(payment_id, at, PaymentState(name), Decimal(amount), currency)
@@ -129,24 +132,32 @@ class World:
                 LedgerLineRow(entry_id, payment_id, line.account, line.currency_code, line.amount)
                 for line in posting.lines
             ]
-        event_id = f"event-{sequence}"
-        self.outbox.append(OutboxRow(event_id, payment_id, sequence, published=True))
+        self.announce(f"event-{sequence}", payment_id, PAYMENT_STATE_CHANGED)
+
+    def announce(self, event_id: str, payment_id: str, topic: str) -> None:
+        """An outbox event about the payment, published once, in the order it was written."""
+        self.outbox.append(OutboxRow(event_id, payment_id, len(self.outbox) + 1, published=True, topic=topic))
         self.stream.append(BrokerMessage(event_id, payment_id, len(self.stream) + 1))
 
     def exposures(self) -> list[ExposureRow]:
         """What the exposures projection holds once every event is consumed: the undecided payments'
-        amounts in flight, and the merchant's ledger balance settled, per currency."""
+        amounts in flight, and every account's ledger balance settled, per currency."""
         in_flight: dict[str, Decimal] = {}
-        settled: dict[str, Decimal] = {}
         for payment in self.payments:
             open_amount = payment.amount if payment.state in {"RECORDED", "PENDING", "UNKNOWN"} else Decimal(0)
             in_flight[payment.currency] = in_flight.get(payment.currency, Decimal(0)) + open_amount
+        balances: dict[tuple[str, str], Decimal] = {}
         for line in self.lines:
-            if line.account == MERCHANT:
-                settled[line.currency] = settled.get(line.currency, Decimal(0)) + line.amount
-        return [
-            ExposureRow(MERCHANT, currency, in_flight[currency], settled.get(currency, Decimal(0)))
+            balances[(line.account, line.currency)] = (
+                balances.get((line.account, line.currency), Decimal(0)) + line.amount
+            )
+        rows = [
+            ExposureRow(MERCHANT, currency, in_flight[currency], balances.pop((MERCHANT, currency), Decimal(0)))
             for currency in sorted(in_flight)
+        ]
+        return rows + [
+            ExposureRow(account, currency, Decimal(0), settled)
+            for (account, currency), settled in sorted(balances.items())
         ]
 
     def snapshot(self) -> Snapshot:
@@ -206,6 +217,8 @@ def test_a_consistent_run_keeps_every_invariant() -> None:
         "every_charge_known",
         "no_needless_case",
         "exposures_match_ledger",
+        "every_move_announced",
+        "made_progress",
     ]
     assert world.broken() == {}
 
@@ -350,8 +363,9 @@ def test_a_duplicated_or_stray_event_is_named() -> None:
 def test_an_event_ahead_of_an_earlier_one_of_its_aggregate_is_named() -> None:
     world = consistent_world()
     payment_id = world.payment(["PENDING", "SUCCEEDED"], "succeeded")
-    first, second = (message for message in world.stream if message.message_key == payment_id)
-    earlier, later = (row.position for row in world.outbox if row.message_key == payment_id)
+    moves = [row for row in world.outbox if row.message_key == payment_id and row.topic == PAYMENT_STATE_CHANGED]
+    first, second = (next(m for m in world.stream if m.event_id == row.id) for row in moves)
+    earlier, later = (row.position for row in moves)
     swapped = {first.event_id: second.sequence, second.event_id: first.sequence}
     world.stream = [dataclasses.replace(m, sequence=swapped.get(m.event_id, m.sequence)) for m in world.stream]
     result = world.results()["outbox_published_once_in_order"]
@@ -385,6 +399,7 @@ def test_an_ok_a_recorded_correction_overturned_is_not_lost() -> None:
     world = consistent_world()
     corrected = world.payment(["SUCCEEDED"], "failed")
     world.transitions.append(TransitionRow(corrected, 100, "SUCCEEDED", "FAILED", CORRECTION_EVENT))
+    world.announce("event-correction", corrected, PAYMENT_STATE_CHANGED)
     world.lines += [
         LedgerLineRow("reversal", corrected, "provider_clearing", "EUR", Decimal("-10.00")),
         LedgerLineRow("reversal", corrected, f"merchant_payable:{CLIENT}", "EUR", Decimal("10.00")),
@@ -556,7 +571,9 @@ def test_money_left_in_flight_for_a_decided_payment_is_named_by_its_currency() -
     world = consistent_world()
     rows = world.exposures()
     world.exposure_rows = [
-        dataclasses.replace(row, in_flight=row.in_flight + Decimal("1200")) if row.currency == "JPY" else row
+        dataclasses.replace(row, in_flight=row.in_flight + Decimal("1200"))
+        if (row.account, row.currency) == (MERCHANT, "JPY")
+        else row
         for row in rows
     ]
     result = world.results()["exposures_match_ledger"]
@@ -590,3 +607,41 @@ def test_a_breaker_that_cycled_twice_passes_and_one_that_never_closed_again_is_n
     assert result.witnesses[0].evidence == ("1 open -> half_open -> closed cycles of the 2 expected",)
     # two replicas' cycles add up, each in its own order
     assert breaker_cycles(_changes(*cycle) + _changes(*cycle, server="server-1"), 2).passed
+
+
+def test_a_move_without_its_outbox_event_and_a_payment_announced_twice_are_named() -> None:
+    world = consistent_world()
+    silent = world.payment(["PENDING", "SUCCEEDED"], "succeeded")
+    last_move = next(row for row in reversed(world.outbox) if row.message_key == silent)
+    world.outbox = [row for row in world.outbox if row.id != last_move.id]
+    world.stream = [message for message in world.stream if message.event_id != last_move.id]
+    twice = world.payment(["SUCCEEDED"], "succeeded")
+    world.announce("recorded-again", twice, PAYMENT_RECORDED)
+    result = world.results()["every_move_announced"]
+    assert sorted(result.subjects) == sorted([silent, twice])
+    evidence = {w.subject: w.evidence for w in result.witnesses}
+    assert evidence[silent][1] == "1 payments.state_changed events for 2 moves"
+    assert evidence[twice][0] == "2 payments.recorded events (1 expected)"
+
+
+def test_an_exposure_row_missing_for_an_account_the_ledger_holds_money_on_is_named() -> None:
+    world = consistent_world()
+    world.exposure_rows = [row for row in world.exposures() if row.currency != "JPY"]
+    result = world.results()["exposures_match_ledger"]
+    assert result.subjects == [f"{MERCHANT} JPY", "provider_clearing JPY"]
+    assert result.witnesses[0].evidence == ("no exposure row, ledger -1200",)
+
+
+def test_a_system_that_refused_every_call_or_never_charged_made_no_progress() -> None:
+    world = consistent_world()
+    assert world.results()["made_progress"].passed
+    refused = History()
+    for number in range(10):
+        refused.invoke(f"client-{number}", f"key-{number}", amount="1.00", currency="EUR", time_s=1.0)
+        refused.info(f"client-{number}", f"key-{number}", "UNAVAILABLE", time_s=1.1)
+    world.history = refused
+    assert world.results()["made_progress"].subjects == ["load"]
+    world = consistent_world()
+    world.provider = [dict(p, final_status="declined") for p in world.provider]
+    assert "provider" in world.results()["made_progress"].subjects
+    assert made_progress(History(), {"payments": []}).subjects == ["load", "provider"]

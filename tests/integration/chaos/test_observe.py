@@ -38,6 +38,8 @@ ASKED = (("10.00", "succeeded"), ("20.50", "succeeded"), ("7.25", "failed"))
 CURRENCY = "EUR"
 #: Far above the run's length: no payment of it is ever UNKNOWN.
 UNKNOWN_SLA_S = 60.0
+#: Invariants over what these specs do not run: the exposures consumer (a chaos run's relays run it).
+NOT_RUN = frozenset({"exposures_match_ledger"})
 #: Relay rounds a run's few events need, with room to spare.
 RELAY_ROUNDS_MAX = 50
 
@@ -147,7 +149,7 @@ async def test_the_snapshot_and_the_stream_are_what_ballast_holds_and_the_checke
     assert all(m.message_key.startswith(f"{run.names.subject_prefix}.") for m in stream)
     assert (await run.broker.jetstream().stream_info(run.names.stream)).state.consumer_count == 0  # none left behind
 
-    results = check(run.history, run.truth, snapshot, stream, UNKNOWN_SLA_S)
+    results = [r for r in check(run.history, run.truth, snapshot, stream, UNKNOWN_SLA_S) if r.name not in NOT_RUN]
     assert [result.name for result in results if not result.passed] == [], [
         str(w) for r in results for w in r.witnesses
     ]
@@ -179,7 +181,11 @@ async def test_a_message_taken_off_the_stream_and_a_stray_copy_put_on_it_are_nam
     assert "marked published, never on the stream" in evidence[lost.event_id]
     assert evidence[stray] == ("on the stream, not in the outbox",)
     # the rest of the run is as sound as it was
-    others = [r for r in check(run.history, run.truth, snapshot, after, UNKNOWN_SLA_S) if r.name != broken.name]
+    others = [
+        r
+        for r in check(run.history, run.truth, snapshot, after, UNKNOWN_SLA_S)
+        if r.name not in {broken.name, *NOT_RUN}
+    ]
     assert all(result.passed for result in others)
     # and the stream as it was keeps every invariant
     assert outbox_published_once_in_order(snapshot, before).passed
