@@ -18,6 +18,7 @@ import argparse
 import sys
 import textwrap
 import time
+import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,6 +30,8 @@ from chaos.scenarios import SCENARIOS, Scenario, scenario, smoke
 
 RESULTS = ROOT / "chaos" / "results"
 DEFAULT_SEED = 1
+#: An error's one-line summary is cut to this length (the whole traceback goes to the run's directory).
+ERROR_MESSAGE_MAX = 300
 
 
 def _arguments(argv: Sequence[str]) -> argparse.Namespace:
@@ -55,12 +58,16 @@ def _list() -> int:
     return 0
 
 
-def _table(reports: list[RunReport]) -> str:
+def _table(reports: list[RunReport | tuple[str, str]], seed: int) -> str:
     lines = [
         "| scenario | seed | result | payments | calls/s | settled after | time |",
         "|---|---|---|---|---|---|---|",
     ]
     for report in reports:
+        if isinstance(report, tuple):
+            name, error = report
+            lines.append(f"| {name} | {seed} | ERROR: {error} | - | - | - | - |")
+            continue
         broken = [result.name for result in report.invariants if not result.passed]
         verdict = "pass" if report.passed else "FAIL: " + ", ".join(broken or ["fault not applied"])
         settled = f"{report.convergence.elapsed_s:.1f} s" if report.convergence.converged else "not settled"
@@ -71,29 +78,48 @@ def _table(reports: list[RunReport]) -> str:
     return "\n".join(lines)
 
 
+def _one_line(error: BaseException) -> str:
+    """What went wrong, in one line: the error's first line, then its type."""
+    first = (str(error).strip().splitlines() or [""])[0][:ERROR_MESSAGE_MAX]
+    return f"{first} ({type(error).__name__})" if first else type(error).__name__
+
+
 def _run_all(scenarios: list[Scenario], seed: int, out: Path) -> int:
-    reports = []
+    """Each scenario in turn; one that cannot run (its world did not start) is reported and the rest run."""
+    reports: list[RunReport | tuple[str, str]] = []
     started = time.monotonic()
     for number, item in enumerate(scenarios, start=1):
         print(f"[{number}/{len(scenarios)}] {item.name} (seed {seed}) ...", file=sys.stderr, flush=True)
-        report = run_scenario(item, seed, out / f"{item.name}-seed{seed}")
+        work_dir = out / f"{item.name}-seed{seed}"
+        try:
+            report = run_scenario(item, seed, work_dir)
+        except Exception as error:  # a run that could not start or finish: say why, go on with the rest
+            message = _one_line(error)
+            work_dir.mkdir(parents=True, exist_ok=True)
+            (work_dir / "error.txt").write_text("".join(traceback.format_exception(error)))
+            print(
+                f"[{number}/{len(scenarios)}] {item.name} could not run: {message}\n"
+                f"    the whole traceback and every process's log are in {work_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
+            reports.append((item.name, message))
+            continue
         print(f"[{number}/{len(scenarios)}] {report.summary()}", file=sys.stderr, flush=True)
         if not report.passed:
             print(report.to_markdown(), file=sys.stderr, flush=True)
         reports.append(report)
-    table = _table(reports)
+    table = _table(reports, seed)
     (out / "summary.md").write_text(table + "\n")
     print(table)
     print(f"\n{len(reports)} scenario(s) in {time.monotonic() - started:.0f} s; reports under {out}")
-    return 0 if all(report.passed for report in reports) else 1
+    return 0 if all(isinstance(report, RunReport) and report.passed for report in reports) else 1
 
 
 def main(argv: Sequence[str]) -> int:
     arguments = _arguments(argv)
     if arguments.command == "list":
         return _list()
-    out = arguments.out or RESULTS / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    out.mkdir(parents=True, exist_ok=True)
     if arguments.command == "run":
         try:
             chosen = [scenario(arguments.name)]
@@ -102,6 +128,8 @@ def main(argv: Sequence[str]) -> int:
             return 2
     else:
         chosen = list(SCENARIOS.values()) if arguments.command == "all" else smoke()
+    out = arguments.out or RESULTS / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out.mkdir(parents=True, exist_ok=True)
     try:
         return _run_all(chosen, arguments.seed, out)
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@ broken with its minimal witnesses, and the command that replays the run."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -52,14 +53,53 @@ class LoadSummary:
     #: answers from an open breaker: how many, and their p99 in seconds
     breaker_answers: int
     breaker_p99_s: float | None
-    #: the last answer each client got per key: a state, an error code, or GAVE_UP
+    #: the last answer per key: the state an `ok` told, or the error code of the last call (a client
+    #: that gave up after its retries shows the code of its last one)
     outcomes: dict[str, int]
     ballast_states: dict[str, int]
     provider_statuses: dict[str, int]
     cases: dict[str, int]
+    #: calls begun while a fault was on, and the others: so a report shows whether its fault bit
+    during_faults: dict[str, float] = field(default_factory=dict)
+    outside_faults: dict[str, float] = field(default_factory=dict)
+    #: the longest any payment stayed UNKNOWN, in seconds (one still UNKNOWN counts until the snapshot)
+    longest_unknown_s: float | None = None
 
 
-def summarize_load(history: History, load_s: float, snapshot: Snapshot, truth: dict[str, Any]) -> LoadSummary:
+def _window_stats(calls: list[tuple[float, bool]]) -> dict[str, float]:
+    """calls: (latency, answered ok) -> count, share answered ok, p50 and p99."""
+    latencies = [latency for latency, _ in calls]
+    return {
+        "calls": len(calls),
+        "ok_share": round(sum(ok for _, ok in calls) / len(calls), 3) if calls else 0.0,
+        "p50_s": round(percentile(latencies, 0.5) or 0.0, 3),
+        "p99_s": round(percentile(latencies, 0.99) or 0.0, 3),
+    }
+
+
+def _longest_unknown_s(snapshot: Snapshot) -> float | None:
+    longest: float | None = None
+    moves: dict[str, list[Any]] = defaultdict(list)
+    for move in snapshot.transitions:
+        moves[move.payment_id].append(move)
+    for timeline in moves.values():
+        timeline.sort(key=lambda move: move.sequence)
+        for index, move in enumerate(timeline):
+            if move.to_state != "UNKNOWN" or move.occurred_at_s is None:
+                continue
+            left = timeline[index + 1].occurred_at_s if index + 1 < len(timeline) else snapshot.taken_at_s
+            if left is not None:
+                longest = max(longest or 0.0, left - move.occurred_at_s)
+    return None if longest is None else round(longest, 2)
+
+
+def summarize_load(
+    history: History,
+    load_s: float,
+    snapshot: Snapshot,
+    truth: dict[str, Any],
+    fault_windows: Sequence[tuple[float, float]] = (),
+) -> LoadSummary:
     latencies: dict[str, list[float]] = defaultdict(list)
     for invoked, done in history.calls():
         code = "OK" if done.kind is Kind.OK else (done.error or done.kind.value)
@@ -80,6 +120,11 @@ def summarize_load(history: History, load_s: float, snapshot: Snapshot, truth: d
             last[operation.idempotency_key] = operation.error or operation.kind.value
     breaker = breaker_answer_latencies(history)
     calls = sum(len(values) for values in latencies.values())
+    during: list[tuple[float, bool]] = []
+    outside: list[tuple[float, bool]] = []
+    for invoked, done in history.calls():
+        faulted = any(start <= invoked.time_s < end for start, end in fault_windows)
+        (during if faulted else outside).append((done.time_s - invoked.time_s, done.kind is Kind.OK))
     return LoadSummary(
         duration_s=round(load_s, 2),
         payments_asked=len(history.by_key()),
@@ -92,6 +137,9 @@ def summarize_load(history: History, load_s: float, snapshot: Snapshot, truth: d
         ballast_states=dict(Counter(payment.state for payment in snapshot.payments).most_common()),
         provider_statuses=dict(Counter(str(p["final_status"]) for p in provider_payments(truth)).most_common()),
         cases=dict(Counter(f"{case.kind} {case.status}" for case in snapshot.cases).most_common()),
+        during_faults=_window_stats(during),
+        outside_faults=_window_stats(outside),
+        longest_unknown_s=_longest_unknown_s(snapshot),
     )
 
 
@@ -202,10 +250,15 @@ class RunReport:
         ]
         lines += [
             "",
+            f"While a fault was on: {_window(load.during_faults)}; otherwise: {_window(load.outside_faults)}.",
+            "",
             "- Last answer per key: " + _counts(load.outcomes),
             "- Ballast's final states: " + _counts(load.ballast_states),
             "- The provider's truth: " + _counts(load.provider_statuses),
             "- Cases: " + (_counts(load.cases) or "none"),
+            "- Longest stay in UNKNOWN: "
+            + ("none" if load.longest_unknown_s is None else f"{load.longest_unknown_s:.1f} s")
+            + f" (SLA {self.extra.get('unknown_sla_s', '?')} s)",
             f"- Breaker changes: {len(self.breaker_changes)}"
             + (
                 " ("
@@ -241,6 +294,14 @@ class RunReport:
             if len(result.witnesses) > WITNESSES_SHOWN:
                 lines.append(f"  - ... and {len(result.witnesses) - WITNESSES_SHOWN} more in report.json")
         return "\n".join(lines) + "\n"
+
+
+def _window(stats: dict[str, float]) -> str:
+    if not stats.get("calls"):
+        return "no calls"
+    return (
+        f"{stats['calls']:g} calls, {stats['ok_share']:.0%} ok, p50 {stats['p50_s']:.3f} s, p99 {stats['p99_s']:.3f} s"
+    )
 
 
 def _counts(counts: dict[str, int]) -> str:

@@ -226,7 +226,9 @@ async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Ti
         profile=scenario.profile,
         toxiproxy=the_world.toxiproxy_origin,
         faults=sorted(faulting.applied, key=lambda fault: fault.planned_at_s),
-        load=summarize_load(history, load_s, snapshot, truth),
+        load=summarize_load(
+            history, load_s, snapshot, truth, [(f.applied_at_s, f.healed_at_s) for f in faulting.applied]
+        ),
         convergence=convergence,
         breaker_changes=changes,
         invariants=results,

@@ -192,15 +192,11 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "db-latency",
-            "Every round trip to PostgreSQL takes 40 ms more, give or take 20, for 10 s.",
+            "Every round trip to PostgreSQL takes 40 ms more each way, give or take 20, for 10 s (both ways at"
+            " once: the seed does not move them apart).",
             (
-                Fault(Toxic("postgres", "latency", {"latency": 40, "jitter": 20}), 2.0, 10.0, jitter_s=1.0),
-                Fault(
-                    Toxic("postgres", "latency", {"latency": 40, "jitter": 20}, stream="upstream"),
-                    2.0,
-                    10.0,
-                    jitter_s=1.0,
-                ),
+                Fault(Toxic("postgres", "latency", {"latency": 40, "jitter": 20}), 2.0, 10.0),
+                Fault(Toxic("postgres", "latency", {"latency": 40, "jitter": 20}, stream="upstream"), 2.0, 10.0),
             ),
             Load(clients=8, duration_s=16.0),
         ),
