@@ -1,9 +1,19 @@
 """How the chaos harness injects faults: a Toxiproxy server found or started, and the client that drives it.
 
-Every fault goes through Toxiproxy's own Python client (`toxiproxy-python`) against the Toxiproxy HTTP
-API at `TOXIPROXY_URL` (default `http://127.0.0.1:8474`), so a run behaves the same against the real
-server and against ours. `toxiproxy_server` uses whatever already answers there; otherwise it starts
-`toxiproxy-server` when one is on `PATH`, else `python -m chaos.toxiproxy`, and stops what it started.
+Every fault goes through Toxiproxy's own Python client (`toxiproxy-python`) against a Toxiproxy HTTP API,
+so a run behaves the same against the real server and against ours. `toxiproxy_server` picks that API:
+
+- `TOXIPROXY_URL` set (or a URL passed): the Toxiproxy answering there; when nothing answers, one started
+  on that URL's host and port.
+- `TOXIPROXY_URL` unset: the Toxiproxy answering at the default `http://127.0.0.1:8474` (a developer's
+  own, long-lived server); when nothing answers, one started for this run alone on a free loopback port,
+  never on 8474, so runs started side by side never share a server one of them will stop.
+
+A server it starts is `toxiproxy-server` when one is on `PATH`, else `python -m chaos.toxiproxy`, and it
+stops only what it started. Whatever answers `GET /version` must say a Toxiproxy version (`{"version":
+"2.8.0"}`, or the bare `2.1.4` of older servers): any other HTTP server, or a port that does not speak
+HTTP (PostgreSQL, NATS), is refused with a `FaultError` saying what it found. A started server that
+exits or fails before answering is a `FaultError` carrying the last lines of its log.
 `Faults` is the harness's one handle on the network; the client's errors become one `FaultError` that
 names the proxy or toxic and says what to do.
 """
@@ -13,16 +23,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from toxiproxy import Toxiproxy
 from toxiproxy.api import APIConsumer
@@ -32,18 +45,36 @@ from server.ownership import die_with_parent
 
 TOXIPROXY_URL_ENV = "TOXIPROXY_URL"
 DEFAULT_TOXIPROXY_URL = "http://127.0.0.1:8474"
+#: Where a run's own server listens when TOXIPROXY_URL is unset (on a free port of it).
+LOOPBACK = "127.0.0.1"
 #: How long a started server gets to answer /version.
 START_TIMEOUT_S = 15.0
 #: How long a started server gets to stop after SIGTERM before SIGKILL.
 STOP_TIMEOUT_S = 5.0
 #: How long one /version probe waits: whatever holds the port answers at once or is not a Toxiproxy.
 PROBE_TIMEOUT_S = 1.0
+#: How long `proxies` and `destroy` wait for the server to connect and to answer (each).
+REQUEST_TIMEOUT_S = 10.0
+#: How many free ports a run's own server is tried on (another process may take a port first).
+START_ATTEMPTS = 3
+#: How many of its log's last lines a started server's failure quotes.
+LOG_TAIL_LINES = 12
 _POLL_S = 0.05
 _ROOT = Path(__file__).resolve().parents[1]
+#: The bare version older servers answer /version with (`2.1.4`, `v2.1.4`, `2.1.4-dev`).
+_BARE_VERSION = re.compile(r"v?\d+\.\d+(\.\d+)?([-+.][0-9A-Za-z.+-]*)?")
 
 
 class FaultError(Exception):
     """A fault could not be set or healed: the message names the proxy or toxic and what to do."""
+
+
+class _StartFailed(FaultError):
+    """A started server exited, or logged an error, before answering; `in_use` when its port was taken."""
+
+    def __init__(self, message: str, in_use: bool) -> None:
+        super().__init__(message)
+        self.in_use = in_use
 
 
 @dataclass(frozen=True)
@@ -58,14 +89,40 @@ class ToxiproxyServer:
 
 @contextlib.contextmanager
 def toxiproxy_server(url: str | None = None, *, log_path: Path | None = None) -> Iterator[ToxiproxyServer]:
-    """A Toxiproxy API at `url` ($TOXIPROXY_URL, else the default): the one answering there, or one started
-    for the block (the binary on PATH, else ours) and stopped when it ends, however it ends."""
-    url = (url or os.environ.get(TOXIPROXY_URL_ENV, "").strip() or DEFAULT_TOXIPROXY_URL).rstrip("/")
-    host, port = _address(url)
-    version = _version(url)
+    """A Toxiproxy API for the block; stops only a server it started, however the block ends.
+
+    With `url` (or $TOXIPROXY_URL): the Toxiproxy answering there, else one started on its host and port.
+    Without: the Toxiproxy answering at DEFAULT_TOXIPROXY_URL (a developer's own), else one started for
+    this block alone on a free loopback port, so two runs at once never share a server one will stop.
+    A started server is toxiproxy-server from PATH, else ours (`python -m chaos.toxiproxy`); its output
+    goes to `log_path` (appended) when given. Raises FaultError when what answers is not a Toxiproxy, or
+    when the started server fails before answering (quoting the last lines of its log)."""
+    explicit = (url or os.environ.get(TOXIPROXY_URL_ENV, "").strip()).rstrip("/")
+    probed = explicit or DEFAULT_TOXIPROXY_URL
+    _address(probed)  # a malformed URL is a ValueError before anything is probed
+    version = _version(probed)
     if version is not None:
-        yield ToxiproxyServer(url, "running", version)  # not ours: nothing to stop
+        yield ToxiproxyServer(probed, "running", version)  # not ours: nothing to stop
         return
+    for attempt in range(1, START_ATTEMPTS + 1):
+        target = explicit or f"http://{LOOPBACK}:{_free_port()}"
+        try:
+            started = contextlib.ExitStack()
+            server = started.enter_context(_started(target, log_path))
+        except _StartFailed as failed:
+            # our free port taken in between by someone else: another one; a URL given is the caller's
+            if explicit or not failed.in_use or attempt == START_ATTEMPTS:
+                raise
+            continue
+        with started:
+            yield server
+        return
+
+
+@contextlib.contextmanager
+def _started(url: str, log_path: Path | None) -> Iterator[ToxiproxyServer]:
+    """A server started on `url`'s host and port, answering; stopped on exit."""
+    host, port = _address(url)
     binary = shutil.which("toxiproxy-server")
     if binary is not None:
         origin, command = "binary", [binary, "-host", host, "-port", str(port)]
@@ -73,7 +130,10 @@ def toxiproxy_server(url: str | None = None, *, log_path: Path | None = None) ->
         origin = "builtin"
         command = [sys.executable, "-m", "chaos.toxiproxy", "--host", host, "--port", str(port)]
     with contextlib.ExitStack() as files:
-        output: IO[bytes] | int = files.enter_context(log_path.open("ab")) if log_path else subprocess.DEVNULL
+        output: IO[bytes] = (
+            files.enter_context(log_path.open("ab")) if log_path else files.enter_context(tempfile.TemporaryFile("w+b"))
+        )
+        log = _Log(output, log_path)
         process = subprocess.Popen(
             command,
             cwd=_ROOT,  # `-m chaos.toxiproxy` runs from the checkout
@@ -86,20 +146,69 @@ def toxiproxy_server(url: str | None = None, *, log_path: Path | None = None) ->
             start_new_session=True,
         )
         try:
-            yield ToxiproxyServer(url, origin, _await_version(url, process, command, log_path))
+            version = _await_version(url, process, command, log)
+        except BaseException:
+            _stop(process)
+            raise
+        try:
+            yield ToxiproxyServer(url, origin, version)
         finally:
             _stop(process)
 
 
-def _await_version(url: str, process: subprocess.Popen[bytes], command: list[str], log_path: Path | None) -> str:
+class _Log:
+    """What a started server wrote since it started: the log file's tail from the offset it started at."""
+
+    def __init__(self, output: IO[bytes], path: Path | None) -> None:
+        output.flush()
+        self._output, self._path = output, path
+        self._start = output.seek(0, os.SEEK_END)
+
+    def lines(self) -> list[str]:
+        # a log file given is opened for appending only: read it by its path; the temporary one is readable
+        with contextlib.ExitStack() as opened:
+            reader = opened.enter_context(self._path.open("rb")) if self._path else self._output
+            reader.seek(self._start)
+            return reader.read().decode(errors="replace").splitlines()
+
+    def failure(self) -> str | None:
+        """The real server's own error line (it logs a failed listen, then waits for a signal)."""
+        for line in self.lines():
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and entry.get("level") in ("error", "fatal", "panic"):
+                    return line
+        return None
+
+    def tail(self) -> str:
+        lines = [line for line in self.lines() if line.strip()][-LOG_TAIL_LINES:]
+        where = f"; its log: {self._path}" if self._path else ""
+        if not lines:
+            return f"it wrote nothing{where}"
+        return (
+            "its log's last lines:\n"
+            + "\n".join(f"    {line}" for line in lines)
+            + (f"\n({where[2:]})" if where else "")
+        )
+
+
+def _await_version(url: str, process: subprocess.Popen[bytes], command: list[str], log: _Log) -> str:
     started = " ".join(command)
-    where = f"see {log_path}" if log_path else "pass log_path to see its output"
     deadline = time.monotonic() + START_TIMEOUT_S
     while (version := _version(url)) is None:
         if process.poll() is not None:
-            raise FaultError(f"`{started}` exited with {process.returncode} before answering {url}/version ({where})")
+            tail = log.tail()
+            raise _StartFailed(
+                f"`{started}` exited with {process.returncode} before answering {url}/version; {tail}",
+                in_use="address already in use" in tail,
+            )
+        if log.failure() is not None:
+            tail = log.tail()
+            raise _StartFailed(
+                f"`{started}` failed before answering {url}/version; {tail}", in_use="address already in use" in tail
+            )
         if time.monotonic() > deadline:
-            raise FaultError(f"`{started}` did not answer {url}/version within {START_TIMEOUT_S} s ({where})")
+            raise FaultError(f"`{started}` did not answer {url}/version within {START_TIMEOUT_S} s; {log.tail()}")
         time.sleep(_POLL_S)
     return version
 
@@ -111,6 +220,12 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
 
 
 class Faults:
@@ -175,12 +290,19 @@ class Faults:
             server.reset()
 
     def destroy(self, proxy: str) -> None:
-        """Delete `proxy`; one already gone is fine (a run removes only its own proxies, twice if it must)."""
-        with self._client(f"deleting proxy {proxy!r}") as server:
-            found = server.get_proxy(proxy)
-            if found is not None:
-                with contextlib.suppress(NotFound):  # deleted by someone else in between
-                    found.destroy()
+        """Delete `proxy`; one already gone is fine (a run removes only its own proxies, twice if it must).
+        Waits REQUEST_TIMEOUT_S at most to connect and as long for the answer."""
+        with self._client(f"deleting proxy {proxy!r}"), contextlib.suppress(NotFound):  # gone already
+            APIConsumer.delete(f"/proxies/{quote(proxy, safe='')}", timeout=REQUEST_TIMEOUT_S)
+
+    def proxies(self) -> list[str]:
+        """The names of every proxy on the server, sorted (anyone's, not only the harness's). Waits
+        REQUEST_TIMEOUT_S at most to connect and as long for the answer."""
+        with self._client("listing the proxies"):
+            answer = APIConsumer.get("/proxies", timeout=REQUEST_TIMEOUT_S).json()
+        if not isinstance(answer, dict):
+            raise FaultError(f"listing the proxies: {self.url} answered {answer!r}, not an object of proxies")
+        return sorted(str(name) for name in answer)
 
     def destroy_all(self) -> None:
         """Delete every proxy."""
@@ -256,18 +378,41 @@ def _said(error: Exception) -> str:
 
 
 def _version(url: str) -> str | None:
-    """The version of the Toxiproxy answering at `url`, None when nothing answers there in HTTP."""
+    """The version of the Toxiproxy answering at `url`; None when nothing accepts a connection there.
+
+    Raises FaultError when something does but is not a Toxiproxy: another HTTP server, or a port that does
+    not speak HTTP (PostgreSQL, NATS) or says nothing within PROBE_TIMEOUT_S."""
+    host, port = _address(url)
+    try:
+        socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+    except OSError:
+        return None  # refused, unreachable, or no connection within the probe's time: nothing there
     with _pointed_at(url):
         try:
             # the client's get, with a bound: its own version() has none and waits forever on a mute port
             response = APIConsumer.get("/version", timeout=PROBE_TIMEOUT_S)
-        except (OSError, NotFound, InvalidToxic, ProxyExists):
-            return None
-    if response.status_code != 200:
-        return None
+        except (OSError, NotFound, InvalidToxic, ProxyExists) as error:
+            said = _shortened(f"{type(error).__name__}: {error}")
+            raise _not_toxiproxy(url, f"no HTTP answer to GET /version ({said})") from None
     text = str(response.text).strip()
-    try:
-        answer = json.loads(text)  # {"version": "2.8.0"}; before 2.6 the bare version
-    except ValueError:
-        return text or None
-    return str(answer.get("version", text)) if isinstance(answer, dict) else text
+    if response.status_code == 200:
+        if _BARE_VERSION.fullmatch(text):
+            return text  # before 2.6: the bare version
+        with contextlib.suppress(ValueError):
+            answer = json.loads(text)  # {"version": "2.8.0"}
+            if isinstance(answer, dict) and isinstance(answer.get("version"), str) and answer["version"].strip():
+                return str(answer["version"]).strip()
+    raise _not_toxiproxy(url, f"GET /version answered {response.status_code} {_shortened(text)!r}")
+
+
+def _shortened(text: str, limit: int = 160) -> str:
+    """`text` on one line, cut to `limit` characters: enough to recognise what answered."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _not_toxiproxy(url: str, found: str) -> FaultError:
+    return FaultError(
+        f"{url} answers but is not Toxiproxy: {found}; point {TOXIPROXY_URL_ENV} at a Toxiproxy,"
+        " or stop what holds that port"
+    )

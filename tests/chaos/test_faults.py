@@ -1,10 +1,12 @@
 """chaos/faults.py: the harness finds or starts a Toxiproxy server (the one answering, else toxiproxy-server
-from PATH, else ours), drives it through the toxiproxy-python client, and stops only what it started.
+from PATH, else ours; without TOXIPROXY_URL a run's own on a free port), refuses what answers but is not
+a Toxiproxy, drives it through the toxiproxy-python client, and stops only what it started.
 The real server's half runs when TOXIPROXY_SERVER_BIN names its binary."""
 
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import socket
 import socketserver
@@ -12,12 +14,21 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
-from chaos.faults import TOXIPROXY_URL_ENV, FaultError, Faults, ToxiproxyServer, toxiproxy_server
+from chaos.faults import (
+    DEFAULT_TOXIPROXY_URL,
+    TOXIPROXY_URL_ENV,
+    FaultError,
+    Faults,
+    ToxiproxyServer,
+    toxiproxy_server,
+)
 from tests.chaos.conftest import ROOT, free_port
 
 #: The latency toxic's delay: far above a round trip on loopback, so the difference cannot be noise.
@@ -230,3 +241,177 @@ def test_nothing_answering_is_a_fault_error_saying_where() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(FaultError, match=f"'payments'.*no Toxiproxy answers at {url}"):
         Faults(url).disable("payments")
+
+
+def test_proxies_lists_every_proxy_by_name(faults: Faults, echo: str) -> None:
+    assert faults.proxies() == []
+    faults.create_proxy("payments", echo)
+    faults.create_proxy("ledger", echo)
+    assert faults.proxies() == ["ledger", "payments"]
+    faults.destroy("payments")
+    assert faults.proxies() == ["ledger"]
+
+
+def answers_at(url: str) -> bool:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+def test_runs_side_by_side_without_toxiproxy_url_each_start_a_server_of_their_own(
+    origin: str, echo: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(TOXIPROXY_URL_ENV, raising=False)
+    if answers_at(DEFAULT_TOXIPROXY_URL):
+        pytest.skip(f"something answers at {DEFAULT_TOXIPROXY_URL}: the runs would rightly use it, not start theirs")
+    stacks = [contextlib.ExitStack(), contextlib.ExitStack()]
+    together = threading.Barrier(2)
+
+    def start(stack: contextlib.ExitStack) -> ToxiproxyServer:
+        together.wait(timeout=10)  # both look for a server, and start one, at the same moment
+        return stack.enter_context(toxiproxy_server())
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first, second = pool.map(start, stacks)
+        assert first.url != second.url, "two runs share one server that the first to end will stop"
+        assert {first.origin, second.origin} == {origin}
+        for started in (first, second):
+            assert started.url != DEFAULT_TOXIPROXY_URL
+            assert urlsplit(started.url).hostname == "127.0.0.1"
+            Faults(started.url).create_proxy("payments", echo)
+
+        stacks[0].close()  # the first run ends
+        assert refuses(first.url)
+        faults = Faults(second.url)
+        assert faults.proxies() == ["payments"]
+        listen = faults.create_proxy("ledger", echo)
+        assert round_trip(listen) < CLEAN_ROUND_TRIP_S
+    finally:
+        for stack in stacks:
+            stack.close()
+    assert refuses(second.url)
+
+
+@contextlib.contextmanager
+def http_answering(status: int, body: str, content_type: str) -> Iterator[str]:
+    """An HTTP server (not a Toxiproxy) answering every GET with `status` and `body`; its URL."""
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            data = body.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_only_a_toxiproxy_version_answer_is_a_toxiproxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    accepted = [
+        (200, '{"version": "2.8.0"}', "application/json", "2.8.0"),  # 2.6 and later
+        (200, "2.1.4\n", "text/plain", "2.1.4"),  # before 2.6: the bare version
+    ]
+    for status, body, content_type, version in accepted:
+        with http_answering(status, body, content_type) as url:
+            monkeypatch.setenv(TOXIPROXY_URL_ENV, url)
+            with toxiproxy_server() as server:
+                assert server == ToxiproxyServer(url, "running", version)
+    refused = [
+        (200, "<!DOCTYPE html><html><body><h1>Welcome to nginx!</h1></body></html>", "text/html", "Welcome to nginx"),
+        (200, '{"status": "ok"}', "application/json", "status"),
+        (404, "404 page not found", "text/plain", "404"),
+    ]
+    for status, body, content_type, said in refused:
+        with http_answering(status, body, content_type) as url:
+            with (
+                pytest.raises(FaultError, match=f"^{url} answers but is not Toxiproxy: .*{said}"),
+                toxiproxy_server(url),
+            ):
+                pass
+            monkeypatch.setenv(TOXIPROXY_URL_ENV, url)
+            with pytest.raises(FaultError, match=f"^{url} answers but is not Toxiproxy: .*{said}"), toxiproxy_server():
+                pass
+
+
+@contextlib.contextmanager
+def nats_like() -> Iterator[str]:
+    """A TCP server that greets each connection with a NATS INFO line and then waits, as NATS does."""
+
+    class Greet(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            with contextlib.suppress(OSError):
+                self.request.sendall(b'INFO {"server_id":"fake","version":"2.10.0","max_payload":1048576}\r\n')
+                while self.request.recv(65536):
+                    pass
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Greet)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextlib.contextmanager
+def configured(variable: str) -> Iterator[str]:
+    """The host and port of the real server `variable` (DATABASE_URL, NATS_URL) names, as an HTTP URL."""
+    configured_url = os.environ.get(variable, "").strip()
+    parts = urlsplit(configured_url)
+    if not parts.hostname or not parts.port:
+        pytest.skip(f"{variable} names no TCP host and port: that server is not probed")
+    yield f"http://{parts.hostname}:{parts.port}"
+
+
+@pytest.mark.parametrize(
+    "holder",
+    [
+        pytest.param(nats_like, id="a-nats-greeting"),
+        pytest.param(lambda: configured("DATABASE_URL"), id="postgresql"),
+        pytest.param(lambda: configured("NATS_URL"), id="nats"),
+    ],
+)
+def test_a_port_that_does_not_speak_http_is_not_a_toxiproxy(
+    holder: Callable[[], contextlib.AbstractContextManager[str]],
+) -> None:
+    with holder() as url:
+        refused = f"^{url} answers but is not Toxiproxy: no HTTP answer"
+        with pytest.raises(FaultError, match=refused), toxiproxy_server(url):
+            pass
+
+
+@linux_only  # a socket bound but not listening holds its port against another bind on Linux
+def test_a_started_server_that_cannot_listen_says_why_from_its_log(origin: str, tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))  # bound, not listening: nothing answers, yet the port is taken
+        url = f"http://127.0.0.1:{holder.getsockname()[1]}"
+        started = time.monotonic()
+        taken = f"(?s)before answering {url}/version.*address already in use"
+        with pytest.raises(FaultError, match=taken), toxiproxy_server(url):
+            pass
+        log_path = tmp_path / "toxiproxy.log"
+        log_path.write_text("an earlier run's line\n")
+        with (
+            pytest.raises(FaultError, match=f"(?s)address already in use.*{log_path}") as raised,
+            toxiproxy_server(url, log_path=log_path),
+        ):
+            pass
+        assert "an earlier run's line" not in str(raised.value), "only what this server wrote is quoted"
+        assert time.monotonic() - started < 10, "a server that cannot listen is known at once, not at the timeout"
