@@ -377,6 +377,12 @@ def _said(error: Exception) -> str:
     return str(answer.get("error", text.strip())) if isinstance(answer, dict) else text.strip()
 
 
+def toxiproxy_version(url: str) -> str | None:
+    """The version of the Toxiproxy answering at `url`, None when nothing accepts a connection there; a
+    FaultError when what answers is not a Toxiproxy. Waits PROBE_TIMEOUT_S to connect and as long to read."""
+    return _version(url)
+
+
 def _version(url: str) -> str | None:
     """The version of the Toxiproxy answering at `url`; None when nothing accepts a connection there.
 
