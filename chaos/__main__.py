@@ -15,6 +15,8 @@ an invariant, 2 for a usage error, 130 after Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
 import textwrap
 import time
@@ -38,6 +40,7 @@ def _arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m chaos", description="Ballast's chaos harness.")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("list", help="the scenarios and their stories")
+    commands.add_parser("clean", help="remove what runs killed with kill -9 left (databases, streams, proxies)")
     one = commands.add_parser("run", help="run one scenario")
     one.add_argument("name", help="a scenario's name (python -m chaos list)")
     for command in (
@@ -55,6 +58,25 @@ def _list() -> int:
         marks = " [smoke]" if item.smoke else ""
         print(f"{item.name}{marks}")
         print(textwrap.indent(textwrap.fill(item.story, 96), "    "))
+    return 0
+
+
+def _clean() -> int:
+    """Remove what dead runs left on DATABASE_URL's PostgreSQL (or the embedded one), NATS_URL's NATS
+    (a run's embedded NATS went with it) and the Toxiproxy at TOXIPROXY_URL (or the default one)."""
+    from chaos.cleanup import remove_leftovers
+    from chaos.faults import DEFAULT_TOXIPROXY_URL, TOXIPROXY_URL_ENV
+    from chaos.topology import postgres_server_url
+
+    nats_url = os.environ.get("NATS_URL", "").strip() or None
+    toxiproxy_url = os.environ.get(TOXIPROXY_URL_ENV, "").strip() or DEFAULT_TOXIPROXY_URL
+    with postgres_server_url() as database_url:
+        removed = asyncio.run(remove_leftovers(database_url, nats_url, toxiproxy_url))
+    for kind, names in (("database", removed.databases), ("stream", removed.streams), ("proxy", removed.proxies)):
+        for name in names:
+            print(f"removed {kind} {name}")
+    if not removed:
+        print("nothing left behind by a dead run")
     return 0
 
 
@@ -120,6 +142,8 @@ def main(argv: Sequence[str]) -> int:
     arguments = _arguments(argv)
     if arguments.command == "list":
         return _list()
+    if arguments.command == "clean":
+        return _clean()
     if arguments.command == "run":
         try:
             chosen = [scenario(arguments.name)]

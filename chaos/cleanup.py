@@ -57,7 +57,7 @@ class Leftovers:
 
 async def find_leftovers(
     server_database_url: str,
-    nats_url: str,
+    nats_url: str | None,
     toxiproxy_url: str | None,
     *,
     run_ids: Collection[str] | None = None,
@@ -79,7 +79,7 @@ async def find_leftovers(
 
 async def remove_leftovers(
     server_database_url: str,
-    nats_url: str,
+    nats_url: str | None,
     toxiproxy_url: str | None,
     *,
     run_ids: Collection[str] | None = None,
@@ -174,8 +174,10 @@ def _stream_run_id(name: str) -> str | None:
     return run_id if name in (stream, f"{stream}_DEAD") else None
 
 
-async def _streams(nats_url: str) -> dict[str, str]:
-    """The runs' streams on NATS: name -> run id."""
+async def _streams(nats_url: str | None) -> dict[str, str]:
+    """The runs' streams on NATS: name -> run id (none without a NATS: each run's embedded one went with it)."""
+    if nats_url is None:
+        return {}
     connection = await nats.connect(
         nats_url, connect_timeout=NATS_TIMEOUT_S, allow_reconnect=False, max_reconnect_attempts=0
     )
@@ -192,8 +194,8 @@ async def _streams(nats_url: str) -> dict[str, str]:
     return {name: run_id for name in names if (run_id := _stream_run_id(name)) is not None}
 
 
-async def _delete_streams(nats_url: str, names: list[str]) -> list[str]:
-    if not names:
+async def _delete_streams(nats_url: str | None, names: list[str]) -> list[str]:
+    if not names or nats_url is None:
         return []
     deleted = []
     connection = await nats.connect(

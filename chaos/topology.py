@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import asyncpg
 import nats
 from sqlalchemy.engine import make_url
 
@@ -33,6 +34,7 @@ from chaos.bridge import tcp_to_unix
 from chaos.faults import Faults, toxiproxy_server
 from chaos.processes import ROOT, Child, Server, Simulator, clean_environment, free_port, relay, server, simulator
 from chaos.scenarios import Scenario
+from server.db.engine import asyncpg_dsn
 from server.db.scratch import scratch_database
 from server.domain.backoff import backoff_s
 from server.messaging.names import DeploymentNames
@@ -111,7 +113,8 @@ class World:
 
 
 @contextlib.contextmanager
-def _postgres(work_dir: Path) -> Iterator[str]:
+def postgres_server_url() -> Iterator[str]:
+    """DATABASE_URL's PostgreSQL, or the embedded one (started, or joined, for this process)."""
     url = os.environ.get("DATABASE_URL", "").strip()
     if url:
         yield url
@@ -138,6 +141,21 @@ def _nats(work_dir: Path) -> Iterator[str]:
             broker.wait(10)
         except subprocess.TimeoutExpired:
             broker.kill()
+
+
+@contextlib.contextmanager
+def _session_held(database_url: str) -> Iterator[None]:
+    """One idle session on the run's database for as long as the run lives: `python -m chaos clean`
+    takes a chaos database without a session for a dead run's, and a run between its steps (migrating,
+    starting its servers) must not look dead."""
+    loop = asyncio.new_event_loop()
+    connection = loop.run_until_complete(asyncpg.connect(asyncpg_dsn(database_url)))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # the database is dropped next, with FORCE
+            loop.run_until_complete(connection.close(timeout=5))
+        loop.close()
 
 
 def _migrate(database_url: str, log_path: Path) -> None:
@@ -216,9 +234,10 @@ def world(scenario: Scenario, seed: int, work_dir: Path, timings: Timings) -> It
                     faults.destroy(name)
 
         stack.callback(destroy_proxies)
-        postgres_url = stack.enter_context(_postgres(work_dir))
+        postgres_url = stack.enter_context(postgres_server_url())
         nats_url = stack.enter_context(_nats(work_dir))
         database_url = stack.enter_context(scratch_database(postgres_url, f"chaos_{run_id}"))
+        stack.enter_context(_session_held(database_url))
         _migrate(database_url, work_dir / "migrate.log")
         deployment = DeploymentNames(f"chaos_{run_id}")
         stack.callback(lambda: asyncio.run(_delete_stream(nats_url, deployment)))

@@ -1,6 +1,6 @@
 """The chaos harness (`python -m chaos`) as QA runs it: every process a run starts is gone when the run
-is interrupted with Ctrl-C (SIGINT to the terminal's whole process group) or killed outright, and an
-interrupted run leaves no scratch database behind."""
+is interrupted with Ctrl-C or killed outright; an interrupted run leaves no scratch database behind, and
+what a killed one leaves is found and removed by `python -m chaos clean`'s cleanup."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from chaos.cleanup import DATABASE_PATTERN, find_leftovers, remove_leftovers
 from server.db.engine import asyncpg_dsn
 from tests.e2e.conftest import ROOT
 from tests.support.waiting import until
@@ -110,3 +111,11 @@ def test_an_interrupted_run_leaves_no_process_behind(
         assert asyncio.run(_chaos_databases(server_database_url)) <= databases_before
     else:
         assert status == -signal.SIGKILL
+        # nothing of the harness ran again: its database and streams stay, until `clean` takes them
+        left = asyncio.run(_chaos_databases(server_database_url)) - databases_before
+        run_ids = {match["run_id"] for name in left if (match := DATABASE_PATTERN.fullmatch(name))}
+        assert len(run_ids) == 1, left
+        found = asyncio.run(find_leftovers(server_database_url, nats_url, None, run_ids=run_ids))
+        assert found.databases == sorted(left)  # (its stream too, once its relay had made it)
+        assert asyncio.run(remove_leftovers(server_database_url, nats_url, None, run_ids=run_ids)) == found
+        assert asyncio.run(_chaos_databases(server_database_url)) <= databases_before
