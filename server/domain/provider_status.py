@@ -1,4 +1,5 @@
-"""Each provider's vocabulary mapped to Ballast's payment events and leg reports: the only place those mappings live.
+"""Each provider's vocabulary mapped to Ballast's payment and refund events and leg reports: the only place those
+mappings live.
 
 A provider's status is stored verbatim as evidence; only its mapped event can move a payment.
 """
@@ -10,6 +11,7 @@ import enum
 from server.domain.errors import BallastError
 from server.domain.order_legs import LegState
 from server.domain.payment_states import PaymentEvent
+from server.domain.refund_states import RefundEvent
 
 E = PaymentEvent
 
@@ -35,6 +37,16 @@ PROVIDER_STATUS_EVENTS: dict[str, dict[str, PaymentEvent]] = {
 }
 
 
+#: provider -> {a refund's status word, lower case -> internal refund event}
+PROVIDER_REFUND_STATUS_EVENTS: dict[str, dict[str, RefundEvent]] = {
+    "simulator": {
+        "pending": RefundEvent.ACCEPTED,
+        "succeeded": RefundEvent.SUCCEEDED,
+        "failed": RefundEvent.FAILED,
+    },
+}
+
+
 class UnknownProviderStatus(BallastError):
     """A status word the mapping does not know: kept as evidence, never guessed at."""
 
@@ -47,6 +59,14 @@ class UnknownProviderStatus(BallastError):
 def event_for(provider: str, status: str) -> PaymentEvent:
     try:
         return PROVIDER_STATUS_EVENTS[provider][status.strip().lower()]
+    except KeyError:
+        raise UnknownProviderStatus(provider, status) from None
+
+
+def refund_event_for(provider: str, status: str) -> RefundEvent:
+    """The refund event a provider's word for a refund's status stands for; UnknownProviderStatus if none."""
+    try:
+        return PROVIDER_REFUND_STATUS_EVENTS[provider][status.strip().lower()]
     except KeyError:
         raise UnknownProviderStatus(provider, status) from None
 
