@@ -196,6 +196,8 @@ async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Ti
     finally:
         for task in playing:
             task.cancel()
+        # what the clients were told so far, even when the run is interrupted: it can be checked later
+        history.write(the_world.work_dir / "history.jsonl")
     await asyncio.to_thread(_heal_everything, the_world, planned)
     healed = time.monotonic()
     say(f"{len(history.by_key())} payments asked in {load_s:.0f}s; every fault healed, settling")
@@ -215,7 +217,6 @@ async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Ti
     if "breaker_cycled" in scenario.expect:
         results.append(checker.breaker_cycles(changes, BREAKER_CYCLES_MIN))
     results.insert(0, checker.converged(snapshot, convergence.left, SETTLE_TIMEOUT_S))
-    history.write(the_world.work_dir / "history.jsonl")
     return RunReport(
         scenario=scenario.name,
         story=scenario.story,
