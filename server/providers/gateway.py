@@ -35,40 +35,37 @@ __all__ = [
 _PATH_ID = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_.:\-]{0,254}")
 
 
+class _StatedTerms:
+    """The terms a provider's answer states about its object, read from the raw body it keeps."""
+
+    body: bytes
+
+    @property
+    def amount(self) -> str | None:
+        """The amount the provider says the object is for, verbatim (None if it states none)."""
+        return _stated(self.body, "amount")
+
+    @property
+    def currency_code(self) -> str | None:
+        return _stated(self.body, "currency")
+
+
 @dataclass(frozen=True)
-class ProviderPayment:
+class ProviderPayment(_StatedTerms):
     """A definite answer: the provider's id and status for one payment, and the raw body as evidence."""
 
     provider_payment_id: str
     status: str
     body: bytes
 
-    @property
-    def amount(self) -> str | None:
-        """The amount the provider says the payment is for, verbatim (None if it states none)."""
-        return _stated(self.body, "amount")
-
-    @property
-    def currency_code(self) -> str | None:
-        return _stated(self.body, "currency")
-
 
 @dataclass(frozen=True)
-class ProviderRefund:
+class ProviderRefund(_StatedTerms):
     """A definite answer: the provider's id and status for one refund, and the raw body as evidence."""
 
     provider_refund_id: str
     status: str
     body: bytes
-
-    @property
-    def amount(self) -> str | None:
-        """The amount the provider says the refund is for, verbatim (None if it states none)."""
-        return _stated(self.body, "amount")
-
-    @property
-    def currency_code(self) -> str | None:
-        return _stated(self.body, "currency")
 
     @property
     def provider_payment_id(self) -> str | None:
