@@ -83,6 +83,10 @@ def delivery_of(source: WebhookSource, event: ProviderEvent, headers: dict[str, 
     subject_id, status = event.subject_id, event.status
     if subject_id is None or status is None:
         return None
+    if event.about_a_refund:
+        # Ballast asks no provider for refunds yet: a refund's event is kept as evidence, about
+        # nothing it keeps, and never taken for a leg's report
+        return None
     if event.about_a_payment:
         return Delivery(source, event, headers, body, _payment_application(source, event, subject_id, status), None)
     return Delivery(source, event, headers, body, None, _leg_handler(source, event, subject_id, status))

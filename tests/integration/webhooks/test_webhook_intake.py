@@ -316,6 +316,32 @@ async def test_an_event_about_nothing_of_ours_is_kept_and_acknowledged(post: Pos
     assert status == 400
 
 
+async def test_a_refund_event_is_kept_and_acknowledged_and_never_taken_for_a_legs_report(
+    post: Post, pool: asyncpg.Pool
+) -> None:
+    refund_id = uuid.uuid4()
+    refund = {
+        "id": "re_0123456789",
+        "object": "refund",
+        "payment": "pay_0123456789",
+        "amount": "5.00",
+        "currency": "EUR",
+        "status": "succeeded",
+        "idempotency_key": str(refund_id),
+    }
+    body = json.dumps(
+        {"id": f"evt_{uuid.uuid4().hex}", "type": "refund.succeeded", "sequence": 2, "data": {"object": refund}}
+    ).encode()
+    legs_before = await count_rows(pool, "SELECT count(*) FROM leg_transitions")
+    status, reply = await post(body)
+    assert (status, reply["outcome"]) == (200, "ignored")
+    assert (
+        await count_rows(pool, "SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", json.loads(body)["id"])
+        == 1
+    )
+    assert await count_rows(pool, "SELECT count(*) FROM leg_transitions") == legs_before
+
+
 def _queued() -> float:
     return REGISTRY.get_sample_value("ballast_webhook_intake_queued") or 0.0
 
