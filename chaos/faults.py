@@ -41,6 +41,7 @@ from toxiproxy import Toxiproxy
 from toxiproxy.api import APIConsumer
 from toxiproxy.exceptions import InvalidToxic, NotFound, ProxyExists
 
+from chaos.processes import free_port
 from server.ownership import die_with_parent
 
 TOXIPROXY_URL_ENV = "TOXIPROXY_URL"
@@ -105,7 +106,7 @@ def toxiproxy_server(url: str | None = None, *, log_path: Path | None = None) ->
         yield ToxiproxyServer(probed, "running", version)  # not ours: nothing to stop
         return
     for attempt in range(1, START_ATTEMPTS + 1):
-        target = explicit or f"http://{LOOPBACK}:{_free_port()}"
+        target = explicit or f"http://{LOOPBACK}:{free_port()}"
         try:
             started = contextlib.ExitStack()
             server = started.enter_context(_started(target, log_path))
@@ -220,12 +221,6 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 class Faults:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +62,6 @@ class Child:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return None if self.process is None else self.process.pid
 
     def start(self, *, stdout: int | None = None) -> subprocess.Popen[str]:
         self.starts += 1
@@ -144,12 +140,6 @@ class Simulator:
         truth: dict[str, Any] = self.control("GET", "/_sim/truth")
         return truth
 
-    def set_profile(self, name: str | None, settings: dict[str, Any]) -> None:
-        body: dict[str, Any] = {"settings": settings}
-        if name is not None:
-            body["name"] = name
-        self.control("PUT", "/_sim/profile", body)
-
 
 def simulator(log_path: Path, *, profile: str, seed: int, webhook_url: str, webhook_secret: str) -> Simulator:
     """The simulator on a free loopback port, sending its webhooks to `webhook_url` (not started yet).
@@ -171,7 +161,6 @@ class Server:
     http_port: int
     token: str
     client_id: str
-    kills: list[float] = field(default_factory=list)
 
     @property
     def address(self) -> str:

@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,13 +54,6 @@ SELECT count(*) FILTER (WHERE o.published_at IS NULL AND o.dead_lettered_at IS N
        )) AS unconsumed
 FROM outbox o
 """
-
-
-@dataclass
-class _Faulting:
-    """The faults as they were really applied, for the report."""
-
-    applied: list[AppliedFault] = field(default_factory=list)
 
 
 def _apply(the_world: World, fault: PlannedFault) -> None:
@@ -113,10 +106,11 @@ async def _at(started: float, offset_s: float, step: Callable[[], None]) -> tupl
     return applied_s, None
 
 
-async def _play(the_world: World, fault: PlannedFault, started: float, faulting: _Faulting) -> None:
+async def _play(the_world: World, fault: PlannedFault, started: float, applied: list[AppliedFault]) -> None:
+    """Apply the fault and heal it on its schedule; how that really went goes into `applied`."""
     applied_s, apply_error = await _at(started, fault.at_s, lambda: _apply(the_world, fault))
     healed_s, heal_error = await _at(started, fault.heals_at_s, lambda: _heal(the_world, fault))
-    faulting.applied.append(
+    applied.append(
         AppliedFault(fault.describe(), fault.at_s, fault.heals_at_s, applied_s, healed_s, apply_error or heal_error)
     )
 
@@ -179,7 +173,7 @@ def _breaker_changes(the_world: World) -> list[dict[str, Any]]:
 async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Timings) -> RunReport:
     history = History()
     planned = plan(scenario, seed)
-    faulting = _Faulting()
+    applied: list[AppliedFault] = []  # the faults as they were really applied, for the report
     targets = [Target(replica.address, replica.metadata) for replica in the_world.servers]
     driver = Driver(targets, scenario.load, seed, the_world.run_id, history)
     say(
@@ -188,7 +182,7 @@ async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Ti
     )
     started = time.monotonic()
     began_at = datetime.now(UTC)
-    playing = [asyncio.create_task(_play(the_world, fault, started, faulting)) for fault in planned]
+    playing = [asyncio.create_task(_play(the_world, fault, started, applied)) for fault in planned]
     try:
         await driver.run(started)
         load_s = time.monotonic() - started
@@ -226,10 +220,8 @@ async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Ti
         relays=scenario.relays,
         profile=scenario.profile,
         toxiproxy=the_world.toxiproxy_origin,
-        faults=sorted(faulting.applied, key=lambda fault: fault.planned_at_s),
-        load=summarize_load(
-            history, load_s, snapshot, truth, [(f.applied_at_s, f.healed_at_s) for f in faulting.applied]
-        ),
+        faults=sorted(applied, key=lambda fault: fault.planned_at_s),
+        load=summarize_load(history, load_s, snapshot, truth, [(f.applied_at_s, f.healed_at_s) for f in applied]),
         convergence=convergence,
         breaker_changes=changes,
         invariants=results,
