@@ -21,7 +21,7 @@ from decimal import Decimal
 from itertools import pairwise
 from typing import Any
 
-from chaos.history import History, Kind
+from chaos.history import History, Kind, Operation
 from server.domain.cases import CaseStatus
 from server.domain.corrections import CORRECTION_EVENT, CORRECTIONS
 from server.domain.events import PAYMENT_RECORDED, PAYMENT_STATE_CHANGED
@@ -134,6 +134,13 @@ class Snapshot:
             if case.status == CaseStatus.OPEN and case.payment_id is not None:
                 found[case.payment_id].append(case)
         return found
+
+    def moves_by_payment(self) -> dict[str, list[TransitionRow]]:
+        """Each payment's moves, in the order they were written."""
+        moves: dict[str, list[TransitionRow]] = defaultdict(list)
+        for move in sorted(self.transitions, key=lambda t: t.sequence):
+            moves[move.payment_id].append(move)
+        return dict(moves)
 
     def timeline(self, payment_id: str) -> tuple[str, ...]:
         """The payment's moves in the order they were written, `FROM -> TO (EVENT)`."""
@@ -274,13 +281,11 @@ def no_backward_transition(snapshot: Snapshot) -> InvariantResult:
     """Every payment's timeline is a walk of the domain's machine from its initial state to the state it
     holds: no move the machine (or, for a CORRECTION, the correction table) does not allow, and no gap
     where a move went unrecorded."""
-    moves: dict[str, list[TransitionRow]] = defaultdict(list)
-    for move in snapshot.transitions:
-        moves[move.payment_id].append(move)
+    moves = snapshot.moves_by_payment()
     payments = snapshot.payment_by_id()
     witnesses = []
     for payment_id in sorted(set(moves) | set(payments)):
-        timeline = sorted(moves.get(payment_id, []), key=lambda t: t.sequence)
+        timeline = moves.get(payment_id, [])
         evidence = []
         at = INITIAL_PAYMENT_STATE.value
         for move in timeline:
@@ -453,16 +458,12 @@ def unknown_resolved_within_sla(snapshot: Snapshot, sla_s: float) -> InvariantRe
     """Every stay in UNKNOWN ends within `sla_s`: the payment moves on, or a case on it is opened, by
     then. A stay still open when the snapshot was taken is judged only once its SLA has run out; a stay
     whose moves carry no time cannot be judged and is a witness of its own."""
-    moves: dict[str, list[TransitionRow]] = defaultdict(list)
-    for move in snapshot.transitions:
-        moves[move.payment_id].append(move)
     cases_opened: dict[str, list[float]] = defaultdict(list)
     for case in snapshot.cases:
         if case.payment_id is not None and case.opened_at_s is not None:
             cases_opened[case.payment_id].append(case.opened_at_s)
     witnesses = []
-    for payment_id, timeline in moves.items():
-        timeline.sort(key=lambda t: t.sequence)
+    for payment_id, timeline in snapshot.moves_by_payment().items():
         for index, entered in enumerate(timeline):
             if entered.to_state != PaymentState.UNKNOWN:
                 continue
@@ -668,13 +669,18 @@ def fail_had_no_effect(history: History, truth: Mapping[str, Any], snapshot: Sna
 BREAKER_OPEN_MESSAGE = "circuit breaker"
 
 
-def breaker_answer_latencies(history: History) -> list[float]:
-    """How long each call answered by an open breaker took, in seconds, in the order they completed."""
+def _breaker_answers(history: History) -> list[tuple[Operation, Operation]]:
+    """The calls an open breaker answered, as (invoke, completion), in the order they completed."""
     return [
-        round(done.time_s - invoked.time_s, 4)
+        (invoked, done)
         for invoked, done in history.calls()
         if done.kind is not Kind.OK and BREAKER_OPEN_MESSAGE in (done.message or "")
     ]
+
+
+def breaker_answer_latencies(history: History) -> list[float]:
+    """How long each call answered by an open breaker took, in seconds, in the order they completed."""
+    return [round(done.time_s - invoked.time_s, 4) for invoked, done in _breaker_answers(history)]
 
 
 def percentile(values: Sequence[float], fraction: float) -> float | None:
@@ -690,11 +696,7 @@ def breaker_fails_fast(history: History, bound_s: float, *, expected: bool) -> I
     """While the breaker was open, calls failed fast: the p99 of the answers an open breaker gave is
     within `bound_s` (not the provider's timeout); when it is not, the calls slower than the bound are
     the witnesses. With `expected`, the scenario must have opened it."""
-    answers = [
-        (invoked, done)
-        for invoked, done in history.calls()
-        if done.kind is not Kind.OK and BREAKER_OPEN_MESSAGE in (done.message or "")
-    ]
+    answers = _breaker_answers(history)
     p99 = percentile([done.time_s - invoked.time_s for invoked, done in answers], 0.99)
     witnesses = []
     if p99 is not None and p99 > bound_s:

@@ -79,11 +79,7 @@ def _window_stats(calls: list[tuple[float, bool]]) -> dict[str, float]:
 
 def _longest_unknown_s(snapshot: Snapshot) -> float | None:
     longest: float | None = None
-    moves: dict[str, list[Any]] = defaultdict(list)
-    for move in snapshot.transitions:
-        moves[move.payment_id].append(move)
-    for timeline in moves.values():
-        timeline.sort(key=lambda move: move.sequence)
+    for timeline in snapshot.moves_by_payment().values():
         for index, move in enumerate(timeline):
             if move.to_state != "UNKNOWN" or move.occurred_at_s is None:
                 continue
