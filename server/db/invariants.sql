@@ -22,6 +22,7 @@
 --   5. Every ledger entry is a balanced double entry
 --   6. The audit log is a hash chain per aggregate
 --   7. A new outbox event wakes the relays
+--   8. A refund holds part of its captured payment, keeps its terms, and moves only along its machine
 
 
 -- =================================================================================================
@@ -53,6 +54,11 @@ CREATE TRIGGER leg_state_transitions_append_only BEFORE INSERT OR UPDATE OR DELE
 CREATE TRIGGER leg_state_transitions_no_truncate BEFORE TRUNCATE ON leg_state_transitions
     FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
 
+CREATE TRIGGER refund_state_transitions_append_only BEFORE INSERT OR UPDATE OR DELETE ON refund_state_transitions
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER refund_state_transitions_no_truncate BEFORE TRUNCATE ON refund_state_transitions
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+
 -- History: every state change, every witness's word, every posting and every audit entry is kept as
 -- written.
 CREATE TRIGGER payment_transitions_append_only BEFORE UPDATE OR DELETE ON payment_transitions
@@ -67,6 +73,11 @@ CREATE TRIGGER provider_statuses_no_truncate BEFORE TRUNCATE ON provider_statuse
 
 CREATE TRIGGER webhook_deliveries_append_only BEFORE UPDATE OR DELETE ON webhook_deliveries
     FOR EACH ROW EXECUTE FUNCTION refuse_change();
+
+CREATE TRIGGER refund_transitions_append_only BEFORE UPDATE OR DELETE ON refund_transitions
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
+CREATE TRIGGER refund_transitions_no_truncate BEFORE TRUNCATE ON refund_transitions
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
 
 CREATE TRIGGER leg_transitions_append_only BEFORE UPDATE OR DELETE ON leg_transitions
     FOR EACH ROW EXECUTE FUNCTION refuse_change();
@@ -98,14 +109,20 @@ CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
 -- 2. A payment starts RECORDED, keeps its terms, and moves only along its machine
 -- =================================================================================================
 
--- A payment is born RECORDED; its amount, currency, client and idempotency key never change; its
--- state changes only by appending a payment_transitions row (whose triggers below, one level down,
--- are the only writers of payments.state).
+-- A payment is born RECORDED with nothing refunded; its amount, currency, client and idempotency key
+-- never change; its state changes only by appending a payment_transitions row, and what its refunds
+-- hold and returned only by its refunds (section 8): their triggers, one level down, are the only
+-- writers of payments.state, refund_held and refunded.
 CREATE FUNCTION payments_guard_state() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' AND NEW.state <> 'RECORDED' THEN
-        RAISE EXCEPTION 'a payment starts RECORDED, not %', NEW.state
+    IF TG_OP = 'INSERT' AND (NEW.state <> 'RECORDED' OR NEW.refund_held <> 0 OR NEW.refunded <> 0) THEN
+        RAISE EXCEPTION 'a payment starts RECORDED with nothing refunded, not %', NEW.state
             USING ERRCODE = 'check_violation', CONSTRAINT = 'payments_initial_state';
+    END IF;
+    IF TG_OP = 'UPDATE' AND pg_trigger_depth() < 2
+            AND (NEW.refund_held, NEW.refunded) IS DISTINCT FROM (OLD.refund_held, OLD.refunded) THEN
+        RAISE EXCEPTION 'payment %: what its refunds hold and returned changes only through its refunds', OLD.id
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'payments_refunds_by_refund';
     END IF;
     IF TG_OP = 'UPDATE' AND (NEW.amount, NEW.currency_code, NEW.client_id, NEW.idempotency_key)
             IS DISTINCT FROM (OLD.amount, OLD.currency_code, OLD.client_id, OLD.idempotency_key) THEN
@@ -127,13 +144,18 @@ CREATE TRIGGER payments_guard_state BEFORE INSERT OR UPDATE ON payments
 -- from the state the payment is in (another writer got there first: a serialization failure, so the
 -- caller retries on fresh data), and it is a move of the machine (payment_state_transitions) or a
 -- correction of the correction table (payment_corrections). A correction a person must approve, and
--- any correction of a payment corrected before, needs approved_by.
+-- any correction of a payment corrected before, needs approved_by. The moves its own refunds make
+-- say what they returned: PARTIALLY_REFUNDED some of the payment, REFUNDED (from SUCCEEDED or
+-- PARTIALLY_REFUNDED) all of it.
 CREATE FUNCTION payment_transitions_apply() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     current_state text;
     approval text;
+    captured numeric;
+    returned numeric;
 BEGIN
-    SELECT state INTO current_state FROM payments WHERE id = NEW.payment_id FOR UPDATE;
+    SELECT state, amount, refunded INTO current_state, captured, returned FROM payments
+    WHERE id = NEW.payment_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'payment % does not exist', NEW.payment_id
             USING ERRCODE = 'foreign_key_violation';
@@ -160,6 +182,13 @@ BEGIN
                       WHERE from_state = NEW.from_state AND to_state = NEW.to_state) THEN
         RAISE EXCEPTION 'payment: % -> % is not an allowed transition', NEW.from_state, NEW.to_state
             USING ERRCODE = 'check_violation', CONSTRAINT = 'payment_transition_allowed';
+    END IF;
+    IF NEW.event <> 'CORRECTION' AND NEW.from_state IN ('SUCCEEDED', 'PARTIALLY_REFUNDED') AND (
+            (NEW.to_state = 'PARTIALLY_REFUNDED' AND NOT (returned > 0 AND returned < captured))
+            OR (NEW.to_state = 'REFUNDED' AND returned <> captured)) THEN
+        RAISE EXCEPTION 'payment %: % says what its refunds returned, and they returned % of %', NEW.payment_id,
+            NEW.to_state, returned, captured
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'payment_refunded_as_refunds_say';
     END IF;
     RETURN NEW;
 END $$;
@@ -397,3 +426,92 @@ END $$;
 
 CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
     FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+
+
+-- =================================================================================================
+-- 8. A refund holds part of its captured payment, keeps its terms, and moves only along its machine
+-- =================================================================================================
+
+-- A refund is born RECORDED, of a payment whose money is captured (SUCCEEDED or PARTIALLY_REFUNDED),
+-- in its currency, for its client. From then on its amount counts against the payment (refund_held)
+-- until it ends without money moving; the payments CHECK keeps what all its refunds hold within the
+-- payment's amount, so concurrent refunds (each waits for the payment's row lock here) never add up
+-- to more than was captured. Its terms never change; its state changes only by appending a
+-- refund_transitions row (whose trigger, one level down, is the only writer of refunds.state).
+CREATE FUNCTION refunds_guard() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        IF NEW.state <> 'RECORDED' THEN
+            RAISE EXCEPTION 'a refund starts RECORDED, not %', NEW.state
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'refunds_initial_state';
+        END IF;
+        UPDATE payments SET refund_held = refund_held + NEW.amount
+        WHERE id = NEW.payment_id AND client_id = NEW.client_id AND currency_code = NEW.currency_code
+          AND state IN ('SUCCEEDED', 'PARTIALLY_REFUNDED');
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'refund %: payment % is not a captured % payment of client %', NEW.id, NEW.payment_id,
+                NEW.currency_code, NEW.client_id
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'refunds_of_captured_payment';
+        END IF;
+        RETURN NEW;
+    END IF;
+    IF (NEW.payment_id, NEW.client_id, NEW.idempotency_key, NEW.amount, NEW.currency_code)
+            IS DISTINCT FROM (OLD.payment_id, OLD.client_id, OLD.idempotency_key, OLD.amount, OLD.currency_code) THEN
+        RAISE EXCEPTION 'refund %: payment, client, key, amount and currency never change', OLD.id
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'refunds_terms_immutable';
+    END IF;
+    IF NEW.state IS DISTINCT FROM OLD.state AND pg_trigger_depth() < 2 THEN
+        RAISE EXCEPTION 'refund % state % -> %: only an appended refund_transitions row may change it',
+            OLD.id, OLD.state, NEW.state
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'refunds_state_by_transition';
+    END IF;
+    IF OLD.provider_refund_id IS NOT NULL AND NEW.provider_refund_id IS DISTINCT FROM OLD.provider_refund_id THEN
+        RAISE EXCEPTION 'refund %: provider refund id % is set once, not changed to %',
+            OLD.id, OLD.provider_refund_id, NEW.provider_refund_id
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'refunds_provider_id_once';
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER refunds_guard BEFORE INSERT OR UPDATE ON refunds
+    FOR EACH ROW EXECUTE FUNCTION refunds_guard();
+
+-- Each appended transition is checked under its refund's row lock: it starts from the state the refund
+-- is in (another writer got there first: a serialization failure), and it is a move of the machine
+-- (refund_state_transitions). It moves the refund, and the payment's totals with it: a refund that
+-- ends without money moving (FAILED, REJECTED, EXPIRED) no longer holds its amount; one that
+-- SUCCEEDED adds it to what was returned. A moved refund starts its own check schedule, as a payment.
+CREATE FUNCTION refund_transitions_apply() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    current_state text;
+    refund_amount numeric;
+    refund_payment uuid;
+BEGIN
+    SELECT state, amount, payment_id INTO current_state, refund_amount, refund_payment FROM refunds
+    WHERE id = NEW.refund_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'refund % does not exist', NEW.refund_id USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    IF current_state <> NEW.from_state THEN
+        RAISE EXCEPTION 'refund % is %, not % as the transition claims', NEW.refund_id, current_state,
+            NEW.from_state USING ERRCODE = 'serialization_failure';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM refund_state_transitions
+                   WHERE from_state = NEW.from_state AND to_state = NEW.to_state) THEN
+        RAISE EXCEPTION 'refund: % -> % is not an allowed transition', NEW.from_state, NEW.to_state
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'refund_transition_allowed';
+    END IF;
+    UPDATE refunds SET state = NEW.to_state, updated_at = NEW.occurred_at, check_attempts = 0,
+        next_check_at = CASE WHEN NEW.to_state IN ('RECORDED', 'PENDING', 'UNKNOWN')
+                              AND next_check_at <= NEW.occurred_at THEN next_check_at END
+    WHERE id = NEW.refund_id;
+    IF NEW.to_state IN ('FAILED', 'REJECTED', 'EXPIRED') THEN
+        UPDATE payments SET refund_held = refund_held - refund_amount WHERE id = refund_payment;
+    ELSIF NEW.to_state = 'SUCCEEDED' THEN
+        UPDATE payments SET refunded = refunded + refund_amount WHERE id = refund_payment;
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER refund_transitions_apply BEFORE INSERT ON refund_transitions
+    FOR EACH ROW EXECUTE FUNCTION refund_transitions_apply();

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from alembic.config import Config
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 #: Every function and trigger of the schema at head, grouped by the invariant each guards.
 INVARIANTS_SQL = Path(__file__).parent / "invariants.sql"
+#: Where each revision keeps its own frozen copy of the SQL it loads (functions and triggers).
+FROZEN_SQL_DIR = MIGRATIONS_DIR / "versions"
 
 #: The revisions folded into the baseline (0014): a database at one of them was built before the baseline.
 FOLDED_REVISIONS = frozenset(f"{number:04}" for number in range(1, 14))
@@ -71,3 +74,17 @@ def sql_statements(script: str) -> list[str]:
     if any(line.strip() and not line.strip().startswith("--") for line in rest.splitlines()):
         raise ValueError(f"the SQL script ends without a semicolon after: {rest.strip()[:200]!r}")
     return statements
+
+
+def frozen_sql(revision: str, name: str, sha256: str) -> list[str]:
+    """The statements of a revision's frozen SQL file (in FROZEN_SQL_DIR), refused when the file is not
+    the one the revision was written with: a revision builds the same schema forever."""
+    path = FROZEN_SQL_DIR / name
+    script = path.read_bytes().replace(b"\r\n", b"\n")  # as committed, whatever the checkout did
+    if hashlib.sha256(script).hexdigest() != sha256:
+        raise RuntimeError(
+            f"{name} changed, but revision {revision} must keep building the schema it always built: restore"
+            f" it (`git checkout -- server/db/migrations/versions/{name}`) and make the change in a new revision"
+            " as well as in server/db/invariants.sql."
+        )
+    return sql_statements(script.decode())

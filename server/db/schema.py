@@ -42,6 +42,8 @@ from server.domain.payments import (
     MERCHANT_REFERENCE_LENGTH_MAX,
     OPERATION_LENGTH_MAX,
 )
+from server.domain.refund_states import REASON_LENGTH_MAX as REFUND_REASON_LENGTH_MAX
+from server.domain.refund_states import UNDECIDED_REFUND_STATES, RefundState
 
 metadata = sa.MetaData(
     naming_convention={
@@ -129,6 +131,10 @@ payments = sa.Table(
     sa.Column("check_attempts", sa.Integer, nullable=False, server_default="0"),
     # when a retry last began sending the payment (a new payment's first attempt is its creation)
     sa.Column("submitted_at", sa.DateTime(timezone=True), nullable=True),
+    # what its refunds count against it (those that succeeded or still may), and what they returned:
+    # written by the refunds' triggers only (invariants.sql, section 8)
+    sa.Column("refund_held", sa.Numeric, nullable=False, server_default="0"),
+    sa.Column("refunded", sa.Numeric, nullable=False, server_default="0"),
     # One payment per idempotency key, and never a payment without its key record.
     sa.UniqueConstraint("client_id", "idempotency_key"),
     sa.ForeignKeyConstraint(
@@ -152,6 +158,10 @@ payments = sa.Table(
         _length("provider_status", evidence.PROVIDER_STATUS_LENGTH_MAX, required=False), name="provider_status_length"
     ),
     sa.CheckConstraint("check_attempts >= 0", name="check_attempts_nonnegative"),
+    # never refunded more than captured, however many refunds race for it
+    sa.CheckConstraint(
+        "0 <= refunded AND refunded <= refund_held AND refund_held <= amount", name="refunds_within_amount"
+    ),
     sa.Index("ix_payments_client_id_created_at_id", "client_id", sa.text("created_at DESC"), sa.text("id DESC")),
     # The resolver's questions: which payments are due a check, by their schedule or by default.
     sa.Index(
@@ -545,4 +555,89 @@ venue_instructions = sa.Table(
         "What Ballast decided to ask of the venue (modify or cancel a leg), written in the transaction that"
         " decided it and sent until the venue answers, under the instruction's id as the venue's idempotency key."
     ),
+)
+
+
+refund_state_transitions = sa.Table(
+    "refund_state_transitions",
+    metadata,
+    sa.Column("from_state", sa.Text, nullable=False),
+    sa.Column("to_state", sa.Text, nullable=False),
+    sa.PrimaryKeyConstraint("from_state", "to_state"),
+    comment="The allowed (from, to) pairs of the refund state machine; a snapshot of server/domain.",
+)
+
+refunds = sa.Table(
+    "refunds",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("payment_id", UUID(as_uuid=True), sa.ForeignKey("payments.id"), nullable=False),
+    sa.Column("client_id", sa.Text, nullable=False),
+    sa.Column("idempotency_key", sa.Text, nullable=False),
+    sa.Column("amount", sa.Numeric, nullable=False),
+    sa.Column("currency_code", sa.Text, nullable=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("metadata", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("provider_refund_id", sa.Text, nullable=True),
+    sa.Column("provider_status", sa.Text, nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    # the resolver's schedule for an undecided refund, as for payments
+    sa.Column("next_check_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("check_attempts", sa.Integer, nullable=False, server_default="0"),
+    # when a retry last began sending the refund (a new refund's first attempt is its creation)
+    sa.Column("submitted_at", sa.DateTime(timezone=True), nullable=True),
+    sa.UniqueConstraint("client_id", "idempotency_key"),
+    sa.ForeignKeyConstraint(
+        ["client_id", "idempotency_key"], ["idempotency_keys.client_id", "idempotency_keys.idempotency_key"]
+    ),
+    sa.CheckConstraint(f"amount > 0 AND amount <= {_plain(AMOUNT_MAX)}", name="amount_range"),
+    sa.CheckConstraint(f"scale(amount) <= {AMOUNT_SCALE_MAX}", name="amount_scale"),
+    sa.CheckConstraint(_iso_4217(), name="currency_code_iso4217"),
+    sa.CheckConstraint(_one_of("state", RefundState), name="state_known"),
+    sa.CheckConstraint(_length("reason", REFUND_REASON_LENGTH_MAX, required=False), name="reason_length"),
+    sa.CheckConstraint("jsonb_typeof(metadata) = 'object'", name="metadata_object"),
+    sa.CheckConstraint(
+        _length("provider_refund_id", evidence.PROVIDER_ID_LENGTH_MAX, required=False),
+        name="provider_refund_id_length",
+    ),
+    sa.CheckConstraint(
+        _length("provider_status", evidence.PROVIDER_STATUS_LENGTH_MAX, required=False), name="provider_status_length"
+    ),
+    sa.CheckConstraint("check_attempts >= 0", name="check_attempts_nonnegative"),
+    sa.Index("ix_refunds_payment_id_created_at_id", "payment_id", "created_at", "id"),
+    sa.Index(
+        "ix_refunds_undecided_updated_at",
+        "updated_at",
+        postgresql_where=sa.text(_one_of("state", UNDECIDED_REFUND_STATES)),
+    ),
+    sa.Index("ix_refunds_next_check_at", "next_check_at", postgresql_where=sa.text("next_check_at IS NOT NULL")),
+    comment=(
+        "A refund a client asked for of a captured payment, in its internal state; its amount counts"
+        " against the payment's (payments.refund_held) from the moment it is recorded until it ends"
+        " without money moving."
+    ),
+)
+
+refund_transitions = sa.Table(
+    "refund_transitions",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("refund_id", UUID(as_uuid=True), sa.ForeignKey("refunds.id"), nullable=False),
+    sa.Column("from_state", sa.Text, nullable=False),
+    sa.Column("to_state", sa.Text, nullable=False),
+    sa.Column("event", sa.Text, nullable=False),
+    sa.Column("cause", sa.Text, nullable=False),
+    sa.Column("evidence_ref", sa.Text, nullable=False),
+    sa.Column("provider_status", sa.Text, nullable=True),
+    sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint(_length("cause", evidence.CAUSE_LENGTH_MAX), name="cause_length"),
+    sa.CheckConstraint(_length("evidence_ref", evidence.EVIDENCE_REF_LENGTH_MAX), name="evidence_ref_length"),
+    sa.CheckConstraint(_length("event", evidence.EVENT_LENGTH_MAX), name="event_length"),
+    sa.CheckConstraint(
+        _length("provider_status", evidence.PROVIDER_STATUS_LENGTH_MAX, required=False), name="provider_status_length"
+    ),
+    sa.Index("ix_refund_transitions_refund_id", "refund_id", "id"),
+    comment="Every state change of every refund, with its cause and the evidence behind it. Append-only.",
 )

@@ -95,8 +95,10 @@ def payment_postings(
 ) -> list[Posting]:
     """What the ledger records when a payment moves from_state -> to_state (often nothing).
 
-    Money is recognised when the payment succeeds, and reversed when a refund succeeds. A refund
-    that fails returns to SUCCEEDED without posting: nothing had been reversed.
+    Money is recognised when the payment succeeds, and reversed when the provider's refund of the
+    whole payment succeeds (REFUND_PENDING -> REFUNDED). A refund that fails returns to SUCCEEDED
+    without posting: nothing had been reversed. The refunds Ballast asks for post their own reversals
+    (refund_postings), so the payment's moves they cause (REFUND_MOVES) post nothing.
     """
     if to_state is PaymentState.SUCCEEDED and from_state is not PaymentState.REFUND_PENDING:
         return [
@@ -110,7 +112,7 @@ def payment_postings(
                 payment_id=payment_id,
             )
         ]
-    if to_state is PaymentState.REFUNDED:
+    if to_state is PaymentState.REFUNDED and from_state is PaymentState.REFUND_PENDING:
         return [
             _transfer(
                 f"payment:{payment_id}:refunded",
@@ -123,6 +125,24 @@ def payment_postings(
             )
         ]
     return []
+
+
+def refund_postings(
+    refund_id: uuid.UUID, payment_id: uuid.UUID, client_id: str, amount: Decimal, currency_code: str
+) -> list[Posting]:
+    """What a refund Ballast asked for posts when the provider confirms it: the refunded amount taken
+    back from the merchant and owed back by the provider's clearing, once per refund (its event key)."""
+    return [
+        _transfer(
+            f"refund:{refund_id}:succeeded",
+            merchant_payable(client_id),
+            PROVIDER_CLEARING,
+            amount,
+            currency_code,
+            description="refund succeeded",
+            payment_id=payment_id,
+        )
+    ]
 
 
 #: The entries each payment state implies, in posting order: a correction adds what the new state

@@ -15,6 +15,8 @@ from server.domain.corrections import CORRECTIONS, Approval
 from server.domain.payment_states import (
     EVENT_TARGETS,
     MONEY_OUTCOMES,
+    REFUND_MOVES,
+    REFUNDED_STATES,
     UNDECIDED_STATES,
     PaymentEvent,
     PaymentState,
@@ -24,7 +26,7 @@ from server.domain.payment_states import (
 )
 
 
-def judge(current: PaymentState, event: PaymentEvent, witness: Witness) -> Verdict:
+def judge(current: PaymentState, event: PaymentEvent, witness: Witness, *, refunds_hold_all: bool = False) -> Verdict:
     """Sort evidence by what it claims and who says it (the evidence-judging table).
 
     - The claim names the current state: REPEAT.
@@ -39,11 +41,19 @@ def judge(current: PaymentState, event: PaymentEvent, witness: Witness) -> Verdi
       correction table lists is CORRECTed or HELD for a person, and anything else is STALE (pending
       after succeeded: a slower answer from before the decision).
     - Ballast's own conclusions apply only where the machine allows them, else they are STALE.
+    - The machine's refund moves (REFUND_MOVES) are made by the payment's own refunds only, from
+      their evidence (server/services/refund_events.py): evidence about the payment claiming one is
+      judged as if the machine had no such move (a refund Ballast never asked for is a correction
+      for a person).
+      When those refunds hold all of the payment (`refunds_hold_all`), a provider's word that it is
+      refunded is theirs seen from the payment's side: a REPEAT (the refunds' checks settle them).
     """
     target = EVENT_TARGETS[event]
     if target is current:
         return Verdict.REPEAT
-    moves = event_towards(current, target) is not None
+    if refunds_hold_all and witness is not Witness.BALLAST and target in REFUNDED_STATES:
+        return Verdict.REPEAT
+    moves = event_towards(current, target) is not None and (current, target) not in REFUND_MOVES
     if witness is Witness.BALLAST:
         return Verdict.APPLY if moves else Verdict.STALE
     correction = CORRECTIONS.get((current, target))

@@ -23,6 +23,8 @@ class PaymentState(enum.StrEnum):
     REJECTED = "REJECTED"
     REFUND_PENDING = "REFUND_PENDING"
     REFUNDED = "REFUNDED"
+    #: captured, and part of it returned by refunds Ballast asked for (server/domain/refund_states.py)
+    PARTIALLY_REFUNDED = "PARTIALLY_REFUNDED"
     #: never sent (or sent and unknown to the provider), and its client never came back: nothing happened
     EXPIRED = "EXPIRED"
 
@@ -48,6 +50,8 @@ class PaymentEvent(enum.StrEnum):
     REFUND_REQUESTED = "REFUND_REQUESTED"
     REFUND_SUCCEEDED = "REFUND_SUCCEEDED"
     REFUND_FAILED = "REFUND_FAILED"
+    #: one of Ballast's own refunds succeeded and part of the payment is still captured
+    REFUNDED_IN_PART = "REFUNDED_IN_PART"
     #: Ballast's own conclusion: never sent, unknown to the provider, and its client never came back
     EXPIRED = "EXPIRED"
 
@@ -73,7 +77,12 @@ PAYMENT_EVENTS: dict[PaymentState, dict[PaymentEvent, PaymentState]] = {
         PaymentEvent.FAILED: P.FAILED,
         PaymentEvent.REJECTED: P.REJECTED,
     },
-    P.SUCCEEDED: {PaymentEvent.REFUND_REQUESTED: P.REFUND_PENDING},
+    P.SUCCEEDED: {
+        PaymentEvent.REFUND_REQUESTED: P.REFUND_PENDING,
+        PaymentEvent.REFUNDED_IN_PART: P.PARTIALLY_REFUNDED,
+        PaymentEvent.REFUND_SUCCEEDED: P.REFUNDED,
+    },
+    P.PARTIALLY_REFUNDED: {PaymentEvent.REFUND_SUCCEEDED: P.REFUNDED},
     P.REFUND_PENDING: {
         PaymentEvent.REFUND_SUCCEEDED: P.REFUNDED,
         PaymentEvent.REFUND_FAILED: P.SUCCEEDED,
@@ -94,8 +103,23 @@ EVENT_TARGETS: dict[PaymentEvent, PaymentState] = {
     PaymentEvent.REFUND_REQUESTED: P.REFUND_PENDING,
     PaymentEvent.REFUND_SUCCEEDED: P.REFUNDED,
     PaymentEvent.REFUND_FAILED: P.SUCCEEDED,
+    PaymentEvent.REFUNDED_IN_PART: P.PARTIALLY_REFUNDED,
     PaymentEvent.EXPIRED: P.EXPIRED,
 }
+
+#: The moves only Ballast makes, from the outcomes of the refunds it asked for: the payment's refunds
+#: returned part of it, or all of it. A provider's word that a payment was refunded never makes them
+#: (it is a refund Ballast did not ask for, or one of its own refunds seen from the payment's side,
+#: which the refund's own evidence settles).
+REFUND_MOVES = frozenset(
+    {(P.SUCCEEDED, P.PARTIALLY_REFUNDED), (P.SUCCEEDED, P.REFUNDED), (P.PARTIALLY_REFUNDED, P.REFUNDED)}
+)
+
+#: The states a provider's word that a payment was refunded (or is being refunded) claims.
+REFUNDED_STATES = frozenset({P.REFUND_PENDING, P.REFUNDED})
+
+#: States in which a payment's captured money may be refunded (in part) by a refund Ballast sends.
+REFUNDABLE_STATES = frozenset({P.SUCCEEDED, P.PARTIALLY_REFUNDED})
 
 PAYMENT_MACHINE: StateMachine[PaymentState] = StateMachine(
     name="payment",
@@ -159,6 +183,7 @@ class MoneyOutcome(enum.StrEnum):
 MONEY_OUTCOMES: dict[PaymentState, MoneyOutcome] = {
     P.SUCCEEDED: MoneyOutcome.CAPTURED,
     P.REFUND_PENDING: MoneyOutcome.CAPTURED,
+    P.PARTIALLY_REFUNDED: MoneyOutcome.CAPTURED,
     P.REFUNDED: MoneyOutcome.RETURNED,
     P.FAILED: MoneyOutcome.NOT_TAKEN,
     P.REJECTED: MoneyOutcome.NOT_TAKEN,

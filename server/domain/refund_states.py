@@ -14,7 +14,11 @@ from __future__ import annotations
 import enum
 from decimal import Decimal
 
+from server.domain.payment_states import PaymentState, Verdict, Witness
 from server.domain.state_machine import StateMachine
+
+#: The longest reason a client may give for a refund (the provider keeps it with its refund).
+REASON_LENGTH_MAX = 255
 
 
 class RefundState(enum.StrEnum):
@@ -75,6 +79,16 @@ REFUND_EVENTS: dict[RefundState, dict[RefundEvent, RefundState]] = {
     R.EXPIRED: {},
 }
 
+#: Where each event leads when it is news; an event whose target is the current state is a repeat.
+REFUND_EVENT_TARGETS: dict[RefundEvent, RefundState] = {
+    RefundEvent.ACCEPTED: R.PENDING,
+    RefundEvent.OUTCOME_UNKNOWN: R.UNKNOWN,
+    RefundEvent.SUCCEEDED: R.SUCCEEDED,
+    RefundEvent.FAILED: R.FAILED,
+    RefundEvent.REJECTED: R.REJECTED,
+    RefundEvent.EXPIRED: R.EXPIRED,
+}
+
 REFUND_MACHINE: StateMachine[RefundState] = StateMachine(
     name="refund",
     initial=INITIAL_REFUND_STATE,
@@ -119,3 +133,52 @@ def refund_amount(asked: Decimal | None, captured: Decimal, held: Decimal) -> De
     if amount > left:
         raise RefundTooLarge(amount, left)
     return amount
+
+
+def refund_event_towards(current: RefundState, target: RefundState) -> RefundEvent | None:
+    """The event that moves a refund from `current` to `target`, if the machine has one."""
+    for event, next_state in REFUND_EVENTS[current].items():
+        if next_state is target:
+            return event
+    return None
+
+
+def judge_refund(current: RefundState, event: RefundEvent, witness: Witness) -> Verdict:
+    """Sort evidence about a refund by what it claims and who says it, as `judge` does for payments
+    (server/domain/payment_evidence.py), with one difference: a decided refund is never corrected
+    by Ballast on its own. Returning a customer's money, or finding it was not returned, is a
+    person's call, so the API's contradiction of a decided refund is HELD in a case.
+
+    - The claim names the current state: REPEAT.
+    - A webhook moves a refund to PENDING where the machine allows; any other news it claims is
+      CONFIRMed with the API first (a refund due a check at once); a contradiction of a decided
+      refund too (the API's answer may hold it); older news is STALE.
+    - The API's word applies wherever the machine has the move (APPLY); a pending word about a
+      decided refund is STALE; two ends without money moving (FAILED, REJECTED) are a REPEAT; any
+      other contradiction of a decided refund is HELD.
+    - Ballast's own conclusions (no answer, expired) apply only where the machine allows them.
+    """
+    target = REFUND_EVENT_TARGETS[event]
+    if target is current:
+        return Verdict.REPEAT
+    moves = refund_event_towards(current, target) is not None
+    if witness is Witness.BALLAST:
+        return Verdict.APPLY if moves else Verdict.STALE
+    if moves:
+        return Verdict.APPLY if witness is Witness.API or target is R.PENDING else Verdict.CONFIRM
+    if target in UNDECIDED_REFUND_STATES:
+        return Verdict.STALE
+    if current in RELEASED_REFUND_STATES and target in RELEASED_REFUND_STATES:
+        return Verdict.REPEAT
+    if current in UNDECIDED_REFUND_STATES:
+        return Verdict.STALE  # e.g. EXPIRED claimed by a provider: not its word to say
+    return Verdict.CONFIRM if witness is Witness.WEBHOOK else Verdict.HOLD
+
+
+def payment_state_after_refunds(current: PaymentState, captured: Decimal, refunded: Decimal) -> PaymentState:
+    """Where a captured payment's own refunds leave it, having returned `refunded` of `captured`:
+    REFUNDED when all of it, PARTIALLY_REFUNDED when some, as it is when none (PostgreSQL checks the
+    same totals on the move: payment_transitions_apply)."""
+    if current not in (PaymentState.SUCCEEDED, PaymentState.PARTIALLY_REFUNDED) or refunded <= 0:
+        return current
+    return PaymentState.REFUNDED if refunded >= captured else PaymentState.PARTIALLY_REFUNDED

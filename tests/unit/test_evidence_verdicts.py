@@ -19,6 +19,7 @@ from server.domain.payment_evidence import judge, misfits
 from server.domain.payment_states import (
     EVENT_TARGETS,
     PAYMENT_EVENTS,
+    REFUND_MOVES,
     PaymentEvent,
     PaymentState,
     Verdict,
@@ -39,6 +40,7 @@ EVENTS = (
     E.REFUND_SUCCEEDED,
     E.REFUND_FAILED,
     E.EXPIRED,
+    E.REFUNDED_IN_PART,
 )
 LETTERS = {
     "A": Verdict.APPLY,
@@ -52,37 +54,40 @@ LETTERS = {
 # witness -> current state -> one letter per event in EVENTS
 TABLE: dict[Witness, dict[PaymentState, str]] = {
     W.API: {
-        P.RECORDED: "AAAAAHHAA",
-        P.PENDING: "RSAAAHHAS",
-        P.UNKNOWN: "ARAAAHHAS",
-        P.SUCCEEDED: "SSRHHAHRS",
-        P.FAILED: "SSXRRHHXR",
-        P.REJECTED: "SSXRRHHXR",
-        P.REFUND_PENDING: "SSAHHRAAS",
-        P.REFUNDED: "SSSSSSRSS",
-        P.EXPIRED: "HSHRRHHHR",
+        P.RECORDED: "AAAAAHHAAS",
+        P.PENDING: "RSAAAHHASS",
+        P.UNKNOWN: "ARAAAHHASS",
+        P.SUCCEEDED: "SSRHHAHRSR",
+        P.FAILED: "SSXRRHHXRS",
+        P.REJECTED: "SSXRRHHXRS",
+        P.REFUND_PENDING: "SSAHHRAASR",
+        P.REFUNDED: "SSSSSSRSSS",
+        P.PARTIALLY_REFUNDED: "SSRSSRSRSR",
+        P.EXPIRED: "HSHRRHHHRS",
     },
     W.WEBHOOK: {
-        P.RECORDED: "AACCCCCCC",
-        P.PENDING: "RSCCCCCCS",
-        P.UNKNOWN: "ARCCCCCCS",
-        P.SUCCEEDED: "SSRCCCCRS",
-        P.FAILED: "SSCRRCCCR",
-        P.REJECTED: "SSCRRCCCR",
-        P.REFUND_PENDING: "SSCCCRCCS",
-        P.REFUNDED: "SSSSSSRSS",
-        P.EXPIRED: "CSCRRCCCR",
+        P.RECORDED: "AACCCCCCCS",
+        P.PENDING: "RSCCCCCCSS",
+        P.UNKNOWN: "ARCCCCCCSS",
+        P.SUCCEEDED: "SSRCCCCRSR",
+        P.FAILED: "SSCRRCCCRS",
+        P.REJECTED: "SSCRRCCCRS",
+        P.REFUND_PENDING: "SSCCCRCCSR",
+        P.REFUNDED: "SSSSSSRSSS",
+        P.PARTIALLY_REFUNDED: "SSRSSRSRSR",
+        P.EXPIRED: "CSCRRCCCRS",
     },
     W.BALLAST: {
-        P.RECORDED: "AAAAASSAA",
-        P.PENDING: "RSAAASSAS",
-        P.UNKNOWN: "ARAAASSAS",
-        P.SUCCEEDED: "SSRSSASRS",
-        P.FAILED: "SSSRSSSSS",
-        P.REJECTED: "SSSSRSSSS",
-        P.REFUND_PENDING: "SSASSRAAS",
-        P.REFUNDED: "SSSSSSRSS",
-        P.EXPIRED: "SSSSSSSSR",
+        P.RECORDED: "AAAAASSAAS",
+        P.PENDING: "RSAAASSASS",
+        P.UNKNOWN: "ARAAASSASS",
+        P.SUCCEEDED: "SSRSSASRSS",
+        P.FAILED: "SSSRSSSSSS",
+        P.REJECTED: "SSSSRSSSSS",
+        P.REFUND_PENDING: "SSASSRAASS",
+        P.REFUNDED: "SSSSSSRSSS",
+        P.PARTIALLY_REFUNDED: "SSSSSSSSSR",
+        P.EXPIRED: "SSSSSSSSRS",
     },
 }
 
@@ -115,6 +120,23 @@ def test_the_seeds_story_a_webhook_never_decides_a_payment_the_api_does() -> Non
     assert judge(P.PENDING, E.SUCCEEDED, W.API) is Verdict.APPLY
 
 
+def test_a_providers_word_never_makes_the_moves_a_payments_own_refunds_make() -> None:
+    # the payment's refunds move it from their own evidence (server/services/refund_events.py)
+    for witness in Witness:
+        assert judge(P.SUCCEEDED, E.REFUNDED_IN_PART, witness) is not Verdict.APPLY
+        assert judge(P.PARTIALLY_REFUNDED, E.REFUND_SUCCEEDED, witness) is not Verdict.APPLY
+    # a refund Ballast never asked for still waits for a person
+    assert judge(P.SUCCEEDED, E.REFUND_SUCCEEDED, W.API) is Verdict.HOLD
+
+
+def test_a_refunded_word_is_a_repeat_when_the_payments_own_refunds_hold_all_of_it() -> None:
+    assert judge(P.SUCCEEDED, E.REFUND_SUCCEEDED, W.API, refunds_hold_all=True) is Verdict.REPEAT
+    assert judge(P.SUCCEEDED, E.REFUND_SUCCEEDED, W.WEBHOOK, refunds_hold_all=True) is Verdict.REPEAT
+    assert judge(P.PARTIALLY_REFUNDED, E.REFUND_REQUESTED, W.API, refunds_hold_all=True) is Verdict.REPEAT
+    # the rest of what is judged does not change
+    assert judge(P.SUCCEEDED, E.FAILED, W.API, refunds_hold_all=True) is Verdict.HOLD
+
+
 def test_a_refund_claim_about_an_undecided_payment_is_news_not_stale() -> None:
     assert judge(P.PENDING, E.REFUND_SUCCEEDED, W.WEBHOOK) is Verdict.CONFIRM
     assert judge(P.PENDING, E.REFUND_SUCCEEDED, W.API) is Verdict.HOLD
@@ -141,8 +163,8 @@ def test_the_verdict_agrees_with_the_machine_and_the_correction_table(
     elif verdict is Verdict.CONFIRM:
         assert witness is W.WEBHOOK
         assert event_towards(current, target) is not None or (current, target) in CORRECTIONS
-    elif verdict is Verdict.STALE:  # older news: never a move the machine has
-        assert event_towards(current, target) is None
+    elif verdict is Verdict.STALE:  # older news: never a move evidence may make
+        assert event_towards(current, target) is None or (current, target) in REFUND_MOVES
 
 
 def test_a_payment_corrected_once_needs_a_person_for_any_further_correction() -> None:

@@ -231,9 +231,10 @@ def test_a_constraint_trigger_or_function_changed_by_hand_is_a_difference(
 def test_the_baseline_refuses_an_invariants_file_it_was_not_written_with(
     scratch_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    edited = tmp_path / "invariants.sql"
-    edited.write_text(INVARIANTS_SQL.read_text().replace("-- 7. A new outbox event", "-- 7. An outbox event"))
-    monkeypatch.setattr(migrate, "INVARIANTS_SQL", edited)
+    frozen = migrate.FROZEN_SQL_DIR / "0014_invariants.sql"
+    edited = tmp_path / frozen.name
+    edited.write_text(frozen.read_text().replace("-- 7. A new outbox event", "-- 7. An outbox event"))
+    monkeypatch.setattr(migrate, "FROZEN_SQL_DIR", tmp_path)
     with pytest.raises(RuntimeError, match="must keep building the schema it always built"):
         migrate_to_head(scratch_database_url)
     assert asyncio.run(_tables(scratch_database_url)) == set()  # the whole revision rolled back

@@ -16,21 +16,20 @@ Create Date: 2026-12-01
 
 from __future__ import annotations
 
-import hashlib
-
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import BYTEA, JSONB, UUID
 
-from server.db.migrate import INVARIANTS_SQL, sql_statements
+from server.db.migrate import frozen_sql
 
 revision = "0014"
 down_revision = None
 branch_labels = None
 depends_on = None
 
-#: invariants.sql as this revision loads it. The file describes the head revision and changes with
-#: later ones; this revision must not, so it refuses a changed file rather than build another schema.
+#: invariants.sql as this revision loaded it: its own copy, frozen (server/db/invariants.sql describes
+#: the head revision and changes with later ones). It refuses a changed copy rather than build another schema.
+INVARIANTS_SQL = "0014_invariants.sql"
 INVARIANTS_SHA256 = "d12ccb5d876515472ca71a6e85c400b4ec9f6cc3678d99b76da4cb5dcd6246a6"
 
 PAYMENT_STATES = (
@@ -603,16 +602,7 @@ def _rules() -> None:
 
 
 def _invariants() -> None:
-    script = INVARIANTS_SQL.read_bytes().replace(b"\r\n", b"\n")  # as committed, whatever the checkout did
-    if hashlib.sha256(script).hexdigest() != INVARIANTS_SHA256:
-        raise RuntimeError(
-            f"server/db/{INVARIANTS_SQL.name} changed, but the baseline revision 0014 must keep building the"
-            " schema it always built. Give the baseline its own copy of the file as it was, `git show"
-            " $(git log -1 --format=%h -- server/db/migrations/versions/0014_baseline.py):server/db/invariants.sql"
-            " > server/db/migrations/versions/0014_invariants.sql`, load that copy here, and make the change"
-            " in a new revision as well as in invariants.sql."
-        )
-    for statement in sql_statements(script.decode()):
+    for statement in frozen_sql(revision, INVARIANTS_SQL, INVARIANTS_SHA256):
         op.get_bind().exec_driver_sql(statement)
 
 
