@@ -11,17 +11,46 @@ from server.api.handlers import ServicerBase, fit_page, timestamp_of, translate_
 from server.db.database import Database
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.identity import Permission
+from server.domain.money import Money, quantize
 from server.domain.payment_states import PaymentState
 from server.domain.payments import validate_create_payment
+from server.domain.refund_states import RefundState
+from server.domain.refunds import validate_refund_payment
 from server.providers.gateway import GatewayClient
-from server.services import payments, submission, timeline
+from server.services import payments, refunds, submission, timeline
 from server.services.ledger import signed_amount
 from server.services.payments import PaymentRecord
-from server.services.timeline import ProviderStatus, TimelineEntry, Transition
+from server.services.refunds import RefundRecord
+from server.services.timeline import ProviderStatus, RefundStep, TimelineEntry, Transition
 
 
 def _state(state: PaymentState | None) -> str:
     return "PAYMENT_STATE_UNSPECIFIED" if state is None else f"PAYMENT_STATE_{state.value}"
+
+
+def _money(amount: Money) -> money_pb2.Money:
+    return money_pb2.Money(value=amount.to_decimal_string(), currency_code=amount.currency_code)
+
+
+def _refund_state(state: RefundState | None) -> str:
+    return "REFUND_STATE_UNSPECIFIED" if state is None else f"REFUND_STATE_{state.value}"
+
+
+def refund_to_proto(refund: RefundRecord) -> payments_pb2.Refund:
+    return payments_pb2.Refund(
+        id=str(refund.id),
+        payment_id=str(refund.payment_id),
+        client_id=refund.client_id,
+        idempotency_key=refund.idempotency_key,
+        amount=_money(refund.amount),
+        state=_refund_state(refund.state),
+        reason=refund.reason,
+        metadata=refund.metadata,
+        provider_refund_id=refund.provider_refund_id or "",
+        provider_status=refund.provider_status or "",
+        create_time=timestamp_of(refund.created_at),
+        update_time=timestamp_of(refund.updated_at),
+    )
 
 
 def payment_to_proto(payment: PaymentRecord) -> payments_pb2.Payment:
@@ -38,6 +67,7 @@ def payment_to_proto(payment: PaymentRecord) -> payments_pb2.Payment:
         provider_status=payment.provider_status or "",
         create_time=timestamp_of(payment.created_at),
         update_time=timestamp_of(payment.updated_at),
+        refunded_amount=_money(quantize(payment.refunded, payment.amount.currency_code)),
     )
 
 
@@ -53,6 +83,18 @@ def timeline_entry_to_proto(entry: TimelineEntry) -> payments_pb2.TimelineEntry:
                 evidence_ref=event.evidence_ref,
                 event=event.event,
                 approved_by=event.approved_by or "",
+            )
+        )
+    elif isinstance(event, RefundStep):
+        proto.refund_transition.CopyFrom(
+            payments_pb2.RefundTransition(
+                refund_id=str(event.refund_id),
+                from_state=_refund_state(event.from_state),
+                to_state=_refund_state(event.to_state),
+                cause=event.cause,
+                evidence_ref=event.evidence_ref,
+                event=event.event,
+                amount=_money(quantize(event.amount, event.currency_code)),
             )
         )
     elif isinstance(event, ProviderStatus):
@@ -157,3 +199,47 @@ class PaymentServicer(ServicerBase, payments_pb2_grpc.PaymentServiceServicer):
         return payments_pb2.GetPaymentTimelineResponse(
             payment_id=str(found.payment_id), entries=listed, next_page_token=token
         )
+
+    @translate_errors
+    async def RefundPayment(
+        self, request: payments_pb2.RefundPaymentRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.RefundPaymentResponse:
+        principal = self._authenticator.authorize(context, Permission.REFUND_PAYMENT)
+        command = validate_refund_payment(
+            idempotency_key=request.idempotency_key,
+            payment_id=request.payment_id,
+            has_amount=request.HasField("amount"),
+            amount_value=request.amount.value,
+            currency_code=request.amount.currency_code,
+            reason=request.reason,
+            metadata=dict(request.metadata),
+        )
+        result = await refunds.refund_payment(self._database, self._gateway, principal, command, self._budget(context))
+        return payments_pb2.RefundPaymentResponse(refund=refund_to_proto(result.refund), replayed=result.replayed)
+
+    @translate_errors
+    async def GetRefund(
+        self, request: payments_pb2.GetRefundRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.GetRefundResponse:
+        refund = await refunds.get_refund(
+            self._database,
+            self._authenticator.authorize(context, Permission.READ_PAYMENTS),
+            refunds.parse_refund_id(request.refund_id),
+            self._budget(context),
+        )
+        return payments_pb2.GetRefundResponse(refund=refund_to_proto(refund))
+
+    @translate_errors
+    async def ListRefunds(
+        self, request: payments_pb2.ListRefundsRequest, context: grpc.aio.ServicerContext
+    ) -> payments_pb2.ListRefundsResponse:
+        page = await refunds.list_refunds(
+            self._database,
+            self._authenticator.authorize(context, Permission.READ_PAYMENTS),
+            payments.parse_payment_id(request.payment_id),
+            page_size=request.page_size,
+            page_token=request.page_token,
+            budget=self._budget(context),
+        )
+        listed, token = fit_page(page.refunds, refund_to_proto, page.token_after, page.next_page_token)
+        return payments_pb2.ListRefundsResponse(refunds=listed, next_page_token=token)

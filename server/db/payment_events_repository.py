@@ -44,6 +44,10 @@ class LockedPayment:
     amount: Decimal
     currency_code: str
     provider_payment_id: str | None
+    #: what its own refunds count against it (succeeded, or may still succeed)
+    refund_held: Decimal = Decimal(0)
+    #: what its own refunds returned
+    refunded: Decimal = Decimal(0)
 
 
 # The payments locked (in id order, so that two set-wise appliers never deadlock) and each provider's
@@ -54,14 +58,14 @@ WITH given AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[])
         AS g(payment_id, provider, status, evidence_ref)
 ), locked AS (
-    SELECT id, state, client_id, amount, currency_code, provider_payment_id FROM payments
+    SELECT id, state, client_id, amount, currency_code, provider_payment_id, refund_held, refunded FROM payments
     WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE
 ), observed AS (
     INSERT INTO provider_statuses (payment_id, provider, status, evidence_ref)
     SELECT g.payment_id, g.provider, g.status, g.evidence_ref FROM given g JOIN locked l ON l.id = g.payment_id
     WHERE g.status IS NOT NULL
 )
-SELECT id, state, client_id, amount, currency_code, provider_payment_id FROM locked
+SELECT id, state, client_id, amount, currency_code, provider_payment_id, refund_held, refunded FROM locked
 """
 
 
@@ -84,6 +88,8 @@ async def lock_and_observe(
             row["amount"],
             row["currency_code"],
             row["provider_payment_id"],
+            row["refund_held"],
+            row["refunded"],
         )
         for row in rows
     }

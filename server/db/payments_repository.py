@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
@@ -35,6 +36,8 @@ class PaymentRecord:
     provider_status: str | None
     created_at: datetime
     updated_at: datetime
+    #: what its own refunds returned so far
+    refunded: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class ExistingKey:
 
 _PAYMENT_COLUMNS = (
     "id, client_id, idempotency_key, amount, currency_code, state, description, merchant_reference,"
-    " metadata, provider_payment_id, provider_status, created_at, updated_at"
+    " metadata, provider_payment_id, provider_status, created_at, updated_at, refunded"
 )
 
 # One statement, one round trip: the key, the payment, its outbox event and its first audit entry
@@ -77,7 +80,8 @@ SELECT * FROM new_payment
 _SELECT_KEY_WITH_PAYMENT = """
 SELECT k.operation, k.request_fingerprint,
        p.id, p.client_id, p.idempotency_key, p.amount, p.currency_code, p.state, p.description,
-       p.merchant_reference, p.metadata, p.provider_payment_id, p.provider_status, p.created_at, p.updated_at
+       p.merchant_reference, p.metadata, p.provider_payment_id, p.provider_status, p.created_at, p.updated_at,
+       p.refunded
 FROM idempotency_keys k
 LEFT JOIN payments p ON p.id = k.resource_id
 WHERE k.client_id = $1 AND k.idempotency_key = $2
@@ -118,6 +122,7 @@ def _payment_from_row(row: asyncpg.Record | dict[str, Any]) -> PaymentRecord:
         provider_status=row["provider_status"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        refunded=row["refunded"],
     )
 
 

@@ -18,6 +18,7 @@ from decimal import Decimal
 import asyncpg
 
 from server.domain.payment_states import INITIAL_PAYMENT_STATE, PaymentState
+from server.domain.refund_states import INITIAL_REFUND_STATE, RefundState
 
 
 class TimelineKind(enum.IntEnum):
@@ -26,6 +27,9 @@ class TimelineKind(enum.IntEnum):
     PROVIDER_STATUS = 0
     TRANSITION = 1
     LEDGER_LINE = 2
+    #: a step of one of the payment's refunds (its creation, then each transition); last among equals,
+    #: as page tokens keep the numbers above
+    REFUND_STEP = 3
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,20 @@ class LedgerLine:
     currency_code: str
 
 
+@dataclass(frozen=True)
+class RefundStep:
+    """A refund of the payment recorded (from_state None) or moved."""
+
+    refund_id: uuid.UUID
+    from_state: RefundState | None
+    to_state: RefundState
+    cause: str
+    evidence_ref: str
+    event: str
+    amount: Decimal
+    currency_code: str
+
+
 #: Where an entry stands in the timeline's order: (occurred_at, kind, row id, ledger entry id, line number).
 Position = tuple[datetime, int, int, uuid.UUID, int]
 
@@ -65,7 +83,7 @@ Position = tuple[datetime, int, int, uuid.UUID, int]
 @dataclass(frozen=True)
 class TimelineEntry:
     occurred_at: datetime
-    event: Transition | ProviderStatus | LedgerLine
+    event: Transition | ProviderStatus | LedgerLine | RefundStep
     position: Position
 
 
@@ -95,6 +113,16 @@ FROM (
     SELECT {TimelineKind.LEDGER_LINE.value}, e.posted_at, NULL, e.id, l.line_number,
            NULL, NULL, NULL, NULL, NULL, NULL, l.account, l.amount, l.currency_code, NULL, NULL
     FROM ledger_entries e JOIN ledger_lines l ON l.entry_id = e.id WHERE e.payment_id = $1
+    UNION ALL
+    SELECT {TimelineKind.REFUND_STEP.value}, created_at, 0, id, 0,
+           NULL, '{INITIAL_REFUND_STATE.value}', 'api.refund_payment', 'idempotency_key:' || idempotency_key,
+           NULL, NULL, NULL, amount, currency_code, NULL, NULL
+    FROM refunds WHERE payment_id = $1
+    UNION ALL
+    SELECT {TimelineKind.REFUND_STEP.value}, t.occurred_at, t.id, r.id, 0,
+           t.from_state, t.to_state, t.cause, t.evidence_ref, NULL, t.provider_status, NULL, r.amount,
+           r.currency_code, t.event, NULL
+    FROM refund_transitions t JOIN refunds r ON r.id = t.refund_id WHERE r.payment_id = $1
 ) AS timeline
 WHERE $2::timestamptz IS NULL
    OR (occurred_at, kind, coalesce(row_id, 0), coalesce(entry_id, '{_NO_ENTRY}'::uuid), line_number)
@@ -104,8 +132,19 @@ LIMIT $7
 """
 
 
-def _event(row: asyncpg.Record) -> Transition | ProviderStatus | LedgerLine:
+def _event(row: asyncpg.Record) -> Transition | ProviderStatus | LedgerLine | RefundStep:
     kind = TimelineKind(row["kind"])
+    if kind is TimelineKind.REFUND_STEP:
+        return RefundStep(
+            row["entry_id"],
+            None if row["from_state"] is None else RefundState(row["from_state"]),
+            RefundState(row["to_state"]),
+            row["cause"],
+            row["evidence_ref"],
+            row["event"] or "",
+            row["amount"],
+            row["currency_code"],
+        )
     if kind is TimelineKind.TRANSITION:
         return Transition(
             None if row["from_state"] is None else PaymentState(row["from_state"]),

@@ -73,3 +73,49 @@ def ledger_posted(entry_id: uuid.UUID, event_key: str, lines: list[tuple[str, De
             for account, amount, currency in lines
         ],
     }
+
+
+REFUND_RECORDED = "refunds.recorded"
+REFUND_STATE_CHANGED = "refunds.state_changed"
+
+
+def refund_recorded(
+    refund_id: uuid.UUID, payment_id: uuid.UUID, client_id: str, amount: Decimal, currency_code: str, state: str
+) -> dict[str, Any]:
+    return {
+        "type": REFUND_RECORDED,
+        "refund_id": str(refund_id),
+        "payment_id": str(payment_id),
+        "client_id": client_id,
+        "amount": format(amount, "f"),
+        "currency_code": currency_code,
+        "state": state,
+    }
+
+
+def refund_state_changed(
+    refund_id: uuid.UUID,
+    payment_id: uuid.UUID,
+    from_state: str,
+    to_state: str,
+    event: str,
+    cause: str,
+    evidence_ref: str,
+    *,
+    client_id: str,
+    amount: Decimal,
+    currency_code: str,
+) -> dict[str, Any]:
+    return {
+        "type": REFUND_STATE_CHANGED,
+        "refund_id": str(refund_id),
+        "payment_id": str(payment_id),
+        "client_id": client_id,
+        "amount": format(amount, "f"),
+        "currency_code": currency_code,
+        "from_state": from_state,
+        "to_state": to_state,
+        "event": event,
+        "cause": cause,
+        "evidence_ref": evidence_ref,
+    }

@@ -28,6 +28,8 @@ class Principal:
 
 class Permission(enum.StrEnum):
     CREATE_PAYMENT = "payments.create"
+    #: ask for a refund of one of its own client's payments
+    REFUND_PAYMENT = "payments.refund"
     READ_PAYMENTS = "payments.read"
     TRADE = "orders.trade"
     READ_ORDERS = "orders.read"
@@ -44,7 +46,7 @@ _READ_EVERYTHING = {*_READ_OWN, Permission.READ_EVERY_CLIENT, Permission.READ_LE
 
 #: What each role may do. A service reads its own client's payments, orders and account only.
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
-    Role.SERVICE: frozenset({Permission.CREATE_PAYMENT, Permission.TRADE, *_READ_OWN}),
+    Role.SERVICE: frozenset({Permission.CREATE_PAYMENT, Permission.REFUND_PAYMENT, Permission.TRADE, *_READ_OWN}),
     Role.OPERATOR: frozenset(_READ_EVERYTHING),
     Role.AUDITOR: frozenset(_READ_EVERYTHING),
     Role.ADMIN: frozenset(Permission),

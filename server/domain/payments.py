@@ -55,7 +55,7 @@ class CreatePayment:
         return hashlib.sha256(canonical.encode()).digest()
 
 
-def _check_text(violations: list[FieldViolation], name: str, value: str, length_max: int) -> None:
+def check_text(violations: list[FieldViolation], name: str, value: str, length_max: int) -> None:
     if len(value) > length_max:
         violations.append(FieldViolation(name, f"is {len(value)} characters long; the maximum is {length_max}"))
     elif "\x00" in value:
@@ -81,7 +81,7 @@ def validate_idempotency_key(key: str, violations: list[FieldViolation]) -> None
         )
 
 
-def _validate_amount(value: str, currency_code: str, violations: list[FieldViolation]) -> Decimal | None:
+def validate_amount(value: str, currency_code: str, violations: list[FieldViolation]) -> Decimal | None:
     try:
         parse_currency(currency_code)
     except MoneyError as error:
@@ -98,7 +98,7 @@ def _validate_amount(value: str, currency_code: str, violations: list[FieldViola
     return amount
 
 
-def _validate_metadata(metadata: dict[str, str], violations: list[FieldViolation]) -> None:
+def validate_metadata(metadata: dict[str, str], violations: list[FieldViolation]) -> None:
     if len(metadata) > METADATA_ENTRIES_MAX:
         violations.append(
             FieldViolation("metadata", f"has {len(metadata)} entries; the maximum is {METADATA_ENTRIES_MAX}")
@@ -111,7 +111,7 @@ def _validate_metadata(metadata: dict[str, str], violations: list[FieldViolation
             )
         elif "\x00" in key:
             violations.append(FieldViolation("metadata", f"key {echo(key)} must not contain NUL characters"))
-        _check_text(violations, f"metadata[{key[:METADATA_KEY_LENGTH_MAX]}]", value, METADATA_VALUE_LENGTH_MAX)
+        check_text(violations, f"metadata[{key[:METADATA_KEY_LENGTH_MAX]}]", value, METADATA_VALUE_LENGTH_MAX)
 
 
 def validate_create_payment(
@@ -131,10 +131,10 @@ def validate_create_payment(
     if not has_amount:
         violations.append(FieldViolation("amount", 'is required: {value: "12.34", currency_code: "EUR"}'))
     else:
-        amount = _validate_amount(amount_value, currency_code, violations)
-    _check_text(violations, "description", description, DESCRIPTION_LENGTH_MAX)
-    _check_text(violations, "merchant_reference", merchant_reference, MERCHANT_REFERENCE_LENGTH_MAX)
-    _validate_metadata(metadata, violations)
+        amount = validate_amount(amount_value, currency_code, violations)
+    check_text(violations, "description", description, DESCRIPTION_LENGTH_MAX)
+    check_text(violations, "merchant_reference", merchant_reference, MERCHANT_REFERENCE_LENGTH_MAX)
+    validate_metadata(metadata, violations)
     if violations or amount is None:  # a missing amount always added a violation
         raise InvalidArgument(violations)
     return CreatePayment(

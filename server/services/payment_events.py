@@ -18,13 +18,22 @@ from typing import Any
 
 import asyncpg
 
-from server.db import cases_repository, payment_events_repository
+from server.db import cases_repository, payment_events_repository, refunds_repository
 from server.db.payment_events_repository import LockedPayment, Move, Note, Observation
 from server.domain.corrections import CORRECTION_CASE, CORRECTION_EVENT, CORRECTIONS, Approval, approval_needed
 from server.domain.errors import Defect, NotFound
 from server.domain.ledger import correction_postings, payment_postings
 from server.domain.payment_evidence import Misfit, judge, misfits
-from server.domain.payment_states import EVENT_TARGETS, PaymentEvent, PaymentState, Verdict, Witness, event_towards
+from server.domain.payment_states import (
+    EVENT_TARGETS,
+    REFUNDED_STATES,
+    PaymentEvent,
+    PaymentState,
+    Verdict,
+    Witness,
+    event_towards,
+)
+from server.domain.refund_states import payment_state_after_refunds
 from server.domain.state_machine import IllegalTransition
 from server.providers.gateway import ProviderPayment
 
@@ -142,7 +151,16 @@ async def apply_provider_evidence_each(
             claimed_currency_code=evidence.currency_code,
             claimed_provider_payment_id=evidence.provider_payment_id,
         )
-        verdict = Verdict.MISFIT if differing else judge(payment.state, application.event, evidence.witness)
+        verdict = (
+            Verdict.MISFIT
+            if differing
+            else judge(
+                payment.state,
+                application.event,
+                evidence.witness,
+                refunds_hold_all=payment.refund_held > 0 and payment.refund_held == payment.amount,
+            )
+        )
         judged.append((application, payment, verdict, differing))
     corrected = await payment_events_repository.corrections_so_far(
         connection, [item[1].id for item in judged if item is not None and item[2] is Verdict.CORRECT]
@@ -177,6 +195,18 @@ async def apply_provider_evidence_each(
             if verdict in (Verdict.HOLD, Verdict.MISFIT):
                 held.append((len(outcomes) - 1, application, payment, verdict, differing))
     await payment_events_repository.note_and_confirm(connection, notes)
+    # the provider said a payment whose own refunds hold all of it is refunded: their answers settle it
+    await refunds_repository.confirm_undecided_of(
+        connection,
+        [
+            item[1].id
+            for item in judged
+            if item is not None
+            and item[2] is Verdict.REPEAT
+            and item[1].refund_held > 0
+            and EVENT_TARGETS[item[0].event] in REFUNDED_STATES
+        ],
+    )
     await payment_events_repository.insert_moves(connection, moves)
     for position, application, payment, verdict, differing in held:
         case_id = await (
@@ -205,6 +235,23 @@ async def approve_correction_on(
     move = _correct(payment, to_state, evidence, corrected.get(payment_id, 0), approved_by)
     await payment_events_repository.insert_moves(connection, [move])
     return _moved(Verdict.CORRECT, move)
+
+
+async def follow_refunds(connection: asyncpg.Connection, payment_id: uuid.UUID, evidence: Evidence) -> PaymentOutcome:
+    """Move a payment to where its own refunds leave it (PARTIALLY_REFUNDED, REFUNDED), in the caller's
+    transaction, after one of them succeeded: the refund moves of the machine, made only here. They
+    post nothing: each refund posted its own reversal."""
+    found = await _lock_and_observe(connection, [Application(payment_id, PaymentEvent.REFUND_SUCCEEDED, evidence)])
+    payment = found.get(payment_id)
+    if payment is None:
+        raise NotFound("payment", str(payment_id))
+    target = payment_state_after_refunds(payment.state, payment.amount, payment.refunded)
+    event = event_towards(payment.state, target)
+    if event is None:
+        return PaymentOutcome(Verdict.REPEAT, payment.state, None)
+    move = Move.of(payment, target, event.value, evidence.cause, evidence.reference, ())
+    await payment_events_repository.insert_moves(connection, [move])
+    return _moved(Verdict.APPLY, move)
 
 
 async def _lock_and_observe(

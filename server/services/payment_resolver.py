@@ -42,6 +42,7 @@ from prometheus_client import Counter
 
 from server.db import cases_repository, payment_checks_repository
 from server.db.database import BACKGROUND_BUDGET_S, Budget, Database, in_transaction
+from server.db.payment_checks_repository import Checked
 from server.domain.payment_states import (
     MONEY_OUTCOMES,
     UNDECIDED_STATES,
@@ -79,9 +80,11 @@ class PaymentResolverSettings(CheckSettings):
 
 
 @dataclass(frozen=True)
-class _Claimed:
+class Claimed:
+    """A payment or refund a check holds the lease of."""
+
     id: uuid.UUID
-    state: PaymentState
+    state: str
     amount: Decimal
     currency_code: str
     attempts: int
@@ -89,7 +92,90 @@ class _Claimed:
     lease: datetime
 
 
-class PaymentResolver(CheckLoop[_Claimed]):
+class ScheduledChecks(CheckLoop[Claimed]):
+    """What the payment and refund resolvers share: the schedule of checks of rows in `_table`, and what
+    a check does when it could not ask, got no answer, or is done."""
+
+    _table: Checked
+    _settings: PaymentResolverSettings
+    _gateway: GatewayClient
+
+    async def _claim(self, connection: asyncpg.Connection, limit: int) -> list[Claimed]:
+        config = self._settings
+        assert isinstance(config, PaymentResolverSettings)
+        rows = await payment_checks_repository.claim_due(
+            connection,
+            self._table,
+            limit=limit,
+            unknown_grace_s=config.unknown_grace_s,
+            pending_overdue_s=config.pending_overdue_s,
+            lease_s=config.lease_s,
+            recorded_quiet_s=config.recorded_quiet_s,
+        )
+        return [
+            Claimed(
+                row["id"],
+                row["state"],
+                row["amount"],
+                row["currency_code"],
+                row["check_attempts"],
+                row["next_check_at"],
+            )
+            for row in rows
+        ]
+
+    async def _give_up_case(self, connection: asyncpg.Connection, item: Claimed, reason: str) -> None:
+        """Open the case of an item that stayed undecided after checks_max checks."""
+        raise NotImplementedError
+
+    async def _done(self, item: Claimed) -> None:
+        """A decided payment or refund needs no further check (unless a webhook asked for one meanwhile)."""
+
+        async def work(connection: asyncpg.Connection) -> None:
+            await payment_checks_repository.reschedule_at(connection, self._table, item.id, item.lease, None)
+
+        await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), work)
+
+    async def _not_sent(self, item: Claimed, error: NotSent) -> None:
+        """A provider that could not be reached is a failed check; one that was not asked is none."""
+        if error.unreachable:
+            CHECKS.labels("no_answer").inc()
+            await self._later(item, f"{self._gateway.provider} is unreachable: {error}")
+            return
+        CHECKS.labels("not_asked").inc()
+        await self._not_asked(item, error.retry_after_s)
+
+    async def _not_asked(self, item: Claimed, retry_after_s: float) -> None:
+        """The provider was not asked (its breaker is open, it refused the connection, it rate limited us):
+        the check does not count, and the next one comes when the provider may be asked again."""
+
+        async def work(connection: asyncpg.Connection) -> None:
+            delay_s = max(retry_after_s, self._settings.poll_interval_s)
+            await payment_checks_repository.give_back(connection, self._table, item.id, item.lease, delay_s)
+
+        await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), work)
+
+    async def _later(self, item: Claimed, reason: str) -> None:
+        """Check again after a backoff; after checks_max, stop and open a case for a person."""
+
+        async def work(connection: asyncpg.Connection) -> None:
+            if item.attempts < self._settings.checks_max:
+                delay_s = self._settings.backoff_s(item.attempts)
+                await payment_checks_repository.reschedule_in(connection, self._table, item.id, item.lease, delay_s)
+                return
+            if not await payment_checks_repository.give_up(
+                connection, self._table, item.id, item.lease
+            ):  # it moved, or a webhook asked for a check: not the end of the road
+                return
+            await self._give_up_case(connection, item, reason)
+            log.warning(
+                "resolver.gave_up", table=self._table.value, item_id=str(item.id), checks=item.attempts, reason=reason
+            )
+
+        await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), work)
+
+
+class PaymentResolver(ScheduledChecks):
     """Checks payments the provider may have decided without Ballast hearing of it (the leg resolver,
     server/services/leg_resolver.py, does the same for legs at the venue)."""
 
@@ -102,30 +188,9 @@ class PaymentResolver(CheckLoop[_Claimed]):
         self._poll_interval_s = self._settings.poll_interval_s
         self._batch_size = self._settings.batch_size
         self._breaker = gateway.breaker
+        self._table = Checked.PAYMENTS
 
-    async def _claim(self, connection: asyncpg.Connection, limit: int) -> list[_Claimed]:
-        config = self._settings
-        rows = await payment_checks_repository.claim_due(
-            connection,
-            limit=limit,
-            unknown_grace_s=config.unknown_grace_s,
-            pending_overdue_s=config.pending_overdue_s,
-            lease_s=config.lease_s,
-            recorded_quiet_s=config.recorded_quiet_s,
-        )
-        return [
-            _Claimed(
-                row["id"],
-                PaymentState(row["state"]),
-                row["amount"],
-                row["currency_code"],
-                row["check_attempts"],
-                row["next_check_at"],
-            )
-            for row in rows
-        ]
-
-    async def _check(self, payment: _Claimed) -> None:
+    async def _check(self, payment: Claimed) -> None:
         key = str(payment.id)
         provider = self._gateway.provider
         timeout_s = self._settings.provider_timeout_s
@@ -143,17 +208,17 @@ class PaymentResolver(CheckLoop[_Claimed]):
             return
         await self._apply_answer(payment, answer)
 
-    async def _not_found(self, payment: _Claimed) -> None:
+    async def _not_found(self, payment: Claimed) -> None:
         """The provider has no payment with this key."""
         key, provider = str(payment.id), self._gateway.provider
-        if payment.state is PaymentState.RECORDED:
+        if payment.state == PaymentState.RECORDED:
             await self._expire_or_wait(payment)
             return
-        if MONEY_OUTCOMES.get(payment.state) is MoneyOutcome.NOT_TAKEN:
+        if MONEY_OUTCOMES.get(PaymentState(payment.state)) is MoneyOutcome.NOT_TAKEN:
             CHECKS.labels("decided").inc()  # nothing at the provider is what Ballast holds: the claim was not news
             await self._done(payment)
             return
-        if payment.state is not PaymentState.UNKNOWN:
+        if payment.state != PaymentState.UNKNOWN:
             CHECKS.labels("not_found").inc()  # PENDING or decided, yet the provider has no such payment
             await self._later(payment, f"{provider} has no payment with key {key}, though it had one")
             return
@@ -179,15 +244,17 @@ class PaymentResolver(CheckLoop[_Claimed]):
         CHECKS.labels("resubmitted").inc()
         await self._apply_answer(payment, answer)
 
-    async def _expire_or_wait(self, payment: _Claimed) -> None:
+    async def _expire_or_wait(self, payment: Claimed) -> None:
         """A RECORDED payment the provider does not have: expire it once no attempt began for expiry_s."""
         expiry_s = self._settings.expiry_s
 
         async def work(connection: asyncpg.Connection) -> bool:
-            if not await payment_checks_repository.lock_if_expirable(connection, payment.id, expiry_s):
-                expires_at = await payment_checks_repository.expires_at(connection, payment.id, expiry_s)
+            if not await payment_checks_repository.lock_if_expirable(connection, self._table, payment.id, expiry_s):
+                expires_at = await payment_checks_repository.expires_at(connection, self._table, payment.id, expiry_s)
                 if expires_at is not None:
-                    await payment_checks_repository.reschedule_at(connection, payment.id, payment.lease, expires_at)
+                    await payment_checks_repository.reschedule_at(
+                        connection, self._table, payment.id, payment.lease, expires_at
+                    )
                 return False
             evidence = Evidence(
                 "resolver.expired",
@@ -202,7 +269,7 @@ class PaymentResolver(CheckLoop[_Claimed]):
         if expired:
             log.info("resolver.expired", payment_id=str(payment.id))
 
-    async def _apply_answer(self, payment: _Claimed, answer: ProviderPayment) -> None:
+    async def _apply_answer(self, payment: Claimed, answer: ProviderPayment) -> None:
         provider = self._gateway.provider
         try:
             event = event_for(provider, answer.status)
@@ -218,7 +285,7 @@ class PaymentResolver(CheckLoop[_Claimed]):
             CHECKS.labels("decided").inc()
             await self._done(payment)
 
-    async def _apply(self, payment: _Claimed, event: PaymentEvent, evidence: Evidence) -> PaymentState:
+    async def _apply(self, payment: Claimed, event: PaymentEvent, evidence: Evidence) -> PaymentState:
         """Apply the evidence; the payment's state afterwards."""
 
         async def work(connection: asyncpg.Connection) -> PaymentState:
@@ -229,53 +296,12 @@ class PaymentResolver(CheckLoop[_Claimed]):
         log.info("resolver.applied", payment_id=str(payment.id), payment_event=event.value, evidence=evidence.reference)
         return state
 
-    async def _done(self, payment: _Claimed) -> None:
-        """A decided payment needs no further check (unless a webhook asked for one meanwhile)."""
-
-        async def work(connection: asyncpg.Connection) -> None:
-            await payment_checks_repository.reschedule_at(connection, payment.id, payment.lease, None)
-
-        await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), work)
-
-    async def _not_sent(self, payment: _Claimed, error: NotSent) -> None:
-        """A provider that could not be reached is a failed check; one that was not asked is none."""
-        if error.unreachable:
-            CHECKS.labels("no_answer").inc()
-            await self._later(payment, f"{self._gateway.provider} is unreachable: {error}")
-            return
-        CHECKS.labels("not_asked").inc()
-        await self._not_asked(payment, error.retry_after_s)
-
-    async def _not_asked(self, payment: _Claimed, retry_after_s: float) -> None:
-        """The provider was not asked (its breaker is open, it refused the connection, it rate limited us):
-        the check does not count, and the next one comes when the provider may be asked again."""
-
-        async def work(connection: asyncpg.Connection) -> None:
-            delay_s = max(retry_after_s, self._settings.poll_interval_s)
-            await payment_checks_repository.give_back(connection, payment.id, payment.lease, delay_s)
-
-        await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), work)
-
-    async def _later(self, payment: _Claimed, reason: str) -> None:
-        """Check again after a backoff; after checks_max, stop and open a case for a person."""
-
-        async def work(connection: asyncpg.Connection) -> None:
-            if payment.attempts < self._settings.checks_max:
-                delay_s = self._settings.backoff_s(payment.attempts)
-                await payment_checks_repository.reschedule_in(connection, payment.id, payment.lease, delay_s)
-                return
-            if not await payment_checks_repository.give_up(
-                connection, payment.id, payment.lease
-            ):  # the payment moved, or a webhook asked for a check: not the end of the road
-                return
-            await cases_repository.open_case(
-                connection,
-                UNRESOLVED_CASE,
-                "payment_id",
-                payment.id,
-                f"payment {payment.id} stayed {payment.state.value} after {payment.attempts} checks: {reason}",
-                [{"checks": payment.attempts, "last_reason": reason[:500]}],
-            )
-            log.warning("resolver.gave_up", payment_id=str(payment.id), checks=payment.attempts, reason=reason)
-
-        await in_transaction(self._database, Budget.within(BACKGROUND_BUDGET_S), work)
+    async def _give_up_case(self, connection: asyncpg.Connection, item: Claimed, reason: str) -> None:
+        await cases_repository.open_case(
+            connection,
+            UNRESOLVED_CASE,
+            "payment_id",
+            item.id,
+            f"payment {item.id} stayed {item.state} after {item.attempts} checks: {reason}",
+            [{"checks": item.attempts, "last_reason": reason[:500]}],
+        )

@@ -21,6 +21,7 @@ from server.db.timeline_repository import Position
 
 # results of these use cases, as the handlers read them
 from server.db.timeline_repository import ProviderStatus as ProviderStatus
+from server.db.timeline_repository import RefundStep as RefundStep
 from server.db.timeline_repository import TimelineEntry as TimelineEntry
 from server.db.timeline_repository import Transition as Transition
 from server.domain.errors import FieldViolation, InvalidArgument, NotFound

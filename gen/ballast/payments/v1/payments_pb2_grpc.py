@@ -59,6 +59,21 @@ class PaymentServiceStub:
                 request_serializer=ballast_dot_payments_dot_v1_dot_payments__pb2.GetPaymentTimelineRequest.SerializeToString,
                 response_deserializer=ballast_dot_payments_dot_v1_dot_payments__pb2.GetPaymentTimelineResponse.FromString,
                 _registered_method=True)
+        self.RefundPayment = channel.unary_unary(
+                '/ballast.payments.v1.PaymentService/RefundPayment',
+                request_serializer=ballast_dot_payments_dot_v1_dot_payments__pb2.RefundPaymentRequest.SerializeToString,
+                response_deserializer=ballast_dot_payments_dot_v1_dot_payments__pb2.RefundPaymentResponse.FromString,
+                _registered_method=True)
+        self.GetRefund = channel.unary_unary(
+                '/ballast.payments.v1.PaymentService/GetRefund',
+                request_serializer=ballast_dot_payments_dot_v1_dot_payments__pb2.GetRefundRequest.SerializeToString,
+                response_deserializer=ballast_dot_payments_dot_v1_dot_payments__pb2.GetRefundResponse.FromString,
+                _registered_method=True)
+        self.ListRefunds = channel.unary_unary(
+                '/ballast.payments.v1.PaymentService/ListRefunds',
+                request_serializer=ballast_dot_payments_dot_v1_dot_payments__pb2.ListRefundsRequest.SerializeToString,
+                response_deserializer=ballast_dot_payments_dot_v1_dot_payments__pb2.ListRefundsResponse.FromString,
+                _registered_method=True)
 
 
 class PaymentServiceServicer:
@@ -101,6 +116,34 @@ class PaymentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RefundPayment(self, request, context):
+        """Asks for part or all of a captured payment (SUCCEEDED or PARTIALLY_REFUNDED) back. Idempotent
+        per (calling client, idempotency_key), as CreatePayment: the same key with the same parameters
+        returns the refund created the first time; with other parameters it is FAILED_PRECONDITION.
+        The refunds of a payment never add up to more than it captured, however many are asked for at
+        once: an amount over what is left is FAILED_PRECONDITION naming `amount.value`. The refund is
+        sent to the provider under its own id; its state tells what is known (UNKNOWN: no answer came,
+        the resolver asks the provider). UNAVAILABLE: the provider was not asked (the refund is
+        RECORDED): retry with the same key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRefund(self, request, context):
+        """Returns one refund of the calling client; NOT_FOUND if there is none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRefunds(self, request, context):
+        """Lists a payment's refunds, oldest first, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PaymentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +166,21 @@ def add_PaymentServiceServicer_to_server(servicer, server):
                     servicer.GetPaymentTimeline,
                     request_deserializer=ballast_dot_payments_dot_v1_dot_payments__pb2.GetPaymentTimelineRequest.FromString,
                     response_serializer=ballast_dot_payments_dot_v1_dot_payments__pb2.GetPaymentTimelineResponse.SerializeToString,
+            ),
+            'RefundPayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefundPayment,
+                    request_deserializer=ballast_dot_payments_dot_v1_dot_payments__pb2.RefundPaymentRequest.FromString,
+                    response_serializer=ballast_dot_payments_dot_v1_dot_payments__pb2.RefundPaymentResponse.SerializeToString,
+            ),
+            'GetRefund': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRefund,
+                    request_deserializer=ballast_dot_payments_dot_v1_dot_payments__pb2.GetRefundRequest.FromString,
+                    response_serializer=ballast_dot_payments_dot_v1_dot_payments__pb2.GetRefundResponse.SerializeToString,
+            ),
+            'ListRefunds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRefunds,
+                    request_deserializer=ballast_dot_payments_dot_v1_dot_payments__pb2.ListRefundsRequest.FromString,
+                    response_serializer=ballast_dot_payments_dot_v1_dot_payments__pb2.ListRefundsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -238,6 +296,87 @@ class PaymentService:
             '/ballast.payments.v1.PaymentService/GetPaymentTimeline',
             ballast_dot_payments_dot_v1_dot_payments__pb2.GetPaymentTimelineRequest.SerializeToString,
             ballast_dot_payments_dot_v1_dot_payments__pb2.GetPaymentTimelineResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefundPayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ballast.payments.v1.PaymentService/RefundPayment',
+            ballast_dot_payments_dot_v1_dot_payments__pb2.RefundPaymentRequest.SerializeToString,
+            ballast_dot_payments_dot_v1_dot_payments__pb2.RefundPaymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRefund(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ballast.payments.v1.PaymentService/GetRefund',
+            ballast_dot_payments_dot_v1_dot_payments__pb2.GetRefundRequest.SerializeToString,
+            ballast_dot_payments_dot_v1_dot_payments__pb2.GetRefundResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRefunds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ballast.payments.v1.PaymentService/ListRefunds',
+            ballast_dot_payments_dot_v1_dot_payments__pb2.ListRefundsRequest.SerializeToString,
+            ballast_dot_payments_dot_v1_dot_payments__pb2.ListRefundsResponse.FromString,
             options,
             channel_credentials,
             insecure,
