@@ -58,6 +58,7 @@ from server.services.corrections import approve_correction
 from server.services.leg_resolver import LegResolver, LegResolverSettings
 from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings
 from server.services.provider_health import breaker_announcer
+from server.services.refund_resolver import RefundResolver
 from server.services.submission import OUTCOME_WRITE_TIMEOUT_S
 from server.services.venue_instructions import InstructionSender
 from server.services.webhook_application import WebhookSource
@@ -295,6 +296,7 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
             )
             resolving = asyncio.gather(
                 PaymentResolver(database, gateway, resolver_settings).run(relays_stopping),
+                RefundResolver(database, gateway, resolver_settings).run(relays_stopping),
                 LegResolver(database, venue, LegResolverSettings(provider_timeout_s=provider_timeout_s)).run(
                     relays_stopping
                 ),

@@ -4,7 +4,8 @@ through the state machines, so a second delivery, concurrent or late, finds its 
 and a failure rolls back all of it, so the provider's redelivery can succeed.
 
 A webhook is a signal, never the provider's word: a payment event goes through the order of witnesses
-(payment_events), a venue's report through the leg's rules (venue_events)."""
+(payment_events), a refund's through the refund's (refund_events: it may say PENDING, any other news
+makes Ballast ask the provider's API), a venue's report through the leg's rules (venue_events)."""
 
 from __future__ import annotations
 
@@ -20,11 +21,18 @@ import asyncpg
 from server.db.webhook_deliveries_repository import INSERT_DELIVERIES, Kept, deliveries_arguments
 from server.domain.errors import NotFound
 from server.domain.payment_states import Verdict, Witness
-from server.domain.provider_status import UnknownProviderStatus, VenueReport, event_for, venue_report_for
+from server.domain.provider_status import (
+    UnknownProviderStatus,
+    VenueReport,
+    event_for,
+    refund_event_for,
+    venue_report_for,
+)
 from server.domain.stated import stated
 from server.messaging.idempotent import Alongside, claim_new
 from server.providers.simulator_events import ProviderEvent, Unreadable, fill_of
 from server.services.payment_events import Application, Evidence, apply_provider_evidence_each
+from server.services.refund_events import RefundEvidence, apply_refund_evidence
 from server.services.venue_events import apply_venue_report
 
 
@@ -62,15 +70,15 @@ Apply = Callable[[asyncpg.Connection], Awaitable[Outcome]]
 
 @dataclass(frozen=True)
 class Delivery:
-    """A readable, authentic delivery of an event about a payment or a leg, waiting to be applied."""
+    """A readable, authentic delivery of an event about a payment, a refund or a leg, waiting to be applied."""
 
     source: WebhookSource
     event: ProviderEvent
     headers: dict[str, str]
     body: bytes
-    #: what the event says about a payment, or what it reports about a leg (exactly one is set)
+    #: what the event says about a payment, or how to apply what it says of a refund or a leg (exactly one is set)
     payment: Application | None
-    leg: Apply | None
+    other: Apply | None
     answer: asyncio.Future[Outcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
     @property
@@ -84,9 +92,7 @@ def delivery_of(source: WebhookSource, event: ProviderEvent, headers: dict[str, 
     if subject_id is None or status is None:
         return None
     if event.about_a_refund:
-        # Ballast asks no provider for refunds yet: a refund's event is kept as evidence, about
-        # nothing it keeps, and never taken for a leg's report
-        return None
+        return Delivery(source, event, headers, body, None, _refund_handler(source, event, subject_id, status))
     if event.about_a_payment:
         return Delivery(source, event, headers, body, _payment_application(source, event, subject_id, status), None)
     return Delivery(source, event, headers, body, None, _leg_handler(source, event, subject_id, status))
@@ -116,14 +122,14 @@ async def apply_deliveries(connection: asyncpg.Connection, batch: list[Delivery]
             # None: not one of ours (another environment's, or made up): kept, not applied
             outcomes[n] = Outcome.IGNORED if evidence is None else _OUTCOMES[evidence.verdict]
         waiting = later
-    # legs in id order (a leg's own reports in arrival order), as payments are locked: two batches
-    # never wait for each other's rows in opposite orders
-    legs = sorted(
-        (str(delivery.event.subject_id), n, delivery.leg)
+    # refunds and legs in id order (each one's own events in arrival order), as payments are locked: two
+    # batches never wait for each other's rows in opposite orders
+    others = sorted(
+        (str(delivery.event.subject_id), n, delivery.other)
         for n, delivery in enumerate(batch)
-        if new[n] and delivery.leg is not None
+        if new[n] and delivery.other is not None
     )
-    for _, n, apply in legs:
+    for _, n, apply in others:
         try:
             outcomes[n] = await apply(connection)
         except NotFound:
@@ -149,6 +155,29 @@ def _payment_application(
         currency_code=stated(event.data.get("currency")),
     )
     return Application(payment_id, payment_event, evidence)
+
+
+def _refund_handler(source: WebhookSource, event: ProviderEvent, refund_id: uuid.UUID, status: str) -> Apply:
+    try:
+        refund_event = refund_event_for(source.provider, status)
+    except UnknownProviderStatus:
+        raise Unreadable(f"refund status {status!r} has no mapping for {source.provider}") from None
+    evidence = RefundEvidence(
+        f"webhook.{source.provider}",
+        f"{source.provider}:{event.event_id}",
+        provider=source.provider,
+        provider_status=status,
+        provider_refund_id=event.provider_object_id,
+        witness=Witness.WEBHOOK,
+        amount=stated(event.data.get("amount")),
+        currency_code=stated(event.data.get("currency")),
+        provider_payment_id=stated(event.data.get("payment")),
+    )
+
+    async def apply(connection: asyncpg.Connection) -> Outcome:
+        return _OUTCOMES[(await apply_refund_evidence(connection, refund_id, refund_event, evidence)).verdict]
+
+    return apply
 
 
 def _leg_handler(source: WebhookSource, event: ProviderEvent, leg_id: uuid.UUID, exec_type: str) -> Apply:

@@ -316,7 +316,7 @@ async def test_an_event_about_nothing_of_ours_is_kept_and_acknowledged(post: Pos
     assert status == 400
 
 
-async def test_a_refund_event_is_kept_and_acknowledged_and_never_taken_for_a_legs_report(
+async def test_an_event_about_a_refund_ballast_does_not_have_is_kept_and_ignored_never_taken_for_a_legs_report(
     post: Post, pool: asyncpg.Pool
 ) -> None:
     refund_id = uuid.uuid4()
