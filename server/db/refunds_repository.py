@@ -232,7 +232,17 @@ FOR UPDATE OF r
 """
 
 
+# A refund's payment is locked before the refund: the order every writer keeps (a payment's evidence
+# locks the payment; a refund's move changes its payment's totals), so none waits for another in the
+# opposite order. A refund's payment never changes, so it is read unlocked first.
+_LOCK_PAYMENT_OF_REFUND = """
+SELECT 1 FROM payments WHERE id = (SELECT payment_id FROM refunds WHERE id = $1) FOR UPDATE
+"""
+
+
 async def lock_refund(connection: asyncpg.Connection, refund_id: uuid.UUID) -> LockedRefund | None:
+    """The refund, locked with its payment until the caller's transaction ends (the payment first)."""
+    await connection.execute(_LOCK_PAYMENT_OF_REFUND, refund_id)
     row = await connection.fetchrow(_LOCK_REFUND, refund_id)
     if row is None:
         return None
@@ -374,9 +384,13 @@ async def insert_refund_move(connection: asyncpg.Connection, move: RefundMove) -
     return entry_ids
 
 
+# Called under the payments' row locks, while refund evidence takes a refund's lock and then its
+# payment's: refunds locked elsewhere are skipped (they are being moved, and their own check follows),
+# so the two never wait for each other in opposite orders.
 _CONFIRM_UNDECIDED_OF = """
 UPDATE refunds SET next_check_at = now()
-WHERE payment_id = ANY($1::uuid[]) AND state IN ('RECORDED', 'PENDING', 'UNKNOWN')
+WHERE id IN (SELECT id FROM refunds WHERE payment_id = ANY($1::uuid[]) AND state IN ('RECORDED', 'PENDING', 'UNKNOWN')
+             FOR UPDATE SKIP LOCKED)
 """
 
 
