@@ -38,6 +38,31 @@ def test_the_readme_snippet_creates_a_payment(start_server: Callable[..., Server
     assert re.fullmatch(r"[0-9a-f-]{36} PAYMENT_STATE_(PENDING|SUCCEEDED)\n", result.stdout), result.stdout
 
 
+def test_the_readme_refund_snippet_is_short() -> None:
+    assert len(readme_snippet("refund-payment").strip().splitlines()) <= 12
+
+
+#: A payment the simulator declines (its `calm` profile declines one in twenty) cannot be refunded:
+#: the snippets run again, with a new payment, this many times at most.
+REFUND_SNIPPET_RUNS = 3
+
+
+def test_the_readme_snippet_refunds_part_of_a_payment(start_server: Callable[..., ServerProcess]) -> None:
+    server = start_server()
+    env = os.environ | {"BALLAST_TOKEN": server.token, "BALLAST_ADDRESS": server.address}
+    # the refund snippet continues the create-payment one, as a reader runs them
+    program = readme_snippet("create-payment") + "\n" + readme_snippet("refund-payment")
+    for _ in range(REFUND_SNIPPET_RUNS):
+        result = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=60)
+        if "FAILED_PRECONDITION" not in result.stderr:
+            break
+    assert result.returncode == 0, result.stderr
+    payment_line, refund_line = result.stdout.splitlines()
+    assert re.fullmatch(r"[0-9a-f-]{36} PAYMENT_STATE_(PENDING|SUCCEEDED)", payment_line), result.stdout
+    # the provider answers a refund "pending"; its webhook and the refund resolver may already have settled it
+    assert re.fullmatch(r"[0-9a-f-]{36} 2\.34 REFUND_STATE_(PENDING|SUCCEEDED)", refund_line), result.stdout
+
+
 def test_the_readme_lists_the_services_without_grpcurl(start_server: Callable[..., ServerProcess]) -> None:
     server = start_server()
     env = os.environ | {"BALLAST_ADDRESS": server.address}
