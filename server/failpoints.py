@@ -23,6 +23,10 @@ FAILPOINTS = frozenset(
         "submission.after_provider_answer",
         # the answer's transaction has done its work and not committed
         "submission.before_outcome_commit",
+        # the same three lines of a refund's submission (server/services/refunds.py)
+        "refund.before_provider_call",
+        "refund.after_provider_answer",
+        "refund.before_outcome_commit",
     }
 )
 

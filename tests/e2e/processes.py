@@ -48,6 +48,11 @@ class SimulatorProcess:
         truth = self.control("GET", "/_sim/truth")
         return [payment for payment in truth["payments"] if payment["idempotency_key"] == idempotency_key]
 
+    def refunds_with_key(self, idempotency_key: str) -> list[dict[str, Any]]:
+        """The refunds the provider really made under this idempotency key (its ground truth)."""
+        truth = self.control("GET", "/_sim/truth")
+        return [refund for refund in truth["refunds"] if refund["idempotency_key"] == idempotency_key]
+
     def requests_logged(self, method: str, path: str, status: int | None = None) -> int:
         """How many requests to `path` (that ended with `status`) the simulator has logged.
 

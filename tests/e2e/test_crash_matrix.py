@@ -240,7 +240,8 @@ async def _converged_state(
 
 
 def test_the_matrix_crashes_the_server_at_every_failpoint() -> None:
-    assert {crash.failpoint for crash in CRASH_POINTS} - {None} == FAILPOINTS
+    armed = {crash.failpoint for crash in CRASH_POINTS} | {crash.failpoint for crash in REFUND_CRASH_POINTS}
+    assert armed - {None} == FAILPOINTS
 
 
 @pytest.mark.parametrize(("crash", "webhooks_lost"), CASES)
@@ -298,5 +299,98 @@ async def test_a_crash_ends_with_ballast_equal_to_the_providers_truth_without_a_
         assert simulator.requests_logged("POST", "/v1/payments") == posts_before, "the retry was sent to the provider"
         assert await connection.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == state
         assert await _ledger(connection, payment_id) == (entries, clearing)
+    finally:
+        await connection.close()
+
+
+#: A refund's submission crashed at each of its lines (the payment was captured before).
+REFUND_CRASH_POINTS = [
+    CrashPoint("refund_before_provider_call", "refund.before_provider_call", reaches_provider=False),
+    CrashPoint("refund_after_provider_answer", "refund.after_provider_answer", reaches_provider=True),
+    CrashPoint("refund_before_outcome_commit", "refund.before_outcome_commit", reaches_provider=True),
+]
+REFUND_AMOUNT = Money(value="5.00", currency_code="EUR")
+
+
+async def _captured_payment(
+    server: ServerProcess, key: str, connection: asyncpg.Connection, simulator: SimulatorProcess
+) -> uuid.UUID:
+    reply = await _create(server, key)
+    payment_id = uuid.UUID(reply.payment.id)
+    state = await _converged_state(connection, payment_id, server, simulator)
+    assert state == "SUCCEEDED", state
+    return payment_id
+
+
+async def _refund(server: ServerProcess, key: str, payment_id: uuid.UUID) -> payments_pb2.RefundPaymentResponse:
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = payments_pb2_grpc.PaymentServiceStub(channel)
+        reply: payments_pb2.RefundPaymentResponse = await stub.RefundPayment(
+            payments_pb2.RefundPaymentRequest(idempotency_key=key, payment_id=str(payment_id), amount=REFUND_AMOUNT),
+            metadata=server.metadata,
+            timeout=CALL_TIMEOUT_S,
+        )
+        return reply
+
+
+async def _refund_converged(connection: asyncpg.Connection, refund_id: uuid.UUID, server: ServerProcess) -> str:
+    deadline = asyncio.get_running_loop().time() + CONVERGENCE_TIMEOUT_S
+    while True:
+        state: str = await connection.fetchval("SELECT state FROM refunds WHERE id = $1", refund_id)
+        if state not in UNDECIDED_STATES:
+            return state
+        if asyncio.get_running_loop().time() >= deadline:
+            pytest.fail(f"the refund is still {state} after the restart; the log ends:\n{server.log()[-3000:]}")
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("crash", REFUND_CRASH_POINTS, ids=lambda crash: crash.name)
+async def test_a_crash_mid_refund_ends_with_the_refund_equal_to_the_providers_truth_without_a_client_retry(
+    crash: CrashPoint, launch: Launch, crash_database: str, simulator: SimulatorProcess
+) -> None:
+    await asyncio.to_thread(
+        simulator.reset, SEED, "calm", PROVIDER_SETTINGS | {"refund_fail_rate": 0.0, "refund_stuck_rate": 0.0}
+    )
+    connection = await asyncpg.connect(asyncpg_dsn(crash_database))
+    try:
+        healthy = launch(None, "healthy-server", TIMINGS)
+        payment_id = await _captured_payment(healthy, f"crash-pay-{uuid.uuid4()}", connection, simulator)
+        healthy.stop()
+
+        armed = launch(crash.failpoint, "armed-server", TIMINGS)
+        key = f"crash-{crash.name}-{uuid.uuid4()}"
+        with pytest.raises(grpc.aio.AioRpcError):
+            await _refund(armed, key, payment_id)
+        assert exit_status(armed.process) == -signal.SIGKILL, f"the server was not killed:\n{armed.log()[-3000:]}"
+
+        # nothing accepted is lost: the refund was committed, counted against its payment, before the provider
+        row = await connection.fetchrow(
+            "SELECT id, state FROM refunds WHERE client_id = $1 AND idempotency_key = $2", armed.client_id, key
+        )
+        assert row is not None, "the refund was lost with the server"
+        refund_id: uuid.UUID = row["id"]
+        assert row["state"] in ({"RECORDED", "PENDING"} if crash.reaches_provider else {"RECORDED"}), row["state"]
+        at_provider = await asyncio.to_thread(simulator.refunds_with_key, str(refund_id))
+        assert len(at_provider) == int(crash.reaches_provider), at_provider
+
+        restarted = launch(None, "restarted-server", TIMINGS)  # no client retry: Ballast finds out on its own
+        state = await _refund_converged(connection, refund_id, restarted)
+        at_provider = await asyncio.to_thread(simulator.refunds_with_key, str(refund_id))
+        posted = await connection.fetchval(
+            "SELECT count(*) FROM ledger_entries WHERE event_key = $1", f"refund:{refund_id}:succeeded"
+        )
+        payment = await connection.fetchrow(
+            "SELECT state, refunded, refund_held FROM payments WHERE id = $1", payment_id
+        )
+        if at_provider:
+            assert len(at_provider) == 1, f"two provider refunds for one key: {at_provider}"
+            assert (state, at_provider[0]["status"]) == ("SUCCEEDED", "succeeded")
+            assert posted == 1
+            assert (payment["state"], payment["refunded"]) == ("PARTIALLY_REFUNDED", Decimal(REFUND_AMOUNT.value))
+        else:
+            assert state == "EXPIRED", f"the provider never had the refund, yet Ballast says {state}"
+            assert posted == 0
+            # an expired refund no longer counts against its payment
+            assert (payment["state"], payment["refund_held"]) == ("SUCCEEDED", 0)
     finally:
         await connection.close()
