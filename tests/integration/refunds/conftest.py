@@ -4,16 +4,14 @@ the simulator in-process, answering at once and settling payments and refunds wi
 A payment reaches SUCCEEDED the way it does in production: the provider settles it, its webhook makes it
 due for a check, and the payment resolver asks the provider's API. A refund the provider answered `pending`
 settles at the provider at once; Ballast learns of it from the refund resolver
-(server/services/refund_resolver.py), which specs drive directly, or skip the assertions that need it
-while it is not built.
+(server/services/refund_resolver.py), which specs drive directly.
 """
 
 from __future__ import annotations
 
-import importlib
 import uuid
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from server.db.database import Database
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.gateway import GatewayClient
 from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings
+from server.services.refund_resolver import RefundResolver
 from tests.support.requests import create_payment_request
 from tests.support.servers import Caller, in_process_server, new_callers
 from tests.support.simulator import simulated_provider, simulator_truth
@@ -64,7 +63,6 @@ CALL_TIMEOUT_S = 10
 #: How long a payment or refund may take to settle at the provider and then in Ballast.
 SETTLE_TIMEOUT_S = 20
 UNDECIDED = ("RECORDED", "UNKNOWN", "PENDING")
-REFUND_RESOLVER_MISSING = "refund resolver not yet built (server/services/refund_resolver.py: RefundResolver)"
 
 
 def money(value: str, currency: str = "EUR") -> Money:
@@ -206,22 +204,9 @@ class Shop:
         return refunds, keys, len(at_provider)
 
 
-def refund_resolver(database: Database, gateway: GatewayClient) -> Any:
-    """The refund resolver (being built beside these specs), checking at once; skips while it is missing."""
-    try:
-        module = importlib.import_module("server.services.refund_resolver")
-    except ModuleNotFoundError:
-        pytest.skip(REFUND_RESOLVER_MISSING)
-    resolver_class = getattr(module, "RefundResolver", None)
-    if resolver_class is None:
-        pytest.skip(REFUND_RESOLVER_MISSING)
-    settings: Any = CHECK_AT_ONCE
-    settings_class = getattr(module, "RefundResolverSettings", None)
-    if settings_class is not None and is_dataclass(settings_class):
-        known = {f.name for f in fields(settings_class)}
-        wanted = {f.name: getattr(CHECK_AT_ONCE, f.name) for f in fields(CHECK_AT_ONCE)}
-        settings = settings_class(**{name: value for name, value in wanted.items() if name in known})
-    return resolver_class(database, gateway, settings)
+def refund_resolver(database: Database, gateway: GatewayClient) -> RefundResolver:
+    """The refund resolver, checking at once."""
+    return RefundResolver(database, gateway, CHECK_AT_ONCE)
 
 
 async def ledger_sums(pool: asyncpg.Pool) -> dict[str, Decimal]:
