@@ -5,6 +5,7 @@ decides one without the provider's API."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import grpc
+import pytest
 
 from ballast.common.v1 import money_pb2
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
@@ -44,6 +46,12 @@ SETTINGS = {
     "webhook_retry_base_ms": 20,
     "retry_after_s": 0,
 }
+#: What a refund can be answered with before the provider decides it.
+UNDECIDED_ANSWERS = (
+    payments_pb2.REFUND_STATE_RECORDED,
+    payments_pb2.REFUND_STATE_PENDING,
+    payments_pb2.REFUND_STATE_UNKNOWN,
+)
 RESOLVER = PaymentResolverSettings(
     unknown_grace_s=0,
     pending_overdue_s=0.2,
@@ -244,3 +252,56 @@ async def test_a_refund_webhook_storm_never_decides_or_reverses_a_refund_and_the
         # no case about the payment but the misfit's
         kinds = await pool.fetch("SELECT kind FROM cases WHERE payment_id = $1", payment_id)
         assert [row["kind"] for row in kinds] == ["REFUND_EVIDENCE_MISMATCH"]
+
+
+@pytest.mark.parametrize("deadline_s", [0.05, 0.15, 0.3])
+async def test_a_refund_asked_with_a_short_deadline_is_answered_within_it_and_ends_as_the_provider_left_it(
+    tmp_path: Path, database: Database, pool: asyncpg.Pool, deadline_s: float
+) -> None:
+    merchant, _, _ = new_callers()
+    principal = Principal(merchant.client_id, Role.SERVICE)
+    async with (
+        simulated_provider(tmp_path, database, "calm", **(SETTINGS | {"latency_ms": 80, "latency_max_ms": 120})) as url,
+        gateway_to(url) as gateway,
+        in_process_server(pool, [merchant], tmp_path, gateway) as address,
+        grpc.aio.insecure_channel(address) as channel,
+    ):
+        payment_id = await captured_payment(database, gateway, principal, "9.00")
+        stub = payments_pb2_grpc.PaymentServiceStub(channel)
+        request = payments_pb2.RefundPaymentRequest(idempotency_key=f"r-{uuid.uuid4()}", payment_id=str(payment_id))
+        started = asyncio.get_running_loop().time()
+        try:
+            answer = await stub.RefundPayment(request, metadata=merchant.metadata, timeout=deadline_s)
+            state = answer.refund.state
+        except grpc.aio.AioRpcError as error:
+            # an honest answer: not begun (nothing done), not asked (UNAVAILABLE), or the outcome unknown
+            assert error.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE), error
+            if "nothing was done" in (error.details() or ""):
+                assert await pool.fetchval("SELECT count(*) FROM refunds WHERE client_id = $1", merchant.client_id) == 0
+                return
+            state = None
+        assert asyncio.get_running_loop().time() - started < deadline_s + 0.3
+        assert state in (None, *UNDECIDED_ANSWERS)
+
+        # whatever the caller heard, the refund exists once and ends as the provider left it, with no retry
+        await until(
+            lambda: pool.fetchval("SELECT count(*) FROM refunds WHERE client_id = $1", merchant.client_id),
+            "the refund recorded (the caller's deadline does not undo what was accepted)",
+        )
+        refund_id = await pool.fetchval("SELECT id FROM refunds WHERE client_id = $1", merchant.client_id)
+        await park_other_refunds(pool, merchant.client_id)
+        fast_expiry = PaymentResolverSettings(
+            unknown_grace_s=0, pending_overdue_s=0.2, backoff_base_s=0.1, backoff_max_s=0.3, provider_timeout_s=2,
+            expiry_s=0.5,
+        )  # fmt: skip
+        resolver = RefundResolver(database, gateway, fast_expiry)
+
+        async def decided() -> bool:
+            await resolver.run_once()
+            state = await pool.fetchval("SELECT state FROM refunds WHERE id = $1", refund_id)
+            return state in ("SUCCEEDED", "EXPIRED")
+
+        await until(decided, "the refund decided by the resolver", timeout_s=20)
+        state_now = await pool.fetchval("SELECT state FROM refunds WHERE id = $1", refund_id)
+        at_provider = [r for r in (await simulator_truth(url))["refunds"] if r["idempotency_key"] == str(refund_id)]
+        assert (state_now, len(at_provider)) in (("SUCCEEDED", 1), ("EXPIRED", 0)), (state_now, at_provider)
