@@ -10,6 +10,50 @@ from decimal import Decimal
 
 import asyncpg
 
+from server.domain import events
+from server.domain.ledger import Posting, check_balanced
+
+
+@dataclass(frozen=True)
+class PostingRows:
+    """Postings as the column arrays one statement unnests (`ledger_entries` then `ledger_lines`, in
+    the order of `arguments`), with the `ledger.posted` events announcing them, in posting order."""
+
+    arguments: tuple[list[object], ...]
+    #: (topic, message key, payload) of each posting's outbox event
+    announced: list[tuple[str, str, dict[str, object]]]
+
+
+def posting_rows(entries: list[tuple[uuid.UUID, Posting]]) -> PostingRows:
+    """The rows of these postings under their entry ids; each is checked to balance first (PostgreSQL
+    checks again at commit)."""
+    for _, posting in entries:
+        check_balanced(posting)
+    lines = [
+        (entry_id, number, line.account, line.currency_code, line.amount)
+        for entry_id, posting in entries
+        for number, line in enumerate(posting.lines, start=1)
+    ]
+    announced: list[tuple[str, str, dict[str, object]]] = [
+        (
+            events.LEDGER_POSTED,
+            posting.event_key,
+            events.ledger_posted(
+                entry_id, posting.event_key, [(line.account, line.amount, line.currency_code) for line in posting.lines]
+            ),
+        )
+        for entry_id, posting in entries
+    ]
+    line_columns: list[list[object]] = [[line[column] for line in lines] for column in range(5)]
+    arguments: tuple[list[object], ...] = (
+        [entry_id for entry_id, _ in entries],
+        [posting.event_key for _, posting in entries],
+        [posting.payment_id for _, posting in entries],
+        [posting.description for _, posting in entries],
+        *line_columns,
+    )
+    return PostingRows(arguments, announced)
+
 
 @dataclass(frozen=True)
 class EntryLine:

@@ -17,9 +17,10 @@ from typing import Any
 
 import asyncpg
 
+from server.db.ledger_repository import posting_rows
 from server.domain import events
 from server.domain.corrections import CORRECTION_EVENT
-from server.domain.ledger import Posting, check_balanced
+from server.domain.ledger import Posting
 from server.domain.payment_states import PaymentState
 
 
@@ -224,24 +225,13 @@ async def insert_moves(connection: asyncpg.Connection, moves: Sequence[Move]) ->
     """
     if not moves:
         return
-    entries = [
-        (entry_id, posting) for move in moves for entry_id, posting in zip(move.entry_ids, move.postings, strict=True)
-    ]
-    for _, posting in entries:
-        check_balanced(posting)
-    lines = [
-        (entry_id, number, line.account, line.currency_code, line.amount)
-        for entry_id, posting in entries
-        for number, line in enumerate(posting.lines, start=1)
-    ]
     changes = [move.state_changed() for move in moves]
     announced: list[tuple[str, str, dict[str, Any]]] = []
+    every_entry: list[tuple[uuid.UUID, Posting]] = []
     for move, change in zip(moves, changes, strict=True):
-        for entry_id, posting in zip(move.entry_ids, move.postings, strict=True):
-            posted = [(line.account, line.amount, line.currency_code) for line in posting.lines]
-            announced.append(
-                (events.LEDGER_POSTED, posting.event_key, events.ledger_posted(entry_id, posting.event_key, posted))
-            )
+        entries = list(zip(move.entry_ids, move.postings, strict=True))
+        every_entry += entries
+        announced += posting_rows(entries).announced
         announced.append((events.PAYMENT_STATE_CHANGED, str(move.payment.id), change))
     event_ids = [uuid.uuid4() for _ in announced]
     await connection.execute(
@@ -253,15 +243,7 @@ async def insert_moves(connection: asyncpg.Connection, moves: Sequence[Move]) ->
         [move.cause for move in moves],
         [move.evidence_ref for move in moves],
         [move.approved_by for move in moves],
-        [entry_id for entry_id, _ in entries],
-        [posting.event_key for _, posting in entries],
-        [posting.payment_id for _, posting in entries],
-        [posting.description for _, posting in entries],
-        [line[0] for line in lines],
-        [line[1] for line in lines],
-        [line[2] for line in lines],
-        [line[3] for line in lines],
-        [line[4] for line in lines],
+        *posting_rows(every_entry).arguments,
         event_ids,
         [topic for topic, _, _ in announced],
         [key for _, key, _ in announced],

@@ -17,8 +17,9 @@ from typing import Any
 
 import asyncpg
 
+from server.db.ledger_repository import posting_rows
 from server.domain import events
-from server.domain.ledger import Posting, check_balanced
+from server.domain.ledger import Posting
 from server.domain.money import Money, quantize
 from server.domain.payment_states import PaymentState
 from server.domain.refund_states import INITIAL_REFUND_STATE, RefundState
@@ -336,25 +337,9 @@ async def insert_refund_move(connection: asyncpg.Connection, move: RefundMove) -
     refund posts once, whatever happens.
     """
     entry_ids = tuple(uuid.uuid4() for _ in move.postings)
-    for posting in move.postings:
-        check_balanced(posting)
-    lines = [
-        (entry_id, number, line.account, line.currency_code, line.amount)
-        for entry_id, posting in zip(entry_ids, move.postings, strict=True)
-        for number, line in enumerate(posting.lines, start=1)
-    ]
+    rows = posting_rows(list(zip(entry_ids, move.postings, strict=True)))
     change = move.state_changed()
-    announced: list[tuple[str, str, dict[str, Any]]] = [
-        (
-            events.LEDGER_POSTED,
-            posting.event_key,
-            events.ledger_posted(
-                entry_id, posting.event_key, [(line.account, line.amount, line.currency_code) for line in posting.lines]
-            ),
-        )
-        for entry_id, posting in zip(entry_ids, move.postings, strict=True)
-    ]
-    announced.append((events.REFUND_STATE_CHANGED, str(move.refund.id), change))
+    announced = [*rows.announced, (events.REFUND_STATE_CHANGED, str(move.refund.id), change)]
     event_ids = [uuid.uuid4() for _ in announced]
     await connection.execute(
         _INSERT_REFUND_MOVE,
@@ -365,15 +350,7 @@ async def insert_refund_move(connection: asyncpg.Connection, move: RefundMove) -
         move.cause,
         move.evidence_ref,
         move.provider_status,
-        list(entry_ids),
-        [posting.event_key for posting in move.postings],
-        [posting.payment_id for posting in move.postings],
-        [posting.description for posting in move.postings],
-        [line[0] for line in lines],
-        [line[1] for line in lines],
-        [line[2] for line in lines],
-        [line[3] for line in lines],
-        [line[4] for line in lines],
+        *rows.arguments,
         event_ids,
         [topic for topic, _, _ in announced],
         [key for _, key, _ in announced],

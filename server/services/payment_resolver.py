@@ -96,9 +96,18 @@ class ScheduledChecks(CheckLoop[Claimed]):
     """What the payment and refund resolvers share: the schedule of checks of rows in `_table`, and what
     a check does when it could not ask, got no answer, or is done."""
 
+    #: the table whose rows this resolver checks (each subclass names its own)
     _table: Checked
-    _settings: PaymentResolverSettings
-    _gateway: GatewayClient
+
+    def __init__(
+        self, database: Database, gateway: GatewayClient, settings: PaymentResolverSettings | None = None
+    ) -> None:
+        self._database = database
+        self._gateway = gateway
+        self._settings = settings or PaymentResolverSettings()
+        self._poll_interval_s = self._settings.poll_interval_s
+        self._batch_size = self._settings.batch_size
+        self._breaker = gateway.breaker
 
     async def _claim(self, connection: asyncpg.Connection, limit: int) -> list[Claimed]:
         config = self._settings
@@ -179,16 +188,7 @@ class PaymentResolver(ScheduledChecks):
     """Checks payments the provider may have decided without Ballast hearing of it (the leg resolver,
     server/services/leg_resolver.py, does the same for legs at the venue)."""
 
-    def __init__(
-        self, database: Database, gateway: GatewayClient, settings: PaymentResolverSettings | None = None
-    ) -> None:
-        self._database = database
-        self._gateway = gateway
-        self._settings = settings or PaymentResolverSettings()
-        self._poll_interval_s = self._settings.poll_interval_s
-        self._batch_size = self._settings.batch_size
-        self._breaker = gateway.breaker
-        self._table = Checked.PAYMENTS
+    _table = Checked.PAYMENTS
 
     async def _check(self, payment: Claimed) -> None:
         key = str(payment.id)

@@ -23,13 +23,13 @@ import structlog
 from prometheus_client import Counter
 
 from server.db import cases_repository, payment_checks_repository, refunds_repository
-from server.db.database import BACKGROUND_BUDGET_S, Budget, Database, in_transaction
+from server.db.database import BACKGROUND_BUDGET_S, Budget, in_transaction
 from server.db.payment_checks_repository import Checked
 from server.domain.payment_states import Witness
 from server.domain.provider_status import UnknownProviderStatus, refund_event_for
 from server.domain.refund_states import RELEASED_REFUND_STATES, UNDECIDED_REFUND_STATES, RefundEvent, RefundState
-from server.providers.gateway import GatewayClient, NotSent, OutcomeUnknown, ProviderRefund, Refused
-from server.services.payment_resolver import Claimed, PaymentResolverSettings, ScheduledChecks
+from server.providers.gateway import NotSent, OutcomeUnknown, ProviderRefund, Refused
+from server.services.payment_resolver import Claimed, ScheduledChecks
 from server.services.refund_events import RefundEvidence, apply_refund_evidence
 
 log = structlog.get_logger(__name__)
@@ -42,16 +42,7 @@ UNRESOLVED_REFUND_CASE = "UNRESOLVED_REFUND"
 class RefundResolver(ScheduledChecks):
     """Checks refunds the provider may have decided without Ballast hearing of it."""
 
-    def __init__(
-        self, database: Database, gateway: GatewayClient, settings: PaymentResolverSettings | None = None
-    ) -> None:
-        self._database = database
-        self._gateway = gateway
-        self._settings = settings or PaymentResolverSettings()
-        self._poll_interval_s = self._settings.poll_interval_s
-        self._batch_size = self._settings.batch_size
-        self._breaker = gateway.breaker
-        self._table = Checked.REFUNDS
+    _table = Checked.REFUNDS
 
     async def _check(self, refund: Claimed) -> None:
         key, provider = str(refund.id), self._gateway.provider
