@@ -3,7 +3,10 @@
 Each call a client makes is an `invoke`, then one completion: `ok` (an answer, with the payment id and
 the state the client was told), `fail` (a definite refusal: nothing happened) or `info` (indeterminate:
 a deadline or UNAVAILABLE after the request may have landed). Every operation carries the client
-(process) and the idempotency key, so the checker knows what each client was told about each key.
+(process) and the idempotency key, so the checker knows what each client was told about each key, and
+its `operation`: `create_payment`, or `refund_payment` (a refund of a payment that succeeded, under a key
+of its own; its `payment_id` is the payment refunded, its `refund_id` the refund an answer named, its
+`state` the refund's).
 
 A history is appended to while the load runs and written as JSON lines, one operation a line, so a run
 can be checked again later from its file.
@@ -29,8 +32,9 @@ class Kind(enum.StrEnum):
     INFO = "info"
 
 
-#: The one operation the load driver makes today.
+#: The operations the load driver makes: a payment under a new key, and a refund of one that succeeded.
 CREATE_PAYMENT = "create_payment"
+REFUND_PAYMENT = "refund_payment"
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class Operation:
     currency: str | None = None
     #: on `fail` or `info`, the error's message as the client got it
     message: str | None = None
+    #: a refund_payment's refund id, once an answer gave one (its payment's is payment_id)
+    refund_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -62,7 +68,7 @@ class Operation:
             "time_s": self.time_s,
             "operation": self.operation,
         }
-        for name in ("payment_id", "state", "error", "amount", "currency", "message"):
+        for name in ("payment_id", "state", "error", "amount", "currency", "message", "refund_id"):
             value = getattr(self, name)
             if value is not None:
                 data[name] = value
@@ -92,6 +98,7 @@ class Operation:
             amount=optional("amount"),
             currency=optional("currency"),
             message=optional("message"),
+            refund_id=optional("refund_id"),
         )
 
 
@@ -126,21 +133,66 @@ class History:
         amount: str | None = None,
         currency: str | None = None,
         time_s: float | None = None,
+        operation: str = CREATE_PAYMENT,
+        payment_id: str | None = None,
     ) -> Operation:
-        return self.append(Operation(Kind.INVOKE, process, key, _now(time_s), amount=amount, currency=currency))
+        return self.append(
+            Operation(
+                Kind.INVOKE,
+                process,
+                key,
+                _now(time_s),
+                operation,
+                payment_id=payment_id,
+                amount=amount,
+                currency=currency,
+            )
+        )
 
-    def ok(self, process: str, key: str, payment_id: str, state: str, *, time_s: float | None = None) -> Operation:
-        return self.append(Operation(Kind.OK, process, key, _now(time_s), payment_id=payment_id, state=state))
+    def ok(
+        self,
+        process: str,
+        key: str,
+        payment_id: str,
+        state: str,
+        *,
+        time_s: float | None = None,
+        operation: str = CREATE_PAYMENT,
+        refund_id: str | None = None,
+    ) -> Operation:
+        return self.append(
+            Operation(
+                Kind.OK, process, key, _now(time_s), operation, payment_id=payment_id, state=state, refund_id=refund_id
+            )
+        )
 
     def fail(
-        self, process: str, key: str, error: str, *, message: str | None = None, time_s: float | None = None
+        self,
+        process: str,
+        key: str,
+        error: str,
+        *,
+        message: str | None = None,
+        time_s: float | None = None,
+        operation: str = CREATE_PAYMENT,
     ) -> Operation:
-        return self.append(Operation(Kind.FAIL, process, key, _now(time_s), error=error, message=message))
+        return self.append(Operation(Kind.FAIL, process, key, _now(time_s), operation, error=error, message=message))
 
     def info(
-        self, process: str, key: str, error: str, *, message: str | None = None, time_s: float | None = None
+        self,
+        process: str,
+        key: str,
+        error: str,
+        *,
+        message: str | None = None,
+        time_s: float | None = None,
+        operation: str = CREATE_PAYMENT,
     ) -> Operation:
-        return self.append(Operation(Kind.INFO, process, key, _now(time_s), error=error, message=message))
+        return self.append(Operation(Kind.INFO, process, key, _now(time_s), operation, error=error, message=message))
+
+    def of_operation(self, operation: str) -> History:
+        """The operations of one kind of call only (CREATE_PAYMENT, REFUND_PAYMENT), in order."""
+        return History(op for op in self._operations if op.operation == operation)
 
     def calls(self) -> list[tuple[Operation, Operation]]:
         """Each completed call as (invoke, completion): a process makes one call at a time, so its

@@ -7,6 +7,12 @@ key after the server's RetryInfo delay (or a capped backoff), on the next server
 are several, at most ATTEMPTS_MAX times; then the client gives up on that payment. Every call is an
 `invoke` then one completion: `ok` with the state the client was told, `fail` for a definite refusal,
 `info` when the outcome is unknown to the client (the request may have landed).
+
+With a load's `refund_share`, a client whose payment was answered SUCCEEDED (or, asking GetPayment for
+a bounded while, became SUCCEEDED) asks, for that share of its payments, one or two refunds of it under
+keys of their own (`<payment key>-r<k>`): a third of it, then the rest (amount omitted), or one of the
+two alone, drawn from the seed. Each refund call is retried and recorded as a payment's is, as a
+`refund_payment` operation.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from decimal import ROUND_DOWN, Decimal
+from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2
@@ -23,7 +31,7 @@ from grpc_status import rpc_status
 
 from ballast.common.v1.money_pb2 import Money
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
-from chaos.history import History
+from chaos.history import CREATE_PAYMENT, REFUND_PAYMENT, History
 from chaos.scenarios import Load
 
 #: Each call's deadline: longer than the servers' provider timeout, so a hang counts against the breaker.
@@ -43,6 +51,12 @@ RETRY_DELAY_MAX_S = 3.0
 JPY_SHARE = 0.2
 #: An error message kept in the history is cut to this length.
 MESSAGE_MAX = 300
+#: How long a client asks GetPayment about a payment not yet SUCCEEDED before it gives up refunding it.
+REFUND_WAIT_S = 5.0
+REFUND_POLL_S = 0.25
+#: A payment's refunds, drawn per payment: a third then the rest, a third alone, or all of it at once
+#: (None: the amount is omitted, all that is left).
+REFUND_PLANS: tuple[tuple[str, ...], ...] = (("third", "rest"), ("third", "rest"), ("third",), ("rest",))
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,20 @@ def state_name(state: int) -> str:
         return f"STATE_{state}"
 
 
+def refund_state_name(state: int) -> str:
+    try:
+        return str(payments_pb2.RefundState.Name(state)).removeprefix("REFUND_STATE_")
+    except ValueError:  # a state newer than these stubs
+        return f"STATE_{state}"
+
+
+def third(value: str, currency: str) -> str | None:
+    """A third of the amount, rounded down to the currency's minor unit; None when that is nothing."""
+    exponent = Decimal(1) if currency == "JPY" else Decimal("0.01")
+    part = (Decimal(value) / 3).quantize(exponent, rounding=ROUND_DOWN)
+    return format(part, "f") if part > 0 else None
+
+
 class Driver:
     """The run's clients; `run` returns when every client is done."""
 
@@ -111,12 +139,18 @@ class Driver:
 
     async def _client(self, number: int, stubs: list[payments_pb2_grpc.PaymentServiceStub]) -> None:
         rng = random.Random(f"{self._seed}:client:{number}")  # noqa: S311 - reproducible amounts
+        # refunds draw from their own generator: a load with refunds asks the same payments as one without
+        refund_rng = random.Random(f"{self._seed}:refunds:{number}")  # noqa: S311 - reproducible refunds
         process = f"client-{number}"
         payment = 0
         while self._now() < self._load.duration_s:
             value, currency = amount(rng)
             key = f"chaos-{self._run_id}-{number}-{payment}"
-            await self._pay(process, number + payment, key, value, currency, stubs)
+            answer = await self._pay(process, number + payment, key, value, currency, stubs)
+            refunds = refund_rng.random() < self._load.refund_share
+            refund_plan = refund_rng.choice(REFUND_PLANS)
+            if refunds and answer is not None:
+                await self._refund(process, number + payment, key, answer, value, currency, refund_plan, stubs)
             payment += 1
 
     async def _pay(
@@ -127,30 +161,129 @@ class Driver:
         value: str,
         currency: str,
         stubs: list[payments_pb2_grpc.PaymentServiceStub],
-    ) -> None:
+    ) -> tuple[str, str] | None:
+        """Pay under `key`; the payment's (id, state) the last answer gave, None without one."""
         request = payments_pb2.CreatePaymentRequest(
             idempotency_key=key, amount=Money(value=value, currency_code=currency)
         )
-        for attempt in range(ATTEMPTS_MAX):
-            target = (first_target + attempt) % len(stubs)  # a retry tries the next replica
-            self._history.invoke(process, key, amount=value, currency=currency, time_s=self._now())
-            try:
-                reply = await stubs[target].CreatePayment(
+
+        async def send(target: int) -> tuple[str, str, str | None]:
+            reply = await stubs[target].CreatePayment(
+                request, metadata=self._targets[target].metadata, timeout=CALL_DEADLINE_S
+            )
+            return reply.payment.id, state_name(reply.payment.state), None
+
+        answer = await self._call(process, first_target, key, len(stubs), CREATE_PAYMENT, send, value, currency)
+        return None if answer is None else (answer[0], answer[1])
+
+    async def _refund(
+        self,
+        process: str,
+        first_target: int,
+        payment_key: str,
+        answer: tuple[str, str],
+        value: str,
+        currency: str,
+        refund_plan: tuple[str, ...],
+        stubs: list[payments_pb2_grpc.PaymentServiceStub],
+    ) -> None:
+        """Ask the payment's refunds, in order, once it is SUCCEEDED (asking GetPayment for a while)."""
+        payment_id, state = answer
+        if state != "SUCCEEDED" and not await self._wait_succeeded(first_target, payment_id, stubs):
+            return
+        for number, part in enumerate(refund_plan):
+            asked = third(value, currency) if part == "third" else None
+            if part == "third" and asked is None:
+                continue
+            key = f"{payment_key}-r{number}"
+            request = payments_pb2.RefundPaymentRequest(idempotency_key=key, payment_id=payment_id, reason="chaos load")
+            if asked is not None:
+                request.amount.CopyFrom(Money(value=asked, currency_code=currency))
+
+            async def send(target: int, request: Any = request) -> tuple[str, str, str | None]:
+                reply = await stubs[target].RefundPayment(
                     request, metadata=self._targets[target].metadata, timeout=CALL_DEADLINE_S
                 )
+                return reply.refund.payment_id, refund_state_name(reply.refund.state), reply.refund.id
+
+            await self._call(
+                process, first_target + number, key, len(stubs), REFUND_PAYMENT, send, asked, currency, payment_id
+            )
+
+    async def _wait_succeeded(
+        self, first_target: int, payment_id: str, stubs: list[payments_pb2_grpc.PaymentServiceStub]
+    ) -> bool:
+        """Ask GetPayment (any error: ask again) until the payment is SUCCEEDED, for REFUND_WAIT_S at most."""
+        deadline = time.monotonic() + REFUND_WAIT_S
+        attempt = 0
+        while time.monotonic() < deadline:
+            target = (first_target + attempt) % len(stubs)
+            attempt += 1
+            try:
+                reply = await stubs[target].GetPayment(
+                    payments_pb2.GetPaymentRequest(payment_id=payment_id),
+                    metadata=self._targets[target].metadata,
+                    timeout=CALL_DEADLINE_S,
+                )
+            except grpc.aio.AioRpcError:
+                pass
+            else:
+                name = state_name(reply.payment.state)
+                if name == "SUCCEEDED":
+                    return True
+                if name not in ("RECORDED", "PENDING", "UNKNOWN"):
+                    return False
+            await asyncio.sleep(REFUND_POLL_S)
+        return False
+
+    async def _call(
+        self,
+        process: str,
+        first_target: int,
+        key: str,
+        targets: int,
+        operation: str,
+        send: Callable[[int], Awaitable[tuple[str, str, str | None]]],
+        value: str | None,
+        currency: str,
+        payment_id: str | None = None,
+    ) -> tuple[str, str, str | None] | None:
+        """One key's calls, retried as the README says; each recorded. The answer (payment id, state,
+        refund id), or None when none came."""
+        for attempt in range(ATTEMPTS_MAX):
+            target = (first_target + attempt) % targets  # a retry tries the next replica
+            self._history.invoke(
+                process,
+                key,
+                amount=value,
+                currency=currency,
+                time_s=self._now(),
+                operation=operation,
+                payment_id=payment_id,
+            )
+            try:
+                answer = await send(target)
             except grpc.aio.AioRpcError as error:
                 code, message = error.code(), (error.details() or "")[:MESSAGE_MAX]
                 if code in INDETERMINATE:
-                    self._history.info(process, key, code.name, message=message, time_s=self._now())
+                    self._history.info(
+                        process, key, code.name, message=message, time_s=self._now(), operation=operation
+                    )
                 else:
-                    self._history.fail(process, key, code.name, message=message, time_s=self._now())
+                    self._history.fail(
+                        process, key, code.name, message=message, time_s=self._now(), operation=operation
+                    )
                 if code not in RETRYABLE:
-                    return
+                    return None
                 if attempt + 1 < ATTEMPTS_MAX:
                     delay_s = retry_delay_s(error)
                     if delay_s is None:
                         delay_s = min(BACKOFF_BASE_S * 2**attempt, BACKOFF_MAX_S)
                     await asyncio.sleep(min(delay_s, RETRY_DELAY_MAX_S))
                 continue
-            self._history.ok(process, key, reply.payment.id, state_name(reply.payment.state), time_s=self._now())
-            return
+            answered_payment, state, refund_id = answer
+            self._history.ok(
+                process, key, answered_payment, state, time_s=self._now(), operation=operation, refund_id=refund_id
+            )
+            return answer
+        return None

@@ -31,6 +31,8 @@ from chaos.checker import (
     LedgerLineRow,
     OutboxRow,
     PaymentRow,
+    RefundRow,
+    RefundTransitionRow,
     Snapshot,
     TransitionRow,
 )
@@ -52,7 +54,7 @@ _SNAPSHOT = """
 SELECT
     extract(epoch FROM now())::float8 AS taken_at_s,
     ARRAY(
-        SELECT ROW(p.id::text, p.idempotency_key, p.amount, p.currency_code, p.state)
+        SELECT ROW(p.id::text, p.idempotency_key, p.amount, p.currency_code, p.state, p.refunded, p.refund_held)
         FROM payments p ORDER BY p.created_at, p.id
     ) AS payments,
     ARRAY(
@@ -61,7 +63,7 @@ SELECT
         FROM payment_transitions t ORDER BY t.id
     ) AS transitions,
     ARRAY(
-        SELECT ROW(l.entry_id::text, e.payment_id::text, l.account, l.currency_code, l.amount)
+        SELECT ROW(l.entry_id::text, e.payment_id::text, l.account, l.currency_code, l.amount, e.event_key)
         FROM ledger_lines l JOIN ledger_entries e ON e.id = l.entry_id
         ORDER BY e.posted_at, l.entry_id, l.line_number
     ) AS ledger_lines,
@@ -77,13 +79,22 @@ SELECT
     ARRAY(
         SELECT ROW(x.account, x.currency_code, x.in_flight, x.settled)
         FROM exposures x ORDER BY x.account, x.currency_code
-    ) AS exposures
+    ) AS exposures,
+    ARRAY(
+        SELECT ROW(r.id::text, r.payment_id::text, r.idempotency_key, r.amount, r.currency_code, r.state)
+        FROM refunds r ORDER BY r.created_at, r.id
+    ) AS refunds,
+    ARRAY(
+        SELECT ROW(t.refund_id::text, t.id, t.from_state, t.to_state, t.event)
+        FROM refund_transitions t ORDER BY t.id
+    ) AS refund_transitions
 """
 
 
 async def read_snapshot(connection: asyncpg.Connection) -> Snapshot:
     """Everything in the run's database, read in one REPEATABLE READ, read-only transaction (one
-    statement), so payments, their moves, the ledger, the outbox and the cases agree; `taken_at_s` is
+    statement), so payments, their refunds (and the payments' refunded and refund_held), their moves,
+    the ledger, the outbox and the cases agree; `taken_at_s` is
     the database's now() in epoch seconds, the clock of the rows' times."""
     async with connection.transaction(isolation="repeatable_read", readonly=True):
         row = await connection.fetchrow(_SNAPSHOT)
@@ -107,6 +118,8 @@ async def read_snapshot(connection: asyncpg.Connection) -> Snapshot:
         cases=tuple(CaseRow(*fields) for fields in row["cases"]),
         taken_at_s=row["taken_at_s"],
         exposures=tuple(ExposureRow(*fields) for fields in row["exposures"]),
+        refunds=tuple(RefundRow(*fields) for fields in row["refunds"]),
+        refund_transitions=tuple(RefundTransitionRow(*fields) for fields in row["refund_transitions"]),
     )
 
 

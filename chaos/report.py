@@ -15,8 +15,9 @@ from chaos.checker import (
     breaker_answer_latencies,
     percentile,
     provider_payments,
+    provider_refunds,
 )
-from chaos.history import History, Kind
+from chaos.history import CREATE_PAYMENT, REFUND_PAYMENT, History, Kind
 
 #: Witnesses shown per broken invariant in the Markdown (the JSON has them all).
 WITNESSES_SHOWN = 10
@@ -64,6 +65,14 @@ class LoadSummary:
     outside_faults: dict[str, float] = field(default_factory=dict)
     #: the longest any payment stayed UNKNOWN, in seconds (one still UNKNOWN counts until the snapshot)
     longest_unknown_s: float | None = None
+    #: refunds asked (keys), Ballast's refunds' final states and the provider's refunds' (empty without)
+    refunds_asked: int = 0
+    refund_states: dict[str, int] = field(default_factory=dict)
+    provider_refund_statuses: dict[str, int] = field(default_factory=dict)
+    #: refunds that were UNKNOWN at some point (sent, no answer: the resolver asked the provider)
+    refunds_through_unknown: int = 0
+    #: refunds the provider took without answering (its truth's create_fault accept-then-timeout)
+    refunds_taken_unanswered: int = 0
 
 
 def _window_stats(calls: list[tuple[float, bool]]) -> dict[str, float]:
@@ -123,7 +132,7 @@ def summarize_load(
         (during if faulted else outside).append((done.time_s - invoked.time_s, done.kind is Kind.OK))
     return LoadSummary(
         duration_s=round(load_s, 2),
-        payments_asked=len(history.by_key()),
+        payments_asked=len(history.of_operation(CREATE_PAYMENT).by_key()),
         calls=calls,
         calls_per_s=round(calls / load_s, 1) if load_s > 0 else 0.0,
         by_code=by_code,
@@ -136,6 +145,13 @@ def summarize_load(
         during_faults=_window_stats(during),
         outside_faults=_window_stats(outside),
         longest_unknown_s=_longest_unknown_s(snapshot),
+        refunds_asked=len(history.of_operation(REFUND_PAYMENT).by_key()),
+        refund_states=dict(Counter(refund.state for refund in snapshot.refunds).most_common()),
+        refunds_through_unknown=len({t.refund_id for t in snapshot.refund_transitions if t.to_state == "UNKNOWN"}),
+        refunds_taken_unanswered=sum(
+            1 for r in provider_refunds(truth) if r.get("create_fault") == "accept-then-timeout"
+        ),
+        provider_refund_statuses=dict(Counter(str(r["final_status"]) for r in provider_refunds(truth)).most_common()),
     )
 
 
@@ -251,6 +267,16 @@ class RunReport:
             "- Last answer per key: " + _counts(load.outcomes),
             "- Ballast's final states: " + _counts(load.ballast_states),
             "- The provider's truth: " + _counts(load.provider_statuses),
+            *(
+                [
+                    f"- Refunds: {load.refunds_asked} asked, {load.refunds_taken_unanswered} taken by the provider"
+                    f" without an answer, {load.refunds_through_unknown} through UNKNOWN;"
+                    f" Ballast's final states: {_counts(load.refund_states)};"
+                    f" the provider's truth: {_counts(load.provider_refund_statuses) or 'none'}"
+                ]
+                if load.refunds_asked
+                else []
+            ),
             "- Cases: " + (_counts(load.cases) or "none"),
             "- Longest stay in UNKNOWN: "
             + ("none" if load.longest_unknown_s is None else f"{load.longest_unknown_s:.1f} s")

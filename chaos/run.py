@@ -18,11 +18,11 @@ from typing import Any
 import asyncpg
 
 from chaos import checker
-from chaos.history import History
+from chaos.history import CREATE_PAYMENT, REFUND_PAYMENT, History
 from chaos.load import Driver, Target
 from chaos.observe import read_snapshot, read_stream
 from chaos.report import AppliedFault, Convergence, RunReport, summarize_load
-from chaos.scenarios import Down, Kill, PlannedFault, Scenario, Toxic, plan
+from chaos.scenarios import Down, Kill, PlannedFault, ProviderFaults, Scenario, Toxic, plan
 from chaos.topology import Timings, World, world
 from server.db.engine import asyncpg_dsn
 
@@ -46,6 +46,12 @@ _UNDECIDED = """
 SELECT count(*) FROM payments p
 WHERE p.state IN ('RECORDED', 'PENDING', 'UNKNOWN')
   AND NOT EXISTS (SELECT 1 FROM cases c WHERE c.payment_id = p.id AND c.status = 'OPEN')
+"""
+#: Refunds not decided yet (a refund of a payment with an open case waits for a person, as the payment does).
+_REFUNDS_UNDECIDED = """
+SELECT count(*) FROM refunds r
+WHERE r.state IN ('RECORDED', 'PENDING', 'UNKNOWN')
+  AND NOT EXISTS (SELECT 1 FROM cases c WHERE c.payment_id = r.payment_id AND c.status = 'OPEN')
 """
 _OUTBOX_BEHIND = """
 SELECT count(*) FILTER (WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL) AS unpublished,
@@ -71,6 +77,8 @@ def _apply(the_world: World, fault: PlannedFault) -> None:
         faults.disable(the_world.proxy_names[what.proxy])
     elif isinstance(what, Kill):
         the_world.process(what.role, what.index).kill()
+    elif isinstance(what, ProviderFaults):
+        the_world.simulator.control("PUT", "/_sim/profile", {"settings": dict(what.settings)})
 
 
 def _heal(the_world: World, fault: PlannedFault) -> None:
@@ -81,6 +89,15 @@ def _heal(the_world: World, fault: PlannedFault) -> None:
         faults.enable(the_world.proxy_names[what.proxy])
     elif isinstance(what, Kill):
         the_world.restart(what.role, what.index)
+    elif isinstance(what, ProviderFaults):
+        _restore_profile(the_world)
+
+
+def _restore_profile(the_world: World) -> None:
+    """The simulator back on its scenario's profile, without the settings a ProviderFaults put over it."""
+    name = str(the_world.simulator.control("GET", "/_sim/profile")["name"])
+    if name.endswith("+custom"):
+        the_world.simulator.control("PUT", "/_sim/profile", {"name": name.removesuffix("+custom")})
 
 
 def _heal_everything(the_world: World, planned: list[PlannedFault]) -> None:
@@ -89,6 +106,8 @@ def _heal_everything(the_world: World, planned: list[PlannedFault]) -> None:
     for fault in planned:
         if isinstance(fault.what, Kill) and not the_world.process(fault.what.role, fault.what.index).running:
             _heal(the_world, fault)
+    if any(isinstance(fault.what, ProviderFaults) for fault in planned):
+        _restore_profile(the_world)
     for name in the_world.proxy_names.values():
         for toxic in the_world.faults.toxics(name):
             the_world.faults.remove_toxic(name, toxic["name"])
@@ -121,22 +140,30 @@ def say(message: str) -> None:
 
 
 async def _settle(the_world: World, started_s: float, timeout_s: float) -> Convergence:
-    """Poll until the simulator has decided every payment and sent every webhook it will, Ballast holds no
-    payment undecided outside an open case, and every outbox event is published and consumed."""
+    """Poll until the simulator has decided every payment and refund and sent every webhook it will,
+    Ballast holds no payment nor refund undecided outside an open case, and every outbox event is
+    published and consumed."""
     deadline = time.monotonic() + timeout_s
     next_progress = time.monotonic() + SETTLE_PROGRESS_S
     connection = await asyncpg.connect(asyncpg_dsn(the_world.database_url))
     try:
         while True:
             undecided = int(await connection.fetchval(_UNDECIDED))
+            refunds_undecided = int(await connection.fetchval(_REFUNDS_UNDECIDED))
             behind = await connection.fetchrow(_OUTBOX_BEHIND)
             truth = await asyncio.to_thread(the_world.simulator.truth)
             payments = checker.provider_payments(truth)
+            refunds = checker.provider_refunds(truth)
             pending = sum(1 for p in payments if p["final_status"] == "pending")
-            queued = sum(1 for p in payments if any(e["outcome"] == "queued" for e in p.get("webhooks", [])))
+            refunds_pending = sum(1 for r in refunds if r["final_status"] == "pending")
+            queued = sum(
+                1 for p in [*payments, *refunds] if any(e["outcome"] == "queued" for e in p.get("webhooks", []))
+            )
             left = {
                 "undecided_in_ballast": undecided,
+                "refunds_undecided_in_ballast": refunds_undecided,
                 "pending_at_provider": pending,
+                "refunds_pending_at_provider": refunds_pending,
                 "webhooks_queued": queued,
                 "outbox_unpublished": int(behind["unpublished"]),
                 "events_unconsumed": int(behind["unconsumed"]),
@@ -194,7 +221,9 @@ async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Ti
         history.write(the_world.work_dir / "history.jsonl")
     await asyncio.to_thread(_heal_everything, the_world, planned)
     healed = time.monotonic()
-    say(f"{len(history.by_key())} payments asked in {load_s:.0f}s; every fault healed, settling")
+    asked = history.of_operation(CREATE_PAYMENT).by_key()
+    refunds_asked = history.of_operation(REFUND_PAYMENT).by_key()
+    say(f"{len(asked)} payments and {len(refunds_asked)} refunds asked in {load_s:.0f}s; every fault healed, settling")
     convergence = await _settle(the_world, healed, SETTLE_TIMEOUT_S)
     say("checking the invariants")
     connection = await asyncpg.connect(asyncpg_dsn(the_world.database_url))

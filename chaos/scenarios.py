@@ -69,8 +69,20 @@ class Kill:
 
 
 @dataclass(frozen=True)
+class ProviderFaults:
+    """The simulator's own request faults change for a while (its `PUT /_sim/profile` settings over the
+    scenario's profile, e.g. accept_then_timeout_rate: it takes a payment or refund and never answers);
+    the heal puts the scenario's profile back whole (overlapping ProviderFaults heal together)."""
+
+    settings: Mapping[str, float]
+
+    def describe(self) -> str:
+        return "provider faults " + ", ".join(f"{name}={value:g}" for name, value in sorted(self.settings.items()))
+
+
+@dataclass(frozen=True)
 class Fault:
-    what: Toxic | Down | Kill
+    what: Toxic | Down | Kill | ProviderFaults
     #: seconds from the start of the load
     at_s: float
     #: how long until it heals (a killed process is started again then)
@@ -85,6 +97,8 @@ class Load:
     clients: int = 8
     #: clients start no new payment after this long; one in progress finishes its retries
     duration_s: float = 20.0
+    #: the share of payments that succeeded which their client then refunds, in one or two refunds
+    refund_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -120,7 +134,7 @@ class Scenario:
 class PlannedFault:
     """One fault as the seed places it: applied at `at_s`, healed at `heals_at_s`."""
 
-    what: Toxic | Down | Kill
+    what: Toxic | Down | Kill | ProviderFaults
     at_s: float
     heals_at_s: float
     #: the toxic's name on its proxy (unique within the run)
@@ -189,6 +203,28 @@ SCENARIOS: dict[str, Scenario] = {
             Load(clients=8, duration_s=16.0),
             profile="webhook-storm",
             smoke=True,
+        ),
+        Scenario(
+            "refund-storm",
+            "Clients refund most payments that succeeded, in one or two parts, while the provider takes a"
+            " third of the requests (refunds too) and never answers, and twice for 1 s all of them; the"
+            " server is killed with SIGKILL mid-refund and started again; refund webhooks come twice, out of"
+            " order, contradicting each other or not at all. Each refund ends where the provider's does,"
+            " posts its reversal once, and no payment gives back more than it captured.",
+            (
+                # the provider takes a third of the requests (refunds too) and never answers, drawn by
+                # its seeded RNG: the load keeps flowing, so clients go on asking refunds, and some of
+                # those are the ones taken without an answer
+                Fault(ProviderFaults({"accept_then_timeout_rate": 0.35}), 0.5, 14.0),
+                # and twice for 1 s, every request, whatever the refund or payment
+                *(Fault(Toxic("provider", "timeout", {"timeout": 0}), at_s, 1.0, jitter_s=0.3) for at_s in (3.0, 12.0)),
+                Fault(Kill("server", 0), 8.0, 2.0, jitter_s=0.5),
+                # webhooks late, often past the server's 1.5 s provider timeout: a refund taken without an
+                # answer is sometimes decided by its webhook first, sometimes left UNKNOWN for the resolver
+                Fault(Toxic("webhooks", "latency", {"latency": 1200, "jitter": 900}), 1.0, 14.0, jitter_s=0.5),
+            ),
+            Load(clients=8, duration_s=16.0, refund_share=0.75),
+            profile="webhook-storm",
         ),
         Scenario(
             "db-latency",

@@ -19,6 +19,8 @@ from chaos.checker import (
     LedgerLineRow,
     OutboxRow,
     PaymentRow,
+    RefundRow,
+    RefundTransitionRow,
     Snapshot,
     TransitionRow,
     breaker_answer_latencies,
@@ -29,11 +31,12 @@ from chaos.checker import (
     made_progress,
     percentile,
 )
-from chaos.history import History, Kind, Operation
+from chaos.history import CREATE_PAYMENT, REFUND_PAYMENT, History, Kind, Operation
 from server.domain.corrections import CORRECTION_EVENT
 from server.domain.events import PAYMENT_RECORDED, PAYMENT_STATE_CHANGED
-from server.domain.ledger import payment_postings
+from server.domain.ledger import payment_postings, refund_postings
 from server.domain.payment_states import PaymentState
+from server.domain.refund_states import payment_state_after_refunds
 
 
 def test_a_history_survives_json_lines() -> None:
@@ -84,6 +87,9 @@ class World:
         self.taken_at_s: float | None = None
         #: the exposures projection as a spec breaks it (None: as the consumer would leave it)
         self.exposure_rows: list[ExposureRow] | None = None
+        self.refunds: list[RefundRow] = []
+        self.refund_transitions: list[RefundTransitionRow] = []
+        self.provider_refunds: list[dict[str, Any]] = []
 
     def payment(
         self,
@@ -169,10 +175,67 @@ class World:
             self.cases,
             self.taken_at_s or self._clock,
             self.exposure_rows if self.exposure_rows is not None else self.exposures(),
+            self.refunds,
+            self.refund_transitions,
         )
 
     def truth(self) -> dict[str, Any]:
-        return {"seed": 7, "profile": "flaky", "payments": self.provider}
+        return {"seed": 7, "profile": "flaky", "payments": self.provider, "refunds": self.provider_refunds}
+
+    def refund(self, payment_id: str, amount: str, path: Sequence[str], provider_status: str | None) -> str:
+        """A refund of the payment moved RECORDED -> path..., its client told the first state of the path,
+        the provider's record of it (None: it never had it); a SUCCEEDED one posts its reversal and moves
+        its payment as Ballast does, and the payment's refund totals follow."""
+        payment = next(p for p in self.payments if p.id == payment_id)
+        refund_id = str(uuid.uuid4())
+        key = f"{payment.idempotency_key}-r{sum(r.payment_id == payment_id for r in self.refunds)}"
+        process = f"client-{len(self.refunds) % 4}"
+        self._clock += 1
+        self.history.invoke(
+            process, key, amount=amount, currency=payment.currency, time_s=self._clock,
+            operation=REFUND_PAYMENT, payment_id=payment_id,
+        )  # fmt: skip
+        self.history.ok(
+            process, key, payment_id, path[0], time_s=self._clock + 0.5, operation=REFUND_PAYMENT, refund_id=refund_id
+        )
+        at = "RECORDED"
+        for name in path:
+            self.refund_transitions.append(RefundTransitionRow(refund_id, len(self.refund_transitions) + 1, at, name))
+            at = name
+        value = Decimal(amount)
+        self.refunds.append(RefundRow(refund_id, payment_id, key, value, payment.currency, at))
+        held = payment.refund_held + (value if at not in ("FAILED", "REJECTED", "EXPIRED") else Decimal(0))
+        self.replace_payment(payment_id, refund_held=held)
+        if at == "SUCCEEDED":
+            for posting in refund_postings(
+                uuid.UUID(refund_id), uuid.UUID(payment_id), CLIENT, value, payment.currency
+            ):
+                self.lines += [
+                    LedgerLineRow(
+                        posting.event_key, payment_id, line.account, line.currency_code, line.amount, posting.event_key
+                    )
+                    for line in posting.lines
+                ]
+            refunded = payment.refunded + value
+            state = PaymentState(payment.state)
+            after = payment_state_after_refunds(state, payment.amount, refunded)
+            if after is not state:
+                self.move(payment_id, state, after, payment.amount, payment.currency)
+            self.replace_payment(payment_id, refunded=refunded, state=after.value)
+            if after is PaymentState.REFUNDED:
+                next(p for p in self.provider if p["idempotency_key"] == payment_id)["final_status"] = "refunded"
+        if provider_status is not None:
+            self.provider_refunds.append(
+                {
+                    "id": f"re_{len(self.provider_refunds)}",
+                    "idempotency_key": refund_id,
+                    "payment": next(p["id"] for p in self.provider if p["idempotency_key"] == payment_id),
+                    "final_status": provider_status,
+                    "amount": amount,
+                    "currency": payment.currency,
+                }
+            )
+        return refund_id
 
     def results(self) -> dict[str, InvariantResult]:
         return {
@@ -219,6 +282,11 @@ def test_a_consistent_run_keeps_every_invariant() -> None:
         "exposures_match_ledger",
         "every_move_announced",
         "made_progress",
+        "never_refunded_more_than_captured",
+        "refund_posted_once",
+        "refund_matches_truth",
+        "refunds_converged",
+        "refund_ok_is_durable",
     ]
     assert world.broken() == {}
 
@@ -645,3 +713,166 @@ def test_a_system_that_refused_every_call_or_never_charged_made_no_progress() ->
     world.provider = [dict(p, final_status="declined") for p in world.provider]
     assert "provider" in world.results()["made_progress"].subjects
     assert made_progress(History(), {"payments": []}).subjects == ["load", "provider"]
+
+
+# -- refunds ------------------------------------------------------------------------------------
+
+
+def refunded_world() -> tuple[World, str, str]:
+    """The consistent world with refunds: one payment refunded in two parts (REFUNDED), one in part
+    (PARTIALLY_REFUNDED) with a refund that failed beside it, one refund never at the provider."""
+    world = consistent_world()
+    whole = world.payment(["PENDING", "SUCCEEDED"], "succeeded", amount="30.00")
+    world.refund(whole, "10.00", ["UNKNOWN", "SUCCEEDED"], "succeeded")
+    world.refund(whole, "20.00", ["PENDING", "SUCCEEDED"], "succeeded")
+    part = world.payment(["SUCCEEDED"], "succeeded", amount="900", currency="JPY")
+    world.refund(part, "300", ["SUCCEEDED"], "succeeded")
+    world.refund(part, "600", ["PENDING", "FAILED"], "failed")
+    world.refund(part, "100", ["EXPIRED"], None)
+    return world, whole, part
+
+
+def test_refunds_that_followed_the_rules_keep_every_invariant() -> None:
+    world, whole, part = refunded_world()
+    states = {p.id: (p.state, p.refunded, p.refund_held) for p in world.payments}
+    assert states[whole] == ("REFUNDED", Decimal("30.00"), Decimal("30.00"))
+    assert states[part] == ("PARTIALLY_REFUNDED", Decimal("300"), Decimal("300"))
+    assert world.broken() == {}
+
+
+def test_a_history_keeps_each_calls_operation_and_the_refund_it_named() -> None:
+    world, _, _ = refunded_world()
+    again = History.from_jsonl(world.history.to_jsonl())
+    assert again == world.history
+    refunds = again.of_operation(REFUND_PAYMENT)
+    assert len(refunds.by_key()) == 5
+    assert all(op.refund_id for op in refunds.of_kind(Kind.OK))
+    assert len(again.of_operation(CREATE_PAYMENT)) + len(refunds) == len(again)
+
+
+def test_refunds_returning_more_than_was_captured_are_named_by_their_payment() -> None:
+    world, whole, _ = refunded_world()
+    world.refunds = [dataclasses.replace(r, state="SUCCEEDED") if r.payment_id == whole else r for r in world.refunds]
+    world.refunds.append(RefundRow("extra", whole, "key-extra", Decimal("5.00"), "EUR", "SUCCEEDED"))
+    result = world.results()["never_refunded_more_than_captured"]
+    assert result.subjects == [whole]
+    assert result.witnesses[0].evidence == (
+        "refunds succeeded 35.00, captured 30.00 EUR",
+        "payments.refunded 30.00, its SUCCEEDED refunds 35.00",
+        "payments.refund_held 30.00, its refunds not released 35.00",
+    )
+
+
+def test_refund_totals_that_disagree_with_the_refunds_are_named() -> None:
+    world, whole, part = refunded_world()
+    world.replace_payment(whole, refunded=Decimal("10.00"))
+    world.replace_payment(part, refund_held=Decimal("900"))  # the failed refund's amount never released
+    result = world.results()["never_refunded_more_than_captured"]
+    assert sorted(result.subjects) == sorted([whole, part])
+    assert next(w for w in result.witnesses if w.subject == part).evidence == (
+        "payments.refund_held 900, its refunds not released 300",
+    )
+
+
+def test_a_succeeded_refunds_reversal_missing_twice_or_of_another_amount_is_named_and_a_failed_ones_too() -> None:
+    world, whole, part = refunded_world()
+    first, second, kept, failed, _ = world.refunds
+    lost = f"refund:{first.id}:succeeded"
+    world.lines = [line for line in world.lines if line.event_key != lost]
+    twice = f"refund:{second.id}:succeeded"
+    world.lines += [dataclasses.replace(line, entry_id="again") for line in world.lines if line.event_key == twice]
+    other = f"refund:{kept.id}:succeeded"
+    world.lines = [
+        dataclasses.replace(line, amount=line.amount * 2) if line.event_key == other else line for line in world.lines
+    ]
+    posted = f"refund:{failed.id}:succeeded"
+    world.lines += [
+        LedgerLineRow(posted, part, MERCHANT, "JPY", Decimal(600), posted),
+        LedgerLineRow(posted, part, "provider_clearing", "JPY", Decimal(-600), posted),
+    ]
+    result = world.results()["refund_posted_once"]
+    assert sorted(result.subjects) == sorted([first.id, second.id, kept.id, failed.id])
+    evidence = {w.subject: w.evidence[1] for w in result.witnesses}
+    assert evidence == {
+        first.id: f"0 entries {lost} (1 expected)",
+        second.id: f"2 entries {twice} (1 expected)",
+        kept.id: f"entry {other} moves provider_clearing -600 in JPY",
+        failed.id: f"1 entries {posted} for a refund that did not succeed",
+    }
+    # provider clearing no longer holds what succeeded, per payment
+    assert sorted(world.results()["ledger_balanced"].subjects) == sorted([whole, part])
+
+
+def test_a_refund_that_ends_elsewhere_than_the_provider_is_named_unless_a_case_explains_it() -> None:
+    world, whole, part = refunded_world()
+    wrong = world.refund(part, "50", ["PENDING", "FAILED"], "succeeded")
+    never = world.refund(part, "60", ["UNKNOWN", "SUCCEEDED"], None)
+    explained_payment = world.payment(["SUCCEEDED"], "succeeded")
+    explained = world.refund(explained_payment, "1.00", ["PENDING", "FAILED"], "succeeded")
+    world.cases.append(CaseRow("case-r", "REFUND_CONTRADICTED", "OPEN", explained_payment))
+    result = world.results()["refund_matches_truth"]
+    assert sorted(result.subjects) == sorted([wrong, never])
+    witness = next(w for w in result.witnesses if w.subject == wrong)
+    assert witness.evidence[:2] == (
+        "ballast FAILED 50 JPY",
+        f"provider refund {world.provider_refunds[-2]['id']} succeeded 50 JPY",
+    )
+    assert witness.timeline == ("RECORDED -> PENDING", "PENDING -> FAILED")
+    assert next(w for w in result.witnesses if w.subject == never).evidence[1] == "provider has no such refund"
+    assert whole not in result.subjects
+    assert explained not in result.subjects
+
+
+def test_a_refund_made_twice_or_never_asked_for_at_the_provider_is_named() -> None:
+    world, _, _ = refunded_world()
+    twice = world.refunds[0].id
+    world.provider_refunds.append({**world.provider_refunds[0], "id": "re_again"})
+    world.provider_refunds.append({**world.provider_refunds[0], "id": "re_stranger", "idempotency_key": "nobody"})
+    result = world.results()["refund_matches_truth"]
+    assert sorted(result.subjects) == sorted([twice, "nobody"])
+    assert next(w for w in result.witnesses if w.subject == twice).evidence[-1] == "one refund made more than once"
+    assert (
+        next(w for w in result.witnesses if w.subject == "nobody").evidence[-1] == "no refund of Ballast's has this id"
+    )
+
+
+def test_a_refund_of_another_amount_at_the_provider_is_named() -> None:
+    world, _, _ = refunded_world()
+    world.provider_refunds[0] = {**world.provider_refunds[0], "amount": "11.00"}
+    result = world.results()["refund_matches_truth"]
+    assert result.subjects == [world.refunds[0].id]
+    assert result.witnesses[0].evidence[0] == "ballast SUCCEEDED 10.00 EUR"
+
+
+def test_a_refund_left_undecided_is_named_unless_its_payment_has_an_open_case() -> None:
+    world, _, part = refunded_world()
+    stuck = world.refund(part, "50", ["UNKNOWN"], "succeeded")
+    waiting_payment = world.payment(["SUCCEEDED"], "succeeded")
+    waiting = world.refund(waiting_payment, "1.00", ["PENDING"], "pending")
+    world.cases.append(CaseRow("case-w", "REFUND_CONTRADICTED", "OPEN", waiting_payment))
+    result = world.results()["refunds_converged"]
+    assert result.subjects == [stuck]
+    assert result.witnesses[0].evidence == (f"ballast UNKNOWN, no open case on payment {part}",)
+    assert waiting not in result.subjects
+
+
+def test_a_refund_timeline_the_refund_machine_does_not_allow_is_named() -> None:
+    world, _, _ = refunded_world()
+    failed = world.refunds[3]
+    world.refund_transitions.append(RefundTransitionRow(failed.id, 100, "FAILED", "SUCCEEDED"))
+    result = world.results()["refunds_converged"]
+    assert result.subjects == [failed.id]
+    assert result.witnesses[0].evidence == (
+        "move #100 FAILED -> SUCCEEDED is not allowed",
+        "the refund holds FAILED, its last move ends in SUCCEEDED",
+    )
+
+
+def test_a_refund_a_client_was_told_about_that_the_database_lost_is_named() -> None:
+    world, _, _ = refunded_world()
+    lost = world.refunds[2]
+    world.refunds = [r for r in world.refunds if r.id != lost.id]
+    world.refund_transitions = [t for t in world.refund_transitions if t.refund_id != lost.id]
+    broken = world.broken()
+    assert broken["refund_ok_is_durable"] == [lost.id]
+    assert broken["refund_posted_once"] == [f"refund:{lost.id}:succeeded"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from chaos.load import REFUND_PLANS, third
 from chaos.scenarios import (
     PROXIES,
     SCENARIOS,
@@ -13,6 +14,7 @@ from chaos.scenarios import (
     Fault,
     Kill,
     Load,
+    ProviderFaults,
     Scenario,
     Toxic,
     plan,
@@ -20,6 +22,8 @@ from chaos.scenarios import (
     smoke,
 )
 from chaos.toxiproxy.toxics import ATTRIBUTES, toxic_from_body
+from simulator.profiles import PROFILES
+from simulator.settings import FaultSettings
 
 REQUIRED = {
     "provider-hang",
@@ -33,6 +37,7 @@ REQUIRED = {
     "relay-kill",
     "two-replicas",
     "monday-morning",
+    "refund-storm",
 }
 
 
@@ -98,3 +103,41 @@ def test_a_scenario_that_kills_a_process_the_run_does_not_have_is_refused() -> N
 def test_an_unknown_scenario_names_the_command_that_lists_them() -> None:
     with pytest.raises(ValueError, match="python -m chaos list"):
         scenario("provider-hangs")
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_every_provider_fault_names_settings_the_simulator_has_and_a_profile_it_knows(name: str) -> None:
+    item = SCENARIOS[name]
+    assert item.profile in PROFILES
+    for fault in item.faults:
+        if isinstance(fault.what, ProviderFaults):
+            FaultSettings().with_overrides(dict(fault.what.settings))  # unknown names raise
+
+
+def test_the_refund_storm_refunds_under_accept_then_timeout_a_killed_server_and_a_webhook_storm() -> None:
+    item = SCENARIOS["refund-storm"]
+    assert item.load.refund_share > 0.5
+    assert item.profile == "webhook-storm"
+    assert PROFILES[item.profile].webhook_contradict_rate > 0 and PROFILES[item.profile].webhook_duplicate_rate > 0
+    kinds = [fault.what for fault in item.faults]
+    assert Kill("server", 0) in kinds
+    assert any(isinstance(what, ProviderFaults) and what.settings.get("accept_then_timeout_rate") for what in kinds)
+    assert any(isinstance(what, Toxic) and what.type == "timeout" and what.proxy == "provider" for what in kinds)
+    assert not item.smoke
+    assert all(plan_[-1] == "rest" or len(plan_) == 1 for plan_ in REFUND_PLANS)
+
+
+@pytest.mark.parametrize(
+    ("value", "currency", "expected"),
+    [
+        ("10.00", "EUR", "3.33"),
+        ("100", "EUR", "33.33"),
+        ("0.02", "EUR", None),
+        ("700", "JPY", "233"),
+        ("2", "JPY", None),
+    ],
+)
+def test_a_refund_of_a_third_is_rounded_down_to_the_currencys_minor_unit(
+    value: str, currency: str, expected: str | None
+) -> None:
+    assert third(value, currency) == expected

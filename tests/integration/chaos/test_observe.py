@@ -190,3 +190,12 @@ async def test_a_message_taken_off_the_stream_and_a_stray_copy_put_on_it_are_nam
     # and the stream as it was keeps every invariant
     assert outbox_published_once_in_order(snapshot, before).passed
     assert BrokerMessage(stray, copied.message_key, after[-1].sequence) == after[-1]
+
+
+async def test_the_snapshot_reads_each_payments_refund_totals_and_each_entrys_event_key(run: Run) -> None:
+    async with run.pool.acquire() as connection:
+        snapshot = await read_snapshot(connection)
+    assert snapshot.refunds == () and snapshot.refund_transitions == ()
+    assert {(p.refunded, p.refund_held) for p in snapshot.payments} == {(Decimal(0), Decimal(0))}
+    succeeded = {pid for pid, status in run.decided.items() if status == "succeeded"}
+    assert {line.event_key for line in snapshot.ledger_lines} == {f"payment:{pid}:captured" for pid in succeeded}
