@@ -215,7 +215,7 @@ SCENARIOS: dict[str, Scenario] = {
                 # the provider takes a third of the requests (refunds too) and never answers, drawn by
                 # its seeded RNG: the load keeps flowing, so clients go on asking refunds, and some of
                 # those are the ones taken without an answer
-                Fault(ProviderFaults({"accept_then_timeout_rate": 0.35}), 0.5, 14.0),
+                Fault(ProviderFaults({"accept_then_timeout_rate": 0.35, "refund_fail_rate": 0.2}), 0.5, 17.0),
                 # and twice for 1 s, every request, whatever the refund or payment
                 *(Fault(Toxic("provider", "timeout", {"timeout": 0}), at_s, 1.0, jitter_s=0.3) for at_s in (3.0, 12.0)),
                 Fault(Kill("server", 0), 8.0, 2.0, jitter_s=0.5),
