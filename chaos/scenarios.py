@@ -223,7 +223,7 @@ SCENARIOS: dict[str, Scenario] = {
                 # answer is sometimes decided by its webhook first, sometimes left UNKNOWN for the resolver
                 Fault(Toxic("webhooks", "latency", {"latency": 1200, "jitter": 900}), 1.0, 14.0, jitter_s=0.5),
             ),
-            Load(clients=8, duration_s=16.0, refund_share=0.75),
+            Load(clients=8, duration_s=18.0, refund_share=0.75),
             profile="webhook-storm",
         ),
         Scenario(
