@@ -21,13 +21,16 @@ from ballast.common.v1 import money_pb2
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
 from server.db.database import Budget, Database
 from server.domain.identity import Principal, Role
-from server.domain.payment_states import PaymentState
+from server.domain.money import Money
+from server.domain.payment_states import PaymentState, Witness
 from server.domain.refund_states import RefundEvent, RefundState
+from server.domain.refunds import RefundPayment
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.gateway import GatewayClient
 from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings
 from server.services.refund_events import RefundEvidence, apply_refund_evidence
 from server.services.refund_resolver import RefundResolver
+from server.services.refunds import refund_payment
 from server.services.submission import create_and_submit
 from tests.support.requests import create_payment_command
 from tests.support.servers import in_process_server, new_callers
@@ -169,8 +172,6 @@ async def test_accept_then_timeout_on_a_refund_ends_succeeded_through_the_resolv
 
 
 def _webhook(refund_id: uuid.UUID, status: str, provider_refund_id: str, amount: str) -> RefundEvidence:
-    from server.domain.payment_states import Witness
-
     return RefundEvidence(
         "webhook.simulator",
         f"simulator:evt_{uuid.uuid4().hex}",
@@ -305,3 +306,25 @@ async def test_a_refund_asked_with_a_short_deadline_is_answered_within_it_and_en
         state_now = await pool.fetchval("SELECT state FROM refunds WHERE id = $1", refund_id)
         at_provider = [r for r in (await simulator_truth(url))["refunds"] if r["idempotency_key"] == str(refund_id)]
         assert (state_now, len(at_provider)) in (("SUCCEEDED", 1), ("EXPIRED", 0)), (state_now, at_provider)
+
+
+async def test_an_unknown_refund_the_provider_never_saw_is_sent_again_under_its_own_key_once(
+    tmp_path: Path, database: Database, pool: asyncpg.Pool
+) -> None:
+    merchant, _, _ = new_callers()
+    principal = Principal(merchant.client_id, Role.SERVICE)
+    async with simulated_provider(tmp_path, database, "calm", **SETTINGS) as url, gateway_to(url) as gateway:
+        payment_id = await captured_payment(database, gateway, principal, "12.00")
+        # recorded, then sent with no answer, and the request never reached the provider (a reset)
+        request = RefundPayment(f"r-{uuid.uuid4()}", payment_id, Money(Decimal("4.00"), "EUR"))
+        recorded = (await refund_payment(database, None, principal, request, Budget.within(5))).refund
+        async with database.connection(Budget.within(5)) as connection, connection.transaction():
+            no_answer = RefundEvidence("provider.no_answer", "simulator:refund:reset", witness=Witness.BALLAST)
+            await apply_refund_evidence(connection, recorded.id, RefundEvent.OUTCOME_UNKNOWN, no_answer)
+        assert await pool.fetchval("SELECT state FROM refunds WHERE id = $1", recorded.id) == "UNKNOWN"
+        assert [r for r in (await simulator_truth(url))["refunds"] if r["idempotency_key"] == str(recorded.id)] == []
+
+        await park_other_refunds(pool, merchant.client_id)
+        await resolve_until(database, gateway, pool, recorded.id, RefundState.SUCCEEDED)
+        at_provider = [r for r in (await simulator_truth(url))["refunds"] if r["idempotency_key"] == str(recorded.id)]
+        assert len(at_provider) == 1 and Decimal(at_provider[0]["amount"]) == Decimal("4.00")
