@@ -386,3 +386,11 @@ async def provider_payment_id_of(
         "SELECT provider_payment_id FROM payments WHERE id = $1", payment_id, timeout=timeout_s
     )
     return noted
+
+
+async def payment_of_provider_id(connection: asyncpg.Connection, provider_payment_id: str) -> uuid.UUID | None:
+    """Ballast's payment the provider knows by this id (as noted from its API), if any."""
+    payment_id: uuid.UUID | None = await connection.fetchval(
+        "SELECT id FROM payments WHERE provider_payment_id = $1 LIMIT 1", provider_payment_id
+    )
+    return payment_id

@@ -168,6 +168,12 @@ payments = sa.Table(
         "ix_payments_undecided_updated_at", "updated_at", postgresql_where=sa.text(_one_of("state", UNDECIDED_STATES))
     ),
     sa.Index("ix_payments_next_check_at", "next_check_at", postgresql_where=sa.text("next_check_at IS NOT NULL")),
+    # which payment a provider's word names by the provider's own id (a refund Ballast never asked for)
+    sa.Index(
+        "ix_payments_provider_payment_id",
+        "provider_payment_id",
+        postgresql_where=sa.text("provider_payment_id IS NOT NULL"),
+    ),
     comment=(
         "A payment Ballast was asked to take, in its internal state. Provider statuses are evidence"
         " stored beside the state, never a replacement for it."

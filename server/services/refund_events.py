@@ -36,6 +36,9 @@ from server.services.payment_events import Evidence, follow_refunds
 REFUND_MISFIT_CASE = "REFUND_EVIDENCE_MISMATCH"
 #: The case the API's contradiction of a decided refund opens.
 REFUND_CONTRADICTION_CASE = "REFUND_CONTRADICTION"
+#: The case a refund Ballast never asked for opens on its payment (made on the provider's dashboard,
+#: by its support staff, by another system holding the same credentials).
+UNASKED_REFUND_CASE = "UNASKED_REFUND"
 
 
 @dataclass(frozen=True)
@@ -185,3 +188,25 @@ async def _open_case(
             f" {claim}: a person decides (nothing moved)"
         )
     return await cases_repository.open_case(connection, kind, "payment_id", refund.payment_id, summary[:2000], [piece])
+
+
+async def note_unasked_refund(
+    connection: asyncpg.Connection, provider_payment_id: str | None, piece: dict[str, object]
+) -> uuid.UUID | None:
+    """A refund Ballast never asked for, of a payment the provider knows by `provider_payment_id`: it
+    moves nothing (nobody here decided to give that money back, and its amount may be part of the
+    payment only), and opens an UNASKED_REFUND case on the payment with the provider's word as evidence,
+    for a person to decide. None when the payment is not one of Ballast's."""
+    if provider_payment_id is None:
+        return None
+    payment_id = await refunds_repository.payment_of_provider_id(connection, provider_payment_id)
+    if payment_id is None:
+        return None
+    summary = (
+        f"payment {payment_id}: the provider reports a refund Ballast never asked for"
+        f" ({piece.get('provider_refund_id')}, {piece.get('amount')} {piece.get('currency_code')},"
+        f" {piece.get('provider_status')}); nothing moved: a person decides"
+    )
+    return await cases_repository.open_case(
+        connection, UNASKED_REFUND_CASE, "payment_id", payment_id, summary[:2000], [piece]
+    )

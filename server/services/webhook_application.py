@@ -32,7 +32,7 @@ from server.domain.stated import stated
 from server.messaging.idempotent import Alongside, claim_new
 from server.providers.simulator_events import ProviderEvent, Unreadable, fill_of
 from server.services.payment_events import Application, Evidence, apply_provider_evidence_each
-from server.services.refund_events import RefundEvidence, apply_refund_evidence
+from server.services.refund_events import RefundEvidence, apply_refund_evidence, note_unasked_refund
 from server.services.venue_events import apply_venue_report
 
 
@@ -63,6 +63,8 @@ class Outcome(enum.StrEnum):
     MISFIT = "misfit"
     REPEAT = "repeat"
     IGNORED = "ignored"  # authentic, but about nothing Ballast has (another object type, another merchant's id)
+    #: a refund Ballast never asked for, of one of its payments: kept, nothing moved, a case opened
+    UNASKED = "unasked"
 
 
 Apply = Callable[[asyncpg.Connection], Awaitable[Outcome]]
@@ -89,6 +91,8 @@ class Delivery:
 def delivery_of(source: WebhookSource, event: ProviderEvent, headers: dict[str, str], body: bytes) -> Delivery | None:
     """The delivery to apply; None for an event about nothing Ballast keeps. Raises Unreadable."""
     subject_id, status = event.subject_id, event.status
+    if event.about_a_refund and subject_id is None and status is not None:
+        return Delivery(source, event, headers, body, None, _unasked_refund_handler(source, event, status))
     if subject_id is None or status is None:
         return None
     if event.about_a_refund:
@@ -176,6 +180,25 @@ def _refund_handler(source: WebhookSource, event: ProviderEvent, refund_id: uuid
 
     async def apply(connection: asyncpg.Connection) -> Outcome:
         return _OUTCOMES[(await apply_refund_evidence(connection, refund_id, refund_event, evidence)).verdict]
+
+    return apply
+
+
+def _unasked_refund_handler(source: WebhookSource, event: ProviderEvent, status: str) -> Apply:
+    piece: dict[str, object] = {
+        "claim": "UNASKED_REFUND",
+        "cause": f"webhook.{source.provider}",
+        "evidence_ref": f"{source.provider}:{event.event_id}",
+        "witness": Witness.WEBHOOK.value,
+        "provider_status": status,
+        "provider_refund_id": event.provider_object_id,
+        "amount": stated(event.data.get("amount")),
+        "currency_code": stated(event.data.get("currency")),
+    }
+
+    async def apply(connection: asyncpg.Connection) -> Outcome:
+        case_id = await note_unasked_refund(connection, stated(event.data.get("payment")), piece)
+        return Outcome.IGNORED if case_id is None else Outcome.UNASKED
 
     return apply
 

@@ -378,3 +378,41 @@ async def test_a_full_intake_refuses_at_once_with_retry_after_and_keeps_nothing_
         assert not await count_rows(pool, "SELECT count(*) FROM webhook_deliveries WHERE event_id = $1", refused_id)
         assert await deliver(bodies[3]) == (200, None)  # the provider's redelivery, once there is room
         assert await count_rows(pool, "SELECT count(*) FROM processed_events WHERE event_id = $1", refused_id) == 1
+
+
+async def test_a_refund_ballast_never_asked_for_opens_a_case_on_its_payment_and_moves_nothing(
+    post: Post, database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    payment_id = await new_payment(database, principal)
+    provider_payment_id = f"pay_{uuid.uuid4().hex}"
+    await pool.execute("UPDATE payments SET provider_payment_id = $2 WHERE id = $1", payment_id, provider_payment_id)
+    refund = {
+        "id": f"re_{uuid.uuid4().hex}",
+        "object": "refund",
+        "payment": provider_payment_id,
+        "amount": "6.00",
+        "currency": "EUR",
+        "status": "succeeded",
+        "idempotency_key": "made-on-the-dashboard",
+    }
+    body = json.dumps(
+        {"id": f"evt_{uuid.uuid4().hex}", "type": "refund.succeeded", "sequence": 1, "data": {"object": refund}}
+    ).encode()
+    status, reply = await post(body)
+    assert (status, reply["outcome"]) == (200, "unasked")
+    case = await pool.fetchrow("SELECT kind, status, evidence FROM cases WHERE payment_id = $1", payment_id)
+    assert case is not None and (case["kind"], case["status"]) == ("UNASKED_REFUND", "OPEN")
+    assert case["evidence"][0]["provider_refund_id"] == refund["id"]
+    row = await pool.fetchrow("SELECT state, refunded, refund_held FROM payments WHERE id = $1", payment_id)
+    assert (row["state"], row["refunded"], row["refund_held"]) == ("RECORDED", 0, 0)
+    # the same event again is a duplicate; about a payment Ballast does not have, it is ignored
+    assert (await post(body))[1]["outcome"] == "duplicate"
+    stranger = json.dumps(
+        {
+            "id": f"evt_{uuid.uuid4().hex}",
+            "type": "refund.succeeded",
+            "sequence": 1,
+            "data": {"object": refund | {"payment": "pay_not_ours"}},
+        }
+    ).encode()
+    assert (await post(stranger))[1]["outcome"] == "ignored"

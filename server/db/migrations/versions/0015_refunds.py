@@ -1,7 +1,8 @@
 """Refunds: a refund of a captured payment as its own resource, and PARTIALLY_REFUNDED payments.
 
 Adds the refunds, their machine (refund_state_transitions) and their history (refund_transitions);
-the payment's refund totals (refund_held, refunded) with the CHECK that keeps them within its amount;
+the payment's refund totals (refund_held, refunded) with the CHECK that keeps them within its amount,
+and an index on the provider's id of a payment (a refund Ballast never asked for names only that);
 the PARTIALLY_REFUNDED state and the payment moves its own refunds make. Its functions and triggers
 are its own frozen copy, 0015_refunds.sql (server/db/invariants.sql describes the head revision).
 
@@ -64,6 +65,12 @@ def _payments() -> None:
     op.create_check_constraint(op.f("ck_payments_state_known"), "payments", f"state IN ({PAYMENT_STATES})")
     op.add_column("payments", sa.Column("refund_held", sa.Numeric, nullable=False, server_default="0"))
     op.add_column("payments", sa.Column("refunded", sa.Numeric, nullable=False, server_default="0"))
+    op.create_index(
+        op.f("ix_payments_provider_payment_id"),
+        "payments",
+        ["provider_payment_id"],
+        postgresql_where=sa.text("provider_payment_id IS NOT NULL"),
+    )
     op.create_check_constraint(
         op.f("ck_payments_refunds_within_amount"),
         "payments",
@@ -216,6 +223,7 @@ def downgrade() -> None:
         )
     op.execute("ALTER TABLE payment_state_transitions ENABLE TRIGGER payment_state_transitions_append_only")
     op.drop_constraint(op.f("ck_payments_refunds_within_amount"), "payments", type_="check")
+    op.drop_index(op.f("ix_payments_provider_payment_id"), "payments")
     op.drop_column("payments", "refunded")
     op.drop_column("payments", "refund_held")
     op.drop_constraint(op.f("ck_payments_state_known"), "payments", type_="check")
