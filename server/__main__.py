@@ -243,7 +243,7 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
     arm_failpoints(settings.failpoints)
     async with contextlib.AsyncExitStack() as stack:
         pool = await create_pool(
-            database_url, size=settings.db_pool_size, statement_timeout_ms=settings.db_statement_timeout_ms
+            database_url, size=settings.db_pool_size, statement_timeout_ms=settings.db_statement_timeout_ms, warm=True
         )
         stack.push_async_callback(pool.close)
         if not await _schema_is_current(pool):

@@ -34,12 +34,19 @@ async def _after_release(connection: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(database_url: str, *, size: int, statement_timeout_ms: int) -> asyncpg.Pool:
-    """A pool of `size` connections; every statement is bounded by statement_timeout_ms server-side."""
+async def create_pool(database_url: str, *, size: int, statement_timeout_ms: int, warm: bool = False) -> asyncpg.Pool:
+    """A pool of `size` connections; every statement is bounded by statement_timeout_ms server-side.
+
+    A `warm` pool (the API server's) opens all its connections at start-up and keeps them open: a
+    burst of calls finds them ready, instead of waiting for new ones to be opened (tens of
+    milliseconds each on a busy database) out of the callers' deadlines. Other pools open their
+    connections as they need them.
+    """
     pool = await asyncpg.create_pool(
         asyncpg_dsn(database_url),
-        min_size=min(size, 2),
+        min_size=size if warm else min(size, 2),
         max_size=size,
+        max_inactive_connection_lifetime=0 if warm else 300.0,
         init=_init_connection,
         reset=_after_release,
         server_settings={

@@ -165,6 +165,8 @@ async def test_a_burst_against_a_hanging_provider_gets_ballasts_own_answers_with
         )
         keys = [f"burst-{uuid.uuid4()}" for _ in range(BURST_CALLS)]
         async with grpc.aio.insecure_channel(server.address) as channel:
+            # connected first: the deadlines measure Ballast's answers, not the client's connection set-up
+            await asyncio.wait_for(channel.channel_ready(), timeout=10)
             stub = payments_pb2_grpc.PaymentServiceStub(channel)
 
             async def call(key: str) -> tuple[str, str]:
