@@ -142,8 +142,9 @@ async def test_a_burst_against_a_hanging_provider_gets_ballasts_own_answers_with
 ) -> None:
     """Every call of a burst with 0.5 s deadlines, against a provider that never answers, hears Ballast:
     the payment as it stands (UNKNOWN), UNAVAILABLE (the provider was not asked in time), or
-    DEADLINE_EXCEEDED saying the outcome is unknown (or that nothing was done: it began too late). None is cut by the client's own deadline, and the
-    server counts each by the status it answered: none UNKNOWN, none CANCELLED."""
+    DEADLINE_EXCEEDED saying the outcome is unknown (or that nothing was done: it began too late).
+    None is cut by the client's own deadline, and the server counts each by the status it answered:
+    none UNKNOWN, none CANCELLED."""
     released = asyncio.Event()
 
     async def hang(request: web.Request) -> web.Response:
