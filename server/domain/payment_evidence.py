@@ -106,10 +106,15 @@ def misfits(
         found.append(Misfit("amount", format(amount, "f"), claimed_amount[:64]))
     if claimed_currency_code is not None and claimed_currency_code.strip().upper() != currency_code:
         found.append(Misfit("currency_code", currency_code, claimed_currency_code[:64]))
-    if (
-        claimed_provider_payment_id is not None
-        and provider_payment_id is not None
-        and claimed_provider_payment_id != provider_payment_id
-    ):
-        found.append(Misfit("provider_payment_id", provider_payment_id, claimed_provider_payment_id[:255]))
+    differing_id = id_misfit("provider_payment_id", provider_payment_id, claimed_provider_payment_id)
+    if differing_id is not None:
+        found.append(differing_id)
     return found
+
+
+def id_misfit(field: str, known: str | None, claimed: str | None) -> Misfit | None:
+    """A provider id the evidence names differently from the one Ballast recorded; None when either is
+    unknown (the first one named is kept) or they are the same."""
+    if claimed is None or known is None or claimed == known:
+        return None
+    return Misfit(field, known, claimed[:255])

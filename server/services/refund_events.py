@@ -20,7 +20,7 @@ from server.db import cases_repository, refunds_repository
 from server.db.refunds_repository import LockedRefund, RefundMove
 from server.domain.errors import Defect, NotFound
 from server.domain.ledger import refund_postings
-from server.domain.payment_evidence import misfits
+from server.domain.payment_evidence import id_misfit, misfits
 from server.domain.payment_states import Verdict, Witness
 from server.domain.refund_states import (
     REFUND_EVENT_TARGETS,
@@ -132,33 +132,26 @@ async def apply_refund_evidence(
 
 
 def _misfits(refund: LockedRefund, evidence: RefundEvidence) -> list[dict[str, str]]:
-    found = [
-        {"field": m.field, "ballast": m.ballast, "provider": m.provider}
-        for m in misfits(
-            amount=refund.amount,
-            currency_code=refund.currency_code,
-            provider_payment_id=refund.provider_refund_id,
-            claimed_amount=evidence.amount,
-            claimed_currency_code=evidence.currency_code,
-            claimed_provider_payment_id=evidence.provider_refund_id if evidence.witness is Witness.API else None,
+    """The refund's terms the evidence names differently: amount, currency, the provider's id of the
+    refund (from its API only: a stale webhook must not decide it) and of its payment."""
+    found = misfits(
+        amount=refund.amount,
+        currency_code=refund.currency_code,
+        provider_payment_id=None,
+        claimed_amount=evidence.amount,
+        claimed_currency_code=evidence.currency_code,
+        claimed_provider_payment_id=None,
+    )
+    api_refund_id = evidence.provider_refund_id if evidence.witness is Witness.API else None
+    found += [
+        misfit
+        for misfit in (
+            id_misfit("provider_refund_id", refund.provider_refund_id, api_refund_id),
+            id_misfit("provider_payment_id", refund.provider_payment_id, evidence.provider_payment_id),
         )
+        if misfit is not None
     ]
-    for item in found:
-        if item["field"] == "provider_payment_id":
-            item["field"] = "provider_refund_id"
-    if (
-        evidence.provider_payment_id is not None
-        and refund.provider_payment_id is not None
-        and evidence.provider_payment_id != refund.provider_payment_id
-    ):
-        found.append(
-            {
-                "field": "provider_payment_id",
-                "ballast": refund.provider_payment_id,
-                "provider": evidence.provider_payment_id[:255],
-            }
-        )
-    return found
+    return [{"field": m.field, "ballast": m.ballast, "provider": m.provider} for m in found]
 
 
 async def _open_case(
