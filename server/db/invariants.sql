@@ -23,6 +23,7 @@
 --   6. The audit log is a hash chain per aggregate
 --   7. A new outbox event wakes the relays
 --   8. A refund holds part of its captured payment, keeps its terms, and moves only along its machine
+--   9. A report is kept as it was received
 
 
 -- =================================================================================================
@@ -515,3 +516,21 @@ END $$;
 
 CREATE TRIGGER refund_transitions_apply BEFORE INSERT ON refund_transitions
     FOR EACH ROW EXECUTE FUNCTION refund_transitions_apply();
+
+-- =================================================================================================
+-- 9. A report is kept as it was received
+-- =================================================================================================
+
+-- A report's raw bytes and its canonical rows are the evidence every finding and case cites: written
+-- once by their run, never changed or removed.
+CREATE TRIGGER report_chunks_append_only BEFORE UPDATE OR DELETE ON report_chunks
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
+
+CREATE TRIGGER report_chunks_no_truncate BEFORE TRUNCATE ON report_chunks
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
+
+CREATE TRIGGER report_rows_append_only BEFORE UPDATE OR DELETE ON report_rows
+    FOR EACH ROW EXECUTE FUNCTION refuse_change();
+
+CREATE TRIGGER report_rows_no_truncate BEFORE TRUNCATE ON report_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();

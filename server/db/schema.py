@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import BYTEA, JSONB, UUID
 
 from server.domain import cases as case_rules
 from server.domain import events, evidence
+from server.domain import reconciliation as recon
 from server.domain.cases import CaseStatus
 from server.domain.corrections import APPROVER_LENGTH_MAX, Approval
 from server.domain.identity import CLIENT_ID_LENGTH_MAX
@@ -42,6 +43,7 @@ from server.domain.payments import (
     MERCHANT_REFERENCE_LENGTH_MAX,
     OPERATION_LENGTH_MAX,
 )
+from server.domain.reconciliation import Difference, ReportKind, RunStatus
 from server.domain.refund_states import REASON_LENGTH_MAX as REFUND_REASON_LENGTH_MAX
 from server.domain.refund_states import UNDECIDED_REFUND_STATES, RefundState
 
@@ -522,8 +524,13 @@ cases = sa.Table(
     sa.Column("leg_id", UUID(as_uuid=True), sa.ForeignKey("legs.id"), nullable=True),
     # set while the provider's own answer is still to be added to the case
     sa.Column("provider_check_due_at", sa.DateTime(timezone=True), nullable=True),
+    # the report run whose finding opened it (reconciliation), which is what a case about no payment is about
+    sa.Column("report_run_id", UUID(as_uuid=True), sa.ForeignKey("report_runs.id"), nullable=True),
     sa.CheckConstraint(_one_of("status", CaseStatus), name="status_known"),
-    sa.CheckConstraint("(payment_id IS NULL) <> (leg_id IS NULL)", name="about_one_thing"),
+    sa.CheckConstraint(
+        "num_nonnulls(payment_id, leg_id) <= 1 AND num_nonnulls(payment_id, leg_id, report_run_id) >= 1",
+        name="about_one_thing",
+    ),
     sa.CheckConstraint(_length("kind", case_rules.KIND_LENGTH_MAX), name="kind_length"),
     sa.CheckConstraint(_length("summary", case_rules.SUMMARY_LENGTH_MAX), name="summary_length"),
     sa.CheckConstraint("jsonb_typeof(evidence) = 'array'", name="evidence_array"),
@@ -535,6 +542,7 @@ cases = sa.Table(
         "provider_check_due_at",
         postgresql_where=sa.text(f"{_OPEN} AND provider_check_due_at IS NOT NULL"),
     ),
+    sa.Index("ix_cases_report_run_id", "report_run_id", postgresql_where=sa.text("report_run_id IS NOT NULL")),
     comment=(
         "Investigation cases: what Ballast could not decide alone (contradictory provider evidence,"
         " an outcome that stayed unknown), with the evidence, for operations staff to resolve."
@@ -646,4 +654,165 @@ refund_transitions = sa.Table(
     ),
     sa.Index("ix_refund_transitions_refund_id", "refund_id", "id"),
     comment="Every state change of every refund, with its cause and the evidence behind it. Append-only.",
+)
+
+_RUN_FINAL = f"status IN ('{RunStatus.COMPLETED}', '{RunStatus.FAILED}')"
+
+provider_settings = sa.Table(
+    "provider_settings",
+    metadata,
+    sa.Column("provider", sa.Text, primary_key=True),
+    # the agreed fee schedule of a charge: fee_bps of the gross plus a fixed fee, rounded half up
+    sa.Column("fee_bps", sa.Numeric, nullable=False),
+    sa.Column("fee_fixed_minor_units", sa.Integer, nullable=False),
+    # how far a reported fee, amount or FX adjustment may be off before it is a difference
+    sa.Column("fee_tolerance_minor_units", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("amount_tolerance_minor_units", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("fx_tolerance_minor_units", sa.Integer, nullable=False, server_default="0"),
+    # a charge settles this many days after it succeeded; a row may come this many days late before a
+    # success without one is MISSING_PROVIDER
+    sa.Column("settlement_delay_days", sa.Integer, nullable=False),
+    sa.Column("settlement_window_days", sa.Integer, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint(_length("provider", recon.PROVIDER_LENGTH_MAX), name="provider_length"),
+    sa.CheckConstraint("fee_bps >= 0 AND fee_bps <= 10000", name="fee_bps_range"),
+    sa.CheckConstraint(
+        "fee_fixed_minor_units >= 0 AND fee_tolerance_minor_units >= 0 AND amount_tolerance_minor_units >= 0"
+        " AND fx_tolerance_minor_units >= 0",
+        name="minor_units_nonnegative",
+    ),
+    sa.CheckConstraint(
+        "settlement_delay_days BETWEEN 0 AND 60 AND settlement_window_days BETWEEN 0 AND 60", name="days_range"
+    ),
+    comment=(
+        "Per provider, what reconciliation compares its reports with: the agreed fee schedule, the"
+        " tolerances and the settlement timing. Configuration as data, changed by operators."
+    ),
+)
+
+report_runs = sa.Table(
+    "report_runs",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("file_name", sa.Text, nullable=False),
+    sa.Column("content_type", sa.Text, nullable=False),
+    sa.Column("sha256", sa.Text, nullable=False),
+    sa.Column("byte_count", sa.BigInteger, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("failure_reason", sa.Text, nullable=False, server_default=""),
+    sa.Column("row_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("invalid_row_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("matched_row_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("unmatched_row_count", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("opened_case_count", sa.BigInteger, nullable=False, server_default="0"),
+    # the settlement dates its rows cover (known once normalized)
+    sa.Column("period_start", sa.Date, nullable=True),
+    sa.Column("period_end", sa.Date, nullable=True),
+    # a later report of the same provider and period that replaces this one (both are kept)
+    sa.Column("superseded_by", UUID(as_uuid=True), sa.ForeignKey("report_runs.id"), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("completed_at", sa.DateTime(timezone=True), nullable=True),
+    # a worker's claim on the run: it is processed by one worker at a time, and taken over after a crash
+    sa.Column("lease_until", sa.DateTime(timezone=True), nullable=True),
+    sa.CheckConstraint(_length("provider", recon.PROVIDER_LENGTH_MAX), name="provider_length"),
+    sa.CheckConstraint(_one_of("kind", ReportKind), name="kind_known"),
+    sa.CheckConstraint(_one_of("status", RunStatus), name="status_known"),
+    sa.CheckConstraint(_length("file_name", recon.FILE_NAME_LENGTH_MAX), name="file_name_length"),
+    sa.CheckConstraint(_length("content_type", recon.CONTENT_TYPE_LENGTH_MAX), name="content_type_length"),
+    sa.CheckConstraint("sha256 ~ '^[0-9a-f]{64}$'", name="sha256_hex"),
+    sa.CheckConstraint(f"byte_count BETWEEN 1 AND {recon.REPORT_BYTES_MAX}", name="byte_count_range"),
+    sa.CheckConstraint(_length("failure_reason", recon.ERROR_LENGTH_MAX, required=False), name="failure_reason_length"),
+    sa.CheckConstraint(
+        "row_count >= 0 AND invalid_row_count >= 0 AND matched_row_count >= 0 AND unmatched_row_count >= 0"
+        " AND opened_case_count >= 0",
+        name="counts_nonnegative",
+    ),
+    sa.CheckConstraint(f"(completed_at IS NOT NULL) = ({_RUN_FINAL})", name="completed_when_final"),
+    # the same file twice is one run (unless its run failed)
+    sa.Index(
+        "uq_report_runs_provider_kind_sha256",
+        "provider",
+        "kind",
+        "sha256",
+        unique=True,
+        postgresql_where=sa.text(f"status <> '{RunStatus.FAILED}'"),
+    ),
+    sa.Index("ix_report_runs_unfinished", "created_at", postgresql_where=sa.text(f"NOT ({_RUN_FINAL})")),
+    comment=(
+        "One provider report taken in, and where its processing stands (stage, counts, failure). The"
+        " unit of reconciliation's work: every stage is idempotent per run."
+    ),
+)
+
+report_chunks = sa.Table(
+    "report_chunks",
+    metadata,
+    sa.Column("run_id", UUID(as_uuid=True), sa.ForeignKey("report_runs.id"), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("bytes", BYTEA, nullable=False),
+    sa.PrimaryKeyConstraint("run_id", "seq"),
+    sa.CheckConstraint("seq >= 0", name="seq_nonnegative"),
+    sa.CheckConstraint(f"octet_length(bytes) BETWEEN 1 AND {recon.CHUNK_BYTES_MAX}", name="bytes_size"),
+    comment="A report's raw bytes exactly as received, in order, their SHA-256 on the run. Append-only.",
+)
+
+report_rows = sa.Table(
+    "report_rows",
+    metadata,
+    sa.Column("run_id", UUID(as_uuid=True), sa.ForeignKey("report_runs.id"), nullable=False),
+    # 1-based, counting data rows only (the header line is not a row)
+    sa.Column("row_number", sa.BigInteger, nullable=False),
+    sa.Column("provider_transaction_id", sa.Text, nullable=True),
+    sa.Column("source_id", sa.Text, nullable=True),
+    sa.Column("reference", sa.Text, nullable=True),
+    sa.Column("payout_id", sa.Text, nullable=True),
+    sa.Column("type", sa.Text, nullable=True),
+    sa.Column("status", sa.Text, nullable=True),
+    sa.Column("currency_code", sa.Text, nullable=True),
+    sa.Column("gross", sa.Numeric, nullable=True),
+    sa.Column("fee", sa.Numeric, nullable=True),
+    sa.Column("net", sa.Numeric, nullable=True),
+    sa.Column("settlement_date", sa.Date, nullable=True),
+    # why the row could not be normalized; its other fields are then whatever could be read
+    sa.Column("error", sa.Text, nullable=True),
+    sa.PrimaryKeyConstraint("run_id", "row_number"),
+    sa.CheckConstraint("row_number >= 1", name="row_number_positive"),
+    sa.CheckConstraint(_length("error", recon.ERROR_LENGTH_MAX, required=False), name="error_length"),
+    sa.CheckConstraint(
+        "error IS NOT NULL OR (provider_transaction_id IS NOT NULL AND type IS NOT NULL AND currency_code IS NOT NULL"
+        " AND gross IS NOT NULL AND fee IS NOT NULL AND net IS NOT NULL AND settlement_date IS NOT NULL"
+        " AND net = gross - fee)",
+        name="valid_or_explained",
+    ),
+    comment="A report's rows in canonical form (or, for a row that does not parse, why). Written once per run.",
+)
+
+report_findings = sa.Table(
+    "report_findings",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+    sa.Column("run_id", UUID(as_uuid=True), sa.ForeignKey("report_runs.id"), nullable=False),
+    sa.Column("row_number", sa.BigInteger, nullable=True),
+    sa.Column("difference", sa.Text, nullable=False),
+    sa.Column("payment_id", UUID(as_uuid=True), sa.ForeignKey("payments.id"), nullable=True),
+    sa.Column("refund_id", UUID(as_uuid=True), sa.ForeignKey("refunds.id"), nullable=True),
+    sa.Column("payout_id", sa.Text, nullable=True),
+    # Ballast's side and the provider's, field by field, as JSON strings (amounts exact)
+    sa.Column("expected", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("observed", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("case_id", UUID(as_uuid=True), sa.ForeignKey("cases.id"), nullable=True),
+    # a later run whose row closed this finding (a TIMING_MISMATCH's row arriving)
+    sa.Column("closed_by_run_id", UUID(as_uuid=True), sa.ForeignKey("report_runs.id"), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint(_one_of("difference", Difference), name="difference_known"),
+    sa.ForeignKeyConstraint(["run_id", "row_number"], ["report_rows.run_id", "report_rows.row_number"]),
+    sa.Index("ix_report_findings_run_id_difference", "run_id", "difference"),
+    sa.Index("ix_report_findings_payment_id", "payment_id", postgresql_where=sa.text("payment_id IS NOT NULL")),
+    comment=(
+        "Every difference a report run found between the provider's rows and Ballast's records, by class,"
+        " with both sides; the case it opened, if it needed a person."
+    ),
 )
