@@ -665,6 +665,8 @@ provider_settings = sa.Table(
     # the agreed fee schedule of a charge: fee_bps of the gross plus a fixed fee, rounded half up
     sa.Column("fee_bps", sa.Numeric, nullable=False),
     sa.Column("fee_fixed_minor_units", sa.Integer, nullable=False),
+    # a refund's fee: a fixed fee (the charge's fee is not returned)
+    sa.Column("refund_fee_fixed_minor_units", sa.Integer, nullable=False, server_default="0"),
     # how far a reported fee, amount or FX adjustment may be off before it is a difference
     sa.Column("fee_tolerance_minor_units", sa.Integer, nullable=False, server_default="0"),
     sa.Column("amount_tolerance_minor_units", sa.Integer, nullable=False, server_default="0"),
@@ -677,7 +679,8 @@ provider_settings = sa.Table(
     sa.CheckConstraint(_length("provider", recon.PROVIDER_LENGTH_MAX), name="provider_length"),
     sa.CheckConstraint("fee_bps >= 0 AND fee_bps <= 10000", name="fee_bps_range"),
     sa.CheckConstraint(
-        "fee_fixed_minor_units >= 0 AND fee_tolerance_minor_units >= 0 AND amount_tolerance_minor_units >= 0"
+        "fee_fixed_minor_units >= 0 AND refund_fee_fixed_minor_units >= 0 AND fee_tolerance_minor_units >= 0"
+        " AND amount_tolerance_minor_units >= 0"
         " AND fx_tolerance_minor_units >= 0",
         name="minor_units_nonnegative",
     ),

@@ -51,6 +51,7 @@ def _provider_settings() -> None:
         sa.Column("provider", sa.Text, nullable=False),
         sa.Column("fee_bps", sa.Numeric, nullable=False),
         sa.Column("fee_fixed_minor_units", sa.Integer, nullable=False),
+        sa.Column("refund_fee_fixed_minor_units", sa.Integer, nullable=False, server_default="0"),
         sa.Column("fee_tolerance_minor_units", sa.Integer, nullable=False, server_default="0"),
         sa.Column("amount_tolerance_minor_units", sa.Integer, nullable=False, server_default="0"),
         sa.Column("fx_tolerance_minor_units", sa.Integer, nullable=False, server_default="0"),
@@ -63,7 +64,8 @@ def _provider_settings() -> None:
         _check(
             "provider_settings",
             "minor_units_nonnegative",
-            "fee_fixed_minor_units >= 0 AND fee_tolerance_minor_units >= 0 AND amount_tolerance_minor_units >= 0"
+            "fee_fixed_minor_units >= 0 AND refund_fee_fixed_minor_units >= 0 AND fee_tolerance_minor_units >= 0"
+            " AND amount_tolerance_minor_units >= 0"
             " AND fx_tolerance_minor_units >= 0",
         ),
         _check(

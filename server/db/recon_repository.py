@@ -1,0 +1,711 @@
+"""SQL for reconciliation: report runs, their raw bytes, and the set-wise statements of each stage.
+
+No statement here runs per row, and no report is read into Python: the raw bytes go to PostgreSQL
+in chunks as they arrive, PostgreSQL splits and parses them (normalization), and matching and
+classification are joins over the run's rows (docs/reconciliation.md). Each stage runs in one
+transaction of the caller's, so a run killed mid-stage is simply taken up again at that stage.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import asyncpg
+
+from server.domain.money import MINOR_UNITS
+from server.domain.payment_states import PaymentState
+from server.domain.reconciliation import (
+    ERROR_LENGTH_MAX,
+    FINAL_RUN_STATUSES,
+    SELF_CLOSING,
+    Difference,
+    HeaderColumns,
+    ReportKind,
+    ReportMapping,
+    RowType,
+    RunStatus,
+)
+from server.domain.refund_states import RefundState
+
+
+@dataclass(frozen=True)
+class ReportRunRecord:
+    id: uuid.UUID
+    provider: str
+    kind: ReportKind
+    file_name: str
+    content_type: str
+    sha256: str
+    byte_count: int
+    status: RunStatus
+    failure_reason: str
+    row_count: int
+    invalid_row_count: int
+    matched_row_count: int
+    unmatched_row_count: int
+    opened_case_count: int
+    period_start: date | None
+    period_end: date | None
+    superseded_by: uuid.UUID | None
+    created_at: datetime
+    completed_at: datetime | None
+
+    @classmethod
+    def of(cls, row: asyncpg.Record) -> ReportRunRecord:
+        return cls(
+            id=row["id"],
+            provider=row["provider"],
+            kind=ReportKind(row["kind"]),
+            file_name=row["file_name"],
+            content_type=row["content_type"],
+            sha256=row["sha256"],
+            byte_count=row["byte_count"],
+            status=RunStatus(row["status"]),
+            failure_reason=row["failure_reason"],
+            row_count=row["row_count"],
+            invalid_row_count=row["invalid_row_count"],
+            matched_row_count=row["matched_row_count"],
+            unmatched_row_count=row["unmatched_row_count"],
+            opened_case_count=row["opened_case_count"],
+            period_start=row["period_start"],
+            period_end=row["period_end"],
+            superseded_by=row["superseded_by"],
+            created_at=row["created_at"],
+            completed_at=row["completed_at"],
+        )
+
+
+@dataclass(frozen=True)
+class ProviderSettings:
+    """What a provider's reports are compared with (provider_settings)."""
+
+    provider: str
+    fee_bps: Decimal
+    fee_fixed_minor_units: int
+    refund_fee_fixed_minor_units: int
+    fee_tolerance_minor_units: int
+    amount_tolerance_minor_units: int
+    fx_tolerance_minor_units: int
+    settlement_delay_days: int
+    settlement_window_days: int
+
+
+_RUN_COLUMNS = (
+    "id, provider, kind, file_name, content_type, sha256, byte_count, status, failure_reason, row_count,"
+    " invalid_row_count, matched_row_count, unmatched_row_count, opened_case_count, period_start, period_end,"
+    " superseded_by, created_at, completed_at"
+)
+_FINAL = [status.value for status in FINAL_RUN_STATUSES]
+
+
+# -- runs ------------------------------------------------------------------------------------------
+
+
+async def replayed_run(
+    connection: asyncpg.Connection, provider: str, kind: ReportKind, sha256: str
+) -> ReportRunRecord | None:
+    """The run of an earlier upload of the same file (same provider, kind and SHA-256) that did not fail."""
+    row = await connection.fetchrow(
+        f"SELECT {_RUN_COLUMNS} FROM report_runs WHERE provider = $1 AND kind = $2 AND sha256 = $3"
+        f" AND status <> '{RunStatus.FAILED}'",
+        provider,
+        kind.value,
+        sha256,
+    )
+    return None if row is None else ReportRunRecord.of(row)
+
+
+async def insert_run(
+    connection: asyncpg.Connection,
+    run_id: uuid.UUID,
+    provider: str,
+    kind: ReportKind,
+    file_name: str,
+    content_type: str,
+    sha256: str,
+    byte_count: int,
+) -> ReportRunRecord | None:
+    """A new RECEIVED run, or None when a run of the same file that did not fail exists (a concurrent
+    upload of the same file waits on the unique index and then finds the first one's)."""
+    row = await connection.fetchrow(
+        f"""
+        INSERT INTO report_runs (id, provider, kind, file_name, content_type, sha256, byte_count, status)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, '{RunStatus.RECEIVED}')
+        ON CONFLICT (provider, kind, sha256) WHERE status <> '{RunStatus.FAILED}' DO NOTHING
+        RETURNING {_RUN_COLUMNS}
+        """,
+        run_id,
+        provider,
+        kind.value,
+        file_name,
+        content_type,
+        sha256,
+        byte_count,
+    )
+    return None if row is None else ReportRunRecord.of(row)
+
+
+async def insert_chunks(connection: asyncpg.Connection, run_id: uuid.UUID, first_seq: int, chunks: list[bytes]) -> None:
+    """Store the next chunks of a run's raw bytes, numbered from `first_seq`, in one round trip."""
+    await connection.copy_records_to_table(
+        "report_chunks",
+        records=[(run_id, first_seq + offset, chunk) for offset, chunk in enumerate(chunks)],
+        columns=("run_id", "seq", "bytes"),
+    )
+
+
+async def get_run(connection: asyncpg.Connection, run_id: uuid.UUID) -> ReportRunRecord | None:
+    row = await connection.fetchrow(f"SELECT {_RUN_COLUMNS} FROM report_runs WHERE id = $1", run_id)
+    return None if row is None else ReportRunRecord.of(row)
+
+
+async def claim_run(connection: asyncpg.Connection, lease_s: float) -> ReportRunRecord | None:
+    """The oldest unfinished run no live worker holds, now held by the caller for `lease_s`."""
+    row = await connection.fetchrow(
+        f"""
+        UPDATE report_runs SET lease_until = now() + make_interval(secs => $2), updated_at = now()
+        WHERE id = (
+            SELECT id FROM report_runs
+            WHERE NOT (status = ANY($1::text[])) AND (lease_until IS NULL OR lease_until < now())
+            ORDER BY created_at
+            FOR UPDATE SKIP LOCKED
+            LIMIT 1
+        )
+        RETURNING {_RUN_COLUMNS}
+        """,
+        _FINAL,
+        lease_s,
+    )
+    return None if row is None else ReportRunRecord.of(row)
+
+
+async def lock_run(connection: asyncpg.Connection, run_id: uuid.UUID) -> ReportRunRecord | None:
+    """The run, locked for this transaction (a stage's writes and its status move together)."""
+    row = await connection.fetchrow(f"SELECT {_RUN_COLUMNS} FROM report_runs WHERE id = $1 FOR UPDATE", run_id)
+    return None if row is None else ReportRunRecord.of(row)
+
+
+async def fail_run(connection: asyncpg.Connection, run_id: uuid.UUID, reason: str) -> None:
+    await connection.execute(
+        f"""
+        UPDATE report_runs SET status = '{RunStatus.FAILED}', failure_reason = $2, completed_at = now(),
+               updated_at = now(), lease_until = NULL
+        WHERE id = $1 AND NOT (status = ANY($3::text[]))
+        """,
+        run_id,
+        reason[:ERROR_LENGTH_MAX],
+        _FINAL,
+    )
+
+
+async def header_line(connection: asyncpg.Connection, run_id: uuid.UUID, bytes_max: int) -> bytes:
+    """The first line of the run's raw bytes (at most `bytes_max` of them)."""
+    head: bytes = await connection.fetchval(
+        "SELECT substring(bytes FROM 1 FOR $2) FROM report_chunks WHERE run_id = $1 AND seq = 0", run_id, bytes_max
+    )
+    return (head or b"").split(b"\n", 1)[0]
+
+
+async def provider_settings(connection: asyncpg.Connection, provider: str) -> ProviderSettings | None:
+    row = await connection.fetchrow(
+        """
+        SELECT provider, fee_bps, fee_fixed_minor_units, refund_fee_fixed_minor_units, fee_tolerance_minor_units,
+               amount_tolerance_minor_units, fx_tolerance_minor_units, settlement_delay_days,
+               settlement_window_days
+        FROM provider_settings WHERE provider = $1
+        """,
+        provider,
+    )
+    return None if row is None else ProviderSettings(**dict(row))
+
+
+# -- stage 2: normalization --------------------------------------------------------------------------
+
+#: A data line's fields: split on commas, or (a line with a double quote) by the CSV rules for quoted
+#: fields ("a, b" is one field, "" inside quotes is one quote).
+_FIELDS = r"""
+CASE WHEN strpos(line, '"') = 0 THEN string_to_array(line, ',')
+     ELSE ARRAY(SELECT replace(regexp_replace(m[1], '^"(.*)"$', '\1'), '""', '"')
+                FROM regexp_matches(line || ',', '("(?:[^"]|"")*"|[^,]*),', 'g') AS m)
+END
+"""
+_DECIMAL = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$"
+_DATE = r"^(19|2[0-9])[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
+
+
+def _amount_error(name: str) -> str:
+    """The CASE branches that name what is wrong with an amount field, for a clear row error."""
+    return f"""
+        WHEN NOT (f.{name} ~ '{_DECIMAL}') THEN
+            '{name} ' || quote_nullable(left(f.{name}, 40)) || ' is not a plain decimal amount (such as 12.34)'
+        WHEN scale(f.{name}::numeric) > c.digits THEN
+            '{name} ' || f.{name} || ' has more fraction digits than ' || f.currency || ' allows (' || c.digits || ')'
+    """
+
+
+async def normalize_rows(
+    connection: asyncpg.Connection, run_id: uuid.UUID, mapping: ReportMapping, columns: HeaderColumns, rows_max: int
+) -> int | None:
+    """Stage 2, in the caller's transaction: PostgreSQL splits the run's raw bytes into lines and casts
+    each data line into a canonical row (report_rows), or keeps it with its line number and the reason
+    it does not parse. The number of data rows, or None (nothing written) when there are more than
+    `rows_max`. Raises asyncpg's CharacterNotInRepertoireError (or UntranslatableCharacterError) for
+    bytes that are not UTF-8."""
+    position = columns.positions
+    types = list(mapping.types)
+    canonical = [mapping.types[name].value for name in types]
+    lines = """
+        WITH raw AS (
+            SELECT convert_from(string_agg(bytes, ''::bytea ORDER BY seq), 'UTF8') AS text
+            FROM report_chunks WHERE run_id = $1
+        ), numbered AS (
+            SELECT rtrim(line, E'\\r') AS line, n - 1 AS row_number
+            FROM raw, string_to_table(raw.text, E'\\n') WITH ORDINALITY AS t(line, n)
+        )
+    """
+    count: int = await connection.fetchval(
+        lines + "SELECT count(*) FROM numbered WHERE row_number >= 1 AND line <> ''", run_id
+    )
+    if count > rows_max:
+        return None
+    await connection.execute(
+        lines
+        + f"""
+        , fielded AS (
+            SELECT row_number, {_FIELDS} AS fields FROM numbered WHERE row_number >= 1 AND line <> ''
+        ), f AS (
+            SELECT row_number, cardinality(fields) AS width,
+                   nullif(fields[{position["provider_transaction_id"]}], '') AS provider_transaction_id,
+                   nullif(fields[{position["source_id"]}], '') AS source_id,
+                   nullif(fields[{position["reference"]}], '') AS reference,
+                   nullif(fields[{position["payout_id"]}], '') AS payout_id,
+                   fields[{position["type"]}] AS type,
+                   nullif(fields[{position["status"]}], '') AS status,
+                   fields[{position["currency"]}] AS currency,
+                   fields[{position["gross"]}] AS gross,
+                   fields[{position["fee"]}] AS fee,
+                   fields[{position["net"]}] AS net,
+                   fields[{position["settlement_date"]}] AS settlement_date
+            FROM fielded
+        ), known AS (
+            SELECT unnest($2::text[]) AS code, unnest($3::int[]) AS digits
+        ), judged AS (
+            SELECT f.*, t.canonical,
+                   CASE
+                       WHEN f.width <> $6 THEN
+                           'has ' || f.width || ' fields where the header has ' || $6 || ' (a cut or malformed line)'
+                       WHEN f.provider_transaction_id IS NULL THEN 'has no transaction id'
+                       WHEN t.canonical IS NULL THEN
+                           'type ' || quote_nullable(left(f.type, 40)) || ' is not one of ' || array_to_string($4, ', ')
+                       WHEN c.code IS NULL THEN
+                           'currency ' || quote_nullable(left(f.currency, 40)) || ' is not an ISO 4217 code'
+                       {_amount_error("gross")}
+                       {_amount_error("fee")}
+                       {_amount_error("net")}
+                       WHEN f.net::numeric <> f.gross::numeric - f.fee::numeric THEN
+                           'net ' || f.net || ' is not gross ' || f.gross || ' less fee ' || f.fee
+                       WHEN NOT (f.settlement_date ~ '{_DATE}') THEN
+                           'settlement_date ' || quote_nullable(left(f.settlement_date, 40))
+                           || ' is not a date such as 2026-11-30'
+                       WHEN substr(f.settlement_date, 9, 2)::int > extract(day FROM (
+                                make_date(substr(f.settlement_date, 1, 4)::int, substr(f.settlement_date, 6, 2)::int, 1)
+                                + interval '1 month - 1 day')) THEN
+                           'settlement_date ' || f.settlement_date || ' is not a day of its month'
+                   END AS error
+            FROM f
+            LEFT JOIN known c ON c.code = f.currency
+            LEFT JOIN unnest($4::text[], $5::text[]) AS t(word, canonical) ON t.word = f.type
+        )
+        INSERT INTO report_rows (run_id, row_number, provider_transaction_id, source_id, reference, payout_id, type,
+                                 status, currency_code, gross, fee, net, settlement_date, error)
+        SELECT $1, row_number, left(provider_transaction_id, 255), left(source_id, 255), left(reference, 255),
+               left(payout_id, 255), canonical, left(status, 64),
+               CASE WHEN error IS NULL THEN currency END,
+               CASE WHEN error IS NULL THEN gross::numeric END,
+               CASE WHEN error IS NULL THEN fee::numeric END,
+               CASE WHEN error IS NULL THEN net::numeric END,
+               CASE WHEN error IS NULL THEN settlement_date::date END,
+               'line ' || (row_number + 1) || ': ' || left(error, {ERROR_LENGTH_MAX - 20})
+        FROM judged
+        """,
+        run_id,
+        list(MINOR_UNITS),
+        list(MINOR_UNITS.values()),
+        types,
+        canonical,
+        columns.width,
+    )
+    return count
+
+
+async def finish_normalizing(connection: asyncpg.Connection, run_id: uuid.UUID) -> ReportRunRecord:
+    """The run's counts and period from its rows; the run moves on to MATCHING. An earlier run of the same
+    provider and kind whose period overlaps this one's, and that nothing superseded yet, is superseded."""
+    row = await connection.fetchrow(
+        f"""
+        WITH counted AS (
+            SELECT count(*) AS rows, count(*) FILTER (WHERE error IS NOT NULL) AS invalid,
+                   min(settlement_date) FILTER (WHERE type <> '{RowType.PAYOUT}') AS period_start,
+                   max(settlement_date) FILTER (WHERE type <> '{RowType.PAYOUT}') AS period_end
+            FROM report_rows WHERE run_id = $1
+        )
+        UPDATE report_runs r SET status = '{RunStatus.MATCHING}', row_count = c.rows, invalid_row_count = c.invalid,
+               period_start = c.period_start, period_end = c.period_end, updated_at = now()
+        FROM counted c WHERE r.id = $1
+        RETURNING {", ".join(f"r.{column.strip()}" for column in _RUN_COLUMNS.split(","))}
+        """,
+        run_id,
+    )
+    run = ReportRunRecord.of(row)
+    if run.period_start is not None:
+        await connection.execute(
+            f"""
+            UPDATE report_runs SET superseded_by = $1, updated_at = now()
+            WHERE provider = $2 AND kind = $3 AND id <> $1 AND superseded_by IS NULL
+              AND status <> '{RunStatus.FAILED}' AND created_at <= $6
+              AND period_start <= $5 AND period_end >= $4
+            """,
+            run.id,
+            run.provider,
+            run.kind.value,
+            run.period_start,
+            run.period_end,
+            run.created_at,
+        )
+    return run
+
+
+# -- stages 3 and 4: matching and classification -----------------------------------------------------
+
+#: A payment's money is captured at the provider (a settlement row is expected for it).
+_CAPTURED = [
+    PaymentState.SUCCEEDED.value,
+    PaymentState.PARTIALLY_REFUNDED.value,
+    PaymentState.REFUND_PENDING.value,
+    PaymentState.REFUNDED.value,
+]
+#: A payment that ended without money moving: a settlement row for it is a STATUS_MISMATCH.
+_NOT_CAPTURED = [PaymentState.FAILED.value, PaymentState.REJECTED.value, PaymentState.EXPIRED.value]
+_REFUND_NOT_PAID = [RefundState.FAILED.value, RefundState.REJECTED.value, RefundState.EXPIRED.value]
+
+
+async def classify(connection: asyncpg.Connection, run: ReportRunRecord, settings: ProviderSettings) -> None:
+    """Stages 3 and 4, in the caller's transaction: match the run's valid rows to Ballast's payments and
+    refunds with joins, and write a finding for every difference, by class."""
+    args: list[Any] = [run.id, list(MINOR_UNITS), list(MINOR_UNITS.values())]
+    known = "known AS (SELECT unnest($2::text[]) AS code, unnest($3::int[]) AS digits)"
+    # rows of every other run still in force: a transaction reported there is not reported again here
+    in_force = f"""
+        SELECT o.provider_transaction_id, o.source_id, o.type FROM report_rows o
+        JOIN report_runs other ON other.id = o.run_id
+        WHERE other.id <> $1 AND other.provider = '{_quoted(run.provider)}' AND other.kind = '{run.kind.value}'
+          AND other.superseded_by IS NULL AND other.status <> '{RunStatus.FAILED}' AND o.error IS NULL
+    """
+    await connection.execute(
+        f"""
+        WITH {known},
+        valid AS (
+            SELECT r.*, row_number() OVER (PARTITION BY r.provider_transaction_id ORDER BY r.row_number) AS nth
+            FROM report_rows r WHERE r.run_id = $1 AND r.error IS NULL
+        ),
+        elsewhere AS ({in_force})
+        INSERT INTO report_findings (run_id, row_number, difference, observed)
+        SELECT $1, v.row_number, '{Difference.DUPLICATE_PROVIDER_ROW}',
+               jsonb_build_object('provider_transaction_id', v.provider_transaction_id,
+                                  'reported_before', v.nth > 1)
+        FROM valid v
+        WHERE v.nth > 1
+           OR EXISTS (SELECT 1 FROM elsewhere e WHERE e.provider_transaction_id = v.provider_transaction_id)
+        """,
+        *args,
+    )
+    # charges: by the provider's payment id, or (a row without one) by the merchant's reference
+    await connection.execute(
+        f"""
+        WITH {known},
+        rows AS (
+            SELECT r.* FROM report_rows r
+            WHERE r.run_id = $1 AND r.error IS NULL AND r.type = '{RowType.CHARGE}'
+              AND NOT EXISTS (SELECT 1 FROM report_findings d WHERE d.run_id = $1 AND d.row_number = r.row_number
+                              AND d.difference = '{Difference.DUPLICATE_PROVIDER_ROW}')
+        ),
+        matched AS (
+            SELECT r.row_number, r.currency_code AS r_currency, r.gross, r.fee, r.settlement_date, r.source_id,
+                   p.id AS payment_id, p.amount, p.currency_code AS p_currency, p.state,
+                   (SELECT min(t.occurred_at) FROM payment_transitions t
+                    WHERE t.payment_id = p.id AND t.to_state = '{PaymentState.SUCCEEDED}') AS succeeded_at,
+                   c.digits
+            FROM rows r
+            LEFT JOIN LATERAL (
+                SELECT p.* FROM payments p
+                WHERE p.provider_payment_id = r.source_id
+                   OR (r.source_id IS NULL AND r.reference IS NOT NULL AND p.merchant_reference = r.reference)
+                ORDER BY p.provider_payment_id = r.source_id DESC NULLS LAST, p.created_at
+                LIMIT 1
+            ) p ON true
+            LEFT JOIN known c ON c.code = p.currency_code
+        ),
+        found AS (
+            SELECT m.row_number, m.payment_id, d.difference, d.expected, d.observed
+            FROM matched m
+            CROSS JOIN LATERAL (VALUES
+                ('{Difference.MISSING_INTERNAL}', m.payment_id IS NULL, '{{}}'::jsonb,
+                 jsonb_build_object('source_id', m.source_id, 'gross', m.gross::text, 'currency', m.r_currency)),
+                ('{Difference.CURRENCY_MISMATCH}', m.payment_id IS NOT NULL AND m.r_currency <> m.p_currency,
+                 jsonb_build_object('currency', m.p_currency), jsonb_build_object('currency', m.r_currency)),
+                ('{Difference.AMOUNT_MISMATCH}', m.payment_id IS NOT NULL AND m.r_currency = m.p_currency
+                    AND abs(m.gross - m.amount) > $4::int * {_UNIT},
+                 jsonb_build_object('amount', m.amount::text), jsonb_build_object('gross', m.gross::text)),
+                ('{Difference.STATUS_MISMATCH}', m.state = ANY($9::text[]),
+                 jsonb_build_object('state', m.state), jsonb_build_object('status', 'settled')),
+                ('{Difference.FEE_MISMATCH}', m.payment_id IS NOT NULL AND m.r_currency = m.p_currency
+                    AND abs(m.fee - round(m.amount * $5::numeric / 10000 + $6::int * {_UNIT}, m.digits))
+                        > $7::int * {_UNIT},
+                 jsonb_build_object('fee', round(m.amount * $5::numeric / 10000 + $6::int * {_UNIT},
+                                                 m.digits)::text),
+                 jsonb_build_object('fee', m.fee::text)),
+                ('{Difference.TIMING_MISMATCH}', m.succeeded_at IS NOT NULL
+                    AND m.settlement_date <> (m.succeeded_at AT TIME ZONE 'UTC')::date + $8::int,
+                 jsonb_build_object('settlement_date', ((m.succeeded_at AT TIME ZONE 'UTC')::date + $8::int)::text),
+                 jsonb_build_object('settlement_date', m.settlement_date::text))
+            ) AS d(difference, applies, expected, observed)
+            WHERE d.applies
+        )
+        INSERT INTO report_findings (run_id, row_number, payment_id, difference, expected, observed)
+        SELECT $1, row_number, payment_id, difference, expected, observed FROM found
+        """,
+        *args,
+        settings.amount_tolerance_minor_units,
+        settings.fee_bps,
+        settings.fee_fixed_minor_units,
+        settings.fee_tolerance_minor_units,
+        settings.settlement_delay_days,
+        _NOT_CAPTURED,
+    )
+    # refunds: by the provider's refund id; the gross is the money returned, negative
+    await connection.execute(
+        f"""
+        WITH {known},
+        rows AS (
+            SELECT r.* FROM report_rows r
+            WHERE r.run_id = $1 AND r.error IS NULL AND r.type = '{RowType.REFUND}'
+              AND NOT EXISTS (SELECT 1 FROM report_findings d WHERE d.run_id = $1 AND d.row_number = r.row_number
+                              AND d.difference = '{Difference.DUPLICATE_PROVIDER_ROW}')
+        ),
+        matched AS (
+            SELECT r.row_number, r.currency_code AS r_currency, r.gross, r.fee, r.source_id,
+                   f.id AS refund_id, f.payment_id, f.amount, f.currency_code AS f_currency, f.state, c.digits
+            FROM rows r
+            LEFT JOIN refunds f ON f.provider_refund_id = r.source_id
+            LEFT JOIN known c ON c.code = f.currency_code
+        ),
+        found AS (
+            SELECT m.row_number, m.payment_id, m.refund_id, d.difference, d.expected, d.observed
+            FROM matched m
+            CROSS JOIN LATERAL (VALUES
+                ('{Difference.MISSING_INTERNAL}', m.refund_id IS NULL, '{{}}'::jsonb,
+                 jsonb_build_object('source_id', m.source_id, 'gross', m.gross::text, 'currency', m.r_currency)),
+                ('{Difference.CURRENCY_MISMATCH}', m.refund_id IS NOT NULL AND m.r_currency <> m.f_currency,
+                 jsonb_build_object('currency', m.f_currency), jsonb_build_object('currency', m.r_currency)),
+                ('{Difference.AMOUNT_MISMATCH}', m.refund_id IS NOT NULL AND m.r_currency = m.f_currency
+                    AND abs(-m.gross - m.amount) > $4::int * {_UNIT},
+                 jsonb_build_object('amount', (-m.amount)::text), jsonb_build_object('gross', m.gross::text)),
+                ('{Difference.STATUS_MISMATCH}', m.state = ANY($7::text[]),
+                 jsonb_build_object('state', m.state), jsonb_build_object('status', 'settled')),
+                ('{Difference.FEE_MISMATCH}', m.refund_id IS NOT NULL AND m.r_currency = m.f_currency
+                    AND abs(m.fee - $5::int * {_UNIT}) > $6::int * {_UNIT},
+                 jsonb_build_object('fee', ($5::int * {_UNIT})::text),
+                 jsonb_build_object('fee', m.fee::text))
+            ) AS d(difference, applies, expected, observed)
+            WHERE d.applies
+        )
+        INSERT INTO report_findings (run_id, row_number, payment_id, refund_id, difference, expected, observed)
+        SELECT $1, row_number, payment_id, refund_id, difference, expected, observed FROM found
+        """,
+        *args,
+        settings.amount_tolerance_minor_units,
+        settings.refund_fee_fixed_minor_units,
+        settings.fee_tolerance_minor_units,
+        _REFUND_NOT_PAID,
+    )
+    # adjustments (FX) beyond the tolerance, and payouts whose total is not the net of their lines
+    await connection.execute(
+        f"""
+        WITH {known}
+        INSERT INTO report_findings (run_id, row_number, payment_id, difference, observed)
+        SELECT $1, r.row_number, p.id, '{Difference.FX_ADJUSTMENT}',
+               jsonb_build_object('gross', r.gross::text, 'currency', r.currency_code, 'source_id', r.source_id)
+        FROM report_rows r
+        JOIN known c ON c.code = r.currency_code
+        LEFT JOIN payments p ON p.provider_payment_id = r.source_id
+        WHERE r.run_id = $1 AND r.error IS NULL AND r.type = '{RowType.ADJUSTMENT}'
+          AND abs(r.gross) > $4 * (10::numeric ^ (-c.digits))
+        """,
+        *args,
+        settings.fx_tolerance_minor_units,
+    )
+    await connection.execute(
+        f"""
+        WITH lines AS (
+            SELECT payout_id, sum(net) AS net, count(*) AS line_count FROM report_rows
+            WHERE run_id = $1 AND error IS NULL AND type <> '{RowType.PAYOUT}' AND payout_id IS NOT NULL
+            GROUP BY payout_id
+        )
+        INSERT INTO report_findings (run_id, row_number, payout_id, difference, expected, observed)
+        SELECT $1, p.row_number, p.payout_id, '{Difference.PAYOUT_MISMATCH}',
+               jsonb_build_object('net', (-coalesce(l.net, 0))::text, 'line_count', coalesce(l.line_count, 0)),
+               jsonb_build_object('net', p.net::text)
+        FROM report_rows p LEFT JOIN lines l ON l.payout_id = p.payout_id
+        WHERE p.run_id = $1 AND p.error IS NULL AND p.type = '{RowType.PAYOUT}'
+          AND p.net <> -coalesce(l.net, 0)
+        """,
+        run.id,
+    )
+    # successes with no row, once the report covers their settlement date and the window after it
+    if run.period_start is not None and run.period_end is not None:
+        await connection.execute(
+            f"""
+            WITH expected AS (
+                SELECT p.id, p.provider_payment_id, p.amount, p.currency_code,
+                       (min(t.occurred_at) AT TIME ZONE 'UTC')::date + $4::int AS settles_on
+                FROM payment_transitions t JOIN payments p ON p.id = t.payment_id
+                WHERE t.to_state = '{PaymentState.SUCCEEDED}' AND p.state = ANY($5::text[])
+                  AND t.occurred_at >= ($2::date - $4::int - 1)::timestamp AT TIME ZONE 'UTC'
+                  AND t.occurred_at < ($3::date - $4::int + 1)::timestamp AT TIME ZONE 'UTC'
+                GROUP BY p.id
+            ),
+            elsewhere AS ({in_force})
+            INSERT INTO report_findings (run_id, payment_id, difference, expected)
+            SELECT $1, e.id, '{Difference.MISSING_PROVIDER}',
+                   jsonb_build_object('provider_payment_id', e.provider_payment_id, 'amount', e.amount::text,
+                                      'currency', e.currency_code, 'settlement_date', e.settles_on::text)
+            FROM expected e
+            WHERE e.settles_on BETWEEN $2::date AND $3::date - $6::int
+              AND NOT EXISTS (SELECT 1 FROM report_rows r WHERE r.run_id = $1 AND r.error IS NULL
+                              AND r.type = '{RowType.CHARGE}' AND r.source_id = e.provider_payment_id)
+              AND NOT EXISTS (SELECT 1 FROM elsewhere o WHERE o.type = '{RowType.CHARGE}'
+                              AND o.source_id = e.provider_payment_id)
+            """,
+            run.id,
+            run.period_start,
+            run.period_end,
+            settings.settlement_delay_days,
+            _CAPTURED,
+            settings.settlement_window_days,
+        )
+
+
+#: One minor unit of the matched record's currency (m.digits fraction digits).
+_UNIT = "(10::numeric ^ (-m.digits))"
+
+
+def _quoted(text: str) -> str:
+    return text.replace("'", "''")
+
+
+# -- stage 5: resolution -----------------------------------------------------------------------------
+
+
+async def open_cases(connection: asyncpg.Connection, run_id: uuid.UUID) -> int:
+    """A case for every finding that needs a person (one open case per class and payment: a payment's
+    finding joins an open case of its class), each finding pointing at its case. The number opened."""
+    self_closing = [difference.value for difference in SELF_CLOSING]
+    evidence = """
+        jsonb_build_array(jsonb_build_object('report_run_id', f.run_id, 'row_number', f.row_number,
+                                             'difference', f.difference, 'expected', f.expected,
+                                             'observed', f.observed))
+    """
+    summary = """
+        f.difference || CASE WHEN f.row_number IS NULL THEN '' ELSE ' (report row ' || f.row_number || ')' END
+        || CASE WHEN f.expected = '{}'::jsonb THEN '' ELSE ': Ballast ' || f.expected::text END
+        || CASE WHEN f.observed = '{}'::jsonb THEN '' ELSE ', provider ' || f.observed::text END
+    """
+    about_payments = await connection.fetch(
+        f"""
+        INSERT INTO cases (kind, payment_id, report_run_id, summary, evidence)
+        SELECT DISTINCT ON (f.difference, f.payment_id) f.difference, f.payment_id, f.run_id, left({summary}, 2000),
+               {evidence}
+        FROM report_findings f
+        WHERE f.run_id = $1 AND f.payment_id IS NOT NULL AND NOT (f.difference = ANY($2::text[]))
+        ORDER BY f.difference, f.payment_id, f.id
+        ON CONFLICT (kind, payment_id) WHERE status = 'OPEN'
+        DO UPDATE SET evidence = cases.evidence || EXCLUDED.evidence, updated_at = now()
+        RETURNING id, (xmax = 0) AS opened
+        """,
+        run_id,
+        self_closing,
+    )
+    await connection.execute(
+        """
+        UPDATE report_findings f SET case_id = c.id FROM cases c
+        WHERE f.run_id = $1 AND f.payment_id IS NOT NULL AND c.status = 'OPEN' AND c.kind = f.difference
+          AND c.payment_id = f.payment_id AND NOT (f.difference = ANY($2::text[]))
+        """,
+        run_id,
+        self_closing,
+    )
+    # about no payment: a case per finding, its id derived from the finding's, so a repeat opens none
+    about_rows = await connection.fetch(
+        f"""
+        INSERT INTO cases (id, kind, report_run_id, summary, evidence)
+        SELECT md5(f.run_id::text || ':' || f.id)::uuid, f.difference, f.run_id, left({summary}, 2000), {evidence}
+        FROM report_findings f
+        WHERE f.run_id = $1 AND f.payment_id IS NULL AND NOT (f.difference = ANY($2::text[]))
+        ON CONFLICT (id) DO NOTHING
+        RETURNING id
+        """,
+        run_id,
+        self_closing,
+    )
+    await connection.execute(
+        """
+        UPDATE report_findings f SET case_id = md5(f.run_id::text || ':' || f.id)::uuid
+        WHERE f.run_id = $1 AND f.payment_id IS NULL AND NOT (f.difference = ANY($2::text[]))
+        """,
+        run_id,
+        self_closing,
+    )
+    return sum(1 for row in about_payments if row["opened"]) + len(about_rows)
+
+
+async def complete_run(connection: asyncpg.Connection, run_id: uuid.UUID, opened_cases: int) -> ReportRunRecord:
+    """The run's final counts; COMPLETED."""
+    row = await connection.fetchrow(
+        f"""
+        WITH counted AS (
+            SELECT count(*) FILTER (WHERE r.error IS NULL AND NOT EXISTS (
+                       SELECT 1 FROM report_findings f WHERE f.run_id = r.run_id AND f.row_number = r.row_number))
+                       AS matched,
+                   count(*) FILTER (WHERE r.error IS NULL AND EXISTS (
+                       SELECT 1 FROM report_findings f WHERE f.run_id = r.run_id AND f.row_number = r.row_number))
+                       AS unmatched
+            FROM report_rows r WHERE r.run_id = $1
+        )
+        UPDATE report_runs r SET status = '{RunStatus.COMPLETED}', matched_row_count = c.matched,
+               unmatched_row_count = c.unmatched, opened_case_count = $2, completed_at = now(), updated_at = now(),
+               lease_until = NULL
+        FROM counted c WHERE r.id = $1
+        RETURNING {", ".join(f"r.{column.strip()}" for column in _RUN_COLUMNS.split(","))}
+        """,
+        run_id,
+        opened_cases,
+    )
+    return ReportRunRecord.of(row)
+
+
+async def findings_of(connection: asyncpg.Connection, run_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Every finding of a run, in the order found: what a spec or an export reads."""
+    rows = await connection.fetch(
+        """
+        SELECT f.row_number, f.difference, f.payment_id, f.refund_id, f.payout_id, f.expected, f.observed, f.case_id,
+               r.provider_transaction_id, r.source_id
+        FROM report_findings f LEFT JOIN report_rows r ON r.run_id = f.run_id AND r.row_number = f.row_number
+        WHERE f.run_id = $1 ORDER BY f.id
+        """,
+        run_id,
+    )
+    return [dict(row) for row in rows]

@@ -1,0 +1,323 @@
+"""Reconciliation: a provider's report taken in and checked against Ballast's records, in five stages.
+
+    ingest_report     1. ingestion: the raw bytes stored as received, with their SHA-256; the same
+                         file twice is one run (replayed); size bounded
+    normalize_report  2. normalization: PostgreSQL parses the stored bytes into canonical rows with the
+                         provider's mapping; a row that does not parse is kept with its line and error
+    match_report      3 and 4. matching and classification: set-wise joins to payments and refunds,
+                         a finding for every difference, by class
+    resolve_report    5. resolution: a case for every finding a person must decide; the run COMPLETED
+
+`process_run` runs the stages a run still needs, each in one transaction (a run killed mid-stage is
+taken up again at that stage); `ReportWorker` processes runs as they arrive, one at a time per worker,
+under a lease another worker takes over after a crash. docs/reconciliation.md has the design.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterable
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+
+from server.db import recon_repository as repo
+from server.db.database import Budget, Database
+from server.db.recon_repository import ReportRunRecord
+from server.domain.errors import DeadlineExceeded, FieldViolation, InvalidArgument, NotFound, Unavailable
+from server.domain.reconciliation import (
+    CHUNK_BYTES_MAX,
+    CONTENT_TYPE_LENGTH_MAX,
+    FILE_NAME_LENGTH_MAX,
+    REPORT_BYTES_MAX,
+    REPORT_ROWS_MAX,
+    RUN_LEASE_S,
+    ReportKind,
+    RunStatus,
+    check_sha256,
+    header_columns,
+    mapping_for,
+)
+
+log = structlog.get_logger(__name__)
+
+#: How long one stage's statements may run (a million-row report takes seconds, not minutes).
+STAGE_STATEMENT_TIMEOUT_S = 300
+#: The raw bytes are written to PostgreSQL in batches of about this many bytes (one round trip each).
+WRITE_BATCH_BYTES = 8 * 1024 * 1024
+#: The longest header line read to find the report's columns.
+HEADER_BYTES_MAX = 64 * 1024
+#: How long an idle worker waits before it looks for a new run again.
+WORKER_POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class ReportHeader:
+    """What an upload says of its file, checked (`validated`) before any byte is stored."""
+
+    provider: str
+    kind: ReportKind
+    file_name: str
+    content_type: str
+    #: the SHA-256 the client computed; None when Ballast computes it itself (the CLI reads the file)
+    sha256: str | None
+
+    def validated(self) -> ReportHeader:
+        violations: list[FieldViolation] = []
+        try:
+            mapping_for(self.provider)
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+        for name, value, length_max in (
+            ("header.file_name", self.file_name, FILE_NAME_LENGTH_MAX),
+            ("header.content_type", self.content_type, CONTENT_TYPE_LENGTH_MAX),
+        ):
+            if not 1 <= len(value) <= length_max or not value.isprintable():
+                violations.append(FieldViolation(name, f"must be 1 to {length_max} printable characters"))
+        if self.sha256 is not None:
+            try:
+                check_sha256(self.sha256, "header.sha256")
+            except InvalidArgument as error:
+                violations.extend(error.violations)
+        if violations:
+            raise InvalidArgument(violations)
+        return self
+
+
+@dataclass(frozen=True)
+class Ingested:
+    run: ReportRunRecord
+    #: an earlier upload of the same file's run, returned again; this upload's bytes were discarded
+    replayed: bool
+
+
+class _Digest:
+    def __init__(self) -> None:
+        self.sha256 = hashlib.sha256()
+        self.byte_count = 0
+
+
+async def _store_chunks(
+    connection: asyncpg.Connection, run_id: uuid.UUID, chunks: AsyncIterable[bytes], digest: _Digest
+) -> None:
+    """Every chunk of the upload into report_chunks, in batches, hashing as they go; refused past
+    REPORT_BYTES_MAX (the caller's transaction then keeps nothing)."""
+    batch: list[bytes] = []
+    batch_bytes, seq = 0, 0
+    async for chunk in chunks:
+        if not chunk:
+            continue
+        digest.byte_count += len(chunk)
+        if digest.byte_count > REPORT_BYTES_MAX:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "chunk",
+                        f"the report is larger than {REPORT_BYTES_MAX // (1024 * 1024)} MiB: split it by period"
+                        " (a day or a week per file) and upload each part",
+                    )
+                ]
+            )
+        digest.sha256.update(chunk)
+        for start in range(0, len(chunk), CHUNK_BYTES_MAX):
+            piece = chunk[start : start + CHUNK_BYTES_MAX]
+            batch.append(piece)
+            batch_bytes += len(piece)
+        if batch_bytes >= WRITE_BATCH_BYTES:
+            await repo.insert_chunks(connection, run_id, seq, batch)
+            seq, batch, batch_bytes = seq + len(batch), [], 0
+    if batch:
+        await repo.insert_chunks(connection, run_id, seq, batch)
+
+
+async def ingest_report(database: Database, header: ReportHeader, chunks: AsyncIterable[bytes]) -> Ingested:
+    """Stage 1: store the upload's bytes exactly as received, with their SHA-256, as a RECEIVED run.
+
+    The same file (provider, kind, SHA-256) as an earlier run that did not fail returns that run,
+    `replayed`. Bytes that do not hash to the header's SHA-256, an empty file or one over
+    REPORT_BYTES_MAX are INVALID_ARGUMENT, and nothing is kept: the run and its bytes are written in
+    one transaction. Holds one connection for the whole upload."""
+    header = header.validated()
+    async with database.connection(Budget.within(STAGE_STATEMENT_TIMEOUT_S)) as connection:
+        if header.sha256 is not None:
+            earlier = await repo.replayed_run(connection, header.provider, header.kind, header.sha256)
+            if earlier is not None:
+                async for _ in chunks:  # the bytes sent are discarded
+                    pass
+                return Ingested(earlier, replayed=True)
+        run_id = uuid.uuid4()
+        digest = _Digest()
+        async with connection.transaction():
+            # the run first (its chunks reference it), its SHA-256 and size set once they are known
+            claimed = header.sha256 or "0" * 64
+            await connection.execute(f"SET LOCAL statement_timeout = {STAGE_STATEMENT_TIMEOUT_S * 1000}")
+            run = await repo.insert_run(
+                connection, run_id, header.provider, header.kind, header.file_name, header.content_type, claimed, 1
+            )
+            if run is None:  # a concurrent upload of the same file committed first
+                async for _ in chunks:
+                    pass
+                earlier = await repo.replayed_run(connection, header.provider, header.kind, claimed)
+                if earlier is None:
+                    raise NotFound("report run", f"{header.provider}/{claimed}")
+                return Ingested(earlier, replayed=True)
+            await _store_chunks(connection, run_id, chunks, digest)
+            actual = digest.sha256.hexdigest()
+            if digest.byte_count == 0:
+                raise InvalidArgument([FieldViolation("chunk", "the file is empty: nothing was stored")])
+            if header.sha256 is not None and actual != header.sha256:
+                raise InvalidArgument(
+                    [
+                        FieldViolation(
+                            "header.sha256",
+                            f"the {digest.byte_count} bytes received hash to {actual}, not {header.sha256}: the"
+                            " upload was cut or changed; nothing was stored, upload the whole file again",
+                        )
+                    ]
+                )
+            if header.sha256 is None:
+                earlier = await repo.replayed_run(connection, header.provider, header.kind, actual)
+                if earlier is not None:
+                    raise _Replayed(earlier)
+            await connection.execute(
+                "UPDATE report_runs SET sha256 = $2, byte_count = $3 WHERE id = $1", run_id, actual, digest.byte_count
+            )
+            stored = await repo.get_run(connection, run_id)
+    assert stored is not None
+    log.info("recon.ingested", run_id=str(run_id), provider=header.provider, bytes=digest.byte_count, sha256=actual)
+    return Ingested(stored, replayed=False)
+
+
+class _Replayed(Exception):
+    def __init__(self, run: ReportRunRecord) -> None:
+        self.run = run
+
+
+async def ingest_file_report(database: Database, header: ReportHeader, chunks: AsyncIterable[bytes]) -> Ingested:
+    """ingest_report for bytes whose SHA-256 Ballast computes itself (the CLI): the same file again is a
+    replay, found once its bytes are hashed."""
+    try:
+        return await ingest_report(database, header, chunks)
+    except _Replayed as replayed:
+        return Ingested(replayed.run, replayed=True)
+
+
+async def normalize_report(connection: asyncpg.Connection, run: ReportRunRecord) -> ReportRunRecord:
+    """Stage 2, in the caller's transaction: the run's canonical rows. A report whose header lacks the
+    mapping's columns, whose bytes are not UTF-8, or with more than REPORT_ROWS_MAX rows FAILS, with a
+    reason that says what to do."""
+    mapping = mapping_for(run.provider)
+    header = await repo.header_line(connection, run.id, HEADER_BYTES_MAX)
+    try:
+        columns = header_columns(mapping, header.decode("utf-8", errors="strict"))
+    except UnicodeDecodeError:
+        return await _failed(
+            connection, run, "the report is not UTF-8 text: export it as UTF-8 CSV and upload it again"
+        )
+    except InvalidArgument as error:
+        return await _failed(connection, run, error.violations[0].description)
+    try:
+        count = await repo.normalize_rows(connection, run.id, mapping, columns, REPORT_ROWS_MAX)
+    except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError) as error:
+        return await _failed(
+            connection, run, f"the report is not UTF-8 text ({error}): export it as UTF-8 CSV and upload it again"
+        )
+    if count is None:
+        return await _failed(
+            connection,
+            run,
+            f"the report has more than {REPORT_ROWS_MAX} rows: split it by period and upload each part",
+        )
+    return await repo.finish_normalizing(connection, run.id)
+
+
+async def _failed(connection: asyncpg.Connection, run: ReportRunRecord, reason: str) -> ReportRunRecord:
+    await repo.fail_run(connection, run.id, reason)
+    failed = await repo.get_run(connection, run.id)
+    assert failed is not None
+    log.warning("recon.run_failed", run_id=str(run.id), reason=reason)
+    return failed
+
+
+async def match_report(connection: asyncpg.Connection, run: ReportRunRecord) -> None:
+    """Stages 3 and 4, in the caller's transaction: every difference between the run's rows and
+    Ballast's records, found set-wise and written as findings by class."""
+    settings = await repo.provider_settings(connection, run.provider)
+    if settings is None:
+        raise NotFound("provider settings", run.provider)
+    await repo.classify(connection, run, settings)
+
+
+async def resolve_report(connection: asyncpg.Connection, run: ReportRunRecord) -> ReportRunRecord:
+    """Stage 5, in the caller's transaction: a case for every finding a person must decide; the run's
+    final counts; COMPLETED."""
+    opened = await repo.open_cases(connection, run.id)
+    return await repo.complete_run(connection, run.id, opened)
+
+
+async def process_run(database: Database, run_id: uuid.UUID) -> ReportRunRecord:
+    """Every stage the run still needs, each in one transaction with the run locked: a run whose worker
+    died mid-stage is taken up again at that stage, and nothing is written twice."""
+    budget = Budget.within(STAGE_STATEMENT_TIMEOUT_S * 3)
+    while True:
+        async with database.connection(budget) as connection, connection.transaction():
+            await connection.execute(f"SET LOCAL statement_timeout = {STAGE_STATEMENT_TIMEOUT_S * 1000}")
+            run = await repo.lock_run(connection, run_id)
+            if run is None:
+                raise NotFound("report run", str(run_id))
+            if run.status in (RunStatus.COMPLETED, RunStatus.FAILED):
+                return run
+            if run.status == RunStatus.RECEIVED:  # committed first: GetReportRun shows the stage under way
+                await connection.execute(
+                    f"UPDATE report_runs SET status = '{RunStatus.NORMALIZING}', updated_at = now() WHERE id = $1",
+                    run.id,
+                )
+                continue
+            if run.status == RunStatus.NORMALIZING:
+                continue_with = await normalize_report(connection, run)
+            else:
+                await match_report(connection, run)
+                continue_with = await resolve_report(connection, run)
+        log.info("recon.stage_done", run_id=str(run_id), status=continue_with.status.value)
+
+
+class ReportWorker:
+    """Processes report runs as they arrive: claims the oldest unfinished run under a lease (a worker
+    that dies leaves it to another once the lease ends) and runs its stages."""
+
+    def __init__(self, database: Database, poll_s: float = WORKER_POLL_S) -> None:
+        self._database = database
+        self._poll_s = poll_s
+
+    async def run_once(self) -> ReportRunRecord | None:
+        """Claim and process one run; None when there was none to claim."""
+        async with self._database.connection(Budget.within(30)) as connection:
+            claimed = await repo.claim_run(connection, RUN_LEASE_S)
+        if claimed is None:
+            return None
+        try:
+            return await process_run(self._database, claimed.id)
+        except (Unavailable, DeadlineExceeded):  # the database is away: the run is taken up again after its lease
+            log.warning("recon.run_interrupted", run_id=str(claimed.id))
+            raise
+        except Exception as error:  # a run this code cannot process: FAILED, saying why, rather than retried forever
+            log.exception("recon.run_error", run_id=str(claimed.id))
+            async with self._database.connection(Budget.within(30)) as connection:
+                await repo.fail_run(
+                    connection, claimed.id, f"processing stopped: {type(error).__name__}: {error}"[:500]
+                )
+            raise
+
+    async def run(self) -> None:
+        while True:
+            try:
+                done = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # logged; the run FAILED with its reason, and the worker goes on
+                done = None
+            if done is None:
+                await asyncio.sleep(self._poll_s)
