@@ -433,21 +433,27 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
               AND NOT EXISTS (SELECT 1 FROM report_findings d WHERE d.run_id = $1 AND d.row_number = r.row_number
                               AND d.difference = '{Difference.DUPLICATE_PROVIDER_ROW}')
         ),
+        by_reference AS (  -- rows without the provider's id: the oldest payment with the merchant's reference
+            SELECT DISTINCT ON (p.merchant_reference) p.*
+            FROM payments p JOIN rows r ON r.source_id IS NULL AND p.merchant_reference = r.reference
+            ORDER BY p.merchant_reference, p.created_at
+        ),
+        paired AS (
+            SELECT r.*, coalesce(by_id.id, b.id) AS payment_id, coalesce(by_id.amount, b.amount) AS amount,
+                   coalesce(by_id.currency_code, b.currency_code) AS p_currency, coalesce(by_id.state, b.state) AS state
+            FROM rows r
+            LEFT JOIN payments by_id ON by_id.provider_payment_id = r.source_id
+            LEFT JOIN by_reference b ON r.source_id IS NULL AND b.merchant_reference = r.reference
+        ),
         matched AS (
             SELECT r.row_number, r.currency_code AS r_currency, r.gross, r.fee, r.settlement_date, r.source_id,
-                   p.id AS payment_id, p.amount, p.currency_code AS p_currency, p.state,
-                   (SELECT min(t.occurred_at) FROM payment_transitions t
-                    WHERE t.payment_id = p.id AND t.to_state = '{PaymentState.SUCCEEDED}') AS succeeded_at,
-                   c.digits
-            FROM rows r
+                   r.payment_id, r.amount, r.p_currency, r.state, s.succeeded_at, c.digits
+            FROM paired r
             LEFT JOIN LATERAL (
-                SELECT p.* FROM payments p
-                WHERE p.provider_payment_id = r.source_id
-                   OR (r.source_id IS NULL AND r.reference IS NOT NULL AND p.merchant_reference = r.reference)
-                ORDER BY p.provider_payment_id = r.source_id DESC NULLS LAST, p.created_at
-                LIMIT 1
-            ) p ON true
-            LEFT JOIN known c ON c.code = p.currency_code
+                SELECT min(t.occurred_at) AS succeeded_at FROM payment_transitions t
+                WHERE t.payment_id = r.payment_id AND t.to_state = '{PaymentState.SUCCEEDED}'
+            ) s ON true
+            LEFT JOIN known c ON c.code = r.p_currency
         ),
         found AS (
             SELECT m.row_number, m.payment_id, d.difference, d.expected, d.observed
