@@ -33,6 +33,7 @@ import prometheus_client
 import structlog
 from aiohttp import web
 
+from server import recon_cli
 from server.api.admission import Admission
 from server.api.grpc_server import CannotListen, build_server, set_component_serving, set_serving
 from server.api.http_app import build_http_app
@@ -58,6 +59,7 @@ from server.services.corrections import approve_correction
 from server.services.leg_resolver import LegResolver, LegResolverSettings
 from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings
 from server.services.provider_health import breaker_announcer
+from server.services.reconciliation import ReportWorker
 from server.services.refund_resolver import RefundResolver
 from server.services.submission import OUTCOME_WRITE_TIMEOUT_S
 from server.services.venue_instructions import InstructionSender
@@ -82,9 +84,10 @@ COMMANDS = (
     "redrive",
     "republish",
     "approve-correction",
+    "recon",
 )
 #: Commands that take arguments of their own.
-_WITH_ARGUMENTS = ("republish", "approve-correction")
+_WITH_ARGUMENTS = ("republish", "approve-correction", "recon")
 USAGE = f"usage: python -m server [{'|'.join(COMMANDS)}]"
 
 
@@ -285,6 +288,8 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
             relaying = asyncio.create_task(
                 run_relays(pool, _relay_config(settings, nats_url), relays_stopping, set_health)
             )
+        # reports are reconciled as they arrive, by this server or any replica (a run is leased)
+        reconciling = asyncio.create_task(ReportWorker(database).run(relays_stopping))
         resolving = None
         if gateway is not None and venue is not None:
             provider_timeout_s = settings.provider_timeout_ms / 1000
@@ -326,6 +331,9 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
             await asyncio.wait_for(relaying, timeout=30)
         if resolving is not None:
             await asyncio.wait_for(resolving, timeout=30)
+        # a stage under way is rolled back; its run is taken up again at that stage once its lease ends
+        reconciling.cancel()
+        await asyncio.gather(reconciling, return_exceptions=True)
         log.info("server.stopped")
     return 0
 
@@ -453,6 +461,8 @@ def _main(argv: list[str]) -> int:
         return asyncio.run(republish(database_url, *republish_options))
     if approval is not None:
         return asyncio.run(approve(database_url, *approval))
+    if command == "recon":
+        return recon_cli.main(database_url, argv[1:])
     if command in ("dead-letters", "redrive"):
         return asyncio.run(manage_dead_letters(database_url, redrive=command == "redrive"))
     try:

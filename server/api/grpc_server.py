@@ -9,13 +9,14 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 from ballast.execution.v1 import execution_pb2, execution_pb2_grpc
 from ballast.ledger.v1 import ledger_pb2, ledger_pb2_grpc
 from ballast.payments.v1 import payments_pb2, payments_pb2_grpc
-from ballast.reconciliation.v1 import reconciliation_pb2
+from ballast.reconciliation.v1 import reconciliation_pb2, reconciliation_pb2_grpc
 from server.api.admission import Admission, AdmissionInterceptor
 from server.api.auth import AuthInterceptor, TokenAuthenticator
 from server.api.execution_servicer import ExecutionServicer
 from server.api.ledger_servicer import LedgerServicer
 from server.api.metrics import MetricsInterceptor
 from server.api.payments_servicer import PaymentServicer
+from server.api.reconciliation_servicer import ReconciliationServicer
 from server.api.unimplemented import PENDING_SERVICES, unimplemented_servicer
 from server.db.database import Database
 from server.providers.gateway import GatewayClient
@@ -95,6 +96,9 @@ def build_server(
     )
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(
         LedgerServicer(database, authenticator, settings.request_timeout_ms / 1000), server
+    )
+    reconciliation_pb2_grpc.add_ReconciliationServiceServicer_to_server(
+        ReconciliationServicer(database, authenticator, settings.request_timeout_ms / 1000), server
     )
     for base, add_to_server in PENDING_SERVICES:
         add_to_server(unimplemented_servicer(base), server)

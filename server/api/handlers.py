@@ -136,7 +136,8 @@ async def _answer_defect(context: grpc.aio.ServicerContext, method: str, defect:
 def _keyed(request: Any) -> bool:
     """Whether the request carries an idempotency key (a write: repeating it with the key is how to learn
     an unknown outcome)."""
-    return "idempotency_key" in request.DESCRIPTOR.fields_by_name
+    descriptor = getattr(request, "DESCRIPTOR", None)  # a client stream's handler gets its iterator
+    return descriptor is not None and "idempotency_key" in descriptor.fields_by_name
 
 
 def _log_abandoned(method: str) -> Callable[[asyncio.Future[Any]], None]:

@@ -11,8 +11,6 @@ from typing import Any
 
 import grpc
 
-from ballast.reconciliation.v1 import reconciliation_pb2_grpc
-
 
 def _unimplemented(service: str, method: str) -> Any:
     async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> None:
@@ -33,10 +31,5 @@ def unimplemented_servicer(base: type) -> Any:
     return type(f"Unimplemented{base.__name__}", (base,), methods)()
 
 
-#: (generated servicer base, the add_*_to_server function) for every service not implemented yet.
-PENDING_SERVICES = (
-    (
-        reconciliation_pb2_grpc.ReconciliationServiceServicer,
-        reconciliation_pb2_grpc.add_ReconciliationServiceServicer_to_server,
-    ),
-)
+#: (generated servicer base, the add_*_to_server function) for every service not implemented yet: none.
+PENDING_SERVICES: tuple[tuple[type, Any], ...] = ()

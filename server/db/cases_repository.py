@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 import asyncpg
@@ -123,3 +126,111 @@ async def add_provider_answer(
     """The provider's answer about the case's payment: its status kept as evidence (None: it has no such
     payment), `evidence` added to the case, and the case's provider check done."""
     await connection.execute(_ADD_PROVIDER_ANSWER, case_id, payment_id, provider, status, evidence_ref, evidence)
+
+
+# -- reading cases (the reconciliation API) ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaseFilter:
+    """Which cases a list shows; None (or empty) means any."""
+
+    kinds: tuple[str, ...] = ()
+    status: str | None = None
+    report_run_id: uuid.UUID | None = None
+    provider: str | None = None
+    opened_after: datetime | None = None
+    opened_before: datetime | None = None
+    currency_code: str | None = None
+    amount_min: Decimal | None = None
+    amount_max: Decimal | None = None
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    id: uuid.UUID
+    kind: str
+    status: str
+    summary: str
+    payment_id: uuid.UUID | None
+    leg_id: uuid.UUID | None
+    report_run_id: uuid.UUID | None
+    evidence: list[dict[str, Any]]
+    opened_at: datetime
+    updated_at: datetime
+    provider_payment_id: str | None
+    amount: Decimal | None
+    currency_code: str | None
+    state: str | None
+
+
+_CASE_COLUMNS = """
+    c.id, c.kind, c.status, c.summary, c.payment_id, c.leg_id, c.report_run_id, c.evidence, c.opened_at,
+    c.updated_at, p.provider_payment_id, p.amount, p.currency_code, p.state
+"""
+
+
+def _case(row: asyncpg.Record) -> CaseRecord:
+    return CaseRecord(**dict(row))
+
+
+async def list_cases(
+    connection: asyncpg.Connection, where: CaseFilter, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> list[CaseRecord]:
+    """Newest first, keyset-paged on (opened_at, id)."""
+    rows = await connection.fetch(
+        f"""
+        SELECT {_CASE_COLUMNS}
+        FROM cases c
+        LEFT JOIN payments p ON p.id = c.payment_id
+        LEFT JOIN report_runs r ON r.id = c.report_run_id
+        WHERE (cardinality($1::text[]) = 0 OR c.kind = ANY($1::text[]))
+          AND ($2::text IS NULL OR c.status = $2)
+          AND ($3::uuid IS NULL OR c.report_run_id = $3)
+          AND ($4::text IS NULL OR r.provider = $4)
+          AND ($5::timestamptz IS NULL OR c.opened_at >= $5)
+          AND ($6::timestamptz IS NULL OR c.opened_at < $6)
+          AND ($7::text IS NULL OR p.currency_code = $7)
+          AND ($8::numeric IS NULL OR p.amount >= $8)
+          AND ($9::numeric IS NULL OR p.amount <= $9)
+          AND ($10::timestamptz IS NULL OR (c.opened_at, c.id) < ($10, $11::uuid))
+        ORDER BY c.opened_at DESC, c.id DESC
+        LIMIT $12
+        """,
+        list(where.kinds),
+        where.status,
+        where.report_run_id,
+        where.provider,
+        where.opened_after,
+        where.opened_before,
+        where.currency_code,
+        where.amount_min,
+        where.amount_max,
+        None if after is None else after[0],
+        None if after is None else after[1],
+        limit,
+    )
+    return [_case(row) for row in rows]
+
+
+async def get_case(connection: asyncpg.Connection, case_id: uuid.UUID) -> CaseRecord | None:
+    row = await connection.fetchrow(
+        f"SELECT {_CASE_COLUMNS} FROM cases c LEFT JOIN payments p ON p.id = c.payment_id WHERE c.id = $1", case_id
+    )
+    return None if row is None else _case(row)
+
+
+async def case_report_rows(connection: asyncpg.Connection, case_id: uuid.UUID) -> list[dict[str, Any]]:
+    """The report rows behind a case (its findings'), with each finding's two sides."""
+    rows = await connection.fetch(
+        """
+        SELECT f.run_id, f.row_number, f.difference, f.expected, f.observed, r.provider_transaction_id, r.source_id,
+               r.reference, r.payout_id, r.type, r.status, r.currency_code, r.gross, r.fee, r.net, r.settlement_date,
+               r.error
+        FROM report_findings f LEFT JOIN report_rows r ON r.run_id = f.run_id AND r.row_number = f.row_number
+        WHERE f.case_id = $1
+        ORDER BY f.id
+        """,
+        case_id,
+    )
+    return [dict(row) for row in rows]

@@ -158,6 +158,27 @@ async def insert_chunks(connection: asyncpg.Connection, run_id: uuid.UUID, first
     )
 
 
+async def set_digest(connection: asyncpg.Connection, run_id: uuid.UUID, sha256: str, byte_count: int) -> None:
+    """The SHA-256 and size of the bytes stored, once all of them are."""
+    await connection.execute(
+        "UPDATE report_runs SET sha256 = $2, byte_count = $3, updated_at = now() WHERE id = $1",
+        run_id,
+        sha256,
+        byte_count,
+    )
+
+
+async def start_normalizing(connection: asyncpg.Connection, run_id: uuid.UUID) -> None:
+    await connection.execute(
+        f"UPDATE report_runs SET status = '{RunStatus.NORMALIZING}', updated_at = now() WHERE id = $1", run_id
+    )
+
+
+async def limit_statements(connection: asyncpg.Connection, timeout_s: int) -> None:
+    """Each statement of the caller's transaction may take up to `timeout_s` (a stage over a big report)."""
+    await connection.execute(f"SET LOCAL statement_timeout = {int(timeout_s) * 1000}")
+
+
 async def get_run(connection: asyncpg.Connection, run_id: uuid.UUID) -> ReportRunRecord | None:
     row = await connection.fetchrow(f"SELECT {_RUN_COLUMNS} FROM report_runs WHERE id = $1", run_id)
     return None if row is None else ReportRunRecord.of(row)

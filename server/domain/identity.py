@@ -37,6 +37,12 @@ class Permission(enum.StrEnum):
     READ_LEDGER = "ledger.read"
     #: the payments, orders and timelines of every client, not only the caller's own
     READ_EVERY_CLIENT = "clients.read_every"
+    #: take in a provider's report for reconciliation
+    INGEST_REPORT = "reconciliation.ingest"
+    #: read report runs and cases, with their evidence
+    READ_CASES = "cases.read"
+    #: decide a case
+    RESOLVE_CASE = "cases.resolve"
 
 
 _READ_OWN = {Permission.READ_PAYMENTS, Permission.READ_ORDERS}
@@ -47,8 +53,10 @@ _READ_EVERYTHING = {*_READ_OWN, Permission.READ_EVERY_CLIENT, Permission.READ_LE
 #: What each role may do. A service reads its own client's payments, orders and account only.
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.SERVICE: frozenset({Permission.CREATE_PAYMENT, Permission.REFUND_PAYMENT, Permission.TRADE, *_READ_OWN}),
-    Role.OPERATOR: frozenset(_READ_EVERYTHING),
-    Role.AUDITOR: frozenset(_READ_EVERYTHING),
+    Role.OPERATOR: frozenset(
+        {*_READ_EVERYTHING, Permission.READ_CASES, Permission.INGEST_REPORT, Permission.RESOLVE_CASE}
+    ),
+    Role.AUDITOR: frozenset({*_READ_EVERYTHING, Permission.READ_CASES}),
     Role.ADMIN: frozenset(Permission),
 }
 

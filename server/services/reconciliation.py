@@ -16,6 +16,7 @@ under a lease another worker takes over after a crash. docs/reconciliation.md ha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
 from collections.abc import AsyncIterable
@@ -153,7 +154,7 @@ async def ingest_report(database: Database, header: ReportHeader, chunks: AsyncI
         async with connection.transaction():
             # the run first (its chunks reference it), its SHA-256 and size set once they are known
             claimed = header.sha256 or "0" * 64
-            await connection.execute(f"SET LOCAL statement_timeout = {STAGE_STATEMENT_TIMEOUT_S * 1000}")
+            await repo.limit_statements(connection, STAGE_STATEMENT_TIMEOUT_S)
             run = await repo.insert_run(
                 connection, run_id, header.provider, header.kind, header.file_name, header.content_type, claimed, 1
             )
@@ -182,9 +183,7 @@ async def ingest_report(database: Database, header: ReportHeader, chunks: AsyncI
                 earlier = await repo.replayed_run(connection, header.provider, header.kind, actual)
                 if earlier is not None:
                     raise _Replayed(earlier)
-            await connection.execute(
-                "UPDATE report_runs SET sha256 = $2, byte_count = $3 WHERE id = $1", run_id, actual, digest.byte_count
-            )
+            await repo.set_digest(connection, run_id, actual, digest.byte_count)
             stored = await repo.get_run(connection, run_id)
     assert stored is not None
     log.info("recon.ingested", run_id=str(run_id), provider=header.provider, bytes=digest.byte_count, sha256=actual)
@@ -264,17 +263,14 @@ async def process_run(database: Database, run_id: uuid.UUID) -> ReportRunRecord:
     budget = Budget.within(STAGE_STATEMENT_TIMEOUT_S * 3)
     while True:
         async with database.connection(budget) as connection, connection.transaction():
-            await connection.execute(f"SET LOCAL statement_timeout = {STAGE_STATEMENT_TIMEOUT_S * 1000}")
+            await repo.limit_statements(connection, STAGE_STATEMENT_TIMEOUT_S)
             run = await repo.lock_run(connection, run_id)
             if run is None:
                 raise NotFound("report run", str(run_id))
             if run.status in (RunStatus.COMPLETED, RunStatus.FAILED):
                 return run
             if run.status == RunStatus.RECEIVED:  # committed first: GetReportRun shows the stage under way
-                await connection.execute(
-                    f"UPDATE report_runs SET status = '{RunStatus.NORMALIZING}', updated_at = now() WHERE id = $1",
-                    run.id,
-                )
+                await repo.start_normalizing(connection, run.id)
                 continue
             if run.status == RunStatus.NORMALIZING:
                 continue_with = await normalize_report(connection, run)
@@ -311,13 +307,15 @@ class ReportWorker:
                 )
             raise
 
-    async def run(self) -> None:
-        while True:
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Until `stopping` is set: process each run as it arrives, looking again every poll_s when idle."""
+        while not stopping.is_set():
             try:
                 done = await self.run_once()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # logged; the run FAILED with its reason, and the worker goes on
+            except Exception:  # logged; the run FAILED with its reason (or waits out its lease), and the worker goes on
                 done = None
             if done is None:
-                await asyncio.sleep(self._poll_s)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), timeout=self._poll_s)

@@ -15,8 +15,10 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import grpc
 import pytest
 
+from ballast.reconciliation.v1 import reconciliation_pb2_grpc
 from server.db.database import Database
 from server.db.engine import create_pool
 from server.db.migrate import migrate_to_head
@@ -25,7 +27,10 @@ from server.domain.reconciliation import ReportKind
 from server.services.reconciliation import Ingested, ReportHeader, ingest_file_report, process_run
 from tests.integration.refunds.conftest import Shop, shop_over
 from tests.support import scratch_database
+from tests.support.servers import Caller, in_process_server
 from tests.support.simulator import simulator_truth
+
+ReconStub = reconciliation_pb2_grpc.ReconciliationServiceStub
 
 #: Every kind of drift the simulator plants, and the class Ballast must find it in.
 DRIFT_CLASSES = {
@@ -56,11 +61,15 @@ async def recon_pool(recon_database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @dataclass
 class Books:
-    """The shop, and what reconciling its provider's report takes."""
+    """The shop, and what reconciling its provider's report takes: its server's reconciliation API, called
+    by an operator, an auditor and the shop's own service."""
 
     shop: Shop
     pool: asyncpg.Pool
     database: Database
+    recon: ReconStub
+    operator: Caller
+    auditor: Caller
 
     async def report(self, query: str = "") -> bytes:
         """The provider's settlement report as CSV, as an operator downloads it."""
@@ -114,8 +123,16 @@ async def books(recon_pool: asyncpg.Pool, tmp_path: Path) -> AsyncIterator[Books
         "UPDATE provider_settings SET settlement_delay_days = 1, settlement_window_days = 0"
         " WHERE provider = 'simulator'"
     )
+    operator = Caller(f"ops-{uuid.uuid4().hex[:8]}", f"ops-token-{uuid.uuid4().hex}", role="operator")
+    auditor = Caller(f"audit-{uuid.uuid4().hex[:8]}", f"audit-token-{uuid.uuid4().hex}", role="auditor")
+    server_dir = tmp_path / "recon-server"
+    server_dir.mkdir()
     async for shop in shop_over(recon_pool, database, tmp_path, **DRIFT):
-        yield Books(shop, recon_pool, database)
+        async with (
+            in_process_server(recon_pool, (operator, auditor, shop.merchant), server_dir) as address,
+            grpc.aio.insecure_channel(address) as channel,
+        ):
+            yield Books(shop, recon_pool, database, ReconStub(channel), operator, auditor)
 
 
 #: The report-drift profile's kinds of drift, each often enough for a few dozen payments to plant it.

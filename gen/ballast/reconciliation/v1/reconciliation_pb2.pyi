@@ -35,6 +35,16 @@ class CaseKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CASE_KIND_STATUS_MISMATCH: _ClassVar[CaseKind]
     CASE_KIND_DUPLICATE: _ClassVar[CaseKind]
     CASE_KIND_CONTRADICTORY_EVIDENCE: _ClassVar[CaseKind]
+    CASE_KIND_CURRENCY_MISMATCH: _ClassVar[CaseKind]
+    CASE_KIND_FEE_MISMATCH: _ClassVar[CaseKind]
+    CASE_KIND_TIMING_MISMATCH: _ClassVar[CaseKind]
+    CASE_KIND_FX_ADJUSTMENT: _ClassVar[CaseKind]
+    CASE_KIND_PAYOUT_MISMATCH: _ClassVar[CaseKind]
+    CASE_KIND_UNRESOLVED_OUTCOME: _ClassVar[CaseKind]
+    CASE_KIND_EVIDENCE_MISMATCH: _ClassVar[CaseKind]
+    CASE_KIND_CORRECTION_NEEDS_APPROVAL: _ClassVar[CaseKind]
+    CASE_KIND_UNASKED_REFUND: _ClassVar[CaseKind]
+    CASE_KIND_INSTRUCTION_NOT_DELIVERED: _ClassVar[CaseKind]
 
 class CaseStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -65,6 +75,16 @@ CASE_KIND_AMOUNT_MISMATCH: CaseKind
 CASE_KIND_STATUS_MISMATCH: CaseKind
 CASE_KIND_DUPLICATE: CaseKind
 CASE_KIND_CONTRADICTORY_EVIDENCE: CaseKind
+CASE_KIND_CURRENCY_MISMATCH: CaseKind
+CASE_KIND_FEE_MISMATCH: CaseKind
+CASE_KIND_TIMING_MISMATCH: CaseKind
+CASE_KIND_FX_ADJUSTMENT: CaseKind
+CASE_KIND_PAYOUT_MISMATCH: CaseKind
+CASE_KIND_UNRESOLVED_OUTCOME: CaseKind
+CASE_KIND_EVIDENCE_MISMATCH: CaseKind
+CASE_KIND_CORRECTION_NEEDS_APPROVAL: CaseKind
+CASE_KIND_UNASKED_REFUND: CaseKind
+CASE_KIND_INSTRUCTION_NOT_DELIVERED: CaseKind
 CASE_STATUS_UNSPECIFIED: CaseStatus
 CASE_STATUS_OPEN: CaseStatus
 CASE_STATUS_RESOLVED: CaseStatus
@@ -159,7 +179,7 @@ class CaseNote(_message.Message):
     def __init__(self, text: _Optional[str] = ..., author: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Case(_message.Message):
-    __slots__ = ("id", "kind", "status", "summary", "payment_id", "provider_payment_id", "report_run_id", "report_rows", "expected_amount", "observed_amount", "expected_status", "observed_status", "evidence_refs", "resolution", "resolved_by", "notes", "create_time", "resolve_time")
+    __slots__ = ("id", "kind", "status", "summary", "payment_id", "provider_payment_id", "report_run_id", "report_rows", "expected_amount", "observed_amount", "expected_status", "observed_status", "evidence_refs", "resolution", "resolved_by", "notes", "create_time", "resolve_time", "internal_kind", "differences", "leg_id", "provider_rows")
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +198,10 @@ class Case(_message.Message):
     NOTES_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     RESOLVE_TIME_FIELD_NUMBER: _ClassVar[int]
+    INTERNAL_KIND_FIELD_NUMBER: _ClassVar[int]
+    DIFFERENCES_FIELD_NUMBER: _ClassVar[int]
+    LEG_ID_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_ROWS_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: CaseKind
     status: CaseStatus
@@ -196,7 +220,49 @@ class Case(_message.Message):
     notes: _containers.RepeatedCompositeFieldContainer[CaseNote]
     create_time: _timestamp_pb2.Timestamp
     resolve_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[CaseKind, str]] = ..., status: _Optional[_Union[CaseStatus, str]] = ..., summary: _Optional[str] = ..., payment_id: _Optional[str] = ..., provider_payment_id: _Optional[str] = ..., report_run_id: _Optional[str] = ..., report_rows: _Optional[_Iterable[_Union[ReportRowRef, _Mapping]]] = ..., expected_amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., observed_amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., expected_status: _Optional[str] = ..., observed_status: _Optional[str] = ..., evidence_refs: _Optional[_Iterable[str]] = ..., resolution: _Optional[_Union[CaseResolution, str]] = ..., resolved_by: _Optional[str] = ..., notes: _Optional[_Iterable[_Union[CaseNote, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolve_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    internal_kind: str
+    differences: _containers.RepeatedCompositeFieldContainer[FieldDifference]
+    leg_id: str
+    provider_rows: _containers.RepeatedCompositeFieldContainer[ReportRow]
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[_Union[CaseKind, str]] = ..., status: _Optional[_Union[CaseStatus, str]] = ..., summary: _Optional[str] = ..., payment_id: _Optional[str] = ..., provider_payment_id: _Optional[str] = ..., report_run_id: _Optional[str] = ..., report_rows: _Optional[_Iterable[_Union[ReportRowRef, _Mapping]]] = ..., expected_amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., observed_amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., expected_status: _Optional[str] = ..., observed_status: _Optional[str] = ..., evidence_refs: _Optional[_Iterable[str]] = ..., resolution: _Optional[_Union[CaseResolution, str]] = ..., resolved_by: _Optional[str] = ..., notes: _Optional[_Iterable[_Union[CaseNote, _Mapping]]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resolve_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., internal_kind: _Optional[str] = ..., differences: _Optional[_Iterable[_Union[FieldDifference, _Mapping]]] = ..., leg_id: _Optional[str] = ..., provider_rows: _Optional[_Iterable[_Union[ReportRow, _Mapping]]] = ...) -> None: ...
+
+class FieldDifference(_message.Message):
+    __slots__ = ("field", "ballast_value", "provider_value")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    BALLAST_VALUE_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_VALUE_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    ballast_value: str
+    provider_value: str
+    def __init__(self, field: _Optional[str] = ..., ballast_value: _Optional[str] = ..., provider_value: _Optional[str] = ...) -> None: ...
+
+class ReportRow(_message.Message):
+    __slots__ = ("ref", "provider_transaction_id", "source_id", "merchant_reference", "payout_id", "type", "status", "gross", "fee", "net", "settlement_date", "error")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_TRANSACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ID_FIELD_NUMBER: _ClassVar[int]
+    MERCHANT_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    PAYOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    GROSS_FIELD_NUMBER: _ClassVar[int]
+    FEE_FIELD_NUMBER: _ClassVar[int]
+    NET_FIELD_NUMBER: _ClassVar[int]
+    SETTLEMENT_DATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ref: ReportRowRef
+    provider_transaction_id: str
+    source_id: str
+    merchant_reference: str
+    payout_id: str
+    type: str
+    status: str
+    gross: _money_pb2.Money
+    fee: _money_pb2.Money
+    net: _money_pb2.Money
+    settlement_date: str
+    error: str
+    def __init__(self, ref: _Optional[_Union[ReportRowRef, _Mapping]] = ..., provider_transaction_id: _Optional[str] = ..., source_id: _Optional[str] = ..., merchant_reference: _Optional[str] = ..., payout_id: _Optional[str] = ..., type: _Optional[str] = ..., status: _Optional[str] = ..., gross: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., fee: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., net: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., settlement_date: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
 
 class GetReportRunRequest(_message.Message):
     __slots__ = ("report_run_id",)
@@ -211,18 +277,28 @@ class GetReportRunResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[ReportRun, _Mapping]] = ...) -> None: ...
 
 class ListCasesRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "status", "kind", "report_run_id")
+    __slots__ = ("page_size", "page_token", "status", "kind", "report_run_id", "provider", "opened_after", "opened_before", "min_amount", "max_amount")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     REPORT_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    OPENED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    OPENED_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    MIN_AMOUNT_FIELD_NUMBER: _ClassVar[int]
+    MAX_AMOUNT_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     status: CaseStatus
     kind: CaseKind
     report_run_id: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., status: _Optional[_Union[CaseStatus, str]] = ..., kind: _Optional[_Union[CaseKind, str]] = ..., report_run_id: _Optional[str] = ...) -> None: ...
+    provider: str
+    opened_after: _timestamp_pb2.Timestamp
+    opened_before: _timestamp_pb2.Timestamp
+    min_amount: _money_pb2.Money
+    max_amount: _money_pb2.Money
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., status: _Optional[_Union[CaseStatus, str]] = ..., kind: _Optional[_Union[CaseKind, str]] = ..., report_run_id: _Optional[str] = ..., provider: _Optional[str] = ..., opened_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., opened_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., min_amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ..., max_amount: _Optional[_Union[_money_pb2.Money, _Mapping]] = ...) -> None: ...
 
 class ListCasesResponse(_message.Message):
     __slots__ = ("cases", "next_page_token")

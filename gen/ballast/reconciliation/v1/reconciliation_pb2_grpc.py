@@ -30,9 +30,11 @@ class ReconciliationServiceStub:
     against Ballast's own records, and opens a case for every discrepancy
     that someone has to look at.
 
-    Reconciliation records evidence and decisions; it never moves money, and
-    resolving a case never changes a payment or posts a ledger entry by
-    itself. Corrections are made through the services that own that data.
+    A report is the provider's evidence of what money actually moved. Its rows
+    move Ballast's records only through the same state machines and ledger
+    rules as any other evidence, and only where that is safe; every other
+    difference opens a case for a person. The cases of the rest of Ballast
+    (contradicting evidence, outcomes that stayed unknown) are served here too.
 
     Every call needs `authorization: Bearer <token>` metadata. Errors carry a
     google.rpc.Status in the `grpc-status-details-bin` trailer; bad input comes
@@ -86,9 +88,11 @@ class ReconciliationServiceServicer:
     against Ballast's own records, and opens a case for every discrepancy
     that someone has to look at.
 
-    Reconciliation records evidence and decisions; it never moves money, and
-    resolving a case never changes a payment or posts a ledger entry by
-    itself. Corrections are made through the services that own that data.
+    A report is the provider's evidence of what money actually moved. Its rows
+    move Ballast's records only through the same state machines and ledger
+    rules as any other evidence, and only where that is safe; every other
+    difference opens a case for a person. The cases of the rest of Ballast
+    (contradicting evidence, outcomes that stayed unknown) are served here too.
 
     Every call needs `authorization: Bearer <token>` metadata. Errors carry a
     google.rpc.Status in the `grpc-status-details-bin` trailer; bad input comes
@@ -209,9 +213,11 @@ class ReconciliationService:
     against Ballast's own records, and opens a case for every discrepancy
     that someone has to look at.
 
-    Reconciliation records evidence and decisions; it never moves money, and
-    resolving a case never changes a payment or posts a ledger entry by
-    itself. Corrections are made through the services that own that data.
+    A report is the provider's evidence of what money actually moved. Its rows
+    move Ballast's records only through the same state machines and ledger
+    rules as any other evidence, and only where that is safe; every other
+    difference opens a case for a person. The cases of the rest of Ballast
+    (contradicting evidence, outcomes that stayed unknown) are served here too.
 
     Every call needs `authorization: Bearer <token>` metadata. Errors carry a
     google.rpc.Status in the `grpc-status-details-bin` trailer; bad input comes

@@ -1,0 +1,160 @@
+"""Cases for the people who work them: listing with filters, and one case with its evidence side by side.
+
+Every case Ballast opens is served here: reconciliation's differences (their report rows and both
+sides of each differing field) and the investigations of the rest of Ballast (contradicting
+evidence, outcomes that stayed unknown).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from server.db import cases_repository as cases_repo
+from server.db import recon_repository as recon_repo
+from server.db.cases_repository import CaseFilter
+from server.db.cases_repository import CaseRecord as CaseRecord  # a result of these use cases
+from server.db.database import Budget, Database
+from server.db.recon_repository import ReportRunRecord as ReportRunRecord  # a result of these use cases
+from server.domain.cases import KIND_FAMILIES, CaseStatus, kinds_of_family
+from server.domain.errors import FieldViolation, InvalidArgument, NotFound
+from server.domain.identifiers import parse_uuid
+from server.domain.money import MoneyError, parse_amount, parse_currency
+from server.services.paging import LIST_PAGE, decode_cursor, encode_cursor
+
+
+@dataclass(frozen=True)
+class CaseQuery:
+    """ListCases' filters, as received (empty: any)."""
+
+    family: str = ""
+    status: str = ""
+    report_run_id: str = ""
+    provider: str = ""
+    opened_after: datetime | None = None
+    opened_before: datetime | None = None
+    amount_min: tuple[str, str] | None = None  # (value, currency)
+    amount_max: tuple[str, str] | None = None
+    page_size: int = 0
+    page_token: str = ""
+
+
+@dataclass(frozen=True)
+class CasePage:
+    cases: list[CaseRecord]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class FieldDifference:
+    field: str
+    ballast: str
+    provider: str
+
+
+@dataclass(frozen=True)
+class CaseDetail:
+    """A case with what its people need: the report rows behind it and each differing field."""
+
+    case: CaseRecord
+    report_rows: list[dict[str, Any]] = field(default_factory=list)
+    differences: list[FieldDifference] = field(default_factory=list)
+
+
+def _filter(query: CaseQuery) -> CaseFilter:
+    violations: list[FieldViolation] = []
+    kinds: tuple[str, ...] = ()
+    if query.family:
+        kinds = tuple(kinds_of_family(query.family))
+        if not kinds:
+            violations.append(FieldViolation("kind", f"no case is of kind {query.family[:40]!r}"))
+    if query.status and query.status not in CaseStatus.__members__:
+        violations.append(FieldViolation("status", "must be OPEN or RESOLVED"))
+    run_id = None
+    if query.report_run_id:
+        try:
+            run_id = parse_uuid(query.report_run_id, "report_run_id")
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+    bounds: dict[str, Decimal] = {}
+    currencies: set[str] = set()
+    for name, bound in (("min_amount", query.amount_min), ("max_amount", query.amount_max)):
+        if bound is None:
+            continue
+        value, currency = bound
+        try:
+            currency = parse_currency(currency)
+        except MoneyError as error:
+            violations.append(FieldViolation(f"{name}.currency_code", str(error)))
+            continue
+        try:
+            bounds[name] = parse_amount(value, currency)
+            currencies.add(currency)
+        except MoneyError as error:
+            violations.append(FieldViolation(f"{name}.value", str(error)))
+    if len(currencies) > 1:
+        violations.append(FieldViolation("max_amount.currency_code", "must be min_amount's currency"))
+    if violations:
+        raise InvalidArgument(violations)
+    return CaseFilter(
+        kinds=kinds,
+        status=query.status or None,
+        report_run_id=run_id,
+        provider=query.provider or None,
+        opened_after=query.opened_after,
+        opened_before=query.opened_before,
+        currency_code=next(iter(currencies), None),
+        amount_min=bounds.get("min_amount"),
+        amount_max=bounds.get("max_amount"),
+    )
+
+
+async def list_cases(database: Database, query: CaseQuery, budget: Budget) -> CasePage:
+    """Cases newest first, a page at a time, under the query's filters (a token is tied to them)."""
+    where = _filter(query)
+    limit = LIST_PAGE.limit(query.page_size)
+    scope = repr(where)
+    after = decode_cursor(query.page_token, "ListCases", scope) if query.page_token else None
+    async with database.connection(budget) as connection:
+        found = await cases_repo.list_cases(connection, where, after, limit + 1)
+    page = found[:limit]
+    token = encode_cursor(page[-1].opened_at, page[-1].id, scope) if len(found) > limit else ""
+    return CasePage(page, token)
+
+
+def _differences(rows: list[dict[str, Any]]) -> list[FieldDifference]:
+    """Each field the findings name, Ballast's value beside the provider's."""
+    differences: dict[str, FieldDifference] = {}
+    for row in rows:
+        expected, observed = row["expected"] or {}, row["observed"] or {}
+        for name in [*expected, *(key for key in observed if key not in expected)]:
+            if name in differences:
+                continue
+            differences[name] = FieldDifference(name, str(expected.get(name, "")), str(observed.get(name, "")))
+    return list(differences.values())
+
+
+async def get_case(database: Database, raw_case_id: str, budget: Budget) -> CaseDetail:
+    case_id = parse_uuid(raw_case_id, "case_id")
+    async with database.connection(budget) as connection:
+        case = await cases_repo.get_case(connection, case_id)
+        if case is None:
+            raise NotFound("case", str(case_id))
+        rows = await cases_repo.case_report_rows(connection, case_id)
+    return CaseDetail(case, rows, _differences(rows))
+
+
+async def get_report_run(database: Database, raw_run_id: str, budget: Budget) -> ReportRunRecord:
+    run_id = parse_uuid(raw_run_id, "report_run_id")
+    async with database.connection(budget) as connection:
+        run = await recon_repo.get_run(connection, run_id)
+    if run is None:
+        raise NotFound("report run", str(run_id))
+    return run
+
+
+def family_of(kind: str) -> str | None:
+    """The API's kind (CaseKind, without its prefix) a case of this kind shows under."""
+    return KIND_FAMILIES.get(kind)

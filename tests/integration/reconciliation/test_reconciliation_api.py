@@ -1,0 +1,130 @@
+"""ReconciliationService over the network: a report uploaded in chunks, its run followed to the end, and
+the cases it opened listed and read with both sides of each difference."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from ballast.reconciliation.v1 import reconciliation_pb2 as pb
+from server.services.reconciliation import ReportWorker
+from tests.integration.reconciliation.conftest import Books, Caller, csv_rows
+
+CHUNK = 64 * 1024
+
+
+def upload(body: bytes, provider: str = "simulator", sha256: str | None = None) -> Iterator[pb.IngestReportRequest]:
+    header = pb.ReportHeader(
+        provider=provider,
+        kind=pb.REPORT_KIND_SETTLEMENT,
+        file_name="settlement.csv",
+        content_type="text/csv",
+        sha256=sha256 or hashlib.sha256(body).hexdigest(),
+    )
+    yield pb.IngestReportRequest(header=header)
+    for start in range(0, len(body), CHUNK):
+        yield pb.IngestReportRequest(chunk=body[start : start + CHUNK])
+
+
+async def ingest(books: Books, body: bytes, caller: Caller | None = None, **header: str) -> pb.IngestReportResponse:
+    response: pb.IngestReportResponse = await books.recon.IngestReport(
+        upload(body, **header), metadata=(caller or books.operator).metadata, timeout=30
+    )
+    return response
+
+
+async def run_of(books: Books, run_id: str) -> pb.ReportRun:
+    response = await books.recon.GetReportRun(
+        pb.GetReportRunRequest(report_run_id=run_id), metadata=books.auditor.metadata, timeout=5
+    )
+    return response.run
+
+
+async def test_a_report_uploaded_in_chunks_is_reconciled_and_its_cases_read_side_by_side(books: Books) -> None:
+    await books.succeeded_payments([f"{20 + n}.00" for n in range(30)])
+    body = await books.report()
+    ingested = await ingest(books, body)
+    assert not ingested.replayed
+    assert ingested.run.status == pb.REPORT_RUN_STATUS_RECEIVED
+    assert ingested.run.sha256 == hashlib.sha256(body).hexdigest() and ingested.run.byte_count == len(body)
+
+    await ReportWorker(books.database).run_once()  # what the server's worker does as a run arrives
+    run = await run_of(books, ingested.run.id)
+    assert run.status == pb.REPORT_RUN_STATUS_COMPLETED, run.failure_reason
+    assert run.row_count == len(csv_rows(body))
+    assert run.row_count == run.matched_row_count + run.unmatched_row_count + run.invalid_row_count
+    assert run.HasField("complete_time")
+
+    listed = await books.recon.ListCases(
+        pb.ListCasesRequest(report_run_id=run.id, page_size=500), metadata=books.auditor.metadata, timeout=5
+    )
+    assert len(listed.cases) == run.opened_case_count > 0
+    assert {case.kind for case in listed.cases} <= {
+        pb.CASE_KIND_MISSING_INTERNAL,
+        pb.CASE_KIND_MISSING_PROVIDER,
+        pb.CASE_KIND_AMOUNT_MISMATCH,
+        pb.CASE_KIND_FEE_MISMATCH,
+        pb.CASE_KIND_FX_ADJUSTMENT,
+    }  # a late row is a TIMING_MISMATCH that needs no one
+    times = [case.create_time.ToDatetime() for case in listed.cases]
+    assert times == sorted(times, reverse=True)
+
+    # 60 draws at 12% each: one of them is an amount or a fee that differs (the simulator's seed is fixed)
+    case = next(c for c in listed.cases if c.kind in (pb.CASE_KIND_AMOUNT_MISMATCH, pb.CASE_KIND_FEE_MISMATCH))
+    detail = (
+        await books.recon.GetCase(pb.GetCaseRequest(case_id=case.id), metadata=books.auditor.metadata, timeout=5)
+    ).reconciliation_case
+    assert detail.payment_id and detail.provider_payment_id
+    (row,) = detail.provider_rows
+    assert row.source_id == detail.provider_payment_id and row.type == "CHARGE"
+    differences = {d.field: d for d in detail.differences}
+    if detail.internal_kind == "AMOUNT_MISMATCH":
+        assert differences["amount"].ballast_value == detail.expected_amount.value
+        assert differences["gross"].provider_value == row.gross.value
+    else:
+        assert detail.internal_kind == "FEE_MISMATCH"
+        assert differences["fee"].provider_value == row.fee.value != differences["fee"].ballast_value
+
+    # the same file again is the same run
+    again = await ingest(books, body)
+    assert again.replayed and again.run.id == run.id and again.run.status == pb.REPORT_RUN_STATUS_COMPLETED
+
+
+async def test_bytes_that_do_not_hash_to_the_header_are_refused_and_nothing_is_kept(books: Books) -> None:
+    body = await books.report()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await ingest(books, body[:-10], sha256=hashlib.sha256(body).hexdigest())
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "header.sha256" in refused.value.details() and "upload the whole file again" in refused.value.details()
+    assert (
+        await books.pool.fetchval(
+            "SELECT count(*) FROM report_runs WHERE sha256 = $1", hashlib.sha256(body).hexdigest()
+        )
+        == 0
+    )
+
+
+async def test_a_report_of_an_unknown_provider_is_refused_naming_the_field(books: Books) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await ingest(books, b"a,b\n1,2\n", provider="nobody")
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "header.provider" in refused.value.details() and "simulator" in refused.value.details()
+
+
+async def test_only_operators_ingest_and_services_read_no_cases(books: Books) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await ingest(books, b"x\n", caller=books.auditor)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await books.recon.ListCases(pb.ListCasesRequest(), metadata=books.shop.merchant.metadata, timeout=5)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_an_unknown_run_is_not_found(books: Books) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await run_of(books, str(uuid.uuid4()))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
