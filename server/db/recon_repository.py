@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 
 from server.domain.money import MINOR_UNITS
-from server.domain.payment_states import PaymentState
+from server.domain.payment_states import UNDECIDED_STATES, PaymentState
 from server.domain.reconciliation import (
     ERROR_LENGTH_MAX,
     FINAL_RUN_STATUSES,
@@ -454,17 +454,15 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
               AND NOT EXISTS (SELECT 1 FROM report_findings d WHERE d.run_id = $1 AND d.row_number = r.row_number
                               AND d.difference = '{Difference.DUPLICATE_PROVIDER_ROW}')
         ),
-        by_reference AS (  -- rows without the provider's id: the oldest payment with the merchant's reference
-            SELECT DISTINCT ON (p.merchant_reference) p.*
-            FROM payments p JOIN rows r ON r.source_id IS NULL AND p.merchant_reference = r.reference
-            ORDER BY p.merchant_reference, p.created_at
-        ),
-        paired AS (
-            SELECT r.*, coalesce(by_id.id, b.id) AS payment_id, coalesce(by_id.amount, b.amount) AS amount,
-                   coalesce(by_id.currency_code, b.currency_code) AS p_currency, coalesce(by_id.state, b.state) AS state
+        paired AS (  -- by the provider's id, else by the reference: Ballast's payment id, sent as the reference
+            SELECT r.*, coalesce(by_id.id, by_ref.id) AS payment_id, coalesce(by_id.amount, by_ref.amount) AS amount,
+                   coalesce(by_id.currency_code, by_ref.currency_code) AS p_currency,
+                   coalesce(by_id.state, by_ref.state) AS state
             FROM rows r
             LEFT JOIN payments by_id ON by_id.provider_payment_id = r.source_id
-            LEFT JOIN by_reference b ON r.source_id IS NULL AND b.merchant_reference = r.reference
+            LEFT JOIN payments by_ref
+                   ON by_id.id IS NULL AND by_ref.provider_payment_id IS NULL
+                  AND by_ref.id = CASE WHEN r.reference ~ '{_UUID}' THEN r.reference::uuid END
         ),
         matched AS (
             SELECT r.row_number, r.currency_code AS r_currency, r.gross, r.fee, r.settlement_date, r.source_id,
@@ -626,6 +624,7 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
         )
 
 
+_UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 #: One minor unit of the matched record's currency (m.digits fraction digits).
 _UNIT = "(10::numeric ^ (-m.digits))"
 
@@ -635,6 +634,44 @@ def _quoted(text: str) -> str:
 
 
 # -- stage 5: resolution -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SettledRow:
+    """A report row that settles a payment Ballast has not decided, with nothing else differing."""
+
+    payment_id: uuid.UUID
+    row_number: int
+    source_id: str
+    status: str | None
+    gross: Decimal
+    currency_code: str
+
+
+async def settled_undecided(connection: asyncpg.Connection, run_id: uuid.UUID) -> list[SettledRow]:
+    """The run's charge rows that settle an undecided payment (its outcome unknown, or still pending) whose
+    amount and currency they match: the report is the evidence that decides them."""
+    rows = await connection.fetch(
+        f"""
+        WITH undecided AS (
+            SELECT id, provider_payment_id, amount, currency_code FROM payments WHERE state = ANY($2::text[])
+        ), candidates AS (
+            SELECT u.id, u.amount, u.currency_code AS p_currency, r.* FROM undecided u
+            JOIN report_rows r ON r.run_id = $1 AND r.source_id = u.provider_payment_id
+            UNION ALL
+            SELECT u.id, u.amount, u.currency_code AS p_currency, r.* FROM undecided u
+            JOIN report_rows r ON r.run_id = $1 AND u.provider_payment_id IS NULL AND r.reference = u.id::text
+        )
+        SELECT DISTINCT ON (c.id) c.id AS payment_id, c.row_number, c.source_id, c.status, c.gross, c.currency_code
+        FROM candidates c
+        WHERE c.error IS NULL AND c.type = '{RowType.CHARGE}' AND c.currency_code = c.p_currency AND c.gross = c.amount
+          AND NOT EXISTS (SELECT 1 FROM report_findings f WHERE f.run_id = $1 AND f.row_number = c.row_number)
+        ORDER BY c.id, c.row_number
+        """,
+        run_id,
+        [state.value for state in UNDECIDED_STATES],
+    )
+    return [SettledRow(**dict(row)) for row in rows]
 
 
 async def open_cases(connection: asyncpg.Connection, run_id: uuid.UUID) -> int:

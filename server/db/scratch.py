@@ -26,11 +26,13 @@ async def _admin(url: str, sql: str) -> None:
 
 
 @contextmanager
-def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
-    """A new, empty database `<prefix>_<random>` on the server of `server_url`, dropped on exit (its
-    sessions ended); yields its URL."""
+def scratch_database(server_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    """A new database `<prefix>_<random>` on the server of `server_url`, empty or a copy of the database
+    named `template` (which nobody may be connected to), dropped on exit (its sessions ended); yields
+    its URL."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    copy = "" if template is None else f' TEMPLATE "{template}"'
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"{copy}'))
     try:
         yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
     finally:

@@ -41,6 +41,9 @@ def judge(current: PaymentState, event: PaymentEvent, witness: Witness, *, refun
       correction table lists is CORRECTed or HELD for a person, and anything else is STALE (pending
       after succeeded: a slower answer from before the decision).
     - Ballast's own conclusions apply only where the machine allows them, else they are STALE.
+    - A settlement report's row (money paid out) decides an undecided payment SUCCEEDED; to a decided
+      one it is a REPEAT (the same money outcome) or STALE, and reconciliation opens a case for a
+      person where it differs.
     - The machine's refund moves (REFUND_MOVES) are made by the payment's own refunds only, from
       their evidence (server/services/refund_events.py): evidence about the payment claiming one is
       judged as if the machine had no such move (a refund Ballast never asked for is a correction
@@ -56,6 +59,11 @@ def judge(current: PaymentState, event: PaymentEvent, witness: Witness, *, refun
     moves = event_towards(current, target) is not None and (current, target) not in REFUND_MOVES
     if witness is Witness.BALLAST:
         return Verdict.APPLY if moves else Verdict.STALE
+    if witness is Witness.REPORT:  # decides an undecided payment only; a decided one is a person's case
+        if moves and current in UNDECIDED_STATES and target is PaymentState.SUCCEEDED:
+            return Verdict.APPLY
+        same_outcome = current in MONEY_OUTCOMES and MONEY_OUTCOMES.get(target) is MONEY_OUTCOMES[current]
+        return Verdict.REPEAT if same_outcome else Verdict.STALE
     correction = CORRECTIONS.get((current, target))
     if witness is Witness.WEBHOOK:
         if target in UNDECIDED_STATES and moves:

@@ -136,11 +136,17 @@ class Witness(enum.StrEnum):
     duplicated, reordered or contradictory, so a webhook never decides a payment; it makes Ballast ask
     the API at once. Ballast itself concludes only what it knows: that no answer came (UNKNOWN), or
     that a payment was never sent and its client never came back (EXPIRED).
+
+    The provider's settlement report says what money it actually paid out: a row that settles a
+    payment Ballast has not decided (its outcome unknown, or still pending) decides it SUCCEEDED, the
+    row as its evidence. It never changes a decided payment: a report that disagrees with one is a
+    difference for a person (reconciliation opens a case).
     """
 
     API = "api"
     WEBHOOK = "webhook"
     BALLAST = "ballast"
+    REPORT = "report"
 
 
 class Verdict(enum.StrEnum):

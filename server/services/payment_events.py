@@ -279,9 +279,9 @@ def _note(payment_id: uuid.UUID, evidence: Evidence, *, confirm: bool = False) -
     if not provider_word and not confirm:
         return None
     status = evidence.provider_status if provider_word else None
-    # the provider's id for the payment is kept from its API only: a webhook names one, but a stale
-    # or wrong webhook must not decide which object the API's answers are about
-    provider_payment_id = evidence.provider_payment_id if evidence.witness is Witness.API else None
+    # the provider's id for the payment is kept from its API (or its settlement report) only: a webhook
+    # names one, but a stale or wrong webhook must not decide which object the API's answers are about
+    provider_payment_id = evidence.provider_payment_id if evidence.witness in (Witness.API, Witness.REPORT) else None
     return Note(payment_id, status, provider_payment_id if provider_word else None, confirm)
 
 

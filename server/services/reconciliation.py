@@ -29,6 +29,7 @@ from server.db import recon_repository as repo
 from server.db.database import Budget, Database
 from server.db.recon_repository import ReportRunRecord
 from server.domain.errors import DeadlineExceeded, FieldViolation, InvalidArgument, NotFound, Unavailable
+from server.domain.payment_states import PaymentEvent, Witness
 from server.domain.reconciliation import (
     CHUNK_BYTES_MAX,
     CONTENT_TYPE_LENGTH_MAX,
@@ -42,6 +43,7 @@ from server.domain.reconciliation import (
     header_columns,
     mapping_for,
 )
+from server.services.payment_events import Application, Evidence, apply_provider_evidence_each
 
 log = structlog.get_logger(__name__)
 
@@ -250,9 +252,37 @@ async def match_report(connection: asyncpg.Connection, run: ReportRunRecord) -> 
     await repo.classify(connection, run, settings)
 
 
+#: The cause of the evidence a settlement report's row is.
+REPORT_CAUSE = "report.settled"
+
+
 async def resolve_report(connection: asyncpg.Connection, run: ReportRunRecord) -> ReportRunRecord:
-    """Stage 5, in the caller's transaction: a case for every finding a person must decide; the run's
-    final counts; COMPLETED."""
+    """Stage 5, in the caller's transaction: what is safe resolves through the same state machines and
+    ledger rules as any evidence (a payment whose outcome Ballast never learned, which the report shows
+    settled, becomes SUCCEEDED with the row as its evidence); a case for every finding a person must
+    decide; the run's final counts; COMPLETED."""
+    settled = await repo.settled_undecided(connection, run.id)
+    if settled:
+        applications = [
+            Application(
+                row.payment_id,
+                PaymentEvent.SUCCEEDED,
+                Evidence(
+                    REPORT_CAUSE,
+                    f"report:{run.id}:{row.row_number}",
+                    provider=run.provider,
+                    provider_status=(row.status or "settled")[:64],
+                    provider_payment_id=row.source_id,
+                    witness=Witness.REPORT,
+                    amount=format(row.gross, "f"),
+                    currency_code=row.currency_code,
+                ),
+            )
+            for row in settled
+        ]
+        outcomes = await apply_provider_evidence_each(connection, applications)
+        moved = sum(1 for outcome in outcomes if outcome is not None and outcome.to_state is not None)
+        log.info("recon.decided_by_report", run_id=str(run.id), payments=len(settled), moved=moved)
     opened = await repo.open_cases(connection, run.id)
     return await repo.complete_run(connection, run.id, opened)
 

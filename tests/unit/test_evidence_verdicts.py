@@ -20,6 +20,7 @@ from server.domain.payment_states import (
     EVENT_TARGETS,
     PAYMENT_EVENTS,
     REFUND_MOVES,
+    UNDECIDED_STATES,
     PaymentEvent,
     PaymentState,
     Verdict,
@@ -89,6 +90,19 @@ TABLE: dict[Witness, dict[PaymentState, str]] = {
         P.PARTIALLY_REFUNDED: "SSSSSSSSSR",
         P.EXPIRED: "SSSSSSSSRS",
     },
+    # a settlement report's row: money paid out decides an undecided payment, and nothing else
+    W.REPORT: {
+        P.RECORDED: "SSASSSSASS",
+        P.PENDING: "RSASSSSASS",
+        P.UNKNOWN: "SRASSSSASS",
+        P.SUCCEEDED: "SSRSSRSRSR",
+        P.FAILED: "SSSRRSSSRS",
+        P.REJECTED: "SSSRRSSSRS",
+        P.REFUND_PENDING: "SSRSSRSRSR",
+        P.REFUNDED: "SSSSSSRSSS",
+        P.PARTIALLY_REFUNDED: "SSRSSRSRSR",
+        P.EXPIRED: "SSSRRSSSRS",
+    },
 }
 
 CELLS = [
@@ -157,14 +171,16 @@ def test_the_verdict_agrees_with_the_machine_and_the_correction_table(
         towards = event_towards(current, target)
         assert towards is not None
         assert PAYMENT_EVENTS[current][towards] is target
+        if witness is W.REPORT:  # money paid out decides an undecided payment, and makes no other move
+            assert target is P.SUCCEEDED and current in UNDECIDED_STATES
     elif verdict in (Verdict.CORRECT, Verdict.HOLD):
         assert witness is W.API
         assert (CORRECTIONS[(current, target)].approval is Approval.AUTOMATIC) is (verdict is Verdict.CORRECT)
     elif verdict is Verdict.CONFIRM:
         assert witness is W.WEBHOOK
         assert event_towards(current, target) is not None or (current, target) in CORRECTIONS
-    elif verdict is Verdict.STALE:  # older news: never a move evidence may make
-        assert event_towards(current, target) is None or (current, target) in REFUND_MOVES
+    elif verdict is Verdict.STALE:  # older news: never a move evidence may make (a report makes one only)
+        assert witness is W.REPORT or event_towards(current, target) is None or (current, target) in REFUND_MOVES
 
 
 def test_a_payment_corrected_once_needs_a_person_for_any_further_correction() -> None:

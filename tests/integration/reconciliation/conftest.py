@@ -17,6 +17,7 @@ import aiohttp
 import asyncpg
 import grpc
 import pytest
+from sqlalchemy.engine import make_url
 
 from ballast.reconciliation.v1 import reconciliation_pb2_grpc
 from server.db.database import Database
@@ -44,9 +45,17 @@ DRIFT_CLASSES = {
 
 
 @pytest.fixture(scope="module")
-def recon_database_url(server_database_url: str) -> Iterator[str]:
-    with scratch_database(server_database_url, "ballast_recon") as url:
+def recon_template(server_database_url: str) -> Iterator[str]:
+    """A migrated database the specs' own databases are copied from; its name."""
+    with scratch_database(server_database_url, "ballast_recon_template") as url:
         migrate_to_head(url)
+        yield make_url(url).database or ""
+
+
+@pytest.fixture
+def recon_database_url(server_database_url: str, recon_template: str) -> Iterator[str]:
+    """A database of the spec's own: a report is checked against every payment Ballast holds."""
+    with scratch_database(server_database_url, "ballast_recon", template=recon_template) as url:
         yield url
 
 

@@ -3,11 +3,16 @@ nothing that matches is a finding."""
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from tests.integration.reconciliation.conftest import DRIFT_CLASSES, Books
+import aiohttp
+
+from ballast.payments.v1 import payments_pb2
+from tests.integration.reconciliation.conftest import DRIFT, DRIFT_CLASSES, Books
+from tests.support.waiting import until
 
 
 def _planted(bookings: list[dict[str, Any]]) -> dict[str, set[str]]:
@@ -41,3 +46,40 @@ async def test_every_planted_difference_lands_in_its_class_and_nothing_else_is_f
     for difference, (precision, recall, count) in scores.items():
         print(f"{difference:24} {precision:9.2f} {recall:7.2f} {count:8}")
     assert all(p == 1 and r == 1 for p, r, _ in scores.values()), scores
+
+
+async def _without_drift(books: Books) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.put(f"{books.shop.url}/_sim/profile", json={"settings": dict.fromkeys(DRIFT, 0.0)}) as response,
+    ):
+        assert response.status == 200, await response.text()
+
+
+async def test_a_pending_payment_the_report_shows_settled_becomes_succeeded_with_its_row_as_evidence(
+    books: Books,
+) -> None:
+    await _without_drift(books)
+    payment = await books.shop.created_payment("55.00")
+    assert payment.state == payments_pb2.PAYMENT_STATE_PENDING  # the provider took it; nobody asked since
+
+    async def booked() -> bool:
+        return any((b["true"] or {}).get("reference") == payment.id for b in await books.truth())
+
+    await until(booked, "the provider settled the payment", timeout_s=20)
+    run = await books.reconcile(await books.report())
+    assert run.status == "COMPLETED", run.failure_reason
+    assert run.opened_case_count == 0
+    payment_id = uuid.UUID(payment.id)
+    assert await books.pool.fetchval("SELECT state FROM payments WHERE id = $1", payment_id) == "SUCCEEDED"
+    evidence = await books.pool.fetchval(
+        "SELECT evidence_ref FROM payment_transitions WHERE payment_id = $1 AND to_state = 'SUCCEEDED'", payment_id
+    )
+    assert evidence.startswith(f"report:{run.id}:")
+    entries = await books.pool.fetchval("SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id)
+    assert entries == 1
+
+    # the same report again changes nothing, and says so
+    again = await books.ingest(await books.report())
+    assert again.replayed and again.run.id == run.id
+    assert await books.pool.fetchval("SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
