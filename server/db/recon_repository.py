@@ -16,6 +16,8 @@ from typing import Any
 
 import asyncpg
 
+from server.db.ledger_repository import posting_rows
+from server.domain.ledger import Posting
 from server.domain.money import MINOR_UNITS
 from server.domain.payment_states import UNDECIDED_STATES, PaymentState
 from server.domain.reconciliation import (
@@ -672,6 +674,93 @@ async def settled_undecided(connection: asyncpg.Connection, run_id: uuid.UUID) -
         [state.value for state in UNDECIDED_STATES],
     )
     return [SettledRow(**dict(row)) for row in rows]
+
+
+@dataclass(frozen=True)
+class MatchedPayout:
+    """A payout the provider paid whose every line matched: its sums, by kind of line."""
+
+    payout_id: str
+    currency_code: str
+    cleared: Decimal  # the gross of its charges and refunds
+    fees: Decimal
+    adjustments: Decimal  # the gross of its adjustment lines
+    net: Decimal
+    line_count: int
+
+
+async def matched_payouts(
+    connection: asyncpg.Connection, run_id: uuid.UUID, settled_statuses: list[str]
+) -> list[MatchedPayout]:
+    """The run's payouts that the provider paid (a settled status), in one currency, whose total is the
+    net of their lines and none of whose lines differs from Ballast's records (a late line aside) or
+    failed to parse: what may be posted."""
+    rows = await connection.fetch(
+        f"""
+        WITH lines AS (
+            SELECT payout_id, min(currency_code) AS currency_code, count(DISTINCT currency_code) AS currencies,
+                   coalesce(sum(gross) FILTER (WHERE type IN ('{RowType.CHARGE}', '{RowType.REFUND}')), 0) AS cleared,
+                   sum(fee) AS fees,
+                   coalesce(sum(gross) FILTER (WHERE type = '{RowType.ADJUSTMENT}'), 0) AS adjustments,
+                   sum(net) AS net, count(*) AS line_count
+            FROM report_rows
+            WHERE run_id = $1 AND error IS NULL AND type <> '{RowType.PAYOUT}' AND payout_id IS NOT NULL
+            GROUP BY payout_id
+        )
+        SELECT l.payout_id, l.currency_code, l.cleared, l.fees, l.adjustments, l.net, l.line_count
+        FROM lines l
+        JOIN report_rows p ON p.run_id = $1 AND p.error IS NULL AND p.type = '{RowType.PAYOUT}'
+                          AND p.payout_id = l.payout_id
+        WHERE l.currencies = 1 AND p.status = ANY($2::text[]) AND p.net = -l.net
+          AND NOT EXISTS (SELECT 1 FROM report_rows bad WHERE bad.run_id = $1 AND bad.error IS NOT NULL
+                          AND bad.payout_id = l.payout_id)
+          AND NOT EXISTS (SELECT 1 FROM report_findings f
+                          JOIN report_rows r ON r.run_id = f.run_id AND r.row_number = f.row_number
+                          WHERE f.run_id = $1 AND r.payout_id = l.payout_id AND NOT (f.difference = ANY($3::text[])))
+        ORDER BY l.payout_id
+        """,
+        run_id,
+        settled_statuses,
+        [difference.value for difference in SELF_CLOSING],
+    )
+    return [MatchedPayout(**dict(row)) for row in rows]
+
+
+async def post_payouts(connection: asyncpg.Connection, postings: list[Posting]) -> int:
+    """Post the payouts' entries not posted before (by their event keys), in one round trip; how many."""
+    posted = {
+        row["event_key"]
+        for row in await connection.fetch(
+            "SELECT event_key FROM ledger_entries WHERE event_key = ANY($1::text[])", [p.event_key for p in postings]
+        )
+    }
+    fresh = [posting for posting in postings if posting.event_key not in posted]
+    if not fresh:
+        return 0
+    rows = posting_rows([(uuid.uuid4(), posting) for posting in fresh])
+    event_ids = [uuid.uuid4() for _ in rows.announced]
+    await connection.execute(
+        """
+        WITH entries AS (
+            INSERT INTO ledger_entries (id, event_key, payment_id, description)
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[])
+        ), lines AS (
+            INSERT INTO ledger_lines (entry_id, line_number, account, currency_code, amount)
+            SELECT * FROM unnest($5::uuid[], $6::smallint[], $7::text[], $8::text[], $9::numeric[])
+        )
+        INSERT INTO outbox (id, topic, message_key, payload)
+        SELECT * FROM unnest($10::uuid[], $11::text[], $12::text[], $13::jsonb[])
+        """,
+        *rows.arguments,
+        event_ids,
+        [topic for topic, _, _ in rows.announced],
+        [key for _, key, _ in rows.announced],
+        [
+            payload | {"event_id": str(event_id)}
+            for event_id, (_, _, payload) in zip(event_ids, rows.announced, strict=True)
+        ],
+    )
+    return len(fresh)
 
 
 async def open_cases(connection: asyncpg.Connection, run_id: uuid.UUID) -> int:

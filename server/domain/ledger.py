@@ -21,6 +21,21 @@ ENTRY_DESCRIPTION_LENGTH_MAX = 500
 PROVIDER_CLEARING = "provider_clearing"
 
 
+def settlement_bank(provider: str) -> str:
+    """The bank account a provider pays its payouts into."""
+    return f"bank:{provider}"
+
+
+def fee_expense(provider: str) -> str:
+    """What a provider's fees cost."""
+    return f"fee_expense:{provider}"
+
+
+def fx_adjustments(provider: str) -> str:
+    """What a provider's FX adjustments gained (credit) or cost (debit)."""
+    return f"fx_adjustment:{provider}"
+
+
 def merchant_payable(client_id: str) -> str:
     """What Ballast owes the client (merchant) whose payment it took."""
     return f"merchant_payable:{client_id}"
@@ -202,3 +217,36 @@ def correction_postings(
                 )
             )
     return postings
+
+
+def payout_postings(
+    provider: str,
+    payout_id: str,
+    currency_code: str,
+    *,
+    cleared: Decimal,
+    fees: Decimal,
+    adjustments: Decimal,
+    net: Decimal,
+) -> list[Posting]:
+    """What a payout the provider paid, and reconciliation matched, posts: once per payout (its event key
+    `payout:<provider>:<payout id>`). The provider's clearing is credited with the gross of the charges
+    and refunds it settles (what the provider owed for them), its bank account debited with the net
+    paid, its fees debited to fee expense and its FX adjustments credited to their account (a gain; a
+    negative one is a cost). The lines balance because net = gross - fee for every line."""
+    lines = [
+        LedgerLine(settlement_bank(provider), net, currency_code),
+        LedgerLine(fee_expense(provider), fees, currency_code),
+        LedgerLine(PROVIDER_CLEARING, cleared.copy_negate(), currency_code),
+        LedgerLine(fx_adjustments(provider), adjustments.copy_negate(), currency_code),
+    ]
+    kept = tuple(line for line in lines if line.amount != 0)
+    if len(kept) < 2:
+        return []
+    return [
+        Posting(
+            event_key=f"payout:{provider}:{payout_id}",
+            lines=kept,
+            description=f"payout {payout_id} settled"[:ENTRY_DESCRIPTION_LENGTH_MAX],
+        )
+    ]

@@ -29,6 +29,7 @@ from server.db import recon_repository as repo
 from server.db.database import Budget, Database
 from server.db.recon_repository import ReportRunRecord
 from server.domain.errors import DeadlineExceeded, FieldViolation, InvalidArgument, NotFound, Unavailable
+from server.domain.ledger import payout_postings
 from server.domain.payment_states import PaymentEvent, Witness
 from server.domain.reconciliation import (
     CHUNK_BYTES_MAX,
@@ -260,7 +261,8 @@ async def resolve_report(connection: asyncpg.Connection, run: ReportRunRecord) -
     """Stage 5, in the caller's transaction: what is safe resolves through the same state machines and
     ledger rules as any evidence (a payment whose outcome Ballast never learned, which the report shows
     settled, becomes SUCCEEDED with the row as its evidence); a case for every finding a person must
-    decide; the run's final counts; COMPLETED."""
+    decide; a payout the provider paid whose every line matched is posted to the ledger, once; the run's
+    final counts; COMPLETED."""
     settled = await repo.settled_undecided(connection, run.id)
     if settled:
         applications = [
@@ -283,6 +285,23 @@ async def resolve_report(connection: asyncpg.Connection, run: ReportRunRecord) -
         outcomes = await apply_provider_evidence_each(connection, applications)
         moved = sum(1 for outcome in outcomes if outcome is not None and outcome.to_state is not None)
         log.info("recon.decided_by_report", run_id=str(run.id), payments=len(settled), moved=moved)
+    payouts = await repo.matched_payouts(connection, run.id, sorted(mapping_for(run.provider).settled_statuses))
+    postings = [
+        posting
+        for payout in payouts
+        for posting in payout_postings(
+            run.provider,
+            payout.payout_id,
+            payout.currency_code,
+            cleared=payout.cleared,
+            fees=payout.fees,
+            adjustments=payout.adjustments,
+            net=payout.net,
+        )
+    ]
+    posted = await repo.post_payouts(connection, postings) if postings else 0
+    if payouts:
+        log.info("recon.payouts", run_id=str(run.id), matched=len(payouts), posted=posted)
     opened = await repo.open_cases(connection, run.id)
     return await repo.complete_run(connection, run.id, opened)
 

@@ -11,7 +11,9 @@ from typing import Any
 import aiohttp
 
 from ballast.payments.v1 import payments_pb2
-from tests.integration.reconciliation.conftest import DRIFT, DRIFT_CLASSES, Books
+from server.db import recon_repository
+from server.services.reconciliation import resolve_report
+from tests.integration.reconciliation.conftest import DRIFT, DRIFT_CLASSES, Books, csv_rows
 from tests.support.waiting import until
 
 
@@ -83,3 +85,43 @@ async def test_a_pending_payment_the_report_shows_settled_becomes_succeeded_with
     again = await books.ingest(await books.report())
     assert again.replayed and again.run.id == run.id
     assert await books.pool.fetchval("SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
+
+
+async def _balance(books: Books, account: str) -> Decimal:
+    total = await books.pool.fetchval(
+        "SELECT coalesce(sum(amount), 0) FROM ledger_lines WHERE account = $1 AND currency_code = 'EUR'", account
+    )
+    return Decimal(total)
+
+
+async def test_a_paid_payout_whose_lines_all_match_is_posted_once_and_clears_what_the_provider_owed(
+    books: Books,
+) -> None:
+    await _without_drift(books)
+    # paid out the same day: the report shows the payout paid
+    async with (
+        aiohttp.ClientSession() as http,
+        http.put(f"{books.shop.url}/_sim/profile", json={"settings": {"settlement_delay_days": 0}}) as response,
+    ):
+        assert response.status == 200
+    await books.pool.execute("UPDATE provider_settings SET settlement_delay_days = 0 WHERE provider = 'simulator'")
+    await books.succeeded_payments(["10.00", "99.99", "1234.56"])
+    body = await books.report()
+    run = await books.reconcile(body)
+    assert run.status == "COMPLETED" and run.opened_case_count == 0, run
+
+    payouts = await books.pool.fetch("SELECT id, event_key FROM ledger_entries WHERE event_key LIKE 'payout:%'")
+    assert [row["event_key"] for row in payouts] == [f"payout:simulator:{csv_rows(body)[0]['payout_id']}"]
+    lines = [row for row in csv_rows(body) if row["type"] == "charge"]
+    assert await _balance(books, "provider_clearing") == 0  # everything the provider owed, it paid
+    assert await _balance(books, "bank:simulator") == sum(Decimal(row["net"]) for row in lines)
+    assert await _balance(books, "fee_expense:simulator") == sum(Decimal(row["fee"]) for row in lines)
+    sums = await books.pool.fetch("SELECT currency_code, sum(amount) AS total FROM ledger_lines GROUP BY 1")
+    assert all(row["total"] == 0 for row in sums)
+
+    # the run again (a worker taking it over) posts nothing more
+    async with books.pool.acquire() as connection, connection.transaction():
+        run_again = await recon_repository.get_run(connection, run.id)
+        assert run_again is not None
+        await resolve_report(connection, run_again)
+    assert await books.pool.fetchval("SELECT count(*) FROM ledger_entries WHERE event_key LIKE 'payout:%'") == 1
