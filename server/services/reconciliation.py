@@ -222,7 +222,8 @@ async def normalize_report(connection: asyncpg.Connection, run: ReportRunRecord)
     except InvalidArgument as error:
         return await _failed(connection, run, error.violations[0].description)
     try:
-        count = await repo.normalize_rows(connection, run.id, mapping, columns, REPORT_ROWS_MAX)
+        async with connection.transaction():  # a savepoint: bytes PostgreSQL cannot read undo only this
+            count = await repo.normalize_rows(connection, run.id, mapping, columns, REPORT_ROWS_MAX)
     except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError) as error:
         return await _failed(
             connection, run, f"the report is not UTF-8 text ({error}): export it as UTF-8 CSV and upload it again"
