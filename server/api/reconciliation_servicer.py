@@ -13,6 +13,7 @@ from ballast.common.v1 import money_pb2
 from ballast.reconciliation.v1 import reconciliation_pb2 as pb
 from ballast.reconciliation.v1 import reconciliation_pb2_grpc
 from server.api.handlers import ServicerBase, timestamp_of, translate_errors
+from server.domain.cases import validate_resolve_case
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.identity import Permission
 from server.domain.reconciliation import CHUNK_BYTES_MAX, ReportKind
@@ -67,6 +68,11 @@ def _kind(kind: str) -> Any:
     return pb.CaseKind.Value(f"CASE_KIND_{family}") if family else pb.CASE_KIND_UNSPECIFIED
 
 
+def _resolution(name: str) -> Any:
+    known = pb.CaseResolution.DESCRIPTOR.values_by_name.get(f"CASE_RESOLUTION_{name}")
+    return pb.CASE_RESOLUTION_UNSPECIFIED if known is None else known.number
+
+
 def case_to_proto(case: CaseRecord, detail: cases.CaseDetail | None = None) -> pb.Case:
     message = pb.Case(
         id=str(case.id),
@@ -94,6 +100,12 @@ def case_to_proto(case: CaseRecord, detail: cases.CaseDetail | None = None) -> p
             message.evidence_refs.append(str(piece["reference"]))
         if "resolution" in piece:
             message.resolved_by = str(piece.get("approved_by") or piece.get("resolved_by") or "")
+            # a correction a person approved took the provider's word
+            decided = "PROVIDER_CORRECT" if piece["resolution"] == "CORRECTION_APPROVED" else piece["resolution"]
+            message.resolution = _resolution(decided)
+            if piece.get("at"):
+                message.resolve_time.CopyFrom(timestamp_of(datetime.fromisoformat(str(piece["at"]))))
+            message.evidence_refs.extend(str(ref) for ref in piece.get("evidence_refs") or [])
             if piece.get("note"):
                 message.notes.append(pb.CaseNote(text=str(piece["note"]), author=message.resolved_by))
     if detail is not None:
@@ -212,8 +224,25 @@ class ReconciliationServicer(ServicerBase, reconciliation_pb2_grpc.Reconciliatio
         detail = await cases.get_case(self._database, request.case_id, self._budget(context))
         return pb.GetCaseResponse(reconciliation_case=case_to_proto(detail.case, detail))
 
-    async def ResolveCase(self, request: pb.ResolveCaseRequest, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ReconciliationService.ResolveCase is not implemented yet")
+    @translate_errors
+    async def ResolveCase(
+        self, request: pb.ResolveCaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ResolveCaseResponse:
+        principal = self._authenticator.authorize(context, Permission.RESOLVE_CASE)
+        command = validate_resolve_case(
+            idempotency_key=request.idempotency_key,
+            case_id=request.case_id,
+            resolution=""
+            if request.resolution == pb.CASE_RESOLUTION_UNSPECIFIED
+            else pb.CaseResolution.Name(request.resolution).removeprefix("CASE_RESOLUTION_"),
+            note=request.note,
+            evidence_refs=list(request.evidence_refs),
+            difference=_bound(request.difference, request.HasField("difference")),
+        )
+        resolved = await cases.resolve_case(self._database, principal, command, self._budget(context))
+        return pb.ResolveCaseResponse(
+            reconciliation_case=case_to_proto(resolved.detail.case, resolved.detail), replayed=resolved.replayed
+        )
 
     async def ExportEvidence(
         self, request: pb.ExportEvidenceRequest, context: grpc.aio.ServicerContext

@@ -234,3 +234,13 @@ async def case_report_rows(connection: asyncpg.Connection, case_id: uuid.UUID) -
         case_id,
     )
     return [dict(row) for row in rows]
+
+
+async def lock_case(connection: asyncpg.Connection, case_id: uuid.UUID) -> asyncpg.Record | None:
+    """The case (any status), locked until the caller's transaction ends, with its report run's provider."""
+    row: asyncpg.Record | None = await connection.fetchrow(
+        "SELECT c.id, c.kind, c.status, c.payment_id, c.report_run_id, r.provider FROM cases c"
+        " LEFT JOIN report_runs r ON r.id = c.report_run_id WHERE c.id = $1 FOR UPDATE OF c",
+        case_id,
+    )
+    return row

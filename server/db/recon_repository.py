@@ -726,8 +726,9 @@ async def matched_payouts(
     return [MatchedPayout(**dict(row)) for row in rows]
 
 
-async def post_payouts(connection: asyncpg.Connection, postings: list[Posting]) -> int:
-    """Post the payouts' entries not posted before (by their event keys), in one round trip; how many."""
+async def post_entries(connection: asyncpg.Connection, postings: list[Posting]) -> int:
+    """Post the entries not posted before (by their event keys: a payout's, a case's), in one round trip;
+    how many."""
     posted = {
         row["event_key"]
         for row in await connection.fetch(

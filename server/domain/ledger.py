@@ -250,3 +250,19 @@ def payout_postings(
             description=f"payout {payout_id} settled"[:ENTRY_DESCRIPTION_LENGTH_MAX],
         )
     ]
+
+
+def case_postings(case_id: uuid.UUID, account: str, difference: Decimal, currency_code: str) -> list[Posting]:
+    """What a person's decision on a case posts for a difference (the provider's amount less Ballast's,
+    signed), once per case: the provider's clearing moved by the difference, against `account`
+    (reconciliation_adjustment:<provider>, write_off:<provider>)."""
+    return [
+        Posting(
+            event_key=f"case:{case_id}:{account.split(':', 1)[0]}",
+            lines=(
+                LedgerLine(PROVIDER_CLEARING, difference, currency_code),
+                LedgerLine(account, difference.copy_negate(), currency_code),
+            ),
+            description=f"case {case_id} resolved",
+        )
+    ]

@@ -8,19 +8,32 @@ evidence, outcomes that stayed unknown).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
+
+import asyncpg
 
 from server.db import cases_repository as cases_repo
 from server.db import recon_repository as recon_repo
 from server.db.cases_repository import CaseFilter
 from server.db.cases_repository import CaseRecord as CaseRecord  # a result of these use cases
-from server.db.database import Budget, Database
+from server.db.database import Budget, Database, in_transaction
+from server.db.idempotency_repository import claim_key
+from server.db.outbox_writer import append_audit
 from server.db.recon_repository import ReportRunRecord as ReportRunRecord  # a result of these use cases
-from server.domain.cases import KIND_FAMILIES, CaseStatus, kinds_of_family
-from server.domain.errors import FieldViolation, InvalidArgument, NotFound
+from server.domain.cases import (
+    KIND_FAMILIES,
+    POSTING_RESOLUTIONS,
+    RESOLVE_CASE_OPERATION,
+    CaseStatus,
+    ResolveCase,
+    kinds_of_family,
+)
+from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from server.domain.identifiers import parse_uuid
+from server.domain.identity import Principal
+from server.domain.ledger import case_postings
 from server.domain.money import MoneyError, parse_amount, parse_currency
 from server.services.paging import LIST_PAGE, decode_cursor, encode_cursor
 
@@ -158,3 +171,60 @@ async def get_report_run(database: Database, raw_run_id: str, budget: Budget) ->
 def family_of(kind: str) -> str | None:
     """The API's kind (CaseKind, without its prefix) a case of this kind shows under."""
     return KIND_FAMILIES.get(kind)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    detail: CaseDetail
+    #: the result of an earlier call with the same key, returned again
+    replayed: bool
+
+
+async def resolve_case(database: Database, principal: Principal, command: ResolveCase, budget: Budget) -> Resolved:
+    """Decide an open case, once: the decision (with its note and evidence) closes the case, is appended
+    to the case's audit chain, and a difference it carries is posted to the ledger (once per case). The
+    same key again returns the case as resolved; another resolution of a resolved case is refused."""
+
+    async def work(connection: asyncpg.Connection) -> bool:
+        claimed = await claim_key(
+            connection,
+            principal.client_id,
+            command.idempotency_key,
+            RESOLVE_CASE_OPERATION,
+            command.fingerprint(),
+            command.case_id,
+        )
+        if claimed.replayed:
+            return True
+        case = await cases_repo.lock_case(connection, command.case_id)
+        if case is None:
+            raise NotFound("case", str(command.case_id))
+        if case["status"] != CaseStatus.OPEN:
+            raise FailedPrecondition("case_id", f"case {command.case_id} is already resolved")
+        posted = 0
+        if command.difference is not None and command.currency_code is not None:
+            if case["provider"] is None:
+                raise FailedPrecondition(
+                    "difference", "this case was not opened by a provider's report: resolve it without a difference"
+                )
+            account = f"{POSTING_RESOLUTIONS[command.resolution]}:{case['provider']}"
+            posted = await recon_repo.post_entries(
+                connection, case_postings(command.case_id, account, command.difference, command.currency_code)
+            )
+        resolution = {
+            "resolution": command.resolution.value,
+            "resolved_by": principal.client_id,
+            "note": command.note,
+            "evidence_refs": list(command.evidence_refs),
+            "difference": None if command.difference is None else format(command.difference, "f"),
+            "currency_code": command.currency_code,
+            "ledger_entries_posted": posted,
+            "at": datetime.now(UTC).isoformat(),
+        }
+        await cases_repo.resolve_case(connection, command.case_id, resolution)
+        await append_audit(connection, "case", str(command.case_id), "case.resolved", principal.client_id, resolution)
+        return False
+
+    replayed = await in_transaction(database, budget, work)
+    detail = await get_case(database, str(command.case_id), budget)
+    return Resolved(detail, replayed)

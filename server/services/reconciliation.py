@@ -300,7 +300,7 @@ async def resolve_report(connection: asyncpg.Connection, run: ReportRunRecord) -
             net=payout.net,
         )
     ]
-    posted = await repo.post_payouts(connection, postings) if postings else 0
+    posted = await repo.post_entries(connection, postings) if postings else 0
     if payouts:
         log.info("recon.payouts", run_id=str(run.id), matched=len(payouts), posted=posted)
     opened = await repo.open_cases(connection, run.id)

@@ -80,11 +80,12 @@ class TestAuthentication:
 
     async def test_unbuilt_rpcs_answer_unimplemented(self, channel: grpc.aio.Channel, alpha: Caller) -> None:
         stub = reconciliation_pb2_grpc.ReconciliationServiceStub(channel)
-        request = reconciliation_pb2.ResolveCaseRequest(case_id="x")
+        request = reconciliation_pb2.ExportEvidenceRequest(case_id="x")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.ResolveCase(request, metadata=alpha.metadata, timeout=5)
+            async for _ in stub.ExportEvidence(request, metadata=alpha.metadata, timeout=5):
+                pass
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "ResolveCase" in (caught.value.details() or "")
+        assert "ExportEvidence" in (caught.value.details() or "")
 
     async def test_health_is_served_without_credentials(self, channel: grpc.aio.Channel) -> None:
         response = await health_pb2_grpc.HealthStub(channel).Check(

@@ -6,10 +6,12 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 
 import grpc
 import pytest
 
+from ballast.common.v1 import money_pb2
 from ballast.reconciliation.v1 import reconciliation_pb2 as pb
 from server.services.reconciliation import ReportWorker
 from tests.integration.reconciliation.conftest import Books, Caller, csv_rows
@@ -128,3 +130,92 @@ async def test_an_unknown_run_is_not_found(books: Books) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await run_of(books, str(uuid.uuid4()))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def _an_open_case(books: Books) -> tuple[pb.ReportRun, pb.Case]:
+    await books.succeeded_payments([f"{30 + n}.00" for n in range(30)])
+    ingested = await ingest(books, await books.report())
+    await ReportWorker(books.database).run_once()
+    run = await run_of(books, ingested.run.id)
+    listed = await books.recon.ListCases(
+        pb.ListCasesRequest(report_run_id=run.id, kind=pb.CASE_KIND_MISSING_PROVIDER),
+        metadata=books.auditor.metadata,
+        timeout=5,
+    )
+    return run, listed.cases[0]
+
+
+def resolve(case_id: str, key: str, **fields: object) -> pb.ResolveCaseRequest:
+    return pb.ResolveCaseRequest(idempotency_key=key, case_id=case_id, **fields)  # type: ignore[arg-type]
+
+
+async def test_an_operator_writes_off_a_missing_settlement_once_with_a_note_and_the_ledger_follows(
+    books: Books,
+) -> None:
+    _, case = await _an_open_case(books)
+    request = resolve(
+        case.id,
+        f"resolve-{uuid.uuid4()}",
+        resolution=pb.CASE_RESOLUTION_WRITTEN_OFF,
+        note="the provider confirmed by e-mail it will never pay this out",
+        evidence_refs=["ticket:OPS-1234"],
+        difference=money_pb2.Money(value=f"-{case.expected_amount.value}", currency_code="EUR"),
+    )
+    answered = await books.recon.ResolveCase(request, metadata=books.operator.metadata, timeout=5)
+    resolved = answered.reconciliation_case
+    assert not answered.replayed
+    assert resolved.status == pb.CASE_STATUS_RESOLVED and resolved.resolution == pb.CASE_RESOLUTION_WRITTEN_OFF
+    assert resolved.resolved_by == books.operator.client_id and resolved.HasField("resolve_time")
+    assert [note.text for note in resolved.notes] == [request.note]
+    assert "ticket:OPS-1234" in resolved.evidence_refs
+    # the difference is posted once, against write-off
+    entry = await books.pool.fetch(
+        "SELECT l.account, l.amount FROM ledger_entries e JOIN ledger_lines l ON l.entry_id = e.id"
+        " WHERE e.event_key = $1 ORDER BY l.line_number",
+        f"case:{case.id}:write_off",
+    )
+    amount = Decimal(case.expected_amount.value)
+    assert [(row["account"], row["amount"]) for row in entry] == [
+        ("provider_clearing", -amount),
+        ("write_off:simulator", amount),
+    ]
+    audited = await books.pool.fetchval(
+        "SELECT count(*) FROM audit_log WHERE aggregate_type = 'case' AND aggregate_id = $1"
+        " AND action = 'case.resolved'",
+        case.id,
+    )
+    assert audited == 1
+
+    # the same key again: the same answer, nothing posted twice
+    again = await books.recon.ResolveCase(request, metadata=books.operator.metadata, timeout=5)
+    assert again.replayed and again.reconciliation_case.resolution == pb.CASE_RESOLUTION_WRITTEN_OFF
+    assert await books.pool.fetchval("SELECT count(*) FROM ledger_entries WHERE event_key LIKE 'case:%'") == 1
+    # another decision on the resolved case is refused
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await books.recon.ResolveCase(
+            resolve(case.id, f"other-{uuid.uuid4()}", resolution=pb.CASE_RESOLUTION_NO_DISCREPANCY, note="no"),
+            metadata=books.operator.metadata,
+            timeout=5,
+        )
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_decision_needs_a_note_an_operator_and_a_difference_only_where_one_is_posted(books: Books) -> None:
+    _, case = await _an_open_case(books)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await books.recon.ResolveCase(
+            resolve(case.id, f"k-{uuid.uuid4()}", resolution=pb.CASE_RESOLUTION_COMPENSATED, note=" "),
+            metadata=books.operator.metadata,
+            timeout=5,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "note" in refused.value.details() and "difference" in refused.value.details()
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await books.recon.ResolveCase(
+            resolve(case.id, f"k-{uuid.uuid4()}", resolution=pb.CASE_RESOLUTION_NO_DISCREPANCY, note="fine"),
+            metadata=books.auditor.metadata,
+            timeout=5,
+        )
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    still = await books.recon.GetCase(pb.GetCaseRequest(case_id=case.id), metadata=books.auditor.metadata, timeout=5)
+    assert still.reconciliation_case.status == pb.CASE_STATUS_OPEN

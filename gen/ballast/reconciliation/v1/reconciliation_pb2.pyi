@@ -59,6 +59,7 @@ class CaseResolution(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CASE_RESOLUTION_INTERNAL_CORRECT: _ClassVar[CaseResolution]
     CASE_RESOLUTION_WRITTEN_OFF: _ClassVar[CaseResolution]
     CASE_RESOLUTION_NO_DISCREPANCY: _ClassVar[CaseResolution]
+    CASE_RESOLUTION_COMPENSATED: _ClassVar[CaseResolution]
 REPORT_KIND_UNSPECIFIED: ReportKind
 REPORT_KIND_SETTLEMENT: ReportKind
 REPORT_KIND_TRANSACTIONS: ReportKind
@@ -93,6 +94,7 @@ CASE_RESOLUTION_PROVIDER_CORRECT: CaseResolution
 CASE_RESOLUTION_INTERNAL_CORRECT: CaseResolution
 CASE_RESOLUTION_WRITTEN_OFF: CaseResolution
 CASE_RESOLUTION_NO_DISCREPANCY: CaseResolution
+CASE_RESOLUTION_COMPENSATED: CaseResolution
 
 class ReportHeader(_message.Message):
     __slots__ = ("provider", "kind", "file_name", "content_type", "sha256")
@@ -321,18 +323,20 @@ class GetCaseResponse(_message.Message):
     def __init__(self, reconciliation_case: _Optional[_Union[Case, _Mapping]] = ...) -> None: ...
 
 class ResolveCaseRequest(_message.Message):
-    __slots__ = ("idempotency_key", "case_id", "resolution", "note", "evidence_refs")
+    __slots__ = ("idempotency_key", "case_id", "resolution", "note", "evidence_refs", "difference")
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     CASE_ID_FIELD_NUMBER: _ClassVar[int]
     RESOLUTION_FIELD_NUMBER: _ClassVar[int]
     NOTE_FIELD_NUMBER: _ClassVar[int]
     EVIDENCE_REFS_FIELD_NUMBER: _ClassVar[int]
+    DIFFERENCE_FIELD_NUMBER: _ClassVar[int]
     idempotency_key: str
     case_id: str
     resolution: CaseResolution
     note: str
     evidence_refs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, idempotency_key: _Optional[str] = ..., case_id: _Optional[str] = ..., resolution: _Optional[_Union[CaseResolution, str]] = ..., note: _Optional[str] = ..., evidence_refs: _Optional[_Iterable[str]] = ...) -> None: ...
+    difference: _money_pb2.Money
+    def __init__(self, idempotency_key: _Optional[str] = ..., case_id: _Optional[str] = ..., resolution: _Optional[_Union[CaseResolution, str]] = ..., note: _Optional[str] = ..., evidence_refs: _Optional[_Iterable[str]] = ..., difference: _Optional[_Union[_money_pb2.Money, _Mapping]] = ...) -> None: ...
 
 class ResolveCaseResponse(_message.Message):
     __slots__ = ("reconciliation_case", "replayed")

@@ -145,7 +145,9 @@ class ReconciliationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResolveCase(self, request, context):
-        """Records the decision on an open case and closes it. Idempotent per
+        """Records the decision on an open case and closes it, audited in the
+        case's hash chain; a difference it is given is posted to the ledger
+        (COMPENSATED, WRITTEN_OFF). Needs the operator or admin role. Idempotent per
         (calling client, idempotency_key): the same key with the same parameters
         returns the case as resolved the first time; the same key with different
         parameters is FAILED_PRECONDITION. FAILED_PRECONDITION too when the case
