@@ -20,7 +20,7 @@ from server.db.database import Budget, Database
 from server.db.engine import create_pool
 from server.domain.errors import BallastError
 from server.domain.reconciliation import CHUNK_BYTES_MAX, REPORT_BYTES_MAX, ReportKind
-from server.services import cases
+from server.services import cases, evidence_export
 from server.services.reconciliation import ReportHeader, ingest_file_report, process_run
 
 #: What one command may take: a million-row report reconciles in well under this.
@@ -28,7 +28,8 @@ COMMAND_BUDGET_S = 900
 USAGE = (
     "usage: python -m server recon ingest FILE --provider NAME\n"
     "       python -m server recon run RUN_ID\n"
-    "       python -m server recon cases [--run RUN_ID]"
+    "       python -m server recon cases [--run RUN_ID]\n"
+    "       python -m server recon export (--case ID | --run ID) --out FILE"
 )
 
 
@@ -107,6 +108,19 @@ async def list_open(database: Database, run_id: str | None) -> int:
     return 0
 
 
+async def export(database: Database, case_id: str | None, run_id: str | None, out: Path) -> int:
+    budget = Budget.within(COMMAND_BUDGET_S)
+    if case_id is not None:
+        bundle = await evidence_export.export_case(database, case_id, budget)
+    else:
+        bundle = await evidence_export.export_run(database, run_id or "", budget)
+    with out.open("wb") as file:
+        async for chunk in bundle.chunks():
+            file.write(chunk)
+    print(f"{out}: {bundle.byte_count} bytes, sha256 {bundle.sha256} (manifest.json inside lists each file's)")
+    return 0
+
+
 def _parse(arguments: list[str]) -> argparse.Namespace | None:
     parser = argparse.ArgumentParser(prog="python -m server recon")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -117,6 +131,11 @@ def _parse(arguments: list[str]) -> argparse.Namespace | None:
     showing.add_argument("run_id")
     listing = commands.add_parser("cases", help="the open cases, newest first")
     listing.add_argument("--run", help="only the cases this report run opened")
+    exporting = commands.add_parser("export", help="an auditor's evidence bundle for a case or a run")
+    target = exporting.add_mutually_exclusive_group(required=True)
+    target.add_argument("--case", help="a case id")
+    target.add_argument("--run", help="a report run id")
+    exporting.add_argument("--out", required=True, type=Path, help="the ZIP file to write")
     try:
         return parser.parse_args(arguments)
     except SystemExit:
@@ -142,6 +161,8 @@ async def _run(database_url: str, options: argparse.Namespace) -> int:
             return await ingest(database, options.file, options.provider)
         if options.command == "run":
             return await show_run(database, options.run_id)
+        if options.command == "export":
+            return await export(database, options.case, options.run, options.out)
         return await list_open(database, options.run)
     except BallastError as error:
         print(f"recon {options.command}: {error}", file=sys.stderr)

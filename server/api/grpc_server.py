@@ -17,7 +17,6 @@ from server.api.ledger_servicer import LedgerServicer
 from server.api.metrics import MetricsInterceptor
 from server.api.payments_servicer import PaymentServicer
 from server.api.reconciliation_servicer import ReconciliationServicer
-from server.api.unimplemented import PENDING_SERVICES, unimplemented_servicer
 from server.db.database import Database
 from server.providers.gateway import GatewayClient
 from server.providers.venue import VenueClient
@@ -100,8 +99,6 @@ def build_server(
     reconciliation_pb2_grpc.add_ReconciliationServiceServicer_to_server(
         ReconciliationServicer(database, authenticator, settings.request_timeout_ms / 1000), server
     )
-    for base, add_to_server in PENDING_SERVICES:
-        add_to_server(unimplemented_servicer(base), server)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -13,12 +13,14 @@ from ballast.common.v1 import money_pb2
 from ballast.reconciliation.v1 import reconciliation_pb2 as pb
 from ballast.reconciliation.v1 import reconciliation_pb2_grpc
 from server.api.handlers import ServicerBase, timestamp_of, translate_errors
+from server.db.database import Budget
 from server.domain.cases import validate_resolve_case
 from server.domain.errors import FieldViolation, InvalidArgument
 from server.domain.identity import Permission
 from server.domain.reconciliation import CHUNK_BYTES_MAX, ReportKind
-from server.services import cases
+from server.services import cases, evidence_export
 from server.services.cases import CaseRecord, ReportRunRecord
+from server.services.evidence_export import BUNDLE_CONTENT_TYPE, Bundle
 from server.services.reconciliation import ReportHeader, ingest_report
 
 #: An upload takes as long as its caller's deadline allows, up to this long when it sets none.
@@ -148,7 +150,7 @@ def _bound(money: money_pb2.Money, present: bool) -> tuple[str, str] | None:
 
 
 class _Uploads(ServicerBase):
-    """IngestReport under its own time limit: an upload is as long as its file."""
+    """The calls as long as their files: an upload, and an evidence bundle assembled before it is sent."""
 
     @translate_errors
     async def ingest(
@@ -178,6 +180,18 @@ class _Uploads(ServicerBase):
 
         ingested = await ingest_report(self._database, checked, chunks())
         return pb.IngestReportResponse(run=run_to_proto(ingested.run), replayed=ingested.replayed)
+
+    @translate_errors
+    async def bundle(self, request: pb.ExportEvidenceRequest, context: grpc.aio.ServicerContext) -> Bundle:
+        """The bundle, assembled before the first message (errors answered with their status)."""
+        self._authenticator.authorize(context, Permission.READ_CASES)
+        budget = Budget.within(UPLOAD_TIMEOUT_S)
+        target = request.WhichOneof("target")
+        if target == "case_id":
+            return await evidence_export.export_case(self._database, request.case_id, budget)
+        if target == "report_run_id":
+            return await evidence_export.export_run(self._database, request.report_run_id, budget)
+        raise InvalidArgument([FieldViolation("target", "name a case_id or a report_run_id")])
 
 
 class ReconciliationServicer(ServicerBase, reconciliation_pb2_grpc.ReconciliationServiceServicer):
@@ -247,10 +261,17 @@ class ReconciliationServicer(ServicerBase, reconciliation_pb2_grpc.Reconciliatio
     async def ExportEvidence(
         self, request: pb.ExportEvidenceRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ExportEvidenceResponse]:
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "ReconciliationService.ExportEvidence is not implemented yet"
+        bundle = await self._uploads.bundle(request, context)
+        yield pb.ExportEvidenceResponse(
+            metadata=pb.EvidenceBundleMetadata(
+                content_type=BUNDLE_CONTENT_TYPE,
+                sha256=bundle.sha256,
+                byte_count=bundle.byte_count,
+                file_name=bundle.file_name,
+            )
         )
-        yield pb.ExportEvidenceResponse()  # unreachable: abort raises; makes this a stream handler
+        async for chunk in bundle.chunks():
+            yield pb.ExportEvidenceResponse(chunk=chunk)
 
 
 def _time(request: pb.ListCasesRequest, name: str) -> datetime | None:

@@ -9,6 +9,7 @@ transaction of the caller's, so a run killed mid-stage is simply taken up again 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -863,3 +864,77 @@ async def findings_of(connection: asyncpg.Connection, run_id: uuid.UUID) -> list
         run_id,
     )
     return [dict(row) for row in rows]
+
+
+# -- evidence bundles --------------------------------------------------------------------------------
+
+
+async def write_raw_report(connection: asyncpg.Connection, run_id: uuid.UUID, write: Callable[[bytes], Any]) -> None:
+    """The run's raw bytes, chunk by chunk, in order, to `write` (never all of them in memory)."""
+    async with connection.transaction():
+        async for row in connection.cursor("SELECT bytes FROM report_chunks WHERE run_id = $1 ORDER BY seq", run_id):
+            write(row["bytes"])
+
+
+async def copy_query_csv(
+    connection: asyncpg.Connection, query: str, args: list[Any], write: Callable[[bytes], Any]
+) -> None:
+    """A query's rows as CSV with a header line, written by PostgreSQL's COPY."""
+
+    async def sink(data: bytes) -> None:
+        write(data)
+
+    await connection.copy_from_query(query, *args, output=sink, format="csv", header=True)
+
+
+#: What a run's bundle holds beside its raw report: (file name, query over $1 = the run id).
+RUN_EVIDENCE_QUERIES = (
+    ("rows.csv", "SELECT * FROM report_rows WHERE run_id = $1::uuid ORDER BY row_number"),
+    ("findings.csv", "SELECT * FROM report_findings WHERE run_id = $1::uuid ORDER BY id"),
+    ("cases.csv", "SELECT * FROM cases WHERE report_run_id = $1::uuid ORDER BY opened_at, id"),
+    (
+        "payout_entries.csv",
+        """
+        SELECT e.id, e.event_key, e.posted_at, l.line_number, l.account, l.currency_code, l.amount
+        FROM ledger_entries e JOIN ledger_lines l ON l.entry_id = e.id
+        WHERE e.event_key IN (SELECT DISTINCT 'payout:' || r.provider || ':' || w.payout_id
+                              FROM report_rows w JOIN report_runs r ON r.id = w.run_id
+                              WHERE w.run_id = $1::uuid AND w.payout_id IS NOT NULL)
+        ORDER BY e.posted_at, e.id, l.line_number
+        """,
+    ),
+)
+#: What a case's bundle holds: (file name, query over $1 = the case id).
+CASE_EVIDENCE_QUERIES = (
+    ("case.csv", "SELECT * FROM cases WHERE id = $1::uuid"),
+    ("findings.csv", "SELECT * FROM report_findings WHERE case_id = $1::uuid ORDER BY id"),
+    (
+        "rows.csv",
+        "SELECT r.* FROM report_rows r JOIN report_findings f ON f.run_id = r.run_id AND f.row_number = r.row_number"
+        " WHERE f.case_id = $1::uuid ORDER BY r.run_id, r.row_number",
+    ),
+    ("payment.csv", "SELECT p.* FROM payments p JOIN cases c ON c.payment_id = p.id WHERE c.id = $1::uuid"),
+    (
+        "transitions.csv",
+        "SELECT t.* FROM payment_transitions t JOIN cases c ON c.payment_id = t.payment_id WHERE c.id = $1::uuid"
+        " ORDER BY t.id",
+    ),
+    (
+        "provider_statuses.csv",
+        "SELECT s.* FROM provider_statuses s JOIN cases c ON c.payment_id = s.payment_id WHERE c.id = $1::uuid",
+    ),
+    (
+        "ledger.csv",
+        """
+        SELECT e.id, e.event_key, e.payment_id, e.posted_at, l.line_number, l.account, l.currency_code, l.amount
+        FROM ledger_entries e JOIN ledger_lines l ON l.entry_id = e.id
+        WHERE e.payment_id = (SELECT payment_id FROM cases WHERE id = $1::uuid)
+           OR e.event_key LIKE 'case:' || $1 || ':%'
+        ORDER BY e.posted_at, e.id, l.line_number
+        """,
+    ),
+    (
+        "audit.csv",
+        "SELECT * FROM audit_log WHERE aggregate_type = 'case' AND aggregate_id = $1 ORDER BY id",
+    ),
+)

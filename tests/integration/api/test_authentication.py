@@ -78,14 +78,16 @@ class TestAuthentication:
             await stub.GetOrder(execution_pb2.GetOrderRequest(order_id="x"), timeout=5)
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
-    async def test_unbuilt_rpcs_answer_unimplemented(self, channel: grpc.aio.Channel, alpha: Caller) -> None:
+    async def test_reconciliation_is_for_operations_staff_and_auditors(
+        self, channel: grpc.aio.Channel, alpha: Caller
+    ) -> None:
         stub = reconciliation_pb2_grpc.ReconciliationServiceStub(channel)
         request = reconciliation_pb2.ExportEvidenceRequest(case_id="x")
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             async for _ in stub.ExportEvidence(request, metadata=alpha.metadata, timeout=5):
                 pass
-        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "ExportEvidence" in (caught.value.details() or "")
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "cases.read" in (caught.value.details() or "")
 
     async def test_health_is_served_without_credentials(self, channel: grpc.aio.Channel) -> None:
         response = await health_pb2_grpc.HealthStub(channel).Check(

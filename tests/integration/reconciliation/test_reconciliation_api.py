@@ -4,7 +4,10 @@ the cases it opened listed and read with both sides of each difference."""
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import uuid
+import zipfile
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -219,3 +222,45 @@ async def test_a_decision_needs_a_note_an_operator_and_a_difference_only_where_o
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     still = await books.recon.GetCase(pb.GetCaseRequest(case_id=case.id), metadata=books.auditor.metadata, timeout=5)
     assert still.reconciliation_case.status == pb.CASE_STATUS_OPEN
+
+
+async def _bundle(books: Books, request: pb.ExportEvidenceRequest) -> tuple[pb.EvidenceBundleMetadata, bytes]:
+    messages = [
+        message async for message in books.recon.ExportEvidence(request, metadata=books.auditor.metadata, timeout=30)
+    ]
+    assert messages[0].WhichOneof("payload") == "metadata"
+    body = b"".join(message.chunk for message in messages[1:])
+    return messages[0].metadata, body
+
+
+def _verified(body: bytes) -> dict[str, bytes]:
+    """The bundle's files, each checked against the manifest's SHA-256 and size, as an auditor would."""
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        manifest = json.loads(archive.read("manifest.json"))
+        files = {entry["name"]: archive.read(entry["name"]) for entry in manifest["files"]}
+        for entry in manifest["files"]:
+            assert hashlib.sha256(files[entry["name"]]).hexdigest() == entry["sha256"]
+            assert len(files[entry["name"]]) == entry["bytes"]
+        assert set(archive.namelist()) == {*files, "manifest.json"}
+    return files
+
+
+async def test_an_auditor_exports_a_verifiable_bundle_of_a_run_and_of_a_case(books: Books) -> None:
+    run, case = await _an_open_case(books)
+    metadata, body = await _bundle(books, pb.ExportEvidenceRequest(report_run_id=run.id))
+    assert metadata.sha256 == hashlib.sha256(body).hexdigest() and metadata.byte_count == len(body)
+    assert metadata.content_type == "application/zip"
+    files = _verified(body)
+    assert hashlib.sha256(files["report/settlement.csv"]).hexdigest() == run.sha256  # the report as received
+    assert len(files["rows.csv"].decode().splitlines()) == run.row_count + 1
+    assert len(files["cases.csv"].decode().splitlines()) > run.opened_case_count  # CSV rows, some multi-line
+
+    metadata, body = await _bundle(books, pb.ExportEvidenceRequest(case_id=case.id))
+    files = _verified(body)
+    assert case.id in files["case.csv"].decode()
+    assert {"findings.csv", "payment.csv", "transitions.csv", "ledger.csv", "audit.csv"} <= files.keys()
+    assert case.payment_id in files["payment.csv"].decode()
+
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await _bundle(books, pb.ExportEvidenceRequest(case_id=str(uuid.uuid4())))
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
