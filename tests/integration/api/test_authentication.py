@@ -70,7 +70,7 @@ class TestAuthentication:
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert await payments_of(pool, auditor.client_id) == 0
 
-    async def test_the_declared_but_unbuilt_surface_is_also_behind_authentication(
+    async def test_every_service_is_behind_authentication(
         self, channel: grpc.aio.Channel
     ) -> None:
         stub = execution_pb2_grpc.ExecutionServiceStub(channel)
