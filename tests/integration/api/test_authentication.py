@@ -70,9 +70,7 @@ class TestAuthentication:
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert await payments_of(pool, auditor.client_id) == 0
 
-    async def test_every_service_is_behind_authentication(
-        self, channel: grpc.aio.Channel
-    ) -> None:
+    async def test_every_service_is_behind_authentication(self, channel: grpc.aio.Channel) -> None:
         stub = execution_pb2_grpc.ExecutionServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.GetOrder(execution_pb2.GetOrderRequest(order_id="x"), timeout=5)
