@@ -42,6 +42,7 @@ from server.db.engine import asyncpg_dsn, create_pool
 from server.db.migrate import PreBaselineDatabase, migrate_to_head, pending_revision
 from server.domain.errors import BallastError
 from server.domain.payment_states import PaymentState
+from server.domain.reconciliation import MAPPINGS
 from server.failpoints import arm as arm_failpoints
 from server.messaging.consumer import ConsumerGroup
 from server.observability import configure_logging
@@ -59,7 +60,7 @@ from server.services.corrections import approve_correction
 from server.services.leg_resolver import LegResolver, LegResolverSettings
 from server.services.payment_resolver import PaymentResolver, PaymentResolverSettings
 from server.services.provider_health import breaker_announcer
-from server.services.reconciliation import ReportWorker
+from server.services.reconciliation import ReportPuller, ReportWorker
 from server.services.refund_resolver import RefundResolver
 from server.services.submission import OUTCOME_WRITE_TIMEOUT_S
 from server.services.venue_instructions import InstructionSender
@@ -289,7 +290,10 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
                 run_relays(pool, _relay_config(settings, nats_url), relays_stopping, set_health)
             )
         # reports are reconciled as they arrive, by this server or any replica (a run is leased)
-        reconciling = asyncio.create_task(ReportWorker(database).run(relays_stopping))
+        reconciling = [asyncio.create_task(ReportWorker(database).run(relays_stopping))]
+        if gateway is not None and settings.report_pull_interval_ms > 0 and gateway.provider in MAPPINGS:
+            puller = ReportPuller(database, gateway, settings.report_pull_interval_ms / 1000, settings.report_pull_days)
+            reconciling.append(asyncio.create_task(puller.run(relays_stopping)))
         resolving = None
         if gateway is not None and venue is not None:
             provider_timeout_s = settings.provider_timeout_ms / 1000
@@ -332,8 +336,9 @@ async def serve(settings: Settings, database_url: str, nats_url: str | None) -> 
         if resolving is not None:
             await asyncio.wait_for(resolving, timeout=30)
         # a stage under way is rolled back; its run is taken up again at that stage once its lease ends
-        reconciling.cancel()
-        await asyncio.gather(reconciling, return_exceptions=True)
+        for task in reconciling:
+            task.cancel()
+        await asyncio.gather(*reconciling, return_exceptions=True)
         log.info("server.stopped")
     return 0
 

@@ -79,6 +79,9 @@ class Settings:
     pending_overdue_ms: int = 30_000
     #: The longest wait between two checks of a payment the provider did not answer about (the backoff's cap).
     resolver_backoff_max_ms: int = 300_000
+    #: how often each server pulls the provider's settlement reports of the last closed days (0: never)
+    report_pull_interval_ms: int = 3_600_000
+    report_pull_days: int = 3
     #: Failpoints armed for a crash test (server/failpoints.py); development only.
     failpoints: frozenset[str] = frozenset()
     #: The fault profile of the simulator started when provider_url is None.
@@ -248,6 +251,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         payment_expiry_ms=payment_expiry_ms,
         pending_overdue_ms=_integer(env, "BALLAST_PENDING_OVERDUE_MS", 30_000, 100, 86_400_000),
         resolver_backoff_max_ms=_integer(env, "BALLAST_RESOLVER_BACKOFF_MAX_MS", 300_000, 1_000, 86_400_000),
+        report_pull_interval_ms=_integer(env, "BALLAST_REPORT_PULL_INTERVAL_MS", 3_600_000, 0, 86_400_000),
+        report_pull_days=_integer(env, "BALLAST_REPORT_PULL_DAYS", 3, 1, 31),
         simulator_profile=_choice(
             env,
             "BALLAST_SIMULATOR_PROFILE",

@@ -9,12 +9,17 @@ refund id), so a second submission can never charge or refund twice.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import re
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import date
 from decimal import Decimal
 from urllib.parse import quote
+
+import aiohttp
 
 from server.domain.stated import stated
 from server.providers.http import HttpProvider, NotSent, OutcomeUnknown, Refused, read_id_and_status
@@ -27,6 +32,7 @@ __all__ = [
     "ProviderRefund",
     "RefundRefusal",
     "Refused",
+    "ReportUnavailable",
     "refusal_code",
 ]
 
@@ -198,3 +204,30 @@ class GatewayClient(HttpProvider):
         if reply.status >= 400:
             raise Refused(reply.status, reply.body)
         return ProviderRefund(*read_id_and_status(reply.body, self.provider), reply.body)
+
+    @contextlib.asynccontextmanager
+    async def settlement_report(self, day: date, timeout_s: float) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The provider's settlement report (CSV) of one day, as it streams in (never all in memory);
+        ReportUnavailable when the provider does not serve it. Not under the payments' breaker: a report
+        is not on any payment's path."""
+        params = {"from": day.isoformat(), "to": day.isoformat(), "format": "csv"}
+        try:
+            async with self._session.get(
+                f"{self._base_url}/v1/reports/settlement",
+                params=params,
+                timeout=aiohttp.ClientTimeout(total=timeout_s),
+            ) as response:
+                if response.status != 200:
+                    body = await response.content.read(200)
+                    raise ReportUnavailable(f"the provider answered HTTP {response.status}: {body!r}")
+                yield response.content.iter_chunked(REPORT_CHUNK_BYTES)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise ReportUnavailable(f"the provider's report could not be read: {error!r}") from None
+
+
+#: A pulled report is read in chunks of this size.
+REPORT_CHUNK_BYTES = 1024 * 1024
+
+
+class ReportUnavailable(Exception):
+    """The provider's settlement report could not be read (nothing was ingested)."""

@@ -21,6 +21,7 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import structlog
@@ -44,6 +45,7 @@ from server.domain.reconciliation import (
     header_columns,
     mapping_for,
 )
+from server.providers.gateway import GatewayClient, ReportUnavailable
 from server.services.payment_events import Application, Evidence, apply_provider_evidence_each
 
 log = structlog.get_logger(__name__)
@@ -369,3 +371,50 @@ class ReportWorker:
             if done is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopping.wait(), timeout=self._poll_s)
+
+
+#: How long downloading one day's report may take.
+REPORT_PULL_TIMEOUT_S = 300
+
+
+class ReportPuller:
+    """Every `interval_s`, downloads the provider's settlement report of each of the last `days` closed
+    days (UTC) and ingests it, so that nothing depends on someone remembering: a report taken in before
+    is a replay and changes nothing, a corrected one is a new run that supersedes it. The runs are then
+    reconciled by the ReportWorker of any server."""
+
+    def __init__(self, database: Database, gateway: GatewayClient, interval_s: float, days: int) -> None:
+        self._database = database
+        self._gateway = gateway
+        self._interval_s = interval_s
+        self._days = days
+
+    async def pull_once(self, today: date | None = None) -> list[Ingested]:
+        """Each closed day's report, oldest first; a day whose report cannot be read is logged and skipped."""
+        today = today or datetime.now(UTC).date()
+        ingested: list[Ingested] = []
+        for back in range(self._days, 0, -1):
+            day = today - timedelta(days=back)
+            header = ReportHeader(
+                self._gateway.provider, ReportKind.SETTLEMENT, f"settlement_{day.isoformat()}.csv", "text/csv", None
+            )
+            try:
+                async with self._gateway.settlement_report(day, REPORT_PULL_TIMEOUT_S) as chunks:
+                    result = await ingest_file_report(self._database, header, chunks)
+            except (ReportUnavailable, InvalidArgument) as error:
+                log.warning("recon.pull_failed", provider=self._gateway.provider, day=day.isoformat(), error=str(error))
+                continue
+            log.info("recon.pulled", day=day.isoformat(), run_id=str(result.run.id), replayed=result.replayed)
+            ingested.append(result)
+        return ingested
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            try:
+                await self.pull_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # logged; the next pull tries again
+                log.exception("recon.pull_error")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=self._interval_s)

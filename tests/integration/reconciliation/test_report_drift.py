@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -12,7 +13,7 @@ import aiohttp
 
 from ballast.payments.v1 import payments_pb2
 from server.db import recon_repository
-from server.services.reconciliation import resolve_report
+from server.services.reconciliation import ReportPuller, ReportWorker, resolve_report
 from tests.integration.reconciliation.conftest import DRIFT, DRIFT_CLASSES, Books, csv_rows
 from tests.support.waiting import until
 
@@ -125,3 +126,27 @@ async def test_a_paid_payout_whose_lines_all_match_is_posted_once_and_clears_wha
         assert run_again is not None
         await resolve_report(connection, run_again)
     assert await books.pool.fetchval("SELECT count(*) FROM ledger_entries WHERE event_key LIKE 'payout:%'") == 1
+
+
+async def test_the_scheduled_pull_takes_in_each_closed_days_report_once(books: Books) -> None:
+    await _without_drift(books)
+    await books.succeeded_payments(["12.00", "13.00"])
+    puller = ReportPuller(books.database, books.shop.gateway, interval_s=3600, days=2)
+    # two days on, the day the simulator pays these out (tomorrow) is closed, and so is today
+    later = datetime.now(UTC).date() + timedelta(days=2)
+    first = await puller.pull_once(today=later)
+    assert [pulled.replayed for pulled in first] == [False, False]
+    worker = ReportWorker(books.database)
+    while await worker.run_once() is not None:
+        pass
+    runs = await books.pool.fetch(
+        "SELECT file_name, status, row_count FROM report_runs WHERE id = ANY($1::uuid[]) ORDER BY file_name",
+        [pulled.run.id for pulled in first],
+    )
+    tomorrow = (later - timedelta(days=1)).isoformat()
+    assert [(row["file_name"], row["status"]) for row in runs][-1] == (f"settlement_{tomorrow}.csv", "COMPLETED")
+    assert runs[-1]["row_count"] == 3  # two charges and their payout
+    # the next pull finds the same reports: nothing new
+    again = await puller.pull_once(today=later)
+    assert [pulled.replayed for pulled in again] == [True, True]
+    assert {pulled.run.id for pulled in again} == {pulled.run.id for pulled in first}
