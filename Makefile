@@ -88,6 +88,10 @@ bench-webhooks: $(INSTALLED) ## Benchmark webhook intake against a bare verify-a
 bench-relay: $(INSTALLED) ## Benchmark the outbox relay against raw claim-and-update and raw JetStream publish
 	$(BIN)/python -m bench.relay
 
+.PHONY: bench-recon
+bench-recon: $(INSTALLED) ## Benchmark reconciling a 1,000,000-row settlement report against a plain COPY plus one classifying join, and batch-fetch
+	$(BIN)/python -m bench.reconciliation
+
 .PHONY: bench-simulator
 bench-simulator: $(INSTALLED) ## Benchmark the simulator's payment creation (calm) against Ballast's CreatePayment
 	$(BIN)/python -m bench.simulator
