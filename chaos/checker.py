@@ -11,6 +11,12 @@ Refunds are judged the same way: each against its payment (what its refunds hold
 one reversal in the ledger (`refund:<id>:succeeded`), and the provider's refunds (its idempotency key
 there is the refund's id).
 
+A run that reconciles the provider's settlement report (`ReportSnapshot`) is judged against the
+simulator's settlement truth (`/_sim/truth`'s `settlement`: each booking as it really was, as it was
+reported, and the drift planted in it): the run completed with its counts adding up, every class holds
+exactly the provider ids the drift planted in it, every finding a person must decide has a case, a
+second upload of the file replayed the run without writing anything, and no payout posted twice.
+
 What counts as a legal move is the domain's: PAYMENT_MACHINE, and the correction table for the
 explicit CORRECTION transitions (server/domain/corrections.py). What a state means for the money is
 MONEY_OUTCOMES; what the ledger must hold for it follows server/domain/ledger.py.
@@ -125,6 +131,8 @@ class CaseRow:
     status: str
     payment_id: str | None
     opened_at_s: float | None = None
+    #: the report run that opened it (a reconciliation case)
+    report_run_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -1065,6 +1073,298 @@ def breaker_cycles(changes: Sequence[Mapping[str, Any]], at_least: int) -> Invar
     return _result(
         "breaker_cycles", f"the breaker did not cycle open -> half-open -> closed {at_least} times", witnesses
     )
+
+
+# -- reconciliation ------------------------------------------------------------------------------
+
+#: Each kind of drift the simulator plants in its settlement report, and the class it must be found in.
+DRIFT_CLASSES: dict[str, str] = {
+    "missing": "MISSING_PROVIDER",
+    "extra": "MISSING_INTERNAL",
+    "amount": "AMOUNT_MISMATCH",
+    "fee": "FEE_MISMATCH",
+    "fx": "FX_ADJUSTMENT",
+    "late": "TIMING_MISMATCH",
+}
+#: The classes that close themselves and open no case (server/domain/reconciliation.py's SELF_CLOSING).
+SELF_CLOSING_CLASSES = frozenset({"TIMING_MISMATCH"})
+#: The ledger event keys of payouts: `payout:<provider>:<payout id>`.
+PAYOUT_EVENT_PREFIX = "payout:"
+#: The tables a replayed upload must leave as they were.
+REPORT_TABLES = ("report_runs", "report_chunks", "report_rows", "report_findings", "cases")
+
+
+@dataclass(frozen=True)
+class ReportRunRow:
+    id: str
+    status: str
+    row_count: int = 0
+    matched_row_count: int = 0
+    unmatched_row_count: int = 0
+    invalid_row_count: int = 0
+    opened_case_count: int = 0
+    failure_reason: str = ""
+
+    def describe(self) -> str:
+        return (
+            f"run {self.id} {self.status}: {self.row_count} rows, {self.matched_row_count} matched,"
+            f" {self.unmatched_row_count} unmatched, {self.invalid_row_count} invalid,"
+            f" {self.opened_case_count} cases opened" + (f"; {self.failure_reason}" if self.failure_reason else "")
+        )
+
+
+@dataclass(frozen=True)
+class FindingRow:
+    """One difference a report run found (report_findings)."""
+
+    run_id: str
+    #: the finding's id: the order it was found in
+    id: int
+    difference: str
+    #: the report row it is about (None: a MISSING_PROVIDER, about a payment the report lacks)
+    row_number: int | None
+    #: what the provider calls what it is about: the row's source id (its payment's or refund's id), a
+    #: payout's id, or for a MISSING_PROVIDER the payment's id at the provider
+    provider_id: str | None
+    payment_id: str | None = None
+    case_id: str | None = None
+
+    def describe(self) -> str:
+        row = "no row" if self.row_number is None else f"row {self.row_number}"
+        payment = f", payment {self.payment_id}" if self.payment_id else ""
+        case = f", case {self.case_id}" if self.case_id else ", no case"
+        return f"finding #{self.id} {self.difference} ({row}{payment}{case})"
+
+
+@dataclass(frozen=True)
+class ReportSnapshot:
+    """What reconciling the provider's settlement report did and left (chaos/reconcile.py)."""
+
+    #: the run reconciled, as the database held it at the end (None: the upload failed)
+    run: ReportRunRow | None
+    #: the first upload's error, when it had one
+    upload_error: str | None = None
+    findings: Sequence[FindingRow] = ()
+    #: every case in the database at the end
+    cases: Sequence[CaseRow] = ()
+    #: the second upload of the same file: replayed, under which run (None: it failed, upload_error says)
+    replayed: bool | None = None
+    replay_run_id: str | None = None
+    replay_error: str | None = None
+    #: rows per table (REPORT_TABLES) just before the second upload and just after it
+    counts_before_replay: Mapping[str, int] = field(default_factory=dict)
+    counts_after_replay: Mapping[str, int] = field(default_factory=dict)
+    #: the ledger's payout postings: (entry id, event key) per ledger entry whose key starts with `payout:`
+    payout_entries: Sequence[tuple[str, str]] = ()
+    #: the data lines of the file uploaded (its lines but the header): the rows the run must hold
+    file_rows: int | None = None
+
+
+def planted_drift(truth: Mapping[str, Any]) -> dict[str, dict[str, tuple[str, ...]]]:
+    """Per class, the provider ids the simulator's settlement truth planted in it, each with what the
+    booking says (its drift, and its line as it was and as reported)."""
+    planted: dict[str, dict[str, tuple[str, ...]]] = defaultdict(dict)
+    for booking in truth.get("settlement", []):
+        true, reported = booking.get("true"), booking.get("reported") or []
+        line = true or (reported[0] if reported else None)
+        if line is None:
+            continue
+        said = (
+            f"drift {', '.join(booking.get('drift', []))}",
+            "true " + (_booking_line(true) if true else "none (invented)"),
+            "reported " + ("; ".join(_booking_line(r) for r in reported) or "nothing"),
+        )
+        for drift in booking.get("drift", []):
+            planted[DRIFT_CLASSES.get(str(drift), f"unknown drift {drift}")][str(line["source_id"])] = said
+    return dict(planted)
+
+
+def _booking_line(line: Mapping[str, Any]) -> str:
+    return (
+        f"{line.get('type')} {line.get('gross')} {line.get('currency')} fee {line.get('fee')}"
+        f" settling {line.get('settlement_date')}"
+    )
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    planted: int
+    found: int
+    hits: int
+
+    @property
+    def precision(self) -> float:
+        return self.hits / self.found if self.found else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.hits / self.planted if self.planted else 1.0
+
+
+def _found_by_class(report: ReportSnapshot) -> dict[str, dict[str, list[FindingRow]]]:
+    found: dict[str, dict[str, list[FindingRow]]] = defaultdict(lambda: defaultdict(list))
+    for finding in report.findings:
+        if report.run is not None and finding.run_id == report.run.id:
+            found[finding.difference][finding.provider_id or f"finding #{finding.id}"].append(finding)
+    return found
+
+
+def report_class_scores(truth: Mapping[str, Any], report: ReportSnapshot) -> dict[str, ClassScore]:
+    """Per class (every class planted or found), how many provider ids were planted, found, and both."""
+    planted, found = planted_drift(truth), _found_by_class(report)
+    return {
+        difference: ClassScore(
+            len(planted.get(difference, {})),
+            len(found.get(difference, {})),
+            len(set(planted.get(difference, {})) & set(found.get(difference, {}))),
+        )
+        for difference in sorted(set(planted) | set(found))
+    }
+
+
+def report_run_completed(report: ReportSnapshot) -> InvariantResult:
+    """The report's run ended COMPLETED, and its counts add up: row_count == matched + unmatched + invalid,
+    and it is the number of data lines in the file uploaded (a stage taken up again wrote no row twice)."""
+    run = report.run
+    witnesses = []
+    if run is None:
+        witnesses.append(Witness("upload", (f"the report was not taken in: {report.upload_error or 'no run'}",)))
+    else:
+        evidence = []
+        if run.status != "COMPLETED":
+            evidence.append(f"ended {run.status}, not COMPLETED")
+        counted = run.matched_row_count + run.unmatched_row_count + run.invalid_row_count
+        if run.row_count != counted:
+            evidence.append(f"row_count {run.row_count} != matched + unmatched + invalid = {counted}")
+        if report.file_rows is not None and run.row_count != report.file_rows:
+            evidence.append(f"row_count {run.row_count}, the file uploaded has {report.file_rows} data lines")
+        if run.status == "COMPLETED" and run.row_count == 0:
+            evidence.append("no rows: the report reconciled nothing")
+        if evidence:
+            witnesses.append(Witness(run.id, (run.describe(), *evidence)))
+    return _result(
+        "report_run_completed", "the report's run did not complete, or its row counts do not add up", witnesses
+    )
+
+
+def report_classes_match_truth(truth: Mapping[str, Any], report: ReportSnapshot) -> InvariantResult:
+    """Per class, the provider ids the run's findings name are exactly those the simulator's truth planted
+    in it (precision and recall 1.0): every planted difference found in its class, nothing else found.
+    A witness is a provider id found in a class the truth did not plant it in, or planted and not found."""
+    planted, found = planted_drift(truth), _found_by_class(report)
+    witnesses = []
+    if report.run is not None and not planted:
+        witnesses.append(Witness("settlement", ("the simulator planted no drift: the run proves nothing",)))
+    for difference in sorted(set(planted) | set(found)):
+        planted_here, found_here = planted.get(difference, {}), found.get(difference, {})
+        for provider_id in sorted(set(found_here) - set(planted_here)):
+            elsewhere = [name for name, ids in planted.items() if provider_id in ids]
+            witnesses.append(
+                Witness(
+                    provider_id,
+                    (
+                        f"found as {difference}, which the truth did not plant"
+                        + (f" (planted as {', '.join(sorted(elsewhere))})" if elsewhere else ""),
+                        *(finding.describe() for finding in found_here[provider_id]),
+                    ),
+                )
+            )
+        for provider_id in sorted(set(planted_here) - set(found_here)):
+            witnesses.append(Witness(provider_id, (f"planted as {difference}, not found", *planted_here[provider_id])))
+    return _result(
+        "report_classes_match_truth",
+        "a class of the run's findings differs from the drift the simulator planted (precision or recall below 1)",
+        witnesses,
+    )
+
+
+def report_cases_for_risky_classes(report: ReportSnapshot) -> InvariantResult:
+    """Every finding of a class that needs a person (all but TIMING_MISMATCH) points at an existing case
+    of its class (on its payment, when it is about one); no TIMING_MISMATCH finding has a case, and no
+    case of that class exists."""
+    cases = {case.id: case for case in report.cases}
+    witnesses = []
+    for finding in report.findings:
+        subject = f"{finding.provider_id or '-'} #{finding.id}"
+        if finding.difference in SELF_CLOSING_CLASSES:
+            if finding.case_id is not None:
+                witnesses.append(Witness(subject, (finding.describe(), "a self-closing class with a case")))
+            continue
+        case = None if finding.case_id is None else cases.get(finding.case_id)
+        if case is None:
+            missing = "no case" if finding.case_id is None else f"case {finding.case_id} does not exist"
+            witnesses.append(Witness(subject, (finding.describe(), missing)))
+        elif case.kind != finding.difference or (
+            finding.payment_id is not None and case.payment_id != finding.payment_id
+        ):
+            witnesses.append(
+                Witness(subject, (finding.describe(), f"its case is {case.kind} on payment {case.payment_id}"))
+            )
+    witnesses += [
+        Witness(case.id, (f"a case of the self-closing class {case.kind}, {case.status}",))
+        for case in report.cases
+        if case.kind in SELF_CLOSING_CLASSES
+    ]
+    return _result(
+        "report_cases_for_risky_classes",
+        "a finding a person must decide has no case of its class, or a self-closing one has a case",
+        witnesses,
+    )
+
+
+def report_replay_idempotent(report: ReportSnapshot) -> InvariantResult:
+    """The same file uploaded again was answered `replayed`, with the first upload's run, and wrote
+    nothing: report_runs, report_chunks, report_rows, report_findings and cases hold as many rows after
+    it as before."""
+    witnesses = []
+    if report.run is not None:
+        evidence = []
+        if report.replay_error is not None:
+            evidence.append(f"the second upload failed: {report.replay_error}")
+        else:
+            if not report.replayed:
+                evidence.append(f"the second upload was not replayed: it made run {report.replay_run_id}")
+            elif report.replay_run_id != report.run.id:
+                evidence.append(f"the second upload replayed run {report.replay_run_id}, not {report.run.id}")
+            for table in REPORT_TABLES:
+                before, after = report.counts_before_replay.get(table), report.counts_after_replay.get(table)
+                if before != after:
+                    evidence.append(f"{table}: {before} rows before the second upload, {after} after")
+        if evidence:
+            witnesses.append(Witness(report.run.id, tuple(evidence)))
+    return _result(
+        "report_replay_idempotent", "uploading the same report again did not replay its run, or wrote rows", witnesses
+    )
+
+
+def no_payout_posted_twice(report: ReportSnapshot) -> InvariantResult:
+    """Each payout (`payout:<provider>:<payout id>`) posted at most one ledger entry: the witness is the
+    payout, with its entries."""
+    entries: dict[str, set[str]] = defaultdict(set)
+    for entry_id, event_key in report.payout_entries:
+        if event_key.startswith(PAYOUT_EVENT_PREFIX):
+            # <provider>:<payout id>, whatever a key says after them (one payout, however its keys differ)
+            entries[":".join(event_key.split(":")[1:3])].add(entry_id)
+    return _result(
+        "no_payout_posted_twice",
+        "a payout posted more than one ledger entry",
+        (
+            Witness(payout, (f"{len(ids)} entries: {', '.join(sorted(ids))}",))
+            for payout, ids in entries.items()
+            if len(ids) > 1
+        ),
+    )
+
+
+def check_report(truth: Mapping[str, Any], report: ReportSnapshot) -> list[InvariantResult]:
+    """The reconciliation's invariants, in the order a report shows them."""
+    return [
+        report_run_completed(report),
+        report_classes_match_truth(truth, report),
+        report_cases_for_risky_classes(report),
+        report_replay_idempotent(report),
+        no_payout_posted_twice(report),
+    ]
 
 
 def check(

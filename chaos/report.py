@@ -300,6 +300,7 @@ class RunReport:
                 + _counts({k: v for k, v in self.convergence.left.items() if v})
             ),
             "",
+            *_reconciliation(self.extra.get("reconciliation")),
             "## Invariants",
             "",
         ]
@@ -316,6 +317,46 @@ class RunReport:
             if len(result.witnesses) > WITNESSES_SHOWN:
                 lines.append(f"  - ... and {len(result.witnesses) - WITNESSES_SHOWN} more in report.json")
         return "\n".join(lines) + "\n"
+
+
+def _reconciliation(done: dict[str, Any] | None) -> list[str]:
+    """The reconciliation's section: the upload, the kill and the stage it met, how long the run took
+    to complete, the replay, and precision and recall per class against the simulator's truth."""
+    if done is None:
+        return []
+    run = done.get("run") or {}
+    lines = [
+        "## Reconciliation",
+        "",
+        f"- Report: {done['report_rows']} lines, {done['report_bytes']} bytes, SHA-256 `{done['sha256'][:16]}...`;"
+        f" run `{done['run_id'] or '-'}` uploaded in {_s(done['upload_s'])} s",
+        f"- Kill (times from the upload's start): at {_s(done['killed_at_s'])} s, {done['kill']};"
+        f" restarted at {_s(done['restarted_at_s'])} s",
+        f"- The run ended {done['ended'] or '-'} at {_s(done['ended_at_s'])} s after the upload began: "
+        + (
+            f"{run.get('row_count')} rows, {run.get('matched_row_count')} matched, {run.get('unmatched_row_count')}"
+            f" unmatched, {run.get('invalid_row_count')} invalid, {run.get('opened_case_count')} cases opened"
+            if run
+            else "no run"
+        ),
+        f"- Second upload: replayed {done['replayed']}, run `{done['replay_run_id'] or '-'}`,"
+        f" in {_s(done['replay_s'])} s; rows before {_counts(done['counts_before_replay'])};"
+        f" after {_counts(done['counts_after_replay'])}",
+        *(f"- Note: {note}" for note in done.get("notes", [])),
+        "",
+        "| class | planted | found | both | precision | recall |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {score['planted']} | {score['found']} | {score['hits']} | {score['precision']:.2f}"
+        f" | {score['recall']:.2f} |"
+        for name, score in done.get("classes", {}).items()
+    ]
+    return [*lines, ""]
+
+
+def _s(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:g}"
 
 
 def _window(stats: dict[str, float]) -> str:

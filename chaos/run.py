@@ -1,6 +1,8 @@
 """One chaos run: the world up, the load and the seeded faults at once, every fault healed, a bounded
 wait for the system to settle, then the checker over the history, the provider's truth, the database
-and the broker's stream. `run_scenario` returns the report; it never raises for a broken invariant.
+and the broker's stream. A reconciling scenario then reconciles the provider's settlement report
+(chaos/reconcile.py) and the checker judges that too. `run_scenario` returns the report; it never raises
+for a broken invariant.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from chaos import checker
 from chaos.history import CREATE_PAYMENT, REFUND_PAYMENT, History
 from chaos.load import Driver, Target
 from chaos.observe import read_snapshot, read_stream
+from chaos.reconcile import prepare, reconcile
 from chaos.report import AppliedFault, Convergence, RunReport, summarize_load
-from chaos.scenarios import Down, Kill, PlannedFault, ProviderFaults, Scenario, Toxic, plan
+from chaos.scenarios import Down, Kill, PlannedFault, ProviderFaults, Scenario, Toxic, kill_stage, plan
 from chaos.topology import Timings, World, world
 from server.db.engine import asyncpg_dsn
 
@@ -207,6 +210,9 @@ async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Ti
         f"load: {scenario.load.clients} clients for {scenario.load.duration_s:g}s;"
         f" {len(planned)} fault(s): " + "; ".join(fault.describe() for fault in planned)
     )
+    if scenario.reconcile is not None:
+        say(scenario.reconcile.describe())
+        await prepare(the_world, scenario.reconcile)
     started = time.monotonic()
     began_at = datetime.now(UTC)
     playing = [asyncio.create_task(_play(the_world, fault, started, applied)) for fault in planned]
@@ -225,7 +231,8 @@ async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Ti
     refunds_asked = history.of_operation(REFUND_PAYMENT).by_key()
     say(f"{len(asked)} payments and {len(refunds_asked)} refunds asked in {load_s:.0f}s; every fault healed, settling")
     convergence = await _settle(the_world, healed, SETTLE_TIMEOUT_S)
-    say("checking the invariants")
+    # the payments, the stream and the truth as the load and its faults left them: a reconciliation that
+    # follows opens cases on some payments, which must not explain a payment away
     connection = await asyncpg.connect(asyncpg_dsn(the_world.database_url))
     try:
         snapshot = await read_snapshot(connection)
@@ -233,6 +240,27 @@ async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Ti
         await connection.close()
     stream = await read_stream(the_world.nats_url, the_world.names.stream)
     truth = await asyncio.to_thread(the_world.simulator.truth)
+    extra: dict[str, Any] = {}
+    report_results: list[checker.InvariantResult] = []
+    if scenario.reconcile is not None:
+        reconciled, report_log = await reconcile(the_world, scenario.reconcile, kill_stage(scenario, seed), say)
+        # read after the report was downloaded: every line it holds is one of the truth's bookings
+        settled_truth = await asyncio.to_thread(the_world.simulator.truth)
+        report_results = checker.check_report(settled_truth, reconciled)
+        scores = checker.report_class_scores(settled_truth, reconciled)
+        extra["reconciliation"] = {
+            **report_log.to_json(),
+            "run": None if reconciled.run is None else asdict(reconciled.run),
+            "replayed": reconciled.replayed,
+            "replay_run_id": reconciled.replay_run_id,
+            "counts_before_replay": dict(reconciled.counts_before_replay),
+            "counts_after_replay": dict(reconciled.counts_after_replay),
+            "classes": {
+                name: {**asdict(score), "precision": round(score.precision, 4), "recall": round(score.recall, 4)}
+                for name, score in scores.items()
+            },
+        }
+    say("checking the invariants")
     sla_s = scenario.longest_fault_s + timings.resolver_worst_case_s + UNKNOWN_SLA_MARGIN_S
     results = checker.check(history, truth, snapshot, stream, sla_s)
     results.append(checker.breaker_fails_fast(history, FAST_FAIL_S, expected="breaker_opened" in scenario.expect))
@@ -240,6 +268,7 @@ async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Ti
     if "breaker_cycled" in scenario.expect:
         results.append(checker.breaker_cycles(changes, BREAKER_CYCLES_MIN))
     results.insert(0, checker.converged(snapshot, convergence.left, SETTLE_TIMEOUT_S))
+    results += report_results
     return RunReport(
         scenario=scenario.name,
         story=scenario.story,
@@ -255,7 +284,12 @@ async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Ti
         breaker_changes=changes,
         invariants=results,
         work_dir=str(the_world.work_dir),
-        extra={"unknown_sla_s": round(sla_s, 1), "fast_fail_bound_s": FAST_FAIL_S, "timings": asdict(timings)},
+        extra={
+            "unknown_sla_s": round(sla_s, 1),
+            "fast_fail_bound_s": FAST_FAIL_S,
+            "timings": asdict(timings),
+            **extra,
+        },
     )
 
 

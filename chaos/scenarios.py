@@ -7,6 +7,10 @@ moves each fault within its `jitter_s` and draws the load's amounts and the simu
 the same seed replays the same faults in the same order (`plan`), and another seed tries other
 timings. Toxiproxy's own `toxicity` rolls are the proxy's, not the seed's.
 
+A scenario may also reconcile (`Reconcile`): once the load has settled, the provider's settlement report
+is uploaded to a server, that server is killed with SIGKILL while it processes the run, and the run
+must still complete, find exactly the drift the simulator planted, and replay on a second upload.
+
 The proxies every path of a run goes through (chaos/topology.py):
     provider   server -> the provider's API (the simulator)
     webhooks   simulator -> the first server's webhook intake
@@ -101,6 +105,47 @@ class Load:
     refund_share: float = 0.0
 
 
+#: The simulator's settings (FaultSettings) that plant drift in its settlement report, each a rate per booking.
+REPORT_DRIFT_SETTINGS = frozenset(
+    {
+        "report_missing_rate",
+        "report_extra_rate",
+        "report_amount_rate",
+        "report_fee_rate",
+        "report_fx_rate",
+        "report_late_rate",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    """After the load has settled: the simulator's settlement report (CSV) is uploaded with IngestReport
+    to server `server`, which is killed with SIGKILL while it processes the run (as soon as GetReportRun
+    shows it in the stage the seed picks from `kill_in`, or a later one) and started again; the run must
+    end COMPLETED (its lease ends first, server/domain/reconciliation.py's RUN_LEASE_S) and the same
+    file uploaded again must replay it."""
+
+    #: the simulator's report drift for the whole run, put over its profile (FaultSettings report_* rates)
+    drift: Mapping[str, float]
+    #: the replica the report is uploaded to, and the one killed while it processes the run
+    server: int = 0
+    #: latency added each way on the `postgres` proxy from the upload until the kill: every statement of
+    #: a stage then takes a round trip this long, so the kill lands inside a stage, not after the last
+    slow_postgres_ms: int = 0
+    #: the stages (report runs' statuses) the kill may be aimed at; the seed picks one (`kill_stage`)
+    kill_in: tuple[str, ...] = ("NORMALIZING", "MATCHING")
+
+    def describe(self) -> str:
+        rates = ", ".join(
+            f"{name.removeprefix('report_').removesuffix('_rate')} {rate:g}"
+            for name, rate in sorted(self.drift.items())
+        )
+        slow = f", PostgreSQL {self.slow_postgres_ms} ms slower each way meanwhile" if self.slow_postgres_ms else ""
+        stages = " or ".join(self.kill_in)
+        return f"report drift ({rates}); kill -9 server-{self.server} while it reconciles ({stages}){slow}"
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -114,11 +159,26 @@ class Scenario:
     expect: frozenset[str] = frozenset()
     #: part of `make chaos-smoke`
     smoke: bool = False
+    #: reconcile the provider's settlement report once the load has settled
+    reconcile: Reconcile | None = None
 
     def __post_init__(self) -> None:
         unknown = self.expect - EXPECTATIONS
         if unknown:
             raise ValueError(f"{self.name}: unknown expectations {sorted(unknown)}")
+        if self.reconcile is not None:
+            not_drift = set(self.reconcile.drift) - REPORT_DRIFT_SETTINGS
+            if not_drift:
+                raise ValueError(f"{self.name}: {sorted(not_drift)} are not report drift settings")
+            if not 0 <= self.reconcile.server < self.servers:
+                raise ValueError(
+                    f"{self.name}: reconciles on server-{self.reconcile.server}, a server it does not have"
+                )
+            if not self.reconcile.kill_in or not set(self.reconcile.kill_in) <= set(RUN_STAGES):
+                raise ValueError(f"{self.name}: the kill is aimed at {self.reconcile.kill_in}, not at {RUN_STAGES}")
+            if any(isinstance(fault.what, ProviderFaults) for fault in self.faults):
+                # their heal puts the profile back whole, and the drift with it
+                raise ValueError(f"{self.name}: a reconciling scenario's drift and ProviderFaults do not mix")
         for fault in self.faults:
             if isinstance(fault.what, Kill):
                 count = self.servers if fault.what.role == "server" else self.relays
@@ -152,6 +212,19 @@ def plan(scenario: Scenario, seed: int) -> list[PlannedFault]:
         at_s = max(0.0, fault.at_s + rng.uniform(-fault.jitter_s, fault.jitter_s))
         planned.append(PlannedFault(fault.what, round(at_s, 3), round(at_s + fault.for_s, 3), f"chaos_{number}"))
     return sorted(planned, key=lambda fault: (fault.at_s, fault.name))
+
+
+#: The stages a report run goes through, in order (RunStatus in server/domain/reconciliation.py).
+RUN_STAGES = ("RECEIVED", "NORMALIZING", "MATCHING")
+
+
+def kill_stage(scenario: Scenario, seed: int) -> str:
+    """The stage of the report run the seed aims the reconciliation's kill at (a reconciling scenario):
+    each in turn, so consecutive seeds kill in each stage."""
+    if scenario.reconcile is None:
+        raise ValueError(f"{scenario.name} does not reconcile")
+    stages = scenario.reconcile.kill_in
+    return stages[seed % len(stages)]
 
 
 def _flapping(proxy: Proxy, first_s: float, down_s: float, up_s: float, times: int) -> tuple[Fault, ...]:
@@ -284,6 +357,33 @@ SCENARIOS: dict[str, Scenario] = {
             ),
             Load(clients=12, duration_s=18.0),
             profile="monday-morning",
+        ),
+        Scenario(
+            "report-drift",
+            "The provider's settlement report disagrees with what happened: rows missing, rows for charges"
+            " nobody made, amounts, fees and settlement days changed, FX adjustments; payments ran while the"
+            " provider was 28 s slow for 4 s and PostgreSQL slow for 6 s. The report is uploaded and the"
+            " server reconciling it is killed with SIGKILL mid-stage: the run is taken up again once its lease"
+            " ends and completes, every planted difference lands in its class and nothing else is found,"
+            " every risky finding has a case, and the same file again replays the run.",
+            (
+                Fault(Toxic("provider", "latency", {"latency": PROVIDER_HANG_MS}), 4.0, 4.0, jitter_s=1.0),
+                Fault(Toxic("postgres", "latency", {"latency": 30, "jitter": 20}), 9.0, 6.0, jitter_s=1.0),
+            ),
+            Load(clients=8, duration_s=18.0),
+            profile="report-drift",
+            reconcile=Reconcile(
+                {
+                    "report_missing_rate": 0.08,
+                    "report_extra_rate": 0.06,
+                    "report_amount_rate": 0.08,
+                    "report_fee_rate": 0.08,
+                    "report_fx_rate": 0.08,
+                    "report_late_rate": 0.08,
+                },
+                server=0,
+                slow_postgres_ms=300,
+            ),
         ),
     )
 }

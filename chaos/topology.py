@@ -47,6 +47,8 @@ MIGRATE_TIMEOUT_S = 120.0
 #: Connections each server replica keeps to PostgreSQL.
 SERVER_POOL_SIZE = 20
 CLIENT_ID = "chaos"
+#: The operator who uploads the provider's reports (IngestReport) and reads their runs.
+OPERATOR_ID = "chaos-operator"
 POSTGRES_PORT = 5432
 
 
@@ -101,6 +103,12 @@ class World:
     servers: list[Server] = field(default_factory=list)
     relays: list[Child] = field(default_factory=list)
     toxiproxy_origin: str = ""
+    #: the operator's token on every server (role operator: IngestReport, GetReportRun)
+    operator_token: str = field(default="", repr=False)
+
+    @property
+    def operator_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.operator_token}"),)
 
     def process(self, role: str, index: int) -> Child:
         return self.servers[index].child if role == "server" else self.relays[index]
@@ -259,6 +267,7 @@ def world(scenario: Scenario, seed: int, work_dir: Path, timings: Timings) -> It
         provider_proxy = faults.create_proxy(names["provider"], _host_port(sim.url))
 
         token = f"chaos-{secrets.token_urlsafe(24)}"
+        operator_token = f"chaos-ops-{secrets.token_urlsafe(24)}"
         env = clean_environment() | timings.environment()
         env.update(
             BALLAST_DEPLOYMENT=deployment.deployment,
@@ -266,7 +275,7 @@ def world(scenario: Scenario, seed: int, work_dir: Path, timings: Timings) -> It
             NATS_URL=_through(nats_url, nats_proxy),
             BALLAST_PROVIDER_URL=f"http://{provider_proxy}",
             BALLAST_PROVIDER_WEBHOOK_SECRET=WEBHOOK_SECRET,
-            BALLAST_API_TOKENS=f"{token}={CLIENT_ID}:service",
+            BALLAST_API_TOKENS=f"{token}={CLIENT_ID}:service,{operator_token}={OPERATOR_ID}:operator",
             BALLAST_RELAY_WORKERS="0",
             BALLAST_DB_POOL_SIZE=str(SERVER_POOL_SIZE),
             BALLAST_METRICS_PORT="0",
@@ -282,6 +291,7 @@ def world(scenario: Scenario, seed: int, work_dir: Path, timings: Timings) -> It
             names=deployment,
             simulator=sim,
             toxiproxy_origin=toxiproxy.origin,
+            operator_token=operator_token,
         )
         for index in range(scenario.servers):
             http_port = intake_port if index == 0 else free_port()

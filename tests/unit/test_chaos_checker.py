@@ -15,21 +15,31 @@ from chaos.checker import (
     BrokerMessage,
     CaseRow,
     ExposureRow,
+    FindingRow,
     InvariantResult,
     LedgerLineRow,
     OutboxRow,
     PaymentRow,
     RefundRow,
     RefundTransitionRow,
+    ReportRunRow,
+    ReportSnapshot,
     Snapshot,
     TransitionRow,
     breaker_answer_latencies,
     breaker_cycles,
     breaker_fails_fast,
     check,
+    check_report,
     converged,
     made_progress,
+    no_payout_posted_twice,
     percentile,
+    report_cases_for_risky_classes,
+    report_class_scores,
+    report_classes_match_truth,
+    report_replay_idempotent,
+    report_run_completed,
 )
 from chaos.history import CREATE_PAYMENT, REFUND_PAYMENT, History, Kind, Operation
 from server.domain.corrections import CORRECTION_EVENT
@@ -876,3 +886,203 @@ def test_a_refund_a_client_was_told_about_that_the_database_lost_is_named() -> N
     broken = world.broken()
     assert broken["refund_ok_is_durable"] == [lost.id]
     assert broken["refund_posted_once"] == [f"refund:{lost.id}:succeeded"]
+
+
+# -- reconciliation -----------------------------------------------------------------------------
+
+RUN_ID = "run-1"
+
+
+def _line(source_id: str, gross: str = "10.00", kind: str = "charge", date: str = "2026-12-02") -> dict[str, Any]:
+    return {
+        "type": kind,
+        "source_id": source_id,
+        "gross": gross,
+        "currency": "EUR",
+        "fee": "0.59",
+        "settlement_date": date,
+    }
+
+
+def _settlement() -> dict[str, Any]:
+    """The simulator's truth: one booking of each kind of drift, and one that reported what happened."""
+    late = _line("pay_late")
+    return {
+        "settlement": [
+            {"true": _line("pay_ok"), "reported": [_line("pay_ok")], "drift": []},
+            {"true": _line("pay_missing"), "reported": [], "drift": ["missing"]},
+            {"true": None, "reported": [_line("pay_invented", "99.00")], "drift": ["extra"]},
+            {"true": _line("pay_amount"), "reported": [_line("pay_amount", "10.07")], "drift": ["amount"]},
+            {"true": _line("pay_fee"), "reported": [_line("pay_fee")], "drift": ["fee"]},
+            {
+                "true": _line("pay_fx"),
+                "reported": [_line("pay_fx"), _line("pay_fx", "0.42", kind="adjustment")],
+                "drift": ["fx"],
+            },
+            {"true": late, "reported": [{**late, "settlement_date": "2026-12-03"}], "drift": ["late"]},
+        ]
+    }
+
+
+def _reconciled() -> ReportSnapshot:
+    """A run that found exactly what was planted, a case for each finding but the late one, and replayed."""
+    found = [
+        ("MISSING_PROVIDER", None, "pay_missing", "p-missing"),
+        ("MISSING_INTERNAL", 3, "pay_invented", None),
+        ("AMOUNT_MISMATCH", 4, "pay_amount", "p-amount"),
+        ("FEE_MISMATCH", 5, "pay_fee", "p-fee"),
+        ("FX_ADJUSTMENT", 7, "pay_fx", "p-fx"),
+        ("TIMING_MISMATCH", 8, "pay_late", "p-late"),
+    ]
+    findings = [
+        FindingRow(
+            RUN_ID,
+            number,
+            difference,
+            row,
+            provider_id,
+            payment,
+            None if difference == "TIMING_MISMATCH" else f"case-{number}",
+        )
+        for number, (difference, row, provider_id, payment) in enumerate(found, start=1)
+    ]
+    cases = [
+        CaseRow(f"case-{f.id}", f.difference, "OPEN", f.payment_id, report_run_id=RUN_ID)
+        for f in findings
+        if f.case_id is not None
+    ]
+    counts = {"report_runs": 1, "report_chunks": 1, "report_rows": 10, "report_findings": 6, "cases": 5}
+    return ReportSnapshot(
+        run=ReportRunRow(RUN_ID, "COMPLETED", 10, 5, 5, 0, 5),
+        findings=findings,
+        cases=cases,
+        replayed=True,
+        replay_run_id=RUN_ID,
+        counts_before_replay=counts,
+        counts_after_replay=dict(counts),
+        payout_entries=[("entry-1", "payout:simulator:po_20261202_eur")],
+        file_rows=10,
+    )
+
+
+def _broken(report: ReportSnapshot) -> dict[str, list[str]]:
+    return {result.name: result.subjects for result in check_report(_settlement(), report) if not result.passed}
+
+
+def test_a_run_that_found_exactly_the_planted_drift_keeps_every_reconciliation_invariant() -> None:
+    report = _reconciled()
+    assert _broken(report) == {}
+    scores = report_class_scores(_settlement(), report)
+    assert set(scores) == {
+        "MISSING_PROVIDER",
+        "MISSING_INTERNAL",
+        "AMOUNT_MISMATCH",
+        "FEE_MISMATCH",
+        "FX_ADJUSTMENT",
+        "TIMING_MISMATCH",
+    }
+    assert all(score.precision == score.recall == 1.0 and score.planted == 1 for score in scores.values())
+
+
+def test_a_run_that_did_not_complete_or_whose_counts_do_not_add_up_is_named() -> None:
+    report = _reconciled()
+    stuck = dataclasses.replace(report, run=ReportRunRow(RUN_ID, "MATCHING", 10, 0, 0, 0))
+    result = report_run_completed(stuck)
+    assert result.subjects == [RUN_ID]
+    assert result.witnesses[0].evidence[1:] == (
+        "ended MATCHING, not COMPLETED",
+        "row_count 10 != matched + unmatched + invalid = 0",
+    )
+    miscounted = dataclasses.replace(report, run=ReportRunRow(RUN_ID, "COMPLETED", 10, 5, 4, 0))
+    assert report_run_completed(miscounted).witnesses[0].evidence[1:] == (
+        "row_count 10 != matched + unmatched + invalid = 9",
+    )
+    # a stage taken up again that wrote its rows twice
+    doubled = dataclasses.replace(report, run=ReportRunRow(RUN_ID, "COMPLETED", 20, 10, 10, 0), file_rows=10)
+    assert report_run_completed(doubled).witnesses[0].evidence[1:] == (
+        "row_count 20, the file uploaded has 10 data lines",
+    )
+    refused = ReportSnapshot(None, upload_error="PERMISSION_DENIED: no")
+    assert report_run_completed(refused).witnesses[0].evidence == (
+        "the report was not taken in: PERMISSION_DENIED: no",
+    )
+
+
+def test_a_difference_found_in_the_wrong_class_and_one_not_found_are_named_by_their_provider_ids() -> None:
+    report = _reconciled()
+    findings = list(report.findings)
+    # the fee difference found as an amount one; the FX adjustment not found at all
+    findings[3] = dataclasses.replace(findings[3], difference="AMOUNT_MISMATCH")
+    del findings[4]
+    wrong = dataclasses.replace(report, findings=findings)
+    result = report_classes_match_truth(_settlement(), wrong)
+    assert result.subjects == ["pay_fee", "pay_fee", "pay_fx"]
+    evidence = [w.evidence[0] for w in result.witnesses]
+    assert "found as AMOUNT_MISMATCH, which the truth did not plant (planted as FEE_MISMATCH)" in evidence
+    assert "planted as FEE_MISMATCH, not found" in evidence
+    assert "planted as FX_ADJUSTMENT, not found" in evidence
+    scores = report_class_scores(_settlement(), wrong)
+    assert (scores["AMOUNT_MISMATCH"].precision, scores["AMOUNT_MISMATCH"].recall) == (0.5, 1.0)
+    assert (scores["FEE_MISMATCH"].recall, scores["FX_ADJUSTMENT"].recall) == (0.0, 0.0)
+    # a class the simulator never plants (a status difference) found at all is a false finding
+    extra = FindingRow(RUN_ID, 9, "STATUS_MISMATCH", 1, "pay_ok", "p-ok", "case-9")
+    status = dataclasses.replace(
+        report,
+        findings=[*report.findings, extra],
+        cases=[*report.cases, CaseRow("case-9", "STATUS_MISMATCH", "OPEN", "p-ok")],
+    )
+    assert report_classes_match_truth(_settlement(), status).subjects == ["pay_ok"]
+    # findings of another run do not count
+    other = dataclasses.replace(report, findings=[dataclasses.replace(f, run_id="run-0") for f in report.findings])
+    assert len(report_classes_match_truth(_settlement(), other).witnesses) == 6
+
+
+def test_a_risky_finding_without_its_case_and_a_timing_one_with_a_case_are_named() -> None:
+    report = _reconciled()
+    findings = list(report.findings)
+    findings[2] = dataclasses.replace(findings[2], case_id=None)  # the amount difference: no case
+    findings[3] = dataclasses.replace(findings[3], case_id="case-gone")  # the fee: a case that does not exist
+    findings[5] = dataclasses.replace(findings[5], case_id="case-late")  # the late row: a case
+    cases = [*report.cases, CaseRow("case-late", "TIMING_MISMATCH", "OPEN", "p-late")]
+    result = report_cases_for_risky_classes(dataclasses.replace(report, findings=findings, cases=cases))
+    assert result.subjects == ["case-late", "pay_amount #3", "pay_fee #4", "pay_late #6"]
+    evidence = {w.subject: w.evidence[-1] for w in result.witnesses}
+    assert evidence["pay_amount #3"] == "no case"
+    assert evidence["pay_fee #4"] == "case case-gone does not exist"
+    assert evidence["pay_late #6"] == "a self-closing class with a case"
+    # a case of another class, or on another payment
+    misfiled = [dataclasses.replace(c, kind="FEE_MISMATCH") if c.id == "case-3" else c for c in report.cases]
+    result = report_cases_for_risky_classes(dataclasses.replace(report, cases=misfiled))
+    assert result.subjects == ["pay_amount #3"]
+    assert result.witnesses[0].evidence[-1] == "its case is FEE_MISMATCH on payment p-amount"
+
+
+def test_an_upload_again_that_made_a_new_run_or_wrote_rows_is_named() -> None:
+    report = _reconciled()
+    assert report_replay_idempotent(report).passed
+    new_run = dataclasses.replace(report, replayed=False, replay_run_id="run-2")
+    assert report_replay_idempotent(new_run).witnesses[0].evidence == (
+        "the second upload was not replayed: it made run run-2",
+    )
+    wrote = dataclasses.replace(report, counts_after_replay={**report.counts_before_replay, "report_findings": 12})
+    result = report_replay_idempotent(wrote)
+    assert result.subjects == [RUN_ID]
+    assert result.witnesses[0].evidence == ("report_findings: 6 rows before the second upload, 12 after",)
+    failed = dataclasses.replace(report, replayed=None, replay_run_id=None, replay_error="UNAVAILABLE: gone")
+    assert report_replay_idempotent(failed).witnesses[0].evidence == ("the second upload failed: UNAVAILABLE: gone",)
+
+
+def test_a_payout_posted_twice_is_named_with_its_entries() -> None:
+    report = _reconciled()
+    assert no_payout_posted_twice(report).passed
+    twice = dataclasses.replace(
+        report,
+        payout_entries=[
+            *report.payout_entries,
+            ("entry-2", "payout:simulator:po_20261202_eur:again"),
+            ("entry-3", "payout:simulator:po_20261203_eur"),
+        ],
+    )
+    result = no_payout_posted_twice(twice)
+    assert result.subjects == ["simulator:po_20261202_eur"]
+    assert result.witnesses[0].evidence == ("2 entries: entry-1, entry-2",)

@@ -15,8 +15,10 @@ from chaos.scenarios import (
     Kill,
     Load,
     ProviderFaults,
+    Reconcile,
     Scenario,
     Toxic,
+    kill_stage,
     plan,
     scenario,
     smoke,
@@ -38,6 +40,7 @@ REQUIRED = {
     "two-replicas",
     "monday-morning",
     "refund-storm",
+    "report-drift",
 }
 
 
@@ -141,3 +144,37 @@ def test_a_refund_of_a_third_is_rounded_down_to_the_currencys_minor_unit(
     value: str, currency: str, expected: str | None
 ) -> None:
     assert third(value, currency) == expected
+
+
+def test_the_report_drift_plants_every_kind_of_drift_often_and_kills_the_reconciling_server_mid_stage() -> None:
+    item = SCENARIOS["report-drift"]
+    assert item.reconcile is not None and item.profile == "report-drift"
+    drift = item.reconcile.drift
+    # every kind the simulator plants, at least as often as its profile plants it: a run of a few hundred
+    # payments plants each several times
+    assert set(drift) == {name for name in vars(FaultSettings()) if name.startswith("report_")}
+    assert all(rate >= getattr(PROFILES["report-drift"], name) and rate >= 0.05 for name, rate in drift.items())
+    FaultSettings().with_overrides(dict(drift))  # the simulator takes them
+    assert item.load.refund_share == 0  # a refund's row is not reconciled yet
+    assert any(
+        isinstance(f.what, Toxic) and f.what.proxy == "provider" and f.what.type == "latency" for f in item.faults
+    )
+    assert 0 <= item.reconcile.server < item.servers and item.reconcile.slow_postgres_ms > 0
+    # the seed aims the kill at each stage in turn, the same one every time for a seed
+    assert {kill_stage(item, seed) for seed in range(4)} == {"NORMALIZING", "MATCHING"}
+    assert kill_stage(item, 3) == kill_stage(item, 3)
+    assert not item.smoke
+
+
+def test_a_reconciling_scenario_that_names_what_it_cannot_do_is_refused() -> None:
+    drift = {"report_fee_rate": 0.1}
+    with pytest.raises(ValueError, match="not report drift settings"):
+        Scenario("x", "", (), reconcile=Reconcile({"hang_rate": 0.1}))
+    with pytest.raises(ValueError, match="server-1, a server it does not have"):
+        Scenario("x", "", (), reconcile=Reconcile(drift, server=1))
+    with pytest.raises(ValueError, match="not at"):
+        Scenario("x", "", (), reconcile=Reconcile(drift, kill_in=("COMPLETED",)))
+    with pytest.raises(ValueError, match="ProviderFaults do not mix"):
+        Scenario("x", "", (Fault(ProviderFaults({"hang_rate": 0.1}), 1.0, 1.0),), reconcile=Reconcile(drift))
+    with pytest.raises(ValueError, match="does not reconcile"):
+        kill_stage(SCENARIOS["provider-hang"], 1)
