@@ -824,6 +824,25 @@ async def open_cases(connection: asyncpg.Connection, run_id: uuid.UUID) -> int:
         run_id,
         self_closing,
     )
+    # the open cases of the runs this one supersedes that it did not find again are closed: the corrected
+    # report no longer shows that difference (the earlier run, its findings and the cases stay as they were)
+    await connection.execute(
+        """
+        WITH closed AS (
+            SELECT c.id FROM cases c JOIN report_runs old ON old.id = c.report_run_id
+            WHERE old.superseded_by = $1 AND c.status = 'OPEN'
+              AND NOT EXISTS (SELECT 1 FROM report_findings f WHERE f.case_id = c.id AND f.run_id = $1)
+            FOR UPDATE OF c
+        )
+        UPDATE cases c SET status = 'RESOLVED', updated_at = now(), provider_check_due_at = NULL,
+               evidence = c.evidence || jsonb_build_array(jsonb_build_object(
+                   'resolution', 'NO_DISCREPANCY', 'resolved_by', 'reconciliation',
+                   'note', 'the corrected report ' || $1::text || ' no longer shows this difference',
+                   'at', now()))
+        FROM closed WHERE c.id = closed.id
+        """,
+        run_id,
+    )
     return sum(1 for row in about_payments if row["opened"]) + len(about_rows)
 
 

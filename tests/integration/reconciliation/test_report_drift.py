@@ -150,3 +150,34 @@ async def test_the_scheduled_pull_takes_in_each_closed_days_report_once(books: B
     again = await puller.pull_once(today=later)
     assert [pulled.replayed for pulled in again] == [True, True]
     assert {pulled.run.id for pulled in again} == {pulled.run.id for pulled in first}
+
+
+async def test_a_corrected_report_supersedes_the_earlier_one_and_is_reconciled_again(books: Books) -> None:
+    await books.succeeded_payments([f"{40 + n}.00" for n in range(30)])
+    first_body = await books.report()
+    first = await books.reconcile(first_body)
+    assert first.status == "COMPLETED" and first.opened_case_count > 0
+    # the provider corrects its report: the rows it had invented are gone
+    planted = _planted(await books.truth())
+    corrected_lines = [
+        line
+        for line in first_body.decode().splitlines(keepends=True)
+        if not any(source in line for source in planted["MISSING_INTERNAL"])
+    ]
+    second = await books.reconcile("".join(corrected_lines).encode())
+    assert second.status == "COMPLETED"
+    superseded_by = await books.pool.fetchval("SELECT superseded_by FROM report_runs WHERE id = $1", first.id)
+    assert superseded_by == second.id
+    # nothing is a duplicate of the superseded report's rows, and its invented rows' cases are closed
+    differences = {finding["difference"] for finding in await books.findings(second.id)}
+    assert "DUPLICATE_PROVIDER_ROW" not in differences and "MISSING_INTERNAL" not in differences
+    still_open = await books.pool.fetchval(
+        "SELECT count(*) FROM cases WHERE report_run_id = $1 AND kind = 'MISSING_INTERNAL' AND status = 'OPEN'",
+        first.id,
+    )
+    assert still_open == 0
+    # both reports are kept, as received
+    assert (
+        await books.pool.fetchval("SELECT count(*) FROM report_runs WHERE id = ANY($1::uuid[])", [first.id, second.id])
+        == 2
+    )
