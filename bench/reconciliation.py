@@ -66,7 +66,14 @@ from server.domain.errors import BallastError
 from server.domain.money import MINOR_UNITS
 from server.domain.payment_states import PaymentEvent, PaymentState
 from server.domain.payments import CREATE_PAYMENT_OPERATION
-from server.domain.reconciliation import CHUNK_BYTES_MAX, REPORT_ROWS_MAX, Difference, ReportKind, RunStatus
+from server.domain.reconciliation import (
+    CHUNK_BYTES_MAX,
+    REPORT_ROWS_MAX,
+    RUN_LEASE_S,
+    Difference,
+    ReportKind,
+    RunStatus,
+)
 from server.services.reconciliation import (
     STAGE_STATEMENT_TIMEOUT_S,
     ReportHeader,
@@ -408,7 +415,7 @@ async def _stage_transaction(
         connection.transaction(),
     ):
         await repo.limit_statements(connection, timeout_s)
-        run = await repo.lock_run(connection, run_id)
+        run = await repo.lock_run(connection, run_id, RUN_LEASE_S)
         if run is None:
             raise RuntimeError(f"report run {run_id} vanished")
         yield connection, run

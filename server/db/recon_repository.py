@@ -207,9 +207,17 @@ async def claim_run(connection: asyncpg.Connection, lease_s: float) -> ReportRun
     return None if row is None else ReportRunRecord.of(row)
 
 
-async def lock_run(connection: asyncpg.Connection, run_id: uuid.UUID) -> ReportRunRecord | None:
-    """The run, locked for this transaction (a stage's writes and its status move together)."""
-    row = await connection.fetchrow(f"SELECT {_RUN_COLUMNS} FROM report_runs WHERE id = $1 FOR UPDATE", run_id)
+async def lock_run(connection: asyncpg.Connection, run_id: uuid.UUID, lease_s: float) -> ReportRunRecord | None:
+    """The run, locked for this transaction (a stage's writes and its status move together), its lease
+    renewed for the caller."""
+    row = await connection.fetchrow(
+        f"""
+        UPDATE report_runs SET lease_until = now() + make_interval(secs => $2) WHERE id = $1
+        RETURNING {_RUN_COLUMNS}
+        """,
+        run_id,
+        lease_s,
+    )
     return None if row is None else ReportRunRecord.of(row)
 
 

@@ -25,8 +25,10 @@ PROVIDER_LENGTH_MAX = 64
 FILE_NAME_LENGTH_MAX = 255
 CONTENT_TYPE_LENGTH_MAX = 255
 ERROR_LENGTH_MAX = 500
-#: A run a worker claimed is its own for this long; a worker that died leaves it to another after.
-RUN_LEASE_S = 60
+#: A run a worker claimed is its own for this long; a worker that died leaves it to another after. Short:
+#: the lease only keeps two workers from taking the same run between its stages, since each stage holds
+#: the run's row lock (a dead server's lock ends with its connection), so two never do a stage twice.
+RUN_LEASE_S = 15
 
 
 class ReportKind(enum.StrEnum):

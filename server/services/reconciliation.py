@@ -316,7 +316,7 @@ async def process_run(database: Database, run_id: uuid.UUID) -> ReportRunRecord:
     while True:
         async with database.connection(budget) as connection, connection.transaction():
             await repo.limit_statements(connection, STAGE_STATEMENT_TIMEOUT_S)
-            run = await repo.lock_run(connection, run_id)
+            run = await repo.lock_run(connection, run_id, RUN_LEASE_S)
             if run is None:
                 raise NotFound("report run", str(run_id))
             if run.status in (RunStatus.COMPLETED, RunStatus.FAILED):
