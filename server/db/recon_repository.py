@@ -533,10 +533,15 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
                               AND d.difference = '{Difference.DUPLICATE_PROVIDER_ROW}')
         ),
         matched AS (
-            SELECT r.row_number, r.currency_code AS r_currency, r.gross, r.fee, r.source_id,
-                   f.id AS refund_id, f.payment_id, f.amount, f.currency_code AS f_currency, f.state, c.digits
+            SELECT r.row_number, r.currency_code AS r_currency, r.gross, r.fee, r.source_id, r.settlement_date,
+                   f.id AS refund_id, f.payment_id, f.amount, f.currency_code AS f_currency, f.state, c.digits,
+                   s.succeeded_at
             FROM rows r
             LEFT JOIN refunds f ON f.provider_refund_id = r.source_id
+            LEFT JOIN LATERAL (
+                SELECT min(t.occurred_at) AS succeeded_at FROM refund_transitions t
+                WHERE t.refund_id = f.id AND t.to_state = '{RefundState.SUCCEEDED}'
+            ) s ON true
             LEFT JOIN known c ON c.code = f.currency_code
         ),
         found AS (
@@ -555,7 +560,11 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
                 ('{Difference.FEE_MISMATCH}', m.refund_id IS NOT NULL AND m.r_currency = m.f_currency
                     AND abs(m.fee - $5::int * {_UNIT}) > $6::int * {_UNIT},
                  jsonb_build_object('fee', ($5::int * {_UNIT})::text),
-                 jsonb_build_object('fee', m.fee::text))
+                 jsonb_build_object('fee', m.fee::text)),
+                ('{Difference.TIMING_MISMATCH}', m.succeeded_at IS NOT NULL
+                    AND m.settlement_date <> (m.succeeded_at AT TIME ZONE 'UTC')::date + $8::int,
+                 jsonb_build_object('settlement_date', ((m.succeeded_at AT TIME ZONE 'UTC')::date + $8::int)::text),
+                 jsonb_build_object('settlement_date', m.settlement_date::text))
             ) AS d(difference, applies, expected, observed)
             WHERE d.applies
         )
@@ -567,6 +576,7 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
         settings.refund_fee_fixed_minor_units,
         settings.fee_tolerance_minor_units,
         _REFUND_NOT_PAID,
+        settings.settlement_delay_days,
     )
     # adjustments (FX) beyond the tolerance, and payouts whose total is not the net of their lines
     await connection.execute(
@@ -631,6 +641,36 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
             run.period_end,
             settings.settlement_delay_days,
             _CAPTURED,
+            settings.settlement_window_days,
+        )
+        # refunds that succeeded with no row, the same way
+        await connection.execute(
+            f"""
+            WITH expected AS (
+                SELECT f.id, f.payment_id, f.provider_refund_id, f.amount, f.currency_code,
+                       (min(t.occurred_at) AT TIME ZONE 'UTC')::date + $4::int AS settles_on
+                FROM refund_transitions t JOIN refunds f ON f.id = t.refund_id
+                WHERE t.to_state = '{RefundState.SUCCEEDED}' AND f.state = '{RefundState.SUCCEEDED}'
+                  AND t.occurred_at >= ($2::date - $4::int - 1)::timestamp AT TIME ZONE 'UTC'
+                  AND t.occurred_at < ($3::date - $4::int + 1)::timestamp AT TIME ZONE 'UTC'
+                GROUP BY f.id
+            ),
+            elsewhere AS ({in_force})
+            INSERT INTO report_findings (run_id, payment_id, refund_id, difference, expected)
+            SELECT $1, e.payment_id, e.id, '{Difference.MISSING_PROVIDER}',
+                   jsonb_build_object('provider_refund_id', e.provider_refund_id, 'amount', (-e.amount)::text,
+                                      'currency', e.currency_code, 'settlement_date', e.settles_on::text)
+            FROM expected e
+            WHERE e.settles_on BETWEEN $2::date AND $3::date - $5::int
+              AND NOT EXISTS (SELECT 1 FROM report_rows r WHERE r.run_id = $1 AND r.error IS NULL
+                              AND r.type = '{RowType.REFUND}' AND r.source_id = e.provider_refund_id)
+              AND NOT EXISTS (SELECT 1 FROM elsewhere o WHERE o.type = '{RowType.REFUND}'
+                              AND o.source_id = e.provider_refund_id)
+            """,
+            run.id,
+            run.period_start,
+            run.period_end,
+            settings.settlement_delay_days,
             settings.settlement_window_days,
         )
 

@@ -15,6 +15,7 @@ from ballast.payments.v1 import payments_pb2
 from server.db import recon_repository
 from server.services.reconciliation import ReportPuller, ReportWorker, resolve_report
 from tests.integration.reconciliation.conftest import DRIFT, DRIFT_CLASSES, Books, csv_rows
+from tests.integration.refunds.conftest import refund_request
 from tests.support.waiting import until
 
 
@@ -30,12 +31,17 @@ def _planted(bookings: list[dict[str, Any]]) -> dict[str, set[str]]:
 
 async def test_every_planted_difference_lands_in_its_class_and_nothing_else_is_found(books: Books) -> None:
     await books.succeeded_payments([f"{10 + n}.{n % 100:02d}" for n in range(40)])
+    # a part of some of them refunded: refunds settle in the same report, and drift the same ways
+    paid = await books.pool.fetch("SELECT id FROM payments ORDER BY created_at LIMIT 15")
+    refunds = [await books.shop.refund(refund_request(str(row["id"]), "1.00")) for row in paid]
+    await books.shop.settled_refunds([answer.refund.id for answer in refunds])
     run = await books.reconcile(await books.report())
     assert run.status == "COMPLETED", run.failure_reason
     findings = await books.findings(run.id)
     found: dict[str, set[str]] = defaultdict(set)
     for finding in findings:
-        source = finding["source_id"] or finding["expected"].get("provider_payment_id")
+        expected = finding["expected"]
+        source = finding["source_id"] or expected.get("provider_payment_id") or expected.get("provider_refund_id")
         found[finding["difference"]].add(source)
     planted = _planted(await books.truth())
     assert planted, "the simulator planted no drift: the spec proves nothing"
