@@ -919,6 +919,14 @@ async def complete_run(connection: asyncpg.Connection, run_id: uuid.UUID, opened
     return ReportRunRecord.of(row)
 
 
+async def finding_counts(connection: asyncpg.Connection, run_id: uuid.UUID) -> dict[str, int]:
+    """How many findings of each class a run wrote."""
+    rows = await connection.fetch(
+        "SELECT difference, count(*) AS n FROM report_findings WHERE run_id = $1 GROUP BY difference", run_id
+    )
+    return {row["difference"]: row["n"] for row in rows}
+
+
 async def findings_of(connection: asyncpg.Connection, run_id: uuid.UUID) -> list[dict[str, Any]]:
     """Every finding of a run, in the order found: what a spec or an export reads."""
     rows = await connection.fetch(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 import uuid
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import structlog
+from prometheus_client import Counter, Histogram
 
 from server.db import recon_repository as repo
 from server.db.database import Budget, Database
@@ -49,6 +51,15 @@ from server.providers.gateway import GatewayClient, ReportUnavailable
 from server.services.payment_events import Application, Evidence, apply_provider_evidence_each
 
 log = structlog.get_logger(__name__)
+
+RUNS = Counter("ballast_recon_runs", "Report runs that ended, by provider and status", ["provider", "status"])
+STAGE_SECONDS = Histogram(
+    "ballast_recon_stage_seconds",
+    "Time of each reconciliation stage of a run (its transaction), by stage",
+    ["stage"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+FINDINGS = Counter("ballast_recon_findings", "Differences found by report runs, by class", ["difference"])
 
 #: How long one stage's statements may run (a million-row report takes seconds, not minutes).
 STAGE_STATEMENT_TIMEOUT_S = 300
@@ -324,12 +335,28 @@ async def process_run(database: Database, run_id: uuid.UUID) -> ReportRunRecord:
             if run.status == RunStatus.RECEIVED:  # committed first: GetReportRun shows the stage under way
                 await repo.start_normalizing(connection, run.id)
                 continue
+            started = time.perf_counter()
             if run.status == RunStatus.NORMALIZING:
+                stage = "normalization"
                 continue_with = await normalize_report(connection, run)
             else:
+                stage = "matching_and_resolution"
                 await match_report(connection, run)
                 continue_with = await resolve_report(connection, run)
-        log.info("recon.stage_done", run_id=str(run_id), status=continue_with.status.value)
+                for difference, count in (await repo.finding_counts(connection, run.id)).items():
+                    FINDINGS.labels(difference).inc(count)
+        STAGE_SECONDS.labels(stage).observe(time.perf_counter() - started)
+        if continue_with.status in (RunStatus.COMPLETED, RunStatus.FAILED):
+            RUNS.labels(continue_with.provider, continue_with.status.value).inc()
+        log.info(
+            "recon.stage_done",
+            run_id=str(run_id),
+            stage=stage,
+            status=continue_with.status.value,
+            rows=continue_with.row_count,
+            invalid=continue_with.invalid_row_count,
+            cases=continue_with.opened_case_count,
+        )
 
 
 class ReportWorker:
