@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 
 from server.db.ledger_repository import posting_rows
-from server.domain.ledger import Posting
+from server.domain.ledger import Posting, settlement_bank
 from server.domain.money import MINOR_UNITS
 from server.domain.payment_states import UNDECIDED_STATES, PaymentState
 from server.domain.reconciliation import (
@@ -610,6 +610,22 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
           AND p.net <> -coalesce(l.net, 0)
         """,
         run.id,
+    )
+    # a payout posted from an earlier report whose total this report changes (a paid payout never should)
+    await connection.execute(
+        f"""
+        INSERT INTO report_findings (run_id, row_number, payout_id, difference, expected, observed)
+        SELECT $1, p.row_number, p.payout_id, '{Difference.PAYOUT_MISMATCH}',
+               jsonb_build_object('net_posted', l.amount::text), jsonb_build_object('net', (-p.net)::text)
+        FROM report_rows p
+        JOIN ledger_entries e ON e.event_key = 'payout:' || $2 || ':' || p.payout_id
+        JOIN ledger_lines l ON l.entry_id = e.id AND l.account = $3 AND l.currency_code = p.currency_code
+        WHERE p.run_id = $1 AND p.error IS NULL AND p.type = '{RowType.PAYOUT}' AND l.amount <> -p.net
+          AND NOT EXISTS (SELECT 1 FROM report_findings f WHERE f.run_id = $1 AND f.row_number = p.row_number)
+        """,
+        run.id,
+        run.provider,
+        settlement_bank(run.provider),
     )
     # successes with no row, once the report covers their settlement date and the window after it
     if run.period_start is not None and run.period_end is not None:

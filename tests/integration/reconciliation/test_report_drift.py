@@ -187,3 +187,26 @@ async def test_a_corrected_report_supersedes_the_earlier_one_and_is_reconciled_a
         await books.pool.fetchval("SELECT count(*) FROM report_runs WHERE id = ANY($1::uuid[])", [first.id, second.id])
         == 2
     )
+
+
+async def test_a_report_that_changes_a_payout_already_posted_opens_a_case_and_posts_nothing_more(
+    books: Books,
+) -> None:
+    await _without_drift(books)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.put(f"{books.shop.url}/_sim/profile", json={"settings": {"settlement_delay_days": 0}}) as response,
+    ):
+        assert response.status == 200
+    await books.pool.execute("UPDATE provider_settings SET settlement_delay_days = 0 WHERE provider = 'simulator'")
+    await books.succeeded_payments(["10.00", "20.00"])
+    first = await books.reconcile(await books.report())
+    assert first.opened_case_count == 0
+    bank = await _balance(books, "bank:simulator")
+    # a paid payout grows afterwards: the provider's report no longer agrees with what was posted
+    await books.succeeded_payments(["30.00"])
+    second = await books.reconcile(await books.report())
+    differences = [finding["difference"] for finding in await books.findings(second.id)]
+    assert differences == ["PAYOUT_MISMATCH"]
+    assert second.opened_case_count == 1
+    assert await _balance(books, "bank:simulator") == bank  # nothing posted twice, nothing changed
