@@ -27,14 +27,17 @@ from server.domain.cases import (
     POSTING_RESOLUTIONS,
     RESOLVE_CASE_OPERATION,
     CaseStatus,
+    Resolution,
     ResolveCase,
     kinds_of_family,
 )
+from server.domain.corrections import CORRECTION_CASE
 from server.domain.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from server.domain.identifiers import parse_uuid
 from server.domain.identity import Principal
 from server.domain.ledger import case_postings
 from server.domain.money import MoneyError, parse_amount, parse_currency
+from server.services.corrections import approve_correction_in
 from server.services.paging import LIST_PAGE, decode_cursor, encode_cursor
 
 
@@ -201,6 +204,32 @@ async def resolve_case(database: Database, principal: Principal, command: Resolv
             raise NotFound("case", str(command.case_id))
         if case["status"] != CaseStatus.OPEN:
             raise FailedPrecondition("case_id", f"case {command.case_id} is already resolved")
+        at = datetime.now(UTC).isoformat()
+        if case["kind"] == CORRECTION_CASE and command.resolution is Resolution.PROVIDER_CORRECT:
+            # accepting the provider's version of a decided payment: the correction the case proposes,
+            # through the payment's machine and the ledger, as approve-correction applies it
+            approved = await approve_correction_in(
+                connection,
+                command.case_id,
+                None,
+                principal.client_id,
+                command.note,
+                {"resolution": command.resolution.value, "evidence_refs": list(command.evidence_refs), "at": at},
+            )
+            await append_audit(
+                connection,
+                "case",
+                str(command.case_id),
+                "case.resolved",
+                principal.client_id,
+                {
+                    "resolution": command.resolution.value,
+                    "note": command.note,
+                    "at": at,
+                    "ledger_entries_posted": len(approved.outcome.ledger_entry_ids),
+                },
+            )
+            return False
         posted = 0
         if command.difference is not None and command.currency_code is not None:
             if case["provider"] is None:
@@ -219,7 +248,7 @@ async def resolve_case(database: Database, principal: Principal, command: Resolv
             "difference": None if command.difference is None else format(command.difference, "f"),
             "currency_code": command.currency_code,
             "ledger_entries_posted": posted,
-            "at": datetime.now(UTC).isoformat(),
+            "at": at,
         }
         await cases_repo.resolve_case(connection, command.case_id, resolution)
         await append_audit(connection, "case", str(command.case_id), "case.resolved", principal.client_id, resolution)

@@ -67,39 +67,56 @@ async def approve_correction(
     _check(approved_by, note)
 
     async def work(connection: asyncpg.Connection) -> ApprovedCorrection:
-        case = await cases_repository.lock_open_case(connection, case_id)
-        if case is None:
-            raise NotFound("open case", str(case_id))
-        proposal = _proposal(case["evidence"])
-        if case["kind"] != CORRECTION_CASE or proposal is None or case["payment_id"] is None:
-            raise FailedPrecondition(f"case:{case_id}", f"case {case_id} ({case['kind']}) proposes no correction")
-        from_state, proposed_state = proposal
-        if proposed_state is not to_state:
-            raise FailedPrecondition(
-                f"case:{case_id}",
-                f"case {case_id} now proposes {from_state.value} -> {proposed_state.value}, not {to_state.value}:"
-                " read its latest evidence before approving",
-            )
-        # locked: nothing moves it between this check and the correction
-        current = await payments_repository.lock_state(connection, case["payment_id"])
-        if current is not from_state:
-            raise FailedPrecondition(
-                f"payment:{case['payment_id']}",
-                f"payment {case['payment_id']} is {current and current.value}, not {from_state.value}"
-                " as the case proposed: read the case's evidence again before acting",
-            )
-        evidence = Evidence("case.approved", f"case:{case_id}")
-        outcome = await approve_correction_on(connection, case["payment_id"], to_state, evidence, approved_by)
-        await cases_repository.resolve_case(
-            connection,
-            case_id,
-            {
-                "resolution": "CORRECTION_APPROVED",
-                "approved_by": approved_by,
-                "note": note,
-                "correction": {"from_state": from_state.value, "to_state": to_state.value},
-            },
-        )
-        return ApprovedCorrection(case_id, case["payment_id"], outcome)
+        return await approve_correction_in(connection, case_id, to_state, approved_by, note)
 
     return await in_transaction(database, budget, work)
+
+
+async def approve_correction_in(
+    connection: asyncpg.Connection,
+    case_id: uuid.UUID,
+    to_state: PaymentState | None,
+    approved_by: str,
+    note: str,
+    resolution: dict[str, Any] | None = None,
+) -> ApprovedCorrection:
+    """approve_correction in the caller's transaction; `to_state` None approves the case's latest
+    proposal (ResolveCase: the person accepts the provider's version). `resolution` adds to what the
+    case's resolution records."""
+    case = await cases_repository.lock_open_case(connection, case_id)
+    if case is None:
+        raise NotFound("open case", str(case_id))
+    proposal = _proposal(case["evidence"])
+    if case["kind"] != CORRECTION_CASE or proposal is None or case["payment_id"] is None:
+        raise FailedPrecondition(f"case:{case_id}", f"case {case_id} ({case['kind']}) proposes no correction")
+    from_state, proposed_state = proposal
+    if to_state is None:
+        to_state = proposed_state
+    if proposed_state is not to_state:
+        raise FailedPrecondition(
+            f"case:{case_id}",
+            f"case {case_id} now proposes {from_state.value} -> {proposed_state.value}, not {to_state.value}:"
+            " read its latest evidence before approving",
+        )
+    # locked: nothing moves it between this check and the correction
+    current = await payments_repository.lock_state(connection, case["payment_id"])
+    if current is not from_state:
+        raise FailedPrecondition(
+            f"payment:{case['payment_id']}",
+            f"payment {case['payment_id']} is {current and current.value}, not {from_state.value}"
+            " as the case proposed: read the case's evidence again before acting",
+        )
+    evidence = Evidence("case.approved", f"case:{case_id}")
+    outcome = await approve_correction_on(connection, case["payment_id"], to_state, evidence, approved_by)
+    await cases_repository.resolve_case(
+        connection,
+        case_id,
+        {
+            "resolution": "CORRECTION_APPROVED",
+            "approved_by": approved_by,
+            "note": note,
+            "correction": {"from_state": from_state.value, "to_state": to_state.value},
+        }
+        | (resolution or {}),
+    )
+    return ApprovedCorrection(case_id, case["payment_id"], outcome)

@@ -23,12 +23,13 @@ import pytest
 from aiohttp import web
 
 from server.db.database import Budget, Database
+from server.domain.cases import validate_resolve_case
 from server.domain.errors import FailedPrecondition, NotFound
-from server.domain.identity import Principal
+from server.domain.identity import Principal, Role
 from server.domain.payment_states import PaymentEvent, PaymentState, Verdict, Witness
 from server.providers.breaker import Breaker, BreakerSettings
 from server.providers.gateway import GatewayClient
-from server.services import exposures
+from server.services import cases, exposures
 from server.services.case_checks import CaseChecker
 from server.services.check_loop import CheckSettings
 from server.services.corrections import approve_correction
@@ -635,3 +636,31 @@ async def test_a_check_that_could_not_ask_the_provider_does_not_count(
     )
     assert (row["state"], row["check_attempts"]) == ("UNKNOWN", 0)
     assert row["wait"].total_seconds() > 50  # when the breaker may let a call through, not a backoff
+
+
+async def test_an_operator_accepting_the_providers_version_applies_the_held_correction_through_resolve_case(
+    database: Database, principal: Principal, pool: asyncpg.Pool
+) -> None:
+    payment_id = await _recorded(database, principal)
+    await apply_evidence(database, payment_id, PaymentEvent.SUCCEEDED, _api("succeeded"))
+    await apply_evidence(database, payment_id, PaymentEvent.FAILED, _api("failed"))
+    [case] = await _cases(pool, payment_id)
+    operator = Principal(f"ops-{uuid.uuid4().hex[:8]}", Role.OPERATOR)
+    command = validate_resolve_case(
+        idempotency_key=f"resolve-{uuid.uuid4()}",
+        case_id=str(case["id"]),
+        resolution="PROVIDER_CORRECT",
+        note="the provider confirmed the decline",
+        evidence_refs=[],
+        difference=None,
+    )
+    resolved = await cases.resolve_case(database, operator, command, Budget.within(5))
+    assert resolved.detail.case.status == "RESOLVED" and not resolved.replayed
+    assert await payment_state(pool, payment_id) == "FAILED"  # corrected, as approve-correction does
+    assert await _clearing(pool, payment_id) == 0
+    last = await pool.fetchrow(
+        "SELECT event, approved_by FROM payment_transitions WHERE payment_id = $1 ORDER BY id DESC LIMIT 1", payment_id
+    )
+    assert tuple(last) == ("CORRECTION", operator.client_id)
+    again = await cases.resolve_case(database, operator, command, Budget.within(5))
+    assert again.replayed and await payment_state(pool, payment_id) == "FAILED"
