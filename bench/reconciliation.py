@@ -437,7 +437,7 @@ async def run_pipeline(
         async with _stage_transaction(database, run_id, timeout_s) as (connection, _):
             await repo.start_normalizing(connection, run_id)
         async with _stage_transaction(database, run_id, timeout_s) as (connection, locked):
-            run = await normalize_report(connection, locked)
+            run = await normalize_report(database, connection, locked)
     if run.status != RunStatus.MATCHING:
         raise RuntimeError(f"normalization left the run {run.status}: {run.failure_reason}")
     # matching and resolution share one transaction in process_run; its commit is counted in resolution

@@ -9,7 +9,7 @@ transaction of the caller's, so a run killed mid-stage is simply taken up again 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -234,6 +234,18 @@ async def fail_run(connection: asyncpg.Connection, run_id: uuid.UUID, reason: st
     )
 
 
+async def stored_chunks(connection: asyncpg.Connection, run_id: uuid.UUID) -> AsyncIterator[bytes]:
+    """The run's raw bytes, a stored chunk at a time, in order (one round trip each)."""
+    seq = 0
+    while (
+        chunk := await connection.fetchval(
+            "SELECT bytes FROM report_chunks WHERE run_id = $1 AND seq = $2", run_id, seq
+        )
+    ) is not None:
+        yield chunk
+        seq += 1
+
+
 async def header_line(connection: asyncpg.Connection, run_id: uuid.UUID, bytes_max: int) -> bytes:
     """The first line of the run's raw bytes (at most `bytes_max` of them)."""
     head: bytes = await connection.fetchval(
@@ -257,14 +269,20 @@ async def provider_settings(connection: asyncpg.Connection, provider: str) -> Pr
 
 # -- stage 2: normalization --------------------------------------------------------------------------
 
+
 #: A data line's fields: split on commas, or (a line with a double quote) by the CSV rules for quoted
 #: fields ("a, b" is one field, "" inside quotes is one quote).
-_FIELDS = r"""
-CASE WHEN strpos(line, '"') = 0 THEN string_to_array(line, ',')
-     ELSE ARRAY(SELECT replace(regexp_replace(m[1], '^"(.*)"$', '\1'), '""', '"')
-                FROM regexp_matches(line || ',', '("(?:[^"]|"")*"|[^,]*),', 'g') AS m)
-END
-"""
+def _split(line: str) -> str:
+    """A line's fields: split on commas, or (a line with a double quote) by the CSV rules for quoted
+    fields ("a, b" is one field, "" inside quotes is one quote)."""
+    return rf"""
+        CASE WHEN strpos({line}, '"') = 0 THEN string_to_array({line}, ',')
+             ELSE ARRAY(SELECT replace(regexp_replace(m[1], '^"(.*)"$', '\1'), '""', '"')
+                        FROM regexp_matches({line} || ',', '("(?:[^"]|"")*"|[^,]*),', 'g') AS m)
+        END
+    """
+
+
 _DECIMAL = r"^-?(0|[1-9][0-9]*)(\.[0-9]+)?$"
 _DATE = r"^(19|2[0-9])[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$"
 
@@ -279,75 +297,49 @@ def _amount_error(name: str) -> str:
     """
 
 
-async def normalize_rows(
-    connection: asyncpg.Connection, run_id: uuid.UUID, mapping: ReportMapping, columns: HeaderColumns, rows_max: int
-) -> int | None:
-    """Stage 2, in the caller's transaction: PostgreSQL splits the run's raw bytes into lines and casts
-    each data line into a canonical row (report_rows), or keeps it with its line number and the reason
-    it does not parse. The number of data rows, or None (nothing written) when there are more than
-    `rows_max`. Raises asyncpg's CharacterNotInRepertoireError (or UntranslatableCharacterError) for
-    bytes that are not UTF-8."""
-    position = columns.positions
-    types = list(mapping.types)
-    canonical = [mapping.types[name].value for name in types]
-    lines = """
-        WITH raw AS (
-            SELECT convert_from(string_agg(bytes, ''::bytea ORDER BY seq), 'UTF8') AS text
-            FROM report_chunks WHERE run_id = $1
-        ), numbered AS (
-            SELECT rtrim(line, E'\\r') AS line, n - 1 AS row_number
-            FROM raw, string_to_table(raw.text, E'\\n') WITH ORDINALITY AS t(line, n)
-        )
+#: One regular expression over a row's amounts and date together: the common case (a valid row) is
+#: decided by it and a few casts; the detailed checks run only for a row it fails.
+_FAST_CHECK = f"'^{_DECIMAL[1:-1]},{_DECIMAL[1:-1]},{_DECIMAL[1:-1]},{_DATE[1:-1]}$'"
+
+
+def _normalize_sql(source: str) -> str:
+    """INSERT the canonical rows of `source` (a subquery of row_number, width and the canonical fields
+    as text) into report_rows, each valid or with the reason it is not ($1 run id, $2/$3 currency codes
+    and digits, $4/$5 the provider's type words and their canonical types, $6 the header's width)."""
+    detail = f"""
+        CASE
+            WHEN f.width <> $6 THEN
+                'has ' || f.width || ' fields where the header has ' || $6 || ' (a cut or malformed line)'
+            WHEN f.provider_transaction_id IS NULL THEN 'has no transaction id'
+            WHEN t.canonical IS NULL THEN
+                'type ' || quote_nullable(left(f.type, 40)) || ' is not one of ' || array_to_string($4, ', ')
+            WHEN c.code IS NULL THEN
+                'currency ' || quote_nullable(left(f.currency, 40)) || ' is not an ISO 4217 code'
+            {_amount_error("gross")}
+            {_amount_error("fee")}
+            {_amount_error("net")}
+            WHEN f.net::numeric <> f.gross::numeric - f.fee::numeric THEN
+                'net ' || f.net || ' is not gross ' || f.gross || ' less fee ' || f.fee
+            WHEN NOT (f.settlement_date ~ '{_DATE}') THEN
+                'settlement_date ' || quote_nullable(left(f.settlement_date, 40)) || ' is not a date such as 2026-11-30'
+            WHEN NOT {_DAY_OF_MONTH} THEN 'settlement_date ' || f.settlement_date || ' is not a day of its month'
+        END
     """
-    count: int = await connection.fetchval(
-        lines + "SELECT count(*) FROM numbered WHERE row_number >= 1 AND line <> ''", run_id
-    )
-    if count > rows_max:
-        return None
-    await connection.execute(
-        lines
-        + f"""
-        , fielded AS (
-            SELECT row_number, {_FIELDS} AS fields FROM numbered WHERE row_number >= 1 AND line <> ''
-        ), f AS (
-            SELECT row_number, cardinality(fields) AS width,
-                   nullif(fields[{position["provider_transaction_id"]}], '') AS provider_transaction_id,
-                   nullif(fields[{position["source_id"]}], '') AS source_id,
-                   nullif(fields[{position["reference"]}], '') AS reference,
-                   nullif(fields[{position["payout_id"]}], '') AS payout_id,
-                   fields[{position["type"]}] AS type,
-                   nullif(fields[{position["status"]}], '') AS status,
-                   fields[{position["currency"]}] AS currency,
-                   fields[{position["gross"]}] AS gross,
-                   fields[{position["fee"]}] AS fee,
-                   fields[{position["net"]}] AS net,
-                   fields[{position["settlement_date"]}] AS settlement_date
-            FROM fielded
-        ), known AS (
-            SELECT unnest($2::text[]) AS code, unnest($3::int[]) AS digits
-        ), judged AS (
+    fast = f"""
+        f.width = $6 AND f.provider_transaction_id IS NOT NULL AND t.canonical IS NOT NULL AND c.code IS NOT NULL
+        AND (f.gross || ',' || f.fee || ',' || f.net || ',' || f.settlement_date) ~ {_FAST_CHECK}
+    """
+    valid = f"""
+        scale(f.gross::numeric) <= c.digits AND scale(f.fee::numeric) <= c.digits
+        AND scale(f.net::numeric) <= c.digits AND f.net::numeric = f.gross::numeric - f.fee::numeric
+        AND {_DAY_OF_MONTH}
+    """
+    return f"""
+        WITH f AS ({source}),
+        known AS (SELECT unnest($2::text[]) AS code, unnest($3::int[]) AS digits),
+        judged AS (
             SELECT f.*, t.canonical,
-                   CASE
-                       WHEN f.width <> $6 THEN
-                           'has ' || f.width || ' fields where the header has ' || $6 || ' (a cut or malformed line)'
-                       WHEN f.provider_transaction_id IS NULL THEN 'has no transaction id'
-                       WHEN t.canonical IS NULL THEN
-                           'type ' || quote_nullable(left(f.type, 40)) || ' is not one of ' || array_to_string($4, ', ')
-                       WHEN c.code IS NULL THEN
-                           'currency ' || quote_nullable(left(f.currency, 40)) || ' is not an ISO 4217 code'
-                       {_amount_error("gross")}
-                       {_amount_error("fee")}
-                       {_amount_error("net")}
-                       WHEN f.net::numeric <> f.gross::numeric - f.fee::numeric THEN
-                           'net ' || f.net || ' is not gross ' || f.gross || ' less fee ' || f.fee
-                       WHEN NOT (f.settlement_date ~ '{_DATE}') THEN
-                           'settlement_date ' || quote_nullable(left(f.settlement_date, 40))
-                           || ' is not a date such as 2026-11-30'
-                       WHEN substr(f.settlement_date, 9, 2)::int > extract(day FROM (
-                                make_date(substr(f.settlement_date, 1, 4)::int, substr(f.settlement_date, 6, 2)::int, 1)
-                                + interval '1 month - 1 day')) THEN
-                           'settlement_date ' || f.settlement_date || ' is not a day of its month'
-                   END AS error
+                   CASE WHEN {fast} THEN CASE WHEN {valid} THEN NULL ELSE {detail} END ELSE {detail} END AS error
             FROM f
             LEFT JOIN known c ON c.code = f.currency
             LEFT JOIN unnest($4::text[], $5::text[]) AS t(word, canonical) ON t.word = f.type
@@ -363,15 +355,119 @@ async def normalize_rows(
                CASE WHEN error IS NULL THEN settlement_date::date END,
                'line ' || (row_number + 1) || ': ' || left(error, {ERROR_LENGTH_MAX - 20})
         FROM judged
-        """,
-        run_id,
-        list(MINOR_UNITS),
-        list(MINOR_UNITS.values()),
-        types,
-        canonical,
-        columns.width,
-    )
-    return count
+    """
+
+
+#: A date that matched _DATE is a day of its month (2026-02-30 is not): its first of the month plus its
+#: day less one stays in its month.
+_DAY_OF_MONTH = """
+    (extract(month FROM (substr(f.settlement_date, 1, 8) || '01')::date + (substr(f.settlement_date, 9, 2)::int - 1))
+     = substr(f.settlement_date, 6, 2)::int)
+"""
+
+
+def _fields(position: dict[str, int], column: Callable[[int], str], width: str) -> str:
+    """The canonical fields' select list over a row's columns (`column(i)`, 1-based); `width` its count."""
+
+    def text(field: str) -> str:
+        return f"coalesce({column(position[field])}, '')"
+
+    def optional(field: str) -> str:
+        return f"nullif({text(field)}, '')"
+
+    return f"""
+        {width} AS width,
+        {optional("provider_transaction_id")} AS provider_transaction_id, {optional("source_id")} AS source_id,
+        {optional("reference")} AS reference, {optional("payout_id")} AS payout_id, {text("type")} AS type,
+        {optional("status")} AS status, {text("currency")} AS currency, {text("gross")} AS gross,
+        {text("fee")} AS fee, {text("net")} AS net, {text("settlement_date")} AS settlement_date
+    """
+
+
+#: A staged line without its carriage return (a file with CRLF line ends).
+_LINE = "rtrim(l.line, E'\\r')"
+
+
+class UnreadableReport(Exception):
+    """The report's bytes are not UTF-8 text PostgreSQL can read as lines; nothing was kept."""
+
+
+async def normalize_rows(
+    connection: asyncpg.Connection,
+    run_id: uuid.UUID,
+    mapping: ReportMapping,
+    columns: HeaderColumns,
+    rows_max: int,
+    chunks: Callable[[], AsyncIterator[bytes]],
+) -> int | None:
+    """Stage 2, in the caller's transaction: PostgreSQL reads the run's raw bytes (streamed to it by
+    `chunks`, a fresh iterator each call) and casts each data line into a canonical row (report_rows),
+    or keeps it with its line number and the reason it does not parse. The number of data rows, or None
+    (nothing written) when there are more than `rows_max`. UnreadableReport for bytes that are not UTF-8.
+
+    A well-formed CSV file is parsed by COPY itself, into a staging table of the header's columns; a file
+    with a malformed line (another number of fields, an unterminated quote) is read line by line instead
+    and its lines split in SQL, so that each bad line is kept with its error."""
+    position = dict(columns.positions)
+    types = list(mapping.types)
+    canonical = [mapping.types[name].value for name in types]
+    arguments = [run_id, list(MINOR_UNITS), list(MINOR_UNITS.values()), types, canonical, columns.width]
+    staged = ", ".join(f"c{i} text" for i in range(1, columns.width + 1))
+    try:
+        async with connection.transaction():  # a savepoint: a file COPY cannot parse as CSV undoes only this
+            await connection.execute(
+                f"CREATE TEMP TABLE recon_fields (n bigint GENERATED ALWAYS AS IDENTITY, {staged})"
+            )
+            await connection.copy_to_table(
+                "recon_fields",
+                source=chunks(),
+                columns=[f"c{i}" for i in range(1, columns.width + 1)],
+                format="csv",
+                header=True,
+                encoding="UTF8",
+            )
+            count: int = await connection.fetchval("SELECT count(*) FROM recon_fields")
+            if count > rows_max:
+                return None
+            source = (
+                f"SELECT n AS row_number, {_fields(position, lambda i: f'c{i}', str(columns.width))} FROM recon_fields"
+            )
+            await connection.execute(_normalize_sql(source), *arguments)
+            await connection.execute("DROP TABLE recon_fields")
+            return count
+    except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError) as error:
+        raise UnreadableReport(str(error)) from None
+    except asyncpg.BadCopyFileFormatError:
+        pass  # a malformed line: read the file line by line
+    try:
+        async with connection.transaction():
+            await connection.execute("CREATE TEMP TABLE recon_lines (n bigint GENERATED ALWAYS AS IDENTITY, line text)")
+            # each line one field: delimiter and quote are bytes no report holds
+            await connection.copy_to_table(
+                "recon_lines",
+                source=chunks(),
+                columns=["line"],
+                format="csv",
+                delimiter="\x01",
+                quote="\x02",
+                encoding="UTF8",
+            )
+            count = await connection.fetchval("SELECT count(*) FROM recon_lines WHERE n > 1 AND line IS NOT NULL")
+            if count > rows_max:
+                return None
+            fields = _fields(position, lambda i: f"s.fields[{i}]", "cardinality(s.fields)")
+            split = f"""
+                SELECT row_number() OVER (ORDER BY l.n) AS row_number, {fields}
+                FROM recon_lines l, LATERAL (SELECT {_split(_LINE)} AS fields OFFSET 0) s
+                WHERE l.n > 1 AND l.line IS NOT NULL
+            """
+            await connection.execute(_normalize_sql(split), *arguments)
+            await connection.execute("DROP TABLE recon_lines")
+            return count
+    except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError) as error:
+        raise UnreadableReport(str(error)) from None
+    except asyncpg.BadCopyFileFormatError as error:
+        raise UnreadableReport(f"its lines could not be read ({error})") from None
 
 
 async def finish_normalizing(connection: asyncpg.Connection, run_id: uuid.UUID) -> ReportRunRecord:
@@ -393,6 +489,9 @@ async def finish_normalizing(connection: asyncpg.Connection, run_id: uuid.UUID) 
         run_id,
     )
     run = ReportRunRecord.of(row)
+    # the rows just written are most of what the next stage joins: without statistics for them, the
+    # planner takes the run for a few rows and joins them by nested loops
+    await connection.execute("ANALYZE report_rows")
     if run.period_start is not None:
         await connection.execute(
             f"""
@@ -440,18 +539,25 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
     await connection.execute(
         f"""
         WITH {known},
-        valid AS (
-            SELECT r.*, row_number() OVER (PARTITION BY r.provider_transaction_id ORDER BY r.row_number) AS nth
-            FROM report_rows r WHERE r.run_id = $1 AND r.error IS NULL
+        repeated AS (  -- transaction ids twice or more in this report: every row after the first
+            SELECT provider_transaction_id, min(row_number) AS first_row FROM report_rows
+            WHERE run_id = $1 AND error IS NULL GROUP BY provider_transaction_id HAVING count(*) > 1
         ),
-        elsewhere AS ({in_force})
+        elsewhere AS ({in_force}),
+        duplicated AS (
+            SELECT r.row_number, r.provider_transaction_id, false AS reported_before
+            FROM report_rows r JOIN repeated d ON d.provider_transaction_id = r.provider_transaction_id
+            WHERE r.run_id = $1 AND r.error IS NULL AND r.row_number > d.first_row
+            UNION
+            SELECT r.row_number, r.provider_transaction_id, true
+            FROM report_rows r JOIN elsewhere e ON e.provider_transaction_id = r.provider_transaction_id
+            WHERE r.run_id = $1 AND r.error IS NULL
+        )
         INSERT INTO report_findings (run_id, row_number, difference, observed)
-        SELECT $1, v.row_number, '{Difference.DUPLICATE_PROVIDER_ROW}',
-               jsonb_build_object('provider_transaction_id', v.provider_transaction_id,
-                                  'reported_before', v.nth > 1)
-        FROM valid v
-        WHERE v.nth > 1
-           OR EXISTS (SELECT 1 FROM elsewhere e WHERE e.provider_transaction_id = v.provider_transaction_id)
+        SELECT DISTINCT ON (row_number) $1, row_number, '{Difference.DUPLICATE_PROVIDER_ROW}',
+               jsonb_build_object('provider_transaction_id', provider_transaction_id,
+                                  'reported_before', reported_before)
+        FROM duplicated ORDER BY row_number, reported_before DESC
         """,
         *args,
     )
@@ -914,14 +1020,13 @@ async def complete_run(connection: asyncpg.Connection, run_id: uuid.UUID, opened
     """The run's final counts; COMPLETED."""
     row = await connection.fetchrow(
         f"""
-        WITH counted AS (
-            SELECT count(*) FILTER (WHERE r.error IS NULL AND NOT EXISTS (
-                       SELECT 1 FROM report_findings f WHERE f.run_id = r.run_id AND f.row_number = r.row_number))
-                       AS matched,
-                   count(*) FILTER (WHERE r.error IS NULL AND EXISTS (
-                       SELECT 1 FROM report_findings f WHERE f.run_id = r.run_id AND f.row_number = r.row_number))
-                       AS unmatched
-            FROM report_rows r WHERE r.run_id = $1
+        WITH flagged AS (
+            SELECT DISTINCT row_number FROM report_findings WHERE run_id = $1 AND row_number IS NOT NULL
+        ), counted AS (
+            SELECT count(*) FILTER (WHERE r.error IS NULL AND f.row_number IS NULL) AS matched,
+                   count(*) FILTER (WHERE r.error IS NULL AND f.row_number IS NOT NULL) AS unmatched
+            FROM report_rows r LEFT JOIN flagged f ON f.row_number = r.row_number
+            WHERE r.run_id = $1
         )
         UPDATE report_runs r SET status = '{RunStatus.COMPLETED}', matched_row_count = c.matched,
                unmatched_row_count = c.unmatched, opened_case_count = $2, completed_at = now(), updated_at = now(),

@@ -220,10 +220,11 @@ async def ingest_file_report(database: Database, header: ReportHeader, chunks: A
         return Ingested(replayed.run, replayed=True)
 
 
-async def normalize_report(connection: asyncpg.Connection, run: ReportRunRecord) -> ReportRunRecord:
-    """Stage 2, in the caller's transaction: the run's canonical rows. A report whose header lacks the
-    mapping's columns, whose bytes are not UTF-8, or with more than REPORT_ROWS_MAX rows FAILS, with a
-    reason that says what to do."""
+async def normalize_report(database: Database, connection: asyncpg.Connection, run: ReportRunRecord) -> ReportRunRecord:
+    """Stage 2, in the caller's transaction: the run's canonical rows, PostgreSQL reading the stored bytes
+    (streamed back to it from another connection of `database`, a chunk at a time). A report whose header
+    lacks the mapping's columns, whose bytes are not UTF-8, or with more than REPORT_ROWS_MAX rows FAILS,
+    with a reason that says what to do."""
     mapping = mapping_for(run.provider)
     header = await repo.header_line(connection, run.id, HEADER_BYTES_MAX)
     try:
@@ -235,9 +236,11 @@ async def normalize_report(connection: asyncpg.Connection, run: ReportRunRecord)
     except InvalidArgument as error:
         return await _failed(connection, run, error.violations[0].description)
     try:
-        async with connection.transaction():  # a savepoint: bytes PostgreSQL cannot read undo only this
-            count = await repo.normalize_rows(connection, run.id, mapping, columns, REPORT_ROWS_MAX)
-    except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError) as error:
+        async with database.connection(Budget.within(STAGE_STATEMENT_TIMEOUT_S)) as reader:
+            count = await repo.normalize_rows(
+                connection, run.id, mapping, columns, REPORT_ROWS_MAX, lambda: repo.stored_chunks(reader, run.id)
+            )
+    except repo.UnreadableReport as error:
         return await _failed(
             connection, run, f"the report is not UTF-8 text ({error}): export it as UTF-8 CSV and upload it again"
         )
@@ -338,7 +341,7 @@ async def process_run(database: Database, run_id: uuid.UUID) -> ReportRunRecord:
             started = time.perf_counter()
             if run.status == RunStatus.NORMALIZING:
                 stage = "normalization"
-                continue_with = await normalize_report(connection, run)
+                continue_with = await normalize_report(database, connection, run)
             else:
                 stage = "matching_and_resolution"
                 await match_report(connection, run)

@@ -210,3 +210,19 @@ async def test_a_report_that_changes_a_payout_already_posted_opens_a_case_and_po
     assert differences == ["PAYOUT_MISMATCH"]
     assert second.opened_case_count == 1
     assert await _balance(books, "bank:simulator") == bank  # nothing posted twice, nothing changed
+
+
+async def test_a_transaction_reported_twice_is_a_duplicate_in_its_report_and_in_a_later_one(books: Books) -> None:
+    await _without_drift(books)
+    await books.succeeded_payments(["10.00", "11.00"])
+    body = await books.report()
+    header, first_line, *rest = body.decode().splitlines(keepends=True)
+    run = await books.reconcile((header + first_line + first_line + "".join(rest)).encode())
+    duplicates = [f for f in await books.findings(run.id) if f["difference"] == "DUPLICATE_PROVIDER_ROW"]
+    assert [(f["row_number"], f["observed"]["reported_before"]) for f in duplicates] == [(2, False)]
+    # the same transaction in a report of another period that does not supersede this one
+    day = csv_rows(body)[0]["settlement_date"]
+    other_day = (datetime.fromisoformat(day) + timedelta(days=5)).date().isoformat()
+    again = await books.reconcile((header + first_line.replace(day, other_day)).encode())
+    duplicates = [f for f in await books.findings(again.id) if f["difference"] == "DUPLICATE_PROVIDER_ROW"]
+    assert [(f["row_number"], f["observed"]["reported_before"]) for f in duplicates] == [(1, True)]
