@@ -179,7 +179,6 @@ def _runs() -> None:
         sa.Column("settlement_date", sa.Date, nullable=True),
         sa.Column("error", sa.Text, nullable=True),
         sa.PrimaryKeyConstraint("run_id", "row_number", name=op.f("pk_report_rows")),
-        sa.ForeignKeyConstraint(["run_id"], ["report_runs.id"], name=op.f("fk_report_rows_run_id_report_runs")),
         _check("report_rows", "row_number_positive", "row_number >= 1"),
         _check("report_rows", "error_length", _length("error", 500, required=False)),
         _check(
