@@ -44,14 +44,15 @@ from server.domain.payment_states import (
     MoneyOutcome,
     PaymentState,
 )
+
+# -- the inputs ---------------------------------------------------------------------------------
+from server.domain.reconciliation import SELF_CLOSING
 from server.domain.refund_states import (
     REFUND_MACHINE,
     RELEASED_REFUND_STATES,
     UNDECIDED_REFUND_STATES,
     RefundState,
 )
-
-# -- the inputs ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -1086,8 +1087,8 @@ DRIFT_CLASSES: dict[str, str] = {
     "fx": "FX_ADJUSTMENT",
     "late": "TIMING_MISMATCH",
 }
-#: The classes that close themselves and open no case (server/domain/reconciliation.py's SELF_CLOSING).
-SELF_CLOSING_CLASSES = frozenset({"TIMING_MISMATCH"})
+#: The classes that close themselves and open no case.
+SELF_CLOSING_CLASSES = frozenset(difference.value for difference in SELF_CLOSING)
 #: The ledger event keys of payouts: `payout:<provider>:<payout id>`.
 PAYOUT_EVENT_PREFIX = "payout:"
 #: The tables a replayed upload must leave as they were.

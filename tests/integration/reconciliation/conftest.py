@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from ballast.reconciliation.v1 import reconciliation_pb2_grpc
+from chaos.checker import DRIFT_CLASSES as DRIFT_CLASSES  # the simulator's drift and the class it lands in
 from server.db.database import Database
 from server.db.engine import create_pool
 from server.db.migrate import migrate_to_head
@@ -32,16 +33,6 @@ from tests.support.servers import Caller, in_process_server
 from tests.support.simulator import simulator_truth
 
 ReconStub = reconciliation_pb2_grpc.ReconciliationServiceStub
-
-#: Every kind of drift the simulator plants, and the class Ballast must find it in.
-DRIFT_CLASSES = {
-    "missing": "MISSING_PROVIDER",
-    "extra": "MISSING_INTERNAL",
-    "amount": "AMOUNT_MISMATCH",
-    "fee": "FEE_MISMATCH",
-    "fx": "FX_ADJUSTMENT",
-    "late": "TIMING_MISMATCH",
-}
 
 
 @pytest.fixture(scope="module")

@@ -94,6 +94,17 @@ async def test_a_pending_payment_the_report_shows_settled_becomes_succeeded_with
     assert await books.pool.fetchval("SELECT count(*) FROM ledger_entries WHERE payment_id = $1", payment_id) == 1
 
 
+async def _paid_out_the_same_day(books: Books) -> None:
+    """No drift, and payments paid out the day they succeed: the report shows their payout paid."""
+    await _without_drift(books)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.put(f"{books.shop.url}/_sim/profile", json={"settings": {"settlement_delay_days": 0}}) as response,
+    ):
+        assert response.status == 200
+    await books.pool.execute("UPDATE provider_settings SET settlement_delay_days = 0 WHERE provider = 'simulator'")
+
+
 async def _balance(books: Books, account: str) -> Decimal:
     total = await books.pool.fetchval(
         "SELECT coalesce(sum(amount), 0) FROM ledger_lines WHERE account = $1 AND currency_code = 'EUR'", account
@@ -104,14 +115,7 @@ async def _balance(books: Books, account: str) -> Decimal:
 async def test_a_paid_payout_whose_lines_all_match_is_posted_once_and_clears_what_the_provider_owed(
     books: Books,
 ) -> None:
-    await _without_drift(books)
-    # paid out the same day: the report shows the payout paid
-    async with (
-        aiohttp.ClientSession() as http,
-        http.put(f"{books.shop.url}/_sim/profile", json={"settings": {"settlement_delay_days": 0}}) as response,
-    ):
-        assert response.status == 200
-    await books.pool.execute("UPDATE provider_settings SET settlement_delay_days = 0 WHERE provider = 'simulator'")
+    await _paid_out_the_same_day(books)
     await books.succeeded_payments(["10.00", "99.99", "1234.56"])
     body = await books.report()
     run = await books.reconcile(body)
@@ -192,13 +196,7 @@ async def test_a_corrected_report_supersedes_the_earlier_one_and_is_reconciled_a
 async def test_a_report_that_changes_a_payout_already_posted_opens_a_case_and_posts_nothing_more(
     books: Books,
 ) -> None:
-    await _without_drift(books)
-    async with (
-        aiohttp.ClientSession() as http,
-        http.put(f"{books.shop.url}/_sim/profile", json={"settings": {"settlement_delay_days": 0}}) as response,
-    ):
-        assert response.status == 200
-    await books.pool.execute("UPDATE provider_settings SET settlement_delay_days = 0 WHERE provider = 'simulator'")
+    await _paid_out_the_same_day(books)
     await books.succeeded_payments(["10.00", "20.00"])
     first = await books.reconcile(await books.report())
     assert first.opened_case_count == 0
