@@ -237,10 +237,18 @@ async def case_report_rows(connection: asyncpg.Connection, case_id: uuid.UUID) -
 
 
 async def lock_case(connection: asyncpg.Connection, case_id: uuid.UUID) -> asyncpg.Record | None:
-    """The case (any status), locked until the caller's transaction ends, with its report run's provider."""
+    """The case (any status), locked until the caller's transaction ends, with its report run's provider
+    and its currency (its payment's, or its report rows')."""
     row: asyncpg.Record | None = await connection.fetchrow(
-        "SELECT c.id, c.kind, c.status, c.payment_id, c.report_run_id, r.provider FROM cases c"
-        " LEFT JOIN report_runs r ON r.id = c.report_run_id WHERE c.id = $1 FOR UPDATE OF c",
+        """
+        SELECT c.id, c.kind, c.status, c.payment_id, c.report_run_id, r.provider,
+               coalesce(p.currency_code, (SELECT w.currency_code FROM report_findings f
+                                          JOIN report_rows w ON w.run_id = f.run_id AND w.row_number = f.row_number
+                                          WHERE f.case_id = c.id AND w.currency_code IS NOT NULL LIMIT 1))
+                   AS currency_code
+        FROM cases c LEFT JOIN report_runs r ON r.id = c.report_run_id LEFT JOIN payments p ON p.id = c.payment_id
+        WHERE c.id = $1 FOR UPDATE OF c
+        """,
         case_id,
     )
     return row

@@ -178,8 +178,11 @@ async def start_normalizing(connection: asyncpg.Connection, run_id: uuid.UUID) -
 
 
 async def limit_statements(connection: asyncpg.Connection, timeout_s: int) -> None:
-    """Each statement of the caller's transaction may take up to `timeout_s` (a stage over a big report)."""
+    """Each statement of the caller's transaction may take up to `timeout_s` (a stage over a big report),
+    and stops within a second of its server's death (PostgreSQL checks that the client is still there:
+    a killed server's stage does not hold the run's lock until it ends)."""
     await connection.execute(f"SET LOCAL statement_timeout = {int(timeout_s) * 1000}")
+    await connection.execute("SET LOCAL client_connection_check_interval = 1000")
 
 
 async def get_run(connection: asyncpg.Connection, run_id: uuid.UUID) -> ReportRunRecord | None:
@@ -944,8 +947,33 @@ async def post_entries(connection: asyncpg.Connection, postings: list[Posting]) 
 
 async def open_cases(connection: asyncpg.Connection, run_id: uuid.UUID) -> int:
     """A case for every finding that needs a person (one open case per class and payment: a payment's
-    finding joins an open case of its class), each finding pointing at its case. The number opened."""
+    finding joins an open case of its class), each finding pointing at its case. The number opened.
+
+    A difference the run this one supersedes found too keeps that run's case, open or decided: a
+    corrected report neither reopens a decision nor opens a second case for the same difference."""
     self_closing = [difference.value for difference in SELF_CLOSING]
+    await connection.execute(
+        """
+        WITH earlier AS (
+            SELECT f.case_id, f.difference, f.payment_id, f.payout_id, w.provider_transaction_id
+            FROM report_findings f JOIN report_runs r ON r.id = f.run_id
+            LEFT JOIN report_rows w ON w.run_id = f.run_id AND w.row_number = f.row_number
+            WHERE r.superseded_by = $1 AND f.case_id IS NOT NULL
+        ), found AS (
+            SELECT f.id, f.difference, f.payment_id, f.payout_id, w.provider_transaction_id
+            FROM report_findings f LEFT JOIN report_rows w ON w.run_id = f.run_id AND w.row_number = f.row_number
+            WHERE f.run_id = $1 AND f.case_id IS NULL
+        ), kept AS (
+            SELECT DISTINCT ON (n.id) n.id, e.case_id FROM found n JOIN earlier e ON e.difference = n.difference
+               AND (n.payment_id = e.payment_id
+                    OR (n.payment_id IS NULL AND e.payment_id IS NULL
+                        AND (n.provider_transaction_id = e.provider_transaction_id OR n.payout_id = e.payout_id)))
+            ORDER BY n.id, e.case_id
+        )
+        UPDATE report_findings f SET case_id = kept.case_id FROM kept WHERE f.id = kept.id
+        """,
+        run_id,
+    )
     evidence = """
         jsonb_build_array(jsonb_build_object('report_run_id', f.run_id, 'row_number', f.row_number,
                                              'difference', f.difference, 'expected', f.expected,
@@ -962,7 +990,7 @@ async def open_cases(connection: asyncpg.Connection, run_id: uuid.UUID) -> int:
         SELECT DISTINCT ON (f.difference, f.payment_id) f.difference, f.payment_id, f.run_id, left({summary}, 2000),
                {evidence}
         FROM report_findings f
-        WHERE f.run_id = $1 AND f.payment_id IS NOT NULL AND NOT (f.difference = ANY($2::text[]))
+        WHERE f.run_id = $1 AND f.payment_id IS NOT NULL AND f.case_id IS NULL AND NOT (f.difference = ANY($2::text[]))
         ORDER BY f.difference, f.payment_id, f.id
         ON CONFLICT (kind, payment_id) WHERE status = 'OPEN'
         DO UPDATE SET evidence = cases.evidence || EXCLUDED.evidence, updated_at = now()
@@ -974,8 +1002,8 @@ async def open_cases(connection: asyncpg.Connection, run_id: uuid.UUID) -> int:
     await connection.execute(
         """
         UPDATE report_findings f SET case_id = c.id FROM cases c
-        WHERE f.run_id = $1 AND f.payment_id IS NOT NULL AND c.status = 'OPEN' AND c.kind = f.difference
-          AND c.payment_id = f.payment_id AND NOT (f.difference = ANY($2::text[]))
+        WHERE f.run_id = $1 AND f.payment_id IS NOT NULL AND f.case_id IS NULL AND c.status = 'OPEN'
+          AND c.kind = f.difference AND c.payment_id = f.payment_id AND NOT (f.difference = ANY($2::text[]))
         """,
         run_id,
         self_closing,
@@ -986,7 +1014,7 @@ async def open_cases(connection: asyncpg.Connection, run_id: uuid.UUID) -> int:
         INSERT INTO cases (id, kind, report_run_id, summary, evidence)
         SELECT md5(f.run_id::text || ':' || f.id)::uuid, f.difference, f.run_id, left({summary}, 2000), {evidence}
         FROM report_findings f
-        WHERE f.run_id = $1 AND f.payment_id IS NULL AND NOT (f.difference = ANY($2::text[]))
+        WHERE f.run_id = $1 AND f.payment_id IS NULL AND f.case_id IS NULL AND NOT (f.difference = ANY($2::text[]))
         ON CONFLICT (id) DO NOTHING
         RETURNING id
         """,
@@ -996,7 +1024,7 @@ async def open_cases(connection: asyncpg.Connection, run_id: uuid.UUID) -> int:
     await connection.execute(
         """
         UPDATE report_findings f SET case_id = md5(f.run_id::text || ':' || f.id)::uuid
-        WHERE f.run_id = $1 AND f.payment_id IS NULL AND NOT (f.difference = ANY($2::text[]))
+        WHERE f.run_id = $1 AND f.payment_id IS NULL AND f.case_id IS NULL AND NOT (f.difference = ANY($2::text[]))
         """,
         run_id,
         self_closing,

@@ -815,6 +815,8 @@ report_findings = sa.Table(
     sa.CheckConstraint(_one_of("difference", Difference), name="difference_known"),
     sa.ForeignKeyConstraint(["run_id", "row_number"], ["report_rows.run_id", "report_rows.row_number"]),
     sa.Index("ix_report_findings_run_id_difference", "run_id", "difference"),
+    # "has this row a finding?", asked of every row of a run
+    sa.Index("ix_report_findings_run_id_row_number", "run_id", "row_number"),
     sa.Index("ix_report_findings_payment_id", "payment_id", postgresql_where=sa.text("payment_id IS NOT NULL")),
     comment=(
         "Every difference a report run found between the provider's rows and Ballast's records, by class,"

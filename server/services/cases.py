@@ -7,6 +7,7 @@ evidence, outcomes that stayed unknown).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -131,7 +132,7 @@ async def list_cases(database: Database, query: CaseQuery, budget: Budget) -> Ca
     """Cases newest first, a page at a time, under the query's filters (a token is tied to them)."""
     where = _filter(query)
     limit = LIST_PAGE.limit(query.page_size)
-    scope = repr(where)
+    scope = hashlib.sha256(repr(where).encode()).hexdigest()[:16]  # ties a token to its filter, briefly
     after = decode_cursor(query.page_token, "ListCases", scope) if query.page_token else None
     async with database.connection(budget) as connection:
         found = await cases_repo.list_cases(connection, where, after, limit + 1)
@@ -235,6 +236,11 @@ async def resolve_case(database: Database, principal: Principal, command: Resolv
             if case["provider"] is None:
                 raise FailedPrecondition(
                     "difference", "this case was not opened by a provider's report: resolve it without a difference"
+                )
+            if case["currency_code"] != command.currency_code:
+                raise FailedPrecondition(
+                    "difference.currency_code",
+                    f"the case is about {case['currency_code']}: a difference is posted in that currency",
                 )
             account = f"{POSTING_RESOLUTIONS[command.resolution]}:{case['provider']}"
             posted = await recon_repo.post_entries(

@@ -161,9 +161,8 @@ async def ingest_report(database: Database, header: ReportHeader, chunks: AsyncI
     async with database.connection(Budget.within(STAGE_STATEMENT_TIMEOUT_S)) as connection:
         if header.sha256 is not None:
             earlier = await repo.replayed_run(connection, header.provider, header.kind, header.sha256)
-            if earlier is not None:
-                async for _ in chunks:  # the bytes sent are discarded
-                    pass
+            if earlier is not None:  # the bytes sent are checked, then discarded
+                await _check_discarded(chunks, header.sha256)
                 return Ingested(earlier, replayed=True)
         run_id = uuid.uuid4()
         digest = _Digest()
@@ -175,8 +174,7 @@ async def ingest_report(database: Database, header: ReportHeader, chunks: AsyncI
                 connection, run_id, header.provider, header.kind, header.file_name, header.content_type, claimed, 1
             )
             if run is None:  # a concurrent upload of the same file committed first
-                async for _ in chunks:
-                    pass
+                await _check_discarded(chunks, claimed)
                 earlier = await repo.replayed_run(connection, header.provider, header.kind, claimed)
                 if earlier is None:
                     raise NotFound("report run", f"{header.provider}/{claimed}")
@@ -204,6 +202,24 @@ async def ingest_report(database: Database, header: ReportHeader, chunks: AsyncI
     assert stored is not None
     log.info("recon.ingested", run_id=str(run_id), provider=header.provider, bytes=digest.byte_count, sha256=actual)
     return Ingested(stored, replayed=False)
+
+
+async def _check_discarded(chunks: AsyncIterable[bytes], sha256: str) -> None:
+    """The bytes of an upload that replays an earlier run, hashed: they must be the file its header names."""
+    digest = _Digest()
+    async for chunk in chunks:
+        digest.byte_count += len(chunk)
+        digest.sha256.update(chunk)
+    if digest.sha256.hexdigest() != sha256:
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    "header.sha256",
+                    f"the {digest.byte_count} bytes received hash to {digest.sha256.hexdigest()}, not {sha256}:"
+                    " the upload was cut or changed; nothing was stored, upload the whole file again",
+                )
+            ]
+        )
 
 
 class _Replayed(Exception):

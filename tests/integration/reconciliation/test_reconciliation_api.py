@@ -264,3 +264,86 @@ async def test_an_auditor_exports_a_verifiable_bundle_of_a_run_and_of_a_case(boo
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await _bundle(books, pb.ExportEvidenceRequest(case_id=str(uuid.uuid4())))
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_difference_is_posted_only_in_the_cases_currency(books: Books) -> None:
+    _, case = await _an_open_case(books)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await books.recon.ResolveCase(
+            resolve(
+                case.id,
+                f"k-{uuid.uuid4()}",
+                resolution=pb.CASE_RESOLUTION_COMPENSATED,
+                note="adjusting",
+                difference=money_pb2.Money(value="-0.10", currency_code="USD"),
+            ),
+            metadata=books.operator.metadata,
+            timeout=5,
+        )
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "EUR" in refused.value.details()
+    assert await books.pool.fetchval("SELECT count(*) FROM ledger_entries WHERE event_key LIKE 'case:%'") == 0
+
+
+async def test_cases_are_read_page_by_page_with_the_token_of_the_same_filter(books: Books) -> None:
+    run, _ = await _an_open_case(books)
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = await books.recon.ListCases(
+            pb.ListCasesRequest(report_run_id=run.id, page_size=2, page_token=token),
+            metadata=books.auditor.metadata,
+            timeout=5,
+        )
+        seen += [case.id for case in page.cases]
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(seen) == len(set(seen)) == run.opened_case_count
+    with pytest.raises(grpc.aio.AioRpcError) as refused:  # a token of one filter under another
+        first = await books.recon.ListCases(
+            pb.ListCasesRequest(report_run_id=run.id, page_size=1), metadata=books.auditor.metadata, timeout=5
+        )
+        await books.recon.ListCases(
+            pb.ListCasesRequest(page_size=1, page_token=first.next_page_token),
+            metadata=books.auditor.metadata,
+            timeout=5,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_an_upload_naming_an_earlier_files_hash_must_carry_that_file(books: Books) -> None:
+    body = await books.report()
+    await ingest(books, body)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await ingest(books, b"garbage!", sha256=hashlib.sha256(body).hexdigest())
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "header.sha256" in refused.value.details()
+
+
+async def test_a_corrected_report_keeps_the_decisions_taken_on_the_differences_it_repeats(books: Books) -> None:
+    _, case = await _an_open_case(books)
+    await books.recon.ResolveCase(
+        resolve(case.id, f"k-{uuid.uuid4()}", resolution=pb.CASE_RESOLUTION_INTERNAL_CORRECT, note="asked them"),
+        metadata=books.operator.metadata,
+        timeout=5,
+    )
+    body = await books.report()
+    corrected = body.replace(b"lines", b"lines (corrected)")  # the provider re-sends it, slightly changed
+    assert corrected != body
+    again = await ingest(books, corrected)
+    await ReportWorker(books.database).run_once()
+    second = await run_of(books, again.run.id)
+    assert second.status == pb.REPORT_RUN_STATUS_COMPLETED
+    # the decided difference is not a case again; the others are the same cases, still open
+    kept = await books.pool.fetchval(
+        "SELECT count(*) FROM report_findings WHERE run_id = $1 AND case_id = $2",
+        uuid.UUID(second.id),
+        uuid.UUID(case.id),
+    )
+    assert kept == 1
+    assert second.opened_case_count == 0
+    reopened = await books.pool.fetchval(
+        "SELECT count(*) FROM cases WHERE payment_id = $1 AND status = 'OPEN' AND kind = 'MISSING_PROVIDER'",
+        uuid.UUID(case.payment_id),
+    )
+    assert reopened == 0

@@ -224,6 +224,7 @@ def _runs() -> None:
         ),
     )
     op.create_index(op.f("ix_report_findings_run_id_difference"), "report_findings", ["run_id", "difference"])
+    op.create_index(op.f("ix_report_findings_run_id_row_number"), "report_findings", ["run_id", "row_number"])
     op.create_index(
         op.f("ix_report_findings_payment_id"),
         "report_findings",
