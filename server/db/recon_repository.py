@@ -1008,13 +1008,20 @@ async def open_cases(connection: asyncpg.Connection, run_id: uuid.UUID) -> int:
         run_id,
         self_closing,
     )
-    # about no payment: a case per finding, its id derived from the finding's, so a repeat opens none
+    # about no payment: a case per finding (per transaction for its duplicates: a report repeating a
+    # row a thousand times is one case), its id derived from the finding's, so a repeat opens none
+    case_id = f"""
+        md5(f.run_id::text || ':' || CASE WHEN f.difference = '{Difference.DUPLICATE_PROVIDER_ROW}'
+            THEN 'duplicate:' || coalesce(f.observed ->> 'provider_transaction_id', f.id::text)
+            ELSE f.id::text END)::uuid
+    """
     about_rows = await connection.fetch(
         f"""
         INSERT INTO cases (id, kind, report_run_id, summary, evidence)
-        SELECT md5(f.run_id::text || ':' || f.id)::uuid, f.difference, f.run_id, left({summary}, 2000), {evidence}
+        SELECT DISTINCT ON ({case_id}) {case_id}, f.difference, f.run_id, left({summary}, 2000), {evidence}
         FROM report_findings f
         WHERE f.run_id = $1 AND f.payment_id IS NULL AND f.case_id IS NULL AND NOT (f.difference = ANY($2::text[]))
+        ORDER BY {case_id}, f.id
         ON CONFLICT (id) DO NOTHING
         RETURNING id
         """,
@@ -1022,8 +1029,8 @@ async def open_cases(connection: asyncpg.Connection, run_id: uuid.UUID) -> int:
         self_closing,
     )
     await connection.execute(
-        """
-        UPDATE report_findings f SET case_id = md5(f.run_id::text || ':' || f.id)::uuid
+        f"""
+        UPDATE report_findings f SET case_id = {case_id}
         WHERE f.run_id = $1 AND f.payment_id IS NULL AND f.case_id IS NULL AND NOT (f.difference = ANY($2::text[]))
         """,
         run_id,
