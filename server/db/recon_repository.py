@@ -595,36 +595,54 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
             SELECT r.row_number, r.currency_code AS r_currency, r.gross, r.fee, r.settlement_date, r.source_id,
                    r.payment_id, r.amount, r.p_currency, r.state, s.succeeded_at, c.digits
             FROM paired r
-            LEFT JOIN LATERAL (
-                SELECT min(t.occurred_at) AS succeeded_at FROM payment_transitions t
-                WHERE t.payment_id = r.payment_id AND t.to_state = '{PaymentState.SUCCEEDED}'
-            ) s ON true
+            LEFT JOIN (  -- when each matched payment succeeded: one join, by hash or by index as sizes say
+                SELECT t.payment_id, min(t.occurred_at) AS succeeded_at FROM payment_transitions t
+                WHERE t.to_state = '{PaymentState.SUCCEEDED}' AND t.payment_id IN (SELECT payment_id FROM paired)
+                GROUP BY t.payment_id
+            ) s ON s.payment_id = r.payment_id
             LEFT JOIN known c ON c.code = r.p_currency
         ),
         found AS (
-            SELECT m.row_number, m.payment_id, d.difference, d.expected, d.observed
+            SELECT m.row_number, m.payment_id, d.difference,
+                   CASE d.difference
+                       WHEN '{Difference.MISSING_INTERNAL}' THEN '{{}}'::jsonb
+                       WHEN '{Difference.CURRENCY_MISMATCH}' THEN jsonb_build_object('currency', m.p_currency)
+                       WHEN '{Difference.AMOUNT_MISMATCH}' THEN jsonb_build_object('amount', m.amount::text)
+                       WHEN '{Difference.STATUS_MISMATCH}' THEN jsonb_build_object('state', m.state)
+                       WHEN '{Difference.FEE_MISMATCH}' THEN
+                           jsonb_build_object(
+                               'fee', round(m.amount * $5::numeric / 10000 + $6::int * {_UNIT}, m.digits)::text
+                           )
+                       WHEN '{Difference.TIMING_MISMATCH}' THEN
+                           jsonb_build_object(
+                               'settlement_date', ((m.succeeded_at AT TIME ZONE 'UTC')::date + $8::int)::text
+                           )
+                   END AS expected,
+                   CASE d.difference
+                       WHEN '{Difference.MISSING_INTERNAL}' THEN
+                           jsonb_build_object(
+                               'source_id', m.source_id, 'gross', m.gross::text, 'currency', m.r_currency
+                           )
+                       WHEN '{Difference.CURRENCY_MISMATCH}' THEN jsonb_build_object('currency', m.r_currency)
+                       WHEN '{Difference.AMOUNT_MISMATCH}' THEN jsonb_build_object('gross', m.gross::text)
+                       WHEN '{Difference.STATUS_MISMATCH}' THEN jsonb_build_object('status', 'settled')
+                       WHEN '{Difference.FEE_MISMATCH}' THEN jsonb_build_object('fee', m.fee::text)
+                       WHEN '{Difference.TIMING_MISMATCH}' THEN
+                           jsonb_build_object('settlement_date', m.settlement_date::text)
+                   END AS observed
             FROM matched m
             CROSS JOIN LATERAL (VALUES
-                ('{Difference.MISSING_INTERNAL}', m.payment_id IS NULL, '{{}}'::jsonb,
-                 jsonb_build_object('source_id', m.source_id, 'gross', m.gross::text, 'currency', m.r_currency)),
-                ('{Difference.CURRENCY_MISMATCH}', m.payment_id IS NOT NULL AND m.r_currency <> m.p_currency,
-                 jsonb_build_object('currency', m.p_currency), jsonb_build_object('currency', m.r_currency)),
+                ('{Difference.MISSING_INTERNAL}', m.payment_id IS NULL),
+                ('{Difference.CURRENCY_MISMATCH}', m.payment_id IS NOT NULL AND m.r_currency <> m.p_currency),
                 ('{Difference.AMOUNT_MISMATCH}', m.payment_id IS NOT NULL AND m.r_currency = m.p_currency
-                    AND abs(m.gross - m.amount) > $4::int * {_UNIT},
-                 jsonb_build_object('amount', m.amount::text), jsonb_build_object('gross', m.gross::text)),
-                ('{Difference.STATUS_MISMATCH}', m.state = ANY($9::text[]),
-                 jsonb_build_object('state', m.state), jsonb_build_object('status', 'settled')),
+                    AND abs(m.gross - m.amount) > $4::int * {_UNIT}),
+                ('{Difference.STATUS_MISMATCH}', m.state = ANY($9::text[])),
                 ('{Difference.FEE_MISMATCH}', m.payment_id IS NOT NULL AND m.r_currency = m.p_currency
                     AND abs(m.fee - round(m.amount * $5::numeric / 10000 + $6::int * {_UNIT}, m.digits))
-                        > $7::int * {_UNIT},
-                 jsonb_build_object('fee', round(m.amount * $5::numeric / 10000 + $6::int * {_UNIT},
-                                                 m.digits)::text),
-                 jsonb_build_object('fee', m.fee::text)),
+                        > $7::int * {_UNIT}),
                 ('{Difference.TIMING_MISMATCH}', m.succeeded_at IS NOT NULL
-                    AND m.settlement_date <> (m.succeeded_at AT TIME ZONE 'UTC')::date + $8::int,
-                 jsonb_build_object('settlement_date', ((m.succeeded_at AT TIME ZONE 'UTC')::date + $8::int)::text),
-                 jsonb_build_object('settlement_date', m.settlement_date::text))
-            ) AS d(difference, applies, expected, observed)
+                    AND m.settlement_date <> (m.succeeded_at AT TIME ZONE 'UTC')::date + $8::int)
+            ) AS d(difference, applies)
             WHERE d.applies
         )
         INSERT INTO report_findings (run_id, row_number, payment_id, difference, expected, observed)
@@ -661,27 +679,42 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
             LEFT JOIN known c ON c.code = f.currency_code
         ),
         found AS (
-            SELECT m.row_number, m.payment_id, m.refund_id, d.difference, d.expected, d.observed
+            SELECT m.row_number, m.payment_id, m.refund_id, d.difference,
+                   CASE d.difference
+                       WHEN '{Difference.MISSING_INTERNAL}' THEN '{{}}'::jsonb
+                       WHEN '{Difference.CURRENCY_MISMATCH}' THEN jsonb_build_object('currency', m.f_currency)
+                       WHEN '{Difference.AMOUNT_MISMATCH}' THEN jsonb_build_object('amount', (-m.amount)::text)
+                       WHEN '{Difference.STATUS_MISMATCH}' THEN jsonb_build_object('state', m.state)
+                       WHEN '{Difference.FEE_MISMATCH}' THEN jsonb_build_object('fee', ($5::int * {_UNIT})::text)
+                       WHEN '{Difference.TIMING_MISMATCH}' THEN
+                           jsonb_build_object(
+                               'settlement_date', ((m.succeeded_at AT TIME ZONE 'UTC')::date + $8::int)::text
+                           )
+                   END AS expected,
+                   CASE d.difference
+                       WHEN '{Difference.MISSING_INTERNAL}' THEN
+                           jsonb_build_object(
+                               'source_id', m.source_id, 'gross', m.gross::text, 'currency', m.r_currency
+                           )
+                       WHEN '{Difference.CURRENCY_MISMATCH}' THEN jsonb_build_object('currency', m.r_currency)
+                       WHEN '{Difference.AMOUNT_MISMATCH}' THEN jsonb_build_object('gross', m.gross::text)
+                       WHEN '{Difference.STATUS_MISMATCH}' THEN jsonb_build_object('status', 'settled')
+                       WHEN '{Difference.FEE_MISMATCH}' THEN jsonb_build_object('fee', m.fee::text)
+                       WHEN '{Difference.TIMING_MISMATCH}' THEN
+                           jsonb_build_object('settlement_date', m.settlement_date::text)
+                   END AS observed
             FROM matched m
             CROSS JOIN LATERAL (VALUES
-                ('{Difference.MISSING_INTERNAL}', m.refund_id IS NULL, '{{}}'::jsonb,
-                 jsonb_build_object('source_id', m.source_id, 'gross', m.gross::text, 'currency', m.r_currency)),
-                ('{Difference.CURRENCY_MISMATCH}', m.refund_id IS NOT NULL AND m.r_currency <> m.f_currency,
-                 jsonb_build_object('currency', m.f_currency), jsonb_build_object('currency', m.r_currency)),
+                ('{Difference.MISSING_INTERNAL}', m.refund_id IS NULL),
+                ('{Difference.CURRENCY_MISMATCH}', m.refund_id IS NOT NULL AND m.r_currency <> m.f_currency),
                 ('{Difference.AMOUNT_MISMATCH}', m.refund_id IS NOT NULL AND m.r_currency = m.f_currency
-                    AND abs(-m.gross - m.amount) > $4::int * {_UNIT},
-                 jsonb_build_object('amount', (-m.amount)::text), jsonb_build_object('gross', m.gross::text)),
-                ('{Difference.STATUS_MISMATCH}', m.state = ANY($7::text[]),
-                 jsonb_build_object('state', m.state), jsonb_build_object('status', 'settled')),
+                    AND abs(-m.gross - m.amount) > $4::int * {_UNIT}),
+                ('{Difference.STATUS_MISMATCH}', m.state = ANY($7::text[])),
                 ('{Difference.FEE_MISMATCH}', m.refund_id IS NOT NULL AND m.r_currency = m.f_currency
-                    AND abs(m.fee - $5::int * {_UNIT}) > $6::int * {_UNIT},
-                 jsonb_build_object('fee', ($5::int * {_UNIT})::text),
-                 jsonb_build_object('fee', m.fee::text)),
+                    AND abs(m.fee - $5::int * {_UNIT}) > $6::int * {_UNIT}),
                 ('{Difference.TIMING_MISMATCH}', m.succeeded_at IS NOT NULL
-                    AND m.settlement_date <> (m.succeeded_at AT TIME ZONE 'UTC')::date + $8::int,
-                 jsonb_build_object('settlement_date', ((m.succeeded_at AT TIME ZONE 'UTC')::date + $8::int)::text),
-                 jsonb_build_object('settlement_date', m.settlement_date::text))
-            ) AS d(difference, applies, expected, observed)
+                    AND m.settlement_date <> (m.succeeded_at AT TIME ZONE 'UTC')::date + $8::int)
+            ) AS d(difference, applies)
             WHERE d.applies
         )
         INSERT INTO report_findings (run_id, row_number, payment_id, refund_id, difference, expected, observed)
