@@ -82,6 +82,7 @@ from server.services.reconciliation import (
     normalize_report,
     resolve_report,
 )
+from simulator.settlement import CSV_COLUMNS
 
 ROWS_DEFAULT = 1_000_000
 ROWS_MIN = 1_000
@@ -465,20 +466,7 @@ async def findings_by_class(pool: asyncpg.Pool, run_id: uuid.UUID) -> dict[Diffe
 
 # -- the baselines ------------------------------------------------------------------------------------
 
-_CSV_COLUMNS = (
-    "payout_id",
-    "settlement_date",
-    "balance_transaction_id",
-    "type",
-    "status",
-    "source_id",
-    "reference",
-    "currency",
-    "gross",
-    "fee",
-    "net",
-    "description",
-)
+_CSV_COLUMNS = CSV_COLUMNS  # the simulator's settlement report
 
 
 async def copy_and_join(

@@ -172,3 +172,41 @@ async def list_entries(
         )
         for row in rows
     ]
+
+
+async def post_entries(connection: asyncpg.Connection, postings: list[Posting]) -> int:
+    """Post the entries not posted before (by their event keys: a payout's, a case's), in one round trip;
+    how many."""
+    posted = {
+        row["event_key"]
+        for row in await connection.fetch(
+            "SELECT event_key FROM ledger_entries WHERE event_key = ANY($1::text[])", [p.event_key for p in postings]
+        )
+    }
+    fresh = [posting for posting in postings if posting.event_key not in posted]
+    if not fresh:
+        return 0
+    rows = posting_rows([(uuid.uuid4(), posting) for posting in fresh])
+    event_ids = [uuid.uuid4() for _ in rows.announced]
+    await connection.execute(
+        """
+        WITH entries AS (
+            INSERT INTO ledger_entries (id, event_key, payment_id, description)
+            SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[])
+        ), lines AS (
+            INSERT INTO ledger_lines (entry_id, line_number, account, currency_code, amount)
+            SELECT * FROM unnest($5::uuid[], $6::smallint[], $7::text[], $8::text[], $9::numeric[])
+        )
+        INSERT INTO outbox (id, topic, message_key, payload)
+        SELECT * FROM unnest($10::uuid[], $11::text[], $12::text[], $13::jsonb[])
+        """,
+        *rows.arguments,
+        event_ids,
+        [topic for topic, _, _ in rows.announced],
+        [key for _, key, _ in rows.announced],
+        [
+            payload | {"event_id": str(event_id)}
+            for event_id, (_, _, payload) in zip(event_ids, rows.announced, strict=True)
+        ],
+    )
+    return len(fresh)

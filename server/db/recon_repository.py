@@ -17,8 +17,7 @@ from typing import Any
 
 import asyncpg
 
-from server.db.ledger_repository import posting_rows
-from server.domain.ledger import Posting, settlement_bank
+from server.domain.ledger import settlement_bank
 from server.domain.money import MINOR_UNITS
 from server.domain.payment_states import UNDECIDED_STATES, PaymentState
 from server.domain.reconciliation import (
@@ -534,6 +533,22 @@ _NOT_CAPTURED = [PaymentState.FAILED.value, PaymentState.REJECTED.value, Payment
 _REFUND_NOT_PAID = [RefundState.FAILED.value, RefundState.REJECTED.value, RefundState.EXPIRED.value]
 
 
+#: The provider's side of a finding about a charge or refund row (m), by its class (d.difference).
+_OBSERVED = f"""
+    CASE d.difference
+        WHEN '{Difference.MISSING_INTERNAL}' THEN
+            jsonb_build_object('source_id', m.source_id, 'gross', m.gross::text, 'currency', m.r_currency)
+        WHEN '{Difference.CURRENCY_MISMATCH}' THEN jsonb_build_object('currency', m.r_currency)
+        WHEN '{Difference.AMOUNT_MISMATCH}' THEN jsonb_build_object('gross', m.gross::text)
+        WHEN '{Difference.STATUS_MISMATCH}' THEN jsonb_build_object('status', 'settled')
+        WHEN '{Difference.FEE_MISMATCH}' THEN jsonb_build_object('fee', m.fee::text)
+        WHEN '{Difference.TIMING_MISMATCH}' THEN jsonb_build_object('settlement_date', m.settlement_date::text)
+    END
+"""
+#: Ballast's side of a TIMING_MISMATCH: the day the matched record's success ($8: the settlement delay) falls due.
+_EXPECTED_DAY = "jsonb_build_object('settlement_date', ((m.succeeded_at AT TIME ZONE 'UTC')::date + $8::int)::text)"
+
+
 async def classify(connection: asyncpg.Connection, run: ReportRunRecord, settings: ProviderSettings) -> None:
     """Stages 3 and 4, in the caller's transaction: match the run's valid rows to Ballast's payments and
     refunds with joins, and write a finding for every difference, by class."""
@@ -613,23 +628,9 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
                            jsonb_build_object(
                                'fee', round(m.amount * $5::numeric / 10000 + $6::int * {_UNIT}, m.digits)::text
                            )
-                       WHEN '{Difference.TIMING_MISMATCH}' THEN
-                           jsonb_build_object(
-                               'settlement_date', ((m.succeeded_at AT TIME ZONE 'UTC')::date + $8::int)::text
-                           )
+                       WHEN '{Difference.TIMING_MISMATCH}' THEN {_EXPECTED_DAY}
                    END AS expected,
-                   CASE d.difference
-                       WHEN '{Difference.MISSING_INTERNAL}' THEN
-                           jsonb_build_object(
-                               'source_id', m.source_id, 'gross', m.gross::text, 'currency', m.r_currency
-                           )
-                       WHEN '{Difference.CURRENCY_MISMATCH}' THEN jsonb_build_object('currency', m.r_currency)
-                       WHEN '{Difference.AMOUNT_MISMATCH}' THEN jsonb_build_object('gross', m.gross::text)
-                       WHEN '{Difference.STATUS_MISMATCH}' THEN jsonb_build_object('status', 'settled')
-                       WHEN '{Difference.FEE_MISMATCH}' THEN jsonb_build_object('fee', m.fee::text)
-                       WHEN '{Difference.TIMING_MISMATCH}' THEN
-                           jsonb_build_object('settlement_date', m.settlement_date::text)
-                   END AS observed
+                   {_OBSERVED} AS observed
             FROM matched m
             CROSS JOIN LATERAL (VALUES
                 ('{Difference.MISSING_INTERNAL}', m.payment_id IS NULL),
@@ -686,23 +687,9 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
                        WHEN '{Difference.AMOUNT_MISMATCH}' THEN jsonb_build_object('amount', (-m.amount)::text)
                        WHEN '{Difference.STATUS_MISMATCH}' THEN jsonb_build_object('state', m.state)
                        WHEN '{Difference.FEE_MISMATCH}' THEN jsonb_build_object('fee', ($5::int * {_UNIT})::text)
-                       WHEN '{Difference.TIMING_MISMATCH}' THEN
-                           jsonb_build_object(
-                               'settlement_date', ((m.succeeded_at AT TIME ZONE 'UTC')::date + $8::int)::text
-                           )
+                       WHEN '{Difference.TIMING_MISMATCH}' THEN {_EXPECTED_DAY}
                    END AS expected,
-                   CASE d.difference
-                       WHEN '{Difference.MISSING_INTERNAL}' THEN
-                           jsonb_build_object(
-                               'source_id', m.source_id, 'gross', m.gross::text, 'currency', m.r_currency
-                           )
-                       WHEN '{Difference.CURRENCY_MISMATCH}' THEN jsonb_build_object('currency', m.r_currency)
-                       WHEN '{Difference.AMOUNT_MISMATCH}' THEN jsonb_build_object('gross', m.gross::text)
-                       WHEN '{Difference.STATUS_MISMATCH}' THEN jsonb_build_object('status', 'settled')
-                       WHEN '{Difference.FEE_MISMATCH}' THEN jsonb_build_object('fee', m.fee::text)
-                       WHEN '{Difference.TIMING_MISMATCH}' THEN
-                           jsonb_build_object('settlement_date', m.settlement_date::text)
-                   END AS observed
+                   {_OBSERVED} AS observed
             FROM matched m
             CROSS JOIN LATERAL (VALUES
                 ('{Difference.MISSING_INTERNAL}', m.refund_id IS NULL),
@@ -938,44 +925,6 @@ async def matched_payouts(
         [difference.value for difference in SELF_CLOSING],
     )
     return [MatchedPayout(**dict(row)) for row in rows]
-
-
-async def post_entries(connection: asyncpg.Connection, postings: list[Posting]) -> int:
-    """Post the entries not posted before (by their event keys: a payout's, a case's), in one round trip;
-    how many."""
-    posted = {
-        row["event_key"]
-        for row in await connection.fetch(
-            "SELECT event_key FROM ledger_entries WHERE event_key = ANY($1::text[])", [p.event_key for p in postings]
-        )
-    }
-    fresh = [posting for posting in postings if posting.event_key not in posted]
-    if not fresh:
-        return 0
-    rows = posting_rows([(uuid.uuid4(), posting) for posting in fresh])
-    event_ids = [uuid.uuid4() for _ in rows.announced]
-    await connection.execute(
-        """
-        WITH entries AS (
-            INSERT INTO ledger_entries (id, event_key, payment_id, description)
-            SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::text[])
-        ), lines AS (
-            INSERT INTO ledger_lines (entry_id, line_number, account, currency_code, amount)
-            SELECT * FROM unnest($5::uuid[], $6::smallint[], $7::text[], $8::text[], $9::numeric[])
-        )
-        INSERT INTO outbox (id, topic, message_key, payload)
-        SELECT * FROM unnest($10::uuid[], $11::text[], $12::text[], $13::jsonb[])
-        """,
-        *rows.arguments,
-        event_ids,
-        [topic for topic, _, _ in rows.announced],
-        [key for _, key, _ in rows.announced],
-        [
-            payload | {"event_id": str(event_id)}
-            for event_id, (_, _, payload) in zip(event_ids, rows.announced, strict=True)
-        ],
-    )
-    return len(fresh)
 
 
 async def open_cases(connection: asyncpg.Connection, run_id: uuid.UUID) -> int:

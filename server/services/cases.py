@@ -16,6 +16,7 @@ from typing import Any
 import asyncpg
 
 from server.db import cases_repository as cases_repo
+from server.db import ledger_repository
 from server.db import recon_repository as recon_repo
 from server.db.cases_repository import CaseFilter
 from server.db.cases_repository import CaseRecord as CaseRecord  # a result of these use cases
@@ -243,7 +244,7 @@ async def resolve_case(database: Database, principal: Principal, command: Resolv
                     f"the case is about {case['currency_code']}: a difference is posted in that currency",
                 )
             account = f"{POSTING_RESOLUTIONS[command.resolution]}:{case['provider']}"
-            posted = await recon_repo.post_entries(
+            posted = await ledger_repository.post_entries(
                 connection, case_postings(command.case_id, account, command.difference, command.currency_code)
             )
         resolution = {

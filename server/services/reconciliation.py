@@ -28,6 +28,7 @@ import asyncpg
 import structlog
 from prometheus_client import Counter, Histogram
 
+from server.db import ledger_repository
 from server.db import recon_repository as repo
 from server.db.database import Budget, Database
 from server.db.recon_repository import ReportRunRecord
@@ -112,9 +113,28 @@ class Ingested:
 
 
 class _Digest:
+    """The SHA-256 and size of an upload's bytes, as they go by."""
+
     def __init__(self) -> None:
         self.sha256 = hashlib.sha256()
         self.byte_count = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.sha256.update(chunk)
+        self.byte_count += len(chunk)
+
+    def check(self, expected: str) -> None:
+        """INVALID_ARGUMENT unless the bytes are the file whose SHA-256 the upload named."""
+        if self.sha256.hexdigest() != expected:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "header.sha256",
+                        f"the {self.byte_count} bytes received hash to {self.sha256.hexdigest()}, not {expected}:"
+                        " the upload was cut or changed; nothing was stored, upload the whole file again",
+                    )
+                ]
+            )
 
 
 async def _store_chunks(
@@ -127,7 +147,7 @@ async def _store_chunks(
     async for chunk in chunks:
         if not chunk:
             continue
-        digest.byte_count += len(chunk)
+        digest.add(chunk)
         if digest.byte_count > REPORT_BYTES_MAX:
             raise InvalidArgument(
                 [
@@ -138,7 +158,6 @@ async def _store_chunks(
                     )
                 ]
             )
-        digest.sha256.update(chunk)
         for start in range(0, len(chunk), CHUNK_BYTES_MAX):
             piece = chunk[start : start + CHUNK_BYTES_MAX]
             batch.append(piece)
@@ -183,16 +202,8 @@ async def ingest_report(database: Database, header: ReportHeader, chunks: AsyncI
             actual = digest.sha256.hexdigest()
             if digest.byte_count == 0:
                 raise InvalidArgument([FieldViolation("chunk", "the file is empty: nothing was stored")])
-            if header.sha256 is not None and actual != header.sha256:
-                raise InvalidArgument(
-                    [
-                        FieldViolation(
-                            "header.sha256",
-                            f"the {digest.byte_count} bytes received hash to {actual}, not {header.sha256}: the"
-                            " upload was cut or changed; nothing was stored, upload the whole file again",
-                        )
-                    ]
-                )
+            if header.sha256 is not None:
+                digest.check(header.sha256)
             if header.sha256 is None:
                 earlier = await repo.replayed_run(connection, header.provider, header.kind, actual)
                 if earlier is not None:
@@ -208,18 +219,8 @@ async def _check_discarded(chunks: AsyncIterable[bytes], sha256: str) -> None:
     """The bytes of an upload that replays an earlier run, hashed: they must be the file its header names."""
     digest = _Digest()
     async for chunk in chunks:
-        digest.byte_count += len(chunk)
-        digest.sha256.update(chunk)
-    if digest.sha256.hexdigest() != sha256:
-        raise InvalidArgument(
-            [
-                FieldViolation(
-                    "header.sha256",
-                    f"the {digest.byte_count} bytes received hash to {digest.sha256.hexdigest()}, not {sha256}:"
-                    " the upload was cut or changed; nothing was stored, upload the whole file again",
-                )
-            ]
-        )
+        digest.add(chunk)
+    digest.check(sha256)
 
 
 class _Replayed(Exception):
@@ -332,7 +333,7 @@ async def resolve_report(connection: asyncpg.Connection, run: ReportRunRecord) -
             net=payout.net,
         )
     ]
-    posted = await repo.post_entries(connection, postings) if postings else 0
+    posted = await ledger_repository.post_entries(connection, postings) if postings else 0
     if payouts:
         log.info("recon.payouts", run_id=str(run.id), matched=len(payouts), posted=posted)
     opened = await repo.open_cases(connection, run.id)
