@@ -182,6 +182,8 @@ async def limit_statements(connection: asyncpg.Connection, timeout_s: int) -> No
     a killed server's stage does not hold the run's lock until it ends)."""
     await connection.execute(f"SET LOCAL statement_timeout = {int(timeout_s) * 1000}")
     await connection.execute("SET LOCAL client_connection_check_interval = 1000")
+    await connection.execute("SET LOCAL jit = off")
+    await connection.execute("SET LOCAL work_mem = '64MB'")
 
 
 async def get_run(connection: asyncpg.Connection, run_id: uuid.UUID) -> ReportRunRecord | None:
@@ -285,94 +287,120 @@ def _split(line: str) -> str:
     """
 
 
-#: Patterns without alternatives: PostgreSQL matches them several times faster (a million rows a run).
+#: What a valid row's fields look like. A field that matches is cast; the first check that fails names
+#: the field and what is wrong with it (_row_error).
 _DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"
 _DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
-#: A date that matched _DATE has a month and a day in range (its day in its month: _DAY_OF_MONTH).
-_DATE_RANGES = """
-    (substr(f.settlement_date, 1, 4) BETWEEN '1900' AND '2999' AND substr(f.settlement_date, 6, 2) BETWEEN '01' AND '12'
-     AND substr(f.settlement_date, 9, 2) BETWEEN '01' AND '31')
-"""
+#: The years a settlement date may fall in.
+_YEARS = ("1900", "2999")
+
+
+def _plain(number: str, text: str) -> str:
+    """`number` (the field `text` cast to numeric) is written as `text`: a plain decimal, no exponent
+    (1e3), sign (+5), blanks or leading zeros; -0.00 is 0.00 written with its sign."""
+    return f"({number}::text = {text} OR '-' || {number}::text = {text})"
 
 
 def _amount_error(name: str) -> str:
-    """The CASE branches that name what is wrong with an amount field, for a clear row error."""
+    """The CASE branches that name what is wrong with an amount field, for a clear row error (each cast
+    guarded by the branches before it)."""
+    plain = f"""
+        '{name} ' || quote_nullable(left({name}, 40)) || ' is not a plain decimal amount (such as 12.34)'
+    """
     return f"""
-        WHEN NOT (f.{name} ~ '{_DECIMAL}') THEN
-            '{name} ' || quote_nullable(left(f.{name}, 40)) || ' is not a plain decimal amount (such as 12.34)'
-        WHEN scale(f.{name}::numeric) > c.digits THEN
-            '{name} ' || f.{name} || ' has more fraction digits than ' || f.currency || ' allows (' || c.digits || ')'
+        WHEN NOT ({name} ~ '{_DECIMAL}') THEN {plain}
+        WHEN NOT {_plain(f"{name}::numeric", name)} THEN {plain}
+        WHEN scale({name}::numeric) > digits THEN
+            '{name} ' || {name} || ' has more fraction digits than ' || currency || ' allows (' || digits || ')'
     """
 
 
-#: One regular expression over a row's amounts and date together: the common case (a valid row) is
-#: decided by it and a few casts; the detailed checks run only for a row it fails.
-_FAST_CHECK = f"'^{_DECIMAL[1:-1]},{_DECIMAL[1:-1]},{_DECIMAL[1:-1]}$'"
+#: Why a row (of the judged columns: the canonical fields as text, their `width`, the row type's
+#: `canonical` name, the currency's ISO `code` and `digits`) is not valid; NULL for a valid row. $4 is
+#: the provider's type words, $6 the header's width. No cast runs before the pattern that makes it safe.
+_ROW_ERROR = f"""
+    CASE
+        WHEN width <> $6 THEN 'has ' || width || ' fields where the header has ' || $6 || ' (a cut or malformed line)'
+        WHEN provider_transaction_id IS NULL THEN 'has no transaction id'
+        WHEN canonical IS NULL THEN
+            'type ' || quote_nullable(left(type, 40)) || ' is not one of ' || array_to_string($4, ', ')
+        WHEN code IS NULL THEN 'currency ' || quote_nullable(left(currency, 40)) || ' is not an ISO 4217 code'
+        {_amount_error("gross")}
+        {_amount_error("fee")}
+        {_amount_error("net")}
+        WHEN net::numeric <> gross::numeric - fee::numeric THEN
+            'net ' || net || ' is not gross ' || gross || ' less fee ' || fee
+        WHEN NOT (settlement_date ~ '{_DATE}')
+             OR NOT (substr(settlement_date, 1, 4) BETWEEN '{_YEARS[0]}' AND '{_YEARS[1]}'
+                     AND substr(settlement_date, 6, 2) BETWEEN '01' AND '12'
+                     AND substr(settlement_date, 9, 2) BETWEEN '01' AND '31') THEN
+            'settlement_date ' || quote_nullable(left(settlement_date, 40)) || ' is not a date such as 2026-11-30'
+        -- its first of the month plus its day less one stays in its month (2026-02-30 does not)
+        WHEN extract(month FROM (substr(settlement_date, 1, 8) || '01')::date
+                                + (substr(settlement_date, 9, 2)::int - 1)) <> substr(settlement_date, 6, 2)::int THEN
+            'settlement_date ' || settlement_date || ' is not a day of its month'
+    END
+"""
+
+#: A row is valid, its fields already cast (gross_n, fee_n, net_n, date_d): the same rules as _ROW_ERROR,
+#: decided by the casts and their written forms instead of patterns. NULL (a NaN amount) is not valid.
+_CAST_VALID = f"""
+    coalesce(
+        width = $6 AND provider_transaction_id IS NOT NULL AND canonical IS NOT NULL AND code IS NOT NULL
+        AND {_plain("gross_n", "gross")} AND {_plain("fee_n", "fee")} AND {_plain("net_n", "net")}
+        AND scale(gross_n) <= digits AND scale(fee_n) <= digits AND scale(net_n) <= digits
+        AND net_n = gross_n - fee_n
+        AND date_d BETWEEN '{_YEARS[0]}-01-01' AND '{_YEARS[1]}-12-31'
+        AND to_char(date_d, 'YYYY-MM-DD') = settlement_date,
+        false
+    )
+"""
 
 
-def _normalize_sql(source: str) -> str:
+def _normalize_sql(source: str, *, cast_first: bool) -> str:
     """INSERT the canonical rows of `source` (a subquery of row_number, width and the canonical fields
     as text) into report_rows, each valid or with the reason it is not ($1 run id, $2/$3 currency codes
-    and digits, $4/$5 the provider's type words and their canonical types, $6 the header's width)."""
-    detail = f"""
-        CASE
-            WHEN f.width <> $6 THEN
-                'has ' || f.width || ' fields where the header has ' || $6 || ' (a cut or malformed line)'
-            WHEN f.provider_transaction_id IS NULL THEN 'has no transaction id'
-            WHEN t.canonical IS NULL THEN
-                'type ' || quote_nullable(left(f.type, 40)) || ' is not one of ' || array_to_string($4, ', ')
-            WHEN c.code IS NULL THEN
-                'currency ' || quote_nullable(left(f.currency, 40)) || ' is not an ISO 4217 code'
-            {_amount_error("gross")}
-            {_amount_error("fee")}
-            {_amount_error("net")}
-            WHEN f.net::numeric <> f.gross::numeric - f.fee::numeric THEN
-                'net ' || f.net || ' is not gross ' || f.gross || ' less fee ' || f.fee
-            WHEN NOT (f.settlement_date ~ '{_DATE}') OR NOT {_DATE_RANGES} THEN
-                'settlement_date ' || quote_nullable(left(f.settlement_date, 40)) || ' is not a date such as 2026-11-30'
-            WHEN NOT {_DAY_OF_MONTH} THEN 'settlement_date ' || f.settlement_date || ' is not a day of its month'
-        END
-    """
-    fast = f"""
-        f.width = $6 AND f.provider_transaction_id IS NOT NULL AND t.canonical IS NOT NULL AND c.code IS NOT NULL
-        AND (f.gross || ',' || f.fee || ',' || f.net) ~ {_FAST_CHECK} AND f.settlement_date ~ '{_DATE}'
-        AND {_DATE_RANGES}
-    """
-    valid = f"""
-        scale(f.gross::numeric) <= c.digits AND scale(f.fee::numeric) <= c.digits
-        AND scale(f.net::numeric) <= c.digits AND f.net::numeric = f.gross::numeric - f.fee::numeric
-        AND {_DAY_OF_MONTH}
-    """
+    and digits, $4/$5 the provider's type words and their canonical types, $6 the header's width).
+
+    `cast_first`: every amount and date is cast up front and a row's validity decided from the casts
+    (a few operations a row: the common case, a well-formed report); the statement fails with a
+    DataError when any field does not cast at all, and is then run without it, where each row's fields
+    are checked against their patterns before any cast (_ROW_ERROR)."""
+    casts = (
+        ", gross::numeric AS gross_n, fee::numeric AS fee_n, net::numeric AS net_n, settlement_date::date AS date_d"
+        if cast_first
+        else ""
+    )
+    error = (
+        f"CASE WHEN {_CAST_VALID} THEN NULL ELSE coalesce({_ROW_ERROR}, 'does not parse') END"
+        if cast_first
+        else _ROW_ERROR
+    )
+
+    def value(field: str, cast: str, cast_column: str) -> str:
+        return f"CASE WHEN error IS NULL THEN {cast_column if cast_first else f'{field}::{cast}'} END"
+
+    # each level computed once per row (OFFSET 0 keeps the planner from inlining it into every use)
     return f"""
-        WITH f AS ({source}),
-        known AS (SELECT unnest($2::text[]) AS code, unnest($3::int[]) AS digits),
-        judged AS MATERIALIZED (  -- each row's error once: inlined, it would be computed for each use
-            SELECT f.*, t.canonical,
-                   CASE WHEN {fast} THEN CASE WHEN {valid} THEN NULL ELSE {detail} END ELSE {detail} END AS error
-            FROM f
-            LEFT JOIN known c ON c.code = f.currency
-            LEFT JOIN unnest($4::text[], $5::text[]) AS t(word, canonical) ON t.word = f.type
-        )
         INSERT INTO report_rows (run_id, row_number, provider_transaction_id, source_id, reference, payout_id, type,
                                  status, currency_code, gross, fee, net, settlement_date, error)
         SELECT $1, row_number, left(provider_transaction_id, 255), left(source_id, 255), left(reference, 255),
-               left(payout_id, 255), canonical, left(status, 64),
-               CASE WHEN error IS NULL THEN currency END,
-               CASE WHEN error IS NULL THEN gross::numeric END,
-               CASE WHEN error IS NULL THEN fee::numeric END,
-               CASE WHEN error IS NULL THEN net::numeric END,
-               CASE WHEN error IS NULL THEN settlement_date::date END,
+               left(payout_id, 255), canonical, left(status, 64), CASE WHEN error IS NULL THEN currency END,
+               {value("gross", "numeric", "gross_n")}, {value("fee", "numeric", "fee_n")},
+               {value("net", "numeric", "net_n")}, {value("settlement_date", "date", "date_d")},
                'line ' || (row_number + 1) || ': ' || left(error, {ERROR_LENGTH_MAX - 20})
-        FROM judged
+        FROM (
+            SELECT judged.*, {error} AS error
+            FROM (
+                SELECT f.*, t.canonical, c.code, c.digits {casts}
+                FROM ({source}) f
+                LEFT JOIN (SELECT unnest($2::text[]) AS code, unnest($3::int[]) AS digits) c ON c.code = f.currency
+                LEFT JOIN unnest($4::text[], $5::text[]) AS t(word, canonical) ON t.word = f.type
+                OFFSET 0
+            ) judged
+            OFFSET 0
+        ) checked
     """
-
-
-#: A date that matched _DATE is a day of its month (2026-02-30 is not): its first of the month plus its
-#: day less one stays in its month.
-_DAY_OF_MONTH = """
-    (extract(month FROM (substr(f.settlement_date, 1, 8) || '01')::date + (substr(f.settlement_date, 9, 2)::int - 1))
-     = substr(f.settlement_date, 6, 2)::int)
-"""
 
 
 def _fields(position: dict[str, int], column: Callable[[int], str], width: str) -> str:
@@ -441,7 +469,11 @@ async def normalize_rows(
             source = (
                 f"SELECT n AS row_number, {_fields(position, lambda i: f'c{i}', str(columns.width))} FROM recon_fields"
             )
-            await connection.execute(_normalize_sql(source), *arguments)
+            try:
+                async with connection.transaction():
+                    await connection.execute(_normalize_sql(source, cast_first=True), *arguments)
+            except asyncpg.DataError:  # a field that does not cast: each row checked field by field
+                await connection.execute(_normalize_sql(source, cast_first=False), *arguments)
             await connection.execute("DROP TABLE recon_fields")
             return count
     except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError) as error:
@@ -470,7 +502,7 @@ async def normalize_rows(
                 FROM recon_lines l, LATERAL (SELECT {_split(_LINE)} AS fields OFFSET 0) s
                 WHERE l.n > 1 AND l.line IS NOT NULL
             """
-            await connection.execute(_normalize_sql(split), *arguments)
+            await connection.execute(_normalize_sql(split, cast_first=False), *arguments)
             await connection.execute("DROP TABLE recon_lines")
             return count
     except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError) as error:

@@ -111,3 +111,51 @@ async def test_a_report_over_the_row_bound_fails_before_any_row_is_kept(
     run = await books.reconcile((HEADER + "".join(_line(f"t{n}") for n in range(4))).encode())
     assert run.status == "FAILED" and "more than 3 rows" in run.failure_reason
     assert await books.pool.fetchval("SELECT count(*) FROM report_rows WHERE run_id = $1", run.id) == 0
+
+
+#: Rows every line of which has the header's width: a report COPY parses whole, its amounts and dates
+#: judged from their casts. Each is (the line's fields, the error it gets, or None for a valid row).
+TRICKY_ROWS: tuple[tuple[dict[str, str], str | None], ...] = (
+    ({}, None),
+    ({"gross": "1e3", "net": "999.41"}, "gross '1e3' is not a plain decimal amount"),
+    ({"gross": "007.50", "net": "6.91"}, "gross '007.50' is not a plain decimal amount"),
+    ({"fee": "NaN"}, "fee 'NaN' is not a plain decimal amount"),
+    ({"gross": "12.345", "net": "11.755"}, "gross 12.345 has more fraction digits than EUR allows (2)"),
+    ({"fee": "-0.00", "net": "10.00"}, None),  # a zero fee written with its sign
+    ({"net": "9.40"}, "net 9.40 is not gross 10.00 less fee 0.59"),
+    ({"currency": "XXY"}, "currency 'XXY' is not an ISO 4217 code"),
+    ({"type": "bonus"}, "type 'bonus' is not one of"),
+    ({"balance_transaction_id": ""}, "has no transaction id"),
+    ({"settlement_date": "1899-12-31"}, "settlement_date '1899-12-31' is not a date such as 2026-11-30"),
+    ({"settlement_date": "2026-1-02"}, "settlement_date '2026-1-02' is not a date such as 2026-11-30"),
+)
+#: Values no cast takes: with one of them in a report, every row is checked field by field instead.
+UNCASTABLE_ROWS: tuple[tuple[dict[str, str], str], ...] = (
+    ({"gross": "ten", "net": "9.41"}, "gross 'ten' is not a plain decimal amount"),
+    ({"settlement_date": "2026-02-30"}, "settlement_date 2026-02-30 is not a day of its month"),
+)
+
+
+@pytest.mark.parametrize("uncastable", [None, *UNCASTABLE_ROWS], ids=["all-cast", "a-word-amount", "feb-30"])
+async def test_a_well_formed_reports_bad_rows_get_the_same_errors_whether_judged_by_cast_or_by_pattern(
+    books: Books, uncastable: tuple[dict[str, str], str] | None
+) -> None:
+    rows = [*TRICKY_ROWS, *([uncastable] if uncastable else [])]
+    body = HEADER + "".join(_line(f"t{n}", **fields) for n, (fields, _) in enumerate(rows, start=1))
+    run = await books.reconcile(body.encode())
+    assert run.status == "COMPLETED", run.failure_reason
+    errors = await _errors(books, run)
+    for number, (fields, expected) in enumerate(rows, start=1):
+        if expected is None:
+            assert number not in errors, (fields, errors.get(number))
+        else:
+            assert expected in errors.get(number, ""), (fields, errors.get(number))
+            assert errors[number].startswith(f"line {number + 1}: ")
+    valid = await books.pool.fetch(
+        "SELECT gross, fee, net, settlement_date FROM report_rows WHERE run_id = $1 AND error IS NULL ORDER BY fee",
+        run.id,
+    )
+    assert [(str(row["gross"]), str(row["fee"]), str(row["net"])) for row in valid] == [
+        ("10.00", "0.00", "10.00"),
+        ("10.00", "0.59", "9.41"),
+    ]
