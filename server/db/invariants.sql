@@ -111,12 +111,14 @@ CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
 -- =================================================================================================
 
 -- A payment is born RECORDED with nothing refunded; its amount, currency, client and idempotency key
--- never change; its state changes only by appending a payment_transitions row, and what its refunds
--- hold and returned only by its refunds (section 8): their triggers, one level down, are the only
--- writers of payments.state, refund_held and refunded.
+-- never change; its state (and when it first SUCCEEDED, succeeded_at) changes only by appending a
+-- payment_transitions row, and what its refunds hold and returned only by its refunds (section 8):
+-- their triggers, one level down, are the only writers of payments.state, succeeded_at, refund_held
+-- and refunded.
 CREATE FUNCTION payments_guard_state() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF TG_OP = 'INSERT' AND (NEW.state <> 'RECORDED' OR NEW.refund_held <> 0 OR NEW.refunded <> 0) THEN
+    IF TG_OP = 'INSERT' AND (NEW.state <> 'RECORDED' OR NEW.refund_held <> 0 OR NEW.refunded <> 0
+                             OR NEW.succeeded_at IS NOT NULL) THEN
         RAISE EXCEPTION 'a payment starts RECORDED with nothing refunded, not %', NEW.state
             USING ERRCODE = 'check_violation', CONSTRAINT = 'payments_initial_state';
     END IF;
@@ -130,7 +132,8 @@ BEGIN
         RAISE EXCEPTION 'payment %: amount, currency, client and key never change', OLD.id
             USING ERRCODE = 'check_violation', CONSTRAINT = 'payments_terms_immutable';
     END IF;
-    IF TG_OP = 'UPDATE' AND NEW.state IS DISTINCT FROM OLD.state AND pg_trigger_depth() < 2 THEN
+    IF TG_OP = 'UPDATE' AND (NEW.state, NEW.succeeded_at) IS DISTINCT FROM (OLD.state, OLD.succeeded_at)
+            AND pg_trigger_depth() < 2 THEN
         RAISE EXCEPTION 'payment % state % -> %: only an appended payment_transitions row may change it',
             OLD.id, OLD.state, NEW.state
             USING ERRCODE = 'check_violation', CONSTRAINT = 'payments_state_by_transition';
@@ -200,7 +203,8 @@ CREATE TRIGGER payment_transitions_apply BEFORE INSERT ON payment_transitions
 -- After the statement, the payments move together, in one UPDATE. Each transition was checked against
 -- the state its payment had before the statement, so a payment may move once per statement (twice
 -- would skip a check). A payment that moves starts its own check schedule: its attempts reset, and a
--- check already due (a webhook asked for it) survives only while the payment stays undecided.
+-- check already due (a webhook asked for it) survives only while the payment stays undecided. A move to
+-- SUCCEEDED keeps the earliest time the payment succeeded (succeeded_at).
 CREATE FUNCTION payment_transitions_move() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     twice uuid;
@@ -213,7 +217,9 @@ BEGIN
     UPDATE payments p SET state = a.to_state, updated_at = a.occurred_at,
         check_attempts = 0,
         next_check_at = CASE WHEN a.to_state IN ('RECORDED', 'PENDING', 'UNKNOWN')
-                              AND p.next_check_at <= a.occurred_at THEN p.next_check_at END
+                              AND p.next_check_at <= a.occurred_at THEN p.next_check_at END,
+        succeeded_at = CASE WHEN a.to_state = 'SUCCEEDED' THEN least(p.succeeded_at, a.occurred_at)
+                            ELSE p.succeeded_at END
     FROM appended a WHERE p.id = a.payment_id;
     RETURN NULL;
 END $$;

@@ -618,36 +618,38 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
         """,
         *args,
     )
-    # charges: by the provider's payment id, or (a row without one) by the merchant's reference
+    # charges: by the provider's payment id, or (a row without one) by the merchant's reference; one
+    # join, each row's checks evaluated once, the classes named only for the few rows that differ
     await connection.execute(
         f"""
-        WITH {known},
-        rows AS (
-            SELECT r.* FROM report_rows r
+        WITH matched AS (
+            SELECT r.row_number, r.currency_code AS r_currency, r.gross, r.fee, r.settlement_date, r.source_id,
+                   coalesce(by_id.id, by_ref.id) AS payment_id, coalesce(by_id.amount, by_ref.amount) AS amount,
+                   coalesce(by_id.currency_code, by_ref.currency_code) AS p_currency,
+                   coalesce(by_id.state, by_ref.state) AS state,
+                   coalesce(by_id.succeeded_at, by_ref.succeeded_at) AS succeeded_at
+            FROM report_rows r
+            LEFT JOIN payments by_id ON by_id.provider_payment_id = r.source_id
+            LEFT JOIN LATERAL (  -- Ballast's payment id, sent as the reference: looked up only for a row not matched
+                SELECT q.id, q.amount, q.currency_code, q.state, q.succeeded_at FROM payments q
+                WHERE by_id.id IS NULL AND q.provider_payment_id IS NULL
+                  AND q.id = CASE WHEN r.reference ~ '{_UUID}' THEN r.reference::uuid END
+                OFFSET 0
+            ) by_ref ON true
             WHERE r.run_id = $1 AND r.error IS NULL AND r.type = '{RowType.CHARGE}'
               AND NOT EXISTS (SELECT 1 FROM report_findings d WHERE d.run_id = $1 AND d.row_number = r.row_number
                               AND d.difference = '{Difference.DUPLICATE_PROVIDER_ROW}')
         ),
-        paired AS (  -- by the provider's id, else by the reference: Ballast's payment id, sent as the reference
-            SELECT r.*, coalesce(by_id.id, by_ref.id) AS payment_id, coalesce(by_id.amount, by_ref.amount) AS amount,
-                   coalesce(by_id.currency_code, by_ref.currency_code) AS p_currency,
-                   coalesce(by_id.state, by_ref.state) AS state
-            FROM rows r
-            LEFT JOIN payments by_id ON by_id.provider_payment_id = r.source_id
-            LEFT JOIN payments by_ref
-                   ON by_id.id IS NULL AND by_ref.provider_payment_id IS NULL
-                  AND by_ref.id = CASE WHEN r.reference ~ '{_UUID}' THEN r.reference::uuid END
+        checked AS (
+            SELECT m.*, c.digits, c.unit, round(m.amount * $6::numeric / 10000 + $7::int * c.unit, c.digits) AS due_fee,
+                   (m.succeeded_at AT TIME ZONE 'UTC')::date + $9::int AS due_day
+            FROM matched m LEFT JOIN {_KNOWN} c ON c.code = m.p_currency
         ),
-        matched AS (
-            SELECT r.row_number, r.currency_code AS r_currency, r.gross, r.fee, r.settlement_date, r.source_id,
-                   r.payment_id, r.amount, r.p_currency, r.state, s.succeeded_at, c.digits
-            FROM paired r
-            LEFT JOIN (  -- when each matched payment succeeded: one join, by hash or by index as sizes say
-                SELECT t.payment_id, min(t.occurred_at) AS succeeded_at FROM payment_transitions t
-                WHERE t.to_state = '{PaymentState.SUCCEEDED}' AND t.payment_id IN (SELECT payment_id FROM paired)
-                GROUP BY t.payment_id
-            ) s ON s.payment_id = r.payment_id
-            LEFT JOIN known c ON c.code = r.p_currency
+        differing AS (  -- most rows match: one test of each row, the classes named for the rest
+            SELECT * FROM checked m
+            WHERE m.payment_id IS NULL OR m.r_currency <> m.p_currency OR abs(m.gross - m.amount) > $5::int * m.unit
+               OR m.state = ANY($10::text[]) OR abs(m.fee - m.due_fee) > $8::int * m.unit
+               OR m.settlement_date <> m.due_day
         ),
         found AS (
             SELECT m.row_number, m.payment_id, d.difference,
@@ -656,25 +658,20 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
                        WHEN '{Difference.CURRENCY_MISMATCH}' THEN jsonb_build_object('currency', m.p_currency)
                        WHEN '{Difference.AMOUNT_MISMATCH}' THEN jsonb_build_object('amount', m.amount::text)
                        WHEN '{Difference.STATUS_MISMATCH}' THEN jsonb_build_object('state', m.state)
-                       WHEN '{Difference.FEE_MISMATCH}' THEN
-                           jsonb_build_object(
-                               'fee', round(m.amount * $5::numeric / 10000 + $6::int * {_UNIT}, m.digits)::text
-                           )
-                       WHEN '{Difference.TIMING_MISMATCH}' THEN {_EXPECTED_DAY}
+                       WHEN '{Difference.FEE_MISMATCH}' THEN jsonb_build_object('fee', m.due_fee::text)
+                       WHEN '{Difference.TIMING_MISMATCH}' THEN jsonb_build_object('settlement_date', m.due_day::text)
                    END AS expected,
                    {_OBSERVED} AS observed
-            FROM matched m
+            FROM differing m
             CROSS JOIN LATERAL (VALUES
                 ('{Difference.MISSING_INTERNAL}', m.payment_id IS NULL),
                 ('{Difference.CURRENCY_MISMATCH}', m.payment_id IS NOT NULL AND m.r_currency <> m.p_currency),
                 ('{Difference.AMOUNT_MISMATCH}', m.payment_id IS NOT NULL AND m.r_currency = m.p_currency
-                    AND abs(m.gross - m.amount) > $4::int * {_UNIT}),
-                ('{Difference.STATUS_MISMATCH}', m.state = ANY($9::text[])),
+                    AND abs(m.gross - m.amount) > $5::int * m.unit),
+                ('{Difference.STATUS_MISMATCH}', m.state = ANY($10::text[])),
                 ('{Difference.FEE_MISMATCH}', m.payment_id IS NOT NULL AND m.r_currency = m.p_currency
-                    AND abs(m.fee - round(m.amount * $5::numeric / 10000 + $6::int * {_UNIT}, m.digits))
-                        > $7::int * {_UNIT}),
-                ('{Difference.TIMING_MISMATCH}', m.succeeded_at IS NOT NULL
-                    AND m.settlement_date <> (m.succeeded_at AT TIME ZONE 'UTC')::date + $8::int)
+                    AND abs(m.fee - m.due_fee) > $8::int * m.unit),
+                ('{Difference.TIMING_MISMATCH}', m.succeeded_at IS NOT NULL AND m.settlement_date <> m.due_day)
             ) AS d(difference, applies)
             WHERE d.applies
         )
@@ -682,6 +679,7 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
         SELECT $1, row_number, payment_id, difference, expected, observed FROM found
         """,
         *args,
+        [Decimal(1).scaleb(-digits) for digits in MINOR_UNITS.values()],
         settings.amount_tolerance_minor_units,
         settings.fee_bps,
         settings.fee_fixed_minor_units,
@@ -797,69 +795,77 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
     )
     # successes with no row, once the report covers their settlement date and the window after it
     if run.period_start is not None and run.period_end is not None:
-        await connection.execute(
-            f"""
-            WITH expected AS (
-                SELECT p.id, p.provider_payment_id, p.amount, p.currency_code,
-                       (min(t.occurred_at) AT TIME ZONE 'UTC')::date + $4::int AS settles_on
-                FROM payment_transitions t JOIN payments p ON p.id = t.payment_id
-                WHERE t.to_state = '{PaymentState.SUCCEEDED}' AND p.state = ANY($5::text[])
-                  AND t.occurred_at >= ($2::date - $4::int - 1)::timestamp AT TIME ZONE 'UTC'
-                  AND t.occurred_at < ($3::date - $4::int + 1)::timestamp AT TIME ZONE 'UTC'
-                GROUP BY p.id
-            ),
-            elsewhere AS ({in_force})
-            INSERT INTO report_findings (run_id, payment_id, difference, expected)
-            SELECT $1, e.id, '{Difference.MISSING_PROVIDER}',
-                   jsonb_build_object('provider_payment_id', e.provider_payment_id, 'amount', e.amount::text,
-                                      'currency', e.currency_code, 'settlement_date', e.settles_on::text)
-            FROM expected e
-            WHERE e.settles_on BETWEEN $2::date AND $3::date - $6::int
-              AND NOT EXISTS (SELECT 1 FROM report_rows r WHERE r.run_id = $1 AND r.error IS NULL
-                              AND r.type = '{RowType.CHARGE}' AND r.source_id = e.provider_payment_id)
-              AND NOT EXISTS (SELECT 1 FROM elsewhere o WHERE o.type = '{RowType.CHARGE}'
-                              AND o.source_id = e.provider_payment_id)
-            """,
-            run.id,
-            run.period_start,
-            run.period_end,
-            settings.settlement_delay_days,
-            _CAPTURED,
-            settings.settlement_window_days,
-        )
-        # refunds that succeeded with no row, the same way
-        await connection.execute(
-            f"""
-            WITH expected AS (
-                SELECT f.id, f.payment_id, f.provider_refund_id, f.amount, f.currency_code,
-                       (min(t.occurred_at) AT TIME ZONE 'UTC')::date + $4::int AS settles_on
-                FROM refund_transitions t JOIN refunds f ON f.id = t.refund_id
-                WHERE t.to_state = '{RefundState.SUCCEEDED}' AND f.state = '{RefundState.SUCCEEDED}'
-                  AND t.occurred_at >= ($2::date - $4::int - 1)::timestamp AT TIME ZONE 'UTC'
-                  AND t.occurred_at < ($3::date - $4::int + 1)::timestamp AT TIME ZONE 'UTC'
-                GROUP BY f.id
-            ),
-            elsewhere AS ({in_force})
-            INSERT INTO report_findings (run_id, payment_id, refund_id, difference, expected)
-            SELECT $1, e.payment_id, e.id, '{Difference.MISSING_PROVIDER}',
-                   jsonb_build_object('provider_refund_id', e.provider_refund_id, 'amount', (-e.amount)::text,
-                                      'currency', e.currency_code, 'settlement_date', e.settles_on::text)
-            FROM expected e
-            WHERE e.settles_on BETWEEN $2::date AND $3::date - $5::int
-              AND NOT EXISTS (SELECT 1 FROM report_rows r WHERE r.run_id = $1 AND r.error IS NULL
-                              AND r.type = '{RowType.REFUND}' AND r.source_id = e.provider_refund_id)
-              AND NOT EXISTS (SELECT 1 FROM elsewhere o WHERE o.type = '{RowType.REFUND}'
-                              AND o.source_id = e.provider_refund_id)
-            """,
-            run.id,
-            run.period_start,
-            run.period_end,
-            settings.settlement_delay_days,
-            settings.settlement_window_days,
-        )
+        await _find_unreported(connection, run, settings, in_force)
+
+
+#: The first and the day after the last day of success whose settlement a run's period covers, its
+#: window passed ($2/$3 the run's first and last day, $4 the settlement delay, $5 the window), in UTC.
+_SUCCESS_FROM = "($2::date - $4::int)::timestamp AT TIME ZONE 'UTC'"
+_SUCCESS_UNTIL = "($3::date - $5::int - $4::int + 1)::timestamp AT TIME ZONE 'UTC'"
+
+
+async def _find_unreported(
+    connection: asyncpg.Connection, run: ReportRunRecord, settings: ProviderSettings, in_force: str
+) -> None:
+    """MISSING_PROVIDER: the payments and refunds that succeeded so that they settle in the run's period
+    (its window passed) and that neither this run nor another in force reports. In two steps: what this
+    run lacks (a hash anti-join of the records against its rows) is usually a handful, and is taken with
+    its real size to the runs in force (however many rows they hold, joined the way that size calls for)."""
+    await connection.execute(
+        """
+        CREATE TEMP TABLE recon_unreported (
+            payment_id uuid, refund_id uuid, type text, source_id text, expected jsonb
+        ) ON COMMIT DROP
+        """
+    )
+    delay, window = settings.settlement_delay_days, settings.settlement_window_days
+    bounds = [run.id, run.period_start, run.period_end, delay, window]
+    await connection.execute(
+        f"""
+        INSERT INTO recon_unreported (payment_id, type, source_id, expected)
+        SELECT p.id, '{RowType.CHARGE}', p.provider_payment_id,
+               jsonb_build_object('provider_payment_id', p.provider_payment_id, 'amount', p.amount::text,
+                                  'currency', p.currency_code,
+                                  'settlement_date', ((p.succeeded_at AT TIME ZONE 'UTC')::date + $4::int)::text)
+        FROM payments p  -- by the time each first succeeded (ix_payments_succeeded_at)
+        WHERE p.succeeded_at >= {_SUCCESS_FROM} AND p.succeeded_at < {_SUCCESS_UNTIL} AND p.state = ANY($6::text[])
+          AND NOT EXISTS (SELECT 1 FROM report_rows r WHERE r.run_id = $1 AND r.error IS NULL
+                          AND r.type = '{RowType.CHARGE}' AND r.source_id = p.provider_payment_id)
+        """,
+        *bounds,
+        _CAPTURED,
+    )
+    await connection.execute(
+        f"""
+        INSERT INTO recon_unreported (payment_id, refund_id, type, source_id, expected)
+        SELECT f.payment_id, f.id, '{RowType.REFUND}', f.provider_refund_id,
+               jsonb_build_object('provider_refund_id', f.provider_refund_id, 'amount', (-f.amount)::text,
+                                  'currency', f.currency_code,
+                                  'settlement_date', ((t.occurred_at AT TIME ZONE 'UTC')::date + $4::int)::text)
+        FROM refund_transitions t JOIN refunds f ON f.id = t.refund_id  -- a refund succeeds once
+        WHERE t.to_state = '{RefundState.SUCCEEDED}' AND f.state = '{RefundState.SUCCEEDED}'
+          AND t.occurred_at >= {_SUCCESS_FROM} AND t.occurred_at < {_SUCCESS_UNTIL}
+          AND NOT EXISTS (SELECT 1 FROM report_rows r WHERE r.run_id = $1 AND r.error IS NULL
+                          AND r.type = '{RowType.REFUND}' AND r.source_id = f.provider_refund_id)
+        """,
+        *bounds,
+    )
+    await connection.execute("ANALYZE recon_unreported")
+    await connection.execute(
+        f"""
+        INSERT INTO report_findings (run_id, payment_id, refund_id, difference, expected)
+        SELECT $1, u.payment_id, u.refund_id, '{Difference.MISSING_PROVIDER}', u.expected
+        FROM recon_unreported u
+        WHERE NOT EXISTS (SELECT 1 FROM ({in_force}) o WHERE o.type = u.type AND o.source_id = u.source_id)
+        """,
+        run.id,
+    )
+    await connection.execute("DROP TABLE recon_unreported")
 
 
 _UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+#: Each ISO 4217 currency with its fraction digits and one minor unit ($2, $3 and $4 of a statement).
+_KNOWN = "(SELECT unnest($2::text[]) AS code, unnest($3::int[]) AS digits, unnest($4::numeric[]) AS unit)"
 #: One minor unit of the matched record's currency (m.digits fraction digits).
 _UNIT = "(10::numeric ^ (-m.digits))"
 

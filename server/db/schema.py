@@ -137,6 +137,9 @@ payments = sa.Table(
     # written by the refunds' triggers only (invariants.sql, section 8)
     sa.Column("refund_held", sa.Numeric, nullable=False, server_default="0"),
     sa.Column("refunded", sa.Numeric, nullable=False, server_default="0"),
+    # when it first SUCCEEDED: written with its state by its transitions' trigger only (invariants.sql,
+    # section 2); a report's rows are matched to it and their expected settlement day in one join
+    sa.Column("succeeded_at", sa.DateTime(timezone=True), nullable=True),
     # One payment per idempotency key, and never a payment without its key record.
     sa.UniqueConstraint("client_id", "idempotency_key"),
     sa.ForeignKeyConstraint(
@@ -176,6 +179,8 @@ payments = sa.Table(
         "provider_payment_id",
         postgresql_where=sa.text("provider_payment_id IS NOT NULL"),
     ),
+    # which payments a settlement report of a period should hold (reconciliation's MISSING_PROVIDER)
+    sa.Index("ix_payments_succeeded_at", "succeeded_at", postgresql_where=sa.text("succeeded_at IS NOT NULL")),
     comment=(
         "A payment Ballast was asked to take, in its internal state. Provider statuses are evidence"
         " stored beside the state, never a replacement for it."
@@ -760,6 +765,10 @@ report_chunks = sa.Table(
     sa.CheckConstraint("seq >= 0", name="seq_nonnegative"),
     sa.CheckConstraint(f"octet_length(bytes) BETWEEN 1 AND {recon.CHUNK_BYTES_MAX}", name="bytes_size"),
     comment="A report's raw bytes exactly as received, in order, their SHA-256 on the run. Append-only.",
+)
+# stored as received, uncompressed: taking a report in writes its bytes at disk speed (pglz is slower)
+sa.event.listen(
+    report_chunks, "after_create", sa.DDL("ALTER TABLE report_chunks ALTER COLUMN bytes SET STORAGE EXTERNAL")
 )
 
 report_rows = sa.Table(

@@ -137,6 +137,22 @@ class TestPostgresRefusesShortcuts:
         with pytest.raises(asyncpg.CheckViolationError, match="payment_transitions"):
             await pool.execute("UPDATE payments SET state = 'SUCCEEDED' WHERE id = $1", payment_id)
 
+    async def test_when_a_payment_first_succeeded_is_written_by_its_transitions_only(
+        self, database: Database, principal: Principal, pool: asyncpg.Pool
+    ) -> None:
+        payment_id = await new_payment(database, principal, "40.00")
+        assert await pool.fetchval("SELECT succeeded_at FROM payments WHERE id = $1", payment_id) is None
+        for event in (E.ACCEPTED, E.SUCCEEDED, E.REFUND_REQUESTED, E.REFUND_FAILED):
+            await _apply(database, payment_id, event)
+        first_success = await pool.fetchval(
+            "SELECT min(occurred_at) FROM payment_transitions WHERE payment_id = $1 AND to_state = 'SUCCEEDED'",
+            payment_id,
+        )
+        assert first_success is not None
+        assert await pool.fetchval("SELECT succeeded_at FROM payments WHERE id = $1", payment_id) == first_success
+        with pytest.raises(asyncpg.CheckViolationError, match="payment_transitions"):
+            await pool.execute("UPDATE payments SET succeeded_at = now() WHERE id = $1", payment_id)
+
     async def test_an_illegal_transition_written_by_raw_sql_is_refused(
         self, database: Database, principal: Principal, pool: asyncpg.Pool
     ) -> None:
