@@ -767,9 +767,8 @@ report_chunks = sa.Table(
     comment="A report's raw bytes exactly as received, in order, their SHA-256 on the run. Append-only.",
 )
 # stored as received, uncompressed: taking a report in writes its bytes at disk speed (pglz is slower)
-sa.event.listen(
-    report_chunks, "after_create", sa.DDL("ALTER TABLE report_chunks ALTER COLUMN bytes SET STORAGE EXTERNAL")
-)
+_UNCOMPRESSED = sa.DDL("ALTER TABLE report_chunks ALTER COLUMN bytes SET STORAGE EXTERNAL")  # type: ignore[no-untyped-call]
+sa.event.listen(report_chunks, "after_create", _UNCOMPRESSED)
 
 report_rows = sa.Table(
     "report_rows",
