@@ -796,6 +796,8 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
     # successes with no row, once the report covers their settlement date and the window after it
     if run.period_start is not None and run.period_end is not None:
         await _find_unreported(connection, run, settings, in_force)
+    # what resolution joins next (cases, payouts) is planned with the findings just written counted
+    await connection.execute("ANALYZE report_findings")
 
 
 #: The first and the day after the last day of success whose settlement a run's period covers, its
@@ -934,28 +936,35 @@ async def matched_payouts(
     """The run's payouts that the provider paid (a settled status), in one currency, whose total is the
     net of their lines and none of whose lines differs from Ballast's records (a late line aside) or
     failed to parse: what may be posted."""
+    line = f"error IS NULL AND type <> '{RowType.PAYOUT}'"
+    payout = f"error IS NULL AND type = '{RowType.PAYOUT}'"
     rows = await connection.fetch(
         f"""
-        WITH lines AS (
-            SELECT payout_id, min(currency_code) AS currency_code, count(DISTINCT currency_code) AS currencies,
-                   coalesce(sum(gross) FILTER (WHERE type IN ('{RowType.CHARGE}', '{RowType.REFUND}')), 0) AS cleared,
-                   sum(fee) AS fees,
-                   coalesce(sum(gross) FILTER (WHERE type = '{RowType.ADJUSTMENT}'), 0) AS adjustments,
-                   sum(net) AS net, count(*) AS line_count
+        WITH lines AS (  -- one pass over the run's rows: each payout's own row, its lines' sums and currencies
+            SELECT payout_id, min(currency_code) FILTER (WHERE {line}) AS currency_code,
+                   max(currency_code) FILTER (WHERE {line}) AS other_currency,
+                   coalesce(sum(gross) FILTER (WHERE {line} AND type IN ('{RowType.CHARGE}', '{RowType.REFUND}')), 0)
+                       AS cleared,
+                   sum(fee) FILTER (WHERE {line}) AS fees,
+                   coalesce(sum(gross) FILTER (WHERE {line} AND type = '{RowType.ADJUSTMENT}'), 0) AS adjustments,
+                   sum(net) FILTER (WHERE {line}) AS net, count(*) FILTER (WHERE {line}) AS line_count,
+                   count(*) FILTER (WHERE error IS NOT NULL) AS unreadable,
+                   min(net) FILTER (WHERE {payout}) AS paid_out, max(net) FILTER (WHERE {payout}) AS also_paid_out,
+                   bool_and(status = ANY($2::text[])) FILTER (WHERE {payout}) AS paid
             FROM report_rows
-            WHERE run_id = $1 AND error IS NULL AND type <> '{RowType.PAYOUT}' AND payout_id IS NOT NULL
+            WHERE run_id = $1 AND payout_id IS NOT NULL
             GROUP BY payout_id
+        ),
+        differing AS (  -- payouts with a line that differs from Ballast's records (a late line aside)
+            SELECT DISTINCT r.payout_id FROM report_findings f
+            JOIN report_rows r ON r.run_id = f.run_id AND r.row_number = f.row_number
+            WHERE f.run_id = $1 AND r.payout_id IS NOT NULL AND NOT (f.difference = ANY($3::text[]))
         )
         SELECT l.payout_id, l.currency_code, l.cleared, l.fees, l.adjustments, l.net, l.line_count
         FROM lines l
-        JOIN report_rows p ON p.run_id = $1 AND p.error IS NULL AND p.type = '{RowType.PAYOUT}'
-                          AND p.payout_id = l.payout_id
-        WHERE l.currencies = 1 AND p.status = ANY($2::text[]) AND p.net = -l.net
-          AND NOT EXISTS (SELECT 1 FROM report_rows bad WHERE bad.run_id = $1 AND bad.error IS NOT NULL
-                          AND bad.payout_id = l.payout_id)
-          AND NOT EXISTS (SELECT 1 FROM report_findings f
-                          JOIN report_rows r ON r.run_id = f.run_id AND r.row_number = f.row_number
-                          WHERE f.run_id = $1 AND r.payout_id = l.payout_id AND NOT (f.difference = ANY($3::text[])))
+        WHERE l.line_count > 0 AND l.currency_code = l.other_currency AND l.unreadable = 0
+          AND l.paid AND l.paid_out = -l.net AND l.also_paid_out = -l.net
+          AND NOT EXISTS (SELECT 1 FROM differing d WHERE d.payout_id = l.payout_id)
         ORDER BY l.payout_id
         """,
         run_id,
