@@ -176,14 +176,21 @@ async def start_normalizing(connection: asyncpg.Connection, run_id: uuid.UUID) -
     )
 
 
+#: Memory each sort or hash of a stage statement may use before it spills to disk: a report's rows joined
+#: to the payments they settle are hashed in memory up to a couple of million rows.
+STAGE_WORK_MEM_MB = 64
+
+
 async def limit_statements(connection: asyncpg.Connection, timeout_s: int) -> None:
-    """Each statement of the caller's transaction may take up to `timeout_s` (a stage over a big report),
-    and stops within a second of its server's death (PostgreSQL checks that the client is still there:
-    a killed server's stage does not hold the run's lock until it ends)."""
-    await connection.execute(f"SET LOCAL statement_timeout = {int(timeout_s) * 1000}")
-    await connection.execute("SET LOCAL client_connection_check_interval = 1000")
-    await connection.execute("SET LOCAL jit = off")
-    await connection.execute("SET LOCAL work_mem = '64MB'")
+    """The settings of a stage's transaction. Each statement may take up to `timeout_s` (a stage over a
+    big report), and stops within a second of its server's death (PostgreSQL checks that the client is
+    still there: a killed server's stage does not hold the run's lock until it ends). Its joins hash in
+    up to STAGE_WORK_MEM_MB, and without JIT compilation: the planner takes a report's statements for
+    expensive enough to compile, which costs about a second each and saves less."""
+    await connection.execute(  # one round trip
+        f"SET LOCAL statement_timeout = {int(timeout_s) * 1000}; SET LOCAL client_connection_check_interval = 1000;"
+        f" SET LOCAL jit = off; SET LOCAL work_mem = '{int(STAGE_WORK_MEM_MB)}MB'"
+    )
 
 
 async def get_run(connection: asyncpg.Connection, run_id: uuid.UUID) -> ReportRunRecord | None:
