@@ -477,8 +477,10 @@ async def copy_and_join(
     pool: asyncpg.Pool, path: Path, settings: ProviderSettings, timings: Timings, sampler: RssSampler
 ) -> dict[Difference, int]:
     """(e): COPY the file into a staging table of typed columns, then one classifying join against
-    payments into a temp table; the classes found."""
-    async with pool.acquire(timeout=POOL_WAIT_S) as connection:
+    payments into a temp table; the classes found. Its statements run with the settings of the pipeline's
+    stages (repo.limit_statements: work memory, no JIT), so the two are compared on equal terms."""
+    async with pool.acquire(timeout=POOL_WAIT_S) as connection:  # the pool resets them on release
+        await connection.execute(f"SET jit = off; SET work_mem = '{repo.STAGE_WORK_MEM_MB}MB'")
         await connection.execute(
             """
             CREATE TABLE bench_staging (
