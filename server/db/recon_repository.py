@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -23,6 +23,7 @@ from server.domain.payment_states import UNDECIDED_STATES, PaymentState
 from server.domain.reconciliation import (
     ERROR_LENGTH_MAX,
     FINAL_RUN_STATUSES,
+    IN_FORCE_WINDOW_DAYS,
     SELF_CLOSING,
     Difference,
     HeaderColumns,
@@ -593,37 +594,42 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
     refunds with joins, and write a finding for every difference, by class."""
     args: list[Any] = [run.id, list(MINOR_UNITS), list(MINOR_UNITS.values())]
     known = "known AS (SELECT unnest($2::text[]) AS code, unnest($3::int[]) AS digits)"
-    # rows of every other run still in force: a transaction reported there is not reported again here
+    # rows of the other runs still in force near this one's period: a transaction reported there is not
+    # reported again here (a run without a period, no valid row, has nothing to compare)
+    near = "false"
+    if run.period_start is not None and run.period_end is not None:
+        window = timedelta(days=IN_FORCE_WINDOW_DAYS)
+        near = (
+            f"other.period_start <= '{(run.period_end + window).isoformat()}'::date"
+            f" AND other.period_end >= '{(run.period_start - window).isoformat()}'::date"
+        )
     in_force = f"""
         SELECT o.provider_transaction_id, o.source_id, o.type FROM report_rows o
         JOIN report_runs other ON other.id = o.run_id
         WHERE other.id <> $1 AND other.provider = '{_quoted(run.provider)}' AND other.kind = '{run.kind.value}'
-          AND other.superseded_by IS NULL AND other.status <> '{RunStatus.FAILED}' AND o.error IS NULL
+          AND other.superseded_by IS NULL AND other.status <> '{RunStatus.FAILED}' AND o.error IS NULL AND {near}
     """
     await connection.execute(
         f"""
-        WITH {known},
-        repeated AS (  -- transaction ids twice or more in this report: every row after the first
-            SELECT provider_transaction_id, min(row_number) AS first_row FROM report_rows
-            WHERE run_id = $1 AND error IS NULL GROUP BY provider_transaction_id HAVING count(*) > 1
-        ),
-        elsewhere AS ({in_force}),
-        duplicated AS (
-            SELECT r.row_number, r.provider_transaction_id, false AS reported_before
-            FROM report_rows r JOIN repeated d ON d.provider_transaction_id = r.provider_transaction_id
-            WHERE r.run_id = $1 AND r.error IS NULL AND r.row_number > d.first_row
-            UNION
-            SELECT r.row_number, r.provider_transaction_id, true
-            FROM report_rows r JOIN elsewhere e ON e.provider_transaction_id = r.provider_transaction_id
-            WHERE r.run_id = $1 AND r.error IS NULL
+        WITH counted AS (  -- one pass: each transaction id's first row here, and whether it is reported twice
+            SELECT provider_transaction_id, min(row_number) FILTER (WHERE here) AS first_row,
+                   count(*) FILTER (WHERE here) AS here, bool_or(NOT here) AS reported_before
+            FROM (SELECT provider_transaction_id, row_number, true AS here FROM report_rows
+                  WHERE run_id = $1 AND error IS NULL
+                  UNION ALL
+                  SELECT provider_transaction_id, NULL, false FROM ({in_force}) elsewhere) rows
+            GROUP BY provider_transaction_id
+            HAVING count(*) > 1 AND count(*) FILTER (WHERE here) > 0
         )
         INSERT INTO report_findings (run_id, row_number, difference, observed)
-        SELECT DISTINCT ON (row_number) $1, row_number, '{Difference.DUPLICATE_PROVIDER_ROW}',
-               jsonb_build_object('provider_transaction_id', provider_transaction_id,
-                                  'reported_before', reported_before)
-        FROM duplicated ORDER BY row_number, reported_before DESC
+        SELECT $1, r.row_number, '{Difference.DUPLICATE_PROVIDER_ROW}',
+               jsonb_build_object('provider_transaction_id', r.provider_transaction_id,
+                                  'reported_before', c.reported_before)
+        FROM report_rows r JOIN counted c ON c.provider_transaction_id = r.provider_transaction_id
+        WHERE r.run_id = $1 AND r.error IS NULL AND (c.reported_before OR r.row_number > c.first_row)
+        ORDER BY r.row_number
         """,
-        *args,
+        run.id,
     )
     # charges: by the provider's payment id, or (a row without one) by the merchant's reference; one
     # join, each row's checks evaluated once, the classes named only for the few rows that differ

@@ -29,6 +29,10 @@ ERROR_LENGTH_MAX = 500
 #: the lease only keeps two workers from taking the same run between its stages, since each stage holds
 #: the run's row lock (a dead server's lock ends with its connection), so two never do a stage twice.
 RUN_LEASE_S = 15
+#: A report is compared with the other runs in force (for a transaction reported twice, or one it lacks)
+#: whose periods lie within this many days of its own: providers re-send a transaction within days, and
+#: a run's work stays bounded however many years of reports Ballast holds.
+IN_FORCE_WINDOW_DAYS = 62
 
 
 class ReportKind(enum.StrEnum):

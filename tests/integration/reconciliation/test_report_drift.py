@@ -13,6 +13,7 @@ import aiohttp
 
 from ballast.payments.v1 import payments_pb2
 from server.db import recon_repository
+from server.domain.reconciliation import IN_FORCE_WINDOW_DAYS
 from server.services.reconciliation import ReportPuller, ReportWorker, resolve_report
 from tests.integration.reconciliation.conftest import DRIFT, DRIFT_CLASSES, Books, csv_rows
 from tests.integration.refunds.conftest import refund_request
@@ -224,3 +225,7 @@ async def test_a_transaction_reported_twice_is_a_duplicate_in_its_report_and_in_
     again = await books.reconcile((header + first_line.replace(day, other_day)).encode())
     duplicates = [f for f in await books.findings(again.id) if f["difference"] == "DUPLICATE_PROVIDER_ROW"]
     assert [(f["row_number"], f["observed"]["reported_before"]) for f in duplicates] == [(1, True)]
+    # and in a report of a period further away than the runs a report is compared with: not a duplicate
+    far_day = (datetime.fromisoformat(day) + timedelta(days=IN_FORCE_WINDOW_DAYS + 30)).date().isoformat()
+    far = await books.reconcile((header + first_line.replace(day, far_day)).encode())
+    assert [f for f in await books.findings(far.id) if f["difference"] == "DUPLICATE_PROVIDER_ROW"] == []
