@@ -298,6 +298,8 @@ def _split(line: str) -> str:
 #: What a valid row's fields look like. A field that matches is cast; the first check that fails names
 #: the field and what is wrong with it (_row_error).
 _DECIMAL = r"^-?[0-9]+(\.[0-9]+)?$"
+#: The longest amount a row may write (sign, digits and point): longer is not an amount, and is never cast.
+_AMOUNT_TEXT_MAX = 40
 _DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 #: The years a settlement date may fall in.
 _YEARS = ("1900", "2999")
@@ -316,7 +318,7 @@ def _amount_error(name: str) -> str:
         '{name} ' || quote_nullable(left({name}, 40)) || ' is not a plain decimal amount (such as 12.34)'
     """
     return f"""
-        WHEN NOT ({name} ~ '{_DECIMAL}') THEN {plain}
+        WHEN NOT ({name} ~ '{_DECIMAL}') OR length({name}) > {_AMOUNT_TEXT_MAX} THEN {plain}
         WHEN NOT {_plain(f"{name}::numeric", name)} THEN {plain}
         WHEN scale({name}::numeric) > digits THEN
             '{name} ' || {name} || ' has more fraction digits than ' || currency || ' allows (' || digits || ')'
@@ -356,6 +358,7 @@ _CAST_VALID = f"""
     coalesce(
         width = $6 AND provider_transaction_id IS NOT NULL AND canonical IS NOT NULL AND code IS NOT NULL
         AND {_plain("gross_n", "gross")} AND {_plain("fee_n", "fee")} AND {_plain("net_n", "net")}
+        AND greatest(length(gross), length(fee), length(net)) <= {_AMOUNT_TEXT_MAX}
         AND scale(gross_n) <= digits AND scale(fee_n) <= digits AND scale(net_n) <= digits
         AND net_n = gross_n - fee_n
         AND date_d BETWEEN '{_YEARS[0]}-01-01' AND '{_YEARS[1]}-12-31'

@@ -120,6 +120,7 @@ TRICKY_ROWS: tuple[tuple[dict[str, str], str | None], ...] = (
     ({"gross": "1e3", "net": "999.41"}, "gross '1e3' is not a plain decimal amount"),
     ({"gross": "007.50", "net": "6.91"}, "gross '007.50' is not a plain decimal amount"),
     ({"fee": "NaN"}, "fee 'NaN' is not a plain decimal amount"),
+    ({"gross": "1" * 41 + ".00", "net": "1" * 41 + ".00"}, "gross '1111111111"),  # longer than any amount
     ({"gross": "12.345", "net": "11.755"}, "gross 12.345 has more fraction digits than EUR allows (2)"),
     ({"fee": "-0.00", "net": "10.00"}, None),  # a zero fee written with its sign
     ({"net": "9.40"}, "net 9.40 is not gross 10.00 less fee 0.59"),
@@ -132,11 +133,14 @@ TRICKY_ROWS: tuple[tuple[dict[str, str], str | None], ...] = (
 #: Values no cast takes: with one of them in a report, every row is checked field by field instead.
 UNCASTABLE_ROWS: tuple[tuple[dict[str, str], str], ...] = (
     ({"gross": "ten", "net": "9.41"}, "gross 'ten' is not a plain decimal amount"),
+    ({"gross": "9" * 200_000, "net": "9.41"}, "is not a plain decimal amount"),  # past numeric's own range
     ({"settlement_date": "2026-02-30"}, "settlement_date 2026-02-30 is not a day of its month"),
 )
 
 
-@pytest.mark.parametrize("uncastable", [None, *UNCASTABLE_ROWS], ids=["all-cast", "a-word-amount", "feb-30"])
+@pytest.mark.parametrize(
+    "uncastable", [None, *UNCASTABLE_ROWS], ids=["all-cast", "a-word-amount", "a-huge-amount", "feb-30"]
+)
 async def test_a_well_formed_reports_bad_rows_get_the_same_errors_whether_judged_by_cast_or_by_pattern(
     books: Books, uncastable: tuple[dict[str, str], str] | None
 ) -> None:
