@@ -1029,26 +1029,26 @@ async def open_cases(connection: asyncpg.Connection, run_id: uuid.UUID) -> int:
         || CASE WHEN f.expected = '{}'::jsonb THEN '' ELSE ': Ballast ' || f.expected::text END
         || CASE WHEN f.observed = '{}'::jsonb THEN '' ELSE ', provider ' || f.observed::text END
     """
-    about_payments = await connection.fetch(
+    # the case of each class and payment, opened or joined, and its findings pointing at it: one statement
+    opened_about_payments: int = await connection.fetchval(
         f"""
-        INSERT INTO cases (kind, payment_id, report_run_id, summary, evidence)
-        SELECT DISTINCT ON (f.difference, f.payment_id) f.difference, f.payment_id, f.run_id, left({summary}, 2000),
-               {evidence}
-        FROM report_findings f
-        WHERE f.run_id = $1 AND f.payment_id IS NOT NULL AND f.case_id IS NULL AND NOT (f.difference = ANY($2::text[]))
-        ORDER BY f.difference, f.payment_id, f.id
-        ON CONFLICT (kind, payment_id) WHERE status = 'OPEN'
-        DO UPDATE SET evidence = cases.evidence || EXCLUDED.evidence, updated_at = now()
-        RETURNING id, (xmax = 0) AS opened
-        """,
-        run_id,
-        self_closing,
-    )
-    await connection.execute(
-        """
-        UPDATE report_findings f SET case_id = c.id FROM cases c
-        WHERE f.run_id = $1 AND f.payment_id IS NOT NULL AND f.case_id IS NULL AND c.status = 'OPEN'
-          AND c.kind = f.difference AND c.payment_id = f.payment_id AND NOT (f.difference = ANY($2::text[]))
+        WITH opened AS (
+            INSERT INTO cases (kind, payment_id, report_run_id, summary, evidence)
+            SELECT DISTINCT ON (f.difference, f.payment_id) f.difference, f.payment_id, f.run_id,
+                   left({summary}, 2000), {evidence}
+            FROM report_findings f
+            WHERE f.run_id = $1 AND f.payment_id IS NOT NULL AND f.case_id IS NULL
+              AND NOT (f.difference = ANY($2::text[]))
+            ORDER BY f.difference, f.payment_id, f.id
+            ON CONFLICT (kind, payment_id) WHERE status = 'OPEN'
+            DO UPDATE SET evidence = cases.evidence || EXCLUDED.evidence, updated_at = now()
+            RETURNING id, kind, payment_id, (xmax = 0) AS opened
+        ), linked AS (
+            UPDATE report_findings f SET case_id = o.id FROM opened o
+            WHERE f.run_id = $1 AND f.case_id IS NULL AND f.payment_id = o.payment_id AND f.difference = o.kind
+            RETURNING f.id
+        )
+        SELECT count(*) FILTER (WHERE opened) FROM opened  -- linked runs to completion, unread
         """,
         run_id,
         self_closing,
@@ -1100,25 +1100,20 @@ async def open_cases(connection: asyncpg.Connection, run_id: uuid.UUID) -> int:
         """,
         run_id,
     )
-    return sum(1 for row in about_payments if row["opened"]) + len(about_rows)
+    return opened_about_payments + len(about_rows)
 
 
 async def complete_run(connection: asyncpg.Connection, run_id: uuid.UUID, opened_cases: int) -> ReportRunRecord:
     """The run's final counts; COMPLETED."""
     row = await connection.fetchrow(
         f"""
-        WITH flagged AS (
-            SELECT DISTINCT row_number FROM report_findings WHERE run_id = $1 AND row_number IS NOT NULL
-        ), counted AS (
-            SELECT count(*) FILTER (WHERE r.error IS NULL AND f.row_number IS NULL) AS matched,
-                   count(*) FILTER (WHERE r.error IS NULL AND f.row_number IS NOT NULL) AS unmatched
-            FROM report_rows r LEFT JOIN flagged f ON f.row_number = r.row_number
-            WHERE r.run_id = $1
+        WITH flagged AS (  -- a finding names a valid row, or none: the rest of the valid rows matched
+            SELECT count(DISTINCT row_number) AS rows FROM report_findings WHERE run_id = $1 AND row_number IS NOT NULL
         )
-        UPDATE report_runs r SET status = '{RunStatus.COMPLETED}', matched_row_count = c.matched,
-               unmatched_row_count = c.unmatched, opened_case_count = $2, completed_at = now(), updated_at = now(),
-               lease_until = NULL
-        FROM counted c WHERE r.id = $1
+        UPDATE report_runs r SET status = '{RunStatus.COMPLETED}',
+               matched_row_count = r.row_count - r.invalid_row_count - f.rows, unmatched_row_count = f.rows,
+               opened_case_count = $2, completed_at = now(), updated_at = now(), lease_until = NULL
+        FROM flagged f WHERE r.id = $1
         RETURNING {", ".join(f"r.{column.strip()}" for column in _RUN_COLUMNS.split(","))}
         """,
         run_id,
