@@ -106,6 +106,19 @@ chaos: $(INSTALLED) ## Run every chaos scenario (seed SEED, default 1) and print
 chaos-smoke: $(INSTALLED) ## Run the chaos scenarios CI runs (a few minutes)
 	$(BIN)/python -m chaos smoke --seed $(SEED)
 
+SHAPE ?= step
+USERS ?= 16
+DURATION ?= 20
+SCENARIO ?=
+
+.PHONY: load
+load: $(INSTALLED) ## Locust, headless (SHAPE step|spike|soak, USERS, DURATION, SCENARIO a chaos scenario), then every invariant; results in loadtests/results/
+	$(BIN)/python -m loadtests run --shape $(SHAPE) --users $(USERS) --duration $(DURATION) $(if $(SCENARIO),--scenario $(SCENARIO)) --seed $(SEED)
+
+.PHONY: load-ui
+load-ui: $(INSTALLED) ## Locust's web UI at http://127.0.0.1:8089 against a world it starts (SCENARIO optional); Ctrl-C ends it and checks the invariants
+	$(BIN)/python -m loadtests ui $(if $(SCENARIO),--scenario $(SCENARIO)) --seed $(SEED)
+
 .PHONY: clean
 clean: ## Remove the virtual environment and caches (keeps .data)
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info gen/*.egg-info

@@ -12,10 +12,10 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -200,16 +200,39 @@ def _breaker_changes(the_world: World) -> list[dict[str, Any]]:
     return changes
 
 
-async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Timings) -> RunReport:
+class LoadRunner(Protocol):
+    """What drives a run's load: called once the world serves, at `started` (the time.monotonic() the
+    faults share); records every payment and refund call in `history`; returns when the load is done."""
+
+    def describe(self) -> str: ...
+
+    async def __call__(self, the_world: World, started: float, history: History) -> None: ...
+
+
+@dataclass(frozen=True)
+class DriverLoad:
+    """The harness's own clients (chaos/load.py), as the scenario's Load says."""
+
+    scenario: Scenario
+    seed: int
+
+    def describe(self) -> str:
+        return f"{self.scenario.load.clients} clients for {self.scenario.load.duration_s:g}s"
+
+    async def __call__(self, the_world: World, started: float, history: History) -> None:
+        targets = [Target(replica.address, replica.metadata) for replica in the_world.servers]
+        await Driver(targets, self.scenario.load, self.seed, the_world.run_id, history).run(started)
+
+
+async def _exercise(
+    scenario: Scenario, seed: int, the_world: World, timings: Timings, load: LoadRunner | None = None
+) -> RunReport:
     history = History()
     planned = plan(scenario, seed)
     applied: list[AppliedFault] = []  # the faults as they were really applied, for the report
-    targets = [Target(replica.address, replica.metadata) for replica in the_world.servers]
-    driver = Driver(targets, scenario.load, seed, the_world.run_id, history)
-    say(
-        f"load: {scenario.load.clients} clients for {scenario.load.duration_s:g}s;"
-        f" {len(planned)} fault(s): " + "; ".join(fault.describe() for fault in planned)
-    )
+    load = load or DriverLoad(scenario, seed)
+    faults = f"{len(planned)} fault(s): " + "; ".join(fault.describe() for fault in planned) if planned else "no fault"
+    say(f"load: {load.describe()}; {faults}")
     if scenario.reconcile is not None:
         say(scenario.reconcile.describe())
         await prepare(the_world, scenario.reconcile)
@@ -217,7 +240,7 @@ async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Ti
     began_at = datetime.now(UTC)
     playing = [asyncio.create_task(_play(the_world, fault, started, applied)) for fault in planned]
     try:
-        await driver.run(started)
+        await load(the_world, started, history)
         load_s = time.monotonic() - started
         await asyncio.gather(*playing)
     finally:
@@ -293,13 +316,16 @@ async def _exercise(scenario: Scenario, seed: int, the_world: World, timings: Ti
     )
 
 
-def run_scenario(scenario: Scenario, seed: int, work_dir: Path, timings: Timings | None = None) -> RunReport:
-    """The whole run; its report is also written to work_dir as report.json and report.md."""
+def run_scenario(
+    scenario: Scenario, seed: int, work_dir: Path, timings: Timings | None = None, load: LoadRunner | None = None
+) -> RunReport:
+    """The whole run, its load the scenario's own clients unless `load` says otherwise; its report is also
+    written to work_dir as report.json and report.md."""
     timings = timings or Timings()
     started = time.monotonic()
     say(f"starting the world in {work_dir}")
     with world(scenario, seed, work_dir, timings) as the_world:
-        report = asyncio.run(_exercise(scenario, seed, the_world, timings))
+        report = asyncio.run(_exercise(scenario, seed, the_world, timings, load))
     report.duration_s = round(time.monotonic() - started, 1)
     (work_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
     (work_dir / "report.md").write_text(report.to_markdown())

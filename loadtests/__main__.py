@@ -1,0 +1,197 @@
+"""`python -m loadtests`: Locust against Ballast, and every invariant checked when the load ends.
+
+    python -m loadtests run [--shape step|spike|soak] [--users N] [--duration S] [--scenario NAME]
+                            [--weights payer=6,reader=3,...] [--seed N]        (`make load`)
+    python -m loadtests ui [--scenario NAME]          Locust's web UI at http://127.0.0.1:8089 (`make load-ui`)
+    python -m loadtests run --host ADDRESS            against a server already running: no invariants
+
+A run starts the chaos harness's world (chaos/topology.py): a server, an outbox relay and the provider
+simulator, PostgreSQL and NATS (embedded unless DATABASE_URL / NATS_URL are set), each reached through
+Toxiproxy. Locust runs in a process of its own against it (loadtests/locustfile.py), with a named
+scenario's faults playing meanwhile (`python -m chaos list`). When the load ends the world settles and
+the chaos checker judges the history of every payment and refund call, the database, the broker's
+stream and the simulator's truth. Everything goes under loadtests/results/<time>/: Locust's CSV
+(stats_stats.csv, stats_failures.csv, ...) and HTML report, the history, and the harness's report.md
+and report.json. The exit status is 1 when an invariant broke (or Locust failed), 2 for a usage error,
+130 after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from chaos.history import History
+from chaos.processes import ROOT
+from chaos.run import run_scenario
+from chaos.scenarios import Scenario, scenario
+from chaos.topology import World
+from loadtests.bounds import DURATION_S_MAX, SHAPE_NAMES, USERS_MAX
+
+RESULTS = ROOT / "loadtests" / "results"
+LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
+UI_HOST, UI_PORT = "127.0.0.1", 8089
+#: `make load`'s run unless told otherwise: short, so that a fresh clone checks itself in about a minute
+SHAPE_DEFAULT = "step"
+USERS_DEFAULT = 16
+DURATION_S_DEFAULT = 20.0
+SEED_DEFAULT = 1
+#: Users finish the call in progress (and its retries) for at most this long once the load stops.
+STOP_TIMEOUT_S = 15
+#: Locust's own start and summary, beyond the shape's duration, before it is stopped.
+LOCUST_MARGIN_S = 60.0
+#: The load alone: no fault.
+QUIET = Scenario("load", "The load alone, with no fault: what Ballast answers and keeps true under it.", ())
+
+
+@dataclass(frozen=True)
+class LocustLoad:
+    """Locust as a chaos run's load (chaos.run.LoadRunner)."""
+
+    out: Path
+    shape: str | None
+    users: int
+    duration_s: float
+    weights: str
+    ui: bool = False
+
+    def describe(self) -> str:
+        if self.ui:
+            return f"Locust's web UI at http://{UI_HOST}:{UI_PORT} (stop the run with Ctrl-C here)"
+        return f"Locust, the {self.shape} shape up to {self.users} users for {self.duration_s:g}s"
+
+    def command(self, host: str) -> list[str]:
+        command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--host", host]
+        command += ["--csv", str(self.out / "stats"), "--html", str(self.out / "locust.html")]
+        command += ["--exit-code-on-error", "0", "--stop-timeout", str(STOP_TIMEOUT_S), "--loglevel", "WARNING"]
+        if self.ui:
+            return [*command, "--web-host", UI_HOST, "--web-port", str(UI_PORT)]
+        return [*command, "--headless", "--only-summary"]
+
+    def environment(self, targets: list[str], token: str, operator_token: str, epoch: float) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")])),
+            BALLAST_LOAD_TARGETS=",".join(targets),
+            BALLAST_TOKEN=token,
+            BALLAST_OPERATOR_TOKEN=operator_token,
+            BALLAST_LOAD_HISTORY=str(self.out / "locust-history.jsonl"),
+            BALLAST_LOAD_EPOCH=repr(epoch),
+            BALLAST_LOAD_USERS=str(self.users),
+            BALLAST_LOAD_DURATION_S=repr(self.duration_s),
+        )
+        if self.weights:
+            env["BALLAST_LOAD_WEIGHTS"] = self.weights
+        if self.shape:
+            env["BALLAST_LOAD_SHAPE"] = self.shape
+        return env
+
+    async def __call__(self, the_world: World, started: float, history: History) -> None:
+        replicas = the_world.servers
+        # the history's clock is the faults': seconds since `started`, on the wall clock Locust shares
+        epoch = time.time() - (time.monotonic() - started)
+        env = self.environment([r.address for r in replicas], replicas[0].token, the_world.operator_token, epoch)
+        code = await run_locust(self.command(replicas[0].address), env, None if self.ui else self.bound_s)
+        recorded = self.out / "locust-history.jsonl"
+        if recorded.exists():
+            for operation in History.read(recorded):
+                history.append(operation)
+        if code != 0:
+            raise LocustFailed(f"Locust exited {code}: see its output above")
+
+    @property
+    def bound_s(self) -> float:
+        return self.duration_s + STOP_TIMEOUT_S + LOCUST_MARGIN_S
+
+
+class LocustFailed(Exception):
+    """Locust itself failed (not a call it made)."""
+
+
+async def run_locust(command: list[str], env: dict[str, str], bound_s: float | None) -> int:
+    """Locust's exit status; interrupted (Ctrl-C, or past `bound_s`), it is asked to stop and given time
+    to write its reports."""
+    process = await asyncio.create_subprocess_exec(*command, env=env, cwd=str(ROOT))
+    try:
+        return await asyncio.wait_for(process.wait(), bound_s)
+    except (TimeoutError, asyncio.CancelledError):
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGINT)
+        try:
+            await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S + 5)
+        except TimeoutError:
+            process.kill()
+        raise
+
+
+def _arguments(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m loadtests", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="a headless load run, then the invariants (make load)")
+    run.add_argument("--shape", choices=SHAPE_NAMES, default=SHAPE_DEFAULT, help="the load shape")
+    run.add_argument("--users", type=int, default=USERS_DEFAULT, help=f"the most users at once (1 to {USERS_MAX})")
+    run.add_argument("--duration", type=float, default=DURATION_S_DEFAULT, help="the run's seconds")
+    run.add_argument("--host", default="", help="a running server's gRPC address: no world, no invariants")
+    ui = commands.add_parser("ui", help="Locust's web UI against a world it starts (make load-ui)")
+    for command in (run, ui):
+        command.add_argument("--scenario", default="", help="a chaos scenario whose faults play during the load")
+        command.add_argument("--weights", default="", help="the users' weights, e.g. payer=6,reader=3,operator=0")
+        command.add_argument("--seed", type=int, default=SEED_DEFAULT, help="the faults' seed")
+        command.add_argument(
+            "--out", type=Path, default=None, help="where results go (default loadtests/results/<time>)"
+        )
+    arguments = parser.parse_args(argv)
+    if arguments.command == "run":
+        if not 1 <= arguments.users <= USERS_MAX:
+            parser.error(f"--users must be from 1 to {USERS_MAX}")
+        if not 1 <= arguments.duration <= DURATION_S_MAX:
+            parser.error(f"--duration must be from 1 to {DURATION_S_MAX:g} seconds")
+    return arguments
+
+
+def main(argv: Sequence[str]) -> int:
+    arguments = _arguments(argv)
+    out = arguments.out or RESULTS / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out.mkdir(parents=True, exist_ok=True)
+    ui = arguments.command == "ui"
+    load = LocustLoad(
+        out,
+        None if ui else arguments.shape,
+        USERS_DEFAULT if ui else arguments.users,
+        DURATION_S_MAX if ui else arguments.duration,
+        arguments.weights,
+        ui=ui,
+    )
+    if not ui and arguments.host:  # someone else's server: Locust alone, its own table the result
+        env = load.environment([arguments.host], os.environ.get("BALLAST_TOKEN", ""), "", time.time())
+        return subprocess.run(load.command(arguments.host), env=env, cwd=str(ROOT), check=False).returncode
+    try:
+        chosen = scenario(arguments.scenario) if arguments.scenario else QUIET
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
+    try:
+        report = run_scenario(chosen, arguments.seed, out, load=load)
+    except KeyboardInterrupt:
+        print(f"interrupted; what was written is under {out}", file=sys.stderr)
+        return 130
+    print(report.summary())
+    broken = [result for result in report.invariants if not result.passed]
+    for result in broken:
+        print(f"BROKEN: {result.name}: {result.description}")
+    print(f"Locust's report: {out / 'locust.html'}; CSV: {out}/stats_*.csv; the run: {out / 'report.md'}")
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
