@@ -106,7 +106,7 @@ class LocustLoad:
         if recorded.exists():
             for operation in History.read(recorded):
                 history.append(operation)
-        if code != 0:
+        if code != 0 and not self.ui:  # the UI's Locust was stopped by Ctrl-C: its status says only that
             raise LocustFailed(f"Locust exited {code}: see its output above")
 
     @property
@@ -119,19 +119,30 @@ class LocustFailed(Exception):
 
 
 async def run_locust(command: list[str], env: dict[str, str], bound_s: float | None) -> int:
-    """Locust's exit status; interrupted (Ctrl-C, or past `bound_s`), it is asked to stop and given time
-    to write its reports."""
-    process = await asyncio.create_subprocess_exec(*command, env=env, cwd=str(ROOT))
-    try:
-        return await asyncio.wait_for(process.wait(), bound_s)
-    except (TimeoutError, asyncio.CancelledError):
+    """Locust's exit status. Ctrl-C (SIGINT to this process) is passed on to Locust, which stops its users
+    and writes its reports, and the run goes on to its checks; past `bound_s` Locust is stopped the same
+    way. Locust runs in a session of its own, so a terminal's Ctrl-C reaches it once, through here."""
+    process = await asyncio.create_subprocess_exec(*command, env=env, cwd=str(ROOT), start_new_session=True)
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGINT)
+
+    loop.add_signal_handler(signal.SIGINT, stop)
+    try:
+        return await asyncio.wait_for(process.wait(), bound_s)
+    except TimeoutError:
+        stop()
         try:
-            await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S + 5)
+            return await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S + 5)
         except TimeoutError:
             process.kill()
-        raise
+            return await process.wait()
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        if process.returncode is None:  # cancelled: Locust does not outlive the run
+            process.kill()
 
 
 def _arguments(argv: Sequence[str]) -> argparse.Namespace:
