@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from chaos.history import History
 from chaos.processes import ROOT
-from chaos.run import run_scenario
+from chaos.run import run_scenario, say
 from chaos.scenarios import Scenario, scenario
 from chaos.topology import World
 from loadtests.bounds import DURATION_S_MAX, SHAPE_NAMES, USERS_MAX
@@ -101,7 +102,12 @@ class LocustLoad:
         # the history's clock is the faults': seconds since `started`, on the wall clock Locust shares
         epoch = time.time() - (time.monotonic() - started)
         env = self.environment([r.address for r in replicas], replicas[0].token, the_world.operator_token, epoch)
+        before, began = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
         code = await run_locust(self.command(replicas[0].address), env, None if self.ui else self.bound_s)
+        after, wall_s = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic() - began
+        cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        # the load generator's own cost, so that its ceiling is not taken for the server's
+        say(f"Locust used {cpu_s:.1f} CPU-seconds in {wall_s:.0f}s ({cpu_s / max(wall_s, 1e-9):.2f} cores)")
         recorded = self.out / "locust-history.jsonl"
         if recorded.exists():
             for operation in History.read(recorded):
