@@ -92,6 +92,10 @@ bench-relay: $(INSTALLED) ## Benchmark the outbox relay against raw claim-and-up
 bench-recon: $(INSTALLED) ## Benchmark reconciling a 1,000,000-row settlement report against a plain COPY plus one classifying join, and batch-fetch
 	$(BIN)/python -m bench.reconciliation
 
+.PHONY: bench-all
+bench-all: $(INSTALLED) ## Run every benchmark (about 15 minutes) and write one Markdown table of their ratios to bench/results/
+	$(BIN)/python -m bench.all
+
 .PHONY: bench-simulator
 bench-simulator: $(INSTALLED) ## Benchmark the simulator's payment creation (calm) against Ballast's CreatePayment
 	$(BIN)/python -m bench.simulator

@@ -50,7 +50,16 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 
-from bench.harness import bench_database, free_port, migrate, postgres_server_url, redacted, server_process
+from bench.harness import (
+    Ratio,
+    bench_database,
+    free_port,
+    migrate,
+    postgres_server_url,
+    record_ratios,
+    redacted,
+    server_process,
+)
 from bench.load import CpuUsage, LoadResult, run_load
 
 TARGET_RATIO = 0.70
@@ -225,6 +234,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.warmup_s:g} s warm-up, DB pool {pool_size}, {cpus} CPUs, PostgreSQL {database}"
     )
     report(results, ratio, strong_ratio)
+    record_ratios(
+        "make bench",
+        [
+            Ratio("CreatePayment / bare grpc.aio ceiling", ratio, TARGET_RATIO),
+            Ratio("CreatePayment / strongest ceiling (uvloop, one statement)", strong_ratio, STRONG_TARGET_RATIO),
+        ],
+        f"{ballast.calls_per_s:.0f} calls/s at {args.concurrency} in flight",
+    )
     if args.json is not None:
         document = {
             "settings": {

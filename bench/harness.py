@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -145,3 +147,38 @@ def server_process(name: str, command: list[str], env: dict[str, str], port: int
             yield process.pid
         finally:
             _stop(process)
+
+
+# -- ratios, for `make bench-all` ----------------------------------------------------------------------
+
+#: The file each benchmark appends its ratios to, one JSON line per benchmark (set by bench/all.py).
+RATIOS_ENV = "BALLAST_BENCH_RATIOS"
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """One ratio a benchmark measured against a baseline of the same run, and its target."""
+
+    #: what is compared with what, e.g. "CreatePayment / bare grpc.aio ceiling"
+    name: str
+    value: float
+    target: float
+    #: True: the ratio must be at least the target; False: at most
+    at_least: bool = True
+
+    @property
+    def met(self) -> bool:
+        return self.value >= self.target if self.at_least else self.value <= self.target
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "value": round(self.value, 4), "target": self.target, "at_least": self.at_least}
+
+
+def record_ratios(benchmark: str, ratios: list[Ratio], details: str = "") -> None:
+    """Append this benchmark's ratios to the file RATIOS_ENV names, when it is set (make bench-all)."""
+    path = os.environ.get(RATIOS_ENV, "").strip()
+    if not path:
+        return
+    line = {"benchmark": benchmark, "details": details, "ratios": [ratio.to_json() for ratio in ratios]}
+    with Path(path).open("a", encoding="utf-8") as file:
+        file.write(json.dumps(line) + "\n")

@@ -59,7 +59,7 @@ from typing import IO
 
 import asyncpg
 
-from bench.harness import bench_database, postgres_server_url, redacted
+from bench.harness import Ratio, bench_database, postgres_server_url, record_ratios, redacted
 from server.db import recon_repository as repo
 from server.db.database import Budget, Database
 from server.db.engine import create_pool
@@ -107,6 +107,8 @@ SETTLEMENT_DELAY_DAYS = 1
 CURRENCIES = ("USD", "EUR")
 
 END_TO_END_RATIO_TARGET = 1.5
+#: the same target against the batch-fetch approach: the pipeline about 2.8x faster or better
+BATCH_FETCH_RATIO_TARGET = 2.8
 PEAK_RSS_TARGET_MB = 300.0
 
 #: generation, baselines and checks: each statement's limit (the pipeline sets its own per stage)
@@ -677,6 +679,15 @@ def report(outcome: Outcome, check: bool) -> int:
     print(
         f"  pipeline peak RSS           {peak_mb:6.0f} MB (target <= {PEAK_RSS_TARGET_MB:.0f} MB:"
         f" {'met' if rss_met else 'MISSED'})"
+    )
+    record_ratios(
+        "make bench-recon",
+        [
+            Ratio("reconciliation pipeline / (COPY + one join)", ratio, END_TO_END_RATIO_TARGET, at_least=False),
+            Ratio("batch-fetch / pipeline", batch_ratio, BATCH_FETCH_RATIO_TARGET),
+            Ratio("pipeline peak RSS MB / 300 MB", peak_mb / PEAK_RSS_TARGET_MB, 1.0, at_least=False),
+        ],
+        f"{outcome.report_rows:,} rows; (COPY + keeping + join) / (COPY + join) {floor:.2f}",
     )
     expected = planted(outcome.rows)
     print(f"  {'findings by class':<26}{'planted':>9}{'pipeline':>10}{'COPY+join':>11}{'batch-fetch':>13}")

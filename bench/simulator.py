@@ -48,7 +48,17 @@ from bench.__main__ import (
     measure,
     table,
 )
-from bench.harness import READY_TIMEOUT_S, RESULTS_DIR, ROOT, STOP_TIMEOUT_S, _log_tail, _running, _stop
+from bench.harness import (
+    READY_TIMEOUT_S,
+    RESULTS_DIR,
+    ROOT,
+    STOP_TIMEOUT_S,
+    Ratio,
+    _log_tail,
+    _running,
+    _stop,
+    record_ratios,
+)
 from bench.load import LoadResult, run_http_load
 
 TARGET_RATIO = 1.0
@@ -166,6 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     table(results, {**LABELS, SIMULATOR: f"{SIMULATOR} ({PROFILE})"})
     print(f"ratio simulator/ballast: {ratio:.2f} (target > {TARGET_RATIO:.1f})")
+    record_ratios(
+        "make bench-simulator",
+        [Ratio("simulator payment creation / Ballast's CreatePayment", ratio, TARGET_RATIO)],
+        f"profile {PROFILE}",
+    )
     if failed_calls:
         _status(f"{failed_calls} calls failed: the numbers are meaningless")
         return 1
