@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
 import os
 import resource
 import signal
@@ -28,16 +29,18 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from chaos.history import History
+from chaos.load import ATTEMPTS_MAX, CALL_DEADLINE_S, RETRY_DELAY_MAX_S
 from chaos.processes import ROOT
 from chaos.run import run_scenario, say
 from chaos.scenarios import Scenario, scenario
 from chaos.topology import World
 from loadtests.bounds import DURATION_S_MAX, SHAPE_NAMES, USERS_MAX
+from server.ownership import die_with_parent
 
 RESULTS = ROOT / "loadtests" / "results"
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
@@ -47,17 +50,41 @@ SHAPE_DEFAULT = "step"
 USERS_DEFAULT = 16
 DURATION_S_DEFAULT = 20.0
 SEED_DEFAULT = 1
-#: Users finish the call in progress (and its retries) for at most this long once the load stops.
-STOP_TIMEOUT_S = 15
+#: Users finish the call in progress, and its retries, once the load stops: at most ATTEMPTS_MAX calls of
+#: CALL_DEADLINE_S each and the waits between them, and a margin. A user stopped before that would leave
+#: a call with no outcome in the history (users.py records one if it is stopped all the same).
+STOP_TIMEOUT_S = int(ATTEMPTS_MAX * CALL_DEADLINE_S + (ATTEMPTS_MAX - 1) * RETRY_DELAY_MAX_S) + 5
 #: Locust's own start and summary, beyond the shape's duration, before it is stopped.
 LOCUST_MARGIN_S = 60.0
 #: The load alone: no fault.
 QUIET = Scenario("load", "The load alone, with no fault: what Ballast answers and keeps true under it.", ())
 
 
+#: Statuses a well-formed call of a well-behaved client never gets, faults or not: a run whose table holds
+#: one fails (a bug in the users or the server: the invariants alone would not see it).
+NEVER_HONEST = ("UNAUTHENTICATED", "PERMISSION_DENIED", "INVALID_ARGUMENT", "UNIMPLEMENTED", "INTERNAL", "DATA_LOSS")
+
+
+def load_problems(out: Path) -> list[str]:
+    """What Locust's own reports say went wrong beyond honest answers: a user's task raised (its
+    exceptions CSV), or a call got a status in NEVER_HONEST (its failures CSV)."""
+    problems = []
+    exceptions, failures = out / "stats_exceptions.csv", out / "stats_failures.csv"
+    if exceptions.exists():
+        with exceptions.open(newline="") as file:
+            for row in csv.DictReader(file):
+                problems.append(f"a user raised {row['Count']} time(s): {row['Message'][:300]}")
+    if failures.exists():
+        with failures.open(newline="") as file:
+            for row in csv.DictReader(file):
+                if row["Name"].rsplit(" ", 1)[-1] in NEVER_HONEST:
+                    problems.append(f"{row['Name']} {row['Occurrences']} time(s): {row['Error'][:300]}")
+    return problems
+
+
 @dataclass(frozen=True)
 class LocustLoad:
-    """Locust as a chaos run's load (chaos.run.LoadRunner)."""
+    """Locust as a chaos run's load (chaos.run.LoadRunner); `problems` says what its reports found wrong."""
 
     out: Path
     shape: str | None
@@ -65,6 +92,7 @@ class LocustLoad:
     duration_s: float
     weights: str
     ui: bool = False
+    problems: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         if self.ui:
@@ -102,18 +130,20 @@ class LocustLoad:
         # the history's clock is the faults': seconds since `started`, on the wall clock Locust shares
         epoch = time.time() - (time.monotonic() - started)
         env = self.environment([r.address for r in replicas], replicas[0].token, the_world.operator_token, epoch)
+        recorded = self.out / "locust-history.jsonl"
+        recorded.unlink(missing_ok=True)  # an earlier run into the same --out is not this run's history
         before, began = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
         code = await run_locust(self.command(replicas[0].address), env, None if self.ui else self.bound_s)
         after, wall_s = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic() - began
         cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         # the load generator's own cost, so that its ceiling is not taken for the server's
         say(f"Locust used {cpu_s:.1f} CPU-seconds in {wall_s:.0f}s ({cpu_s / max(wall_s, 1e-9):.2f} cores)")
-        recorded = self.out / "locust-history.jsonl"
         if recorded.exists():
             for operation in History.read(recorded):
                 history.append(operation)
         if code != 0 and not self.ui:  # the UI's Locust was stopped by Ctrl-C: its status says only that
             raise LocustFailed(f"Locust exited {code}: see its output above")
+        self.problems.extend(load_problems(self.out))
 
     @property
     def bound_s(self) -> float:
@@ -128,7 +158,13 @@ async def run_locust(command: list[str], env: dict[str, str], bound_s: float | N
     """Locust's exit status. Ctrl-C (SIGINT to this process) is passed on to Locust, which stops its users
     and writes its reports, and the run goes on to its checks; past `bound_s` Locust is stopped the same
     way. Locust runs in a session of its own, so a terminal's Ctrl-C reaches it once, through here."""
-    process = await asyncio.create_subprocess_exec(*command, env=env, cwd=str(ROOT), start_new_session=True)
+    process = await asyncio.create_subprocess_exec(
+        *command,
+        env=env,
+        cwd=str(ROOT),
+        start_new_session=True,
+        preexec_fn=die_with_parent(),  # a harness killed outright takes Locust along (Linux)
+    )
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -176,6 +212,15 @@ def _arguments(argv: Sequence[str]) -> argparse.Namespace:
     return arguments
 
 
+def _payer_weight(weights: str) -> int | None:
+    """The payer's weight a --weights value gives, if it gives one (users.py checks the rest)."""
+    for item in weights.split(","):
+        name, _, weight = item.partition("=")
+        if name.strip() == "payer" and weight.strip().isdigit():
+            return int(weight)
+    return None
+
+
 def main(argv: Sequence[str]) -> int:
     arguments = _arguments(argv)
     out = arguments.out or RESULTS / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -192,6 +237,9 @@ def main(argv: Sequence[str]) -> int:
     if not ui and arguments.host:  # someone else's server: Locust alone, its own table the result
         env = load.environment([arguments.host], os.environ.get("BALLAST_TOKEN", ""), "", time.time())
         return subprocess.run(load.command(arguments.host), env=env, cwd=str(ROOT), check=False).returncode
+    if _payer_weight(arguments.weights) == 0:
+        print("--weights: the payer's weight must be above 0 when the run is checked: the invariants judge payments")
+        return 2
     try:
         chosen = scenario(arguments.scenario) if arguments.scenario else QUIET
     except ValueError as error:
@@ -206,8 +254,10 @@ def main(argv: Sequence[str]) -> int:
     broken = [result for result in report.invariants if not result.passed]
     for result in broken:
         print(f"BROKEN: {result.name}: {result.description}")
+    for problem in load.problems:
+        print(f"LOAD FAILED: {problem}")
     print(f"Locust's report: {out / 'locust.html'}; CSV: {out}/stats_*.csv; the run: {out / 'report.md'}")
-    return 0 if report.passed else 1
+    return 0 if report.passed and not load.problems else 1
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import json  # noqa: E402
 import os  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+import uuid  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, ClassVar, TypeVar  # noqa: E402
@@ -34,9 +35,11 @@ from typing import Any, ClassVar, TypeVar  # noqa: E402
 import grpc  # noqa: E402
 from locust import User  # noqa: E402
 
-#: Each call's deadline unless BALLAST_LOAD_DEADLINE_S says otherwise: longer than the server's provider
-#: timeout, so a hanging provider is answered by Ballast (UNKNOWN, or UNAVAILABLE once its breaker opens).
-CALL_DEADLINE_S = 3.0
+#: Each call's deadline unless BALLAST_LOAD_DEADLINE_S says otherwise: the chaos clients' own, longer than
+#: the server's provider timeout, so a hanging provider is answered by Ballast (UNKNOWN, or UNAVAILABLE
+#: once its breaker opens).
+from chaos.load import CALL_DEADLINE_S  # noqa: E402
+
 DEFAULT_TARGET = "127.0.0.1:50051"
 #: The reported "request type" of every call (Locust's first column).
 REQUEST_TYPE = "grpc"
@@ -128,7 +131,7 @@ class GrpcUser(User):
         token = os.environ.get(self.bearer_from, "").strip() or client_token()
         self.metadata = (("authorization", f"Bearer {token}"),)
         self.deadline_s = deadline_s()
-        self.process = f"locust-{id(self):x}"
+        self.process = f"locust-{uuid.uuid4().hex[:12]}"  # unique for the run: users come and go
         self.make_stubs()
 
     def make_stubs(self) -> None:

@@ -127,7 +127,11 @@ class RetryingUser(GrpcUser):
         outcome: Outcome | None = None
         for attempt in range(ATTEMPTS_MAX):
             HISTORY.record("invoke", self.process, key, operation=operation, **recorded)
-            outcome = self.call(method, send, request)
+            try:
+                outcome = self.call(method, send, request)
+            except gevent.GreenletExit:  # stopped mid-call by the load's end: the request may have landed
+                HISTORY.record("info", self.process, key, operation=operation, error="CANCELLED")
+                raise
             if outcome.ok:
                 return outcome
             kind = "info" if outcome.code in INDETERMINATE else "fail"

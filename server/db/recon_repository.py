@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
+import structlog
 
 from server.domain.ledger import settlement_bank
 from server.domain.money import MINOR_UNITS
@@ -96,6 +97,8 @@ class ProviderSettings:
     settlement_delay_days: int
     settlement_window_days: int
 
+
+log = structlog.get_logger(__name__)
 
 _RUN_COLUMNS = (
     "id, provider, kind, file_name, content_type, sha256, byte_count, status, failure_reason, row_count,"
@@ -192,6 +195,25 @@ async def limit_statements(connection: asyncpg.Connection, timeout_s: int) -> No
         f"SET LOCAL statement_timeout = {int(timeout_s) * 1000}; SET LOCAL client_connection_check_interval = 1000;"
         f" SET LOCAL jit = off; SET LOCAL work_mem = '{int(STAGE_WORK_MEM_MB)}MB'"
     )
+
+
+#: How long a stage waits for another stage's ANALYZE of the same table before it plans without one.
+ANALYZE_LOCK_WAIT_MS = 200
+
+
+async def analyze_if_free(connection: asyncpg.Connection, table: str) -> None:
+    """ANALYZE `table` in the caller's transaction (its own new rows counted), unless another stage's
+    transaction is analyzing it: an ANALYZE holds its lock until its transaction ends, so waiting would
+    make the stages of concurrent runs take turns. The planner then goes on with the statistics it has."""
+    lock_timeout = await connection.fetchval("SELECT current_setting('lock_timeout')")
+    try:
+        async with connection.transaction():  # a savepoint: a lock not had undoes only this
+            await connection.execute(f"SET LOCAL lock_timeout = {ANALYZE_LOCK_WAIT_MS}")
+            await connection.execute(f"ANALYZE {table}")
+    except asyncpg.LockNotAvailableError:
+        log.info("recon.analyze_skipped", table=table)
+    finally:
+        await connection.execute("SELECT set_config('lock_timeout', $1, true)", lock_timeout)
 
 
 async def get_run(connection: asyncpg.Connection, run_id: uuid.UUID) -> ReportRunRecord | None:
@@ -543,7 +565,7 @@ async def finish_normalizing(connection: asyncpg.Connection, run_id: uuid.UUID) 
     run = ReportRunRecord.of(row)
     # the rows just written are most of what the next stage joins: without statistics for them, the
     # planner takes the run for a few rows and joins them by nested loops
-    await connection.execute("ANALYZE report_rows")
+    await analyze_if_free(connection, "report_rows")
     if run.period_start is not None:
         await connection.execute(
             f"""
@@ -813,7 +835,7 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
     if run.period_start is not None and run.period_end is not None:
         await _find_unreported(connection, run, settings, in_force)
     # what resolution joins next (cases, payouts) is planned with the findings just written counted
-    await connection.execute("ANALYZE report_findings")
+    await analyze_if_free(connection, "report_findings")
 
 
 #: The first and the day after the last day of success whose settlement a run's period covers, its

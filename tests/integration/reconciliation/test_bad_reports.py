@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
+from server.db import recon_repository
 from server.db.recon_repository import ReportRunRecord
 from server.domain.errors import InvalidArgument
 from server.services import reconciliation
@@ -163,3 +166,15 @@ async def test_a_well_formed_reports_bad_rows_get_the_same_errors_whether_judged
         ("10.00", "0.00", "10.00"),
         ("10.00", "0.59", "9.41"),
     ]
+
+
+async def test_a_stage_never_waits_on_another_stages_analyze_of_the_same_table(books: Books) -> None:
+    async with books.pool.acquire() as holder, books.pool.acquire() as stage, holder.transaction():
+        await holder.execute("ANALYZE report_findings")  # held until this transaction ends
+        async with stage.transaction():
+            await stage.execute("SET LOCAL lock_timeout = '7s'")
+            started = time.monotonic()
+            await recon_repository.analyze_if_free(stage, "report_findings")
+            assert time.monotonic() - started < 2.0
+            # the stage's own lock timeout is as it was
+            assert await stage.fetchval("SELECT current_setting('lock_timeout')") == "7s"
