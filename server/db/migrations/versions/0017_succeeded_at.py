@@ -7,6 +7,9 @@ by their day of success. A report's raw bytes are stored as received (no compres
 is part of taking a report in, and pglz is slower than the disk). Its functions are its own frozen
 copy, 0017_succeeded_at.sql (server/db/invariants.sql describes the head revision).
 
+It runs in one transaction, so `payments` is locked against reads and writes while every succeeded
+payment is backfilled and the index is built: on a large table, run it in a maintenance window.
+
 Revision ID: 0017
 Revises: 0016
 Create Date: 2026-12-02
