@@ -610,15 +610,14 @@ _OBSERVED = f"""
         WHEN '{Difference.TIMING_MISMATCH}' THEN jsonb_build_object('settlement_date', m.settlement_date::text)
     END
 """
-#: Ballast's side of a TIMING_MISMATCH: the day the matched record's success ($8: the settlement delay) falls due.
-_EXPECTED_DAY = "jsonb_build_object('settlement_date', ((m.succeeded_at AT TIME ZONE 'UTC')::date + $8::int)::text)"
 
 
 async def classify(connection: asyncpg.Connection, run: ReportRunRecord, settings: ProviderSettings) -> None:
     """Stages 3 and 4, in the caller's transaction: match the run's valid rows to Ballast's payments and
     refunds with joins, and write a finding for every difference, by class."""
+    # $1 the run, $2 to $4 each currency's code, fraction digits and minor unit (_KNOWN)
     args: list[Any] = [run.id, list(MINOR_UNITS), list(MINOR_UNITS.values())]
-    known = "known AS (SELECT unnest($2::text[]) AS code, unnest($3::int[]) AS digits)"
+    args.append([Decimal(1).scaleb(-digits) for digits in MINOR_UNITS.values()])
     # rows of the other runs still in force near this one's period: a transaction reported there is not
     # reported again here (a run without a period, no valid row, has nothing to compare)
     near = "false"
@@ -717,7 +716,6 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
         SELECT $1, row_number, payment_id, difference, expected, observed FROM found
         """,
         *args,
-        [Decimal(1).scaleb(-digits) for digits in MINOR_UNITS.values()],
         settings.amount_tolerance_minor_units,
         settings.fee_bps,
         settings.fee_fixed_minor_units,
@@ -728,8 +726,7 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
     # refunds: by the provider's refund id; the gross is the money returned, negative
     await connection.execute(
         f"""
-        WITH {known},
-        rows AS (
+        WITH rows AS (
             SELECT r.* FROM report_rows r
             WHERE r.run_id = $1 AND r.error IS NULL AND r.type = '{RowType.REFUND}'
               AND NOT EXISTS (SELECT 1 FROM report_findings d WHERE d.run_id = $1 AND d.row_number = r.row_number
@@ -737,7 +734,7 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
         ),
         matched AS (
             SELECT r.row_number, r.currency_code AS r_currency, r.gross, r.fee, r.source_id, r.settlement_date,
-                   f.id AS refund_id, f.payment_id, f.amount, f.currency_code AS f_currency, f.state, c.digits,
+                   f.id AS refund_id, f.payment_id, f.amount, f.currency_code AS f_currency, f.state, c.unit,
                    s.succeeded_at
             FROM rows r
             LEFT JOIN refunds f ON f.provider_refund_id = r.source_id
@@ -745,7 +742,7 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
                 SELECT min(t.occurred_at) AS succeeded_at FROM refund_transitions t
                 WHERE t.refund_id = f.id AND t.to_state = '{RefundState.SUCCEEDED}'
             ) s ON true
-            LEFT JOIN known c ON c.code = f.currency_code
+            LEFT JOIN {_KNOWN} c ON c.code = f.currency_code
         ),
         found AS (
             SELECT m.row_number, m.payment_id, m.refund_id, d.difference,
@@ -754,8 +751,9 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
                        WHEN '{Difference.CURRENCY_MISMATCH}' THEN jsonb_build_object('currency', m.f_currency)
                        WHEN '{Difference.AMOUNT_MISMATCH}' THEN jsonb_build_object('amount', (-m.amount)::text)
                        WHEN '{Difference.STATUS_MISMATCH}' THEN jsonb_build_object('state', m.state)
-                       WHEN '{Difference.FEE_MISMATCH}' THEN jsonb_build_object('fee', ($5::int * {_UNIT})::text)
-                       WHEN '{Difference.TIMING_MISMATCH}' THEN {_EXPECTED_DAY}
+                       WHEN '{Difference.FEE_MISMATCH}' THEN jsonb_build_object('fee', ($6::int * m.unit)::text)
+                       WHEN '{Difference.TIMING_MISMATCH}' THEN jsonb_build_object(
+                           'settlement_date', ((m.succeeded_at AT TIME ZONE 'UTC')::date + $9::int)::text)
                    END AS expected,
                    {_OBSERVED} AS observed
             FROM matched m
@@ -763,12 +761,12 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
                 ('{Difference.MISSING_INTERNAL}', m.refund_id IS NULL),
                 ('{Difference.CURRENCY_MISMATCH}', m.refund_id IS NOT NULL AND m.r_currency <> m.f_currency),
                 ('{Difference.AMOUNT_MISMATCH}', m.refund_id IS NOT NULL AND m.r_currency = m.f_currency
-                    AND abs(-m.gross - m.amount) > $4::int * {_UNIT}),
-                ('{Difference.STATUS_MISMATCH}', m.state = ANY($7::text[])),
+                    AND abs(-m.gross - m.amount) > $5::int * m.unit),
+                ('{Difference.STATUS_MISMATCH}', m.state = ANY($8::text[])),
                 ('{Difference.FEE_MISMATCH}', m.refund_id IS NOT NULL AND m.r_currency = m.f_currency
-                    AND abs(m.fee - $5::int * {_UNIT}) > $6::int * {_UNIT}),
+                    AND abs(m.fee - $6::int * m.unit) > $7::int * m.unit),
                 ('{Difference.TIMING_MISMATCH}', m.succeeded_at IS NOT NULL
-                    AND m.settlement_date <> (m.succeeded_at AT TIME ZONE 'UTC')::date + $8::int)
+                    AND m.settlement_date <> (m.succeeded_at AT TIME ZONE 'UTC')::date + $9::int)
             ) AS d(difference, applies)
             WHERE d.applies
         )
@@ -785,15 +783,14 @@ async def classify(connection: asyncpg.Connection, run: ReportRunRecord, setting
     # adjustments (FX) beyond the tolerance, and payouts whose total is not the net of their lines
     await connection.execute(
         f"""
-        WITH {known}
         INSERT INTO report_findings (run_id, row_number, payment_id, difference, observed)
         SELECT $1, r.row_number, p.id, '{Difference.FX_ADJUSTMENT}',
                jsonb_build_object('gross', r.gross::text, 'currency', r.currency_code, 'source_id', r.source_id)
         FROM report_rows r
-        JOIN known c ON c.code = r.currency_code
+        JOIN {_KNOWN} c ON c.code = r.currency_code
         LEFT JOIN payments p ON p.provider_payment_id = r.source_id
         WHERE r.run_id = $1 AND r.error IS NULL AND r.type = '{RowType.ADJUSTMENT}'
-          AND abs(r.gross) > $4 * (10::numeric ^ (-c.digits))
+          AND abs(r.gross) > $5 * c.unit
         """,
         *args,
         settings.fx_tolerance_minor_units,
@@ -906,8 +903,6 @@ async def _find_unreported(
 _UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 #: Each ISO 4217 currency with its fraction digits and one minor unit ($2, $3 and $4 of a statement).
 _KNOWN = "(SELECT unnest($2::text[]) AS code, unnest($3::int[]) AS digits, unnest($4::numeric[]) AS unit)"
-#: One minor unit of the matched record's currency (m.digits fraction digits).
-_UNIT = "(10::numeric ^ (-m.digits))"
 
 
 def _quoted(text: str) -> str:
